@@ -1,0 +1,515 @@
+//! Chunks: the canonical encoding, the streaming [`Chunker`] and the zero-copy
+//! [`ChunkView`]; with `alloc`, the original API's [`EventChunkStore`].
+//!
+//! # Format (version 1)
+//! A chunk is the postcard encoding of
+//!
+//! | field | type | rule |
+//! |---|---|---|
+//! | version | `u8` | `1` ([`FORMAT_VERSION`]) |
+//! | origin | varint `u64` | the node whose log the events come from |
+//! | first_seq | varint `u64` | first sequence number the chunk covers |
+//! | end_seq | varint `u64` | one past the last sequence number it covers; `first_seq < end_seq` |
+//! | events | varint count, then each event | at least one event |
+//!
+//! and each event is `seq` (varint `u64`, strictly increasing, inside the range),
+//! `timestamp` (varint `u64`), `kind` (varint length + UTF-8), `privacy` (varint: `0` public,
+//! `1` shareable; private is never valid here) and `payload` (varint length + bytes). Nothing
+//! follows the last event.
+//!
+//! A chunk's [`ChunkHash`] is the BLAKE3 hash of exactly these bytes: the bytes that are
+//! stored are the bytes that are sent are the bytes that are hashed. The same events sealed
+//! at the same points give the same bytes and the same hash on every node and architecture.
+//!
+//! # Boundaries
+//! A chunker covers its origin's sequence numbers in consecutive ranges of
+//! `events_per_chunk` numbers, starting where the last sealed chunk ended. A range is sealed
+//! when an event beyond it arrives, when the next event would not fit the buffer (the range
+//! then ends just before that event), or on an explicit [`Chunker::seal`] (the range then
+//! ends after the last event seen). Private events use up sequence numbers but never enter a
+//! chunk; a range with no shareable event yields no chunk. Sealed chunks never change.
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DecodeError;
+use crate::event::{ChunkEvent, Event, NodeId, Privacy};
+use crate::hash::{ChunkHash, HashMismatch, Verified};
+
+#[cfg(feature = "alloc")]
+mod event_chunk_store;
+#[cfg(feature = "alloc")]
+pub use event_chunk_store::{DEFAULT_MAX_CHUNK_BYTES, EventChunk, EventChunkStore};
+
+/// The chunk format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bytes a [`Chunker`] reserves at the front of its buffer for the chunk header: the
+/// version, three `u64` varints and the event count.
+pub const HEADER_RESERVE: usize = 1 + 3 * 10 + 5;
+
+/// The chunk header, as encoded (the event count follows it).
+#[derive(Serialize, Deserialize)]
+struct Header {
+    version: u8,
+    origin: NodeId,
+    first_seq: u64,
+    end_seq: u64,
+}
+
+/// One event as encoded inside a chunk (its origin is the chunk's).
+#[derive(Serialize, Deserialize)]
+struct EventRepr<'a> {
+    seq: u64,
+    timestamp: u64,
+    kind: &'a str,
+    privacy: Privacy,
+    #[serde(with = "serde_bytes", borrow)]
+    payload: &'a [u8],
+}
+
+/// Why a chunk could not be built or accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ChunkError {
+    /// `events_per_chunk` is zero.
+    ZeroEventsPerChunk,
+    /// The chunk buffer cannot hold even the header and one byte.
+    BufferTooSmall {
+        /// The smallest usable buffer.
+        required: usize,
+    },
+    /// An event of another origin was pushed to a chunker.
+    WrongOrigin {
+        /// The chunker's origin.
+        expected: NodeId,
+        /// The event's origin.
+        found: NodeId,
+    },
+    /// An event's sequence number is not above every number already seen or sealed.
+    OutOfOrder {
+        /// The smallest sequence number still accepted.
+        expected_at_least: u64,
+        /// The event's sequence number.
+        found: u64,
+    },
+    /// An event can never fit the chunk buffer, even alone.
+    EventTooLarge {
+        /// The event's encoded size.
+        size: usize,
+        /// The room for events in the buffer.
+        capacity: usize,
+    },
+    /// Chunk bytes did not match their hash.
+    HashMismatch(HashMismatch),
+    /// Chunk bytes are not a valid chunk.
+    Decode(DecodeError),
+}
+
+impl fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ZeroEventsPerChunk => f.write_str("events per chunk must be at least 1"),
+            Self::BufferTooSmall { required } => {
+                write!(f, "chunk buffer too small: at least {required} bytes required")
+            }
+            Self::WrongOrigin { expected, found } => {
+                write!(f, "event of {found} pushed to the chunker of {expected}")
+            }
+            Self::OutOfOrder { expected_at_least, found } => write!(
+                f,
+                "event sequence number {found} is already chunked or out of order (next accepted: {expected_at_least})"
+            ),
+            Self::EventTooLarge { size, capacity } => write!(
+                f,
+                "event of {size} encoded bytes cannot fit a chunk buffer with room for {capacity}"
+            ),
+            Self::HashMismatch(e) => fmt::Display::fmt(e, f),
+            Self::Decode(e) => write!(f, "invalid chunk: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for ChunkError {}
+
+impl From<HashMismatch> for ChunkError {
+    fn from(e: HashMismatch) -> Self {
+        Self::HashMismatch(e)
+    }
+}
+
+impl From<DecodeError> for ChunkError {
+    fn from(e: DecodeError) -> Self {
+        Self::Decode(e)
+    }
+}
+
+/// What [`Chunker::push`] did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[must_use = "`SealFirst` means the event was not taken"]
+pub enum Push {
+    /// The event is in the open chunk.
+    Added,
+    /// The event is private: its sequence number is covered, its content left out.
+    Filtered,
+    /// The event belongs after the open chunk (beyond its range, or past the buffer's room).
+    /// Nothing changed: call [`Chunker::seal`], then push the same event again.
+    SealFirst,
+}
+
+/// A chunk the [`Chunker`] has just sealed; its bytes live in the chunker's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sealed<'a> {
+    /// The chunk's name: the hash of [`bytes`](Self::bytes).
+    pub id: ChunkHash,
+    /// The chunk's canonical bytes.
+    pub bytes: &'a [u8],
+    /// The origin of its events.
+    pub origin: NodeId,
+    /// First sequence number covered.
+    pub first_seq: u64,
+    /// One past the last sequence number covered.
+    pub end_seq: u64,
+    /// Number of events inside.
+    pub events: u32,
+}
+
+impl<'a> Sealed<'a> {
+    /// The chunk as [`Verified`] bytes, ready for a store.
+    #[must_use]
+    pub const fn verified(&self) -> Verified<'a> {
+        Verified::trusted(self.id, self.bytes)
+    }
+}
+
+/// Seals one origin's events into chunks, in a buffer the caller owns, without allocating.
+///
+/// ```
+/// use chunk_sync_core::chunk::{Chunker, Push};
+/// use chunk_sync_core::{Event, NodeId, Privacy};
+///
+/// let mut buf = [0u8; 1024];
+/// let mut chunker = Chunker::new(NodeId(7), 10, 0, &mut buf)?;
+/// let event = |seq| Event {
+///     origin: NodeId(7), seq, timestamp: 1_000 + seq, kind: "temp",
+///     privacy: if seq == 3 { Privacy::Private } else { Privacy::Public }, payload: b"21.5",
+/// };
+/// let mut sealed = Vec::new();
+/// for seq in 0..25 {
+///     if chunker.push(&event(seq))? == Push::SealFirst {
+///         sealed.push(chunker.seal().expect("a chunk was open").id);
+///         assert_eq!(chunker.push(&event(seq))?, Push::Added);
+///     }
+/// }
+/// sealed.extend(chunker.seal().map(|c| c.id)); // the tail: sequence numbers 20..25
+/// assert_eq!(sealed.len(), 3);
+/// assert_eq!(chunker.next_seq(), 25);
+/// # Ok::<(), chunk_sync_core::ChunkError>(())
+/// ```
+#[derive(Debug)]
+pub struct Chunker<'b> {
+    buf: &'b mut [u8],
+    origin: NodeId,
+    per_chunk: u64,
+    /// First sequence number of the open chunk's range.
+    range_start: u64,
+    /// Every sequence number below this has been pushed or sealed.
+    next_seq: u64,
+    /// Where the open chunk's range ends if sealed now because of a `SealFirst`.
+    pending_end: Option<u64>,
+    count: u32,
+    /// Bytes of events written after `HEADER_RESERVE`.
+    len: usize,
+}
+
+impl<'b> Chunker<'b> {
+    /// A chunker for `origin`'s log, whose first unsealed sequence number is `start_seq`
+    /// (`0` for a new log; the previous chunk's `end_seq` otherwise), sealing ranges of
+    /// `events_per_chunk` sequence numbers into `buf`.
+    ///
+    /// A chunk can hold at most `buf.len() - HEADER_RESERVE` bytes of events.
+    pub fn new(
+        origin: NodeId,
+        events_per_chunk: u32,
+        start_seq: u64,
+        buf: &'b mut [u8],
+    ) -> Result<Self, ChunkError> {
+        if events_per_chunk == 0 {
+            return Err(ChunkError::ZeroEventsPerChunk);
+        }
+        if buf.len() <= HEADER_RESERVE {
+            return Err(ChunkError::BufferTooSmall { required: HEADER_RESERVE + 1 });
+        }
+        Ok(Self {
+            buf,
+            origin,
+            per_chunk: u64::from(events_per_chunk),
+            range_start: start_seq,
+            next_seq: start_seq,
+            pending_end: None,
+            count: 0,
+            len: 0,
+        })
+    }
+
+    /// The smallest sequence number the chunker still accepts.
+    #[must_use]
+    pub const fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Events in the open (unsealed) chunk.
+    #[must_use]
+    pub const fn open_events(&self) -> u32 {
+        self.count
+    }
+
+    /// Adds an event to the open chunk, or says why not.
+    ///
+    /// On [`Push::SealFirst`] and on error nothing changes.
+    pub fn push<E: ChunkEvent + ?Sized>(&mut self, event: &E) -> Result<Push, ChunkError> {
+        let seq = event.seq();
+        if event.origin() != self.origin {
+            return Err(ChunkError::WrongOrigin { expected: self.origin, found: event.origin() });
+        }
+        if seq < self.next_seq {
+            return Err(ChunkError::OutOfOrder { expected_at_least: self.next_seq, found: seq });
+        }
+        let range_end = self.range_start.saturating_add(self.per_chunk);
+        if seq >= range_end {
+            if self.count > 0 {
+                self.pending_end = Some(range_end);
+                return Ok(Push::SealFirst);
+            }
+            // The open range holds nothing to seal: move to the range that contains `seq`,
+            // keeping ranges aligned to where the last sealed chunk ended.
+            self.range_start += (seq - self.range_start) / self.per_chunk * self.per_chunk;
+        }
+        if !event.privacy().is_shareable() {
+            self.next_seq = seq + 1;
+            self.pending_end = None;
+            return Ok(Push::Filtered);
+        }
+        let repr = EventRepr {
+            seq,
+            timestamp: event.timestamp(),
+            kind: event.kind(),
+            privacy: event.privacy(),
+            payload: event.payload(),
+        };
+        let room = &mut self.buf[HEADER_RESERVE + self.len..];
+        match postcard::to_slice(&repr, room) {
+            Ok(written) => {
+                self.len += written.len();
+                self.count += 1;
+                self.next_seq = seq + 1;
+                self.pending_end = None;
+                Ok(Push::Added)
+            }
+            Err(_) if self.count > 0 => {
+                // Seal early: the range ends just before this event.
+                self.pending_end = Some(seq);
+                Ok(Push::SealFirst)
+            }
+            Err(_) => Err(ChunkError::EventTooLarge {
+                size: postcard::experimental::serialized_size(&repr).unwrap_or(usize::MAX),
+                capacity: self.buf.len() - HEADER_RESERVE,
+            }),
+        }
+    }
+
+    /// Seals the open chunk and returns it, or `None` if it holds no event.
+    ///
+    /// The next chunk's range starts where this one ends.
+    pub fn seal(&mut self) -> Option<Sealed<'_>> {
+        if self.count == 0 {
+            return None;
+        }
+        let end_seq = self.pending_end.take().unwrap_or(self.next_seq);
+        let header = Header {
+            version: FORMAT_VERSION,
+            origin: self.origin,
+            first_seq: self.range_start,
+            end_seq,
+        };
+        let mut head = [0u8; HEADER_RESERVE];
+        // Invariant: a header and a count always fit `HEADER_RESERVE`, which is sized for
+        // the longest varints; the fallbacks below are unreachable.
+        let head_len = match postcard::to_slice(&header, &mut head) {
+            Ok(h) => h.len(),
+            Err(_) => return None,
+        };
+        let head_len = match postcard::to_slice(&self.count, &mut head[head_len..]) {
+            Ok(c) => head_len + c.len(),
+            Err(_) => return None,
+        };
+        let start = HEADER_RESERVE - head_len;
+        self.buf[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
+        let events = self.count;
+        let first_seq = self.range_start;
+        self.range_start = end_seq;
+        self.next_seq = self.next_seq.max(end_seq);
+        self.count = 0;
+        let bytes = &self.buf[start..HEADER_RESERVE + core::mem::take(&mut self.len)];
+        Some(Sealed {
+            id: ChunkHash::of(bytes),
+            bytes,
+            origin: self.origin,
+            first_seq,
+            end_seq,
+            events,
+        })
+    }
+}
+
+/// A decoded, validated chunk that borrows its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkView<'a> {
+    bytes: &'a [u8],
+    origin: NodeId,
+    first_seq: u64,
+    end_seq: u64,
+    count: u32,
+    /// Offset of the first event in `bytes`.
+    events_at: usize,
+}
+
+impl<'a> ChunkView<'a> {
+    /// Checks `bytes` against `id`, then decodes and validates them.
+    pub fn verify(id: &ChunkHash, bytes: &'a [u8]) -> Result<Self, ChunkError> {
+        let verified = id.verify(bytes)?;
+        Ok(Self::parse(verified.bytes())?)
+    }
+
+    /// Decodes and validates every rule of the format (see the [module docs](self)),
+    /// reading every event once. It does not check any hash.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let Some(&version) = bytes.first() else {
+            return Err(DecodeError::Truncated);
+        };
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+        }
+        let (header, rest) =
+            postcard::take_from_bytes::<Header>(bytes).map_err(DecodeError::from_postcard)?;
+        let (count, mut rest) =
+            postcard::take_from_bytes::<u32>(rest).map_err(DecodeError::from_postcard)?;
+        if header.first_seq >= header.end_seq {
+            return Err(DecodeError::Invalid("chunk range is empty"));
+        }
+        if count == 0 {
+            return Err(DecodeError::Invalid("chunk holds no event"));
+        }
+        if u64::from(count) > header.end_seq - header.first_seq {
+            return Err(DecodeError::Invalid("more events than sequence numbers in range"));
+        }
+        let events_at = bytes.len() - rest.len();
+        let mut next = header.first_seq;
+        for _ in 0..count {
+            let (e, tail) =
+                postcard::take_from_bytes::<EventRepr<'_>>(rest).map_err(DecodeError::from_postcard)?;
+            if e.seq < next || e.seq >= header.end_seq {
+                return Err(DecodeError::Invalid("event sequence number out of order or out of range"));
+            }
+            if !e.privacy.is_shareable() {
+                return Err(DecodeError::Invalid("private event inside a chunk"));
+            }
+            next = e.seq + 1;
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes { extra: rest.len() });
+        }
+        Ok(Self {
+            bytes,
+            origin: header.origin,
+            first_seq: header.first_seq,
+            end_seq: header.end_seq,
+            count,
+            events_at,
+        })
+    }
+
+    /// The chunk's bytes.
+    #[must_use]
+    pub const fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The origin of its events.
+    #[must_use]
+    pub const fn origin(&self) -> NodeId {
+        self.origin
+    }
+
+    /// First sequence number covered.
+    #[must_use]
+    pub const fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// One past the last sequence number covered.
+    #[must_use]
+    pub const fn end_seq(&self) -> u64 {
+        self.end_seq
+    }
+
+    /// Number of events inside.
+    #[must_use]
+    pub const fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Always `false`: a valid chunk holds at least one event.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The events, in sequence order, borrowing the chunk's bytes.
+    #[must_use]
+    pub fn events(&self) -> Events<'a> {
+        Events { rest: &self.bytes[self.events_at..], origin: self.origin, left: self.count }
+    }
+}
+
+/// Iterator over the events of a [`ChunkView`].
+#[derive(Clone, Debug)]
+pub struct Events<'a> {
+    rest: &'a [u8],
+    origin: NodeId,
+    left: u32,
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = Event<'a>;
+
+    fn next(&mut self) -> Option<Event<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        // `ChunkView::parse` decoded these very bytes successfully, so this cannot fail;
+        // if it did, the iterator would end early rather than panic.
+        let (e, rest) = postcard::take_from_bytes::<EventRepr<'a>>(self.rest).ok()?;
+        self.rest = rest;
+        self.left -= 1;
+        Some(Event {
+            origin: self.origin,
+            seq: e.seq,
+            timestamp: e.timestamp,
+            kind: e.kind,
+            privacy: e.privacy,
+            payload: e.payload,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.left as usize))
+    }
+}
+
+#[cfg(test)]
+mod tests;

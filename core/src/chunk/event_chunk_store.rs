@@ -1,0 +1,202 @@
+//! The original document's `EventChunkStore`: chunking whole event lists, owning the
+//! chunks, finding them by hash. Needs `alloc`.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::{ChunkError, ChunkView, Chunker, Push, Sealed};
+use crate::event::{ChunkEvent, NodeId};
+use crate::hash::{ChunkHash, Verified};
+
+/// Default largest chunk an [`EventChunkStore`] seals: 1 MiB. A range whose events would
+/// exceed it is sealed early, at the last event that fits.
+pub const DEFAULT_MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// A sealed chunk that owns its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventChunk {
+    /// The chunk's name: the hash of `bytes`.
+    pub id: ChunkHash,
+    /// The chunk's canonical bytes.
+    pub bytes: Vec<u8>,
+    /// The origin of its events.
+    pub origin: NodeId,
+    /// First sequence number covered.
+    pub first_seq: u64,
+    /// One past the last sequence number covered.
+    pub end_seq: u64,
+    /// Number of events inside.
+    pub events: u32,
+}
+
+impl EventChunk {
+    fn from_sealed(s: &Sealed<'_>) -> Self {
+        Self {
+            id: s.id,
+            bytes: s.bytes.to_vec(),
+            origin: s.origin,
+            first_seq: s.first_seq,
+            end_seq: s.end_seq,
+            events: s.events,
+        }
+    }
+
+    /// Decodes the chunk for reading its events.
+    pub fn view(&self) -> Result<ChunkView<'_>, ChunkError> {
+        Ok(ChunkView::parse(&self.bytes)?)
+    }
+}
+
+/// Chunks events, keeps the chunks and finds them by hash.
+///
+/// Chunk boundaries follow each origin's sequence numbers (see the [module docs](super)):
+/// the store remembers, per origin, the first sequence number not yet sealed, so calling
+/// [`create_chunks`](Self::create_chunks) again with the same log plus appended events
+/// seals only the new events and never touches an existing chunk.
+///
+/// ```
+/// use chunk_sync_core::{EventBuf, EventChunkStore, NodeId, Privacy};
+///
+/// let log: Vec<EventBuf> = (0..25)
+///     .map(|seq| EventBuf {
+///         origin: NodeId(1), seq, timestamp: seq, kind: "tick".into(),
+///         privacy: Privacy::Public, payload: vec![seq as u8; 8],
+///     })
+///     .collect();
+/// let mut store = EventChunkStore::new(10);
+/// let chunks = store.create_chunks(&log)?;
+/// assert_eq!(chunks.len(), 3); // 10 + 10 + 5 events
+/// assert!(store.get_chunk(&chunks[0].id).is_some());
+/// assert!(store.create_chunks(&log)?.is_empty()); // nothing new
+/// # Ok::<(), chunk_sync_core::ChunkError>(())
+/// ```
+#[derive(Debug)]
+pub struct EventChunkStore {
+    events_per_chunk: u32,
+    max_chunk_bytes: usize,
+    chunks: BTreeMap<ChunkHash, EventChunk>,
+    /// Per origin: the first sequence number not yet sealed.
+    sealed_through: BTreeMap<NodeId, u64>,
+}
+
+impl EventChunkStore {
+    /// A store that seals chunks of `events_per_chunk` sequence numbers (clamped to at
+    /// least 1) and at most [`DEFAULT_MAX_CHUNK_BYTES`] bytes.
+    #[must_use]
+    pub fn new(events_per_chunk: usize) -> Self {
+        Self {
+            events_per_chunk: u32::try_from(events_per_chunk).unwrap_or(u32::MAX).max(1),
+            max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
+            chunks: BTreeMap::new(),
+            sealed_through: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the largest chunk, in bytes, header included.
+    #[must_use]
+    pub fn with_max_chunk_bytes(mut self, max: usize) -> Self {
+        self.max_chunk_bytes = max;
+        self
+    }
+
+    /// Sequence numbers per chunk.
+    #[must_use]
+    pub const fn events_per_chunk(&self) -> u32 {
+        self.events_per_chunk
+    }
+
+    /// Seals the shareable events of `events` that are not in a chunk yet, and returns the
+    /// new chunks (ordered by origin, then sequence number).
+    ///
+    /// Events may come from several origins and in any order. Events whose sequence number
+    /// is already sealed are skipped; the open tail of each origin is sealed too. On error
+    /// (two events with one sequence number, an event larger than the chunk limit) the
+    /// store is left exactly as it was.
+    pub fn create_chunks<E: ChunkEvent>(&mut self, events: &[E]) -> Result<Vec<EventChunk>, ChunkError> {
+        let mut order: Vec<&E> = events.iter().collect();
+        order.sort_by_key(|e| (e.origin(), e.seq()));
+        let mut buf = vec![0u8; self.max_chunk_bytes];
+        let mut created = Vec::new();
+        let mut through = Vec::new();
+        for run in order.chunk_by(|a, b| a.origin() == b.origin()) {
+            let origin = run[0].origin();
+            let start = self.sealed_through.get(&origin).copied().unwrap_or(0);
+            let mut chunker = Chunker::new(origin, self.events_per_chunk, start, &mut buf)?;
+            for &event in run.iter().filter(|e| e.seq() >= start) {
+                if chunker.push(event)? == Push::SealFirst {
+                    if let Some(sealed) = chunker.seal() {
+                        created.push(EventChunk::from_sealed(&sealed));
+                    }
+                    // After sealing, an event that was rejected only for lack of room or
+                    // range is always taken; a second `SealFirst` would mean it can never fit.
+                    if chunker.push(event)? == Push::SealFirst {
+                        return Err(ChunkError::EventTooLarge {
+                            size: event.payload().len(),
+                            capacity: self.max_chunk_bytes,
+                        });
+                    }
+                }
+            }
+            if let Some(sealed) = chunker.seal() {
+                created.push(EventChunk::from_sealed(&sealed));
+            }
+            through.push((origin, chunker.next_seq()));
+        }
+        self.sealed_through.extend(through);
+        for chunk in &created {
+            self.chunks.insert(chunk.id, chunk.clone());
+        }
+        Ok(created)
+    }
+
+    /// The chunk named `hash`, if the store has it.
+    #[must_use]
+    pub fn get_chunk(&self, hash: &ChunkHash) -> Option<&EventChunk> {
+        self.chunks.get(hash)
+    }
+
+    /// Adds a chunk received from elsewhere, after validating its format. Returns whether
+    /// it was new. The origin's sealing position is left alone: only the origin seals.
+    pub fn insert_chunk(&mut self, chunk: Verified<'_>) -> Result<bool, ChunkError> {
+        if self.chunks.contains_key(&chunk.id()) {
+            return Ok(false);
+        }
+        let view = ChunkView::parse(chunk.bytes())?;
+        self.chunks.insert(
+            chunk.id(),
+            EventChunk {
+                id: chunk.id(),
+                bytes: chunk.bytes().to_vec(),
+                origin: view.origin(),
+                first_seq: view.first_seq(),
+                end_seq: view.end_seq(),
+                events: view.len(),
+            },
+        );
+        Ok(true)
+    }
+
+    /// Every chunk, ordered by hash.
+    pub fn chunks(&self) -> impl ExactSizeIterator<Item = &EventChunk> {
+        self.chunks.values()
+    }
+
+    /// Every chunk hash, sorted: this node's manifest.
+    #[must_use]
+    pub fn hashes(&self) -> Vec<ChunkHash> {
+        self.chunks.keys().copied().collect()
+    }
+
+    /// Number of chunks.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Whether the store holds no chunk.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}

@@ -1,0 +1,310 @@
+//! Chunk names: [`ChunkHash`], the BLAKE3 hash of a chunk's exact bytes, and [`Verified`]
+//! chunk bytes, the only form in which a store accepts a chunk.
+//!
+//! This module is the crate's only caller of BLAKE3. A chunk's name is the hash of the very
+//! bytes that are stored and sent, never of a re-serialised form, so a receiver verifies a
+//! chunk by hashing what it received and nothing else.
+
+use core::fmt;
+use core::str::FromStr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The 32-byte BLAKE3 hash that names a chunk.
+///
+/// Hashes order by their bytes, so sets of them are kept sorted and compared by merge walks
+/// (see [`delta`](crate::delta)). `Display` and [`FromStr`] use 64 lower-case hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ChunkHash([u8; 32]);
+
+impl ChunkHash {
+    /// Length of a hash in bytes.
+    pub const LEN: usize = 32;
+
+    /// The hash of `bytes`.
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// A hash from its raw bytes.
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw bytes of the hash.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Whether `bytes` hash to `self`. BLAKE3's own comparison runs in constant time.
+    #[must_use]
+    pub fn matches(&self, bytes: &[u8]) -> bool {
+        blake3::hash(bytes) == blake3::Hash::from_bytes(self.0)
+    }
+
+    /// Checks `bytes` against this hash and returns them as [`Verified`] on success.
+    pub fn verify<'a>(&self, bytes: &'a [u8]) -> Result<Verified<'a>, HashMismatch> {
+        Verified::new(*self, bytes)
+    }
+}
+
+impl fmt::Display for ChunkHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ChunkHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkHash({self})")
+    }
+}
+
+/// A string that is not 64 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ParseHashError {
+    /// The string is not 64 bytes long.
+    Length {
+        /// Bytes found.
+        found: usize,
+    },
+    /// A character that is not a hex digit, at this byte offset.
+    NotHex {
+        /// Byte offset of the first bad character.
+        at: usize,
+    },
+}
+
+impl fmt::Display for ParseHashError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Length { found } => {
+                write!(f, "a chunk hash has 64 hex digits, found {found} bytes")
+            }
+            Self::NotHex { at } => write!(f, "not a hex digit at offset {at} of a chunk hash"),
+        }
+    }
+}
+
+impl core::error::Error for ParseHashError {}
+
+impl FromStr for ChunkHash {
+    type Err = ParseHashError;
+
+    fn from_str(s: &str) -> Result<Self, ParseHashError> {
+        let digits = s.as_bytes();
+        if digits.len() != 64 {
+            return Err(ParseHashError::Length { found: s.len() });
+        }
+        let nibble = |at: usize| -> Result<u8, ParseHashError> {
+            match digits[at] {
+                c @ b'0'..=b'9' => Ok(c - b'0'),
+                c @ b'a'..=b'f' => Ok(c - b'a' + 10),
+                c @ b'A'..=b'F' => Ok(c - b'A' + 10),
+                _ => Err(ParseHashError::NotHex { at }),
+            }
+        };
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = (nibble(2 * i)? << 4) | nibble(2 * i + 1)?;
+        }
+        Ok(Self(out))
+    }
+}
+
+/// Hex in human-readable formats (JSON), 32 raw bytes without a length in binary ones
+/// (postcard).
+impl Serialize for ChunkHash {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            self.0.serialize(serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkHash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HexVisitor;
+        impl Visitor<'_> for HexVisitor {
+            type Value = ChunkHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex digits")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ChunkHash, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(HexVisitor)
+        } else {
+            <[u8; 32]>::deserialize(deserializer).map(Self)
+        }
+    }
+}
+
+/// An incremental hasher, for chunks that arrive in pieces.
+#[derive(Clone, Debug, Default)]
+pub struct Hasher(blake3::Hasher);
+
+impl Hasher {
+    /// A hasher that has seen no bytes.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(bytes);
+        self
+    }
+
+    /// The hash of all bytes fed so far.
+    #[must_use]
+    pub fn finalize(&self) -> ChunkHash {
+        ChunkHash(*self.0.finalize().as_bytes())
+    }
+}
+
+/// Received bytes that did not hash to the name they were sent under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct HashMismatch {
+    /// The name the bytes were sent under.
+    pub expected: ChunkHash,
+    /// The hash of the bytes actually received.
+    pub actual: ChunkHash,
+}
+
+impl fmt::Display for HashMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "chunk {} does not match its bytes, which hash to {}", self.expected, self.actual)
+    }
+}
+
+impl core::error::Error for HashMismatch {}
+
+/// Chunk bytes that are known to hash to [`id`](Self::id).
+///
+/// The only ways to get one are to hash the bytes ([`Verified::new`], [`ChunkHash::verify`])
+/// or to seal a chunk ([`Sealed::verified`](crate::chunk::Sealed::verified)), so a store that
+/// takes `Verified` cannot be handed an unverified byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified<'a> {
+    id: ChunkHash,
+    bytes: &'a [u8],
+}
+
+impl<'a> Verified<'a> {
+    /// Hashes `bytes` and accepts them if they hash to `expected`.
+    pub fn new(expected: ChunkHash, bytes: &'a [u8]) -> Result<Self, HashMismatch> {
+        let actual = ChunkHash::of(bytes);
+        if actual == expected {
+            Ok(Self { id: actual, bytes })
+        } else {
+            Err(HashMismatch { expected, actual })
+        }
+    }
+
+    /// Names `bytes` by their hash.
+    #[must_use]
+    pub fn hash_of(bytes: &'a [u8]) -> Self {
+        Self { id: ChunkHash::of(bytes), bytes }
+    }
+
+    /// Bytes whose hash was computed by this crate just now (sealing, incremental hashing).
+    pub(crate) const fn trusted(id: ChunkHash, bytes: &'a [u8]) -> Self {
+        Self { id, bytes }
+    }
+
+    /// The chunk's name.
+    #[must_use]
+    pub const fn id(&self) -> ChunkHash {
+        self.id
+    }
+
+    /// The chunk's bytes.
+    #[must_use]
+    pub const fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::string::ToString;
+
+    #[test]
+    fn known_answer() {
+        // BLAKE3 of the empty input, from the BLAKE3 test vectors.
+        assert_eq!(
+            ChunkHash::of(b"").to_string(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+
+    #[test]
+    fn verify_rejects_other_bytes() {
+        let id = ChunkHash::of(b"chunk");
+        assert_eq!(id.verify(b"chunk").map(|v| v.id()), Ok(id));
+        let err = id.verify(b"chunK").unwrap_err();
+        assert_eq!(err.expected, id);
+        assert_eq!(err.actual, ChunkHash::of(b"chunK"));
+        assert!(!id.matches(b""));
+    }
+
+    #[test]
+    fn incremental_equals_one_shot() {
+        let mut h = Hasher::new();
+        h.update(b"hello ").update(b"world");
+        assert_eq!(h.finalize(), ChunkHash::of(b"hello world"));
+    }
+
+    #[test]
+    fn parse_errors_are_typed() {
+        assert_eq!("ab".parse::<ChunkHash>(), Err(ParseHashError::Length { found: 2 }));
+        let mut s = ChunkHash::of(b"x").to_string();
+        s.replace_range(10..11, "g");
+        assert_eq!(s.parse::<ChunkHash>(), Err(ParseHashError::NotHex { at: 10 }));
+        // A multi-byte character must not panic on a char boundary.
+        let s = "é".repeat(32);
+        assert_eq!(s.parse::<ChunkHash>(), Err(ParseHashError::NotHex { at: 0 }));
+    }
+
+    #[test]
+    fn postcard_is_32_raw_bytes() {
+        let id = ChunkHash::of(b"x");
+        let mut buf = [0u8; 64];
+        let out = postcard::to_slice(&id, &mut buf).unwrap();
+        assert_eq!(out, id.as_bytes());
+        assert_eq!(postcard::from_bytes::<ChunkHash>(out).unwrap(), id);
+    }
+
+    proptest! {
+        #[test]
+        fn hex_round_trips(bytes in any::<[u8; 32]>()) {
+            let id = ChunkHash::from_bytes(bytes);
+            prop_assert_eq!(id.to_string().parse::<ChunkHash>(), Ok(id));
+            prop_assert_eq!(id.to_string().to_uppercase().parse::<ChunkHash>(), Ok(id));
+        }
+
+        #[test]
+        fn parsing_any_string_never_panics(s in ".{0,80}") {
+            let _ = s.parse::<ChunkHash>();
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `chunk-sync-core`: the sans-IO heart of chunk-sync.
+//!
+//! This crate replicates append-only event logs by content-addressed chunks and holds every
+//! piece of logic that does not need I/O, a clock or an allocator:
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`time`] | [`Instant`](time::Instant) and [`Duration`](time::Duration): `u64` microseconds, no clock |
+//! | [`hash`] | [`ChunkHash`](hash::ChunkHash), the BLAKE3 name of a chunk, and [`Verified`](hash::Verified) chunk bytes |
+//! | [`error`] | leaf errors shared by several modules |
+//! | [`event`] | [`Privacy`](event::Privacy), the [`ChunkEvent`](event::ChunkEvent) trait and the default [`Event`](event::Event) |
+//! | [`chunk`] | the canonical chunk encoding, the streaming [`Chunker`](chunk::Chunker) and [`ChunkView`](chunk::ChunkView) |
+//! | [`manifest`] | [`Manifest`](manifest::Manifest): fixed-capacity sorted sets of chunk hashes, and pages of them |
+//! | [`wire`] | [`Message`](wire::Message) and length-prefixed frames |
+//! | [`delta`] | set difference of sorted hash sequences, whole or page by page |
+//! | [`throttle`] | the clock-agnostic bandwidth [`Throttle`](throttle::Throttle) |
+//! | [`progress`] | [`SyncProgress`](progress::SyncProgress) and the per-peer [`ProgressTable`](progress::ProgressTable) |
+//! | [`store`] | the [`ChunkStore`](store::ChunkStore) trait, [`RamStore`](store::RamStore) and, with `alloc`, [`ChunkCache`](store::ChunkCache) |
+//!
+//! Time is always a parameter (`now`), bytes come in as slices and go out into caller
+//! buffers, and every capacity is a const generic or a value the caller chooses. Nothing a
+//! peer sends can make this crate panic: malformed input is a typed error.
+//!
+//! # Features
+//! - `alloc`: `Vec`-backed conveniences (`EventChunkStore`, `EventBuf`, `ChunkCache`, `MemStore`).
+//! - `std`: `alloc` plus std interop.
+//! - `defmt` / `log`: route the crate's few log lines to one of these (never both).
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// `std` is opt-in: every std-only use must be imported explicitly, so a build that forgets a
+// `cfg` fails on the host too instead of only on a microcontroller target.
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+// Must come first: the macros it defines are used by the modules below.
+#[macro_use]
+mod fmt;
+
+pub mod chunk;
+pub mod delta;
+pub mod error;
+pub mod event;
+pub mod hash;
+pub mod manifest;
+pub mod progress;
+pub mod store;
+pub mod throttle;
+pub mod time;
+pub mod wire;
+
+pub use chunk::{ChunkError, ChunkView, Chunker, Sealed};
+pub use error::{CapacityError, DecodeError, InsufficientSize};
+pub use event::{ChunkEvent, Event, NodeId, Privacy};
+pub use hash::{ChunkHash, HashMismatch, Verified};
+pub use manifest::Manifest;
+pub use progress::{ProgressTable, SyncProgress};
+pub use store::ChunkStore;
+pub use throttle::{NotUntil, Throttle, ThrottleConfig};
+pub use time::{Duration, Instant};
+pub use wire::Message;
+
+#[cfg(feature = "alloc")]
+pub use chunk::EventChunkStore;
+#[cfg(feature = "alloc")]
+pub use event::EventBuf;

@@ -1,0 +1,79 @@
+//! Where verified chunks live: the [`ChunkStore`] trait, the fixed-capacity [`RamStore`]
+//! and, with `alloc`, the byte-budgeted least-recently-used [`ChunkCache`].
+//!
+//! A store only ever accepts [`Verified`] bytes, so nothing reaches it unchecked. The sync
+//! session never calls a store: it reports what it received and what was requested, and
+//! the adapter, which owns the store, answers.
+
+use core::fmt;
+
+use crate::error::InsufficientSize;
+use crate::hash::{ChunkHash, Verified};
+
+mod ram;
+pub use ram::{RamStore, RamStoreError};
+
+#[cfg(feature = "alloc")]
+mod cache;
+#[cfg(feature = "alloc")]
+pub use cache::{CacheError, ChunkCache};
+
+/// A place that keeps chunks by hash.
+///
+/// Reads take `&mut self` so that stores may keep bookkeeping such as recency.
+pub trait ChunkStore {
+    /// What can go wrong in this store (full, I/O, …).
+    type Error: fmt::Debug + fmt::Display;
+
+    /// Keeps a verified chunk. Returns `Ok(true)` if it was new and `Ok(false)` if the
+    /// store had it already. On error nothing already stored is changed.
+    fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, Self::Error>;
+
+    /// Whether the store has the chunk.
+    fn contains(&self, id: &ChunkHash) -> Result<bool, Self::Error>;
+
+    /// The chunk's length in bytes, if the store has it.
+    fn chunk_len(&self, id: &ChunkHash) -> Result<Option<usize>, Self::Error>;
+
+    /// Copies the chunk into `buf` and returns its length, or `Ok(None)` if the store does
+    /// not have it.
+    fn read_into(&mut self, id: &ChunkHash, buf: &mut [u8]) -> Result<Option<usize>, ReadError<Self::Error>>;
+
+    /// Fills `out` with the stored hashes that come strictly after `after` (from the first
+    /// if `None`), in ascending order, and returns how many it wrote: one manifest page.
+    fn ids_after(&self, after: Option<&ChunkHash>, out: &mut [ChunkHash]) -> Result<usize, Self::Error>;
+
+    /// Number of chunks stored.
+    fn chunk_count(&self) -> Result<usize, Self::Error>;
+}
+
+/// Why [`ChunkStore::read_into`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ReadError<E> {
+    /// The buffer cannot hold the chunk.
+    BufferTooSmall(InsufficientSize),
+    /// The store failed.
+    Store(E),
+}
+
+impl<E: fmt::Display> fmt::Display for ReadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BufferTooSmall(e) => fmt::Display::fmt(e, f),
+            Self::Store(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for ReadError<E> {}
+
+/// Copies `bytes` into `buf`, or reports the size needed.
+fn copy_out<E>(bytes: &[u8], buf: &mut [u8]) -> Result<Option<usize>, ReadError<E>> {
+    let out = buf
+        .get_mut(..bytes.len())
+        .ok_or(ReadError::BufferTooSmall(InsufficientSize { required: bytes.len() }))?;
+    out.copy_from_slice(bytes);
+    Ok(Some(bytes.len()))
+}

@@ -1,0 +1,207 @@
+//! [`RamStore`]: chunks in fixed arrays, no allocator.
+
+use core::fmt;
+
+use heapless::Vec;
+
+use super::{ChunkStore, ReadError, copy_out};
+use crate::error::CapacityError;
+use crate::hash::{ChunkHash, Verified};
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    id: ChunkHash,
+    at: usize,
+    len: usize,
+}
+
+/// Up to `N` chunks holding up to `BYTES` bytes in all, in fixed arrays (it can live in a
+/// `static`).
+///
+/// Memory: `BYTES + N × (32 + 2 × size_of::<usize>())` bytes. Chunks are packed end to
+/// end; removing one moves the later ones down, so there is never fragmentation.
+#[derive(Clone)]
+pub struct RamStore<const N: usize, const BYTES: usize> {
+    /// Sorted by id.
+    slots: Vec<Slot, N>,
+    data: [u8; BYTES],
+    used: usize,
+}
+
+impl<const N: usize, const BYTES: usize> fmt::Debug for RamStore<N, BYTES> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RamStore").field("chunks", &self.slots.len()).field("bytes", &self.used).finish()
+    }
+}
+
+impl<const N: usize, const BYTES: usize> Default for RamStore<N, BYTES> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a [`RamStore`] refused a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum RamStoreError {
+    /// The chunk is larger than the whole store: it will never fit.
+    TooLarge {
+        /// The chunk's size.
+        size: usize,
+        /// The store's byte capacity.
+        capacity: usize,
+    },
+    /// The store is full now (chunk slots or bytes); removing chunks makes room.
+    Full(CapacityError),
+}
+
+impl fmt::Display for RamStoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { size, capacity } => {
+                write!(f, "chunk of {size} bytes can never fit a store of {capacity} bytes")
+            }
+            Self::Full(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl core::error::Error for RamStoreError {}
+
+impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
+    /// An empty store.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { slots: Vec::new(), data: [0; BYTES], used: 0 }
+    }
+
+    /// The stored chunk's bytes, if present.
+    #[must_use]
+    pub fn get(&self, id: &ChunkHash) -> Option<&[u8]> {
+        let slot = self.slot(id)?;
+        self.data.get(slot.at..slot.at + slot.len)
+    }
+
+    /// Removes a chunk; returns whether it was present.
+    pub fn remove(&mut self, id: &ChunkHash) -> bool {
+        let Ok(index) = self.slots.binary_search_by(|s| s.id.cmp(id)) else {
+            return false;
+        };
+        let gone = self.slots.remove(index);
+        self.data.copy_within(gone.at + gone.len..self.used, gone.at);
+        self.used -= gone.len;
+        for slot in self.slots.iter_mut().filter(|s| s.at > gone.at) {
+            slot.at -= gone.len;
+        }
+        true
+    }
+
+    /// Bytes in use.
+    #[must_use]
+    pub const fn used_bytes(&self) -> usize {
+        self.used
+    }
+
+    /// The stored hashes, sorted.
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = &ChunkHash> {
+        self.slots.iter().map(|s| &s.id)
+    }
+
+    fn slot(&self, id: &ChunkHash) -> Option<&Slot> {
+        self.slots.binary_search_by(|s| s.id.cmp(id)).ok().map(|i| &self.slots[i])
+    }
+}
+
+impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
+    type Error = RamStoreError;
+
+    fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, RamStoreError> {
+        let id = chunk.id();
+        let bytes = chunk.bytes();
+        let Err(index) = self.slots.binary_search_by(|s| s.id.cmp(&id)) else {
+            return Ok(false);
+        };
+        if bytes.len() > BYTES {
+            return Err(RamStoreError::TooLarge { size: bytes.len(), capacity: BYTES });
+        }
+        if self.slots.is_full() {
+            return Err(RamStoreError::Full(CapacityError { what: "RAM store chunk slots", capacity: N }));
+        }
+        let Some(room) = self.data.get_mut(self.used..self.used + bytes.len()) else {
+            return Err(RamStoreError::Full(CapacityError { what: "RAM store bytes", capacity: BYTES }));
+        };
+        room.copy_from_slice(bytes);
+        let slot = Slot { id, at: self.used, len: bytes.len() };
+        // Cannot fail: fullness was checked above.
+        let _ = self.slots.insert(index, slot);
+        self.used += bytes.len();
+        Ok(true)
+    }
+
+    fn contains(&self, id: &ChunkHash) -> Result<bool, RamStoreError> {
+        Ok(self.slot(id).is_some())
+    }
+
+    fn chunk_len(&self, id: &ChunkHash) -> Result<Option<usize>, RamStoreError> {
+        Ok(self.slot(id).map(|s| s.len))
+    }
+
+    fn read_into(&mut self, id: &ChunkHash, buf: &mut [u8]) -> Result<Option<usize>, ReadError<RamStoreError>> {
+        match self.get(id) {
+            Some(bytes) => copy_out(bytes, buf),
+            None => Ok(None),
+        }
+    }
+
+    fn ids_after(&self, after: Option<&ChunkHash>, out: &mut [ChunkHash]) -> Result<usize, RamStoreError> {
+        let start = after.map_or(0, |a| self.slots.partition_point(|s| s.id <= *a));
+        let mut n = 0;
+        for (dst, slot) in out.iter_mut().zip(&self.slots[start..]) {
+            *dst = slot.id;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn chunk_count(&self) -> Result<usize, RamStoreError> {
+        Ok(self.slots.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_read_remove_and_limits() {
+        let mut s = RamStore::<2, 10>::new();
+        let a = Verified::hash_of(b"aaaa");
+        let b = Verified::hash_of(b"bbbbbb");
+        assert_eq!(s.insert(a), Ok(true));
+        assert_eq!(s.insert(a), Ok(false));
+        assert_eq!(s.insert(b), Ok(true));
+        let c = Verified::hash_of(b"c");
+        assert!(matches!(s.insert(c), Err(RamStoreError::Full(_))));
+        assert_eq!(
+            s.insert(Verified::hash_of(&[0; 11])),
+            Err(RamStoreError::TooLarge { size: 11, capacity: 10 })
+        );
+        let mut buf = [0u8; 4];
+        assert_eq!(s.read_into(&a.id(), &mut buf), Ok(Some(4)));
+        assert_eq!(&buf, b"aaaa");
+        assert!(matches!(s.read_into(&b.id(), &mut buf), Err(ReadError::BufferTooSmall(e)) if e.required == 6));
+        assert!(s.remove(&a.id()));
+        assert_eq!(s.get(&b.id()), Some(&b"bbbbbb"[..]));
+        assert_eq!(s.used_bytes(), 6);
+        assert_eq!(s.insert(c), Ok(true));
+        assert_eq!(s.get(&c.id()), Some(&b"c"[..]));
+        let mut page = [ChunkHash::default(); 1];
+        let first = *s.ids().next().unwrap();
+        assert_eq!(s.ids_after(None, &mut page), Ok(1));
+        assert_eq!(page[0], first);
+        assert_eq!(s.ids_after(Some(&first), &mut page), Ok(1));
+        assert_ne!(page[0], first);
+        assert_eq!(s.chunk_count(), Ok(2));
+    }
+}

@@ -1,0 +1,391 @@
+//! The wire format: [`Message`]s in length-prefixed postcard frames.
+//!
+//! # Frames
+//! A frame is a 4-byte little-endian body length followed by the body, the postcard
+//! encoding of one [`Message`]. Each node announces in [`Hello`] the largest frame it
+//! accepts (header included), between [`MIN_FRAME`] and [`MAX_FRAME_LIMIT`]; a frame is
+//! refused as soon as its length prefix is read, before any of its body is buffered.
+//! Chunks larger than a frame travel in pieces ([`Message::EventChunkPut`] carries an
+//! offset and the chunk's total length).
+//!
+//! Decoding any byte string yields a message, "need more bytes", or a typed
+//! [`FrameError`]; it never panics. Messages borrow from the frame (hash lists and chunk
+//! data are not copied).
+//!
+//! # Message tags (protocol version 1)
+//! | tag | message |
+//! |---|---|
+//! | 0 | [`Hello`] |
+//! | 1 | `ManifestRequest` |
+//! | 2 | `ManifestPage` |
+//! | 3 | `EventChunkGet` |
+//! | 4 | `EventChunkPut` |
+//! | 5 | `NotFound` |
+//! | 6 | `Done` |
+//! | 7 | `Error` |
+
+use core::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::{DecodeError, InsufficientSize};
+use crate::event::NodeId;
+use crate::hash::ChunkHash;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bytes of the length prefix in front of every frame body.
+pub const FRAME_HEADER: usize = 4;
+/// The smallest maximum frame size a node may announce (BLE/LoRa-class links).
+pub const MIN_FRAME: u32 = 256;
+/// The largest maximum frame size a node may announce: 16 MiB.
+pub const MAX_FRAME_LIMIT: u32 = 16 << 20;
+/// The default maximum frame size: 64 KiB.
+pub const DEFAULT_MAX_FRAME: u32 = 64 << 10;
+
+/// Bytes of a `ManifestPage` frame that are not hashes: header, tag, `last`, list length.
+const PAGE_OVERHEAD: usize = FRAME_HEADER + 1 + 1 + 5;
+/// Bytes of an `EventChunkPut` frame that are not chunk data: header, tag, hash and three
+/// length varints.
+const PUT_OVERHEAD: usize = FRAME_HEADER + 1 + ChunkHash::LEN + 3 * 5;
+
+/// Optional protocol features a node supports, announced in [`Hello`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(transparent)]
+pub struct Capabilities(pub u32);
+
+impl Capabilities {
+    /// Discovery by manifest pages (every version-1 node).
+    pub const MANIFEST_PAGES: Self = Self(1 << 0);
+    /// Chunks larger than a frame, sent in pieces (every version-1 node).
+    pub const PIECES: Self = Self(1 << 1);
+    /// What this build supports.
+    pub const ALL: Self = Self(Self::MANIFEST_PAGES.0 | Self::PIECES.0);
+
+    /// Whether every capability of `other` is in `self`.
+    #[must_use]
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The capabilities both sides have.
+    #[must_use]
+    pub const fn intersect(self, other: Self) -> Self {
+        Self(self.0 & other.0)
+    }
+}
+
+/// The first message of each side of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Hello {
+    /// The sender's protocol version; sessions need equal versions.
+    pub protocol: u16,
+    /// The sender's node id.
+    pub node_id: NodeId,
+    /// The largest frame the sender accepts, header included.
+    pub max_frame: u32,
+    /// Optional features the sender supports.
+    pub capabilities: Capabilities,
+}
+
+/// Why a peer ended a session, as sent in [`Message::Error`]. Unknown codes are kept as
+/// they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[serde(transparent)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// The protocol versions differ.
+    pub const PROTOCOL_VERSION: Self = Self(1);
+    /// A frame could not be decoded.
+    pub const MALFORMED: Self = Self(2);
+    /// A valid message that is not allowed at this point.
+    pub const UNEXPECTED: Self = Self(3);
+    /// A frame exceeded the announced maximum.
+    pub const FRAME_TOO_LARGE: Self = Self(4);
+    /// The peer sent too much (requests, bytes) for the sender's limits.
+    pub const LIMIT_EXCEEDED: Self = Self(5);
+    /// The peer was silent for too long.
+    pub const TIMED_OUT: Self = Self(6);
+    /// The sender failed for a reason of its own.
+    pub const INTERNAL: Self = Self(7);
+}
+
+/// A sorted list of chunk hashes inside a message.
+///
+/// On the wire it is a byte string (varint length, then 32 bytes per hash), so a decoded
+/// list borrows the frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HashList<'a>(Repr<'a>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Repr<'a> {
+    Hashes(&'a [ChunkHash]),
+    Raw(&'a [u8]),
+}
+
+impl<'a> HashList<'a> {
+    /// A list of these hashes (for sending).
+    #[must_use]
+    pub const fn new(ids: &'a [ChunkHash]) -> Self {
+        Self(Repr::Hashes(ids))
+    }
+
+    /// Number of hashes.
+    #[must_use]
+    pub const fn len(&self) -> usize {
+        match self.0 {
+            Repr::Hashes(ids) => ids.len(),
+            Repr::Raw(raw) => raw.len() / ChunkHash::LEN,
+        }
+    }
+
+    /// Whether the list is empty.
+    #[must_use]
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The hashes, in order.
+    #[must_use]
+    pub const fn iter(&self) -> HashIter<'a> {
+        HashIter(self.0)
+    }
+}
+
+/// Iterator over a [`HashList`].
+#[derive(Clone, Debug)]
+pub struct HashIter<'a>(Repr<'a>);
+
+impl Iterator for HashIter<'_> {
+    type Item = ChunkHash;
+
+    fn next(&mut self) -> Option<ChunkHash> {
+        match &mut self.0 {
+            Repr::Hashes(ids) => {
+                let (first, rest) = ids.split_first()?;
+                *ids = rest;
+                Some(*first)
+            }
+            Repr::Raw(raw) => {
+                let (first, rest) = raw.split_first_chunk::<32>()?;
+                *raw = rest;
+                Some(ChunkHash::from_bytes(*first))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = HashList(self.0).len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for HashIter<'_> {}
+
+impl fmt::Debug for HashList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for HashList<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Repr::Raw(raw) => serializer.serialize_bytes(raw),
+            Repr::Hashes(ids) => {
+                // Written as the byte string it decodes from: the byte length as a varint,
+                // then each hash's 32 raw bytes (postcard writes tuples without a length).
+                let mut tuple = serializer.serialize_tuple(ids.len() + 1)?;
+                tuple.serialize_element(&(ids.len() * ChunkHash::LEN))?;
+                for id in ids {
+                    tuple.serialize_element(id)?;
+                }
+                tuple.end()
+            }
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for HashList<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RawVisitor;
+        impl<'de> Visitor<'de> for RawVisitor {
+            type Value = HashList<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string of 32-byte hashes")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<HashList<'de>, E> {
+                if v.len() % ChunkHash::LEN == 0 {
+                    Ok(HashList(Repr::Raw(v)))
+                } else {
+                    Err(E::custom("hash list length is not a multiple of 32"))
+                }
+            }
+        }
+        deserializer.deserialize_bytes(RawVisitor)
+    }
+}
+
+/// A protocol message. Each borrows the frame it was decoded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Message<'a> {
+    /// Opens a session: version, identity, frame limit, capabilities.
+    Hello(Hello),
+    /// Asks for the next page of the receiver's manifest: at most `limit` hashes strictly
+    /// after `after` (from the start if `None`).
+    ManifestRequest {
+        /// The last hash of the previous page.
+        after: Option<ChunkHash>,
+        /// The most hashes the requester wants in the page.
+        limit: u32,
+    },
+    /// One page of the sender's manifest, sorted, strictly after the requested cursor.
+    ManifestPage {
+        /// The hashes.
+        #[serde(borrow)]
+        ids: HashList<'a>,
+        /// Whether this page ends the manifest.
+        last: bool,
+    },
+    /// Asks for a chunk by hash.
+    EventChunkGet {
+        /// The chunk wanted.
+        hash: ChunkHash,
+    },
+    /// A chunk, or a piece of one: `data` is the chunk's bytes from `offset` on.
+    EventChunkPut {
+        /// The chunk's name.
+        hash: ChunkHash,
+        /// The whole chunk's length.
+        total_len: u32,
+        /// Where `data` starts in the chunk.
+        offset: u32,
+        /// The bytes.
+        #[serde(with = "serde_bytes", borrow)]
+        data: &'a [u8],
+    },
+    /// The sender does not have the requested chunk.
+    NotFound {
+        /// The chunk asked for.
+        hash: ChunkHash,
+    },
+    /// The sender has fetched everything it wanted from the receiver.
+    Done,
+    /// The sender ends the session because of an error.
+    Error {
+        /// Why.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        reason: &'a str,
+    },
+}
+
+impl Message<'_> {
+    /// Hashes that fit one `ManifestPage` in a frame of `max_frame` bytes.
+    #[must_use]
+    pub const fn page_capacity(max_frame: u32) -> usize {
+        (max_frame as usize).saturating_sub(PAGE_OVERHEAD) / ChunkHash::LEN
+    }
+
+    /// Chunk bytes that fit one `EventChunkPut` in a frame of `max_frame` bytes.
+    #[must_use]
+    pub const fn piece_capacity(max_frame: u32) -> usize {
+        (max_frame as usize).saturating_sub(PUT_OVERHEAD)
+    }
+
+    /// The size of this message's frame, header included.
+    #[must_use]
+    pub fn frame_len(&self) -> usize {
+        // Serialising into the size-counting flavour cannot fail for these types.
+        FRAME_HEADER + postcard::experimental::serialized_size(self).unwrap_or(usize::MAX - FRAME_HEADER)
+    }
+}
+
+/// Why bytes from a peer are not a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix announces a frame larger than allowed.
+    TooLarge {
+        /// The announced frame length, header included.
+        len: u64,
+        /// The largest frame accepted.
+        max: u32,
+    },
+    /// The body is not a valid message.
+    Decode(DecodeError),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the limit of {max}"),
+            Self::Decode(e) => write!(f, "malformed frame: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for FrameError {}
+
+/// What [`decode`] found at the front of a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// The buffer holds only part of a frame: `needed` bytes in all are required (the
+    /// header alone, while it is incomplete).
+    Incomplete {
+        /// Total bytes the buffer must hold.
+        needed: usize,
+    },
+    /// A whole frame.
+    Frame {
+        /// The message.
+        message: Message<'a>,
+        /// Bytes of the buffer it used; drop them before decoding the next frame.
+        len: usize,
+    },
+}
+
+/// Writes `message` as a frame at the start of `buf` and returns the frame.
+pub fn encode<'b>(message: &Message<'_>, buf: &'b mut [u8]) -> Result<&'b [u8], InsufficientSize> {
+    let too_small = || InsufficientSize { required: message.frame_len() };
+    let (head, body) = buf.split_at_mut_checked(FRAME_HEADER).ok_or_else(too_small)?;
+    let body_len = postcard::to_slice(message, body).map_err(|_| too_small())?.len();
+    let prefix = u32::try_from(body_len).map_err(|_| too_small())?;
+    head.copy_from_slice(&prefix.to_le_bytes());
+    Ok(&buf[..FRAME_HEADER + body_len])
+}
+
+/// Decodes the frame at the start of `buf`, refusing any frame longer than `max_frame`
+/// bytes as soon as its header is complete.
+pub fn decode(buf: &[u8], max_frame: u32) -> Result<Decoded<'_>, FrameError> {
+    let Some((head, rest)) = buf.split_first_chunk::<FRAME_HEADER>() else {
+        return Ok(Decoded::Incomplete { needed: FRAME_HEADER });
+    };
+    let body_len = u32::from_le_bytes(*head);
+    let len = u64::from(body_len) + FRAME_HEADER as u64;
+    if len > u64::from(max_frame) {
+        return Err(FrameError::TooLarge { len, max: max_frame });
+    }
+    // `len <= max_frame <= u32::MAX`, so these conversions are lossless.
+    let (len, body_len) = (len as usize, body_len as usize);
+    let Some(body) = rest.get(..body_len) else {
+        return Ok(Decoded::Incomplete { needed: len });
+    };
+    let (message, extra) = postcard::take_from_bytes::<Message<'_>>(body)
+        .map_err(|e| FrameError::Decode(DecodeError::from_postcard(e)))?;
+    if !extra.is_empty() {
+        return Err(FrameError::Decode(DecodeError::TrailingBytes { extra: extra.len() }));
+    }
+    Ok(Decoded::Frame { message, len })
+}
+
+#[cfg(test)]
+mod tests;
