@@ -19,7 +19,8 @@ use crate::manifest::is_sorted_unique;
 /// ```
 /// use chunk_sync_core::{delta, ChunkHash};
 /// let [a, b, c] = [1u8, 2, 3].map(|n| ChunkHash::from_bytes([n; 32]));
-/// let missing: Vec<_> = delta::missing(&[a, c], &[a, b, c]).collect();
+/// let (local, remote) = ([a, c], [a, b, c]);
+/// let missing: Vec<_> = delta::missing(&local, &remote).collect();
 /// assert_eq!(missing, [&b]);
 /// ```
 #[must_use]

@@ -120,8 +120,17 @@ impl ErrorCode {
 ///
 /// On the wire it is a byte string (varint length, then 32 bytes per hash), so a decoded
 /// list borrows the frame.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct HashList<'a>(Repr<'a>);
+
+impl PartialEq for HashList<'_> {
+    /// Lists are equal when they hold the same hashes, however they were built.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for HashList<'_> {}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Repr<'a> {

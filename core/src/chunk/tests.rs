@@ -1,1 +1,280 @@
 use super::*;
+use proptest::collection::vec as pvec;
+use proptest::prelude::*;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+/// An owned event for tests (the crate's `EventBuf` needs `alloc`).
+#[derive(Clone, Debug, PartialEq)]
+struct Ev {
+    seq: u64,
+    timestamp: u64,
+    kind: String,
+    privacy: Privacy,
+    payload: Vec<u8>,
+}
+
+impl ChunkEvent for Ev {
+    fn origin(&self) -> NodeId {
+        NodeId(7)
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+    fn privacy(&self) -> Privacy {
+        self.privacy
+    }
+    fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+fn ev(seq: u64, privacy: Privacy) -> Ev {
+    Ev {
+        seq,
+        timestamp: 1_700_000_000_000_000 + seq * 1_000,
+        kind: "sensor.reading".to_string(),
+        privacy,
+        payload: (0..16).map(|i| (seq as u8).wrapping_mul(31).wrapping_add(i)).collect(),
+    }
+}
+
+/// Seals `events` with a buffer of `buf_len` bytes; returns (id, bytes, first, end) per chunk.
+fn seal_all(events: &[Ev], per_chunk: u32, buf_len: usize) -> Vec<(ChunkHash, Vec<u8>, u64, u64)> {
+    let mut buf = std::vec![0u8; buf_len];
+    let mut chunker = Chunker::new(NodeId(7), per_chunk, 0, &mut buf).unwrap();
+    let mut out = Vec::new();
+    for e in events {
+        if chunker.push(e).unwrap() == Push::SealFirst {
+            let s = chunker.seal().unwrap();
+            out.push((s.id, s.bytes.to_vec(), s.first_seq, s.end_seq));
+            assert_ne!(chunker.push(e).unwrap(), Push::SealFirst);
+        }
+    }
+    if let Some(s) = chunker.seal() {
+        out.push((s.id, s.bytes.to_vec(), s.first_seq, s.end_seq));
+    }
+    out
+}
+
+/// Format version 1 is frozen: these events always give these bytes and this hash. If this
+/// test fails, the chunk format changed: bump `FORMAT_VERSION` and the README's stability
+/// section instead of updating the literals.
+#[test]
+fn golden_chunk() {
+    let events: Vec<Ev> = (0..3)
+        .map(|seq| Ev {
+            seq,
+            timestamp: 1_000 + seq,
+            kind: "t".to_string(),
+            privacy: if seq == 1 { Privacy::Shareable } else { Privacy::Public },
+            payload: std::vec![seq as u8; 2],
+        })
+        .collect();
+    let chunks = seal_all(&events, 4, 256);
+    assert_eq!(chunks.len(), 1);
+    let (id, bytes, first, end) = &chunks[0];
+    assert_eq!((*first, *end), (0, 3));
+    let hex: String = bytes.iter().map(|b| std::format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        // version origin first end count | seq ts(varint 1000) kind privacy payload ...
+        "0107000303\
+         00e8070174000200000\
+         1e9070174010201010\
+         2ea070174000202 02"
+            .replace(' ', "")
+    );
+    assert_eq!(id.to_string(), ChunkHash::of(bytes).to_string());
+    assert_eq!(
+        id.to_string(),
+        "acfccfc27ba55cb70083868fb9a75b08d9b148837afb046969eaebc98a323654"
+    );
+}
+
+#[test]
+fn private_events_never_enter_a_chunk() {
+    let events: Vec<Ev> = (0..10)
+        .map(|s| ev(s, if s % 3 == 0 { Privacy::Private } else { Privacy::Public }))
+        .collect();
+    for (id, bytes, ..) in seal_all(&events, 4, 1024) {
+        let view = ChunkView::verify(&id, &bytes).unwrap();
+        assert!(view.events().all(|e| e.seq % 3 != 0 && e.privacy.is_shareable()));
+    }
+}
+
+#[test]
+fn boundaries_follow_sequence_numbers() {
+    let log: Vec<Ev> = (0..30).map(|s| ev(s, Privacy::Public)).collect();
+    let before = seal_all(&log, 10, 4096);
+    assert_eq!(before.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(), [(0, 10), (10, 20), (20, 30)]);
+
+    // Reclassifying one event as private changes only the chunk that covers it; filtering
+    // first and cutting the filtered list every 10 events would shift every later chunk.
+    let mut reclassified = log.clone();
+    reclassified[4].privacy = Privacy::Private;
+    let after = seal_all(&reclassified, 10, 4096);
+    assert_ne!(after[0].0, before[0].0);
+    assert_eq!(after[1..], before[1..]);
+
+    // Appending never changes a sealed chunk: resuming at its end seals only the new events.
+    let mut buf = [0u8; 4096];
+    let mut chunker = Chunker::new(NodeId(7), 10, 30, &mut buf).unwrap();
+    assert_eq!(
+        chunker.push(&ev(5, Privacy::Public)),
+        Err(ChunkError::OutOfOrder { expected_at_least: 30, found: 5 })
+    );
+    for s in 30..35 {
+        assert_eq!(chunker.push(&ev(s, Privacy::Public)), Ok(Push::Added));
+    }
+    let tail = chunker.seal().unwrap();
+    assert_eq!((tail.first_seq, tail.end_seq, tail.events), (30, 35, 5));
+}
+
+#[test]
+fn gaps_and_empty_ranges_keep_alignment() {
+    let events = [ev(3, Privacy::Private), ev(25, Privacy::Public), ev(27, Privacy::Public), ev(41, Privacy::Public)];
+    let chunks = seal_all(&events, 10, 1024);
+    assert_eq!(chunks.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(), [(20, 30), (40, 42)]);
+}
+
+#[test]
+fn full_buffer_seals_early_and_oversize_events_are_refused() {
+    let events: Vec<Ev> = (0..6).map(|s| ev(s, Privacy::Public)).collect();
+    // Room for two events per chunk.
+    let one = postcard::experimental::serialized_size(&EventRepr {
+        seq: 0,
+        timestamp: events[0].timestamp,
+        kind: &events[0].kind,
+        privacy: Privacy::Public,
+        payload: &events[0].payload,
+    })
+    .unwrap();
+    let chunks = seal_all(&events, 100, HEADER_RESERVE + 2 * one + 1);
+    assert_eq!(chunks.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(), [(0, 2), (2, 4), (4, 6)]);
+
+    let mut buf = [0u8; HEADER_RESERVE + 8];
+    let mut chunker = Chunker::new(NodeId(7), 10, 0, &mut buf).unwrap();
+    assert!(matches!(
+        chunker.push(&events[0]),
+        Err(ChunkError::EventTooLarge { capacity: 8, size }) if size == one
+    ));
+    assert_eq!(chunker.next_seq(), 0, "a refused event changes nothing");
+    assert_eq!(
+        chunker.push(&Event { origin: NodeId(8), ..Event::default_for_tests() }),
+        Err(ChunkError::WrongOrigin { expected: NodeId(7), found: NodeId(8) })
+    );
+}
+
+impl Event<'static> {
+    fn default_for_tests() -> Self {
+        Event { origin: NodeId(7), seq: 0, timestamp: 0, kind: "", privacy: Privacy::Public, payload: b"" }
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    let mut buf = [0u8; 64];
+    assert_eq!(Chunker::new(NodeId(1), 0, 0, &mut buf).err(), Some(ChunkError::ZeroEventsPerChunk));
+    let mut tiny = [0u8; HEADER_RESERVE];
+    assert_eq!(
+        Chunker::new(NodeId(1), 1, 0, &mut tiny).err(),
+        Some(ChunkError::BufferTooSmall { required: HEADER_RESERVE + 1 })
+    );
+}
+
+#[test]
+fn invalid_chunks_are_refused() {
+    let (id, bytes, ..) = seal_all(&[ev(0, Privacy::Public), ev(1, Privacy::Public)], 4, 512).remove(0);
+    let mut tampered = bytes.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert!(matches!(ChunkView::verify(&id, &tampered), Err(ChunkError::HashMismatch(_))));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(ChunkView::parse(&longer), Err(DecodeError::TrailingBytes { extra: 1 }));
+    assert_eq!(ChunkView::parse(&bytes[..bytes.len() - 1]), Err(DecodeError::Truncated));
+    assert_eq!(ChunkView::parse(&[]), Err(DecodeError::Truncated));
+    assert_eq!(
+        ChunkView::parse(&[9, 0]),
+        Err(DecodeError::UnsupportedVersion { found: 9, supported: 1 })
+    );
+    // A private event smuggled into a chunk (privacy byte of the first event set to 2).
+    let mut private = bytes.clone();
+    let kind = bytes.windows(14).position(|w| w == b"sensor.reading").unwrap();
+    assert_eq!(private[kind + 14], 0, "privacy byte of the first event");
+    private[kind + 14] = 2;
+    assert_eq!(ChunkView::parse(&private), Err(DecodeError::Invalid("private event inside a chunk")));
+}
+
+fn arb_events() -> impl Strategy<Value = Vec<Ev>> {
+    pvec(
+        (0u64..4, any::<u64>(), "[a-z.]{0,12}", 0u8..3, pvec(any::<u8>(), 0..96)),
+        1..60,
+    )
+    .prop_map(|raw| {
+        let mut seq = 0;
+        raw.into_iter()
+            .map(|(gap, timestamp, kind, p, payload)| {
+                seq += gap;
+                let e = Ev {
+                    seq,
+                    timestamp,
+                    kind,
+                    privacy: [Privacy::Public, Privacy::Shareable, Privacy::Private][p as usize],
+                    payload,
+                };
+                seq += 1;
+                e
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    /// Every shareable event comes back exactly once, in order, from chunks that verify,
+    /// cover disjoint consecutive ranges, and are the same bytes when sealed twice.
+    #[test]
+    fn round_trip_and_determinism(events in arb_events(), per_chunk in 1u32..12, room in 120usize..800) {
+        let chunks = seal_all(&events, per_chunk, HEADER_RESERVE + room);
+        prop_assert_eq!(&chunks, &seal_all(&events, per_chunk, HEADER_RESERVE + room));
+        let mut decoded = Vec::new();
+        let mut last_end = 0;
+        for (id, bytes, first, end) in &chunks {
+            let view = ChunkView::verify(id, bytes).unwrap();
+            prop_assert_eq!((view.first_seq(), view.end_seq()), (*first, *end));
+            prop_assert!(*first >= last_end && end - first <= u64::from(per_chunk));
+            last_end = *end;
+            decoded.extend(view.events().map(|e| (e.seq, e.timestamp, e.kind.to_string(), e.privacy, e.payload.to_vec())));
+        }
+        let expected: Vec<_> = events
+            .iter()
+            .filter(|e| e.privacy.is_shareable())
+            .map(|e| (e.seq, e.timestamp, e.kind.clone(), e.privacy, e.payload.clone()))
+            .collect();
+        prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn parsing_arbitrary_bytes_never_panics(bytes in pvec(any::<u8>(), 0..200)) {
+        if let Ok(view) = ChunkView::parse(&bytes) {
+            prop_assert_eq!(view.events().count(), view.len() as usize);
+        }
+    }
+
+    #[test]
+    fn flipping_any_byte_is_caught(events in arb_events(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let chunks = seal_all(&events, 8, 2048);
+        if let Some((id, bytes, ..)) = chunks.first() {
+            let mut bad = bytes.clone();
+            let i = at.index(bad.len());
+            bad[i] ^= 1 << bit;
+            prop_assert!(ChunkView::verify(id, &bad).is_err());
+        }
+    }
+}
