@@ -1,5 +1,5 @@
 //! Chunks: the canonical encoding, the streaming [`Chunker`] and the zero-copy
-//! [`ChunkView`]; with `alloc`, the original API's [`EventChunkStore`].
+//! [`ChunkView`]; with `alloc`, the original API's `EventChunkStore`.
 //!
 //! # Format (version 1)
 //! A chunk is the postcard encoding of
@@ -113,12 +113,18 @@ impl fmt::Display for ChunkError {
         match self {
             Self::ZeroEventsPerChunk => f.write_str("events per chunk must be at least 1"),
             Self::BufferTooSmall { required } => {
-                write!(f, "chunk buffer too small: at least {required} bytes required")
+                write!(
+                    f,
+                    "chunk buffer too small: at least {required} bytes required"
+                )
             }
             Self::WrongOrigin { expected, found } => {
                 write!(f, "event of {found} pushed to the chunker of {expected}")
             }
-            Self::OutOfOrder { expected_at_least, found } => write!(
+            Self::OutOfOrder {
+                expected_at_least,
+                found,
+            } => write!(
                 f,
                 "event sequence number {found} is already chunked or out of order (next accepted: {expected_at_least})"
             ),
@@ -241,7 +247,9 @@ impl<'b> Chunker<'b> {
             return Err(ChunkError::ZeroEventsPerChunk);
         }
         if buf.len() <= HEADER_RESERVE {
-            return Err(ChunkError::BufferTooSmall { required: HEADER_RESERVE + 1 });
+            return Err(ChunkError::BufferTooSmall {
+                required: HEADER_RESERVE + 1,
+            });
         }
         Ok(Self {
             buf,
@@ -273,10 +281,16 @@ impl<'b> Chunker<'b> {
     pub fn push<E: ChunkEvent + ?Sized>(&mut self, event: &E) -> Result<Push, ChunkError> {
         let seq = event.seq();
         if event.origin() != self.origin {
-            return Err(ChunkError::WrongOrigin { expected: self.origin, found: event.origin() });
+            return Err(ChunkError::WrongOrigin {
+                expected: self.origin,
+                found: event.origin(),
+            });
         }
         if seq < self.next_seq {
-            return Err(ChunkError::OutOfOrder { expected_at_least: self.next_seq, found: seq });
+            return Err(ChunkError::OutOfOrder {
+                expected_at_least: self.next_seq,
+                found: seq,
+            });
         }
         let range_end = self.range_start.saturating_add(self.per_chunk);
         if seq >= range_end {
@@ -391,7 +405,10 @@ impl<'a> ChunkView<'a> {
             return Err(DecodeError::Truncated);
         };
         if version != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion { found: version, supported: FORMAT_VERSION });
+            return Err(DecodeError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let (header, rest) =
             postcard::take_from_bytes::<Header>(bytes).map_err(DecodeError::from_postcard)?;
@@ -404,15 +421,19 @@ impl<'a> ChunkView<'a> {
             return Err(DecodeError::Invalid("chunk holds no event"));
         }
         if u64::from(count) > header.end_seq - header.first_seq {
-            return Err(DecodeError::Invalid("more events than sequence numbers in range"));
+            return Err(DecodeError::Invalid(
+                "more events than sequence numbers in range",
+            ));
         }
         let events_at = bytes.len() - rest.len();
         let mut next = header.first_seq;
         for _ in 0..count {
-            let (e, tail) =
-                postcard::take_from_bytes::<EventRepr<'_>>(rest).map_err(DecodeError::from_postcard)?;
+            let (e, tail) = postcard::take_from_bytes::<EventRepr<'_>>(rest)
+                .map_err(DecodeError::from_postcard)?;
             if e.seq < next || e.seq >= header.end_seq {
-                return Err(DecodeError::Invalid("event sequence number out of order or out of range"));
+                return Err(DecodeError::Invalid(
+                    "event sequence number out of order or out of range",
+                ));
             }
             if !e.privacy.is_shareable() {
                 return Err(DecodeError::Invalid("private event inside a chunk"));
@@ -472,7 +493,11 @@ impl<'a> ChunkView<'a> {
     /// The events, in sequence order, borrowing the chunk's bytes.
     #[must_use]
     pub fn events(&self) -> Events<'a> {
-        Events { rest: &self.bytes[self.events_at..], origin: self.origin, left: self.count }
+        Events {
+            rest: &self.bytes[self.events_at..],
+            origin: self.origin,
+            left: self.count,
+        }
     }
 }
 

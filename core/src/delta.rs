@@ -25,13 +25,19 @@ use crate::manifest::is_sorted_unique;
 /// ```
 #[must_use]
 pub fn missing<'a>(local: &'a [ChunkHash], remote: &'a [ChunkHash]) -> Missing<'a> {
-    Missing { have: local, want: remote }
+    Missing {
+        have: local,
+        want: remote,
+    }
 }
 
 /// The hashes of `local` that are not in `remote`: what the other side lacks.
 #[must_use]
 pub fn extra<'a>(local: &'a [ChunkHash], remote: &'a [ChunkHash]) -> Missing<'a> {
-    Missing { have: remote, want: local }
+    Missing {
+        have: remote,
+        want: local,
+    }
 }
 
 /// Both differences in one walk, in sorted order.
@@ -68,7 +74,10 @@ impl<'a> Iterator for Missing<'a> {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.want.len().saturating_sub(self.have.len()), Some(self.want.len()))
+        (
+            self.want.len().saturating_sub(self.have.len()),
+            Some(self.want.len()),
+        )
     }
 }
 
@@ -162,7 +171,10 @@ impl PagedDelta {
     /// A walk that has seen no page.
     #[must_use]
     pub const fn new() -> Self {
-        Self { cursor: None, done: false }
+        Self {
+            cursor: None,
+            done: false,
+        }
     }
 
     /// The last remote hash seen: where to ask for the next page from.
@@ -196,7 +208,10 @@ impl PagedDelta {
         if !starts_after || !is_sorted_unique(page) {
             return Err(PageError::Unsorted);
         }
-        let from = self.cursor.as_ref().map_or(0, |c| local.partition_point(|id| id <= c));
+        let from = self
+            .cursor
+            .as_ref()
+            .map_or(0, |c| local.partition_point(|id| id <= c));
         let to = match (last, page.last()) {
             (false, Some(end)) => local.partition_point(|id| id <= end),
             _ => local.len(),
@@ -239,9 +254,15 @@ mod tests {
     fn bad_pages_are_refused_without_change() {
         let a = ids(&[1, 2, 3].into());
         let mut walk = PagedDelta::new();
-        assert_eq!(walk.page(&a, &[a[2], a[1]], false).err(), Some(PageError::Unsorted));
+        assert_eq!(
+            walk.page(&a, &[a[2], a[1]], false).err(),
+            Some(PageError::Unsorted)
+        );
         assert_eq!(walk.page(&a, &a[1..2], false).map(|d| d.count()), Ok(1));
-        assert_eq!(walk.page(&a, &a[..1], false).err(), Some(PageError::Unsorted));
+        assert_eq!(
+            walk.page(&a, &a[..1], false).err(),
+            Some(PageError::Unsorted)
+        );
         assert_eq!(walk.page(&a, &a[2..], true).map(|d| d.count()), Ok(0));
         assert_eq!(walk.page(&a, &[], true).err(), Some(PageError::AfterLast));
     }

@@ -35,7 +35,11 @@ pub struct InsufficientSize {
 
 impl fmt::Display for InsufficientSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "output buffer too small: {} bytes required", self.required)
+        write!(
+            f,
+            "output buffer too small: {} bytes required",
+            self.required
+        )
     }
 }
 
@@ -85,7 +89,10 @@ impl fmt::Display for DecodeError {
             Self::Malformed => f.write_str("input is not a valid encoding"),
             Self::TrailingBytes { extra } => write!(f, "{extra} unexpected bytes after the value"),
             Self::UnsupportedVersion { found, supported } => {
-                write!(f, "format version {found} is not supported (this build reads {supported})")
+                write!(
+                    f,
+                    "format version {found} is not supported (this build reads {supported})"
+                )
             }
             Self::Invalid(rule) => write!(f, "invalid value: {rule}"),
         }

@@ -19,7 +19,9 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The identifier of a node of the grid, and so of the origin of an event log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[serde(transparent)]
 pub struct NodeId(pub u64);

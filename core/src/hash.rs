@@ -190,7 +190,11 @@ pub struct HashMismatch {
 
 impl fmt::Display for HashMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "chunk {} does not match its bytes, which hash to {}", self.expected, self.actual)
+        write!(
+            f,
+            "chunk {} does not match its bytes, which hash to {}",
+            self.expected, self.actual
+        )
     }
 }
 
@@ -221,7 +225,10 @@ impl<'a> Verified<'a> {
     /// Names `bytes` by their hash.
     #[must_use]
     pub fn hash_of(bytes: &'a [u8]) -> Self {
-        Self { id: ChunkHash::of(bytes), bytes }
+        Self {
+            id: ChunkHash::of(bytes),
+            bytes,
+        }
     }
 
     /// Bytes whose hash was computed by this crate just now (sealing, incremental hashing).
@@ -276,13 +283,22 @@ mod tests {
 
     #[test]
     fn parse_errors_are_typed() {
-        assert_eq!("ab".parse::<ChunkHash>(), Err(ParseHashError::Length { found: 2 }));
+        assert_eq!(
+            "ab".parse::<ChunkHash>(),
+            Err(ParseHashError::Length { found: 2 })
+        );
         let mut s = ChunkHash::of(b"x").to_string();
         s.replace_range(10..11, "g");
-        assert_eq!(s.parse::<ChunkHash>(), Err(ParseHashError::NotHex { at: 10 }));
+        assert_eq!(
+            s.parse::<ChunkHash>(),
+            Err(ParseHashError::NotHex { at: 10 })
+        );
         // A multi-byte character must not panic on a char boundary.
         let s = "é".repeat(32);
-        assert_eq!(s.parse::<ChunkHash>(), Err(ParseHashError::NotHex { at: 0 }));
+        assert_eq!(
+            s.parse::<ChunkHash>(),
+            Err(ParseHashError::NotHex { at: 0 })
+        );
     }
 
     #[test]

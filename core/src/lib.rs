@@ -5,17 +5,17 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`time`] | [`Instant`](time::Instant) and [`Duration`](time::Duration): `u64` microseconds, no clock |
-//! | [`hash`] | [`ChunkHash`](hash::ChunkHash), the BLAKE3 name of a chunk, and [`Verified`](hash::Verified) chunk bytes |
+//! | [`time`] | [`Instant`] and [`Duration`]: `u64` microseconds, no clock |
+//! | [`hash`] | [`ChunkHash`], the BLAKE3 name of a chunk, and [`Verified`] chunk bytes |
 //! | [`error`] | leaf errors shared by several modules |
-//! | [`event`] | [`Privacy`](event::Privacy), the [`ChunkEvent`](event::ChunkEvent) trait and the default [`Event`](event::Event) |
-//! | [`chunk`] | the canonical chunk encoding, the streaming [`Chunker`](chunk::Chunker) and [`ChunkView`](chunk::ChunkView) |
-//! | [`manifest`] | [`Manifest`](manifest::Manifest): fixed-capacity sorted sets of chunk hashes, and pages of them |
-//! | [`wire`] | [`Message`](wire::Message) and length-prefixed frames |
+//! | [`event`] | [`Privacy`], the [`ChunkEvent`] trait and the default [`Event`] |
+//! | [`chunk`] | the canonical chunk encoding, the streaming [`Chunker`] and [`ChunkView`] |
+//! | [`manifest`] | [`Manifest`]: fixed-capacity sorted sets of chunk hashes, and pages of them |
+//! | [`wire`] | [`Message`] and length-prefixed frames |
 //! | [`delta`] | set difference of sorted hash sequences, whole or page by page |
-//! | [`throttle`] | the clock-agnostic bandwidth [`Throttle`](throttle::Throttle) |
-//! | [`progress`] | [`SyncProgress`](progress::SyncProgress) and the per-peer [`ProgressTable`](progress::ProgressTable) |
-//! | [`store`] | the [`ChunkStore`](store::ChunkStore) trait, [`RamStore`](store::RamStore) and, with `alloc`, [`ChunkCache`](store::ChunkCache) |
+//! | [`throttle`] | the clock-agnostic bandwidth [`Throttle`] |
+//! | [`progress`] | [`SyncProgress`] and the per-peer [`ProgressTable`] |
+//! | [`store`] | the [`ChunkStore`] trait, [`RamStore`](store::RamStore) and, with `alloc`, `ChunkCache` |
 //!
 //! Time is always a parameter (`now`), bytes come in as slices and go out into caller
 //! buffers, and every capacity is a const generic or a value the caller chooses. Nothing a

@@ -42,7 +42,10 @@ impl<const N: usize> Manifest<N> {
     /// that does not fit and reports the capacity; the hashes added before it stay.
     pub fn extend_from_slice(&mut self, ids: &[ChunkHash]) -> Result<(), CapacityError> {
         for id in ids {
-            self.insert(*id).map_err(|_| CapacityError { what: "manifest", capacity: N })?;
+            self.insert(*id).map_err(|_| CapacityError {
+                what: "manifest",
+                capacity: N,
+            })?;
         }
         Ok(())
     }
@@ -110,7 +113,11 @@ impl<const N: usize> Manifest<N> {
 /// At most `limit` hashes of the sorted set `ids` that come strictly after `after` (from
 /// the start if `None`). The page is empty when the cursor is at or past the end.
 #[must_use]
-pub fn page_after<'a>(ids: &'a [ChunkHash], after: Option<&ChunkHash>, limit: usize) -> &'a [ChunkHash] {
+pub fn page_after<'a>(
+    ids: &'a [ChunkHash],
+    after: Option<&ChunkHash>,
+    limit: usize,
+) -> &'a [ChunkHash] {
     let start = after.map_or(0, |a| ids.partition_point(|id| id <= a));
     let rest = &ids[start..];
     &rest[..rest.len().min(limit)]
@@ -143,7 +150,10 @@ mod tests {
         assert_eq!(m.as_slice(), &[h(1), h(2)]);
         assert_eq!(
             m.extend_from_slice(&[h(9)]),
-            Err(CapacityError { what: "manifest", capacity: 2 })
+            Err(CapacityError {
+                what: "manifest",
+                capacity: 2
+            })
         );
         assert!(m.remove(&h(1)) && !m.remove(&h(1)));
     }

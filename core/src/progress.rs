@@ -33,7 +33,13 @@ impl SyncProgress {
     /// A sync of `total_chunks` chunks starting at `now`.
     #[must_use]
     pub const fn new(total_chunks: u64, now: Instant) -> Self {
-        Self { total_chunks, synced_chunks: 0, failed_chunks: 0, bytes_transferred: 0, started: now }
+        Self {
+            total_chunks,
+            synced_chunks: 0,
+            failed_chunks: 0,
+            bytes_transferred: 0,
+            started: now,
+        }
     }
 
     /// Share of the chunks synced, from `0.0` to `100.0`; `100.0` when there is nothing to
@@ -49,7 +55,11 @@ impl SyncProgress {
         if self.total_chunks == 0 {
             return 1000;
         }
-        let done = if self.synced_chunks < self.total_chunks { self.synced_chunks } else { self.total_chunks };
+        let done = if self.synced_chunks < self.total_chunks {
+            self.synced_chunks
+        } else {
+            self.total_chunks
+        };
         // `done <= total`, so the quotient is at most 1000.
         ((done as u128 * 1000) / self.total_chunks as u128) as u32
     }
@@ -81,7 +91,11 @@ impl SyncProgress {
             return 0;
         }
         let rate = self.bytes_transferred as u128 * 1_000_000 / us as u128;
-        if rate > u64::MAX as u128 { u64::MAX } else { rate as u64 }
+        if rate > u64::MAX as u128 {
+            u64::MAX
+        } else {
+            rate as u64
+        }
     }
 }
 
@@ -128,17 +142,24 @@ impl<const N: usize> ProgressTable<N> {
     }
 
     /// Starts tracking a sync of `total_chunks` with `peer`, replacing any earlier one.
-    pub fn start_sync(&mut self, peer: NodeId, total_chunks: u64, now: Instant) -> Result<(), ProgressError> {
+    pub fn start_sync(
+        &mut self,
+        peer: NodeId,
+        total_chunks: u64,
+        now: Instant,
+    ) -> Result<(), ProgressError> {
         let progress = SyncProgress::new(total_chunks, now);
         match self.find(&peer) {
             Ok(at) => {
                 self.peers[at].1 = progress;
                 Ok(())
             }
-            Err(at) => self
-                .peers
-                .insert(at, (peer, progress))
-                .map_err(|_| ProgressError::Full(CapacityError { what: "progress table", capacity: N })),
+            Err(at) => self.peers.insert(at, (peer, progress)).map_err(|_| {
+                ProgressError::Full(CapacityError {
+                    what: "progress table",
+                    capacity: N,
+                })
+            }),
         }
     }
 
@@ -211,7 +232,10 @@ mod tests {
         p.synced_chunks = 3;
         assert_eq!(p.progress_percent(), 100.0);
         assert!(p.is_complete());
-        assert_eq!(SyncProgress::new(0, Instant::ZERO).progress_percent(), 100.0);
+        assert_eq!(
+            SyncProgress::new(0, Instant::ZERO).progress_percent(),
+            100.0
+        );
         assert_eq!(p.elapsed(Instant::from_micros(4)), Duration::ZERO);
         p.bytes_transferred = 500;
         assert_eq!(p.bytes_per_sec(Instant::from_micros(500_010)), 1_000);
@@ -224,14 +248,26 @@ mod tests {
         t.start_sync(NodeId(1), 5, Instant::ZERO).unwrap();
         assert_eq!(
             t.start_sync(NodeId(3), 1, Instant::ZERO),
-            Err(ProgressError::Full(CapacityError { what: "progress table", capacity: 2 }))
+            Err(ProgressError::Full(CapacityError {
+                what: "progress table",
+                capacity: 2
+            }))
         );
         t.update_sync_progress(&NodeId(2), 4, 1, 4096).unwrap();
         let p = t.get_sync_progress(&NodeId(2)).unwrap();
-        assert_eq!((p.synced_chunks, p.failed_chunks, p.bytes_transferred), (4, 1, 4096));
-        assert_eq!(t.update_sync_progress(&NodeId(9), 0, 0, 0), Err(ProgressError::UnknownPeer(NodeId(9))));
+        assert_eq!(
+            (p.synced_chunks, p.failed_chunks, p.bytes_transferred),
+            (4, 1, 4096)
+        );
+        assert_eq!(
+            t.update_sync_progress(&NodeId(9), 0, 0, 0),
+            Err(ProgressError::UnknownPeer(NodeId(9)))
+        );
         assert_eq!(t.complete_sync(&NodeId(2)).unwrap().synced_chunks, 4);
-        assert_eq!(t.iter().map(|(peer, _)| peer).collect::<std::vec::Vec<_>>(), [NodeId(1)]);
+        assert_eq!(
+            t.iter().map(|(peer, _)| peer).collect::<std::vec::Vec<_>>(),
+            [NodeId(1)]
+        );
         assert!(t.get_sync_progress(&NodeId(2)).is_none());
     }
 }

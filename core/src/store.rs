@@ -1,5 +1,5 @@
 //! Where verified chunks live: the [`ChunkStore`] trait, the fixed-capacity [`RamStore`]
-//! and, with `alloc`, the byte-budgeted least-recently-used [`ChunkCache`].
+//! and, with `alloc`, the byte-budgeted least-recently-used `ChunkCache`.
 //!
 //! A store only ever accepts [`Verified`] bytes, so nothing reaches it unchecked. The sync
 //! session never calls a store: it reports what it received and what was requested, and
@@ -37,11 +37,19 @@ pub trait ChunkStore {
 
     /// Copies the chunk into `buf` and returns its length, or `Ok(None)` if the store does
     /// not have it.
-    fn read_into(&mut self, id: &ChunkHash, buf: &mut [u8]) -> Result<Option<usize>, ReadError<Self::Error>>;
+    fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError<Self::Error>>;
 
     /// Fills `out` with the stored hashes that come strictly after `after` (from the first
     /// if `None`), in ascending order, and returns how many it wrote: one manifest page.
-    fn ids_after(&self, after: Option<&ChunkHash>, out: &mut [ChunkHash]) -> Result<usize, Self::Error>;
+    fn ids_after(
+        &self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, Self::Error>;
 
     /// Number of chunks stored.
     fn chunk_count(&self) -> Result<usize, Self::Error>;
@@ -73,7 +81,9 @@ impl<E: fmt::Debug + fmt::Display> core::error::Error for ReadError<E> {}
 fn copy_out<E>(bytes: &[u8], buf: &mut [u8]) -> Result<Option<usize>, ReadError<E>> {
     let out = buf
         .get_mut(..bytes.len())
-        .ok_or(ReadError::BufferTooSmall(InsufficientSize { required: bytes.len() }))?;
+        .ok_or(ReadError::BufferTooSmall(InsufficientSize {
+            required: bytes.len(),
+        }))?;
     out.copy_from_slice(bytes);
     Ok(Some(bytes.len()))
 }

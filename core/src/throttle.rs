@@ -37,12 +37,18 @@ pub struct ThrottleConfig {
 
 impl ThrottleConfig {
     /// No limit.
-    pub const UNLIMITED: Self = Self { max_bytes_per_sec: 0, window_duration: Duration::from_secs(1) };
+    pub const UNLIMITED: Self = Self {
+        max_bytes_per_sec: 0,
+        window_duration: Duration::from_secs(1),
+    };
 
     /// `bytes_per_sec` over one-second windows (`0` = unlimited).
     #[must_use]
     pub const fn per_second(bytes_per_sec: u64) -> Self {
-        Self { max_bytes_per_sec: bytes_per_sec, window_duration: Duration::from_secs(1) }
+        Self {
+            max_bytes_per_sec: bytes_per_sec,
+            window_duration: Duration::from_secs(1),
+        }
     }
 
     /// Whether the configuration limits nothing.
@@ -57,7 +63,11 @@ impl ThrottleConfig {
         if self.is_unlimited() {
             None
         } else {
-            Some(self.max_bytes_per_sec.saturating_mul(self.window_duration.as_micros()) / SCALE)
+            Some(
+                self.max_bytes_per_sec
+                    .saturating_mul(self.window_duration.as_micros())
+                    / SCALE,
+            )
         }
     }
 }
@@ -219,7 +229,10 @@ impl Throttle {
             return (now, self.used);
         };
         let Some(elapsed) = now.checked_duration_since(start) else {
-            warn!("throttle: time went backwards by {}us", start.as_micros() - now.as_micros());
+            warn!(
+                "throttle: time went backwards by {}us",
+                start.as_micros() - now.as_micros()
+            );
             return (start, self.used);
         };
         let windows = elapsed.as_micros() / self.window_us;
@@ -227,13 +240,19 @@ impl Throttle {
             return (start, self.used);
         }
         let start = start + Duration::from_micros(windows.saturating_mul(self.window_us));
-        (start, self.used.saturating_sub(windows.saturating_mul(self.budget)))
+        (
+            start,
+            self.used
+                .saturating_sub(windows.saturating_mul(self.budget)),
+        )
     }
 
     /// The first window boundary at which the carried usage drops below the budget.
     fn not_until(&self, start: Instant, used: u64) -> NotUntil {
         let windows = used / self.budget;
-        NotUntil { earliest: start + Duration::from_micros(windows.saturating_mul(self.window_us)) }
+        NotUntil {
+            earliest: start + Duration::from_micros(windows.saturating_mul(self.window_us)),
+        }
     }
 }
 
@@ -259,11 +278,17 @@ mod tests {
     #[test]
     fn budget_scales_with_the_window() {
         // The original admitted `max_bytes_per_sec` per window, whatever its length.
-        let cfg = ThrottleConfig { max_bytes_per_sec: 1_000, window_duration: Duration::from_millis(100) };
+        let cfg = ThrottleConfig {
+            max_bytes_per_sec: 1_000,
+            window_duration: Duration::from_millis(100),
+        };
         assert_eq!(cfg.window_budget(), Some(100));
         let mut t = Throttle::new(cfg).unwrap();
         assert!(t.try_consume(at(0), 100).is_ok());
-        assert_eq!(t.try_consume(at(50_000), 1).unwrap_err().earliest(), at(100_000));
+        assert_eq!(
+            t.try_consume(at(50_000), 1).unwrap_err().earliest(),
+            at(100_000)
+        );
         assert!(t.try_consume(at(100_000), 1).is_ok());
     }
 
@@ -273,7 +298,10 @@ mod tests {
         assert!(t.try_consume(at(0), 3_500).is_ok());
         let wait = t.try_consume(at(10), 1).unwrap_err();
         assert_eq!(wait.earliest(), at(3_000_000));
-        assert_eq!(wait.wait_time_from(at(10)), Duration::from_micros(2_999_990));
+        assert_eq!(
+            wait.wait_time_from(at(10)),
+            Duration::from_micros(2_999_990)
+        );
         assert_eq!(t.next_ready(at(2_999_999)), Some(at(3_000_000)));
         assert_eq!(t.next_ready(at(3_000_000)), None);
         assert!(t.try_consume(at(3_000_000), 400).is_ok());
@@ -290,16 +318,28 @@ mod tests {
 
     #[test]
     fn zero_window_is_refused() {
-        let cfg = ThrottleConfig { max_bytes_per_sec: 1, window_duration: Duration::ZERO };
-        assert_eq!(Throttle::new(cfg).unwrap_err(), ThrottleConfigError::ZeroWindow);
-        let unlimited = ThrottleConfig { max_bytes_per_sec: 0, window_duration: Duration::ZERO };
+        let cfg = ThrottleConfig {
+            max_bytes_per_sec: 1,
+            window_duration: Duration::ZERO,
+        };
+        assert_eq!(
+            Throttle::new(cfg).unwrap_err(),
+            ThrottleConfigError::ZeroWindow
+        );
+        let unlimited = ThrottleConfig {
+            max_bytes_per_sec: 0,
+            window_duration: Duration::ZERO,
+        };
         assert!(Throttle::new(unlimited).is_ok());
     }
 
     #[test]
     fn tiny_budgets_are_exact() {
         // 1 byte per second over 1 ms windows: 0.001 byte per window, no rounding to zero.
-        let cfg = ThrottleConfig { max_bytes_per_sec: 1, window_duration: Duration::from_millis(1) };
+        let cfg = ThrottleConfig {
+            max_bytes_per_sec: 1,
+            window_duration: Duration::from_millis(1),
+        };
         let mut t = Throttle::new(cfg).unwrap();
         assert!(t.try_consume(at(0), 2).is_ok());
         assert_eq!(t.next_ready(at(0)), Some(at(2_000_000)));

@@ -11,7 +11,9 @@ use core::ops::{Add, AddAssign, Sub};
 use serde::{Deserialize, Serialize};
 
 /// A span of time, in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Duration(u64);
 
@@ -98,7 +100,9 @@ impl fmt::Display for Duration {
 /// A point in time: microseconds since an epoch the adapter chooses (usually its start).
 ///
 /// Only differences between instants of the same adapter mean anything.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Instant(u64);
 
@@ -184,7 +188,10 @@ mod tests {
     fn arithmetic_saturates_instead_of_panicking() {
         assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
         assert_eq!(Instant::ZERO - Instant::from_micros(5), Duration::ZERO);
-        assert_eq!(Instant::from_micros(3).checked_duration_since(Instant::from_micros(4)), None);
+        assert_eq!(
+            Instant::from_micros(3).checked_duration_since(Instant::from_micros(4)),
+            None
+        );
         assert_eq!(Duration::from_secs(u64::MAX), Duration::MAX);
         assert_eq!(Duration::from_millis(1500).as_secs(), 1);
     }

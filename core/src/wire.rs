@@ -230,7 +230,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for HashList<'a> {
                 f.write_str("a byte string of 32-byte hashes")
             }
             fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<HashList<'de>, E> {
-                if v.len() % ChunkHash::LEN == 0 {
+                if v.len().is_multiple_of(ChunkHash::LEN) {
                     Ok(HashList(Repr::Raw(v)))
                 } else {
                     Err(E::custom("hash list length is not a multiple of 32"))
@@ -313,7 +313,8 @@ impl Message<'_> {
     #[must_use]
     pub fn frame_len(&self) -> usize {
         // Serialising into the size-counting flavour cannot fail for these types.
-        FRAME_HEADER + postcard::experimental::serialized_size(self).unwrap_or(usize::MAX - FRAME_HEADER)
+        FRAME_HEADER
+            + postcard::experimental::serialized_size(self).unwrap_or(usize::MAX - FRAME_HEADER)
     }
 }
 
@@ -336,7 +337,9 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the limit of {max}"),
+            Self::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the limit of {max}")
+            }
             Self::Decode(e) => write!(f, "malformed frame: {e}"),
         }
     }
@@ -364,9 +367,15 @@ pub enum Decoded<'a> {
 
 /// Writes `message` as a frame at the start of `buf` and returns the frame.
 pub fn encode<'b>(message: &Message<'_>, buf: &'b mut [u8]) -> Result<&'b [u8], InsufficientSize> {
-    let too_small = || InsufficientSize { required: message.frame_len() };
-    let (head, body) = buf.split_at_mut_checked(FRAME_HEADER).ok_or_else(too_small)?;
-    let body_len = postcard::to_slice(message, body).map_err(|_| too_small())?.len();
+    let too_small = || InsufficientSize {
+        required: message.frame_len(),
+    };
+    let (head, body) = buf
+        .split_at_mut_checked(FRAME_HEADER)
+        .ok_or_else(too_small)?;
+    let body_len = postcard::to_slice(message, body)
+        .map_err(|_| too_small())?
+        .len();
     let prefix = u32::try_from(body_len).map_err(|_| too_small())?;
     head.copy_from_slice(&prefix.to_le_bytes());
     Ok(&buf[..FRAME_HEADER + body_len])
@@ -376,12 +385,17 @@ pub fn encode<'b>(message: &Message<'_>, buf: &'b mut [u8]) -> Result<&'b [u8], 
 /// bytes as soon as its header is complete.
 pub fn decode(buf: &[u8], max_frame: u32) -> Result<Decoded<'_>, FrameError> {
     let Some((head, rest)) = buf.split_first_chunk::<FRAME_HEADER>() else {
-        return Ok(Decoded::Incomplete { needed: FRAME_HEADER });
+        return Ok(Decoded::Incomplete {
+            needed: FRAME_HEADER,
+        });
     };
     let body_len = u32::from_le_bytes(*head);
     let len = u64::from(body_len) + FRAME_HEADER as u64;
     if len > u64::from(max_frame) {
-        return Err(FrameError::TooLarge { len, max: max_frame });
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        });
     }
     // `len <= max_frame <= u32::MAX`, so these conversions are lossless.
     let (len, body_len) = (len as usize, body_len as usize);
@@ -391,7 +405,9 @@ pub fn decode(buf: &[u8], max_frame: u32) -> Result<Decoded<'_>, FrameError> {
     let (message, extra) = postcard::take_from_bytes::<Message<'_>>(body)
         .map_err(|e| FrameError::Decode(DecodeError::from_postcard(e)))?;
     if !extra.is_empty() {
-        return Err(FrameError::Decode(DecodeError::TrailingBytes { extra: extra.len() }));
+        return Err(FrameError::Decode(DecodeError::TrailingBytes {
+            extra: extra.len(),
+        }));
     }
     Ok(Decoded::Frame { message, len })
 }

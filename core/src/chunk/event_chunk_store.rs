@@ -113,7 +113,10 @@ impl EventChunkStore {
     /// is already sealed are skipped; the open tail of each origin is sealed too. On error
     /// (two events with one sequence number, an event larger than the chunk limit) the
     /// store is left exactly as it was.
-    pub fn create_chunks<E: ChunkEvent>(&mut self, events: &[E]) -> Result<Vec<EventChunk>, ChunkError> {
+    pub fn create_chunks<E: ChunkEvent>(
+        &mut self,
+        events: &[E],
+    ) -> Result<Vec<EventChunk>, ChunkError> {
         let mut order: Vec<&E> = events.iter().collect();
         order.sort_by_key(|e| (e.origin(), e.seq()));
         let mut buf = vec![0u8; self.max_chunk_bytes];

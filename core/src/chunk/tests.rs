@@ -41,7 +41,9 @@ fn ev(seq: u64, privacy: Privacy) -> Ev {
         timestamp: 1_700_000_000_000_000 + seq * 1_000,
         kind: "sensor.reading".to_string(),
         privacy,
-        payload: (0..16).map(|i| (seq as u8).wrapping_mul(31).wrapping_add(i)).collect(),
+        payload: (0..16)
+            .map(|i| (seq as u8).wrapping_mul(31).wrapping_add(i))
+            .collect(),
     }
 }
 
@@ -73,7 +75,11 @@ fn golden_chunk() {
             seq,
             timestamp: 1_000 + seq,
             kind: "t".to_string(),
-            privacy: if seq == 1 { Privacy::Shareable } else { Privacy::Public },
+            privacy: if seq == 1 {
+                Privacy::Shareable
+            } else {
+                Privacy::Public
+            },
             payload: std::vec![seq as u8; 2],
         })
         .collect();
@@ -101,11 +107,23 @@ fn golden_chunk() {
 #[test]
 fn private_events_never_enter_a_chunk() {
     let events: Vec<Ev> = (0..10)
-        .map(|s| ev(s, if s % 3 == 0 { Privacy::Private } else { Privacy::Public }))
+        .map(|s| {
+            ev(
+                s,
+                if s % 3 == 0 {
+                    Privacy::Private
+                } else {
+                    Privacy::Public
+                },
+            )
+        })
         .collect();
     for (id, bytes, ..) in seal_all(&events, 4, 1024) {
         let view = ChunkView::verify(&id, &bytes).unwrap();
-        assert!(view.events().all(|e| e.seq % 3 != 0 && e.privacy.is_shareable()));
+        assert!(
+            view.events()
+                .all(|e| e.seq % 3 != 0 && e.privacy.is_shareable())
+        );
     }
 }
 
@@ -113,7 +131,10 @@ fn private_events_never_enter_a_chunk() {
 fn boundaries_follow_sequence_numbers() {
     let log: Vec<Ev> = (0..30).map(|s| ev(s, Privacy::Public)).collect();
     let before = seal_all(&log, 10, 4096);
-    assert_eq!(before.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(), [(0, 10), (10, 20), (20, 30)]);
+    assert_eq!(
+        before.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(),
+        [(0, 10), (10, 20), (20, 30)]
+    );
 
     // Reclassifying one event as private changes only the chunk that covers it; filtering
     // first and cutting the filtered list every 10 events would shift every later chunk.
@@ -128,7 +149,10 @@ fn boundaries_follow_sequence_numbers() {
     let mut chunker = Chunker::new(NodeId(7), 10, 30, &mut buf).unwrap();
     assert_eq!(
         chunker.push(&ev(5, Privacy::Public)),
-        Err(ChunkError::OutOfOrder { expected_at_least: 30, found: 5 })
+        Err(ChunkError::OutOfOrder {
+            expected_at_least: 30,
+            found: 5
+        })
     );
     for s in 30..35 {
         assert_eq!(chunker.push(&ev(s, Privacy::Public)), Ok(Push::Added));
@@ -139,9 +163,17 @@ fn boundaries_follow_sequence_numbers() {
 
 #[test]
 fn gaps_and_empty_ranges_keep_alignment() {
-    let events = [ev(3, Privacy::Private), ev(25, Privacy::Public), ev(27, Privacy::Public), ev(41, Privacy::Public)];
+    let events = [
+        ev(3, Privacy::Private),
+        ev(25, Privacy::Public),
+        ev(27, Privacy::Public),
+        ev(41, Privacy::Public),
+    ];
     let chunks = seal_all(&events, 10, 1024);
-    assert_eq!(chunks.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(), [(20, 30), (40, 42)]);
+    assert_eq!(
+        chunks.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(),
+        [(20, 30), (40, 42)]
+    );
 }
 
 #[test]
@@ -157,7 +189,10 @@ fn full_buffer_seals_early_and_oversize_events_are_refused() {
     })
     .unwrap();
     let chunks = seal_all(&events, 100, HEADER_RESERVE + 2 * one + 1);
-    assert_eq!(chunks.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(), [(0, 2), (2, 4), (4, 6)]);
+    assert_eq!(
+        chunks.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(),
+        [(0, 2), (2, 4), (4, 6)]
+    );
 
     let mut buf = [0u8; HEADER_RESERVE + 8];
     let mut chunker = Chunker::new(NodeId(7), 10, 0, &mut buf).unwrap();
@@ -167,54 +202,97 @@ fn full_buffer_seals_early_and_oversize_events_are_refused() {
     ));
     assert_eq!(chunker.next_seq(), 0, "a refused event changes nothing");
     assert_eq!(
-        chunker.push(&Event { origin: NodeId(8), ..Event::default_for_tests() }),
-        Err(ChunkError::WrongOrigin { expected: NodeId(7), found: NodeId(8) })
+        chunker.push(&Event {
+            origin: NodeId(8),
+            ..Event::default_for_tests()
+        }),
+        Err(ChunkError::WrongOrigin {
+            expected: NodeId(7),
+            found: NodeId(8)
+        })
     );
 }
 
 impl Event<'static> {
     fn default_for_tests() -> Self {
-        Event { origin: NodeId(7), seq: 0, timestamp: 0, kind: "", privacy: Privacy::Public, payload: b"" }
+        Event {
+            origin: NodeId(7),
+            seq: 0,
+            timestamp: 0,
+            kind: "",
+            privacy: Privacy::Public,
+            payload: b"",
+        }
     }
 }
 
 #[test]
 fn bad_configuration_is_refused() {
     let mut buf = [0u8; 64];
-    assert_eq!(Chunker::new(NodeId(1), 0, 0, &mut buf).err(), Some(ChunkError::ZeroEventsPerChunk));
+    assert_eq!(
+        Chunker::new(NodeId(1), 0, 0, &mut buf).err(),
+        Some(ChunkError::ZeroEventsPerChunk)
+    );
     let mut tiny = [0u8; HEADER_RESERVE];
     assert_eq!(
         Chunker::new(NodeId(1), 1, 0, &mut tiny).err(),
-        Some(ChunkError::BufferTooSmall { required: HEADER_RESERVE + 1 })
+        Some(ChunkError::BufferTooSmall {
+            required: HEADER_RESERVE + 1
+        })
     );
 }
 
 #[test]
 fn invalid_chunks_are_refused() {
-    let (id, bytes, ..) = seal_all(&[ev(0, Privacy::Public), ev(1, Privacy::Public)], 4, 512).remove(0);
+    let (id, bytes, ..) =
+        seal_all(&[ev(0, Privacy::Public), ev(1, Privacy::Public)], 4, 512).remove(0);
     let mut tampered = bytes.clone();
     *tampered.last_mut().unwrap() ^= 1;
-    assert!(matches!(ChunkView::verify(&id, &tampered), Err(ChunkError::HashMismatch(_))));
+    assert!(matches!(
+        ChunkView::verify(&id, &tampered),
+        Err(ChunkError::HashMismatch(_))
+    ));
     let mut longer = bytes.clone();
     longer.push(0);
-    assert_eq!(ChunkView::parse(&longer), Err(DecodeError::TrailingBytes { extra: 1 }));
-    assert_eq!(ChunkView::parse(&bytes[..bytes.len() - 1]), Err(DecodeError::Truncated));
+    assert_eq!(
+        ChunkView::parse(&longer),
+        Err(DecodeError::TrailingBytes { extra: 1 })
+    );
+    assert_eq!(
+        ChunkView::parse(&bytes[..bytes.len() - 1]),
+        Err(DecodeError::Truncated)
+    );
     assert_eq!(ChunkView::parse(&[]), Err(DecodeError::Truncated));
     assert_eq!(
         ChunkView::parse(&[9, 0]),
-        Err(DecodeError::UnsupportedVersion { found: 9, supported: 1 })
+        Err(DecodeError::UnsupportedVersion {
+            found: 9,
+            supported: 1
+        })
     );
     // A private event smuggled into a chunk (privacy byte of the first event set to 2).
     let mut private = bytes.clone();
-    let kind = bytes.windows(14).position(|w| w == b"sensor.reading").unwrap();
+    let kind = bytes
+        .windows(14)
+        .position(|w| w == b"sensor.reading")
+        .unwrap();
     assert_eq!(private[kind + 14], 0, "privacy byte of the first event");
     private[kind + 14] = 2;
-    assert_eq!(ChunkView::parse(&private), Err(DecodeError::Invalid("private event inside a chunk")));
+    assert_eq!(
+        ChunkView::parse(&private),
+        Err(DecodeError::Invalid("private event inside a chunk"))
+    );
 }
 
 fn arb_events() -> impl Strategy<Value = Vec<Ev>> {
     pvec(
-        (0u64..4, any::<u64>(), "[a-z.]{0,12}", 0u8..3, pvec(any::<u8>(), 0..96)),
+        (
+            0u64..4,
+            any::<u64>(),
+            "[a-z.]{0,12}",
+            0u8..3,
+            pvec(any::<u8>(), 0..96),
+        ),
         1..60,
     )
     .prop_map(|raw| {

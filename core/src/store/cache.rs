@@ -24,7 +24,10 @@ impl fmt::Display for CacheError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooLarge { size, budget } => {
-                write!(f, "chunk of {size} bytes is larger than the cache budget of {budget} bytes")
+                write!(
+                    f,
+                    "chunk of {size} bytes is larger than the cache budget of {budget} bytes"
+                )
             }
         }
     }
@@ -58,7 +61,13 @@ impl ChunkCache {
     /// An empty cache holding at most `budget_bytes` of chunk data.
     #[must_use]
     pub const fn new(budget_bytes: usize) -> Self {
-        Self { budget: budget_bytes, size: 0, clock: 0, entries: BTreeMap::new(), recency: BTreeMap::new() }
+        Self {
+            budget: budget_bytes,
+            size: 0,
+            clock: 0,
+            entries: BTreeMap::new(),
+            recency: BTreeMap::new(),
+        }
     }
 
     /// A cache that never evicts.
@@ -133,7 +142,9 @@ impl ChunkCache {
     /// Evicts oldest chunks until `incoming` more bytes fit the budget.
     fn evict_until(&mut self, incoming: usize) {
         while self.size.saturating_add(incoming) > self.budget {
-            let Some((_, id)) = self.recency.pop_first() else { break };
+            let Some((_, id)) = self.recency.pop_first() else {
+                break;
+            };
             if let Some(entry) = self.entries.remove(&id) {
                 self.size -= entry.bytes.len();
             }
@@ -151,11 +162,20 @@ impl ChunkStore for ChunkCache {
         }
         let len = chunk.bytes().len();
         if len > self.budget {
-            return Err(CacheError::TooLarge { size: len, budget: self.budget });
+            return Err(CacheError::TooLarge {
+                size: len,
+                budget: self.budget,
+            });
         }
         self.evict_until(len);
         self.clock += 1;
-        self.entries.insert(chunk.id(), Entry { bytes: chunk.bytes().to_vec(), stamp: self.clock });
+        self.entries.insert(
+            chunk.id(),
+            Entry {
+                bytes: chunk.bytes().to_vec(),
+                stamp: self.clock,
+            },
+        );
         self.recency.insert(self.clock, chunk.id());
         self.size += len;
         Ok(true)
@@ -169,18 +189,29 @@ impl ChunkStore for ChunkCache {
         Ok(self.entries.get(id).map(|e| e.bytes.len()))
     }
 
-    fn read_into(&mut self, id: &ChunkHash, buf: &mut [u8]) -> Result<Option<usize>, ReadError<CacheError>> {
+    fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError<CacheError>> {
         match self.get(id) {
             Some(bytes) => copy_out(bytes, buf),
             None => Ok(None),
         }
     }
 
-    fn ids_after(&self, after: Option<&ChunkHash>, out: &mut [ChunkHash]) -> Result<usize, CacheError> {
+    fn ids_after(
+        &self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, CacheError> {
         use core::ops::Bound::{Excluded, Unbounded};
         let from = after.map_or(Unbounded, |a| Excluded(*a));
         let mut n = 0;
-        for (dst, id) in out.iter_mut().zip(self.entries.range((from, Unbounded)).map(|(id, _)| id)) {
+        for (dst, id) in out
+            .iter_mut()
+            .zip(self.entries.range((from, Unbounded)).map(|(id, _)| id))
+        {
             *dst = *id;
             n += 1;
         }
@@ -210,7 +241,10 @@ mod tests {
         assert!(c.peek(&a.id()).is_some() && c.peek(&d.id()).is_some());
         assert_eq!(
             c.insert(Verified::hash_of(&[0; 11])),
-            Err(CacheError::TooLarge { size: 11, budget: 10 })
+            Err(CacheError::TooLarge {
+                size: 11,
+                budget: 10
+            })
         );
         assert_eq!(c.len(), 2, "a refused chunk evicts nothing");
         c.set_budget(4);

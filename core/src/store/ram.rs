@@ -30,7 +30,10 @@ pub struct RamStore<const N: usize, const BYTES: usize> {
 
 impl<const N: usize, const BYTES: usize> fmt::Debug for RamStore<N, BYTES> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RamStore").field("chunks", &self.slots.len()).field("bytes", &self.used).finish()
+        f.debug_struct("RamStore")
+            .field("chunks", &self.slots.len())
+            .field("bytes", &self.used)
+            .finish()
     }
 }
 
@@ -60,7 +63,10 @@ impl fmt::Display for RamStoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::TooLarge { size, capacity } => {
-                write!(f, "chunk of {size} bytes can never fit a store of {capacity} bytes")
+                write!(
+                    f,
+                    "chunk of {size} bytes can never fit a store of {capacity} bytes"
+                )
             }
             Self::Full(e) => fmt::Display::fmt(e, f),
         }
@@ -73,7 +79,11 @@ impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
     /// An empty store.
     #[must_use]
     pub const fn new() -> Self {
-        Self { slots: Vec::new(), data: [0; BYTES], used: 0 }
+        Self {
+            slots: Vec::new(),
+            data: [0; BYTES],
+            used: 0,
+        }
     }
 
     /// The stored chunk's bytes, if present.
@@ -89,7 +99,8 @@ impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
             return false;
         };
         let gone = self.slots.remove(index);
-        self.data.copy_within(gone.at + gone.len..self.used, gone.at);
+        self.data
+            .copy_within(gone.at + gone.len..self.used, gone.at);
         self.used -= gone.len;
         for slot in self.slots.iter_mut().filter(|s| s.at > gone.at) {
             slot.at -= gone.len;
@@ -109,7 +120,10 @@ impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
     }
 
     fn slot(&self, id: &ChunkHash) -> Option<&Slot> {
-        self.slots.binary_search_by(|s| s.id.cmp(id)).ok().map(|i| &self.slots[i])
+        self.slots
+            .binary_search_by(|s| s.id.cmp(id))
+            .ok()
+            .map(|i| &self.slots[i])
     }
 }
 
@@ -123,16 +137,29 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
             return Ok(false);
         };
         if bytes.len() > BYTES {
-            return Err(RamStoreError::TooLarge { size: bytes.len(), capacity: BYTES });
+            return Err(RamStoreError::TooLarge {
+                size: bytes.len(),
+                capacity: BYTES,
+            });
         }
         if self.slots.is_full() {
-            return Err(RamStoreError::Full(CapacityError { what: "RAM store chunk slots", capacity: N }));
+            return Err(RamStoreError::Full(CapacityError {
+                what: "RAM store chunk slots",
+                capacity: N,
+            }));
         }
         let Some(room) = self.data.get_mut(self.used..self.used + bytes.len()) else {
-            return Err(RamStoreError::Full(CapacityError { what: "RAM store bytes", capacity: BYTES }));
+            return Err(RamStoreError::Full(CapacityError {
+                what: "RAM store bytes",
+                capacity: BYTES,
+            }));
         };
         room.copy_from_slice(bytes);
-        let slot = Slot { id, at: self.used, len: bytes.len() };
+        let slot = Slot {
+            id,
+            at: self.used,
+            len: bytes.len(),
+        };
         // Cannot fail: fullness was checked above.
         let _ = self.slots.insert(index, slot);
         self.used += bytes.len();
@@ -147,14 +174,22 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
         Ok(self.slot(id).map(|s| s.len))
     }
 
-    fn read_into(&mut self, id: &ChunkHash, buf: &mut [u8]) -> Result<Option<usize>, ReadError<RamStoreError>> {
+    fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError<RamStoreError>> {
         match self.get(id) {
             Some(bytes) => copy_out(bytes, buf),
             None => Ok(None),
         }
     }
 
-    fn ids_after(&self, after: Option<&ChunkHash>, out: &mut [ChunkHash]) -> Result<usize, RamStoreError> {
+    fn ids_after(
+        &self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, RamStoreError> {
         let start = after.map_or(0, |a| self.slots.partition_point(|s| s.id <= *a));
         let mut n = 0;
         for (dst, slot) in out.iter_mut().zip(&self.slots[start..]) {
@@ -185,12 +220,17 @@ mod tests {
         assert!(matches!(s.insert(c), Err(RamStoreError::Full(_))));
         assert_eq!(
             s.insert(Verified::hash_of(&[0; 11])),
-            Err(RamStoreError::TooLarge { size: 11, capacity: 10 })
+            Err(RamStoreError::TooLarge {
+                size: 11,
+                capacity: 10
+            })
         );
         let mut buf = [0u8; 4];
         assert_eq!(s.read_into(&a.id(), &mut buf), Ok(Some(4)));
         assert_eq!(&buf, b"aaaa");
-        assert!(matches!(s.read_into(&b.id(), &mut buf), Err(ReadError::BufferTooSmall(e)) if e.required == 6));
+        assert!(
+            matches!(s.read_into(&b.id(), &mut buf), Err(ReadError::BufferTooSmall(e)) if e.required == 6)
+        );
         assert!(s.remove(&a.id()));
         assert_eq!(s.get(&b.id()), Some(&b"bbbbbb"[..]));
         assert_eq!(s.used_bytes(), 6);

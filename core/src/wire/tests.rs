@@ -32,7 +32,10 @@ fn golden_frames() {
     });
     let mut buf = [0u8; 64];
     // length 7 | tag 0, protocol 1, node 300 (varint ac 02), max_frame 256 (80 02), caps 3
-    assert_eq!(hex(encode(&hello, &mut buf).unwrap()), "0700000000 01ac02800203".replace(' ', ""));
+    assert_eq!(
+        hex(encode(&hello, &mut buf).unwrap()),
+        "0700000000 01ac02800203".replace(' ', "")
+    );
     let put = Message::EventChunkPut {
         hash: ChunkHash::from_bytes([0xab; 32]),
         total_len: 3,
@@ -40,12 +43,18 @@ fn golden_frames() {
         data: b"yz",
     };
     let frame = encode(&put, &mut buf).unwrap();
-    assert_eq!(hex(frame), std::format!("26000000 04{} 03 01 02 797a", "ab".repeat(32)).replace(' ', ""));
+    assert_eq!(
+        hex(frame),
+        std::format!("26000000 04{} 03 01 02 797a", "ab".repeat(32)).replace(' ', "")
+    );
 }
 
 #[test]
 fn every_message_round_trips() {
-    let ids = [ChunkHash::from_bytes([1; 32]), ChunkHash::from_bytes([2; 32])];
+    let ids = [
+        ChunkHash::from_bytes([1; 32]),
+        ChunkHash::from_bytes([2; 32]),
+    ];
     for m in [
         Message::Hello(Hello {
             protocol: PROTOCOL_VERSION,
@@ -53,15 +62,35 @@ fn every_message_round_trips() {
             max_frame: DEFAULT_MAX_FRAME,
             capabilities: Capabilities(u32::MAX),
         }),
-        Message::ManifestRequest { after: None, limit: 7 },
-        Message::ManifestRequest { after: Some(ids[1]), limit: u32::MAX },
-        Message::ManifestPage { ids: HashList::new(&ids), last: true },
-        Message::ManifestPage { ids: HashList::new(&[]), last: false },
+        Message::ManifestRequest {
+            after: None,
+            limit: 7,
+        },
+        Message::ManifestRequest {
+            after: Some(ids[1]),
+            limit: u32::MAX,
+        },
+        Message::ManifestPage {
+            ids: HashList::new(&ids),
+            last: true,
+        },
+        Message::ManifestPage {
+            ids: HashList::new(&[]),
+            last: false,
+        },
         Message::EventChunkGet { hash: ids[0] },
-        Message::EventChunkPut { hash: ids[1], total_len: 5, offset: 0, data: b"hello" },
+        Message::EventChunkPut {
+            hash: ids[1],
+            total_len: 5,
+            offset: 0,
+            data: b"hello",
+        },
         Message::NotFound { hash: ids[0] },
         Message::Done,
-        Message::Error { code: ErrorCode(999), reason: "unknown codes survive" },
+        Message::Error {
+            code: ErrorCode(999),
+            reason: "unknown codes survive",
+        },
     ] {
         round_trip(&m);
     }
@@ -70,10 +99,17 @@ fn every_message_round_trips() {
 #[test]
 fn hash_lists_compare_by_content() {
     let ids = [ChunkHash::from_bytes([9; 32])];
-    let page = Message::ManifestPage { ids: HashList::new(&ids), last: false };
+    let page = Message::ManifestPage {
+        ids: HashList::new(&ids),
+        last: false,
+    };
     let mut buf = [0u8; 128];
     let frame = encode(&page, &mut buf).unwrap();
-    let Ok(Decoded::Frame { message: Message::ManifestPage { ids: decoded, .. }, .. }) = decode(frame, 128) else {
+    let Ok(Decoded::Frame {
+        message: Message::ManifestPage { ids: decoded, .. },
+        ..
+    }) = decode(frame, 128)
+    else {
         panic!("not a page");
     };
     assert_eq!(decoded.iter().collect::<Vec<_>>(), ids);
@@ -84,41 +120,88 @@ fn hash_lists_compare_by_content() {
 fn incomplete_oversize_and_malformed_frames() {
     let mut buf = [0u8; 64];
     let frame = encode(&Message::Done, &mut buf).unwrap().to_vec();
-    assert_eq!(decode(&frame[..2], 256), Ok(Decoded::Incomplete { needed: FRAME_HEADER }));
-    assert_eq!(decode(&[9, 0, 0, 0, 6], 256), Ok(Decoded::Incomplete { needed: 13 }));
+    assert_eq!(
+        decode(&frame[..2], 256),
+        Ok(Decoded::Incomplete {
+            needed: FRAME_HEADER
+        })
+    );
+    assert_eq!(
+        decode(&[9, 0, 0, 0, 6], 256),
+        Ok(Decoded::Incomplete { needed: 13 })
+    );
     // Refused from the header alone, whatever follows.
     assert_eq!(
         decode(&[0xff, 0xff, 0xff, 0xff], 256),
-        Err(FrameError::TooLarge { len: u64::from(u32::MAX) + 4, max: 256 })
+        Err(FrameError::TooLarge {
+            len: u64::from(u32::MAX) + 4,
+            max: 256
+        })
     );
-    assert_eq!(decode(&[253, 0, 0, 0], 256), Err(FrameError::TooLarge { len: 257, max: 256 }));
+    assert_eq!(
+        decode(&[253, 0, 0, 0], 256),
+        Err(FrameError::TooLarge { len: 257, max: 256 })
+    );
     // Unknown tag.
-    assert_eq!(decode(&[1, 0, 0, 0, 42], 256), Err(FrameError::Decode(DecodeError::Malformed)));
+    assert_eq!(
+        decode(&[1, 0, 0, 0, 42], 256),
+        Err(FrameError::Decode(DecodeError::Malformed))
+    );
     // A body longer than its message.
     assert_eq!(
         decode(&[2, 0, 0, 0, 6, 0], 256),
         Err(FrameError::Decode(DecodeError::TrailingBytes { extra: 1 }))
     );
     // A body that ends inside its message.
-    assert_eq!(decode(&[1, 0, 0, 0, 3], 256), Err(FrameError::Decode(DecodeError::Truncated)));
+    assert_eq!(
+        decode(&[1, 0, 0, 0, 3], 256),
+        Err(FrameError::Decode(DecodeError::Truncated))
+    );
     // A hash list of 33 bytes.
     let mut bad_page = std::vec![36, 0, 0, 0, 2, 33];
     bad_page.extend([0u8; 34]);
-    assert_eq!(decode(&bad_page, 256), Err(FrameError::Decode(DecodeError::Malformed)));
+    assert_eq!(
+        decode(&bad_page, 256),
+        Err(FrameError::Decode(DecodeError::Malformed))
+    );
     // Invalid UTF-8 in an error reason.
-    assert_eq!(decode(&[4, 0, 0, 0, 7, 1, 1, 0xff], 256), Err(FrameError::Decode(DecodeError::Malformed)));
+    assert_eq!(
+        decode(&[4, 0, 0, 0, 7, 1, 1, 0xff], 256),
+        Err(FrameError::Decode(DecodeError::Malformed))
+    );
     // Two frames back to back: the first is decoded and its length reported.
     let mut two = frame.clone();
     two.extend(&frame);
-    assert_eq!(decode(&two, 256), Ok(Decoded::Frame { message: Message::Done, len: frame.len() }));
+    assert_eq!(
+        decode(&two, 256),
+        Ok(Decoded::Frame {
+            message: Message::Done,
+            len: frame.len()
+        })
+    );
 }
 
 #[test]
 fn small_buffers_report_the_size_needed() {
-    let put = Message::EventChunkPut { hash: ChunkHash::default(), total_len: 100, offset: 0, data: &[7; 100] };
+    let put = Message::EventChunkPut {
+        hash: ChunkHash::default(),
+        total_len: 100,
+        offset: 0,
+        data: &[7; 100],
+    };
     let mut buf = [0u8; 50];
-    assert_eq!(encode(&put, &mut buf), Err(InsufficientSize { required: put.frame_len() }));
-    assert_eq!(encode(&put, &mut buf[..2]), Err(InsufficientSize { required: put.frame_len() }));
+    assert_eq!(
+        encode(&put, &mut buf),
+        Err(InsufficientSize {
+            required: put.frame_len()
+        })
+    );
+    assert_eq!(
+        encode(&put, &mut buf[..2]),
+        Err(InsufficientSize {
+            required: put.frame_len()
+        })
+    );
 }
 
 proptest! {

@@ -1,0 +1,49 @@
+//! Chunk creation (postcard encoding + BLAKE3) and verification (BLAKE3 + full decode),
+//! beside raw BLAKE3 of the same bytes.
+#![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented items.
+
+use chunk_sync_benches::{as_events, events, seal_one};
+use chunk_sync_core::chunk::Chunker;
+use chunk_sync_core::{ChunkView, NodeId};
+use core::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn chunk(c: &mut Criterion) {
+    let mut group = c.benchmark_group("chunk");
+    for (count, payload) in [(100u64, 64usize), (100, 256), (100, 512), (256, 4096)] {
+        let log = events(count, payload);
+        let views = as_events(&log);
+        let (id, sealed) = seal_one(&views);
+        let len = sealed.len();
+        let mut buf = vec![0u8; 4 << 20];
+        let label = format!("{count}x{payload}B");
+        group.throughput(Throughput::Bytes(len as u64));
+
+        group.bench_function(BenchmarkId::new("create", &label), |b| {
+            b.iter(|| {
+                let mut chunker = Chunker::new(NodeId(1), count as u32, 0, &mut buf).unwrap();
+                for e in &views {
+                    let _ = black_box(chunker.push(e));
+                }
+                black_box(chunker.seal().map(|s| s.id))
+            });
+        });
+        group.bench_function(BenchmarkId::new("verify", &label), |b| {
+            b.iter(|| black_box(ChunkView::verify(&id, black_box(&sealed)).map(|v| v.len())));
+        });
+        group.bench_function(BenchmarkId::new("verify+read", &label), |b| {
+            b.iter(|| {
+                let view = ChunkView::verify(&id, black_box(&sealed)).unwrap();
+                black_box(view.events().map(|e| e.payload.len()).sum::<usize>())
+            });
+        });
+        group.bench_function(BenchmarkId::new("blake3", &label), |b| {
+            b.iter(|| black_box(blake3::hash(black_box(&sealed))));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, chunk);
+criterion_main!(benches);
