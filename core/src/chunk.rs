@@ -379,7 +379,12 @@ impl<'b> Chunker<'b> {
     }
 }
 
-/// A decoded, validated chunk that borrows its bytes.
+/// A chunk that borrows its bytes: the header decoded, the events decoded as they are read.
+///
+/// [`ChunkView::verify`] costs one BLAKE3 pass plus a constant-time header check: that is
+/// the check on the sync path, where a node stores and forwards the bytes as they are.
+/// Each event is checked against the rules of the format as [`events`](Self::events)
+/// reaches it; [`validate`](Self::validate) checks them all at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkView<'a> {
     bytes: &'a [u8],
@@ -392,14 +397,14 @@ pub struct ChunkView<'a> {
 }
 
 impl<'a> ChunkView<'a> {
-    /// Checks `bytes` against `id`, then decodes and validates them.
+    /// Checks `bytes` against `id`, then decodes the header.
     pub fn verify(id: &ChunkHash, bytes: &'a [u8]) -> Result<Self, ChunkError> {
         let verified = id.verify(bytes)?;
         Ok(Self::parse(verified.bytes())?)
     }
 
-    /// Decodes and validates every rule of the format (see the [module docs](self)),
-    /// reading every event once. It does not check any hash.
+    /// Decodes the header and checks it: version, a non-empty range, at least one event
+    /// and no more events than sequence numbers. It reads no event and checks no hash.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let Some(&version) = bytes.first() else {
             return Err(DecodeError::Truncated);
@@ -412,7 +417,7 @@ impl<'a> ChunkView<'a> {
         }
         let (header, rest) =
             postcard::take_from_bytes::<Header>(bytes).map_err(DecodeError::from_postcard)?;
-        let (count, mut rest) =
+        let (count, rest) =
             postcard::take_from_bytes::<u32>(rest).map_err(DecodeError::from_postcard)?;
         if header.first_seq >= header.end_seq {
             return Err(DecodeError::Invalid("chunk range is empty"));
@@ -425,33 +430,20 @@ impl<'a> ChunkView<'a> {
                 "more events than sequence numbers in range",
             ));
         }
-        let events_at = bytes.len() - rest.len();
-        let mut next = header.first_seq;
-        for _ in 0..count {
-            let (e, tail) = postcard::take_from_bytes::<EventRepr<'_>>(rest)
-                .map_err(DecodeError::from_postcard)?;
-            if e.seq < next || e.seq >= header.end_seq {
-                return Err(DecodeError::Invalid(
-                    "event sequence number out of order or out of range",
-                ));
-            }
-            if !e.privacy.is_shareable() {
-                return Err(DecodeError::Invalid("private event inside a chunk"));
-            }
-            next = e.seq + 1;
-            rest = tail;
-        }
-        if !rest.is_empty() {
-            return Err(DecodeError::TrailingBytes { extra: rest.len() });
-        }
         Ok(Self {
             bytes,
             origin: header.origin,
             first_seq: header.first_seq,
             end_seq: header.end_seq,
             count,
-            events_at,
+            events_at: bytes.len() - rest.len(),
         })
+    }
+
+    /// Decodes every event and checks every rule of the format (see the
+    /// [module docs](self)), including that nothing follows the last event.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        self.events().try_for_each(|e| e.map(drop))
     }
 
     /// The chunk's bytes.
@@ -478,25 +470,29 @@ impl<'a> ChunkView<'a> {
         self.end_seq
     }
 
-    /// Number of events inside.
+    /// Number of events the header announces.
     #[must_use]
     pub const fn len(&self) -> u32 {
         self.count
     }
 
-    /// Always `false`: a valid chunk holds at least one event.
+    /// Always `false`: a chunk announces at least one event.
     #[must_use]
     pub const fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    /// The events, in sequence order, borrowing the chunk's bytes.
+    /// The events in sequence order, borrowing the chunk's bytes. Each is checked as it is
+    /// decoded; the first invalid one yields an error and ends the iteration.
     #[must_use]
     pub fn events(&self) -> Events<'a> {
         Events {
             rest: &self.bytes[self.events_at..],
             origin: self.origin,
+            next_seq: self.first_seq,
+            end_seq: self.end_seq,
             left: self.count,
+            failed: false,
         }
     }
 }
@@ -506,22 +502,33 @@ impl<'a> ChunkView<'a> {
 pub struct Events<'a> {
     rest: &'a [u8],
     origin: NodeId,
+    /// Lowest sequence number the next event may have.
+    next_seq: u64,
+    end_seq: u64,
     left: u32,
+    failed: bool,
 }
 
-impl<'a> Iterator for Events<'a> {
-    type Item = Event<'a>;
-
-    fn next(&mut self) -> Option<Event<'a>> {
-        if self.left == 0 {
-            return None;
+impl<'a> Events<'a> {
+    fn decode_next(&mut self) -> Result<Event<'a>, DecodeError> {
+        let (e, rest) = postcard::take_from_bytes::<EventRepr<'a>>(self.rest)
+            .map_err(DecodeError::from_postcard)?;
+        if e.seq < self.next_seq || e.seq >= self.end_seq {
+            return Err(DecodeError::Invalid(
+                "event sequence number out of order or out of range",
+            ));
         }
-        // `ChunkView::parse` decoded these very bytes successfully, so this cannot fail;
-        // if it did, the iterator would end early rather than panic.
-        let (e, rest) = postcard::take_from_bytes::<EventRepr<'a>>(self.rest).ok()?;
-        self.rest = rest;
+        if !e.privacy.is_shareable() {
+            return Err(DecodeError::Invalid("private event inside a chunk"));
+        }
         self.left -= 1;
-        Some(Event {
+        if self.left == 0 && !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes { extra: rest.len() });
+        }
+        // `e.seq < end_seq`, so this cannot overflow.
+        self.next_seq = e.seq + 1;
+        self.rest = rest;
+        Ok(Event {
             origin: self.origin,
             seq: e.seq,
             timestamp: e.timestamp,
@@ -530,9 +537,23 @@ impl<'a> Iterator for Events<'a> {
             payload: e.payload,
         })
     }
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = Result<Event<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 || self.failed {
+            return None;
+        }
+        let item = self.decode_next();
+        self.failed = item.is_err();
+        Some(item)
+    }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (0, Some(self.left as usize))
+        let left = if self.failed { 0 } else { self.left as usize };
+        (0, Some(left))
     }
 }
 

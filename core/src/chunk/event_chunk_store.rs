@@ -42,7 +42,7 @@ impl EventChunk {
         }
     }
 
-    /// Decodes the chunk for reading its events.
+    /// Decodes the chunk's header, for reading its events.
     pub fn view(&self) -> Result<ChunkView<'_>, ChunkError> {
         Ok(ChunkView::parse(&self.bytes)?)
     }
@@ -159,13 +159,15 @@ impl EventChunkStore {
         self.chunks.get(hash)
     }
 
-    /// Adds a chunk received from elsewhere, after validating its format. Returns whether
-    /// it was new. The origin's sealing position is left alone: only the origin seals.
+    /// Adds a chunk received from elsewhere, after validating every event. Returns
+    /// whether it was new. The origin's sealing position is left alone: only the origin
+    /// seals.
     pub fn insert_chunk(&mut self, chunk: Verified<'_>) -> Result<bool, ChunkError> {
         if self.chunks.contains_key(&chunk.id()) {
             return Ok(false);
         }
         let view = ChunkView::parse(chunk.bytes())?;
+        view.validate()?;
         self.chunks.insert(
             chunk.id(),
             EventChunk {
