@@ -57,20 +57,25 @@ impl<'a> Iterator for Missing<'a> {
     type Item = &'a ChunkHash;
 
     fn next(&mut self) -> Option<&'a ChunkHash> {
-        while let [w, rest @ ..] = self.want {
-            self.want = rest;
-            loop {
-                match self.have.first().map(|h| h.cmp(w)) {
-                    Some(Ordering::Less) => self.have = &self.have[1..],
-                    Some(Ordering::Equal) => {
-                        self.have = &self.have[1..];
-                        break;
-                    }
-                    Some(Ordering::Greater) | None => return Some(w),
+        loop {
+            let ([w, want_rest @ ..], [h, have_rest @ ..]) = (self.want, self.have) else {
+                // Nothing left to compare against: every remaining wanted hash is missing.
+                let (w, rest) = self.want.split_first()?;
+                self.want = rest;
+                return Some(w);
+            };
+            match h.cmp(w) {
+                Ordering::Less => self.have = have_rest,
+                Ordering::Equal => {
+                    self.have = have_rest;
+                    self.want = want_rest;
+                }
+                Ordering::Greater => {
+                    self.want = want_rest;
+                    return Some(w);
                 }
             }
         }
-        None
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

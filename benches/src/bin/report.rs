@@ -1,0 +1,141 @@
+//! Prints the figures of the last `cargo bench -p chunk-sync-benches` run as Markdown, with
+//! each hot path set against its limit measured in the same run.
+//!
+//! ```text
+//! cargo bench -p chunk-sync-benches && cargo run -p chunk-sync-benches --bin report
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+/// One benchmark's mean time and throughput unit.
+struct Figure {
+    mean_ns: f64,
+    bytes: Option<u64>,
+    elements: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let root = criterion_dir();
+    let mut figures = BTreeMap::new();
+    collect(&root, &mut figures);
+    if figures.is_empty() {
+        eprintln!(
+            "no criterion results under {}: run `cargo bench -p chunk-sync-benches` first",
+            root.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    print_table(&figures);
+    print_ratios(&figures);
+    ExitCode::SUCCESS
+}
+
+/// `target/criterion` of the workspace, or `$CARGO_TARGET_DIR/criterion`.
+fn criterion_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("criterion")
+}
+
+fn collect(dir: &Path, out: &mut BTreeMap<String, Figure>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "new") {
+            if let Some((id, figure)) = read_figure(&path) {
+                out.insert(id, figure);
+            }
+        } else if path.is_dir() {
+            collect(&path, out);
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+fn read_figure(new: &Path) -> Option<(String, Figure)> {
+    let bench = read_json(&new.join("benchmark.json"))?;
+    let estimates = read_json(&new.join("estimates.json"))?;
+    let id = bench["full_id"].as_str()?.to_owned();
+    let mean_ns = estimates["mean"]["point_estimate"].as_f64()?;
+    let throughput = &bench["throughput"];
+    Some((
+        id,
+        Figure {
+            mean_ns,
+            bytes: throughput["Bytes"].as_u64(),
+            elements: throughput["Elements"].as_u64(),
+        },
+    ))
+}
+
+fn human_time(ns: f64) -> String {
+    match ns {
+        n if n >= 1e6 => format!("{:.2} ms", n / 1e6),
+        n if n >= 1e3 => format!("{:.2} µs", n / 1e3),
+        n => format!("{n:.1} ns"),
+    }
+}
+
+fn print_table(figures: &BTreeMap<String, Figure>) {
+    println!("| benchmark | mean | throughput |");
+    println!("|---|---:|---:|");
+    for (id, f) in figures {
+        let rate = match (f.bytes, f.elements) {
+            (Some(b), _) => format!("{:.2} GB/s", b as f64 / f.mean_ns),
+            (_, Some(e)) => format!("{:.2} ns/hash", f.mean_ns / e as f64),
+            _ => String::new(),
+        };
+        println!("| `{id}` | {} | {rate} |", human_time(f.mean_ns));
+    }
+    println!();
+}
+
+fn print_ratios(figures: &BTreeMap<String, Figure>) {
+    let ratio = |a: &str, b: &str| Some(figures.get(b)?.mean_ns / figures.get(a)?.mean_ns * 100.0);
+    println!("| hot path | against | same-run ratio |");
+    println!("|---|---|---:|");
+    for size in ["100x64B", "100x256B", "100x512B", "256x4096B"] {
+        let blake3 = format!("chunk/blake3/{size}");
+        for (what, label) in [
+            ("create", "chunk creation (encode + hash)"),
+            ("verify", "verification (hash + header)"),
+            ("verify+decode", "verification + decode of every event"),
+        ] {
+            if let Some(r) = ratio(&format!("chunk/{what}/{size}"), &blake3) {
+                if let Some(f) = figures.get(&format!("chunk/{what}/{size}")) {
+                    let events: f64 = size
+                        .split('x')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0.0);
+                    println!(
+                        "| {label}, {size} | raw BLAKE3 of the same bytes | {r:.0}% ({:.1} M events/s) |",
+                        events / f.mean_ns * 1e3
+                    );
+                }
+            }
+        }
+    }
+    for n in ["1000", "100000", "1000000"] {
+        if let Some(r) = ratio(
+            &format!("delta/merge_missing/{n}"),
+            &format!("delta/hashset_missing/{n}"),
+        ) {
+            println!(
+                "| delta (merge walk), n = {n} | `HashSet` difference (the original's method) | {:.0}x faster |",
+                r / 100.0
+            );
+        }
+    }
+}
