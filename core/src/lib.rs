@@ -69,3 +69,8 @@ pub use wire::Message;
 pub use chunk::EventChunkStore;
 #[cfg(feature = "alloc")]
 pub use event::EventBuf;
+
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -125,7 +125,7 @@ impl fmt::Display for NotUntil {
     }
 }
 
-/// The throttle state machine. Memory: 40 bytes.
+/// The throttle state machine. Memory: 56 bytes.
 ///
 /// ```
 /// use chunk_sync_core::{Duration, Instant, Throttle, ThrottleConfig};
@@ -264,6 +264,11 @@ mod tests {
 
     fn at(us: u64) -> Instant {
         Instant::from_micros(us)
+    }
+
+    #[test]
+    fn documented_size() {
+        assert_eq!(size_of::<Throttle>(), 56);
     }
 
     #[test]
