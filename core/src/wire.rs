@@ -88,6 +88,8 @@ pub struct Hello {
     pub node_id: NodeId,
     /// The largest frame the sender accepts, header included.
     pub max_frame: u32,
+    /// The most `EventChunkGet`s the sender accepts outstanding at once.
+    pub max_requests: u16,
     /// Optional features the sender supports.
     pub capabilities: Capabilities,
 }
@@ -245,7 +247,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for HashList<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Message<'a> {
-    /// Opens a session: version, identity, frame limit, capabilities.
+    /// Opens a session: version, identity, limits, capabilities.
     Hello(Hello),
     /// Asks for the next page of the receiver's manifest: at most `limit` hashes strictly
     /// after `after` (from the start if `None`).
@@ -379,6 +381,36 @@ pub fn encode<'b>(message: &Message<'_>, buf: &'b mut [u8]) -> Result<&'b [u8], 
     let prefix = u32::try_from(body_len).map_err(|_| too_small())?;
     head.copy_from_slice(&prefix.to_le_bytes());
     Ok(&buf[..FRAME_HEADER + body_len])
+}
+
+/// Writes the frame header of an `EventChunkPut` whose `data_len` data bytes the caller
+/// sends right after it, and returns the header.
+///
+/// The header followed by the data is byte for byte the frame [`encode`] writes for the
+/// same `EventChunkPut`, so a sender can write chunk data straight from where it is kept
+/// instead of copying it into the frame buffer.
+pub fn encode_put_head<'b>(
+    hash: &ChunkHash,
+    total_len: u32,
+    offset: u32,
+    data_len: usize,
+    buf: &'b mut [u8],
+) -> Result<&'b [u8], InsufficientSize> {
+    /// The enum tag of `EventChunkPut` (see the table in the module docs).
+    const PUT_TAG: u32 = 4;
+    let too_small = || InsufficientSize {
+        required: PUT_OVERHEAD,
+    };
+    let (head, body) = buf
+        .split_at_mut_checked(FRAME_HEADER)
+        .ok_or_else(too_small)?;
+    let fields = (PUT_TAG, hash, total_len, offset, data_len);
+    let fields_len = postcard::to_slice(&fields, body)
+        .map_err(|_| too_small())?
+        .len();
+    let body_len = u32::try_from(fields_len + data_len).map_err(|_| too_small())?;
+    head.copy_from_slice(&body_len.to_le_bytes());
+    Ok(&buf[..FRAME_HEADER + fields_len])
 }
 
 /// Decodes the frame at the start of `buf`, refusing any frame longer than `max_frame`

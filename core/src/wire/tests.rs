@@ -28,13 +28,15 @@ fn golden_frames() {
         protocol: 1,
         node_id: NodeId(300),
         max_frame: 256,
+        max_requests: 8,
         capabilities: Capabilities::ALL,
     });
     let mut buf = [0u8; 64];
-    // length 7 | tag 0, protocol 1, node 300 (varint ac 02), max_frame 256 (80 02), caps 3
+    // length 8 | tag 0, protocol 1, node 300 (varint ac 02), max_frame 256 (80 02),
+    // max_requests 8, caps 3
     assert_eq!(
         hex(encode(&hello, &mut buf).unwrap()),
-        "0700000000 01ac02800203".replace(' ', "")
+        "0800000000 01ac0280020803".replace(' ', "")
     );
     let put = Message::EventChunkPut {
         hash: ChunkHash::from_bytes([0xab; 32]),
@@ -60,6 +62,7 @@ fn every_message_round_trips() {
             protocol: PROTOCOL_VERSION,
             node_id: NodeId(u64::MAX),
             max_frame: DEFAULT_MAX_FRAME,
+            max_requests: u16::MAX,
             capabilities: Capabilities(u32::MAX),
         }),
         Message::ManifestRequest {
@@ -205,6 +208,19 @@ fn small_buffers_report_the_size_needed() {
 }
 
 proptest! {
+    /// A put head followed by the data is exactly the encoded put.
+    #[test]
+    fn put_head_plus_data_is_the_put_frame(data in pvec(any::<u8>(), 0..3000), offset in any::<u32>(), total in any::<u32>()) {
+        let hash = ChunkHash::of(&data);
+        let put = Message::EventChunkPut { hash, total_len: total, offset, data: &data };
+        let mut whole = std::vec![0u8; put.frame_len()];
+        let whole = encode(&put, &mut whole).unwrap().to_vec();
+        let mut head = [0u8; 64];
+        let mut split = encode_put_head(&hash, total, offset, data.len(), &mut head).unwrap().to_vec();
+        split.extend_from_slice(&data);
+        prop_assert_eq!(split, whole);
+    }
+
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in pvec(any::<u8>(), 0..300), max in 0u32..400) {
         match decode(&bytes, max) {
