@@ -49,6 +49,7 @@ pub mod event;
 pub mod hash;
 pub mod manifest;
 pub mod progress;
+pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod time;

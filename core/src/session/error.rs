@@ -1,0 +1,242 @@
+//! The session's errors, sorted by whose fault they are.
+
+use core::fmt;
+
+use crate::hash::HashMismatch;
+use crate::wire::{ErrorCode, FrameError};
+
+/// Why a session ended. Fatal errors stick: once a session has failed, every `handle_*`
+/// call returns the same error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer sent bytes that are not a valid frame.
+    Frame(FrameError),
+    /// The peer sent a valid message that breaks the protocol.
+    Peer(PeerMisbehaved),
+    /// The peer cannot sync with this node.
+    Incompatible(Incompatible),
+    /// The peer ended the session with this error code.
+    Remote(ErrorCode),
+    /// The peer sent nothing for longer than the idle timeout.
+    TimedOut,
+    /// This side ended the session ([`Session::abort`](super::Session::abort)).
+    Aborted,
+    /// A call that does not fit the session's state. This one is not fatal: nothing
+    /// changed.
+    ApiMisuse(ApiMisuse),
+}
+
+impl Error {
+    /// The code and text this side sends to the peer when it fails with this error, if it
+    /// sends one.
+    #[must_use]
+    pub(crate) const fn wire_reason(&self) -> Option<(ErrorCode, &'static str)> {
+        Some(match self {
+            Self::Frame(FrameError::TooLarge { .. }) => (ErrorCode::FRAME_TOO_LARGE, "frame too large"),
+            Self::Frame(_) => (ErrorCode::MALFORMED, "malformed frame"),
+            Self::Peer(PeerMisbehaved::TooManyRequests) => {
+                (ErrorCode::LIMIT_EXCEEDED, "more requests than announced")
+            }
+            Self::Peer(_) => (ErrorCode::UNEXPECTED, "protocol violation"),
+            Self::Incompatible(Incompatible::ProtocolVersion { .. }) => {
+                (ErrorCode::PROTOCOL_VERSION, "protocol version not supported")
+            }
+            Self::Incompatible(_) => (ErrorCode::UNEXPECTED, "incompatible limits or capabilities"),
+            Self::TimedOut => (ErrorCode::TIMED_OUT, "idle timeout"),
+            Self::Aborted | Self::ApiMisuse(_) => (ErrorCode::INTERNAL, "aborted"),
+            Self::Remote(_) => return None,
+        })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Frame(e) => write!(f, "peer sent a bad frame: {e}"),
+            Self::Peer(e) => write!(f, "peer broke the protocol: {e}"),
+            Self::Incompatible(e) => write!(f, "peer is incompatible: {e}"),
+            Self::Remote(code) => write!(f, "peer ended the session with error code {}", code.0),
+            Self::TimedOut => f.write_str("peer was silent for longer than the idle timeout"),
+            Self::Aborted => f.write_str("session aborted by this node"),
+            Self::ApiMisuse(e) => write!(f, "session used out of order: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+/// A valid message that the protocol does not allow at this point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum PeerMisbehaved {
+    /// A message that is not allowed in the session's current state (named here).
+    Unexpected(&'static str),
+    /// A manifest page that is unsorted, repeats a hash or starts before the cursor.
+    UnsortedPage,
+    /// A manifest page longer than the limit asked for.
+    OversizePage,
+    /// An empty manifest page that is not the last one.
+    EmptyPage,
+    /// More chunk requests outstanding than this node announced.
+    TooManyRequests,
+    /// Chunk data for a chunk that was not the next one requested.
+    UnrequestedChunk,
+    /// A chunk longer than this node accepts.
+    ChunkTooLarge {
+        /// The announced length.
+        len: u32,
+        /// The largest chunk accepted.
+        max: u32,
+    },
+    /// A piece of a chunk at the wrong offset, past the end, or of a changed total length.
+    BadPiece,
+}
+
+impl fmt::Display for PeerMisbehaved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unexpected(what) => write!(f, "unexpected message: {what}"),
+            Self::UnsortedPage => f.write_str("manifest page is not sorted after the cursor"),
+            Self::OversizePage => f.write_str("manifest page longer than requested"),
+            Self::EmptyPage => f.write_str("empty manifest page that is not the last"),
+            Self::TooManyRequests => f.write_str("more chunk requests than announced"),
+            Self::UnrequestedChunk => f.write_str("chunk data that was not requested next"),
+            Self::ChunkTooLarge { len, max } => {
+                write!(f, "chunk of {len} bytes exceeds the limit of {max}")
+            }
+            Self::BadPiece => f.write_str("chunk piece at a wrong offset or past its end"),
+        }
+    }
+}
+
+impl core::error::Error for PeerMisbehaved {}
+
+/// The two sides cannot sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Incompatible {
+    /// The protocol versions differ.
+    ProtocolVersion {
+        /// This node's version.
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The peer announced a frame limit below the protocol's minimum.
+    FrameTooSmall {
+        /// The peer's limit.
+        theirs: u32,
+    },
+    /// The peer announced that it accepts no chunk request at all.
+    NoRequests,
+    /// The peer lacks a capability this node needs.
+    MissingCapabilities,
+}
+
+impl fmt::Display for Incompatible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ProtocolVersion { ours, theirs } => {
+                write!(f, "protocol version {theirs}, this node speaks {ours}")
+            }
+            Self::FrameTooSmall { theirs } => write!(f, "frame limit of {theirs} bytes is too small"),
+            Self::NoRequests => f.write_str("peer accepts no chunk request"),
+            Self::MissingCapabilities => f.write_str("peer lacks a required capability"),
+        }
+    }
+}
+
+impl core::error::Error for Incompatible {}
+
+/// A call to the session that does not fit its state: a bug in the caller. The call
+/// changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ApiMisuse {
+    /// `resolve_lookups` without an `Event::LookupNeeded`.
+    NoLookupsPending,
+    /// `send_manifest_page` without an `Event::ManifestPageNeeded`.
+    NoManifestRequest,
+    /// A manifest page that is unsorted, too long or not after the requested cursor.
+    BadManifestPage,
+    /// `serve_chunk`/`chunk_not_found` for a chunk that is not the one requested.
+    NotRequested,
+    /// A chunk of length zero or longer than `u32::MAX`.
+    BadChunkLength,
+    /// `finish_chunk` with no complete chunk waiting, or with bytes of the wrong length.
+    NoChunkToFinish,
+    /// `handle_input` while a complete chunk waits for `finish_chunk`.
+    FinishChunkFirst,
+    /// The session has ended.
+    Ended,
+}
+
+impl fmt::Display for ApiMisuse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoLookupsPending => "no lookups are pending",
+            Self::NoManifestRequest => "no manifest page was requested",
+            Self::BadManifestPage => "manifest page unsorted, too long or before the cursor",
+            Self::NotRequested => "that chunk is not the one requested",
+            Self::BadChunkLength => "chunk length must be between 1 and u32::MAX",
+            Self::NoChunkToFinish => "no complete chunk of that length is waiting",
+            Self::FinishChunkFirst => "call finish_chunk before feeding more input",
+            Self::Ended => "the session has ended",
+        })
+    }
+}
+
+impl core::error::Error for ApiMisuse {}
+
+/// Why [`Session::finish_chunk`](super::Session::finish_chunk) refused a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum FinishError {
+    /// The bytes do not match the hash: they were not stored and the chunk is asked for
+    /// again or reported as failed.
+    HashMismatch(HashMismatch),
+    /// The call did not fit the session's state.
+    ApiMisuse(ApiMisuse),
+}
+
+impl fmt::Display for FinishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HashMismatch(e) => fmt::Display::fmt(e, f),
+            Self::ApiMisuse(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl core::error::Error for FinishError {}
+
+/// Why [`Session::new`](super::Session::new) refused a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_frame` is outside `MIN_FRAME..=MAX_FRAME_LIMIT`.
+    FrameSize(u32),
+    /// `window` or `max_attempts` is zero.
+    Zero(&'static str),
+    /// The throttle configuration is invalid.
+    Throttle(crate::throttle::ThrottleConfigError),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::FrameSize(n) => write!(f, "max_frame {n} is outside 256..=16777216"),
+            Self::Zero(what) => write!(f, "{what} must be at least 1"),
+            Self::Throttle(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
