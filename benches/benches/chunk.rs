@@ -6,7 +6,7 @@
 use chunk_sync_benches::{as_events, events, seal_one};
 use chunk_sync_core::chunk::Chunker;
 use chunk_sync_core::{ChunkView, NodeId};
-use core::hint::black_box;
+use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 

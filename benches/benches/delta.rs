@@ -8,7 +8,7 @@ use chunk_sync_benches::sets_with_one_percent_difference;
 use chunk_sync_core::ChunkHash;
 use chunk_sync_core::delta::{self, PagedDelta};
 use chunk_sync_core::wire::{DEFAULT_MAX_FRAME, Message};
-use core::hint::black_box;
+use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 

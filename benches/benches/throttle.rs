@@ -2,7 +2,7 @@
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented items.
 
 use chunk_sync_core::{Duration, Instant, Throttle, ThrottleConfig};
-use core::hint::black_box;
+use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 

@@ -4,7 +4,7 @@
 use chunk_sync_benches::Rng;
 use chunk_sync_core::ChunkHash;
 use chunk_sync_core::wire::{self, DEFAULT_MAX_FRAME, Decoded, HashList, Message};
-use core::hint::black_box;
+use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 

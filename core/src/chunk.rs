@@ -95,6 +95,8 @@ pub enum ChunkError {
         /// The event's sequence number.
         found: u64,
     },
+    /// The sequence number `u64::MAX` is reserved and cannot be chunked.
+    SeqExhausted,
     /// An event can never fit the chunk buffer, even alone.
     EventTooLarge {
         /// The event's encoded size.
@@ -128,6 +130,7 @@ impl fmt::Display for ChunkError {
                 f,
                 "event sequence number {found} is already chunked or out of order (next accepted: {expected_at_least})"
             ),
+            Self::SeqExhausted => f.write_str("sequence number u64::MAX is reserved"),
             Self::EventTooLarge { size, capacity } => write!(
                 f,
                 "event of {size} encoded bytes cannot fit a chunk buffer with room for {capacity}"
@@ -277,7 +280,8 @@ impl<'b> Chunker<'b> {
 
     /// Adds an event to the open chunk, or says why not.
     ///
-    /// On [`Push::SealFirst`] and on error nothing changes.
+    /// On error nothing changes. On [`Push::SealFirst`] nothing changes but where the
+    /// open chunk's range ends if it is sealed next.
     pub fn push<E: ChunkEvent + ?Sized>(&mut self, event: &E) -> Result<Push, ChunkError> {
         let seq = event.seq();
         if event.origin() != self.origin {
@@ -292,7 +296,12 @@ impl<'b> Chunker<'b> {
                 found: seq,
             });
         }
+        // `u64::MAX` is reserved: a range covering it would have no end.
+        let Some(after) = seq.checked_add(1) else {
+            return Err(ChunkError::SeqExhausted);
+        };
         let range_end = self.range_start.saturating_add(self.per_chunk);
+        let mut range_start = self.range_start;
         if seq >= range_end {
             if self.count > 0 {
                 self.pending_end = Some(range_end);
@@ -300,10 +309,11 @@ impl<'b> Chunker<'b> {
             }
             // The open range holds nothing to seal: move to the range that contains `seq`,
             // keeping ranges aligned to where the last sealed chunk ended.
-            self.range_start += (seq - self.range_start) / self.per_chunk * self.per_chunk;
+            range_start += (seq - range_start) / self.per_chunk * self.per_chunk;
         }
         if !event.privacy().is_shareable() {
-            self.next_seq = seq + 1;
+            self.range_start = range_start;
+            self.next_seq = after;
             self.pending_end = None;
             return Ok(Push::Filtered);
         }
@@ -319,7 +329,8 @@ impl<'b> Chunker<'b> {
             Ok(written) => {
                 self.len += written.len();
                 self.count += 1;
-                self.next_seq = seq + 1;
+                self.range_start = range_start;
+                self.next_seq = after;
                 self.pending_end = None;
                 Ok(Push::Added)
             }

@@ -145,6 +145,8 @@ pub enum PageError {
     Unsorted,
     /// A page arrived after the last one.
     AfterLast,
+    /// An empty page that is not the last one.
+    Empty,
 }
 
 impl fmt::Display for PageError {
@@ -152,6 +154,7 @@ impl fmt::Display for PageError {
         match self {
             Self::Unsorted => f.write_str("manifest page is not sorted after the previous page"),
             Self::AfterLast => f.write_str("manifest page after the last page"),
+            Self::Empty => f.write_str("empty manifest page that is not the last"),
         }
     }
 }
@@ -213,6 +216,9 @@ impl PagedDelta {
         if !starts_after || !is_sorted_unique(page) {
             return Err(PageError::Unsorted);
         }
+        if page.is_empty() && !last {
+            return Err(PageError::Empty);
+        }
         let from = self
             .cursor
             .as_ref()
@@ -270,6 +276,10 @@ mod tests {
         );
         assert_eq!(walk.page(&a, &a[2..], true).map(|d| d.count()), Ok(0));
         assert_eq!(walk.page(&a, &[], true).err(), Some(PageError::AfterLast));
+        assert_eq!(
+            PagedDelta::new().page(&a, &[], false).err(),
+            Some(PageError::Empty)
+        );
     }
 
     proptest! {

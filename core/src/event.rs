@@ -4,7 +4,7 @@
 //! # Privacy
 //! Only [`Privacy::Public`] and [`Privacy::Shareable`] events ever enter a chunk; a
 //! [`Privacy::Private`] event stays on its node. The [chunker](crate::chunk::Chunker) filters
-//! them out and a chunk that contains one fails to decode.
+//! them out, and reading a chunk that contains one fails at that event.
 //!
 //! # Sequence numbers decide chunk boundaries
 //! Every event has an origin (the node that wrote it) and a sequence number in the origin's

@@ -28,6 +28,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Keep the core honest about what it needs: `core` first, then `alloc`, `std` last.
+#![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // `std` is opt-in: every std-only use must be imported explicitly, so a build that forgets a

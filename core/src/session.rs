@@ -25,6 +25,7 @@ use core::cmp::min;
 
 use heapless::{Deque, Vec};
 
+use crate::error::InsufficientSize;
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Verified};
 use crate::manifest::is_sorted_unique;
@@ -32,10 +33,9 @@ use crate::progress::SyncProgress;
 use crate::throttle::{Throttle, ThrottleConfig};
 use crate::time::{Duration, Instant};
 use crate::wire::{
-    self, Capabilities, Decoded, ErrorCode, Hello, HashList, MAX_FRAME_LIMIT, MIN_FRAME, Message,
+    self, Capabilities, Decoded, ErrorCode, HashList, Hello, MAX_FRAME_LIMIT, MIN_FRAME, Message,
     PROTOCOL_VERSION,
 };
-use crate::error::InsufficientSize;
 
 mod error;
 pub use error::{ApiMisuse, ConfigError, Error, FinishError, Incompatible, PeerMisbehaved};
@@ -259,7 +259,11 @@ enum Serving {
     /// Requested by the peer; the adapter has not answered yet.
     Pending { hash: ChunkHash, reported: bool },
     /// Being sent.
-    Sending { hash: ChunkHash, total_len: u32, offset: u32 },
+    Sending {
+        hash: ChunkHash,
+        total_len: u32,
+        offset: u32,
+    },
     /// The adapter does not have it; `NotFound` is to be sent.
     NotFound { hash: ChunkHash },
 }
@@ -298,7 +302,7 @@ enum Phase {
 /// zero. Once a fatal error has happened, every `handle_*` returns it again, `poll_transmit`
 /// yields only the `Error` frame for the peer, and `poll_event` yields one
 /// [`Event::Failed`].
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Session<const PAGE: usize, const REQ: usize> {
     config: Config,
     throttle: Throttle,
@@ -362,7 +366,11 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             throttled_until: None,
             progress: SyncProgress::new(0, now),
             stats: Stats::default(),
-            walk: if config.pull { ManifestWalk::NeedPage } else { ManifestWalk::Done },
+            walk: if config.pull {
+                ManifestWalk::NeedPage
+            } else {
+                ManifestWalk::Done
+            },
             cursor: None,
             last_page: false,
             page: Vec::new(),
@@ -443,10 +451,19 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     ///
     /// Call again with the rest until `consumed` is zero, then read more bytes. The input
     /// never needs to hold more than one frame of `config.max_frame` bytes.
-    pub fn handle_input<'a>(&mut self, now: Instant, input: &'a [u8]) -> Result<Handled<'a>, Error> {
+    pub fn handle_input<'a>(
+        &mut self,
+        now: Instant,
+        input: &'a [u8],
+    ) -> Result<Handled<'a>, Error> {
         match self.phase {
             Phase::Failed(e) => return Err(e),
-            Phase::Completed => return Ok(Handled { consumed: 0, piece: None }),
+            Phase::Completed => {
+                return Ok(Handled {
+                    consumed: 0,
+                    piece: None,
+                });
+            }
             _ => {}
         }
         if self.in_flight.front().is_some_and(InFlight::is_complete) {
@@ -454,7 +471,12 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return Err(Error::ApiMisuse(ApiMisuse::FinishChunkFirst));
         }
         let (message, len) = match wire::decode(input, self.config.max_frame) {
-            Ok(Decoded::Incomplete { .. }) => return Ok(Handled { consumed: 0, piece: None }),
+            Ok(Decoded::Incomplete { .. }) => {
+                return Ok(Handled {
+                    consumed: 0,
+                    piece: None,
+                });
+            }
             Ok(Decoded::Frame { message, len }) => (message, len),
             Err(e) => return Err(self.fail(Error::Frame(e))),
         };
@@ -463,7 +485,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         self.stats.frames_received += 1;
         let piece = self.on_message(message).map_err(|e| self.fail(e))?;
         self.check_completion();
-        Ok(Handled { consumed: len, piece })
+        Ok(Handled {
+            consumed: len,
+            piece,
+        })
     }
 
     fn on_message<'a>(&mut self, message: Message<'a>) -> Result<Option<Piece<'a>>, Error> {
@@ -485,7 +510,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                     return unexpected("a manifest request for zero hashes");
                 }
                 let peer_frame = self.peer.map_or(MIN_FRAME, |p| p.max_frame);
-                let limit = min(min(limit as usize, PAGE), Message::page_capacity(peer_frame));
+                let limit = min(
+                    min(limit as usize, PAGE),
+                    Message::page_capacity(peer_frame),
+                );
                 self.manifest_request = Some((after, limit, false));
                 Ok(None)
             }
@@ -499,7 +527,12 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                     return Err(Error::Peer(PeerMisbehaved::TooManyRequests));
                 }
                 match self.serving {
-                    None => self.serving = Some(Serving::Pending { hash, reported: false }),
+                    None => {
+                        self.serving = Some(Serving::Pending {
+                            hash,
+                            reported: false,
+                        })
+                    }
                     Some(_) => {
                         // Room was checked above against a limit no larger than `REQ`.
                         let _ = self.queue.push_back(hash);
@@ -507,9 +540,12 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                 }
                 Ok(None)
             }
-            Message::EventChunkPut { hash, total_len, offset, data } => {
-                self.on_piece(hash, total_len, offset, data).map(Some)
-            }
+            Message::EventChunkPut {
+                hash,
+                total_len,
+                offset,
+                data,
+            } => self.on_piece(hash, total_len, offset, data).map(Some),
             Message::NotFound { hash } => {
                 match self.in_flight.front() {
                     Some(f) if f.hash == hash && f.total_len.is_none() => {}
@@ -546,7 +582,9 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             }));
         }
         if hello.max_frame < MIN_FRAME {
-            return Err(Error::Incompatible(Incompatible::FrameTooSmall { theirs: hello.max_frame }));
+            return Err(Error::Incompatible(Incompatible::FrameTooSmall {
+                theirs: hello.max_frame,
+            }));
         }
         if hello.max_requests == 0 {
             return Err(Error::Incompatible(Incompatible::NoRequests));
@@ -561,7 +599,9 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
 
     fn on_page(&mut self, ids: HashList<'_>, last: bool) -> Result<(), Error> {
         let ManifestWalk::Requested(limit) = self.walk else {
-            return Err(Error::Peer(PeerMisbehaved::Unexpected("a manifest page not asked for")));
+            return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "a manifest page not asked for",
+            )));
         };
         if ids.len() > limit {
             return Err(Error::Peer(PeerMisbehaved::OversizePage));
@@ -587,7 +627,11 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
         self.last_page = last;
         // An empty page is always the last one (checked above).
-        self.walk = if self.page.is_empty() { ManifestWalk::Done } else { ManifestWalk::Lookups };
+        self.walk = if self.page.is_empty() {
+            ManifestWalk::Done
+        } else {
+            ManifestWalk::Lookups
+        };
         self.lookups_reported = false;
         Ok(())
     }
@@ -609,7 +653,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return Err(Error::Peer(PeerMisbehaved::UnrequestedChunk));
         }
         if total_len > max {
-            return Err(Error::Peer(PeerMisbehaved::ChunkTooLarge { len: total_len, max }));
+            return Err(Error::Peer(PeerMisbehaved::ChunkTooLarge {
+                len: total_len,
+                max,
+            }));
         }
         let fits = u32::try_from(data.len())
             .ok()
@@ -622,7 +669,13 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         front.total_len = Some(total_len);
         // `fits` checked that this neither overflows nor passes `total_len`.
         front.received = offset + data.len() as u32;
-        Ok(Piece { hash, offset, total_len, data, last: front.is_complete() })
+        Ok(Piece {
+            hash,
+            offset,
+            total_len,
+            data,
+            last: front.is_complete(),
+        })
     }
 
     /// Verifies the chunk whose last piece just arrived, given all of its bytes in order.
@@ -649,9 +702,14 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                 let attempts = front.attempts + 1;
                 // Room: `retry` and `failures` hold at most what was in flight.
                 if attempts < self.config.max_attempts {
-                    let _ = self.retry.push_back(Want { hash: front.hash, attempts });
+                    let _ = self.retry.push_back(Want {
+                        hash: front.hash,
+                        attempts,
+                    });
                 } else {
-                    let _ = self.failures.push_back((front.hash, FailReason::HashMismatch));
+                    let _ = self
+                        .failures
+                        .push_back((front.hash, FailReason::HashMismatch));
                 }
             }
         }
@@ -663,13 +721,20 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     /// [`Event::LookupNeeded`].
     #[must_use]
     pub fn lookups(&self) -> &[ChunkHash] {
-        if self.walk == ManifestWalk::Lookups { &self.page } else { &[] }
+        if self.walk == ManifestWalk::Lookups {
+            &self.page
+        } else {
+            &[]
+        }
     }
 
     /// Answers [`Event::LookupNeeded`]: `have` says, for each hash of
     /// [`lookups`](Self::lookups), whether this node already has the chunk. The others are
     /// requested.
-    pub fn resolve_lookups(&mut self, mut have: impl FnMut(&ChunkHash) -> bool) -> Result<(), ApiMisuse> {
+    pub fn resolve_lookups(
+        &mut self,
+        mut have: impl FnMut(&ChunkHash) -> bool,
+    ) -> Result<(), ApiMisuse> {
         if self.walk != ManifestWalk::Lookups {
             return Err(ApiMisuse::NoLookupsPending);
         }
@@ -677,12 +742,19 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             if !have(id) {
                 // Room: a page is asked for only once `want` is empty, and holds at most
                 // `PAGE` hashes.
-                let _ = self.want.push_back(Want { hash: *id, attempts: 0 });
+                let _ = self.want.push_back(Want {
+                    hash: *id,
+                    attempts: 0,
+                });
                 self.progress.total_chunks += 1;
             }
         }
         self.page.clear();
-        self.walk = if self.last_page { ManifestWalk::Done } else { ManifestWalk::NeedPage };
+        self.walk = if self.last_page {
+            ManifestWalk::Done
+        } else {
+            ManifestWalk::NeedPage
+        };
         self.check_completion();
         Ok(())
     }
@@ -697,7 +769,8 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             (Some(a), Some(first)) => *first > a,
             _ => true,
         };
-        if ids.len() > limit || !after_cursor || !is_sorted_unique(ids) || (ids.is_empty() && !last) {
+        if ids.len() > limit || !after_cursor || !is_sorted_unique(ids) || (ids.is_empty() && !last)
+        {
             return Err(ApiMisuse::BadManifestPage);
         }
         let mut page = Vec::new();
@@ -711,10 +784,17 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     /// Answers [`Event::ChunkRequested`]: the adapter has the chunk, `len` bytes long, and
     /// will supply the bytes each [`Transmit::piece`] names until the chunk is sent.
     pub fn serve_chunk(&mut self, hash: &ChunkHash, len: usize) -> Result<(), ApiMisuse> {
-        let total_len = u32::try_from(len).ok().filter(|&n| n > 0).ok_or(ApiMisuse::BadChunkLength)?;
+        let total_len = u32::try_from(len)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or(ApiMisuse::BadChunkLength)?;
         match self.serving {
             Some(Serving::Pending { hash: h, .. }) if h == *hash => {
-                self.serving = Some(Serving::Sending { hash: h, total_len, offset: 0 });
+                self.serving = Some(Serving::Sending {
+                    hash: h,
+                    total_len,
+                    offset: 0,
+                });
                 Ok(())
             }
             _ => Err(ApiMisuse::NotRequested),
@@ -759,7 +839,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Failed(_) | Phase::Completed => None,
-            _ => Some(self.throttled_until.map_or(self.idle_deadline, |t| t.min(self.idle_deadline))),
+            _ => Some(
+                self.throttled_until
+                    .map_or(self.idle_deadline, |t| t.min(self.idle_deadline)),
+            ),
         }
     }
 
@@ -785,9 +868,16 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
         if let Some((after, limit, reported @ false)) = &mut self.manifest_request {
             *reported = true;
-            return Some(Event::ManifestPageNeeded { after: *after, limit: *limit });
+            return Some(Event::ManifestPageNeeded {
+                after: *after,
+                limit: *limit,
+            });
         }
-        if let Some(Serving::Pending { hash, reported: reported @ false }) = &mut self.serving {
+        if let Some(Serving::Pending {
+            hash,
+            reported: reported @ false,
+        }) = &mut self.serving
+        {
             *reported = true;
             return Some(Event::ChunkRequested { hash: *hash });
         }
@@ -806,10 +896,16 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     ///
     /// `buf` must hold [`max_transmit_len`](Self::max_transmit_len) bytes; for a chunk piece
     /// only the header is written and [`Transmit::piece`] names the bytes to send after it.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
         if let Phase::Failed(_) = self.phase {
             // The last frame of a failed session bypasses the throttle.
-            let Some((code, reason)) = self.error_frame else { return Ok(None) };
+            let Some((code, reason)) = self.error_frame else {
+                return Ok(None);
+            };
             let t = Self::emit(&Message::Error { code, reason }, buf)?;
             self.error_frame = None;
             self.stats.bytes_sent += t.len as u64;
@@ -823,7 +919,9 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             self.throttled_until = Some(at);
             return Ok(None);
         }
-        let Some(t) = self.next_frame(buf)? else { return Ok(None) };
+        let Some(t) = self.next_frame(buf)? else {
+            return Ok(None);
+        };
         // Admitted: `next_ready(now)` was `None`, so the window has room for any size.
         let _ = self.throttle.try_consume(now, t.wire_len() as u64);
         self.stats.bytes_sent += t.wire_len() as u64;
@@ -846,15 +944,26 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             self.hello_sent = true;
             return Ok(Some(t));
         }
-        let Some(peer) = self.peer else { return Ok(None) };
+        let Some(peer) = self.peer else {
+            return Ok(None);
+        };
         if let Some((ids, last)) = &self.page_out {
-            let t = Self::emit(&Message::ManifestPage { ids: HashList::new(ids), last: *last }, buf)?;
+            let t = Self::emit(
+                &Message::ManifestPage {
+                    ids: HashList::new(ids),
+                    last: *last,
+                },
+                buf,
+            )?;
             self.page_out = None;
             return Ok(Some(t));
         }
         if self.walk == ManifestWalk::NeedPage && self.want.is_empty() && self.retry.is_empty() {
             let limit = min(PAGE, Message::page_capacity(self.config.max_frame));
-            let request = Message::ManifestRequest { after: self.cursor, limit: limit as u32 };
+            let request = Message::ManifestRequest {
+                after: self.cursor,
+                limit: limit as u32,
+            };
             let t = Self::emit(&request, buf)?;
             self.walk = ManifestWalk::Requested(limit);
             return Ok(Some(t));
@@ -883,7 +992,13 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
 
     /// The next chunk to request, if the window has room.
     fn next_request(&self, peer: &Hello) -> Option<Want> {
-        let window = min(min(usize::from(self.config.window), usize::from(peer.max_requests)), REQ);
+        let window = min(
+            min(
+                usize::from(self.config.window),
+                usize::from(peer.max_requests),
+            ),
+            REQ,
+        );
         // Failures wait in a queue bounded by `REQ` until the adapter reads them, so the
         // two together never exceed it.
         if self.in_flight.len() >= window || self.in_flight.len() + self.failures.len() >= REQ {
@@ -892,25 +1007,47 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         self.retry.front().or(self.want.front()).copied()
     }
 
-    fn next_serving_frame(&mut self, peer: &Hello, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
+    fn next_serving_frame(
+        &mut self,
+        peer: &Hello,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
         match self.serving {
             Some(Serving::NotFound { hash }) => {
                 let t = Self::emit(&Message::NotFound { hash }, buf)?;
                 self.next_served();
                 Ok(Some(t))
             }
-            Some(Serving::Sending { hash, total_len, offset }) => {
+            Some(Serving::Sending {
+                hash,
+                total_len,
+                offset,
+            }) => {
                 // A piece fits the peer's frames and, when throttled, one window's budget, so
                 // that frames keep flowing and the peer's idle timer is fed.
-                let budget = self.throttle.config().window_budget().map_or(usize::MAX, |b| b as usize);
-                let cap = min(Message::piece_capacity(peer.max_frame), budget.max(MIN_PIECE));
+                let budget = self
+                    .throttle
+                    .config()
+                    .window_budget()
+                    .map_or(usize::MAX, |b| b as usize);
+                let cap = min(
+                    Message::piece_capacity(peer.max_frame),
+                    budget.max(MIN_PIECE),
+                );
                 let len = min(cap, (total_len - offset) as usize) as u32;
                 let head = wire::encode_put_head(&hash, total_len, offset, len as usize, buf)?;
-                let t = Transmit { len: head.len(), piece: Some(PieceOut { hash, offset, len }) };
+                let t = Transmit {
+                    len: head.len(),
+                    piece: Some(PieceOut { hash, offset, len }),
+                };
                 if offset + len == total_len {
                     self.next_served();
                 } else {
-                    self.serving = Some(Serving::Sending { hash, total_len, offset: offset + len });
+                    self.serving = Some(Serving::Sending {
+                        hash,
+                        total_len,
+                        offset: offset + len,
+                    });
                 }
                 Ok(Some(t))
             }
@@ -919,7 +1056,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     }
 
     fn next_served(&mut self) {
-        self.serving = self.queue.pop_front().map(|hash| Serving::Pending { hash, reported: false });
+        self.serving = self.queue.pop_front().map(|hash| Serving::Pending {
+            hash,
+            reported: false,
+        });
     }
 
     fn emit(message: &Message<'_>, buf: &mut [u8]) -> Result<Transmit, InsufficientSize> {

@@ -184,7 +184,7 @@ impl Throttle {
         self.config
     }
 
-    /// Changes the limit; debt already incurred is kept (capped at the new budget's scale).
+    /// Changes the limit. Debt already incurred is kept and repaid at the new rate.
     pub fn reconfigure(&mut self, config: ThrottleConfig) -> Result<(), ThrottleConfigError> {
         let mut next = Self::new(config)?;
         next.window_start = self.window_start;

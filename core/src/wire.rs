@@ -121,7 +121,7 @@ impl ErrorCode {
 /// A sorted list of chunk hashes inside a message.
 ///
 /// On the wire it is a byte string (varint length, then 32 bytes per hash), so a decoded
-/// list borrows the frame.
+/// list borrows the frame. Like every wire type it is meant for postcard only.
 #[derive(Clone, Copy)]
 pub struct HashList<'a>(Repr<'a>);
 

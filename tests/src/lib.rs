@@ -32,8 +32,13 @@ impl Node {
     #[must_use]
     pub fn with_log(origin: NodeId, count: u64, per_chunk: usize, payload: usize) -> Self {
         let mut chunks = EventChunkStore::new(per_chunk);
-        let created = chunks.create_chunks(&log(origin, count, payload)).expect("valid log");
-        Self { store: created.into_iter().map(|c| (c.id, c.bytes)).collect(), lies: false }
+        let created = chunks
+            .create_chunks(&log(origin, count, payload))
+            .expect("valid log");
+        Self {
+            store: created.into_iter().map(|c| (c.id, c.bytes)).collect(),
+            lies: false,
+        }
     }
 
     /// The sorted hashes held.
@@ -53,7 +58,9 @@ pub fn log(origin: NodeId, count: u64, payload: usize) -> Vec<EventBuf> {
             timestamp: seq,
             kind: "sim".into(),
             privacy: Privacy::Public,
-            payload: (0..payload).map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8).collect(),
+            payload: (0..payload)
+                .map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8)
+                .collect(),
         })
         .collect()
 }
@@ -111,7 +118,13 @@ impl Net {
 
     /// Connects nodes `a` and `b` with sessions configured by `config` (node ids are the
     /// node indices) and returns the connection's index.
-    pub fn connect(&mut self, a: usize, b: usize, latency: Duration, config: impl Fn(NodeId) -> Config) -> usize {
+    pub fn connect(
+        &mut self,
+        a: usize,
+        b: usize,
+        latency: Duration,
+        config: impl Fn(NodeId) -> Config,
+    ) -> usize {
         let end = |node: usize| End {
             node,
             session: Session::new(config(NodeId(node as u64)), self.now).expect("valid config"),
@@ -141,12 +154,19 @@ impl Net {
             for c in 0..self.conns.len() {
                 moved |= self.step(c);
             }
-            let closed = |e: &End| e.session.is_closed() || (e.silent && e.session.error().is_some());
-            if self.conns.iter().all(|c| c.cut || c.ends.iter().all(closed)) {
+            let closed =
+                |e: &End| e.session.is_closed() || (e.silent && e.session.error().is_some());
+            if self
+                .conns
+                .iter()
+                .all(|c| c.cut || c.ends.iter().all(closed))
+            {
                 break;
             }
             if !moved {
-                let Some(next) = self.next_wakeup() else { break };
+                let Some(next) = self.next_wakeup() else {
+                    break;
+                };
                 self.now = self.now.max(next);
                 for conn in &mut self.conns {
                     for end in &mut conn.ends {
@@ -163,7 +183,10 @@ impl Net {
             .iter()
             .filter(|c| !c.cut)
             .flat_map(|c| {
-                let deliveries = c.in_flight.iter().filter_map(|q| q.front().map(|(at, _)| *at));
+                let deliveries = c
+                    .in_flight
+                    .iter()
+                    .filter_map(|q| q.front().map(|(at, _)| *at));
                 let timers = c.ends.iter().filter_map(|e| e.session.poll_timeout());
                 deliveries.chain(timers).collect::<Vec<_>>()
             })
@@ -180,7 +203,10 @@ impl Net {
         let mut moved = false;
         for side in 0..2 {
             // Deliveries.
-            while conn.in_flight[side].front().is_some_and(|(at, _)| *at <= now) {
+            while conn.in_flight[side]
+                .front()
+                .is_some_and(|(at, _)| *at <= now)
+            {
                 let (_, bytes) = conn.in_flight[side].pop_front().expect("checked");
                 conn.ends[side].rx.extend_from_slice(&bytes);
                 moved = true;
@@ -210,13 +236,10 @@ impl Net {
 fn feed_input(end: &mut End, node: &mut Node, now: Instant) -> bool {
     let mut moved = false;
     while !end.rx.is_empty() {
-        let handled = match end.session.handle_input(now, &end.rx) {
-            Ok(h) => h,
-            Err(_) => {
-                // A failed session reads nothing more: the transport would be closed.
-                end.rx.clear();
-                return true;
-            }
+        let Ok(handled) = end.session.handle_input(now, &end.rx) else {
+            // A failed session reads nothing more: the transport would be closed.
+            end.rx.clear();
+            return true;
         };
         if handled.consumed == 0 {
             return moved;
@@ -243,19 +266,30 @@ fn answer_events(end: &mut End, node: &mut Node) -> bool {
         moved = true;
         match event {
             Event::LookupNeeded => {
-                end.session.resolve_lookups(|id| node.store.contains_key(id)).expect("lookups pending");
+                end.session
+                    .resolve_lookups(|id| node.store.contains_key(id))
+                    .expect("lookups pending");
             }
             Event::ManifestPageNeeded { after, limit } => {
                 use std::ops::Bound::{Excluded, Unbounded};
                 let from = after.map_or(Unbounded, Excluded);
-                let mut ids: Vec<ChunkHash> =
-                    node.store.range((from, Unbounded)).map(|(id, _)| *id).take(limit + 1).collect();
+                let mut ids: Vec<ChunkHash> = node
+                    .store
+                    .range((from, Unbounded))
+                    .map(|(id, _)| *id)
+                    .take(limit + 1)
+                    .collect();
                 let last = ids.len() <= limit;
                 ids.truncate(limit);
-                end.session.send_manifest_page(&ids, last).expect("valid page");
+                end.session
+                    .send_manifest_page(&ids, last)
+                    .expect("valid page");
             }
             Event::ChunkRequested { hash } => match node.store.get(&hash) {
-                Some(bytes) => end.session.serve_chunk(&hash, bytes.len()).expect("requested"),
+                Some(bytes) => end
+                    .session
+                    .serve_chunk(&hash, bytes.len())
+                    .expect("requested"),
                 None => end.session.chunk_not_found(&hash).expect("requested"),
             },
             _ => {}

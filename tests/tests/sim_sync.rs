@@ -26,7 +26,12 @@ fn union(net: &Net) -> Vec<chunk_sync_core::ChunkHash> {
 fn assert_complete(net: &Net) {
     for conn in &net.conns {
         for end in &conn.ends {
-            assert!(end.session.is_complete(), "session of node {} ended with {:?}", end.node, end.session.error());
+            assert!(
+                end.session.is_complete(),
+                "session of node {} ended with {:?}",
+                end.node,
+                end.session.error()
+            );
             assert!(end.events.contains(&Event::Completed));
         }
     }
@@ -64,7 +69,8 @@ fn three_nodes_with_overlapping_sets_converge() {
     let mut b = shared.clone();
     b.store.extend(Node::with_log(NodeId(3), 55, 10, 64).store);
     let mut c = Node::with_log(NodeId(4), 33, 5, 64);
-    c.store.extend(shared.store.iter().take(4).map(|(k, v)| (*k, v.clone())));
+    c.store
+        .extend(shared.store.iter().take(4).map(|(k, v)| (*k, v.clone())));
     let (a, b, c) = (net.add(a), net.add(b), net.add(c));
     let expected = union(&net);
     net.connect(a, b, ms(3), default_config);
@@ -82,12 +88,18 @@ fn small_frames_carry_chunks_in_pieces() {
     let mut net = Net::default();
     let a = net.add(Node::with_log(NodeId(1), 60, 20, 200)); // chunks of ~4 KiB
     let b = net.add(Node::default());
-    net.connect(a, b, MS, |id| Config { max_frame: 256, ..Config::new(id) });
+    net.connect(a, b, MS, |id| Config {
+        max_frame: 256,
+        ..Config::new(id)
+    });
     net.run(LIMIT);
     assert_complete(&net);
     assert_eq!(net.nodes[b].ids(), net.nodes[a].ids());
     let stats = net.conns[0].ends[0].session.stats();
-    assert!(stats.frames_sent > 60 * 200 / 200, "chunks travelled in many frames");
+    assert!(
+        stats.frames_sent > 60 * 200 / 200,
+        "chunks travelled in many frames"
+    );
 }
 
 #[test]
@@ -95,16 +107,26 @@ fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     let mut net = Net::default();
     let mut liar = Node::with_log(NodeId(1), 30, 10, 50);
     liar.lies = true;
-    let honest = Node { lies: false, ..liar.clone() };
+    let honest = Node {
+        lies: false,
+        ..liar.clone()
+    };
     let (liar, honest) = (net.add(liar), net.add(honest));
     let me = net.add(Node::default());
     net.connect(me, liar, MS, default_config);
     net.run(LIMIT);
     assert_complete(&net);
-    assert!(net.nodes[me].store.is_empty(), "no unverified byte is ever stored");
+    assert!(
+        net.nodes[me].store.is_empty(),
+        "no unverified byte is ever stored"
+    );
     let end = &net.conns[0].ends[0];
     assert_eq!(failed_chunks(end, FailReason::HashMismatch), 3);
-    assert_eq!(end.session.progress().failed_chunks, 6, "two attempts per chunk");
+    assert_eq!(
+        end.session.progress().failed_chunks,
+        6,
+        "two attempts per chunk"
+    );
 
     net.connect(me, honest, MS, default_config);
     net.run(LIMIT);
@@ -133,7 +155,10 @@ fn a_cut_connection_resumes_without_refetching() {
     net.conns[first].ends[0].silent = true;
     net.run(LIMIT);
     assert_eq!(net.nodes[b].ids(), net.nodes[a].ids());
-    assert_eq!(net.conns[second].ends[1].chunk_bytes_received, remaining, "no chunk travelled twice");
+    assert_eq!(
+        net.conns[second].ends[1].chunk_bytes_received, remaining,
+        "no chunk travelled twice"
+    );
 }
 
 #[test]
@@ -141,7 +166,10 @@ fn a_silent_peer_times_out() {
     let mut net = Net::default();
     let a = net.add(Node::with_log(NodeId(1), 10, 10, 10));
     let b = net.add(Node::default());
-    let c = net.connect(a, b, MS, |id| Config { idle_timeout: Duration::from_secs(5), ..Config::new(id) });
+    let c = net.connect(a, b, MS, |id| Config {
+        idle_timeout: Duration::from_secs(5),
+        ..Config::new(id)
+    });
     net.conns[c].ends[1].silent = true;
     let took = net.run(LIMIT);
     assert_eq!(net.conns[c].ends[0].session.error(), Some(Error::TimedOut));
@@ -157,7 +185,11 @@ fn the_throttle_limits_the_sender_in_virtual_time() {
     let b = net.add(Node::default());
     let rate = 10_000;
     net.connect(a, b, MS, |id| Config {
-        throttle: if id == NodeId(0) { ThrottleConfig::per_second(rate) } else { ThrottleConfig::UNLIMITED },
+        throttle: if id == NodeId(0) {
+            ThrottleConfig::per_second(rate)
+        } else {
+            ThrottleConfig::UNLIMITED
+        },
         ..Config::new(id)
     });
     let took = net.run(LIMIT);
@@ -168,8 +200,14 @@ fn the_throttle_limits_the_sender_in_virtual_time() {
     // between `rate × time` and that plus one window's budget and one frame.
     let paced = rate * took.as_micros() / 1_000_000;
     let frame = 10_000 + 100;
-    assert!(paced <= sent && sent <= paced + rate + frame, "{sent} bytes in {took}");
-    assert!(took >= Duration::from_secs(9), "about 100 KB at 10 KB/s takes about 9 s: {took}");
+    assert!(
+        paced <= sent && sent <= paced + rate + frame,
+        "{sent} bytes in {took}"
+    );
+    assert!(
+        took >= Duration::from_secs(9),
+        "about 100 KB at 10 KB/s takes about 9 s: {took}"
+    );
 }
 
 proptest! {

@@ -126,25 +126,25 @@ impl EventChunkStore {
             let origin = run[0].origin();
             let start = self.sealed_through.get(&origin).copied().unwrap_or(0);
             let mut chunker = Chunker::new(origin, self.events_per_chunk, start, &mut buf)?;
+            // Only sealed chunks fix boundaries: events after the last one (private ones
+            // included) are looked at again next time.
+            let mut sealed_end = start;
             for &event in run.iter().filter(|e| e.seq() >= start) {
                 if chunker.push(event)? == Push::SealFirst {
                     if let Some(sealed) = chunker.seal() {
+                        sealed_end = sealed.end_seq;
                         created.push(EventChunk::from_sealed(&sealed));
                     }
-                    // After sealing, an event that was rejected only for lack of room or
-                    // range is always taken; a second `SealFirst` would mean it can never fit.
-                    if chunker.push(event)? == Push::SealFirst {
-                        return Err(ChunkError::EventTooLarge {
-                            size: event.payload().len(),
-                            capacity: self.max_chunk_bytes,
-                        });
-                    }
+                    // After a seal the chunk is empty, so the event is taken or refused with
+                    // an error; it is never sent back again.
+                    let _ = chunker.push(event)?;
                 }
             }
             if let Some(sealed) = chunker.seal() {
+                sealed_end = sealed.end_seq;
                 created.push(EventChunk::from_sealed(&sealed));
             }
-            through.push((origin, chunker.next_seq()));
+            through.push((origin, sealed_end));
         }
         self.sealed_through.extend(through);
         for chunk in &created {

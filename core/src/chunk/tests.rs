@@ -227,6 +227,28 @@ impl Event<'static> {
 }
 
 #[test]
+fn a_refused_event_changes_nothing() {
+    let mut buf = [0u8; HEADER_RESERVE + 64];
+    let mut chunker = Chunker::new(NodeId(7), 10, 0, &mut buf).unwrap();
+    let mut big = ev(25, Privacy::Public);
+    big.payload = std::vec![0; 100];
+    assert!(matches!(
+        chunker.push(&big),
+        Err(ChunkError::EventTooLarge { .. })
+    ));
+    // The range did not move to 20..30: seq 5 still opens range 0..10.
+    assert_eq!(chunker.push(&ev(5, Privacy::Public)), Ok(Push::Added));
+    let sealed = chunker.seal().unwrap();
+    assert_eq!((sealed.first_seq, sealed.end_seq), (0, 6));
+    assert!(ChunkView::parse(sealed.bytes).unwrap().validate().is_ok());
+    let last = Event {
+        seq: u64::MAX,
+        ..Event::default_for_tests()
+    };
+    assert_eq!(chunker.push(&last), Err(ChunkError::SeqExhausted));
+}
+
+#[test]
 fn bad_configuration_is_refused() {
     let mut buf = [0u8; 64];
     assert_eq!(
@@ -352,7 +374,11 @@ proptest! {
     }
 
     #[test]
-    fn parsing_arbitrary_bytes_never_panics(bytes in pvec(any::<u8>(), 0..200)) {
+    fn parsing_arbitrary_bytes_never_panics(mut bytes in pvec(any::<u8>(), 0..200), versioned in any::<bool>()) {
+        // Most random inputs fail at the version byte; half start with a valid one.
+        if versioned && !bytes.is_empty() {
+            bytes[0] = FORMAT_VERSION;
+        }
         if let Ok(view) = ChunkView::parse(&bytes) {
             let read = view.events().count();
             prop_assert!(read <= view.len() as usize);
@@ -376,5 +402,119 @@ proptest! {
                 let _ = view.validate();
             }
         }
+    }
+}
+
+#[cfg(feature = "alloc")]
+mod event_chunk_store {
+    use super::*;
+    use crate::EventBuf;
+
+    fn buf(seq: u64, privacy: Privacy) -> EventBuf {
+        let e = ev(seq, privacy);
+        EventBuf {
+            origin: NodeId(7),
+            seq,
+            timestamp: e.timestamp,
+            kind: e.kind,
+            privacy,
+            payload: e.payload,
+        }
+    }
+
+    #[test]
+    fn appending_seals_only_new_events() {
+        let mut store = EventChunkStore::new(10);
+        let mut log: Vec<EventBuf> = (0..25).map(|s| buf(s, Privacy::Public)).collect();
+        let first = store.create_chunks(&log).unwrap();
+        assert_eq!(
+            first
+                .iter()
+                .map(|c| (c.first_seq, c.end_seq))
+                .collect::<Vec<_>>(),
+            [(0, 10), (10, 20), (20, 25)]
+        );
+        log.extend((25..40).map(|s| buf(s, Privacy::Public)));
+        let second = store.create_chunks(&log).unwrap();
+        assert_eq!(
+            second
+                .iter()
+                .map(|c| (c.first_seq, c.end_seq))
+                .collect::<Vec<_>>(),
+            [(25, 35), (35, 40)]
+        );
+        assert_eq!(store.len(), 5);
+        for c in first.iter().chain(&second) {
+            assert_eq!(store.get_chunk(&c.id), Some(c));
+        }
+    }
+
+    #[test]
+    fn a_private_tail_stays_open() {
+        let mut store = EventChunkStore::new(10);
+        let mut log: Vec<EventBuf> = (0..12)
+            .map(|s| {
+                buf(
+                    s,
+                    if s < 10 {
+                        Privacy::Public
+                    } else {
+                        Privacy::Private
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(store.create_chunks(&log).unwrap().len(), 1);
+        // Seq 10 and 11 sealed nothing, so when 11 becomes shareable it is still chunked.
+        log[11].privacy = Privacy::Shareable;
+        let next = store.create_chunks(&log).unwrap();
+        assert_eq!(
+            next.iter()
+                .map(|c| (c.first_seq, c.end_seq, c.events))
+                .collect::<Vec<_>>(),
+            [(10, 12, 1)]
+        );
+    }
+
+    #[test]
+    fn errors_leave_the_store_unchanged() {
+        let mut store = EventChunkStore::new(10).with_max_chunk_bytes(HEADER_RESERVE + 200);
+        let mut log: Vec<EventBuf> = (0..3).map(|s| buf(s, Privacy::Public)).collect();
+        log[2].payload = std::vec![0; 300];
+        assert!(matches!(
+            store.create_chunks(&log),
+            Err(ChunkError::EventTooLarge { .. })
+        ));
+        assert!(store.is_empty());
+        log[2] = buf(1, Privacy::Public);
+        assert!(matches!(
+            store.create_chunks(&log),
+            Err(ChunkError::OutOfOrder { .. })
+        ));
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn received_chunks_are_validated() {
+        let mut origin = EventChunkStore::new(10);
+        let chunk = origin
+            .create_chunks(&[buf(0, Privacy::Public)])
+            .unwrap()
+            .remove(0);
+        let mut replica = EventChunkStore::new(10);
+        assert_eq!(
+            replica.insert_chunk(Verified::hash_of(&chunk.bytes)),
+            Ok(true)
+        );
+        assert_eq!(
+            replica.insert_chunk(Verified::hash_of(&chunk.bytes)),
+            Ok(false)
+        );
+        assert!(
+            replica
+                .insert_chunk(Verified::hash_of(b"not a chunk"))
+                .is_err()
+        );
+        assert_eq!(replica.hashes(), [chunk.id]);
     }
 }

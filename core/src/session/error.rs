@@ -34,15 +34,18 @@ impl Error {
     #[must_use]
     pub(crate) const fn wire_reason(&self) -> Option<(ErrorCode, &'static str)> {
         Some(match self {
-            Self::Frame(FrameError::TooLarge { .. }) => (ErrorCode::FRAME_TOO_LARGE, "frame too large"),
+            Self::Frame(FrameError::TooLarge { .. }) => {
+                (ErrorCode::FRAME_TOO_LARGE, "frame too large")
+            }
             Self::Frame(_) => (ErrorCode::MALFORMED, "malformed frame"),
             Self::Peer(PeerMisbehaved::TooManyRequests) => {
                 (ErrorCode::LIMIT_EXCEEDED, "more requests than announced")
             }
             Self::Peer(_) => (ErrorCode::UNEXPECTED, "protocol violation"),
-            Self::Incompatible(Incompatible::ProtocolVersion { .. }) => {
-                (ErrorCode::PROTOCOL_VERSION, "protocol version not supported")
-            }
+            Self::Incompatible(Incompatible::ProtocolVersion { .. }) => (
+                ErrorCode::PROTOCOL_VERSION,
+                "protocol version not supported",
+            ),
             Self::Incompatible(_) => (ErrorCode::UNEXPECTED, "incompatible limits or capabilities"),
             Self::TimedOut => (ErrorCode::TIMED_OUT, "idle timeout"),
             Self::Aborted | Self::ApiMisuse(_) => (ErrorCode::INTERNAL, "aborted"),
@@ -143,7 +146,9 @@ impl fmt::Display for Incompatible {
             Self::ProtocolVersion { ours, theirs } => {
                 write!(f, "protocol version {theirs}, this node speaks {ours}")
             }
-            Self::FrameTooSmall { theirs } => write!(f, "frame limit of {theirs} bytes is too small"),
+            Self::FrameTooSmall { theirs } => {
+                write!(f, "frame limit of {theirs} bytes is too small")
+            }
             Self::NoRequests => f.write_str("peer accepts no chunk request"),
             Self::MissingCapabilities => f.write_str("peer lacks a required capability"),
         }
