@@ -759,6 +759,31 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         Ok(())
     }
 
+    /// Asks for these chunks, in a session that does not walk the peer's manifest
+    /// (`pull: false`) or whose walk is over. Returns how many were queued (none otherwise):
+    /// the queue holds `PAGE` hashes, so call again with the rest once chunks have arrived,
+    /// in the same round of inputs, before `poll_transmit` finds the queue empty and sends
+    /// `Done`.
+    pub fn want(&mut self, ids: &[ChunkHash]) -> usize {
+        if self.done_sent || matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
+            return 0;
+        }
+        let room = if self.walk == ManifestWalk::Done {
+            PAGE - self.want.len()
+        } else {
+            0
+        };
+        for id in &ids[..min(room, ids.len())] {
+            // Room was computed above.
+            let _ = self.want.push_back(Want {
+                hash: *id,
+                attempts: 0,
+            });
+            self.progress.total_chunks += 1;
+        }
+        min(room, ids.len())
+    }
+
     /// Answers [`Event::ManifestPageNeeded`] with this node's hashes after the requested
     /// cursor, sorted, at most `limit` of them; `last` says whether none follow.
     pub fn send_manifest_page(&mut self, ids: &[ChunkHash], last: bool) -> Result<(), ApiMisuse> {

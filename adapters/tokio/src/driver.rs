@@ -1,0 +1,346 @@
+//! The session driver: one task per connection that moves bytes between the transport and
+//! the core's `Session`, answers its events from the node's store and sleeps until its
+//! deadline. It makes no protocol decision of its own.
+
+use std::collections::VecDeque;
+use std::sync::PoisonError;
+
+use chunk_sync_core::progress::SyncProgress as CoreProgress;
+use chunk_sync_core::session::{Event, FailReason, Session, Stats};
+use chunk_sync_core::{ChunkHash, NodeId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::sleep_until;
+use tracing::{debug, warn};
+
+use crate::error::Error;
+use crate::node::Shared;
+
+/// Manifest page capacity of host sessions.
+pub(crate) const HOST_PAGE: usize = 2048;
+/// Requests in flight (each way) of host sessions.
+pub(crate) const HOST_REQ: usize = 64;
+/// The session type host nodes drive.
+pub(crate) type HostSession = Session<HOST_PAGE, HOST_REQ>;
+/// Bytes queued for the transport before the driver stops asking the session for more.
+const HIGH_WATER: usize = 512 << 10;
+
+/// What a finished (or failed) session did.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub(crate) peer: Option<NodeId>,
+    pub(crate) progress: CoreProgress,
+    pub(crate) stats: Stats,
+    pub(crate) failed: Vec<(ChunkHash, FailReason)>,
+}
+
+struct Driver<'s> {
+    shared: &'s Shared,
+    session: Box<HostSession>,
+    rx: Vec<u8>,
+    filled: usize,
+    out: Vec<u8>,
+    out_pos: usize,
+    tx: Vec<u8>,
+    assembling: Vec<u8>,
+    serving: Option<(ChunkHash, Vec<u8>)>,
+    wanted: VecDeque<ChunkHash>,
+    failed: Vec<(ChunkHash, FailReason)>,
+    /// When the node-wide throttle lets this session send again.
+    node_throttled: Option<chunk_sync_core::Instant>,
+    started: tokio::time::Instant,
+}
+
+/// Runs `session` over `io` until it completes or fails.
+pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
+    io: IO,
+    session: Box<HostSession>,
+    shared: &Shared,
+    wanted: Vec<ChunkHash>,
+) -> (Outcome, Result<(), Error>) {
+    let max_frame = session.config().max_frame as usize;
+    let mut d = Driver {
+        shared,
+        session,
+        rx: vec![0; max_frame],
+        filled: 0,
+        out: Vec::with_capacity(HIGH_WATER + max_frame),
+        out_pos: 0,
+        tx: vec![0; HostSession::max_transmit_len()],
+        assembling: Vec::new(),
+        serving: None,
+        wanted: wanted.into(),
+        failed: Vec::new(),
+        node_throttled: None,
+        started: tokio::time::Instant::now(),
+    };
+    let result = d.run(io).await;
+    let outcome = Outcome {
+        peer: d.session.peer().map(|h| h.node_id),
+        progress: *d.session.progress(),
+        stats: *d.session.stats(),
+        failed: d.failed,
+    };
+    (outcome, result)
+}
+
+impl Driver<'_> {
+    async fn run<IO: AsyncRead + AsyncWrite>(&mut self, io: IO) -> Result<(), Error> {
+        let (mut reader, mut writer) = tokio::io::split(io);
+        let mut read_open = true;
+        loop {
+            let now = self.shared.clock.now();
+            self.feed_input(now)?;
+            let mut answered = self.answer_events()?;
+            self.fill_output(now);
+            answered |= self.answer_events()?;
+            if answered {
+                continue;
+            }
+            if self.session.is_closed() && self.out_pos == self.out.len() {
+                writer.flush().await?;
+                let _ = writer.shutdown().await;
+                return match self.session.error() {
+                    Some(e) => Err(Error::Protocol(e)),
+                    None => Ok(()),
+                };
+            }
+            let deadline = match (self.session.poll_timeout(), self.node_throttled) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(|t| self.shared.clock.to_tokio(t));
+            let can_read = read_open && self.filled < self.rx.len();
+            let pending_out = self.out_pos < self.out.len();
+            tokio::select! {
+                read = reader.read(&mut self.rx[self.filled..]), if can_read => {
+                    match read? {
+                        0 => {
+                            read_open = false;
+                            if !self.session.is_closed() {
+                                return Err(Error::Closed);
+                            }
+                        }
+                        n => self.filled += n,
+                    }
+                }
+                written = writer.write(&self.out[self.out_pos..]), if pending_out => {
+                    self.out_pos += written?;
+                    if self.out_pos == self.out.len() {
+                        self.out.clear();
+                        self.out_pos = 0;
+                    }
+                }
+                () = sleep_until(deadline.unwrap_or_else(|| self.started + std::time::Duration::from_secs(86_400))), if deadline.is_some() => {
+                    let now = self.shared.clock.now();
+                    self.session.handle_timeout(now);
+                    if self.node_throttled.is_some_and(|t| now >= t) {
+                        self.node_throttled = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds every whole frame in the receive buffer to the session.
+    fn feed_input(&mut self, now: chunk_sync_core::Instant) -> Result<(), Error> {
+        let mut start = 0;
+        while start < self.filled {
+            let handled = match self.session.handle_input(now, &self.rx[start..self.filled]) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.filled = 0;
+                    debug!(error = %e, "session failed on input");
+                    return Ok(());
+                }
+            };
+            if handled.consumed == 0 {
+                break;
+            }
+            let mut last = false;
+            if let Some(piece) = handled.piece {
+                if piece.offset == 0 {
+                    self.assembling.clear();
+                    self.assembling.reserve(piece.total_len as usize);
+                }
+                self.assembling.extend_from_slice(piece.data);
+                last = piece.last;
+            }
+            let consumed = handled.consumed;
+            if last {
+                self.finish_chunk()?;
+            }
+            start += consumed;
+        }
+        self.rx.copy_within(start..self.filled, 0);
+        self.filled -= start;
+        Ok(())
+    }
+
+    fn finish_chunk(&mut self) -> Result<(), Error> {
+        match self.session.finish_chunk(&self.assembling) {
+            Ok(verified) => {
+                let stored = self
+                    .shared
+                    .store
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(verified);
+                if let Err(e) = stored {
+                    self.session.abort();
+                    return Err(Error::Store(e));
+                }
+            }
+            Err(e) => warn!(error = %e, "chunk refused"),
+        }
+        self.publish_progress();
+        Ok(())
+    }
+
+    /// Answers the session's events from the store; returns whether there were any.
+    fn answer_events(&mut self) -> Result<bool, Error> {
+        let mut any = false;
+        while let Some(event) = self.session.poll_event() {
+            any = true;
+            match event {
+                Event::Connected { peer } => {
+                    debug!(%peer, "connected");
+                    self.feed_wanted();
+                    self.publish_progress();
+                }
+                Event::LookupNeeded => {
+                    let store = self
+                        .shared
+                        .store
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let mut failure = None;
+                    let answered = self.session.resolve_lookups(|id| {
+                        store.contains(id).unwrap_or_else(|e| {
+                            failure = Some(e);
+                            true
+                        })
+                    });
+                    drop(store);
+                    if let Some(e) = failure {
+                        self.session.abort();
+                        return Err(Error::Store(e));
+                    }
+                    debug_assert!(answered.is_ok(), "the event announced lookups");
+                    self.publish_progress();
+                }
+                Event::ManifestPageNeeded { after, limit } => {
+                    let page = self
+                        .shared
+                        .store
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .page_after(after.as_ref(), limit);
+                    let (ids, last) = page.map_err(|e| {
+                        self.session.abort();
+                        Error::Store(e)
+                    })?;
+                    // The store returns sorted hashes after the cursor, at most `limit`.
+                    let _ = self.session.send_manifest_page(&ids, last);
+                }
+                Event::ChunkRequested { hash } => {
+                    let got = self
+                        .shared
+                        .store
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&hash);
+                    match got.map_err(Error::Store)? {
+                        Some(bytes) => {
+                            let _ = self.session.serve_chunk(&hash, bytes.len());
+                            self.serving = Some((hash, bytes));
+                        }
+                        None => {
+                            let _ = self.session.chunk_not_found(&hash);
+                        }
+                    }
+                }
+                Event::ChunkFailed { hash, reason } => {
+                    warn!(%hash, ?reason, "chunk could not be fetched from this peer");
+                    self.failed.push((hash, reason));
+                    self.publish_progress();
+                }
+                Event::PullComplete => debug!("pull complete"),
+                Event::Completed => debug!("sync complete"),
+                Event::Failed(e) => warn!(error = %e, "session failed"),
+                _ => {}
+            }
+            self.feed_wanted();
+        }
+        Ok(any)
+    }
+
+    /// Queues explicitly wanted chunks as room frees up.
+    fn feed_wanted(&mut self) {
+        while !self.wanted.is_empty() {
+            let (front, _) = self.wanted.as_slices();
+            let n = self.session.want(front);
+            if n == 0 {
+                break;
+            }
+            self.wanted.drain(..n);
+        }
+    }
+
+    /// Moves frames from the session to the output buffer while the node-wide throttle and
+    /// the buffer allow.
+    fn fill_output(&mut self, now: chunk_sync_core::Instant) {
+        while self.out.len() - self.out_pos < HIGH_WATER {
+            let mut node_throttle = self
+                .shared
+                .throttle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(at) = node_throttle.next_ready(now) {
+                self.node_throttled = Some(at);
+                return;
+            }
+            let transmit = match self.session.poll_transmit(now, &mut self.tx) {
+                Ok(Some(t)) => t,
+                Ok(None) => return,
+                Err(e) => {
+                    // `tx` is sized by `max_transmit_len`, so this is a bug; end the session.
+                    warn!(error = %e, "transmit buffer too small");
+                    self.session.abort();
+                    return;
+                }
+            };
+            // Admitted: the window has room.
+            let _ = node_throttle.try_consume(now, transmit.wire_len() as u64);
+            drop(node_throttle);
+            self.out.extend_from_slice(&self.tx[..transmit.len]);
+            if let Some(piece) = transmit.piece {
+                match &self.serving {
+                    Some((hash, bytes)) if *hash == piece.hash => {
+                        let range = piece.offset as usize..(piece.offset + piece.len) as usize;
+                        self.out.extend_from_slice(&bytes[range]);
+                        if piece.offset + piece.len == bytes.len() as u32 {
+                            self.serving = None;
+                        }
+                    }
+                    _ => {
+                        warn!("session asked for bytes of a chunk not being served");
+                        self.session.abort();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_progress(&self) {
+        let Some(peer) = self.session.peer().map(|h| h.node_id) else {
+            return;
+        };
+        let progress = crate::SyncProgress::from_core(self.session.progress(), self.started);
+        self.shared
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, progress);
+    }
+}

@@ -1,0 +1,42 @@
+//! `chunk-sync-tokio`: chunk-sync for host services on tokio.
+//!
+//! A [`Node`] owns a store and a node-wide throttle and runs any number of sync sessions
+//! concurrently: it listens on TCP ([`Node::listen`]), syncs with a peer by address
+//! ([`Node::sync_with`]) or over any `AsyncRead + AsyncWrite` stream ([`Node::sync_over`]),
+//! so TLS or QUIC streams plug in. Each session is the core's sans-IO
+//! [`Session`](chunk_sync_core::session::Session), driven by one task; this crate makes no
+//! protocol decision of its own.
+//!
+//! The original document's API is here with the same meaning: [`EventChunkSyncManager`],
+//! [`ThrottleConfig`], [`DeltaSyncProtocol`] and the progress methods.
+//!
+//! ```no_run
+//! use chunk_sync_tokio::{EventChunkSyncManager, ThrottleConfig};
+//! use chunk_sync_tokio::core::NodeId;
+//! use std::time::Duration;
+//!
+//! # async fn run() -> Result<(), chunk_sync_tokio::Error> {
+//! let config = ThrottleConfig { max_bytes_per_sec: 1_000_000, window_duration: Duration::from_secs(1) };
+//! let manager = EventChunkSyncManager::new(NodeId(1), config);
+//! let listener = manager.node().listen("127.0.0.1:7000").await?;
+//! let report = manager.node().sync_with("127.0.0.1:7001").await?;
+//! println!("{:.1}% synced", report.progress.progress_percent());
+//! # drop(listener); Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub use chunk_sync_core as core;
+
+mod driver;
+mod error;
+mod manager;
+mod node;
+mod progress;
+mod store;
+mod time;
+
+pub use error::{Error, StoreError};
+pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
+pub use node::{Listener, Node, NodeConfig, SyncReport, ThrottleConfig};
+pub use progress::SyncProgress;
+pub use store::NodeStore;

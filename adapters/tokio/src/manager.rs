@@ -1,0 +1,204 @@
+//! The original document's API: `EventChunkSyncManager` and `DeltaSyncProtocol`, with the
+//! same meaning, on top of a [`Node`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chunk_sync_core::store::ChunkCache;
+use chunk_sync_core::{ChunkHash, NodeId, Verified, delta};
+
+use crate::SyncProgress;
+use crate::error::Error;
+use crate::node::{Node, NodeConfig, SyncReport, ThrottleConfig};
+
+/// Default memory limit of the manager's chunk cache: 512 MiB.
+pub const DEFAULT_CACHE_LIMIT: usize = 512 << 20;
+
+/// Stores chunks, verifies what arrives, serves what is asked for, throttles what it sends
+/// and tracks progress per peer.
+///
+/// Its store is an in-memory cache: beyond its memory limit
+/// ([`with_cache_limit`](Self::with_cache_limit)) it forgets the least recently used chunks.
+/// A [`Node`] with a persistent store keeps everything.
+#[derive(Clone, Debug)]
+pub struct EventChunkSyncManager {
+    node: Node,
+    peers: Arc<Mutex<BTreeMap<NodeId, SocketAddr>>>,
+}
+
+impl EventChunkSyncManager {
+    /// A manager for `node_id` whose sending, all peers together, is limited by `throttle`.
+    ///
+    /// # Panics
+    /// If `throttle` has a rate but a zero window (use [`try_new`](Self::try_new) to get an
+    /// error instead).
+    #[must_use]
+    pub fn new(node_id: NodeId, throttle: ThrottleConfig) -> Self {
+        Self::try_new(node_id, throttle, DEFAULT_CACHE_LIMIT).expect("valid throttle configuration")
+    }
+
+    /// As [`new`](Self::new), with a cache memory limit, reporting a bad configuration.
+    pub fn try_new(
+        node_id: NodeId,
+        throttle: ThrottleConfig,
+        cache_limit: usize,
+    ) -> Result<Self, Error> {
+        let config = NodeConfig {
+            throttle,
+            ..NodeConfig::new(node_id)
+        };
+        Ok(Self {
+            node: Node::new(config, ChunkCache::new(cache_limit))?,
+            peers: Arc::default(),
+        })
+    }
+
+    /// Replaces the (empty) cache by one with this memory limit. Call it right after
+    /// [`new`](Self::new), before storing chunks or listening.
+    #[must_use]
+    pub fn with_cache_limit(self, bytes: usize) -> Self {
+        let config = self.node.shared.config;
+        Self {
+            node: Node::new(config, ChunkCache::new(bytes)).expect("configuration already checked"),
+            ..self
+        }
+    }
+
+    /// The node behind the manager: listen, sync with peers.
+    #[must_use]
+    pub const fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Remembers where `peer` listens, for [`DeltaSyncProtocol::request_missing_chunks`].
+    pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, addr);
+    }
+
+    fn peer_addr(&self, peer: &NodeId) -> Result<SocketAddr, Error> {
+        self.peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(peer)
+            .copied()
+            .ok_or(Error::UnknownPeer(*peer))
+    }
+
+    /// Verifies `data` against `hash` and stores it. Returns whether it was new. A mismatch
+    /// is refused with [`Error::HashMismatch`] and nothing is stored.
+    pub async fn handle_chunk_put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, Error> {
+        let verified = Verified::new(hash, &data).map_err(Error::HashMismatch)?;
+        self.node
+            .with_store(|s| s.insert(verified))
+            .map_err(Error::Store)
+    }
+
+    /// The chunk named `hash`, if stored.
+    pub async fn handle_chunk_get(&self, hash: ChunkHash) -> Result<Option<Vec<u8>>, Error> {
+        self.node.with_store(|s| s.get(&hash)).map_err(Error::Store)
+    }
+
+    /// Starts tracking a sync of `total_chunks` with `peer`.
+    pub fn start_sync(&self, peer: NodeId, total_chunks: u64) {
+        self.node
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(peer, SyncProgress::new(total_chunks));
+    }
+
+    /// Sets the counters of the sync with `peer`; `false` if it is not tracked.
+    pub fn update_sync_progress(
+        &self,
+        peer: &NodeId,
+        synced: u64,
+        failed: u64,
+        bytes: u64,
+    ) -> bool {
+        let mut table = self
+            .node
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(p) = table.get_mut(peer) else {
+            return false;
+        };
+        p.synced_chunks = synced;
+        p.failed_chunks = failed;
+        p.bytes_transferred = bytes;
+        true
+    }
+
+    /// The progress of the sync with `peer` (updated live by running sessions).
+    #[must_use]
+    pub fn get_sync_progress(&self, peer: &NodeId) -> Option<SyncProgress> {
+        self.node.progress(peer)
+    }
+
+    /// Stops tracking the sync with `peer` and returns its final figures.
+    pub fn complete_sync(&self, peer: &NodeId) -> Option<SyncProgress> {
+        self.node
+            .shared
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(peer)
+    }
+
+    /// Bytes of chunk data held in memory.
+    #[must_use]
+    pub fn cache_size_bytes(&self) -> usize {
+        self.node.with_store(|s| s.cache_size_bytes())
+    }
+
+    /// Forgets every chunk held in memory.
+    pub fn clear_cache(&self) {
+        self.node.with_store(|s| s.clear_cache());
+    }
+}
+
+/// Delta sync: find what a peer has that this node lacks, and fetch exactly that over the
+/// network.
+#[derive(Clone, Debug)]
+pub struct DeltaSyncProtocol {
+    manager: EventChunkSyncManager,
+}
+
+impl DeltaSyncProtocol {
+    /// Delta sync on top of `manager`.
+    #[must_use]
+    pub const fn new(manager: EventChunkSyncManager) -> Self {
+        Self { manager }
+    }
+
+    /// The hashes of `remote` that are not in `local` (a sorted merge walk; the inputs need
+    /// not be sorted).
+    pub async fn compute_delta(&self, local: &[ChunkHash], remote: &[ChunkHash]) -> Vec<ChunkHash> {
+        let sorted = |ids: &[ChunkHash]| {
+            let mut v = ids.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let (local, remote) = (sorted(local), sorted(remote));
+        delta::missing(&local, &remote).copied().collect()
+    }
+
+    /// Fetches `missing` from `peer` (whose address was given to
+    /// [`EventChunkSyncManager::add_peer`]), verifying and storing each chunk. The report
+    /// lists the chunks the peer could not supply.
+    pub async fn request_missing_chunks(
+        &self,
+        peer: NodeId,
+        missing: Vec<ChunkHash>,
+    ) -> Result<SyncReport, Error> {
+        let addr = self.manager.peer_addr(&peer)?;
+        self.manager.node().fetch_from(addr, missing).await
+    }
+}

@@ -1,0 +1,71 @@
+//! Per-peer progress with tokio's clock, as the original document's `SyncProgress`.
+
+use chunk_sync_core::progress::SyncProgress as CoreProgress;
+use tokio::time::{Duration, Instant};
+
+/// Progress of a sync with one peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncProgress {
+    /// Chunks to sync.
+    pub total_chunks: u64,
+    /// Chunks received, verified and stored.
+    pub synced_chunks: u64,
+    /// Failed transfers (hash mismatch, not found).
+    pub failed_chunks: u64,
+    /// Bytes of chunk data transferred.
+    pub bytes_transferred: u64,
+    /// When the sync started.
+    pub started: Instant,
+}
+
+impl SyncProgress {
+    /// A sync of `total_chunks` starting now.
+    #[must_use]
+    pub fn new(total_chunks: u64) -> Self {
+        Self {
+            total_chunks,
+            synced_chunks: 0,
+            failed_chunks: 0,
+            bytes_transferred: 0,
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn from_core(p: &CoreProgress, started: Instant) -> Self {
+        Self {
+            total_chunks: p.total_chunks,
+            synced_chunks: p.synced_chunks,
+            failed_chunks: p.failed_chunks,
+            bytes_transferred: p.bytes_transferred,
+            started,
+        }
+    }
+
+    fn to_core(self) -> CoreProgress {
+        CoreProgress {
+            total_chunks: self.total_chunks,
+            synced_chunks: self.synced_chunks,
+            failed_chunks: self.failed_chunks,
+            bytes_transferred: self.bytes_transferred,
+            started: chunk_sync_core::Instant::ZERO,
+        }
+    }
+
+    /// Share of the chunks synced, from 0.0 to 100.0 (100.0 when there is nothing to sync).
+    #[must_use]
+    pub fn progress_percent(&self) -> f64 {
+        self.to_core().progress_percent()
+    }
+
+    /// Whether every chunk is synced.
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        self.to_core().is_complete()
+    }
+
+    /// Time since the sync started.
+    #[must_use]
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}

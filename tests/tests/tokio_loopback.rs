@@ -1,0 +1,258 @@
+//! Nodes driven by the tokio adapter, over real loopback TCP (and, for paused-clock timing,
+//! over an in-process duplex pipe).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use chunk_sync_core::session::FailReason;
+use chunk_sync_core::store::ChunkCache;
+use chunk_sync_core::{ChunkHash, NodeId, Verified};
+use chunk_sync_tests::Node as SimNode;
+use chunk_sync_tokio::{Error, Node, NodeConfig, NodeStore, StoreError, ThrottleConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A node whose store holds `chunks`.
+fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
+    let mut store = ChunkCache::unbounded();
+    for bytes in chunks.store.values() {
+        chunk_sync_core::store::ChunkStore::insert(&mut store, Verified::hash_of(bytes)).unwrap();
+    }
+    Node::new(config(NodeConfig::new(NodeId(id))), store).unwrap()
+}
+
+fn ids(node: &Node) -> Vec<ChunkHash> {
+    node.with_store(|s| s.page_after(None, usize::MAX - 1).unwrap().0)
+}
+
+fn chunks(origin: u64, events: u64, per_chunk: usize, payload: usize) -> SimNode {
+    SimNode::with_log(NodeId(origin), events, per_chunk, payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_over_tcp() {
+    let shared = chunks(100, 200, 10, 64);
+    let mut a_set = chunks(1, 300, 10, 200);
+    a_set.store.extend(shared.store.clone());
+    let mut b_set = chunks(2, 150, 25, 500);
+    b_set.store.extend(shared.store.clone());
+    let c_set = chunks(3, 90, 9, 1000);
+    let (a, b, c) = (
+        node(1, &a_set, |c| c),
+        node(2, &b_set, |c| c),
+        node(3, &c_set, |c| c),
+    );
+    let mut union: Vec<ChunkHash> = [&a_set, &b_set, &c_set]
+        .iter()
+        .flat_map(|n| n.ids())
+        .collect();
+    union.sort();
+    union.dedup();
+
+    let la = a.listen("127.0.0.1:0").await.unwrap();
+    let lb = b.listen("127.0.0.1:0").await.unwrap();
+    let lc = c.listen("127.0.0.1:0").await.unwrap();
+    let report = b.sync_with(la.local_addr()).await.unwrap();
+    assert_eq!(report.peer, Some(NodeId(1)));
+    assert!(report.progress.is_complete() && report.failed.is_empty());
+    c.sync_with(lb.local_addr()).await.unwrap();
+    a.sync_with(lc.local_addr()).await.unwrap();
+    for n in [&a, &b, &c] {
+        assert_eq!(ids(n), union);
+    }
+}
+
+/// A store that corrupts every chunk it serves.
+struct LyingStore(ChunkCache);
+
+impl NodeStore for LyingStore {
+    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
+        NodeStore::contains(&self.0, id)
+    }
+    fn get(&mut self, id: &ChunkHash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(NodeStore::get(&mut self.0, id)?.map(|mut b| {
+            b[0] ^= 0xff;
+            b
+        }))
+    }
+    fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, StoreError> {
+        NodeStore::insert(&mut self.0, chunk)
+    }
+    fn page_after(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+        self.0.page_after(after, limit)
+    }
+    fn len(&self) -> Result<usize, StoreError> {
+        NodeStore::len(&self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
+    let set = chunks(1, 120, 10, 300);
+    let honest = node(1, &set, |c| c);
+    let mut cache = ChunkCache::unbounded();
+    for bytes in set.store.values() {
+        chunk_sync_core::store::ChunkStore::insert(&mut cache, Verified::hash_of(bytes)).unwrap();
+    }
+    let liar = Node::new(NodeConfig::new(NodeId(2)), LyingStore(cache)).unwrap();
+    let me = node(3, &SimNode::default(), |c| c);
+    let (lh, ll) = (
+        honest.listen("127.0.0.1:0").await.unwrap(),
+        liar.listen("127.0.0.1:0").await.unwrap(),
+    );
+
+    let report = me.sync_with(ll.local_addr()).await.unwrap();
+    assert_eq!(report.failed.len(), 12);
+    assert!(
+        report
+            .failed
+            .iter()
+            .all(|(_, r)| *r == FailReason::HashMismatch)
+    );
+    assert!(ids(&me).is_empty(), "nothing unverified is stored");
+
+    let failed: Vec<ChunkHash> = report.failed.iter().map(|(id, _)| *id).collect();
+    let report = me.fetch_from(lh.local_addr(), failed).await.unwrap();
+    assert_eq!(report.progress.synced_chunks, 12);
+    assert_eq!(ids(&me), set.ids());
+}
+
+/// A stream that fails once `limit` bytes have been read from it.
+struct CutAfter<S> {
+    inner: S,
+    left: usize,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CutAfter<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.left == 0 {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut")));
+        }
+        let room = buf.remaining().min(self.left);
+        let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
+        let poll = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        let n = limited.filled().len();
+        buf.advance(n);
+        self.left -= n;
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CutAfter<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_resumes_without_refetching() {
+    let set = chunks(1, 2_000, 10, 400); // 200 chunks, about 800 KB
+    let server = node(1, &set, |c| c);
+    let client = node(2, &SimNode::default(), |c| c);
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+
+    let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
+    let cut = client
+        .sync_over(CutAfter {
+            inner: stream,
+            left: 300_000,
+        })
+        .await;
+    assert!(matches!(cut, Err(Error::Io(_))), "{cut:?}");
+    let have = ids(&client);
+    assert!(
+        !have.is_empty() && have.len() < 200,
+        "cut mid-sync: {} chunks",
+        have.len()
+    );
+    let remaining: Vec<&Vec<u8>> = set
+        .store
+        .iter()
+        .filter(|(id, _)| have.binary_search(id).is_err())
+        .map(|(_, c)| c)
+        .collect();
+
+    let report = client.sync_with(listener.local_addr()).await.unwrap();
+    assert_eq!(ids(&client), set.ids());
+    assert_eq!(report.progress.synced_chunks, remaining.len() as u64);
+    assert_eq!(
+        report.progress.bytes_transferred,
+        remaining.iter().map(|c| c.len() as u64).sum::<u64>(),
+        "only chunks not yet stored travel again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn five_megabytes_at_one_megabyte_per_second_take_five_seconds() {
+    let set = chunks(1, 5_000, 50, 1_000); // 100 chunks, about 5 MB
+    let total: u64 = set.store.values().map(|c| c.len() as u64).sum();
+    let throttle = ThrottleConfig {
+        max_bytes_per_sec: 1_000_000,
+        window_duration: Duration::from_millis(20),
+    };
+    let server = node(1, &set, |c| NodeConfig { throttle, ..c });
+    let client = node(2, &SimNode::default(), |c| c);
+    let (a, b) = tokio::io::duplex(256 << 10);
+    let start = tokio::time::Instant::now();
+    let (served, fetched) = tokio::join!(server.sync_over(a), client.sync_over(b));
+    let took = start.elapsed();
+    served.unwrap();
+    let report = fetched.unwrap();
+    assert_eq!(report.progress.bytes_transferred, total);
+    let sent = report.stats.bytes_received;
+    let expected = Duration::from_micros(sent * 1_000_000 / 1_000_000);
+    let off = took.as_secs_f64() / expected.as_secs_f64() - 1.0;
+    assert!(
+        off.abs() <= 0.02,
+        "{sent} bytes at 1 MB/s took {took:?}, expected {expected:?}"
+    );
+    assert!(total >= 5_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_peers_pull_from_one_node_at_once() {
+    let set = chunks(1, 3_000, 20, 256);
+    let server = node(1, &set, |c| NodeConfig {
+        pull_from_clients: false,
+        ..c
+    });
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let peer = node(100 + i, &SimNode::default(), |c| c);
+        tasks.push(tokio::spawn(async move {
+            let report = peer.sync_with(addr).await.unwrap();
+            assert!(report.failed.is_empty());
+            peer
+        }));
+    }
+    for task in tasks {
+        let peer = task.await.unwrap();
+        assert_eq!(ids(&peer), set.ids());
+        for id in set.ids() {
+            let bytes = peer.with_store(|s| s.get(&id)).unwrap().unwrap();
+            assert_eq!(ChunkHash::of(&bytes), id, "every stored chunk verifies");
+        }
+    }
+}
