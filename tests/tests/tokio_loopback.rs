@@ -6,21 +6,29 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chunk_sync_core::session::FailReason;
-use chunk_sync_core::store::ChunkCache;
-use chunk_sync_core::{ChunkHash, NodeId, Verified};
+use chunk_sync_core::{ChunkHash, NodeId};
 use chunk_sync_tests::Node as SimNode;
-use chunk_sync_tokio::{Error, Node, NodeConfig, NodeStore, StoreError, ThrottleConfig};
+use chunk_sync_tokio::{
+    Error, MemStore, Node, NodeConfig, NodeStore, StoreError, ThrottleConfig, VerifiedChunk,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A node whose store holds `chunks`.
-fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
-    let mut store = ChunkCache::unbounded();
-    for bytes in chunks.store.values() {
-        chunk_sync_core::store::ChunkStore::insert(&mut store, Verified::hash_of(bytes)).unwrap();
+fn mem_store(chunks: &SimNode) -> MemStore {
+    let mut store = MemStore::new();
+    for (id, bytes) in &chunks.store {
+        store
+            .insert(VerifiedChunk::new(*id, bytes.clone()).unwrap())
+            .unwrap();
     }
-    Node::new(config(NodeConfig::new(NodeId(id))), store).unwrap()
+    store
+}
+
+fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
+    Node::new(config(NodeConfig::new(NodeId(id))), mem_store(chunks)).unwrap()
 }
 
 fn ids(node: &Node) -> Vec<ChunkHash> {
@@ -65,20 +73,21 @@ async fn three_nodes_converge_over_tcp() {
 }
 
 /// A store that corrupts every chunk it serves.
-struct LyingStore(ChunkCache);
+struct LyingStore(MemStore);
 
 impl NodeStore for LyingStore {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        NodeStore::contains(&self.0, id)
+        self.0.contains(id)
     }
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(NodeStore::get(&mut self.0, id)?.map(|mut b| {
+    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.0.get(id)?.map(|b| {
+            let mut b = b.to_vec();
             b[0] ^= 0xff;
-            b
+            Bytes::from(b)
         }))
     }
-    fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, StoreError> {
-        NodeStore::insert(&mut self.0, chunk)
+    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+        self.0.insert(chunk)
     }
     fn page_after(
         &self,
@@ -88,7 +97,7 @@ impl NodeStore for LyingStore {
         self.0.page_after(after, limit)
     }
     fn len(&self) -> Result<usize, StoreError> {
-        NodeStore::len(&self.0)
+        self.0.len()
     }
 }
 
@@ -96,11 +105,7 @@ impl NodeStore for LyingStore {
 async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     let set = chunks(1, 120, 10, 300);
     let honest = node(1, &set, |c| c);
-    let mut cache = ChunkCache::unbounded();
-    for bytes in set.store.values() {
-        chunk_sync_core::store::ChunkStore::insert(&mut cache, Verified::hash_of(bytes)).unwrap();
-    }
-    let liar = Node::new(NodeConfig::new(NodeId(2)), LyingStore(cache)).unwrap();
+    let liar = Node::new(NodeConfig::new(NodeId(2)), LyingStore(mem_store(&set))).unwrap();
     let me = node(3, &SimNode::default(), |c| c);
     let (lh, ll) = (
         honest.listen("127.0.0.1:0").await.unwrap(),

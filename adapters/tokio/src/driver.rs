@@ -3,8 +3,10 @@
 //! deadline. It makes no protocol decision of its own.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::sync::PoisonError;
 
+use bytes::Bytes;
 use chunk_sync_core::progress::SyncProgress as CoreProgress;
 use chunk_sync_core::session::{Event, FailReason, Session, Stats};
 use chunk_sync_core::{ChunkHash, NodeId};
@@ -14,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::error::Error;
 use crate::node::Shared;
+use crate::store::VerifiedChunk;
 
 /// Manifest page capacity of host sessions.
 pub(crate) const HOST_PAGE: usize = 2048;
@@ -23,6 +26,8 @@ pub(crate) const HOST_REQ: usize = 64;
 pub(crate) type HostSession = Session<HOST_PAGE, HOST_REQ>;
 /// Bytes queued for the transport before the driver stops asking the session for more.
 const HIGH_WATER: usize = 512 << 10;
+/// Most buffers handed to one vectored write.
+const MAX_IOV: usize = 64;
 
 /// What a finished (or failed) session did.
 #[derive(Debug, Clone)]
@@ -38,11 +43,13 @@ struct Driver<'s> {
     session: Box<HostSession>,
     rx: Vec<u8>,
     filled: usize,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// Frames to write: headers copied out of `tx`, chunk data shared with the store.
+    out: VecDeque<Bytes>,
+    /// Bytes of `out` not yet written.
+    out_len: usize,
     tx: Vec<u8>,
     assembling: Vec<u8>,
-    serving: Option<(ChunkHash, Vec<u8>)>,
+    serving: Option<(ChunkHash, Bytes)>,
     wanted: VecDeque<ChunkHash>,
     failed: Vec<(ChunkHash, FailReason)>,
     /// When the node-wide throttle lets this session send again.
@@ -63,8 +70,8 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         session,
         rx: vec![0; max_frame],
         filled: 0,
-        out: Vec::with_capacity(HIGH_WATER + max_frame),
-        out_pos: 0,
+        out: VecDeque::new(),
+        out_len: 0,
         tx: vec![0; HostSession::max_transmit_len()],
         assembling: Vec::new(),
         serving: None,
@@ -96,7 +103,7 @@ impl Driver<'_> {
             if answered {
                 continue;
             }
-            if self.session.is_closed() && self.out_pos == self.out.len() {
+            if self.session.is_closed() && self.out_len == 0 {
                 writer.flush().await?;
                 let _ = writer.shutdown().await;
                 return match self.session.error() {
@@ -110,7 +117,13 @@ impl Driver<'_> {
             }
             .map(|t| self.shared.clock.to_tokio(t));
             let can_read = read_open && self.filled < self.rx.len();
-            let pending_out = self.out_pos < self.out.len();
+            let pending_out = self.out_len > 0;
+            let slices: Vec<IoSlice<'_>> = self
+                .out
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
             tokio::select! {
                 read = reader.read(&mut self.rx[self.filled..]), if can_read => {
                     match read? {
@@ -123,12 +136,10 @@ impl Driver<'_> {
                         n => self.filled += n,
                     }
                 }
-                written = writer.write(&self.out[self.out_pos..]), if pending_out => {
-                    self.out_pos += written?;
-                    if self.out_pos == self.out.len() {
-                        self.out.clear();
-                        self.out_pos = 0;
-                    }
+                written = writer.write_vectored(&slices), if pending_out => {
+                    let written = written?;
+                    drop(slices);
+                    self.consume_out(written);
                 }
                 () = sleep_until(deadline.unwrap_or_else(|| self.started + std::time::Duration::from_secs(86_400))), if deadline.is_some() => {
                     let now = self.shared.clock.now();
@@ -160,7 +171,7 @@ impl Driver<'_> {
             if let Some(piece) = handled.piece {
                 if piece.offset == 0 {
                     self.assembling.clear();
-                    self.assembling.reserve(piece.total_len as usize);
+                    self.assembling.reserve_exact(piece.total_len as usize);
                 }
                 self.assembling.extend_from_slice(piece.data);
                 last = piece.last;
@@ -179,12 +190,16 @@ impl Driver<'_> {
     fn finish_chunk(&mut self) -> Result<(), Error> {
         match self.session.finish_chunk(&self.assembling) {
             Ok(verified) => {
+                let id = verified.id();
+                // The session has just hashed exactly these bytes: hand them over as they are.
+                let chunk =
+                    VerifiedChunk::trusted(id, Bytes::from(std::mem::take(&mut self.assembling)));
                 let stored = self
                     .shared
                     .store
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(verified);
+                    .insert(chunk);
                 if let Err(e) = stored {
                     self.session.abort();
                     return Err(Error::Store(e));
@@ -286,10 +301,10 @@ impl Driver<'_> {
         }
     }
 
-    /// Moves frames from the session to the output buffer while the node-wide throttle and
-    /// the buffer allow.
+    /// Moves frames from the session to the output queue while the node-wide throttle and
+    /// the queue's size allow.
     fn fill_output(&mut self, now: chunk_sync_core::Instant) {
-        while self.out.len() - self.out_pos < HIGH_WATER {
+        while self.out_len < HIGH_WATER {
             let mut node_throttle = self
                 .shared
                 .throttle
@@ -312,22 +327,48 @@ impl Driver<'_> {
             // Admitted: the window has room.
             let _ = node_throttle.try_consume(now, transmit.wire_len() as u64);
             drop(node_throttle);
-            self.out.extend_from_slice(&self.tx[..transmit.len]);
-            if let Some(piece) = transmit.piece {
-                match &self.serving {
-                    Some((hash, bytes)) if *hash == piece.hash => {
-                        let range = piece.offset as usize..(piece.offset + piece.len) as usize;
-                        self.out.extend_from_slice(&bytes[range]);
-                        if piece.offset + piece.len == bytes.len() as u32 {
-                            self.serving = None;
-                        }
+            self.push_out(Bytes::copy_from_slice(&self.tx[..transmit.len]));
+            let Some(piece) = transmit.piece else {
+                continue;
+            };
+            let data = match &self.serving {
+                Some((hash, bytes)) if *hash == piece.hash => {
+                    let range = piece.offset as usize..(piece.offset + piece.len) as usize;
+                    let last = range.end == bytes.len();
+                    let data = bytes.slice(range);
+                    if last {
+                        self.serving = None;
                     }
-                    _ => {
-                        warn!("session asked for bytes of a chunk not being served");
-                        self.session.abort();
-                        return;
-                    }
+                    data
                 }
+                _ => {
+                    warn!("session asked for bytes of a chunk not being served");
+                    self.session.abort();
+                    return;
+                }
+            };
+            self.push_out(data);
+        }
+    }
+
+    fn push_out(&mut self, bytes: Bytes) {
+        self.out_len += bytes.len();
+        self.out.push_back(bytes);
+    }
+
+    /// Drops `written` bytes from the front of the output queue.
+    fn consume_out(&mut self, mut written: usize) {
+        self.out_len -= written;
+        while written > 0 {
+            let Some(front) = self.out.front_mut() else {
+                return;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                self.out.pop_front();
+            } else {
+                let _ = front.split_to(written);
+                written = 0;
             }
         }
     }

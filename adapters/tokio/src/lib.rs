@@ -39,4 +39,4 @@ pub use error::{Error, StoreError};
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
 pub use node::{Listener, Node, NodeConfig, SyncReport, ThrottleConfig};
 pub use progress::SyncProgress;
-pub use store::NodeStore;
+pub use store::{MemStore, MemoryLimit, NodeStore, VerifiedChunk};

@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chunk_sync_core::store::ChunkCache;
-use chunk_sync_core::{ChunkHash, NodeId, Verified, delta};
+use chunk_sync_core::{ChunkHash, NodeId, delta};
 
 use crate::SyncProgress;
 use crate::error::Error;
 use crate::node::{Node, NodeConfig, SyncReport, ThrottleConfig};
+use crate::store::{MemStore, VerifiedChunk};
 
 /// Default memory limit of the manager's chunk cache: 512 MiB.
 pub const DEFAULT_CACHE_LIMIT: usize = 512 << 20;
@@ -18,9 +18,9 @@ pub const DEFAULT_CACHE_LIMIT: usize = 512 << 20;
 /// Stores chunks, verifies what arrives, serves what is asked for, throttles what it sends
 /// and tracks progress per peer.
 ///
-/// Its store is an in-memory cache: beyond its memory limit
-/// ([`with_cache_limit`](Self::with_cache_limit)) it forgets the least recently used chunks.
-/// A [`Node`] with a persistent store keeps everything.
+/// Its store is in memory, up to a memory limit
+/// ([`with_cache_limit`](Self::with_cache_limit)): a chunk beyond it is refused with an
+/// error, never dropped silently. A [`Node`] with a persistent store holds more.
 #[derive(Clone, Debug)]
 pub struct EventChunkSyncManager {
     node: Node,
@@ -49,7 +49,7 @@ impl EventChunkSyncManager {
             ..NodeConfig::new(node_id)
         };
         Ok(Self {
-            node: Node::new(config, ChunkCache::new(cache_limit))?,
+            node: Node::new(config, MemStore::with_limit(cache_limit))?,
             peers: Arc::default(),
         })
     }
@@ -60,7 +60,8 @@ impl EventChunkSyncManager {
     pub fn with_cache_limit(self, bytes: usize) -> Self {
         let config = self.node.shared.config;
         Self {
-            node: Node::new(config, ChunkCache::new(bytes)).expect("configuration already checked"),
+            node: Node::new(config, MemStore::with_limit(bytes))
+                .expect("configuration already checked"),
             ..self
         }
     }
@@ -91,7 +92,7 @@ impl EventChunkSyncManager {
     /// Verifies `data` against `hash` and stores it. Returns whether it was new. A mismatch
     /// is refused with [`Error::HashMismatch`] and nothing is stored.
     pub async fn handle_chunk_put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, Error> {
-        let verified = Verified::new(hash, &data).map_err(Error::HashMismatch)?;
+        let verified = VerifiedChunk::new(hash, data).map_err(Error::HashMismatch)?;
         self.node
             .with_store(|s| s.insert(verified))
             .map_err(Error::Store)
@@ -99,7 +100,10 @@ impl EventChunkSyncManager {
 
     /// The chunk named `hash`, if stored.
     pub async fn handle_chunk_get(&self, hash: ChunkHash) -> Result<Option<Vec<u8>>, Error> {
-        self.node.with_store(|s| s.get(&hash)).map_err(Error::Store)
+        self.node
+            .with_store(|s| s.get(&hash))
+            .map(|b| b.map(Vec::from))
+            .map_err(Error::Store)
     }
 
     /// Starts tracking a sync of `total_chunks` with `peer`.

@@ -1,21 +1,64 @@
-//! The store a node shares between its sessions.
+//! The store a node shares between its sessions, and [`MemStore`], the in-memory one.
 
-use chunk_sync_core::store::{ChunkCache, ChunkStore, ReadError};
-use chunk_sync_core::{ChunkHash, Verified};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound::{Excluded, Unbounded};
+
+use bytes::Bytes;
+use chunk_sync_core::{ChunkHash, HashMismatch};
 
 use crate::error::StoreError;
 
-/// What a node needs of its chunk store. Implemented for the core's [`ChunkCache`]; a
-/// persistent store implements it too.
+/// Chunk bytes known to hash to their id, owned and cheap to clone.
+///
+/// Made by hashing ([`VerifiedChunk::new`]) or by a session that verified the bytes it
+/// received, so a [`NodeStore`] is never handed an unverified byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedChunk {
+    id: ChunkHash,
+    bytes: Bytes,
+}
+
+impl VerifiedChunk {
+    /// Hashes `bytes` and accepts them if they hash to `expected`.
+    pub fn new(expected: ChunkHash, bytes: impl Into<Bytes>) -> Result<Self, HashMismatch> {
+        let bytes = bytes.into();
+        chunk_sync_core::Verified::new(expected, &bytes)?;
+        Ok(Self {
+            id: expected,
+            bytes,
+        })
+    }
+
+    /// Bytes a session has just verified against `id`.
+    pub(crate) const fn trusted(id: ChunkHash, bytes: Bytes) -> Self {
+        Self { id, bytes }
+    }
+
+    /// The chunk's name.
+    #[must_use]
+    pub const fn id(&self) -> ChunkHash {
+        self.id
+    }
+
+    /// The chunk's bytes.
+    #[must_use]
+    pub const fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+/// What a node needs of its chunk store: [`MemStore`] here; a persistent store implements
+/// it too.
 ///
 /// Calls are short and synchronous; the node serialises them behind a mutex.
 pub trait NodeStore: Send + 'static {
     /// Whether the store has the chunk.
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError>;
     /// The chunk's bytes, if present.
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Keeps a verified chunk; returns whether it was new.
-    fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, StoreError>;
+    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError>;
+    /// Keeps a verified chunk; returns whether it was new. On error nothing stored changes.
+    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError>;
     /// Up to `limit` stored hashes strictly after `after`, ascending, and whether the store
     /// holds none beyond them.
     fn page_after(
@@ -33,33 +76,80 @@ pub trait NodeStore: Send + 'static {
     fn cache_size_bytes(&self) -> usize {
         0
     }
-    /// Drops what is held in memory only (the original's `clear_cache`).
+    /// Forgets what is held in memory only (the original's `clear_cache`).
     fn clear_cache(&mut self) {}
 }
 
-impl NodeStore for ChunkCache {
-    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        Ok(ChunkStore::contains(self, id)?)
+/// A [`MemStore`] that would exceed its memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit {
+    /// Bytes the chunk needs.
+    pub needed: usize,
+    /// Bytes still free.
+    pub free: usize,
+}
+
+impl fmt::Display for MemoryLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "memory store full: a chunk of {} bytes does not fit the {} bytes left",
+            self.needed, self.free
+        )
+    }
+}
+
+impl std::error::Error for MemoryLimit {}
+
+/// Chunks in memory, up to a byte limit. A chunk that would exceed the limit is refused
+/// with [`MemoryLimit`]; nothing is evicted behind the node's back.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    chunks: BTreeMap<ChunkHash, Bytes>,
+    size: usize,
+    limit: Option<usize>,
+}
+
+impl MemStore {
+    /// A store without a limit.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(len) = self.chunk_len(id)? else {
-            return Ok(None);
-        };
-        let mut buf = vec![0; len];
-        match self.read_into(id, &mut buf) {
-            Ok(Some(n)) => {
-                buf.truncate(n);
-                Ok(Some(buf))
-            }
-            Ok(None) => Ok(None),
-            Err(ReadError::Store(e)) => Err(e.into()),
-            Err(e) => Err(e.to_string().into()),
+    /// A store holding at most `limit` bytes of chunk data.
+    #[must_use]
+    pub fn with_limit(limit: usize) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::default()
         }
     }
+}
 
-    fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, StoreError> {
-        Ok(ChunkStore::insert(self, chunk)?)
+impl NodeStore for MemStore {
+    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
+        Ok(self.chunks.contains_key(id))
+    }
+
+    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.chunks.get(id).cloned())
+    }
+
+    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+        if self.chunks.contains_key(&chunk.id) {
+            return Ok(false);
+        }
+        let needed = chunk.bytes.len();
+        if let Some(limit) = self.limit {
+            let free = limit.saturating_sub(self.size);
+            if needed > free {
+                return Err(Box::new(MemoryLimit { needed, free }));
+            }
+        }
+        self.size += needed;
+        self.chunks.insert(chunk.id, chunk.bytes);
+        Ok(true)
     }
 
     fn page_after(
@@ -67,23 +157,54 @@ impl NodeStore for ChunkCache {
         after: Option<&ChunkHash>,
         limit: usize,
     ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
-        let mut out = vec![ChunkHash::default(); limit.saturating_add(1).min(self.len())];
-        let n = self.ids_after(after, &mut out)?;
-        out.truncate(n);
-        let last = n <= limit;
-        out.truncate(limit);
-        Ok((out, last))
+        let from = after.map_or(Unbounded, |a| Excluded(*a));
+        let mut ids: Vec<ChunkHash> = self
+            .chunks
+            .range((from, Unbounded))
+            .map(|(id, _)| *id)
+            .take(limit.saturating_add(1))
+            .collect();
+        let last = ids.len() <= limit;
+        ids.truncate(limit);
+        Ok((ids, last))
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        Ok(self.chunk_count()?)
+        Ok(self.chunks.len())
     }
 
     fn cache_size_bytes(&self) -> usize {
-        Self::cache_size_bytes(self)
+        self.size
     }
 
     fn clear_cache(&mut self) {
-        Self::clear_cache(self);
+        self.chunks.clear();
+        self.size = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_refuses_instead_of_evicting() {
+        let mut s = MemStore::with_limit(10);
+        let a = VerifiedChunk::new(ChunkHash::of(b"aaaaaa"), &b"aaaaaa"[..]).unwrap();
+        let b = VerifiedChunk::new(ChunkHash::of(b"bbbbbb"), &b"bbbbbb"[..]).unwrap();
+        assert_eq!(s.insert(a.clone()).unwrap(), true);
+        assert_eq!(s.insert(a.clone()).unwrap(), false);
+        let err = s.insert(b).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "memory store full: a chunk of 6 bytes does not fit the 4 bytes left"
+        );
+        assert_eq!((s.len().unwrap(), s.cache_size_bytes()), (1, 6));
+        assert_eq!(s.get(&a.id()).unwrap().as_deref(), Some(&b"aaaaaa"[..]));
+        assert!(VerifiedChunk::new(a.id(), &b"other"[..]).is_err());
+        let (page, last) = s.page_after(None, 5).unwrap();
+        assert_eq!((page, last), (vec![a.id()], true));
+        s.clear_cache();
+        assert_eq!((s.len().unwrap(), s.cache_size_bytes()), (0, 0));
     }
 }
