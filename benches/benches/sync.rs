@@ -27,6 +27,41 @@ fn corpus() -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A store that keeps the hashes of what it is given and drops the bytes: it isolates the
+/// cost of the protocol, the transport and verification from the cost of keeping 256 MiB.
+#[derive(Default)]
+struct HashesOnly(std::collections::BTreeSet<ChunkHash>);
+
+impl NodeStore for HashesOnly {
+    fn contains(&self, id: &ChunkHash) -> Result<bool, chunk_sync_tokio::StoreError> {
+        Ok(self.0.contains(id))
+    }
+    fn get(&mut self, _: &ChunkHash) -> Result<Option<bytes::Bytes>, chunk_sync_tokio::StoreError> {
+        Ok(None)
+    }
+    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, chunk_sync_tokio::StoreError> {
+        Ok(self.0.insert(chunk.id()))
+    }
+    fn page_after(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<ChunkHash>, bool), chunk_sync_tokio::StoreError> {
+        let ids: Vec<ChunkHash> = self
+            .0
+            .iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .take(limit)
+            .copied()
+            .collect();
+        let last = ids.len() < limit;
+        Ok((ids, last))
+    }
+    fn len(&self) -> Result<usize, chunk_sync_tokio::StoreError> {
+        Ok(self.0.len())
+    }
+}
+
 fn store_of(chunks: &[Vec<u8>]) -> MemStore {
     let mut store = MemStore::new();
     for c in chunks {
@@ -102,6 +137,14 @@ fn sync(c: &mut Criterion) {
     group.bench_function("chunk_sync", |b| {
         b.iter(|| {
             let client = Node::new(NodeConfig::new(NodeId(2)), MemStore::new()).unwrap();
+            let report = rt.block_on(client.sync_with(addr)).unwrap();
+            assert_eq!(report.progress.bytes_transferred, total);
+            black_box(report)
+        });
+    });
+    group.bench_function("chunk_sync_verify_only", |b| {
+        b.iter(|| {
+            let client = Node::new(NodeConfig::new(NodeId(3)), HashesOnly::default()).unwrap();
             let report = rt.block_on(client.sync_with(addr)).unwrap();
             assert_eq!(report.progress.bytes_transferred, total);
             black_box(report)

@@ -192,8 +192,8 @@ mod tests {
         let mut s = MemStore::with_limit(10);
         let a = VerifiedChunk::new(ChunkHash::of(b"aaaaaa"), &b"aaaaaa"[..]).unwrap();
         let b = VerifiedChunk::new(ChunkHash::of(b"bbbbbb"), &b"bbbbbb"[..]).unwrap();
-        assert_eq!(s.insert(a.clone()).unwrap(), true);
-        assert_eq!(s.insert(a.clone()).unwrap(), false);
+        assert!(s.insert(a.clone()).unwrap());
+        assert!(!s.insert(a.clone()).unwrap());
         let err = s.insert(b).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -127,6 +127,29 @@ fn print_ratios(figures: &BTreeMap<String, Figure>) {
             }
         }
     }
+    let copy_hash = "sync_256MiB/tokio_copy+blake3";
+    for (id, label) in [
+        (
+            "sync_256MiB/chunk_sync_verify_only",
+            "sync of 256 MiB over loopback TCP, verified, store keeps hashes only",
+        ),
+        (
+            "sync_256MiB/chunk_sync",
+            "sync of 256 MiB over loopback TCP, verified, kept in a `MemStore`",
+        ),
+        (
+            "sync_256MiB/tokio_copy",
+            "plain tokio copy of the same bytes (no hashing)",
+        ),
+    ] {
+        if let (Some(r), Some(f)) = (ratio(id, copy_hash), figures.get(id)) {
+            let bytes = f.bytes.unwrap_or(0) as f64;
+            println!(
+                "| {label} | tokio copy + BLAKE3 on the receiver | {r:.0}% ({:.2} GB/s) |",
+                bytes / f.mean_ns
+            );
+        }
+    }
     for n in ["1000", "100000", "1000000"] {
         if let Some(r) = ratio(
             &format!("delta/merge_missing/{n}"),
