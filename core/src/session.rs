@@ -74,11 +74,14 @@ pub struct Config {
     pub max_attempts: u8,
     /// Whether this side fetches what it lacks; if not, it only serves.
     pub pull: bool,
+    /// Whether this side shows its manifest to the peer; if not, it announces an empty one
+    /// and so is never asked for a chunk.
+    pub serve: bool,
 }
 
 impl Config {
     /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout, no
-    /// throttle, 2 attempts, pulling.
+    /// throttle, 2 attempts, pulling and serving.
     #[must_use]
     pub const fn new(node_id: NodeId) -> Self {
         Self {
@@ -90,6 +93,7 @@ impl Config {
             throttle: ThrottleConfig::UNLIMITED,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             pull: true,
+            serve: true,
         }
     }
 }

@@ -32,6 +32,8 @@ mod error;
 mod manager;
 mod node;
 mod progress;
+#[cfg(feature = "redb")]
+mod redb_store;
 mod store;
 mod time;
 
@@ -40,3 +42,5 @@ pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager}
 pub use node::{Listener, Node, NodeConfig, SyncReport, ThrottleConfig};
 pub use progress::SyncProgress;
 pub use store::{MemStore, MemoryLimit, NodeStore, VerifiedChunk};
+#[cfg(feature = "redb")]
+pub use redb_store::{GcReport, RedbStore, RetentionPolicy};

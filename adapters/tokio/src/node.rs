@@ -91,7 +91,7 @@ impl NodeConfig {
         }
     }
 
-    fn session_config(&self, pull: bool) -> Config {
+    fn session_config(&self, pull: bool, serve: bool) -> Config {
         Config {
             max_frame: self.max_frame,
             max_chunk_len: self.max_chunk_len,
@@ -101,6 +101,7 @@ impl NodeConfig {
             ),
             throttle: self.peer_throttle.to_core(),
             pull,
+            serve,
             ..Config::new(self.node_id)
         }
     }
@@ -146,7 +147,7 @@ impl Node {
     /// A node keeping its chunks in `store`.
     pub fn new(config: NodeConfig, store: impl NodeStore) -> Result<Self, Error> {
         // Check the session configuration once, up front.
-        HostSession::new(config.session_config(true), chunk_sync_core::Instant::ZERO)
+        HostSession::new(config.session_config(true, true), chunk_sync_core::Instant::ZERO)
             .map_err(Error::Config)?;
         let throttle = Throttle::new(config.throttle.to_core())
             .map_err(|e| Error::Config(chunk_sync_core::session::ConfigError::Throttle(e)))?;
@@ -188,12 +189,26 @@ impl Node {
             .copied()
     }
 
+    /// The latest progress of every sync this node has run, by peer.
+    #[must_use]
+    pub fn progress_all(&self) -> BTreeMap<NodeId, SyncProgress> {
+        self.shared.progress.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
     pub async fn sync_with(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        self.run(stream, true, Vec::new(), peer).await.1
+        self.run(stream, Mode::BOTH, Vec::new(), peer).await.1
+    }
+
+    /// Fetches what this node lacks from the node at `addr`, offering nothing in return.
+    pub async fn pull_from(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
+        let stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
+        self.run(stream, Mode { pull: true, serve: false }, Vec::new(), peer).await.1
     }
 
     /// Syncs both ways over an already open byte stream (TLS, QUIC, a pipe…).
@@ -201,10 +216,10 @@ impl Node {
     /// Cancel safety: dropping the future drops the stream and the session; chunks already
     /// verified are stored, and a later sync fetches only what is still missing.
     pub async fn sync_over<IO: AsyncRead + AsyncWrite>(&self, io: IO) -> Result<SyncReport, Error> {
-        self.run(io, true, Vec::new(), None).await.1
+        self.run(io, Mode::BOTH, Vec::new(), None).await.1
     }
 
-    /// Fetches exactly these chunks from the node at `addr` (and serves it whatever it asks).
+    /// Fetches exactly these chunks from the node at `addr`, offering nothing in return.
     pub async fn fetch_from(
         &self,
         addr: impl ToSocketAddrs,
@@ -213,7 +228,7 @@ impl Node {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        self.run(stream, false, ids, peer).await.1
+        self.run(stream, Mode { pull: false, serve: false }, ids, peer).await.1
     }
 
     /// Accepts sessions on `addr` until the returned [`Listener`] is dropped or closed,
@@ -234,8 +249,8 @@ impl Node {
                 let _ = stream.set_nodelay(true);
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let pull = node.shared.config.pull_from_clients;
-                    if let (_, Err(e)) = node.run(stream, pull, Vec::new(), Some(peer)).await {
+                    let mode = Mode { pull: node.shared.config.pull_from_clients, serve: true };
+                    if let (_, Err(e)) = node.run(stream, mode, Vec::new(), Some(peer)).await {
                         warn!(%peer, error = %e, "session with client ended in error");
                     }
                 });
@@ -247,14 +262,14 @@ impl Node {
     async fn run<IO: AsyncRead + AsyncWrite>(
         &self,
         io: IO,
-        pull: bool,
+        mode: Mode,
         wanted: Vec<ChunkHash>,
         peer: Option<SocketAddr>,
     ) -> (SyncReport, Result<SyncReport, Error>) {
         let shared = &*self.shared;
         let now = shared.clock.now();
         let span = info_span!("session", node = %shared.config.node_id, peer = ?peer);
-        let session = match HostSession::new(shared.config.session_config(pull), now) {
+        let session = match HostSession::new(shared.config.session_config(mode.pull, mode.serve), now) {
             Ok(s) => Box::new(s),
             Err(e) => {
                 let empty = SyncReport {
@@ -277,6 +292,17 @@ impl Node {
         let result = result.map(|()| report.clone());
         (report, result)
     }
+}
+
+/// Which directions a session runs.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    pull: bool,
+    serve: bool,
+}
+
+impl Mode {
+    const BOTH: Self = Self { pull: true, serve: true };
 }
 
 /// A listening node; dropping it stops accepting (sessions already running go on).

@@ -100,6 +100,19 @@ impl EventChunkStore {
         self
     }
 
+    /// The first sequence number of `origin` not sealed yet (`0` if none is).
+    #[must_use]
+    pub fn sealed_through(&self, origin: NodeId) -> u64 {
+        self.sealed_through.get(&origin).copied().unwrap_or(0)
+    }
+
+    /// Continues `origin`'s log from a store that already sealed every sequence number
+    /// below `next_seq` (for example, a store reopened from disk). It never moves backwards.
+    pub fn resume(&mut self, origin: NodeId, next_seq: u64) {
+        let through = self.sealed_through.entry(origin).or_insert(0);
+        *through = (*through).max(next_seq);
+    }
+
     /// Sequence numbers per chunk.
     #[must_use]
     pub const fn events_per_chunk(&self) -> u32 {

@@ -1,0 +1,292 @@
+//! [`RedbStore`]: chunks on disk in redb, an embedded, crash-safe, pure-Rust database.
+//!
+//! The chunk table is keyed by hash, so the sorted set of hashes is the table's own order:
+//! manifest pages are range reads and opening a store never rescans it. Every insert is a
+//! transaction of its own that is committed before the node reports the chunk as stored,
+//! and a chunk is written only after it was verified, so a process killed at any moment
+//! loses no reported chunk and never leaves bytes that do not match their hash. Commits go
+//! to the operating system at once; they reach the disk when the store is flushed
+//! ([`RedbStore::flush`], and on drop), so a power cut may lose the chunks of the last
+//! moments, never the consistency of the file.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chunk_sync_core::ChunkHash;
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::error::StoreError;
+use crate::store::{NodeStore, VerifiedChunk};
+
+const CHUNKS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("chunks");
+/// Seconds since the Unix epoch at which each chunk was stored.
+const STORED_AT: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("stored_at");
+const PINS: TableDefinition<'_, &[u8; 32], ()> = TableDefinition::new("pins");
+/// Counters and application values (`bytes`, `sealed/<origin>`, …).
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const BYTES: &str = "bytes";
+
+fn boxed(e: impl Into<redb::Error>) -> StoreError {
+    Box::new(e.into())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Which chunks [`RedbStore::gc`] removes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Remove chunks stored longer ago than this.
+    pub max_age: Option<Duration>,
+    /// Then remove the oldest chunks until the store holds at most this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+/// What [`RedbStore::gc`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Chunks removed.
+    pub removed: u64,
+    /// Bytes removed.
+    pub freed: u64,
+    /// Chunks kept only because they are pinned.
+    pub kept_pinned: u64,
+}
+
+/// A persistent chunk store in one file.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens the store in `path`, creating it if it does not exist.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(boxed)?;
+        let txn = db.begin_write().map_err(boxed)?;
+        txn.open_table(CHUNKS).map_err(boxed)?;
+        txn.open_table(STORED_AT).map_err(boxed)?;
+        txn.open_table(PINS).map_err(boxed)?;
+        txn.open_table(META).map_err(boxed)?;
+        txn.commit().map_err(boxed)?;
+        Ok(Self { db })
+    }
+
+    /// Commits everything to the disk itself, not just to the operating system.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(boxed)?;
+        txn.set_durability(Durability::Immediate);
+        txn.commit().map_err(boxed)
+    }
+
+    /// An application value, for example where an origin's log is sealed up to.
+    pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(boxed)?;
+        let table = txn.open_table(META).map_err(boxed)?;
+        Ok(table.get(key).map_err(boxed)?.map(|v| v.value()))
+    }
+
+    /// Stores several verified chunks and application values in one transaction: all of
+    /// them or none.
+    pub fn insert_all(&self, chunks: &[VerifiedChunk], meta: &[(&str, u64)]) -> Result<u64, StoreError> {
+        let mut txn = self.db.begin_write().map_err(boxed)?;
+        txn.set_durability(Durability::Eventual);
+        let mut added = 0;
+        {
+            let mut table = txn.open_table(CHUNKS).map_err(boxed)?;
+            let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
+            let mut m = txn.open_table(META).map_err(boxed)?;
+            let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+            let now = unix_now();
+            for chunk in chunks {
+                let id = chunk.id();
+                let key = id.as_bytes();
+                if table.get(key).map_err(boxed)?.is_none() {
+                    table.insert(key, chunk.bytes().as_ref()).map_err(boxed)?;
+                    stored_at.insert(key, now).map_err(boxed)?;
+                    bytes += chunk.bytes().len() as u64;
+                    added += 1;
+                }
+            }
+            m.insert(BYTES, bytes).map_err(boxed)?;
+            for (key, value) in meta {
+                m.insert(*key, *value).map_err(boxed)?;
+            }
+        }
+        txn.commit().map_err(boxed)?;
+        Ok(added)
+    }
+
+    /// Bytes of chunk data stored.
+    pub fn total_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.meta(BYTES)?.unwrap_or(0))
+    }
+
+    /// Calls `f` with every chunk, in hash order.
+    pub fn for_each(&self, mut f: impl FnMut(ChunkHash, &[u8])) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(boxed)?;
+        let table = txn.open_table(CHUNKS).map_err(boxed)?;
+        for entry in table.iter().map_err(boxed)? {
+            let (k, v) = entry.map_err(boxed)?;
+            f(ChunkHash::from_bytes(*k.value()), v.value());
+        }
+        Ok(())
+    }
+
+    /// Keeps `id` through every [`gc`](Self::gc) until unpinned.
+    pub fn pin(&self, id: &ChunkHash, pinned: bool) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(boxed)?;
+        {
+            let mut pins = txn.open_table(PINS).map_err(boxed)?;
+            if pinned {
+                pins.insert(id.as_bytes(), ()).map_err(boxed)?;
+            } else {
+                pins.remove(id.as_bytes()).map_err(boxed)?;
+            }
+        }
+        txn.commit().map_err(boxed)
+    }
+
+    /// Removes chunks by age, then the oldest ones by total size, never a pinned one. A
+    /// chunk that a session is serving keeps being served from memory; a chunk being
+    /// fetched is not in the store yet. Runs in one transaction.
+    pub fn gc(&self, policy: RetentionPolicy) -> Result<GcReport, StoreError> {
+        let now = unix_now();
+        let mut txn = self.db.begin_write().map_err(boxed)?;
+        txn.set_durability(Durability::Immediate);
+        let mut report = GcReport::default();
+        {
+            let mut chunks = txn.open_table(CHUNKS).map_err(boxed)?;
+            let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
+            let pins = txn.open_table(PINS).map_err(boxed)?;
+            let mut meta = txn.open_table(META).map_err(boxed)?;
+            let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+            // Oldest first.
+            let mut by_age: Vec<(u64, [u8; 32], u64)> = Vec::new();
+            for entry in stored_at.iter().map_err(boxed)? {
+                let (k, at) = entry.map_err(boxed)?;
+                let key = *k.value();
+                let len = chunks.get(&key).map_err(boxed)?.map_or(0, |v| v.value().len() as u64);
+                by_age.push((at.value(), key, len));
+            }
+            by_age.sort_unstable();
+            let cutoff = policy.max_age.map(|age| now.saturating_sub(age.as_secs()));
+            for (at, key, len) in by_age {
+                let too_old = cutoff.is_some_and(|c| at < c);
+                let too_big = policy.max_bytes.is_some_and(|max| bytes > max);
+                if !too_old && !too_big {
+                    continue;
+                }
+                if pins.get(&key).map_err(boxed)?.is_some() {
+                    report.kept_pinned += 1;
+                    continue;
+                }
+                chunks.remove(&key).map_err(boxed)?;
+                stored_at.remove(&key).map_err(boxed)?;
+                bytes = bytes.saturating_sub(len);
+                report.removed += 1;
+                report.freed += len;
+            }
+            meta.insert(BYTES, bytes).map_err(boxed)?;
+        }
+        txn.commit().map_err(boxed)?;
+        Ok(report)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+impl NodeStore for RedbStore {
+    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(boxed)?;
+        let table = txn.open_table(CHUNKS).map_err(boxed)?;
+        Ok(table.get(id.as_bytes()).map_err(boxed)?.is_some())
+    }
+
+    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        let txn = self.db.begin_read().map_err(boxed)?;
+        let table = txn.open_table(CHUNKS).map_err(boxed)?;
+        Ok(table.get(id.as_bytes()).map_err(boxed)?.map(|v| Bytes::copy_from_slice(v.value())))
+    }
+
+    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+        self.insert_all(std::slice::from_ref(&chunk), &[]).map(|added| added == 1)
+    }
+
+    fn page_after(&self, after: Option<&ChunkHash>, limit: usize) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+        let txn = self.db.begin_read().map_err(boxed)?;
+        let table = txn.open_table(CHUNKS).map_err(boxed)?;
+        let range = match after {
+            Some(a) => table.range::<&[u8; 32]>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded)),
+            None => table.range::<&[u8; 32]>(..),
+        }
+        .map_err(boxed)?;
+        let mut ids = Vec::new();
+        for entry in range.take(limit.saturating_add(1)) {
+            let (k, _) = entry.map_err(boxed)?;
+            ids.push(ChunkHash::from_bytes(*k.value()));
+        }
+        let last = ids.len() <= limit;
+        ids.truncate(limit);
+        Ok((ids, last))
+    }
+
+    fn len(&self) -> Result<usize, StoreError> {
+        let txn = self.db.begin_read().map_err(boxed)?;
+        let table = txn.open_table(CHUNKS).map_err(boxed)?;
+        Ok(usize::try_from(table.len().map_err(boxed)?).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(n: u8, len: usize) -> VerifiedChunk {
+        let bytes = vec![n; len];
+        VerifiedChunk::new(ChunkHash::of(&bytes), bytes).unwrap()
+    }
+
+    #[test]
+    fn reopens_with_its_chunks_and_pages() {
+        let dir = std::env::temp_dir().join(format!("chunk-sync-redb-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let ids: Vec<ChunkHash> = {
+            let mut s = RedbStore::open(&dir).unwrap();
+            let chunks: Vec<_> = (0..5).map(|n| chunk(n, 100 + usize::from(n))).collect();
+            for c in &chunks {
+                assert!(s.insert(c.clone()).unwrap());
+            }
+            assert!(!s.insert(chunks[0].clone()).unwrap());
+            s.insert_all(&[], &[("sealed/1", 42)]).unwrap();
+            chunks.iter().map(VerifiedChunk::id).collect()
+        };
+        let mut s = RedbStore::open(&dir).unwrap();
+        assert_eq!(s.len().unwrap(), 5);
+        assert_eq!(s.total_bytes().unwrap(), 100 + 101 + 102 + 103 + 104);
+        assert_eq!(s.meta("sealed/1").unwrap(), Some(42));
+        let mut sorted = ids.clone();
+        sorted.sort();
+        let (first, last) = s.page_after(None, 3).unwrap();
+        assert_eq!((first.as_slice(), last), (&sorted[..3], false));
+        let (rest, last) = s.page_after(first.last(), 3).unwrap();
+        assert_eq!((rest.as_slice(), last), (&sorted[3..], true));
+        assert_eq!(s.get(&ids[2]).unwrap().unwrap().len(), 102);
+
+        s.pin(&ids[0], true).unwrap();
+        let report = s.gc(RetentionPolicy { max_age: None, max_bytes: Some(250) }).unwrap();
+        assert!(s.total_bytes().unwrap() <= 250 || report.kept_pinned > 0);
+        assert!(s.contains(&ids[0]).unwrap(), "pinned chunks survive");
+        let report = s.gc(RetentionPolicy { max_age: None, max_bytes: Some(0) }).unwrap();
+        assert_eq!(report.kept_pinned, 1);
+        assert_eq!(s.len().unwrap(), 1);
+        drop(s);
+        std::fs::remove_file(&dir).unwrap();
+    }
+}
