@@ -1,1 +1,491 @@
-fn main() {}
+//! `chunk-sync`: replicate append-only event logs between nodes, from a terminal.
+//!
+//! Run without arguments (or with `demo`) for a guided demonstration.
+
+use std::fs::File;
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
+use chunk_sync_tokio::{
+    Node, NodeConfig, NodeStore, RedbStore, RetentionPolicy, SyncReport, ThrottleConfig,
+    VerifiedChunk,
+};
+use clap::{Args, Parser, Subcommand};
+
+mod demo;
+mod events;
+mod units;
+
+use units::{human, parse_rate, parse_size};
+
+/// Replicate append-only event logs between nodes by content-addressed chunks.
+#[derive(Debug, Parser)]
+#[command(name = "chunk-sync", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Two nodes over loopback TCP: chunking, delta sync, throttling, progress (the default).
+    Demo,
+    /// Read events as JSON lines, drop private ones, seal chunks into the store.
+    Append {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Sequence numbers per chunk.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        events_per_chunk: u32,
+        /// Read events from this file instead of standard input.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Origin of events that do not name one (default: this store's node id).
+        #[arg(long)]
+        origin: Option<u64>,
+    },
+    /// Serve the store to any number of peers until interrupted.
+    Serve {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Address to listen on, for example 127.0.0.1:7000.
+        #[arg(long)]
+        listen: String,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Fetch what the store lacks from a peer.
+    Pull {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The peer's address.
+        #[arg(long)]
+        from: String,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Fetch what the store lacks from a peer and give it what it lacks.
+    Sync {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The peer's address.
+        #[arg(long)]
+        with: String,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// List the chunks of the store.
+    Ls {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Summarise the store.
+    Stat {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Re-hash and decode every chunk; exit with an error if any is corrupt.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Write every event of the store as JSON lines.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove old chunks by age and total size; pinned chunks stay.
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Remove chunks stored longer ago than this (for example 7d, 12h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_age: Option<Duration>,
+        /// Then remove the oldest chunks until the store holds at most this (for example 500MB).
+        #[arg(long, value_parser = parse_size)]
+        max_bytes: Option<u64>,
+        /// Keep this chunk through every gc.
+        #[arg(long)]
+        pin: Vec<ChunkHash>,
+        /// Stop keeping this chunk.
+        #[arg(long)]
+        unpin: Vec<ChunkHash>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StoreArg {
+    /// The store's directory.
+    #[arg(long)]
+    store: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct NetArgs {
+    /// Send at most this rate, for example 1MB/s or 250KiB/s; 0 is unlimited.
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    rate: u64,
+    /// Chunk requests in flight.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallel: u16,
+}
+
+/// A failure, reported as one line.
+#[derive(Debug)]
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chunk-sync: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Demo))) {
+        Ok(code) => code,
+        Err(Failure(message)) => {
+            eprintln!("chunk-sync: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Demo => demo::run().await?,
+        Command::Append {
+            store,
+            events_per_chunk,
+            input,
+            origin,
+        } => append(&store.store, events_per_chunk, input, origin)?,
+        Command::Serve { store, listen, net } => serve(&store.store, &listen, &net).await?,
+        Command::Pull { store, from, net } => exchange(&store.store, &from, &net, false).await?,
+        Command::Sync { store, with, net } => exchange(&store.store, &with, &net, true).await?,
+        Command::Ls { store } => ls(&open_existing(&store.store)?)?,
+        Command::Stat { store } => stat(&open_existing(&store.store)?)?,
+        Command::Verify { store } => return verify(&open_existing(&store.store)?),
+        Command::Export { store } => export(&open_existing(&store.store)?)?,
+        Command::Gc {
+            store,
+            max_age,
+            max_bytes,
+            pin,
+            unpin,
+        } => {
+            let db = open_existing(&store.store)?;
+            for id in &pin {
+                db.pin(id, true)?;
+            }
+            for id in &unpin {
+                db.pin(id, false)?;
+            }
+            let report = db.gc(RetentionPolicy { max_age, max_bytes })?;
+            println!(
+                "gc: removed {} chunks ({}), kept {} pinned; {} chunks ({}) remain",
+                report.removed,
+                human(report.freed),
+                report.kept_pinned,
+                db.len()?,
+                human(db.total_bytes()?)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const DB_FILE: &str = "chunks.redb";
+
+fn open(dir: &Path) -> Result<RedbStore> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create store directory {}: {e}", dir.display()))?;
+    open_file(dir)
+}
+
+fn open_existing(dir: &Path) -> Result<RedbStore> {
+    if !dir.join(DB_FILE).is_file() {
+        return Err(Failure(format!("no store at {}", dir.display())));
+    }
+    open_file(dir)
+}
+
+fn open_file(dir: &Path) -> Result<RedbStore> {
+    RedbStore::open(dir.join(DB_FILE)).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("already open") || text.contains("lock") {
+            Failure(format!(
+                "store {} is in use by another process",
+                dir.display()
+            ))
+        } else {
+            Failure(format!("cannot open store {}: {text}", dir.display()))
+        }
+    })
+}
+
+/// This store's node id, chosen at random once and kept in the store.
+fn node_id(db: &RedbStore) -> Result<NodeId> {
+    if let Some(id) = db.meta("node_id")? {
+        return Ok(NodeId(id));
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = u64::from_le_bytes(
+        ChunkHash::of(&[&seed.to_le_bytes()[..], &std::process::id().to_le_bytes()].concat())
+            .as_bytes()[..8]
+            .try_into()
+            .unwrap_or_default(),
+    );
+    db.insert_all(&[], &[("node_id", id)])?;
+    Ok(NodeId(id))
+}
+
+fn append(
+    dir: &Path,
+    events_per_chunk: u32,
+    input: Option<PathBuf>,
+    origin: Option<u64>,
+) -> Result<()> {
+    let db = open(dir)?;
+    let origin = match origin {
+        Some(o) => NodeId(o),
+        None => node_id(&db)?,
+    };
+    let events = match input {
+        Some(path) => {
+            let file =
+                File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            events::read(BufReader::new(file), origin)?
+        }
+        None => events::read(std::io::stdin().lock(), origin)?,
+    };
+    let mut chunker = EventChunkStore::new(events_per_chunk as usize);
+    let mut origins: Vec<NodeId> = events.iter().map(|e| e.origin).collect();
+    origins.sort();
+    origins.dedup();
+    for o in &origins {
+        chunker.resume(*o, db.meta(&format!("sealed/{}", o.0))?.unwrap_or(0));
+    }
+    let chunks = chunker
+        .create_chunks(&events)
+        .map_err(|e| format!("cannot chunk the events: {e}"))?;
+    let verified: Vec<VerifiedChunk> = chunks
+        .iter()
+        .map(|c| VerifiedChunk::new(c.id, c.bytes.clone()))
+        .collect::<std::result::Result<_, _>>()?;
+    let keys: Vec<(String, u64)> = origins
+        .iter()
+        .map(|o| (format!("sealed/{}", o.0), chunker.sealed_through(*o)))
+        .collect();
+    let meta: Vec<(&str, u64)> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let added = db.insert_all(&verified, &meta)?;
+    db.flush()?;
+    let private = events
+        .iter()
+        .filter(|e| e.privacy == Privacy::Private)
+        .count();
+    let sealed: u32 = chunks.iter().map(|c| c.events).sum();
+    println!(
+        "appended {} events ({private} private left out) as {added} new chunks holding {sealed} events; {} chunks in the store",
+        events.len(),
+        db.len()?
+    );
+    Ok(())
+}
+
+fn node_config(db: &RedbStore, net: &NetArgs) -> Result<NodeConfig> {
+    Ok(NodeConfig {
+        window: net.parallel,
+        throttle: ThrottleConfig {
+            max_bytes_per_sec: net.rate,
+            window_duration: Duration::from_millis(100),
+        },
+        ..NodeConfig::new(node_id(db)?)
+    })
+}
+
+async fn serve(dir: &Path, listen: &str, net: &NetArgs) -> Result<()> {
+    let db = open(dir)?;
+    let config = node_config(&db, net)?;
+    let node = Node::new(config, db)?;
+    let listener = node
+        .listen(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!(
+        "{} serving {} chunks on {}",
+        node.node_id(),
+        node.with_store(|s| s.len())?,
+        listener.local_addr()
+    );
+    let _ = std::io::stdout().flush();
+    tokio::signal::ctrl_c().await?;
+    println!("stopped");
+    Ok(())
+}
+
+async fn exchange(dir: &Path, peer: &str, net: &NetArgs, both: bool) -> Result<()> {
+    let db = open(dir)?;
+    let config = node_config(&db, net)?;
+    let node = Node::new(config, db)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {pos}/{len} chunks {msg} [{elapsed_precise}, eta {eta}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let sync = async {
+        if both {
+            node.sync_with(peer).await
+        } else {
+            node.pull_from(peer).await
+        }
+    };
+    tokio::pin!(sync);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let report: SyncReport = loop {
+        tokio::select! {
+            result = &mut sync => break result.map_err(|e| describe(peer, e))?,
+            _ = tick.tick() => {
+                if let (Some(bar), Some(p)) = (&bar, node.progress_all().values().next()) {
+                    bar.set_length(p.total_chunks);
+                    bar.set_position(p.synced_chunks);
+                    let rate = p.bytes_transferred as f64 / p.elapsed().as_secs_f64().max(1e-3);
+                    bar.set_message(format!("{} at {}/s", human(p.bytes_transferred), human(rate as u64)));
+                }
+            }
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let p = report.progress;
+    let secs = p.elapsed().as_secs_f64();
+    println!(
+        "{} {} chunks ({}) from {} in {secs:.2}s ({}/s); {} failed; sent {}, received {}",
+        if both { "synced: fetched" } else { "pulled" },
+        p.synced_chunks,
+        human(p.bytes_transferred),
+        report
+            .peer
+            .map_or_else(|| peer.to_owned(), |id| id.to_string()),
+        human((p.bytes_transferred as f64 / secs.max(1e-3)) as u64),
+        report.failed.len(),
+        human(report.stats.bytes_sent),
+        human(report.stats.bytes_received),
+    );
+    if report.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure(format!(
+            "{} chunks could not be fetched",
+            report.failed.len()
+        )))
+    }
+}
+
+/// One clear line for a failed sync.
+fn describe(peer: &str, e: chunk_sync_tokio::Error) -> Failure {
+    match e {
+        chunk_sync_tokio::Error::Io(io) => Failure(format!("cannot sync with {peer}: {io}")),
+        other => Failure(format!("sync with {peer} failed: {other}")),
+    }
+}
+
+fn ls(db: &RedbStore) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut failed = None;
+    db.for_each(|id, bytes| {
+        let line = match ChunkView::parse(bytes) {
+            Ok(v) => format!(
+                "{id}  {:>6}  {:>10}..{:<10} {:>6} events  {}",
+                v.origin().0,
+                v.first_seq(),
+                v.end_seq(),
+                v.len(),
+                human(bytes.len() as u64)
+            ),
+            Err(e) => format!("{id}  invalid chunk: {e}"),
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            failed.get_or_insert(e);
+        }
+    })?;
+    failed.map_or(Ok(()), |e| Err(e.into()))
+}
+
+fn stat(db: &RedbStore) -> Result<()> {
+    let mut origins = std::collections::BTreeMap::<u64, (u64, u64)>::new();
+    db.for_each(|_, bytes| {
+        if let Ok(v) = ChunkView::parse(bytes) {
+            let entry = origins.entry(v.origin().0).or_default();
+            entry.0 += 1;
+            entry.1 = entry.1.max(v.end_seq());
+        }
+    })?;
+    println!("node id: {}", node_id(db)?);
+    println!("chunks:  {} ({})", db.len()?, human(db.total_bytes()?));
+    for (origin, (chunks, end)) in origins {
+        println!("origin {origin}: {chunks} chunks, sequence numbers up to {end}");
+    }
+    Ok(())
+}
+
+fn verify(db: &RedbStore) -> Result<ExitCode> {
+    let (mut total, mut bad) = (0u64, 0u64);
+    db.for_each(|id, bytes| {
+        total += 1;
+        let ok = ChunkView::verify(&id, bytes).is_ok_and(|v| v.validate().is_ok());
+        if !ok {
+            bad += 1;
+            eprintln!("corrupt chunk {id}");
+        }
+    })?;
+    if bad == 0 {
+        println!("verified {total} chunks: all match their hashes");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("chunk-sync: {bad} of {total} chunks are corrupt");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn export(db: &RedbStore) -> Result<()> {
+    let mut chunks: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    db.for_each(|_, bytes| {
+        if let Ok(v) = ChunkView::parse(bytes) {
+            chunks.push((v.origin().0, v.first_seq(), bytes.to_vec()));
+        }
+    })?;
+    chunks.sort();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (_, _, bytes) in &chunks {
+        let view = ChunkView::parse(bytes)?;
+        for event in view.events() {
+            events::write(&mut out, &event?)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

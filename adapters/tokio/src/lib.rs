@@ -41,6 +41,6 @@ pub use error::{Error, StoreError};
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
 pub use node::{Listener, Node, NodeConfig, SyncReport, ThrottleConfig};
 pub use progress::SyncProgress;
-pub use store::{MemStore, MemoryLimit, NodeStore, VerifiedChunk};
 #[cfg(feature = "redb")]
 pub use redb_store::{GcReport, RedbStore, RetentionPolicy};
+pub use store::{MemStore, MemoryLimit, NodeStore, VerifiedChunk};

@@ -147,8 +147,11 @@ impl Node {
     /// A node keeping its chunks in `store`.
     pub fn new(config: NodeConfig, store: impl NodeStore) -> Result<Self, Error> {
         // Check the session configuration once, up front.
-        HostSession::new(config.session_config(true, true), chunk_sync_core::Instant::ZERO)
-            .map_err(Error::Config)?;
+        HostSession::new(
+            config.session_config(true, true),
+            chunk_sync_core::Instant::ZERO,
+        )
+        .map_err(Error::Config)?;
         let throttle = Throttle::new(config.throttle.to_core())
             .map_err(|e| Error::Config(chunk_sync_core::session::ConfigError::Throttle(e)))?;
         Ok(Self {
@@ -192,7 +195,11 @@ impl Node {
     /// The latest progress of every sync this node has run, by peer.
     #[must_use]
     pub fn progress_all(&self) -> BTreeMap<NodeId, SyncProgress> {
-        self.shared.progress.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.shared
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
@@ -208,7 +215,17 @@ impl Node {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        self.run(stream, Mode { pull: true, serve: false }, Vec::new(), peer).await.1
+        self.run(
+            stream,
+            Mode {
+                pull: true,
+                serve: false,
+            },
+            Vec::new(),
+            peer,
+        )
+        .await
+        .1
     }
 
     /// Syncs both ways over an already open byte stream (TLS, QUIC, a pipe…).
@@ -228,7 +245,17 @@ impl Node {
         let stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        self.run(stream, Mode { pull: false, serve: false }, ids, peer).await.1
+        self.run(
+            stream,
+            Mode {
+                pull: false,
+                serve: false,
+            },
+            ids,
+            peer,
+        )
+        .await
+        .1
     }
 
     /// Accepts sessions on `addr` until the returned [`Listener`] is dropped or closed,
@@ -249,7 +276,10 @@ impl Node {
                 let _ = stream.set_nodelay(true);
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let mode = Mode { pull: node.shared.config.pull_from_clients, serve: true };
+                    let mode = Mode {
+                        pull: node.shared.config.pull_from_clients,
+                        serve: true,
+                    };
                     if let (_, Err(e)) = node.run(stream, mode, Vec::new(), Some(peer)).await {
                         warn!(%peer, error = %e, "session with client ended in error");
                     }
@@ -269,18 +299,19 @@ impl Node {
         let shared = &*self.shared;
         let now = shared.clock.now();
         let span = info_span!("session", node = %shared.config.node_id, peer = ?peer);
-        let session = match HostSession::new(shared.config.session_config(mode.pull, mode.serve), now) {
-            Ok(s) => Box::new(s),
-            Err(e) => {
-                let empty = SyncReport {
-                    peer: None,
-                    progress: SyncProgress::new(0),
-                    stats: Stats::default(),
-                    failed: Vec::new(),
-                };
-                return (empty, Err(Error::Config(e)));
-            }
-        };
+        let session =
+            match HostSession::new(shared.config.session_config(mode.pull, mode.serve), now) {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    let empty = SyncReport {
+                        peer: None,
+                        progress: SyncProgress::new(0),
+                        stats: Stats::default(),
+                        failed: Vec::new(),
+                    };
+                    return (empty, Err(Error::Config(e)));
+                }
+            };
         let started = tokio::time::Instant::now();
         let (outcome, result) = drive(io, session, shared, wanted).instrument(span).await;
         let report = SyncReport {
@@ -302,7 +333,10 @@ struct Mode {
 }
 
 impl Mode {
-    const BOTH: Self = Self { pull: true, serve: true };
+    const BOTH: Self = Self {
+        pull: true,
+        serve: true,
+    };
 }
 
 /// A listening node; dropping it stops accepting (sessions already running go on).

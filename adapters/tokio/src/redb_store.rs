@@ -32,7 +32,9 @@ fn boxed(e: impl Into<redb::Error>) -> StoreError {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Which chunks [`RedbStore::gc`] removes.
@@ -90,7 +92,11 @@ impl RedbStore {
 
     /// Stores several verified chunks and application values in one transaction: all of
     /// them or none.
-    pub fn insert_all(&self, chunks: &[VerifiedChunk], meta: &[(&str, u64)]) -> Result<u64, StoreError> {
+    pub fn insert_all(
+        &self,
+        chunks: &[VerifiedChunk],
+        meta: &[(&str, u64)],
+    ) -> Result<u64, StoreError> {
         let mut txn = self.db.begin_write().map_err(boxed)?;
         txn.set_durability(Durability::Eventual);
         let mut added = 0;
@@ -168,7 +174,10 @@ impl RedbStore {
             for entry in stored_at.iter().map_err(boxed)? {
                 let (k, at) = entry.map_err(boxed)?;
                 let key = *k.value();
-                let len = chunks.get(&key).map_err(boxed)?.map_or(0, |v| v.value().len() as u64);
+                let len = chunks
+                    .get(&key)
+                    .map_err(boxed)?
+                    .map_or(0, |v| v.value().len() as u64);
                 by_age.push((at.value(), key, len));
             }
             by_age.sort_unstable();
@@ -212,18 +221,29 @@ impl NodeStore for RedbStore {
     fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
         let txn = self.db.begin_read().map_err(boxed)?;
         let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        Ok(table.get(id.as_bytes()).map_err(boxed)?.map(|v| Bytes::copy_from_slice(v.value())))
+        Ok(table
+            .get(id.as_bytes())
+            .map_err(boxed)?
+            .map(|v| Bytes::copy_from_slice(v.value())))
     }
 
     fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
-        self.insert_all(std::slice::from_ref(&chunk), &[]).map(|added| added == 1)
+        self.insert_all(std::slice::from_ref(&chunk), &[])
+            .map(|added| added == 1)
     }
 
-    fn page_after(&self, after: Option<&ChunkHash>, limit: usize) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+    fn page_after(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
         let txn = self.db.begin_read().map_err(boxed)?;
         let table = txn.open_table(CHUNKS).map_err(boxed)?;
         let range = match after {
-            Some(a) => table.range::<&[u8; 32]>((std::ops::Bound::Excluded(a.as_bytes()), std::ops::Bound::Unbounded)),
+            Some(a) => table.range::<&[u8; 32]>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
             None => table.range::<&[u8; 32]>(..),
         }
         .map_err(boxed)?;
@@ -280,10 +300,20 @@ mod tests {
         assert_eq!(s.get(&ids[2]).unwrap().unwrap().len(), 102);
 
         s.pin(&ids[0], true).unwrap();
-        let report = s.gc(RetentionPolicy { max_age: None, max_bytes: Some(250) }).unwrap();
+        let report = s
+            .gc(RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(250),
+            })
+            .unwrap();
         assert!(s.total_bytes().unwrap() <= 250 || report.kept_pinned > 0);
         assert!(s.contains(&ids[0]).unwrap(), "pinned chunks survive");
-        let report = s.gc(RetentionPolicy { max_age: None, max_bytes: Some(0) }).unwrap();
+        let report = s
+            .gc(RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(0),
+            })
+            .unwrap();
         assert_eq!(report.kept_pinned, 1);
         assert_eq!(s.len().unwrap(), 1);
         drop(s);
