@@ -1,0 +1,384 @@
+//! The `chunk-sync` binary as a user runs it: real processes, real TCP, stores on disk.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chunk-sync");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("chunk-sync-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chunk-sync");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("wait")
+}
+
+fn ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = run(args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chunk-sync {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Runs and expects failure with one clear line on stderr and no panic.
+fn fails(args: &[&str], expect: &str) {
+    let out = run(args, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "chunk-sync {args:?} should fail");
+    assert!(
+        stderr.contains(expect),
+        "chunk-sync {args:?}: expected `{expect}` in: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+/// A `serve` process and the address it listens on.
+struct Server(Child, String);
+
+impl Server {
+    fn start(store: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+        Self(child, addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn events(n: u64, payload: usize) -> String {
+    (0..n)
+        .map(|seq| {
+            let privacy = ["public", "shareable", "private"][(seq % 3) as usize];
+            let body = "x".repeat(payload);
+            format!("{{\"seq\":{seq},\"timestamp\":{},\"kind\":\"k{}\",\"privacy\":\"{privacy}\",\"payload\":\"{seq}{body}\"}}\n", 1000 + seq, seq % 4)
+        })
+        .collect()
+}
+
+#[test]
+fn append_serve_pull_verify_export_round_trip() {
+    let (a, b) = (temp_dir("a"), temp_dir("b"));
+    let input = events(100, 20);
+    let out = ok(
+        &[
+            "append",
+            "--store",
+            a.to_str().unwrap(),
+            "--events-per-chunk",
+            "10",
+            "--origin",
+            "7",
+        ],
+        Some(&input),
+    );
+    assert!(
+        out.contains("appended 100 events (33 private left out)"),
+        "{out}"
+    );
+    assert!(ok(&["stat", "--store", a.to_str().unwrap()], None).contains("chunks:  10"));
+
+    let server = Server::start(&a, &[]);
+    let out = ok(
+        &["pull", "--from", &server.1, "--store", b.to_str().unwrap()],
+        None,
+    );
+    assert!(out.starts_with("pulled 10 chunks"), "{out}");
+    drop(server);
+
+    assert!(ok(&["verify", "--store", b.to_str().unwrap()], None).contains("verified 10 chunks"));
+    assert_eq!(
+        ok(&["ls", "--store", b.to_str().unwrap()], None)
+            .lines()
+            .count(),
+        10
+    );
+    let exported = ok(&["export", "--store", b.to_str().unwrap()], None);
+    let expected: Vec<String> = input
+        .lines()
+        .filter(|l| !l.contains("\"private\""))
+        .map(|l| l.replacen('{', "{\"origin\":7,", 1))
+        .collect();
+    assert_eq!(exported.lines().collect::<Vec<_>>(), expected);
+
+    // Appending more seals only the new events; the old chunks do not change.
+    let before = ok(&["ls", "--store", a.to_str().unwrap()], None);
+    let more: String = events(105, 20)
+        .lines()
+        .skip(100)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    ok(
+        &[
+            "append",
+            "--store",
+            a.to_str().unwrap(),
+            "--events-per-chunk",
+            "10",
+            "--origin",
+            "7",
+        ],
+        Some(&more),
+    );
+    let after = ok(&["ls", "--store", a.to_str().unwrap()], None);
+    assert!(before.lines().all(|l| after.contains(l)));
+    assert_eq!(after.lines().count(), 11);
+}
+
+#[test]
+fn sync_goes_both_ways_and_gc_keeps_pins() {
+    let (a, b) = (temp_dir("sa"), temp_dir("sb"));
+    ok(
+        &[
+            "append",
+            "--store",
+            a.to_str().unwrap(),
+            "--origin",
+            "1",
+            "--events-per-chunk",
+            "5",
+        ],
+        Some(&events(20, 10)),
+    );
+    ok(
+        &[
+            "append",
+            "--store",
+            b.to_str().unwrap(),
+            "--origin",
+            "2",
+            "--events-per-chunk",
+            "5",
+        ],
+        Some(&events(10, 10)),
+    );
+    let server = Server::start(&a, &[]);
+    let out = ok(
+        &["sync", "--with", &server.1, "--store", b.to_str().unwrap()],
+        None,
+    );
+    assert!(out.starts_with("synced: fetched 4 chunks"), "{out}");
+    drop(server);
+    let a_ls = ok(&["ls", "--store", a.to_str().unwrap()], None);
+    let b_ls = ok(&["ls", "--store", b.to_str().unwrap()], None);
+    assert_eq!(a_ls, b_ls, "both stores hold the union");
+    assert_eq!(a_ls.lines().count(), 6);
+
+    let pinned = a_ls
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = ok(
+        &[
+            "gc",
+            "--store",
+            a.to_str().unwrap(),
+            "--max-bytes",
+            "0",
+            "--pin",
+            &pinned,
+        ],
+        None,
+    );
+    assert!(
+        out.contains("removed 5 chunks") && out.contains("kept 1 pinned"),
+        "{out}"
+    );
+    assert!(ok(&["ls", "--store", a.to_str().unwrap()], None).starts_with(&pinned));
+}
+
+#[test]
+fn mistakes_get_one_clear_line() {
+    let dir = temp_dir("errors");
+    fails(
+        &[
+            "pull",
+            "--from",
+            "127.0.0.1:1",
+            "--store",
+            dir.to_str().unwrap(),
+            "--rate",
+            "fast",
+        ],
+        "invalid rate `fast`",
+    );
+    fails(&["ls", "--store", dir.to_str().unwrap()], "no store at");
+    let out = run(
+        &["append", "--store", dir.to_str().unwrap()],
+        Some("{\"seq\": \"one\"}\n"),
+    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("line 1:"));
+
+    // A closed port.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    fails(
+        &[
+            "pull",
+            "--from",
+            &port.to_string(),
+            "--store",
+            dir.to_str().unwrap(),
+        ],
+        "cannot sync with",
+    );
+
+    // An address in use.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    fails(
+        &["serve", "--store", dir.to_str().unwrap(), "--listen", &addr],
+        "cannot listen on",
+    );
+
+    // A corrupt store file.
+    let bad = temp_dir("corrupt");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("chunks.redb"), b"this is not a database").unwrap();
+    fails(
+        &["stat", "--store", bad.to_str().unwrap()],
+        "cannot open store",
+    );
+}
+
+#[test]
+fn a_peer_with_another_protocol_version_is_refused() {
+    use chunk_sync_core::wire::{self, Capabilities, Hello, Message};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fake = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let hello = Message::Hello(Hello {
+            protocol: 99,
+            node_id: chunk_sync_core::NodeId(5),
+            max_frame: 4096,
+            max_requests: 4,
+            capabilities: Capabilities::ALL,
+        });
+        let mut buf = [0u8; 64];
+        stream
+            .write_all(wire::encode(&hello, &mut buf).unwrap())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let dir = temp_dir("version");
+    fails(
+        &["pull", "--from", &addr, "--store", dir.to_str().unwrap()],
+        "protocol version 99",
+    );
+    fake.join().unwrap();
+}
+
+/// Starts a pull and kills it (SIGKILL) after `after`.
+fn killed_pull(from: &str, store: &Path, after: Duration) {
+    let mut pull = Command::new(BIN)
+        .args(["pull", "--from", from, "--store", store.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    pull.kill().unwrap();
+    pull.wait().unwrap();
+}
+
+fn chunk_count(store: &Path) -> usize {
+    ok(&["ls", "--store", store.to_str().unwrap()], None)
+        .lines()
+        .count()
+}
+
+#[test]
+fn a_killed_pull_resumes_without_refetching() {
+    let (a, b) = (temp_dir("ka"), temp_dir("kb"));
+    // 40 chunks of about 25 KB; at 200 KB/s a whole pull takes about 5 s.
+    ok(
+        &[
+            "append",
+            "--store",
+            a.to_str().unwrap(),
+            "--origin",
+            "3",
+            "--events-per-chunk",
+            "10",
+        ],
+        Some(&events(400, 2500)),
+    );
+    let server = Server::start(&a, &["--rate", "200KB/s"]);
+    let mut stored = 0;
+    // Kill the pull at several points; each time the store is intact and only grows.
+    for after in [300, 700, 1100] {
+        killed_pull(&server.1, &b, Duration::from_millis(after));
+        let now = chunk_count(&b);
+        assert!(
+            now >= stored && now < 40,
+            "{now} chunks stored after a kill at {after} ms"
+        );
+        assert!(
+            ok(&["verify", "--store", b.to_str().unwrap()], None)
+                .contains(&format!("verified {now} chunks"))
+        );
+        stored = now;
+    }
+    assert!(stored > 0, "some chunks were stored before the kills");
+
+    let out = ok(
+        &["pull", "--from", &server.1, "--store", b.to_str().unwrap()],
+        None,
+    );
+    assert!(
+        out.starts_with(&format!("pulled {} chunks", 40 - stored)),
+        "no chunk travels twice: {out}"
+    );
+    drop(server);
+    assert_eq!(
+        ok(&["ls", "--store", b.to_str().unwrap()], None),
+        ok(&["ls", "--store", a.to_str().unwrap()], None)
+    );
+}
