@@ -25,7 +25,9 @@ pub(crate) const HOST_REQ: usize = 64;
 /// The session type host nodes drive.
 pub(crate) type HostSession = Session<HOST_PAGE, HOST_REQ>;
 /// Bytes queued for the transport before the driver stops asking the session for more.
-const HIGH_WATER: usize = 512 << 10;
+const HIGH_WATER: usize = 4 << 20;
+/// Smallest receive buffer.
+const RX_BUFFER: usize = 8 << 20;
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 
@@ -49,6 +51,10 @@ struct Driver<'s> {
     out_len: usize,
     tx: Vec<u8>,
     assembling: Vec<u8>,
+    /// Chunks verified in the current round of input, not stored yet.
+    verified: Vec<VerifiedChunk>,
+    /// Reassembly buffers handed back by the store.
+    spare: Vec<Vec<u8>>,
     serving: Option<(ChunkHash, Bytes)>,
     wanted: VecDeque<ChunkHash>,
     failed: Vec<(ChunkHash, FailReason)>,
@@ -68,12 +74,15 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
     let mut d = Driver {
         shared,
         session,
-        rx: vec![0; max_frame],
+        // Several frames per read, so that chunks arriving together are stored together.
+        rx: vec![0; max_frame.max(RX_BUFFER)],
         filled: 0,
         out: VecDeque::new(),
         out_len: 0,
         tx: vec![0; HostSession::max_transmit_len()],
         assembling: Vec::new(),
+        verified: Vec::new(),
+        spare: Vec::new(),
         serving: None,
         wanted: wanted.into(),
         failed: Vec::new(),
@@ -170,8 +179,11 @@ impl Driver<'_> {
             let mut last = false;
             if let Some(piece) = handled.piece {
                 if piece.offset == 0 {
+                    if self.assembling.capacity() == 0 {
+                        self.assembling = self.spare.pop().unwrap_or_default();
+                    }
                     self.assembling.clear();
-                    self.assembling.reserve_exact(piece.total_len as usize);
+                    self.assembling.reserve(piece.total_len as usize);
                 }
                 self.assembling.extend_from_slice(piece.data);
                 last = piece.last;
@@ -184,7 +196,7 @@ impl Driver<'_> {
         }
         self.rx.copy_within(start..self.filled, 0);
         self.filled -= start;
-        Ok(())
+        self.store_verified()
     }
 
     fn finish_chunk(&mut self) -> Result<(), Error> {
@@ -192,20 +204,36 @@ impl Driver<'_> {
             Ok(verified) => {
                 let id = verified.id();
                 // The session has just hashed exactly these bytes: hand them over as they are.
-                let chunk =
-                    VerifiedChunk::trusted(id, Bytes::from(std::mem::take(&mut self.assembling)));
-                let stored = self
-                    .shared
-                    .store
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(chunk);
-                if let Err(e) = stored {
-                    self.session.abort();
-                    return Err(Error::Store(e));
-                }
+                let bytes = Bytes::from(std::mem::take(&mut self.assembling));
+                self.verified.push(VerifiedChunk::trusted(id, bytes));
             }
             Err(e) => warn!(error = %e, "chunk refused"),
+        }
+        Ok(())
+    }
+
+    /// Stores the chunks verified in this round of input, in one batch (one commit for a
+    /// transactional store), before any of them is reported.
+    fn store_verified(&mut self) -> Result<(), Error> {
+        if self.verified.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.verified);
+        let stored = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert_batch(&batch);
+        if let Err(e) = stored {
+            self.session.abort();
+            return Err(Error::Store(e));
+        }
+        // Reuse the buffers the store did not keep, rather than fault in fresh memory.
+        for chunk in batch {
+            if let Ok(buf) = chunk.into_bytes().try_into_mut() {
+                self.spare.push(Vec::from(buf));
+            }
         }
         self.publish_progress();
         Ok(())

@@ -1,13 +1,12 @@
 //! [`RedbStore`]: chunks on disk in redb, an embedded, crash-safe, pure-Rust database.
 //!
 //! The chunk table is keyed by hash, so the sorted set of hashes is the table's own order:
-//! manifest pages are range reads and opening a store never rescans it. Every insert is a
-//! transaction of its own that is committed before the node reports the chunk as stored,
-//! and a chunk is written only after it was verified, so a process killed at any moment
-//! loses no reported chunk and never leaves bytes that do not match their hash. Commits go
-//! to the operating system at once; they reach the disk when the store is flushed
-//! ([`RedbStore::flush`], and on drop), so a power cut may lose the chunks of the last
-//! moments, never the consistency of the file.
+//! manifest pages are range reads and opening a store never rescans it. Chunks are written
+//! only after they were verified, in transactions that are committed before the node
+//! reports them as stored (a node commits the chunks of one read of the network together),
+//! so a process killed at any moment loses no reported chunk and never leaves bytes that do
+//! not match their hash. On Linux every commit is also synced to the disk (`fdatasync`), so
+//! this holds across a power cut too.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

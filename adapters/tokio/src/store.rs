@@ -46,6 +46,12 @@ impl VerifiedChunk {
     pub const fn bytes(&self) -> &Bytes {
         &self.bytes
     }
+
+    /// The chunk's bytes, taken out.
+    #[must_use]
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
 }
 
 /// What a node needs of its chunk store: [`MemStore`] here; a persistent store implements
@@ -59,6 +65,15 @@ pub trait NodeStore: Send + 'static {
     fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError>;
     /// Keeps a verified chunk; returns whether it was new. On error nothing stored changes.
     fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError>;
+    /// Keeps several verified chunks; returns how many were new. A transactional store
+    /// keeps all of them or none.
+    fn insert_batch(&mut self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        let mut added = 0;
+        for chunk in chunks {
+            added += usize::from(self.insert(chunk.clone())?);
+        }
+        Ok(added)
+    }
     /// Up to `limit` stored hashes strictly after `after`, ascending, and whether the store
     /// holds none beyond them.
     fn page_after(

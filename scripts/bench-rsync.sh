@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Syncs a 256 MiB event log between two chunk-sync processes over loopback TCP, cold and
+# after appending 1%, beside rsync against a local rsync daemon on the same data, in the
+# same run. Prints a Markdown table. Installs rsync if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVENTS=${EVENTS:-65536}      # 65536 events of 4000-byte payloads: about 256 MiB
+PAYLOAD=${PAYLOAD:-4000}
+PER_CHUNK=${PER_CHUNK:-256}
+APPEND=$((EVENTS / 100))
+
+if ! command -v rsync >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq rsync) >/dev/null
+fi
+cargo build -q --release -p chunk-sync -p chunk-sync-benches --bin chunk-sync --bin gen-events
+BIN=target/release/chunk-sync
+GEN=target/release/gen-events
+
+WORK=$(mktemp -d)
+SERVE_PID=""
+RSYNCD_PID=""
+cleanup() {
+  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
+  [ -n "$RSYNCD_PID" ] && kill "$RSYNCD_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+mkdir -p "$WORK/src" "$WORK/dst"
+"$GEN" 0 "$EVENTS" "$PAYLOAD" > "$WORK/src/events.jsonl"
+"$GEN" "$EVENTS" "$APPEND" "$PAYLOAD" > "$WORK/append.jsonl"
+LOG_BYTES=$(stat -c %s "$WORK/src/events.jsonl")
+APPEND_BYTES=$(stat -c %s "$WORK/append.jsonl")
+
+# chunk-sync: the origin's store, served over TCP; a second process pulls it.
+"$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/src/events.jsonl" >/dev/null
+chunk_bytes() { "$BIN" stat --store "$1" | awk '/^chunks:/ {print $2}'; }
+start_server() {
+  PORT=$(free_port)
+  "$BIN" serve --store "$WORK/a" --listen "127.0.0.1:$PORT" > "$WORK/serve.log" &
+  SERVE_PID=$!
+  until grep -q serving "$WORK/serve.log" 2>/dev/null; do sleep 0.05; done
+}
+stop_server() { kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=""; }
+
+start_server
+t0=$(now); cs_cold=$("$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/b"); t1=$(now)
+CS_COLD=$(elapsed "$t0" "$t1")
+stop_server
+"$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/append.jsonl" >/dev/null
+start_server
+t0=$(now); cs_warm=$("$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/b"); t1=$(now)
+CS_WARM=$(elapsed "$t0" "$t1")
+stop_server
+CS_WIRE=$(echo "$cs_warm" | sed -E 's/.*received ([0-9.]+ [A-Za-z]+).*/\1/')
+NEW_CHUNK_BYTES=$(echo "$cs_warm" | sed -E 's/pulled [0-9]+ chunks \(([0-9.]+ [A-Za-z]+)\).*/\1/')
+
+# rsync: a daemon on loopback serves the same log file.
+RPORT=$(free_port)
+cat > "$WORK/rsyncd.conf" <<CONF
+use chroot = false
+[data]
+  path = $WORK/src
+  read only = true
+CONF
+rsync --daemon --no-detach --address 127.0.0.1 --port "$RPORT" --config "$WORK/rsyncd.conf" &
+RSYNCD_PID=$!
+sleep 0.3
+t0=$(now); r_cold=$(rsync -a --stats "rsync://127.0.0.1:$RPORT/data/" "$WORK/dst/"); t1=$(now)
+R_COLD=$(elapsed "$t0" "$t1")
+cat "$WORK/append.jsonl" >> "$WORK/src/events.jsonl"
+t0=$(now); r_warm=$(rsync -a --stats "rsync://127.0.0.1:$RPORT/data/" "$WORK/dst/"); t1=$(now)
+R_WARM=$(elapsed "$t0" "$t1")
+R_WIRE=$(echo "$r_warm" | awk -F': ' '/Total bytes received/ {print $2}')
+
+cat <<TABLE
+| run | chunk-sync | rsync daemon |
+|---|---:|---:|
+| cold: $(numfmt --to=iec "$LOG_BYTES") log ($EVENTS events) | ${CS_COLD} s | ${R_COLD} s |
+| after appending 1% ($APPEND events, $(numfmt --to=iec "$APPEND_BYTES") of JSON) | ${CS_WARM} s | ${R_WARM} s |
+| bytes received after the append | ${CS_WIRE} for ${NEW_CHUNK_BYTES} of new chunks | ${R_WIRE} |
+TABLE
