@@ -57,8 +57,8 @@ start_server
 t0=$(now); cs_warm=$("$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/b"); t1=$(now)
 CS_WARM=$(elapsed "$t0" "$t1")
 stop_server
-CS_WIRE=$(echo "$cs_warm" | sed -E 's/.*received ([0-9.]+ [A-Za-z]+).*/\1/')
-NEW_CHUNK_BYTES=$(echo "$cs_warm" | sed -E 's/pulled [0-9]+ chunks \(([0-9.]+ [A-Za-z]+)\).*/\1/')
+CS_WIRE=$(echo "$cs_warm" | sed -E 's/.*wire bytes in ([0-9]+)\].*/\1/')
+NEW_CHUNK_BYTES=$(echo "$cs_warm" | sed -E 's/.*\[chunk bytes ([0-9]+),.*/\1/')
 
 # rsync: a daemon on loopback serves the same log file.
 RPORT=$(free_port)
@@ -76,12 +76,13 @@ R_COLD=$(elapsed "$t0" "$t1")
 cat "$WORK/append.jsonl" >> "$WORK/src/events.jsonl"
 t0=$(now); r_warm=$(rsync -a --stats "rsync://127.0.0.1:$RPORT/data/" "$WORK/dst/"); t1=$(now)
 R_WARM=$(elapsed "$t0" "$t1")
-R_WIRE=$(echo "$r_warm" | awk -F': ' '/Total bytes received/ {print $2}')
+R_WIRE=$(echo "$r_warm" | awk -F': ' '/Total bytes received/ {gsub(",", "", $2); print $2}')
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
 cat <<TABLE
 | run | chunk-sync | rsync daemon |
 |---|---:|---:|
 | cold: $(numfmt --to=iec "$LOG_BYTES") log ($EVENTS events) | ${CS_COLD} s | ${R_COLD} s |
 | after appending 1% ($APPEND events, $(numfmt --to=iec "$APPEND_BYTES") of JSON) | ${CS_WARM} s | ${R_WARM} s |
-| bytes received after the append | ${CS_WIRE} for ${NEW_CHUNK_BYTES} of new chunks | ${R_WIRE} |
+| bytes received after the append | ${CS_WIRE} ($(ratio "$CS_WIRE" "$NEW_CHUNK_BYTES")× the ${NEW_CHUNK_BYTES} bytes of new chunks) | ${R_WIRE} ($(ratio "$R_WIRE" "$NEW_CHUNK_BYTES")×) |
 TABLE

@@ -383,7 +383,7 @@ async fn exchange(dir: &Path, peer: &str, net: &NetArgs, both: bool) -> Result<(
     let p = report.progress;
     let secs = p.elapsed().as_secs_f64();
     println!(
-        "{} {} chunks ({}) from {} in {secs:.2}s ({}/s); {} failed; sent {}, received {}",
+        "{} {} chunks ({}) from {} in {secs:.2}s ({}/s); {} failed; sent {}, received {} [chunk bytes {}, wire bytes in {}]",
         if both { "synced: fetched" } else { "pulled" },
         p.synced_chunks,
         human(p.bytes_transferred),
@@ -394,6 +394,8 @@ async fn exchange(dir: &Path, peer: &str, net: &NetArgs, both: bool) -> Result<(
         report.failed.len(),
         human(report.stats.bytes_sent),
         human(report.stats.bytes_received),
+        p.bytes_transferred,
+        report.stats.bytes_received,
     );
     if report.failed.is_empty() {
         Ok(())

@@ -25,9 +25,9 @@ pub(crate) const HOST_REQ: usize = 64;
 /// The session type host nodes drive.
 pub(crate) type HostSession = Session<HOST_PAGE, HOST_REQ>;
 /// Bytes queued for the transport before the driver stops asking the session for more.
-const HIGH_WATER: usize = 4 << 20;
+const HIGH_WATER: usize = 512 << 10;
 /// Smallest receive buffer.
-const RX_BUFFER: usize = 8 << 20;
+const RX_BUFFER: usize = 512 << 10;
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 

@@ -58,7 +58,7 @@ impl Default for ThrottleConfig {
 pub struct NodeConfig {
     /// This node's id.
     pub node_id: NodeId,
-    /// The largest frame this node accepts (default 1 MiB plus room for a header).
+    /// The largest frame this node accepts (default 256 KiB).
     pub max_frame: u32,
     /// The largest chunk this node accepts (default 16 MiB).
     pub max_chunk_len: u32,
@@ -81,7 +81,7 @@ impl NodeConfig {
     pub const fn new(node_id: NodeId) -> Self {
         Self {
             node_id,
-            max_frame: (1 << 20) + 4096,
+            max_frame: 256 << 10,
             max_chunk_len: 16 << 20,
             window: 32,
             idle_timeout: Duration::from_secs(30),
