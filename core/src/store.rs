@@ -77,6 +77,11 @@ impl<E: fmt::Display> fmt::Display for ReadError<E> {
 
 impl<E: fmt::Debug + fmt::Display> core::error::Error for ReadError<E> {}
 
+/// Fills `out` from `ids` and returns how many were written: one manifest page.
+fn fill_page<'a>(out: &mut [ChunkHash], ids: impl Iterator<Item = &'a ChunkHash>) -> usize {
+    out.iter_mut().zip(ids).map(|(dst, id)| *dst = *id).count()
+}
+
 /// Copies `bytes` into `buf`, or reports the size needed.
 fn copy_out<E>(bytes: &[u8], buf: &mut [u8]) -> Result<Option<usize>, ReadError<E>> {
     let out = buf

@@ -204,17 +204,13 @@ impl Node {
 
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
     pub async fn sync_with(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
-        let stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().ok();
+        let (stream, peer) = connect(addr).await?;
         self.run(stream, Mode::BOTH, Vec::new(), peer).await.1
     }
 
     /// Fetches what this node lacks from the node at `addr`, offering nothing in return.
     pub async fn pull_from(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
-        let stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().ok();
+        let (stream, peer) = connect(addr).await?;
         self.run(
             stream,
             Mode {
@@ -242,9 +238,7 @@ impl Node {
         addr: impl ToSocketAddrs,
         ids: Vec<ChunkHash>,
     ) -> Result<SyncReport, Error> {
-        let stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().ok();
+        let (stream, peer) = connect(addr).await?;
         self.run(
             stream,
             Mode {
@@ -323,6 +317,14 @@ impl Node {
         let result = result.map(|()| report.clone());
         (report, result)
     }
+}
+
+/// Connects to `addr` for a session: no Nagle delay on small frames.
+async fn connect(addr: impl ToSocketAddrs) -> Result<(TcpStream, Option<SocketAddr>), Error> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    Ok((stream, peer))
 }
 
 /// Which directions a session runs.

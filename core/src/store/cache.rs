@@ -4,7 +4,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::{ChunkStore, ReadError, copy_out};
+use super::{ChunkStore, ReadError, copy_out, fill_page};
 use crate::hash::{ChunkHash, Verified};
 
 /// Why a [`ChunkCache`] refused a chunk.
@@ -207,15 +207,10 @@ impl ChunkStore for ChunkCache {
     ) -> Result<usize, CacheError> {
         use core::ops::Bound::{Excluded, Unbounded};
         let from = after.map_or(Unbounded, |a| Excluded(*a));
-        let mut n = 0;
-        for (dst, id) in out
-            .iter_mut()
-            .zip(self.entries.range((from, Unbounded)).map(|(id, _)| id))
-        {
-            *dst = *id;
-            n += 1;
-        }
-        Ok(n)
+        Ok(fill_page(
+            out,
+            self.entries.range((from, Unbounded)).map(|(id, _)| id),
+        ))
     }
 
     fn chunk_count(&self) -> Result<usize, CacheError> {

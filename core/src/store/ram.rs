@@ -4,7 +4,7 @@ use core::fmt;
 
 use heapless::Vec;
 
-use super::{ChunkStore, ReadError, copy_out};
+use super::{ChunkStore, ReadError, copy_out, fill_page};
 use crate::error::CapacityError;
 use crate::hash::{ChunkHash, Verified};
 
@@ -191,12 +191,7 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
         out: &mut [ChunkHash],
     ) -> Result<usize, RamStoreError> {
         let start = after.map_or(0, |a| self.slots.partition_point(|s| s.id <= *a));
-        let mut n = 0;
-        for (dst, slot) in out.iter_mut().zip(&self.slots[start..]) {
-            *dst = slot.id;
-            n += 1;
-        }
-        Ok(n)
+        Ok(fill_page(out, self.slots[start..].iter().map(|s| &s.id)))
     }
 
     fn chunk_count(&self) -> Result<usize, RamStoreError> {
