@@ -336,9 +336,24 @@ async fn serve(dir: &Path, listen: &str, net: &NetArgs) -> Result<()> {
         listener.local_addr()
     );
     let _ = std::io::stdout().flush();
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await?;
+    drop(listener);
     println!("stopped");
     Ok(())
+}
+
+/// Waits for Ctrl-C, or on Unix for SIGTERM too, so that the store is closed cleanly.
+async fn shutdown_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
 }
 
 async fn exchange(dir: &Path, peer: &str, net: &NetArgs, both: bool) -> Result<()> {
