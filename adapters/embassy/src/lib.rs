@@ -1,0 +1,28 @@
+//! `chunk-sync-embassy`: the chunk-sync session on microcontrollers.
+//!
+//! A [`Runner`] drives the core's sans-IO [`Session`](chunk_sync_core::session::Session)
+//! over any `embedded_io_async::{Read, Write}` transport (an embassy-net `TcpSocket`, a
+//! UART, …) with `embassy_time` as the clock, answering the session from any core
+//! [`ChunkStore`](chunk_sync_core::store::ChunkStore) (for example a `RamStore`). Memory
+//! comes from caller-owned [`Resources`] with a `const fn new()`, so everything can live in
+//! a `static`; nothing is allocated.
+//!
+//! The library picks no time driver, tick rate or timer queue: the application does.
+//!
+//! The transport is used from one task: the runner writes what is due, then waits for
+//! input or its next deadline. Frames should be small on such links (the session's
+//! `max_frame`), so that neither side blocks long on a write.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub use chunk_sync_core as core;
+
+mod error;
+mod resources;
+mod runner;
+mod time;
+
+pub use error::Error;
+pub use resources::Resources;
+pub use runner::{Report, Runner};

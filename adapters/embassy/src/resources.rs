@@ -1,0 +1,44 @@
+//! The memory a runner works in, owned by the application.
+
+use chunk_sync_core::ChunkHash;
+
+/// Buffers for one [`Runner`](crate::Runner): `RX` bytes of received frames (at least the
+/// session's `max_frame`), `TX` bytes for frame headers and control frames (at least
+/// `Session::max_transmit_len()`), `CHUNK` bytes each to reassemble one incoming chunk and
+/// to hold the chunk being served (the largest chunk this node sends or accepts), and a
+/// manifest page of `PAGE` hashes.
+///
+/// Memory: `RX + TX + 2 × CHUNK + 32 × PAGE` bytes. `const fn new()`, so it can be a
+/// `static` (for example in a `StaticCell`).
+#[derive(Debug)]
+pub struct Resources<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize> {
+    pub(crate) rx: [u8; RX],
+    pub(crate) tx: [u8; TX],
+    pub(crate) incoming: [u8; CHUNK],
+    pub(crate) outgoing: [u8; CHUNK],
+    pub(crate) page: [ChunkHash; PAGE],
+}
+
+impl<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize>
+    Resources<RX, TX, CHUNK, PAGE>
+{
+    /// Zeroed buffers.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            rx: [0; RX],
+            tx: [0; TX],
+            incoming: [0; CHUNK],
+            outgoing: [0; CHUNK],
+            page: [ChunkHash::from_bytes([0; 32]); PAGE],
+        }
+    }
+}
+
+impl<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize> Default
+    for Resources<RX, TX, CHUNK, PAGE>
+{
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,285 @@
+//! The runner: moves bytes between the transport and the core session, answers the
+//! session's events from the store and sleeps until its next deadline. It makes no protocol
+//! decision of its own.
+
+use core::cmp::min;
+
+use chunk_sync_core::session::{Config, ConfigError, Error as SessionError, Event, Session, Stats};
+use chunk_sync_core::store::{ChunkStore, ReadError};
+use chunk_sync_core::{ChunkHash, Instant};
+use embassy_futures::select::{Either, select};
+use embassy_time::Timer;
+use embedded_io_async::{Read, Write};
+
+use crate::error::Error;
+use crate::resources::Resources;
+use crate::time;
+
+/// What a finished session did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Chunks found missing on this side.
+    pub total_chunks: u64,
+    /// Chunks received, verified and stored.
+    pub synced_chunks: u64,
+    /// Failed transfers (hash mismatch, not found).
+    pub failed_chunks: u64,
+    /// Bytes of chunk data received.
+    pub bytes_transferred: u64,
+    /// Bytes and frames each way.
+    pub stats: Stats,
+    /// How long the session took.
+    pub elapsed: embassy_time::Duration,
+}
+
+/// Drives one sync session with one peer. `PAGE` and `REQ` are the session's manifest page
+/// and request-window capacities.
+///
+/// Cancel safety: dropping [`run`](Self::run) mid-way drops the session; every chunk
+/// already stored was verified, and a new session fetches only what is still missing.
+#[derive(Debug)]
+pub struct Runner<'r, IO, S, const PAGE: usize, const REQ: usize> {
+    io: IO,
+    store: S,
+    session: Session<PAGE, REQ>,
+    rx: &'r mut [u8],
+    filled: usize,
+    tx: &'r mut [u8],
+    incoming: &'r mut [u8],
+    outgoing: &'r mut [u8],
+    page: &'r mut [ChunkHash],
+}
+
+type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as ChunkStore>::Error>;
+
+impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
+    Runner<'r, IO, S, PAGE, REQ>
+{
+    /// A runner for a session configured by `config`, working in `resources`.
+    ///
+    /// The largest chunk accepted is capped at `CHUNK`; the receive buffer must hold one
+    /// frame of `config.max_frame` bytes and the transmit buffer
+    /// `Session::max_transmit_len()` bytes.
+    pub fn new<const RX: usize, const TX: usize, const CHUNK: usize, const P: usize>(
+        io: IO,
+        store: S,
+        mut config: Config,
+        resources: &'r mut Resources<RX, TX, CHUNK, P>,
+    ) -> Result<Self, ConfigError> {
+        if RX < config.max_frame as usize {
+            return Err(ConfigError::FrameSize(config.max_frame));
+        }
+        if TX < Session::<PAGE, REQ>::max_transmit_len() || P == 0 || CHUNK == 0 {
+            return Err(ConfigError::Zero(
+                "resources smaller than the session needs",
+            ));
+        }
+        config.max_chunk_len = min(
+            config.max_chunk_len,
+            u32::try_from(CHUNK).unwrap_or(u32::MAX),
+        );
+        let session = Session::new(config, time::now())?;
+        Ok(Self {
+            io,
+            store,
+            session,
+            rx: &mut resources.rx,
+            filled: 0,
+            tx: &mut resources.tx,
+            incoming: &mut resources.incoming,
+            outgoing: &mut resources.outgoing,
+            page: &mut resources.page,
+        })
+    }
+
+    /// The store, for reading what the session stored.
+    pub fn store(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Gives the transport and the store back.
+    pub fn into_parts(self) -> (IO, S) {
+        (self.io, self.store)
+    }
+
+    /// Runs the session until it completes or fails.
+    pub async fn run(&mut self) -> Result<Report, RunError<IO, S>> {
+        let started = embassy_time::Instant::now();
+        loop {
+            let now = time::now();
+            self.feed_input(now)?;
+            let mut answered = self.answer_events()?;
+            self.transmit(now).await?;
+            answered |= self.answer_events()?;
+            if answered {
+                continue;
+            }
+            if self.session.is_closed() {
+                return match self.session.error() {
+                    Some(e) => Err(Error::Protocol(e)),
+                    None => Ok(self.report(started)),
+                };
+            }
+            if self.filled == self.rx.len() {
+                // Cannot happen: `rx` holds a whole frame and frames are decoded as they
+                // complete. Stop rather than spin.
+                self.session.abort();
+                continue;
+            }
+            let read = self.io.read(&mut self.rx[self.filled..]);
+            let result = match self.session.poll_timeout() {
+                Some(deadline) => match select(read, Timer::at(time::to_embassy(deadline))).await {
+                    Either::First(r) => Some(r),
+                    Either::Second(()) => None,
+                },
+                None => Some(read.await),
+            };
+            match result {
+                Some(Ok(0)) => return Err(Error::Closed),
+                Some(Ok(n)) => self.filled += n,
+                Some(Err(e)) => return Err(Error::Transport(e)),
+                None => self.session.handle_timeout(time::now()),
+            }
+        }
+    }
+
+    fn report(&self, started: embassy_time::Instant) -> Report {
+        let p = self.session.progress();
+        Report {
+            total_chunks: p.total_chunks,
+            synced_chunks: p.synced_chunks,
+            failed_chunks: p.failed_chunks,
+            bytes_transferred: p.bytes_transferred,
+            stats: *self.session.stats(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Feeds every whole frame received to the session, reassembling and storing chunks.
+    fn feed_input(&mut self, now: Instant) -> Result<(), RunError<IO, S>> {
+        let mut start = 0;
+        while start < self.filled {
+            let Ok(handled) = self.session.handle_input(now, &self.rx[start..self.filled]) else {
+                // The session failed; its error frame is sent next and `run` returns it.
+                self.filled = 0;
+                return Ok(());
+            };
+            if handled.consumed == 0 {
+                break;
+            }
+            let mut complete = None;
+            if let Some(piece) = handled.piece {
+                let at = piece.offset as usize;
+                // The session checked the piece against `max_chunk_len <= CHUNK`.
+                if let Some(dst) = self.incoming.get_mut(at..at + piece.data.len()) {
+                    dst.copy_from_slice(piece.data);
+                }
+                if piece.last {
+                    complete = Some(piece.total_len as usize);
+                }
+            }
+            start += handled.consumed;
+            if let Some(len) = complete {
+                if let Ok(verified) = self.session.finish_chunk(&self.incoming[..len]) {
+                    if let Err(e) = self.store.insert(verified) {
+                        self.session.abort();
+                        return Err(Error::Store(e));
+                    }
+                }
+            }
+        }
+        self.rx.copy_within(start..self.filled, 0);
+        self.filled -= start;
+        Ok(())
+    }
+
+    /// Answers the session's events from the store; returns whether there were any.
+    fn answer_events(&mut self) -> Result<bool, RunError<IO, S>> {
+        let mut any = false;
+        while let Some(event) = self.session.poll_event() {
+            any = true;
+            match event {
+                Event::LookupNeeded => {
+                    let mut failure = None;
+                    let store = &self.store;
+                    let _ = self.session.resolve_lookups(|id| {
+                        store.contains(id).unwrap_or_else(|e| {
+                            failure = Some(e);
+                            true
+                        })
+                    });
+                    if let Some(e) = failure {
+                        self.session.abort();
+                        return Err(Error::Store(e));
+                    }
+                }
+                Event::ManifestPageNeeded { after, limit } => {
+                    let limit = min(limit, self.page.len());
+                    let n = match self
+                        .store
+                        .ids_after(after.as_ref(), &mut self.page[..limit])
+                    {
+                        Ok(n) => n,
+                        Err(e) => {
+                            self.session.abort();
+                            return Err(Error::Store(e));
+                        }
+                    };
+                    // A full page may have more after it; the next request finds out.
+                    let _ = self.session.send_manifest_page(&self.page[..n], n < limit);
+                }
+                Event::ChunkRequested { hash } => {
+                    match self.store.read_into(&hash, self.outgoing) {
+                        Ok(Some(len)) => {
+                            let _ = self.session.serve_chunk(&hash, len);
+                        }
+                        // A chunk larger than this node's chunk buffer cannot be served.
+                        Ok(None) | Err(ReadError::BufferTooSmall(_)) => {
+                            let _ = self.session.chunk_not_found(&hash);
+                        }
+                        Err(ReadError::Store(e)) => {
+                            self.session.abort();
+                            return Err(Error::Store(e));
+                        }
+                        Err(_) => {
+                            let _ = self.session.chunk_not_found(&hash);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(any)
+    }
+
+    /// Writes every frame that is due.
+    async fn transmit(&mut self, now: Instant) -> Result<(), RunError<IO, S>> {
+        let mut wrote = false;
+        loop {
+            let t = match self.session.poll_transmit(now, self.tx) {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(_) => {
+                    // `tx` was checked against `max_transmit_len` in `new`.
+                    self.session.abort();
+                    return Err(Error::Protocol(SessionError::Aborted));
+                }
+            };
+            self.io
+                .write_all(&self.tx[..t.len])
+                .await
+                .map_err(Error::Transport)?;
+            if let Some(piece) = t.piece {
+                let range = piece.offset as usize..(piece.offset + piece.len) as usize;
+                let data = self.outgoing.get(range).unwrap_or(&[]);
+                self.io.write_all(data).await.map_err(Error::Transport)?;
+            }
+            wrote = true;
+        }
+        if wrote {
+            self.io.flush().await.map_err(Error::Transport)?;
+        }
+        Ok(())
+    }
+}

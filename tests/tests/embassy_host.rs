@@ -1,0 +1,84 @@
+//! A node driven by the embassy adapter (embassy-time mock driver, transport over a tokio
+//! TCP socket through embedded-io-adapters) syncs both ways with a node driven by the tokio
+//! adapter over real loopback TCP.
+
+use chunk_sync_core::session::Config;
+use chunk_sync_core::store::{ChunkStore, RamStore};
+use chunk_sync_core::{ChunkHash, NodeId, Verified};
+use chunk_sync_embassy::{Resources, Runner};
+use chunk_sync_tests::Node as SimNode;
+use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
+use embedded_io_adapters::tokio_1::FromTokio;
+use tokio::net::TcpStream;
+
+type Small = RamStore<64, 65_536>;
+
+fn ram_store(chunks: &SimNode) -> Small {
+    let mut store = Small::new();
+    for bytes in chunks.store.values() {
+        store.insert(Verified::hash_of(bytes)).unwrap();
+    }
+    store
+}
+
+fn tokio_node(id: u64, chunks: &SimNode) -> Node {
+    let mut store = MemStore::new();
+    for (id, bytes) in &chunks.store {
+        store
+            .insert(VerifiedChunk::new(*id, bytes.clone()).unwrap())
+            .unwrap();
+    }
+    Node::new(NodeConfig::new(NodeId(id)), store).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embassy_and_tokio_nodes_converge_both_ways() {
+    let device_log = SimNode::with_log(NodeId(50), 60, 10, 48);
+    let host_log = SimNode::with_log(NodeId(1), 90, 10, 64);
+    let mut union: Vec<ChunkHash> = device_log.ids().into_iter().chain(host_log.ids()).collect();
+    union.sort();
+
+    let host = tokio_node(1, &host_log);
+    let listener = host.listen("127.0.0.1:0").await.unwrap();
+    let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
+
+    let mut resources = Box::new(Resources::<1024, 1024, 8192, 16>::new());
+    let config = Config {
+        max_frame: 1024,
+        window: 4,
+        ..Config::new(NodeId(50))
+    };
+    let mut runner: Runner<'_, _, _, 16, 4> = Runner::new(
+        FromTokio::new(stream),
+        ram_store(&device_log),
+        config,
+        &mut resources,
+    )
+    .unwrap();
+    let report = runner.run().await.unwrap();
+    assert_eq!(
+        report.synced_chunks, 9,
+        "the device fetched the host's chunks"
+    );
+    assert_eq!(report.failed_chunks, 0);
+
+    let device_ids: Vec<ChunkHash> = runner.store().ids().copied().collect();
+    assert_eq!(device_ids, union);
+    for id in &device_ids {
+        let bytes = runner.store().get(id).unwrap();
+        assert_eq!(
+            ChunkHash::of(bytes),
+            *id,
+            "every chunk on the device verifies"
+        );
+    }
+    // The host fetched the device's chunks (its session may finish a moment later).
+    for _ in 0..100 {
+        if host.with_store(|s| s.len().unwrap()) == union.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let host_ids = host.with_store(|s| s.page_after(None, 1_000).unwrap().0);
+    assert_eq!(host_ids, union);
+}

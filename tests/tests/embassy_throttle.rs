@@ -1,0 +1,80 @@
+//! The embassy adapter's throttle, checked in embassy's mock time while it serves a tokio
+//! node over loopback TCP. (One file: the mock driver is a process-wide clock.)
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chunk_sync_core::session::Config;
+use chunk_sync_core::store::{ChunkStore, RamStore};
+use chunk_sync_core::{Duration, NodeId, ThrottleConfig, Verified};
+use chunk_sync_embassy::{Resources, Runner};
+use chunk_sync_tests::Node as SimNode;
+use chunk_sync_tokio::{MemStore, Node, NodeConfig};
+use embassy_time::MockDriver;
+use embedded_io_adapters::tokio_1::FromTokio;
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_throttle_holds_in_mock_time() {
+    let device_log = SimNode::with_log(NodeId(50), 300, 10, 64); // 30 chunks, about 30 KB
+    let mut store = RamStore::<64, 65_536>::new();
+    for bytes in device_log.store.values() {
+        store.insert(Verified::hash_of(bytes)).unwrap();
+    }
+    let host = Node::new(NodeConfig::new(NodeId(1)), MemStore::new()).unwrap();
+    let listener = host.listen("127.0.0.1:0").await.unwrap();
+    let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
+
+    // Mock time runs only when this task moves it: 1 ms per step.
+    let done = Arc::new(AtomicBool::new(false));
+    let ticking = done.clone();
+    let clock = tokio::spawn(async move {
+        while !ticking.load(Ordering::Relaxed) {
+            MockDriver::get().advance(embassy_time::Duration::from_millis(1));
+            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
+        }
+    });
+
+    let rate = 10_000;
+    let throttle = ThrottleConfig {
+        max_bytes_per_sec: rate,
+        window_duration: Duration::from_millis(100),
+    };
+    let config = Config {
+        max_frame: 1024,
+        throttle,
+        ..Config::new(NodeId(50))
+    };
+    let mut resources = Box::new(Resources::<1024, 1024, 8192, 16>::new());
+    let mut runner: Runner<'_, _, _, 16, 4> =
+        Runner::new(FromTokio::new(stream), store, config, &mut resources).unwrap();
+    let report = runner.run().await.unwrap();
+    done.store(true, Ordering::Relaxed);
+    clock.await.unwrap();
+
+    let sent = report.stats.bytes_sent;
+    let took_us = report.elapsed.as_micros();
+    let paced = rate * took_us / 1_000_000;
+    // At most one window's budget (1,000 bytes) and one frame ahead of the rate, plus a step.
+    assert!(
+        paced <= sent + rate / 1_000,
+        "{sent} bytes in {took_us} µs of mock time"
+    );
+    assert!(
+        sent <= paced + 1_000 + 1_024 + rate / 1_000,
+        "{sent} bytes in {took_us} µs of mock time"
+    );
+    assert!(sent > 20_000, "the device served its log: {sent} bytes");
+    let total: usize = device_log.store.values().map(Vec::len).sum();
+    for _ in 0..100 {
+        if host.with_store(|s| s.len().unwrap()) == device_log.store.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        host.with_store(|s| s.cache_size_bytes()),
+        total,
+        "the host stored every chunk"
+    );
+}
