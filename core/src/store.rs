@@ -55,6 +55,30 @@ pub trait ChunkStore {
     fn chunk_count(&self) -> Result<usize, Self::Error>;
 }
 
+/// A borrowed store is a store, so that a driver can use one it does not own.
+impl<S: ChunkStore + ?Sized> ChunkStore for &mut S {
+    type Error = S::Error;
+
+    fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, Self::Error> {
+        (**self).insert(chunk)
+    }
+    fn contains(&self, id: &ChunkHash) -> Result<bool, Self::Error> {
+        (**self).contains(id)
+    }
+    fn chunk_len(&self, id: &ChunkHash) -> Result<Option<usize>, Self::Error> {
+        (**self).chunk_len(id)
+    }
+    fn read_into(&mut self, id: &ChunkHash, buf: &mut [u8]) -> Result<Option<usize>, ReadError<Self::Error>> {
+        (**self).read_into(id, buf)
+    }
+    fn ids_after(&self, after: Option<&ChunkHash>, out: &mut [ChunkHash]) -> Result<usize, Self::Error> {
+        (**self).ids_after(after, out)
+    }
+    fn chunk_count(&self) -> Result<usize, Self::Error> {
+        (**self).chunk_count()
+    }
+}
+
 /// Why [`ChunkStore::read_into`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
