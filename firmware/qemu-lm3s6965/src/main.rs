@@ -80,6 +80,38 @@ fn write_log(store: &mut Store) -> usize {
     store.chunk_count().unwrap_or(0)
 }
 
+/// The core's golden chunk (`core/src/chunk/tests.rs`), sealed on this target: the same
+/// events must give the same hash on every architecture.
+fn golden_chunk_matches() -> bool {
+    const GOLDEN: &str = "acfccfc27ba55cb70083868fb9a75b08d9b148837afb046969eaebc98a323654";
+    let mut buf = [0u8; 256];
+    let Ok(mut chunker) = Chunker::new(NodeId(7), 4, 0, &mut buf) else {
+        return false;
+    };
+    for seq in 0..3u64 {
+        let payload = [seq as u8; 2];
+        let event = Event {
+            origin: NodeId(7),
+            seq,
+            timestamp: 1_000 + seq,
+            kind: "t",
+            privacy: if seq == 1 {
+                Privacy::Shareable
+            } else {
+                Privacy::Public
+            },
+            payload: &payload,
+        };
+        if chunker.push(&event) != Ok(Push::Added) {
+            return false;
+        }
+    }
+    match (chunker.seal(), GOLDEN.parse::<ChunkHash>()) {
+        (Some(sealed), Ok(golden)) => sealed.id == golden,
+        _ => false,
+    }
+}
+
 /// Every stored chunk still hashes to its name.
 fn all_verified(store: &mut Store) -> bool {
     let mut ids = [ChunkHash::default(); 32];
@@ -95,6 +127,13 @@ fn all_verified(store: &mut Store) -> bool {
 
 #[embassy_executor::task]
 async fn device() {
+    hprintln!(
+        "chunk-sync firmware: RAM of Session<8, 4> {} B, RamStore<32, 16384> {} B, Resources<1024, 1024, 4096, 8> {} B, Throttle {} B",
+        core::mem::size_of::<chunk_sync_core::session::Session<8, 4>>(),
+        core::mem::size_of::<Store>(),
+        core::mem::size_of::<Resources<1024, 1024, 4096, 8>>(),
+        core::mem::size_of::<chunk_sync_core::Throttle>()
+    );
     let store = STORE.init(RamStore::new());
     let own = write_log(store);
     let config = Config {
@@ -124,17 +163,20 @@ async fn device() {
     drop(runner);
     let held = store.chunk_count().unwrap_or(0);
     let verified = all_verified(store);
+    let golden = golden_chunk_matches();
     hprintln!(
-        "chunk-sync firmware: sealed {} chunks, fetched {} ({} bytes), failed {}, store holds {} chunks, all verified: {}, in {} ms",
+        "chunk-sync firmware: sealed {} chunks, fetched {} ({} bytes), failed {}, store holds {} chunks, all verified: {}, golden chunk hash matches: {}, in {} ms",
         own,
         report.synced_chunks,
         report.bytes_transferred,
         report.failed_chunks,
         held,
         verified,
+        golden,
         report.elapsed.as_millis()
     );
-    let converged = verified
+    let converged = golden
+        && verified
         && report.failed_chunks == 0
         && report.synced_chunks > 0
         && held == own + report.synced_chunks as usize;
