@@ -68,10 +68,18 @@ impl<S: ChunkStore + ?Sized> ChunkStore for &mut S {
     fn chunk_len(&self, id: &ChunkHash) -> Result<Option<usize>, Self::Error> {
         (**self).chunk_len(id)
     }
-    fn read_into(&mut self, id: &ChunkHash, buf: &mut [u8]) -> Result<Option<usize>, ReadError<Self::Error>> {
+    fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError<Self::Error>> {
         (**self).read_into(id, buf)
     }
-    fn ids_after(&self, after: Option<&ChunkHash>, out: &mut [ChunkHash]) -> Result<usize, Self::Error> {
+    fn ids_after(
+        &self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, Self::Error> {
         (**self).ids_after(after, out)
     }
     fn chunk_count(&self) -> Result<usize, Self::Error> {

@@ -11,12 +11,13 @@ mod time_driver;
 mod uart;
 
 use chunk_sync_core::chunk::{Chunker, Push};
-use chunk_sync_core::session::Config;
+use chunk_sync_core::session::{Config, Error as SessionError};
 use chunk_sync_core::store::{ChunkStore, RamStore};
 use chunk_sync_core::{ChunkHash, Duration, Event, NodeId, Privacy};
 use chunk_sync_embassy::{Resources, Runner};
 use cortex_m_semihosting::{debug, hprintln};
 use embassy_executor::{Executor, Spawner};
+use embassy_time::Timer;
 use static_cell::StaticCell;
 
 /// This device's node id.
@@ -143,7 +144,40 @@ async fn device() {
         ..Config::new(DEVICE)
     };
     let resources = RESOURCES.init(Resources::new());
-    let runner = Runner::<_, _, 8, 4>::new(uart::Uart0::new(), &mut *store, config, resources);
+    let mut uart = uart::Uart0::new();
+
+    // First session: the host garbles a frame on purpose. The device must refuse it with a
+    // typed error, keep its store intact and be able to sync again.
+    let first = match Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, &mut *resources) {
+        Ok(mut runner) => runner.run().await,
+        Err(e) => {
+            hprintln!("chunk-sync firmware: bad configuration: {}", e);
+            halt()
+        }
+    };
+    match first {
+        Err(chunk_sync_embassy::Error::Protocol(SessionError::Frame(e))) => {
+            hprintln!(
+                "chunk-sync firmware: refused a garbled frame ({}); store intact: {}",
+                e,
+                store.chunk_count() == Ok(own)
+            );
+        }
+        other => {
+            hprintln!(
+                "chunk-sync firmware: expected a garbled frame, got {:?}",
+                other.map(|r| r.synced_chunks)
+            );
+            halt()
+        }
+    }
+    if store.chunk_count() != Ok(own) {
+        halt()
+    }
+    // Let the host see the error frame before the next Hello.
+    Timer::after_millis(200).await;
+
+    let runner = Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, resources);
     let mut runner = match runner {
         Ok(runner) => runner,
         Err(e) => {

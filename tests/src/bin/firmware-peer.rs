@@ -9,8 +9,52 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chunk_sync_core::NodeId;
+use chunk_sync_core::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads frames until `want` accepts one; returns what it returned.
+async fn read_until<T>(
+    stream: &mut TcpStream,
+    mut want: impl FnMut(&Message<'_>) -> Option<T>,
+) -> Result<T, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        while let Ok(Decoded::Frame { message, len }) = wire::decode(&buf, MAX_FRAME_LIMIT) {
+            if let Some(found) = want(&message) {
+                return Ok(found);
+            }
+            buf.drain(..len);
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
+            .await
+            .map_err(|_| "the device went silent".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the device closed the line".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits for the device's Hello, sends one frame whose body is not a message, and waits
+/// for the device's Error frame; returns its code.
+async fn garble(stream: &mut TcpStream) -> Result<u16, String> {
+    read_until(stream, |m| matches!(m, Message::Hello(_)).then_some(())).await?;
+    // A complete frame (5-byte body) with an unknown message tag.
+    stream
+        .write_all(&[5, 0, 0, 0, 0xee, 1, 2, 3, 4])
+        .await
+        .map_err(|e| e.to_string())?;
+    read_until(stream, |m| match m {
+        Message::Error { code, .. } => Some(code.0),
+        _ => None,
+    })
+    .await
+}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -21,12 +65,21 @@ async fn main() -> ExitCode {
     let log = SimNode::with_log(NodeId(1), 30, 10, 24);
     let mut store = MemStore::new();
     for (id, bytes) in &log.store {
-        if store.insert(VerifiedChunk::new(*id, bytes.clone()).expect("own chunks verify")).is_err() {
+        if store
+            .insert(VerifiedChunk::new(*id, bytes.clone()).expect("own chunks verify"))
+            .is_err()
+        {
             return ExitCode::FAILURE;
         }
     }
     let own = log.store.len();
-    let node = match Node::new(NodeConfig { max_chunk_len: 4096, ..NodeConfig::new(NodeId(1)) }, store) {
+    let node = match Node::new(
+        NodeConfig {
+            max_chunk_len: 4096,
+            ..NodeConfig::new(NodeId(1))
+        },
+        store,
+    ) {
         Ok(node) => node,
         Err(e) => {
             eprintln!("firmware-peer: {e}");
@@ -36,7 +89,7 @@ async fn main() -> ExitCode {
     // QEMU accepts the connection once it is listening.
     let mut stream = None;
     for _ in 0..100 {
-        if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+        if let Ok(s) = TcpStream::connect(&addr).await {
             stream = Some(s);
             break;
         }
@@ -46,7 +99,19 @@ async fn main() -> ExitCode {
         eprintln!("firmware-peer: cannot reach the device at {addr}");
         return ExitCode::FAILURE;
     };
-    let report = match tokio::time::timeout(Duration::from_secs(120), node.sync_over(stream)).await {
+    let mut stream = stream;
+    // First, a garbled frame: the device must refuse it with an error frame, then sync again.
+    match garble(&mut stream).await {
+        Ok(code) => {
+            println!("firmware-peer: the device refused a garbled frame with error code {code}")
+        }
+        Err(e) => {
+            eprintln!("firmware-peer: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let report = match tokio::time::timeout(Duration::from_secs(120), node.sync_over(stream)).await
+    {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
             eprintln!("firmware-peer: sync failed: {e}");
@@ -62,7 +127,10 @@ async fn main() -> ExitCode {
         "firmware-peer: fetched {} chunks ({} bytes) from {:?}; holds {held} chunks ({own} of its own)",
         report.progress.synced_chunks, report.progress.bytes_transferred, report.peer
     );
-    if report.progress.synced_chunks > 0 && report.failed.is_empty() && held == own + report.progress.synced_chunks as usize {
+    if report.progress.synced_chunks > 0
+        && report.failed.is_empty()
+        && held == own + report.progress.synced_chunks as usize
+    {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
