@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 
 type Small = RamStore<64, 65_536>;
 
-fn ram_store(chunks: &SimNode) -> Small {
-    let mut store = Small::new();
+/// Boxed: 64 KiB is too much to move around a debug build's test stack.
+fn ram_store(chunks: &SimNode) -> Box<Small> {
+    let mut store = Box::new(Small::new());
     for bytes in chunks.store.values() {
         store.insert(Verified::hash_of(bytes)).unwrap();
     }
@@ -48,14 +49,20 @@ async fn embassy_and_tokio_nodes_converge_both_ways() {
         window: 4,
         ..Config::new(NodeId(50))
     };
-    let mut runner: Runner<'_, _, _, 16, 4> = Runner::new(
+    let mut device_store = ram_store(&device_log);
+    let (handle, mut runner): (_, Runner<'_, _, _, 16, 4>) = Runner::new(
         FromTokio::new(stream),
-        ram_store(&device_log),
+        &mut *device_store,
         config,
         &mut resources,
     )
     .unwrap();
     let report = runner.run().await.unwrap();
+    let progress = handle.progress();
+    assert!(
+        progress.finished && progress.synced_chunks == report.synced_chunks,
+        "{progress:?}"
+    );
     assert_eq!(
         report.synced_chunks, 9,
         "the device fetched the host's chunks"

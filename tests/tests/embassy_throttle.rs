@@ -17,7 +17,8 @@ use tokio::net::TcpStream;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_throttle_holds_in_mock_time() {
     let device_log = SimNode::with_log(NodeId(50), 300, 10, 64); // 30 chunks, about 30 KB
-    let mut store = RamStore::<64, 65_536>::new();
+    // Boxed: 64 KiB is too much to move around a debug build's test stack.
+    let mut store = Box::new(RamStore::<64, 65_536>::new());
     for bytes in device_log.store.values() {
         store.insert(Verified::hash_of(bytes)).unwrap();
     }
@@ -46,8 +47,8 @@ async fn the_device_throttle_holds_in_mock_time() {
         ..Config::new(NodeId(50))
     };
     let mut resources = Box::new(Resources::<1024, 1024, 8192, 16>::new());
-    let mut runner: Runner<'_, _, _, 16, 4> =
-        Runner::new(FromTokio::new(stream), store, config, &mut resources).unwrap();
+    let (_handle, mut runner): (_, Runner<'_, _, _, 16, 4>) =
+        Runner::new(FromTokio::new(stream), &mut *store, config, &mut resources).unwrap();
     let report = runner.run().await.unwrap();
     done.store(true, Ordering::Relaxed);
     clock.await.unwrap();

@@ -5,7 +5,9 @@
 //! UART, …) with `embassy_time` as the clock, answering the session from any core
 //! [`ChunkStore`](chunk_sync_core::store::ChunkStore) (for example a `RamStore`). Memory
 //! comes from caller-owned [`Resources`] with a `const fn new()`, so everything can live in
-//! a `static`; nothing is allocated.
+//! a `static`; nothing is allocated. As in embassy-net, [`Runner::new`] returns a `Copy`
+//! [`Handle`] (progress, stop) and the [`Runner`], whose [`run`](Runner::run) must be
+//! awaited, typically in a task of its own.
 //!
 //! The library picks no time driver, tick rate or timer queue: the application does.
 //!
@@ -19,10 +21,12 @@
 pub use chunk_sync_core as core;
 
 mod error;
+mod handle;
 mod resources;
 mod runner;
 mod time;
 
 pub use error::Error;
+pub use handle::{Handle, Progress};
 pub use resources::Resources;
 pub use runner::{Report, Runner};

@@ -2,13 +2,16 @@
 
 use chunk_sync_core::ChunkHash;
 
+use crate::handle::Shared;
+
 /// Buffers for one [`Runner`](crate::Runner): `RX` bytes of received frames (at least the
 /// session's `max_frame`), `TX` bytes for frame headers and control frames (at least
 /// `Session::max_transmit_len()`), `CHUNK` bytes each to reassemble one incoming chunk and
 /// to hold the chunk being served (the largest chunk this node sends or accepts), and a
 /// manifest page of `PAGE` hashes.
 ///
-/// Memory: `RX + TX + 2 × CHUNK + 32 × PAGE` bytes. `const fn new()`, so it can be a
+/// Memory: `RX + TX + 2 × CHUNK + 32 × PAGE` bytes and a few dozen for the
+/// [`Handle`](crate::Handle)'s state. `const fn new()`, so it can be a
 /// `static` (for example in a `StaticCell`).
 #[derive(Debug)]
 pub struct Resources<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize> {
@@ -17,6 +20,7 @@ pub struct Resources<const RX: usize, const TX: usize, const CHUNK: usize, const
     pub(crate) incoming: [u8; CHUNK],
     pub(crate) outgoing: [u8; CHUNK],
     pub(crate) page: [ChunkHash; PAGE],
+    pub(crate) shared: Shared,
 }
 
 impl<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize>
@@ -31,6 +35,7 @@ impl<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize>
             incoming: [0; CHUNK],
             outgoing: [0; CHUNK],
             page: [ChunkHash::from_bytes([0; 32]); PAGE],
+            shared: Shared::new(),
         }
     }
 }

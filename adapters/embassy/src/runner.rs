@@ -12,6 +12,7 @@ use embassy_time::Timer;
 use embedded_io_async::{Read, Write};
 
 use crate::error::Error;
+use crate::handle::{Handle, Progress, Shared};
 use crate::resources::Resources;
 use crate::time;
 
@@ -49,6 +50,7 @@ pub struct Runner<'r, IO, S, const PAGE: usize, const REQ: usize> {
     incoming: &'r mut [u8],
     outgoing: &'r mut [u8],
     page: &'r mut [ChunkHash],
+    shared: &'r Shared,
 }
 
 type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as ChunkStore>::Error>;
@@ -56,7 +58,8 @@ type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as 
 impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
     Runner<'r, IO, S, PAGE, REQ>
 {
-    /// A runner for a session configured by `config`, working in `resources`.
+    /// A runner for a session configured by `config`, working in `resources`, and a handle
+    /// to it.
     ///
     /// The largest chunk accepted is capped at `CHUNK`; the receive buffer must hold one
     /// frame of `config.max_frame` bytes and the transmit buffer
@@ -66,7 +69,7 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
         store: S,
         mut config: Config,
         resources: &'r mut Resources<RX, TX, CHUNK, P>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<(Handle<'r>, Self), ConfigError> {
         if RX < config.max_frame as usize {
             return Err(ConfigError::FrameSize(config.max_frame));
         }
@@ -80,17 +83,29 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
             u32::try_from(CHUNK).unwrap_or(u32::MAX),
         );
         let session = Session::new(config, time::now())?;
-        Ok(Self {
+        let Resources {
+            rx,
+            tx,
+            incoming,
+            outgoing,
+            page,
+            shared,
+        } = resources;
+        shared.reset();
+        let shared: &'r Shared = shared;
+        let runner = Self {
             io,
             store,
             session,
-            rx: &mut resources.rx,
+            rx,
             filled: 0,
-            tx: &mut resources.tx,
-            incoming: &mut resources.incoming,
-            outgoing: &mut resources.outgoing,
-            page: &mut resources.page,
-        })
+            tx,
+            incoming,
+            outgoing,
+            page,
+            shared,
+        };
+        Ok((Handle::new(shared), runner))
     }
 
     /// The store, for reading what the session stored.
@@ -108,6 +123,9 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
         let started = embassy_time::Instant::now();
         loop {
             let now = time::now();
+            if self.shared.stop_requested() {
+                self.session.abort();
+            }
             self.feed_input(now)?;
             let mut answered = self.answer_events()?;
             self.transmit(now).await?;
@@ -115,6 +133,7 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
             if answered {
                 continue;
             }
+            self.publish();
             if self.session.is_closed() {
                 return match self.session.error() {
                     Some(e) => Err(Error::Protocol(e)),
@@ -142,6 +161,17 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
                 None => self.session.handle_timeout(time::now()),
             }
         }
+    }
+
+    fn publish(&self) {
+        let p = self.session.progress();
+        self.shared.publish(Progress {
+            total_chunks: p.total_chunks,
+            synced_chunks: p.synced_chunks,
+            failed_chunks: p.failed_chunks,
+            bytes_transferred: p.bytes_transferred,
+            finished: self.session.is_closed(),
+        });
     }
 
     fn report(&self, started: embassy_time::Instant) -> Report {

@@ -149,7 +149,7 @@ async fn device() {
     // First session: the host garbles a frame on purpose. The device must refuse it with a
     // typed error, keep its store intact and be able to sync again.
     let first = match Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, &mut *resources) {
-        Ok(mut runner) => runner.run().await,
+        Ok((_, mut runner)) => runner.run().await,
         Err(e) => {
             hprintln!("chunk-sync firmware: bad configuration: {}", e);
             halt()
@@ -171,8 +171,8 @@ async fn device() {
     Timer::after_millis(200).await;
 
     let runner = Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, resources);
-    let mut runner = match runner {
-        Ok(runner) => runner,
+    let (handle, mut runner) = match runner {
+        Ok(parts) => parts,
         Err(e) => {
             hprintln!("chunk-sync firmware: bad configuration: {}", e);
             debug::exit(debug::EXIT_FAILURE);
@@ -188,6 +188,9 @@ async fn device() {
         }
     };
     drop(runner);
+    if !handle.progress().finished {
+        halt()
+    }
     let held = store.chunk_count().unwrap_or(0);
     let verified = all_verified(store);
     let golden = golden_chunk_matches();
