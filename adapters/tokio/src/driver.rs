@@ -14,9 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::sleep_until;
 use tracing::{debug, warn};
 
-use crate::error::Error;
+use crate::error::{Error, StoreError};
 use crate::node::Shared;
-use crate::store::VerifiedChunk;
+use crate::store::{NodeStore, VerifiedChunk};
 
 /// Manifest page capacity of host sessions.
 pub(crate) const HOST_PAGE: usize = 2048;
@@ -219,16 +219,7 @@ impl Driver<'_> {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.verified);
-        let stored = self
-            .shared
-            .store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert_batch(&batch);
-        if let Err(e) = stored {
-            self.session.abort();
-            return Err(Error::Store(e));
-        }
+        self.with_store(|s| s.insert_batch(&batch))?;
         // Reuse the buffers the store did not keep, rather than fault in fresh memory.
         for chunk in batch {
             if let Ok(buf) = chunk.into_bytes().try_into_mut() {
@@ -237,6 +228,26 @@ impl Driver<'_> {
         }
         self.publish_progress();
         Ok(())
+    }
+
+    /// Runs `f` on the locked store. A store failure aborts the session, so the peer is
+    /// told with an `Error` frame rather than a dropped connection.
+    fn with_store<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn NodeStore) -> Result<R, StoreError>,
+    ) -> Result<R, Error> {
+        let result = f(self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut());
+        result.map_err(|e| self.store_failed(e))
+    }
+
+    fn store_failed(&mut self, e: StoreError) -> Error {
+        self.session.abort();
+        Error::Store(e)
     }
 
     /// Answers the session's events from the store; returns whether there were any.
@@ -265,43 +276,25 @@ impl Driver<'_> {
                     });
                     drop(store);
                     if let Some(e) = failure {
-                        self.session.abort();
-                        return Err(Error::Store(e));
+                        return Err(self.store_failed(e));
                     }
                     debug_assert!(answered.is_ok(), "the event announced lookups");
                     self.publish_progress();
                 }
                 Event::ManifestPageNeeded { after, limit } => {
-                    let page = self
-                        .shared
-                        .store
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .page_after(after.as_ref(), limit);
-                    let (ids, last) = page.map_err(|e| {
-                        self.session.abort();
-                        Error::Store(e)
-                    })?;
+                    let (ids, last) = self.with_store(|s| s.page_after(after.as_ref(), limit))?;
                     // The store returns sorted hashes after the cursor, at most `limit`.
                     let _ = self.session.send_manifest_page(&ids, last);
                 }
-                Event::ChunkRequested { hash } => {
-                    let got = self
-                        .shared
-                        .store
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(&hash);
-                    match got.map_err(Error::Store)? {
-                        Some(bytes) => {
-                            let _ = self.session.serve_chunk(&hash, bytes.len());
-                            self.serving = Some((hash, bytes));
-                        }
-                        None => {
-                            let _ = self.session.chunk_not_found(&hash);
-                        }
+                Event::ChunkRequested { hash } => match self.with_store(|s| s.get(&hash))? {
+                    Some(bytes) => {
+                        let _ = self.session.serve_chunk(&hash, bytes.len());
+                        self.serving = Some((hash, bytes));
                     }
-                }
+                    None => {
+                        let _ = self.session.chunk_not_found(&hash);
+                    }
+                },
                 Event::ChunkFailed { hash, reason } => {
                     warn!(%hash, ?reason, "chunk could not be fetched from this peer");
                     self.failed.push((hash, reason));
