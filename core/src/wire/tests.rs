@@ -117,6 +117,10 @@ fn hash_lists_compare_by_content() {
     };
     assert_eq!(decoded.iter().collect::<Vec<_>>(), ids);
     assert_eq!(decoded.iter().len(), 1);
+    // A decoded list equals a list built from the same hashes, and differs from others.
+    assert_eq!(decoded, HashList::new(&ids));
+    assert_ne!(decoded, HashList::new(&[ChunkHash::from_bytes([8; 32])]));
+    assert_ne!(decoded, HashList::new(&[]));
 }
 
 #[test]
