@@ -1,14 +1,15 @@
 //! A node driven by the embassy adapter (embassy-time mock driver, transport over a tokio
 //! TCP socket through embedded-io-adapters) syncs both ways with a node driven by the tokio
-//! adapter over real loopback TCP.
+//! adapter over real loopback TCP, from a RAM store and from a flash store.
 
 use chunk_sync_core::session::Config;
 use chunk_sync_core::store::{ChunkStore, RamStore};
 use chunk_sync_core::{ChunkHash, NodeId, Verified};
-use chunk_sync_embassy::{Resources, Runner};
+use chunk_sync_embassy::{FlashStore, Resources, Runner, Store};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
 use embedded_io_adapters::tokio_1::FromTokio;
+use sequential_storage::mock_flash::{MockFlashBase, WriteCountCheck};
 use tokio::net::TcpStream;
 
 type Small = RamStore<64, 65_536>;
@@ -17,7 +18,7 @@ type Small = RamStore<64, 65_536>;
 fn ram_store(chunks: &SimNode) -> Box<Small> {
     let mut store = Box::new(Small::new());
     for bytes in chunks.store.values() {
-        store.insert(Verified::hash_of(bytes)).unwrap();
+        ChunkStore::insert(&mut *store, Verified::hash_of(bytes)).unwrap();
     }
     store
 }
@@ -79,7 +80,11 @@ async fn embassy_and_tokio_nodes_converge_both_ways() {
             "every chunk on the device verifies"
         );
     }
-    // The host fetched the device's chunks (its session may finish a moment later).
+    assert_host_holds(&host, &union).await;
+}
+
+/// The host fetched the device's chunks (its session may finish a moment later).
+async fn assert_host_holds(host: &Node, union: &[ChunkHash]) {
     for _ in 0..100 {
         if host.with_store(|s| s.len().unwrap()) == union.len() {
             break;
@@ -88,4 +93,55 @@ async fn embassy_and_tokio_nodes_converge_both_ways() {
     }
     let host_ids = host.with_store(|s| s.page_after(None, 1_000).unwrap().0);
     assert_eq!(host_ids, union);
+}
+
+/// 32 erase pages of 2 KiB.
+type Flash = MockFlashBase<32, 4, 512>;
+type Flashed = FlashStore<Flash, 64, 2048>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_keeping_chunks_in_flash_syncs_and_keeps_them_across_a_restart() {
+    let device_log = SimNode::with_log(NodeId(51), 40, 8, 40);
+    let host_log = SimNode::with_log(NodeId(2), 64, 8, 48);
+    let mut union: Vec<ChunkHash> = device_log.ids().into_iter().chain(host_log.ids()).collect();
+    union.sort();
+
+    let flash = Flash::new(WriteCountCheck::Twice, None, true);
+    let mut store = Flashed::open(flash, Flash::FULL_FLASH_RANGE).await.unwrap();
+    for bytes in device_log.store.values() {
+        assert!(store.insert(Verified::hash_of(bytes)).await.unwrap());
+    }
+
+    let host = tokio_node(2, &host_log);
+    let listener = host.listen("127.0.0.1:0").await.unwrap();
+    let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
+    let mut resources = Box::new(Resources::<1024, 1024, 2048, 16>::new());
+    let config = Config {
+        max_frame: 512,
+        window: 4,
+        ..Config::new(NodeId(51))
+    };
+    let (_, mut runner): (_, Runner<'_, _, _, 16, 4>) =
+        Runner::new(FromTokio::new(stream), &mut store, config, &mut resources).unwrap();
+    let report = runner.run().await.unwrap();
+    drop(runner);
+    assert_eq!(
+        report.synced_chunks, 8,
+        "the device fetched the host's chunks"
+    );
+    assert_eq!(report.failed_chunks, 0);
+    assert_eq!(store.ids(), &union[..]);
+    assert_host_holds(&host, &union).await;
+
+    // Power off and on: the store reopens from flash with every chunk, each verified.
+    let mut store = Flashed::open(store.into_flash(), Flash::FULL_FLASH_RANGE)
+        .await
+        .unwrap();
+    assert_eq!(store.ids(), &union[..]);
+    assert_eq!(store.discarded(), 0);
+    let mut buf = [0; 2048];
+    for id in &union {
+        let len = store.read_into(id, &mut buf).await.unwrap().unwrap();
+        assert_eq!(ChunkHash::of(&buf[..len]), *id);
+    }
 }

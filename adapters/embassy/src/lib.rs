@@ -2,8 +2,10 @@
 //!
 //! A [`Runner`] drives the core's sans-IO [`Session`](chunk_sync_core::session::Session)
 //! over any `embedded_io_async::{Read, Write}` transport (an embassy-net `TcpSocket`, a
-//! UART, …) with `embassy_time` as the clock, answering the session from any core
-//! [`ChunkStore`](chunk_sync_core::store::ChunkStore) (for example a `RamStore`). Memory
+//! UART, …) with `embassy_time` as the clock, answering the session from a [`Store`]: any
+//! core [`ChunkStore`](chunk_sync_core::store::ChunkStore) (for example a `RamStore`) is
+//! one, and with the `flash` feature `FlashStore` keeps chunks in NOR flash, power-fail
+//! safe (documented when that feature is on). Memory
 //! comes from caller-owned [`Resources`] with a `const fn new()`, so everything can live in
 //! a `static`; nothing is allocated. As in embassy-net, [`Runner::new`] returns a `Copy`
 //! [`Handle`] (progress, stop) and the [`Runner`], whose [`run`](Runner::run) must be
@@ -18,15 +20,24 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(test)]
+extern crate std;
+
 pub use chunk_sync_core as core;
 
 mod error;
+#[cfg(feature = "flash")]
+mod flash;
 mod handle;
 mod resources;
 mod runner;
+mod store;
 mod time;
 
 pub use error::Error;
+#[cfg(feature = "flash")]
+pub use flash::{FlashStore, FlashStoreError};
 pub use handle::{Handle, Progress};
 pub use resources::Resources;
 pub use runner::{Report, Runner};
+pub use store::Store;

@@ -5,7 +5,7 @@
 use core::cmp::min;
 
 use chunk_sync_core::session::{Config, ConfigError, Error as SessionError, Event, Session, Stats};
-use chunk_sync_core::store::{ChunkStore, ReadError};
+use chunk_sync_core::store::ReadError;
 use chunk_sync_core::{ChunkHash, Instant};
 use embassy_futures::select::{Either, select};
 use embassy_time::Timer;
@@ -14,6 +14,7 @@ use embedded_io_async::{Read, Write};
 use crate::error::Error;
 use crate::handle::{Handle, Progress, Shared};
 use crate::resources::Resources;
+use crate::store::Store;
 use crate::time;
 
 /// What a finished session did.
@@ -53,9 +54,9 @@ pub struct Runner<'r, IO, S, const PAGE: usize, const REQ: usize> {
     shared: &'r Shared,
 }
 
-type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as ChunkStore>::Error>;
+type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as Store>::Error>;
 
-impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
+impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
     Runner<'r, IO, S, PAGE, REQ>
 {
     /// A runner for a session configured by `config`, working in `resources`, and a handle
@@ -126,10 +127,10 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
             if self.shared.stop_requested() {
                 self.session.abort();
             }
-            self.feed_input(now)?;
-            let mut answered = self.answer_events()?;
+            self.feed_input(now).await?;
+            let mut answered = self.answer_events().await?;
             self.transmit(now).await?;
-            answered |= self.answer_events()?;
+            answered |= self.answer_events().await?;
             if answered {
                 continue;
             }
@@ -187,7 +188,7 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
     }
 
     /// Feeds every whole frame received to the session, reassembling and storing chunks.
-    fn feed_input(&mut self, now: Instant) -> Result<(), RunError<IO, S>> {
+    async fn feed_input(&mut self, now: Instant) -> Result<(), RunError<IO, S>> {
         let mut start = 0;
         while start < self.filled {
             let Ok(handled) = self.session.handle_input(now, &self.rx[start..self.filled]) else {
@@ -212,7 +213,7 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
             start += handled.consumed;
             if let Some(len) = complete {
                 if let Ok(verified) = self.session.finish_chunk(&self.incoming[..len]) {
-                    if let Err(e) = self.store.insert(verified) {
+                    if let Err(e) = self.store.insert(verified).await {
                         self.session.abort();
                         return Err(Error::Store(e));
                     }
@@ -225,30 +226,35 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
     }
 
     /// Answers the session's events from the store; returns whether there were any.
-    fn answer_events(&mut self) -> Result<bool, RunError<IO, S>> {
+    async fn answer_events(&mut self) -> Result<bool, RunError<IO, S>> {
         let mut any = false;
         while let Some(event) = self.session.poll_event() {
             any = true;
             match event {
                 Event::LookupNeeded => {
-                    let mut failure = None;
-                    let store = &self.store;
-                    let _ = self.session.resolve_lookups(|id| {
-                        store.contains(id).unwrap_or_else(|e| {
-                            failure = Some(e);
-                            true
-                        })
-                    });
-                    if let Some(e) = failure {
-                        self.session.abort();
-                        return Err(Error::Store(e));
+                    // One answer per hash of the page, asked of the store before the
+                    // session is told (the store may wait on flash).
+                    let mut have = [false; PAGE];
+                    for (slot, id) in have.iter_mut().zip(self.session.lookups()) {
+                        match self.store.contains(id).await {
+                            Ok(found) => *slot = found,
+                            Err(e) => {
+                                self.session.abort();
+                                return Err(Error::Store(e));
+                            }
+                        }
                     }
+                    let mut answers = have.iter();
+                    let _ = self
+                        .session
+                        .resolve_lookups(|_| answers.next().copied().unwrap_or(true));
                 }
                 Event::ManifestPageNeeded { after, limit } => {
                     let limit = min(limit, self.page.len());
                     let n = match self
                         .store
                         .ids_after(after.as_ref(), &mut self.page[..limit])
+                        .await
                     {
                         Ok(n) => n,
                         Err(e) => {
@@ -260,7 +266,7 @@ impl<'r, IO: Read + Write, S: ChunkStore, const PAGE: usize, const REQ: usize>
                     let _ = self.session.send_manifest_page(&self.page[..n], n < limit);
                 }
                 Event::ChunkRequested { hash } => {
-                    match self.store.read_into(&hash, self.outgoing) {
+                    match self.store.read_into(&hash, self.outgoing).await {
                         Ok(Some(len)) => {
                             let _ = self.session.serve_chunk(&hash, len);
                         }

@@ -1,0 +1,339 @@
+//! [`FlashStore`]: verified chunks kept in NOR flash, surviving power loss.
+//!
+//! Chunks are items of a `sequential-storage` map keyed by their hash. That crate writes
+//! append-only with a CRC over every item header and body, so a write cut by a power loss
+//! leaves either the whole item or one that is skipped when read; its pages are reused in
+//! turn (wear levelling). On top of it this store keeps the sorted hashes in RAM, so that
+//! `contains` and manifest pages never scan flash, and checks every chunk against its hash
+//! when it opens.
+
+use core::fmt;
+use core::ops::Range;
+
+use chunk_sync_core::store::ReadError;
+use chunk_sync_core::{ChunkHash, InsufficientSize, Verified};
+use embedded_storage_async::nor_flash::NorFlash;
+use sequential_storage::cache::{Cache, Uncached};
+use sequential_storage::map::{MapConfig, MapStorage};
+
+use crate::store::Store;
+
+type Map<F> = MapStorage<[u8; 32], F, Cache<Uncached, Uncached, Uncached, [u8; 32]>>;
+
+/// The working buffer handed to `sequential-storage`. Some flash peripherals write from
+/// word-aligned RAM only, hence the alignment.
+#[repr(C, align(4))]
+struct Buffer<const BUF: usize>([u8; BUF]);
+
+/// A chunk store in NOR flash (`embedded-storage-async`), power-fail safe.
+///
+/// Capacities:
+/// - `N`: chunks the store can hold; their hashes live in RAM (`32 × N` bytes), sorted.
+/// - `BUF`: bytes of the working buffer, which holds one stored item (the 32-byte key and
+///   the chunk, rounded to the flash word); the largest chunk is
+///   [`max_chunk_len`](Self::max_chunk_len). A chunk must also fit in one flash page
+///   after the page and item headers.
+/// - the flash range given to [`open`](Self::open): at least two erase pages; chunk
+///   bytes beyond it make [`insert`](Store::insert) fail with
+///   [`FlashStoreError::Full`].
+///
+/// RAM: `32 × N + BUF` bytes and a few words. Chunks are never overwritten or removed
+/// one by one ([`erase`](Self::erase) clears the range).
+///
+/// What it promises: a chunk for which `insert` returned `Ok` is there after any power
+/// loss; an interrupted `insert` leaves the chunk either whole or absent; after a failed
+/// `insert` the store works on (or, if the flash itself failed, works again once
+/// reopened). Cancelling an `insert` future mid-way has the effect of a power loss.
+pub struct FlashStore<F: NorFlash, const N: usize, const BUF: usize> {
+    map: Map<F>,
+    index: heapless::Vec<ChunkHash, N>,
+    buf: Buffer<BUF>,
+    discarded: usize,
+}
+
+impl<F: NorFlash, const N: usize, const BUF: usize> fmt::Debug for FlashStore<F, N, BUF> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlashStore")
+            .field("chunks", &self.index.len())
+            .field("capacity", &N)
+            .field("max_chunk_len", &Self::max_chunk_len())
+            .field("discarded", &self.discarded)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a [`FlashStore`] call failed. Nothing stored before the call is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum FlashStoreError<E> {
+    /// The flash driver failed.
+    Flash(E),
+    /// The flash range has no room left for this chunk.
+    Full,
+    /// The store already holds its `N` chunks (or, on open, the flash holds more).
+    IndexFull {
+        /// The capacity `N`.
+        capacity: usize,
+    },
+    /// The chunk is larger than the working buffer or a flash page can hold.
+    ChunkTooLarge {
+        /// The chunk's length.
+        len: usize,
+        /// [`FlashStore::max_chunk_len`].
+        max: usize,
+    },
+    /// The flash range is not aligned to erase pages or is smaller than two pages.
+    BadRange,
+    /// The flash holds data the store cannot read back (damage that
+    /// `sequential-storage` could not repair), or lost a chunk it had stored.
+    Corrupted,
+}
+
+impl<E: fmt::Debug> fmt::Display for FlashStoreError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Flash(e) => write!(f, "flash error: {e:?}"),
+            Self::Full => f.write_str("flash store is full"),
+            Self::IndexFull { capacity } => {
+                write!(f, "flash store holds its capacity of {capacity} chunks")
+            }
+            Self::ChunkTooLarge { len, max } => {
+                write!(f, "chunk of {len} bytes exceeds the flash store's {max}")
+            }
+            Self::BadRange => f.write_str("flash range must be at least two whole erase pages"),
+            Self::Corrupted => f.write_str("flash store is corrupted"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for FlashStoreError<E> {}
+
+impl<E> FlashStoreError<E> {
+    fn from_storage(e: sequential_storage::Error<E>, len: usize, max: usize) -> Self {
+        use sequential_storage::Error as S;
+        match e {
+            S::Storage { value, .. } => Self::Flash(value),
+            S::FullStorage => Self::Full,
+            S::ItemTooBig | S::BufferTooSmall(_) => Self::ChunkTooLarge { len, max },
+            _ => Self::Corrupted,
+        }
+    }
+}
+
+type Result<T, F> = core::result::Result<
+    T,
+    FlashStoreError<<F as embedded_storage_async::nor_flash::ErrorType>::Error>,
+>;
+
+impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
+    /// The largest chunk this store accepts, from `BUF` and the flash word size (a flash
+    /// page of the range may cap it further; [`insert`](Store::insert) then reports
+    /// [`FlashStoreError::ChunkTooLarge`]).
+    #[must_use]
+    pub const fn max_chunk_len() -> usize {
+        (BUF / F::WRITE_SIZE * F::WRITE_SIZE).saturating_sub(32)
+    }
+
+    /// Opens the store kept in `range` of `flash`, empty flash included: reads every
+    /// item once, checks each chunk against its hash and indexes the good ones. An item
+    /// whose bytes do not match its hash is left out and counted by
+    /// [`discarded`](Self::discarded).
+    ///
+    /// # Errors
+    /// [`FlashStoreError::BadRange`], [`FlashStoreError::IndexFull`] when the flash holds
+    /// more than `N` chunks, or a flash failure.
+    pub async fn open(flash: F, range: Range<u32>) -> Result<Self, F> {
+        let config = MapConfig::try_new(range).map_err(|_| FlashStoreError::BadRange)?;
+        let mut store = Self {
+            map: MapStorage::new(flash, config, Cache::new_uncached()),
+            index: heapless::Vec::new(),
+            buf: Buffer([0; BUF]),
+            discarded: 0,
+        };
+        store.rebuild_index().await?;
+        Ok(store)
+    }
+
+    async fn rebuild_index(&mut self) -> Result<(), F> {
+        let max = Self::max_chunk_len();
+        let from = |e| FlashStoreError::from_storage(e, 0, max);
+        let buf = &mut self.buf.0;
+        // Reading through the map's repairing path first mends what a power cut left
+        // half-written (the item walk below does not repair); the probe key is no chunk's.
+        self.map
+            .fetch_item::<&[u8]>(buf, &[0; 32])
+            .await
+            .map_err(from)?;
+        let mut items = self.map.fetch_all_items(buf).await.map_err(from)?;
+        while let Some((key, bytes)) = items.next::<&[u8]>(buf).await.map_err(from)? {
+            let id = ChunkHash::from_bytes(key);
+            if !id.matches(bytes) {
+                self.discarded += 1;
+                continue;
+            }
+            // The same chunk may appear twice if it was stored again after a power loss.
+            if let Err(at) = self.index.binary_search(&id) {
+                self.index
+                    .insert(at, id)
+                    .map_err(|_| FlashStoreError::IndexFull { capacity: N })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Items found at [`open`](Self::open) whose bytes did not match their hash; they are
+    /// not served, and storing the chunk again supersedes them.
+    #[must_use]
+    pub const fn discarded(&self) -> usize {
+        self.discarded
+    }
+
+    /// Number of chunks stored (no flash access).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether the store holds no chunk.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The stored hashes, ascending (no flash access).
+    #[must_use]
+    pub fn ids(&self) -> &[ChunkHash] {
+        &self.index
+    }
+
+    /// Erases the whole flash range: every chunk is gone.
+    ///
+    /// # Errors
+    /// A flash failure; the store is then empty in RAM and should be reopened.
+    pub async fn erase(&mut self) -> Result<(), F> {
+        self.index.clear();
+        self.discarded = 0;
+        self.map
+            .erase_all()
+            .await
+            .map_err(|e| FlashStoreError::from_storage(e, 0, Self::max_chunk_len()))
+    }
+
+    /// Gives the flash back (for example to reopen it after a simulated power loss).
+    pub fn into_flash(self) -> F {
+        self.map.destroy().0
+    }
+}
+
+impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, BUF> {
+    type Error = FlashStoreError<F::Error>;
+
+    async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, F> {
+        let id = chunk.id();
+        let Err(at) = self.index.binary_search(&id) else {
+            return Ok(false);
+        };
+        let (len, max) = (chunk.bytes().len(), Self::max_chunk_len());
+        if len > max {
+            return Err(FlashStoreError::ChunkTooLarge { len, max });
+        }
+        if self.index.is_full() {
+            return Err(FlashStoreError::IndexFull { capacity: N });
+        }
+        self.map
+            .store_item(&mut self.buf.0, id.as_bytes(), &chunk.bytes())
+            .await
+            .map_err(|e| FlashStoreError::from_storage(e, len, max))?;
+        // Room was checked above.
+        let _ = self.index.insert(at, id);
+        Ok(true)
+    }
+
+    async fn contains(&mut self, id: &ChunkHash) -> Result<bool, F> {
+        Ok(self.index.binary_search(id).is_ok())
+    }
+
+    async fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        out: &mut [u8],
+    ) -> core::result::Result<Option<usize>, ReadError<Self::Error>> {
+        if self.index.binary_search(id).is_err() {
+            return Ok(None);
+        }
+        let max = Self::max_chunk_len();
+        let found = self
+            .map
+            .fetch_item::<&[u8]>(&mut self.buf.0, id.as_bytes())
+            .await
+            .map_err(|e| ReadError::Store(FlashStoreError::from_storage(e, 0, max)))?;
+        // Indexed chunks were checked when stored or opened; flash that lost one is damaged.
+        let bytes = found.ok_or(ReadError::Store(FlashStoreError::Corrupted))?;
+        let dst =
+            out.get_mut(..bytes.len())
+                .ok_or(ReadError::BufferTooSmall(InsufficientSize {
+                    required: bytes.len(),
+                }))?;
+        dst.copy_from_slice(bytes);
+        Ok(Some(bytes.len()))
+    }
+
+    async fn ids_after(
+        &mut self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, F> {
+        let start = match after {
+            None => 0,
+            Some(a) => match self.index.binary_search(a) {
+                Ok(i) => i + 1,
+                Err(i) => i,
+            },
+        };
+        let page = &self.index[start..];
+        let n = page.len().min(out.len());
+        out[..n].copy_from_slice(&page[..n]);
+        Ok(n)
+    }
+
+    async fn chunk_count(&mut self) -> Result<usize, F> {
+        Ok(self.index.len())
+    }
+}
+
+/// A borrowed flash store is a store, so that one store can serve session after session.
+impl<F: NorFlash, const N: usize, const BUF: usize> Store for &mut FlashStore<F, N, BUF> {
+    type Error = FlashStoreError<F::Error>;
+
+    async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, F> {
+        (**self).insert(chunk).await
+    }
+
+    async fn contains(&mut self, id: &ChunkHash) -> Result<bool, F> {
+        (**self).contains(id).await
+    }
+
+    async fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        out: &mut [u8],
+    ) -> core::result::Result<Option<usize>, ReadError<Self::Error>> {
+        (**self).read_into(id, out).await
+    }
+
+    async fn ids_after(
+        &mut self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, F> {
+        (**self).ids_after(after, out).await
+    }
+
+    async fn chunk_count(&mut self) -> Result<usize, F> {
+        (**self).chunk_count().await
+    }
+}
+
+#[cfg(test)]
+mod tests;

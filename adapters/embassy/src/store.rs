@@ -1,0 +1,79 @@
+//! The store a [`Runner`](crate::Runner) answers from: [`Store`], the core's
+//! [`ChunkStore`] with `async` methods, so that a store may wait on flash or another bus.
+//!
+//! Every core `ChunkStore` (a `RamStore`, a `&mut RamStore`, …) is a `Store` as it is;
+//! the `flash` feature adds [`FlashStore`](crate::FlashStore).
+
+use core::fmt;
+
+use chunk_sync_core::store::{ChunkStore, ReadError};
+use chunk_sync_core::{ChunkHash, Verified};
+
+/// A place that keeps chunks by hash, with `async` methods. The contract is
+/// [`ChunkStore`]'s: only [`Verified`] bytes go in, and a failed call changes nothing
+/// already stored.
+// The futures are polled by the runner's own task, which embassy executors never move to
+// another thread, so they carry no `Send` bound.
+#[allow(async_fn_in_trait)]
+pub trait Store {
+    /// What can go wrong in this store (full, flash, …).
+    type Error: fmt::Debug + fmt::Display;
+
+    /// Keeps a verified chunk. Returns `Ok(true)` if it was new and `Ok(false)` if the
+    /// store had it already.
+    async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, Self::Error>;
+
+    /// Whether the store has the chunk.
+    async fn contains(&mut self, id: &ChunkHash) -> Result<bool, Self::Error>;
+
+    /// Copies the chunk into `buf` and returns its length, or `Ok(None)` if the store does
+    /// not have it.
+    async fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError<Self::Error>>;
+
+    /// Fills `out` with the stored hashes strictly after `after` (from the first if
+    /// `None`), ascending, and returns how many it wrote: one manifest page.
+    async fn ids_after(
+        &mut self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, Self::Error>;
+
+    /// Number of chunks stored.
+    async fn chunk_count(&mut self) -> Result<usize, Self::Error>;
+}
+
+impl<S: ChunkStore> Store for S {
+    type Error = S::Error;
+
+    async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, Self::Error> {
+        ChunkStore::insert(self, chunk)
+    }
+
+    async fn contains(&mut self, id: &ChunkHash) -> Result<bool, Self::Error> {
+        ChunkStore::contains(self, id)
+    }
+
+    async fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError<Self::Error>> {
+        ChunkStore::read_into(self, id, buf)
+    }
+
+    async fn ids_after(
+        &mut self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<usize, Self::Error> {
+        ChunkStore::ids_after(self, after, out)
+    }
+
+    async fn chunk_count(&mut self) -> Result<usize, Self::Error> {
+        ChunkStore::chunk_count(self)
+    }
+}
