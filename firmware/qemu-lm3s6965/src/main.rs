@@ -170,6 +170,35 @@ async fn device() {
     // Let the host see the error frame before the next Hello.
     Timer::after_millis(200).await;
 
+    // Second session: the host sends the start of a frame and falls silent. The device
+    // must give up after its idle timeout with a typed error, its store intact.
+    let impatient = Config {
+        idle_timeout: Duration::from_secs(1),
+        ..config
+    };
+    let second = match Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, impatient, &mut *resources)
+    {
+        Ok((_, mut runner)) => runner.run().await,
+        Err(e) => {
+            hprintln!("chunk-sync firmware: bad configuration: {}", e);
+            halt()
+        }
+    };
+    if let Err(chunk_sync_embassy::Error::Protocol(SessionError::TimedOut)) = second {
+        hprintln!(
+            "chunk-sync firmware: gave up on a silent peer after a truncated frame; store intact: {}",
+            store.chunk_count() == Ok(own)
+        );
+    } else {
+        hprintln!("chunk-sync firmware: the second session should have timed out");
+        halt()
+    }
+    if store.chunk_count() != Ok(own) {
+        halt()
+    }
+    Timer::after_millis(200).await;
+
+    // Third session: a real sync, both ways.
     let runner = Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, resources);
     let (handle, mut runner) = match runner {
         Ok(parts) => parts,

@@ -1,5 +1,6 @@
-//! The host side of the firmware test: a tokio node that syncs with the QEMU device over
-//! its UART bridged to TCP, and checks that it received the device's chunks.
+//! The host side of the firmware test: a tokio node that, over the QEMU device's UART
+//! bridged to TCP, first garbles a frame, then sends a truncated frame and falls silent,
+//! then syncs with the device and checks that it received the device's chunks.
 //!
 //! ```text
 //! firmware-peer 127.0.0.1:PORT
@@ -40,6 +41,26 @@ async fn read_until<T>(
     }
 }
 
+/// Waits for the device's Error frame; returns its code.
+async fn error_frame(stream: &mut TcpStream) -> Result<u16, String> {
+    read_until(stream, |m| match m {
+        Message::Error { code, .. } => Some(code.0),
+        _ => None,
+    })
+    .await
+}
+
+/// Waits for the device's Hello, sends the first 5 bytes of a 40-byte frame and falls
+/// silent; the device must time out and say so; returns the error code.
+async fn truncate_and_fall_silent(stream: &mut TcpStream) -> Result<u16, String> {
+    read_until(stream, |m| matches!(m, Message::Hello(_)).then_some(())).await?;
+    stream
+        .write_all(&[40, 0, 0, 0, 3])
+        .await
+        .map_err(|e| e.to_string())?;
+    error_frame(stream).await
+}
+
 /// Waits for the device's Hello, sends one frame whose body is not a message, and waits
 /// for the device's Error frame; returns its code.
 async fn garble(stream: &mut TcpStream) -> Result<u16, String> {
@@ -49,11 +70,7 @@ async fn garble(stream: &mut TcpStream) -> Result<u16, String> {
         .write_all(&[5, 0, 0, 0, 0xee, 1, 2, 3, 4])
         .await
         .map_err(|e| e.to_string())?;
-    read_until(stream, |m| match m {
-        Message::Error { code, .. } => Some(code.0),
-        _ => None,
-    })
-    .await
+    error_frame(stream).await
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -105,6 +122,16 @@ async fn main() -> ExitCode {
         Ok(code) => {
             println!("firmware-peer: the device refused a garbled frame with error code {code}")
         }
+        Err(e) => {
+            eprintln!("firmware-peer: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    // Then a truncated frame and silence: the device must give up on its own.
+    match truncate_and_fall_silent(&mut stream).await {
+        Ok(code) => println!(
+            "firmware-peer: the device gave up on a truncated frame and silence with error code {code}"
+        ),
         Err(e) => {
             eprintln!("firmware-peer: {e}");
             return ExitCode::FAILURE;
