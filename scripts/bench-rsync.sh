@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Syncs a 256 MiB event log between two chunk-sync processes over loopback TCP, cold and
 # after appending 1%, beside rsync against a local rsync daemon on the same data, in the
-# same run. Prints a Markdown table. Installs rsync if it is missing.
+# same run. Prints a Markdown table of medians. Installs rsync if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,7 @@ EVENTS=${EVENTS:-65536}      # 65536 events of 4000-byte payloads: about 256 MiB
 PAYLOAD=${PAYLOAD:-4000}
 PER_CHUNK=${PER_CHUNK:-256}
 APPEND=$((EVENTS / 100))
+RUNS=${RUNS:-5}
 
 if ! command -v rsync >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq rsync) >/dev/null
@@ -48,14 +49,35 @@ start_server() {
 }
 stop_server() { kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=""; }
 
+# Every timed run starts with the page cache flushed (`sync`), so that no run pays for the
+# writeback of an earlier one; each figure is the median of $RUNS runs.
+timed() {
+  sync
+  local t0 t1
+  t0=$(now)
+  "$@" > "$WORK/last.out"
+  t1=$(now)
+  echo "$(elapsed "$t0" "$t1")"
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
 start_server
-t0=$(now); cs_cold=$("$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/b"); t1=$(now)
-CS_COLD=$(elapsed "$t0" "$t1")
+CS_COLD=$(for _ in $(seq "$RUNS"); do
+  rm -rf "$WORK/b"
+  timed "$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/b"
+done | median)
+CS_COLD_DISK=$(for _ in $(seq "$RUNS"); do
+  rm -rf "$WORK/bd"
+  timed "$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/bd" --durability disk
+done | median)
 stop_server
 "$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/append.jsonl" >/dev/null
 start_server
-t0=$(now); cs_warm=$("$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/b"); t1=$(now)
-CS_WARM=$(elapsed "$t0" "$t1")
+CS_WARM=$(for _ in $(seq "$RUNS"); do
+  rm -rf "$WORK/w" && cp -a "$WORK/b" "$WORK/w"
+  timed "$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/w"
+done | median)
+cs_warm=$(cat "$WORK/last.out")
 stop_server
 CS_WIRE=$(echo "$cs_warm" | sed -E 's/.*wire bytes in ([0-9]+)\].*/\1/')
 NEW_CHUNK_BYTES=$(echo "$cs_warm" | sed -E 's/.*\[chunk bytes ([0-9]+),.*/\1/')
@@ -71,18 +93,27 @@ CONF
 rsync --daemon --no-detach --address 127.0.0.1 --port "$RPORT" --config "$WORK/rsyncd.conf" &
 RSYNCD_PID=$!
 sleep 0.3
-t0=$(now); r_cold=$(rsync -a --stats "rsync://127.0.0.1:$RPORT/data/" "$WORK/dst/"); t1=$(now)
-R_COLD=$(elapsed "$t0" "$t1")
+R_COLD=$(for _ in $(seq "$RUNS"); do
+  rm -rf "$WORK/dst" && mkdir "$WORK/dst"
+  timed rsync -a --stats "rsync://127.0.0.1:$RPORT/data/" "$WORK/dst/"
+done | median)
 cat "$WORK/append.jsonl" >> "$WORK/src/events.jsonl"
-t0=$(now); r_warm=$(rsync -a --stats "rsync://127.0.0.1:$RPORT/data/" "$WORK/dst/"); t1=$(now)
-R_WARM=$(elapsed "$t0" "$t1")
-R_WIRE=$(echo "$r_warm" | awk -F': ' '/Total bytes received/ {gsub(",", "", $2); print $2}')
+R_WARM=$(for _ in $(seq "$RUNS"); do
+  rm -rf "$WORK/dw" && cp -a "$WORK/dst" "$WORK/dw"
+  timed rsync -a --stats "rsync://127.0.0.1:$RPORT/data/" "$WORK/dw/"
+done | median)
+R_WIRE=$(awk -F': ' '/Total bytes received/ {gsub(",", "", $2); print $2}' "$WORK/last.out")
+
+# The disk's own limit for a synced write of the same size.
+DISK=$(timed dd if=/dev/zero of="$WORK/dd" bs=1M count=$((LOG_BYTES >> 20)) conv=fdatasync status=none)
+rm -f "$WORK/dd"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
 cat <<TABLE
 | run | chunk-sync | rsync daemon |
 |---|---:|---:|
 | cold: $(numfmt --to=iec "$LOG_BYTES") log ($EVENTS events) | ${CS_COLD} s | ${R_COLD} s |
+| cold, \`--durability disk\` (every commit synced; \`dd conv=fdatasync\` of the same size: ${DISK} s) | ${CS_COLD_DISK} s | — |
 | after appending 1% ($APPEND events, $(numfmt --to=iec "$APPEND_BYTES") of JSON) | ${CS_WARM} s | ${R_WARM} s |
 | bytes received after the append | ${CS_WIRE} ($(ratio "$CS_WIRE" "$NEW_CHUNK_BYTES")× the ${NEW_CHUNK_BYTES} bytes of new chunks) | ${R_WIRE} ($(ratio "$R_WIRE" "$NEW_CHUNK_BYTES")×) |
 TABLE

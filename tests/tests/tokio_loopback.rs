@@ -261,3 +261,78 @@ async fn fifty_peers_pull_from_one_node_at_once() {
         }
     }
 }
+
+/// A memory store that behaves like a disk: its writes block (the node makes them on a
+/// blocking thread while the transfer goes on) and take a moment.
+struct DiskLike(MemStore);
+
+impl NodeStore for DiskLike {
+    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
+        self.0.contains(id)
+    }
+    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        self.0.get(id)
+    }
+    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+        self.0.insert(chunk)
+    }
+    fn insert_batch(&mut self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        std::thread::sleep(Duration::from_millis(2));
+        self.0.insert_batch(chunks)
+    }
+    fn writes_block(&self) -> bool {
+        true
+    }
+    fn page_after(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+        self.0.page_after(after, limit)
+    }
+    fn len(&self) -> Result<usize, StoreError> {
+        self.0.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_in_the_background_gets_everything_and_reports_only_what_it_holds() {
+    let set = chunks(1, 400, 10, 2_000);
+    let server = node(1, &set, |c| c);
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+
+    let me = Node::new(NodeConfig::new(NodeId(2)), DiskLike(MemStore::new())).unwrap();
+    let report = me.sync_with(listener.local_addr()).await.unwrap();
+    assert_eq!(report.progress.synced_chunks, 40);
+    assert_eq!(
+        ids(&me),
+        set.ids(),
+        "every chunk is written before the sync ends"
+    );
+
+    // A store that fills up mid-way: the session ends with the store's error, what was
+    // written stays and verifies, and the serving node goes on serving.
+    let limit = 25 * 20_500;
+    let full = Node::new(
+        NodeConfig::new(NodeId(3)),
+        DiskLike(MemStore::with_limit(limit)),
+    )
+    .unwrap();
+    match full.sync_with(listener.local_addr()).await {
+        Err(Error::Store(_)) => {}
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    let kept = ids(&full);
+    assert!(
+        !kept.is_empty() && kept.len() < 40,
+        "{} chunks kept",
+        kept.len()
+    );
+    for id in &kept {
+        let bytes = full.with_store(|s| s.get(id).unwrap().unwrap());
+        assert_eq!(ChunkHash::of(&bytes), *id);
+    }
+    let again = Node::new(NodeConfig::new(NodeId(4)), DiskLike(MemStore::new())).unwrap();
+    again.sync_with(listener.local_addr()).await.unwrap();
+    assert_eq!(ids(&again), set.ids());
+}

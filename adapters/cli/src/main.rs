@@ -4,16 +4,16 @@
 
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
-    Node, NodeConfig, NodeStore, RedbStore, RetentionPolicy, SyncReport, ThrottleConfig,
-    VerifiedChunk,
+    Durability, Node, NodeConfig, NodeStore, RedbStore, RetentionPolicy, SyncReport,
+    ThrottleConfig, VerifiedChunk,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod demo;
 mod events;
@@ -121,6 +121,21 @@ struct StoreArg {
     /// The store's directory.
     #[arg(long)]
     store: PathBuf,
+    /// How far stored chunks are safe: `process` (they survive the process being killed;
+    /// the operating system writes them to the disk later, as cp and rsync leave files) or
+    /// `disk` (every commit is synced to the disk first: they survive a power cut too;
+    /// writing is then bounded by the disk).
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Process)]
+    durability: DurabilityArg,
+}
+
+/// `--durability`: see `chunk_sync_tokio::Durability`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    /// Stored chunks survive the process being killed.
+    Process,
+    /// Stored chunks survive a power cut.
+    Disk,
 }
 
 #[derive(Debug, Args)]
@@ -174,14 +189,14 @@ async fn run(command: Command) -> Result<ExitCode> {
             events_per_chunk,
             input,
             origin,
-        } => append(&store.store, events_per_chunk, input, origin)?,
-        Command::Serve { store, listen, net } => serve(&store.store, &listen, &net).await?,
-        Command::Pull { store, from, net } => exchange(&store.store, &from, &net, false).await?,
-        Command::Sync { store, with, net } => exchange(&store.store, &with, &net, true).await?,
-        Command::Ls { store } => ls(&open_existing(&store.store)?)?,
-        Command::Stat { store } => stat(&open_existing(&store.store)?)?,
-        Command::Verify { store } => return verify(&open_existing(&store.store)?),
-        Command::Export { store } => export(&open_existing(&store.store)?)?,
+        } => append(&store, events_per_chunk, input, origin)?,
+        Command::Serve { store, listen, net } => serve(&store, &listen, &net).await?,
+        Command::Pull { store, from, net } => exchange(&store, &from, &net, false).await?,
+        Command::Sync { store, with, net } => exchange(&store, &with, &net, true).await?,
+        Command::Ls { store } => ls(&open_existing(&store)?)?,
+        Command::Stat { store } => stat(&open_existing(&store)?)?,
+        Command::Verify { store } => return verify(&open_existing(&store)?),
+        Command::Export { store } => export(&open_existing(&store)?)?,
         Command::Gc {
             store,
             max_age,
@@ -189,7 +204,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             pin,
             unpin,
         } => {
-            let db = open_existing(&store.store)?;
+            let db = open_existing(&store)?;
             for id in &pin {
                 db.pin(id, true)?;
             }
@@ -212,21 +227,28 @@ async fn run(command: Command) -> Result<ExitCode> {
 
 const DB_FILE: &str = "chunks.redb";
 
-fn open(dir: &Path) -> Result<RedbStore> {
+fn open(store: &StoreArg) -> Result<RedbStore> {
+    let dir = &store.store;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create store directory {}: {e}", dir.display()))?;
-    open_file(dir)
+    open_file(store)
 }
 
-fn open_existing(dir: &Path) -> Result<RedbStore> {
+fn open_existing(store: &StoreArg) -> Result<RedbStore> {
+    let dir = &store.store;
     if !dir.join(DB_FILE).is_file() {
         return Err(Failure(format!("no store at {}", dir.display())));
     }
-    open_file(dir)
+    open_file(store)
 }
 
-fn open_file(dir: &Path) -> Result<RedbStore> {
-    RedbStore::open(dir.join(DB_FILE)).map_err(|e| {
+fn open_file(store: &StoreArg) -> Result<RedbStore> {
+    let dir = &store.store;
+    let durability = match store.durability {
+        DurabilityArg::Process => Durability::Process,
+        DurabilityArg::Disk => Durability::Disk,
+    };
+    RedbStore::open_with(dir.join(DB_FILE), durability).map_err(|e| {
         let text = e.to_string();
         if text.contains("already open") || text.contains("lock") {
             Failure(format!(
@@ -258,12 +280,12 @@ fn node_id(db: &RedbStore) -> Result<NodeId> {
 }
 
 fn append(
-    dir: &Path,
+    store: &StoreArg,
     events_per_chunk: u32,
     input: Option<PathBuf>,
     origin: Option<u64>,
 ) -> Result<()> {
-    let db = open(dir)?;
+    let db = open(store)?;
     let origin = match origin {
         Some(o) => NodeId(o),
         None => node_id(&db)?,
@@ -321,8 +343,8 @@ fn node_config(db: &RedbStore, net: &NetArgs) -> Result<NodeConfig> {
     })
 }
 
-async fn serve(dir: &Path, listen: &str, net: &NetArgs) -> Result<()> {
-    let db = open(dir)?;
+async fn serve(store: &StoreArg, listen: &str, net: &NetArgs) -> Result<()> {
+    let db = open(store)?;
     let config = node_config(&db, net)?;
     let node = Node::new(config, db)?;
     let listener = node
@@ -356,8 +378,8 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-async fn exchange(dir: &Path, peer: &str, net: &NetArgs, both: bool) -> Result<()> {
-    let db = open(dir)?;
+async fn exchange(store: &StoreArg, peer: &str, net: &NetArgs, both: bool) -> Result<()> {
+    let db = open(store)?;
     let config = node_config(&db, net)?;
     let node = Node::new(config, db)?;
     let bar = std::io::stderr().is_terminal().then(|| {

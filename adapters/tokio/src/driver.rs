@@ -4,13 +4,14 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
 use chunk_sync_core::progress::SyncProgress as CoreProgress;
 use chunk_sync_core::session::{Event, FailReason, Session, Stats};
 use chunk_sync_core::{ChunkHash, NodeId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::sleep_until;
 use tracing::{debug, warn};
 
@@ -30,6 +31,11 @@ const HIGH_WATER: usize = 512 << 10;
 const RX_BUFFER: usize = 512 << 10;
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
+/// Bytes of verified chunks waiting for a blocking store before the driver stops reading.
+const MAX_UNWRITTEN: usize = 64 << 20;
+
+/// A batch written on a blocking thread, and how it went.
+type Write = JoinHandle<(Vec<VerifiedChunk>, Result<usize, StoreError>)>;
 
 /// What a finished (or failed) session did.
 #[derive(Debug, Clone)]
@@ -41,7 +47,7 @@ pub(crate) struct Outcome {
 }
 
 struct Driver<'s> {
-    shared: &'s Shared,
+    shared: &'s Arc<Shared>,
     session: Box<HostSession>,
     rx: Vec<u8>,
     filled: usize,
@@ -51,8 +57,17 @@ struct Driver<'s> {
     out_len: usize,
     tx: Vec<u8>,
     assembling: Vec<u8>,
-    /// Chunks verified in the current round of input, not stored yet.
+    /// Chunks verified, not handed to the store yet.
     verified: Vec<VerifiedChunk>,
+    /// Bytes of `verified`.
+    verified_bytes: usize,
+    /// Whether the store's writes block, so that they run on a blocking thread while the
+    /// transfer goes on.
+    background: bool,
+    /// The batch being written on a blocking thread.
+    writing: Option<Write>,
+    /// Chunks verified but not yet written: not reported as synced until they are.
+    unwritten: u64,
     /// Reassembly buffers handed back by the store.
     spare: Vec<Vec<u8>>,
     serving: Option<(ChunkHash, Bytes)>,
@@ -67,10 +82,15 @@ struct Driver<'s> {
 pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
     io: IO,
     session: Box<HostSession>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     wanted: Vec<ChunkHash>,
 ) -> (Outcome, Result<(), Error>) {
     let max_frame = session.config().max_frame as usize;
+    let background = shared
+        .store
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .writes_block();
     let mut d = Driver {
         shared,
         session,
@@ -82,6 +102,10 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         tx: vec![0; HostSession::max_transmit_len()],
         assembling: Vec::new(),
         verified: Vec::new(),
+        verified_bytes: 0,
+        background,
+        writing: None,
+        unwritten: 0,
         spare: Vec::new(),
         serving: None,
         wanted: wanted.into(),
@@ -92,7 +116,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
     let result = d.run(io).await;
     let outcome = Outcome {
         peer: d.session.peer().map(|h| h.node_id),
-        progress: *d.session.progress(),
+        progress: d.written_progress(),
         stats: *d.session.stats(),
         failed: d.failed,
     };
@@ -112,10 +136,13 @@ impl Driver<'_> {
             if answered {
                 continue;
             }
-            if self.session.is_closed() && self.out_len == 0 {
+            // A failed session ends at once; a complete one once its chunks are written.
+            let failed = self.session.error();
+            let written = self.writing.is_none() && self.verified.is_empty();
+            if self.session.is_closed() && self.out_len == 0 && (failed.is_some() || written) {
                 writer.flush().await?;
                 let _ = writer.shutdown().await;
-                return match self.session.error() {
+                return match failed {
                     Some(e) => Err(Error::Protocol(e)),
                     None => Ok(()),
                 };
@@ -125,7 +152,8 @@ impl Driver<'_> {
                 (a, b) => a.or(b),
             }
             .map(|t| self.shared.clock.to_tokio(t));
-            let can_read = read_open && self.filled < self.rx.len();
+            let can_read =
+                read_open && self.filled < self.rx.len() && self.verified_bytes < MAX_UNWRITTEN;
             let pending_out = self.out_len > 0;
             let slices: Vec<IoSlice<'_>> = self
                 .out
@@ -149,6 +177,15 @@ impl Driver<'_> {
                     let written = written?;
                     drop(slices);
                     self.consume_out(written);
+                }
+                joined = async {
+                    match self.writing.as_mut() {
+                        Some(write) => write.await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.writing.is_some() => {
+                    drop(slices);
+                    self.written(joined)?;
                 }
                 () = sleep_until(deadline.unwrap_or_else(|| self.started + std::time::Duration::from_secs(86_400))), if deadline.is_some() => {
                     let now = self.shared.clock.now();
@@ -205,6 +242,8 @@ impl Driver<'_> {
                 let id = verified.id();
                 // The session has just hashed exactly these bytes: hand them over as they are.
                 let bytes = Bytes::from(std::mem::take(&mut self.assembling));
+                self.verified_bytes += bytes.len();
+                self.unwritten += 1;
                 self.verified.push(VerifiedChunk::trusted(id, bytes));
             }
             Err(e) => warn!(error = %e, "chunk refused"),
@@ -212,22 +251,57 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Stores the chunks verified in this round of input, in one batch (one commit for a
-    /// transactional store), before any of them is reported.
+    /// Hands the chunks verified so far to the store in one batch (one commit for a
+    /// transactional store): here, or on a blocking thread for a store whose writes block.
+    /// Either way they are reported only once written.
     fn store_verified(&mut self) -> Result<(), Error> {
-        if self.verified.is_empty() {
+        if self.verified.is_empty() || self.writing.is_some() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.verified);
+        self.verified_bytes = 0;
+        if self.background {
+            let shared = Arc::clone(self.shared);
+            self.writing = Some(tokio::task::spawn_blocking(move || {
+                let result = shared
+                    .store
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert_batch(&batch);
+                (batch, result)
+            }));
+            return Ok(());
+        }
         self.with_store(|s| s.insert_batch(&batch))?;
-        // Reuse the buffers the store did not keep, rather than fault in fresh memory.
+        self.recycle(batch);
+        Ok(())
+    }
+
+    /// A batch written on a blocking thread came back.
+    fn written(
+        &mut self,
+        joined: Result<(Vec<VerifiedChunk>, Result<usize, StoreError>), JoinError>,
+    ) -> Result<(), Error> {
+        self.writing = None;
+        let (batch, result) = match joined {
+            Ok(done) => done,
+            Err(e) => return Err(self.store_failed(Box::new(e))),
+        };
+        result.map_err(|e| self.store_failed(e))?;
+        self.recycle(batch);
+        self.store_verified()
+    }
+
+    /// Counts a written batch as synced and reuses the buffers the store did not keep,
+    /// rather than fault in fresh memory.
+    fn recycle(&mut self, batch: Vec<VerifiedChunk>) {
+        self.unwritten -= batch.len() as u64;
         for chunk in batch {
             if let Ok(buf) = chunk.into_bytes().try_into_mut() {
                 self.spare.push(Vec::from(buf));
             }
         }
         self.publish_progress();
-        Ok(())
     }
 
     /// Runs `f` on the locked store. A store failure aborts the session, so the peer is
@@ -394,11 +468,18 @@ impl Driver<'_> {
         }
     }
 
+    /// The session's progress, counting as synced only the chunks the store has written.
+    fn written_progress(&self) -> CoreProgress {
+        let mut progress = *self.session.progress();
+        progress.synced_chunks = progress.synced_chunks.saturating_sub(self.unwritten);
+        progress
+    }
+
     fn publish_progress(&self) {
         let Some(peer) = self.session.peer().map(|h| h.node_id) else {
             return;
         };
-        let progress = crate::SyncProgress::from_core(self.session.progress(), self.started);
+        let progress = crate::SyncProgress::from_core(&self.written_progress(), self.started);
         self.shared
             .progress
             .lock()

@@ -42,5 +42,5 @@ pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager}
 pub use node::{Listener, Node, NodeConfig, SyncReport, ThrottleConfig};
 pub use progress::SyncProgress;
 #[cfg(feature = "redb")]
-pub use redb_store::{GcReport, RedbStore, RetentionPolicy};
+pub use redb_store::{Durability, GcReport, RedbStore, RetentionPolicy};
 pub use store::{MemStore, MemoryLimit, NodeStore, VerifiedChunk};

@@ -307,7 +307,9 @@ impl Node {
                 }
             };
         let started = tokio::time::Instant::now();
-        let (outcome, result) = drive(io, session, shared, wanted).instrument(span).await;
+        let (outcome, result) = drive(io, session, &self.shared, wanted)
+            .instrument(span)
+            .await;
         let report = SyncReport {
             peer: outcome.peer,
             progress: SyncProgress::from_core(&outcome.progress, started),

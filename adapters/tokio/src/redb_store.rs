@@ -5,15 +5,20 @@
 //! only after they were verified, in transactions that are committed before the node
 //! reports them as stored (a node commits the chunks of one read of the network together),
 //! so a process killed at any moment loses no reported chunk and never leaves bytes that do
-//! not match their hash. On Linux every commit is also synced to the disk (`fdatasync`), so
-//! this holds across a power cut too.
+//! not match their hash. With [`Durability::Disk`] (the default) every commit is also synced
+//! to the disk (`fdatasync` on Linux), so this holds across a power cut too; with
+//! [`Durability::Process`] commits reach the operating system without waiting for the disk,
+//! as `cp` and rsync do.
 
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chunk_sync_core::ChunkHash;
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::backends::FileBackend;
+use redb::{Database, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition};
 
 use crate::error::StoreError;
 use crate::store::{NodeStore, VerifiedChunk};
@@ -56,29 +61,99 @@ pub struct GcReport {
     pub kept_pinned: u64,
 }
 
+/// How far a chunk the store has reported as stored is safe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is synced to the disk (`fdatasync`) before its chunks count as stored:
+    /// they survive the process being killed and a power cut. Writing is bounded by the
+    /// disk's sustained write rate.
+    #[default]
+    Disk,
+    /// Commits are handed to the operating system and not synced: stored chunks survive
+    /// the process being killed at any moment, not a power cut, after which recent
+    /// commits may be lost or the file refused as corrupt (peers hold the chunks again).
+    /// [`RedbStore::flush`] syncs on demand.
+    Process,
+}
+
 /// A persistent chunk store in one file.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    /// With [`Durability::Process`], the file, for syncs asked for explicitly.
+    unsynced: Option<File>,
+}
+
+/// The database file, with redb's syncs left to the operating system.
+#[derive(Debug)]
+struct UnsyncedFile(FileBackend);
+
+impl StorageBackend for UnsyncedFile {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.0.read(offset, len)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self, _eventual: bool) -> io::Result<()> {
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write(offset, data)
+    }
 }
 
 impl RedbStore {
-    /// Opens the store in `path`, creating it if it does not exist.
+    /// Opens the store in `path`, creating it if it does not exist, with
+    /// [`Durability::Disk`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(boxed)?;
+        Self::open_with(path, Durability::Disk)
+    }
+
+    /// Opens the store in `path`, creating it if it does not exist.
+    pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
+        let (db, unsynced) = match durability {
+            Durability::Disk => (Database::create(path).map_err(boxed)?, None),
+            Durability::Process => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)?;
+                let handle = file.try_clone()?;
+                let backend = UnsyncedFile(FileBackend::new(file).map_err(boxed)?);
+                let db = Database::builder()
+                    .create_with_backend(backend)
+                    .map_err(boxed)?;
+                (db, Some(handle))
+            }
+        };
         let txn = db.begin_write().map_err(boxed)?;
         txn.open_table(CHUNKS).map_err(boxed)?;
         txn.open_table(STORED_AT).map_err(boxed)?;
         txn.open_table(PINS).map_err(boxed)?;
         txn.open_table(META).map_err(boxed)?;
         txn.commit().map_err(boxed)?;
-        Ok(Self { db })
+        Ok(Self { db, unsynced })
     }
 
-    /// Commits everything to the disk itself, not just to the operating system.
+    /// Commits everything to the disk itself, not just to the operating system, whatever
+    /// the store's [`Durability`].
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.commit_immediate()?;
+        if let Some(file) = &self.unsynced {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn commit_immediate(&self) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(boxed)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(redb::Durability::Immediate);
         txn.commit().map_err(boxed)
     }
 
@@ -97,7 +172,7 @@ impl RedbStore {
         meta: &[(&str, u64)],
     ) -> Result<u64, StoreError> {
         let mut txn = self.db.begin_write().map_err(boxed)?;
-        txn.set_durability(Durability::Eventual);
+        txn.set_durability(redb::Durability::Eventual);
         let mut added = 0;
         {
             let mut table = txn.open_table(CHUNKS).map_err(boxed)?;
@@ -160,7 +235,7 @@ impl RedbStore {
     pub fn gc(&self, policy: RetentionPolicy) -> Result<GcReport, StoreError> {
         let now = unix_now();
         let mut txn = self.db.begin_write().map_err(boxed)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(redb::Durability::Immediate);
         let mut report = GcReport::default();
         {
             let mut chunks = txn.open_table(CHUNKS).map_err(boxed)?;
@@ -205,8 +280,13 @@ impl RedbStore {
 }
 
 impl Drop for RedbStore {
+    /// Leaves the file as its [`Durability`] promises: synced to the disk, or handed to the
+    /// operating system.
     fn drop(&mut self) {
-        let _ = self.flush();
+        let _ = match self.unsynced {
+            None => self.flush(),
+            Some(_) => self.commit_immediate(),
+        };
     }
 }
 
@@ -226,9 +306,19 @@ impl NodeStore for RedbStore {
             .map(|v| Bytes::copy_from_slice(v.value())))
     }
 
+    fn writes_block(&self) -> bool {
+        true
+    }
+
     fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
         self.insert_all(std::slice::from_ref(&chunk), &[])
             .map(|added| added == 1)
+    }
+
+    /// One transaction, one commit.
+    fn insert_batch(&mut self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        self.insert_all(chunks, &[])
+            .map(|added| usize::try_from(added).unwrap_or(usize::MAX))
     }
 
     fn page_after(
@@ -273,11 +363,28 @@ mod tests {
     }
 
     #[test]
-    fn reopens_with_its_chunks_and_pages() {
-        let dir = std::env::temp_dir().join(format!("chunk-sync-redb-{}", std::process::id()));
+    fn reopens_with_its_chunks_and_pages_synced_to_disk() {
+        reopens_with_its_chunks_and_pages(Durability::Disk, Durability::Disk);
+    }
+
+    #[test]
+    fn reopens_with_its_chunks_and_pages_left_to_the_os() {
+        reopens_with_its_chunks_and_pages(Durability::Process, Durability::Process);
+    }
+
+    #[test]
+    fn the_file_is_the_same_whatever_the_durability() {
+        reopens_with_its_chunks_and_pages(Durability::Process, Durability::Disk);
+    }
+
+    fn reopens_with_its_chunks_and_pages(write: Durability, reopen: Durability) {
+        let dir = std::env::temp_dir().join(format!(
+            "chunk-sync-redb-{}-{write:?}-{reopen:?}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&dir);
         let ids: Vec<ChunkHash> = {
-            let mut s = RedbStore::open(&dir).unwrap();
+            let mut s = RedbStore::open_with(&dir, write).unwrap();
             let chunks: Vec<_> = (0..5).map(|n| chunk(n, 100 + usize::from(n))).collect();
             for c in &chunks {
                 assert!(s.insert(c.clone()).unwrap());
@@ -286,7 +393,7 @@ mod tests {
             s.insert_all(&[], &[("sealed/1", 42)]).unwrap();
             chunks.iter().map(VerifiedChunk::id).collect()
         };
-        let mut s = RedbStore::open(&dir).unwrap();
+        let mut s = RedbStore::open_with(&dir, reopen).unwrap();
         assert_eq!(s.len().unwrap(), 5);
         assert_eq!(s.total_bytes().unwrap(), 100 + 101 + 102 + 103 + 104);
         assert_eq!(s.meta("sealed/1").unwrap(), Some(42));
@@ -315,6 +422,7 @@ mod tests {
             .unwrap();
         assert_eq!(report.kept_pinned, 1);
         assert_eq!(s.len().unwrap(), 1);
+        s.flush().unwrap();
         drop(s);
         std::fs::remove_file(&dir).unwrap();
     }

@@ -74,6 +74,11 @@ pub trait NodeStore: Send + 'static {
         }
         Ok(added)
     }
+    /// Whether writes wait on a disk, so that a node should make them on a blocking thread
+    /// while the transfer goes on (chunks count as stored only once written either way).
+    fn writes_block(&self) -> bool {
+        false
+    }
     /// Up to `limit` stored hashes strictly after `after`, ascending, and whether the store
     /// holds none beyond them.
     fn page_after(
