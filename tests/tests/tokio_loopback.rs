@@ -336,3 +336,41 @@ async fn a_store_written_in_the_background_gets_everything_and_reports_only_what
     again.sync_with(listener.local_addr()).await.unwrap();
     assert_eq!(ids(&again), set.ids());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_chunks_are_fetched_from_the_next_peer_that_has_them() {
+    let set = chunks(1, 120, 10, 300);
+    let honest = node(1, &set, |c| c);
+    let liar = Node::new(NodeConfig::new(NodeId(2)), LyingStore(mem_store(&set))).unwrap();
+    let (lh, ll) = (
+        honest.listen("127.0.0.1:0").await.unwrap(),
+        liar.listen("127.0.0.1:0").await.unwrap(),
+    );
+    // A port nobody listens on: bind one, note it, let it go.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+
+    let me = node(3, &SimNode::default(), |c| c);
+    let report = me
+        .pull_from_any([ll.local_addr(), gone, lh.local_addr()])
+        .await;
+    assert_eq!(report.attempts.len(), 3);
+    let lied = report.attempts[0].as_ref().unwrap();
+    assert_eq!(lied.failed.len(), 12, "every chunk from the liar failed");
+    assert!(
+        report.attempts[1].is_err(),
+        "the unreachable peer is skipped"
+    );
+    let honest_report = report.attempts[2].as_ref().unwrap();
+    assert_eq!(honest_report.progress.synced_chunks, 12);
+    assert!(report.is_complete(), "{:?}", report.unresolved);
+    assert_eq!(report.synced_chunks(), 12);
+    assert_eq!(ids(&me), set.ids());
+
+    // Nothing left to ask: the next call walks the first peer and stops there.
+    let again = me.pull_from_any([lh.local_addr(), ll.local_addr()]).await;
+    assert_eq!(again.attempts.len(), 1);
+    assert!(again.is_complete() && again.synced_chunks() == 0);
+}

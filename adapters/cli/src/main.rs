@@ -57,13 +57,14 @@ enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
-    /// Fetch what the store lacks from a peer.
+    /// Fetch what the store lacks from a peer; chunks it cannot give are asked of the next.
     Pull {
         #[command(flatten)]
         store: StoreArg,
-        /// The peer's address.
-        #[arg(long)]
-        from: String,
+        /// A peer's address; repeat to name fallbacks, asked in order for what the previous
+        /// ones could not give (unreachable, wrong bytes, not found).
+        #[arg(long, required = true)]
+        from: Vec<String>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -192,7 +193,9 @@ async fn run(command: Command) -> Result<ExitCode> {
         } => append(&store, events_per_chunk, input, origin)?,
         Command::Serve { store, listen, net } => serve(&store, &listen, &net).await?,
         Command::Pull { store, from, net } => exchange(&store, &from, &net, false).await?,
-        Command::Sync { store, with, net } => exchange(&store, &with, &net, true).await?,
+        Command::Sync { store, with, net } => {
+            exchange(&store, std::slice::from_ref(&with), &net, true).await?
+        }
         Command::Ls { store } => ls(&open_existing(&store)?)?,
         Command::Stat { store } => stat(&open_existing(&store)?)?,
         Command::Verify { store } => return verify(&open_existing(&store)?),
@@ -378,7 +381,7 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-async fn exchange(store: &StoreArg, peer: &str, net: &NetArgs, both: bool) -> Result<()> {
+async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool) -> Result<()> {
     let db = open(store)?;
     let config = node_config(&db, net)?;
     let node = Node::new(config, db)?;
@@ -394,16 +397,18 @@ async fn exchange(store: &StoreArg, peer: &str, net: &NetArgs, both: bool) -> Re
     });
     let sync = async {
         if both {
-            node.sync_with(peer).await
+            (vec![node.sync_with(peers[0].as_str()).await], None)
         } else {
-            node.pull_from(peer).await
+            let report = node.pull_from_any(peers.iter().map(String::as_str)).await;
+            let unresolved = report.unresolved.len();
+            (report.attempts, Some(unresolved))
         }
     };
     tokio::pin!(sync);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let report: SyncReport = loop {
+    let (attempts, unresolved) = loop {
         tokio::select! {
-            result = &mut sync => break result.map_err(|e| describe(peer, e))?,
+            done = &mut sync => break done,
             _ = tick.tick() => {
                 if let (Some(bar), Some(p)) = (&bar, node.progress_all().values().next()) {
                     bar.set_length(p.total_chunks);
@@ -417,6 +422,37 @@ async fn exchange(store: &StoreArg, peer: &str, net: &NetArgs, both: bool) -> Re
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let attempts_ok = attempts.iter().filter(|a| a.is_ok()).count();
+    let mut last_error = None;
+    let mut failed = 0;
+    for (peer, attempt) in peers.iter().zip(attempts) {
+        match attempt {
+            Ok(report) => {
+                summarise(&report, peer, both);
+                failed = report.failed.len();
+            }
+            Err(e) => {
+                let e = describe(peer, e);
+                // With fallbacks, say why a peer was skipped and go on.
+                if peers.len() > 1 {
+                    eprintln!("chunk-sync: {}", e.0);
+                }
+                last_error = Some(e);
+            }
+        }
+    }
+    // `unresolved` is what no peer could give; a two-way sync has one peer.
+    let missing = unresolved.unwrap_or(failed);
+    match last_error {
+        Some(e) if peers.len() == 1 => Err(e),
+        Some(_) if attempts_ok == 0 => Err(Failure("no peer could be synced with".into())),
+        _ if missing > 0 => Err(Failure(format!("{missing} chunks could not be fetched"))),
+        _ => Ok(()),
+    }
+}
+
+/// One line per session: what came in, from whom, how fast.
+fn summarise(report: &SyncReport, peer: &str, both: bool) {
     let p = report.progress;
     let secs = p.elapsed().as_secs_f64();
     println!(
@@ -434,14 +470,6 @@ async fn exchange(store: &StoreArg, peer: &str, net: &NetArgs, both: bool) -> Re
         p.bytes_transferred,
         report.stats.bytes_received,
     );
-    if report.failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure(format!(
-            "{} chunks could not be fetched",
-            report.failed.len()
-        )))
-    }
 }
 
 /// One clear line for a failed sync.

@@ -382,3 +382,56 @@ fn a_killed_pull_resumes_without_refetching() {
         ok(&["ls", "--store", a.to_str().unwrap()], None)
     );
 }
+
+#[test]
+fn pull_falls_back_to_the_next_peer() {
+    let (a, c) = (temp_dir("fa"), temp_dir("fc"));
+    let a_str = a.to_str().unwrap();
+    ok(
+        &["append", "--store", a_str, "--events-per-chunk", "10"],
+        Some(&events(50, 20)),
+    );
+    let server = Server::start(&a, &[]);
+    // An address nobody listens on.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = run(
+        &[
+            "pull",
+            "--from",
+            &gone,
+            "--from",
+            &server.1,
+            "--store",
+            c.to_str().unwrap(),
+        ],
+        None,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("pulled 5 chunks"), "{stdout}");
+    assert!(
+        stderr.contains(&gone),
+        "the skipped peer is named: {stderr}"
+    );
+    assert!(ok(&["verify", "--store", c.to_str().unwrap()], None).contains("verified 5 chunks"));
+
+    fails(
+        &[
+            "pull",
+            "--from",
+            &gone,
+            "--from",
+            &gone,
+            "--store",
+            c.to_str().unwrap(),
+        ],
+        "no peer could be synced with",
+    );
+}

@@ -26,9 +26,9 @@ pub(crate) const HOST_REQ: usize = 64;
 /// The session type host nodes drive.
 pub(crate) type HostSession = Session<HOST_PAGE, HOST_REQ>;
 /// Bytes queued for the transport before the driver stops asking the session for more.
-const HIGH_WATER: usize = 512 << 10;
+const HIGH_WATER: usize = 256 << 10;
 /// Smallest receive buffer.
-const RX_BUFFER: usize = 512 << 10;
+const RX_BUFFER: usize = 256 << 10;
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 /// Bytes of verified chunks waiting for a blocking store before the driver stops reading.

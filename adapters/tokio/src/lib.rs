@@ -29,6 +29,7 @@ pub use chunk_sync_core as core;
 
 mod driver;
 mod error;
+mod failover;
 mod manager;
 mod node;
 mod progress;
@@ -38,6 +39,7 @@ mod store;
 mod time;
 
 pub use error::{Error, StoreError};
+pub use failover::FailoverReport;
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
 pub use node::{Listener, Node, NodeConfig, SyncReport, ThrottleConfig};
 pub use progress::SyncProgress;
