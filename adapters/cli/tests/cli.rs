@@ -393,7 +393,7 @@ fn pull_falls_back_to_the_next_peer() {
     );
     let server = Server::start(&a, &[]);
     // An address nobody listens on.
-    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+    let gone = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
