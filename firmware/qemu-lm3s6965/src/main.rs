@@ -27,7 +27,8 @@ const EVENTS: u64 = 40;
 
 type Store = RamStore<32, 16_384>;
 static STORE: StaticCell<Store> = StaticCell::new();
-static RESOURCES: StaticCell<Resources<1024, 1024, 4096, 8>> = StaticCell::new();
+type Res = Resources<1024, 1024, 4096, 8>;
+static RESOURCES: StaticCell<Res> = StaticCell::new();
 static CHUNK_BUF: StaticCell<[u8; 2048]> = StaticCell::new();
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
@@ -126,6 +127,41 @@ fn all_verified(store: &mut Store) -> bool {
         })
 }
 
+/// Runs a session the host spoils on purpose; halts unless it ends with the expected error
+/// and leaves the store as it was.
+async fn expect_refusal(
+    uart: &mut uart::Uart0,
+    store: &mut Store,
+    config: Config,
+    resources: &mut Res,
+    own: usize,
+    expected: fn(&SessionError) -> bool,
+    what: &str,
+) {
+    let result = match Runner::<_, _, 8, 4>::new(uart, &mut *store, config, resources) {
+        Ok((_, mut runner)) => runner.run().await,
+        Err(e) => {
+            hprintln!("chunk-sync firmware: bad configuration: {}", e);
+            halt()
+        }
+    };
+    let intact = store.chunk_count() == Ok(own);
+    match result {
+        Err(chunk_sync_embassy::Error::Protocol(e)) if expected(&e) => {
+            hprintln!("chunk-sync firmware: {}; store intact: {}", what, intact);
+        }
+        _ => {
+            hprintln!("chunk-sync firmware: the session should have {}", what);
+            halt()
+        }
+    }
+    if !intact {
+        halt()
+    }
+    // Let the host see the error frame before the next Hello.
+    Timer::after_millis(200).await;
+}
+
 #[embassy_executor::task]
 async fn device() {
     hprintln!(
@@ -148,27 +184,16 @@ async fn device() {
 
     // First session: the host garbles a frame on purpose. The device must refuse it with a
     // typed error, keep its store intact and be able to sync again.
-    let first = match Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, &mut *resources) {
-        Ok((_, mut runner)) => runner.run().await,
-        Err(e) => {
-            hprintln!("chunk-sync firmware: bad configuration: {}", e);
-            halt()
-        }
-    };
-    if let Err(chunk_sync_embassy::Error::Protocol(SessionError::Frame(_))) = first {
-        hprintln!(
-            "chunk-sync firmware: refused a garbled frame; store intact: {}",
-            store.chunk_count() == Ok(own)
-        );
-    } else {
-        hprintln!("chunk-sync firmware: the first session should have refused a garbled frame");
-        halt()
-    }
-    if store.chunk_count() != Ok(own) {
-        halt()
-    }
-    // Let the host see the error frame before the next Hello.
-    Timer::after_millis(200).await;
+    expect_refusal(
+        &mut uart,
+        store,
+        config,
+        resources,
+        own,
+        |e| matches!(e, SessionError::Frame(_)),
+        "refused a garbled frame",
+    )
+    .await;
 
     // Second session: the host sends the start of a frame and falls silent. The device
     // must give up after its idle timeout with a typed error, its store intact.
@@ -176,27 +201,16 @@ async fn device() {
         idle_timeout: Duration::from_secs(1),
         ..config
     };
-    let second = match Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, impatient, &mut *resources)
-    {
-        Ok((_, mut runner)) => runner.run().await,
-        Err(e) => {
-            hprintln!("chunk-sync firmware: bad configuration: {}", e);
-            halt()
-        }
-    };
-    if let Err(chunk_sync_embassy::Error::Protocol(SessionError::TimedOut)) = second {
-        hprintln!(
-            "chunk-sync firmware: gave up on a silent peer after a truncated frame; store intact: {}",
-            store.chunk_count() == Ok(own)
-        );
-    } else {
-        hprintln!("chunk-sync firmware: the second session should have timed out");
-        halt()
-    }
-    if store.chunk_count() != Ok(own) {
-        halt()
-    }
-    Timer::after_millis(200).await;
+    expect_refusal(
+        &mut uart,
+        store,
+        impatient,
+        resources,
+        own,
+        |e| matches!(e, SessionError::TimedOut),
+        "gave up on a silent peer after a truncated frame",
+    )
+    .await;
 
     // Third session: a real sync, both ways.
     let runner = Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, resources);
