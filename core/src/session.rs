@@ -40,7 +40,7 @@ use crate::wire::{
 mod error;
 pub use error::{ApiMisuse, ConfigError, Error, FinishError, Incompatible, PeerMisbehaved};
 
-/// Default idle timeout: 30 s without a frame from the peer ends the session.
+/// Default idle timeout: 30 s without a frame either way ends the session.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default largest chunk accepted from a peer: 1 MiB.
 pub const DEFAULT_MAX_CHUNK_LEN: u32 = 1 << 20;
@@ -66,7 +66,11 @@ pub struct Config {
     /// Chunk requests this node keeps in flight (also capped by the peer's limit and the
     /// session's `REQ`).
     pub window: u16,
-    /// How long the peer may stay silent.
+    /// How long the session may go without a frame either way: received from the peer, or
+    /// sent to it (the adapter asks for frames only as fast as the transport takes them,
+    /// so a peer that stops reading stops this side's sending too). A sender serving a long
+    /// throttled transfer hears nothing from a receiver whose requests are all in flight;
+    /// its own progress keeps the session alive.
     pub idle_timeout: Duration,
     /// The limit on what this session sends.
     pub throttle: ThrottleConfig,
@@ -849,7 +853,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
     }
 
-    /// Checks timers: ends the session if the peer has been silent past the idle timeout.
+    /// Checks timers: ends the session if no frame went either way for the idle timeout.
     /// Calls before any deadline are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
@@ -953,6 +957,8 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         };
         // Admitted: `next_ready(now)` was `None`, so the window has room for any size.
         let _ = self.throttle.try_consume(now, t.wire_len() as u64);
+        // Sending is progress: the session is not idle.
+        self.idle_deadline = now + self.config.idle_timeout;
         self.stats.bytes_sent += t.wire_len() as u64;
         self.stats.frames_sent += 1;
         self.check_completion();

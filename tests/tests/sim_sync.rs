@@ -210,6 +210,29 @@ fn the_throttle_limits_the_sender_in_virtual_time() {
     );
 }
 
+#[test]
+fn a_throttled_transfer_longer_than_the_idle_timeout_completes() {
+    // One chunk of about 100 KB at 10 KB/s: the sender hears nothing from the receiver for
+    // ten seconds while it sends; both sides have a 3-second idle timeout.
+    let mut net = Net::default();
+    let a = net.add(Node::with_log(NodeId(1), 200, 200, 500));
+    let b = net.add(Node::default());
+    net.connect(a, b, MS, |id| Config {
+        max_frame: 4096,
+        idle_timeout: Duration::from_secs(3),
+        throttle: if id == NodeId(0) {
+            ThrottleConfig::per_second(10_000)
+        } else {
+            ThrottleConfig::UNLIMITED
+        },
+        ..Config::new(id)
+    });
+    let took = net.run(LIMIT);
+    assert_complete(&net);
+    assert!(took >= Duration::from_secs(9), "{took}");
+    assert_eq!(net.nodes[b].ids(), net.nodes[a].ids());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
