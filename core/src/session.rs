@@ -1137,3 +1137,6 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hostile;

@@ -1,0 +1,364 @@
+//! A hostile peer: arbitrary sequences of well-formed and malformed frames, fed to a
+//! session driven the way an adapter drives it. Whatever arrives, the session never
+//! panics, a fatal error sticks, and it never asks the adapter to send bytes it was not
+//! given.
+
+use std::string::String;
+use std::vec;
+use std::vec::Vec;
+
+use proptest::collection::vec as pvec;
+use proptest::prelude::*;
+
+use super::*;
+use crate::wire::{ErrorCode, HashList, encode};
+
+type S = Session<8, 4>;
+
+/// Chunks the peer may name: `[i; 10 + i]`, so that some puts are honest.
+fn pool(i: u8) -> Vec<u8> {
+    std::vec![i; 10 + usize::from(i)]
+}
+
+fn pool_hash(i: u8) -> ChunkHash {
+    ChunkHash::of(&pool(i % 8))
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Hello {
+        protocol: u16,
+        max_frame: u32,
+        max_requests: u16,
+    },
+    ManifestRequest {
+        after: Option<u8>,
+        limit: u32,
+    },
+    ManifestPage {
+        ids: Vec<u8>,
+        sorted: bool,
+        last: bool,
+    },
+    Get(u8),
+    HonestPut(u8),
+    Put {
+        id: u8,
+        total_len: u32,
+        offset: u32,
+        data: Vec<u8>,
+    },
+    NotFound(u8),
+    Done,
+    Error(u16, String),
+    Garbage(Vec<u8>),
+    Wait(u32),
+    /// Answers the session's pending manifest request with the peer's chunks 4..8.
+    AnswerManifest,
+    /// Answers the session's oldest pending request, honestly or with flipped bytes.
+    AnswerGet {
+        lie: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (prop_oneof![Just(PROTOCOL_VERSION), any::<u16>()], 0u32..5000, 0u16..10).prop_map(
+            |(protocol, max_frame, max_requests)| Op::Hello { protocol, max_frame, max_requests }
+        ),
+        2 => (proptest::option::of(any::<u8>()), 0u32..20)
+            .prop_map(|(after, limit)| Op::ManifestRequest { after, limit }),
+        4 => (pvec(any::<u8>(), 0..12), any::<bool>(), any::<bool>())
+            .prop_map(|(ids, sorted, last)| Op::ManifestPage { ids, sorted, last }),
+        3 => any::<u8>().prop_map(Op::Get),
+        4 => any::<u8>().prop_map(Op::HonestPut),
+        3 => (any::<u8>(), 0u32..2000, 0u32..2000, pvec(any::<u8>(), 0..300))
+            .prop_map(|(id, total_len, offset, data)| Op::Put { id, total_len, offset, data }),
+        2 => any::<u8>().prop_map(Op::NotFound),
+        2 => Just(Op::Done),
+        1 => (any::<u16>(), "[a-z ]{0,20}").prop_map(|(c, r)| Op::Error(c, r)),
+        1 => pvec(any::<u8>(), 1..40).prop_map(Op::Garbage),
+        3 => (0u32..40_000).prop_map(Op::Wait),
+        6 => Just(Op::AnswerManifest),
+        10 => prop_oneof![5 => Just(false), 1 => Just(true)].prop_map(|lie| Op::AnswerGet { lie }),
+    ]
+}
+
+fn frame(message: &Message<'_>) -> Vec<u8> {
+    let mut buf = std::vec![0u8; message.frame_len()];
+    encode(message, &mut buf).map_or_else(|_| Vec::new(), <[u8]>::to_vec)
+}
+
+fn bytes_of(op: &Op) -> Vec<u8> {
+    match op {
+        Op::Hello {
+            protocol,
+            max_frame,
+            max_requests,
+        } => frame(&Message::Hello(Hello {
+            protocol: *protocol,
+            node_id: NodeId(9),
+            max_frame: *max_frame,
+            max_requests: *max_requests,
+            capabilities: Capabilities::ALL,
+        })),
+        Op::ManifestRequest { after, limit } => frame(&Message::ManifestRequest {
+            after: after.map(pool_hash),
+            limit: *limit,
+        }),
+        Op::ManifestPage { ids, sorted, last } => {
+            let mut hashes: Vec<ChunkHash> = ids.iter().map(|&i| pool_hash(i)).collect();
+            if *sorted {
+                hashes.sort();
+                hashes.dedup();
+            }
+            frame(&Message::ManifestPage {
+                ids: HashList::new(&hashes),
+                last: *last,
+            })
+        }
+        Op::Get(i) => frame(&Message::EventChunkGet {
+            hash: pool_hash(*i),
+        }),
+        Op::HonestPut(i) => {
+            let data = pool(i % 8);
+            frame(&Message::EventChunkPut {
+                hash: pool_hash(*i),
+                total_len: data.len() as u32,
+                offset: 0,
+                data: &data,
+            })
+        }
+        Op::Put {
+            id,
+            total_len,
+            offset,
+            data,
+        } => frame(&Message::EventChunkPut {
+            hash: pool_hash(*id),
+            total_len: *total_len,
+            offset: *offset,
+            data,
+        }),
+        Op::NotFound(i) => frame(&Message::NotFound {
+            hash: pool_hash(*i),
+        }),
+        Op::Done => frame(&Message::Done),
+        Op::Error(code, reason) => frame(&Message::Error {
+            code: ErrorCode(*code),
+            reason,
+        }),
+        Op::Garbage(bytes) => bytes.clone(),
+        Op::Wait(_) | Op::AnswerManifest | Op::AnswerGet { .. } => Vec::new(),
+    }
+}
+
+/// Everything an adapter does, with a store holding chunks 0..4 of the pool.
+struct Harness {
+    s: S,
+    now: Instant,
+    rx: Vec<u8>,
+    assembling: Vec<u8>,
+    serving: Vec<u8>,
+    fatal: Option<Error>,
+    /// The session's manifest request waiting for an answer.
+    manifest_asked: Option<(Option<ChunkHash>, u32)>,
+    /// The session's chunk requests waiting for an answer, oldest first.
+    gets: Vec<ChunkHash>,
+}
+
+impl Harness {
+    fn has(id: &ChunkHash) -> Option<Vec<u8>> {
+        (0..4).map(pool).find(|c| ChunkHash::of(c) == *id)
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.rx.extend_from_slice(bytes);
+        loop {
+            match self.s.handle_input(self.now, &self.rx) {
+                Ok(handled) if handled.consumed == 0 => break,
+                Ok(handled) => {
+                    if let Some(piece) = handled.piece {
+                        if piece.offset == 0 {
+                            self.assembling.clear();
+                        }
+                        self.assembling.extend_from_slice(piece.data);
+                        assert!(self.assembling.len() <= 1 << 20, "bounded by max_chunk_len");
+                        if piece.last {
+                            let _ = self.s.finish_chunk(&self.assembling);
+                        }
+                    }
+                    self.rx.drain(..handled.consumed);
+                }
+                Err(e) => {
+                    self.record(e);
+                    self.rx.clear();
+                    break;
+                }
+            }
+        }
+        self.answer();
+        self.transmit();
+    }
+
+    fn record(&mut self, e: Error) {
+        if matches!(e, Error::ApiMisuse(_)) {
+            return;
+        }
+        match self.fatal {
+            None => self.fatal = Some(e),
+            Some(first) => assert_eq!(e, first, "a fatal error sticks"),
+        }
+        assert_eq!(self.s.error(), Some(e));
+    }
+
+    /// What the peer answers to the session's pending requests.
+    fn reply(&mut self, op: &Op) -> Vec<u8> {
+        match op {
+            Op::AnswerManifest => {
+                let Some((after, limit)) = self.manifest_asked.take() else {
+                    return Vec::new();
+                };
+                let mut ids: Vec<ChunkHash> = (4..8).map(pool_hash).collect();
+                ids.sort();
+                ids.retain(|id| after.is_none_or(|a| *id > a));
+                ids.truncate(limit as usize);
+                frame(&Message::ManifestPage {
+                    ids: HashList::new(&ids),
+                    last: true,
+                })
+            }
+            Op::AnswerGet { lie } => {
+                if self.gets.is_empty() {
+                    return Vec::new();
+                }
+                let hash = self.gets.remove(0);
+                match (4..8).map(pool).find(|c| ChunkHash::of(c) == hash) {
+                    Some(mut data) => {
+                        if *lie {
+                            data[0] ^= 1;
+                        }
+                        frame(&Message::EventChunkPut {
+                            hash,
+                            total_len: data.len() as u32,
+                            offset: 0,
+                            data: &data,
+                        })
+                    }
+                    None => frame(&Message::NotFound { hash }),
+                }
+            }
+            other => bytes_of(other),
+        }
+    }
+
+    fn answer(&mut self) {
+        while let Some(event) = self.s.poll_event() {
+            match event {
+                Event::LookupNeeded => {
+                    let _ = self.s.resolve_lookups(|id| Self::has(id).is_some());
+                }
+                Event::ManifestPageNeeded { after, limit } => {
+                    let mut ids: Vec<ChunkHash> = (0..4).map(pool_hash).collect();
+                    ids.sort();
+                    ids.retain(|id| after.is_none_or(|a| *id > a));
+                    ids.truncate(limit);
+                    let last = ids.len() < limit;
+                    let _ = self.s.send_manifest_page(&ids, last);
+                }
+                Event::ChunkRequested { hash } => match Self::has(&hash) {
+                    Some(bytes) => {
+                        let _ = self.s.serve_chunk(&hash, bytes.len());
+                        self.serving = bytes;
+                    }
+                    None => {
+                        let _ = self.s.chunk_not_found(&hash);
+                    }
+                },
+                Event::Failed(e) => self.record(e),
+                _ => {}
+            }
+        }
+    }
+
+    fn transmit(&mut self) {
+        let mut buf = std::vec![0u8; S::max_transmit_len()];
+        for _ in 0..64 {
+            let Ok(Some(t)) = self.s.poll_transmit(self.now, &mut buf) else {
+                break;
+            };
+            assert!(t.len <= buf.len());
+            if let Some(piece) = t.piece {
+                let end = (piece.offset + piece.len) as usize;
+                assert!(
+                    end <= self.serving.len(),
+                    "asked to send bytes it was not given"
+                );
+                continue;
+            }
+            match wire::decode(&buf[..t.len], MAX_FRAME_LIMIT) {
+                Ok(Decoded::Frame {
+                    message: Message::ManifestRequest { after, limit },
+                    ..
+                }) => self.manifest_asked = Some((after, limit)),
+                Ok(Decoded::Frame {
+                    message: Message::EventChunkGet { hash },
+                    ..
+                }) => self.gets.push(hash),
+                Ok(Decoded::Frame { .. }) => {}
+                other => panic!("the session sent a frame it cannot decode: {other:?}"),
+            }
+        }
+        self.answer();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn a_hostile_peer_never_panics_a_session(
+        honest_hello in any::<bool>(),
+        ops in pvec(op(), 0..40),
+    ) {
+        let config = Config {
+            max_frame: 1024,
+            idle_timeout: Duration::from_secs(30),
+            ..Config::new(NodeId(1))
+        };
+        let mut h = Harness {
+            s: S::new(config, Instant::ZERO).unwrap(),
+            now: Instant::ZERO,
+            rx: Vec::new(),
+            assembling: Vec::new(),
+            serving: Vec::new(),
+            fatal: None,
+            manifest_asked: None,
+            gets: Vec::new(),
+        };
+        h.transmit();
+        if honest_hello {
+            h.feed(&bytes_of(&Op::Hello { protocol: PROTOCOL_VERSION, max_frame: 1024, max_requests: 4 }));
+        }
+        for op in &ops {
+            if let Op::Wait(ms) = op {
+                h.now += Duration::from_millis(u64::from(*ms));
+                h.s.handle_timeout(h.now);
+                if let Some(e) = h.s.error() {
+                    h.record(e);
+                }
+                h.answer();
+                h.transmit();
+            } else {
+                let bytes = h.reply(op);
+                h.feed(&bytes);
+            }
+            if let Some(e) = h.fatal {
+                prop_assert!(h.s.is_closed() || h.s.error() == Some(e));
+                prop_assert!(h.s.handle_input(h.now, &bytes_of(&Op::Done)).is_err());
+            }
+        }
+        let stats = h.s.stats();
+        prop_assert!(stats.frames_received <= ops.len() as u64 + 1);
+    }
+}
