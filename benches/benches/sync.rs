@@ -3,7 +3,9 @@
 //! the receiver, in the same run.
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented items.
 
+use std::collections::BTreeSet;
 use std::hint::black_box;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chunk_sync_benches::{as_events, events, seal_one};
@@ -30,17 +32,23 @@ fn corpus() -> Vec<Vec<u8>> {
 /// A store that keeps the hashes of what it is given and drops the bytes: it isolates the
 /// cost of the protocol, the transport and verification from the cost of keeping 256 MiB.
 #[derive(Default)]
-struct HashesOnly(std::collections::BTreeSet<ChunkHash>);
+struct HashesOnly(Mutex<BTreeSet<ChunkHash>>);
+
+impl HashesOnly {
+    fn ids(&self) -> MutexGuard<'_, BTreeSet<ChunkHash>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 impl NodeStore for HashesOnly {
     fn contains(&self, id: &ChunkHash) -> Result<bool, chunk_sync_tokio::StoreError> {
-        Ok(self.0.contains(id))
+        Ok(self.ids().contains(id))
     }
-    fn get(&mut self, _: &ChunkHash) -> Result<Option<bytes::Bytes>, chunk_sync_tokio::StoreError> {
+    fn get(&self, _: &ChunkHash) -> Result<Option<bytes::Bytes>, chunk_sync_tokio::StoreError> {
         Ok(None)
     }
-    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, chunk_sync_tokio::StoreError> {
-        Ok(self.0.insert(chunk.id()))
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, chunk_sync_tokio::StoreError> {
+        Ok(self.ids().insert(chunk.id()))
     }
     fn page_after(
         &self,
@@ -48,7 +56,7 @@ impl NodeStore for HashesOnly {
         limit: usize,
     ) -> Result<(Vec<ChunkHash>, bool), chunk_sync_tokio::StoreError> {
         let ids: Vec<ChunkHash> = self
-            .0
+            .ids()
             .iter()
             .filter(|id| after.is_none_or(|a| *id > a))
             .take(limit)
@@ -58,12 +66,12 @@ impl NodeStore for HashesOnly {
         Ok((ids, last))
     }
     fn len(&self) -> Result<usize, chunk_sync_tokio::StoreError> {
-        Ok(self.0.len())
+        Ok(self.ids().len())
     }
 }
 
 fn store_of(chunks: &[Vec<u8>]) -> MemStore {
-    let mut store = MemStore::new();
+    let store = MemStore::new();
     for c in chunks {
         store
             .insert(VerifiedChunk::new(ChunkHash::of(c), c.clone()).unwrap())

@@ -24,7 +24,7 @@ fn ram_store(chunks: &SimNode) -> Box<Small> {
 }
 
 fn tokio_node(id: u64, chunks: &SimNode) -> Node {
-    let mut store = MemStore::new();
+    let store = MemStore::new();
     for (id, bytes) in &chunks.store {
         store
             .insert(VerifiedChunk::new(*id, bytes.clone()).unwrap())
@@ -86,12 +86,12 @@ async fn embassy_and_tokio_nodes_converge_both_ways() {
 /// The host fetched the device's chunks (its session may finish a moment later).
 async fn assert_host_holds(host: &Node, union: &[ChunkHash]) {
     for _ in 0..100 {
-        if host.with_store(|s| s.len().unwrap()) == union.len() {
+        if host.store().len().unwrap() == union.len() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let host_ids = host.with_store(|s| s.page_after(None, 1_000).unwrap().0);
+    let host_ids = host.store().page_after(None, 1_000).unwrap().0;
     assert_eq!(host_ids, union);
 }
 

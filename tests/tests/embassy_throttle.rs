@@ -68,13 +68,13 @@ async fn the_device_throttle_holds_in_mock_time() {
     assert!(sent > 20_000, "the device served its log: {sent} bytes");
     let total: usize = device_log.store.values().map(Vec::len).sum();
     for _ in 0..100 {
-        if host.with_store(|s| s.len().unwrap()) == device_log.store.len() {
+        if host.store().len().unwrap() == device_log.store.len() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(
-        host.with_store(|s| s.cache_size_bytes()),
+        host.store().cache_size_bytes(),
         total,
         "the host stored every chunk"
     );

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 /// A node whose store holds `chunks`.
 fn mem_store(chunks: &SimNode) -> MemStore {
-    let mut store = MemStore::new();
+    let store = MemStore::new();
     for (id, bytes) in &chunks.store {
         store
             .insert(VerifiedChunk::new(*id, bytes.clone()).unwrap())
@@ -32,7 +32,7 @@ fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig
 }
 
 fn ids(node: &Node) -> Vec<ChunkHash> {
-    node.with_store(|s| s.page_after(None, usize::MAX - 1).unwrap().0)
+    node.store().page_after(None, usize::MAX - 1).unwrap().0
 }
 
 fn chunks(origin: u64, events: u64, per_chunk: usize, payload: usize) -> SimNode {
@@ -79,14 +79,14 @@ impl NodeStore for LyingStore {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
         self.0.contains(id)
     }
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
         Ok(self.0.get(id)?.map(|b| {
             let mut b = b.to_vec();
             b[0] ^= 0xff;
             Bytes::from(b)
         }))
     }
-    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
         self.0.insert(chunk)
     }
     fn page_after(
@@ -256,7 +256,7 @@ async fn fifty_peers_pull_from_one_node_at_once() {
         let peer = task.await.unwrap();
         assert_eq!(ids(&peer), set.ids());
         for id in set.ids() {
-            let bytes = peer.with_store(|s| s.get(&id)).unwrap().unwrap();
+            let bytes = peer.store().get(&id).unwrap().unwrap();
             assert_eq!(ChunkHash::of(&bytes), id, "every stored chunk verifies");
         }
     }
@@ -270,13 +270,13 @@ impl NodeStore for DiskLike {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
         self.0.contains(id)
     }
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
         self.0.get(id)
     }
-    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
         self.0.insert(chunk)
     }
-    fn insert_batch(&mut self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
         std::thread::sleep(Duration::from_millis(2));
         self.0.insert_batch(chunks)
     }
@@ -329,7 +329,7 @@ async fn a_store_written_in_the_background_gets_everything_and_reports_only_what
         kept.len()
     );
     for id in &kept {
-        let bytes = full.with_store(|s| s.get(id).unwrap().unwrap());
+        let bytes = full.store().get(id).unwrap().unwrap();
         assert_eq!(ChunkHash::of(&bytes), *id);
     }
     let again = Node::new(NodeConfig::new(NodeId(4)), DiskLike(MemStore::new())).unwrap();
@@ -373,4 +373,93 @@ async fn failed_chunks_are_fetched_from_the_next_peer_that_has_them() {
     let again = me.pull_from_any([lh.local_addr(), ll.local_addr()]).await;
     assert_eq!(again.attempts.len(), 1);
     assert!(again.is_complete() && again.synced_chunks() == 0);
+}
+
+/// A store whose batch writes wait at a gate the test opens, and say when one is waiting.
+struct Gated {
+    inner: MemStore,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl Gated {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl NodeStore for Gated {
+    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
+        self.inner.contains(id)
+    }
+    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        self.inner.get(id)
+    }
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+        self.inner.insert(chunk)
+    }
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        self.waiting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        drop(open);
+        self.inner.insert_batch(chunks)
+    }
+    fn writes_block(&self) -> bool {
+        true
+    }
+    fn page_after(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+        self.inner.page_after(after, limit)
+    }
+    fn len(&self) -> Result<usize, StoreError> {
+        self.inner.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
+    let (own, theirs) = (chunks(1, 100, 10, 300), chunks(2, 100, 10, 300));
+    let gated = std::sync::Arc::new(Gated {
+        inner: mem_store(&own),
+        open: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+        waiting: std::sync::atomic::AtomicBool::new(false),
+    });
+    // The node shares the store with the test, which holds the gate.
+    let a = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(1)), gated.clone()).unwrap());
+    let b = node(2, &theirs, |c| c);
+    let (la, lb) = (
+        a.listen("127.0.0.1:0").await.unwrap(),
+        b.listen("127.0.0.1:0").await.unwrap(),
+    );
+    let pulling = tokio::spawn({
+        let a = a.clone();
+        let from = lb.local_addr();
+        async move { a.pull_from(from).await }
+    });
+    while !gated.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A write of `a`'s store is stuck at the gate; `a` still answers another peer.
+    let c = node(3, &SimNode::default(), |c| c);
+    let served = tokio::time::timeout(Duration::from_secs(10), c.pull_from(la.local_addr()))
+        .await
+        .expect("reads do not wait for a write in progress")
+        .unwrap();
+    assert_eq!(served.progress.synced_chunks, 10);
+    assert_eq!(ids(&c), own.ids());
+
+    gated.open();
+    let pulled = pulling.await.unwrap().unwrap();
+    assert_eq!(pulled.progress.synced_chunks, 10);
+    assert_eq!(ids(&a).len(), 20);
 }

@@ -35,7 +35,7 @@ fn log(origin: NodeId, count: u64) -> Vec<EventBuf> {
 
 fn node(id: NodeId, events: &[EventBuf], throttle: ThrottleConfig) -> Result<(Node, usize)> {
     let chunks = EventChunkStore::new(10).create_chunks(events)?;
-    let mut store = MemStore::new();
+    let store = MemStore::new();
     println!(
         "{id} wrote {} events and sealed them into chunks of up to 10 sequence numbers:",
         events.len()
@@ -120,7 +120,7 @@ pub(crate) async fn run() -> Result<()> {
             human(pa.bytes_transferred)
         );
     }
-    let (a_has, b_has) = (a.with_store(|s| s.len())?, b.with_store(|s| s.len())?);
+    let (a_has, b_has) = (a.store().len()?, b.store().len()?);
     println!("both nodes now hold the union: {a_has} and {b_has} chunks ({a_chunks} + {b_chunks})");
     if a_has != a_chunks + b_chunks || b_has != a_has || !report.failed.is_empty() {
         return Err(crate::Failure("the demo did not converge".into()));

@@ -357,7 +357,7 @@ async fn serve(store: &StoreArg, listen: &str, net: &NetArgs) -> Result<()> {
     println!(
         "{} serving {} chunks on {}",
         node.node_id(),
-        node.with_store(|s| s.len())?,
+        node.store().len()?,
         listener.local_addr()
     );
     let _ = std::io::stdout().flush();

@@ -86,11 +86,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
     wanted: Vec<ChunkHash>,
 ) -> (Outcome, Result<(), Error>) {
     let max_frame = session.config().max_frame as usize;
-    let background = shared
-        .store
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .writes_block();
+    let background = shared.store.writes_block();
     let mut d = Driver {
         shared,
         session,
@@ -263,11 +259,7 @@ impl Driver<'_> {
         if self.background {
             let shared = Arc::clone(self.shared);
             self.writing = Some(tokio::task::spawn_blocking(move || {
-                let result = shared
-                    .store
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert_batch(&batch);
+                let result = shared.store.insert_batch(&batch);
                 (batch, result)
             }));
             return Ok(());
@@ -304,18 +296,13 @@ impl Driver<'_> {
         self.publish_progress();
     }
 
-    /// Runs `f` on the locked store. A store failure aborts the session, so the peer is
-    /// told with an `Error` frame rather than a dropped connection.
+    /// Runs `f` on the store. A store failure aborts the session, so the peer is told with
+    /// an `Error` frame rather than a dropped connection.
     fn with_store<R>(
         &mut self,
-        f: impl FnOnce(&mut dyn NodeStore) -> Result<R, StoreError>,
+        f: impl FnOnce(&dyn NodeStore) -> Result<R, StoreError>,
     ) -> Result<R, Error> {
-        let result = f(self
-            .shared
-            .store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut());
+        let result = f(self.shared.store.as_ref());
         result.map_err(|e| self.store_failed(e))
     }
 
@@ -336,11 +323,7 @@ impl Driver<'_> {
                     self.publish_progress();
                 }
                 Event::LookupNeeded => {
-                    let store = self
-                        .shared
-                        .store
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
+                    let store = self.shared.store.as_ref();
                     let mut failure = None;
                     let answered = self.session.resolve_lookups(|id| {
                         store.contains(id).unwrap_or_else(|e| {
@@ -348,7 +331,6 @@ impl Driver<'_> {
                             true
                         })
                     });
-                    drop(store);
                     if let Some(e) = failure {
                         return Err(self.store_failed(e));
                     }

@@ -55,11 +55,10 @@ impl Node {
         };
         for peer in peers {
             // A dropped session may have stored some of them before it ended.
-            self.with_store(|s| {
-                report
-                    .unresolved
-                    .retain(|id| !s.contains(id).unwrap_or(false));
-            });
+            let store = self.store();
+            report
+                .unresolved
+                .retain(|id| !store.contains(id).unwrap_or(false));
             if report.walked && report.unresolved.is_empty() {
                 break;
             }
@@ -74,11 +73,10 @@ impl Node {
             }
             report.attempts.push(attempt);
         }
-        self.with_store(|s| {
-            report
-                .unresolved
-                .retain(|id| !s.contains(id).unwrap_or(false));
-        });
+        let store = self.store();
+        report
+            .unresolved
+            .retain(|id| !store.contains(id).unwrap_or(false));
         report
     }
 }

@@ -93,15 +93,14 @@ impl EventChunkSyncManager {
     /// is refused with [`Error::HashMismatch`] and nothing is stored.
     pub async fn handle_chunk_put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, Error> {
         let verified = VerifiedChunk::new(hash, data).map_err(Error::HashMismatch)?;
-        self.node
-            .with_store(|s| s.insert(verified))
-            .map_err(Error::Store)
+        self.node.store().insert(verified).map_err(Error::Store)
     }
 
     /// The chunk named `hash`, if stored.
     pub async fn handle_chunk_get(&self, hash: ChunkHash) -> Result<Option<Vec<u8>>, Error> {
         self.node
-            .with_store(|s| s.get(&hash))
+            .store()
+            .get(&hash)
             .map(|b| b.map(Vec::from))
             .map_err(Error::Store)
     }
@@ -158,12 +157,12 @@ impl EventChunkSyncManager {
     /// Bytes of chunk data held in memory.
     #[must_use]
     pub fn cache_size_bytes(&self) -> usize {
-        self.node.with_store(|s| s.cache_size_bytes())
+        self.node.store().cache_size_bytes()
     }
 
     /// Forgets every chunk held in memory.
     pub fn clear_cache(&self) {
-        self.node.with_store(|s| s.clear_cache());
+        self.node.store().clear_cache();
     }
 }
 

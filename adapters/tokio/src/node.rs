@@ -123,7 +123,7 @@ pub struct SyncReport {
 
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
-    pub(crate) store: Mutex<Box<dyn NodeStore>>,
+    pub(crate) store: Box<dyn NodeStore>,
     pub(crate) throttle: Mutex<Throttle>,
     pub(crate) clock: Clock,
     pub(crate) progress: Mutex<BTreeMap<NodeId, SyncProgress>>,
@@ -157,7 +157,7 @@ impl Node {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
-                store: Mutex::new(Box::new(store)),
+                store: Box::new(store),
                 throttle: Mutex::new(throttle),
                 clock: Clock::new(),
                 progress: Mutex::new(BTreeMap::new()),
@@ -171,14 +171,10 @@ impl Node {
         self.shared.config.node_id
     }
 
-    /// Runs `f` with the store locked.
-    pub fn with_store<R>(&self, f: impl FnOnce(&mut dyn NodeStore) -> R) -> R {
-        f(self
-            .shared
-            .store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut())
+    /// The node's store, shared with its sessions.
+    #[must_use]
+    pub fn store(&self) -> &dyn NodeStore {
+        self.shared.store.as_ref()
     }
 
     /// The latest progress of the sync with `peer`.

@@ -297,7 +297,7 @@ impl NodeStore for RedbStore {
         Ok(table.get(id.as_bytes()).map_err(boxed)?.is_some())
     }
 
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
         let txn = self.db.begin_read().map_err(boxed)?;
         let table = txn.open_table(CHUNKS).map_err(boxed)?;
         Ok(table
@@ -310,13 +310,13 @@ impl NodeStore for RedbStore {
         true
     }
 
-    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
         self.insert_all(std::slice::from_ref(&chunk), &[])
             .map(|added| added == 1)
     }
 
     /// One transaction, one commit.
-    fn insert_batch(&mut self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
         self.insert_all(chunks, &[])
             .map(|added| usize::try_from(added).unwrap_or(usize::MAX))
     }
@@ -384,7 +384,7 @@ mod tests {
         ));
         let _ = std::fs::remove_file(&dir);
         let ids: Vec<ChunkHash> = {
-            let mut s = RedbStore::open_with(&dir, write).unwrap();
+            let s = RedbStore::open_with(&dir, write).unwrap();
             let chunks: Vec<_> = (0..5).map(|n| chunk(n, 100 + usize::from(n))).collect();
             for c in &chunks {
                 assert!(s.insert(c.clone()).unwrap());
@@ -393,7 +393,7 @@ mod tests {
             s.insert_all(&[], &[("sealed/1", 42)]).unwrap();
             chunks.iter().map(VerifiedChunk::id).collect()
         };
-        let mut s = RedbStore::open_with(&dir, reopen).unwrap();
+        let s = RedbStore::open_with(&dir, reopen).unwrap();
         assert_eq!(s.len().unwrap(), 5);
         assert_eq!(s.total_bytes().unwrap(), 100 + 101 + 102 + 103 + 104);
         assert_eq!(s.meta("sealed/1").unwrap(), Some(42));

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound::{Excluded, Unbounded};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use chunk_sync_core::{ChunkHash, HashMismatch};
@@ -57,17 +58,19 @@ impl VerifiedChunk {
 /// What a node needs of its chunk store: [`MemStore`] here; a persistent store implements
 /// it too.
 ///
-/// Calls are short and synchronous; the node serialises them behind a mutex.
-pub trait NodeStore: Send + 'static {
+/// Calls are synchronous and may come from several sessions at once: a store synchronises
+/// itself, so that reads need not wait for a write in progress (`MemStore` behind a
+/// read-write lock, `RedbStore` through redb's transactions).
+pub trait NodeStore: Send + Sync + 'static {
     /// Whether the store has the chunk.
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError>;
     /// The chunk's bytes, if present.
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError>;
+    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError>;
     /// Keeps a verified chunk; returns whether it was new. On error nothing stored changes.
-    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError>;
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError>;
     /// Keeps several verified chunks; returns how many were new. A transactional store
     /// keeps all of them or none.
-    fn insert_batch(&mut self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
         let mut added = 0;
         for chunk in chunks {
             added += usize::from(self.insert(chunk.clone())?);
@@ -97,7 +100,46 @@ pub trait NodeStore: Send + 'static {
         0
     }
     /// Forgets what is held in memory only (the original's `clear_cache`).
-    fn clear_cache(&mut self) {}
+    fn clear_cache(&self) {}
+}
+
+/// A shared store is a store: one store can serve several nodes, or a node and the code
+/// around it.
+impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
+    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
+        (**self).contains(id)
+    }
+    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        (**self).get(id)
+    }
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+        (**self).insert(chunk)
+    }
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        (**self).insert_batch(chunks)
+    }
+    fn writes_block(&self) -> bool {
+        (**self).writes_block()
+    }
+    fn page_after(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+        (**self).page_after(after, limit)
+    }
+    fn len(&self) -> Result<usize, StoreError> {
+        (**self).len()
+    }
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        (**self).is_empty()
+    }
+    fn cache_size_bytes(&self) -> usize {
+        (**self).cache_size_bytes()
+    }
+    fn clear_cache(&self) {
+        (**self).clear_cache();
+    }
 }
 
 /// A [`MemStore`] that would exceed its memory limit.
@@ -125,9 +167,15 @@ impl std::error::Error for MemoryLimit {}
 /// with [`MemoryLimit`]; nothing is evicted behind the node's back.
 #[derive(Debug, Default)]
 pub struct MemStore {
+    held: RwLock<Held>,
+    limit: Option<usize>,
+}
+
+/// What a [`MemStore`] holds.
+#[derive(Debug, Default)]
+struct Held {
     chunks: BTreeMap<ChunkHash, Bytes>,
     size: usize,
-    limit: Option<usize>,
 }
 
 impl MemStore {
@@ -147,28 +195,39 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    fn read(&self) -> RwLockReadGuard<'_, Held> {
+        self.held.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Held> {
+        self.held.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl NodeStore for MemStore {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        Ok(self.chunks.contains_key(id))
+        Ok(self.read().chunks.contains_key(id))
     }
 
-    fn get(&mut self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
-        Ok(self.chunks.get(id).cloned())
+    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.read().chunks.get(id).cloned())
     }
 
-    fn insert(&mut self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
-        if self.chunks.contains_key(&chunk.id) {
+    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
+        let mut held = self.write();
+        if held.chunks.contains_key(&chunk.id) {
             return Ok(false);
         }
         let needed = chunk.bytes.len();
         if let Some(limit) = self.limit {
-            let free = limit.saturating_sub(self.size);
+            let free = limit.saturating_sub(held.size);
             if needed > free {
                 return Err(Box::new(MemoryLimit { needed, free }));
             }
         }
-        self.size += needed;
-        self.chunks.insert(chunk.id, chunk.bytes);
+        held.size += needed;
+        held.chunks.insert(chunk.id, chunk.bytes);
         Ok(true)
     }
 
@@ -179,6 +238,7 @@ impl NodeStore for MemStore {
     ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
         let from = after.map_or(Unbounded, |a| Excluded(*a));
         let mut ids: Vec<ChunkHash> = self
+            .read()
             .chunks
             .range((from, Unbounded))
             .map(|(id, _)| *id)
@@ -190,16 +250,17 @@ impl NodeStore for MemStore {
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        Ok(self.chunks.len())
+        Ok(self.read().chunks.len())
     }
 
     fn cache_size_bytes(&self) -> usize {
-        self.size
+        self.read().size
     }
 
-    fn clear_cache(&mut self) {
-        self.chunks.clear();
-        self.size = 0;
+    fn clear_cache(&self) {
+        let mut held = self.write();
+        held.chunks.clear();
+        held.size = 0;
     }
 }
 
@@ -209,7 +270,7 @@ mod tests {
 
     #[test]
     fn the_limit_refuses_instead_of_evicting() {
-        let mut s = MemStore::with_limit(10);
+        let s = MemStore::with_limit(10);
         let a = VerifiedChunk::new(ChunkHash::of(b"aaaaaa"), &b"aaaaaa"[..]).unwrap();
         let b = VerifiedChunk::new(ChunkHash::of(b"bbbbbb"), &b"bbbbbb"[..]).unwrap();
         assert!(s.insert(a.clone()).unwrap());

@@ -80,7 +80,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let log = SimNode::with_log(NodeId(1), 30, 10, 24);
-    let mut store = MemStore::new();
+    let store = MemStore::new();
     for (id, bytes) in &log.store {
         if store
             .insert(VerifiedChunk::new(*id, bytes.clone()).expect("own chunks verify"))
@@ -149,7 +149,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let held = node.with_store(|s| s.len()).unwrap_or(0);
+    let held = node.store().len().unwrap_or(0);
     println!(
         "firmware-peer: fetched {} chunks ({} bytes) from {:?}; holds {held} chunks ({own} of its own)",
         report.progress.synced_chunks, report.progress.bytes_transferred, report.peer
