@@ -7,6 +7,11 @@
 //! [`Session`](chunk_sync_core::session::Session), driven by one task; this crate makes no
 //! protocol decision of its own.
 //!
+//! Stores implement [`NodeStore`] ([`MemStore`], and `RedbStore` with the `redb` feature);
+//! they synchronise themselves, so sessions read concurrently and never wait for a write in
+//! progress, and a store whose writes wait on a disk is written on a blocking thread while
+//! the transfer goes on, its chunks counted as synced only once written.
+//!
 //! The original document's API is here with the same meaning: [`EventChunkSyncManager`],
 //! [`ThrottleConfig`], [`DeltaSyncProtocol`] and the progress methods.
 //!
