@@ -72,32 +72,75 @@ async fn three_nodes_converge_over_tcp() {
     }
 }
 
-/// A store that corrupts every chunk it serves.
-struct LyingStore(MemStore);
+/// A memory store with hooks: what it serves, and what happens before each batch write.
+struct Hooked {
+    inner: MemStore,
+    /// Changes the bytes served (a liar flips one).
+    serve: fn(Bytes) -> Bytes,
+    /// Runs before each batch write (a disk takes a moment; a gate holds it).
+    before_write: Box<dyn Fn() + Send + Sync>,
+    /// Whether writes block, so that the node makes them on a blocking thread.
+    blocks: bool,
+}
 
-impl NodeStore for LyingStore {
+impl Hooked {
+    fn new(inner: MemStore) -> Self {
+        Self {
+            inner,
+            serve: |b| b,
+            before_write: Box::new(|| {}),
+            blocks: false,
+        }
+    }
+
+    /// A store that corrupts every chunk it serves.
+    fn liar(inner: MemStore) -> Self {
+        Self {
+            serve: |b| {
+                let mut b = b.to_vec();
+                b[0] ^= 0xff;
+                Bytes::from(b)
+            },
+            ..Self::new(inner)
+        }
+    }
+
+    /// A store that behaves like a disk: its writes block and take a moment.
+    fn disk_like(inner: MemStore) -> Self {
+        Self {
+            before_write: Box::new(|| std::thread::sleep(Duration::from_millis(2))),
+            blocks: true,
+            ..Self::new(inner)
+        }
+    }
+}
+
+impl NodeStore for Hooked {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        self.0.contains(id)
+        self.inner.contains(id)
     }
     fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
-        Ok(self.0.get(id)?.map(|b| {
-            let mut b = b.to_vec();
-            b[0] ^= 0xff;
-            Bytes::from(b)
-        }))
+        Ok(self.inner.get(id)?.map(self.serve))
     }
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
-        self.0.insert(chunk)
+        self.inner.insert(chunk)
+    }
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+        (self.before_write)();
+        self.inner.insert_batch(chunks)
+    }
+    fn writes_block(&self) -> bool {
+        self.blocks
     }
     fn page_after(
         &self,
         after: Option<&ChunkHash>,
         limit: usize,
     ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
-        self.0.page_after(after, limit)
+        self.inner.page_after(after, limit)
     }
     fn len(&self) -> Result<usize, StoreError> {
-        self.0.len()
+        self.inner.len()
     }
 }
 
@@ -105,7 +148,7 @@ impl NodeStore for LyingStore {
 async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     let set = chunks(1, 120, 10, 300);
     let honest = node(1, &set, |c| c);
-    let liar = Node::new(NodeConfig::new(NodeId(2)), LyingStore(mem_store(&set))).unwrap();
+    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(mem_store(&set))).unwrap();
     let me = node(3, &SimNode::default(), |c| c);
     let (lh, ll) = (
         honest.listen("127.0.0.1:0").await.unwrap(),
@@ -262,46 +305,17 @@ async fn fifty_peers_pull_from_one_node_at_once() {
     }
 }
 
-/// A memory store that behaves like a disk: its writes block (the node makes them on a
-/// blocking thread while the transfer goes on) and take a moment.
-struct DiskLike(MemStore);
-
-impl NodeStore for DiskLike {
-    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        self.0.contains(id)
-    }
-    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
-        self.0.get(id)
-    }
-    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
-        self.0.insert(chunk)
-    }
-    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
-        std::thread::sleep(Duration::from_millis(2));
-        self.0.insert_batch(chunks)
-    }
-    fn writes_block(&self) -> bool {
-        true
-    }
-    fn page_after(
-        &self,
-        after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
-        self.0.page_after(after, limit)
-    }
-    fn len(&self) -> Result<usize, StoreError> {
-        self.0.len()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_written_in_the_background_gets_everything_and_reports_only_what_it_holds() {
     let set = chunks(1, 400, 10, 2_000);
     let server = node(1, &set, |c| c);
     let listener = server.listen("127.0.0.1:0").await.unwrap();
 
-    let me = Node::new(NodeConfig::new(NodeId(2)), DiskLike(MemStore::new())).unwrap();
+    let me = Node::new(
+        NodeConfig::new(NodeId(2)),
+        Hooked::disk_like(MemStore::new()),
+    )
+    .unwrap();
     let report = me.sync_with(listener.local_addr()).await.unwrap();
     assert_eq!(report.progress.synced_chunks, 40);
     assert_eq!(
@@ -315,7 +329,7 @@ async fn a_store_written_in_the_background_gets_everything_and_reports_only_what
     let limit = 25 * 20_500;
     let full = Node::new(
         NodeConfig::new(NodeId(3)),
-        DiskLike(MemStore::with_limit(limit)),
+        Hooked::disk_like(MemStore::with_limit(limit)),
     )
     .unwrap();
     match full.sync_with(listener.local_addr()).await {
@@ -332,7 +346,11 @@ async fn a_store_written_in_the_background_gets_everything_and_reports_only_what
         let bytes = full.store().get(id).unwrap().unwrap();
         assert_eq!(ChunkHash::of(&bytes), *id);
     }
-    let again = Node::new(NodeConfig::new(NodeId(4)), DiskLike(MemStore::new())).unwrap();
+    let again = Node::new(
+        NodeConfig::new(NodeId(4)),
+        Hooked::disk_like(MemStore::new()),
+    )
+    .unwrap();
     again.sync_with(listener.local_addr()).await.unwrap();
     assert_eq!(ids(&again), set.ids());
 }
@@ -341,7 +359,7 @@ async fn a_store_written_in_the_background_gets_everything_and_reports_only_what
 async fn failed_chunks_are_fetched_from_the_next_peer_that_has_them() {
     let set = chunks(1, 120, 10, 300);
     let honest = node(1, &set, |c| c);
-    let liar = Node::new(NodeConfig::new(NodeId(2)), LyingStore(mem_store(&set))).unwrap();
+    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(mem_store(&set))).unwrap();
     let (lh, ll) = (
         honest.listen("127.0.0.1:0").await.unwrap(),
         liar.listen("127.0.0.1:0").await.unwrap(),
@@ -375,67 +393,43 @@ async fn failed_chunks_are_fetched_from_the_next_peer_that_has_them() {
     assert!(again.is_complete() && again.synced_chunks() == 0);
 }
 
-/// A store whose batch writes wait at a gate the test opens, and say when one is waiting.
-struct Gated {
-    inner: MemStore,
+/// A gate the test opens, and whether a write is waiting at it.
+#[derive(Default)]
+struct Gate {
     open: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
     waiting: std::sync::atomic::AtomicBool,
 }
 
-impl Gated {
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.opened.notify_all();
-    }
-}
-
-impl NodeStore for Gated {
-    fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        self.inner.contains(id)
-    }
-    fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
-        self.inner.get(id)
-    }
-    fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
-        self.inner.insert(chunk)
-    }
-    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+impl Gate {
+    fn wait(&self) {
         self.waiting
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let mut open = self.open.lock().unwrap();
         while !*open {
             open = self.opened.wait(open).unwrap();
         }
-        drop(open);
-        self.inner.insert_batch(chunks)
     }
-    fn writes_block(&self) -> bool {
-        true
-    }
-    fn page_after(
-        &self,
-        after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
-        self.inner.page_after(after, limit)
-    }
-    fn len(&self) -> Result<usize, StoreError> {
-        self.inner.len()
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
     let (own, theirs) = (chunks(1, 100, 10, 300), chunks(2, 100, 10, 300));
-    let gated = std::sync::Arc::new(Gated {
-        inner: mem_store(&own),
-        open: std::sync::Mutex::new(false),
-        opened: std::sync::Condvar::new(),
-        waiting: std::sync::atomic::AtomicBool::new(false),
-    });
-    // The node shares the store with the test, which holds the gate.
-    let a = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(1)), gated.clone()).unwrap());
+    let gate = std::sync::Arc::new(Gate::default());
+    let store = Hooked {
+        before_write: Box::new({
+            let gate = gate.clone();
+            move || gate.wait()
+        }),
+        blocks: true,
+        ..Hooked::new(mem_store(&own))
+    };
+    let a = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(1)), store).unwrap());
     let b = node(2, &theirs, |c| c);
     let (la, lb) = (
         a.listen("127.0.0.1:0").await.unwrap(),
@@ -446,7 +440,7 @@ async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
         let from = lb.local_addr();
         async move { a.pull_from(from).await }
     });
-    while !gated.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+    while !gate.waiting.load(std::sync::atomic::Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // A write of `a`'s store is stuck at the gate; `a` still answers another peer.
@@ -458,7 +452,7 @@ async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
     assert_eq!(served.progress.synced_chunks, 10);
     assert_eq!(ids(&c), own.ids());
 
-    gated.open();
+    gate.open();
     let pulled = pulling.await.unwrap().unwrap();
     assert_eq!(pulled.progress.synced_chunks, 10);
     assert_eq!(ids(&a).len(), 20);
