@@ -269,6 +269,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shared_store_is_one_store() {
+        let shared = Arc::new(MemStore::new());
+        let as_store: Box<dyn NodeStore> = Box::new(Arc::clone(&shared));
+        let a = VerifiedChunk::new(ChunkHash::of(b"aaaaaa"), &b"aaaaaa"[..]).unwrap();
+        assert!(as_store.insert_batch(std::slice::from_ref(&a)).unwrap() == 1);
+        assert!(shared.contains(&a.id()).unwrap());
+        assert_eq!(shared.cache_size_bytes(), 6);
+        assert!(!as_store.writes_block());
+        as_store.clear_cache();
+        assert!(shared.is_empty().unwrap());
+    }
+
+    #[test]
     fn the_limit_refuses_instead_of_evicting() {
         let s = MemStore::with_limit(10);
         let a = VerifiedChunk::new(ChunkHash::of(b"aaaaaa"), &b"aaaaaa"[..]).unwrap();
