@@ -2,7 +2,11 @@
 # Builds the firmware for the QEMU lm3s6965evb (Cortex-M3), boots it with UART0 bridged to
 # a TCP port, syncs it with a host node (tokio adapter) over that port, and fails unless both
 # sides converge. Prints the firmware's flash and static RAM footprint.
+#
+#   scripts/qemu-sync.sh          # the device keeps its chunks in a RamStore
+#   scripts/qemu-sync.sh flash    # in a FlashStore (NOR flash modelled in RAM)
 set -euo pipefail
+FEATURES=${1:-}
 cd "$(dirname "$0")/.."
 
 if ! command -v qemu-system-arm >/dev/null; then
@@ -10,7 +14,7 @@ if ! command -v qemu-system-arm >/dev/null; then
 fi
 rustup target add thumbv7m-none-eabi >/dev/null 2>&1 || true
 
-(cd firmware/qemu-lm3s6965 && cargo build --release --locked -q)
+(cd firmware/qemu-lm3s6965 && cargo build --release --locked -q ${FEATURES:+--features "$FEATURES"})
 cargo build -q -p chunk-sync-tests --bin firmware-peer
 ELF=firmware/qemu-lm3s6965/target/thumbv7m-none-eabi/release/chunk-sync-firmware-qemu
 
@@ -24,7 +28,7 @@ while read -r name size; do
     .bss|.uninit) ram=$((ram + bytes)) ;;
   esac
 done < <(readelf -S -W "$ELF" | sed -n 's/^ *\[ *[0-9]*\] *\([^ ]*\) *[A-Z_]* *[0-9a-f]* *[0-9a-f]* *\([0-9a-f]*\).*/\1 \2/p')
-echo "firmware footprint: flash $flash bytes, static RAM $ram bytes"
+echo "firmware footprint${FEATURES:+ ($FEATURES)}: flash $flash bytes, static RAM $ram bytes"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG=$(mktemp)

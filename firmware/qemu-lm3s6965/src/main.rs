@@ -7,14 +7,15 @@
 #![no_main]
 #![deny(unsafe_code)]
 
+#[cfg(feature = "flash")]
+mod ram_flash;
 mod time_driver;
 mod uart;
 
 use chunk_sync_core::chunk::{Chunker, Push};
 use chunk_sync_core::session::{Config, Error as SessionError};
-use chunk_sync_core::store::{ChunkStore, RamStore};
 use chunk_sync_core::{ChunkHash, Duration, Event, NodeId, Privacy};
-use chunk_sync_embassy::{Resources, Runner};
+use chunk_sync_embassy::{Resources, Runner, Store};
 use cortex_m_semihosting::{debug, hprintln};
 use embassy_executor::{Executor, Spawner};
 use embassy_time::Timer;
@@ -25,11 +26,25 @@ const DEVICE: NodeId = NodeId(0xD1);
 /// Events the device writes; every fifth is private.
 const EVENTS: u64 = 40;
 
-type Store = RamStore<32, 16_384>;
-static STORE: StaticCell<Store> = StaticCell::new();
-type Res = Resources<1024, 1024, 4096, 8>;
+/// The device's store: 32 chunks in 16 KiB of RAM.
+#[cfg(not(feature = "flash"))]
+type DeviceStore = chunk_sync_core::store::RamStore<32, 16_384>;
+/// The device's store: up to 32 chunks of up to 992 bytes in 16 KiB of NOR flash.
+#[cfg(feature = "flash")]
+type DeviceStore = chunk_sync_embassy::FlashStore<ram_flash::RamFlash, 32, 1024>;
+#[cfg(feature = "flash")]
+static FLASH: StaticCell<[u8; 16 * 1024]> = StaticCell::new();
+static STORE: StaticCell<DeviceStore> = StaticCell::new();
+#[cfg(not(feature = "flash"))]
+const STORE_NAME: &str = "RamStore<32, 16384>";
+#[cfg(feature = "flash")]
+const STORE_NAME: &str = "FlashStore<_, 32, 1024> (flash itself: 16384 B)";
+/// The largest chunk the device seals, accepts or serves.
+const MAX_CHUNK: usize = 2048;
+type Res = Resources<1024, 1024, MAX_CHUNK, 8>;
 static RESOURCES: StaticCell<Res> = StaticCell::new();
-static CHUNK_BUF: StaticCell<[u8; 2048]> = StaticCell::new();
+/// Where the device seals its chunks, and later reads each one back to check it.
+static CHUNK_BUF: StaticCell<[u8; MAX_CHUNK]> = StaticCell::new();
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
 
 #[panic_handler]
@@ -46,9 +61,28 @@ fn halt() -> ! {
     }
 }
 
+/// An empty store.
+#[cfg(not(feature = "flash"))]
+async fn open_store() -> &'static mut DeviceStore {
+    STORE.init(DeviceStore::new())
+}
+
+/// The store in (modelled) flash, opened as after a reset.
+#[cfg(feature = "flash")]
+async fn open_store() -> &'static mut DeviceStore {
+    let flash = ram_flash::RamFlash::new(FLASH.init([0; 16 * 1024]));
+    let range = 0..(16 * 1024);
+    match DeviceStore::open(flash, range).await {
+        Ok(store) => STORE.init(store),
+        Err(e) => {
+            hprintln!("chunk-sync firmware: cannot open the flash store: {}", e);
+            halt()
+        }
+    }
+}
+
 /// Seals the device's log into `store`; returns the number of chunks.
-fn write_log(store: &mut Store) -> usize {
-    let buf = CHUNK_BUF.init([0; 2048]);
+async fn write_log(store: &mut DeviceStore, buf: &mut [u8]) -> usize {
     let Ok(mut chunker) = Chunker::new(DEVICE, 10, 0, buf) else {
         return 0;
     };
@@ -71,15 +105,15 @@ fn write_log(store: &mut Store) -> usize {
         };
         if chunker.push(&event) == Ok(Push::SealFirst) {
             if let Some(sealed) = chunker.seal() {
-                let _ = store.insert(sealed.verified());
+                let _ = store.insert(sealed.verified()).await;
             }
             let _ = chunker.push(&event);
         }
     }
     if let Some(sealed) = chunker.seal() {
-        let _ = store.insert(sealed.verified());
+        let _ = store.insert(sealed.verified()).await;
     }
-    store.chunk_count().unwrap_or(0)
+    store.chunk_count().await.unwrap_or(0)
 }
 
 /// The core's golden chunk (`core/src/chunk/tests.rs`), sealed on this target: the same
@@ -115,23 +149,31 @@ fn golden_chunk_matches() -> bool {
 }
 
 /// Every stored chunk still hashes to its name.
-fn all_verified(store: &mut Store) -> bool {
-    let mut ids = [ChunkHash::default(); 32];
-    let n = store.ids_after(None, &mut ids).unwrap_or(0);
-    let mut buf = [0u8; 4096];
-    ids[..n]
-        .iter()
-        .all(|id| match store.read_into(id, &mut buf) {
-            Ok(Some(len)) => id.matches(&buf[..len]),
-            _ => false,
-        })
+async fn all_verified(store: &mut DeviceStore, buf: &mut [u8]) -> bool {
+    let mut page = [ChunkHash::default(); 4];
+    let mut after = None;
+    loop {
+        let Ok(n) = store.ids_after(after.as_ref(), &mut page).await else {
+            return false;
+        };
+        for id in &page[..n] {
+            match store.read_into(id, buf).await {
+                Ok(Some(len)) if id.matches(&buf[..len]) => {}
+                _ => return false,
+            }
+        }
+        if n < page.len() {
+            return true;
+        }
+        after = Some(page[n - 1]);
+    }
 }
 
 /// Runs a session the host spoils on purpose; halts unless it ends with the expected error
 /// and leaves the store as it was.
 async fn expect_refusal(
     uart: &mut uart::Uart0,
-    store: &mut Store,
+    store: &mut DeviceStore,
     config: Config,
     resources: &mut Res,
     own: usize,
@@ -145,7 +187,7 @@ async fn expect_refusal(
             halt()
         }
     };
-    let intact = store.chunk_count() == Ok(own);
+    let intact = store.chunk_count().await.ok() == Some(own);
     match result {
         Err(chunk_sync_embassy::Error::Protocol(e)) if expected(&e) => {
             hprintln!("chunk-sync firmware: {}; store intact: {}", what, intact);
@@ -162,17 +204,46 @@ async fn expect_refusal(
     Timer::after_millis(200).await;
 }
 
+/// Runs a real session; halts unless it completes.
+async fn sync_both_ways(
+    uart: &mut uart::Uart0,
+    store: &mut DeviceStore,
+    config: Config,
+    resources: &mut Res,
+) -> chunk_sync_embassy::Report {
+    let (handle, mut runner) = match Runner::<_, _, 8, 4>::new(uart, store, config, resources) {
+        Ok(parts) => parts,
+        Err(e) => {
+            hprintln!("chunk-sync firmware: bad configuration: {}", e);
+            halt()
+        }
+    };
+    match runner.run().await {
+        Ok(report) if handle.progress().finished => report,
+        Ok(_) => {
+            hprintln!("chunk-sync firmware: the session ended unfinished");
+            halt()
+        }
+        Err(e) => {
+            hprintln!("chunk-sync firmware: sync failed: {}", e);
+            halt()
+        }
+    }
+}
+
 #[embassy_executor::task]
 async fn device() {
     hprintln!(
-        "chunk-sync firmware: RAM of Session<8, 4> {} B, RamStore<32, 16384> {} B, Resources<1024, 1024, 4096, 8> {} B, Throttle {} B",
+        "chunk-sync firmware: RAM of Session<8, 4> {} B, {} {} B, Resources<1024, 1024, 2048, 8> {} B, Throttle {} B",
         core::mem::size_of::<chunk_sync_core::session::Session<8, 4>>(),
-        core::mem::size_of::<Store>(),
-        core::mem::size_of::<Resources<1024, 1024, 4096, 8>>(),
+        STORE_NAME,
+        core::mem::size_of::<DeviceStore>(),
+        core::mem::size_of::<Res>(),
         core::mem::size_of::<chunk_sync_core::Throttle>()
     );
-    let store = STORE.init(RamStore::new());
-    let own = write_log(store);
+    let store = open_store().await;
+    let chunk_buf = CHUNK_BUF.init([0; MAX_CHUNK]);
+    let own = write_log(store, chunk_buf).await;
     let config = Config {
         max_frame: 1024,
         window: 4,
@@ -213,29 +284,9 @@ async fn device() {
     .await;
 
     // Third session: a real sync, both ways.
-    let runner = Runner::<_, _, 8, 4>::new(&mut uart, &mut *store, config, resources);
-    let (handle, mut runner) = match runner {
-        Ok(parts) => parts,
-        Err(e) => {
-            hprintln!("chunk-sync firmware: bad configuration: {}", e);
-            debug::exit(debug::EXIT_FAILURE);
-            return;
-        }
-    };
-    let report = match runner.run().await {
-        Ok(report) => report,
-        Err(e) => {
-            hprintln!("chunk-sync firmware: sync failed: {}", e);
-            debug::exit(debug::EXIT_FAILURE);
-            return;
-        }
-    };
-    drop(runner);
-    if !handle.progress().finished {
-        halt()
-    }
-    let held = store.chunk_count().unwrap_or(0);
-    let verified = all_verified(store);
+    let report = sync_both_ways(&mut uart, store, config, resources).await;
+    let held = store.chunk_count().await.unwrap_or(0);
+    let verified = all_verified(store, chunk_buf).await;
     let golden = golden_chunk_matches();
     hprintln!(
         "chunk-sync firmware: sealed {} chunks, fetched {} ({} bytes), failed {}, store holds {} chunks, all verified: {}, golden chunk hash matches: {}, in {} ms",
