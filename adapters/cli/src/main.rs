@@ -410,7 +410,9 @@ async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool)
         tokio::select! {
             done = &mut sync => break done,
             _ = tick.tick() => {
-                if let (Some(bar), Some(p)) = (&bar, node.progress_all().values().next()) {
+                // The session under way: the one started last.
+                let all = node.progress_all();
+                if let (Some(bar), Some(p)) = (&bar, all.values().min_by_key(|p| p.elapsed())) {
                     bar.set_length(p.total_chunks);
                     bar.set_position(p.synced_chunks);
                     let rate = p.bytes_transferred as f64 / p.elapsed().as_secs_f64().max(1e-3);
