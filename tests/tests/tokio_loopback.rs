@@ -457,3 +457,19 @@ async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
     assert_eq!(pulled.progress.synced_chunks, 10);
     assert_eq!(ids(&a).len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_more_chunks_than_a_manifest_page_gets_them_all() {
+    // 3,000 one-event chunks: more than a host session's queue of wanted chunks (2,048).
+    let set = chunks(1, 3_000, 1, 8);
+    let server = node(1, &set, |c| c);
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let me = node(2, &SimNode::default(), |c| c);
+    let report = me
+        .fetch_from(listener.local_addr(), set.ids())
+        .await
+        .unwrap();
+    assert_eq!(report.progress.synced_chunks, 3_000);
+    assert!(report.failed.is_empty());
+    assert_eq!(ids(&me), set.ids());
+}

@@ -129,7 +129,8 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
             }
             self.feed_input(now).await?;
             let mut answered = self.answer_events().await?;
-            self.transmit(now).await?;
+            // The store may have waited on flash: take the time again.
+            self.transmit(time::now()).await?;
             answered |= self.answer_events().await?;
             if answered {
                 continue;
@@ -302,20 +303,51 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                     return Err(Error::Protocol(SessionError::Aborted));
                 }
             };
-            self.io
-                .write_all(&self.tx[..t.len])
-                .await
-                .map_err(Error::Transport)?;
+            // A peer that stops taking bytes must not hold the runner past the session's
+            // idle timeout (sending a frame was the session's last progress).
+            let deadline = embassy_time::Instant::now()
+                + time::to_embassy_duration(self.session.config().idle_timeout);
+            let header = Self::within(deadline, self.io.write_all(&self.tx[..t.len])).await;
+            self.written(header)?;
             if let Some(piece) = t.piece {
                 let range = piece.offset as usize..(piece.offset + piece.len) as usize;
                 let data = self.outgoing.get(range).unwrap_or(&[]);
-                self.io.write_all(data).await.map_err(Error::Transport)?;
+                let data = Self::within(deadline, self.io.write_all(data)).await;
+                self.written(data)?;
             }
             wrote = true;
         }
         if wrote {
-            self.io.flush().await.map_err(Error::Transport)?;
+            let deadline = embassy_time::Instant::now()
+                + time::to_embassy_duration(self.session.config().idle_timeout);
+            let flushed = Self::within(deadline, self.io.flush()).await;
+            self.written(flushed)?;
         }
         Ok(())
+    }
+
+    /// Runs a write until `deadline`; `None` if the deadline came first.
+    async fn within<T>(
+        deadline: embassy_time::Instant,
+        write: impl Future<Output = T>,
+    ) -> Option<T> {
+        match select(write, Timer::at(deadline)).await {
+            Either::First(done) => Some(done),
+            Either::Second(()) => None,
+        }
+    }
+
+    /// The outcome of a write: a transport error, or a peer that took nothing for the
+    /// idle timeout, which fails the session.
+    fn written(&mut self, outcome: Option<Result<(), IO::Error>>) -> Result<(), RunError<IO, S>> {
+        match outcome {
+            Some(result) => result.map_err(Error::Transport),
+            None => {
+                self.session.handle_timeout(time::now());
+                Err(Error::Protocol(
+                    self.session.error().unwrap_or(SessionError::TimedOut),
+                ))
+            }
+        }
     }
 }

@@ -31,8 +31,11 @@ const HIGH_WATER: usize = 256 << 10;
 const RX_BUFFER: usize = 256 << 10;
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
-/// Bytes of verified chunks waiting for a blocking store before the driver stops reading.
-const MAX_UNWRITTEN: usize = 64 << 20;
+/// Bytes of verified chunks not yet written (queued, and being written) by a blocking
+/// store, past which the driver stops reading until the store catches up.
+const MAX_UNWRITTEN: usize = 32 << 20;
+/// How long a session that failed on its store may take to tell the peer.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A batch written on a blocking thread, and how it went.
 type Write = JoinHandle<(Vec<VerifiedChunk>, Result<usize, StoreError>)>;
@@ -59,8 +62,8 @@ struct Driver<'s> {
     assembling: Vec<u8>,
     /// Chunks verified, not handed to the store yet.
     verified: Vec<VerifiedChunk>,
-    /// Bytes of `verified`.
-    verified_bytes: usize,
+    /// Bytes verified and not yet written: `verified` and the batch being written.
+    unwritten_bytes: usize,
     /// Whether the store's writes block, so that they run on a blocking thread while the
     /// transfer goes on.
     background: bool,
@@ -98,7 +101,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         tx: vec![0; HostSession::max_transmit_len()],
         assembling: Vec::new(),
         verified: Vec::new(),
-        verified_bytes: 0,
+        unwritten_bytes: 0,
         background,
         writing: None,
         unwritten: 0,
@@ -110,6 +113,10 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         started: tokio::time::Instant::now(),
     };
     let result = d.run(io).await;
+    // Whatever was verified is kept, even when the session ended badly.
+    if let Err(e) = d.write_remaining().await {
+        warn!(error = %e, "verified chunks could not be stored");
+    }
     let outcome = Outcome {
         peer: d.session.peer().map(|h| h.node_id),
         progress: d.written_progress(),
@@ -122,11 +129,43 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
 impl Driver<'_> {
     async fn run<IO: AsyncRead + AsyncWrite>(&mut self, io: IO) -> Result<(), Error> {
         let (mut reader, mut writer) = tokio::io::split(io);
+        let result = self.exchange(&mut reader, &mut writer).await;
+        if let Err(Error::Store(_)) = &result {
+            // The session was aborted: its Error frame tells the peer, if it goes out soon.
+            self.fill_output(self.shared.clock.now());
+            let _ = tokio::time::timeout(FINAL_FLUSH, async {
+                for bytes in &self.out {
+                    writer.write_all(bytes).await?;
+                }
+                writer.flush().await
+            })
+            .await;
+        }
+        result
+    }
+
+    /// Waits for the batch being written, then writes what is still queued.
+    async fn write_remaining(&mut self) -> Result<(), Error> {
+        // Each finished write starts the next batch, if any is queued.
+        while let Some(write) = self.writing.take() {
+            self.written(write.await)?;
+        }
+        Ok(())
+    }
+
+    async fn exchange<R, W>(&mut self, reader: &mut R, writer: &mut W) -> Result<(), Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut read_open = true;
         loop {
             let now = self.shared.clock.now();
             self.feed_input(now)?;
             let mut answered = self.answer_events()?;
+            // Explicitly wanted chunks join the queue as it drains, before the session
+            // would find it empty and send `Done`.
+            self.feed_wanted();
             self.fill_output(now);
             answered |= self.answer_events()?;
             if answered {
@@ -149,7 +188,7 @@ impl Driver<'_> {
             }
             .map(|t| self.shared.clock.to_tokio(t));
             let can_read =
-                read_open && self.filled < self.rx.len() && self.verified_bytes < MAX_UNWRITTEN;
+                read_open && self.filled < self.rx.len() && self.unwritten_bytes < MAX_UNWRITTEN;
             let pending_out = self.out_len > 0;
             let slices: Vec<IoSlice<'_>> = self
                 .out
@@ -238,7 +277,7 @@ impl Driver<'_> {
                 let id = verified.id();
                 // The session has just hashed exactly these bytes: hand them over as they are.
                 let bytes = Bytes::from(std::mem::take(&mut self.assembling));
-                self.verified_bytes += bytes.len();
+                self.unwritten_bytes += bytes.len();
                 self.unwritten += 1;
                 self.verified.push(VerifiedChunk::trusted(id, bytes));
             }
@@ -255,7 +294,6 @@ impl Driver<'_> {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.verified);
-        self.verified_bytes = 0;
         if self.background {
             let shared = Arc::clone(self.shared);
             self.writing = Some(tokio::task::spawn_blocking(move || {
@@ -288,6 +326,7 @@ impl Driver<'_> {
     /// rather than fault in fresh memory.
     fn recycle(&mut self, batch: Vec<VerifiedChunk>) {
         self.unwritten -= batch.len() as u64;
+        self.unwritten_bytes -= batch.iter().map(|c| c.bytes().len()).sum::<usize>();
         for chunk in batch {
             if let Ok(buf) = chunk.into_bytes().try_into_mut() {
                 self.spare.push(Vec::from(buf));

@@ -222,8 +222,11 @@ impl Node {
 
     /// Syncs both ways over an already open byte stream (TLS, QUIC, a pipe…).
     ///
-    /// Cancel safety: dropping the future drops the stream and the session; chunks already
-    /// verified are stored, and a later sync fetches only what is still missing.
+    /// Cancel safety: dropping the future drops the stream and the session. Chunks already
+    /// written stay; a batch a blocking store is writing at that moment is finished by its
+    /// thread, while verified chunks still queued behind it are dropped. A later sync
+    /// fetches only what is still missing. (A session that ends on its own, even with an
+    /// error, writes everything it verified first.)
     pub async fn sync_over<IO: AsyncRead + AsyncWrite>(&self, io: IO) -> Result<SyncReport, Error> {
         self.run(io, Mode::BOTH, Vec::new(), None).await.1
     }

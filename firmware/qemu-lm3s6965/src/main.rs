@@ -39,8 +39,15 @@ static STORE: StaticCell<DeviceStore> = StaticCell::new();
 const STORE_NAME: &str = "RamStore<32, 16384>";
 #[cfg(feature = "flash")]
 const STORE_NAME: &str = "FlashStore<_, 32, 1024> (flash itself: 16384 B)";
-/// The largest chunk the device seals, accepts or serves.
+/// The device's chunk buffers.
 const MAX_CHUNK: usize = 2048;
+/// The largest chunk the device seals or accepts: what its store keeps. A flash store item
+/// (the 32-byte key and the chunk) must fit one 1 KiB page after the page's and the
+/// item's headers.
+#[cfg(not(feature = "flash"))]
+const CHUNK_LIMIT: usize = MAX_CHUNK;
+#[cfg(feature = "flash")]
+const CHUNK_LIMIT: usize = 960;
 type Res = Resources<1024, 1024, MAX_CHUNK, 8>;
 static RESOURCES: StaticCell<Res> = StaticCell::new();
 /// Where the device seals its chunks, and later reads each one back to check it.
@@ -81,9 +88,20 @@ async fn open_store() -> &'static mut DeviceStore {
     }
 }
 
+/// Stores one of the device's own chunks; halts if the store refuses it.
+async fn keep(store: &mut DeviceStore, chunk: chunk_sync_core::Verified<'_>) {
+    if let Err(e) = store.insert(chunk).await {
+        hprintln!(
+            "chunk-sync firmware: cannot store a chunk of its own: {}",
+            e
+        );
+        halt()
+    }
+}
+
 /// Seals the device's log into `store`; returns the number of chunks.
 async fn write_log(store: &mut DeviceStore, buf: &mut [u8]) -> usize {
-    let Ok(mut chunker) = Chunker::new(DEVICE, 10, 0, buf) else {
+    let Ok(mut chunker) = Chunker::new(DEVICE, 10, 0, &mut buf[..CHUNK_LIMIT]) else {
         return 0;
     };
     let mut body = [0u8; 16];
@@ -105,13 +123,13 @@ async fn write_log(store: &mut DeviceStore, buf: &mut [u8]) -> usize {
         };
         if chunker.push(&event) == Ok(Push::SealFirst) {
             if let Some(sealed) = chunker.seal() {
-                let _ = store.insert(sealed.verified()).await;
+                keep(store, sealed.verified()).await;
             }
             let _ = chunker.push(&event);
         }
     }
     if let Some(sealed) = chunker.seal() {
-        let _ = store.insert(sealed.verified()).await;
+        keep(store, sealed.verified()).await;
     }
     store.chunk_count().await.unwrap_or(0)
 }
@@ -246,6 +264,7 @@ async fn device() {
     let own = write_log(store, chunk_buf).await;
     let config = Config {
         max_frame: 1024,
+        max_chunk_len: CHUNK_LIMIT as u32,
         window: 4,
         idle_timeout: Duration::from_secs(30),
         ..Config::new(DEVICE)
