@@ -171,10 +171,21 @@ async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     assert_eq!(ids(&me), set.ids());
 }
 
-/// A stream that fails once `limit` bytes have been read from it.
+/// A stream that fails once `left` bytes have been read from it, keeping what was read.
 struct CutAfter<S> {
     inner: S,
     left: usize,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl<S> CutAfter<S> {
+    fn new(inner: S, left: usize) -> Self {
+        Self {
+            inner,
+            left,
+            seen: std::sync::Arc::default(),
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for CutAfter<S> {
@@ -190,6 +201,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for CutAfter<S> {
         let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room));
         let poll = Pin::new(&mut self.inner).poll_read(cx, &mut limited);
         let n = limited.filled().len();
+        self.seen
+            .lock()
+            .unwrap()
+            .extend_from_slice(limited.filled());
         buf.advance(n);
         self.left -= n;
         poll
@@ -220,12 +235,7 @@ async fn a_dropped_connection_resumes_without_refetching() {
     let listener = server.listen("127.0.0.1:0").await.unwrap();
 
     let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
-    let cut = client
-        .sync_over(CutAfter {
-            inner: stream,
-            left: 300_000,
-        })
-        .await;
+    let cut = client.sync_over(CutAfter::new(stream, 300_000)).await;
     assert!(matches!(cut, Err(Error::Io(_))), "{cut:?}");
     let have = ids(&client);
     assert!(
@@ -472,4 +482,72 @@ async fn fetching_more_chunks_than_a_manifest_page_gets_them_all() {
     assert_eq!(report.progress.synced_chunks, 3_000);
     assert!(report.failed.is_empty());
     assert_eq!(ids(&me), set.ids());
+}
+
+/// The chunks whose bytes came whole in `received`, a stream of frames cut anywhere.
+fn whole_chunks(received: &[u8]) -> Vec<ChunkHash> {
+    use chunk_sync_core::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
+    let mut whole = Vec::new();
+    let mut at = 0;
+    while let Ok(Decoded::Frame { message, len }) = wire::decode(&received[at..], MAX_FRAME_LIMIT) {
+        if let Message::EventChunkPut {
+            hash,
+            total_len,
+            offset,
+            data,
+        } = message
+        {
+            if offset as usize + data.len() == total_len as usize {
+                whole.push(hash);
+            }
+        }
+        at += len;
+    }
+    whole.sort();
+    whole
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_while_its_store_is_writing_keeps_every_chunk_it_verified() {
+    let set = chunks(1, 2_000, 10, 400); // 200 chunks, about 800 KB
+    let server = node(1, &set, |c| c);
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    // The client's first write is held at a gate while more chunks arrive and are verified,
+    // then the connection is cut.
+    let gate = std::sync::Arc::new(Gate::default());
+    let store = Hooked {
+        before_write: Box::new({
+            let gate = gate.clone();
+            move || gate.wait()
+        }),
+        blocks: true,
+        ..Hooked::new(MemStore::new())
+    };
+    let client = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(2)), store).unwrap());
+    let limit = 300_000;
+    let stream = CutAfter::new(
+        TcpStream::connect(listener.local_addr()).await.unwrap(),
+        limit,
+    );
+    let seen = stream.seen.clone();
+    let cut = tokio::spawn({
+        let client = client.clone();
+        async move { client.sync_over(stream).await }
+    });
+    while seen.lock().unwrap().len() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let the session hit the cut before its first write is let through.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.open();
+    let cut = cut.await.unwrap();
+    assert!(matches!(cut, Err(Error::Io(_))), "{cut:?}");
+
+    let verified = whole_chunks(&seen.lock().unwrap());
+    assert!(verified.len() > 10, "{} chunks came whole", verified.len());
+    assert_eq!(
+        ids(&client),
+        verified,
+        "every chunk verified before the cut is stored"
+    );
 }
