@@ -114,8 +114,12 @@ fn fill_page<'a>(out: &mut [ChunkHash], ids: impl Iterator<Item = &'a ChunkHash>
     out.iter_mut().zip(ids).map(|(dst, id)| *dst = *id).count()
 }
 
-/// Copies `bytes` into `buf`, or reports the size needed.
-fn copy_out<E>(bytes: &[u8], buf: &mut [u8]) -> Result<Option<usize>, ReadError<E>> {
+/// Copies a stored chunk's `bytes` into a reader's `buf` and returns its length, or reports
+/// the size needed: the answer of [`ChunkStore::read_into`], for any store.
+///
+/// # Errors
+/// [`ReadError::BufferTooSmall`] if `buf` is shorter than `bytes`.
+pub fn copy_out<E>(bytes: &[u8], buf: &mut [u8]) -> Result<Option<usize>, ReadError<E>> {
     let out = buf
         .get_mut(..bytes.len())
         .ok_or(ReadError::BufferTooSmall(InsufficientSize {

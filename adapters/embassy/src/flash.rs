@@ -10,8 +10,8 @@
 use core::fmt;
 use core::ops::Range;
 
-use chunk_sync_core::store::ReadError;
-use chunk_sync_core::{ChunkHash, InsufficientSize, Verified};
+use chunk_sync_core::store::{ReadError, copy_out};
+use chunk_sync_core::{ChunkHash, Manifest, Verified};
 use embedded_storage_async::nor_flash::NorFlash;
 use sequential_storage::cache::{Cache, Uncached};
 use sequential_storage::map::{MapConfig, MapStorage};
@@ -46,7 +46,7 @@ struct Buffer<const BUF: usize>([u8; BUF]);
 /// reopened). Cancelling an `insert` future mid-way has the effect of a power loss.
 pub struct FlashStore<F: NorFlash, const N: usize, const BUF: usize> {
     map: Map<F>,
-    index: heapless::Vec<ChunkHash, N>,
+    index: Manifest<N>,
     buf: Buffer<BUF>,
     discarded: usize,
 }
@@ -147,7 +147,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
         let config = MapConfig::try_new(range).map_err(|_| FlashStoreError::BadRange)?;
         let mut store = Self {
             map: MapStorage::new(flash, config, Cache::new_uncached()),
-            index: heapless::Vec::new(),
+            index: Manifest::new(),
             buf: Buffer([0; BUF]),
             discarded: 0,
         };
@@ -173,11 +173,9 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
                 continue;
             }
             // The same chunk may appear twice if it was stored again after a power loss.
-            if let Err(at) = self.index.binary_search(&id) {
-                self.index
-                    .insert(at, id)
-                    .map_err(|_| FlashStoreError::IndexFull { capacity: N })?;
-            }
+            self.index
+                .insert(id)
+                .map_err(|_| FlashStoreError::IndexFull { capacity: N })?;
         }
         Ok(())
     }
@@ -204,7 +202,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
     /// The stored hashes, ascending (no flash access).
     #[must_use]
     pub fn ids(&self) -> &[ChunkHash] {
-        &self.index
+        self.index.as_slice()
     }
 
     /// Erases the whole flash range: every chunk is gone.
@@ -231,9 +229,9 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
 
     async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, F> {
         let id = chunk.id();
-        let Err(at) = self.index.binary_search(&id) else {
+        if self.index.contains(&id) {
             return Ok(false);
-        };
+        }
         let (len, max) = (chunk.bytes().len(), Self::max_chunk_len());
         if len > max {
             return Err(FlashStoreError::ChunkTooLarge { len, max });
@@ -246,12 +244,12 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
             .await
             .map_err(|e| FlashStoreError::from_storage(e, len, max))?;
         // Room was checked above.
-        let _ = self.index.insert(at, id);
+        let _ = self.index.insert(id);
         Ok(true)
     }
 
     async fn contains(&mut self, id: &ChunkHash) -> Result<bool, F> {
-        Ok(self.index.binary_search(id).is_ok())
+        Ok(self.index.contains(id))
     }
 
     async fn read_into(
@@ -259,7 +257,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         id: &ChunkHash,
         out: &mut [u8],
     ) -> core::result::Result<Option<usize>, ReadError<Self::Error>> {
-        if self.index.binary_search(id).is_err() {
+        if !self.index.contains(id) {
             return Ok(None);
         }
         let max = Self::max_chunk_len();
@@ -270,13 +268,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
             .map_err(|e| ReadError::Store(FlashStoreError::from_storage(e, 0, max)))?;
         // Indexed chunks were checked when stored or opened; flash that lost one is damaged.
         let bytes = found.ok_or(ReadError::Store(FlashStoreError::Corrupted))?;
-        let dst =
-            out.get_mut(..bytes.len())
-                .ok_or(ReadError::BufferTooSmall(InsufficientSize {
-                    required: bytes.len(),
-                }))?;
-        dst.copy_from_slice(bytes);
-        Ok(Some(bytes.len()))
+        copy_out(bytes, out)
     }
 
     async fn ids_after(
@@ -284,17 +276,9 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
     ) -> Result<usize, F> {
-        let start = match after {
-            None => 0,
-            Some(a) => match self.index.binary_search(a) {
-                Ok(i) => i + 1,
-                Err(i) => i,
-            },
-        };
-        let page = &self.index[start..];
-        let n = page.len().min(out.len());
-        out[..n].copy_from_slice(&page[..n]);
-        Ok(n)
+        let page = self.index.page_after(after, out.len());
+        out[..page.len()].copy_from_slice(page);
+        Ok(page.len())
     }
 
     async fn chunk_count(&mut self) -> Result<usize, F> {
