@@ -122,6 +122,19 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
     /// Runs the session until it completes or fails.
     pub async fn run(&mut self) -> Result<Report, RunError<IO, S>> {
         let started = embassy_time::Instant::now();
+        let result = self.exchange(started).await;
+        if let Err(Error::Store(_)) = &result {
+            // The session was aborted: its Error frame tells the peer, if the peer takes
+            // it within the idle timeout.
+            let _ = self.transmit(time::now()).await;
+        }
+        result
+    }
+
+    async fn exchange(
+        &mut self,
+        started: embassy_time::Instant,
+    ) -> Result<Report, RunError<IO, S>> {
         loop {
             let now = time::now();
             if self.shared.stop_requested() {
@@ -163,6 +176,18 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                 None => self.session.handle_timeout(time::now()),
             }
         }
+    }
+
+    /// Aborts the session on a store failure (its Error frame is still sent).
+    fn store_failed(&mut self, e: S::Error) -> RunError<IO, S> {
+        self.session.abort();
+        Error::Store(e)
+    }
+
+    /// Until when a write may wait for the peer: the session's idle timeout from now
+    /// (sending a frame was the session's last progress).
+    fn write_deadline(&self) -> embassy_time::Instant {
+        embassy_time::Instant::now() + time::to_embassy_duration(self.session.config().idle_timeout)
     }
 
     fn publish(&self) {
@@ -215,8 +240,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
             if let Some(len) = complete {
                 if let Ok(verified) = self.session.finish_chunk(&self.incoming[..len]) {
                     if let Err(e) = self.store.insert(verified).await {
-                        self.session.abort();
-                        return Err(Error::Store(e));
+                        return Err(self.store_failed(e));
                     }
                 }
             }
@@ -240,8 +264,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                         match self.store.contains(id).await {
                             Ok(found) => *slot = found,
                             Err(e) => {
-                                self.session.abort();
-                                return Err(Error::Store(e));
+                                return Err(self.store_failed(e));
                             }
                         }
                     }
@@ -259,8 +282,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                     {
                         Ok(n) => n,
                         Err(e) => {
-                            self.session.abort();
-                            return Err(Error::Store(e));
+                            return Err(self.store_failed(e));
                         }
                     };
                     // A full page may have more after it; the next request finds out.
@@ -276,8 +298,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                             let _ = self.session.chunk_not_found(&hash);
                         }
                         Err(ReadError::Store(e)) => {
-                            self.session.abort();
-                            return Err(Error::Store(e));
+                            return Err(self.store_failed(e));
                         }
                         Err(_) => {
                             let _ = self.session.chunk_not_found(&hash);
@@ -304,9 +325,8 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                 }
             };
             // A peer that stops taking bytes must not hold the runner past the session's
-            // idle timeout (sending a frame was the session's last progress).
-            let deadline = embassy_time::Instant::now()
-                + time::to_embassy_duration(self.session.config().idle_timeout);
+            // idle timeout.
+            let deadline = self.write_deadline();
             let header = Self::within(deadline, self.io.write_all(&self.tx[..t.len])).await;
             self.written(header)?;
             if let Some(piece) = t.piece {
@@ -318,8 +338,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
             wrote = true;
         }
         if wrote {
-            let deadline = embassy_time::Instant::now()
-                + time::to_embassy_duration(self.session.config().idle_timeout);
+            let deadline = self.write_deadline();
             let flushed = Self::within(deadline, self.io.flush()).await;
             self.written(flushed)?;
         }
