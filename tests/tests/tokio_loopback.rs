@@ -551,3 +551,28 @@ async fn a_session_cut_while_its_store_is_writing_keeps_every_chunk_it_verified(
         "every chunk verified before the cut is stored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_fails_tells_its_peer() {
+    let set = chunks(1, 400, 10, 2_000); // 40 chunks of about 20 KB
+    let server = node(1, &set, |c| c);
+    // A store written inline fails before the session can finish: the session aborts with
+    // the store's error and the peer, busy sending, hears why instead of a reset
+    // connection. (A store written on a blocking thread may fail after the session has
+    // completed; the peer then has nothing to hear.)
+    let client = Node::new(
+        NodeConfig::new(NodeId(2)),
+        Hooked::new(MemStore::with_limit(100_000)),
+    )
+    .unwrap();
+    let (a, b) = tokio::io::duplex(256 << 10);
+    let (mine, theirs) = tokio::join!(client.sync_over(a), server.sync_over(b));
+    assert!(matches!(mine, Err(Error::Store(_))), "{mine:?}");
+    assert!(
+        matches!(
+            theirs,
+            Err(Error::Protocol(chunk_sync_core::session::Error::Remote(_)))
+        ),
+        "the peer is told: {theirs:?}"
+    );
+}

@@ -131,13 +131,17 @@ impl Driver<'_> {
         let (mut reader, mut writer) = tokio::io::split(io);
         let result = self.exchange(&mut reader, &mut writer).await;
         if let Err(Error::Store(_)) = &result {
-            // The session was aborted: its Error frame tells the peer, if it goes out soon.
+            // The session was aborted: its Error frame tells the peer. Send it, close this
+            // side, and keep reading (and dropping) until the peer closes too, so that a
+            // peer busy sending reads the frame rather than a reset connection.
             self.fill_output(self.shared.clock.now());
             let _ = tokio::time::timeout(FINAL_FLUSH, async {
                 for bytes in &self.out {
                     writer.write_all(bytes).await?;
                 }
-                writer.flush().await
+                writer.shutdown().await?;
+                while reader.read(&mut self.rx).await? > 0 {}
+                Ok::<(), std::io::Error>(())
             })
             .await;
         }
