@@ -2,15 +2,15 @@
 //! in embassy's mock time, instead of waiting on the write forever. (A file of its own: the
 //! mock driver is a process-wide clock.)
 
+mod support;
+
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use chunk_sync_core::session::{Config, Error as SessionError};
 use chunk_sync_core::store::RamStore;
 use chunk_sync_core::{Duration, NodeId};
 use chunk_sync_embassy::{Error, Resources, Runner};
-use embassy_time::MockDriver;
+use support::MockClock;
 
 /// A transport whose reads and writes never complete: a peer that stopped reading and
 /// never says anything.
@@ -34,14 +34,7 @@ impl embedded_io_async::Write for Stalled {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_takes_no_bytes_times_the_session_out() {
-    let done = Arc::new(AtomicBool::new(false));
-    let ticking = done.clone();
-    let clock = tokio::spawn(async move {
-        while !ticking.load(Ordering::Relaxed) {
-            MockDriver::get().advance(embassy_time::Duration::from_millis(10));
-            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
-        }
-    });
+    let clock = MockClock::start(embassy_time::Duration::from_millis(10));
 
     let mut store = Box::new(RamStore::<4, 4096>::new());
     let mut resources = Box::new(Resources::<1024, 1024, 1024, 4>::new());
@@ -56,8 +49,7 @@ async fn a_peer_that_takes_no_bytes_times_the_session_out() {
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), runner.run())
         .await
         .expect("the runner gives up on its own");
-    done.store(true, Ordering::Relaxed);
-    clock.await.unwrap();
+    clock.stop().await;
 
     assert!(
         matches!(outcome, Err(Error::Protocol(SessionError::TimedOut))),

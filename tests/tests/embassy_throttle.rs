@@ -1,8 +1,7 @@
 //! The embassy adapter's throttle, checked in embassy's mock time while it serves a tokio
 //! node over loopback TCP. (One file: the mock driver is a process-wide clock.)
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod support;
 
 use chunk_sync_core::session::Config;
 use chunk_sync_core::store::{ChunkStore, RamStore};
@@ -10,8 +9,8 @@ use chunk_sync_core::{Duration, NodeId, ThrottleConfig, Verified};
 use chunk_sync_embassy::{Resources, Runner};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{MemStore, Node, NodeConfig};
-use embassy_time::MockDriver;
 use embedded_io_adapters::tokio_1::FromTokio;
+use support::MockClock;
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,15 +25,8 @@ async fn the_device_throttle_holds_in_mock_time() {
     let listener = host.listen("127.0.0.1:0").await.unwrap();
     let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
 
-    // Mock time runs only when this task moves it: 1 ms per step.
-    let done = Arc::new(AtomicBool::new(false));
-    let ticking = done.clone();
-    let clock = tokio::spawn(async move {
-        while !ticking.load(Ordering::Relaxed) {
-            MockDriver::get().advance(embassy_time::Duration::from_millis(1));
-            tokio::time::sleep(std::time::Duration::from_micros(100)).await;
-        }
-    });
+    // Mock time moves 1 ms per step.
+    let clock = MockClock::start(embassy_time::Duration::from_millis(1));
 
     let rate = 10_000;
     let throttle = ThrottleConfig {
@@ -50,8 +42,7 @@ async fn the_device_throttle_holds_in_mock_time() {
     let (_handle, mut runner): (_, Runner<'_, _, _, 16, 4>) =
         Runner::new(FromTokio::new(stream), &mut *store, config, &mut resources).unwrap();
     let report = runner.run().await.unwrap();
-    done.store(true, Ordering::Relaxed);
-    clock.await.unwrap();
+    clock.stop().await;
 
     let sent = report.stats.bytes_sent;
     let took_us = report.elapsed.as_micros();

@@ -105,6 +105,16 @@ impl Hooked {
         }
     }
 
+    /// A store whose writes block until `gate` opens.
+    fn gated(inner: MemStore, gate: &std::sync::Arc<Gate>) -> Self {
+        let gate = gate.clone();
+        Self {
+            before_write: Box::new(move || gate.wait()),
+            blocks: true,
+            ..Self::new(inner)
+        }
+    }
+
     /// A store that behaves like a disk: its writes block and take a moment.
     fn disk_like(inner: MemStore) -> Self {
         Self {
@@ -431,14 +441,7 @@ impl Gate {
 async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
     let (own, theirs) = (chunks(1, 100, 10, 300), chunks(2, 100, 10, 300));
     let gate = std::sync::Arc::new(Gate::default());
-    let store = Hooked {
-        before_write: Box::new({
-            let gate = gate.clone();
-            move || gate.wait()
-        }),
-        blocks: true,
-        ..Hooked::new(mem_store(&own))
-    };
+    let store = Hooked::gated(mem_store(&own), &gate);
     let a = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(1)), store).unwrap());
     let b = node(2, &theirs, |c| c);
     let (la, lb) = (
@@ -515,14 +518,7 @@ async fn a_session_cut_while_its_store_is_writing_keeps_every_chunk_it_verified(
     // The client's first write is held at a gate while more chunks arrive and are verified,
     // then the connection is cut.
     let gate = std::sync::Arc::new(Gate::default());
-    let store = Hooked {
-        before_write: Box::new({
-            let gate = gate.clone();
-            move || gate.wait()
-        }),
-        blocks: true,
-        ..Hooked::new(MemStore::new())
-    };
+    let store = Hooked::gated(MemStore::new(), &gate);
     let client = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(2)), store).unwrap());
     let limit = 300_000;
     let stream = CutAfter::new(
