@@ -55,10 +55,7 @@ impl Node {
         };
         for peer in peers {
             // A dropped session may have stored some of them before it ended.
-            let store = self.store();
-            report
-                .unresolved
-                .retain(|id| !store.contains(id).unwrap_or(false));
+            self.keep_missing(&mut report.unresolved);
             if report.walked && report.unresolved.is_empty() {
                 break;
             }
@@ -73,10 +70,13 @@ impl Node {
             }
             report.attempts.push(attempt);
         }
+        self.keep_missing(&mut report.unresolved);
+        report
+    }
+
+    /// Drops from `ids` the chunks this node has stored.
+    fn keep_missing(&self, ids: &mut Vec<ChunkHash>) {
         let store = self.store();
-        report
-            .unresolved
-            .retain(|id| !store.contains(id).unwrap_or(false));
-        report
+        ids.retain(|id| !store.contains(id).unwrap_or(false));
     }
 }

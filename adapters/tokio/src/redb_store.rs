@@ -4,9 +4,8 @@
 //! manifest pages are range reads and opening a store never rescans it. Chunks are written
 //! only after they were verified, in transactions that are committed before the node
 //! reports them as stored (a node commits together the chunks verified while its previous
-//! commit ran),
-//! so a process killed at any moment loses no reported chunk and never leaves bytes that do
-//! not match their hash. With [`Durability::Disk`] (the default) every commit is also synced
+//! commit ran), so a process killed at any moment loses no reported chunk and never leaves
+//! bytes that do not match their hash. With [`Durability::Disk`] (the default) every commit is also synced
 //! to the disk (`fdatasync` on Linux), so this holds across a power cut too; with
 //! [`Durability::Process`] commits reach the operating system without waiting for the disk,
 //! as `cp` and rsync do.

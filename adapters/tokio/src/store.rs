@@ -193,9 +193,7 @@ impl MemStore {
             ..Self::default()
         }
     }
-}
 
-impl MemStore {
     fn read(&self) -> RwLockReadGuard<'_, Held> {
         self.held.read().unwrap_or_else(PoisonError::into_inner)
     }
