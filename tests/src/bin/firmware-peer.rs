@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chunk_sync_core::NodeId;
-use chunk_sync_core::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
+use chunk_sync_core::wire::{self, Decoded, ErrorCode, MAX_FRAME_LIMIT, Message};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,27 +50,18 @@ async fn error_frame(stream: &mut TcpStream) -> Result<u16, String> {
     .await
 }
 
-/// Waits for the device's Hello, sends the first 5 bytes of a 40-byte frame and falls
-/// silent; the device must time out and say so; returns the error code.
-async fn truncate_and_fall_silent(stream: &mut TcpStream) -> Result<u16, String> {
+/// Waits for the device's Hello, sends `bytes` and waits for the device's Error frame;
+/// fails unless it carries `expected`.
+async fn spoil(stream: &mut TcpStream, bytes: &[u8], expected: ErrorCode) -> Result<(), String> {
     read_until(stream, |m| matches!(m, Message::Hello(_)).then_some(())).await?;
-    stream
-        .write_all(&[40, 0, 0, 0, 3])
-        .await
-        .map_err(|e| e.to_string())?;
-    error_frame(stream).await
-}
-
-/// Waits for the device's Hello, sends one frame whose body is not a message, and waits
-/// for the device's Error frame; returns its code.
-async fn garble(stream: &mut TcpStream) -> Result<u16, String> {
-    read_until(stream, |m| matches!(m, Message::Hello(_)).then_some(())).await?;
-    // A complete frame (5-byte body) with an unknown message tag.
-    stream
-        .write_all(&[5, 0, 0, 0, 0xee, 1, 2, 3, 4])
-        .await
-        .map_err(|e| e.to_string())?;
-    error_frame(stream).await
+    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
+    match error_frame(stream).await? {
+        code if code == expected.0 => Ok(()),
+        code => Err(format!(
+            "the device answered with error code {code}, not {}",
+            expected.0
+        )),
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -117,25 +108,30 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let mut stream = stream;
-    // First, a garbled frame: the device must refuse it with an error frame, then sync again.
-    match garble(&mut stream).await {
-        Ok(code) => {
-            println!("firmware-peer: the device refused a garbled frame with error code {code}")
-        }
-        Err(e) => {
-            eprintln!("firmware-peer: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    // Then a truncated frame and silence: the device must give up on its own.
-    match truncate_and_fall_silent(&mut stream).await {
-        Ok(code) => println!(
-            "firmware-peer: the device gave up on a truncated frame and silence with error code {code}"
+    // A garbled frame (a whole frame, 5-byte body, unknown message tag): the device must
+    // refuse it. Then the first bytes of a 40-byte frame and silence: the device must give
+    // up on its own. Each time it says why and syncs again later.
+    let spoilers: [(&[u8], ErrorCode, &str); 2] = [
+        (
+            &[5, 0, 0, 0, 0xee, 1, 2, 3, 4],
+            ErrorCode::MALFORMED,
+            "refused a garbled frame",
         ),
-        Err(e) => {
+        (
+            &[40, 0, 0, 0, 3],
+            ErrorCode::TIMED_OUT,
+            "gave up on a truncated frame and silence",
+        ),
+    ];
+    for (bytes, expected, what) in spoilers {
+        if let Err(e) = spoil(&mut stream, bytes, expected).await {
             eprintln!("firmware-peer: {e}");
             return ExitCode::FAILURE;
         }
+        println!(
+            "firmware-peer: the device {what} (error code {})",
+            expected.0
+        );
     }
     let report = match tokio::time::timeout(Duration::from_secs(120), node.sync_over(stream)).await
     {
