@@ -326,7 +326,7 @@ async fn fifty_peers_pull_from_one_node_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_written_in_the_background_gets_everything_and_reports_only_what_it_holds() {
+async fn a_store_written_in_the_background_gets_everything_or_fails_when_full() {
     let set = chunks(1, 400, 10, 2_000);
     let server = node(1, &set, |c| c);
     let listener = server.listen("127.0.0.1:0").await.unwrap();

@@ -10,8 +10,9 @@ use std::vec::Vec;
 use proptest::collection::vec as pvec;
 use proptest::prelude::*;
 
+use super::tests::frame;
 use super::*;
-use crate::wire::{ErrorCode, HashList, encode};
+use crate::wire::{ErrorCode, HashList};
 
 type S = Session<8, 4>;
 
@@ -82,11 +83,6 @@ fn op() -> impl Strategy<Value = Op> {
         6 => Just(Op::AnswerManifest),
         10 => prop_oneof![5 => Just(false), 1 => Just(true)].prop_map(|lie| Op::AnswerGet { lie }),
     ]
-}
-
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut buf = std::vec![0u8; message.frame_len()];
-    encode(message, &mut buf).map_or_else(|_| Vec::new(), <[u8]>::to_vec)
 }
 
 fn bytes_of(op: &Op) -> Vec<u8> {

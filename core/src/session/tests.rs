@@ -8,7 +8,8 @@ use crate::wire::{ErrorCode, FrameError, encode};
 type S = Session<16, 4>;
 const T0: Instant = Instant::ZERO;
 
-fn frame(message: &Message<'_>) -> Vec<u8> {
+/// The whole frame of `message`.
+pub(super) fn frame(message: &Message<'_>) -> Vec<u8> {
     let mut buf = std::vec![0u8; message.frame_len()];
     encode(message, &mut buf).unwrap().to_vec()
 }
