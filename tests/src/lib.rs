@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use chunk_sync_core::session::{Config, Event, FailReason, Session, Transmit};
 use chunk_sync_core::{ChunkHash, Duration, EventBuf, EventChunkStore, Instant, NodeId, Privacy};
+use chunk_sync_tokio::{MemStore, NodeStore, VerifiedChunk};
 
 /// Manifest page capacity of simulated sessions.
 pub const PAGE: usize = 64;
@@ -45,6 +46,21 @@ impl Node {
     #[must_use]
     pub fn ids(&self) -> Vec<ChunkHash> {
         self.store.keys().copied().collect()
+    }
+
+    /// A memory store of the tokio adapter holding these chunks, each verified on the way
+    /// in.
+    ///
+    /// # Panics
+    /// If a chunk does not match its hash (a simulated node's chunks always do).
+    #[must_use]
+    pub fn mem_store(&self) -> MemStore {
+        let store = MemStore::new();
+        for (id, bytes) in &self.store {
+            let chunk = VerifiedChunk::new(*id, bytes.clone()).expect("own chunks verify");
+            store.insert(chunk).expect("no memory limit");
+        }
+        store
     }
 }
 

@@ -7,7 +7,7 @@ use chunk_sync_core::store::{ChunkStore, RamStore};
 use chunk_sync_core::{ChunkHash, NodeId, Verified};
 use chunk_sync_embassy::{FlashStore, Resources, Runner, Store};
 use chunk_sync_tests::Node as SimNode;
-use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
+use chunk_sync_tokio::{Node, NodeConfig};
 use embedded_io_adapters::tokio_1::FromTokio;
 use sequential_storage::mock_flash::{MockFlashBase, WriteCountCheck};
 use tokio::net::TcpStream;
@@ -24,13 +24,7 @@ fn ram_store(chunks: &SimNode) -> Box<Small> {
 }
 
 fn tokio_node(id: u64, chunks: &SimNode) -> Node {
-    let store = MemStore::new();
-    for (id, bytes) in &chunks.store {
-        store
-            .insert(VerifiedChunk::new(*id, bytes.clone()).unwrap())
-            .unwrap();
-    }
-    Node::new(NodeConfig::new(NodeId(id)), store).unwrap()
+    Node::new(NodeConfig::new(NodeId(id)), chunks.mem_store()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

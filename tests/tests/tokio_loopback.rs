@@ -16,19 +16,8 @@ use chunk_sync_tokio::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A node whose store holds `chunks`.
-fn mem_store(chunks: &SimNode) -> MemStore {
-    let store = MemStore::new();
-    for (id, bytes) in &chunks.store {
-        store
-            .insert(VerifiedChunk::new(*id, bytes.clone()).unwrap())
-            .unwrap();
-    }
-    store
-}
-
 fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
-    Node::new(config(NodeConfig::new(NodeId(id))), mem_store(chunks)).unwrap()
+    Node::new(config(NodeConfig::new(NodeId(id))), chunks.mem_store()).unwrap()
 }
 
 fn ids(node: &Node) -> Vec<ChunkHash> {
@@ -158,7 +147,7 @@ impl NodeStore for Hooked {
 async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     let set = chunks(1, 120, 10, 300);
     let honest = node(1, &set, |c| c);
-    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(mem_store(&set))).unwrap();
+    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(set.mem_store())).unwrap();
     let me = node(3, &SimNode::default(), |c| c);
     let (lh, ll) = (
         honest.listen("127.0.0.1:0").await.unwrap(),
@@ -379,7 +368,7 @@ async fn a_store_written_in_the_background_gets_everything_or_fails_when_full() 
 async fn failed_chunks_are_fetched_from_the_next_peer_that_has_them() {
     let set = chunks(1, 120, 10, 300);
     let honest = node(1, &set, |c| c);
-    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(mem_store(&set))).unwrap();
+    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(set.mem_store())).unwrap();
     let (lh, ll) = (
         honest.listen("127.0.0.1:0").await.unwrap(),
         liar.listen("127.0.0.1:0").await.unwrap(),
@@ -441,7 +430,7 @@ impl Gate {
 async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
     let (own, theirs) = (chunks(1, 100, 10, 300), chunks(2, 100, 10, 300));
     let gate = std::sync::Arc::new(Gate::default());
-    let store = Hooked::gated(mem_store(&own), &gate);
+    let store = Hooked::gated(own.mem_store(), &gate);
     let a = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(1)), store).unwrap());
     let b = node(2, &theirs, |c| c);
     let (la, lb) = (

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chunk_sync_core::NodeId;
 use chunk_sync_core::wire::{self, Decoded, ErrorCode, MAX_FRAME_LIMIT, Message};
 use chunk_sync_tests::Node as SimNode;
-use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
+use chunk_sync_tokio::{Node, NodeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -71,15 +71,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let log = SimNode::with_log(NodeId(1), 30, 10, 24);
-    let store = MemStore::new();
-    for (id, bytes) in &log.store {
-        if store
-            .insert(VerifiedChunk::new(*id, bytes.clone()).expect("own chunks verify"))
-            .is_err()
-        {
-            return ExitCode::FAILURE;
-        }
-    }
+    let store = log.mem_store();
     let own = log.store.len();
     let node = match Node::new(
         NodeConfig {
