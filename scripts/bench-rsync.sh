@@ -40,7 +40,6 @@ APPEND_BYTES=$(stat -c %s "$WORK/append.jsonl")
 
 # chunk-sync: the origin's store, served over TCP; a second process pulls it.
 "$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/src/events.jsonl" >/dev/null
-chunk_bytes() { "$BIN" stat --store "$1" | awk '/^chunks:/ {print $2}'; }
 start_server() {
   PORT=$(free_port)
   "$BIN" serve --store "$WORK/a" --listen "127.0.0.1:$PORT" > "$WORK/serve.log" &

@@ -29,11 +29,15 @@ const EVENTS: u64 = 40;
 /// The device's store: 32 chunks in 16 KiB of RAM.
 #[cfg(not(feature = "flash"))]
 type DeviceStore = chunk_sync_core::store::RamStore<32, 16_384>;
-/// The device's store: up to 32 chunks of up to 992 bytes in 16 KiB of NOR flash.
+/// The device's store: up to 32 chunks of up to `CHUNK_LIMIT` bytes in `FLASH_SIZE` bytes
+/// of NOR flash.
 #[cfg(feature = "flash")]
 type DeviceStore = chunk_sync_embassy::FlashStore<ram_flash::RamFlash, 32, 1024>;
+/// Bytes of the modelled flash.
 #[cfg(feature = "flash")]
-static FLASH: StaticCell<[u8; 16 * 1024]> = StaticCell::new();
+const FLASH_SIZE: usize = 16 * 1024;
+#[cfg(feature = "flash")]
+static FLASH: StaticCell<[u8; FLASH_SIZE]> = StaticCell::new();
 static STORE: StaticCell<DeviceStore> = StaticCell::new();
 #[cfg(not(feature = "flash"))]
 const STORE_NAME: &str = "RamStore<32, 16384>";
@@ -77,8 +81,8 @@ async fn open_store() -> &'static mut DeviceStore {
 /// The store in (modelled) flash, opened as after a reset.
 #[cfg(feature = "flash")]
 async fn open_store() -> &'static mut DeviceStore {
-    let flash = ram_flash::RamFlash::new(FLASH.init([0; 16 * 1024]));
-    let range = 0..(16 * 1024);
+    let flash = ram_flash::RamFlash::new(FLASH.init([0; FLASH_SIZE]));
+    let range = 0..FLASH_SIZE as u32;
     match DeviceStore::open(flash, range).await {
         Ok(store) => STORE.init(store),
         Err(e) => {
