@@ -139,3 +139,42 @@ async fn a_device_keeping_chunks_in_flash_syncs_and_keeps_them_across_a_restart(
         assert_eq!(ChunkHash::of(&buf[..len]), *id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_store_is_full_tells_the_host() {
+    let host_log = SimNode::with_log(NodeId(3), 100, 10, 64); // 10 chunks
+    let host = tokio_node(3, &host_log);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let device_side = TcpStream::connect(listener.local_addr().unwrap());
+    let (device_side, accepted) = tokio::join!(device_side, listener.accept());
+    let (host_side, _) = accepted.unwrap();
+
+    // Room for two chunks only.
+    let mut store = Box::new(RamStore::<2, 4096>::new());
+    let mut resources = Box::new(Resources::<1024, 1024, 8192, 16>::new());
+    let config = Config {
+        max_frame: 1024,
+        ..Config::new(NodeId(52))
+    };
+    let (_, mut runner): (_, Runner<'_, _, _, 16, 4>) = Runner::new(
+        FromTokio::new(device_side.unwrap()),
+        &mut *store,
+        config,
+        &mut resources,
+    )
+    .unwrap();
+    let (device, host_result) = tokio::join!(runner.run(), host.sync_over(host_side));
+    assert!(
+        matches!(device, Err(chunk_sync_embassy::Error::Store(_))),
+        "{device:?}"
+    );
+    assert!(
+        matches!(
+            host_result,
+            Err(chunk_sync_tokio::Error::Protocol(
+                chunk_sync_core::session::Error::Remote(_)
+            ))
+        ),
+        "the host is told: {host_result:?}"
+    );
+}
