@@ -69,6 +69,46 @@ struct EventRepr<'a> {
     payload: &'a [u8],
 }
 
+/// The part of its origin's log a chunk covers. Two different chunks whose spans overlap
+/// are a fork of that log: a store keeps the first and refuses the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Span {
+    /// The log's node.
+    pub origin: NodeId,
+    /// First sequence number covered.
+    pub first_seq: u64,
+    /// One past the last sequence number covered.
+    pub end_seq: u64,
+}
+
+impl Span {
+    /// The span of the chunk in `bytes`, from its header alone (constant time), or `None`
+    /// if they are not a chunk.
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> Option<Self> {
+        ChunkView::parse(bytes).ok().map(|v| v.span())
+    }
+
+    /// Whether the two share an origin and at least one sequence number.
+    #[must_use]
+    pub fn overlaps(&self, other: &Self) -> bool {
+        self.origin == other.origin
+            && self.first_seq < other.end_seq
+            && other.first_seq < self.end_seq
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sequence numbers {}..{}",
+            self.origin, self.first_seq, self.end_seq
+        )
+    }
+}
+
 /// Why a chunk could not be built or accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -481,6 +521,16 @@ impl<'a> ChunkView<'a> {
         self.end_seq
     }
 
+    /// The part of its origin's log the chunk covers.
+    #[must_use]
+    pub const fn span(&self) -> Span {
+        Span {
+            origin: self.origin,
+            first_seq: self.first_seq,
+            end_seq: self.end_seq,
+        }
+    }
+
     /// Number of events the header announces.
     #[must_use]
     pub const fn len(&self) -> u32 {
@@ -566,6 +616,23 @@ impl<'a> Iterator for Events<'a> {
         let left = if self.failed { 0 } else { self.left as usize };
         (0, Some(left))
     }
+}
+
+/// A valid chunk of one public event of `origin` at `seq`, for tests.
+#[cfg(test)]
+pub(crate) fn test_chunk(origin: u64, seq: u64, payload: &[u8]) -> std::vec::Vec<u8> {
+    let mut buf = [0u8; 512];
+    let mut chunker = Chunker::new(NodeId(origin), 10, seq, &mut buf).unwrap();
+    let event = Event {
+        origin: NodeId(origin),
+        seq,
+        timestamp: 0,
+        kind: "t",
+        privacy: Privacy::Public,
+        payload,
+    };
+    let _ = chunker.push(&event).unwrap();
+    chunker.seal().unwrap().bytes.to_vec()
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use core::cmp::min;
 
 use heapless::{Deque, Vec};
 
+use crate::chunk::ChunkView;
 use crate::error::InsufficientSize;
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Verified};
@@ -48,6 +49,11 @@ pub const DEFAULT_MAX_CHUNK_LEN: u32 = 1 << 20;
 pub const DEFAULT_WINDOW: u16 = 8;
 /// Default number of attempts at a chunk whose bytes did not match its hash.
 pub const DEFAULT_MAX_ATTEMPTS: u8 = 2;
+/// Default time a peer has to send its `Hello`: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of chunks that may fail (not found, wrong bytes, not a valid chunk) in
+/// one session before it ends with [`PeerMisbehaved::TooManyFailures`].
+pub const DEFAULT_MAX_FAILURES: u32 = 1024;
 /// The smallest chunk piece sent when the throttle's window budget is smaller than a frame.
 const MIN_PIECE: usize = 64;
 
@@ -76,16 +82,29 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     /// Attempts at a chunk whose bytes do not match its hash before it is reported failed.
     pub max_attempts: u8,
+    /// How long the peer has to send its `Hello` after the session starts; a connection
+    /// that stays silent is dropped sooner than an open session would be.
+    pub handshake_timeout: Duration,
+    /// If set, the session ends with [`Error::DeadlinePassed`] this long after it started,
+    /// whatever the peer does: the bound on a peer that keeps a session alive without
+    /// finishing it.
+    pub max_duration: Option<Duration>,
+    /// Chunks that may fail in this session (not found, wrong bytes on every attempt, not
+    /// a valid chunk) before it ends with [`PeerMisbehaved::TooManyFailures`]: the bound
+    /// on what the adapter keeps of a peer that lists chunks it cannot deliver.
+    pub max_failures: u32,
     /// Whether this side fetches what it lacks; if not, it only serves.
     pub pull: bool,
-    /// Whether this side shows its manifest to the peer; if not, it announces an empty one
-    /// and so is never asked for a chunk.
+    /// Whether this side shows its manifest to the peer; if not, it answers every
+    /// manifest request with an empty last page and every chunk request with `NotFound`,
+    /// without asking the adapter, so that no chunk of this node is ever sent.
     pub serve: bool,
 }
 
 impl Config {
-    /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout, no
-    /// throttle, 2 attempts, pulling and serving.
+    /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout,
+    /// 10 s for the peer's `Hello`, no overall deadline, no throttle, 2 attempts, 1,024
+    /// failed chunks at most, pulling and serving.
     #[must_use]
     pub const fn new(node_id: NodeId) -> Self {
         Self {
@@ -96,6 +115,9 @@ impl Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             throttle: ThrottleConfig::UNLIMITED,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_duration: None,
+            max_failures: DEFAULT_MAX_FAILURES,
             pull: true,
             serve: true,
         }
@@ -152,6 +174,23 @@ pub enum FailReason {
     HashMismatch,
     /// The peer did not have it.
     NotFound,
+    /// Its bytes match its hash but are not a valid chunk of this format (header, range,
+    /// events, or a private event inside): no peer can give a valid chunk by that name.
+    Invalid,
+    /// The store refused it as a fork: its origin and sequence range overlap a different
+    /// chunk the store holds. Reported by adapters, whose stores check this.
+    Fork,
+}
+
+impl core::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::HashMismatch => "bytes did not match the hash",
+            Self::NotFound => "not found",
+            Self::Invalid => "not a valid chunk",
+            Self::Fork => "overlaps a different chunk of the same origin (a fork)",
+        })
+    }
 }
 
 /// One frame to send, written at the start of the caller's buffer.
@@ -322,6 +361,10 @@ pub struct Session<const PAGE: usize, const REQ: usize> {
     error_frame: Option<(ErrorCode, &'static str)>,
     failure_reported: bool,
     idle_deadline: Instant,
+    /// When the peer's `Hello` must have arrived.
+    handshake_deadline: Instant,
+    /// When the session must be over, if it has a limit.
+    deadline: Option<Instant>,
     throttled_until: Option<Instant>,
     progress: SyncProgress,
     stats: Stats,
@@ -361,6 +404,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return Err(ConfigError::Zero("max_attempts"));
         }
         let throttle = Throttle::new(config.throttle).map_err(ConfigError::Throttle)?;
+        check_rate(config.throttle, config.idle_timeout)?;
         Ok(Self {
             config,
             throttle,
@@ -371,6 +415,8 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             error_frame: None,
             failure_reported: false,
             idle_deadline: now + config.idle_timeout,
+            handshake_deadline: now + config.handshake_timeout,
+            deadline: config.max_duration.map(|d| now + d),
             throttled_until: None,
             progress: SyncProgress::new(0, now),
             stats: Stats::default(),
@@ -522,7 +568,12 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                     min(limit as usize, PAGE),
                     Message::page_capacity(peer_frame),
                 );
-                self.manifest_request = Some((after, limit, false));
+                if self.config.serve {
+                    self.manifest_request = Some((after, limit, false));
+                } else {
+                    // Nothing is shown: an empty last page, without asking the adapter.
+                    self.page_out = Some((Vec::new(), true));
+                }
                 Ok(None)
             }
             Message::ManifestPage { ids, last } => self.on_page(ids, last).map(|()| None),
@@ -533,6 +584,17 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                 let outstanding = self.queue.len() + usize::from(self.serving.is_some());
                 if outstanding >= self.announced_requests() {
                     return Err(Error::Peer(PeerMisbehaved::TooManyRequests));
+                }
+                if !self.config.serve {
+                    // Nothing of this node is sent: not found, without asking the adapter.
+                    match self.serving {
+                        None => self.serving = Some(Serving::NotFound { hash }),
+                        // Room was checked above against a limit no larger than `REQ`.
+                        Some(_) => {
+                            let _ = self.queue.push_back(hash);
+                        }
+                    }
+                    return Ok(None);
                 }
                 match self.serving {
                     None => {
@@ -560,10 +622,9 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                     _ => return unexpected("NotFound for a chunk not requested next"),
                 }
                 self.in_flight.pop_front();
-                self.progress.failed_chunks += 1;
                 // Room: `failures` and `in_flight` share the limit `REQ` (see `next_request`).
                 let _ = self.failures.push_back((hash, FailReason::NotFound));
-                Ok(None)
+                self.count_failure().map(|()| None)
             }
             Message::Done => {
                 if self.peer_done {
@@ -591,6 +652,11 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
         if hello.max_frame < MIN_FRAME {
             return Err(Error::Incompatible(Incompatible::FrameTooSmall {
+                theirs: hello.max_frame,
+            }));
+        }
+        if hello.max_frame > MAX_FRAME_LIMIT {
+            return Err(Error::Incompatible(Incompatible::FrameTooLarge {
                 theirs: hello.max_frame,
             }));
         }
@@ -686,11 +752,15 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         })
     }
 
-    /// Verifies the chunk whose last piece just arrived, given all of its bytes in order.
+    /// Verifies the chunk whose last piece just arrived, given all of its bytes in order:
+    /// its hash, then every rule of the chunk format ([`ChunkView::validate`]: header,
+    /// range, events, no private event).
     ///
-    /// On success the bytes are [`Verified`] and may be stored. On a mismatch nothing may
-    /// be stored: the chunk is counted as failed and asked for again, or reported with
-    /// [`Event::ChunkFailed`] once `max_attempts` are used up.
+    /// On success the bytes are [`Verified`] and may be stored. Otherwise nothing may be
+    /// stored: a hash mismatch is counted as failed and asked for again, or reported with
+    /// [`Event::ChunkFailed`] once `max_attempts` are used up; bytes that match their hash
+    /// but are not a valid chunk are reported at once ([`FailReason::Invalid`]), since no
+    /// peer can give other bytes by that name. Past `max_failures`, the session fails.
     pub fn finish_chunk<'b>(&mut self, bytes: &'b [u8]) -> Result<Verified<'b>, FinishError> {
         let Some(front) = self.in_flight.front().copied() else {
             return Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish));
@@ -699,16 +769,26 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish));
         }
         self.in_flight.pop_front();
-        let result = Verified::new(front.hash, bytes);
+        let result = Verified::new(front.hash, bytes)
+            .map_err(FinishError::HashMismatch)
+            .and_then(|verified| {
+                ChunkView::parse(bytes)
+                    .and_then(|view| view.validate())
+                    .map(|()| verified)
+                    .map_err(FinishError::Invalid)
+            });
+        // Room in `retry` and `failures`: they hold at most what was in flight.
         match result {
             Ok(_) => {
                 self.progress.synced_chunks += 1;
                 self.progress.bytes_transferred += bytes.len() as u64;
             }
+            Err(FinishError::Invalid(_)) => {
+                let _ = self.failures.push_back((front.hash, FailReason::Invalid));
+                let _ = self.count_failure();
+            }
             Err(_) => {
-                self.progress.failed_chunks += 1;
                 let attempts = front.attempts + 1;
-                // Room: `retry` and `failures` hold at most what was in flight.
                 if attempts < self.config.max_attempts {
                     let _ = self.retry.push_back(Want {
                         hash: front.hash,
@@ -719,10 +799,21 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                         .failures
                         .push_back((front.hash, FailReason::HashMismatch));
                 }
+                let _ = self.count_failure();
             }
         }
         self.check_completion();
-        result.map_err(FinishError::HashMismatch)
+        result
+    }
+
+    /// Counts a failed chunk; past `max_failures` the session fails.
+    fn count_failure(&mut self) -> Result<(), Error> {
+        self.progress.failed_chunks += 1;
+        if self.progress.failed_chunks > u64::from(self.config.max_failures) {
+            let max = self.config.max_failures;
+            return Err(self.fail(Error::Peer(PeerMisbehaved::TooManyFailures { max })));
+        }
+        Ok(())
     }
 
     /// The hashes of the peer's manifest page that await a lookup, after
@@ -853,8 +944,9 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
     }
 
-    /// Checks timers: ends the session if no frame went either way for the idle timeout.
-    /// Calls before any deadline are harmless.
+    /// Checks timers: ends the session if no frame went either way for the idle timeout,
+    /// if the peer's `Hello` did not come within the handshake timeout, or if the overall
+    /// deadline passed. Calls before any deadline are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
             return;
@@ -862,7 +954,11 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if self.throttled_until.is_some_and(|t| now >= t) {
             self.throttled_until = None;
         }
-        if now >= self.idle_deadline {
+        if self.deadline.is_some_and(|t| now >= t) {
+            self.fail(Error::DeadlinePassed);
+        } else if self.phase == Phase::Handshake && now >= self.handshake_deadline {
+            self.fail(Error::HandshakeTimedOut);
+        } else if now >= self.idle_deadline {
             self.fail(Error::TimedOut);
         }
     }
@@ -870,13 +966,17 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.phase {
-            Phase::Failed(_) | Phase::Completed => None,
-            _ => Some(
-                self.throttled_until
-                    .map_or(self.idle_deadline, |t| t.min(self.idle_deadline)),
-            ),
+        if matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
+            return None;
         }
+        let mut next = self.idle_deadline;
+        if self.phase == Phase::Handshake {
+            next = next.min(self.handshake_deadline);
+        }
+        for t in [self.throttled_until, self.deadline].into_iter().flatten() {
+            next = next.min(t);
+        }
+        Some(next)
     }
 
     /// The next event for the adapter, if any.
@@ -948,6 +1048,15 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if self.phase == Phase::Completed {
             return Ok(None);
         }
+        if !self.hello_sent {
+            // The handshake never waits for the throttle (nor counts against it): a slow
+            // link must not make the peer's handshake timeout fire.
+            let t = self.hello(buf)?;
+            self.idle_deadline = now + self.config.idle_timeout;
+            self.stats.bytes_sent += t.len as u64;
+            self.stats.frames_sent += 1;
+            return Ok(Some(t));
+        }
         if let Some(at) = self.throttle.next_ready(now) {
             self.throttled_until = Some(at);
             return Ok(None);
@@ -967,18 +1076,6 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
 
     /// Picks and encodes the next frame: control frames first, then chunk data.
     fn next_frame(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
-        if !self.hello_sent {
-            let hello = Hello {
-                protocol: PROTOCOL_VERSION,
-                node_id: self.config.node_id,
-                max_frame: self.config.max_frame,
-                max_requests: u16::try_from(self.announced_requests()).unwrap_or(u16::MAX),
-                capabilities: Capabilities::ALL,
-            };
-            let t = Self::emit(&Message::Hello(hello), buf)?;
-            self.hello_sent = true;
-            return Ok(Some(t));
-        }
         let Some(peer) = self.peer else {
             return Ok(None);
         };
@@ -1023,6 +1120,20 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return Ok(Some(t));
         }
         self.next_serving_frame(&peer, buf)
+    }
+
+    /// This node's `Hello`.
+    fn hello(&mut self, buf: &mut [u8]) -> Result<Transmit, InsufficientSize> {
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            node_id: self.config.node_id,
+            max_frame: self.config.max_frame,
+            max_requests: u16::try_from(self.announced_requests()).unwrap_or(u16::MAX),
+            capabilities: Capabilities::ALL,
+        };
+        let t = Self::emit(&Message::Hello(hello), buf)?;
+        self.hello_sent = true;
+        Ok(t)
     }
 
     /// The next chunk to request, if the window has room.
@@ -1091,9 +1202,16 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     }
 
     fn next_served(&mut self) {
-        self.serving = self.queue.pop_front().map(|hash| Serving::Pending {
-            hash,
-            reported: false,
+        let serve = self.config.serve;
+        self.serving = self.queue.pop_front().map(|hash| {
+            if serve {
+                Serving::Pending {
+                    hash,
+                    reported: false,
+                }
+            } else {
+                Serving::NotFound { hash }
+            }
         });
     }
 
@@ -1133,6 +1251,28 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         self.error_frame = error.wire_reason();
         error
     }
+}
+
+/// The slowest throttle a session accepts with this idle timeout: one that lets a frame
+/// of [`MIN_FRAME`] bytes out within a quarter of the idle timeout, so that a throttled
+/// peer is still heard from before the other side gives up on it. `0` (unlimited) is
+/// always accepted.
+///
+/// # Errors
+/// [`ConfigError::RateTooLow`] with the lowest rate accepted.
+pub fn check_rate(throttle: ThrottleConfig, idle_timeout: Duration) -> Result<(), ConfigError> {
+    if throttle.is_unlimited() {
+        return Ok(());
+    }
+    let quarter_us = (idle_timeout.as_micros() / 4).max(1);
+    let min = (u64::from(MIN_FRAME) * 1_000_000).div_ceil(quarter_us);
+    if throttle.max_bytes_per_sec < min {
+        return Err(ConfigError::RateTooLow {
+            rate: throttle.max_bytes_per_sec,
+            min,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 use core::fmt;
 
+use crate::chunk::Span;
 use crate::error::InsufficientSize;
 use crate::hash::{ChunkHash, Verified};
 
@@ -86,6 +87,32 @@ impl<S: ChunkStore + ?Sized> ChunkStore for &mut S {
         (**self).chunk_count()
     }
 }
+
+/// A chunk refused because its span overlaps a different chunk already stored: two
+/// versions of one part of a log (a fork, or a forgery claiming another node's origin).
+/// The chunk stored first stays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Fork {
+    /// The refused chunk.
+    pub refused: ChunkHash,
+    /// What it covers.
+    pub span: Span,
+    /// The stored chunk it overlaps.
+    pub existing: ChunkHash,
+}
+
+impl fmt::Display for Fork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "chunk {} ({}) forks the log: it overlaps the stored chunk {}",
+            self.refused, self.span, self.existing
+        )
+    }
+}
+
+impl core::error::Error for Fork {}
 
 /// Why [`ChunkStore::read_into`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

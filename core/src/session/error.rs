@@ -2,6 +2,7 @@
 
 use core::fmt;
 
+use crate::error::DecodeError;
 use crate::hash::HashMismatch;
 use crate::wire::{ErrorCode, FrameError};
 
@@ -21,6 +22,10 @@ pub enum Error {
     Remote(ErrorCode),
     /// The peer sent nothing for longer than the idle timeout.
     TimedOut,
+    /// The peer sent no `Hello` within the handshake timeout.
+    HandshakeTimedOut,
+    /// The session lasted longer than its overall limit (`Config::max_duration`).
+    DeadlinePassed,
     /// This side ended the session ([`Session::abort`](super::Session::abort)).
     Aborted,
     /// A call that does not fit the session's state. This one is not fatal: nothing
@@ -41,6 +46,9 @@ impl Error {
             Self::Peer(PeerMisbehaved::TooManyRequests) => {
                 (ErrorCode::LIMIT_EXCEEDED, "more requests than announced")
             }
+            Self::Peer(PeerMisbehaved::TooManyFailures { .. }) => {
+                (ErrorCode::LIMIT_EXCEEDED, "too many chunks failed")
+            }
             Self::Peer(_) => (ErrorCode::UNEXPECTED, "protocol violation"),
             Self::Incompatible(Incompatible::ProtocolVersion { .. }) => (
                 ErrorCode::PROTOCOL_VERSION,
@@ -48,6 +56,8 @@ impl Error {
             ),
             Self::Incompatible(_) => (ErrorCode::UNEXPECTED, "incompatible limits or capabilities"),
             Self::TimedOut => (ErrorCode::TIMED_OUT, "idle timeout"),
+            Self::HandshakeTimedOut => (ErrorCode::TIMED_OUT, "no Hello in time"),
+            Self::DeadlinePassed => (ErrorCode::TIMED_OUT, "session deadline passed"),
             Self::Aborted | Self::ApiMisuse(_) => (ErrorCode::INTERNAL, "aborted"),
             Self::Remote(_) => return None,
         })
@@ -62,6 +72,10 @@ impl fmt::Display for Error {
             Self::Incompatible(e) => write!(f, "peer is incompatible: {e}"),
             Self::Remote(code) => write!(f, "peer ended the session with error code {}", code.0),
             Self::TimedOut => f.write_str("peer was silent for longer than the idle timeout"),
+            Self::HandshakeTimedOut => {
+                f.write_str("peer sent no Hello within the handshake timeout")
+            }
+            Self::DeadlinePassed => f.write_str("session lasted longer than its deadline"),
             Self::Aborted => f.write_str("session aborted by this node"),
             Self::ApiMisuse(e) => write!(f, "session used out of order: {e}"),
         }
@@ -96,6 +110,11 @@ pub enum PeerMisbehaved {
     },
     /// A piece of a chunk at the wrong offset, past the end, or of a changed total length.
     BadPiece,
+    /// More chunks failed (not found, wrong bytes, invalid) than the session allows.
+    TooManyFailures {
+        /// The limit (`Config::max_failures`).
+        max: u32,
+    },
 }
 
 impl fmt::Display for PeerMisbehaved {
@@ -111,6 +130,10 @@ impl fmt::Display for PeerMisbehaved {
                 write!(f, "chunk of {len} bytes exceeds the limit of {max}")
             }
             Self::BadPiece => f.write_str("chunk piece at a wrong offset or past its end"),
+            Self::TooManyFailures { max } => write!(
+                f,
+                "more than {max} chunks it listed were not found, wrong or invalid"
+            ),
         }
     }
 }
@@ -134,6 +157,11 @@ pub enum Incompatible {
         /// The peer's limit.
         theirs: u32,
     },
+    /// The peer announced a frame limit above the protocol's maximum.
+    FrameTooLarge {
+        /// The peer's limit.
+        theirs: u32,
+    },
     /// The peer announced that it accepts no chunk request at all.
     NoRequests,
     /// The peer lacks a capability this node needs.
@@ -148,6 +176,12 @@ impl fmt::Display for Incompatible {
             }
             Self::FrameTooSmall { theirs } => {
                 write!(f, "frame limit of {theirs} bytes is too small")
+            }
+            Self::FrameTooLarge { theirs } => {
+                write!(
+                    f,
+                    "frame limit of {theirs} bytes is above the protocol's 16 MiB"
+                )
             }
             Self::NoRequests => f.write_str("peer accepts no chunk request"),
             Self::MissingCapabilities => f.write_str("peer lacks a required capability"),
@@ -206,6 +240,9 @@ pub enum FinishError {
     /// The bytes do not match the hash: they were not stored and the chunk is asked for
     /// again or reported as failed.
     HashMismatch(HashMismatch),
+    /// The bytes match the hash but are not a valid chunk: not stored, reported as
+    /// failed.
+    Invalid(DecodeError),
     /// The call did not fit the session's state.
     ApiMisuse(ApiMisuse),
 }
@@ -214,6 +251,7 @@ impl fmt::Display for FinishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::HashMismatch(e) => fmt::Display::fmt(e, f),
+            Self::Invalid(e) => write!(f, "not a valid chunk: {e}"),
             Self::ApiMisuse(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -232,6 +270,14 @@ pub enum ConfigError {
     Zero(&'static str),
     /// The throttle configuration is invalid.
     Throttle(crate::throttle::ThrottleConfigError),
+    /// The throttle is too slow for the idle timeout: a peer would give up before a frame
+    /// got through ([`check_rate`](super::check_rate)).
+    RateTooLow {
+        /// The configured rate, in bytes per second.
+        rate: u64,
+        /// The lowest rate accepted.
+        min: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -240,6 +286,10 @@ impl fmt::Display for ConfigError {
             Self::FrameSize(n) => write!(f, "max_frame {n} is outside 256..=16777216"),
             Self::Zero(what) => write!(f, "{what} must be at least 1"),
             Self::Throttle(e) => fmt::Display::fmt(e, f),
+            Self::RateTooLow { rate, min } => write!(
+                f,
+                "a rate of {rate} B/s is too slow for the idle timeout: peers would give up before a frame got through (at least {min} B/s, or 0 for unlimited)"
+            ),
         }
     }
 }

@@ -16,9 +16,14 @@ use crate::wire::{ErrorCode, HashList};
 
 type S = Session<8, 4>;
 
-/// Chunks the peer may name: `[i; 10 + i]`, so that some puts are honest.
+/// Chunks the peer may name: valid chunks for even `i`, bytes that are no chunk for odd
+/// `i`, so that some puts are honest and some name junk by its true hash.
 fn pool(i: u8) -> Vec<u8> {
-    std::vec![i; 10 + usize::from(i)]
+    if i % 2 == 0 {
+        super::tests::chunk(u64::from(i), 0, &std::vec![i; usize::from(i)])
+    } else {
+        std::vec![i; 10 + usize::from(i)]
+    }
 }
 
 fn pool_hash(i: u8) -> ChunkHash {

@@ -35,6 +35,8 @@ fn sent(s: &mut S, now: Instant) -> Vec<Vec<u8>> {
     out
 }
 
+pub(super) use crate::chunk::test_chunk as chunk;
+
 fn decoded(frame: &[u8]) -> Message<'_> {
     match wire::decode(frame, MAX_FRAME_LIMIT).unwrap() {
         Decoded::Frame { message, .. } => message,
@@ -171,7 +173,9 @@ fn unrequested_and_misplaced_pieces_are_refused() {
         decoded(&out[0]),
         Message::ManifestRequest { after: None, .. }
     ));
-    let id = ChunkHash::of(b"xyz");
+    let xyz = chunk(9, 0, b"xyz");
+    let n = xyz.len() as u32;
+    let id = ChunkHash::of(&xyz);
     let page = frame(&Message::ManifestPage {
         ids: HashList::new(&[id]),
         last: true,
@@ -199,19 +203,19 @@ fn unrequested_and_misplaced_pieces_are_refused() {
         }))
     );
     assert_eq!(
-        s.clone().handle_input(T0, &put(1, 3, b"y")),
+        s.clone().handle_input(T0, &put(1, n, b"y")),
         Err(Error::Peer(PeerMisbehaved::BadPiece))
     );
     assert_eq!(
-        s.clone().handle_input(T0, &put(0, 2, b"xyz")),
+        s.clone().handle_input(T0, &put(0, 2, &xyz)),
         Err(Error::Peer(PeerMisbehaved::BadPiece))
     );
 
     // In order, the pieces arrive; the whole chunk verifies once.
-    let first = put(0, 3, b"xy");
+    let first = put(0, n, &xyz[..2]);
     let h = s.handle_input(T0, &first).unwrap();
     assert_eq!(h.piece.map(|p| (p.offset, p.last)), Some((0, false)));
-    let second = put(2, 3, b"z");
+    let second = put(2, n, &xyz[2..]);
     let h = s.handle_input(T0, &second).unwrap();
     assert_eq!(h.piece.map(|p| p.last), Some(true));
     assert_eq!(
@@ -219,7 +223,7 @@ fn unrequested_and_misplaced_pieces_are_refused() {
         Err(Error::ApiMisuse(ApiMisuse::FinishChunkFirst)),
         "not fatal: the caller must finish the chunk first"
     );
-    assert_eq!(s.finish_chunk(b"xyz").map(|v| v.id()), Ok(id));
+    assert_eq!(s.finish_chunk(&xyz).map(|v| v.id()), Ok(id));
     assert_eq!(s.progress().synced_chunks, 1);
     // Nothing left to pull: the session says Done.
     let out = sent(&mut s, T0);
@@ -313,4 +317,276 @@ fn bad_configurations_are_refused() {
         )
         .is_err()
     );
+}
+
+/// A session that asked for `id` (a one-hash manifest page it lacked) and has it in flight.
+fn requesting(config: Config, id: ChunkHash) -> S {
+    let mut s = open_session(config);
+    let _ = sent(&mut s, T0);
+    let page = frame(&Message::ManifestPage {
+        ids: HashList::new(&[id]),
+        last: true,
+    });
+    assert!(s.handle_input(T0, &page).is_ok());
+    assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
+    s.resolve_lookups(|_| false).unwrap();
+    let out = sent(&mut s, T0);
+    assert!(matches!(decoded(&out[0]), Message::EventChunkGet { hash } if hash == id));
+    s
+}
+
+/// Feeds `bytes` as one whole piece of `id` and finishes it.
+fn deliver(s: &mut S, id: ChunkHash, bytes: &[u8]) -> Result<ChunkHash, FinishError> {
+    let put = frame(&Message::EventChunkPut {
+        hash: id,
+        total_len: bytes.len() as u32,
+        offset: 0,
+        data: bytes,
+    });
+    let h = s.handle_input(T0, &put).unwrap();
+    assert_eq!(h.piece.map(|p| p.last), Some(true));
+    s.finish_chunk(bytes).map(|v| v.id())
+}
+
+#[test]
+fn bytes_that_match_their_hash_but_are_no_valid_chunk_are_refused() {
+    let valid = chunk(9, 0, b"xyz");
+    // The same chunk with its event marked private (`2`): matching hash, forbidden content.
+    let mut private = valid.clone();
+    assert_eq!(private[9], 0, "the privacy byte of the one event");
+    private[9] = 2;
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    for bad in [b"random bytes".to_vec(), private, trailing] {
+        let id = ChunkHash::of(&bad);
+        let mut s = requesting(Config::new(NodeId(1)), id);
+        assert!(matches!(
+            deliver(&mut s, id, &bad),
+            Err(FinishError::Invalid(_))
+        ));
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::ChunkFailed {
+                hash: id,
+                reason: FailReason::Invalid
+            })
+        );
+        // Not asked for again: no peer can give other bytes by that name.
+        let out = sent(&mut s, T0);
+        assert!(matches!(decoded(&out[0]), Message::Done));
+        assert_eq!(
+            (s.progress().synced_chunks, s.progress().failed_chunks),
+            (0, 1)
+        );
+    }
+    let id = ChunkHash::of(&valid);
+    let mut s = requesting(Config::new(NodeId(1)), id);
+    assert_eq!(deliver(&mut s, id, &valid), Ok(id));
+}
+
+#[test]
+fn a_session_that_does_not_serve_shows_nothing_and_sends_no_chunk() {
+    let mut s = open_session(Config {
+        serve: false,
+        ..Config::new(NodeId(1))
+    });
+    let _ = sent(&mut s, T0);
+    let request = frame(&Message::ManifestRequest {
+        after: None,
+        limit: 16,
+    });
+    assert!(s.handle_input(T0, &request).is_ok());
+    let id = ChunkHash::of(&chunk(1, 0, b"mine"));
+    let get = frame(&Message::EventChunkGet { hash: id });
+    assert!(s.handle_input(T0, &get).is_ok());
+    assert!(s.handle_input(T0, &get).is_ok());
+    // The adapter is never asked for a page or a chunk.
+    while let Some(event) = s.poll_event() {
+        assert!(
+            !matches!(
+                event,
+                Event::ManifestPageNeeded { .. } | Event::ChunkRequested { .. }
+            ),
+            "{event:?}"
+        );
+    }
+    let out = sent(&mut s, T0);
+    let messages: Vec<_> = out.iter().map(|f| decoded(f)).collect();
+    assert!(messages.contains(&Message::ManifestPage {
+        ids: HashList::new(&[]),
+        last: true
+    }));
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| **m == Message::NotFound { hash: id })
+            .count(),
+        2
+    );
+    assert!(
+        !messages
+            .iter()
+            .any(|m| matches!(m, Message::EventChunkPut { .. }))
+    );
+}
+
+#[test]
+fn a_peer_whose_chunks_keep_failing_is_dropped_at_the_limit() {
+    let mut s = open_session(Config {
+        max_failures: 3,
+        ..Config::new(NodeId(1))
+    });
+    let _ = sent(&mut s, T0);
+    let ids: Vec<ChunkHash> = (0..8u8).map(|i| ChunkHash::from_bytes([i; 32])).collect();
+    let page = frame(&Message::ManifestPage {
+        ids: HashList::new(&ids),
+        last: true,
+    });
+    assert!(s.handle_input(T0, &page).is_ok());
+    assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
+    s.resolve_lookups(|_| false).unwrap();
+    let requested: Vec<ChunkHash> = sent(&mut s, T0)
+        .iter()
+        .filter_map(|f| match decoded(f) {
+            Message::EventChunkGet { hash } => Some(hash),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requested.len(), 4, "the peer's window");
+    let mut result = Ok(());
+    for hash in &requested {
+        result = s
+            .handle_input(T0, &frame(&Message::NotFound { hash: *hash }))
+            .map(drop);
+        if result.is_err() {
+            break;
+        }
+    }
+    let expected = Error::Peer(PeerMisbehaved::TooManyFailures { max: 3 });
+    assert_eq!(result, Err(expected));
+    assert_eq!(s.error(), Some(expected));
+    let out = sent(&mut s, T0);
+    assert!(matches!(
+        decoded(&out[0]),
+        Message::Error {
+            code: ErrorCode::LIMIT_EXCEEDED,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_peer_that_sends_no_hello_is_dropped_at_the_handshake_timeout() {
+    let mut s = S::new(
+        Config {
+            handshake_timeout: Duration::from_secs(3),
+            ..Config::new(NodeId(1))
+        },
+        T0,
+    )
+    .unwrap();
+    let _ = sent(&mut s, T0);
+    assert_eq!(s.poll_timeout(), Some(Instant::from_millis(3_000)));
+    s.handle_timeout(Instant::from_millis(2_999));
+    assert_eq!(s.error(), None);
+    s.handle_timeout(Instant::from_millis(3_000));
+    assert_eq!(s.error(), Some(Error::HandshakeTimedOut));
+    // Once the Hello is in, only the idle timeout counts.
+    let mut s = open_session(Config {
+        handshake_timeout: Duration::from_secs(3),
+        ..Config::new(NodeId(1))
+    });
+    assert_eq!(s.poll_timeout(), Some(Instant::from_millis(30_000)));
+    s.handle_timeout(Instant::from_millis(3_000));
+    assert_eq!(s.error(), None);
+}
+
+#[test]
+fn a_session_that_outlives_its_deadline_ends_whatever_the_peer_does() {
+    let mut s = open_session(Config {
+        max_duration: Some(Duration::from_secs(5)),
+        idle_timeout: Duration::from_secs(2),
+        ..Config::new(NodeId(1))
+    });
+    let _ = sent(&mut s, T0);
+    // A peer that sends a frame every second is never idle…
+    let request = frame(&Message::ManifestRequest {
+        after: None,
+        limit: 1,
+    });
+    for second in 1..5 {
+        let now = Instant::from_millis(second * 1_000);
+        s.handle_timeout(now);
+        let _ = s.handle_input(now, &request);
+        while let Some(Event::ManifestPageNeeded { .. }) = s.poll_event() {
+            s.send_manifest_page(&[ChunkHash::from_bytes([second as u8; 32])], false)
+                .unwrap();
+        }
+        let _ = sent(&mut s, now);
+        assert_eq!(s.error(), None);
+    }
+    // …but the deadline is the deadline.
+    assert_eq!(s.poll_timeout(), Some(Instant::from_millis(5_000)));
+    s.handle_timeout(Instant::from_millis(5_000));
+    assert_eq!(s.error(), Some(Error::DeadlinePassed));
+}
+
+#[test]
+fn a_hello_announcing_frames_above_the_protocol_limit_is_refused() {
+    let mut s = S::new(Config::new(NodeId(1)), T0).unwrap();
+    let _ = sent(&mut s, T0);
+    let theirs = MAX_FRAME_LIMIT + 1;
+    assert_eq!(
+        s.handle_input(T0, &hello(PROTOCOL_VERSION, theirs, 4)),
+        Err(Error::Incompatible(Incompatible::FrameTooLarge { theirs }))
+    );
+}
+
+#[test]
+fn the_hello_never_waits_for_the_throttle_and_too_slow_rates_are_refused() {
+    let slow = ThrottleConfig {
+        max_bytes_per_sec: 40,
+        window_duration: Duration::from_millis(100),
+    };
+    let mut s = S::new(
+        Config {
+            throttle: slow,
+            ..Config::new(NodeId(1))
+        },
+        T0,
+    )
+    .unwrap();
+    // A frame first uses up the window…
+    let mut buf = std::vec![0u8; S::max_transmit_len()];
+    let hello_frame = s.poll_transmit(T0, &mut buf).unwrap().unwrap();
+    assert!(matches!(
+        decoded(&buf[..hello_frame.len]),
+        Message::Hello(_)
+    ));
+    // …and the Hello did not count: the manifest request goes at once, too.
+    let h = hello(PROTOCOL_VERSION, 1024, 4);
+    assert!(s.handle_input(T0, &h).is_ok());
+    let request = s.poll_transmit(T0, &mut buf).unwrap().unwrap();
+    assert!(matches!(
+        decoded(&buf[..request.len]),
+        Message::ManifestRequest { .. }
+    ));
+
+    // 30 s idle timeout: a 256-byte frame must get out within 7.5 s, so 35 B/s at least.
+    let too_slow = ThrottleConfig {
+        max_bytes_per_sec: 1,
+        ..slow
+    };
+    assert_eq!(
+        S::new(
+            Config {
+                throttle: too_slow,
+                ..Config::new(NodeId(1))
+            },
+            T0
+        )
+        .err(),
+        Some(ConfigError::RateTooLow { rate: 1, min: 35 })
+    );
+    assert!(check_rate(ThrottleConfig::UNLIMITED, Duration::from_secs(1)).is_ok());
 }

@@ -4,7 +4,8 @@ use core::fmt;
 
 use heapless::Vec;
 
-use super::{ChunkStore, ReadError, copy_out, fill_page};
+use super::{ChunkStore, Fork, ReadError, copy_out, fill_page};
+use crate::chunk::Span;
 use crate::error::CapacityError;
 use crate::hash::{ChunkHash, Verified};
 
@@ -57,6 +58,8 @@ pub enum RamStoreError {
     },
     /// The store is full now (chunk slots or bytes); removing chunks makes room.
     Full(CapacityError),
+    /// The chunk overlaps a different stored chunk of the same origin.
+    Fork(Fork),
 }
 
 impl fmt::Display for RamStoreError {
@@ -69,6 +72,7 @@ impl fmt::Display for RamStoreError {
                 )
             }
             Self::Full(e) => fmt::Display::fmt(e, f),
+            Self::Fork(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -119,6 +123,17 @@ impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
         self.slots.iter().map(|s| &s.id)
     }
 
+    /// A stored chunk other than `id` whose span overlaps `span`.
+    fn overlapping(&self, id: &ChunkHash, span: &Span) -> Option<ChunkHash> {
+        self.slots
+            .iter()
+            .filter(|s| s.id != *id)
+            .find(|s| {
+                Span::of(&self.data[s.at..s.at + s.len]).is_some_and(|other| other.overlaps(span))
+            })
+            .map(|s| s.id)
+    }
+
     fn slot(&self, id: &ChunkHash) -> Option<&Slot> {
         self.slots
             .binary_search_by(|s| s.id.cmp(id))
@@ -141,6 +156,16 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
                 size: bytes.len(),
                 capacity: BYTES,
             });
+        }
+        // A scan of the headers: the store holds few chunks.
+        if let Some(span) = Span::of(bytes) {
+            if let Some(existing) = self.overlapping(&id, &span) {
+                return Err(RamStoreError::Fork(Fork {
+                    refused: id,
+                    span,
+                    existing,
+                }));
+            }
         }
         if self.slots.is_full() {
             return Err(RamStoreError::Full(CapacityError {
@@ -238,5 +263,29 @@ mod tests {
         assert_eq!(s.ids_after(Some(&first), &mut page), Ok(1));
         assert_ne!(page[0], first);
         assert_eq!(s.chunk_count(), Ok(2));
+    }
+
+    #[test]
+    fn a_chunk_that_overlaps_a_stored_one_of_its_origin_is_a_fork() {
+        use crate::chunk::test_chunk as chunk;
+        let mut s = RamStore::<8, 1024>::new();
+        let first = chunk(1, 0, b"first");
+        let forged = chunk(1, 0, b"forged");
+        let other_origin = chunk(2, 0, b"forged");
+        let next = chunk(1, 1, b"next");
+        assert_eq!(s.insert(Verified::hash_of(&first)), Ok(true));
+        let refused = s.insert(Verified::hash_of(&forged));
+        assert_eq!(
+            refused,
+            Err(RamStoreError::Fork(Fork {
+                refused: ChunkHash::of(&forged),
+                span: Span::of(&forged).unwrap(),
+                existing: ChunkHash::of(&first),
+            }))
+        );
+        assert_eq!(s.insert(Verified::hash_of(&other_origin)), Ok(true));
+        assert_eq!(s.insert(Verified::hash_of(&next)), Ok(true));
+        assert_eq!(s.insert(Verified::hash_of(&first)), Ok(false));
+        assert_eq!(s.chunk_count(), Ok(3));
     }
 }
