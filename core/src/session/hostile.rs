@@ -19,8 +19,8 @@ type S = Session<8, 4>;
 /// Chunks the peer may name: valid chunks for even `i`, bytes that are no chunk for odd
 /// `i`, so that some puts are honest and some name junk by its true hash.
 fn pool(i: u8) -> Vec<u8> {
-    if i % 2 == 0 {
-        super::tests::chunk(u64::from(i), 0, &std::vec![i; usize::from(i)])
+    if i.is_multiple_of(2) {
+        crate::chunk::test_chunk(u64::from(i), 0, &std::vec![i; usize::from(i)])
     } else {
         std::vec![i; 10 + usize::from(i)]
     }
