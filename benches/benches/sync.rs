@@ -20,7 +20,9 @@ fn corpus() -> Vec<Vec<u8>> {
     (0..256u64)
         .map(|i| {
             let mut log = events(256, 4096);
+            // Consecutive ranges of one log: 256 chunks, none forking another.
             for e in &mut log {
+                e.seq += i * 256;
                 e.payload[0] = i as u8;
                 e.payload[1] = (i >> 8) as u8;
             }
@@ -120,14 +122,7 @@ fn sync(c: &mut Criterion) {
         .unwrap();
     let chunks = corpus();
     let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-    let server = Node::new(
-        NodeConfig {
-            pull_from_clients: false,
-            ..NodeConfig::new(NodeId(1))
-        },
-        store_of(&chunks),
-    )
-    .unwrap();
+    let server = Node::new(NodeConfig::new(NodeId(1)), store_of(&chunks)).unwrap();
     let listener = rt.block_on(server.listen("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr();
 

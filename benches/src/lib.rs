@@ -70,7 +70,8 @@ pub fn events(count: u64, payload: usize) -> Vec<EventBuf> {
 pub fn seal_one(events: &[Event<'_>]) -> (ChunkHash, Vec<u8>) {
     let mut buf = vec![0u8; 4 << 20];
     let per_chunk = u32::try_from(events.len()).expect("event count fits u32");
-    let mut chunker = Chunker::new(NodeId(1), per_chunk, 0, &mut buf).expect("valid chunker");
+    let (origin, start) = events.first().map_or((NodeId(1), 0), |e| (e.origin, e.seq));
+    let mut chunker = Chunker::new(origin, per_chunk, start, &mut buf).expect("valid chunker");
     for e in events {
         assert_eq!(chunker.push(e), Ok(Push::Added), "events fit one chunk");
     }

@@ -11,7 +11,8 @@ use chunk_sync_core::session::FailReason;
 use chunk_sync_core::{ChunkHash, NodeId};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{
-    Error, MemStore, Node, NodeConfig, NodeStore, StoreError, ThrottleConfig, VerifiedChunk,
+    Error, Inserted, MemStore, Node, NodeConfig, NodeStore, StoreError, ThrottleConfig,
+    VerifiedChunk,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -124,7 +125,7 @@ impl NodeStore for Hooked {
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
         self.inner.insert(chunk)
     }
-    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<Inserted, StoreError> {
         (self.before_write)();
         self.inner.insert_batch(chunks)
     }
@@ -289,10 +290,7 @@ async fn five_megabytes_at_one_megabyte_per_second_take_five_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_peers_pull_from_one_node_at_once() {
     let set = chunks(1, 3_000, 20, 256);
-    let server = node(1, &set, |c| NodeConfig {
-        pull_from_clients: false,
-        ..c
-    });
+    let server = node(1, &set, |c| c);
     let listener = server.listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr();
     let mut tasks = Vec::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
-    Durability, Node, NodeConfig, NodeStore, RedbStore, RetentionPolicy, SyncReport,
+    Durability, Node, NodeConfig, NodeStore, RedbError, RedbStore, RetentionPolicy, SyncReport,
     ThrottleConfig, VerifiedChunk,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -46,6 +46,10 @@ enum Command {
         /// Origin of events that do not name one (default: this store's node id).
         #[arg(long)]
         origin: Option<u64>,
+        /// Refuse the whole input, and exit with an error, if any event cannot be taken
+        /// (its sequence number is already sealed into a chunk).
+        #[arg(long)]
+        strict: bool,
     },
     /// Serve the store to any number of peers until interrupted.
     Serve {
@@ -54,6 +58,14 @@ enum Command {
         /// Address to listen on, for example 127.0.0.1:7000.
         #[arg(long)]
         listen: String,
+        /// Also fetch what connecting peers have, so that any client that reaches the
+        /// address can push chunks into this store (off by default: clients only pull).
+        #[arg(long)]
+        accept_pushes: bool,
+        /// Connections kept at once; past it, one that has not sent its Hello gives up its
+        /// place, or the new one is closed.
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -93,10 +105,15 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Write every event of the store as JSON lines.
+    /// Write every event of the store as JSON lines, from chunks checked against their
+    /// hashes.
     Export {
         #[command(flatten)]
         store: StoreArg,
+        /// What to do with a damaged chunk (reported on stderr either way, and the exit
+        /// status is an error): stop there, or skip it and go on.
+        #[arg(long, value_enum, default_value_t = OnDamaged::Stop)]
+        on_damaged: OnDamaged,
     },
     /// Remove old chunks by age and total size; pinned chunks stay.
     Gc {
@@ -139,6 +156,15 @@ enum DurabilityArg {
     Disk,
 }
 
+/// `export --on-damaged`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum OnDamaged {
+    /// Stop at the first damaged chunk.
+    Stop,
+    /// Leave damaged chunks out and export the rest.
+    Skip,
+}
+
 #[derive(Debug, Args)]
 struct NetArgs {
     /// Send at most this rate, for example 1MB/s or 250KiB/s; 0 is unlimited.
@@ -147,6 +173,10 @@ struct NetArgs {
     /// Chunk requests in flight.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: u16,
+    /// End each session after this long, whatever the peer does (for example 5m); by
+    /// default a session ends only when it is done or its peer falls silent for 30 s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
 }
 
 /// A failure, reported as one line.
@@ -163,6 +193,30 @@ type Result<T> = std::result::Result<T, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A panic never reaches the user as a backtrace: the store catches what its database
+    // raises on a damaged file, and anything else is reported below as one line.
+    std::panic::set_hook(Box::new(|info| {
+        let in_database = info.location().is_some_and(|l| l.file().contains("redb"));
+        if !in_database {
+            eprintln!("chunk-sync: internal error: {info}");
+        }
+    }));
+    match std::panic::catch_unwind(|| run_command(cli)) {
+        Ok(code) => code,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            // The hook has said what happened, unless the database panicked.
+            eprintln!("chunk-sync: the command failed on an internal error ({why})");
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -190,16 +244,25 @@ async fn run(command: Command) -> Result<ExitCode> {
             events_per_chunk,
             input,
             origin,
-        } => append(&store, events_per_chunk, input, origin)?,
-        Command::Serve { store, listen, net } => serve(&store, &listen, &net).await?,
+            strict,
+        } => append(&store, events_per_chunk, input, origin, strict)?,
+        Command::Serve {
+            store,
+            listen,
+            accept_pushes,
+            max_connections,
+            net,
+        } => serve(&store, &listen, accept_pushes, max_connections, &net).await?,
         Command::Pull { store, from, net } => exchange(&store, &from, &net, false).await?,
         Command::Sync { store, with, net } => {
             exchange(&store, std::slice::from_ref(&with), &net, true).await?
         }
-        Command::Ls { store } => ls(&open_existing(&store)?)?,
-        Command::Stat { store } => stat(&open_existing(&store)?)?,
-        Command::Verify { store } => return verify(&open_existing(&store)?),
-        Command::Export { store } => export(&open_existing(&store)?)?,
+        Command::Ls { store } => ls(&open_read_only(&store)?)?,
+        Command::Stat { store } => stat(&open_read_only(&store)?)?,
+        Command::Verify { store } => return verify(&open_read_only(&store)?),
+        Command::Export { store, on_damaged } => {
+            return export(&open_read_only(&store)?, on_damaged);
+        }
         Command::Gc {
             store,
             max_age,
@@ -245,23 +308,35 @@ fn open_existing(store: &StoreArg) -> Result<RedbStore> {
     open_file(store)
 }
 
+/// Opens an existing store without writing to it: on read-only media too, and nothing is
+/// created.
+fn open_read_only(store: &StoreArg) -> Result<RedbStore> {
+    let dir = &store.store;
+    if !dir.join(DB_FILE).is_file() {
+        return Err(Failure(format!("no store at {}", dir.display())));
+    }
+    RedbStore::open_read_only(dir.join(DB_FILE)).map_err(|e| cannot_open(dir, &e))
+}
+
 fn open_file(store: &StoreArg) -> Result<RedbStore> {
     let dir = &store.store;
     let durability = match store.durability {
         DurabilityArg::Process => Durability::Process,
         DurabilityArg::Disk => Durability::Disk,
     };
-    RedbStore::open_with(dir.join(DB_FILE), durability).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("already open") || text.contains("lock") {
-            Failure(format!(
-                "store {} is in use by another process",
-                dir.display()
-            ))
-        } else {
-            Failure(format!("cannot open store {}: {text}", dir.display()))
-        }
-    })
+    RedbStore::open_with(dir.join(DB_FILE), durability).map_err(|e| cannot_open(dir, &e))
+}
+
+/// One line for a store that cannot be opened.
+fn cannot_open(dir: &std::path::Path, e: &chunk_sync_tokio::StoreError) -> Failure {
+    let dir = dir.display();
+    match e.downcast_ref::<RedbError>() {
+        Some(RedbError::InUse) => Failure(format!("store {dir} is in use by another process")),
+        Some(RedbError::Damaged(why)) => Failure(format!(
+            "store {dir} is damaged ({why}); fetch its chunks again from a peer into a new store"
+        )),
+        _ => Failure(format!("cannot open store {dir}: {e}")),
+    }
 }
 
 /// This store's node id, chosen at random once and kept in the store.
@@ -269,6 +344,13 @@ fn node_id(db: &RedbStore) -> Result<NodeId> {
     if let Some(id) = db.meta("node_id")? {
         return Ok(NodeId(id));
     }
+    let id = new_node_id();
+    db.insert_all(&[], &[("node_id", id.0)])?;
+    Ok(id)
+}
+
+/// A node id for a new store, chosen at random.
+fn new_node_id() -> NodeId {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -278,8 +360,7 @@ fn node_id(db: &RedbStore) -> Result<NodeId> {
             .try_into()
             .unwrap_or_default(),
     );
-    db.insert_all(&[], &[("node_id", id)])?;
-    Ok(NodeId(id))
+    NodeId(id)
 }
 
 fn append(
@@ -287,19 +368,35 @@ fn append(
     events_per_chunk: u32,
     input: Option<PathBuf>,
     origin: Option<u64>,
+    strict: bool,
 ) -> Result<()> {
-    let db = open(store)?;
-    let origin = match origin {
-        Some(o) => NodeId(o),
-        None => node_id(&db)?,
-    };
-    let events = match input {
+    // The input is read before the store is opened, so that bad input creates nothing.
+    let read = |origin| match &input {
         Some(path) => {
             let file =
-                File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            events::read(BufReader::new(file), origin)?
+                File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            events::read(BufReader::new(file), origin)
         }
-        None => events::read(std::io::stdin().lock(), origin)?,
+        None => events::read(std::io::stdin().lock(), origin),
+    };
+    // Events that name no origin take this store's id (a new store's is chosen now and
+    // kept with the first chunks).
+    let existing = store.store.join(DB_FILE).is_file();
+    let (db, events, new_id) = match origin {
+        Some(o) => {
+            let events = read(NodeId(o))?;
+            (open(store)?, events, None)
+        }
+        None if existing => {
+            let db = open(store)?;
+            let own = node_id(&db)?;
+            (db, read(own)?, None)
+        }
+        None => {
+            let own = new_node_id();
+            let events = read(own)?;
+            (open(store)?, events, Some(own))
+        }
     };
     let mut chunker = EventChunkStore::new(events_per_chunk as usize);
     let mut origins: Vec<NodeId> = events.iter().map(|e| e.origin).collect();
@@ -308,6 +405,28 @@ fn append(
     for o in &origins {
         chunker.resume(*o, db.meta(&format!("sealed/{}", o.0))?.unwrap_or(0));
     }
+    // Events at or below the sealed point cannot be taken: sealed chunks never change.
+    let mut late: Vec<(NodeId, u64)> = events
+        .iter()
+        .filter(|e| e.seq < chunker.sealed_through(e.origin))
+        .map(|e| (e.origin, e.seq))
+        .collect();
+    late.sort_unstable();
+    if !late.is_empty() {
+        let line = format!(
+            "{} events not taken: their sequence numbers are already sealed into chunks, which never change ({})",
+            late.len(),
+            seq_ranges(&late)
+        );
+        if strict {
+            return Err(Failure(format!("{line}; nothing appended (--strict)")));
+        }
+        eprintln!("chunk-sync: {line}");
+    }
+    let private = events
+        .iter()
+        .filter(|e| e.privacy == Privacy::Private && e.seq >= chunker.sealed_through(e.origin))
+        .count();
     let chunks = chunker
         .create_chunks(&events)
         .map_err(|e| format!("cannot chunk the events: {e}"))?;
@@ -319,25 +438,51 @@ fn append(
         .iter()
         .map(|o| (format!("sealed/{}", o.0), chunker.sealed_through(*o)))
         .collect();
-    let meta: Vec<(&str, u64)> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let added = db.insert_all(&verified, &meta)?;
+    let mut meta: Vec<(&str, u64)> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    if let Some(id) = new_id {
+        meta.push(("node_id", id.0));
+    }
+    let inserted = db.insert_all(&verified, &meta)?;
     db.flush()?;
-    let private = events
-        .iter()
-        .filter(|e| e.privacy == Privacy::Private)
-        .count();
+    if let Some(fork) = inserted.forks.first() {
+        return Err(Failure(format!(
+            "{} of the new chunks overlap chunks already in the store for the same origin and were not stored, for example: {fork}",
+            inserted.forks.len()
+        )));
+    }
     let sealed: u32 = chunks.iter().map(|c| c.events).sum();
     println!(
-        "appended {} events ({private} private left out) as {added} new chunks holding {sealed} events; {} chunks in the store",
+        "appended {} of {} events ({private} private left out) as {} new chunks holding {sealed} events; {} chunks in the store",
+        events.len() - late.len(),
         events.len(),
+        inserted.added,
         db.len()?
     );
     Ok(())
 }
 
+/// `origin 5: 0..=9, 12; origin 7: 3` for sorted, unique `(origin, seq)` pairs.
+fn seq_ranges(seqs: &[(NodeId, u64)]) -> String {
+    let mut origins: Vec<String> = Vec::new();
+    for run in seqs.chunk_by(|a, b| a.0 == b.0) {
+        let mut ranges: Vec<String> = Vec::new();
+        for r in run.chunk_by(|a, b| b.1 == a.1 + 1) {
+            let (first, last) = (r[0].1, r[r.len() - 1].1);
+            ranges.push(if first == last {
+                first.to_string()
+            } else {
+                format!("{first}..={last}")
+            });
+        }
+        origins.push(format!("origin {}: {}", run[0].0.0, ranges.join(", ")));
+    }
+    origins.join("; ")
+}
+
 fn node_config(db: &RedbStore, net: &NetArgs) -> Result<NodeConfig> {
     Ok(NodeConfig {
         window: net.parallel,
+        max_duration: net.timeout,
         throttle: ThrottleConfig {
             max_bytes_per_sec: net.rate,
             window_duration: Duration::from_millis(100),
@@ -346,9 +491,19 @@ fn node_config(db: &RedbStore, net: &NetArgs) -> Result<NodeConfig> {
     })
 }
 
-async fn serve(store: &StoreArg, listen: &str, net: &NetArgs) -> Result<()> {
+async fn serve(
+    store: &StoreArg,
+    listen: &str,
+    accept_pushes: bool,
+    max_connections: u32,
+    net: &NetArgs,
+) -> Result<()> {
     let db = open(store)?;
-    let config = node_config(&db, net)?;
+    let config = NodeConfig {
+        accept_pushes,
+        max_connections: max_connections as usize,
+        ..node_config(&db, net)?
+    };
     let node = Node::new(config, db)?;
     let listener = node
         .listen(listen)
@@ -513,7 +668,10 @@ fn stat(db: &RedbStore) -> Result<()> {
             entry.1 = entry.1.max(v.end_seq());
         }
     })?;
-    println!("node id: {}", node_id(db)?);
+    match db.meta("node_id")? {
+        Some(id) => println!("node id: {}", NodeId(id)),
+        None => println!("node id: not chosen yet (the first append, serve or pull chooses it)"),
+    }
     println!("chunks:  {} ({})", db.len()?, human(db.total_bytes()?));
     for (origin, (chunks, end)) in origins {
         println!("origin {origin}: {chunks} chunks, sequence numbers up to {end}");
@@ -540,21 +698,53 @@ fn verify(db: &RedbStore) -> Result<ExitCode> {
     }
 }
 
-fn export(db: &RedbStore) -> Result<()> {
+/// Writes the events of every chunk, each chunk checked against its hash and the format
+/// first, in log order. Damaged chunks are reported on stderr; the exit status says whether
+/// there were any.
+fn export(db: &RedbStore, on_damaged: OnDamaged) -> Result<ExitCode> {
     let mut chunks: Vec<(u64, u64, Vec<u8>)> = Vec::new();
-    db.for_each(|_, bytes| {
-        if let Ok(v) = ChunkView::parse(bytes) {
+    let mut damaged: Vec<ChunkHash> = Vec::new();
+    db.for_each(|id, bytes| match ChunkView::verify(&id, bytes) {
+        Ok(v) if v.validate().is_ok() => {
             chunks.push((v.origin().0, v.first_seq(), bytes.to_vec()));
         }
+        _ => damaged.push(id),
     })?;
+    for id in &damaged {
+        eprintln!(
+            "chunk-sync: damaged chunk {id}: it does not match its hash or is no valid chunk"
+        );
+    }
+    if !damaged.is_empty() && on_damaged == OnDamaged::Stop {
+        return Err(Failure(format!(
+            "{} damaged chunks; nothing exported (--on-damaged skip exports the rest)",
+            damaged.len()
+        )));
+    }
     chunks.sort();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for (_, _, bytes) in &chunks {
-        let view = ChunkView::parse(bytes)?;
-        for event in view.events() {
-            events::write(&mut out, &event?)?;
+    let written = (|| -> std::io::Result<()> {
+        for (_, _, bytes) in &chunks {
+            // Checked above: every event decodes.
+            let view = ChunkView::parse(bytes).map_err(std::io::Error::other)?;
+            for event in view.events() {
+                events::write(&mut out, &event.map_err(std::io::Error::other)?)?;
+            }
         }
+        out.flush()
+    })();
+    match written {
+        // A reader that stops early (`export | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
     }
-    out.flush()?;
-    Ok(())
+    if damaged.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "chunk-sync: {} damaged chunks left out of the export",
+            damaged.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }

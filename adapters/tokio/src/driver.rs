@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::error::{Error, StoreError};
 use crate::node::Shared;
-use crate::store::{NodeStore, VerifiedChunk};
+use crate::store::{Inserted, NodeStore, VerifiedChunk};
 
 /// Manifest page capacity of host sessions.
 pub(crate) const HOST_PAGE: usize = 2048;
@@ -27,18 +27,24 @@ pub(crate) const HOST_REQ: usize = 64;
 pub(crate) type HostSession = Session<HOST_PAGE, HOST_REQ>;
 /// Bytes queued for the transport before the driver stops asking the session for more.
 const HIGH_WATER: usize = 256 << 10;
-/// Smallest receive buffer.
+/// Receive buffer of a busy session (or one frame, if larger).
 const RX_BUFFER: usize = 256 << 10;
+/// Receive buffer of a new session: it grows to `RX_BUFFER` when a frame needs it, so that
+/// idle connections cost little.
+const RX_INITIAL: usize = 4 << 10;
 /// Most buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 /// Bytes of verified chunks not yet written (queued, and being written) by a blocking
 /// store, past which the driver stops reading until the store catches up.
 const MAX_UNWRITTEN: usize = 32 << 20;
+/// Peers whose latest progress a node keeps; past it, the one whose sync started first is
+/// forgotten, so that peers claiming ever new node ids cannot grow the table.
+const MAX_TRACKED_PEERS: usize = 1024;
 /// How long a session that failed on its store may take to tell the peer.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A batch written on a blocking thread, and how it went.
-type Write = JoinHandle<(Vec<VerifiedChunk>, Result<usize, StoreError>)>;
+type Write = JoinHandle<(Vec<VerifiedChunk>, Result<Inserted, StoreError>)>;
 
 /// What a finished (or failed) session did.
 #[derive(Debug, Clone)]
@@ -53,11 +59,16 @@ struct Driver<'s> {
     shared: &'s Arc<Shared>,
     session: Box<HostSession>,
     rx: Vec<u8>,
+    /// The size `rx` may grow to.
+    rx_max: usize,
     filled: usize,
     /// Frames to write: headers copied out of `tx`, chunk data shared with the store.
     out: VecDeque<Bytes>,
     /// Bytes of `out` not yet written.
     out_len: usize,
+    /// When the transport last took bytes, or when output became pending: a peer that
+    /// takes nothing for the idle timeout is dropped.
+    write_progress: tokio::time::Instant,
     tx: Vec<u8>,
     assembling: Vec<u8>,
     /// Chunks verified, not handed to the store yet.
@@ -71,6 +82,8 @@ struct Driver<'s> {
     writing: Option<Write>,
     /// Chunks verified but not yet written: not reported as synced until they are.
     unwritten: u64,
+    /// Chunks verified and refused by the store as forks: not synced but failed.
+    forked: u64,
     /// Reassembly buffers handed back by the store.
     spare: Vec<Vec<u8>>,
     serving: Option<(ChunkHash, Bytes)>,
@@ -79,6 +92,8 @@ struct Driver<'s> {
     /// When the node-wide throttle lets this session send again.
     node_throttled: Option<chunk_sync_core::Instant>,
     started: tokio::time::Instant,
+    /// The listener's id for this connection, if it was accepted by one.
+    conn: Option<u64>,
 }
 
 /// Runs `session` over `io` until it completes or fails.
@@ -87,17 +102,21 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
     session: Box<HostSession>,
     shared: &Arc<Shared>,
     wanted: Vec<ChunkHash>,
+    conn: Option<u64>,
 ) -> (Outcome, Result<(), Error>) {
     let max_frame = session.config().max_frame as usize;
     let background = shared.store.writes_block();
     let mut d = Driver {
         shared,
         session,
-        // Several frames per read, so that chunks arriving together are stored together.
-        rx: vec![0; max_frame.max(RX_BUFFER)],
+        // Several frames per read once busy, so that chunks arriving together are stored
+        // together.
+        rx: vec![0; RX_INITIAL],
+        rx_max: max_frame.max(RX_BUFFER),
         filled: 0,
         out: VecDeque::new(),
         out_len: 0,
+        write_progress: tokio::time::Instant::now(),
         tx: vec![0; HostSession::max_transmit_len()],
         assembling: Vec::new(),
         verified: Vec::new(),
@@ -105,12 +124,14 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         background,
         writing: None,
         unwritten: 0,
+        forked: 0,
         spare: Vec::new(),
         serving: None,
         wanted: wanted.into(),
         failed: Vec::new(),
         node_throttled: None,
         started: tokio::time::Instant::now(),
+        conn,
     };
     let result = d.run(io).await;
     // Whatever was verified is kept, even when the session ended badly.
@@ -191,6 +212,20 @@ impl Driver<'_> {
                 (a, b) => a.or(b),
             }
             .map(|t| self.shared.clock.to_tokio(t));
+            // A peer that takes no bytes for the idle timeout is gone, even if it still
+            // sends: its session ends without the Error frame it would never read.
+            let stall = (self.out_len > 0).then(|| self.write_progress + self.idle_timeout());
+            if stall.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                return Err(Error::Stalled);
+            }
+            let deadline = match (deadline, stall) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if self.filled == self.rx.len() && self.rx.len() < self.rx_max {
+                let grown = (self.rx.len() * 4).min(self.rx_max);
+                self.rx.resize(grown, 0);
+            }
             let can_read =
                 read_open && self.filled < self.rx.len() && self.unwritten_bytes < MAX_UNWRITTEN;
             let pending_out = self.out_len > 0;
@@ -235,6 +270,10 @@ impl Driver<'_> {
                 }
             }
         }
+    }
+
+    fn idle_timeout(&self) -> std::time::Duration {
+        self.shared.config.idle_timeout
     }
 
     /// Feeds every whole frame in the receive buffer to the session.
@@ -306,22 +345,33 @@ impl Driver<'_> {
             }));
             return Ok(());
         }
-        self.with_store(|s| s.insert_batch(&batch))?;
+        let inserted = self.with_store(|s| s.insert_batch(&batch))?;
+        self.refused(inserted);
         self.recycle(batch);
         Ok(())
+    }
+
+    /// Reports the chunks the store refused as forks: verified, but not synced.
+    fn refused(&mut self, inserted: Inserted) {
+        for fork in inserted.forks {
+            warn!(%fork, "chunk refused");
+            self.forked += 1;
+            self.failed.push((fork.refused, FailReason::Fork));
+        }
     }
 
     /// A batch written on a blocking thread came back.
     fn written(
         &mut self,
-        joined: Result<(Vec<VerifiedChunk>, Result<usize, StoreError>), JoinError>,
+        joined: Result<(Vec<VerifiedChunk>, Result<Inserted, StoreError>), JoinError>,
     ) -> Result<(), Error> {
         self.writing = None;
         let (batch, result) = match joined {
             Ok(done) => done,
             Err(e) => return Err(self.store_failed(Box::new(e))),
         };
-        result.map_err(|e| self.store_failed(e))?;
+        let inserted = result.map_err(|e| self.store_failed(e))?;
+        self.refused(inserted);
         self.recycle(batch);
         self.store_verified()
     }
@@ -362,6 +412,9 @@ impl Driver<'_> {
             match event {
                 Event::Connected { peer } => {
                     debug!(%peer, "connected");
+                    if let Some(id) = self.conn {
+                        self.shared.connections.handshaken(id);
+                    }
                     self.feed_wanted();
                     self.publish_progress();
                 }
@@ -422,9 +475,9 @@ impl Driver<'_> {
     }
 
     /// Moves frames from the session to the output queue while the node-wide throttle and
-    /// the queue's size allow.
+    /// the queue's size allow (a failed session's Error frame goes in whatever the size).
     fn fill_output(&mut self, now: chunk_sync_core::Instant) {
-        while self.out_len < HIGH_WATER {
+        while self.out_len < HIGH_WATER || self.session.error().is_some() {
             let mut node_throttle = self
                 .shared
                 .throttle
@@ -472,6 +525,9 @@ impl Driver<'_> {
     }
 
     fn push_out(&mut self, bytes: Bytes) {
+        if self.out_len == 0 {
+            self.write_progress = tokio::time::Instant::now();
+        }
         self.out_len += bytes.len();
         self.out.push_back(bytes);
     }
@@ -479,6 +535,9 @@ impl Driver<'_> {
     /// Drops `written` bytes from the front of the output queue.
     fn consume_out(&mut self, mut written: usize) {
         self.out_len -= written;
+        if written > 0 {
+            self.write_progress = tokio::time::Instant::now();
+        }
         while written > 0 {
             let Some(front) = self.out.front_mut() else {
                 return;
@@ -493,10 +552,14 @@ impl Driver<'_> {
         }
     }
 
-    /// The session's progress, counting as synced only the chunks the store has written.
+    /// The session's progress, counting as synced only the chunks the store has written
+    /// (and as failed those it refused as forks).
     fn written_progress(&self) -> CoreProgress {
         let mut progress = *self.session.progress();
-        progress.synced_chunks = progress.synced_chunks.saturating_sub(self.unwritten);
+        progress.synced_chunks = progress
+            .synced_chunks
+            .saturating_sub(self.unwritten + self.forked);
+        progress.failed_chunks += self.forked;
         progress
     }
 
@@ -505,10 +568,20 @@ impl Driver<'_> {
             return;
         };
         let progress = crate::SyncProgress::from_core(&self.written_progress(), self.started);
-        self.shared
+        let mut table = self
+            .shared
             .progress
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(peer, progress);
+            .unwrap_or_else(PoisonError::into_inner);
+        if table.len() >= MAX_TRACKED_PEERS && !table.contains_key(&peer) {
+            let oldest = table
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                table.remove(&oldest);
+            }
+        }
+        table.insert(peer, progress);
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 
 use chunk_sync_core::session::{self, ConfigError};
-use chunk_sync_core::{HashMismatch, NodeId};
+use chunk_sync_core::{DecodeError, HashMismatch, NodeId};
 
 /// A store failure, boxed so that any store's error fits.
 pub type StoreError = Box<dyn std::error::Error + Send + Sync>;
@@ -19,10 +19,15 @@ pub enum Error {
     Protocol(session::Error),
     /// The peer closed the connection before the session was complete.
     Closed,
+    /// The peer took no bytes for the idle timeout while this node had some to send; the
+    /// connection was dropped.
+    Stalled,
     /// The store failed; the session was aborted and nothing stored was changed.
     Store(StoreError),
     /// Chunk bytes did not match their hash; nothing was stored.
     HashMismatch(HashMismatch),
+    /// Chunk bytes matched their hash but are not a valid chunk; nothing was stored.
+    InvalidChunk(DecodeError),
     /// No address is known for this peer.
     UnknownPeer(NodeId),
     /// The configuration is invalid.
@@ -35,8 +40,10 @@ impl fmt::Display for Error {
             Self::Io(e) => write!(f, "transport error: {e}"),
             Self::Protocol(e) => write!(f, "sync failed: {e}"),
             Self::Closed => f.write_str("peer closed the connection before the sync was complete"),
+            Self::Stalled => f.write_str("peer took no bytes for longer than the idle timeout"),
             Self::Store(e) => write!(f, "store error: {e}"),
             Self::HashMismatch(e) => write!(f, "{e}"),
+            Self::InvalidChunk(e) => write!(f, "not a valid chunk: {e}"),
             Self::UnknownPeer(p) => write!(f, "no address is known for {p}"),
             Self::Config(e) => write!(f, "invalid configuration: {e}"),
         }
@@ -50,8 +57,9 @@ impl std::error::Error for Error {
             Self::Protocol(e) => Some(e),
             Self::Store(e) => Some(e.as_ref()),
             Self::HashMismatch(e) => Some(e),
+            Self::InvalidChunk(e) => Some(e),
             Self::Config(e) => Some(e),
-            Self::Closed | Self::UnknownPeer(_) => None,
+            Self::Closed | Self::Stalled | Self::UnknownPeer(_) => None,
         }
     }
 }

@@ -35,6 +35,7 @@ pub use chunk_sync_core as core;
 mod driver;
 mod error;
 mod failover;
+mod listener;
 mod manager;
 mod node;
 mod progress;
@@ -45,9 +46,10 @@ mod time;
 
 pub use error::{Error, StoreError};
 pub use failover::FailoverReport;
+pub use listener::Listener;
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
-pub use node::{Listener, Node, NodeConfig, SyncReport, ThrottleConfig};
+pub use node::{Node, NodeConfig, SyncReport, ThrottleConfig};
 pub use progress::SyncProgress;
 #[cfg(feature = "redb")]
-pub use redb_store::{Durability, GcReport, RedbStore, RetentionPolicy};
-pub use store::{MemStore, MemoryLimit, NodeStore, VerifiedChunk};
+pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy};
+pub use store::{Inserted, MemStore, MemoryLimit, NodeStore, VerifiedChunk};

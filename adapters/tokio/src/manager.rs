@@ -89,10 +89,15 @@ impl EventChunkSyncManager {
             .ok_or(Error::UnknownPeer(*peer))
     }
 
-    /// Verifies `data` against `hash` and stores it. Returns whether it was new. A mismatch
-    /// is refused with [`Error::HashMismatch`] and nothing is stored.
+    /// Verifies `data` against `hash`, checks that it is a valid chunk and stores it.
+    /// Returns whether it was new. A mismatch is refused with [`Error::HashMismatch`],
+    /// bytes that are no valid chunk with [`Error::InvalidChunk`], a fork of a stored chunk
+    /// with the store's [`Fork`](chunk_sync_core::store::Fork) error; nothing is stored.
     pub async fn handle_chunk_put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, Error> {
         let verified = VerifiedChunk::new(hash, data).map_err(Error::HashMismatch)?;
+        chunk_sync_core::ChunkView::parse(verified.bytes())
+            .and_then(|view| view.validate())
+            .map_err(Error::InvalidChunk)?;
         self.node.store().insert(verified).map_err(Error::Store)
     }
 

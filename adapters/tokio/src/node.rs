@@ -10,13 +10,13 @@ use chunk_sync_core::session::{Config, FailReason, Stats};
 use chunk_sync_core::throttle::Throttle;
 use chunk_sync_core::{ChunkHash, NodeId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::task::JoinHandle;
-use tracing::{Instrument, info_span, warn};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tracing::{Instrument, info_span};
 
 use crate::SyncProgress;
 use crate::driver::{HostSession, drive};
 use crate::error::Error;
+use crate::listener::Connections;
 use crate::store::NodeStore;
 use crate::time::Clock;
 
@@ -70,9 +70,23 @@ pub struct NodeConfig {
     pub throttle: ThrottleConfig,
     /// The cap on what this node sends to any one peer.
     pub peer_throttle: ThrottleConfig,
-    /// Whether a session accepted from a peer also fetches what the peer has (default
-    /// `true`); if not, the node only serves it.
-    pub pull_from_clients: bool,
+    /// Whether a session accepted from a peer also fetches what the peer has, so that
+    /// any client that reaches the listener can push chunks into this node (default
+    /// `false`: the node only serves its clients).
+    pub accept_pushes: bool,
+    /// How long a new connection has to send its `Hello` (default 10 s).
+    pub handshake_timeout: Duration,
+    /// If set, every session ends after this long, whatever the peer does (default: no
+    /// limit).
+    pub max_duration: Option<Duration>,
+    /// Chunks that may fail in one session (not found, wrong bytes, invalid) before it
+    /// ends (default 1,024): the bound on what a session keeps of a peer that lists
+    /// chunks it cannot deliver.
+    pub max_failures: u32,
+    /// Connections a listener keeps at once (default 512). When all are taken, a new one
+    /// takes the place of the oldest that has not finished its handshake, or is closed
+    /// at once if every one has.
+    pub max_connections: usize,
 }
 
 impl NodeConfig {
@@ -87,7 +101,11 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(30),
             throttle: ThrottleConfig::UNLIMITED,
             peer_throttle: ThrottleConfig::UNLIMITED,
-            pull_from_clients: true,
+            accept_pushes: false,
+            handshake_timeout: Duration::from_secs(10),
+            max_duration: None,
+            max_failures: chunk_sync_core::session::DEFAULT_MAX_FAILURES,
+            max_connections: 512,
         }
     }
 
@@ -96,15 +114,20 @@ impl NodeConfig {
             max_frame: self.max_frame,
             max_chunk_len: self.max_chunk_len,
             window: self.window,
-            idle_timeout: chunk_sync_core::Duration::from_micros(
-                u64::try_from(self.idle_timeout.as_micros()).unwrap_or(u64::MAX),
-            ),
+            idle_timeout: core_duration(self.idle_timeout),
+            handshake_timeout: core_duration(self.handshake_timeout),
+            max_duration: self.max_duration.map(core_duration),
+            max_failures: self.max_failures,
             throttle: self.peer_throttle.to_core(),
             pull,
             serve,
             ..Config::new(self.node_id)
         }
     }
+}
+
+fn core_duration(d: Duration) -> chunk_sync_core::Duration {
+    chunk_sync_core::Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// What one session with one peer did.
@@ -127,6 +150,7 @@ pub(crate) struct Shared {
     pub(crate) throttle: Mutex<Throttle>,
     pub(crate) clock: Clock,
     pub(crate) progress: Mutex<BTreeMap<NodeId, SyncProgress>>,
+    pub(crate) connections: Connections,
 }
 
 /// A sync node. Cloning gives another handle to the same node.
@@ -154,6 +178,11 @@ impl Node {
         .map_err(Error::Config)?;
         let throttle = Throttle::new(config.throttle.to_core())
             .map_err(|e| Error::Config(chunk_sync_core::session::ConfigError::Throttle(e)))?;
+        chunk_sync_core::session::check_rate(
+            config.throttle.to_core(),
+            core_duration(config.idle_timeout),
+        )
+        .map_err(Error::Config)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -161,6 +190,7 @@ impl Node {
                 throttle: Mutex::new(throttle),
                 clock: Clock::new(),
                 progress: Mutex::new(BTreeMap::new()),
+                connections: Connections::new(config.max_connections),
             }),
         })
     }
@@ -188,6 +218,12 @@ impl Node {
             .copied()
     }
 
+    /// Connections accepted by this node's listeners and still open.
+    #[must_use]
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.len()
+    }
+
     /// The latest progress of every sync this node has run, by peer.
     #[must_use]
     pub fn progress_all(&self) -> BTreeMap<NodeId, SyncProgress> {
@@ -201,7 +237,7 @@ impl Node {
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
     pub async fn sync_with(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;
-        self.run(stream, Mode::BOTH, Vec::new(), peer).await.1
+        self.run(stream, Mode::BOTH, Vec::new(), peer, None).await.1
     }
 
     /// Fetches what this node lacks from the node at `addr`, offering nothing in return.
@@ -215,6 +251,7 @@ impl Node {
             },
             Vec::new(),
             peer,
+            None,
         )
         .await
         .1
@@ -228,7 +265,7 @@ impl Node {
     /// fetches only what is still missing. (A session that ends on its own, even with an
     /// error, writes everything it verified first.)
     pub async fn sync_over<IO: AsyncRead + AsyncWrite>(&self, io: IO) -> Result<SyncReport, Error> {
-        self.run(io, Mode::BOTH, Vec::new(), None).await.1
+        self.run(io, Mode::BOTH, Vec::new(), None, None).await.1
     }
 
     /// Fetches exactly these chunks from the node at `addr`, offering nothing in return.
@@ -246,48 +283,19 @@ impl Node {
             },
             ids,
             peer,
+            None,
         )
         .await
         .1
     }
 
-    /// Accepts sessions on `addr` until the returned [`Listener`] is dropped or closed,
-    /// serving every peer concurrently from this node's store.
-    pub async fn listen(&self, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
-        let listener = TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
-        let node = self.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let node = node.clone();
-                tokio::spawn(async move {
-                    let mode = Mode {
-                        pull: node.shared.config.pull_from_clients,
-                        serve: true,
-                    };
-                    if let (_, Err(e)) = node.run(stream, mode, Vec::new(), Some(peer)).await {
-                        warn!(%peer, error = %e, "session with client ended in error");
-                    }
-                });
-            }
-        });
-        Ok(Listener { local_addr, accept })
-    }
-
-    async fn run<IO: AsyncRead + AsyncWrite>(
+    pub(crate) async fn run<IO: AsyncRead + AsyncWrite>(
         &self,
         io: IO,
         mode: Mode,
         wanted: Vec<ChunkHash>,
         peer: Option<SocketAddr>,
+        conn: Option<u64>,
     ) -> (SyncReport, Result<SyncReport, Error>) {
         let shared = &*self.shared;
         let now = shared.clock.now();
@@ -306,7 +314,7 @@ impl Node {
                 }
             };
         let started = tokio::time::Instant::now();
-        let (outcome, result) = drive(io, session, &self.shared, wanted)
+        let (outcome, result) = drive(io, session, &self.shared, wanted, conn)
             .instrument(span)
             .await;
         let report = SyncReport {
@@ -330,40 +338,14 @@ async fn connect(addr: impl ToSocketAddrs) -> Result<(TcpStream, Option<SocketAd
 
 /// Which directions a session runs.
 #[derive(Clone, Copy, Debug)]
-struct Mode {
-    pull: bool,
-    serve: bool,
+pub(crate) struct Mode {
+    pub(crate) pull: bool,
+    pub(crate) serve: bool,
 }
 
 impl Mode {
-    const BOTH: Self = Self {
+    pub(crate) const BOTH: Self = Self {
         pull: true,
         serve: true,
     };
-}
-
-/// A listening node; dropping it stops accepting (sessions already running go on).
-#[derive(Debug)]
-pub struct Listener {
-    local_addr: SocketAddr,
-    accept: JoinHandle<()>,
-}
-
-impl Listener {
-    /// The address the node listens on.
-    #[must_use]
-    pub const fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting.
-    pub fn close(self) {
-        drop(self);
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
 }

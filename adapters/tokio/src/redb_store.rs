@@ -10,29 +10,93 @@
 //! [`Durability::Process`] commits reach the operating system without waiting for the disk,
 //! as `cp` and rsync do.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chunk_sync_core::ChunkHash;
+use chunk_sync_core::store::Fork;
+use chunk_sync_core::{ChunkHash, NodeId, Span};
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition};
 
 use crate::error::StoreError;
-use crate::store::{NodeStore, VerifiedChunk};
+use crate::store::{Inserted, NodeStore, VerifiedChunk, fork_with};
 
 const CHUNKS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("chunks");
 /// Seconds since the Unix epoch at which each chunk was stored.
 const STORED_AT: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("stored_at");
 const PINS: TableDefinition<'_, &[u8; 32], ()> = TableDefinition::new("pins");
+/// Each chunk's span, by `(origin, first_seq)`: `(end_seq, hash)`, so that a chunk that
+/// forks a stored one is found with two range reads.
+const SPANS: TableDefinition<'_, (u64, u64), (u64, [u8; 32])> = TableDefinition::new("spans");
 /// Counters and application values (`bytes`, `sealed/<origin>`, …).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const BYTES: &str = "bytes";
 
+mod snapshot;
+
+/// Why a [`RedbStore`] failed: the cases a user acts on are told apart.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RedbError {
+    /// Another process has the store open.
+    InUse,
+    /// The file is not a store, or is damaged (redb refused it or failed on it).
+    Damaged(String),
+    /// The store was opened read-only and was asked to write.
+    ReadOnly,
+    /// The file could not be read or written.
+    Io(io::Error),
+    /// Any other database failure.
+    Db(redb::Error),
+}
+
+impl fmt::Display for RedbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InUse => f.write_str("the store is in use by another process"),
+            Self::Damaged(why) => write!(f, "the store file is damaged: {why}"),
+            Self::ReadOnly => f.write_str("the store was opened read-only"),
+            Self::Io(e) => write!(f, "store file error: {e}"),
+            Self::Db(e) => write!(f, "store error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RedbError {}
+
+impl From<redb::Error> for RedbError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::DatabaseAlreadyOpen => Self::InUse,
+            redb::Error::Corrupted(why) => Self::Damaged(why),
+            redb::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock => Self::InUse,
+            redb::Error::Io(e) => Self::Io(e),
+            other => Self::Db(other),
+        }
+    }
+}
+
 fn boxed(e: impl Into<redb::Error>) -> StoreError {
-    Box::new(e.into())
+    Box::new(RedbError::from(e.into()))
+}
+
+/// Runs `f`, turning a panic inside redb (which it raises on some damaged files) into
+/// [`RedbError::Damaged`].
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the database failed on it".to_owned());
+        Err(Box::new(RedbError::Damaged(why)))
+    })
 }
 
 fn unix_now() -> u64 {
@@ -76,12 +140,23 @@ pub enum Durability {
     Process,
 }
 
+/// Chunks from this size on are read once for all the sessions serving them at the same
+/// time, rather than copied for each.
+const SHARE_FROM: usize = 64 << 10;
+
 /// A persistent chunk store in one file.
+///
+/// Large chunks being served are shared: sessions that serve one at the same time hold one
+/// copy of its bytes between them.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
     /// With [`Durability::Process`], the file, for syncs asked for explicitly.
     unsynced: Option<File>,
+    /// Large chunks some session still holds, by hash.
+    serving: Mutex<BTreeMap<ChunkHash, Weak<[u8]>>>,
+    /// Opened with [`RedbStore::open_read_only`]: every write is refused.
+    read_only: bool,
 }
 
 /// The database file, with redb's syncs left to the operating system.
@@ -115,35 +190,87 @@ impl RedbStore {
 
     /// Opens the store in `path`, creating it if it does not exist.
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
-        let (db, unsynced) = match durability {
-            Durability::Disk => (Database::create(path).map_err(boxed)?, None),
-            Durability::Process => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)?;
-                let handle = file.try_clone()?;
-                let backend = UnsyncedFile(FileBackend::new(file).map_err(boxed)?);
-                let db = Database::builder()
-                    .create_with_backend(backend)
-                    .map_err(boxed)?;
-                (db, Some(handle))
-            }
-        };
-        let txn = db.begin_write().map_err(boxed)?;
-        txn.open_table(CHUNKS).map_err(boxed)?;
-        txn.open_table(STORED_AT).map_err(boxed)?;
-        txn.open_table(PINS).map_err(boxed)?;
-        txn.open_table(META).map_err(boxed)?;
-        txn.commit().map_err(boxed)?;
-        Ok(Self { db, unsynced })
+        let path = path.as_ref();
+        guarded(|| {
+            let (db, unsynced) = match durability {
+                Durability::Disk => (Database::create(path).map_err(boxed)?, None),
+                Durability::Process => {
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(path)?;
+                    let handle = file.try_clone()?;
+                    let backend = UnsyncedFile(FileBackend::new(file).map_err(boxed)?);
+                    let db = Database::builder()
+                        .create_with_backend(backend)
+                        .map_err(boxed)?;
+                    (db, Some(handle))
+                }
+            };
+            let txn = db.begin_write().map_err(boxed)?;
+            txn.open_table(CHUNKS).map_err(boxed)?;
+            txn.open_table(STORED_AT).map_err(boxed)?;
+            txn.open_table(PINS).map_err(boxed)?;
+            txn.open_table(META).map_err(boxed)?;
+            txn.open_table(SPANS).map_err(boxed)?;
+            txn.commit().map_err(boxed)?;
+            Ok(Self {
+                db,
+                unsynced,
+                serving: Mutex::default(),
+                read_only: false,
+            })
+        })
+    }
+
+    /// Opens an existing store for reading only: the file is never written (it may be on
+    /// read-only media) and nothing is created. A missing or empty file is refused
+    /// ([`RedbError::Io`], [`RedbError::Damaged`]); a store another process has open is
+    /// [`RedbError::InUse`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let file = File::open(path).map_err(|e| Box::new(RedbError::Io(e)))?;
+        if file.metadata()?.len() == 0 {
+            return Err(Box::new(RedbError::Damaged("the file is empty".into())));
+        }
+        if let Err(e) = file.try_lock_shared() {
+            return Err(Box::new(match e {
+                std::fs::TryLockError::WouldBlock => RedbError::InUse,
+                std::fs::TryLockError::Error(e) => RedbError::Io(e),
+            }));
+        }
+        let backend = snapshot::Snapshot::new(file)?;
+        guarded(|| {
+            let db = Database::builder()
+                .create_with_backend(backend)
+                .map_err(boxed)?;
+            // A store always has its tables; a file without them is not one.
+            let txn = db.begin_read().map_err(boxed)?;
+            txn.open_table(CHUNKS).map_err(|e| {
+                Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
+            })?;
+            drop(txn);
+            Ok(Self {
+                db,
+                unsynced: None,
+                serving: Mutex::default(),
+                read_only: true,
+            })
+        })
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(Box::new(RedbError::ReadOnly));
+        }
+        Ok(())
     }
 
     /// Commits everything to the disk itself, not just to the operating system, whatever
     /// the store's [`Durability`].
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.writable()?;
         self.commit_immediate()?;
         if let Some(file) = &self.unsynced {
             file.sync_data()?;
@@ -165,30 +292,52 @@ impl RedbStore {
     }
 
     /// Stores several verified chunks and application values in one transaction: all of
-    /// them or none.
+    /// them or none, except the chunks refused as forks (they overlap a different stored
+    /// chunk of their origin, or one earlier in `chunks`), which are reported.
     pub fn insert_all(
         &self,
         chunks: &[VerifiedChunk],
         meta: &[(&str, u64)],
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Inserted, StoreError> {
+        self.writable()?;
+        guarded(|| self.insert_all_unguarded(chunks, meta))
+    }
+
+    fn insert_all_unguarded(
+        &self,
+        chunks: &[VerifiedChunk],
+        meta: &[(&str, u64)],
+    ) -> Result<Inserted, StoreError> {
         let mut txn = self.db.begin_write().map_err(boxed)?;
         txn.set_durability(redb::Durability::Eventual);
-        let mut added = 0;
+        let mut done = Inserted::default();
         {
             let mut table = txn.open_table(CHUNKS).map_err(boxed)?;
             let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
+            let mut spans = txn.open_table(SPANS).map_err(boxed)?;
             let mut m = txn.open_table(META).map_err(boxed)?;
             let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
             let now = unix_now();
             for chunk in chunks {
                 let id = chunk.id();
                 let key = id.as_bytes();
-                if table.get(key).map_err(boxed)?.is_none() {
-                    table.insert(key, chunk.bytes().as_ref()).map_err(boxed)?;
-                    stored_at.insert(key, now).map_err(boxed)?;
-                    bytes += chunk.bytes().len() as u64;
-                    added += 1;
+                if table.get(key).map_err(boxed)?.is_some() {
+                    continue;
                 }
+                let span = Span::of(chunk.bytes());
+                if let Some(span) = span {
+                    if let Some(fork) = fork_in(&spans, id, span)? {
+                        done.forks.push(fork);
+                        continue;
+                    }
+                    spans
+                        .insert((span.origin.0, span.first_seq), (span.end_seq, *key))
+                        .map_err(boxed)?;
+                }
+                table.insert(key, chunk.bytes().as_ref()).map_err(boxed)?;
+                stored_at.insert(key, now).map_err(boxed)?;
+                bytes += chunk.bytes().len() as u64;
+                done.added += 1;
             }
             m.insert(BYTES, bytes).map_err(boxed)?;
             for (key, value) in meta {
@@ -196,7 +345,7 @@ impl RedbStore {
             }
         }
         txn.commit().map_err(boxed)?;
-        Ok(added)
+        Ok(done)
     }
 
     /// Bytes of chunk data stored.
@@ -206,17 +355,20 @@ impl RedbStore {
 
     /// Calls `f` with every chunk, in hash order.
     pub fn for_each(&self, mut f: impl FnMut(ChunkHash, &[u8])) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(boxed)?;
-        let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        for entry in table.iter().map_err(boxed)? {
-            let (k, v) = entry.map_err(boxed)?;
-            f(ChunkHash::from_bytes(*k.value()), v.value());
-        }
-        Ok(())
+        guarded(|| {
+            let txn = self.db.begin_read().map_err(boxed)?;
+            let table = txn.open_table(CHUNKS).map_err(boxed)?;
+            for entry in table.iter().map_err(boxed)? {
+                let (k, v) = entry.map_err(boxed)?;
+                f(ChunkHash::from_bytes(*k.value()), v.value());
+            }
+            Ok(())
+        })
     }
 
     /// Keeps `id` through every [`gc`](Self::gc) until unpinned.
     pub fn pin(&self, id: &ChunkHash, pinned: bool) -> Result<(), StoreError> {
+        self.writable()?;
         let txn = self.db.begin_write().map_err(boxed)?;
         {
             let mut pins = txn.open_table(PINS).map_err(boxed)?;
@@ -233,6 +385,7 @@ impl RedbStore {
     /// chunk that a session is serving keeps being served from memory; a chunk being
     /// fetched is not in the store yet. Runs in one transaction.
     pub fn gc(&self, policy: RetentionPolicy) -> Result<GcReport, StoreError> {
+        self.writable()?;
         let now = unix_now();
         let mut txn = self.db.begin_write().map_err(boxed)?;
         txn.set_durability(redb::Durability::Immediate);
@@ -241,6 +394,7 @@ impl RedbStore {
             let mut chunks = txn.open_table(CHUNKS).map_err(boxed)?;
             let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
             let pins = txn.open_table(PINS).map_err(boxed)?;
+            let mut spans = txn.open_table(SPANS).map_err(boxed)?;
             let mut meta = txn.open_table(META).map_err(boxed)?;
             let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
             // Oldest first.
@@ -266,7 +420,15 @@ impl RedbStore {
                     report.kept_pinned += 1;
                     continue;
                 }
-                chunks.remove(&key).map_err(boxed)?;
+                if let Some(span) = chunks
+                    .remove(&key)
+                    .map_err(boxed)?
+                    .and_then(|v| Span::of(v.value()))
+                {
+                    spans
+                        .remove((span.origin.0, span.first_seq))
+                        .map_err(boxed)?;
+                }
                 stored_at.remove(&key).map_err(boxed)?;
                 bytes = bytes.saturating_sub(len);
                 report.removed += 1;
@@ -279,10 +441,51 @@ impl RedbStore {
     }
 }
 
+/// The fork `span` of chunk `id` makes with the stored spans, if any.
+fn fork_in(
+    spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
+    id: ChunkHash,
+    span: Span,
+) -> Result<Option<Fork>, StoreError> {
+    let at = (span.origin.0, span.first_seq);
+    let neighbour = |entry: Result<_, redb::StorageError>| -> Result<_, StoreError> {
+        let (k, v): (
+            redb::AccessGuard<'_, (u64, u64)>,
+            redb::AccessGuard<'_, (u64, [u8; 32])>,
+        ) = entry.map_err(boxed)?;
+        let ((origin, first_seq), (end_seq, hash)) = (k.value(), v.value());
+        let span = Span {
+            origin: NodeId(origin),
+            first_seq,
+            end_seq,
+        };
+        Ok((span, ChunkHash::from_bytes(hash)))
+    };
+    let before = spans
+        .range((span.origin.0, 0)..=at)
+        .map_err(boxed)?
+        .next_back()
+        .map(neighbour)
+        .transpose()?;
+    let after = spans
+        .range((
+            std::ops::Bound::Excluded(at),
+            std::ops::Bound::Included((span.origin.0, u64::MAX)),
+        ))
+        .map_err(boxed)?
+        .next()
+        .map(neighbour)
+        .transpose()?;
+    Ok(fork_with(id, span, before, after))
+}
+
 impl Drop for RedbStore {
     /// Leaves the file as its [`Durability`] promises: synced to the disk, or handed to the
     /// operating system.
     fn drop(&mut self) {
+        if self.read_only {
+            return;
+        }
         let _ = match self.unsynced {
             None => self.flush(),
             Some(_) => self.commit_immediate(),
@@ -298,12 +501,28 @@ impl NodeStore for RedbStore {
     }
 
     fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+        let shared = |bytes: Arc<[u8]>| Some(Bytes::from_owner(bytes));
+        let mut serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bytes) = serving.get(id).and_then(Weak::upgrade) {
+            return Ok(shared(bytes));
+        }
+        drop(serving);
         let txn = self.db.begin_read().map_err(boxed)?;
         let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        Ok(table
-            .get(id.as_bytes())
-            .map_err(boxed)?
-            .map(|v| Bytes::copy_from_slice(v.value())))
+        let Some(value) = table.get(id.as_bytes()).map_err(boxed)? else {
+            return Ok(None);
+        };
+        let value = value.value();
+        if value.len() < SHARE_FROM {
+            return Ok(Some(Bytes::copy_from_slice(value)));
+        }
+        let bytes: Arc<[u8]> = Arc::from(value);
+        serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
+        if serving.len() >= 64 && serving.len().is_power_of_two() {
+            serving.retain(|_, held| held.strong_count() > 0);
+        }
+        serving.insert(*id, Arc::downgrade(&bytes));
+        Ok(shared(bytes))
     }
 
     fn writes_block(&self) -> bool {
@@ -311,14 +530,16 @@ impl NodeStore for RedbStore {
     }
 
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
-        self.insert_all(std::slice::from_ref(&chunk), &[])
-            .map(|added| added == 1)
+        let mut done = self.insert_all(std::slice::from_ref(&chunk), &[])?;
+        match done.forks.pop() {
+            Some(fork) => Err(Box::new(fork)),
+            None => Ok(done.added == 1),
+        }
     }
 
     /// One transaction, one commit.
-    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<Inserted, StoreError> {
         self.insert_all(chunks, &[])
-            .map(|added| usize::try_from(added).unwrap_or(usize::MAX))
     }
 
     fn page_after(

@@ -6,7 +6,8 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use chunk_sync_core::{ChunkHash, HashMismatch};
+use chunk_sync_core::store::Fork;
+use chunk_sync_core::{ChunkHash, HashMismatch, NodeId, Span};
 
 use crate::error::StoreError;
 
@@ -55,6 +56,37 @@ impl VerifiedChunk {
     }
 }
 
+/// What [`NodeStore::insert_batch`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Inserted {
+    /// Chunks that were new.
+    pub added: usize,
+    /// Chunks refused because they overlap a different stored chunk of their origin.
+    pub forks: Vec<Fork>,
+}
+
+/// The fork `span` of chunk `id` makes with its stored neighbours, if any: `before` is the
+/// stored chunk of the same origin that starts at or before `span`, `after` the first that
+/// starts after it. Stored spans of one origin never overlap, so these two are the only
+/// candidates.
+pub(crate) fn fork_with(
+    id: ChunkHash,
+    span: Span,
+    before: Option<(Span, ChunkHash)>,
+    after: Option<(Span, ChunkHash)>,
+) -> Option<Fork> {
+    [before, after]
+        .into_iter()
+        .flatten()
+        .find(|(other, other_id)| *other_id != id && other.overlaps(&span))
+        .map(|(_, existing)| Fork {
+            refused: id,
+            span,
+            existing,
+        })
+}
+
 /// What a node needs of its chunk store: [`MemStore`] here; a persistent store implements
 /// it too.
 ///
@@ -66,16 +98,21 @@ pub trait NodeStore: Send + Sync + 'static {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError>;
     /// The chunk's bytes, if present.
     fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError>;
-    /// Keeps a verified chunk; returns whether it was new. On error nothing stored changes.
+    /// Keeps a verified chunk; returns whether it was new. A chunk whose span overlaps a
+    /// different stored chunk of its origin is refused with a [`Fork`] error (the first
+    /// one stays). On error nothing stored changes.
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError>;
-    /// Keeps several verified chunks; returns how many were new. A transactional store
-    /// keeps all of them or none.
-    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
-        let mut added = 0;
+    /// Keeps several verified chunks and says how many were new and which were refused
+    /// as forks (the others are kept). On error a transactional store keeps none of them.
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<Inserted, StoreError> {
+        let mut done = Inserted::default();
         for chunk in chunks {
-            added += usize::from(self.insert(chunk.clone())?);
+            match self.insert(chunk.clone()) {
+                Ok(new) => done.added += usize::from(new),
+                Err(e) => done.forks.push(*e.downcast::<Fork>()?),
+            }
         }
-        Ok(added)
+        Ok(done)
     }
     /// Whether writes wait on a disk, so that a node should make them on a blocking thread
     /// while the transfer goes on (chunks count as stored only once written either way).
@@ -115,7 +152,7 @@ impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
         (**self).insert(chunk)
     }
-    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<usize, StoreError> {
+    fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<Inserted, StoreError> {
         (**self).insert_batch(chunks)
     }
     fn writes_block(&self) -> bool {
@@ -164,7 +201,8 @@ impl fmt::Display for MemoryLimit {
 impl std::error::Error for MemoryLimit {}
 
 /// Chunks in memory, up to a byte limit. A chunk that would exceed the limit is refused
-/// with [`MemoryLimit`]; nothing is evicted behind the node's back.
+/// with [`MemoryLimit`]; nothing is evicted behind the node's back. A chunk that forks a
+/// stored one is refused with [`Fork`].
 #[derive(Debug, Default)]
 pub struct MemStore {
     held: RwLock<Held>,
@@ -175,7 +213,33 @@ pub struct MemStore {
 #[derive(Debug, Default)]
 struct Held {
     chunks: BTreeMap<ChunkHash, Bytes>,
+    /// The chunks' spans by `(origin, first_seq)`: `(end_seq, id)`.
+    spans: BTreeMap<(NodeId, u64), (u64, ChunkHash)>,
     size: usize,
+}
+
+impl Held {
+    fn fork(&self, id: ChunkHash, span: Span) -> Option<Fork> {
+        let at = (span.origin, span.first_seq);
+        let neighbour =
+            |(&(origin, first_seq), &(end_seq, id)): (&(NodeId, u64), &(u64, ChunkHash))| {
+                (
+                    Span {
+                        origin,
+                        first_seq,
+                        end_seq,
+                    },
+                    id,
+                )
+            };
+        let before = self.spans.range(..=at).next_back().map(neighbour);
+        let after = self
+            .spans
+            .range((Excluded(at), Unbounded))
+            .next()
+            .map(neighbour);
+        fork_with(id, span, before, after)
+    }
 }
 
 impl MemStore {
@@ -217,6 +281,10 @@ impl NodeStore for MemStore {
         if held.chunks.contains_key(&chunk.id) {
             return Ok(false);
         }
+        let span = Span::of(&chunk.bytes);
+        if let Some(fork) = span.and_then(|span| held.fork(chunk.id, span)) {
+            return Err(Box::new(fork));
+        }
         let needed = chunk.bytes.len();
         if let Some(limit) = self.limit {
             let free = limit.saturating_sub(held.size);
@@ -225,6 +293,10 @@ impl NodeStore for MemStore {
             }
         }
         held.size += needed;
+        if let Some(span) = span {
+            held.spans
+                .insert((span.origin, span.first_seq), (span.end_seq, chunk.id));
+        }
         held.chunks.insert(chunk.id, chunk.bytes);
         Ok(true)
     }
@@ -258,6 +330,7 @@ impl NodeStore for MemStore {
     fn clear_cache(&self) {
         let mut held = self.write();
         held.chunks.clear();
+        held.spans.clear();
         held.size = 0;
     }
 }
@@ -271,7 +344,13 @@ mod tests {
         let shared = Arc::new(MemStore::new());
         let as_store: Box<dyn NodeStore> = Box::new(Arc::clone(&shared));
         let a = VerifiedChunk::new(ChunkHash::of(b"aaaaaa"), &b"aaaaaa"[..]).unwrap();
-        assert!(as_store.insert_batch(std::slice::from_ref(&a)).unwrap() == 1);
+        assert!(
+            as_store
+                .insert_batch(std::slice::from_ref(&a))
+                .unwrap()
+                .added
+                == 1
+        );
         assert!(shared.contains(&a.id()).unwrap());
         assert_eq!(shared.cache_size_bytes(), 6);
         assert!(!as_store.writes_block());
@@ -298,5 +377,53 @@ mod tests {
         assert_eq!((page, last), (vec![a.id()], true));
         s.clear_cache();
         assert_eq!((s.len().unwrap(), s.cache_size_bytes()), (0, 0));
+    }
+
+    /// A chunk of `events` public events of `origin` from `first`, each with `payload`.
+    pub(crate) fn chunk(origin: u64, first: u64, events: u64, payload: &str) -> VerifiedChunk {
+        let events: Vec<chunk_sync_core::EventBuf> = (first..first + events)
+            .map(|seq| chunk_sync_core::EventBuf {
+                origin: NodeId(origin),
+                seq,
+                timestamp: seq,
+                kind: "t".into(),
+                privacy: chunk_sync_core::Privacy::Public,
+                payload: payload.as_bytes().to_vec(),
+            })
+            .collect();
+        let mut chunker = chunk_sync_core::EventChunkStore::new(events.len());
+        chunker.resume(NodeId(origin), first);
+        let c = chunker.create_chunks(&events).unwrap().remove(0);
+        VerifiedChunk::new(c.id, c.bytes).unwrap()
+    }
+
+    #[test]
+    fn a_chunk_that_forks_a_stored_one_is_refused_and_the_rest_of_the_batch_kept() {
+        let s = MemStore::new();
+        let honest = chunk(1, 10, 10, "honest");
+        assert!(s.insert(honest.clone()).unwrap());
+        // Overlapping from before, from inside, from after; then neighbours that touch.
+        let forks = [
+            chunk(1, 5, 10, "x"),
+            chunk(1, 12, 2, "x"),
+            chunk(1, 19, 5, "x"),
+        ];
+        let fine = [
+            chunk(1, 0, 10, "x"),
+            chunk(1, 20, 5, "x"),
+            chunk(2, 10, 10, "x"),
+        ];
+        let batch: Vec<VerifiedChunk> = forks.iter().chain(&fine).cloned().collect();
+        let done = s.insert_batch(&batch).unwrap();
+        assert_eq!(done.added, 3);
+        let refused: Vec<ChunkHash> = done.forks.iter().map(|f| f.refused).collect();
+        assert_eq!(
+            refused,
+            forks.iter().map(VerifiedChunk::id).collect::<Vec<_>>()
+        );
+        assert!(done.forks.iter().all(|f| f.existing == honest.id()));
+        let err = s.insert(forks[0].clone()).unwrap_err();
+        assert!(err.downcast_ref::<Fork>().is_some(), "{err}");
+        assert_eq!(s.len().unwrap(), 4);
     }
 }

@@ -1,0 +1,250 @@
+//! Accepting sessions: a [`Listener`] keeps a bounded number of connections, gives the
+//! place of a connection that never finished its handshake to a new one, and backs off
+//! when `accept` fails (for example when the process runs out of file descriptors).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::task::{AbortHandle, JoinHandle};
+use tracing::{debug, warn};
+
+use crate::error::Error;
+use crate::node::{Mode, Node, Shared};
+
+/// The connections a node has accepted, by the order they came in.
+#[derive(Debug)]
+pub(crate) struct Connections {
+    max: usize,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next: u64,
+    live: BTreeMap<u64, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    handshaken: bool,
+    task: Option<AbortHandle>,
+}
+
+impl Connections {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            table: Mutex::default(),
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes room for a new connection and returns its id, or `None` if every place is
+    /// taken by a connection that finished its handshake. The oldest connection still in
+    /// its handshake gives up its place.
+    fn admit(&self) -> Option<u64> {
+        let mut table = self.table();
+        if table.live.len() >= self.max {
+            let oldest = table
+                .live
+                .iter()
+                .find(|(_, e)| !e.handshaken)
+                .map(|(id, _)| *id)?;
+            if let Some(task) = table.live.remove(&oldest).and_then(|e| e.task) {
+                task.abort();
+            }
+            debug!(
+                connection = oldest,
+                "dropped to make room for a new connection"
+            );
+        }
+        let id = table.next;
+        table.next += 1;
+        table.live.insert(
+            id,
+            Entry {
+                handshaken: false,
+                task: None,
+            },
+        );
+        Some(id)
+    }
+
+    fn started(&self, id: u64, task: AbortHandle) {
+        if let Some(entry) = self.table().live.get_mut(&id) {
+            entry.task = Some(task);
+        }
+    }
+
+    /// The connection's peer has sent its `Hello`.
+    pub(crate) fn handshaken(&self, id: u64) {
+        if let Some(entry) = self.table().live.get_mut(&id) {
+            entry.handshaken = true;
+        }
+    }
+
+    fn closed(&self, id: u64) {
+        self.table().live.remove(&id);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table().live.len()
+    }
+}
+
+/// Removes its connection from the table when the connection's task ends or is aborted.
+struct Registered {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shared.connections.closed(self.id);
+    }
+}
+
+/// How long to wait after a failed `accept`: doubling from 5 ms to 1 s, back to 5 ms after
+/// a success, so that a process out of file descriptors does not spin.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    const fn new() -> Self {
+        Self { next: Self::MIN }
+    }
+
+    fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        wait
+    }
+
+    const fn succeeded(&mut self) {
+        self.next = Self::MIN;
+    }
+}
+
+impl Node {
+    /// Accepts sessions on `addr` until the returned [`Listener`] is dropped or closed,
+    /// serving every peer concurrently from this node's store (and, with
+    /// [`NodeConfig::accept_pushes`](crate::NodeConfig::accept_pushes), fetching what they
+    /// have). At most [`NodeConfig::max_connections`](crate::NodeConfig::max_connections)
+    /// connections are kept; a peer has
+    /// [`handshake_timeout`](crate::NodeConfig::handshake_timeout) to send its `Hello`.
+    pub async fn listen(&self, addr: impl ToSocketAddrs) -> Result<Listener, Error> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let node = self.clone();
+        let accept = tokio::spawn(async move {
+            let mut backoff = Backoff::new();
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        let wait = backoff.failed();
+                        warn!(error = %e, ?wait, "accept failed");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                };
+                backoff.succeeded();
+                let Some(id) = node.shared.connections.admit() else {
+                    debug!(%peer, "connection refused: every place is taken");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let registered = Registered {
+                    shared: Arc::clone(&node.shared),
+                    id,
+                };
+                let session_node = node.clone();
+                let task = tokio::spawn(async move {
+                    let _registered = registered;
+                    let node = session_node;
+                    let mode = Mode {
+                        pull: node.shared.config.accept_pushes,
+                        serve: true,
+                    };
+                    if let (_, Err(e)) = node
+                        .run(stream, mode, Vec::new(), Some(peer), Some(id))
+                        .await
+                    {
+                        warn!(%peer, error = %e, "session with client ended in error");
+                    }
+                });
+                node.shared.connections.started(id, task.abort_handle());
+            }
+        });
+        Ok(Listener { local_addr, accept })
+    }
+}
+
+/// A listening node; dropping it stops accepting (sessions already running go on).
+#[derive(Debug)]
+pub struct Listener {
+    local_addr: SocketAddr,
+    accept: JoinHandle<()>,
+}
+
+impl Listener {
+    /// The address the node listens on.
+    #[must_use]
+    pub const fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_up_to_a_second_and_reset_on_success() {
+        let mut b = Backoff::new();
+        let waits: Vec<u128> = (0..10).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed(), Backoff::MIN);
+    }
+
+    #[test]
+    fn a_full_table_gives_the_oldest_unfinished_handshake_s_place_to_a_new_connection() {
+        let c = Connections::new(2);
+        let a = c.admit().unwrap();
+        let b = c.admit().unwrap();
+        c.handshaken(b);
+        let d = c.admit().unwrap();
+        assert_eq!(c.len(), 2);
+        assert!(
+            !c.table().live.contains_key(&a),
+            "the oldest in its handshake left"
+        );
+        c.handshaken(d);
+        assert_eq!(c.admit(), None, "every place holds an open session");
+        c.closed(b);
+        assert!(c.admit().is_some());
+    }
+}
