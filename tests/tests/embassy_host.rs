@@ -24,7 +24,11 @@ fn ram_store(chunks: &SimNode) -> Box<Small> {
 }
 
 fn tokio_node(id: u64, chunks: &SimNode) -> Node {
-    Node::new(NodeConfig::new(NodeId(id)), chunks.mem_store()).unwrap()
+    let config = NodeConfig {
+        accept_pushes: true,
+        ..NodeConfig::new(NodeId(id))
+    };
+    Node::new(config, chunks.mem_store()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,11 @@ async fn the_device_throttle_holds_in_mock_time() {
     for bytes in device_log.store.values() {
         store.insert(Verified::hash_of(bytes)).unwrap();
     }
-    let host = Node::new(NodeConfig::new(NodeId(1)), MemStore::new()).unwrap();
+    let config = NodeConfig {
+        accept_pushes: true,
+        ..NodeConfig::new(NodeId(1))
+    };
+    let host = Node::new(config, MemStore::new()).unwrap();
     let listener = host.listen("127.0.0.1:0").await.unwrap();
     let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
 

@@ -21,6 +21,14 @@ fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig
     Node::new(config(NodeConfig::new(NodeId(id))), chunks.mem_store()).unwrap()
 }
 
+/// A node that also fetches what the peers connecting to it have.
+fn accepting(c: NodeConfig) -> NodeConfig {
+    NodeConfig {
+        accept_pushes: true,
+        ..c
+    }
+}
+
 fn ids(node: &Node) -> Vec<ChunkHash> {
     node.store().page_after(None, usize::MAX - 1).unwrap().0
 }
@@ -38,9 +46,9 @@ async fn three_nodes_converge_over_tcp() {
     b_set.store.extend(shared.store.clone());
     let c_set = chunks(3, 90, 9, 1000);
     let (a, b, c) = (
-        node(1, &a_set, |c| c),
-        node(2, &b_set, |c| c),
-        node(3, &c_set, |c| c),
+        node(1, &a_set, accepting),
+        node(2, &b_set, accepting),
+        node(3, &c_set, accepting),
     );
     let mut union: Vec<ChunkHash> = [&a_set, &b_set, &c_set]
         .iter()

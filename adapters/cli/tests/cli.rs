@@ -113,7 +113,7 @@ fn append_serve_pull_verify_export_round_trip() {
         Some(&input),
     );
     assert!(
-        out.contains("appended 100 events (33 private left out)"),
+        out.contains("appended 100 of 100 events (33 private left out)"),
         "{out}"
     );
     assert!(ok(&["stat", "--store", a.to_str().unwrap()], None).contains("chunks:  10"));
@@ -192,7 +192,7 @@ fn sync_goes_both_ways_and_gc_keeps_pins() {
         ],
         Some(&events(10, 10)),
     );
-    let server = Server::start(&a, &[]);
+    let server = Server::start(&a, &["--accept-pushes"]);
     let out = ok(
         &["sync", "--with", &server.1, "--store", b.to_str().unwrap()],
         None,
