@@ -435,3 +435,178 @@ fn pull_falls_back_to_the_next_peer() {
         "no peer could be synced with",
     );
 }
+
+/// A store of `n` events, 10 per chunk, each payload marked so it can be found in the file.
+fn store_with(name: &str, n: u64) -> PathBuf {
+    let dir = temp_dir(name);
+    let input: String = (0..n)
+        .map(|seq| {
+            format!(
+                "{{\"seq\":{seq},\"kind\":\"k\",\"privacy\":\"public\",\"payload\":\"MARK{seq:05}\"}}\n"
+            )
+        })
+        .collect();
+    let store = dir.to_str().unwrap();
+    ok(
+        &[
+            "append",
+            "--store",
+            store,
+            "--events-per-chunk",
+            "10",
+            "--origin",
+            "5",
+        ],
+        Some(&input),
+    );
+    dir
+}
+
+#[test]
+fn a_damaged_store_file_gets_one_line_and_an_error_never_a_panic() {
+    let dir = store_with("damaged", 2_000);
+    let file = dir.join("chunks.redb");
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let store = dir.to_str().unwrap();
+    for command in ["verify", "export", "ls", "stat"] {
+        fails(&[command, "--store", store], "is damaged");
+    }
+    fails(
+        &["pull", "--from", "127.0.0.1:1", "--store", store],
+        "is damaged",
+    );
+}
+
+#[test]
+fn export_checks_every_chunk_and_never_prints_a_damaged_event() {
+    let dir = store_with("flipped", 100);
+    let file = dir.join("chunks.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"MARK00042")
+        .expect("the payload is in the file");
+    bytes[at + 8] = b'9';
+    std::fs::write(&file, &bytes).unwrap();
+    let store = dir.to_str().unwrap();
+
+    let out = run(&["export", "--store", store], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("damaged chunk"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "stop is the default: nothing exported"
+    );
+
+    let out = run(&["export", "--store", store, "--on-damaged", "skip"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "damage is an error even when skipped"
+    );
+    assert_eq!(stdout.lines().count(), 90, "the other nine chunks");
+    assert!(!stdout.contains("MARK00049") && !stdout.contains("MARK00042"));
+    fails(&["verify", "--store", store], "1 of 10 chunks are corrupt");
+}
+
+#[test]
+fn read_only_commands_create_and_change_nothing() {
+    let dir = temp_dir("read-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("chunks.redb");
+    std::fs::write(&file, b"").unwrap();
+    let store = dir.to_str().unwrap();
+    fails(
+        &["verify", "--store", store],
+        "is damaged (the file is empty)",
+    );
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "still empty");
+
+    let dir = store_with("untouched", 30);
+    let file = dir.join("chunks.redb");
+    let before = std::fs::read(&file).unwrap();
+    let store = dir.to_str().unwrap();
+    for command in ["verify", "export", "ls", "stat"] {
+        ok(&[command, "--store", store], None);
+    }
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "not one byte written"
+    );
+}
+
+#[test]
+fn events_at_or_below_the_sealed_point_are_reported_and_refused_with_strict() {
+    let dir = store_with("late", 20);
+    let store = dir.to_str().unwrap();
+    // A changed payload at 3, a late 15, and a new 25.
+    let input = "{\"seq\":3,\"kind\":\"k\",\"privacy\":\"public\",\"payload\":\"changed\"}\n\
+                 {\"seq\":15,\"kind\":\"k\",\"privacy\":\"private\",\"payload\":\"late\"}\n\
+                 {\"seq\":25,\"kind\":\"k\",\"privacy\":\"public\",\"payload\":\"new\"}\n";
+    let append = ["append", "--store", store, "--origin", "5"];
+    let strict: Vec<&str> = append.iter().copied().chain(["--strict"]).collect();
+    let out = run(&strict, Some(input));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("2 events not taken") && stderr.contains("origin 5: 3, 15"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing appended"), "{stderr}");
+    assert_eq!(chunk_count(&dir), 2);
+
+    let out = run(&append, Some(input));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 events not taken"), "{stderr}");
+    assert!(stdout.contains("appended 1 of 3 events"), "{stdout}");
+    assert_eq!(chunk_count(&dir), 3);
+}
+
+#[test]
+fn a_rate_too_slow_for_any_peer_is_refused_with_the_lowest_that_works() {
+    let dir = store_with("slow", 10);
+    fails(
+        &[
+            "serve",
+            "--store",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--rate",
+            "1",
+        ],
+        "at least 35 B/s",
+    );
+}
+
+#[test]
+fn export_into_a_closed_pipe_is_not_an_error() {
+    let dir = store_with("pipe", 5_000);
+    let mut child = Command::new(BIN)
+        .args(["export", "--store", dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is gone (as with `| head -1`).
+    let out = child.wait_with_output().unwrap();
+    assert!(first.contains("MARK00000"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
