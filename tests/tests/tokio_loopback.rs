@@ -494,10 +494,9 @@ fn whole_chunks(received: &[u8]) -> Vec<ChunkHash> {
             offset,
             data,
         } = message
+            && offset as usize + data.len() == total_len as usize
         {
-            if offset as usize + data.len() == total_len as usize {
-                whole.push(hash);
-            }
+            whole.push(hash);
         }
         at += len;
     }

@@ -237,12 +237,11 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                 }
             }
             start += handled.consumed;
-            if let Some(len) = complete {
-                if let Ok(verified) = self.session.finish_chunk(&self.incoming[..len]) {
-                    if let Err(e) = self.store.insert(verified).await {
-                        return Err(self.store_failed(e));
-                    }
-                }
+            if let Some(len) = complete
+                && let Ok(verified) = self.session.finish_chunk(&self.incoming[..len])
+                && let Err(e) = self.store.insert(verified).await
+            {
+                return Err(self.store_failed(e));
             }
         }
         self.rx.copy_within(start..self.filled, 0);

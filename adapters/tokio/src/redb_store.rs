@@ -441,6 +441,12 @@ impl RedbStore {
     }
 }
 
+/// One entry of [`SPANS`] as a range read yields it.
+type SpanEntry<'a> = (
+    redb::AccessGuard<'a, (u64, u64)>,
+    redb::AccessGuard<'a, (u64, [u8; 32])>,
+);
+
 /// The fork `span` of chunk `id` makes with the stored spans, if any.
 fn fork_in(
     spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
@@ -449,10 +455,7 @@ fn fork_in(
 ) -> Result<Option<Fork>, StoreError> {
     let at = (span.origin.0, span.first_seq);
     let neighbour = |entry: Result<_, redb::StorageError>| -> Result<_, StoreError> {
-        let (k, v): (
-            redb::AccessGuard<'_, (u64, u64)>,
-            redb::AccessGuard<'_, (u64, [u8; 32])>,
-        ) = entry.map_err(boxed)?;
+        let (k, v): SpanEntry<'_> = entry.map_err(boxed)?;
         let ((origin, first_seq), (end_seq, hash)) = (k.value(), v.value());
         let span = Span {
             origin: NodeId(origin),

@@ -112,18 +112,18 @@ fn print_ratios(figures: &BTreeMap<String, Figure>) {
             ("verify", "verification (hash + header)"),
             ("verify+decode", "verification + decode of every event"),
         ] {
-            if let Some(r) = ratio(&format!("chunk/{what}/{size}"), &blake3) {
-                if let Some(f) = figures.get(&format!("chunk/{what}/{size}")) {
-                    let events: f64 = size
-                        .split('x')
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0.0);
-                    println!(
-                        "| {label}, {size} | raw BLAKE3 of the same bytes | {r:.0}% ({:.1} M events/s) |",
-                        events / f.mean_ns * 1e3
-                    );
-                }
+            if let Some(r) = ratio(&format!("chunk/{what}/{size}"), &blake3)
+                && let Some(f) = figures.get(&format!("chunk/{what}/{size}"))
+            {
+                let events: f64 = size
+                    .split('x')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0.0);
+                println!(
+                    "| {label}, {size} | raw BLAKE3 of the same bytes | {r:.0}% ({:.1} M events/s) |",
+                    events / f.mean_ns * 1e3
+                );
             }
         }
     }

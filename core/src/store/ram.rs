@@ -158,14 +158,15 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
             });
         }
         // A scan of the headers: the store holds few chunks.
-        if let Some(span) = Span::of(bytes) {
-            if let Some(existing) = self.overlapping(&id, &span) {
-                return Err(RamStoreError::Fork(Fork {
-                    refused: id,
-                    span,
-                    existing,
-                }));
-            }
+        if let Some((span, existing)) = Span::of(bytes).and_then(|span| {
+            self.overlapping(&id, &span)
+                .map(|existing| (span, existing))
+        }) {
+            return Err(RamStoreError::Fork(Fork {
+                refused: id,
+                span,
+                existing,
+            }));
         }
         if self.slots.is_full() {
             return Err(RamStoreError::Full(CapacityError {
