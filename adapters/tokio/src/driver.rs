@@ -585,3 +585,4 @@ impl Driver<'_> {
         table.insert(peer, progress);
     }
 }
+
