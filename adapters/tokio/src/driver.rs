@@ -585,4 +585,3 @@ impl Driver<'_> {
         table.insert(peer, progress);
     }
 }
-
