@@ -497,6 +497,14 @@ impl<'a> ChunkView<'a> {
         self.events().try_for_each(|e| e.map(drop))
     }
 
+    /// [`parse`](Self::parse) and [`validate`](Self::validate): the whole check of bytes
+    /// that already match their hash, as a node makes before it stores a received chunk.
+    pub fn validated(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let view = Self::parse(bytes)?;
+        view.validate()?;
+        Ok(view)
+    }
+
     /// The chunk's bytes.
     #[must_use]
     pub const fn bytes(&self) -> &'a [u8] {

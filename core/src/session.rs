@@ -585,24 +585,8 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                 if outstanding >= self.announced_requests() {
                     return Err(Error::Peer(PeerMisbehaved::TooManyRequests));
                 }
-                if !self.config.serve {
-                    // Nothing of this node is sent: not found, without asking the adapter.
-                    match self.serving {
-                        None => self.serving = Some(Serving::NotFound { hash }),
-                        // Room was checked above against a limit no larger than `REQ`.
-                        Some(_) => {
-                            let _ = self.queue.push_back(hash);
-                        }
-                    }
-                    return Ok(None);
-                }
                 match self.serving {
-                    None => {
-                        self.serving = Some(Serving::Pending {
-                            hash,
-                            reported: false,
-                        })
-                    }
+                    None => self.serving = Some(self.requested(hash)),
                     Some(_) => {
                         // Room was checked above against a limit no larger than `REQ`.
                         let _ = self.queue.push_back(hash);
@@ -772,9 +756,8 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         let result = Verified::new(front.hash, bytes)
             .map_err(FinishError::HashMismatch)
             .and_then(|verified| {
-                ChunkView::parse(bytes)
-                    .and_then(|view| view.validate())
-                    .map(|()| verified)
+                ChunkView::validated(bytes)
+                    .map(|_| verified)
                     .map_err(FinishError::Invalid)
             });
         // Room in `retry` and `failures`: they hold at most what was in flight.
@@ -1041,9 +1024,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             };
             let t = Self::emit(&Message::Error { code, reason }, buf)?;
             self.error_frame = None;
-            self.stats.bytes_sent += t.len as u64;
-            self.stats.frames_sent += 1;
-            return Ok(Some(t));
+            return Ok(Some(self.counted(t)));
         }
         if self.phase == Phase::Completed {
             return Ok(None);
@@ -1053,9 +1034,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             // link must not make the peer's handshake timeout fire.
             let t = self.hello(buf)?;
             self.idle_deadline = now + self.config.idle_timeout;
-            self.stats.bytes_sent += t.len as u64;
-            self.stats.frames_sent += 1;
-            return Ok(Some(t));
+            return Ok(Some(self.counted(t)));
         }
         if let Some(at) = self.throttle.next_ready(now) {
             self.throttled_until = Some(at);
@@ -1068,10 +1047,15 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         let _ = self.throttle.try_consume(now, t.wire_len() as u64);
         // Sending is progress: the session is not idle.
         self.idle_deadline = now + self.config.idle_timeout;
+        self.check_completion();
+        Ok(Some(self.counted(t)))
+    }
+
+    /// Counts a frame handed to the caller.
+    fn counted(&mut self, t: Transmit) -> Transmit {
         self.stats.bytes_sent += t.wire_len() as u64;
         self.stats.frames_sent += 1;
-        self.check_completion();
-        Ok(Some(t))
+        t
     }
 
     /// Picks and encodes the next frame: control frames first, then chunk data.
@@ -1202,17 +1186,20 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     }
 
     fn next_served(&mut self) {
-        let serve = self.config.serve;
-        self.serving = self.queue.pop_front().map(|hash| {
-            if serve {
-                Serving::Pending {
-                    hash,
-                    reported: false,
-                }
-            } else {
-                Serving::NotFound { hash }
+        self.serving = self.queue.pop_front().map(|hash| self.requested(hash));
+    }
+
+    /// How a requested chunk starts out: awaiting the adapter's answer, or, when this side
+    /// does not serve, not found without asking the adapter.
+    const fn requested(&self, hash: ChunkHash) -> Serving {
+        if self.config.serve {
+            Serving::Pending {
+                hash,
+                reported: false,
             }
-        });
+        } else {
+            Serving::NotFound { hash }
+        }
     }
 
     fn emit(message: &Message<'_>, buf: &mut [u8]) -> Result<Transmit, InsufficientSize> {

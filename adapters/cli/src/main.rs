@@ -679,12 +679,18 @@ fn stat(db: &RedbStore) -> Result<()> {
     Ok(())
 }
 
+/// The chunk, if its bytes match its hash and are a valid chunk.
+fn sound<'a>(id: &ChunkHash, bytes: &'a [u8]) -> Option<ChunkView<'a>> {
+    id.matches(bytes)
+        .then(|| ChunkView::validated(bytes).ok())
+        .flatten()
+}
+
 fn verify(db: &RedbStore) -> Result<ExitCode> {
     let (mut total, mut bad) = (0u64, 0u64);
     db.for_each(|id, bytes| {
         total += 1;
-        let ok = ChunkView::verify(&id, bytes).is_ok_and(|v| v.validate().is_ok());
-        if !ok {
+        if sound(&id, bytes).is_none() {
             bad += 1;
             eprintln!("corrupt chunk {id}");
         }
@@ -704,11 +710,9 @@ fn verify(db: &RedbStore) -> Result<ExitCode> {
 fn export(db: &RedbStore, on_damaged: OnDamaged) -> Result<ExitCode> {
     let mut chunks: Vec<(u64, u64, Vec<u8>)> = Vec::new();
     let mut damaged: Vec<ChunkHash> = Vec::new();
-    db.for_each(|id, bytes| match ChunkView::verify(&id, bytes) {
-        Ok(v) if v.validate().is_ok() => {
-            chunks.push((v.origin().0, v.first_seq(), bytes.to_vec()));
-        }
-        _ => damaged.push(id),
+    db.for_each(|id, bytes| match sound(&id, bytes) {
+        Some(v) => chunks.push((v.origin().0, v.first_seq(), bytes.to_vec())),
+        None => damaged.push(id),
     })?;
     for id in &damaged {
         eprintln!(

@@ -95,9 +95,7 @@ impl EventChunkSyncManager {
     /// with the store's [`Fork`](chunk_sync_core::store::Fork) error; nothing is stored.
     pub async fn handle_chunk_put(&self, hash: ChunkHash, data: Vec<u8>) -> Result<bool, Error> {
         let verified = VerifiedChunk::new(hash, data).map_err(Error::HashMismatch)?;
-        chunk_sync_core::ChunkView::parse(verified.bytes())
-            .and_then(|view| view.validate())
-            .map_err(Error::InvalidChunk)?;
+        chunk_sync_core::ChunkView::validated(verified.bytes()).map_err(Error::InvalidChunk)?;
         self.node.store().insert(verified).map_err(Error::Store)
     }
 

@@ -179,8 +179,7 @@ impl EventChunkStore {
         if self.chunks.contains_key(&chunk.id()) {
             return Ok(false);
         }
-        let view = ChunkView::parse(chunk.bytes())?;
-        view.validate()?;
+        let view = ChunkView::validated(chunk.bytes())?;
         self.chunks.insert(
             chunk.id(),
             EventChunk {
