@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
@@ -110,8 +111,8 @@ enum Command {
     Export {
         #[command(flatten)]
         store: StoreArg,
-        /// What to do with a damaged chunk (reported on stderr either way, and the exit
-        /// status is an error): stop there, or skip it and go on.
+        /// What to do if a chunk is damaged (reported on stderr either way, and the exit
+        /// status is an error): export nothing, or export the others.
         #[arg(long, value_enum, default_value_t = OnDamaged::Stop)]
         on_damaged: OnDamaged,
     },
@@ -159,7 +160,7 @@ enum DurabilityArg {
 /// `export --on-damaged`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum OnDamaged {
-    /// Stop at the first damaged chunk.
+    /// Export nothing: every chunk is checked before the first event is written.
     Stop,
     /// Leave damaged chunks out and export the rest.
     Skip,
@@ -193,27 +194,22 @@ type Result<T> = std::result::Result<T, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A panic never reaches the user as a backtrace: the store catches what its database
-    // raises on a damaged file, and anything else is reported below as one line.
+    // A panic never reaches the user as a backtrace: the store turns what its database
+    // raises on a damaged file into an error, and anything else is one line here.
+    static REPORTED: AtomicBool = AtomicBool::new(false);
     std::panic::set_hook(Box::new(|info| {
         let in_database = info.location().is_some_and(|l| l.file().contains("redb"));
         if !in_database {
             eprintln!("chunk-sync: internal error: {info}");
+            REPORTED.store(true, Ordering::Relaxed);
         }
     }));
-    match std::panic::catch_unwind(|| run_command(cli)) {
-        Ok(code) => code,
-        Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            // The hook has said what happened, unless the database panicked.
-            eprintln!("chunk-sync: the command failed on an internal error ({why})");
-            ExitCode::from(70)
+    std::panic::catch_unwind(|| run_command(cli)).unwrap_or_else(|_| {
+        if !REPORTED.load(Ordering::Relaxed) {
+            eprintln!("chunk-sync: the store's database failed; the store file may be damaged");
         }
-    }
+        ExitCode::from(70)
+    })
 }
 
 fn run_command(cli: Cli) -> ExitCode {

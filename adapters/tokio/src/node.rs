@@ -40,9 +40,7 @@ impl ThrottleConfig {
     pub(crate) fn to_core(self) -> chunk_sync_core::ThrottleConfig {
         chunk_sync_core::ThrottleConfig {
             max_bytes_per_sec: self.max_bytes_per_sec,
-            window_duration: chunk_sync_core::Duration::from_micros(
-                u64::try_from(self.window_duration.as_micros()).unwrap_or(u64::MAX),
-            ),
+            window_duration: core_duration(self.window_duration),
         }
     }
 }

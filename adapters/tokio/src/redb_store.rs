@@ -260,17 +260,33 @@ impl RedbStore {
         })
     }
 
-    fn writable(&self) -> Result<(), StoreError> {
+    fn serving(&self) -> std::sync::MutexGuard<'_, BTreeMap<ChunkHash, Weak<[u8]>>> {
+        self.serving.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in a read transaction; a panic of the database is [`RedbError::Damaged`].
+    fn reading<T>(
+        &self,
+        f: impl FnOnce(redb::ReadTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        guarded(|| f(self.db.begin_read().map_err(boxed)?))
+    }
+
+    /// Runs `f` in a write transaction, refused with [`RedbError::ReadOnly`] on a store
+    /// opened read-only; a panic of the database is [`RedbError::Damaged`].
+    fn writing<T>(
+        &self,
+        f: impl FnOnce(redb::WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         if self.read_only {
             return Err(Box::new(RedbError::ReadOnly));
         }
-        Ok(())
+        guarded(|| f(self.db.begin_write().map_err(boxed)?))
     }
 
     /// Commits everything to the disk itself, not just to the operating system, whatever
     /// the store's [`Durability`].
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.writable()?;
         self.commit_immediate()?;
         if let Some(file) = &self.unsynced {
             file.sync_data()?;
@@ -279,16 +295,18 @@ impl RedbStore {
     }
 
     fn commit_immediate(&self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(boxed)?;
-        txn.set_durability(redb::Durability::Immediate);
-        txn.commit().map_err(boxed)
+        self.writing(|mut txn| {
+            txn.set_durability(redb::Durability::Immediate);
+            txn.commit().map_err(boxed)
+        })
     }
 
     /// An application value, for example where an origin's log is sealed up to.
     pub fn meta(&self, key: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(boxed)?;
-        let table = txn.open_table(META).map_err(boxed)?;
-        Ok(table.get(key).map_err(boxed)?.map(|v| v.value()))
+        self.reading(|txn| {
+            let table = txn.open_table(META).map_err(boxed)?;
+            Ok(table.get(key).map_err(boxed)?.map(|v| v.value()))
+        })
     }
 
     /// Stores several verified chunks and application values in one transaction: all of
@@ -299,53 +317,45 @@ impl RedbStore {
         chunks: &[VerifiedChunk],
         meta: &[(&str, u64)],
     ) -> Result<Inserted, StoreError> {
-        self.writable()?;
-        guarded(|| self.insert_all_unguarded(chunks, meta))
-    }
-
-    fn insert_all_unguarded(
-        &self,
-        chunks: &[VerifiedChunk],
-        meta: &[(&str, u64)],
-    ) -> Result<Inserted, StoreError> {
-        let mut txn = self.db.begin_write().map_err(boxed)?;
-        txn.set_durability(redb::Durability::Eventual);
-        let mut done = Inserted::default();
-        {
-            let mut table = txn.open_table(CHUNKS).map_err(boxed)?;
-            let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
-            let mut spans = txn.open_table(SPANS).map_err(boxed)?;
-            let mut m = txn.open_table(META).map_err(boxed)?;
-            let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-            let now = unix_now();
-            for chunk in chunks {
-                let id = chunk.id();
-                let key = id.as_bytes();
-                if table.get(key).map_err(boxed)?.is_some() {
-                    continue;
-                }
-                let span = Span::of(chunk.bytes());
-                if let Some(span) = span {
-                    if let Some(fork) = fork_in(&spans, id, span)? {
-                        done.forks.push(fork);
+        self.writing(|mut txn| {
+            txn.set_durability(redb::Durability::Eventual);
+            let mut done = Inserted::default();
+            {
+                let mut table = txn.open_table(CHUNKS).map_err(boxed)?;
+                let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
+                let mut spans = txn.open_table(SPANS).map_err(boxed)?;
+                let mut m = txn.open_table(META).map_err(boxed)?;
+                let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+                let now = unix_now();
+                for chunk in chunks {
+                    let id = chunk.id();
+                    let key = id.as_bytes();
+                    if table.get(key).map_err(boxed)?.is_some() {
                         continue;
                     }
-                    spans
-                        .insert((span.origin.0, span.first_seq), (span.end_seq, *key))
-                        .map_err(boxed)?;
+                    let span = Span::of(chunk.bytes());
+                    if let Some(span) = span {
+                        if let Some(fork) = fork_in(&spans, id, span)? {
+                            done.forks.push(fork);
+                            continue;
+                        }
+                        spans
+                            .insert((span.origin.0, span.first_seq), (span.end_seq, *key))
+                            .map_err(boxed)?;
+                    }
+                    table.insert(key, chunk.bytes().as_ref()).map_err(boxed)?;
+                    stored_at.insert(key, now).map_err(boxed)?;
+                    bytes += chunk.bytes().len() as u64;
+                    done.added += 1;
                 }
-                table.insert(key, chunk.bytes().as_ref()).map_err(boxed)?;
-                stored_at.insert(key, now).map_err(boxed)?;
-                bytes += chunk.bytes().len() as u64;
-                done.added += 1;
+                m.insert(BYTES, bytes).map_err(boxed)?;
+                for (key, value) in meta {
+                    m.insert(*key, *value).map_err(boxed)?;
+                }
             }
-            m.insert(BYTES, bytes).map_err(boxed)?;
-            for (key, value) in meta {
-                m.insert(*key, *value).map_err(boxed)?;
-            }
-        }
-        txn.commit().map_err(boxed)?;
-        Ok(done)
+            txn.commit().map_err(boxed)?;
+            Ok(done)
+        })
     }
 
     /// Bytes of chunk data stored.
@@ -355,8 +365,7 @@ impl RedbStore {
 
     /// Calls `f` with every chunk, in hash order.
     pub fn for_each(&self, mut f: impl FnMut(ChunkHash, &[u8])) -> Result<(), StoreError> {
-        guarded(|| {
-            let txn = self.db.begin_read().map_err(boxed)?;
+        self.reading(|txn| {
             let table = txn.open_table(CHUNKS).map_err(boxed)?;
             for entry in table.iter().map_err(boxed)? {
                 let (k, v) = entry.map_err(boxed)?;
@@ -368,76 +377,76 @@ impl RedbStore {
 
     /// Keeps `id` through every [`gc`](Self::gc) until unpinned.
     pub fn pin(&self, id: &ChunkHash, pinned: bool) -> Result<(), StoreError> {
-        self.writable()?;
-        let txn = self.db.begin_write().map_err(boxed)?;
-        {
-            let mut pins = txn.open_table(PINS).map_err(boxed)?;
-            if pinned {
-                pins.insert(id.as_bytes(), ()).map_err(boxed)?;
-            } else {
-                pins.remove(id.as_bytes()).map_err(boxed)?;
+        self.writing(|txn| {
+            {
+                let mut pins = txn.open_table(PINS).map_err(boxed)?;
+                if pinned {
+                    pins.insert(id.as_bytes(), ()).map_err(boxed)?;
+                } else {
+                    pins.remove(id.as_bytes()).map_err(boxed)?;
+                }
             }
-        }
-        txn.commit().map_err(boxed)
+            txn.commit().map_err(boxed)
+        })
     }
 
     /// Removes chunks by age, then the oldest ones by total size, never a pinned one. A
     /// chunk that a session is serving keeps being served from memory; a chunk being
     /// fetched is not in the store yet. Runs in one transaction.
     pub fn gc(&self, policy: RetentionPolicy) -> Result<GcReport, StoreError> {
-        self.writable()?;
         let now = unix_now();
-        let mut txn = self.db.begin_write().map_err(boxed)?;
-        txn.set_durability(redb::Durability::Immediate);
-        let mut report = GcReport::default();
-        {
-            let mut chunks = txn.open_table(CHUNKS).map_err(boxed)?;
-            let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
-            let pins = txn.open_table(PINS).map_err(boxed)?;
-            let mut spans = txn.open_table(SPANS).map_err(boxed)?;
-            let mut meta = txn.open_table(META).map_err(boxed)?;
-            let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-            // Oldest first.
-            let mut by_age: Vec<(u64, [u8; 32], u64)> = Vec::new();
-            for entry in stored_at.iter().map_err(boxed)? {
-                let (k, at) = entry.map_err(boxed)?;
-                let key = *k.value();
-                let len = chunks
-                    .get(&key)
-                    .map_err(boxed)?
-                    .map_or(0, |v| v.value().len() as u64);
-                by_age.push((at.value(), key, len));
+        self.writing(|mut txn| {
+            txn.set_durability(redb::Durability::Immediate);
+            let mut report = GcReport::default();
+            {
+                let mut chunks = txn.open_table(CHUNKS).map_err(boxed)?;
+                let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
+                let pins = txn.open_table(PINS).map_err(boxed)?;
+                let mut spans = txn.open_table(SPANS).map_err(boxed)?;
+                let mut meta = txn.open_table(META).map_err(boxed)?;
+                let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+                // Oldest first.
+                let mut by_age: Vec<(u64, [u8; 32], u64)> = Vec::new();
+                for entry in stored_at.iter().map_err(boxed)? {
+                    let (k, at) = entry.map_err(boxed)?;
+                    let key = *k.value();
+                    let len = chunks
+                        .get(&key)
+                        .map_err(boxed)?
+                        .map_or(0, |v| v.value().len() as u64);
+                    by_age.push((at.value(), key, len));
+                }
+                by_age.sort_unstable();
+                let cutoff = policy.max_age.map(|age| now.saturating_sub(age.as_secs()));
+                for (at, key, len) in by_age {
+                    let too_old = cutoff.is_some_and(|c| at < c);
+                    let too_big = policy.max_bytes.is_some_and(|max| bytes > max);
+                    if !too_old && !too_big {
+                        continue;
+                    }
+                    if pins.get(&key).map_err(boxed)?.is_some() {
+                        report.kept_pinned += 1;
+                        continue;
+                    }
+                    if let Some(span) = chunks
+                        .remove(&key)
+                        .map_err(boxed)?
+                        .and_then(|v| Span::of(v.value()))
+                    {
+                        spans
+                            .remove((span.origin.0, span.first_seq))
+                            .map_err(boxed)?;
+                    }
+                    stored_at.remove(&key).map_err(boxed)?;
+                    bytes = bytes.saturating_sub(len);
+                    report.removed += 1;
+                    report.freed += len;
+                }
+                meta.insert(BYTES, bytes).map_err(boxed)?;
             }
-            by_age.sort_unstable();
-            let cutoff = policy.max_age.map(|age| now.saturating_sub(age.as_secs()));
-            for (at, key, len) in by_age {
-                let too_old = cutoff.is_some_and(|c| at < c);
-                let too_big = policy.max_bytes.is_some_and(|max| bytes > max);
-                if !too_old && !too_big {
-                    continue;
-                }
-                if pins.get(&key).map_err(boxed)?.is_some() {
-                    report.kept_pinned += 1;
-                    continue;
-                }
-                if let Some(span) = chunks
-                    .remove(&key)
-                    .map_err(boxed)?
-                    .and_then(|v| Span::of(v.value()))
-                {
-                    spans
-                        .remove((span.origin.0, span.first_seq))
-                        .map_err(boxed)?;
-                }
-                stored_at.remove(&key).map_err(boxed)?;
-                bytes = bytes.saturating_sub(len);
-                report.removed += 1;
-                report.freed += len;
-            }
-            meta.insert(BYTES, bytes).map_err(boxed)?;
-        }
-        txn.commit().map_err(boxed)?;
-        Ok(report)
+            txn.commit().map_err(boxed)?;
+            Ok(report)
+        })
     }
 }
 
@@ -498,34 +507,35 @@ impl Drop for RedbStore {
 
 impl NodeStore for RedbStore {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(boxed)?;
-        let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        Ok(table.get(id.as_bytes()).map_err(boxed)?.is_some())
+        self.reading(|txn| {
+            let table = txn.open_table(CHUNKS).map_err(boxed)?;
+            Ok(table.get(id.as_bytes()).map_err(boxed)?.is_some())
+        })
     }
 
     fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
         let shared = |bytes: Arc<[u8]>| Some(Bytes::from_owner(bytes));
-        let mut serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(bytes) = serving.get(id).and_then(Weak::upgrade) {
+        let held = self.serving().get(id).and_then(Weak::upgrade);
+        if let Some(bytes) = held {
             return Ok(shared(bytes));
         }
-        drop(serving);
-        let txn = self.db.begin_read().map_err(boxed)?;
-        let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        let Some(value) = table.get(id.as_bytes()).map_err(boxed)? else {
-            return Ok(None);
-        };
-        let value = value.value();
-        if value.len() < SHARE_FROM {
-            return Ok(Some(Bytes::copy_from_slice(value)));
-        }
-        let bytes: Arc<[u8]> = Arc::from(value);
-        serving = self.serving.lock().unwrap_or_else(PoisonError::into_inner);
-        if serving.len() >= 64 && serving.len().is_power_of_two() {
-            serving.retain(|_, held| held.strong_count() > 0);
-        }
-        serving.insert(*id, Arc::downgrade(&bytes));
-        Ok(shared(bytes))
+        self.reading(|txn| {
+            let table = txn.open_table(CHUNKS).map_err(boxed)?;
+            let Some(value) = table.get(id.as_bytes()).map_err(boxed)? else {
+                return Ok(None);
+            };
+            let value = value.value();
+            if value.len() < SHARE_FROM {
+                return Ok(Some(Bytes::copy_from_slice(value)));
+            }
+            let bytes: Arc<[u8]> = Arc::from(value);
+            let mut serving = self.serving();
+            if serving.len() >= 64 && serving.len().is_power_of_two() {
+                serving.retain(|_, held| held.strong_count() > 0);
+            }
+            serving.insert(*id, Arc::downgrade(&bytes));
+            Ok(shared(bytes))
+        })
     }
 
     fn writes_block(&self) -> bool {
@@ -550,30 +560,32 @@ impl NodeStore for RedbStore {
         after: Option<&ChunkHash>,
         limit: usize,
     ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
-        let txn = self.db.begin_read().map_err(boxed)?;
-        let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        let range = match after {
-            Some(a) => table.range::<&[u8; 32]>((
-                std::ops::Bound::Excluded(a.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => table.range::<&[u8; 32]>(..),
-        }
-        .map_err(boxed)?;
-        let mut ids = Vec::new();
-        for entry in range.take(limit.saturating_add(1)) {
-            let (k, _) = entry.map_err(boxed)?;
-            ids.push(ChunkHash::from_bytes(*k.value()));
-        }
-        let last = ids.len() <= limit;
-        ids.truncate(limit);
-        Ok((ids, last))
+        self.reading(|txn| {
+            let table = txn.open_table(CHUNKS).map_err(boxed)?;
+            let range = match after {
+                Some(a) => table.range::<&[u8; 32]>((
+                    std::ops::Bound::Excluded(a.as_bytes()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.range::<&[u8; 32]>(..),
+            }
+            .map_err(boxed)?;
+            let mut ids = Vec::new();
+            for entry in range.take(limit.saturating_add(1)) {
+                let (k, _) = entry.map_err(boxed)?;
+                ids.push(ChunkHash::from_bytes(*k.value()));
+            }
+            let last = ids.len() <= limit;
+            ids.truncate(limit);
+            Ok((ids, last))
+        })
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        let txn = self.db.begin_read().map_err(boxed)?;
-        let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        Ok(usize::try_from(table.len().map_err(boxed)?).unwrap_or(usize::MAX))
+        self.reading(|txn| {
+            let table = txn.open_table(CHUNKS).map_err(boxed)?;
+            Ok(usize::try_from(table.len().map_err(boxed)?).unwrap_or(usize::MAX))
+        })
     }
 }
 
