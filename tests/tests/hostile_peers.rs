@@ -145,7 +145,7 @@ async fn junk_and_forged_chunks_pushed_to_a_node_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_asks_and_never_reads_is_dropped_after_the_idle_timeout() {
     // One large chunk asked for many times, so that the answers fill every buffer on the
-    // way (about 57 MB per client).
+    // way (60 × 900 KiB, about 55 MB per client).
     let big = SimNode::with_log(NodeId(1), 1, 1, 900 << 10);
     let id = big.ids()[0];
     let server = node(1, &big, |c| NodeConfig {
