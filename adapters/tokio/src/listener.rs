@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use crate::error::Error;
@@ -173,6 +174,15 @@ impl Node {
                 let task = tokio::spawn(async move {
                     let _registered = registered;
                     let node = session_node;
+                    // A session's state (about 200 KiB) is made only once the peer has
+                    // sent something, so a connection that stays silent costs little
+                    // while it waits out the handshake timeout.
+                    let wait = node.shared.config.handshake_timeout;
+                    let mut first = [0u8; 1];
+                    if !matches!(timeout(wait, stream.peek(&mut first)).await, Ok(Ok(1..))) {
+                        debug!(%peer, "connection sent nothing in time");
+                        return;
+                    }
                     let mode = Mode {
                         pull: node.shared.config.accept_pushes,
                         serve: true,
