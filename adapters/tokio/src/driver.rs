@@ -595,7 +595,10 @@ mod tests {
         // The README's connection row: 204 KiB of session (208,640 bytes on 64-bit
         // targets) and a 4 KiB receive buffer.
         let session = size_of::<HostSession>();
-        assert!((200 << 10..=205 << 10).contains(&session), "{session} bytes");
+        assert!(
+            (200 << 10..=205 << 10).contains(&session),
+            "{session} bytes"
+        );
         assert_eq!(RX_INITIAL, 4 << 10);
     }
 }
