@@ -16,6 +16,8 @@
 //! | [`throttle`] | the clock-agnostic bandwidth [`Throttle`] |
 //! | [`progress`] | [`SyncProgress`] and the per-peer [`ProgressTable`] |
 //! | [`store`] | the [`ChunkStore`] trait, [`RamStore`](store::RamStore) and, with `alloc`, `ChunkCache` |
+//! | [`session`] | the sync protocol with one peer as a sans-IO state machine |
+//! | [`conduit`] | the driving layer adapters run: a session over one byte stream, as actions |
 //!
 //! Time is always a parameter (`now`), bytes come in as slices and go out into caller
 //! buffers, and every capacity is a const generic or a value the caller chooses. Nothing a
@@ -45,6 +47,7 @@ extern crate alloc;
 mod fmt;
 
 pub mod chunk;
+pub mod conduit;
 pub mod delta;
 pub mod error;
 pub mod event;

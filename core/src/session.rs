@@ -165,6 +165,17 @@ pub enum Event {
     Failed(Error),
 }
 
+/// What the store did with a verified chunk; see [`Session::chunk_stored`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Stored {
+    /// The store holds the chunk (new, or already there).
+    Kept,
+    /// The store refused it: its origin and sequence range overlap a different chunk
+    /// the store holds ([`FailReason::Fork`]).
+    Fork,
+}
+
 /// Why a chunk could not be fetched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -315,6 +326,21 @@ enum Serving {
     NotFound { hash: ChunkHash },
 }
 
+/// Where this side is in answering the peer's manifest request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listing {
+    /// No request outstanding.
+    Idle,
+    /// The peer asked for a page; `reported` once the adapter was told.
+    Asked {
+        after: Option<ChunkHash>,
+        limit: usize,
+        reported: bool,
+    },
+    /// The page in `page_out` is to be sent.
+    Ready { last: bool },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Waiting for the peer's `Hello`.
@@ -375,6 +401,8 @@ pub struct Session<const PAGE: usize, const REQ: usize> {
     last_page: bool,
     page: Vec<ChunkHash, PAGE>,
     lookups_reported: bool,
+    /// How many hashes of `page` have been looked up.
+    looked_up: usize,
     want: Deque<Want, PAGE>,
     retry: Deque<Want, REQ>,
     in_flight: Deque<InFlight, REQ>,
@@ -383,8 +411,9 @@ pub struct Session<const PAGE: usize, const REQ: usize> {
     pull_reported: bool,
 
     // Serving.
-    manifest_request: Option<(Option<ChunkHash>, usize, bool)>,
-    page_out: Option<(Vec<ChunkHash, PAGE>, bool)>,
+    listing: Listing,
+    /// The page of this node's manifest being listed or sent.
+    page_out: Vec<ChunkHash, PAGE>,
     queue: Deque<ChunkHash, REQ>,
     serving: Option<Serving>,
     peer_done: bool,
@@ -429,14 +458,15 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             last_page: false,
             page: Vec::new(),
             lookups_reported: false,
+            looked_up: 0,
             want: Deque::new(),
             retry: Deque::new(),
             in_flight: Deque::new(),
             failures: Deque::new(),
             done_sent: false,
             pull_reported: false,
-            manifest_request: None,
-            page_out: None,
+            listing: Listing::Idle,
+            page_out: Vec::new(),
             queue: Deque::new(),
             serving: None,
             peer_done: false,
@@ -557,7 +587,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         match message {
             Message::Hello(_) => unexpected("a second Hello"),
             Message::ManifestRequest { after, limit } => {
-                if self.manifest_request.is_some() || self.page_out.is_some() {
+                if self.listing != Listing::Idle {
                     return unexpected("a manifest request before the previous page");
                 }
                 if limit == 0 {
@@ -568,12 +598,17 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                     min(limit as usize, PAGE),
                     Message::page_capacity(peer_frame),
                 );
-                if self.config.serve {
-                    self.manifest_request = Some((after, limit, false));
+                self.page_out.clear();
+                self.listing = if self.config.serve {
+                    Listing::Asked {
+                        after,
+                        limit,
+                        reported: false,
+                    }
                 } else {
                     // Nothing is shown: an empty last page, without asking the adapter.
-                    self.page_out = Some((Vec::new(), true));
-                }
+                    Listing::Ready { last: true }
+                };
                 Ok(None)
             }
             Message::ManifestPage { ids, last } => self.on_page(ids, last).map(|()| None),
@@ -691,6 +726,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             ManifestWalk::Lookups
         };
         self.lookups_reported = false;
+        self.looked_up = 0;
         Ok(())
     }
 }
@@ -763,7 +799,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         // Room in `retry` and `failures`: they hold at most what was in flight.
         match result {
             Ok(_) => {
-                self.progress.synced_chunks += 1;
+                // Synced once the store says so ([`chunk_stored`](Self::chunk_stored)).
                 self.progress.bytes_transferred += bytes.len() as u64;
             }
             Err(FinishError::Invalid(_)) => {
@@ -789,6 +825,19 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         result
     }
 
+    /// Tells the session what the store did with a chunk [`finish_chunk`](Self::finish_chunk)
+    /// verified: it counts as synced once kept; a fork counts as failed (and towards
+    /// `max_failures`). The fork is not reported again as [`Event::ChunkFailed`]: the
+    /// adapter, which got the store's answer, knows.
+    pub fn chunk_stored(&mut self, stored: Stored) {
+        match stored {
+            Stored::Kept => self.progress.synced_chunks += 1,
+            Stored::Fork => {
+                let _ = self.count_failure();
+            }
+        }
+    }
+
     /// Counts a failed chunk; past `max_failures` the session fails.
     fn count_failure(&mut self) -> Result<(), Error> {
         self.progress.failed_chunks += 1;
@@ -799,18 +848,53 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         Ok(())
     }
 
-    /// The hashes of the peer's manifest page that await a lookup, after
+    /// The hashes of the peer's manifest page that still await a lookup, after
     /// [`Event::LookupNeeded`].
     #[must_use]
     pub fn lookups(&self) -> &[ChunkHash] {
-        if self.walk == ManifestWalk::Lookups {
-            &self.page
+        if self.walk == ManifestWalk::Lookups && matches!(self.phase, Phase::Open) {
+            self.page.get(self.looked_up..).unwrap_or(&[])
         } else {
             &[]
         }
     }
 
-    /// Answers [`Event::LookupNeeded`]: `have` says, for each hash of
+    /// The next hash of the peer's manifest page to look up, if any awaits one: answer
+    /// with [`answer_lookup`](Self::answer_lookup), one hash at a time, so that a store
+    /// that waits (flash, a disk) needs no buffer of answers.
+    #[must_use]
+    pub fn next_lookup(&self) -> Option<ChunkHash> {
+        self.lookups().first().copied()
+    }
+
+    /// Answers the lookup of [`next_lookup`](Self::next_lookup): whether this node already
+    /// has the chunk. If not, it is requested. After the page's last hash the walk goes on.
+    pub fn answer_lookup(&mut self, have: bool) -> Result<(), ApiMisuse> {
+        let id = self.next_lookup().ok_or(ApiMisuse::NoLookupsPending)?;
+        if !have {
+            // Room: a page is asked for only once `want` is empty, and holds at most
+            // `PAGE` hashes.
+            let _ = self.want.push_back(Want {
+                hash: id,
+                attempts: 0,
+            });
+            self.progress.total_chunks += 1;
+        }
+        self.looked_up += 1;
+        if self.looked_up == self.page.len() {
+            self.page.clear();
+            self.looked_up = 0;
+            self.walk = if self.last_page {
+                ManifestWalk::Done
+            } else {
+                ManifestWalk::NeedPage
+            };
+            self.check_completion();
+        }
+        Ok(())
+    }
+
+    /// Answers [`Event::LookupNeeded`] at once: `have` says, for each hash of
     /// [`lookups`](Self::lookups), whether this node already has the chunk. The others are
     /// requested.
     pub fn resolve_lookups(
@@ -820,24 +904,9 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if self.walk != ManifestWalk::Lookups {
             return Err(ApiMisuse::NoLookupsPending);
         }
-        for id in &self.page {
-            if !have(id) {
-                // Room: a page is asked for only once `want` is empty, and holds at most
-                // `PAGE` hashes.
-                let _ = self.want.push_back(Want {
-                    hash: *id,
-                    attempts: 0,
-                });
-                self.progress.total_chunks += 1;
-            }
+        while let Some(id) = self.next_lookup() {
+            self.answer_lookup(have(&id))?;
         }
-        self.page.clear();
-        self.walk = if self.last_page {
-            ManifestWalk::Done
-        } else {
-            ManifestWalk::NeedPage
-        };
-        self.check_completion();
         Ok(())
     }
 
@@ -869,22 +938,43 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     /// Answers [`Event::ManifestPageNeeded`] with this node's hashes after the requested
     /// cursor, sorted, at most `limit` of them; `last` says whether none follow.
     pub fn send_manifest_page(&mut self, ids: &[ChunkHash], last: bool) -> Result<(), ApiMisuse> {
-        let Some((after, limit, _)) = self.manifest_request else {
+        let out = self.page_to_list().ok_or(ApiMisuse::NoManifestRequest)?.1;
+        let n = ids.len();
+        out.get_mut(..n)
+            .ok_or(ApiMisuse::BadManifestPage)?
+            .copy_from_slice(ids);
+        self.page_listed(n, last)
+    }
+
+    /// The manifest page the peer asked for, to be filled by the adapter without a copy:
+    /// the cursor (hashes strictly after it, from the first if `None`) and a buffer of
+    /// `limit` hashes. Answer with [`page_listed`](Self::page_listed).
+    pub fn page_to_list(&mut self) -> Option<(Option<ChunkHash>, &mut [ChunkHash])> {
+        let Listing::Asked { after, limit, .. } = self.listing else {
+            return None;
+        };
+        // `limit <= PAGE` was checked when the request arrived.
+        self.page_out.resize(limit, ChunkHash::from_bytes([0; 32])).ok()?;
+        Some((after, &mut self.page_out[..]))
+    }
+
+    /// Answers [`Event::ManifestPageNeeded`] after [`page_to_list`](Self::page_to_list):
+    /// the first `n` hashes of its buffer are this node's next hashes, sorted; `last` says
+    /// whether none follow.
+    pub fn page_listed(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
+        let Listing::Asked { after, limit, .. } = self.listing else {
             return Err(ApiMisuse::NoManifestRequest);
         };
+        let ids = self.page_out.get(..n).unwrap_or(&[]);
         let after_cursor = match (after, ids.first()) {
             (Some(a), Some(first)) => *first > a,
             _ => true,
         };
-        if ids.len() > limit || !after_cursor || !is_sorted_unique(ids) || (ids.is_empty() && !last)
-        {
+        if n > limit || !after_cursor || !is_sorted_unique(ids) || (n == 0 && !last) {
             return Err(ApiMisuse::BadManifestPage);
         }
-        let mut page = Vec::new();
-        // Cannot fail: `limit <= PAGE`.
-        let _ = page.extend_from_slice(ids);
-        self.page_out = Some((page, last));
-        self.manifest_request = None;
+        self.page_out.truncate(n);
+        self.listing = Listing::Ready { last };
         Ok(())
     }
 
@@ -982,7 +1072,12 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             self.lookups_reported = true;
             return Some(Event::LookupNeeded);
         }
-        if let Some((after, limit, reported @ false)) = &mut self.manifest_request {
+        if let Listing::Asked {
+            after,
+            limit,
+            reported: reported @ false,
+        } = &mut self.listing
+        {
             *reported = true;
             return Some(Event::ManifestPageNeeded {
                 after: *after,
@@ -1063,15 +1158,15 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         let Some(peer) = self.peer else {
             return Ok(None);
         };
-        if let Some((ids, last)) = &self.page_out {
+        if let Listing::Ready { last } = self.listing {
             let t = Self::emit(
                 &Message::ManifestPage {
-                    ids: HashList::new(ids),
-                    last: *last,
+                    ids: HashList::new(&self.page_out),
+                    last,
                 },
                 buf,
             )?;
-            self.page_out = None;
+            self.listing = Listing::Idle;
             return Ok(Some(t));
         }
         if self.walk == ManifestWalk::NeedPage && self.want.is_empty() && self.retry.is_empty() {
@@ -1224,10 +1319,23 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             && self.done_sent
             && self.peer_done
             && self.serving.is_none()
-            && self.page_out.is_none()
-            && self.manifest_request.is_none()
+            && self.listing == Listing::Idle
         {
             self.phase = Phase::Completed;
+        }
+    }
+
+    /// Whether this side's `Hello` went out.
+    pub(crate) const fn hello_sent(&self) -> bool {
+        self.hello_sent
+    }
+
+    /// Moves to `Failed` without a frame for the peer, who would not read it (it closed
+    /// the transport, or stopped taking bytes).
+    pub(crate) fn end(&mut self, error: Error) {
+        if !matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
+            self.phase = Phase::Failed(error);
+            self.error_frame = None;
         }
     }
 

@@ -28,6 +28,12 @@ pub enum Error {
     DeadlinePassed,
     /// This side ended the session ([`Session::abort`](super::Session::abort)).
     Aborted,
+    /// The peer took no bytes for longer than the idle timeout while this side had some to
+    /// send ([`Conduit`](crate::conduit::Conduit) only); it is not told.
+    Stalled,
+    /// The peer closed the transport before the session was complete
+    /// ([`Conduit`](crate::conduit::Conduit) only).
+    Closed,
     /// A call that does not fit the session's state. This one is not fatal: nothing
     /// changed.
     ApiMisuse(ApiMisuse),
@@ -59,7 +65,7 @@ impl Error {
             Self::HandshakeTimedOut => (ErrorCode::TIMED_OUT, "no Hello in time"),
             Self::DeadlinePassed => (ErrorCode::TIMED_OUT, "session deadline passed"),
             Self::Aborted | Self::ApiMisuse(_) => (ErrorCode::INTERNAL, "aborted"),
-            Self::Remote(_) => return None,
+            Self::Remote(_) | Self::Stalled | Self::Closed => return None,
         })
     }
 }
@@ -77,6 +83,10 @@ impl fmt::Display for Error {
             }
             Self::DeadlinePassed => f.write_str("session lasted longer than its deadline"),
             Self::Aborted => f.write_str("session aborted by this node"),
+            Self::Stalled => f.write_str("peer took no bytes for longer than the idle timeout"),
+            Self::Closed => {
+                f.write_str("peer closed the connection before the sync was complete")
+            }
             Self::ApiMisuse(e) => write!(f, "session used out of order: {e}"),
         }
     }
@@ -211,8 +221,8 @@ pub enum ApiMisuse {
     NoChunkToFinish,
     /// `handle_input` while a complete chunk waits for `finish_chunk`.
     FinishChunkFirst,
-    /// The session has ended.
-    Ended,
+    /// An answer to a [`Conduit`](crate::conduit::Conduit) action it did not ask for.
+    NotAsked,
 }
 
 impl fmt::Display for ApiMisuse {
@@ -225,7 +235,7 @@ impl fmt::Display for ApiMisuse {
             Self::BadChunkLength => "chunk length must be between 1 and u32::MAX",
             Self::NoChunkToFinish => "no complete chunk of that length is waiting",
             Self::FinishChunkFirst => "call finish_chunk before feeding more input",
-            Self::Ended => "the session has ended",
+            Self::NotAsked => "that answer does not match the action asked for",
         })
     }
 }
@@ -278,6 +288,16 @@ pub enum ConfigError {
         /// The lowest rate accepted.
         min: u64,
     },
+    /// A buffer lent to a [`Conduit`](crate::conduit::Conduit) cannot hold what the
+    /// configuration needs.
+    BufferTooSmall {
+        /// Which buffer: `"receive"`, `"transmit"` or `"reassembly"`.
+        buffer: &'static str,
+        /// Bytes it can hold.
+        len: usize,
+        /// Bytes it must hold.
+        needed: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -286,6 +306,14 @@ impl fmt::Display for ConfigError {
             Self::FrameSize(n) => write!(f, "max_frame {n} is outside 256..=16777216"),
             Self::Zero(what) => write!(f, "{what} must be at least 1"),
             Self::Throttle(e) => fmt::Display::fmt(e, f),
+            Self::BufferTooSmall {
+                buffer,
+                len,
+                needed,
+            } => write!(
+                f,
+                "the {buffer} buffer holds {len} bytes; this configuration needs {needed}"
+            ),
             Self::RateTooLow { rate, min } => write!(
                 f,
                 "a rate of {rate} B/s is too slow for the idle timeout: peers would give up before a frame got through (at least {min} B/s, or 0 for unlimited)"

@@ -1,0 +1,760 @@
+//! The driving layer: a [`Conduit`] runs one [`Session`] over one byte stream and tells
+//! the adapter, one [`Action`] at a time, what to do: send bytes, look up, list, read or
+//! store a chunk, wait, or close. The adapter does the I/O and the store calls, and nothing
+//! else.
+//!
+//! Everything between the transport and the session lives here, written and tested once
+//! for every adapter: decoding frames out of the receive buffer, reassembling chunk pieces
+//! and verifying the whole chunk, pairing each piece sent with the chunk being served,
+//! feeding explicitly wanted chunks, the node-wide throttle beside the session's own, the
+//! limit on unwritten output and the deadline for a peer that stops taking bytes, counting
+//! a chunk as synced only once the store kept it, and closing: flushing, waiting for the
+//! store, and, after this side aborted, telling the peer and reading until it hangs up.
+//!
+//! # Calling order
+//! The adapter calls [`poll`](Conduit::poll) and does what the [`Action`] says, again and
+//! again, until [`Action::Closed`]:
+//!
+//! | action | the adapter |
+//! |---|---|
+//! | [`Send`](Action::Send) | writes `frame`, then `piece` bytes of the chunk it is serving, and calls [`written`](Conduit::written) as the transport takes bytes |
+//! | [`Lookup`](Action::Lookup) | asks its store and answers [`have`](Conduit::have) |
+//! | [`List`](Action::List) | fills `out` with its store's next hashes and answers [`listed`](Conduit::listed) |
+//! | [`Read`](Action::Read) | reads the chunk and keeps it until the next `Read`; answers [`serve`](Conduit::serve) or [`not_found`](Conduit::not_found) |
+//! | [`Store`](Action::Store) | stores the chunk and answers [`stored`](Conduit::stored), or takes its buffer ([`keep`](Conduit::keep)) and answers [`kept_stored`](Conduit::kept_stored) once written |
+//! | [`Connected`](Action::Connected), [`ChunkFailed`](Action::ChunkFailed) | takes note |
+//! | [`Shutdown`](Action::Shutdown) | closes its writing side, if the transport has one, and goes on reading |
+//! | [`Wait`](Action::Wait) | waits for input (if `read`: into [`receive_buffer`](Conduit::receive_buffer), then [`received`](Conduit::received), or [`eof`](Conduit::eof)), for its pending writes, or until `deadline`, then calls [`handle_timeout`](Conduit::handle_timeout) |
+//! | [`Closed`](Action::Closed) | closes the transport; the session is over |
+//!
+//! An action that asks a question (`Lookup`, `List`, `Read`, `Store`) is asked again by
+//! every `poll` until it is answered. A store failure is answered with
+//! [`abort`](Conduit::abort): the peer is told, and the adapter keeps polling until
+//! `Closed`. Time comes in as `now` and must not go backwards.
+
+use core::cmp::{max, min};
+
+use crate::event::NodeId;
+use crate::hash::{ChunkHash, Verified};
+use crate::progress::SyncProgress;
+use crate::session::{
+    ApiMisuse, Config, ConfigError, Error, FailReason, PieceOut, Session, Stats, Stored,
+};
+use crate::throttle::Throttle;
+use crate::time::{Duration, Instant};
+use crate::wire::{Hello, MIN_FRAME};
+
+/// Memory lent to a conduit: a slice of fixed size, or (with `alloc`) a `Vec` that grows
+/// on demand.
+pub trait Buffer {
+    /// The bytes the buffer holds now.
+    fn bytes(&self) -> &[u8];
+    /// The bytes the buffer holds now, to write.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Makes the buffer at least `len` bytes long, keeping what it holds; returns whether
+    /// it now is.
+    fn grow_to(&mut self, len: usize) -> bool;
+    /// The most bytes the buffer can ever hold.
+    fn limit(&self) -> usize;
+}
+
+impl Buffer for &mut [u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn grow_to(&mut self, len: usize) -> bool {
+        len <= self.len()
+    }
+    fn limit(&self) -> usize {
+        self.len()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Buffer for alloc::vec::Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn grow_to(&mut self, len: usize) -> bool {
+        if self.len() < len {
+            self.resize(len, 0);
+        }
+        true
+    }
+    fn limit(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// The three buffers a conduit works in.
+#[derive(Debug)]
+pub struct Buffers<B> {
+    /// Received bytes: must be able to hold one frame of `Config::max_frame` bytes.
+    pub receive: B,
+    /// Frames to send: must hold `Session::max_transmit_len()` bytes.
+    pub transmit: B,
+    /// The chunk being received: the largest chunk accepted is capped at its limit.
+    pub reassembly: B,
+}
+
+/// How much a conduit lets pile up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Limits {
+    /// Bytes handed out in [`Action::Send`] and not yet [`written`](Conduit::written), past
+    /// which no more is handed out (one frame always is). `0`: one frame at a time.
+    pub backlog: usize,
+    /// The size a growable receive buffer may reach (at least one frame): more bytes per
+    /// read, so that chunks arriving together are stored together.
+    pub receive: usize,
+    /// Bytes of chunks the adapter [`keep`](Conduit::keep)s and has not yet answered for,
+    /// past which the conduit stops reading until the store catches up.
+    pub unstored: usize,
+    /// How long a session this side aborted goes on reading after its `Error` frame went
+    /// out, so that a peer busy sending reads the frame rather than a reset connection.
+    pub linger: Duration,
+}
+
+impl Limits {
+    /// One frame at a time, a receive buffer of one frame, no limit on kept chunks, 1 s of
+    /// linger.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            backlog: 0,
+            receive: 0,
+            unstored: usize::MAX,
+            linger: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the adapter must do next; see the [module docs](self) for the answers.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "an action must be carried out"]
+#[non_exhaustive]
+pub enum Action<'c> {
+    /// Write `frame`, then, if set, the named bytes of the chunk being served (the one the
+    /// last [`Action::Read`] was answered for); call [`Conduit::written`] as the transport
+    /// takes bytes. A peer that takes none until `deadline` has stalled.
+    Send {
+        /// Frame bytes.
+        frame: &'c [u8],
+        /// Bytes of the served chunk that follow the frame.
+        piece: Option<PieceOut>,
+        /// When the peer has stalled if it took nothing by then.
+        deadline: Instant,
+    },
+    /// Does the store hold this chunk? Answer [`Conduit::have`].
+    Lookup(ChunkHash),
+    /// Fill `out` with the store's hashes strictly after `after` (from the first if
+    /// `None`), ascending; answer [`Conduit::listed`] with how many and whether none follow.
+    List {
+        /// The cursor.
+        after: Option<ChunkHash>,
+        /// Room for one page.
+        out: &'c mut [ChunkHash],
+    },
+    /// The peer wants this chunk: read it and answer [`Conduit::serve`] with its length,
+    /// or [`Conduit::not_found`].
+    Read(ChunkHash),
+    /// Keep this verified chunk: answer [`Conduit::stored`], or [`Conduit::keep`] its buffer
+    /// and answer [`Conduit::kept_stored`] later.
+    Store(Verified<'c>),
+    /// The handshake is done.
+    Connected(NodeId),
+    /// A chunk could not be fetched from this peer; another peer may have it.
+    ChunkFailed {
+        /// The chunk.
+        hash: ChunkHash,
+        /// Why.
+        reason: FailReason,
+    },
+    /// Close the writing side of the transport, if it has one, and go on reading.
+    Shutdown,
+    /// Nothing to do until input arrives, pending writes complete, or `deadline` passes.
+    Wait(Wait),
+    /// The session is over: close the transport.
+    Closed(Result<(), Error>),
+}
+
+/// What [`Action::Wait`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Wait {
+    /// When to call [`Conduit::handle_timeout`]; `None`: only input or writes matter.
+    pub deadline: Option<Instant>,
+    /// Whether to read into [`Conduit::receive_buffer`].
+    pub read: bool,
+}
+
+/// A question asked of the adapter and not answered yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    Lookup(ChunkHash),
+    List,
+    Read(ChunkHash),
+    Store { id: ChunkHash, len: usize },
+}
+
+/// Where an aborted session is in telling its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Linger {
+    /// Not lingering.
+    No,
+    /// The writing side is shut; reading until the peer hangs up or this instant.
+    Until(Instant),
+}
+
+/// The next action, decided without borrowing the conduit.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Asked(Asked),
+    Send {
+        len: usize,
+        piece: Option<PieceOut>,
+        deadline: Instant,
+    },
+    Connected(NodeId),
+    Failed(ChunkHash, FailReason),
+    Shutdown,
+    Wait(Wait),
+    Closed(Result<(), Error>),
+}
+
+/// One session over one byte stream, in buffers `B` lent by the adapter; see the
+/// [module docs](self).
+#[derive(Debug)]
+pub struct Conduit<'w, B, const PAGE: usize, const REQ: usize> {
+    session: Session<PAGE, REQ>,
+    limits: Limits,
+    rx: B,
+    /// Received bytes not yet decoded: `rx[rx_start..rx_end]`.
+    rx_start: usize,
+    rx_end: usize,
+    /// The size `rx` may grow to.
+    rx_max: usize,
+    tx: B,
+    assembly: B,
+    /// Chunks to fetch that the session has not taken yet.
+    wanted: &'w [ChunkHash],
+    asked: Option<Asked>,
+    /// Bytes handed out in `Send` and not yet written.
+    backlog: usize,
+    /// When the transport last took bytes, or when output became pending.
+    write_since: Instant,
+    /// When the node-wide throttle lets this session send again.
+    node_ready: Option<Instant>,
+    /// Chunks the adapter keeps and has not answered for, and their bytes.
+    kept: usize,
+    kept_bytes: usize,
+    eof: bool,
+    stalled: bool,
+    linger: Linger,
+}
+
+impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, REQ> {
+    /// A conduit for a session configured by `config` that starts at `now`. The largest
+    /// chunk accepted is capped at what the reassembly buffer can hold.
+    ///
+    /// # Errors
+    /// [`ConfigError::BufferTooSmall`] with what a buffer needs, or the session's own
+    /// configuration errors.
+    pub fn new(
+        mut config: Config,
+        now: Instant,
+        buffers: Buffers<B>,
+        limits: Limits,
+    ) -> Result<Self, ConfigError> {
+        let Buffers {
+            receive: rx,
+            mut transmit,
+            reassembly,
+        } = buffers;
+        let frame = config.max_frame as usize;
+        if rx.limit() < frame {
+            return Err(ConfigError::BufferTooSmall {
+                buffer: "receive",
+                len: rx.limit(),
+                needed: frame,
+            });
+        }
+        let tx_len = Session::<PAGE, REQ>::max_transmit_len();
+        if !transmit.grow_to(tx_len) {
+            return Err(ConfigError::BufferTooSmall {
+                buffer: "transmit",
+                len: transmit.limit(),
+                needed: tx_len,
+            });
+        }
+        if reassembly.limit() == 0 {
+            return Err(ConfigError::BufferTooSmall {
+                buffer: "reassembly",
+                len: 0,
+                needed: 1,
+            });
+        }
+        let fits = u32::try_from(reassembly.limit()).unwrap_or(u32::MAX);
+        config.max_chunk_len = min(config.max_chunk_len, fits);
+        let session = Session::new(config, now)?;
+        Ok(Self {
+            session,
+            limits,
+            rx_max: min(rx.limit(), max(limits.receive, frame)),
+            rx,
+            rx_start: 0,
+            rx_end: 0,
+            tx: transmit,
+            assembly: reassembly,
+            wanted: &[],
+            asked: None,
+            backlog: 0,
+            write_since: now,
+            node_ready: None,
+            kept: 0,
+            kept_bytes: 0,
+            eof: false,
+            stalled: false,
+            linger: Linger::No,
+        })
+    }
+
+    /// Fetches exactly these chunks, in a session that does not walk the peer's manifest
+    /// (`pull: false`) or after its walk; they are fed to the session as its queue drains.
+    #[must_use]
+    pub const fn fetch(mut self, ids: &'w [ChunkHash]) -> Self {
+        self.wanted = ids;
+        self
+    }
+
+    /// The session.
+    #[must_use]
+    pub const fn session(&self) -> &Session<PAGE, REQ> {
+        &self.session
+    }
+
+    /// This side's pull: chunks found missing, synced (kept by the store), failed, bytes.
+    #[must_use]
+    pub const fn progress(&self) -> &SyncProgress {
+        self.session.progress()
+    }
+
+    /// Byte and frame counters.
+    #[must_use]
+    pub const fn stats(&self) -> &Stats {
+        self.session.stats()
+    }
+
+    /// The peer's `Hello`, once received.
+    #[must_use]
+    pub const fn peer(&self) -> Option<&Hello> {
+        self.session.peer()
+    }
+
+    /// The conduit's limits.
+    #[must_use]
+    pub const fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The next thing to do. `node`, if given, is the node-wide throttle shared with other
+    /// sessions: every frame but `Hello` and a final `Error` passes it as well as the
+    /// session's own.
+    pub fn poll(&mut self, now: Instant, node: Option<&mut Throttle>) -> Action<'_> {
+        let step = self.step(now, node);
+        match step {
+            Step::Asked(asked) => self.question(asked),
+            Step::Send {
+                len,
+                piece,
+                deadline,
+            } => Action::Send {
+                frame: self.tx.bytes().get(..len).unwrap_or(&[]),
+                piece,
+                deadline,
+            },
+            Step::Connected(peer) => Action::Connected(peer),
+            Step::Failed(hash, reason) => Action::ChunkFailed { hash, reason },
+            Step::Shutdown => Action::Shutdown,
+            Step::Wait(wait) => Action::Wait(wait),
+            Step::Closed(outcome) => Action::Closed(outcome),
+        }
+    }
+
+    fn question(&mut self, asked: Asked) -> Action<'_> {
+        match asked {
+            Asked::Lookup(id) => Action::Lookup(id),
+            Asked::Read(id) => Action::Read(id),
+            Asked::Store { id, len } => Action::Store(Verified::trusted(
+                id,
+                self.assembly.bytes().get(..len).unwrap_or(&[]),
+            )),
+            Asked::List => match self.session.page_to_list() {
+                Some((after, out)) => Action::List { after, out },
+                // The session asked for the page; it always has one to fill.
+                None => Action::List {
+                    after: None,
+                    out: &mut [],
+                },
+            },
+        }
+    }
+
+    fn step(&mut self, now: Instant, mut node: Option<&mut Throttle>) -> Step {
+        loop {
+            if let Some(asked) = self.asked {
+                return Step::Asked(asked);
+            }
+            if let Some(step) = self.event() {
+                return step;
+            }
+            if let Some(id) = self.session.next_lookup() {
+                let asked = Asked::Lookup(id);
+                self.asked = Some(asked);
+                return Step::Asked(asked);
+            }
+            if self.decode_frame(now) {
+                continue;
+            }
+            self.feed_wanted();
+            if let Some(step) = self.transmit(now, node.as_deref_mut()) {
+                return step;
+            }
+            return self.closing(now);
+        }
+    }
+
+    /// The session's next event, as a step, if it needs the adapter.
+    fn event(&mut self) -> Option<Step> {
+        use crate::session::Event;
+        while let Some(event) = self.session.poll_event() {
+            let asked = match event {
+                Event::Connected { peer } => return Some(Step::Connected(peer)),
+                Event::ChunkFailed { hash, reason } => return Some(Step::Failed(hash, reason)),
+                Event::ManifestPageNeeded { .. } => Asked::List,
+                Event::ChunkRequested { hash } => Asked::Read(hash),
+                // Lookups are asked one by one; the end comes with `Closed`.
+                _ => continue,
+            };
+            self.asked = Some(asked);
+            return Some(Step::Asked(asked));
+        }
+        None
+    }
+
+    /// Feeds the next whole frame received to the session, reassembling and verifying
+    /// chunks; returns whether it consumed one.
+    fn decode_frame(&mut self, now: Instant) -> bool {
+        let Some(input) = self.rx.bytes().get(self.rx_start..self.rx_end) else {
+            return false;
+        };
+        if input.is_empty() {
+            return false;
+        }
+        let handled = match self.session.handle_input(now, input) {
+            Ok(handled) => handled,
+            Err(_) => {
+                // The session failed: what follows is dropped.
+                self.rx_start = 0;
+                self.rx_end = 0;
+                return false;
+            }
+        };
+        if handled.consumed == 0 {
+            return false;
+        }
+        let mut complete = None;
+        if let Some(piece) = handled.piece {
+            let at = piece.offset as usize;
+            if at == 0 && !self.assembly.grow_to(piece.total_len as usize) {
+                // Cannot happen: `max_chunk_len` is capped at the buffer's limit.
+                self.session.abort();
+            }
+            if let Some(dst) = self.assembly.bytes_mut().get_mut(at..at + piece.data.len()) {
+                dst.copy_from_slice(piece.data);
+            }
+            if piece.last {
+                complete = Some(piece.total_len as usize);
+            }
+        }
+        self.rx_start += handled.consumed;
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        }
+        if let Some(len) = complete {
+            let bytes = self.assembly.bytes().get(..len).unwrap_or(&[]);
+            if let Ok(verified) = self.session.finish_chunk(bytes) {
+                self.asked = Some(Asked::Store {
+                    id: verified.id(),
+                    len,
+                });
+            }
+        }
+        true
+    }
+
+    /// Hands wanted chunks to the session as its queue drains, before it could find the
+    /// queue empty and send `Done`.
+    fn feed_wanted(&mut self) {
+        while !self.wanted.is_empty() {
+            let n = self.session.want(self.wanted);
+            if n == 0 {
+                break;
+            }
+            self.wanted = self.wanted.get(n..).unwrap_or(&[]);
+        }
+    }
+
+    /// The next frame, if the backlog and both throttles allow one.
+    fn transmit(&mut self, now: Instant, node: Option<&mut Throttle>) -> Option<Step> {
+        // `Hello` and the final `Error` frame wait for neither the backlog nor the node.
+        let urgent = self.session.error().is_some() || !self.session.hello_sent();
+        if !urgent && self.backlog > 0 && self.backlog >= self.limits.backlog {
+            return None;
+        }
+        let node = node.filter(|_| !urgent);
+        if let Some(at) = node.as_ref().and_then(|t| t.next_ready(now)) {
+            self.node_ready = Some(at);
+            return None;
+        }
+        let t = match self.session.poll_transmit(now, self.tx.bytes_mut()) {
+            Ok(Some(t)) => t,
+            Ok(None) => return None,
+            Err(_) => {
+                // Cannot happen: the buffer was checked in `new`. End without a frame.
+                self.session.end(Error::Aborted);
+                return None;
+            }
+        };
+        if let Some(node) = node {
+            // Admitted: the window has room.
+            let _ = node.try_consume(now, t.wire_len() as u64);
+        }
+        self.node_ready = None;
+        if self.backlog == 0 {
+            self.write_since = now;
+        }
+        self.backlog += t.wire_len();
+        Some(Step::Send {
+            len: t.len,
+            piece: t.piece,
+            deadline: self.stall_deadline(),
+        })
+    }
+
+    fn stall_deadline(&self) -> Instant {
+        self.write_since + self.session.config().idle_timeout
+    }
+
+    /// Nothing to send: close, shut down, or wait.
+    fn closing(&mut self, now: Instant) -> Step {
+        if self.stalled {
+            return Step::Closed(Err(Error::Stalled));
+        }
+        if self.session.is_closed() {
+            let flushed = self.backlog == 0;
+            match self.session.error() {
+                // Complete once everything is written and stored.
+                None if flushed && self.kept == 0 => return Step::Closed(Ok(())),
+                None => {}
+                Some(Error::Aborted) if self.limits.linger > Duration::ZERO && !self.eof => {
+                    match self.linger {
+                        Linger::No if flushed => {
+                            self.linger = Linger::Until(now + self.limits.linger);
+                            return Step::Shutdown;
+                        }
+                        Linger::Until(t) if now >= t => {
+                            return Step::Closed(Err(Error::Aborted));
+                        }
+                        _ => {}
+                    }
+                }
+                Some(e) if flushed || self.eof || matches!(e, Error::Closed) => {
+                    return Step::Closed(Err(e));
+                }
+                Some(_) => {}
+            }
+        }
+        Step::Wait(self.wait())
+    }
+
+    fn wait(&self) -> Wait {
+        let mut deadline = self.session.poll_timeout();
+        let mut sooner = |t: Instant| deadline = Some(deadline.map_or(t, |d| d.min(t)));
+        if let Some(t) = self.node_ready {
+            sooner(t);
+        }
+        if self.backlog > 0 {
+            sooner(self.stall_deadline());
+        }
+        if let Linger::Until(t) = self.linger {
+            sooner(t);
+        }
+        let room = self.rx_end < self.rx.bytes().len()
+            || self.rx_start > 0
+            || self.rx.bytes().len() < self.rx_max;
+        Wait {
+            deadline,
+            read: !self.eof && room && self.kept_bytes < self.limits.unstored,
+        }
+    }
+
+    /// Where to put received bytes (compacting and, if it can, growing the buffer); then
+    /// call [`received`](Self::received) with how many were written. Empty only when the
+    /// conduit did not ask to read.
+    pub fn receive_buffer(&mut self) -> &mut [u8] {
+        if self.rx_start > 0 {
+            let (start, end) = (self.rx_start, self.rx_end);
+            self.rx.bytes_mut().copy_within(start..end, 0);
+            self.rx_end -= start;
+            self.rx_start = 0;
+        }
+        let len = self.rx.bytes().len();
+        if self.rx_end == len && len < self.rx_max {
+            let grown = min(max(len * 4, MIN_FRAME as usize), self.rx_max);
+            let _ = self.rx.grow_to(grown);
+        }
+        let end = self.rx_end;
+        self.rx.bytes_mut().get_mut(end..).unwrap_or(&mut [])
+    }
+
+    /// `n` bytes were written at the start of [`receive_buffer`](Self::receive_buffer).
+    pub fn received(&mut self, n: usize) {
+        self.rx_end = min(self.rx_end + n, self.rx.bytes().len());
+    }
+
+    /// The peer closed its writing side: a session not yet over fails with
+    /// [`Error::Closed`]; a lingering one closes.
+    pub fn eof(&mut self) {
+        self.eof = true;
+        let s = &self.session;
+        if !s.is_complete() && s.error().is_none() {
+            self.session.end(Error::Closed);
+        }
+    }
+
+    /// The transport took `n` bytes of what [`Action::Send`] handed out.
+    pub fn written(&mut self, now: Instant, n: usize) {
+        self.backlog = self.backlog.saturating_sub(n);
+        if n > 0 {
+            self.write_since = now;
+        }
+    }
+
+    /// Checks timers: the session's (idle, handshake, overall deadline), the node
+    /// throttle's, a peer that took no bytes for the idle timeout, and the linger.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+        if self.node_ready.is_some_and(|t| now >= t) {
+            self.node_ready = None;
+        }
+        if self.backlog > 0 && now >= self.stall_deadline() {
+            // It would not read an Error frame either.
+            self.session.end(Error::Stalled);
+            self.stalled = true;
+        }
+    }
+
+    /// Ends the session from this side (a store failure, a stop request): the peer is
+    /// told with an `Error` frame, and the conduit reads until the peer hangs up or the
+    /// linger passes.
+    pub fn abort(&mut self) {
+        self.session.abort();
+        self.asked = None;
+    }
+
+    fn answer(&mut self, matches: impl FnOnce(Asked) -> bool) -> Result<Asked, ApiMisuse> {
+        match self.asked {
+            Some(asked) if matches(asked) => {
+                self.asked = None;
+                Ok(asked)
+            }
+            _ => Err(ApiMisuse::NotAsked),
+        }
+    }
+
+    /// Answers [`Action::Lookup`].
+    pub fn have(&mut self, have: bool) -> Result<(), ApiMisuse> {
+        self.answer(|a| matches!(a, Asked::Lookup(_)))?;
+        self.session.answer_lookup(have)
+    }
+
+    /// Answers [`Action::List`]: the first `n` hashes of `out` are filled; `last` says
+    /// whether the store holds none after them. A page that breaks the order aborts the
+    /// session.
+    pub fn listed(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
+        self.answer(|a| a == Asked::List)?;
+        let listed = self.session.page_listed(n, last);
+        if listed.is_err() {
+            self.session.abort();
+        }
+        listed
+    }
+
+    /// Answers [`Action::Read`]: the adapter has the chunk, `len` bytes long, and supplies
+    /// the bytes each [`Action::Send`] names until the next `Read`.
+    pub fn serve(&mut self, len: usize) -> Result<(), ApiMisuse> {
+        let Asked::Read(id) = self.answer(|a| matches!(a, Asked::Read(_)))? else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        match self.session.serve_chunk(&id, len) {
+            Err(ApiMisuse::BadChunkLength) => self.session.chunk_not_found(&id),
+            other => other,
+        }
+    }
+
+    /// Answers [`Action::Read`]: the store does not have the chunk.
+    pub fn not_found(&mut self) -> Result<(), ApiMisuse> {
+        let Asked::Read(id) = self.answer(|a| matches!(a, Asked::Read(_)))? else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        self.session.chunk_not_found(&id)
+    }
+
+    /// Answers [`Action::Store`] with what the store did.
+    pub fn stored(&mut self, stored: Stored) -> Result<(), ApiMisuse> {
+        self.answer(|a| matches!(a, Asked::Store { .. }))?;
+        self.session.chunk_stored(stored);
+        Ok(())
+    }
+
+    /// Answers [`Action::Store`] by taking the buffer that holds the chunk (its first
+    /// `len` bytes, `len` being the `Verified` chunk's), to store it while the session goes
+    /// on, and lending `replacement` for the next chunk; answer
+    /// [`kept_stored`](Self::kept_stored) once stored. Gives `replacement` back if no
+    /// chunk was to be stored.
+    pub fn keep(&mut self, replacement: B) -> Result<B, B> {
+        let Ok(Asked::Store { len, .. }) = self.answer(|a| matches!(a, Asked::Store { .. }))
+        else {
+            return Err(replacement);
+        };
+        self.kept += 1;
+        self.kept_bytes += len;
+        Ok(core::mem::replace(&mut self.assembly, replacement))
+    }
+
+    /// A chunk of `len` bytes taken with [`keep`](Self::keep) was stored (or refused as a
+    /// fork). Still counted after [`Action::Closed`], so that a session's progress includes
+    /// what it kept.
+    pub fn kept_stored(&mut self, len: usize, stored: Stored) {
+        self.kept = self.kept.saturating_sub(1);
+        self.kept_bytes = self.kept_bytes.saturating_sub(len);
+        self.session.chunk_stored(stored);
+    }
+}
+
+#[cfg(test)]
+mod tests;

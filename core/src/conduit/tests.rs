@@ -1,0 +1,507 @@
+//! The conduit between two in-memory ends: whole syncs, fetches, both throttles, the
+//! backlog, stalls, aborts and kept chunks, each checked through the actions alone.
+
+use std::collections::BTreeMap;
+use std::vec;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::chunk::test_chunk;
+use crate::session::Stored;
+use crate::throttle::ThrottleConfig;
+use crate::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
+
+type C = Conduit<'static, Vec<u8>, 8, 4>;
+
+/// One end and the store behind it: the adapter's part, done as the module docs say.
+pub(crate) struct End {
+    pub(crate) conduit: C,
+    pub(crate) store: BTreeMap<ChunkHash, Vec<u8>>,
+    serving: Vec<u8>,
+    /// Bytes received from the other end, not yet in the conduit's buffer.
+    pub(crate) inbox: Vec<u8>,
+    /// Bytes sent, not yet delivered.
+    pub(crate) outbox: Vec<u8>,
+    pub(crate) outcome: Option<Result<(), Error>>,
+    pub(crate) failed: Vec<(ChunkHash, FailReason)>,
+    pub(crate) shutdown: bool,
+    /// Whether the store refuses every write.
+    pub(crate) broken_store: bool,
+    /// Chunks kept (`keep`) and not yet acknowledged.
+    pub(crate) keeping: Option<Vec<Vec<u8>>>,
+    /// The deadline of the last `Wait`.
+    pub(crate) deadline: Option<Instant>,
+    /// Whether this end writes what it is handed (a peer that never reads does not).
+    pub(crate) writes: bool,
+}
+
+pub(crate) fn chunks(origin: u64, n: usize, payload: usize) -> BTreeMap<ChunkHash, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let bytes = test_chunk(origin, i as u64 * 10, &vec![i as u8; payload]);
+            (ChunkHash::of(&bytes), bytes)
+        })
+        .collect()
+}
+
+pub(crate) fn config(id: u64) -> Config {
+    Config {
+        max_frame: 256,
+        ..Config::new(NodeId(id))
+    }
+}
+
+impl End {
+    pub(crate) fn new(config: Config, limits: Limits, store: BTreeMap<ChunkHash, Vec<u8>>) -> Self {
+        let buffers = Buffers {
+            receive: vec![0; 64],
+            transmit: Vec::new(),
+            reassembly: Vec::new(),
+        };
+        Self {
+            conduit: C::new(config, Instant::ZERO, buffers, limits).unwrap(),
+            store,
+            serving: Vec::new(),
+            inbox: Vec::new(),
+            outbox: Vec::new(),
+            outcome: None,
+            failed: Vec::new(),
+            shutdown: false,
+            broken_store: false,
+            keeping: None,
+            deadline: None,
+            writes: true,
+        }
+    }
+
+    /// Carries out actions until the conduit waits or closes; returns whether anything
+    /// happened.
+    pub(crate) fn pump(&mut self, now: Instant, mut node: Option<&mut Throttle>) -> bool {
+        let mut moved = false;
+        for _ in 0..100_000 {
+            if self.outcome.is_some() {
+                return moved;
+            }
+            match self.conduit.poll(now, node.as_deref_mut()) {
+                Action::Send { frame, piece, .. } => {
+                    moved = true;
+                    if !self.writes {
+                        return moved;
+                    }
+                    self.outbox.extend_from_slice(frame);
+                    let mut n = frame.len();
+                    if let Some(p) = piece {
+                        let range = p.offset as usize..(p.offset + p.len) as usize;
+                        assert_eq!(p.hash, ChunkHash::of(&self.serving), "piece of the served chunk");
+                        self.outbox.extend_from_slice(&self.serving[range]);
+                        n += p.len as usize;
+                    }
+                    self.conduit.written(now, n);
+                }
+                Action::Lookup(id) => {
+                    let have = self.store.contains_key(&id);
+                    self.conduit.have(have).unwrap();
+                }
+                Action::List { after, out } => {
+                    use std::ops::Bound::{Excluded, Unbounded};
+                    let from = after.map_or(Unbounded, Excluded);
+                    let mut ids = self.store.range((from, Unbounded)).map(|(id, _)| *id);
+                    let n = out.iter_mut().zip(ids.by_ref()).map(|(o, id)| *o = id).count();
+                    let last = ids.next().is_none();
+                    self.conduit.listed(n, last).unwrap();
+                }
+                Action::Read(id) => match self.store.get(&id) {
+                    Some(bytes) => {
+                        self.serving = bytes.clone();
+                        self.conduit.serve(bytes.len()).unwrap();
+                    }
+                    None => self.conduit.not_found().unwrap(),
+                },
+                Action::Store(chunk) => {
+                    moved = true;
+                    if self.broken_store {
+                        self.conduit.abort();
+                    } else if let Some(kept) = &mut self.keeping {
+                        let len = chunk.bytes().len();
+                        let mut buf = self.conduit.keep(Vec::new()).unwrap();
+                        buf.truncate(len);
+                        kept.push(buf);
+                    } else {
+                        self.store.insert(chunk.id(), chunk.bytes().to_vec());
+                        self.conduit.stored(Stored::Kept).unwrap();
+                    }
+                }
+                Action::Connected(_) => {}
+                Action::ChunkFailed { hash, reason } => self.failed.push((hash, reason)),
+                Action::Shutdown => self.shutdown = true,
+                Action::Wait(wait) => {
+                    self.deadline = wait.deadline;
+                    if wait.read && !self.inbox.is_empty() {
+                        let buf = self.conduit.receive_buffer();
+                        let n = buf.len().min(self.inbox.len());
+                        buf[..n].copy_from_slice(&self.inbox[..n]);
+                        self.conduit.received(n);
+                        self.inbox.drain(..n);
+                        moved = true;
+                        continue;
+                    }
+                    return moved;
+                }
+                Action::Closed(outcome) => {
+                    self.outcome = Some(outcome);
+                    return true;
+                }
+            }
+        }
+        panic!("the conduit never waits");
+    }
+
+    /// Stores the kept chunks and tells the conduit.
+    pub(crate) fn finish_keeping(&mut self) {
+        for bytes in self.keeping.take().unwrap_or_default() {
+            let len = bytes.len();
+            self.store.insert(ChunkHash::of(&bytes), bytes);
+            self.conduit.kept_stored(len, Stored::Kept);
+        }
+    }
+}
+
+/// Runs two ends until both close or `limit` of virtual time passed; returns the time.
+pub(crate) fn run(a: &mut End, b: &mut End, limit: Duration) -> Instant {
+    let mut now = Instant::ZERO;
+    while a.outcome.is_none() || b.outcome.is_none() {
+        let mut moved = a.pump(now, None) | b.pump(now, None);
+        if !a.outbox.is_empty() || !b.outbox.is_empty() {
+            moved = true;
+            b.inbox.append(&mut a.outbox);
+            a.inbox.append(&mut b.outbox);
+        }
+        if moved {
+            continue;
+        }
+        let next = [a.deadline, b.deadline].into_iter().flatten().min();
+        match next {
+            Some(t) if t - Instant::ZERO <= limit => {
+                now = now.max(t);
+                a.conduit.handle_timeout(now);
+                b.conduit.handle_timeout(now);
+            }
+            _ => break,
+        }
+    }
+    now
+}
+
+#[test]
+fn two_ends_sync_both_ways_and_count_chunks_once_stored() {
+    let mut a = End::new(config(1), Limits::new(), chunks(1, 12, 300));
+    let mut b = End::new(config(2), Limits::new(), chunks(2, 5, 40));
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(b.outcome, Some(Ok(())));
+    assert_eq!(a.store, b.store);
+    assert_eq!(a.store.len(), 17);
+    let (pa, pb) = (a.conduit.progress(), b.conduit.progress());
+    assert_eq!((pa.total_chunks, pa.synced_chunks), (5, 5));
+    assert_eq!((pb.total_chunks, pb.synced_chunks), (12, 12));
+    assert!(a.failed.is_empty() && b.failed.is_empty());
+}
+
+/// An end that fetches exactly `ids` and serves nothing.
+fn fetcher(ids: &'static [ChunkHash]) -> End {
+    let fetching = Config {
+        pull: false,
+        serve: false,
+        ..config(1)
+    };
+    let mut end = End::new(fetching, Limits::new(), BTreeMap::new());
+    end.conduit = C::new(
+        fetching,
+        Instant::ZERO,
+        Buffers {
+            receive: vec![0; 256],
+            transmit: Vec::new(),
+            reassembly: Vec::new(),
+        },
+        Limits::new(),
+    )
+    .unwrap()
+    .fetch(ids);
+    end
+}
+
+#[test]
+fn a_fetch_of_more_chunks_than_a_page_gets_them_all_before_done() {
+    let server = chunks(3, 30, 20);
+    let ids: Vec<ChunkHash> = server.keys().copied().collect();
+    let mut a = fetcher(ids.leak());
+    let mut b = End::new(config(2), Limits::new(), server.clone());
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(a.store, server);
+    assert_eq!(a.conduit.progress().synced_chunks, 30);
+}
+
+#[test]
+fn a_chunk_the_peer_lacks_is_reported_failed() {
+    let missing = ChunkHash::of(b"nobody has this");
+    let mut a = fetcher(vec![missing].leak());
+    let mut b = End::new(config(2), Limits::new(), chunks(2, 2, 10));
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(a.failed, vec![(missing, FailReason::NotFound)]);
+}
+
+#[test]
+fn kept_chunks_count_once_acknowledged_and_hold_back_the_close() {
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    a.keeping = Some(Vec::new());
+    let mut b = End::new(config(2), Limits::new(), chunks(2, 4, 100));
+    run(&mut a, &mut b, Duration::from_secs(5));
+    assert_eq!(a.outcome, None, "not closed while kept chunks are unwritten");
+    assert_eq!(a.conduit.progress().synced_chunks, 0);
+    assert_eq!(a.keeping.as_ref().map(Vec::len), Some(4));
+    a.finish_keeping();
+    assert!(a.pump(Instant::ZERO, None));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(a.conduit.progress().synced_chunks, 4);
+    assert_eq!(a.store, b.store);
+}
+
+#[test]
+fn a_fork_counts_as_failed_not_synced() {
+    let mut s = End::new(config(1), Limits::new(), BTreeMap::new());
+    s.conduit.session.chunk_stored(Stored::Fork);
+    assert_eq!(s.conduit.progress().failed_chunks, 1);
+    assert_eq!(s.conduit.progress().synced_chunks, 0);
+}
+
+#[test]
+fn a_store_failure_tells_the_peer_then_lingers_until_it_hangs_up() {
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    a.broken_store = true;
+    let mut b = End::new(config(2), Limits::new(), chunks(2, 3, 50));
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert!(a.shutdown, "the writing side was shut after the Error frame");
+    assert_eq!(a.outcome, Some(Err(Error::Aborted)));
+    assert!(matches!(b.outcome, Some(Err(Error::Remote(_)))), "{:?}", b.outcome);
+    // Here the peer never hangs up: the linger ends it.
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    a.conduit.abort();
+    assert!(a.pump(Instant::ZERO, None));
+    assert!(a.shutdown);
+    assert_eq!(a.outcome, None);
+    assert_eq!(a.deadline, Some(Instant::ZERO + Duration::from_secs(1)));
+    a.conduit.handle_timeout(Instant::ZERO + Duration::from_secs(1));
+    a.pump(Instant::ZERO + Duration::from_secs(1), None);
+    assert_eq!(a.outcome, Some(Err(Error::Aborted)));
+}
+
+#[test]
+fn a_peer_that_closes_early_fails_the_session() {
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    a.pump(Instant::ZERO, None);
+    a.conduit.eof();
+    a.pump(Instant::ZERO, None);
+    assert_eq!(a.outcome, Some(Err(Error::Closed)));
+}
+
+#[test]
+fn a_peer_that_takes_no_bytes_stalls_within_the_idle_timeout() {
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    a.writes = false;
+    a.pump(Instant::ZERO, None);
+    // The Hello was handed out and never written: nothing more is, one frame at a time.
+    assert!(matches!(
+        a.conduit.poll(Instant::ZERO, None),
+        Action::Wait(Wait {
+            deadline: Some(t),
+            ..
+        }) if t == Instant::ZERO + Duration::from_secs(10)
+    ));
+    let idle = a.conduit.session().config().idle_timeout;
+    a.conduit.handle_timeout(Instant::ZERO + idle);
+    a.writes = true;
+    a.pump(Instant::ZERO + idle, None);
+    assert_eq!(a.outcome, Some(Err(Error::Stalled)));
+}
+
+#[test]
+fn the_backlog_bounds_what_is_handed_out_unwritten() {
+    let limits = Limits {
+        backlog: 1000,
+        ..Limits::new()
+    };
+    let server = chunks(2, 8, 300);
+    let ids: &'static [ChunkHash] = server.keys().copied().collect::<Vec<_>>().leak();
+    let mut b = End::new(config(2), limits, server);
+    let mut a = fetcher(ids);
+    // b hands out its Hello and the transport takes nothing; a's requests arrive.
+    b.writes = false;
+    a.pump(Instant::ZERO, None);
+    b.pump(Instant::ZERO, None);
+    b.inbox.append(&mut a.outbox);
+    let buf = b.conduit.receive_buffer();
+    let n = b.inbox.len().min(buf.len());
+    buf[..n].copy_from_slice(&b.inbox[..n]);
+    b.conduit.received(n);
+    let mut handed = 0;
+    loop {
+        match b.conduit.poll(Instant::ZERO, None) {
+            Action::Send { frame, piece, .. } => {
+                handed += frame.len() + piece.map_or(0, |p| p.len as usize);
+            }
+            Action::Read(id) => {
+                let bytes = b.store[&id].clone();
+                b.serving = bytes;
+                b.conduit.serve(b.serving.len()).unwrap();
+            }
+            Action::Wait(_) => break,
+            Action::Connected(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(handed > 0);
+    assert!(handed < 1000 + 256, "{handed} bytes handed out unwritten");
+}
+
+#[test]
+fn the_node_throttle_reaches_the_wait_deadline() {
+    let mut node = Throttle::new(ThrottleConfig::per_second(1000)).unwrap();
+    let mut b = End::new(config(2), Limits::new(), chunks(2, 8, 300));
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    let mut now = Instant::ZERO;
+    let mut waits = 0;
+    while b.outcome.is_none() && waits < 10_000 {
+        let moved = a.pump(now, None) | b.pump(now, Some(&mut node));
+        b.inbox.append(&mut a.outbox);
+        a.inbox.append(&mut b.outbox);
+        if !moved {
+            let next = [a.deadline, b.deadline].into_iter().flatten().min().unwrap();
+            now = now.max(next);
+            a.conduit.handle_timeout(now);
+            b.conduit.handle_timeout(now);
+            waits += 1;
+        }
+    }
+    assert_eq!(b.outcome, Some(Ok(())));
+    let sent = b.conduit.stats().bytes_sent;
+    let secs = (now - Instant::ZERO).as_micros() as f64 / 1e6;
+    // One window's budget may go at once; after that the node's rate holds.
+    assert!(sent as f64 <= 1000.0 * (secs + 1.0), "{sent} bytes in {secs} s");
+    assert!(secs > 1.0, "throttled: {secs} s");
+}
+
+#[test]
+fn buffers_too_small_say_what_they_need() {
+    let small = |receive: usize| Buffers {
+        receive: vec![0u8; receive],
+        transmit: Vec::new(),
+        reassembly: Vec::new(),
+    };
+    let mut rx = [0u8; 100];
+    let mut tx = [0u8; 10];
+    let mut re = [0u8; 100];
+    let slices = Buffers {
+        receive: &mut rx[..],
+        transmit: &mut tx[..],
+        reassembly: &mut re[..],
+    };
+    assert_eq!(
+        Conduit::<&mut [u8], 8, 4>::new(config(1), Instant::ZERO, slices, Limits::new()).err(),
+        Some(ConfigError::BufferTooSmall {
+            buffer: "receive",
+            len: 100,
+            needed: 256
+        })
+    );
+    let mut rx = [0u8; 256];
+    let slices = Buffers {
+        receive: &mut rx[..],
+        transmit: &mut tx[..],
+        reassembly: &mut re[..],
+    };
+    assert!(matches!(
+        Conduit::<&mut [u8], 8, 4>::new(config(1), Instant::ZERO, slices, Limits::new()),
+        Err(ConfigError::BufferTooSmall {
+            buffer: "transmit",
+            ..
+        })
+    ));
+    // A growable buffer is fine from any size.
+    assert!(C::new(config(1), Instant::ZERO, small(0), Limits::new()).is_ok());
+}
+
+#[test]
+fn a_reassembly_buffer_caps_the_largest_chunk_accepted() {
+    let mut rx = [0u8; 256];
+    let mut tx = [0u8; 512];
+    let mut re = [0u8; 100];
+    let c = Conduit::<&mut [u8], 8, 4>::new(
+        config(1),
+        Instant::ZERO,
+        Buffers {
+            receive: &mut rx[..],
+            transmit: &mut tx[..],
+            reassembly: &mut re[..],
+        },
+        Limits::new(),
+    )
+    .unwrap();
+    assert_eq!(c.session().config().max_chunk_len, 100);
+}
+
+#[test]
+fn answers_that_were_not_asked_for_change_nothing() {
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    assert_eq!(a.conduit.have(true), Err(ApiMisuse::NotAsked));
+    assert_eq!(a.conduit.serve(10), Err(ApiMisuse::NotAsked));
+    assert_eq!(a.conduit.not_found(), Err(ApiMisuse::NotAsked));
+    assert_eq!(a.conduit.listed(0, true), Err(ApiMisuse::NotAsked));
+    assert_eq!(a.conduit.stored(Stored::Kept), Err(ApiMisuse::NotAsked));
+    assert!(a.conduit.keep(vec![1]).is_err());
+    // The first action is still the Hello.
+    let Action::Send { frame, .. } = a.conduit.poll(Instant::ZERO, None) else {
+        panic!("expected the Hello");
+    };
+    assert!(matches!(
+        wire::decode(frame, MAX_FRAME_LIMIT),
+        Ok(Decoded::Frame {
+            message: Message::Hello(_),
+            ..
+        })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the two stores hold and however small the frames, both end with the union.
+    #[test]
+    fn any_two_stores_end_with_their_union(
+        a_chunks in 0usize..20,
+        b_chunks in 0usize..20,
+        shared in 0usize..5,
+        payload in 1usize..400,
+        frame in prop_oneof![Just(256u32), Just(300), Just(1024)],
+    ) {
+        let mut sa = chunks(1, a_chunks, payload);
+        let mut sb = chunks(2, b_chunks, payload / 2 + 1);
+        for (id, bytes) in chunks(3, shared, 7) {
+            sa.insert(id, bytes.clone());
+            sb.insert(id, bytes);
+        }
+        let mut union = sa.clone();
+        union.extend(sb.clone());
+        let cfg = |id| Config { max_frame: frame, ..config(id) };
+        let mut a = End::new(cfg(1), Limits::new(), sa);
+        let mut b = End::new(cfg(2), Limits { backlog: 700, ..Limits::new() }, sb);
+        run(&mut a, &mut b, Duration::from_secs(120));
+        prop_assert_eq!(a.outcome, Some(Ok(())));
+        prop_assert_eq!(b.outcome, Some(Ok(())));
+        prop_assert_eq!(&a.store, &union);
+        prop_assert_eq!(&b.store, &union);
+    }
+}
