@@ -6,8 +6,7 @@ use std::collections::HashSet;
 
 use chunk_sync_benches::sets_with_one_percent_difference;
 use chunk_sync_core::ChunkHash;
-use chunk_sync_core::delta::{self, PagedDelta};
-use chunk_sync_core::wire::{DEFAULT_MAX_FRAME, Message};
+use chunk_sync_core::delta;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -24,20 +23,6 @@ fn delta(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("merge_both_ways", n), |b| {
             b.iter(|| black_box(delta::diff(black_box(&local), black_box(&remote)).count()));
-        });
-        let page = Message::page_capacity(DEFAULT_MAX_FRAME);
-        group.bench_function(BenchmarkId::new("paged_both_ways", n), |b| {
-            b.iter(|| {
-                let mut walk = PagedDelta::new();
-                let pages: Vec<&[ChunkHash]> = remote.chunks(page).collect();
-                let mut found = 0;
-                for (i, p) in pages.iter().enumerate() {
-                    found += walk
-                        .page(&local, p, i + 1 == pages.len())
-                        .map_or(0, Iterator::count);
-                }
-                black_box(found)
-            });
         });
         group.bench_function(BenchmarkId::new("hashset_missing", n), |b| {
             b.iter(|| {

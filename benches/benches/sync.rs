@@ -37,38 +37,32 @@ fn corpus() -> Vec<Vec<u8>> {
 struct HashesOnly(Mutex<BTreeSet<ChunkHash>>);
 
 impl HashesOnly {
-    fn ids(&self) -> MutexGuard<'_, BTreeSet<ChunkHash>> {
+    fn held(&self) -> MutexGuard<'_, BTreeSet<ChunkHash>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl NodeStore for HashesOnly {
     fn contains(&self, id: &ChunkHash) -> Result<bool, chunk_sync_tokio::StoreError> {
-        Ok(self.ids().contains(id))
+        Ok(self.held().contains(id))
     }
     fn get(&self, _: &ChunkHash) -> Result<Option<bytes::Bytes>, chunk_sync_tokio::StoreError> {
         Ok(None)
     }
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, chunk_sync_tokio::StoreError> {
-        Ok(self.ids().insert(chunk.id()))
+        Ok(self.held().insert(chunk.id()))
     }
-    fn page_after(
+    fn ids_after(
         &self,
         after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), chunk_sync_tokio::StoreError> {
-        let ids: Vec<ChunkHash> = self
-            .ids()
-            .iter()
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .take(limit)
-            .copied()
-            .collect();
-        let last = ids.len() < limit;
-        Ok((ids, last))
+        out: &mut [ChunkHash],
+    ) -> Result<(usize, bool), chunk_sync_tokio::StoreError> {
+        let held = self.held();
+        let rest = held.iter().filter(|id| after.is_none_or(|a| *id > a)).copied();
+        Ok(chunk_sync_core::store::fill_page(out, rest))
     }
     fn len(&self) -> Result<usize, chunk_sync_tokio::StoreError> {
-        Ok(self.ids().len())
+        Ok(self.held().len())
     }
 }
 

@@ -56,6 +56,26 @@ pub trait Buffer {
     fn grow_to(&mut self, len: usize) -> bool;
     /// The most bytes the buffer can ever hold.
     fn limit(&self) -> usize;
+    /// Readies the buffer to receive `len` bytes with [`put`](Self::put), from offset 0;
+    /// returns whether it can hold them.
+    fn prepare(&mut self, len: usize) -> bool {
+        len <= self.limit()
+    }
+    /// Writes `data` at offset `at` (pieces come in order), growing the buffer if it must;
+    /// returns whether it could.
+    fn put(&mut self, at: usize, data: &[u8]) -> bool {
+        let end = at + data.len();
+        if !self.grow_to(end) {
+            return false;
+        }
+        match self.bytes_mut().get_mut(at..end) {
+            Some(dst) => {
+                dst.copy_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl Buffer for &mut [u8] {
@@ -89,6 +109,40 @@ impl Buffer for alloc::vec::Vec<u8> {
     }
     fn limit(&self) -> usize {
         usize::MAX
+    }
+    /// Empties the vector and reserves `len` bytes, so that pieces are appended without
+    /// zeroing memory first.
+    fn prepare(&mut self, len: usize) -> bool {
+        self.clear();
+        self.reserve(len);
+        true
+    }
+    fn put(&mut self, at: usize, data: &[u8]) -> bool {
+        if at != self.len() {
+            self.resize(at, 0);
+        }
+        self.extend_from_slice(data);
+        true
+    }
+}
+
+/// A bandwidth budget shared with other conduits: a node's limit on all its sessions
+/// together, consulted only when a frame is about to go out (so a lock around it is held
+/// for no longer than that).
+pub trait Budget {
+    /// When a frame may go out, if not now.
+    fn next_ready(&mut self, now: Instant) -> Option<Instant>;
+    /// Counts `bytes` that went out at `now`.
+    fn consume(&mut self, now: Instant, bytes: u64);
+}
+
+impl Budget for Throttle {
+    fn next_ready(&mut self, now: Instant) -> Option<Instant> {
+        Throttle::next_ready(self, now)
+    }
+    fn consume(&mut self, now: Instant, bytes: u64) {
+        // Admitted by `next_ready`: the window has room for a frame of any size.
+        let _ = self.try_consume(now, bytes);
     }
 }
 
@@ -262,6 +316,9 @@ pub struct Conduit<'w, B, const PAGE: usize, const REQ: usize> {
     kept_bytes: usize,
     eof: bool,
     stalled: bool,
+    /// Whether this side aborted (possibly after the session completed, when a store
+    /// failed to keep what it received).
+    aborted: bool,
     linger: Linger,
 }
 
@@ -327,16 +384,15 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
             kept_bytes: 0,
             eof: false,
             stalled: false,
+            aborted: false,
             linger: Linger::No,
         })
     }
 
     /// Fetches exactly these chunks, in a session that does not walk the peer's manifest
     /// (`pull: false`) or after its walk; they are fed to the session as its queue drains.
-    #[must_use]
-    pub const fn fetch(mut self, ids: &'w [ChunkHash]) -> Self {
+    pub const fn fetch(&mut self, ids: &'w [ChunkHash]) {
         self.wanted = ids;
-        self
     }
 
     /// The session.
@@ -372,7 +428,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// The next thing to do. `node`, if given, is the node-wide throttle shared with other
     /// sessions: every frame but `Hello` and a final `Error` passes it as well as the
     /// session's own.
-    pub fn poll(&mut self, now: Instant, node: Option<&mut Throttle>) -> Action<'_> {
+    pub fn poll(&mut self, now: Instant, node: Option<&mut (dyn Budget + '_)>) -> Action<'_> {
         let step = self.step(now, node);
         match step {
             Step::Asked(asked) => self.question(asked),
@@ -412,7 +468,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         }
     }
 
-    fn step(&mut self, now: Instant, mut node: Option<&mut Throttle>) -> Step {
+    fn step(&mut self, now: Instant, mut node: Option<&mut (dyn Budget + '_)>) -> Step {
         loop {
             if let Some(asked) = self.asked {
                 return Step::Asked(asked);
@@ -478,12 +534,11 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         let mut complete = None;
         if let Some(piece) = handled.piece {
             let at = piece.offset as usize;
-            if at == 0 && !self.assembly.grow_to(piece.total_len as usize) {
+            let fits = (at > 0 || self.assembly.prepare(piece.total_len as usize))
+                && self.assembly.put(at, piece.data);
+            if !fits {
                 // Cannot happen: `max_chunk_len` is capped at the buffer's limit.
                 self.session.abort();
-            }
-            if let Some(dst) = self.assembly.bytes_mut().get_mut(at..at + piece.data.len()) {
-                dst.copy_from_slice(piece.data);
             }
             if piece.last {
                 complete = Some(piece.total_len as usize);
@@ -519,14 +574,18 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     }
 
     /// The next frame, if the backlog and both throttles allow one.
-    fn transmit(&mut self, now: Instant, node: Option<&mut Throttle>) -> Option<Step> {
+    fn transmit<'d>(
+        &mut self,
+        now: Instant,
+        node: Option<&mut (dyn Budget + 'd)>,
+    ) -> Option<Step> {
         // `Hello` and the final `Error` frame wait for neither the backlog nor the node.
         let urgent = self.session.error().is_some() || !self.session.hello_sent();
         if !urgent && self.backlog > 0 && self.backlog >= self.limits.backlog {
             return None;
         }
-        let node = node.filter(|_| !urgent);
-        if let Some(at) = node.as_ref().and_then(|t| t.next_ready(now)) {
+        let mut node = node.filter(|_| !urgent);
+        if let Some(at) = node.as_deref_mut().and_then(|t| t.next_ready(now)) {
             self.node_ready = Some(at);
             return None;
         }
@@ -540,8 +599,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
             }
         };
         if let Some(node) = node {
-            // Admitted: the window has room.
-            let _ = node.try_consume(now, t.wire_len() as u64);
+            node.consume(now, t.wire_len() as u64);
         }
         self.node_ready = None;
         if self.backlog == 0 {
@@ -563,6 +621,10 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     fn closing(&mut self, now: Instant) -> Step {
         if self.stalled {
             return Step::Closed(Err(Error::Stalled));
+        }
+        if self.aborted && self.session.is_complete() {
+            // The peer is done; only this side's store failed.
+            return Step::Closed(Err(Error::Aborted));
         }
         if self.session.is_closed() {
             let flushed = self.backlog == 0;
@@ -671,9 +733,13 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// Ends the session from this side (a store failure, a stop request): the peer is
     /// told with an `Error` frame, and the conduit reads until the peer hangs up or the
     /// linger passes.
+    /// Chunks kept and not yet answered for are given up: the adapter will not answer.
     pub fn abort(&mut self) {
         self.session.abort();
         self.asked = None;
+        self.aborted = true;
+        self.kept = 0;
+        self.kept_bytes = 0;
     }
 
     fn answer(&mut self, matches: impl FnOnce(Asked) -> bool) -> Result<Asked, ApiMisuse> {

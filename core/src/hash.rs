@@ -154,30 +154,6 @@ impl<'de> Deserialize<'de> for ChunkHash {
     }
 }
 
-/// An incremental hasher, for chunks that arrive in pieces.
-#[derive(Clone, Debug, Default)]
-pub struct Hasher(blake3::Hasher);
-
-impl Hasher {
-    /// A hasher that has seen no bytes.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Feeds the next bytes.
-    pub fn update(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.update(bytes);
-        self
-    }
-
-    /// The hash of all bytes fed so far.
-    #[must_use]
-    pub fn finalize(&self) -> ChunkHash {
-        ChunkHash(*self.0.finalize().as_bytes())
-    }
-}
-
 /// Received bytes that did not hash to the name they were sent under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -272,13 +248,6 @@ mod tests {
         assert_eq!(err.expected, id);
         assert_eq!(err.actual, ChunkHash::of(b"chunK"));
         assert!(!id.matches(b""));
-    }
-
-    #[test]
-    fn incremental_equals_one_shot() {
-        let mut h = Hasher::new();
-        h.update(b"hello ").update(b"world");
-        assert_eq!(h.finalize(), ChunkHash::of(b"hello world"));
     }
 
     #[test]

@@ -12,10 +12,10 @@
 //! | [`chunk`] | the canonical chunk encoding, the streaming [`Chunker`] and [`ChunkView`] |
 //! | [`manifest`] | [`Manifest`]: fixed-capacity sorted sets of chunk hashes, and pages of them |
 //! | [`wire`] | [`Message`] and length-prefixed frames |
-//! | [`delta`] | set difference of sorted hash sequences, whole or page by page |
+//! | [`delta`] | set difference of sorted hash sequences |
 //! | [`throttle`] | the clock-agnostic bandwidth [`Throttle`] |
 //! | [`progress`] | [`SyncProgress`] and the per-peer [`ProgressTable`] |
-//! | [`store`] | the [`ChunkStore`] trait, [`RamStore`](store::RamStore) and, with `alloc`, `ChunkCache` |
+//! | [`store`] | the [`ChunkStore`] trait, and [`RamStore`](store::RamStore) |
 //! | [`session`] | the sync protocol with one peer as a sans-IO state machine |
 //! | [`conduit`] | the driving layer adapters run: a session over one byte stream, as actions |
 //!
@@ -24,7 +24,7 @@
 //! peer sends can make this crate panic: malformed input is a typed error.
 //!
 //! # Features
-//! - `alloc`: `Vec`-backed conveniences (`EventChunkStore`, `EventBuf`, `ChunkCache`, `MemStore`).
+//! - `alloc`: `Vec`-backed conveniences (`EventChunkStore`, `EventBuf`, the `Buffer` impl for `Vec<u8>`).
 //! - `std`: `alloc` plus std interop.
 //! - `defmt` / `log`: route the crate's few log lines to one of these (never both).
 #![no_std]

@@ -1,5 +1,5 @@
-//! Where verified chunks live: the [`ChunkStore`] trait, the fixed-capacity [`RamStore`]
-//! and, with `alloc`, the byte-budgeted least-recently-used `ChunkCache`.
+//! Where verified chunks live: the [`ChunkStore`] trait and the fixed-capacity
+//! [`RamStore`].
 //!
 //! A store only ever accepts [`Verified`] bytes, so nothing reaches it unchecked. The sync
 //! session never calls a store: it reports what it received and what was requested, and
@@ -14,10 +14,6 @@ use crate::hash::{ChunkHash, Verified};
 mod ram;
 pub use ram::{RamStore, RamStoreError};
 
-#[cfg(feature = "alloc")]
-mod cache;
-#[cfg(feature = "alloc")]
-pub use cache::{CacheError, ChunkCache};
 
 /// A place that keeps chunks by hash.
 ///
@@ -45,15 +41,23 @@ pub trait ChunkStore {
     ) -> Result<Option<usize>, ReadError<Self::Error>>;
 
     /// Fills `out` with the stored hashes that come strictly after `after` (from the first
-    /// if `None`), in ascending order, and returns how many it wrote: one manifest page.
+    /// if `None`), in ascending order: one manifest page. Returns how many it wrote and
+    /// whether the store holds none after them.
     fn ids_after(
         &self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
-    ) -> Result<usize, Self::Error>;
+    ) -> Result<(usize, bool), Self::Error>;
 
     /// Number of chunks stored.
     fn chunk_count(&self) -> Result<usize, Self::Error>;
+
+    /// Whether an [`insert`](Self::insert) error is the store refusing a [`Fork`], which
+    /// fails that chunk only, rather than a failure of the store.
+    fn is_fork(error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 /// A borrowed store is a store, so that a driver can use one it does not own.
@@ -80,11 +84,14 @@ impl<S: ChunkStore + ?Sized> ChunkStore for &mut S {
         &self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
-    ) -> Result<usize, Self::Error> {
+    ) -> Result<(usize, bool), Self::Error> {
         (**self).ids_after(after, out)
     }
     fn chunk_count(&self) -> Result<usize, Self::Error> {
         (**self).chunk_count()
+    }
+    fn is_fork(error: &Self::Error) -> bool {
+        S::is_fork(error)
     }
 }
 
@@ -136,9 +143,16 @@ impl<E: fmt::Display> fmt::Display for ReadError<E> {
 
 impl<E: fmt::Debug + fmt::Display> core::error::Error for ReadError<E> {}
 
-/// Fills `out` from `ids` and returns how many were written: one manifest page.
-fn fill_page<'a>(out: &mut [ChunkHash], ids: impl Iterator<Item = &'a ChunkHash>) -> usize {
-    out.iter_mut().zip(ids).map(|(dst, id)| *dst = *id).count()
+/// Fills `out` from the ascending hashes `ids` (those after the page's cursor) and returns
+/// how many it wrote and whether none are left: the answer of [`ChunkStore::ids_after`],
+/// for any store that can walk its hashes in order.
+pub fn fill_page(
+    out: &mut [ChunkHash],
+    ids: impl IntoIterator<Item = ChunkHash>,
+) -> (usize, bool) {
+    let mut ids = ids.into_iter();
+    let n = out.iter_mut().zip(ids.by_ref()).map(|(dst, id)| *dst = id).count();
+    (n, ids.next().is_none())
 }
 
 /// Copies a stored chunk's `bytes` into a reader's `buf` and returns its length, or reports

@@ -1,14 +1,15 @@
 //! A deterministic network simulator for chunk-sync sessions, in virtual time.
 //!
 //! [`Net`] holds nodes (each a store of chunks) and connections between them; each
-//! connection carries one [`Session`] per end over two byte streams with a latency. The
-//! driver plays the adapter's part exactly as the `Session` docs prescribe (inputs, then
-//! transmits, timeouts and events), and when nothing can move it jumps time to the next
-//! deadline or delivery, so no test ever sleeps.
+//! connection carries one [`Conduit`] per end (the driving layer the shipped adapters run)
+//! over two byte streams with a latency. The simulator plays the adapter's part, carrying
+//! out each action, and when nothing can move it jumps time to the next deadline or
+//! delivery, so no test ever sleeps.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use chunk_sync_core::session::{Config, Event, FailReason, Session, Transmit};
+use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
+use chunk_sync_core::session::{Config, Error, FailReason, Session, Stored};
 use chunk_sync_core::{ChunkHash, Duration, EventBuf, EventChunkStore, Instant, NodeId, Privacy};
 use chunk_sync_tokio::{MemStore, NodeStore, VerifiedChunk};
 
@@ -18,6 +19,9 @@ pub const PAGE: usize = 64;
 pub const REQ: usize = 8;
 /// The session type the simulator drives.
 pub type SimSession = Session<PAGE, REQ>;
+/// The conduit the simulator drives: the one the shipped adapters drive, over growable
+/// buffers.
+pub type SimConduit = Conduit<'static, Vec<u8>, PAGE, REQ>;
 
 /// A node: its chunks, by hash.
 #[derive(Debug, Default, Clone)]
@@ -81,21 +85,114 @@ pub fn log(origin: NodeId, count: u64, payload: usize) -> Vec<EventBuf> {
         .collect()
 }
 
-/// One end of a connection.
+/// One end of a connection: the conduit every adapter drives, and the simulated
+/// transport and store around it.
 #[derive(Debug)]
 pub struct End {
     /// The index of the node this end belongs to.
     pub node: usize,
-    /// The session.
-    pub session: SimSession,
-    rx: Vec<u8>,
-    assembling: Vec<u8>,
-    /// Bytes of chunk data this end received in pieces.
+    /// The conduit.
+    pub conduit: SimConduit,
+    /// Bytes delivered, not yet taken by the conduit.
+    inbox: Vec<u8>,
+    /// The chunk being served.
+    serving: Vec<u8>,
+    /// Bytes of chunks this end received, verified and stored.
     pub chunk_bytes_received: u64,
-    /// Every event this end's session emitted.
-    pub events: Vec<Event>,
-    /// If set, this end never sends anything (a silent peer).
+    /// How the session ended, once it has.
+    pub outcome: Option<Result<(), Error>>,
+    /// Chunks that could not be fetched, and why.
+    pub failed: Vec<(ChunkHash, FailReason)>,
+    /// If set, what this end sends is lost (a peer heard by nobody).
     pub silent: bool,
+    /// The deadline of the conduit's last wait.
+    deadline: Option<Instant>,
+}
+
+impl End {
+    /// The session.
+    #[must_use]
+    pub const fn session(&self) -> &SimSession {
+        self.conduit.session()
+    }
+
+    /// Whether the session is over.
+    #[must_use]
+    pub const fn is_closed(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Carries out the conduit's actions until it waits or closes; returns the bytes it
+    /// sent and whether anything happened.
+    fn pump(&mut self, node: &mut Node, now: Instant) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let mut moved = false;
+        while self.outcome.is_none() {
+            match self.conduit.poll(now, None) {
+                Action::Send { frame, piece, .. } => {
+                    moved = true;
+                    let start = out.len();
+                    out.extend_from_slice(frame);
+                    if let Some(p) = piece {
+                        let at = out.len();
+                        let range = p.offset as usize..(p.offset + p.len) as usize;
+                        out.extend_from_slice(&self.serving[range]);
+                        if node.lies {
+                            out[at] ^= 0x55;
+                        }
+                    }
+                    self.conduit.written(now, out.len() - start);
+                }
+                Action::Lookup(id) => {
+                    let _ = self.conduit.have(node.store.contains_key(&id));
+                }
+                Action::List { after, out: page } => {
+                    use std::ops::Bound::{Excluded, Unbounded};
+                    let from = after.map_or(Unbounded, Excluded);
+                    let ids = node.store.range((from, Unbounded)).map(|(id, _)| *id);
+                    let (n, last) = chunk_sync_core::store::fill_page(page, ids);
+                    let _ = self.conduit.listed(n, last);
+                }
+                Action::Read(id) => match node.store.get(&id) {
+                    Some(bytes) => {
+                        self.serving.clone_from(bytes);
+                        let _ = self.conduit.serve(bytes.len());
+                    }
+                    None => {
+                        let _ = self.conduit.not_found();
+                    }
+                },
+                Action::Store(chunk) => {
+                    moved = true;
+                    self.chunk_bytes_received += chunk.bytes().len() as u64;
+                    node.store.insert(chunk.id(), chunk.bytes().to_vec());
+                    let _ = self.conduit.stored(Stored::Kept);
+                }
+                Action::ChunkFailed { hash, reason } => self.failed.push((hash, reason)),
+                Action::Wait(wait) => {
+                    self.deadline = wait.deadline;
+                    if !(wait.read && !self.inbox.is_empty()) {
+                        break;
+                    }
+                    moved = true;
+                    let buf = self.conduit.receive_buffer();
+                    let n = buf.len().min(self.inbox.len());
+                    buf[..n].copy_from_slice(&self.inbox[..n]);
+                    self.conduit.received(n);
+                    self.inbox.drain(..n);
+                }
+                Action::Closed(outcome) => {
+                    moved = true;
+                    self.outcome = Some(outcome);
+                }
+                _ => {}
+            }
+        }
+        if self.silent {
+            out.clear();
+        }
+        (out, moved)
+    }
 }
 
 /// A connection: two ends and the bytes in flight each way.
@@ -143,12 +240,24 @@ impl Net {
     ) -> usize {
         let end = |node: usize| End {
             node,
-            session: Session::new(config(NodeId(node as u64)), self.now).expect("valid config"),
-            rx: Vec::new(),
-            assembling: Vec::new(),
+            conduit: Conduit::new(
+                config(NodeId(node as u64)),
+                self.now,
+                Buffers {
+                    receive: Vec::new(),
+                    transmit: Vec::new(),
+                    reassembly: Vec::new(),
+                },
+                Limits::new(),
+            )
+            .expect("valid config"),
+            inbox: Vec::new(),
+            serving: Vec::new(),
             chunk_bytes_received: 0,
-            events: Vec::new(),
+            outcome: None,
+            failed: Vec::new(),
             silent: false,
+            deadline: None,
         };
         self.conns.push(Conn {
             ends: [end(a), end(b)],
@@ -170,8 +279,7 @@ impl Net {
             for c in 0..self.conns.len() {
                 moved |= self.step(c);
             }
-            let closed =
-                |e: &End| e.session.is_closed() || (e.silent && e.session.error().is_some());
+            let closed = |e: &End| e.is_closed() || (e.silent && e.session().error().is_some());
             if self
                 .conns
                 .iter()
@@ -184,9 +292,9 @@ impl Net {
                     break;
                 };
                 self.now = self.now.max(next);
-                for conn in &mut self.conns {
+                for conn in self.conns.iter_mut().filter(|c| !c.cut) {
                     for end in &mut conn.ends {
-                        end.session.handle_timeout(self.now);
+                        end.conduit.handle_timeout(self.now);
                     }
                 }
             }
@@ -203,7 +311,11 @@ impl Net {
                     .in_flight
                     .iter()
                     .filter_map(|q| q.front().map(|(at, _)| *at));
-                let timers = c.ends.iter().filter_map(|e| e.session.poll_timeout());
+                let timers = c
+                    .ends
+                    .iter()
+                    .filter(|e| !e.is_closed())
+                    .filter_map(|e| e.deadline);
                 deliveries.chain(timers).collect::<Vec<_>>()
             })
             .min()
@@ -218,29 +330,21 @@ impl Net {
         }
         let mut moved = false;
         for side in 0..2 {
-            // Deliveries.
             while conn.in_flight[side]
                 .front()
                 .is_some_and(|(at, _)| *at <= now)
             {
                 let (_, bytes) = conn.in_flight[side].pop_front().expect("checked");
-                conn.ends[side].rx.extend_from_slice(&bytes);
+                conn.ends[side].inbox.extend_from_slice(&bytes);
                 moved = true;
             }
             let end = &mut conn.ends[side];
-            let node = &mut self.nodes[end.node];
-            moved |= feed_input(end, node, now);
-            moved |= answer_events(end, node);
-            if !end.silent {
-                let out = transmit(end, node, now);
-                if !out.is_empty() {
-                    moved = true;
-                    conn.sent += out.len() as u64;
-                    conn.in_flight[1 - side].push_back((now + conn.latency, out));
-                }
+            let (out, pumped) = end.pump(&mut self.nodes[end.node], now);
+            moved |= pumped;
+            if !out.is_empty() {
+                conn.sent += out.len() as u64;
+                conn.in_flight[1 - side].push_back((now + conn.latency, out));
             }
-            let n = conn.ends[side].node;
-            moved |= answer_events(&mut conn.ends[side], &mut self.nodes[n]);
         }
         if conn.cut_after.is_some_and(|limit| conn.sent >= limit) {
             conn.cut = true;
@@ -249,94 +353,8 @@ impl Net {
     }
 }
 
-fn feed_input(end: &mut End, node: &mut Node, now: Instant) -> bool {
-    let mut moved = false;
-    while !end.rx.is_empty() {
-        let Ok(handled) = end.session.handle_input(now, &end.rx) else {
-            // A failed session reads nothing more: the transport would be closed.
-            end.rx.clear();
-            return true;
-        };
-        if handled.consumed == 0 {
-            return moved;
-        }
-        moved = true;
-        if let Some(piece) = handled.piece {
-            end.chunk_bytes_received += piece.data.len() as u64;
-            end.assembling.extend_from_slice(piece.data);
-            if piece.last {
-                let bytes = std::mem::take(&mut end.assembling);
-                if let Ok(verified) = end.session.finish_chunk(&bytes) {
-                    node.store.insert(verified.id(), verified.bytes().to_vec());
-                }
-            }
-        }
-        end.rx.drain(..handled.consumed);
-    }
-    moved
-}
-
-fn answer_events(end: &mut End, node: &mut Node) -> bool {
-    let mut moved = false;
-    while let Some(event) = end.session.poll_event() {
-        moved = true;
-        match event {
-            Event::LookupNeeded => {
-                end.session
-                    .resolve_lookups(|id| node.store.contains_key(id))
-                    .expect("lookups pending");
-            }
-            Event::ManifestPageNeeded { after, limit } => {
-                use std::ops::Bound::{Excluded, Unbounded};
-                let from = after.map_or(Unbounded, Excluded);
-                let mut ids: Vec<ChunkHash> = node
-                    .store
-                    .range((from, Unbounded))
-                    .map(|(id, _)| *id)
-                    .take(limit + 1)
-                    .collect();
-                let last = ids.len() <= limit;
-                ids.truncate(limit);
-                end.session
-                    .send_manifest_page(&ids, last)
-                    .expect("valid page");
-            }
-            Event::ChunkRequested { hash } => match node.store.get(&hash) {
-                Some(bytes) => end
-                    .session
-                    .serve_chunk(&hash, bytes.len())
-                    .expect("requested"),
-                None => end.session.chunk_not_found(&hash).expect("requested"),
-            },
-            _ => {}
-        }
-        end.events.push(event);
-    }
-    moved
-}
-
-fn transmit(end: &mut End, node: &Node, now: Instant) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; SimSession::max_transmit_len()];
-    while let Ok(Some(Transmit { len, piece })) = end.session.poll_transmit(now, &mut buf) {
-        out.extend_from_slice(&buf[..len]);
-        if let Some(p) = piece {
-            let chunk = &node.store[&p.hash];
-            let start = out.len();
-            out.extend_from_slice(&chunk[p.offset as usize..(p.offset + p.len) as usize]);
-            if node.lies {
-                out[start] ^= 0x55;
-            }
-        }
-    }
-    out
-}
-
-/// Whether `end` reported a failed chunk for `reason`.
+/// How many chunks `end` reported failed for `reason`.
 #[must_use]
 pub fn failed_chunks(end: &End, reason: FailReason) -> usize {
-    end.events
-        .iter()
-        .filter(|e| matches!(e, Event::ChunkFailed { reason: r, .. } if *r == reason))
-        .count()
+    end.failed.iter().filter(|(_, r)| *r == reason).count()
 }

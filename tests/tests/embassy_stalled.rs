@@ -37,7 +37,7 @@ async fn a_peer_that_takes_no_bytes_times_the_session_out() {
     let clock = MockClock::start(embassy_time::Duration::from_millis(10));
 
     let mut store = Box::new(RamStore::<4, 4096>::new());
-    let mut resources = Box::new(Resources::<1024, 1024, 1024, 4>::new());
+    let mut resources = Box::new(Resources::<1024, 1024, 1024>::new());
     let config = Config {
         max_frame: 1024,
         idle_timeout: Duration::from_secs(2),
@@ -52,7 +52,7 @@ async fn a_peer_that_takes_no_bytes_times_the_session_out() {
     clock.stop().await;
 
     assert!(
-        matches!(outcome, Err(Error::Protocol(SessionError::TimedOut))),
+        matches!(outcome, Err(Error::Protocol(SessionError::Stalled))),
         "{outcome:?}"
     );
     let waited = started.elapsed();

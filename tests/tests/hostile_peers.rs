@@ -17,7 +17,7 @@ fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig
 }
 
 fn ids(node: &Node) -> Vec<ChunkHash> {
-    node.store().page_after(None, usize::MAX).unwrap().0
+    node.store().ids().unwrap()
 }
 
 /// Polls `done` every 10 ms for at most `limit`; whether it came true.

@@ -1,6 +1,6 @@
 //! Sessions simulated in virtual time: convergence, faults and limits.
 
-use chunk_sync_core::session::{Config, Error, Event, FailReason};
+use chunk_sync_core::session::{Config, Error, FailReason};
 use chunk_sync_core::{Duration, NodeId, ThrottleConfig};
 use chunk_sync_tests::{Net, Node, failed_chunks};
 use proptest::prelude::*;
@@ -27,12 +27,12 @@ fn assert_complete(net: &Net) {
     for conn in &net.conns {
         for end in &conn.ends {
             assert!(
-                end.session.is_complete(),
+                end.session().is_complete(),
                 "session of node {} ended with {:?}",
                 end.node,
-                end.session.error()
+                end.session().error()
             );
-            assert!(end.events.contains(&Event::Completed));
+            assert_eq!(end.outcome, Some(Ok(())));
         }
     }
 }
@@ -56,8 +56,8 @@ fn two_nodes_converge_to_the_union() {
     let ends = &net.conns[0].ends;
     assert_eq!(ends[0].chunk_bytes_received, b_bytes);
     assert_eq!(ends[1].chunk_bytes_received, a_bytes);
-    assert_eq!(ends[0].session.progress().synced_chunks, 18);
-    assert!(ends[0].session.progress().is_complete());
+    assert_eq!(ends[0].session().progress().synced_chunks, 18);
+    assert!(ends[0].session().progress().is_complete());
 }
 
 #[test]
@@ -95,7 +95,7 @@ fn small_frames_carry_chunks_in_pieces() {
     net.run(LIMIT);
     assert_complete(&net);
     assert_eq!(net.nodes[b].ids(), net.nodes[a].ids());
-    let stats = net.conns[0].ends[0].session.stats();
+    let stats = net.conns[0].ends[0].session().stats();
     assert!(
         stats.frames_sent > 60 * 200 / 200,
         "chunks travelled in many frames"
@@ -123,7 +123,7 @@ fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     let end = &net.conns[0].ends[0];
     assert_eq!(failed_chunks(end, FailReason::HashMismatch), 3);
     assert_eq!(
-        end.session.progress().failed_chunks,
+        end.session().progress().failed_chunks,
         6,
         "two attempts per chunk"
     );
@@ -172,7 +172,7 @@ fn a_silent_peer_times_out() {
     });
     net.conns[c].ends[1].silent = true;
     let took = net.run(LIMIT);
-    assert_eq!(net.conns[c].ends[0].session.error(), Some(Error::TimedOut));
+    assert_eq!(net.conns[c].ends[0].session().error(), Some(Error::TimedOut));
     // The node times out at 5 s; the run ends when the silent side's own timer fires, one
     // latency later.
     assert_eq!(took, Duration::from_secs(5) + MS);
@@ -194,7 +194,7 @@ fn the_throttle_limits_the_sender_in_virtual_time() {
     });
     let took = net.run(LIMIT);
     assert_complete(&net);
-    let sent = net.conns[0].ends[0].session.stats().bytes_sent;
+    let sent = net.conns[0].ends[0].session().stats().bytes_sent;
     // Sends are admitted while the current one-second window has room; the window where
     // the last send goes out is not over when the transfer ends. So the bytes sent lie
     // between `rate × time` and that plus one window's budget and one frame.
@@ -257,7 +257,7 @@ proptest! {
         net.connect(a, b, ms(latency_ms), |id| Config { max_frame: frame, window, ..Config::new(id) });
         net.run(LIMIT);
         for end in &net.conns[0].ends {
-            prop_assert!(end.session.is_complete(), "{:?}", end.session.error());
+            prop_assert!(end.session().is_complete(), "{:?}", end.session().error());
         }
         prop_assert_eq!(net.nodes[a].ids(), expected.clone());
         prop_assert_eq!(net.nodes[b].ids(), expected);

@@ -30,7 +30,7 @@ fn accepting(c: NodeConfig) -> NodeConfig {
 }
 
 fn ids(node: &Node) -> Vec<ChunkHash> {
-    node.store().page_after(None, usize::MAX - 1).unwrap().0
+    node.store().ids().unwrap()
 }
 
 fn chunks(origin: u64, events: u64, per_chunk: usize, payload: usize) -> SimNode {
@@ -140,12 +140,12 @@ impl NodeStore for Hooked {
     fn writes_block(&self) -> bool {
         self.blocks
     }
-    fn page_after(
+    fn ids_after(
         &self,
         after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
-        self.inner.page_after(after, limit)
+        out: &mut [ChunkHash],
+    ) -> Result<(usize, bool), StoreError> {
+        self.inner.ids_after(after, out)
     }
     fn len(&self) -> Result<usize, StoreError> {
         self.inner.len()

@@ -10,7 +10,7 @@
 use core::fmt;
 use core::ops::Range;
 
-use chunk_sync_core::store::{ReadError, copy_out};
+use chunk_sync_core::store::{ReadError, copy_out, fill_page};
 use chunk_sync_core::{ChunkHash, Manifest, Verified};
 use embedded_storage_async::nor_flash::NorFlash;
 use sequential_storage::cache::{Cache, Uncached};
@@ -275,10 +275,9 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         &mut self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
-    ) -> Result<usize, F> {
-        let page = self.index.page_after(after, out.len());
-        out[..page.len()].copy_from_slice(page);
-        Ok(page.len())
+    ) -> Result<(usize, bool), F> {
+        let rest = self.index.page_after(after, usize::MAX);
+        Ok(fill_page(out, rest.iter().copied()))
     }
 
     async fn chunk_count(&mut self) -> Result<usize, F> {
@@ -310,7 +309,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for &mut FlashStore<F,
         &mut self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
-    ) -> Result<usize, F> {
+    ) -> Result<(usize, bool), F> {
         (**self).ids_after(after, out).await
     }
 

@@ -1,31 +1,24 @@
 //! The memory a runner works in, owned by the application.
 
-use chunk_sync_core::ChunkHash;
-
 use crate::handle::Shared;
 
 /// Buffers for one [`Runner`](crate::Runner): `RX` bytes of received frames (at least the
 /// session's `max_frame`), `TX` bytes for frame headers and control frames (at least
-/// `Session::max_transmit_len()`), `CHUNK` bytes each to reassemble one incoming chunk and
-/// to hold the chunk being served (the largest chunk this node sends or accepts), and a
-/// manifest page of `PAGE` hashes.
+/// `Session::max_transmit_len()`), and `CHUNK` bytes each to reassemble one incoming chunk
+/// and to hold the chunk being served (the largest chunk this node sends or accepts).
 ///
-/// Memory: `RX + TX + 2 × CHUNK + 32 × PAGE` bytes and a few dozen for the
-/// [`Handle`](crate::Handle)'s state. `const fn new()`, so it can be a
-/// `static` (for example in a `StaticCell`).
+/// Memory: `RX + TX + 2 × CHUNK` bytes and a few dozen for the [`Handle`](crate::Handle)'s
+/// state. `const fn new()`, so it can be a `static` (for example in a `StaticCell`).
 #[derive(Debug)]
-pub struct Resources<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize> {
+pub struct Resources<const RX: usize, const TX: usize, const CHUNK: usize> {
     pub(crate) rx: [u8; RX],
     pub(crate) tx: [u8; TX],
     pub(crate) incoming: [u8; CHUNK],
     pub(crate) outgoing: [u8; CHUNK],
-    pub(crate) page: [ChunkHash; PAGE],
     pub(crate) shared: Shared,
 }
 
-impl<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize>
-    Resources<RX, TX, CHUNK, PAGE>
-{
+impl<const RX: usize, const TX: usize, const CHUNK: usize> Resources<RX, TX, CHUNK> {
     /// Zeroed buffers.
     #[must_use]
     pub const fn new() -> Self {
@@ -34,15 +27,12 @@ impl<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize>
             tx: [0; TX],
             incoming: [0; CHUNK],
             outgoing: [0; CHUNK],
-            page: [ChunkHash::from_bytes([0; 32]); PAGE],
             shared: Shared::new(),
         }
     }
 }
 
-impl<const RX: usize, const TX: usize, const CHUNK: usize, const PAGE: usize> Default
-    for Resources<RX, TX, CHUNK, PAGE>
-{
+impl<const RX: usize, const TX: usize, const CHUNK: usize> Default for Resources<RX, TX, CHUNK> {
     fn default() -> Self {
         Self::new()
     }

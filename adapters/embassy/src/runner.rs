@@ -1,12 +1,11 @@
-//! The runner: moves bytes between the transport and the core session, answers the
-//! session's events from the store and sleeps until its next deadline. It makes no protocol
-//! decision of its own.
+//! The runner: carries out the core [`Conduit`]'s actions over an `embedded-io-async`
+//! transport and a [`Store`], with `embassy_time` as the clock. Every protocol decision is
+//! the conduit's; the loop is [`Runner::run`].
 
-use core::cmp::min;
-
-use chunk_sync_core::session::{Config, ConfigError, Error as SessionError, Event, Session, Stats};
+use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
+use chunk_sync_core::session::{self, Config, ConfigError, Stats, Stored};
 use chunk_sync_core::store::ReadError;
-use chunk_sync_core::{ChunkHash, Instant};
+use chunk_sync_core::ChunkHash;
 use embassy_futures::select::{Either, select};
 use embassy_time::Timer;
 use embedded_io_async::{Read, Write};
@@ -25,7 +24,7 @@ pub struct Report {
     pub total_chunks: u64,
     /// Chunks received, verified and stored.
     pub synced_chunks: u64,
-    /// Failed transfers (hash mismatch, not found).
+    /// Failed transfers (hash mismatch, not found, invalid, refused as a fork).
     pub failed_chunks: u64,
     /// Bytes of chunk data received.
     pub bytes_transferred: u64,
@@ -44,13 +43,9 @@ pub struct Report {
 pub struct Runner<'r, IO, S, const PAGE: usize, const REQ: usize> {
     io: IO,
     store: S,
-    session: Session<PAGE, REQ>,
-    rx: &'r mut [u8],
-    filled: usize,
-    tx: &'r mut [u8],
-    incoming: &'r mut [u8],
+    conduit: Conduit<'r, &'r mut [u8], PAGE, REQ>,
+    /// The chunk being served: the conduit names byte ranges of it.
     outgoing: &'r mut [u8],
-    page: &'r mut [ChunkHash],
     shared: &'r Shared,
 }
 
@@ -62,51 +57,47 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
     /// A runner for a session configured by `config`, working in `resources`, and a handle
     /// to it.
     ///
-    /// The largest chunk accepted is capped at `CHUNK`; the receive buffer must hold one
-    /// frame of `config.max_frame` bytes and the transmit buffer
-    /// `Session::max_transmit_len()` bytes.
-    pub fn new<const RX: usize, const TX: usize, const CHUNK: usize, const P: usize>(
+    /// The largest chunk accepted is capped at `CHUNK`.
+    ///
+    /// # Errors
+    /// [`ConfigError::BufferTooSmall`] if the receive buffer cannot hold one frame of
+    /// `config.max_frame` bytes or the transmit buffer `Session::max_transmit_len()`
+    /// bytes, with what it needs; the session's own configuration errors.
+    pub fn new<const RX: usize, const TX: usize, const CHUNK: usize>(
         io: IO,
         store: S,
-        mut config: Config,
-        resources: &'r mut Resources<RX, TX, CHUNK, P>,
+        config: Config,
+        resources: &'r mut Resources<RX, TX, CHUNK>,
     ) -> Result<(Handle<'r>, Self), ConfigError> {
-        if RX < config.max_frame as usize {
-            return Err(ConfigError::FrameSize(config.max_frame));
-        }
-        if TX < Session::<PAGE, REQ>::max_transmit_len() || P == 0 || CHUNK == 0 {
-            return Err(ConfigError::Zero(
-                "resources smaller than the session needs",
-            ));
-        }
-        config.max_chunk_len = min(
-            config.max_chunk_len,
-            u32::try_from(CHUNK).unwrap_or(u32::MAX),
-        );
-        let session = Session::new(config, time::now())?;
         let Resources {
             rx,
             tx,
             incoming,
             outgoing,
-            page,
             shared,
         } = resources;
+        let buffers = Buffers {
+            receive: &mut rx[..],
+            transmit: &mut tx[..],
+            reassembly: &mut incoming[..],
+        };
+        let conduit = Conduit::new(config, time::now(), buffers, Limits::new())?;
         shared.reset();
         let shared: &'r Shared = shared;
         let runner = Self {
             io,
             store,
-            session,
-            rx,
-            filled: 0,
-            tx,
-            incoming,
+            conduit,
             outgoing,
-            page,
             shared,
         };
         Ok((Handle::new(shared), runner))
+    }
+
+    /// Fetches exactly these chunks, in a session that does not walk the peer's manifest
+    /// (`pull: false`) or after its walk.
+    pub fn fetch(&mut self, ids: &'r [ChunkHash]) {
+        self.conduit.fetch(ids);
     }
 
     /// The store, for reading what the session stored.
@@ -122,250 +113,168 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
     /// Runs the session until it completes or fails.
     pub async fn run(&mut self) -> Result<Report, RunError<IO, S>> {
         let started = embassy_time::Instant::now();
-        let result = self.exchange(started).await;
-        if let Err(Error::Store(_)) = &result {
-            // The session was aborted: its Error frame tells the peer, if the peer takes
-            // it within the idle timeout.
-            let _ = self.transmit(time::now()).await;
-        }
-        result
-    }
-
-    async fn exchange(
-        &mut self,
-        started: embassy_time::Instant,
-    ) -> Result<Report, RunError<IO, S>> {
+        let mut store_error = None;
+        let mut unflushed = false;
         loop {
-            let now = time::now();
             if self.shared.stop_requested() {
-                self.session.abort();
+                self.conduit.abort();
             }
-            self.feed_input(now).await?;
-            let mut answered = self.answer_events().await?;
-            // The store may have waited on flash: take the time again.
-            self.transmit(time::now()).await?;
-            answered |= self.answer_events().await?;
-            if answered {
+            let wait = match self.conduit.poll(time::now(), None) {
+                Action::Send {
+                    frame,
+                    piece,
+                    deadline,
+                } => {
+                    let data = piece.map_or(&[][..], |p| {
+                        let at = p.offset as usize;
+                        self.outgoing.get(at..at + p.len as usize).unwrap_or(&[])
+                    });
+                    let len = frame.len() + data.len();
+                    let io = &mut self.io;
+                    let write = async {
+                        io.write_all(frame).await?;
+                        io.write_all(data).await
+                    };
+                    match select(write, Timer::at(time::to_embassy(deadline))).await {
+                        Either::First(Ok(())) => self.conduit.written(time::now(), len),
+                        Either::First(Err(e)) => return Err(Error::Transport(e)),
+                        // The peer took nothing for the idle timeout: the conduit ends it.
+                        Either::Second(()) => self.conduit.handle_timeout(time::now()),
+                    }
+                    unflushed = true;
+                    continue;
+                }
+                Action::Lookup(id) => {
+                    match self.store.contains(&id).await {
+                        Ok(have) => {
+                            let _ = self.conduit.have(have);
+                        }
+                        Err(e) => self.store_failed(e, &mut store_error),
+                    }
+                    continue;
+                }
+                Action::List { after, out } => {
+                    match self.store.ids_after(after.as_ref(), out).await {
+                        Ok((n, last)) => {
+                            let _ = self.conduit.listed(n, last);
+                        }
+                        Err(e) => self.store_failed(e, &mut store_error),
+                    }
+                    continue;
+                }
+                Action::Read(id) => {
+                    match self.store.read_into(&id, self.outgoing).await {
+                        Ok(Some(len)) => {
+                            let _ = self.conduit.serve(len);
+                        }
+                        Err(ReadError::Store(e)) => self.store_failed(e, &mut store_error),
+                        // Not here, or larger than this node's chunk buffer: not served.
+                        Ok(None) | Err(_) => {
+                            let _ = self.conduit.not_found();
+                        }
+                    }
+                    continue;
+                }
+                Action::Store(chunk) => {
+                    match self.store.insert(chunk).await {
+                        Ok(_) => {
+                            let _ = self.conduit.stored(Stored::Kept);
+                        }
+                        Err(e) if S::is_fork(&e) => {
+                            let _ = self.conduit.stored(Stored::Fork);
+                        }
+                        Err(e) => self.store_failed(e, &mut store_error),
+                    }
+                    continue;
+                }
+                Action::Closed(outcome) => {
+                    if unflushed {
+                        let _ = self.flush().await;
+                    }
+                    self.publish(true);
+                    return match (outcome, store_error) {
+                        (Ok(()), _) => Ok(self.report(started)),
+                        (Err(_), Some(e)) => Err(Error::Store(e)),
+                        (Err(session::Error::Closed), None) => Err(Error::Closed),
+                        (Err(e), None) => Err(Error::Protocol(e)),
+                    };
+                }
+                Action::Wait(wait) => wait,
+                // Shutdown: a UART has no writing side to close; the rest needs no answer.
+                _ => continue,
+            };
+            if unflushed {
+                unflushed = false;
+                if self.flush().await.is_none() {
+                    self.conduit.handle_timeout(time::now());
+                    continue;
+                }
+            }
+            self.publish(false);
+            let timer = wait.deadline.map(|t| Timer::at(time::to_embassy(t)));
+            if !wait.read {
+                match timer {
+                    Some(timer) => timer.await,
+                    // Nothing to wait for: cannot happen unless the conduit is closing.
+                    None => self.conduit.abort(),
+                }
+                self.conduit.handle_timeout(time::now());
                 continue;
             }
-            self.publish();
-            if self.session.is_closed() {
-                return match self.session.error() {
-                    Some(e) => Err(Error::Protocol(e)),
-                    None => Ok(self.report(started)),
-                };
-            }
-            if self.filled == self.rx.len() {
-                // Cannot happen: `rx` holds a whole frame and frames are decoded as they
-                // complete. Stop rather than spin.
-                self.session.abort();
-                continue;
-            }
-            let read = self.io.read(&mut self.rx[self.filled..]);
-            let result = match self.session.poll_timeout() {
-                Some(deadline) => match select(read, Timer::at(time::to_embassy(deadline))).await {
+            let read = self.io.read(self.conduit.receive_buffer());
+            let result = match timer {
+                Some(timer) => match select(read, timer).await {
                     Either::First(r) => Some(r),
                     Either::Second(()) => None,
                 },
                 None => Some(read.await),
             };
             match result {
-                Some(Ok(0)) => return Err(Error::Closed),
-                Some(Ok(n)) => self.filled += n,
+                Some(Ok(0)) => self.conduit.eof(),
+                Some(Ok(n)) => self.conduit.received(n),
                 Some(Err(e)) => return Err(Error::Transport(e)),
-                None => self.session.handle_timeout(time::now()),
+                None => self.conduit.handle_timeout(time::now()),
             }
         }
     }
 
-    /// Aborts the session on a store failure (its Error frame is still sent).
-    fn store_failed(&mut self, e: S::Error) -> RunError<IO, S> {
-        self.session.abort();
-        Error::Store(e)
+    /// Flushes the transport within the idle timeout; `None` if the peer took too long.
+    async fn flush(&mut self) -> Option<Result<(), RunError<IO, S>>> {
+        let idle = self.conduit.session().config().idle_timeout;
+        let deadline = time::to_embassy(time::now() + idle);
+        match select(self.io.flush(), Timer::at(deadline)).await {
+            Either::First(flushed) => Some(flushed.map_err(Error::Transport)),
+            Either::Second(()) => None,
+        }
     }
 
-    /// Until when a write may wait for the peer: the session's idle timeout from now
-    /// (sending a frame was the session's last progress).
-    fn write_deadline(&self) -> embassy_time::Instant {
-        embassy_time::Instant::now() + time::to_embassy_duration(self.session.config().idle_timeout)
+    /// A store failure aborts the session: the peer is told, and `run` returns the error
+    /// once the conduit closes.
+    fn store_failed(&mut self, e: S::Error, first: &mut Option<S::Error>) {
+        self.conduit.abort();
+        first.get_or_insert(e);
     }
 
-    fn publish(&self) {
-        let p = self.session.progress();
+    fn publish(&self, finished: bool) {
+        let p = self.conduit.progress();
         self.shared.publish(Progress {
             total_chunks: p.total_chunks,
             synced_chunks: p.synced_chunks,
             failed_chunks: p.failed_chunks,
             bytes_transferred: p.bytes_transferred,
-            finished: self.session.is_closed(),
+            finished,
         });
     }
 
     fn report(&self, started: embassy_time::Instant) -> Report {
-        let p = self.session.progress();
+        let p = self.conduit.progress();
         Report {
             total_chunks: p.total_chunks,
             synced_chunks: p.synced_chunks,
             failed_chunks: p.failed_chunks,
             bytes_transferred: p.bytes_transferred,
-            stats: *self.session.stats(),
+            stats: *self.conduit.stats(),
             elapsed: started.elapsed(),
-        }
-    }
-
-    /// Feeds every whole frame received to the session, reassembling and storing chunks.
-    async fn feed_input(&mut self, now: Instant) -> Result<(), RunError<IO, S>> {
-        let mut start = 0;
-        while start < self.filled {
-            let Ok(handled) = self.session.handle_input(now, &self.rx[start..self.filled]) else {
-                // The session failed; its error frame is sent next and `run` returns it.
-                self.filled = 0;
-                return Ok(());
-            };
-            if handled.consumed == 0 {
-                break;
-            }
-            let mut complete = None;
-            if let Some(piece) = handled.piece {
-                let at = piece.offset as usize;
-                // The session checked the piece against `max_chunk_len <= CHUNK`.
-                if let Some(dst) = self.incoming.get_mut(at..at + piece.data.len()) {
-                    dst.copy_from_slice(piece.data);
-                }
-                if piece.last {
-                    complete = Some(piece.total_len as usize);
-                }
-            }
-            start += handled.consumed;
-            if let Some(len) = complete
-                && let Ok(verified) = self.session.finish_chunk(&self.incoming[..len])
-                && let Err(e) = self.store.insert(verified).await
-            {
-                return Err(self.store_failed(e));
-            }
-        }
-        self.rx.copy_within(start..self.filled, 0);
-        self.filled -= start;
-        Ok(())
-    }
-
-    /// Answers the session's events from the store; returns whether there were any.
-    async fn answer_events(&mut self) -> Result<bool, RunError<IO, S>> {
-        let mut any = false;
-        while let Some(event) = self.session.poll_event() {
-            any = true;
-            match event {
-                Event::LookupNeeded => {
-                    // One answer per hash of the page, asked of the store before the
-                    // session is told (the store may wait on flash).
-                    let mut have = [false; PAGE];
-                    for (slot, id) in have.iter_mut().zip(self.session.lookups()) {
-                        match self.store.contains(id).await {
-                            Ok(found) => *slot = found,
-                            Err(e) => {
-                                return Err(self.store_failed(e));
-                            }
-                        }
-                    }
-                    let mut answers = have.iter();
-                    let _ = self
-                        .session
-                        .resolve_lookups(|_| answers.next().copied().unwrap_or(true));
-                }
-                Event::ManifestPageNeeded { after, limit } => {
-                    let limit = min(limit, self.page.len());
-                    let n = match self
-                        .store
-                        .ids_after(after.as_ref(), &mut self.page[..limit])
-                        .await
-                    {
-                        Ok(n) => n,
-                        Err(e) => {
-                            return Err(self.store_failed(e));
-                        }
-                    };
-                    // A full page may have more after it; the next request finds out.
-                    let _ = self.session.send_manifest_page(&self.page[..n], n < limit);
-                }
-                Event::ChunkRequested { hash } => {
-                    match self.store.read_into(&hash, self.outgoing).await {
-                        Ok(Some(len)) => {
-                            let _ = self.session.serve_chunk(&hash, len);
-                        }
-                        // A chunk larger than this node's chunk buffer cannot be served.
-                        Ok(None) | Err(ReadError::BufferTooSmall(_)) => {
-                            let _ = self.session.chunk_not_found(&hash);
-                        }
-                        Err(ReadError::Store(e)) => {
-                            return Err(self.store_failed(e));
-                        }
-                        Err(_) => {
-                            let _ = self.session.chunk_not_found(&hash);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(any)
-    }
-
-    /// Writes every frame that is due.
-    async fn transmit(&mut self, now: Instant) -> Result<(), RunError<IO, S>> {
-        let mut wrote = false;
-        loop {
-            let t = match self.session.poll_transmit(now, self.tx) {
-                Ok(Some(t)) => t,
-                Ok(None) => break,
-                Err(_) => {
-                    // `tx` was checked against `max_transmit_len` in `new`.
-                    self.session.abort();
-                    return Err(Error::Protocol(SessionError::Aborted));
-                }
-            };
-            // A peer that stops taking bytes must not hold the runner past the session's
-            // idle timeout.
-            let deadline = self.write_deadline();
-            let header = Self::within(deadline, self.io.write_all(&self.tx[..t.len])).await;
-            self.written(header)?;
-            if let Some(piece) = t.piece {
-                let range = piece.offset as usize..(piece.offset + piece.len) as usize;
-                let data = self.outgoing.get(range).unwrap_or(&[]);
-                let data = Self::within(deadline, self.io.write_all(data)).await;
-                self.written(data)?;
-            }
-            wrote = true;
-        }
-        if wrote {
-            let deadline = self.write_deadline();
-            let flushed = Self::within(deadline, self.io.flush()).await;
-            self.written(flushed)?;
-        }
-        Ok(())
-    }
-
-    /// Runs a write until `deadline`; `None` if the deadline came first.
-    async fn within<T>(
-        deadline: embassy_time::Instant,
-        write: impl Future<Output = T>,
-    ) -> Option<T> {
-        match select(write, Timer::at(deadline)).await {
-            Either::First(done) => Some(done),
-            Either::Second(()) => None,
-        }
-    }
-
-    /// The outcome of a write: a transport error, or a peer that took nothing for the
-    /// idle timeout, which fails the session.
-    fn written(&mut self, outcome: Option<Result<(), IO::Error>>) -> Result<(), RunError<IO, S>> {
-        match outcome {
-            Some(result) => result.map_err(Error::Transport),
-            None => {
-                self.session.handle_timeout(time::now());
-                Err(Error::Protocol(
-                    self.session.error().unwrap_or(SessionError::TimedOut),
-                ))
-            }
         }
     }
 }

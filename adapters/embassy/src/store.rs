@@ -35,15 +35,24 @@ pub trait Store {
     ) -> Result<Option<usize>, ReadError<Self::Error>>;
 
     /// Fills `out` with the stored hashes strictly after `after` (from the first if
-    /// `None`), ascending, and returns how many it wrote: one manifest page.
+    /// `None`), ascending: one manifest page. Returns how many it wrote and whether the
+    /// store holds none after them.
     async fn ids_after(
         &mut self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
-    ) -> Result<usize, Self::Error>;
+    ) -> Result<(usize, bool), Self::Error>;
 
     /// Number of chunks stored.
     async fn chunk_count(&mut self) -> Result<usize, Self::Error>;
+
+    /// Whether an [`insert`](Self::insert) error is the store refusing a fork (a chunk
+    /// overlapping a different stored chunk of its origin), which fails that chunk only,
+    /// rather than a failure of the store.
+    fn is_fork(error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 }
 
 impl<S: ChunkStore> Store for S {
@@ -69,11 +78,15 @@ impl<S: ChunkStore> Store for S {
         &mut self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
-    ) -> Result<usize, Self::Error> {
+    ) -> Result<(usize, bool), Self::Error> {
         ChunkStore::ids_after(self, after, out)
     }
 
     async fn chunk_count(&mut self) -> Result<usize, Self::Error> {
         ChunkStore::chunk_count(self)
+    }
+
+    fn is_fork(error: &Self::Error) -> bool {
+        S::is_fork(error)
     }
 }

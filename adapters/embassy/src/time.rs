@@ -11,6 +11,3 @@ pub(crate) fn to_embassy(t: CoreInstant) -> Instant {
     Instant::from_micros(t.as_micros())
 }
 
-pub(crate) fn to_embassy_duration(d: chunk_sync_core::Duration) -> embassy_time::Duration {
-    embassy_time::Duration::from_micros(d.as_micros())
-}

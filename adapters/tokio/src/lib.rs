@@ -38,11 +38,14 @@ mod failover;
 mod listener;
 mod manager;
 mod node;
+mod output;
 mod progress;
 #[cfg(feature = "redb")]
 mod redb_store;
+mod shared;
 mod store;
 mod time;
+mod writes;
 
 pub use error::{Error, StoreError};
 pub use failover::FailoverReport;

@@ -13,7 +13,8 @@ use tokio::time::timeout;
 use tracing::{debug, warn};
 
 use crate::error::Error;
-use crate::node::{Mode, Node, Shared};
+use crate::node::{Mode, Node};
+use crate::shared::Shared;
 
 /// The connections a node has accepted, by the order they came in.
 #[derive(Debug)]

@@ -112,10 +112,7 @@ impl EventChunkSyncManager {
     pub fn start_sync(&self, peer: NodeId, total_chunks: u64) {
         self.node
             .shared
-            .progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(peer, SyncProgress::new(total_chunks));
+            .publish(peer, SyncProgress::new(total_chunks));
     }
 
     /// Sets the counters of the sync with `peer`; `false` if it is not tracked.
@@ -126,19 +123,14 @@ impl EventChunkSyncManager {
         failed: u64,
         bytes: u64,
     ) -> bool {
-        let mut table = self
-            .node
+        self.node
             .shared
-            .progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(p) = table.get_mut(peer) else {
-            return false;
-        };
-        p.synced_chunks = synced;
-        p.failed_chunks = failed;
-        p.bytes_transferred = bytes;
-        true
+            .update(peer, |p| {
+                p.synced_chunks = synced;
+                p.failed_chunks = failed;
+                p.bytes_transferred = bytes;
+            })
+            .is_some()
     }
 
     /// The progress of the sync with `peer` (updated live by running sessions).
@@ -149,12 +141,7 @@ impl EventChunkSyncManager {
 
     /// Stops tracking the sync with `peer` and returns its final figures.
     pub fn complete_sync(&self, peer: &NodeId) -> Option<SyncProgress> {
-        self.node
-            .shared
-            .progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(peer)
+        self.node.shared.forget(peer)
     }
 
     /// Bytes of chunk data held in memory.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chunk_sync_core::session::{Config, FailReason, Stats};
@@ -14,11 +14,10 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tracing::{Instrument, info_span};
 
 use crate::SyncProgress;
-use crate::driver::{HostSession, drive};
+use crate::driver::{HOST_PAGE, HOST_REQ, conduit, drive};
 use crate::error::Error;
-use crate::listener::Connections;
 use crate::store::NodeStore;
-use crate::time::Clock;
+use crate::shared::Shared;
 
 /// A bandwidth limit, as in the original document: `max_bytes_per_sec` measured over
 /// `window_duration`; `0` means unlimited.
@@ -142,15 +141,6 @@ pub struct SyncReport {
     pub failed: Vec<(ChunkHash, FailReason)>,
 }
 
-pub(crate) struct Shared {
-    pub(crate) config: NodeConfig,
-    pub(crate) store: Box<dyn NodeStore>,
-    pub(crate) throttle: Mutex<Throttle>,
-    pub(crate) clock: Clock,
-    pub(crate) progress: Mutex<BTreeMap<NodeId, SyncProgress>>,
-    pub(crate) connections: Connections,
-}
-
 /// A sync node. Cloning gives another handle to the same node.
 #[derive(Clone)]
 pub struct Node {
@@ -169,7 +159,7 @@ impl Node {
     /// A node keeping its chunks in `store`.
     pub fn new(config: NodeConfig, store: impl NodeStore) -> Result<Self, Error> {
         // Check the session configuration once, up front.
-        HostSession::new(
+        chunk_sync_core::session::Session::<HOST_PAGE, HOST_REQ>::new(
             config.session_config(true, true),
             chunk_sync_core::Instant::ZERO,
         )
@@ -182,14 +172,7 @@ impl Node {
         )
         .map_err(Error::Config)?;
         Ok(Self {
-            shared: Arc::new(Shared {
-                config,
-                store: Box::new(store),
-                throttle: Mutex::new(throttle),
-                clock: Clock::new(),
-                progress: Mutex::new(BTreeMap::new()),
-                connections: Connections::new(config.max_connections),
-            }),
+            shared: Arc::new(Shared::new(config, Box::new(store), throttle)),
         })
     }
 
@@ -208,12 +191,7 @@ impl Node {
     /// The latest progress of the sync with `peer`.
     #[must_use]
     pub fn progress(&self, peer: &NodeId) -> Option<SyncProgress> {
-        self.shared
-            .progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(peer)
-            .copied()
+        self.shared.progress(peer)
     }
 
     /// Connections accepted by this node's listeners and still open.
@@ -225,11 +203,7 @@ impl Node {
     /// The latest progress of every sync this node has run, by peer.
     #[must_use]
     pub fn progress_all(&self) -> BTreeMap<NodeId, SyncProgress> {
-        self.shared
-            .progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shared.progress_all()
     }
 
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
@@ -296,11 +270,10 @@ impl Node {
         conn: Option<u64>,
     ) -> (SyncReport, Result<SyncReport, Error>) {
         let shared = &*self.shared;
-        let now = shared.clock.now();
         let span = info_span!("session", node = %shared.config.node_id, peer = ?peer);
-        let session =
-            match HostSession::new(shared.config.session_config(mode.pull, mode.serve), now) {
-                Ok(s) => Box::new(s),
+        let config = shared.config.session_config(mode.pull, mode.serve);
+        let conduit = match conduit(config, shared, &wanted) {
+                Ok(c) => c,
                 Err(e) => {
                     let empty = SyncReport {
                         peer: None,
@@ -312,7 +285,7 @@ impl Node {
                 }
             };
         let started = tokio::time::Instant::now();
-        let (outcome, result) = drive(io, session, &self.shared, wanted, conn)
+        let (outcome, result) = drive(io, conduit, &self.shared, conn)
             .instrument(span)
             .await;
         let report = SyncReport {

@@ -555,11 +555,11 @@ impl NodeStore for RedbStore {
         self.insert_all(chunks, &[])
     }
 
-    fn page_after(
+    fn ids_after(
         &self,
         after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+        out: &mut [ChunkHash],
+    ) -> Result<(usize, bool), StoreError> {
         self.reading(|txn| {
             let table = txn.open_table(CHUNKS).map_err(boxed)?;
             let range = match after {
@@ -570,14 +570,16 @@ impl NodeStore for RedbStore {
                 None => table.range::<&[u8; 32]>(..),
             }
             .map_err(boxed)?;
-            let mut ids = Vec::new();
-            for entry in range.take(limit.saturating_add(1)) {
+            let mut n = 0;
+            for entry in range {
                 let (k, _) = entry.map_err(boxed)?;
-                ids.push(ChunkHash::from_bytes(*k.value()));
+                let Some(slot) = out.get_mut(n) else {
+                    return Ok((n, false));
+                };
+                *slot = ChunkHash::from_bytes(*k.value());
+                n += 1;
             }
-            let last = ids.len() <= limit;
-            ids.truncate(limit);
-            Ok((ids, last))
+            Ok((n, true))
         })
     }
 
@@ -635,10 +637,13 @@ mod tests {
         assert_eq!(s.meta("sealed/1").unwrap(), Some(42));
         let mut sorted = ids.clone();
         sorted.sort();
-        let (first, last) = s.page_after(None, 3).unwrap();
-        assert_eq!((first.as_slice(), last), (&sorted[..3], false));
-        let (rest, last) = s.page_after(first.last(), 3).unwrap();
-        assert_eq!((rest.as_slice(), last), (&sorted[3..], true));
+        let mut page = [ChunkHash::default(); 3];
+        assert_eq!(s.ids_after(None, &mut page).unwrap(), (3, false));
+        assert_eq!(&page[..], &sorted[..3]);
+        let cursor = page[2];
+        assert_eq!(s.ids_after(Some(&cursor), &mut page).unwrap(), (2, true));
+        assert_eq!(&page[..2], &sorted[3..]);
+        assert_eq!(s.ids().unwrap(), sorted);
         assert_eq!(s.get(&ids[2]).unwrap().unwrap().len(), 102);
 
         s.pin(&ids[0], true).unwrap();

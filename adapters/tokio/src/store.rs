@@ -6,7 +6,7 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use chunk_sync_core::store::Fork;
+use chunk_sync_core::store::{Fork, fill_page};
 use chunk_sync_core::{ChunkHash, HashMismatch, NodeId, Span};
 
 use crate::error::StoreError;
@@ -119,13 +119,26 @@ pub trait NodeStore: Send + Sync + 'static {
     fn writes_block(&self) -> bool {
         false
     }
-    /// Up to `limit` stored hashes strictly after `after`, ascending, and whether the store
-    /// holds none beyond them.
-    fn page_after(
+    /// Fills `out` with the stored hashes strictly after `after` (from the first if
+    /// `None`), ascending: one manifest page. Returns how many it wrote and whether the
+    /// store holds none after them (the contract of the core's `ChunkStore::ids_after`).
+    fn ids_after(
         &self,
         after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), StoreError>;
+        out: &mut [ChunkHash],
+    ) -> Result<(usize, bool), StoreError>;
+    /// Every stored hash, ascending, read page by page.
+    fn ids(&self) -> Result<Vec<ChunkHash>, StoreError> {
+        let mut ids = Vec::new();
+        let mut page = vec![ChunkHash::default(); 4096];
+        loop {
+            let (n, last) = self.ids_after(ids.last(), &mut page)?;
+            ids.extend_from_slice(&page[..n]);
+            if last || n == 0 {
+                return Ok(ids);
+            }
+        }
+    }
     /// Number of chunks.
     fn len(&self) -> Result<usize, StoreError>;
     /// Whether the store is empty.
@@ -158,12 +171,12 @@ impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
     fn writes_block(&self) -> bool {
         (**self).writes_block()
     }
-    fn page_after(
+    fn ids_after(
         &self,
         after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
-        (**self).page_after(after, limit)
+        out: &mut [ChunkHash],
+    ) -> Result<(usize, bool), StoreError> {
+        (**self).ids_after(after, out)
     }
     fn len(&self) -> Result<usize, StoreError> {
         (**self).len()
@@ -301,22 +314,15 @@ impl NodeStore for MemStore {
         Ok(true)
     }
 
-    fn page_after(
+    fn ids_after(
         &self,
         after: Option<&ChunkHash>,
-        limit: usize,
-    ) -> Result<(Vec<ChunkHash>, bool), StoreError> {
+        out: &mut [ChunkHash],
+    ) -> Result<(usize, bool), StoreError> {
         let from = after.map_or(Unbounded, |a| Excluded(*a));
-        let mut ids: Vec<ChunkHash> = self
-            .read()
-            .chunks
-            .range((from, Unbounded))
-            .map(|(id, _)| *id)
-            .take(limit.saturating_add(1))
-            .collect();
-        let last = ids.len() <= limit;
-        ids.truncate(limit);
-        Ok((ids, last))
+        let held = self.read();
+        let ids = held.chunks.range((from, Unbounded)).map(|(id, _)| *id);
+        Ok(fill_page(out, ids))
     }
 
     fn len(&self) -> Result<usize, StoreError> {
@@ -373,8 +379,10 @@ mod tests {
         assert_eq!((s.len().unwrap(), s.cache_size_bytes()), (1, 6));
         assert_eq!(s.get(&a.id()).unwrap().as_deref(), Some(&b"aaaaaa"[..]));
         assert!(VerifiedChunk::new(a.id(), &b"other"[..]).is_err());
-        let (page, last) = s.page_after(None, 5).unwrap();
-        assert_eq!((page, last), (vec![a.id()], true));
+        let mut page = [ChunkHash::default(); 5];
+        assert_eq!(s.ids_after(None, &mut page).unwrap(), (1, true));
+        assert_eq!(page[0], a.id());
+        assert_eq!(s.ids().unwrap(), vec![a.id()]);
         s.clear_cache();
         assert_eq!((s.len().unwrap(), s.cache_size_bytes()), (0, 0));
     }

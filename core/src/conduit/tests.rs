@@ -78,7 +78,7 @@ impl End {
 
     /// Carries out actions until the conduit waits or closes; returns whether anything
     /// happened.
-    pub(crate) fn pump(&mut self, now: Instant, mut node: Option<&mut Throttle>) -> bool {
+    pub(crate) fn pump(&mut self, now: Instant, mut node: Option<&mut (dyn Budget + '_)>) -> bool {
         let mut moved = false;
         for _ in 0..100_000 {
             if self.outcome.is_some() {
@@ -217,18 +217,7 @@ fn fetcher(ids: &'static [ChunkHash]) -> End {
         ..config(1)
     };
     let mut end = End::new(fetching, Limits::new(), BTreeMap::new());
-    end.conduit = C::new(
-        fetching,
-        Instant::ZERO,
-        Buffers {
-            receive: vec![0; 256],
-            transmit: Vec::new(),
-            reassembly: Vec::new(),
-        },
-        Limits::new(),
-    )
-    .unwrap()
-    .fetch(ids);
+    end.conduit.fetch(ids);
     end
 }
 

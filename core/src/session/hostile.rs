@@ -1,7 +1,7 @@
 //! A hostile peer: arbitrary sequences of well-formed and malformed frames, fed to a
-//! session driven the way an adapter drives it. Whatever arrives, the session never
-//! panics, a fatal error sticks, and it never asks the adapter to send bytes it was not
-//! given.
+//! session through the [`Conduit`] every adapter drives. Whatever arrives, nothing
+//! panics, a fatal error sticks, only valid chunks reach the store, and the adapter is
+//! never asked to send bytes it was not given.
 
 use std::string::String;
 use std::vec;
@@ -12,9 +12,8 @@ use proptest::prelude::*;
 
 use super::tests::frame;
 use super::*;
+use crate::conduit::{Action, Buffers, Conduit, Limits};
 use crate::wire::{ErrorCode, HashList};
-
-type S = Session<8, 4>;
 
 /// Chunks the peer may name: valid chunks for even `i`, bytes that are no chunk for odd
 /// `i`, so that some puts are honest and some name junk by its true hash.
@@ -154,14 +153,15 @@ fn bytes_of(op: &Op) -> Vec<u8> {
     }
 }
 
-/// Everything an adapter does, with a store holding chunks 0..4 of the pool.
+/// The shipped driving layer, a [`Conduit`], with a store holding chunks 0..4 of the pool.
 struct Harness {
-    s: S,
+    c: Conduit<'static, Vec<u8>, 8, 4>,
     now: Instant,
-    rx: Vec<u8>,
-    assembling: Vec<u8>,
+    /// Bytes from the peer not yet taken by the conduit.
+    inbox: Vec<u8>,
     serving: Vec<u8>,
-    fatal: Option<Error>,
+    /// The outcome, once closed.
+    closed: Option<Result<(), Error>>,
     /// The session's manifest request waiting for an answer.
     manifest_asked: Option<(Option<ChunkHash>, u32)>,
     /// The session's chunk requests waiting for an answer, oldest first.
@@ -174,43 +174,89 @@ impl Harness {
     }
 
     fn feed(&mut self, bytes: &[u8]) {
-        self.rx.extend_from_slice(bytes);
-        loop {
-            match self.s.handle_input(self.now, &self.rx) {
-                Ok(handled) if handled.consumed == 0 => break,
-                Ok(handled) => {
-                    if let Some(piece) = handled.piece {
-                        if piece.offset == 0 {
-                            self.assembling.clear();
-                        }
-                        self.assembling.extend_from_slice(piece.data);
-                        assert!(self.assembling.len() <= 1 << 20, "bounded by max_chunk_len");
-                        if piece.last {
-                            let _ = self.s.finish_chunk(&self.assembling);
+        self.inbox.extend_from_slice(bytes);
+        self.pump();
+    }
+
+    /// Carries out the conduit's actions until it waits or closes.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            if self.closed.is_some() {
+                return;
+            }
+            match self.c.poll(self.now, None) {
+                Action::Send { frame, piece, .. } => {
+                    let mut n = frame.len();
+                    if let Some(piece) = piece {
+                        let end = (piece.offset + piece.len) as usize;
+                        assert_eq!(piece.hash, ChunkHash::of(&self.serving));
+                        assert!(end <= self.serving.len(), "asked to send bytes it was not given");
+                        n += piece.len as usize;
+                    } else {
+                        match wire::decode(frame, MAX_FRAME_LIMIT) {
+                            Ok(Decoded::Frame {
+                                message: Message::ManifestRequest { after, limit },
+                                ..
+                            }) => self.manifest_asked = Some((after, limit)),
+                            Ok(Decoded::Frame {
+                                message: Message::EventChunkGet { hash },
+                                ..
+                            }) => self.gets.push(hash),
+                            Ok(Decoded::Frame { .. }) => {}
+                            other => panic!("the session sent a frame it cannot decode: {other:?}"),
                         }
                     }
-                    self.rx.drain(..handled.consumed);
+                    let now = self.now;
+                    self.c.written(now, n);
                 }
-                Err(e) => {
-                    self.record(e);
-                    self.rx.clear();
-                    break;
+                Action::Lookup(id) => {
+                    let have = Self::has(&id).is_some();
+                    let _ = self.c.have(have);
+                }
+                Action::List { after, out } => {
+                    let mut ids: Vec<ChunkHash> = (0..4).map(pool_hash).collect();
+                    ids.sort();
+                    ids.retain(|id| after.is_none_or(|a| *id > a));
+                    let n = ids.len().min(out.len());
+                    out[..n].copy_from_slice(&ids[..n]);
+                    let _ = self.c.listed(n, n == ids.len());
+                }
+                Action::Read(id) => match Self::has(&id) {
+                    Some(bytes) => {
+                        self.serving = bytes;
+                        let _ = self.c.serve(self.serving.len());
+                    }
+                    None => {
+                        let _ = self.c.not_found();
+                    }
+                },
+                Action::Store(chunk) => {
+                    assert!(chunk.bytes().len() <= 1 << 20, "bounded by max_chunk_len");
+                    assert!(ChunkView::validated(chunk.bytes()).is_ok(), "only valid chunks are stored");
+                    let _ = self.c.stored(Stored::Kept);
+                }
+                Action::Connected(_) | Action::ChunkFailed { .. } | Action::Shutdown => {}
+                Action::Wait(wait) => {
+                    if wait.read && !self.inbox.is_empty() {
+                        let buf = self.c.receive_buffer();
+                        let n = buf.len().min(self.inbox.len());
+                        buf[..n].copy_from_slice(&self.inbox[..n]);
+                        self.c.received(n);
+                        self.inbox.drain(..n);
+                        continue;
+                    }
+                    return;
+                }
+                Action::Closed(outcome) => {
+                    if let Err(e) = outcome {
+                        assert_eq!(self.c.session().error(), Some(e), "the outcome is the session's error");
+                    }
+                    self.closed = Some(outcome);
+                    return;
                 }
             }
         }
-        self.answer();
-        self.transmit();
-    }
-
-    fn record(&mut self, e: Error) {
-        if matches!(e, Error::ApiMisuse(_)) {
-            return;
-        }
-        match self.fatal {
-            None => self.fatal = Some(e),
-            Some(first) => assert_eq!(e, first, "a fatal error sticks"),
-        }
-        assert_eq!(self.s.error(), Some(e));
+        panic!("the conduit never waits");
     }
 
     /// What the peer answers to the session's pending requests.
@@ -252,66 +298,6 @@ impl Harness {
             other => bytes_of(other),
         }
     }
-
-    fn answer(&mut self) {
-        while let Some(event) = self.s.poll_event() {
-            match event {
-                Event::LookupNeeded => {
-                    let _ = self.s.resolve_lookups(|id| Self::has(id).is_some());
-                }
-                Event::ManifestPageNeeded { after, limit } => {
-                    let mut ids: Vec<ChunkHash> = (0..4).map(pool_hash).collect();
-                    ids.sort();
-                    ids.retain(|id| after.is_none_or(|a| *id > a));
-                    ids.truncate(limit);
-                    let last = ids.len() < limit;
-                    let _ = self.s.send_manifest_page(&ids, last);
-                }
-                Event::ChunkRequested { hash } => match Self::has(&hash) {
-                    Some(bytes) => {
-                        let _ = self.s.serve_chunk(&hash, bytes.len());
-                        self.serving = bytes;
-                    }
-                    None => {
-                        let _ = self.s.chunk_not_found(&hash);
-                    }
-                },
-                Event::Failed(e) => self.record(e),
-                _ => {}
-            }
-        }
-    }
-
-    fn transmit(&mut self) {
-        let mut buf = std::vec![0u8; S::max_transmit_len()];
-        for _ in 0..64 {
-            let Ok(Some(t)) = self.s.poll_transmit(self.now, &mut buf) else {
-                break;
-            };
-            assert!(t.len <= buf.len());
-            if let Some(piece) = t.piece {
-                let end = (piece.offset + piece.len) as usize;
-                assert!(
-                    end <= self.serving.len(),
-                    "asked to send bytes it was not given"
-                );
-                continue;
-            }
-            match wire::decode(&buf[..t.len], MAX_FRAME_LIMIT) {
-                Ok(Decoded::Frame {
-                    message: Message::ManifestRequest { after, limit },
-                    ..
-                }) => self.manifest_asked = Some((after, limit)),
-                Ok(Decoded::Frame {
-                    message: Message::EventChunkGet { hash },
-                    ..
-                }) => self.gets.push(hash),
-                Ok(Decoded::Frame { .. }) => {}
-                other => panic!("the session sent a frame it cannot decode: {other:?}"),
-            }
-        }
-        self.answer();
-    }
 }
 
 proptest! {
@@ -327,39 +313,40 @@ proptest! {
             idle_timeout: Duration::from_secs(30),
             ..Config::new(NodeId(1))
         };
+        let buffers = Buffers { receive: Vec::new(), transmit: Vec::new(), reassembly: Vec::new() };
         let mut h = Harness {
-            s: S::new(config, Instant::ZERO).unwrap(),
+            c: Conduit::new(config, Instant::ZERO, buffers, Limits::new()).unwrap(),
             now: Instant::ZERO,
-            rx: Vec::new(),
-            assembling: Vec::new(),
+            inbox: Vec::new(),
             serving: Vec::new(),
-            fatal: None,
+            closed: None,
             manifest_asked: None,
             gets: Vec::new(),
         };
-        h.transmit();
+        h.pump();
         if honest_hello {
             h.feed(&bytes_of(&Op::Hello { protocol: PROTOCOL_VERSION, max_frame: 1024, max_requests: 4 }));
         }
+        let mut fatal = None;
         for op in &ops {
             if let Op::Wait(ms) = op {
                 h.now += Duration::from_millis(u64::from(*ms));
-                h.s.handle_timeout(h.now);
-                if let Some(e) = h.s.error() {
-                    h.record(e);
-                }
-                h.answer();
-                h.transmit();
+                h.c.handle_timeout(h.now);
+                h.pump();
             } else {
                 let bytes = h.reply(op);
                 h.feed(&bytes);
             }
-            if let Some(e) = h.fatal {
-                prop_assert!(h.s.is_closed() || h.s.error() == Some(e));
-                prop_assert!(h.s.handle_input(h.now, &bytes_of(&Op::Done)).is_err());
+            // A fatal error sticks.
+            match (fatal, h.c.session().error()) {
+                (None, e) => fatal = e,
+                (Some(first), now) => prop_assert_eq!(now, Some(first)),
+            }
+            if fatal.is_some() {
+                prop_assert!(matches!(h.c.session().poll_timeout(), None));
             }
         }
-        let stats = h.s.stats();
+        let stats = h.c.stats();
         prop_assert!(stats.frames_received <= ops.len() as u64 + 1);
     }
 }

@@ -215,13 +215,17 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
         &self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
-    ) -> Result<usize, RamStoreError> {
+    ) -> Result<(usize, bool), RamStoreError> {
         let start = after.map_or(0, |a| self.slots.partition_point(|s| s.id <= *a));
-        Ok(fill_page(out, self.slots[start..].iter().map(|s| &s.id)))
+        Ok(fill_page(out, self.slots[start..].iter().map(|s| s.id)))
     }
 
     fn chunk_count(&self) -> Result<usize, RamStoreError> {
         Ok(self.slots.len())
+    }
+
+    fn is_fork(error: &RamStoreError) -> bool {
+        matches!(error, RamStoreError::Fork(_))
     }
 }
 
@@ -259,9 +263,9 @@ mod tests {
         assert_eq!(s.get(&c.id()), Some(&b"c"[..]));
         let mut page = [ChunkHash::default(); 1];
         let first = *s.ids().next().unwrap();
-        assert_eq!(s.ids_after(None, &mut page), Ok(1));
+        assert_eq!(s.ids_after(None, &mut page), Ok((1, false)));
         assert_eq!(page[0], first);
-        assert_eq!(s.ids_after(Some(&first), &mut page), Ok(1));
+        assert_eq!(s.ids_after(Some(&first), &mut page), Ok((1, true)));
         assert_ne!(page[0], first);
         assert_eq!(s.chunk_count(), Ok(2));
     }

@@ -70,9 +70,9 @@ fn stores_reads_pages_and_reopens() {
     let mut walked = Vec::new();
     let mut after = None;
     loop {
-        let n = block_on(store.ids_after(after.as_ref(), &mut page)).unwrap();
+        let (n, last) = block_on(store.ids_after(after.as_ref(), &mut page)).unwrap();
         walked.extend_from_slice(&page[..n]);
-        if n < page.len() {
+        if last {
             break;
         }
         after = Some(page[n - 1]);
