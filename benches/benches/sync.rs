@@ -58,7 +58,10 @@ impl NodeStore for HashesOnly {
         out: &mut [ChunkHash],
     ) -> Result<(usize, bool), chunk_sync_tokio::StoreError> {
         let held = self.held();
-        let rest = held.iter().filter(|id| after.is_none_or(|a| *id > a)).copied();
+        let rest = held
+            .iter()
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .copied();
         Ok(chunk_sync_core::store::fill_page(out, rest))
     }
     fn len(&self) -> Result<usize, chunk_sync_tokio::StoreError> {

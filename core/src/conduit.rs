@@ -12,7 +12,8 @@
 //! store, and, after this side aborted, telling the peer and reading until it hangs up.
 //!
 //! # Calling order
-//! The adapter calls [`poll`](Conduit::poll) and does what the [`Action`] says, again and
+//! The adapter calls [`poll`](Conduit::poll) (or [`poll_with`](Conduit::poll_with) a
+//! node-wide throttle) and does what the [`Action`] says, again and
 //! again, until [`Action::Closed`]:
 //!
 //! | action | the adapter |
@@ -138,7 +139,7 @@ pub trait Budget {
 
 impl Budget for Throttle {
     fn next_ready(&mut self, now: Instant) -> Option<Instant> {
-        Throttle::next_ready(self, now)
+        Self::next_ready(self, now)
     }
     fn consume(&mut self, now: Instant, bytes: u64) {
         // Admitted by `next_ready`: the window has room for a frame of any size.
@@ -425,10 +426,21 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         &self.limits
     }
 
-    /// The next thing to do. `node`, if given, is the node-wide throttle shared with other
+    /// The next thing to do.
+    #[inline(never)]
+    pub fn poll(&mut self, now: Instant) -> Action<'_> {
+        self.act(now, None)
+    }
+
+    /// The next thing to do, with `node`, the node-wide throttle shared with other
     /// sessions: every frame but `Hello` and a final `Error` passes it as well as the
     /// session's own.
-    pub fn poll(&mut self, now: Instant, node: Option<&mut (dyn Budget + '_)>) -> Action<'_> {
+    pub fn poll_with(&mut self, now: Instant, node: &mut dyn Budget) -> Action<'_> {
+        self.act(now, Some(node))
+    }
+
+    #[inline(always)]
+    fn act(&mut self, now: Instant, node: Option<&mut (dyn Budget + '_)>) -> Action<'_> {
         let step = self.step(now, node);
         match step {
             Step::Asked(asked) => self.question(asked),
@@ -449,6 +461,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         }
     }
 
+    #[inline(never)]
     fn question(&mut self, asked: Asked) -> Action<'_> {
         match asked {
             Asked::Lookup(id) => Action::Lookup(id),
@@ -519,14 +532,11 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         if input.is_empty() {
             return false;
         }
-        let handled = match self.session.handle_input(now, input) {
-            Ok(handled) => handled,
-            Err(_) => {
-                // The session failed: what follows is dropped.
-                self.rx_start = 0;
-                self.rx_end = 0;
-                return false;
-            }
+        let Ok(handled) = self.session.handle_input(now, input) else {
+            // The session failed: what follows is dropped.
+            self.rx_start = 0;
+            self.rx_end = 0;
+            return false;
         };
         if handled.consumed == 0 {
             return false;
@@ -574,11 +584,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     }
 
     /// The next frame, if the backlog and both throttles allow one.
-    fn transmit<'d>(
-        &mut self,
-        now: Instant,
-        node: Option<&mut (dyn Budget + 'd)>,
-    ) -> Option<Step> {
+    fn transmit<'d>(&mut self, now: Instant, node: Option<&mut (dyn Budget + 'd)>) -> Option<Step> {
         // `Hello` and the final `Error` frame wait for neither the backlog nor the node.
         let urgent = self.session.error().is_some() || !self.session.hello_sent();
         if !urgent && self.backlog > 0 && self.backlog >= self.limits.backlog {
@@ -762,7 +768,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// whether the store holds none after them. A page that breaks the order aborts the
     /// session.
     pub fn listed(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
-        self.answer(|a| a == Asked::List)?;
+        self.answer(|a| matches!(a, Asked::List))?;
         let listed = self.session.page_listed(n, last);
         if listed.is_err() {
             self.session.abort();
@@ -803,8 +809,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// [`kept_stored`](Self::kept_stored) once stored. Gives `replacement` back if no
     /// chunk was to be stored.
     pub fn keep(&mut self, replacement: B) -> Result<B, B> {
-        let Ok(Asked::Store { len, .. }) = self.answer(|a| matches!(a, Asked::Store { .. }))
-        else {
+        let Ok(Asked::Store { len, .. }) = self.answer(|a| matches!(a, Asked::Store { .. })) else {
             return Err(replacement);
         };
         self.kept += 1;

@@ -1,15 +1,14 @@
-//! Log macros routed to `defmt`, `log` or nothing.
+//! Log macros routed to `log`, `defmt` or nothing.
 //!
 //! The rest of the crate logs only through these macros, never through `defmt::`, `log::`
 //! or `println!` directly, so that logging costs nothing when both features are off.
+//! Features are additive: with both on (`--all-features` on a host), `log` wins, since a
+//! host build has no `defmt` logger to link.
 #![allow(unused_macros)]
-
-#[cfg(all(feature = "defmt", feature = "log"))]
-compile_error!("enable at most one of the features `defmt` and `log`");
 
 macro_rules! warn {
     ($s:literal $(, $x:expr)* $(,)?) => {{
-        #[cfg(feature = "defmt")]
+        #[cfg(all(feature = "defmt", not(feature = "log")))]
         ::defmt::warn!($s $(, $x)*);
         #[cfg(feature = "log")]
         ::log::warn!($s $(, $x)*);
@@ -20,7 +19,7 @@ macro_rules! warn {
 
 macro_rules! debug {
     ($s:literal $(, $x:expr)* $(,)?) => {{
-        #[cfg(feature = "defmt")]
+        #[cfg(all(feature = "defmt", not(feature = "log")))]
         ::defmt::debug!($s $(, $x)*);
         #[cfg(feature = "log")]
         ::log::debug!($s $(, $x)*);

@@ -587,7 +587,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         match message {
             Message::Hello(_) => unexpected("a second Hello"),
             Message::ManifestRequest { after, limit } => {
-                if self.listing != Listing::Idle {
+                if !matches!(self.listing, Listing::Idle) {
                     return unexpected("a manifest request before the previous page");
                 }
                 if limit == 0 {
@@ -852,7 +852,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     /// [`Event::LookupNeeded`].
     #[must_use]
     pub fn lookups(&self) -> &[ChunkHash] {
-        if self.walk == ManifestWalk::Lookups && matches!(self.phase, Phase::Open) {
+        if matches!(self.walk, ManifestWalk::Lookups) && matches!(self.phase, Phase::Open) {
             self.page.get(self.looked_up..).unwrap_or(&[])
         } else {
             &[]
@@ -901,7 +901,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         &mut self,
         mut have: impl FnMut(&ChunkHash) -> bool,
     ) -> Result<(), ApiMisuse> {
-        if self.walk != ManifestWalk::Lookups {
+        if !matches!(self.walk, ManifestWalk::Lookups) {
             return Err(ApiMisuse::NoLookupsPending);
         }
         while let Some(id) = self.next_lookup() {
@@ -919,7 +919,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if self.done_sent || matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
             return 0;
         }
-        let room = if self.walk == ManifestWalk::Done {
+        let room = if matches!(self.walk, ManifestWalk::Done) {
             PAGE - self.want.len()
         } else {
             0
@@ -954,7 +954,9 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return None;
         };
         // `limit <= PAGE` was checked when the request arrived.
-        self.page_out.resize(limit, ChunkHash::from_bytes([0; 32])).ok()?;
+        self.page_out
+            .resize(limit, ChunkHash::from_bytes([0; 32]))
+            .ok()?;
         Some((after, &mut self.page_out[..]))
     }
 
@@ -1029,7 +1031,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
         if self.deadline.is_some_and(|t| now >= t) {
             self.fail(Error::DeadlinePassed);
-        } else if self.phase == Phase::Handshake && now >= self.handshake_deadline {
+        } else if matches!(self.phase, Phase::Handshake) && now >= self.handshake_deadline {
             self.fail(Error::HandshakeTimedOut);
         } else if now >= self.idle_deadline {
             self.fail(Error::TimedOut);
@@ -1043,7 +1045,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return None;
         }
         let mut next = self.idle_deadline;
-        if self.phase == Phase::Handshake {
+        if matches!(self.phase, Phase::Handshake) {
             next = next.min(self.handshake_deadline);
         }
         for t in [self.throttled_until, self.deadline].into_iter().flatten() {
@@ -1068,7 +1070,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if let Some((hash, reason)) = self.failures.pop_front() {
             return Some(Event::ChunkFailed { hash, reason });
         }
-        if self.walk == ManifestWalk::Lookups && !self.lookups_reported {
+        if matches!(self.walk, ManifestWalk::Lookups) && !self.lookups_reported {
             self.lookups_reported = true;
             return Some(Event::LookupNeeded);
         }
@@ -1096,7 +1098,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             self.pull_reported = true;
             return Some(Event::PullComplete);
         }
-        if self.phase == Phase::Completed && !self.completed_reported {
+        if matches!(self.phase, Phase::Completed) && !self.completed_reported {
             self.completed_reported = true;
             return Some(Event::Completed);
         }
@@ -1121,7 +1123,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             self.error_frame = None;
             return Ok(Some(self.counted(t)));
         }
-        if self.phase == Phase::Completed {
+        if matches!(self.phase, Phase::Completed) {
             return Ok(None);
         }
         if !self.hello_sent {
@@ -1169,7 +1171,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             self.listing = Listing::Idle;
             return Ok(Some(t));
         }
-        if self.walk == ManifestWalk::NeedPage && self.want.is_empty() && self.retry.is_empty() {
+        if matches!(self.walk, ManifestWalk::NeedPage)
+            && self.want.is_empty()
+            && self.retry.is_empty()
+        {
             let limit = min(PAGE, Message::page_capacity(self.config.max_frame));
             let request = Message::ManifestRequest {
                 after: self.cursor,
@@ -1308,18 +1313,18 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     }
 
     fn pull_finished(&self) -> bool {
-        self.walk == ManifestWalk::Done
+        matches!(self.walk, ManifestWalk::Done)
             && self.want.is_empty()
             && self.retry.is_empty()
             && self.in_flight.is_empty()
     }
 
     fn check_completion(&mut self) {
-        if self.phase == Phase::Open
+        if matches!(self.phase, Phase::Open)
             && self.done_sent
             && self.peer_done
             && self.serving.is_none()
-            && self.listing == Listing::Idle
+            && matches!(self.listing, Listing::Idle)
         {
             self.phase = Phase::Completed;
         }

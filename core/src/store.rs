@@ -14,7 +14,6 @@ use crate::hash::{ChunkHash, Verified};
 mod ram;
 pub use ram::{RamStore, RamStoreError};
 
-
 /// A place that keeps chunks by hash.
 ///
 /// Reads take `&mut self` so that stores may keep bookkeeping such as recency.
@@ -146,12 +145,13 @@ impl<E: fmt::Debug + fmt::Display> core::error::Error for ReadError<E> {}
 /// Fills `out` from the ascending hashes `ids` (those after the page's cursor) and returns
 /// how many it wrote and whether none are left: the answer of [`ChunkStore::ids_after`],
 /// for any store that can walk its hashes in order.
-pub fn fill_page(
-    out: &mut [ChunkHash],
-    ids: impl IntoIterator<Item = ChunkHash>,
-) -> (usize, bool) {
+pub fn fill_page(out: &mut [ChunkHash], ids: impl IntoIterator<Item = ChunkHash>) -> (usize, bool) {
     let mut ids = ids.into_iter();
-    let n = out.iter_mut().zip(ids.by_ref()).map(|(dst, id)| *dst = id).count();
+    let n = out
+        .iter_mut()
+        .zip(ids.by_ref())
+        .map(|(dst, id)| *dst = id)
+        .count();
     (n, ids.next().is_none())
 }
 

@@ -128,7 +128,7 @@ impl End {
         let mut out = Vec::new();
         let mut moved = false;
         while self.outcome.is_none() {
-            match self.conduit.poll(now, None) {
+            match self.conduit.poll(now) {
                 Action::Send { frame, piece, .. } => {
                     moved = true;
                     let start = out.len();
@@ -171,7 +171,7 @@ impl End {
                 Action::ChunkFailed { hash, reason } => self.failed.push((hash, reason)),
                 Action::Wait(wait) => {
                     self.deadline = wait.deadline;
-                    if !(wait.read && !self.inbox.is_empty()) {
+                    if !wait.read || self.inbox.is_empty() {
                         break;
                     }
                     moved = true;

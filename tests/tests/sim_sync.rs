@@ -172,7 +172,10 @@ fn a_silent_peer_times_out() {
     });
     net.conns[c].ends[1].silent = true;
     let took = net.run(LIMIT);
-    assert_eq!(net.conns[c].ends[0].session().error(), Some(Error::TimedOut));
+    assert_eq!(
+        net.conns[c].ends[0].session().error(),
+        Some(Error::TimedOut)
+    );
     // The node times out at 5 s; the run ends when the silent side's own timer fires, one
     // latency later.
     assert_eq!(took, Duration::from_secs(5) + MS);

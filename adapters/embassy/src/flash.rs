@@ -10,7 +10,7 @@
 use core::fmt;
 use core::ops::Range;
 
-use chunk_sync_core::store::{ReadError, copy_out, fill_page};
+use chunk_sync_core::store::{ReadError, copy_out};
 use chunk_sync_core::{ChunkHash, Manifest, Verified};
 use embedded_storage_async::nor_flash::NorFlash;
 use sequential_storage::cache::{Cache, Uncached};
@@ -277,7 +277,9 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         out: &mut [ChunkHash],
     ) -> Result<(usize, bool), F> {
         let rest = self.index.page_after(after, usize::MAX);
-        Ok(fill_page(out, rest.iter().copied()))
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        Ok((n, n == rest.len()))
     }
 
     async fn chunk_count(&mut self) -> Result<usize, F> {

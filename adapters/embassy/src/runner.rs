@@ -2,10 +2,10 @@
 //! transport and a [`Store`], with `embassy_time` as the clock. Every protocol decision is
 //! the conduit's; the loop is [`Runner::run`].
 
+use chunk_sync_core::ChunkHash;
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
 use chunk_sync_core::session::{self, Config, ConfigError, Stats, Stored};
 use chunk_sync_core::store::ReadError;
-use chunk_sync_core::ChunkHash;
 use embassy_futures::select::{Either, select};
 use embassy_time::Timer;
 use embedded_io_async::{Read, Write};
@@ -119,7 +119,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
             if self.shared.stop_requested() {
                 self.conduit.abort();
             }
-            let wait = match self.conduit.poll(time::now(), None) {
+            let wait = match self.conduit.poll(time::now()) {
                 Action::Send {
                     frame,
                     piece,
@@ -187,10 +187,22 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                     }
                     continue;
                 }
-                Action::Closed(outcome) => {
-                    if unflushed {
-                        let _ = self.flush().await;
-                    }
+                Action::Closed(outcome) => Err(outcome),
+                Action::Wait(wait) => Ok(wait),
+                // Shutdown: a UART has no writing side to close; the rest needs no answer.
+                _ => continue,
+            };
+            // Written frames go out before waiting or closing.
+            if unflushed {
+                unflushed = false;
+                if self.flush().await.is_none() {
+                    self.conduit.handle_timeout(time::now());
+                    continue;
+                }
+            }
+            let wait = match wait {
+                Ok(wait) => wait,
+                Err(outcome) => {
                     self.publish(true);
                     return match (outcome, store_error) {
                         (Ok(()), _) => Ok(self.report(started)),
@@ -199,17 +211,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                         (Err(e), None) => Err(Error::Protocol(e)),
                     };
                 }
-                Action::Wait(wait) => wait,
-                // Shutdown: a UART has no writing side to close; the rest needs no answer.
-                _ => continue,
             };
-            if unflushed {
-                unflushed = false;
-                if self.flush().await.is_none() {
-                    self.conduit.handle_timeout(time::now());
-                    continue;
-                }
-            }
             self.publish(false);
             let timer = wait.deadline.map(|t| Timer::at(time::to_embassy(t)));
             if !wait.read {

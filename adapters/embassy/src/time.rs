@@ -10,4 +10,3 @@ pub(crate) fn now() -> CoreInstant {
 pub(crate) fn to_embassy(t: CoreInstant) -> Instant {
     Instant::from_micros(t.as_micros())
 }
-

@@ -131,7 +131,7 @@ impl Driver<'_, '_> {
         let mut armed = None;
         loop {
             let now = self.shared.clock.now();
-            let action = self.conduit.poll(now, Some(&mut self.shared.budget()));
+            let action = self.conduit.poll_with(now, &mut self.shared.budget());
             let wait = match action {
                 Action::Send { frame, piece, .. } => {
                     self.out.push(Bytes::copy_from_slice(frame));
@@ -314,8 +314,10 @@ impl Driver<'_, '_> {
             return;
         }
         self.published = Some(progress);
-        self.shared
-            .publish(peer, crate::SyncProgress::from_core(&progress, self.started));
+        self.shared.publish(
+            peer,
+            crate::SyncProgress::from_core(&progress, self.started),
+        );
     }
 }
 

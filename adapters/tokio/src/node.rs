@@ -16,8 +16,8 @@ use tracing::{Instrument, info_span};
 use crate::SyncProgress;
 use crate::driver::{HOST_PAGE, HOST_REQ, conduit, drive};
 use crate::error::Error;
-use crate::store::NodeStore;
 use crate::shared::Shared;
+use crate::store::NodeStore;
 
 /// A bandwidth limit, as in the original document: `max_bytes_per_sec` measured over
 /// `window_duration`; `0` means unlimited.
@@ -273,17 +273,17 @@ impl Node {
         let span = info_span!("session", node = %shared.config.node_id, peer = ?peer);
         let config = shared.config.session_config(mode.pull, mode.serve);
         let conduit = match conduit(config, shared, &wanted) {
-                Ok(c) => c,
-                Err(e) => {
-                    let empty = SyncReport {
-                        peer: None,
-                        progress: SyncProgress::new(0),
-                        stats: Stats::default(),
-                        failed: Vec::new(),
-                    };
-                    return (empty, Err(Error::Config(e)));
-                }
-            };
+            Ok(c) => c,
+            Err(e) => {
+                let empty = SyncReport {
+                    peer: None,
+                    progress: SyncProgress::new(0),
+                    stats: Stats::default(),
+                    failed: Vec::new(),
+                };
+                return (empty, Err(Error::Config(e)));
+            }
+        };
         let started = tokio::time::Instant::now();
         let (outcome, result) = drive(io, conduit, &self.shared, conn)
             .instrument(span)

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chunk_sync_core::conduit::Budget;
-use chunk_sync_core::{Instant, NodeId};
 use chunk_sync_core::throttle::Throttle;
+use chunk_sync_core::{Instant, NodeId};
 
 use crate::SyncProgress;
 use crate::listener::Connections;

@@ -84,7 +84,11 @@ impl End {
             if self.outcome.is_some() {
                 return moved;
             }
-            match self.conduit.poll(now, node.as_deref_mut()) {
+            let action = match node.as_deref_mut() {
+                Some(node) => self.conduit.poll_with(now, node),
+                None => self.conduit.poll(now),
+            };
+            match action {
                 Action::Send { frame, piece, .. } => {
                     moved = true;
                     if !self.writes {
@@ -94,7 +98,11 @@ impl End {
                     let mut n = frame.len();
                     if let Some(p) = piece {
                         let range = p.offset as usize..(p.offset + p.len) as usize;
-                        assert_eq!(p.hash, ChunkHash::of(&self.serving), "piece of the served chunk");
+                        assert_eq!(
+                            p.hash,
+                            ChunkHash::of(&self.serving),
+                            "piece of the served chunk"
+                        );
                         self.outbox.extend_from_slice(&self.serving[range]);
                         n += p.len as usize;
                     }
@@ -105,10 +113,14 @@ impl End {
                     self.conduit.have(have).unwrap();
                 }
                 Action::List { after, out } => {
-                    use std::ops::Bound::{Excluded, Unbounded};
+                    use core::ops::Bound::{Excluded, Unbounded};
                     let from = after.map_or(Unbounded, Excluded);
                     let mut ids = self.store.range((from, Unbounded)).map(|(id, _)| *id);
-                    let n = out.iter_mut().zip(ids.by_ref()).map(|(o, id)| *o = id).count();
+                    let n = out
+                        .iter_mut()
+                        .zip(ids.by_ref())
+                        .map(|(o, id)| *o = id)
+                        .count();
                     let last = ids.next().is_none();
                     self.conduit.listed(n, last).unwrap();
                 }
@@ -249,7 +261,10 @@ fn kept_chunks_count_once_acknowledged_and_hold_back_the_close() {
     a.keeping = Some(Vec::new());
     let mut b = End::new(config(2), Limits::new(), chunks(2, 4, 100));
     run(&mut a, &mut b, Duration::from_secs(5));
-    assert_eq!(a.outcome, None, "not closed while kept chunks are unwritten");
+    assert_eq!(
+        a.outcome, None,
+        "not closed while kept chunks are unwritten"
+    );
     assert_eq!(a.conduit.progress().synced_chunks, 0);
     assert_eq!(a.keeping.as_ref().map(Vec::len), Some(4));
     a.finish_keeping();
@@ -273,9 +288,16 @@ fn a_store_failure_tells_the_peer_then_lingers_until_it_hangs_up() {
     a.broken_store = true;
     let mut b = End::new(config(2), Limits::new(), chunks(2, 3, 50));
     run(&mut a, &mut b, Duration::from_secs(60));
-    assert!(a.shutdown, "the writing side was shut after the Error frame");
+    assert!(
+        a.shutdown,
+        "the writing side was shut after the Error frame"
+    );
     assert_eq!(a.outcome, Some(Err(Error::Aborted)));
-    assert!(matches!(b.outcome, Some(Err(Error::Remote(_)))), "{:?}", b.outcome);
+    assert!(
+        matches!(b.outcome, Some(Err(Error::Remote(_)))),
+        "{:?}",
+        b.outcome
+    );
     // Here the peer never hangs up: the linger ends it.
     let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
     a.conduit.abort();
@@ -283,7 +305,8 @@ fn a_store_failure_tells_the_peer_then_lingers_until_it_hangs_up() {
     assert!(a.shutdown);
     assert_eq!(a.outcome, None);
     assert_eq!(a.deadline, Some(Instant::ZERO + Duration::from_secs(1)));
-    a.conduit.handle_timeout(Instant::ZERO + Duration::from_secs(1));
+    a.conduit
+        .handle_timeout(Instant::ZERO + Duration::from_secs(1));
     a.pump(Instant::ZERO + Duration::from_secs(1), None);
     assert_eq!(a.outcome, Some(Err(Error::Aborted)));
 }
@@ -304,7 +327,7 @@ fn a_peer_that_takes_no_bytes_stalls_within_the_idle_timeout() {
     a.pump(Instant::ZERO, None);
     // The Hello was handed out and never written: nothing more is, one frame at a time.
     assert!(matches!(
-        a.conduit.poll(Instant::ZERO, None),
+        a.conduit.poll(Instant::ZERO),
         Action::Wait(Wait {
             deadline: Some(t),
             ..
@@ -338,7 +361,7 @@ fn the_backlog_bounds_what_is_handed_out_unwritten() {
     b.conduit.received(n);
     let mut handed = 0;
     loop {
-        match b.conduit.poll(Instant::ZERO, None) {
+        match b.conduit.poll(Instant::ZERO) {
             Action::Send { frame, piece, .. } => {
                 handed += frame.len() + piece.map_or(0, |p| p.len as usize);
             }
@@ -368,7 +391,11 @@ fn the_node_throttle_reaches_the_wait_deadline() {
         b.inbox.append(&mut a.outbox);
         a.inbox.append(&mut b.outbox);
         if !moved {
-            let next = [a.deadline, b.deadline].into_iter().flatten().min().unwrap();
+            let next = [a.deadline, b.deadline]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap();
             now = now.max(next);
             a.conduit.handle_timeout(now);
             b.conduit.handle_timeout(now);
@@ -379,7 +406,10 @@ fn the_node_throttle_reaches_the_wait_deadline() {
     let sent = b.conduit.stats().bytes_sent;
     let secs = (now - Instant::ZERO).as_micros() as f64 / 1e6;
     // One window's budget may go at once; after that the node's rate holds.
-    assert!(sent as f64 <= 1000.0 * (secs + 1.0), "{sent} bytes in {secs} s");
+    assert!(
+        sent as f64 <= 1000.0 * (secs + 1.0),
+        "{sent} bytes in {secs} s"
+    );
     assert!(secs > 1.0, "throttled: {secs} s");
 }
 
@@ -452,7 +482,7 @@ fn answers_that_were_not_asked_for_change_nothing() {
     assert_eq!(a.conduit.stored(Stored::Kept), Err(ApiMisuse::NotAsked));
     assert!(a.conduit.keep(vec![1]).is_err());
     // The first action is still the Hello.
-    let Action::Send { frame, .. } = a.conduit.poll(Instant::ZERO, None) else {
+    let Action::Send { frame, .. } = a.conduit.poll(Instant::ZERO) else {
         panic!("expected the Hello");
     };
     assert!(matches!(

@@ -84,9 +84,7 @@ impl fmt::Display for Error {
             Self::DeadlinePassed => f.write_str("session lasted longer than its deadline"),
             Self::Aborted => f.write_str("session aborted by this node"),
             Self::Stalled => f.write_str("peer took no bytes for longer than the idle timeout"),
-            Self::Closed => {
-                f.write_str("peer closed the connection before the sync was complete")
-            }
+            Self::Closed => f.write_str("peer closed the connection before the sync was complete"),
             Self::ApiMisuse(e) => write!(f, "session used out of order: {e}"),
         }
     }
@@ -310,10 +308,7 @@ impl fmt::Display for ConfigError {
                 buffer,
                 len,
                 needed,
-            } => write!(
-                f,
-                "the {buffer} buffer holds {len} bytes; this configuration needs {needed}"
-            ),
+            } => write!(f, "{buffer} buffer of {len} bytes, needs {needed}"),
             Self::RateTooLow { rate, min } => write!(
                 f,
                 "a rate of {rate} B/s is too slow for the idle timeout: peers would give up before a frame got through (at least {min} B/s, or 0 for unlimited)"

@@ -184,13 +184,16 @@ impl Harness {
             if self.closed.is_some() {
                 return;
             }
-            match self.c.poll(self.now, None) {
+            match self.c.poll(self.now) {
                 Action::Send { frame, piece, .. } => {
                     let mut n = frame.len();
                     if let Some(piece) = piece {
                         let end = (piece.offset + piece.len) as usize;
                         assert_eq!(piece.hash, ChunkHash::of(&self.serving));
-                        assert!(end <= self.serving.len(), "asked to send bytes it was not given");
+                        assert!(
+                            end <= self.serving.len(),
+                            "asked to send bytes it was not given"
+                        );
                         n += piece.len as usize;
                     } else {
                         match wire::decode(frame, MAX_FRAME_LIMIT) {
@@ -232,7 +235,10 @@ impl Harness {
                 },
                 Action::Store(chunk) => {
                     assert!(chunk.bytes().len() <= 1 << 20, "bounded by max_chunk_len");
-                    assert!(ChunkView::validated(chunk.bytes()).is_ok(), "only valid chunks are stored");
+                    assert!(
+                        ChunkView::validated(chunk.bytes()).is_ok(),
+                        "only valid chunks are stored"
+                    );
                     let _ = self.c.stored(Stored::Kept);
                 }
                 Action::Connected(_) | Action::ChunkFailed { .. } | Action::Shutdown => {}
@@ -249,7 +255,11 @@ impl Harness {
                 }
                 Action::Closed(outcome) => {
                     if let Err(e) = outcome {
-                        assert_eq!(self.c.session().error(), Some(e), "the outcome is the session's error");
+                        assert_eq!(
+                            self.c.session().error(),
+                            Some(e),
+                            "the outcome is the session's error"
+                        );
                     }
                     self.closed = Some(outcome);
                     return;
@@ -343,7 +353,7 @@ proptest! {
                 (Some(first), now) => prop_assert_eq!(now, Some(first)),
             }
             if fatal.is_some() {
-                prop_assert!(matches!(h.c.session().poll_timeout(), None));
+                prop_assert!(h.c.session().poll_timeout().is_none());
             }
         }
         let stats = h.c.stats();

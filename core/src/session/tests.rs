@@ -224,7 +224,11 @@ fn unrequested_and_misplaced_pieces_are_refused() {
         "not fatal: the caller must finish the chunk first"
     );
     assert_eq!(s.finish_chunk(&xyz).map(|v| v.id()), Ok(id));
-    assert_eq!(s.progress().synced_chunks, 0, "synced once the store kept it");
+    assert_eq!(
+        s.progress().synced_chunks,
+        0,
+        "synced once the store kept it"
+    );
     s.chunk_stored(Stored::Kept);
     assert_eq!(s.progress().synced_chunks, 1);
     // Nothing left to pull: the session says Done.

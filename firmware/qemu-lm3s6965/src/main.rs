@@ -52,7 +52,7 @@ const MAX_CHUNK: usize = 2048;
 const CHUNK_LIMIT: usize = MAX_CHUNK;
 #[cfg(feature = "flash")]
 const CHUNK_LIMIT: usize = 960;
-type Res = Resources<1024, 1024, MAX_CHUNK, 8>;
+type Res = Resources<1024, 1024, MAX_CHUNK>;
 static RESOURCES: StaticCell<Res> = StaticCell::new();
 /// Where the device seals its chunks, and later reads each one back to check it.
 static CHUNK_BUF: StaticCell<[u8; MAX_CHUNK]> = StaticCell::new();
@@ -175,7 +175,7 @@ async fn all_verified(store: &mut DeviceStore, buf: &mut [u8]) -> bool {
     let mut page = [ChunkHash::default(); 4];
     let mut after = None;
     loop {
-        let Ok(n) = store.ids_after(after.as_ref(), &mut page).await else {
+        let Ok((n, last)) = store.ids_after(after.as_ref(), &mut page).await else {
             return false;
         };
         for id in &page[..n] {
@@ -184,7 +184,7 @@ async fn all_verified(store: &mut DeviceStore, buf: &mut [u8]) -> bool {
                 _ => return false,
             }
         }
-        if n < page.len() {
+        if last || n == 0 {
             return true;
         }
         after = Some(page[n - 1]);
@@ -256,7 +256,7 @@ async fn sync_both_ways(
 #[embassy_executor::task]
 async fn device() {
     hprintln!(
-        "chunk-sync firmware: RAM of Session<8, 4> {} B, {} {} B, Resources<1024, 1024, 2048, 8> {} B, Throttle {} B",
+        "chunk-sync firmware: RAM of Session<8, 4> {} B, {} {} B, Resources<1024, 1024, 2048> {} B, Throttle {} B",
         core::mem::size_of::<chunk_sync_core::session::Session<8, 4>>(),
         STORE_NAME,
         core::mem::size_of::<DeviceStore>(),
