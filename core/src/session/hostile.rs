@@ -12,7 +12,9 @@ use proptest::prelude::*;
 
 use super::tests::frame;
 use super::*;
+use crate::chunk::ChunkView;
 use crate::conduit::{Action, Buffers, Conduit, Limits};
+use crate::event::NodeId;
 use crate::wire::{ErrorCode, HashList};
 
 /// Chunks the peer may name: valid chunks for even `i`, bytes that are no chunk for odd

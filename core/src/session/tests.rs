@@ -3,6 +3,7 @@
 use std::vec::Vec;
 
 use super::*;
+use crate::event::NodeId;
 use crate::wire::{ErrorCode, FrameError, encode};
 
 type S = Session<16, 4>;

@@ -1,0 +1,246 @@
+//! The session's public types: its settings, the events it reports, the frames it hands
+//! out and the pieces it gives back, and its counters.
+
+use super::Error;
+use crate::event::NodeId;
+use crate::hash::ChunkHash;
+use crate::throttle::ThrottleConfig;
+use crate::time::Duration;
+use crate::wire;
+
+/// Default idle timeout: 30 s without a frame either way ends the session.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default largest chunk accepted from a peer: 1 MiB.
+pub const DEFAULT_MAX_CHUNK_LEN: u32 = 1 << 20;
+/// Default number of chunk requests in flight.
+pub const DEFAULT_WINDOW: u16 = 8;
+/// Default number of attempts at a chunk whose bytes did not match its hash.
+pub const DEFAULT_MAX_ATTEMPTS: u8 = 2;
+/// Default time a peer has to send its `Hello`: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of chunks that may fail (not found, wrong bytes, not a valid chunk) in
+/// one session before it ends with [`PeerMisbehaved::TooManyFailures`](super::PeerMisbehaved::TooManyFailures).
+pub const DEFAULT_MAX_FAILURES: u32 = 1024;
+
+/// A session's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The largest frame this node accepts, header included
+    /// ([`MIN_FRAME`](wire::MIN_FRAME)`..=`[`MAX_FRAME_LIMIT`](wire::MAX_FRAME_LIMIT)). The adapter's receive buffer must hold one.
+    pub max_frame: u32,
+    /// The largest chunk this node accepts from the peer; the adapter's reassembly buffer
+    /// must hold one.
+    pub max_chunk_len: u32,
+    /// Chunk requests this node keeps in flight (also capped by the peer's limit and the
+    /// session's `REQ`).
+    pub window: u16,
+    /// How long the session may go without a frame either way: received from the peer, or
+    /// sent to it (the adapter asks for frames only as fast as the transport takes them,
+    /// so a peer that stops reading stops this side's sending too). A sender serving a long
+    /// throttled transfer hears nothing from a receiver whose requests are all in flight;
+    /// its own progress keeps the session alive.
+    pub idle_timeout: Duration,
+    /// The limit on what this session sends.
+    pub throttle: ThrottleConfig,
+    /// Attempts at a chunk whose bytes do not match its hash before it is reported failed.
+    pub max_attempts: u8,
+    /// How long the peer has to send its `Hello` after the session starts; a connection
+    /// that stays silent is dropped sooner than an open session would be.
+    pub handshake_timeout: Duration,
+    /// If set, the session ends with [`Error::DeadlinePassed`] this long after it started,
+    /// whatever the peer does: the bound on a peer that keeps a session alive without
+    /// finishing it.
+    pub max_duration: Option<Duration>,
+    /// Chunks that may fail in this session (not found, wrong bytes on every attempt, not
+    /// a valid chunk) before it ends with [`PeerMisbehaved::TooManyFailures`](super::PeerMisbehaved::TooManyFailures): the bound
+    /// on what the adapter keeps of a peer that lists chunks it cannot deliver.
+    pub max_failures: u32,
+    /// Whether this side fetches what it lacks; if not, it only serves.
+    pub pull: bool,
+    /// Whether this side shows its manifest to the peer; if not, it answers every
+    /// manifest request with an empty last page and every chunk request with `NotFound`,
+    /// without asking the adapter, so that no chunk of this node is ever sent.
+    pub serve: bool,
+}
+
+impl Config {
+    /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout,
+    /// 10 s for the peer's `Hello`, no overall deadline, no throttle, 2 attempts, 1,024
+    /// failed chunks at most, pulling and serving.
+    #[must_use]
+    pub const fn new(node_id: NodeId) -> Self {
+        Self {
+            node_id,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_chunk_len: DEFAULT_MAX_CHUNK_LEN,
+            window: DEFAULT_WINDOW,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            throttle: ThrottleConfig::UNLIMITED,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_duration: None,
+            max_failures: DEFAULT_MAX_FAILURES,
+            pull: true,
+            serve: true,
+        }
+    }
+}
+
+/// What the adapter must do or know; see [`Session::poll_event`](super::Session::poll_event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Event {
+    /// The handshake is done.
+    Connected {
+        /// The peer's node id.
+        peer: NodeId,
+    },
+    /// A page of the peer's manifest arrived: answer with [`Session::resolve_lookups`](super::Session::resolve_lookups).
+    LookupNeeded,
+    /// The peer asks for a page of this node's manifest: answer with
+    /// [`Session::send_manifest_page`](super::Session::send_manifest_page).
+    ManifestPageNeeded {
+        /// Hashes strictly after this one (from the first if `None`).
+        after: Option<ChunkHash>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// The peer asks for a chunk: answer with [`Session::serve_chunk`](super::Session::serve_chunk) or
+    /// [`Session::chunk_not_found`](super::Session::chunk_not_found).
+    ChunkRequested {
+        /// The chunk.
+        hash: ChunkHash,
+    },
+    /// A chunk could not be fetched from this peer; another peer may have it.
+    ChunkFailed {
+        /// The chunk.
+        hash: ChunkHash,
+        /// Why.
+        reason: FailReason,
+    },
+    /// This side has fetched everything it lacked from the peer.
+    PullComplete,
+    /// Both sides are done: the adapter may close the transport.
+    Completed,
+    /// The session failed; it is over.
+    Failed(Error),
+}
+
+/// What the store did with a verified chunk; see [`Session::chunk_stored`](super::Session::chunk_stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Stored {
+    /// The store holds the chunk (new, or already there).
+    Kept,
+    /// The store refused it: its origin and sequence range overlap a different chunk
+    /// the store holds ([`FailReason::Fork`]).
+    Fork,
+}
+
+/// Why a chunk could not be fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum FailReason {
+    /// Its bytes did not match its hash, on every attempt.
+    HashMismatch,
+    /// The peer did not have it.
+    NotFound,
+    /// Its bytes match its hash but are not a valid chunk of this format (header, range,
+    /// events, or a private event inside): no peer can give a valid chunk by that name.
+    Invalid,
+    /// The store refused it as a fork: its origin and sequence range overlap a different
+    /// chunk the store holds. Reported by adapters, whose stores check this.
+    Fork,
+}
+
+impl core::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::HashMismatch => "bytes did not match the hash",
+            Self::NotFound => "not found",
+            Self::Invalid => "not a valid chunk",
+            Self::Fork => "overlaps a different chunk of the same origin (a fork)",
+        })
+    }
+}
+
+/// One frame to send, written at the start of the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[must_use = "the frame must be sent"]
+pub struct Transmit {
+    /// Bytes written to the caller's buffer.
+    pub len: usize,
+    /// If set, the frame is an `EventChunkPut` header and the caller sends these bytes of
+    /// the chunk it is serving right after `buf[..len]`.
+    pub piece: Option<PieceOut>,
+}
+
+impl Transmit {
+    /// The frame's total length on the wire.
+    #[must_use]
+    pub const fn wire_len(&self) -> usize {
+        match self.piece {
+            Some(p) => self.len + p.len as usize,
+            None => self.len,
+        }
+    }
+}
+
+/// The bytes of the served chunk that follow a [`Transmit`]'s header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PieceOut {
+    /// The chunk.
+    pub hash: ChunkHash,
+    /// Offset of the piece in the chunk.
+    pub offset: u32,
+    /// Length of the piece.
+    pub len: u32,
+}
+
+/// What [`Session::handle_input`](super::Session::handle_input) did with the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "`consumed` bytes must be dropped from the input"]
+pub struct Handled<'a> {
+    /// Bytes of the input used: drop them before the next call. Zero means the input holds
+    /// no whole frame yet.
+    pub consumed: usize,
+    /// Chunk data that arrived, for the adapter to append to its reassembly buffer.
+    pub piece: Option<Piece<'a>>,
+}
+
+/// A piece of a requested chunk, borrowed from the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece<'a> {
+    /// The chunk.
+    pub hash: ChunkHash,
+    /// Where the piece starts in the chunk.
+    pub offset: u32,
+    /// The whole chunk's length.
+    pub total_len: u32,
+    /// The bytes.
+    pub data: &'a [u8],
+    /// Whether this piece completes the chunk: call [`Session::finish_chunk`](super::Session::finish_chunk) with the whole
+    /// chunk before feeding more input.
+    pub last: bool,
+}
+
+/// Byte and frame counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Stats {
+    /// Bytes sent, frame headers included.
+    pub bytes_sent: u64,
+    /// Bytes received, frame headers included.
+    pub bytes_received: u64,
+    /// Frames sent.
+    pub frames_sent: u64,
+    /// Frames received.
+    pub frames_received: u64,
+}
