@@ -32,6 +32,122 @@
 //! every `poll` until it is answered. A store failure is answered with
 //! [`abort`](Conduit::abort): the peer is told, and the adapter keeps polling until
 //! `Closed`. Time comes in as `now` and must not go backwards.
+//!
+//! # Example
+//!
+//! Two nodes, each a conduit in borrowed buffers answering from a
+//! [`RamStore`](crate::store::RamStore), joined by an in-memory pipe: node 1 seals a chunk,
+//! and node 2 ends up holding it, verified.
+//!
+//! ```
+//! use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
+//! use chunk_sync_core::session::{Config, Stored};
+//! use chunk_sync_core::store::{ChunkStore, RamStore};
+//! use chunk_sync_core::{Chunker, Event, Instant, NodeId, Privacy};
+//!
+//! type Store = RamStore<8, 4096>;
+//!
+//! /// One end: the conduit, its store, the chunk it serves, and its side of the pipe.
+//! struct End<'b> {
+//!     conduit: Conduit<'b, &'b mut [u8], 8, 4>,
+//!     store: Store,
+//!     serving: [u8; 512],
+//!     inbox: Vec<u8>,
+//!     done: Option<Result<(), chunk_sync_core::session::Error>>,
+//! }
+//!
+//! impl End<'_> {
+//!     /// The adapter's whole part: do what each action says until the conduit waits.
+//!     fn pump(&mut self, now: Instant, out: &mut Vec<u8>) {
+//!         while self.done.is_none() {
+//!             match self.conduit.poll(now) {
+//!                 Action::Send { frame, piece, .. } => {
+//!                     out.extend_from_slice(frame);
+//!                     let mut n = frame.len();
+//!                     if let Some(p) = piece {
+//!                         let at = p.offset as usize;
+//!                         out.extend_from_slice(&self.serving[at..at + p.len as usize]);
+//!                         n += p.len as usize;
+//!                     }
+//!                     self.conduit.written(now, n);
+//!                 }
+//!                 Action::Lookup(id) => {
+//!                     let have = self.store.contains(&id).unwrap();
+//!                     self.conduit.have(have).unwrap();
+//!                 }
+//!                 Action::List { after, out: page } => {
+//!                     let (n, last) = self.store.ids_after(after.as_ref(), page).unwrap();
+//!                     self.conduit.listed(n, last).unwrap();
+//!                 }
+//!                 Action::Read(id) => match self.store.read_into(&id, &mut self.serving) {
+//!                     Ok(Some(len)) => self.conduit.serve(len).unwrap(),
+//!                     _ => self.conduit.not_found().unwrap(),
+//!                 },
+//!                 Action::Store(chunk) => {
+//!                     self.store.insert(chunk).unwrap();
+//!                     self.conduit.stored(Stored::Kept).unwrap();
+//!                 }
+//!                 Action::Wait(wait) if wait.read && !self.inbox.is_empty() => {
+//!                     let buf = self.conduit.receive_buffer();
+//!                     let n = buf.len().min(self.inbox.len());
+//!                     buf[..n].copy_from_slice(&self.inbox[..n]);
+//!                     self.conduit.received(n);
+//!                     self.inbox.drain(..n);
+//!                 }
+//!                 Action::Wait(_) => return,
+//!                 Action::Closed(outcome) => self.done = Some(outcome),
+//!                 _ => {}
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! // Node 1 seals one chunk of its log.
+//! let mut seal_buf = [0u8; 256];
+//! let mut chunker = Chunker::new(NodeId(1), 10, 0, &mut seal_buf).unwrap();
+//! let event = Event {
+//!     origin: NodeId(1),
+//!     seq: 0,
+//!     timestamp: 1,
+//!     kind: "hello",
+//!     privacy: Privacy::Public,
+//!     payload: b"world",
+//! };
+//! chunker.push(&event).unwrap();
+//! let sealed = chunker.seal().unwrap();
+//! let mut store = Store::new();
+//! store.insert(sealed.verified()).unwrap();
+//!
+//! // Each conduit works in buffers lent to it: a frame in, a frame out, a chunk.
+//! let mut memory = [[0u8; 512]; 6];
+//! let [rx1, tx1, re1, rx2, tx2, re2] = &mut memory;
+//! let new = |id, rx, tx, re| {
+//!     Conduit::new(
+//!         Config { max_frame: 512, ..Config::new(NodeId(id)) },
+//!         Instant::ZERO,
+//!         Buffers { receive: rx, transmit: tx, reassembly: re },
+//!         Limits::new(),
+//!     )
+//!     .unwrap()
+//! };
+//! let end = |conduit, store| End { conduit, store, serving: [0; 512], inbox: Vec::new(), done: None };
+//! let mut a = end(new(1, &mut rx1[..], &mut tx1[..], &mut re1[..]), store);
+//! let mut b = end(new(2, &mut rx2[..], &mut tx2[..], &mut re2[..]), Store::new());
+//!
+//! // The pipe: what one end sends, the other receives. No time passes.
+//! let now = Instant::ZERO;
+//! while a.done.is_none() || b.done.is_none() {
+//!     let (mut to_b, mut to_a) = (Vec::new(), Vec::new());
+//!     a.pump(now, &mut to_b);
+//!     b.pump(now, &mut to_a);
+//!     assert!(!to_a.is_empty() || !to_b.is_empty() || a.done.is_some(), "stuck");
+//!     b.inbox.extend(to_b);
+//!     a.inbox.extend(to_a);
+//! }
+//! assert_eq!(b.done, Some(Ok(())));
+//! assert_eq!(b.conduit.progress().synced_chunks, 1);
+//! assert_eq!(b.store.get(&sealed.id), Some(sealed.bytes));
+//! ```
 
 use core::cmp::{max, min};
 

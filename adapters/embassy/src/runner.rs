@@ -39,6 +39,33 @@ pub struct Report {
 ///
 /// Cancel safety: dropping [`run`](Self::run) mid-way drops the session; every chunk
 /// already stored was verified, and a new session fetches only what is still missing.
+///
+/// ```no_run
+/// use chunk_sync_embassy::core::session::Config;
+/// use chunk_sync_embassy::core::store::RamStore;
+/// use chunk_sync_embassy::core::NodeId;
+/// use chunk_sync_embassy::{Resources, Runner};
+/// use embedded_io_async::{Read, Write};
+///
+/// /// One sync over `link` (a UART, an embassy-net `TcpSocket`, …); in firmware the
+/// /// resources and the store usually live in `static`s.
+/// async fn sync_over(link: impl Read + Write, store: &mut RamStore<32, 16384>) {
+///     let mut resources = Resources::<1024, 1024, 2048>::new();
+///     let config = Config { max_frame: 1024, ..Config::new(NodeId(7)) };
+///     let (handle, mut runner) =
+///         match Runner::<_, _, 8, 4>::new(link, store, config, &mut resources) {
+///             Ok(parts) => parts,
+///             // Says which buffer is too small and what it needs.
+///             Err(e) => return defmt_or_log(e),
+///         };
+///     // Another task may watch `handle.progress()` or call `handle.stop()`.
+///     match runner.run().await {
+///         Ok(report) => assert_eq!(report.synced_chunks, handle.progress().synced_chunks),
+///         Err(e) => defmt_or_log(e),
+///     }
+/// }
+/// # fn defmt_or_log(_: impl core::fmt::Display) {}
+/// ```
 #[derive(Debug)]
 pub struct Runner<'r, IO, S, const PAGE: usize, const REQ: usize> {
     io: IO,

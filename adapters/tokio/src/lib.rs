@@ -34,7 +34,6 @@ pub use chunk_sync_core as core;
 
 mod driver;
 mod error;
-mod failover;
 mod listener;
 mod manager;
 mod node;
@@ -48,10 +47,9 @@ mod time;
 mod writes;
 
 pub use error::{Error, StoreError};
-pub use failover::FailoverReport;
 pub use listener::Listener;
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
-pub use node::{Node, NodeConfig, SyncReport, ThrottleConfig};
+pub use node::{FailoverReport, Node, NodeConfig, SyncReport, ThrottleConfig};
 pub use progress::SyncProgress;
 #[cfg(feature = "redb")]
 pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy};

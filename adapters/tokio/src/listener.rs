@@ -188,11 +188,12 @@ impl Node {
                         pull: node.shared.config.accept_pushes,
                         serve: true,
                     };
-                    if let (_, Err(e)) = node
+                    if let Err(failed) = node
                         .run(stream, mode, Vec::new(), Some(peer), Some(id))
                         .await
                     {
-                        warn!(%peer, error = %e, "session with client ended in error");
+                        let synced = failed.report.progress.synced_chunks;
+                        warn!(%peer, error = %failed.error, synced, "session with client ended in error");
                     }
                 });
                 node.shared.connections.started(id, task.abort_handle());

@@ -1,5 +1,5 @@
 //! A node: one store, one node-wide throttle, any number of concurrent sessions over TCP or
-//! any other async byte stream.
+//! any other async byte stream, and pulling from several peers in turn (failover).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -142,6 +142,41 @@ pub struct SyncReport {
 }
 
 /// A sync node. Cloning gives another handle to the same node.
+///
+/// Each session is the core's [`Conduit`](chunk_sync_core::conduit::Conduit), driven by one
+/// task: socket reads and vectored writes, calls to the store, one timer.
+///
+/// ```
+/// use chunk_sync_tokio::core::{EventBuf, EventChunkStore, NodeId, Privacy};
+/// use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// // A node holding 25 events of its own log, 10 per chunk.
+/// let server = Node::new(NodeConfig::new(NodeId(1)), MemStore::new())?;
+/// let events: Vec<EventBuf> = (0..25)
+///     .map(|seq| EventBuf {
+///         origin: NodeId(1),
+///         seq,
+///         timestamp: 1_000 + seq,
+///         kind: "reading".into(),
+///         privacy: Privacy::Public,
+///         payload: vec![seq as u8; 16],
+///     })
+///     .collect();
+/// for chunk in EventChunkStore::new(10).create_chunks(&events)? {
+///     server.store().insert(VerifiedChunk::new(chunk.id, chunk.bytes)?)?;
+/// }
+/// let listener = server.listen("127.0.0.1:0").await?;
+///
+/// // Another node pulls over TCP: every chunk is verified before it is stored.
+/// let client = Node::new(NodeConfig::new(NodeId(2)), MemStore::new())?;
+/// let report = client.pull_from(listener.local_addr()).await?;
+/// assert_eq!(report.progress.synced_chunks, 3);
+/// assert_eq!(client.store().len()?, 3);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Node {
     pub(crate) shared: Arc<Shared>,
@@ -209,24 +244,17 @@ impl Node {
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
     pub async fn sync_with(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;
-        self.run(stream, Mode::BOTH, Vec::new(), peer, None).await.1
+        self.run(stream, Mode::BOTH, Vec::new(), peer, None)
+            .await
+            .map_err(|f| f.error)
     }
 
     /// Fetches what this node lacks from the node at `addr`, offering nothing in return.
     pub async fn pull_from(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;
-        self.run(
-            stream,
-            Mode {
-                pull: true,
-                serve: false,
-            },
-            Vec::new(),
-            peer,
-            None,
-        )
-        .await
-        .1
+        self.run(stream, Mode::PULL, Vec::new(), peer, None)
+            .await
+            .map_err(|f| f.error)
     }
 
     /// Syncs both ways over an already open byte stream (TLS, QUIC, a pipe…).
@@ -237,7 +265,9 @@ impl Node {
     /// fetches only what is still missing. (A session that ends on its own, even with an
     /// error, writes everything it verified first.)
     pub async fn sync_over<IO: AsyncRead + AsyncWrite>(&self, io: IO) -> Result<SyncReport, Error> {
-        self.run(io, Mode::BOTH, Vec::new(), None, None).await.1
+        self.run(io, Mode::BOTH, Vec::new(), None, None)
+            .await
+            .map_err(|f| f.error)
     }
 
     /// Fetches exactly these chunks from the node at `addr`, offering nothing in return.
@@ -247,20 +277,13 @@ impl Node {
         ids: Vec<ChunkHash>,
     ) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;
-        self.run(
-            stream,
-            Mode {
-                pull: false,
-                serve: false,
-            },
-            ids,
-            peer,
-            None,
-        )
-        .await
-        .1
+        self.run(stream, Mode::FETCH, ids, peer, None)
+            .await
+            .map_err(|f| f.error)
     }
 
+    /// Runs one session over `io`. A failed session's report (what it stored before it
+    /// failed) stays with its error.
     pub(crate) async fn run<IO: AsyncRead + AsyncWrite>(
         &self,
         io: IO,
@@ -268,23 +291,19 @@ impl Node {
         wanted: Vec<ChunkHash>,
         peer: Option<SocketAddr>,
         conn: Option<u64>,
-    ) -> (SyncReport, Result<SyncReport, Error>) {
+    ) -> Result<SyncReport, Box<Failed>> {
         let shared = &*self.shared;
         let span = info_span!("session", node = %shared.config.node_id, peer = ?peer);
         let config = shared.config.session_config(mode.pull, mode.serve);
+        let started = tokio::time::Instant::now();
         let conduit = match conduit(config, shared, &wanted) {
             Ok(c) => c,
             Err(e) => {
-                let empty = SyncReport {
-                    peer: None,
-                    progress: SyncProgress::new(0),
-                    stats: Stats::default(),
-                    failed: Vec::new(),
-                };
-                return (empty, Err(Error::Config(e)));
+                let report = SyncReport::empty();
+                let error = Error::Config(e);
+                return Err(Box::new(Failed { report, error }));
             }
         };
-        let started = tokio::time::Instant::now();
         let (outcome, result) = drive(io, conduit, &self.shared, conn)
             .instrument(span)
             .await;
@@ -294,9 +313,30 @@ impl Node {
             stats: outcome.stats,
             failed: outcome.failed,
         };
-        let result = result.map(|()| report.clone());
-        (report, result)
+        match result {
+            Ok(()) => Ok(report),
+            Err(error) => Err(Box::new(Failed { report, error })),
+        }
     }
+}
+
+impl SyncReport {
+    /// The report of a session that never started.
+    fn empty() -> Self {
+        Self {
+            peer: None,
+            progress: SyncProgress::new(0),
+            stats: Stats::default(),
+            failed: Vec::new(),
+        }
+    }
+}
+
+/// A session that failed, with what it did before.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) report: SyncReport,
+    pub(crate) error: Error,
 }
 
 /// Connects to `addr` for a session: no Nagle delay on small frames.
@@ -315,8 +355,108 @@ pub(crate) struct Mode {
 }
 
 impl Mode {
+    /// Pull and serve.
     pub(crate) const BOTH: Self = Self {
         pull: true,
         serve: true,
     };
+    /// Pull, offering nothing in return.
+    pub(crate) const PULL: Self = Self {
+        pull: true,
+        serve: false,
+    };
+    /// Fetch given chunks only.
+    pub(crate) const FETCH: Self = Self {
+        pull: false,
+        serve: false,
+    };
+}
+
+/// What [`Node::pull_from_any`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FailoverReport {
+    /// One entry per peer asked, in order: its session's report, or why it failed.
+    pub attempts: Vec<Result<SyncReport, Error>>,
+    /// Whether some peer's manifest was walked to the end, so that `unresolved` is all
+    /// this node still lacks of it.
+    pub walked: bool,
+    /// Chunks found missing that no peer could give.
+    pub unresolved: Vec<ChunkHash>,
+    /// Chunks stored, over all sessions, those that failed later included.
+    synced: u64,
+}
+
+impl FailoverReport {
+    /// Whether a manifest was walked and every chunk it named is now stored.
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        self.walked && self.unresolved.is_empty()
+    }
+
+    /// Chunks received, verified and stored, over all peers, including those a session
+    /// stored before it failed.
+    #[must_use]
+    pub const fn synced_chunks(&self) -> u64 {
+        self.synced
+    }
+}
+
+impl Node {
+    /// Fetches what this node lacks from the first of `peers` that answers, then asks the
+    /// following peers, in order, for exactly the chunks that failed (wrong bytes, not
+    /// found), until none is left or the peers run out. A peer that cannot be reached or
+    /// drops the session is skipped; while no manifest has been walked to the end, the next
+    /// peer is walked in full (chunks already stored are not fetched again).
+    pub async fn pull_from_any<A: ToSocketAddrs>(
+        &self,
+        peers: impl IntoIterator<Item = A>,
+    ) -> FailoverReport {
+        let mut report = FailoverReport {
+            attempts: Vec::new(),
+            walked: false,
+            unresolved: Vec::new(),
+            synced: 0,
+        };
+        for peer in peers {
+            // A dropped session may have stored some of them before it ended.
+            self.keep_missing(&mut report.unresolved);
+            if report.walked && report.unresolved.is_empty() {
+                break;
+            }
+            let (mode, wanted) = if report.walked {
+                (Mode::FETCH, report.unresolved.clone())
+            } else {
+                (Mode::PULL, Vec::new())
+            };
+            let attempt = match connect(peer).await {
+                Ok((stream, addr)) => self.run(stream, mode, wanted, addr, None).await,
+                Err(error) => Err(Box::new(Failed {
+                    report: SyncReport::empty(),
+                    error,
+                })),
+            };
+            let attempt = match attempt {
+                Ok(session) => {
+                    report.synced += session.progress.synced_chunks;
+                    report.walked = true;
+                    report.unresolved = session.failed.iter().map(|(id, _)| *id).collect();
+                    Ok(session)
+                }
+                Err(failed) => {
+                    report.synced += failed.report.progress.synced_chunks;
+                    Err(failed.error)
+                }
+            };
+            report.attempts.push(attempt);
+        }
+        self.keep_missing(&mut report.unresolved);
+        report
+    }
+
+    /// Drops from `ids` the chunks this node has stored.
+    fn keep_missing(&self, ids: &mut Vec<ChunkHash>) {
+        let store = self.store();
+        ids.retain(|id| !store.contains(id).unwrap_or(false));
+    }
 }
