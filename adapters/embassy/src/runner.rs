@@ -163,12 +163,14 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                         io.write_all(data).await
                     };
                     match select(write, Timer::at(time::to_embassy(deadline))).await {
-                        Either::First(Ok(())) => self.conduit.written(time::now(), len),
+                        Either::First(Ok(())) => {
+                            self.conduit.written(time::now(), len);
+                            unflushed = true;
+                        }
                         Either::First(Err(e)) => return Err(Error::Transport(e)),
                         // The peer took nothing for the idle timeout: the conduit ends it.
                         Either::Second(()) => self.conduit.handle_timeout(time::now()),
                     }
-                    unflushed = true;
                     continue;
                 }
                 Action::Lookup(id) => {

@@ -32,6 +32,8 @@
 
 pub use chunk_sync_core as core;
 
+mod config;
+mod connections;
 mod driver;
 mod error;
 mod listener;
@@ -46,10 +48,11 @@ mod store;
 mod time;
 mod writes;
 
+pub use config::{NodeConfig, ThrottleConfig};
 pub use error::{Error, StoreError};
 pub use listener::Listener;
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
-pub use node::{FailoverReport, Node, NodeConfig, SyncReport, ThrottleConfig};
+pub use node::{FailoverReport, Node, SyncReport};
 pub use progress::SyncProgress;
 #[cfg(feature = "redb")]
 pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy};

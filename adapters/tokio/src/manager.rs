@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use chunk_sync_core::{ChunkHash, NodeId, delta};
 
 use crate::SyncProgress;
+use crate::config::{NodeConfig, ThrottleConfig};
 use crate::error::Error;
-use crate::node::{Node, NodeConfig, SyncReport, ThrottleConfig};
+use crate::node::{Node, SyncReport};
 use crate::store::{MemStore, VerifiedChunk};
 
 /// Default memory limit of the manager's chunk cache: 512 MiB.

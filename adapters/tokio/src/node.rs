@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chunk_sync_core::session::{Config, FailReason, Stats};
+use chunk_sync_core::session::{FailReason, Stats};
 use chunk_sync_core::throttle::Throttle;
 use chunk_sync_core::{ChunkHash, NodeId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,118 +13,11 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tracing::{Instrument, info_span};
 
 use crate::SyncProgress;
+use crate::config::{NodeConfig, core_duration};
 use crate::driver::{HOST_PAGE, HOST_REQ, conduit, drive};
 use crate::error::Error;
 use crate::shared::Shared;
 use crate::store::NodeStore;
-
-/// A bandwidth limit, as in the original document: `max_bytes_per_sec` measured over
-/// `window_duration`; `0` means unlimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ThrottleConfig {
-    /// The long-run limit in bytes per second; `0` means unlimited.
-    pub max_bytes_per_sec: u64,
-    /// The accounting window; one window's budget may go out at once.
-    pub window_duration: Duration,
-}
-
-impl ThrottleConfig {
-    /// No limit.
-    pub const UNLIMITED: Self = Self {
-        max_bytes_per_sec: 0,
-        window_duration: Duration::from_secs(1),
-    };
-
-    pub(crate) fn to_core(self) -> chunk_sync_core::ThrottleConfig {
-        chunk_sync_core::ThrottleConfig {
-            max_bytes_per_sec: self.max_bytes_per_sec,
-            window_duration: core_duration(self.window_duration),
-        }
-    }
-}
-
-impl Default for ThrottleConfig {
-    fn default() -> Self {
-        Self::UNLIMITED
-    }
-}
-
-/// A node's settings.
-#[derive(Clone, Copy, Debug)]
-pub struct NodeConfig {
-    /// This node's id.
-    pub node_id: NodeId,
-    /// The largest frame this node accepts (default 256 KiB).
-    pub max_frame: u32,
-    /// The largest chunk this node accepts (default 16 MiB).
-    pub max_chunk_len: u32,
-    /// Chunk requests in flight per session (default 32).
-    pub window: u16,
-    /// How long a peer may stay silent (default 30 s).
-    pub idle_timeout: Duration,
-    /// The cap on everything this node sends, all sessions together.
-    pub throttle: ThrottleConfig,
-    /// The cap on what this node sends to any one peer.
-    pub peer_throttle: ThrottleConfig,
-    /// Whether a session accepted from a peer also fetches what the peer has, so that
-    /// any client that reaches the listener can push chunks into this node (default
-    /// `false`: the node only serves its clients).
-    pub accept_pushes: bool,
-    /// How long a new connection has to send its `Hello` (default 10 s).
-    pub handshake_timeout: Duration,
-    /// If set, every session ends after this long, whatever the peer does (default: no
-    /// limit).
-    pub max_duration: Option<Duration>,
-    /// Chunks that may fail in one session (not found, wrong bytes, invalid) before it
-    /// ends (default 1,024): the bound on what a session keeps of a peer that lists
-    /// chunks it cannot deliver.
-    pub max_failures: u32,
-    /// Connections a listener keeps at once (default 512). When all are taken, a new one
-    /// takes the place of the oldest that has not finished its handshake, or is closed
-    /// at once if every one has.
-    pub max_connections: usize,
-}
-
-impl NodeConfig {
-    /// Defaults for a host service.
-    #[must_use]
-    pub const fn new(node_id: NodeId) -> Self {
-        Self {
-            node_id,
-            max_frame: 256 << 10,
-            max_chunk_len: 16 << 20,
-            window: 32,
-            idle_timeout: Duration::from_secs(30),
-            throttle: ThrottleConfig::UNLIMITED,
-            peer_throttle: ThrottleConfig::UNLIMITED,
-            accept_pushes: false,
-            handshake_timeout: Duration::from_secs(10),
-            max_duration: None,
-            max_failures: chunk_sync_core::session::DEFAULT_MAX_FAILURES,
-            max_connections: 512,
-        }
-    }
-
-    fn session_config(&self, pull: bool, serve: bool) -> Config {
-        Config {
-            max_frame: self.max_frame,
-            max_chunk_len: self.max_chunk_len,
-            window: self.window,
-            idle_timeout: core_duration(self.idle_timeout),
-            handshake_timeout: core_duration(self.handshake_timeout),
-            max_duration: self.max_duration.map(core_duration),
-            max_failures: self.max_failures,
-            throttle: self.peer_throttle.to_core(),
-            pull,
-            serve,
-            ..Config::new(self.node_id)
-        }
-    }
-}
-
-fn core_duration(d: Duration) -> chunk_sync_core::Duration {
-    chunk_sync_core::Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
 
 /// What one session with one peer did.
 #[derive(Clone, Debug)]

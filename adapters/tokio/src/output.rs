@@ -4,19 +4,35 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Most buffers handed to one vectored write.
 pub(crate) const MAX_IOV: usize = 64;
+
+/// Frame headers are copied into blocks of this size, so that a frame costs no allocation
+/// of its own.
+const HEADER_BLOCK: usize = 16 << 10;
 
 /// Bytes waiting for the transport, in order.
 #[derive(Debug, Default)]
 pub(crate) struct Output {
     queue: VecDeque<Bytes>,
     len: usize,
+    /// Where copied frames go; split off as they are queued.
+    headers: BytesMut,
 }
 
 impl Output {
+    /// Queues a copy of `frame`.
+    pub(crate) fn push_copy(&mut self, frame: &[u8]) {
+        if self.headers.capacity() < frame.len() {
+            self.headers = BytesMut::with_capacity(HEADER_BLOCK.max(frame.len()));
+        }
+        self.headers.extend_from_slice(frame);
+        let copied = self.headers.split().freeze();
+        self.push(copied);
+    }
+
     /// Queues bytes after those already queued.
     pub(crate) fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
@@ -63,7 +79,7 @@ mod tests {
     #[test]
     fn consuming_splits_buffers_at_any_point() {
         let mut out = Output::default();
-        out.push(Bytes::from_static(b"abc"));
+        out.push_copy(b"abc");
         out.push(Bytes::new());
         out.push(Bytes::from_static(b"defg"));
         assert_eq!(out.slices(&mut [IoSlice::new(&[]); MAX_IOV]), 2);

@@ -9,8 +9,8 @@ use chunk_sync_core::throttle::Throttle;
 use chunk_sync_core::{Instant, NodeId};
 
 use crate::SyncProgress;
-use crate::listener::Connections;
-use crate::node::NodeConfig;
+use crate::config::NodeConfig;
+use crate::connections::Connections;
 use crate::store::NodeStore;
 use crate::time::Clock;
 
