@@ -210,7 +210,7 @@ impl Buffer for &mut [u8] {
     }
 }
 
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", test))]
 impl Buffer for alloc::vec::Vec<u8> {
     fn bytes(&self) -> &[u8] {
         self

@@ -39,7 +39,7 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
-#[cfg(feature = "alloc")]
+#[cfg(any(feature = "alloc", test))]
 extern crate alloc;
 
 // Must come first: the macros it defines are used by the modules below.
