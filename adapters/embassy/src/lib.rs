@@ -1,7 +1,8 @@
 //! `chunk-sync-embassy`: the chunk-sync session on microcontrollers.
 //!
-//! A [`Runner`] drives the core's sans-IO [`Session`](chunk_sync_core::session::Session)
-//! over any `embedded_io_async::{Read, Write}` transport (an embassy-net `TcpSocket`, a
+//! A [`Runner`] drives the core's sans-IO [`Conduit`](chunk_sync_core::conduit::Conduit)
+//! (the same driving layer the host adapter runs) over any `embedded_io_async::{Read, Write}`
+//! transport (an embassy-net `TcpSocket`, a
 //! UART, …) with `embassy_time` as the clock, answering the session from a [`Store`]: any
 //! core [`ChunkStore`](chunk_sync_core::store::ChunkStore) (for example a `RamStore`) is
 //! one, and with the `flash` feature `FlashStore` keeps chunks in NOR flash, power-fail

@@ -4,8 +4,9 @@
 //! concurrently: it listens on TCP ([`Node::listen`]), syncs with a peer by address
 //! ([`Node::sync_with`]) or over any `AsyncRead + AsyncWrite` stream ([`Node::sync_over`]),
 //! so TLS or QUIC streams plug in. Each session is the core's sans-IO
-//! [`Session`](chunk_sync_core::session::Session), driven by one task; this crate makes no
-//! protocol decision of its own.
+//! [`Conduit`](chunk_sync_core::conduit::Conduit) (a [`Session`](chunk_sync_core::session::Session)
+//! and everything between it and a byte stream), driven by one task that does the socket
+//! I/O and the store calls; this crate makes no protocol decision of its own.
 //!
 //! Stores implement [`NodeStore`] ([`MemStore`], and `RedbStore` with the `redb` feature);
 //! they synchronise themselves, so sessions read concurrently and never wait for a write in
