@@ -702,6 +702,10 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// The next frame, if the backlog and both throttles allow one.
     fn transmit<'d>(&mut self, now: Instant, node: Option<&mut (dyn Budget + 'd)>) -> Option<Step> {
         // `Hello` and the final `Error` frame wait for neither the backlog nor the node.
+        if self.stalled {
+            // The peer takes nothing: nothing more is handed out.
+            return None;
+        }
         let urgent = self.session.error().is_some() || !self.session.hello_sent();
         if !urgent && self.backlog > 0 && self.backlog >= self.limits.backlog {
             return None;
@@ -744,8 +748,9 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         if self.stalled {
             return Step::Closed(Err(Error::Stalled));
         }
-        if self.aborted && self.session.is_complete() {
-            // The peer is done; only this side's store failed.
+        if self.aborted && self.session.is_complete() && self.backlog == 0 {
+            // The peer is done (and has had everything handed out); only this side's
+            // store failed.
             return Step::Closed(Err(Error::Aborted));
         }
         if self.session.is_closed() {
@@ -841,14 +846,15 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// Checks timers: the session's (idle, handshake, overall deadline), the node
     /// throttle's, a peer that took no bytes for the idle timeout, and the linger.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // First the stall: a peer that takes nothing would not read an Error frame of the
+        // session's own timeouts either.
+        if self.backlog > 0 && now >= self.stall_deadline() {
+            self.session.end(Error::Stalled);
+            self.stalled = true;
+        }
         self.session.handle_timeout(now);
         if self.node_ready.is_some_and(|t| now >= t) {
             self.node_ready = None;
-        }
-        if self.backlog > 0 && now >= self.stall_deadline() {
-            // It would not read an Error frame either.
-            self.session.end(Error::Stalled);
-            self.stalled = true;
         }
     }
 

@@ -523,7 +523,14 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     }
 
     /// Moves to `Failed` and queues the error frame for the peer.
+    /// A session already over keeps its outcome (and sends no second `Error` frame); the
+    /// error returned is then the first one.
     fn fail(&mut self, error: Error) -> Error {
+        match self.phase {
+            Phase::Failed(first) => return first,
+            Phase::Completed => return error,
+            _ => {}
+        }
         debug!("session failed");
         self.phase = Phase::Failed(error);
         self.error_frame = error.wire_reason();

@@ -167,7 +167,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                             self.conduit.written(time::now(), len);
                             unflushed = true;
                         }
-                        Either::First(Err(e)) => return Err(Error::Transport(e)),
+                        Either::First(Err(e)) => return Err(Self::failed(e, store_error)),
                         // The peer took nothing for the idle timeout: the conduit ends it.
                         Either::Second(()) => self.conduit.handle_timeout(time::now()),
                     }
@@ -229,10 +229,10 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                     continue;
                 }
             }
+            self.publish(wait.is_err());
             let wait = match wait {
                 Ok(wait) => wait,
                 Err(outcome) => {
-                    self.publish(true);
                     return match (outcome, store_error) {
                         (Ok(()), _) => Ok(self.report(started)),
                         (Err(_), Some(e)) => Err(Error::Store(e)),
@@ -241,7 +241,6 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                     };
                 }
             };
-            self.publish(false);
             let timer = wait.deadline.map(|t| Timer::at(time::to_embassy(t)));
             if !wait.read {
                 match timer {
@@ -263,7 +262,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
             match result {
                 Some(Ok(0)) => self.conduit.eof(),
                 Some(Ok(n)) => self.conduit.received(n),
-                Some(Err(e)) => return Err(Error::Transport(e)),
+                Some(Err(e)) => return Err(Self::failed(e, store_error)),
                 None => self.conduit.handle_timeout(time::now()),
             }
         }
@@ -277,6 +276,11 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
             Either::First(flushed) => Some(flushed.map_err(Error::Transport)),
             Either::Second(()) => None,
         }
+    }
+
+    /// A transport failure, unless the store failed first.
+    fn failed(e: IO::Error, store_error: Option<S::Error>) -> RunError<IO, S> {
+        store_error.map_or(Error::Transport(e), Error::Store)
     }
 
     /// A store failure aborts the session: the peer is told, and `run` returns the error

@@ -101,7 +101,7 @@ impl NodeConfig {
             handshake_timeout: core_duration(self.handshake_timeout),
             max_duration: self.max_duration.map(core_duration),
             max_failures: self.max_failures,
-            throttle: self.peer_throttle.to_core(),
+            throttle: stricter(self.peer_throttle, self.throttle).to_core(),
             pull,
             serve,
             ..Config::new(self.node_id)
@@ -109,6 +109,46 @@ impl NodeConfig {
     }
 }
 
+/// The limit a session gets: the stricter of the per-peer and the node-wide one, so that
+/// no frame (no chunk piece) is larger than the node's budget for a window and a peer on
+/// a slow node still hears from it within its idle timeout.
+fn stricter(peer: ThrottleConfig, node: ThrottleConfig) -> ThrottleConfig {
+    match (peer.max_bytes_per_sec, node.max_bytes_per_sec) {
+        (_, 0) => peer,
+        (0, _) => node,
+        (p, n) if p <= n => peer,
+        _ => node,
+    }
+}
+
 pub(crate) fn core_duration(d: Duration) -> chunk_sync_core::Duration {
     chunk_sync_core::Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_held_to_the_stricter_of_the_peer_and_node_limits() {
+        let rate = |n| ThrottleConfig {
+            max_bytes_per_sec: n,
+            ..ThrottleConfig::UNLIMITED
+        };
+        let config = |peer, node| NodeConfig {
+            peer_throttle: rate(peer),
+            throttle: rate(node),
+            ..NodeConfig::new(NodeId(1))
+        };
+        let limit = |c: NodeConfig| c.session_config(true, true).throttle.max_bytes_per_sec;
+        assert_eq!(limit(config(0, 0)), 0);
+        assert_eq!(
+            limit(config(0, 2_000)),
+            2_000,
+            "no piece above the node's budget"
+        );
+        assert_eq!(limit(config(5_000, 0)), 5_000);
+        assert_eq!(limit(config(5_000, 2_000)), 2_000);
+        assert_eq!(limit(config(1_000, 2_000)), 1_000);
+    }
 }

@@ -36,6 +36,8 @@ const RX_INITIAL: usize = 4 << 10;
 const MAX_UNWRITTEN: usize = 32 << 20;
 /// How long a session that failed on its store may take to tell the peer.
 const LINGER: chunk_sync_core::Duration = chunk_sync_core::Duration::from_secs(1);
+/// The same, for tokio's timers.
+const LINGER_STD: std::time::Duration = std::time::Duration::from_micros(LINGER.as_micros());
 
 /// A host conduit for `config`, starting now, fetching `wanted`.
 pub(crate) fn conduit<'w>(
@@ -195,12 +197,17 @@ impl Driver<'_, '_> {
                     continue;
                 }
                 Action::Shutdown => {
-                    let _ = writer.shutdown().await;
+                    // A transport whose shutdown waits on the peer (TLS) waits no longer
+                    // than the linger.
+                    let _ = tokio::time::timeout(LINGER_STD, writer.shutdown()).await;
                     continue;
                 }
                 Action::Closed(outcome) => {
-                    let _ = writer.flush().await;
-                    let _ = writer.shutdown().await;
+                    let _ = tokio::time::timeout(LINGER_STD, async {
+                        writer.flush().await?;
+                        writer.shutdown().await
+                    })
+                    .await;
                     return self.result(outcome);
                 }
                 Action::Wait(wait) => wait,
@@ -223,15 +230,18 @@ impl Driver<'_, '_> {
             let slices = self.out.slices(&mut iov);
             let writing = !self.out.is_empty();
             tokio::select! {
-                read = reader.read(self.conduit.receive_buffer()), if wait.read => match read? {
-                    0 => self.conduit.eof(),
-                    n => self.conduit.received(n),
+                read = reader.read(self.conduit.receive_buffer()), if wait.read => match read {
+                    Ok(0) => self.conduit.eof(),
+                    Ok(n) => self.conduit.received(n),
+                    Err(e) => return Err(self.io_failed(e)),
                 },
-                written = writer.write_vectored(&iov[..slices]), if writing => {
-                    let written = written?;
-                    self.out.consume(written);
-                    self.conduit.written(self.shared.clock.now(), written);
-                }
+                written = writer.write_vectored(&iov[..slices]), if writing => match written {
+                    Ok(n) => {
+                        self.out.consume(n);
+                        self.conduit.written(self.shared.clock.now(), n);
+                    }
+                    Err(e) => return Err(self.io_failed(e)),
+                },
                 joined = self.writes.join(), if self.writes.busy() => self.written(joined),
                 () = &mut timer, if wait.deadline.is_some() => {
                     armed = None;
@@ -261,6 +271,15 @@ impl Driver<'_, '_> {
             session::Error::Closed => Error::Closed,
             e => Error::Protocol(e),
         })
+    }
+
+    /// A transport failure, unless the store failed first (then the peer may well have
+    /// reset the connection after reading the `Error` frame).
+    fn io_failed(&mut self, e: std::io::Error) -> Error {
+        match self.store_error.take() {
+            Some(store) => Error::Store(store),
+            None => Error::Io(e),
+        }
     }
 
     /// A store failure aborts the session: the peer is told with an `Error` frame rather

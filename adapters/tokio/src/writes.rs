@@ -2,9 +2,11 @@
 //! batches (one commit for a transactional store), on a blocking thread when the store's
 //! writes wait on a disk, so that the transfer goes on meanwhile.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chunk_sync_core::ChunkHash;
 use chunk_sync_core::session::Stored;
 use tokio::task::{JoinError, JoinHandle};
 
@@ -94,11 +96,16 @@ impl Writes {
         batch: Vec<VerifiedChunk>,
         inserted: &Inserted,
     ) -> Vec<(VerifiedChunk, Stored)> {
+        let forks: HashSet<ChunkHash> = inserted.forks.iter().map(|f| f.refused).collect();
         batch
             .into_iter()
             .map(|chunk| {
-                let forked = inserted.forks.iter().any(|f| f.refused == chunk.id());
-                (chunk, if forked { Stored::Fork } else { Stored::Kept })
+                let stored = if forks.contains(&chunk.id()) {
+                    Stored::Fork
+                } else {
+                    Stored::Kept
+                };
+                (chunk, stored)
             })
             .collect()
     }
