@@ -68,8 +68,8 @@ enum Phase {
 ///    bytes; on a last [`Piece`], call [`finish_chunk`](Self::finish_chunk) before more
 ///    input), [`handle_timeout`](Self::handle_timeout) when the deadline of
 ///    [`poll_timeout`](Self::poll_timeout) passes, and the answers to events
-///    ([`answer_lookup`](Self::answer_lookup) or [`resolve_lookups`](Self::resolve_lookups),
-///    [`page_listed`](Self::page_listed) or [`send_manifest_page`](Self::send_manifest_page),
+///    ([`answer_lookup`](Self::answer_lookup) for each [`next_lookup`](Self::next_lookup),
+///    [`page_listed`](Self::page_listed) after filling [`page_to_list`](Self::page_to_list),
 ///    [`serve_chunk`](Self::serve_chunk), [`chunk_not_found`](Self::chunk_not_found)), and
 ///    what the store did with each verified chunk ([`chunk_stored`](Self::chunk_stored));
 /// 2. then [`poll_transmit`](Self::poll_transmit) until it returns `None`, sending each frame;

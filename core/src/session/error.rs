@@ -205,9 +205,9 @@ impl core::error::Error for Incompatible {}
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ApiMisuse {
-    /// `resolve_lookups` without an `Event::LookupNeeded`.
+    /// `answer_lookup` with no lookup pending.
     NoLookupsPending,
-    /// `send_manifest_page` without an `Event::ManifestPageNeeded`.
+    /// `page_listed` without an `Event::ManifestPageNeeded`.
     NoManifestRequest,
     /// A manifest page that is unsorted, too long or not after the requested cursor.
     BadManifestPage,

@@ -320,25 +320,17 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         Ok(())
     }
 
-    /// The hashes of the peer's manifest page that still await a lookup, after
-    /// [`Event::LookupNeeded`](super::Event::LookupNeeded).
-    #[must_use]
-    pub fn lookups(&self) -> &[ChunkHash] {
-        if matches!(self.pull.walk, ManifestWalk::Lookups { .. })
-            && matches!(self.phase, Phase::Open)
-        {
-            self.pull.page.get(self.pull.looked_up..).unwrap_or(&[])
-        } else {
-            &[]
-        }
-    }
-
     /// The next hash of the peer's manifest page to look up, if any awaits one: answer
     /// with [`answer_lookup`](Self::answer_lookup), one hash at a time, so that a store
     /// that waits (flash, a disk) needs no buffer of answers.
     #[must_use]
     pub fn next_lookup(&self) -> Option<ChunkHash> {
-        self.lookups().first().copied()
+        if !matches!(self.pull.walk, ManifestWalk::Lookups { .. })
+            || !matches!(self.phase, Phase::Open)
+        {
+            return None;
+        }
+        self.pull.page.get(self.pull.looked_up).copied()
     }
 
     /// Answers the lookup of [`next_lookup`](Self::next_lookup): whether this node already
@@ -363,22 +355,6 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                 _ => ManifestWalk::Done,
             };
             self.check_completion();
-        }
-        Ok(())
-    }
-
-    /// Answers [`Event::LookupNeeded`](super::Event::LookupNeeded) at once: `have` says, for each hash of
-    /// [`lookups`](Self::lookups), whether this node already has the chunk. The others are
-    /// requested.
-    pub fn resolve_lookups(
-        &mut self,
-        mut have: impl FnMut(&ChunkHash) -> bool,
-    ) -> Result<(), ApiMisuse> {
-        if !matches!(self.pull.walk, ManifestWalk::Lookups { .. }) {
-            return Err(ApiMisuse::NoLookupsPending);
-        }
-        while let Some(id) = self.next_lookup() {
-            self.answer_lookup(have(&id))?;
         }
         Ok(())
     }

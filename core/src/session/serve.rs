@@ -136,17 +136,6 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         Ok(())
     }
 
-    /// Answers [`Event::ManifestPageNeeded`](super::Event::ManifestPageNeeded) with this node's hashes after the requested
-    /// cursor, sorted, at most `limit` of them; `last` says whether none follow.
-    pub fn send_manifest_page(&mut self, ids: &[ChunkHash], last: bool) -> Result<(), ApiMisuse> {
-        let out = self.page_to_list().ok_or(ApiMisuse::NoManifestRequest)?.1;
-        let n = ids.len();
-        out.get_mut(..n)
-            .ok_or(ApiMisuse::BadManifestPage)?
-            .copy_from_slice(ids);
-        self.page_listed(n, last)
-    }
-
     /// The manifest page the peer asked for, to be filled by the adapter without a copy:
     /// the cursor (hashes strictly after it, from the first if `None`) and a buffer of
     /// `limit` hashes. Answer with [`page_listed`](Self::page_listed).

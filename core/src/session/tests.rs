@@ -45,6 +45,20 @@ fn decoded(frame: &[u8]) -> Message<'_> {
     }
 }
 
+/// Answers every pending lookup with `have`, as an adapter does one hash at a time.
+fn resolve_lookups(s: &mut S, mut have: impl FnMut(&ChunkHash) -> bool) {
+    while let Some(id) = s.next_lookup() {
+        s.answer_lookup(have(&id)).unwrap();
+    }
+}
+
+/// Answers the pending manifest request with `ids`.
+fn send_page(s: &mut S, ids: &[ChunkHash], last: bool) {
+    let (_, out) = s.page_to_list().expect("a page was asked for");
+    out[..ids.len()].copy_from_slice(ids);
+    s.page_listed(ids.len(), last).unwrap();
+}
+
 fn open_session(config: Config) -> S {
     let mut s = S::new(config, T0).unwrap();
     let out = sent(&mut s, T0);
@@ -183,8 +197,8 @@ fn unrequested_and_misplaced_pieces_are_refused() {
     });
     assert!(s.handle_input(T0, &page).is_ok());
     assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
-    assert_eq!(s.lookups(), &[id]);
-    s.resolve_lookups(|_| false).unwrap();
+    assert_eq!(s.next_lookup(), Some(id));
+    resolve_lookups(&mut s, |_| false);
     let out = sent(&mut s, T0);
     assert!(matches!(decoded(&out[0]), Message::EventChunkGet { hash } if hash == id));
 
@@ -272,14 +286,8 @@ fn the_idle_timer_fires_only_at_its_deadline() {
 #[test]
 fn answers_out_of_turn_are_api_misuse() {
     let mut s = open_session(Config::new(NodeId(1)));
-    assert_eq!(
-        s.resolve_lookups(|_| true),
-        Err(ApiMisuse::NoLookupsPending)
-    );
-    assert_eq!(
-        s.send_manifest_page(&[], true),
-        Err(ApiMisuse::NoManifestRequest)
-    );
+    assert_eq!(s.answer_lookup(true), Err(ApiMisuse::NoLookupsPending));
+    assert_eq!(s.page_listed(0, true), Err(ApiMisuse::NoManifestRequest));
     assert_eq!(
         s.serve_chunk(&ChunkHash::default(), 10),
         Err(ApiMisuse::NotRequested)
@@ -336,7 +344,7 @@ fn requesting(config: Config, id: ChunkHash) -> S {
     });
     assert!(s.handle_input(T0, &page).is_ok());
     assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
-    s.resolve_lookups(|_| false).unwrap();
+    resolve_lookups(&mut s, |_| false);
     let out = sent(&mut s, T0);
     assert!(matches!(decoded(&out[0]), Message::EventChunkGet { hash } if hash == id));
     s
@@ -451,7 +459,7 @@ fn a_peer_whose_chunks_keep_failing_is_dropped_at_the_limit() {
     });
     assert!(s.handle_input(T0, &page).is_ok());
     assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
-    s.resolve_lookups(|_| false).unwrap();
+    resolve_lookups(&mut s, |_| false);
     let requested: Vec<ChunkHash> = sent(&mut s, T0)
         .iter()
         .filter_map(|f| match decoded(f) {
@@ -526,8 +534,7 @@ fn a_session_that_outlives_its_deadline_ends_whatever_the_peer_does() {
         s.handle_timeout(now);
         let _ = s.handle_input(now, &request);
         while let Some(Event::ManifestPageNeeded { .. }) = s.poll_event() {
-            s.send_manifest_page(&[ChunkHash::from_bytes([second as u8; 32])], false)
-                .unwrap();
+            send_page(&mut s, &[ChunkHash::from_bytes([second as u8; 32])], false);
         }
         let _ = sent(&mut s, now);
         assert_eq!(s.error(), None);

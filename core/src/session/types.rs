@@ -99,10 +99,13 @@ pub enum Event {
         /// The peer's node id.
         peer: NodeId,
     },
-    /// A page of the peer's manifest arrived: answer with [`Session::resolve_lookups`](super::Session::resolve_lookups).
+    /// A page of the peer's manifest arrived: answer
+    /// [`Session::next_lookup`](super::Session::next_lookup) with
+    /// [`Session::answer_lookup`](super::Session::answer_lookup), one hash at a time.
     LookupNeeded,
     /// The peer asks for a page of this node's manifest: answer with
-    /// [`Session::send_manifest_page`](super::Session::send_manifest_page).
+    /// [`Session::page_to_list`](super::Session::page_to_list) and
+    /// [`Session::page_listed`](super::Session::page_listed).
     ManifestPageNeeded {
         /// Hashes strictly after this one (from the first if `None`).
         after: Option<ChunkHash>,
