@@ -109,17 +109,11 @@ pub struct Session<const PAGE: usize, const REQ: usize> {
 impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     /// A session that starts at `now` and will open with a `Hello`.
     pub fn new(config: Config, now: Instant) -> Result<Self, ConfigError> {
-        if !(MIN_FRAME..=MAX_FRAME_LIMIT).contains(&config.max_frame) {
-            return Err(ConfigError::FrameSize(config.max_frame));
-        }
-        if config.window == 0 || PAGE == 0 || REQ == 0 {
-            return Err(ConfigError::Zero("window, PAGE and REQ"));
-        }
-        if config.max_attempts == 0 {
-            return Err(ConfigError::Zero("max_attempts"));
+        config.check()?;
+        if PAGE == 0 || REQ == 0 {
+            return Err(ConfigError::Zero("PAGE and REQ"));
         }
         let throttle = Throttle::new(config.throttle).map_err(ConfigError::Throttle)?;
-        check_rate(config.throttle, config.idle_timeout)?;
         Ok(Self {
             config,
             throttle,

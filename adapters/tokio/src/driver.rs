@@ -7,13 +7,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
 use chunk_sync_core::progress::SyncProgress as CoreProgress;
-use chunk_sync_core::session::{self, Config, ConfigError, FailReason, Stats, Stored};
-use chunk_sync_core::{ChunkHash, NodeId};
+use chunk_sync_core::session::{self, Config, ConfigError, FailReason, Stored};
+use chunk_sync_core::ChunkHash;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 
 use crate::error::{Error, StoreError};
 use crate::output::{MAX_IOV, Output};
+use crate::progress::{SyncProgress, SyncReport};
 use crate::shared::Shared;
 use crate::store::VerifiedChunk;
 use crate::writes::{Writes, Written};
@@ -62,15 +63,6 @@ pub(crate) fn conduit<'w>(
     Ok(conduit)
 }
 
-/// What a finished (or failed) session did.
-#[derive(Debug, Clone)]
-pub(crate) struct Outcome {
-    pub(crate) peer: Option<NodeId>,
-    pub(crate) progress: CoreProgress,
-    pub(crate) stats: Stats,
-    pub(crate) failed: Vec<(ChunkHash, FailReason)>,
-}
-
 struct Driver<'s, 'w> {
     shared: &'s Arc<Shared>,
     conduit: Box<HostConduit<'w>>,
@@ -88,13 +80,14 @@ struct Driver<'s, 'w> {
     conn: Option<u64>,
 }
 
-/// Runs `conduit` over `io` until it closes.
+/// Runs `conduit` over `io` until it closes; returns what the session did, and how it
+/// ended.
 pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
     io: IO,
     conduit: Box<HostConduit<'_>>,
     shared: &Arc<Shared>,
     conn: Option<u64>,
-) -> (Outcome, Result<(), Error>) {
+) -> (SyncReport, Result<(), Error>) {
     let mut d = Driver {
         shared,
         writes: Writes::new(shared.store.as_ref()),
@@ -112,13 +105,13 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
     // Whatever was verified is kept, even when the session ended badly.
     d.write_remaining().await;
     d.publish();
-    let outcome = Outcome {
+    let report = SyncReport {
         peer: d.conduit.peer().map(|h| h.node_id),
-        progress: *d.conduit.progress(),
+        progress: SyncProgress::from_core(d.conduit.progress(), d.started),
         stats: *d.conduit.stats(),
         failed: d.failed,
     };
-    (outcome, result)
+    (report, result)
 }
 
 impl Driver<'_, '_> {
@@ -336,16 +329,15 @@ impl Driver<'_, '_> {
             return;
         }
         self.published = Some(progress);
-        self.shared.publish(
-            peer,
-            crate::SyncProgress::from_core(&progress, self.started),
-        );
+        self.shared
+            .publish(peer, SyncProgress::from_core(&progress, self.started));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chunk_sync_core::NodeId;
 
     #[test]
     fn a_host_conduit_before_hello_costs_what_the_readme_says() {

@@ -53,8 +53,8 @@ pub use config::{NodeConfig, ThrottleConfig};
 pub use error::{Error, StoreError};
 pub use listener::Listener;
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
-pub use node::{FailoverReport, Node, SyncReport};
-pub use progress::SyncProgress;
+pub use node::{FailoverReport, Node};
+pub use progress::{SyncProgress, SyncReport};
 #[cfg(feature = "redb")]
 pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy};
 pub use store::{Inserted, MemStore, MemoryLimit, NodeStore, VerifiedChunk};

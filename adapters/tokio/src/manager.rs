@@ -10,7 +10,8 @@ use chunk_sync_core::{ChunkHash, NodeId, delta};
 use crate::SyncProgress;
 use crate::config::{NodeConfig, ThrottleConfig};
 use crate::error::Error;
-use crate::node::{Node, SyncReport};
+use crate::node::Node;
+use crate::progress::SyncReport;
 use crate::store::{MemStore, VerifiedChunk};
 
 /// Default memory limit of the manager's chunk cache: 512 MiB.

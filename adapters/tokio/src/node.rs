@@ -5,33 +5,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chunk_sync_core::session::{FailReason, Stats};
 use chunk_sync_core::throttle::Throttle;
 use chunk_sync_core::{ChunkHash, NodeId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tracing::{Instrument, info_span};
 
-use crate::SyncProgress;
 use crate::config::{NodeConfig, core_duration};
-use crate::driver::{HOST_PAGE, HOST_REQ, conduit, drive};
+use crate::driver::{conduit, drive};
 use crate::error::Error;
+use crate::progress::{SyncProgress, SyncReport};
 use crate::shared::Shared;
 use crate::store::NodeStore;
-
-/// What one session with one peer did.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct SyncReport {
-    /// The peer, once the handshake is done.
-    pub peer: Option<NodeId>,
-    /// This side's pull: chunks found missing, synced, failed, bytes.
-    pub progress: SyncProgress,
-    /// Bytes and frames each way, headers included.
-    pub stats: Stats,
-    /// Chunks that could not be fetched from this peer.
-    pub failed: Vec<(ChunkHash, FailReason)>,
-}
 
 /// A sync node. Cloning gives another handle to the same node.
 ///
@@ -86,11 +71,10 @@ impl Node {
     /// A node keeping its chunks in `store`.
     pub fn new(config: NodeConfig, store: impl NodeStore) -> Result<Self, Error> {
         // Check the session configuration once, up front.
-        chunk_sync_core::session::Session::<HOST_PAGE, HOST_REQ>::new(
-            config.session_config(true, true),
-            chunk_sync_core::Instant::ZERO,
-        )
-        .map_err(Error::Config)?;
+        config
+            .session_config(true, true)
+            .check()
+            .map_err(Error::Config)?;
         let throttle = Throttle::new(config.throttle.to_core())
             .map_err(|e| Error::Config(chunk_sync_core::session::ConfigError::Throttle(e)))?;
         chunk_sync_core::session::check_rate(
@@ -187,7 +171,6 @@ impl Node {
         let shared = &*self.shared;
         let span = info_span!("session", node = %shared.config.node_id, peer = ?peer);
         let config = shared.config.session_config(mode.pull, mode.serve);
-        let started = tokio::time::Instant::now();
         let conduit = match conduit(config, shared, &wanted) {
             Ok(c) => c,
             Err(e) => {
@@ -196,30 +179,12 @@ impl Node {
                 return Err(Box::new(Failed { report, error }));
             }
         };
-        let (outcome, result) = drive(io, conduit, &self.shared, conn)
+        let (report, result) = drive(io, conduit, &self.shared, conn)
             .instrument(span)
             .await;
-        let report = SyncReport {
-            peer: outcome.peer,
-            progress: SyncProgress::from_core(&outcome.progress, started),
-            stats: outcome.stats,
-            failed: outcome.failed,
-        };
         match result {
             Ok(()) => Ok(report),
             Err(error) => Err(Box::new(Failed { report, error })),
-        }
-    }
-}
-
-impl SyncReport {
-    /// The report of a session that never started.
-    fn empty() -> Self {
-        Self {
-            peer: None,
-            progress: SyncProgress::new(0),
-            stats: Stats::default(),
-            failed: Vec::new(),
         }
     }
 }

@@ -1,6 +1,10 @@
-//! Per-peer progress with tokio's clock, as the original document's `SyncProgress`.
+//! Per-peer progress with tokio's clock, as the original document's `SyncProgress`, and
+//! the report of one session.
 
+use chunk_sync_core::ChunkHash;
+use chunk_sync_core::NodeId;
 use chunk_sync_core::progress::SyncProgress as CoreProgress;
+use chunk_sync_core::session::{FailReason, Stats};
 use tokio::time::{Duration, Instant};
 
 /// Progress of a sync with one peer.
@@ -67,5 +71,31 @@ impl SyncProgress {
     #[must_use]
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+}
+
+/// What one session with one peer did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// The peer, once the handshake is done.
+    pub peer: Option<NodeId>,
+    /// This side's pull: chunks found missing, synced, failed, bytes.
+    pub progress: SyncProgress,
+    /// Bytes and frames each way, headers included.
+    pub stats: Stats,
+    /// Chunks that could not be fetched from this peer.
+    pub failed: Vec<(ChunkHash, FailReason)>,
+}
+
+impl SyncReport {
+    /// The report of a session that never started.
+    pub(crate) fn empty() -> Self {
+        Self {
+            peer: None,
+            progress: SyncProgress::new(0),
+            stats: Stats::default(),
+            failed: Vec::new(),
+        }
     }
 }

@@ -1,10 +1,10 @@
 //! The session's public types: its settings, the events it reports, the frames it hands
 //! out and the pieces it gives back, and its counters.
 
-use super::Error;
+use super::{ConfigError, Error};
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
-use crate::throttle::ThrottleConfig;
+use crate::throttle::{Throttle, ThrottleConfig};
 use crate::time::Duration;
 use crate::wire;
 
@@ -67,6 +67,27 @@ pub struct Config {
 }
 
 impl Config {
+    /// Checks the settings as [`Session::new`](super::Session::new) does, without making a
+    /// session: a frame limit within the protocol's range, a non-zero window and
+    /// attempts, a valid throttle fast enough for the idle timeout
+    /// ([`check_rate`](super::check_rate)).
+    ///
+    /// # Errors
+    /// The first setting that is wrong.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !(wire::MIN_FRAME..=wire::MAX_FRAME_LIMIT).contains(&self.max_frame) {
+            return Err(ConfigError::FrameSize(self.max_frame));
+        }
+        if self.window == 0 {
+            return Err(ConfigError::Zero("window"));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::Zero("max_attempts"));
+        }
+        Throttle::new(self.throttle).map_err(ConfigError::Throttle)?;
+        super::check_rate(self.throttle, self.idle_timeout)
+    }
+
     /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout,
     /// 10 s for the peer's `Hello`, no overall deadline, no throttle, 2 attempts, 1,024
     /// failed chunks at most, pulling and serving.
