@@ -88,10 +88,7 @@
 //!                     self.conduit.stored(Stored::Kept).unwrap();
 //!                 }
 //!                 Action::Wait(wait) if wait.read && !self.inbox.is_empty() => {
-//!                     let buf = self.conduit.receive_buffer();
-//!                     let n = buf.len().min(self.inbox.len());
-//!                     buf[..n].copy_from_slice(&self.inbox[..n]);
-//!                     self.conduit.received(n);
+//!                     let n = self.conduit.receive(&self.inbox);
 //!                     self.inbox.drain(..n);
 //!                 }
 //!                 Action::Wait(_) => return,
@@ -818,6 +815,19 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         }
         let end = self.rx_end;
         self.rx.bytes_mut().get_mut(end..).unwrap_or(&mut [])
+    }
+
+    /// Takes as much of `bytes` as the receive buffer has room for (through
+    /// [`receive_buffer`](Self::receive_buffer) and [`received`](Self::received)) and
+    /// returns how many it took: for an adapter that holds received bytes already.
+    pub fn receive(&mut self, bytes: &[u8]) -> usize {
+        let buf = self.receive_buffer();
+        let n = buf.len().min(bytes.len());
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), bytes.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.received(n);
+        n
     }
 
     /// `n` bytes were written at the start of [`receive_buffer`](Self::receive_buffer).

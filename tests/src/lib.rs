@@ -175,10 +175,7 @@ impl End {
                         break;
                     }
                     moved = true;
-                    let buf = self.conduit.receive_buffer();
-                    let n = buf.len().min(self.inbox.len());
-                    buf[..n].copy_from_slice(&self.inbox[..n]);
-                    self.conduit.received(n);
+                    let n = self.conduit.receive(&self.inbox);
                     self.inbox.drain(..n);
                 }
                 Action::Closed(outcome) => {

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chunk_sync_core::ChunkHash;
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
 use chunk_sync_core::progress::SyncProgress as CoreProgress;
 use chunk_sync_core::session::{self, Config, ConfigError, FailReason, Stored};
-use chunk_sync_core::ChunkHash;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, warn};
 

@@ -246,10 +246,7 @@ impl Harness {
                 Action::Connected(_) | Action::ChunkFailed { .. } | Action::Shutdown => {}
                 Action::Wait(wait) => {
                     if wait.read && !self.inbox.is_empty() {
-                        let buf = self.c.receive_buffer();
-                        let n = buf.len().min(self.inbox.len());
-                        buf[..n].copy_from_slice(&self.inbox[..n]);
-                        self.c.received(n);
+                        let n = self.c.receive(&self.inbox);
                         self.inbox.drain(..n);
                         continue;
                     }
