@@ -2,6 +2,7 @@
 //! [`Conduit`]'s actions: socket reads and vectored writes, store calls, one reused timer.
 //! Every protocol decision is the conduit's; the loop is [`Driver::exchange`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -298,10 +299,14 @@ impl Driver<'_, '_> {
             Ok(inserted) => inserted,
             Err(e) => return self.store_failed(e),
         };
-        for (chunk, stored) in self.writes.finished(batch, &inserted) {
-            if stored == Stored::Fork {
+        let forks: HashSet<ChunkHash> = inserted.forks.iter().map(|f| f.refused).collect();
+        for chunk in batch {
+            let stored = if forks.contains(&chunk.id()) {
                 self.failed_chunk(chunk.id(), FailReason::Fork);
-            }
+                Stored::Fork
+            } else {
+                Stored::Kept
+            };
             self.conduit.kept_stored(chunk.bytes().len(), stored);
             self.writes.recycle(chunk.into_bytes());
         }

@@ -2,12 +2,9 @@
 //! batches (one commit for a transactional store), on a blocking thread when the store's
 //! writes wait on a disk, so that the transfer goes on meanwhile.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chunk_sync_core::ChunkHash;
-use chunk_sync_core::session::Stored;
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::error::StoreError;
@@ -87,27 +84,6 @@ impl Writes {
         };
         self.writing = None;
         joined
-    }
-
-    /// What the store did with each chunk of a written batch, in order, and the chunk's
-    /// length; the buffers it did not keep are reused.
-    pub(crate) fn finished(
-        &mut self,
-        batch: Vec<VerifiedChunk>,
-        inserted: &Inserted,
-    ) -> Vec<(VerifiedChunk, Stored)> {
-        let forks: HashSet<ChunkHash> = inserted.forks.iter().map(|f| f.refused).collect();
-        batch
-            .into_iter()
-            .map(|chunk| {
-                let stored = if forks.contains(&chunk.id()) {
-                    Stored::Fork
-                } else {
-                    Stored::Kept
-                };
-                (chunk, stored)
-            })
-            .collect()
     }
 
     /// Takes back a chunk's buffer if nothing else holds it.
