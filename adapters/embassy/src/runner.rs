@@ -141,7 +141,8 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
     pub async fn run(&mut self) -> Result<Report, RunError<IO, S>> {
         let started = embassy_time::Instant::now();
         let mut store_error = None;
-        let mut unflushed = false;
+        // The deadline of the last frame written and not yet flushed.
+        let mut unflushed = None;
         loop {
             if self.shared.stop_requested() {
                 self.conduit.abort();
@@ -165,7 +166,7 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                     match select(write, Timer::at(time::to_embassy(deadline))).await {
                         Either::First(Ok(())) => {
                             self.conduit.written(time::now(), len);
-                            unflushed = true;
+                            unflushed = Some(deadline);
                         }
                         Either::First(Err(e)) => return Err(Self::failed(e, store_error)),
                         // The peer took nothing for the idle timeout: the conduit ends it.
@@ -221,12 +222,16 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                 // Shutdown: a UART has no writing side to close; the rest needs no answer.
                 _ => continue,
             };
-            // Written frames go out before waiting or closing.
-            if unflushed {
-                unflushed = false;
-                if self.flush().await.is_none() {
-                    self.conduit.handle_timeout(time::now());
-                    continue;
+            // Written frames go out before waiting or closing, by the deadline the conduit
+            // gave the last of them.
+            if let Some(by) = unflushed.take() {
+                match select(self.io.flush(), Timer::at(time::to_embassy(by))).await {
+                    Either::First(Ok(())) => {}
+                    Either::First(Err(e)) => return Err(Self::failed(e, store_error)),
+                    Either::Second(()) => {
+                        self.conduit.handle_timeout(time::now());
+                        continue;
+                    }
                 }
             }
             self.publish(wait.is_err());
@@ -265,16 +270,6 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                 Some(Err(e)) => return Err(Self::failed(e, store_error)),
                 None => self.conduit.handle_timeout(time::now()),
             }
-        }
-    }
-
-    /// Flushes the transport within the idle timeout; `None` if the peer took too long.
-    async fn flush(&mut self) -> Option<Result<(), RunError<IO, S>>> {
-        let idle = self.conduit.session().config().idle_timeout;
-        let deadline = time::to_embassy(time::now() + idle);
-        match select(self.io.flush(), Timer::at(deadline)).await {
-            Either::First(flushed) => Some(flushed.map_err(Error::Transport)),
-            Either::Second(()) => None,
         }
     }
 
