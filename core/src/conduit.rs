@@ -377,15 +377,6 @@ enum Asked {
     Store { id: ChunkHash, len: usize },
 }
 
-/// Where an aborted session is in telling its peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Linger {
-    /// Not lingering.
-    No,
-    /// The writing side is shut; reading until the peer hangs up or this instant.
-    Until(Instant),
-}
-
 /// The next action, decided without borrowing the conduit.
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -425,15 +416,17 @@ pub struct Conduit<'w, B, const PAGE: usize, const REQ: usize> {
     write_since: Instant,
     /// When the node-wide throttle lets this session send again.
     node_ready: Option<Instant>,
-    /// Chunks the adapter keeps and has not answered for, and their bytes.
-    kept: usize,
+    /// Bytes of the chunks the adapter keeps and has not answered for (chunks are never
+    /// empty, so none are kept exactly when this is zero).
     kept_bytes: usize,
     eof: bool,
     stalled: bool,
     /// Whether this side aborted (possibly after the session completed, when a store
     /// failed to keep what it received).
     aborted: bool,
-    linger: Linger,
+    /// After an abort, once the writing side is shut: reading until the peer hangs up or
+    /// this instant.
+    linger_until: Option<Instant>,
 }
 
 impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, REQ> {
@@ -494,12 +487,11 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
             backlog: 0,
             write_since: now,
             node_ready: None,
-            kept: 0,
             kept_bytes: 0,
             eof: false,
             stalled: false,
             aborted: false,
-            linger: Linger::No,
+            linger_until: None,
         })
     }
 
@@ -754,15 +746,15 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
             let flushed = self.backlog == 0;
             match self.session.error() {
                 // Complete once everything is written and stored.
-                None if flushed && self.kept == 0 => return Step::Closed(Ok(())),
+                None if flushed && self.kept_bytes == 0 => return Step::Closed(Ok(())),
                 None => {}
                 Some(Error::Aborted) if self.limits.linger > Duration::ZERO && !self.eof => {
-                    match self.linger {
-                        Linger::No if flushed => {
-                            self.linger = Linger::Until(now + self.limits.linger);
+                    match self.linger_until {
+                        None if flushed => {
+                            self.linger_until = Some(now + self.limits.linger);
                             return Step::Shutdown;
                         }
-                        Linger::Until(t) if now >= t => {
+                        Some(t) if now >= t => {
                             return Step::Closed(Err(Error::Aborted));
                         }
                         _ => {}
@@ -786,7 +778,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         if self.backlog > 0 {
             sooner(self.stall_deadline());
         }
-        if let Linger::Until(t) = self.linger {
+        if let Some(t) = self.linger_until {
             sooner(t);
         }
         let room = self.rx_end < self.rx.bytes().len()
@@ -876,7 +868,6 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         self.session.abort();
         self.asked = None;
         self.aborted = true;
-        self.kept = 0;
         self.kept_bytes = 0;
     }
 
@@ -944,16 +935,15 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         let Ok(Asked::Store { len, .. }) = self.answer(|a| matches!(a, Asked::Store { .. })) else {
             return Err(replacement);
         };
-        self.kept += 1;
         self.kept_bytes += len;
         Ok(core::mem::replace(&mut self.assembly, replacement))
     }
 
-    /// A chunk of `len` bytes taken with [`keep`](Self::keep) was stored (or refused as a
-    /// fork). Still counted after [`Action::Closed`], so that a session's progress includes
-    /// what it kept.
+    /// A chunk taken with [`keep`](Self::keep) was stored (or refused as a fork); `len` is
+    /// its length, as the `Verified` chunk of its [`Action::Store`] had it: the conduit
+    /// closes once the lengths of all kept chunks are answered for. Still counted after
+    /// [`Action::Closed`], so that a session's progress includes what it kept.
     pub fn kept_stored(&mut self, len: usize, stored: Stored) {
-        self.kept = self.kept.saturating_sub(1);
         self.kept_bytes = self.kept_bytes.saturating_sub(len);
         self.session.chunk_stored(stored);
     }
