@@ -99,6 +99,84 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError
     })
 }
 
+/// Opens the database in `file`, which exists, for reading and writing.
+fn open_db(file: File, durability: Durability) -> Result<Database, StoreError> {
+    let backend = FileBackend::new(file).map_err(boxed)?;
+    let builder = Database::builder();
+    match durability {
+        Durability::Disk => builder.create_with_backend(backend),
+        Durability::Process => builder.create_with_backend(UnsyncedFile(backend)),
+    }
+    .map_err(refused)
+}
+
+/// Creates whichever of the store's tables `db` lacks.
+fn with_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(boxed)?;
+    txn.open_table(CHUNKS).map_err(boxed)?;
+    txn.open_table(STORED_AT).map_err(boxed)?;
+    txn.open_table(PINS).map_err(boxed)?;
+    txn.open_table(META).map_err(boxed)?;
+    txn.open_table(SPANS).map_err(boxed)?;
+    txn.commit().map_err(boxed)
+}
+
+/// The error for a file redb would not open: one that does not start with a database
+/// header is not a store (or is what an interrupted creation by an older version left).
+fn refused(e: redb::DatabaseError) -> StoreError {
+    match redb::Error::from(e) {
+        redb::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => Box::new(
+            RedbError::Damaged("not a chunk store: the file has no database header".into()),
+        ),
+        other => Box::new(RedbError::from(other)),
+    }
+}
+
+/// Creates an empty store at `path`, which does not exist: the database is made whole,
+/// with its tables, under a temporary name and then linked into place, which fails rather
+/// than replace a store another process created meanwhile (that one is kept).
+fn create(path: &Path, durability: Durability) -> Result<(), StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".creating");
+    let temporary = std::path::PathBuf::from(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&temporary)?;
+    // What a killed creation left is started over, once no other process is creating it.
+    if let Err(e) = file.try_lock() {
+        return Err(Box::new(match e {
+            std::fs::TryLockError::WouldBlock => RedbError::InUse,
+            std::fs::TryLockError::Error(e) => RedbError::Io(e),
+        }));
+    }
+    file.set_len(0)?;
+    let db = open_db(file, durability)?;
+    with_tables(&db)?;
+    if durability == Durability::Process {
+        // The one sync such a store gets: what is put in place is whole.
+        File::open(&temporary)?.sync_all()?;
+    }
+    let placed = match std::fs::hard_link(&temporary, path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        // A file system without hard links: a plain rename, if the place is still free.
+        Err(_) if !path.exists() => std::fs::rename(&temporary, path),
+        other => other,
+    };
+    drop(db);
+    placed?;
+    let _ = std::fs::remove_file(&temporary);
+    if durability == Durability::Disk {
+        // The new name reaches the disk too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,36 +267,23 @@ impl RedbStore {
     }
 
     /// Opens the store in `path`, creating it if it does not exist.
+    ///
+    /// A new store is made whole under a temporary name beside `path` (`path` with
+    /// `.creating` appended) and only then put in place, so a process killed while creating
+    /// it leaves either no store or an empty one, never a file that no later open accepts.
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let path = path.as_ref();
         guarded(|| {
-            let (db, unsynced) = match durability {
-                Durability::Disk => (Database::create(path).map_err(boxed)?, None),
-                Durability::Process => {
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(path)?;
-                    let handle = file.try_clone()?;
-                    let backend = UnsyncedFile(FileBackend::new(file).map_err(boxed)?);
-                    let db = Database::builder()
-                        .create_with_backend(backend)
-                        .map_err(boxed)?;
-                    (db, Some(handle))
-                }
-            };
-            let txn = db.begin_write().map_err(boxed)?;
-            txn.open_table(CHUNKS).map_err(boxed)?;
-            txn.open_table(STORED_AT).map_err(boxed)?;
-            txn.open_table(PINS).map_err(boxed)?;
-            txn.open_table(META).map_err(boxed)?;
-            txn.open_table(SPANS).map_err(boxed)?;
-            txn.commit().map_err(boxed)?;
+            if !path.exists() {
+                create(path, durability)?;
+            }
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let db = open_db(file.try_clone()?, durability)?;
+            // Stores made before a table existed gain it here.
+            with_tables(&db)?;
             Ok(Self {
                 db,
-                unsynced,
+                unsynced: matches!(durability, Durability::Process).then_some(file),
                 serving: Mutex::default(),
                 read_only: false,
             })
@@ -244,7 +309,7 @@ impl RedbStore {
         guarded(|| {
             let db = Database::builder()
                 .create_with_backend(backend)
-                .map_err(boxed)?;
+                .map_err(refused)?;
             // A store always has its tables; a file without them is not one.
             let txn = db.begin_read().map_err(boxed)?;
             txn.open_table(CHUNKS).map_err(|e| {
@@ -666,5 +731,88 @@ mod tests {
         s.flush().unwrap();
         drop(s);
         std::fs::remove_file(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod creation_tests {
+    use super::*;
+
+    fn place(name: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("chunk-sync-create-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn damaged(e: &StoreError) -> &str {
+        match e.downcast_ref::<RedbError>() {
+            Some(RedbError::Damaged(why)) => why,
+            other => panic!("not Damaged: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_a_killed_creation_left_is_started_over() {
+        for durability in [Durability::Disk, Durability::Process] {
+            let dir = place(&format!("{durability:?}"));
+            let path = dir.join("chunks.redb");
+            // A creation killed before its database was whole: half-written bytes under
+            // the temporary name, nothing at the store's own.
+            std::fs::write(dir.join("chunks.redb.creating"), vec![0; 70_000]).unwrap();
+            assert!(
+                RedbStore::open_read_only(&path).is_err(),
+                "there is no store yet"
+            );
+            let s = RedbStore::open_with(&path, durability).unwrap();
+            assert_eq!(s.len().unwrap(), 0);
+            assert!(
+                s.insert(VerifiedChunk::new(ChunkHash::of(b"x"), b"x".to_vec()).unwrap())
+                    .unwrap()
+            );
+            drop(s);
+            assert!(
+                !dir.join("chunks.redb.creating").exists(),
+                "the temporary is removed"
+            );
+            assert_eq!(RedbStore::open_read_only(&path).unwrap().len().unwrap(), 1);
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_file_without_a_database_header_is_refused_and_kept() {
+        let dir = place("headerless");
+        let path = dir.join("chunks.redb");
+        let bytes = vec![0; 70_000];
+        std::fs::write(&path, &bytes).unwrap();
+        let e = RedbStore::open_with(&path, Durability::Disk).unwrap_err();
+        assert!(damaged(&e).contains("no database header"), "{e}");
+        let e = RedbStore::open_read_only(&path).unwrap_err();
+        assert!(damaged(&e).contains("no database header"), "{e}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the file is not touched"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_created_meanwhile_by_another_process_is_kept() {
+        let dir = place("raced");
+        let path = dir.join("chunks.redb");
+        {
+            let s = RedbStore::open(&path).unwrap();
+            assert!(
+                s.insert(VerifiedChunk::new(ChunkHash::of(b"y"), b"y".to_vec()).unwrap())
+                    .unwrap()
+            );
+        }
+        // The other creator lost the race: its link finds the place taken.
+        create(&path, Durability::Disk).unwrap();
+        assert_eq!(RedbStore::open(&path).unwrap().len().unwrap(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

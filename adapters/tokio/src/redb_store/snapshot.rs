@@ -23,6 +23,9 @@ pub(super) struct Snapshot {
 struct Overlay {
     /// The length redb sees.
     len: u64,
+    /// How much of the file is still seen under the writes: a shrink hides the rest, which
+    /// then reads as zeros, as after a real `set_len`.
+    file_len: u64,
     /// Writes in the order they were made: later ones cover earlier ones.
     writes: Vec<(u64, Vec<u8>)>,
 }
@@ -34,6 +37,7 @@ impl Snapshot {
             file,
             state: Mutex::new(Overlay {
                 len,
+                file_len: len,
                 writes: Vec::new(),
             }),
         })
@@ -54,7 +58,7 @@ impl StorageBackend for Snapshot {
         let mut out = vec![0; len];
         // What the file holds of the range (past its end reads as zeros, as after
         // `set_len`).
-        let file_len = self.file.metadata()?.len();
+        let file_len = state.file_len;
         if offset < file_len {
             let n = usize::try_from(file_len - offset).map_or(len, |n| n.min(len));
             self.file.read_exact_at(&mut out[..n], offset)?;
@@ -71,7 +75,12 @@ impl StorageBackend for Snapshot {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.state().len = len;
+        let mut state = self.state();
+        state.len = len;
+        state.file_len = state.file_len.min(len);
+        for (at, data) in &mut state.writes {
+            data.truncate(usize::try_from(len.saturating_sub(*at)).unwrap_or(usize::MAX));
+        }
         Ok(())
     }
 
@@ -100,6 +109,10 @@ mod tests {
         s.set_len(12).unwrap();
         assert_eq!(s.len().unwrap(), 12);
         assert_eq!(s.read(8, 4).unwrap(), b"89\0\0");
+        // A shrink hides what lay past the new end, of the file and of the writes.
+        s.set_len(4).unwrap();
+        s.set_len(10).unwrap();
+        assert_eq!(s.read(0, 10).unwrap(), b"01aX\0\0\0\0\0\0");
         assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
         std::fs::remove_file(&path).unwrap();
     }
