@@ -328,6 +328,9 @@ fn cannot_open(dir: &std::path::Path, e: &chunk_sync_tokio::StoreError) -> Failu
     let dir = dir.display();
     match e.downcast_ref::<RedbError>() {
         Some(RedbError::InUse) => Failure(format!("store {dir} is in use by another process")),
+        Some(RedbError::NotAStore) => Failure(format!(
+            "cannot open store {dir}: its file {DB_FILE} is not a chunk store"
+        )),
         Some(RedbError::Damaged(why)) => Failure(format!(
             "store {dir} is damaged ({why}); fetch its chunks again from a peer into a new store"
         )),

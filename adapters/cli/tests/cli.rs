@@ -283,7 +283,7 @@ fn mistakes_get_one_clear_line() {
     std::fs::write(bad.join("chunks.redb"), b"this is not a database").unwrap();
     fails(
         &["stat", "--store", bad.to_str().unwrap()],
-        "cannot open store",
+        "chunks.redb is not a chunk store",
     );
 }
 
