@@ -225,6 +225,32 @@ impl<'a> Verified<'a> {
     }
 }
 
+/// A BLAKE3 hash of a stream of bytes in a named context (BLAKE3's key derivation mode), so
+/// that hashes made for one purpose can never be mistaken for those of another, nor for a
+/// chunk's name. [`recon`](crate::recon) builds its range fingerprints from these.
+#[derive(Clone, Debug)]
+pub struct Digest(blake3::Hasher);
+
+impl Digest {
+    /// A digest for `context`, a string fixed in the code that names the purpose.
+    #[must_use]
+    pub fn new(context: &'static str) -> Self {
+        Self(blake3::Hasher::new_derive_key(context))
+    }
+
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.update(bytes);
+        self
+    }
+
+    /// The hash of everything added.
+    #[must_use]
+    pub fn finish(&self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

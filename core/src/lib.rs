@@ -54,6 +54,7 @@ pub mod event;
 pub mod hash;
 pub mod manifest;
 pub mod progress;
+pub mod recon;
 pub mod session;
 pub mod store;
 pub mod throttle;

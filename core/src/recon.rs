@@ -1,0 +1,308 @@
+//! Range-based set reconciliation: what a peer holds that this node lacks, found at a cost
+//! that follows the difference between the two stores, not their size.
+//!
+//! # Keys and runs
+//! A chunk's key is `(origin, first_seq)`. The chunks of one origin tile its sequence
+//! numbers: they never overlap, and only the origin places their boundaries, when it seals
+//! them. So the chunks a store holds of one origin form *runs*, maximal series of chunks
+//! each starting where the one before it ends, and a [`Run`] is the interval of sequence
+//! numbers such a series covers. Between two stores, a sequence number inside a run of
+//! each is inside the same chunk on both sides (a different chunk there would overlap
+//! this one: a fork, which a store refuses), so a list of runs describes a set of chunks
+//! exactly, at a few bytes per hole where a list of ids costs 32 bytes per chunk.
+//!
+//! # Summaries
+//! A [`KeyRange`] of one origin holds the chunks whose `first_seq` lies in `lo..hi`. A
+//! side describes what it holds there with a [`Summary`]: how many chunks, the `first_seq`
+//! of the first and the `end_seq` of the last, and a [`Fingerprint`] of the chunks; and, if
+//! they are few enough to send, its runs. [`Summarizer`] computes both from the chunks in
+//! key order.
+//!
+//! # The walk
+//! The pulling side drives it ([`Walk`]); the serving side answers each query from its
+//! store and keeps nothing between queries.
+//! 1. [`Query::Origins`]: the server summarises each of its origins' whole range, with the
+//!    runs when they fit. For the common case, an append-only log that is behind at its
+//!    tail, that is one run per origin, and the puller learns in this one exchange the
+//!    exact sequence range it lacks.
+//! 2. The puller compares each summary with its own of the same range ([`Walk::resolve`]):
+//!    - the server holds nothing there, or both count and fingerprint are equal: done;
+//!    - the puller holds nothing there: the whole range is wanted;
+//!    - both sides' runs are known: the server's runs minus the puller's are wanted;
+//!    - otherwise the range is split into parts of equal width and the parts are asked for
+//!      with [`Query::Ranges`], which the server answers the same way.
+//! 3. Each wanted range is then fetched whole: the server sends every chunk whose
+//!    `first_seq` lies in it, and the puller checks that each does.
+//!
+//! The walk ends: every split narrows a range of sequence numbers by the number of its
+//! parts, and a range one sequence number wide holds at most one chunk on each side, which
+//! is decided without runs. Its state is bounded: `Q` ranges waiting to be asked for (past
+//! that a range is fetched whole rather than split: it costs bytes, never correctness), `E`
+//! summaries of one reply, `K` runs each, and [`Walk::new`]'s `max_ranges` in all, past
+//! which a peer that keeps the walk splitting gets [`ReconError::TooManyRanges`].
+//!
+//! # The fingerprint
+//! A range's fingerprint is the first 16 bytes of a BLAKE3 hash (key derivation mode,
+//! context [`RANGE_CONTEXT`]) of the origin, then, for each block of `2^BLOCK_BITS`
+//! sequence numbers holding chunks of the range, the block's number and the 32-byte BLAKE3
+//! hash (context [`BLOCK_CONTEXT`]) of those chunks' `(first_seq, end_seq, id)` in order.
+//! It is a hash of the exact list of chunks, not a sum or an XOR of their ids: two
+//! different lists with equal fingerprints are a BLAKE3 collision, which nobody can make
+//! on purpose, however they choose the chunks. (A sum of ids, as negentropy uses, can be
+//! matched by choosing a few thousand ids with Wagner's k-list method.) The blocks let a
+//! large store keep the hash of each whole block, so that a range's fingerprint costs one
+//! hash per block, plus the chunks of the blocks at its two edges, rather than a scan.
+//!
+//! What a collision could do at worst is make one range look equal for one walk: the
+//! puller would not ask for chunks there. Nothing unverified is ever stored: every chunk
+//! fetched is checked against its own hash and against the range it was asked for.
+//! Likewise equal runs with different chunks inside (a fork) end a range: the puller's
+//! store would refuse the other side's chunks anyway.
+
+use core::cmp::max;
+use core::fmt;
+
+use crate::event::NodeId;
+use crate::hash::{ChunkHash, Digest};
+
+pub mod codec;
+mod walk;
+pub use codec::{EntryWriter, Query, RangeList};
+pub use walk::{ReconError, Room, Walk, WalkStats};
+
+/// Context of the hash of one block's chunks (see the module docs).
+pub const BLOCK_CONTEXT: &str = "chunk-sync 2026-12 recon block";
+/// Context of the hash that makes a range's fingerprint.
+pub const RANGE_CONTEXT: &str = "chunk-sync 2026-12 recon range";
+/// A block holds the chunks whose `first_seq` shares all bits above the lowest
+/// `BLOCK_BITS`.
+pub const BLOCK_BITS: u32 = 12;
+/// The most parts a range is split into.
+pub const SPLIT: usize = 16;
+
+/// A run of chunks of one origin: the sequence numbers `lo..hi` they cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Run {
+    /// The first sequence number covered.
+    pub lo: u64,
+    /// One past the last sequence number covered.
+    pub hi: u64,
+}
+
+/// The chunks of `origin` whose `first_seq` lies in `lo..hi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct KeyRange {
+    /// Whose log.
+    pub origin: NodeId,
+    /// The lowest `first_seq` in the range.
+    pub lo: u64,
+    /// One past the highest `first_seq` in the range.
+    pub hi: u64,
+}
+
+impl KeyRange {
+    /// Every chunk of `origin`.
+    #[must_use]
+    pub const fn whole(origin: NodeId) -> Self {
+        Self {
+            origin,
+            lo: 0,
+            hi: u64::MAX,
+        }
+    }
+
+    /// Whether a chunk of `origin` starting at `first_seq` is in the range.
+    #[must_use]
+    pub const fn contains(&self, origin: NodeId, first_seq: u64) -> bool {
+        self.origin.0 == origin.0 && self.lo <= first_seq && first_seq < self.hi
+    }
+}
+
+/// The first 16 bytes of the hash of a range's chunks (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Fingerprint(pub [u8; 16]);
+
+/// What one side holds of a [`KeyRange`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Summary {
+    /// How many chunks.
+    pub count: u64,
+    /// The first chunk's `first_seq` (0 when there are none).
+    pub first: u64,
+    /// The last chunk's `end_seq` (0 when there are none).
+    pub end: u64,
+    /// The hash of the chunks ([`Fingerprint::default`] when there are none).
+    pub fingerprint: Fingerprint,
+}
+
+/// Why a [`Summarizer`] refused a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct OutOfOrder;
+
+impl fmt::Display for OutOfOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("chunks of a range must come in key order, inside it, without overlaps")
+    }
+}
+
+impl core::error::Error for OutOfOrder {}
+
+/// Computes the [`Summary`] and the runs of a range from its chunks, given in key order.
+#[derive(Debug)]
+pub struct Summarizer<'r> {
+    range: KeyRange,
+    outer: Digest,
+    block: Option<(u64, Digest)>,
+    summary: Summary,
+    runs: &'r mut [Run],
+    /// Runs found; more than `runs.len()` means they did not fit.
+    run_count: usize,
+}
+
+impl<'r> Summarizer<'r> {
+    /// Starts a summary of `range`, keeping up to `runs.len()` runs in `runs`.
+    pub fn new(range: KeyRange, runs: &'r mut [Run]) -> Self {
+        let mut outer = Digest::new(RANGE_CONTEXT);
+        outer.update(&range.origin.0.to_le_bytes());
+        Self {
+            range,
+            outer,
+            block: None,
+            summary: Summary::default(),
+            runs,
+            run_count: 0,
+        }
+    }
+
+    /// Adds the next chunk of the range.
+    ///
+    /// # Errors
+    /// [`OutOfOrder`] if it is outside the range, empty, or does not start at or after the
+    /// end of the previous one.
+    pub fn push(&mut self, first_seq: u64, end_seq: u64, id: &ChunkHash) -> Result<(), OutOfOrder> {
+        let after_previous = self.summary.count == 0 || first_seq >= self.summary.end;
+        if !self.range.contains(self.range.origin, first_seq)
+            || end_seq <= first_seq
+            || !after_previous
+        {
+            return Err(OutOfOrder);
+        }
+        let block = first_seq >> BLOCK_BITS;
+        match &mut self.block {
+            Some((b, digest)) if *b == block => {
+                digest.update(&first_seq.to_le_bytes());
+            }
+            open => {
+                if let Some((b, digest)) = open.take() {
+                    self.outer.update(&b.to_le_bytes()).update(&digest.finish());
+                }
+                let mut digest = Digest::new(BLOCK_CONTEXT);
+                digest.update(&first_seq.to_le_bytes());
+                *open = Some((block, digest));
+            }
+        }
+        if let Some((_, digest)) = &mut self.block {
+            digest.update(&end_seq.to_le_bytes()).update(id.as_bytes());
+        }
+        // A new run unless this chunk starts where the previous one ended.
+        if self.summary.count == 0 || first_seq != self.summary.end {
+            self.run_count += 1;
+            if let Some(run) = self.runs.get_mut(self.run_count - 1) {
+                *run = Run {
+                    lo: first_seq,
+                    hi: end_seq,
+                };
+            }
+        } else if let Some(run) = self.runs.get_mut(self.run_count - 1) {
+            run.hi = end_seq;
+        }
+        if self.summary.count == 0 {
+            self.summary.first = first_seq;
+        }
+        self.summary.count += 1;
+        self.summary.end = end_seq;
+        Ok(())
+    }
+
+    /// The summary, and how many runs were written to the buffer, or `None` if they did not
+    /// fit in it.
+    #[must_use]
+    pub fn finish(mut self) -> (Summary, Option<usize>) {
+        if let Some((b, digest)) = self.block.take() {
+            self.outer.update(&b.to_le_bytes()).update(&digest.finish());
+        }
+        if self.summary.count > 0 {
+            let full = self.outer.finish();
+            let mut fp = [0; 16];
+            fp.copy_from_slice(&full[..16]);
+            self.summary.fingerprint = Fingerprint(fp);
+        }
+        let runs = (self.run_count <= self.runs.len()).then_some(self.run_count);
+        (self.summary, runs)
+    }
+}
+
+/// The sequence numbers of `theirs` that are in no run of `mine`, as runs in ascending
+/// order: what one side covers and the other does not. Both inputs sorted and disjoint
+/// (unsorted input gives a wrong answer, never a panic).
+#[must_use]
+pub const fn subtract<'a>(theirs: &'a [Run], mine: &'a [Run]) -> Subtract<'a> {
+    Subtract {
+        theirs,
+        mine,
+        from: None,
+    }
+}
+
+/// The iterator of [`subtract`].
+#[derive(Clone, Debug)]
+pub struct Subtract<'a> {
+    theirs: &'a [Run],
+    mine: &'a [Run],
+    /// Where the rest of the first run of `theirs` starts, once part of it was passed.
+    from: Option<u64>,
+}
+
+impl Iterator for Subtract<'_> {
+    type Item = Run;
+
+    fn next(&mut self) -> Option<Run> {
+        loop {
+            let their = *self.theirs.first()?;
+            let from = self.from.map_or(their.lo, |f| max(f, their.lo));
+            if from >= their.hi {
+                self.theirs = &self.theirs[1..];
+                self.from = None;
+                continue;
+            }
+            // Runs of mine that end before `from` cannot cut anything that follows.
+            while self.mine.first().is_some_and(|m| m.hi <= from) {
+                self.mine = &self.mine[1..];
+            }
+            match self.mine.first() {
+                Some(m) if m.lo < their.hi => {
+                    self.from = Some(m.hi);
+                    if m.lo > from {
+                        return Some(Run { lo: from, hi: m.lo });
+                    }
+                }
+                _ => {
+                    self.theirs = &self.theirs[1..];
+                    self.from = None;
+                    return Some(Run {
+                        lo: from,
+                        hi: their.hi,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

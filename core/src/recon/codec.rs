@@ -1,0 +1,438 @@
+//! The bytes of reconciliation messages: queries, and the summaries that answer them.
+//!
+//! Numbers are LEB128 varints (as postcard writes them). A list of ranges is, per range,
+//! the gap from the previous range's `hi` (from 0 for the first) and the width. A summary
+//! entry is its count; if non-zero, then `first` less the range's `lo`, `end` less `first`,
+//! the 16-byte fingerprint, and the runs: 0 if they are not sent, else their number plus
+//! one, then for each run but the first the gap from the previous run's `hi`, and for each
+//! its width (the first run starts at `first`, the last ends at `end`).
+
+use super::{Fingerprint, KeyRange, Run, Summary};
+use crate::error::{DecodeError, InsufficientSize};
+use crate::event::NodeId;
+
+/// The most bytes a varint of a `u64` takes.
+pub(super) const MAX_VARINT: usize = 10;
+/// The most bytes of a summary entry without runs, origin included.
+pub const MAX_ENTRY: usize = 4 * MAX_VARINT + 16 + 1;
+/// The most bytes of one run in an entry.
+pub const MAX_RUN: usize = 2 * MAX_VARINT;
+/// The most bytes of one range in a [`RangeList`].
+pub const MAX_RANGE: usize = 2 * MAX_VARINT;
+
+/// A query of the pulling side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Query<'a> {
+    /// Summaries of the server's origins after `after` (from the first if `None`), at most
+    /// `limit` of them, each of the origin's whole range.
+    Origins {
+        /// The last origin of the previous answer.
+        after: Option<NodeId>,
+        /// The most entries wanted.
+        limit: u16,
+        /// The most runs per entry wanted.
+        max_runs: u16,
+    },
+    /// Summaries of these ranges of one origin, one entry each, in order.
+    Ranges {
+        /// Whose log.
+        origin: NodeId,
+        /// The most runs per entry wanted.
+        max_runs: u16,
+        /// The ranges, ascending and disjoint.
+        ranges: RangeList<'a>,
+    },
+}
+
+impl<'a> Query<'a> {
+    /// Writes the query into `buf` (a tag byte, then its fields as varints, the ranges as a
+    /// length and their bytes) and returns the bytes written.
+    ///
+    /// # Errors
+    /// [`InsufficientSize`] if `buf` cannot hold it.
+    pub fn write(&self, buf: &mut [u8]) -> Result<usize, InsufficientSize> {
+        let mut w = Writer { buf, len: 0 };
+        match self {
+            Self::Origins {
+                after,
+                limit,
+                max_runs,
+            } => {
+                w.bytes(&[0])?;
+                match after {
+                    None => w.bytes(&[0])?,
+                    Some(a) => {
+                        w.bytes(&[1])?;
+                        w.varint(a.0)?;
+                    }
+                }
+                w.varint(u64::from(*limit))?;
+                w.varint(u64::from(*max_runs))?;
+            }
+            Self::Ranges {
+                origin,
+                max_runs,
+                ranges,
+            } => {
+                w.bytes(&[1])?;
+                w.varint(origin.0)?;
+                w.varint(u64::from(*max_runs))?;
+                ranges.write(&mut w)?;
+            }
+        }
+        Ok(w.len)
+    }
+
+    /// Reads a query written by [`write`](Self::write), borrowing its ranges.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for bytes that are not one, or are followed by more.
+    pub fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        let small = |v: u64| u16::try_from(v).map_err(|_| DecodeError::Malformed);
+        let query = match r.take(1)?[0] {
+            0 => {
+                let after = match r.take(1)?[0] {
+                    0 => None,
+                    1 => Some(NodeId(r.varint()?)),
+                    _ => return Err(DecodeError::Malformed),
+                };
+                Self::Origins {
+                    after,
+                    limit: small(r.varint()?)?,
+                    max_runs: small(r.varint()?)?,
+                }
+            }
+            1 => {
+                let origin = NodeId(r.varint()?);
+                let max_runs = small(r.varint()?)?;
+                let len = usize::try_from(r.varint()?).map_err(|_| DecodeError::Malformed)?;
+                Self::Ranges {
+                    origin,
+                    max_runs,
+                    ranges: RangeList(RangeRepr::Raw(r.take(len)?)),
+                }
+            }
+            _ => return Err(DecodeError::Malformed),
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError::TrailingBytes { extra: r.0.len() });
+        }
+        Ok(query)
+    }
+}
+
+/// Ranges of one origin inside a [`Query::Ranges`]: pairs `(lo, hi)` to send, or the bytes
+/// received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RangeList<'a>(RangeRepr<'a>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RangeRepr<'a> {
+    Pairs(&'a [(u64, u64)]),
+    Raw(&'a [u8]),
+}
+
+impl<'a> RangeList<'a> {
+    /// A list of these ranges, ascending and disjoint (for sending).
+    #[must_use]
+    pub const fn new(pairs: &'a [(u64, u64)]) -> Self {
+        Self(RangeRepr::Pairs(pairs))
+    }
+
+    fn write(&self, w: &mut Writer<'_>) -> Result<(), InsufficientSize> {
+        match self.0 {
+            RangeRepr::Raw(raw) => {
+                w.varint(raw.len() as u64)?;
+                w.bytes(raw)
+            }
+            RangeRepr::Pairs(pairs) => {
+                let pair_len = |(lo, hi): (u64, u64), prev: u64| {
+                    varint_len(lo.wrapping_sub(prev)) + varint_len(hi.wrapping_sub(lo))
+                };
+                let mut prev = 0;
+                let mut len = 0;
+                for &p in pairs {
+                    len += pair_len(p, prev);
+                    prev = p.1;
+                }
+                w.varint(len as u64)?;
+                let mut prev = 0;
+                for &(lo, hi) in pairs {
+                    w.varint(lo.wrapping_sub(prev))?;
+                    w.varint(hi.wrapping_sub(lo))?;
+                    prev = hi;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The ranges, each checked to be non-empty and to start at or after the end of the
+    /// previous one.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(u64, u64), DecodeError>> + 'a {
+        let (mut raw, mut pairs): (Reader<'a>, &'a [(u64, u64)]) = match self.0 {
+            RangeRepr::Raw(raw) => (Reader(raw), &[]),
+            RangeRepr::Pairs(pairs) => (Reader(&[]), pairs),
+        };
+        let mut prev: u64 = 0;
+        core::iter::from_fn(move || {
+            if let Some((first, rest)) = pairs.split_first() {
+                pairs = rest;
+                return Some(Ok(*first));
+            }
+            if raw.0.is_empty() {
+                return None;
+            }
+            let item = (|| {
+                let lo = prev.checked_add(raw.varint()?).ok_or(BAD_RANGE)?;
+                let width = raw.varint()?;
+                let hi = lo.checked_add(width).ok_or(BAD_RANGE)?;
+                if width == 0 {
+                    return Err(BAD_RANGE);
+                }
+                prev = hi;
+                Ok((lo, hi))
+            })();
+            if item.is_err() {
+                raw.0 = &[];
+            }
+            Some(item)
+        })
+    }
+}
+
+/// Bytes of the varint of `v`.
+#[must_use]
+pub const fn varint_len(v: u64) -> usize {
+    let bits = 64 - v.leading_zeros() as usize;
+    if bits == 0 { 1 } else { bits.div_ceil(7) }
+}
+
+const BAD_RANGE: DecodeError = DecodeError::Invalid("a range is empty or past the largest key");
+
+/// Writes summary entries into a frame's buffer, keeping room for the entries still to
+/// come: runs are sent only where they fit.
+#[derive(Debug)]
+pub struct EntryWriter<'b> {
+    w: Writer<'b>,
+    /// Entries still to be written after the current one.
+    remaining: usize,
+}
+
+impl<'b> EntryWriter<'b> {
+    /// A writer of `entries` entries into `buf`, which must hold [`MAX_ENTRY`] bytes for
+    /// each.
+    ///
+    /// # Errors
+    /// [`InsufficientSize`] if it cannot.
+    pub fn new(buf: &'b mut [u8], entries: usize) -> Result<Self, InsufficientSize> {
+        let required = entries * MAX_ENTRY;
+        if buf.len() < required {
+            return Err(InsufficientSize { required });
+        }
+        Ok(Self {
+            w: Writer { buf, len: 0 },
+            remaining: entries,
+        })
+    }
+
+    /// Writes the next entry: what this side holds of `range` (the whole origin's range for
+    /// an answer to [`Query::Origins`], whose entries also carry the origin). `runs` are
+    /// written if given and if they fit beside the room kept for the entries after this one.
+    ///
+    /// # Panics
+    /// Never; writing more entries than announced is refused with [`InsufficientSize`].
+    pub fn write(
+        &mut self,
+        origin: Option<NodeId>,
+        range: &KeyRange,
+        summary: &Summary,
+        runs: Option<&[Run]>,
+    ) -> Result<(), InsufficientSize> {
+        self.remaining = self
+            .remaining
+            .checked_sub(1)
+            .ok_or(InsufficientSize { required: 0 })?;
+        if let Some(origin) = origin {
+            self.w.varint(origin.0)?;
+        }
+        self.w.varint(summary.count)?;
+        if summary.count == 0 {
+            return Ok(());
+        }
+        self.w.varint(summary.first.wrapping_sub(range.lo))?;
+        self.w.varint(summary.end.wrapping_sub(summary.first))?;
+        self.w.bytes(&summary.fingerprint.0)?;
+        let keep = self.remaining * MAX_ENTRY;
+        let fits = runs.filter(|runs| {
+            let need = MAX_VARINT + runs.len() * MAX_RUN;
+            self.w.buf.len() - self.w.len >= keep + need
+        });
+        match fits {
+            None => self.w.varint(0),
+            Some(runs) => {
+                self.w.varint(runs.len() as u64 + 1)?;
+                let mut prev = None;
+                for run in runs {
+                    if let Some(p) = prev {
+                        self.w.varint(run.lo.wrapping_sub(p))?;
+                    }
+                    self.w.varint(run.hi.wrapping_sub(run.lo))?;
+                    prev = Some(run.hi);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The bytes written.
+    #[must_use]
+    pub fn finish(self) -> usize {
+        self.w.len
+    }
+}
+
+/// One entry read by [`decode_entry`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// The origin: the entry's own in an answer to [`Query::Origins`], else the range's.
+    pub origin: NodeId,
+    /// What the server holds.
+    pub summary: Summary,
+    /// How many runs were written to the caller's buffer (`None`: none were sent).
+    pub runs: Option<usize>,
+    /// The bytes after the entry.
+    pub rest: &'a [u8],
+}
+
+/// Reads the entry at the front of `bytes`, for `range` (whose `origin` is replaced by the
+/// entry's own when `with_origin`), writing its runs into `runs`.
+///
+/// # Errors
+/// [`DecodeError`] for bytes that are not an entry, or runs that do not fit `runs` or do not
+/// fit the summary (see [`Walk`](super::Walk) for the checks against the range).
+pub fn decode_entry<'a>(
+    bytes: &'a [u8],
+    range: &KeyRange,
+    with_origin: bool,
+    runs: &mut [Run],
+) -> Result<Entry<'a>, DecodeError> {
+    const BAD: DecodeError = DecodeError::Invalid("a summary's numbers do not add up");
+    let mut r = Reader(bytes);
+    let origin = if with_origin {
+        NodeId(r.varint()?)
+    } else {
+        range.origin
+    };
+    let count = r.varint()?;
+    if count == 0 {
+        return Ok(Entry {
+            origin,
+            summary: Summary::default(),
+            runs: None,
+            rest: r.0,
+        });
+    }
+    let first = range.lo.checked_add(r.varint()?).ok_or(BAD)?;
+    let end = first.checked_add(r.varint()?).ok_or(BAD)?;
+    let mut fp = [0; 16];
+    fp.copy_from_slice(r.take(16)?);
+    let summary = Summary {
+        count,
+        first,
+        end,
+        fingerprint: Fingerprint(fp),
+    };
+    let sent = r.varint()?;
+    if sent == 0 {
+        return Ok(Entry {
+            origin,
+            summary,
+            runs: None,
+            rest: r.0,
+        });
+    }
+    let n = usize::try_from(sent - 1).map_err(|_| BAD)?;
+    let out = runs
+        .get_mut(..n)
+        .ok_or(DecodeError::Invalid("more runs than asked for"))?;
+    let mut at = first;
+    for (i, run) in out.iter_mut().enumerate() {
+        if i > 0 {
+            at = at.checked_add(r.varint()?).ok_or(BAD)?;
+        }
+        let hi = at.checked_add(r.varint()?).ok_or(BAD)?;
+        *run = Run { lo: at, hi };
+        at = hi;
+    }
+    Ok(Entry {
+        origin,
+        summary,
+        runs: Some(n),
+        rest: r.0,
+    })
+}
+
+struct Writer<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Debug for Writer<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Writer").field("len", &self.len).finish()
+    }
+}
+
+impl Writer<'_> {
+    fn varint(&mut self, mut v: u64) -> Result<(), InsufficientSize> {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                return self.bytes(&[byte]);
+            }
+            self.bytes(&[byte | 0x80])?;
+        }
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) -> Result<(), InsufficientSize> {
+        let end = self.len + bytes.len();
+        let dst = self
+            .buf
+            .get_mut(self.len..end)
+            .ok_or(InsufficientSize { required: end })?;
+        dst.copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let mut v: u64 = 0;
+        for i in 0..MAX_VARINT {
+            let (&byte, rest) = self.0.split_first().ok_or(DecodeError::Truncated)?;
+            self.0 = rest;
+            let bits = u64::from(byte & 0x7f);
+            // The tenth byte may carry only the top bit of a u64.
+            if i == MAX_VARINT - 1 && byte > 1 {
+                return Err(DecodeError::Malformed);
+            }
+            v |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::Malformed)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let (head, rest) = self.0.split_at_checked(n).ok_or(DecodeError::Truncated)?;
+        self.0 = rest;
+        Ok(head)
+    }
+}

@@ -1,0 +1,506 @@
+extern crate std;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::codec::{self, EntryWriter, MAX_ENTRY, Query};
+use super::*;
+
+/// A store as the reconciliation sees it: chunks by `(origin, first_seq)`.
+#[derive(Clone, Debug, Default)]
+struct Model(BTreeMap<(u64, u64), (u64, ChunkHash)>);
+
+fn id(origin: u64, first: u64, end: u64) -> ChunkHash {
+    let mut bytes = [0; 24];
+    bytes[..8].copy_from_slice(&origin.to_le_bytes());
+    bytes[8..16].copy_from_slice(&first.to_le_bytes());
+    bytes[16..].copy_from_slice(&end.to_le_bytes());
+    ChunkHash::of(&bytes)
+}
+
+impl Model {
+    fn add(&mut self, origin: u64, first: u64, end: u64) {
+        self.0
+            .insert((origin, first), (end, id(origin, first, end)));
+    }
+
+    fn summarize(&self, range: &KeyRange, runs: &mut [Run]) -> (Summary, Option<usize>) {
+        let mut s = Summarizer::new(*range, runs);
+        for (&(_, first), &(end, id)) in self
+            .0
+            .range((range.origin.0, range.lo)..(range.origin.0, range.hi))
+        {
+            s.push(first, end, &id).unwrap();
+        }
+        s.finish()
+    }
+
+    fn origins_after(&self, after: Option<NodeId>) -> impl Iterator<Item = NodeId> + '_ {
+        let from = after.map_or(0, |a| a.0.saturating_add(1));
+        let mut last = None;
+        self.0
+            .range((from, 0)..)
+            .map(|(&(o, _), _)| o)
+            .filter(move |o| {
+                let new = last != Some(*o);
+                last = Some(*o);
+                new && (after.is_none() || after.is_some_and(|a| *o > a.0))
+            })
+            .map(NodeId)
+    }
+
+    /// The chunks of a wanted range, as the server sends them.
+    fn in_range(&self, r: &KeyRange) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let r = *r;
+        self.0
+            .range((r.origin.0, r.lo)..(r.origin.0, r.hi))
+            .map(|(&k, _)| k)
+    }
+
+    /// The server's answer to `query` in a frame of `frame` bytes: entries and `last`.
+    fn answer(&self, query: &Query<'_>, frame: usize) -> (Vec<u8>, bool) {
+        let mut buf = std::vec![0; frame];
+        let mut runs = std::vec![Run { lo: 0, hi: 0 }; 64];
+        match query {
+            Query::Origins {
+                after,
+                limit,
+                max_runs,
+            } => {
+                let fit = frame / MAX_ENTRY;
+                let origins: Vec<NodeId> = self.origins_after(*after).collect();
+                let n = origins.len().min(usize::from(*limit)).min(fit);
+                let mut w = EntryWriter::new(&mut buf, n).unwrap();
+                for origin in &origins[..n] {
+                    let range = KeyRange::whole(*origin);
+                    let runs = &mut runs[..usize::from(*max_runs)];
+                    let (summary, sent) = self.summarize(&range, runs);
+                    w.write(Some(*origin), &range, &summary, sent.map(|n| &runs[..n]))
+                        .unwrap();
+                }
+                let len = w.finish();
+                buf.truncate(len);
+                (buf, n == origins.len())
+            }
+            Query::Ranges {
+                origin,
+                max_runs,
+                ranges,
+            } => {
+                let ranges: Vec<(u64, u64)> = ranges.iter().map(Result::unwrap).collect();
+                let mut w = EntryWriter::new(&mut buf, ranges.len()).unwrap();
+                for (lo, hi) in ranges {
+                    let range = KeyRange {
+                        origin: *origin,
+                        lo,
+                        hi,
+                    };
+                    let runs = &mut runs[..usize::from(*max_runs)];
+                    let (summary, sent) = self.summarize(&range, runs);
+                    w.write(None, &range, &summary, sent.map(|n| &runs[..n]))
+                        .unwrap();
+                }
+                let len = w.finish();
+                buf.truncate(len);
+                (buf, true)
+            }
+        }
+    }
+}
+
+/// Bytes of message framing around a query or an answer: header, tag, list length, `last`.
+const OVERHEAD: usize = 4 + 1 + 3 + 1;
+
+#[derive(Debug, Default)]
+struct Outcome {
+    wanted: Vec<KeyRange>,
+    sent: usize,
+    received: usize,
+    round_trips: usize,
+}
+
+/// Runs a walk of `puller` against `server` to its end.
+fn reconcile<const Q: usize, const E: usize, const K: usize>(
+    puller: &Model,
+    server: &Model,
+    puller_frame: usize,
+    server_frame: usize,
+) -> Result<Outcome, ReconError> {
+    let mut walk = Walk::<Q, E, K>::new(1 << 20);
+    let room = Room::for_frames(puller_frame, server_frame, OVERHEAD);
+    let mut out = Outcome::default();
+    let mut runs = [Run { lo: 0, hi: 0 }; K];
+    loop {
+        // Resolving stops while wanted ranges wait: take them, as a fetcher would.
+        loop {
+            while let Some(range) = walk.next_own() {
+                let (mine, n) = puller.summarize(&range, &mut runs);
+                assert!(walk.resolve(&mine, n.map(|n| &runs[..n])));
+            }
+            let before = out.wanted.len();
+            out.wanted
+                .extend(core::iter::from_fn(|| walk.next_wanted()));
+            if out.wanted.len() == before {
+                break;
+            }
+        }
+        let Some(query) = walk.next_query(room)? else {
+            break;
+        };
+        let mut qbuf = [0; 70_000];
+        let qlen = query.write(&mut qbuf).unwrap();
+        assert!(
+            qlen + OVERHEAD <= server_frame,
+            "a query fits the server's frames"
+        );
+        let (entries, last) = server.answer(
+            &Query::read(&qbuf[..qlen]).unwrap(),
+            puller_frame - OVERHEAD,
+        );
+        assert!(
+            entries.len() + OVERHEAD <= puller_frame,
+            "an answer fits the puller's frames"
+        );
+        out.sent += qlen + OVERHEAD;
+        out.received += entries.len() + OVERHEAD;
+        out.round_trips += 1;
+        match query {
+            Query::Origins { .. } => walk.on_origins(&entries, last)?,
+            Query::Ranges { .. } => walk.on_ranges(&entries)?,
+        }
+    }
+    assert!(walk.is_done());
+    Ok(out)
+}
+
+/// A log of one origin: chunks of 1 to 4 sequence numbers, tiling `0..`.
+fn log(origin: u64, sizes: &[u64]) -> Vec<(u64, u64, u64)> {
+    let mut at = 0;
+    sizes
+        .iter()
+        .map(|&n| {
+            let c = (origin, at, at + n);
+            at += n;
+            c
+        })
+        .collect()
+}
+
+/// Two stores holding parts of the same logs.
+fn stores() -> impl Strategy<Value = (Model, Model)> {
+    (
+        prop::collection::vec(prop::collection::vec(1u64..5, 0..120), 1..4),
+        // How each side picks its chunks: 0 all, 1 a prefix, 2 random holes, 3 none.
+        (0u8..4, 0u8..4),
+        any::<u64>(),
+    )
+        .prop_map(|(logs, (pick_a, pick_b), seed)| {
+            let mut rng = seed;
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let (mut a, mut b) = (Model::default(), Model::default());
+            for (i, sizes) in logs.iter().enumerate() {
+                // Large ids too, as random node ids are.
+                let origin = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let chunks = log(origin, sizes);
+                let cut_a = (next() as usize) % (chunks.len() + 1);
+                let cut_b = (next() as usize) % (chunks.len() + 1);
+                for (i, &(o, f, e)) in chunks.iter().enumerate() {
+                    let keep = |pick, cut, r: u64| match pick {
+                        0 => true,
+                        1 => i < cut,
+                        2 => !r.is_multiple_of(3),
+                        _ => false,
+                    };
+                    if keep(pick_a, cut_a, next()) {
+                        a.add(o, f, e);
+                    }
+                    if keep(pick_b, cut_b, next()) {
+                        b.add(o, f, e);
+                    }
+                }
+            }
+            (a, b)
+        })
+}
+
+fn keys(m: &Model) -> BTreeSet<(u64, u64)> {
+    m.0.keys().copied().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The puller ends knowing exactly what it lacks: every chunk of the server it does not
+    /// hold is in a wanted range, and no chunk it holds is.
+    #[test]
+    fn the_puller_learns_exactly_the_difference(
+        (a, b) in stores(),
+        puller_frame in 256usize..4096,
+        server_frame in 256usize..4096,
+    ) {
+        let out = reconcile::<256, 16, 8>(&a, &b, puller_frame, server_frame).unwrap();
+        let mut fetched = BTreeSet::new();
+        for w in &out.wanted {
+            for key in b.in_range(w) {
+                prop_assert!(fetched.insert(key), "{key:?} wanted twice");
+            }
+        }
+        let lacking: BTreeSet<_> = keys(&b).difference(&keys(&a)).copied().collect();
+        prop_assert_eq!(fetched, lacking);
+    }
+
+    /// With room for few ranges, some are fetched whole instead of split: nothing is
+    /// missed, and the walk still ends.
+    #[test]
+    fn a_full_queue_fetches_whole_ranges_and_misses_nothing(
+        (a, b) in stores(),
+        frame in 256usize..1024,
+    ) {
+        let out = reconcile::<4, 4, 2>(&a, &b, frame, frame).unwrap();
+        let mut fetched = keys(&a);
+        for w in &out.wanted {
+            fetched.extend(b.in_range(w));
+        }
+        let all: BTreeSet<_> = keys(&a).union(&keys(&b)).copied().collect();
+        prop_assert_eq!(fetched, all);
+    }
+
+    /// `subtract` is the set difference of the sequence numbers covered.
+    #[test]
+    fn subtract_is_the_difference_of_the_covered_numbers(
+        theirs in prop::collection::btree_set(0u64..200, 0..120),
+        mine in prop::collection::btree_set(0u64..200, 0..120),
+    ) {
+        let runs = |set: &BTreeSet<u64>| {
+            let mut out: Vec<Run> = Vec::new();
+            for &n in set {
+                match out.last_mut() {
+                    Some(r) if r.hi == n => r.hi += 1,
+                    _ => out.push(Run { lo: n, hi: n + 1 }),
+                }
+            }
+            out
+        };
+        let (t, m) = (runs(&theirs), runs(&mine));
+        let got: BTreeSet<u64> = subtract(&t, &m).flat_map(|r| r.lo..r.hi).collect();
+        let want: BTreeSet<u64> = theirs.difference(&mine).copied().collect();
+        prop_assert_eq!(got, want);
+        let pieces: Vec<Run> = subtract(&t, &m).collect();
+        prop_assert!(pieces.windows(2).all(|w| w[0].hi < w[1].lo || w[0].hi <= w[1].lo));
+    }
+
+    /// Any bytes given as an answer end in an error or a valid state, never a panic.
+    #[test]
+    fn any_answer_bytes_are_refused_or_taken(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let mut walk = Walk::<8, 4, 4>::new(100);
+        let room = Room { entries: 4, ranges: 8 };
+        let _ = walk.next_query(room).unwrap();
+        if walk.on_origins(&bytes, true).is_ok() {
+            let mut runs = [Run { lo: 0, hi: 0 }; 4];
+            let empty = Model::default();
+            while let Some(r) = walk.next_own() {
+                let (s, n) = empty.summarize(&r, &mut runs);
+                walk.resolve(&s, n.map(|n| &runs[..n]));
+            }
+        }
+    }
+}
+
+#[test]
+fn equal_stores_take_one_exchange() {
+    let mut a = Model::default();
+    for origin in 1..=10 {
+        for (o, f, e) in log(origin, &[1; 1000]) {
+            a.add(o, f, e);
+        }
+    }
+    let out = reconcile::<64, 16, 8>(&a, &a.clone(), 65_536, 65_536).unwrap();
+    assert!(out.wanted.is_empty());
+    assert_eq!(out.round_trips, 1);
+    assert!(out.sent + out.received < 500, "{out:?}");
+}
+
+#[test]
+fn a_store_behind_at_the_tails_learns_each_tail_in_one_exchange() {
+    let (mut a, mut b) = (Model::default(), Model::default());
+    for origin in 1..=10 {
+        for (i, (o, f, e)) in log(origin, &[2; 1000]).into_iter().enumerate() {
+            b.add(o, f, e);
+            if i < 990 {
+                a.add(o, f, e);
+            }
+        }
+    }
+    let out = reconcile::<64, 16, 8>(&a, &b, 65_536, 65_536).unwrap();
+    assert_eq!(out.round_trips, 1);
+    assert_eq!(out.wanted.len(), 10);
+    assert!(
+        out.wanted.iter().all(|w| w.lo == 1980 && w.hi == 2000),
+        "{:?}",
+        out.wanted
+    );
+}
+
+#[test]
+fn the_fingerprint_follows_the_chunks_not_their_order_of_arrival() {
+    let range = KeyRange::whole(NodeId(7));
+    let mut runs = [Run { lo: 0, hi: 0 }; 4];
+    let (mut a, mut b) = (Model::default(), Model::default());
+    for (o, f, e) in log(7, &[3, 1, 4, 1, 5]) {
+        a.add(o, f, e);
+    }
+    for (o, f, e) in log(7, &[3, 1, 4, 1, 5]).into_iter().rev() {
+        b.add(o, f, e);
+    }
+    let (sa, ra) = a.summarize(&range, &mut runs);
+    assert_eq!(ra, Some(1));
+    assert_eq!(runs[0], Run { lo: 0, hi: 14 });
+    assert_eq!(b.summarize(&range, &mut runs).0, sa);
+    // Another chunk boundary over the same numbers (a fork) is another fingerprint.
+    let mut c = Model::default();
+    for (o, f, e) in log(7, &[4, 4, 1, 5]) {
+        c.add(o, f, e);
+    }
+    assert_ne!(c.summarize(&range, &mut runs).0.fingerprint, sa.fingerprint);
+    assert_eq!(c.summarize(&range, &mut runs).0.count, 4);
+}
+
+#[test]
+fn a_summarizer_refuses_chunks_out_of_order() {
+    let mut runs = [];
+    let mut s = Summarizer::new(
+        KeyRange {
+            origin: NodeId(1),
+            lo: 10,
+            hi: 20,
+        },
+        &mut runs,
+    );
+    let h = ChunkHash::default();
+    assert_eq!(s.push(9, 12, &h), Err(OutOfOrder));
+    assert_eq!(s.push(20, 22, &h), Err(OutOfOrder));
+    assert_eq!(s.push(12, 12, &h), Err(OutOfOrder));
+    s.push(12, 15, &h).unwrap();
+    assert_eq!(s.push(14, 16, &h), Err(OutOfOrder));
+    s.push(15, 16, &h).unwrap();
+    let (summary, runs) = s.finish();
+    assert_eq!(
+        (summary.count, summary.first, summary.end, runs),
+        (2, 12, 16, None)
+    );
+}
+
+#[test]
+fn a_peer_whose_summaries_never_agree_hits_the_bound() {
+    // A server that answers every range with chunks the puller can never match.
+    let mut walk = Walk::<64, 16, 4>::new(200);
+    let room = Room {
+        entries: 16,
+        ranges: 16,
+    };
+    let mut buf = [0; 16 * MAX_ENTRY];
+    let mut runs = [Run { lo: 0, hi: 0 }; 4];
+    let mine = Model::default();
+    let mut b = Model::default();
+    b.add(1, 0, 1);
+    let err = loop {
+        let query = match walk.next_query(room) {
+            Ok(Some(q)) => q,
+            Ok(None) => panic!("the walk ended"),
+            Err(e) => break e,
+        };
+        let ranges: Vec<KeyRange> = match query {
+            Query::Origins { .. } => std::vec![KeyRange::whole(NodeId(1))],
+            Query::Ranges { origin, ranges, .. } => ranges
+                .iter()
+                .map(|r| r.unwrap())
+                .map(|(lo, hi)| KeyRange { origin, lo, hi })
+                .collect(),
+        };
+        let origins = matches!(query, Query::Origins { .. });
+        let mut w = EntryWriter::new(&mut buf, ranges.len()).unwrap();
+        for r in &ranges {
+            // Claims two chunks, without runs, at the ends of the range.
+            let s = Summary {
+                count: 2,
+                first: r.lo,
+                end: r.hi.min((r.lo + 1) << 40),
+                fingerprint: Fingerprint([9; 16]),
+            };
+            let s = if r.hi - r.lo < 2 {
+                Summary {
+                    count: 1,
+                    end: r.lo + 1,
+                    ..s
+                }
+            } else {
+                s
+            };
+            w.write(origins.then_some(r.origin), r, &s, None).unwrap();
+        }
+        let n = w.finish();
+        let entries = buf[..n].to_vec();
+        if origins {
+            walk.on_origins(&entries, true).unwrap();
+        } else {
+            walk.on_ranges(&entries).unwrap();
+        }
+        // The puller has one chunk everywhere it is asked, never the same.
+        while let Some(r) = walk.next_own() {
+            let _ = mine.summarize(&r, &mut runs);
+            let s = Summary {
+                count: 1,
+                first: r.lo,
+                end: r.lo + 1,
+                fingerprint: Fingerprint([1; 16]),
+            };
+            walk.resolve(&s, None);
+        }
+        while walk.next_wanted().is_some() {}
+        let _ = &b;
+    };
+    assert_eq!(err, ReconError::TooManyRanges { max: 200 });
+}
+
+#[test]
+fn queries_and_range_lists_read_back() {
+    let pairs = [(0, 5), (5, 9), (100, u64::MAX)];
+    let q = Query::Ranges {
+        origin: NodeId(u64::MAX),
+        max_runs: 7,
+        ranges: RangeList::new(&pairs),
+    };
+    let mut buf = [0; 64];
+    let n = q.write(&mut buf).unwrap();
+    let Query::Ranges {
+        origin,
+        max_runs,
+        ranges,
+    } = Query::read(&buf[..n]).unwrap()
+    else {
+        panic!("not ranges");
+    };
+    assert_eq!((origin, max_runs), (NodeId(u64::MAX), 7));
+    assert_eq!(ranges.iter().map(Result::unwrap).collect::<Vec<_>>(), pairs);
+    for after in [None, Some(NodeId(0)), Some(NodeId(u64::MAX))] {
+        let q = Query::Origins {
+            after,
+            limit: 3,
+            max_runs: 2,
+        };
+        let n = q.write(&mut buf).unwrap();
+        assert_eq!(Query::read(&buf[..n]).unwrap(), q);
+    }
+    assert!(Query::read(&buf[..n + 1]).is_err());
+    assert_eq!(codec::varint_len(0), 1);
+    assert_eq!(codec::varint_len(127), 1);
+    assert_eq!(codec::varint_len(128), 2);
+    assert_eq!(codec::varint_len(u64::MAX), 10);
+}

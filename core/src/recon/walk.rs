@@ -1,0 +1,458 @@
+//! The pulling side of a reconciliation: which ranges to ask about, and what each answer
+//! means.
+
+use core::cmp::{max, min};
+use core::fmt;
+
+use heapless::{Deque, Vec};
+
+use super::codec::{self, MAX_ENTRY, MAX_RANGE, Query, RangeList};
+use super::{KeyRange, Run, SPLIT, Summary, subtract};
+use crate::event::NodeId;
+
+/// Why a reconciliation failed. Each is the peer's doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ReconError {
+    /// The walk asked about more ranges than its bound allows: a peer whose summaries
+    /// keep it splitting.
+    TooManyRanges {
+        /// The bound.
+        max: u64,
+    },
+    /// An answer that cannot be true of any store (named here), or bytes that are not one.
+    BadSummary(&'static str),
+    /// An answer to nothing asked, or with more or fewer entries than asked for.
+    UnexpectedAnswer,
+}
+
+impl fmt::Display for ReconError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooManyRanges { max } => {
+                write!(f, "the peer's summaries needed more than {max} ranges")
+            }
+            Self::BadSummary(why) => write!(f, "the peer sent an impossible summary: {why}"),
+            Self::UnexpectedAnswer => f.write_str("the peer answered a query not asked"),
+        }
+    }
+}
+
+impl core::error::Error for ReconError {}
+
+/// How much one query and its answer may hold, from the frame sizes of both sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    /// Entries that fit one answer in this side's frames.
+    pub entries: usize,
+    /// Ranges that fit one query in the peer's frames.
+    pub ranges: usize,
+}
+
+impl Room {
+    /// The room in frames of `ours` (answers) and `theirs` (queries) bytes, less `overhead`
+    /// bytes of frame header and message fields in each.
+    #[must_use]
+    pub const fn for_frames(ours: usize, theirs: usize, overhead: usize) -> Self {
+        Self {
+            entries: ours.saturating_sub(overhead) / MAX_ENTRY,
+            ranges: theirs.saturating_sub(overhead) / MAX_RANGE,
+        }
+    }
+}
+
+/// The peer's summary of a range, held until this side's own summary of it is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Held<const K: usize> {
+    range: KeyRange,
+    summary: Summary,
+    runs: Option<Vec<Run, K>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origins {
+    /// The next page of origins is to be asked for, after this one.
+    Next(Option<NodeId>),
+    /// Every origin was listed.
+    Done,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Asked<const E: usize> {
+    Nothing,
+    Origins {
+        after: Option<NodeId>,
+        limit: usize,
+    },
+    Ranges {
+        origin: NodeId,
+        ranges: Vec<(u64, u64), E>,
+    },
+}
+
+/// Counters of a walk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkStats {
+    /// Queries sent.
+    pub queries: u64,
+    /// Ranges asked about (origins included).
+    pub ranges: u64,
+    /// Ranges found wanted.
+    pub wanted: u64,
+}
+
+/// The pulling side of a reconciliation with one peer: a sans-IO state machine that never
+/// calls a store.
+///
+/// `Q` is the most ranges waiting to be asked about and the most ranges found wanted and
+/// not yet taken (at least `2 × K`); `E` the most entries of one answer (at least 2); `K`
+/// the most runs of each entry.
+/// Memory: about `48 × Q + (40 + 16 × K) × E` bytes.
+///
+/// # Calling order
+/// 1. [`next_query`](Self::next_query), and send the query when there is one (one is
+///    outstanding at a time);
+/// 2. on its answer, [`on_origins`](Self::on_origins) or [`on_ranges`](Self::on_ranges);
+/// 3. while [`next_own`](Self::next_own) names a range, summarise it from this node's store
+///    (with up to `K` runs) and give the summary to [`resolve`](Self::resolve);
+/// 4. take the wanted ranges with [`next_wanted`](Self::next_wanted) and fetch them (the
+///    walk stops resolving while `Q` wanted ranges are waiting);
+/// 5. until [`is_done`](Self::is_done).
+#[derive(Clone, Debug)]
+pub struct Walk<const Q: usize, const E: usize, const K: usize> {
+    origins: Origins,
+    asked: Asked<E>,
+    queue: Deque<KeyRange, Q>,
+    held: Deque<Held<K>, E>,
+    wanted: Deque<KeyRange, Q>,
+    max_ranges: u64,
+    stats: WalkStats,
+}
+
+impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
+    /// A walk that asks about at most `max_ranges` ranges.
+    #[must_use]
+    pub const fn new(max_ranges: u64) -> Self {
+        const {
+            assert!(
+                E >= 2 && Q >= 2 * K && Q > 0,
+                "a walk needs E >= 2 and Q >= 2 K"
+            )
+        };
+        Self {
+            origins: Origins::Next(None),
+            asked: Asked::Nothing,
+            queue: Deque::new(),
+            held: Deque::new(),
+            wanted: Deque::new(),
+            max_ranges,
+            stats: WalkStats {
+                queries: 0,
+                ranges: 0,
+                wanted: 0,
+            },
+        }
+    }
+
+    /// The counters.
+    #[must_use]
+    pub const fn stats(&self) -> &WalkStats {
+        &self.stats
+    }
+
+    /// Whether every range was resolved (wanted ranges may still wait to be taken).
+    #[must_use]
+    pub fn is_done(&self) -> bool {
+        matches!(self.origins, Origins::Done)
+            && matches!(self.asked, Asked::Nothing)
+            && self.held.is_empty()
+            && self.queue.is_empty()
+    }
+
+    /// The next query to send, if one is due: none while an answer is awaited or being
+    /// resolved.
+    ///
+    /// # Errors
+    /// [`ReconError::TooManyRanges`] once the walk would pass its bound.
+    pub fn next_query(&mut self, room: Room) -> Result<Option<Query<'_>>, ReconError> {
+        if !matches!(self.asked, Asked::Nothing) || !self.held.is_empty() {
+            return Ok(None);
+        }
+        let cap = min(min(room.entries, room.ranges), E);
+        let max_runs = u16::try_from(K).unwrap_or(u16::MAX);
+        if let Some(first) = self.queue.pop_front() {
+            let mut ranges = Vec::new();
+            let parts = min(cap.clamp(2, SPLIT), E);
+            split(&first, parts, &mut ranges);
+            // More ranges of the same origin, while their parts fit the query.
+            while let Some(next) = self.queue.front().copied() {
+                if next.origin != first.origin || ranges.len() + width_parts(&next, parts) > cap {
+                    break;
+                }
+                self.queue.pop_front();
+                split(&next, parts, &mut ranges);
+            }
+            self.count(ranges.len())?;
+            self.asked = Asked::Ranges {
+                origin: first.origin,
+                ranges,
+            };
+            let Asked::Ranges { origin, ranges } = &self.asked else {
+                unreachable!("just set");
+            };
+            return Ok(Some(Query::Ranges {
+                origin: *origin,
+                max_runs,
+                ranges: RangeList::new(ranges),
+            }));
+        }
+        let Origins::Next(after) = self.origins else {
+            return Ok(None);
+        };
+        let limit = min(cap, Q).max(1);
+        self.count(limit)?;
+        self.asked = Asked::Origins { after, limit };
+        Ok(Some(Query::Origins {
+            after,
+            limit: u16::try_from(limit).unwrap_or(u16::MAX),
+            max_runs,
+        }))
+    }
+
+    fn count(&mut self, ranges: usize) -> Result<(), ReconError> {
+        self.stats.queries += 1;
+        self.stats.ranges += ranges as u64;
+        if self.stats.ranges > self.max_ranges {
+            return Err(ReconError::TooManyRanges {
+                max: self.max_ranges,
+            });
+        }
+        Ok(())
+    }
+
+    /// The answer to a [`Query::Origins`]: `entries` (see [`codec`](super::codec)), and
+    /// whether the peer has no origins after them.
+    ///
+    /// # Errors
+    /// [`ReconError`] for an answer not asked for or not true of any store; nothing of it
+    /// is kept then.
+    pub fn on_origins(&mut self, entries: &[u8], last: bool) -> Result<(), ReconError> {
+        let Asked::Origins { after, limit } = self.asked else {
+            return Err(ReconError::UnexpectedAnswer);
+        };
+        let mut rest = entries;
+        let mut previous = after;
+        while !rest.is_empty() {
+            if self.held.len() == limit {
+                return Err(self.refuse(ReconError::UnexpectedAnswer));
+            }
+            let range = KeyRange::whole(NodeId(0));
+            let (held, tail) = Self::entry(rest, &range, true).map_err(|e| self.refuse(e))?;
+            if previous.is_some_and(|p| held.range.origin <= p) {
+                return Err(self.refuse(ReconError::BadSummary("origins out of order")));
+            }
+            if held.summary.count == 0 {
+                return Err(self.refuse(ReconError::BadSummary("an origin without chunks")));
+            }
+            previous = Some(held.range.origin);
+            // Room: at most `limit <= E` entries.
+            let _ = self.held.push_back(held);
+            rest = tail;
+        }
+        if self.held.is_empty() && !last {
+            return Err(self.refuse(ReconError::BadSummary("an empty page that is not the last")));
+        }
+        self.origins = match (last, previous) {
+            (false, Some(p)) => Origins::Next(Some(p)),
+            _ => Origins::Done,
+        };
+        self.asked = Asked::Nothing;
+        Ok(())
+    }
+
+    /// The answer to a [`Query::Ranges`]: one entry per range asked about, in order.
+    ///
+    /// # Errors
+    /// As [`on_origins`](Self::on_origins).
+    pub fn on_ranges(&mut self, entries: &[u8]) -> Result<(), ReconError> {
+        let Asked::Ranges { origin, ranges } = &self.asked else {
+            return Err(ReconError::UnexpectedAnswer);
+        };
+        let (origin, ranges) = (*origin, ranges.clone());
+        let mut rest = entries;
+        for (lo, hi) in ranges {
+            if rest.is_empty() {
+                return Err(self.refuse(ReconError::UnexpectedAnswer));
+            }
+            let range = KeyRange { origin, lo, hi };
+            let (held, tail) = Self::entry(rest, &range, false).map_err(|e| self.refuse(e))?;
+            // Room: one entry per range asked about, at most `E`.
+            let _ = self.held.push_back(held);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(self.refuse(ReconError::UnexpectedAnswer));
+        }
+        self.asked = Asked::Nothing;
+        Ok(())
+    }
+
+    /// Drops what was kept of an answer found wrong.
+    fn refuse(&mut self, error: ReconError) -> ReconError {
+        self.held.clear();
+        error
+    }
+
+    /// Decodes and checks one entry for `range`.
+    fn entry<'a>(
+        bytes: &'a [u8],
+        range: &KeyRange,
+        with_origin: bool,
+    ) -> Result<(Held<K>, &'a [u8]), ReconError> {
+        let mut runs = [Run { lo: 0, hi: 0 }; K];
+        let codec::Entry {
+            origin,
+            summary,
+            runs: sent,
+            rest,
+        } = codec::decode_entry(bytes, range, with_origin, &mut runs)
+            .map_err(|_| ReconError::BadSummary("not a summary"))?;
+        let range = KeyRange { origin, ..*range };
+        let runs = sent.map(|n| Vec::from_slice(&runs[..n]).unwrap_or_default());
+        check(&range, &summary, runs.as_deref())?;
+        Ok((
+            Held {
+                range,
+                summary,
+                runs,
+            },
+            rest,
+        ))
+    }
+
+    /// The range whose summary from this node's store [`resolve`](Self::resolve) needs
+    /// next, if an answer is being resolved and there is room for what it may want.
+    #[must_use]
+    pub fn next_own(&self) -> Option<KeyRange> {
+        let room = Q - self.wanted.len();
+        self.held
+            .front()
+            .filter(|_| room >= max(2 * K, 1))
+            .map(|held| held.range)
+    }
+
+    /// Resolves the range of [`next_own`](Self::next_own) with this node's `summary` of it
+    /// and its runs (`None` if there are more than `K`).
+    ///
+    /// Returns `false`, and changes nothing, if no range awaits it.
+    pub fn resolve(&mut self, mine: &Summary, my_runs: Option<&[Run]>) -> bool {
+        if self.next_own().is_none() {
+            return false;
+        }
+        let Some(theirs) = self.held.pop_front() else {
+            return false;
+        };
+        let r = theirs.range;
+        let t = theirs.summary;
+        if t.count == 0 || (t.count == mine.count && t.fingerprint == mine.fingerprint) {
+            return true;
+        }
+        if mine.count == 0 {
+            self.want(KeyRange {
+                origin: r.origin,
+                lo: t.first,
+                hi: min(r.hi, t.end),
+            });
+            return true;
+        }
+        if let (Some(their_runs), Some(my_runs)) = (&theirs.runs, my_runs) {
+            for d in subtract(their_runs, my_runs) {
+                let (lo, hi) = (max(d.lo, r.lo), min(d.hi, r.hi));
+                if lo < hi {
+                    self.want(KeyRange {
+                        origin: r.origin,
+                        lo,
+                        hi,
+                    });
+                }
+            }
+            return true;
+        }
+        let narrowed = KeyRange {
+            origin: r.origin,
+            lo: max(r.lo, min(t.first, mine.first)),
+            hi: min(r.hi, max(t.end, mine.end)),
+        };
+        // One sequence number wide: one chunk on each side, different ones (a fork).
+        if narrowed.hi - narrowed.lo > 1 && self.queue.push_back(narrowed).is_err() {
+            // No room to split it later: fetch it whole (what this node has of it is
+            // sent again, and dropped as already stored).
+            self.want(narrowed);
+        }
+        true
+    }
+
+    fn want(&mut self, range: KeyRange) {
+        self.stats.wanted += 1;
+        // Room: `next_own` makes sure of `2 × K` places: one resolution wants at most one
+        // range per run of either side.
+        let _ = self.wanted.push_back(range);
+    }
+
+    /// The next range found wanted: fetch every chunk of it the peer has.
+    pub fn next_wanted(&mut self) -> Option<KeyRange> {
+        self.wanted.pop_front()
+    }
+}
+
+/// Checks that a summary can be true of a store for `range`.
+fn check(range: &KeyRange, s: &Summary, runs: Option<&[Run]>) -> Result<(), ReconError> {
+    let bad = |why| Err(ReconError::BadSummary(why));
+    if s.count == 0 {
+        return match runs {
+            Some(r) if !r.is_empty() => bad("runs of no chunks"),
+            _ => Ok(()),
+        };
+    }
+    if s.first < range.lo || s.first >= range.hi || s.end <= s.first {
+        return bad("chunks outside the range");
+    }
+    if s.count > s.end - s.first {
+        return bad("more chunks than sequence numbers");
+    }
+    let Some(runs) = runs else {
+        return Ok(());
+    };
+    let (Some(head), Some(tail)) = (runs.first(), runs.last()) else {
+        return bad("no runs of some chunks");
+    };
+    if head.lo != s.first || tail.hi != s.end || runs.len() as u64 > s.count {
+        return bad("runs that do not match the chunks");
+    }
+    let ordered = runs.iter().all(|r| r.lo < r.hi)
+        && runs.windows(2).all(|w| w[0].hi < w[1].lo)
+        && tail.lo < range.hi;
+    if !ordered {
+        return bad("runs out of order");
+    }
+    Ok(())
+}
+
+/// How many parts [`split`] makes of `range`.
+fn width_parts(range: &KeyRange, parts: usize) -> usize {
+    usize::try_from(range.hi - range.lo).map_or(parts, |w| min(w, parts))
+}
+
+/// Splits `range` into `parts` ranges of equal width (fewer if it is narrower), appended to
+/// `out` as far as it has room.
+fn split<const E: usize>(range: &KeyRange, parts: usize, out: &mut Vec<(u64, u64), E>) {
+    let n = width_parts(range, parts) as u128;
+    let width = u128::from(range.hi - range.lo);
+    let at = |i: u128| range.lo + (width * i / n) as u64;
+    for i in 0..n {
+        if out.push((at(i), at(i + 1))).is_err() {
+            return;
+        }
+    }
+}
