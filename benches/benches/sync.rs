@@ -3,13 +3,15 @@
 //! the receiver, in the same run.
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented items.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use chunk_sync_benches::{as_events, events, seal_one};
-use chunk_sync_core::{ChunkHash, NodeId};
+use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::store::fill_origins;
+use chunk_sync_core::{ChunkHash, NodeId, Span};
 use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,26 +33,38 @@ fn corpus() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A store that keeps the hashes of what it is given and drops the bytes: it isolates the
-/// cost of the protocol, the transport and verification from the cost of keeping 256 MiB.
+/// A store that keeps the hashes and spans of what it is given and drops the bytes: it
+/// isolates the cost of the protocol, the transport and verification from the cost of
+/// keeping 256 MiB.
 #[derive(Default)]
-struct HashesOnly(Mutex<BTreeSet<ChunkHash>>);
+struct HashesOnly(Mutex<Held>);
+
+#[derive(Default)]
+struct Held {
+    ids: BTreeSet<ChunkHash>,
+    spans: BTreeMap<(NodeId, u64), (u64, ChunkHash)>,
+}
 
 impl HashesOnly {
-    fn held(&self) -> MutexGuard<'_, BTreeSet<ChunkHash>> {
+    fn held(&self) -> MutexGuard<'_, Held> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl NodeStore for HashesOnly {
     fn contains(&self, id: &ChunkHash) -> Result<bool, chunk_sync_tokio::StoreError> {
-        Ok(self.held().contains(id))
+        Ok(self.held().ids.contains(id))
     }
     fn get(&self, _: &ChunkHash) -> Result<Option<bytes::Bytes>, chunk_sync_tokio::StoreError> {
         Ok(None)
     }
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, chunk_sync_tokio::StoreError> {
-        Ok(self.held().insert(chunk.id()))
+        let mut held = self.held();
+        if let Some(span) = Span::of(chunk.bytes()) {
+            held.spans
+                .insert((span.origin, span.first_seq), (span.end_seq, chunk.id()));
+        }
+        Ok(held.ids.insert(chunk.id()))
     }
     fn ids_after(
         &self,
@@ -59,13 +73,46 @@ impl NodeStore for HashesOnly {
     ) -> Result<(usize, bool), chunk_sync_tokio::StoreError> {
         let held = self.held();
         let rest = held
+            .ids
             .iter()
             .filter(|id| after.is_none_or(|a| *id > a))
             .copied();
         Ok(chunk_sync_core::store::fill_page(out, rest))
     }
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), chunk_sync_tokio::StoreError> {
+        let held = self.held();
+        Ok(fill_origins(out, after, |above| {
+            held.spans
+                .keys()
+                .map(|k| k.0)
+                .find(|o| above.is_none_or(|a| *o > a))
+        }))
+    }
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, chunk_sync_tokio::StoreError> {
+        let held = self.held();
+        let found = held
+            .spans
+            .range((range.origin, range.lo)..(range.origin, range.hi))
+            .map(|(&(origin, first_seq), &(end_seq, id))| {
+                let span = Span {
+                    origin,
+                    first_seq,
+                    end_seq,
+                };
+                (span, id)
+            });
+        Ok(out.iter_mut().zip(found).map(|(slot, c)| *slot = c).count())
+    }
     fn len(&self) -> Result<usize, chunk_sync_tokio::StoreError> {
-        Ok(self.held().len())
+        Ok(self.held().ids.len())
     }
 }
 

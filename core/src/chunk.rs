@@ -71,7 +71,7 @@ struct EventRepr<'a> {
 
 /// The part of its origin's log a chunk covers. Two different chunks whose spans overlap
 /// are a fork of that log: a store keeps the first and refuses the other.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Span {
     /// The log's node.

@@ -62,6 +62,7 @@
 use core::cmp::max;
 use core::fmt;
 
+use crate::chunk::Span;
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Digest};
 
@@ -245,6 +246,64 @@ impl<'r> Summarizer<'r> {
         let runs = (self.run_count <= self.runs.len()).then_some(self.run_count);
         (self.summary, runs)
     }
+}
+
+/// Why [`summarize`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SummaryError<E> {
+    /// The store failed.
+    Store(E),
+    /// The store gave chunks outside the range, out of order or overlapping.
+    OutOfOrder,
+}
+
+impl<E: fmt::Display> fmt::Display for SummaryError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(e) => fmt::Display::fmt(e, f),
+            Self::OutOfOrder => fmt::Display::fmt(&OutOfOrder, f),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> core::error::Error for SummaryError<E> {}
+
+/// Chunks read per call of a store's page function by [`summarize`].
+const PAGE: usize = 8;
+
+/// Summarises `range` from a store, reading its chunks page by page with `page` (a store's
+/// [`chunks_in`](crate::store::ChunkStore::chunks_in)), and writes its runs into `runs` if
+/// they fit: the [`Summary`] and how many runs were written (`None`: more than fit).
+///
+/// # Errors
+/// [`SummaryError`] if the store fails or breaks the order `chunks_in` promises.
+pub fn summarize<E>(
+    range: &KeyRange,
+    runs: &mut [Run],
+    mut page: impl FnMut(&KeyRange, &mut [(Span, ChunkHash)]) -> Result<usize, E>,
+) -> Result<(Summary, Option<usize>), SummaryError<E>> {
+    let mut s = Summarizer::new(*range, runs);
+    let mut buf = [(Span::default(), ChunkHash::default()); PAGE];
+    let mut rest = *range;
+    loop {
+        let n = page(&rest, &mut buf).map_err(SummaryError::Store)?;
+        for (span, id) in buf.get(..n).ok_or(SummaryError::OutOfOrder)? {
+            if span.origin != range.origin {
+                return Err(SummaryError::OutOfOrder);
+            }
+            s.push(span.first_seq, span.end_seq, id)
+                .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
+        }
+        match buf[..n].last() {
+            Some((span, _)) if n == PAGE => match span.first_seq.checked_add(1) {
+                Some(next) => rest.lo = next,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    Ok(s.finish())
 }
 
 /// The sequence numbers of `theirs` that are in no run of `mine`, as runs in ascending

@@ -9,7 +9,9 @@ use core::fmt;
 
 use crate::chunk::Span;
 use crate::error::InsufficientSize;
+use crate::event::NodeId;
 use crate::hash::{ChunkHash, Verified};
+use crate::recon::KeyRange;
 
 mod ram;
 pub use ram::{RamStore, RamStoreError};
@@ -51,6 +53,26 @@ pub trait ChunkStore {
     /// Number of chunks stored.
     fn chunk_count(&self) -> Result<usize, Self::Error>;
 
+    /// Fills `out` with the origins of the stored chunks strictly after `after` (from the
+    /// lowest if `None`), ascending. Returns how many it wrote and whether the store holds
+    /// no origin after them.
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), Self::Error>;
+
+    /// Fills `out` with the stored chunks of `range` (those of its origin whose `first_seq`
+    /// lies in it), in ascending `first_seq`: the order in which
+    /// [`recon`](crate::recon) summarises them. Returns how many it wrote; fewer than
+    /// `out.len()` means that the range holds no more (the next page starts one past the
+    /// last `first_seq`).
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, Self::Error>;
+
     /// Whether an [`insert`](Self::insert) error is the store refusing a [`Fork`], which
     /// fails that chunk only, rather than a failure of the store.
     fn is_fork(error: &Self::Error) -> bool {
@@ -88,6 +110,20 @@ impl<S: ChunkStore + ?Sized> ChunkStore for &mut S {
     }
     fn chunk_count(&self) -> Result<usize, Self::Error> {
         (**self).chunk_count()
+    }
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), Self::Error> {
+        (**self).origins_after(after, out)
+    }
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, Self::Error> {
+        (**self).chunks_in(range, out)
     }
     fn is_fork(error: &Self::Error) -> bool {
         S::is_fork(error)
@@ -153,6 +189,25 @@ pub fn fill_page(out: &mut [ChunkHash], ids: impl IntoIterator<Item = ChunkHash>
         .map(|(dst, id)| *dst = id)
         .count();
     (n, ids.next().is_none())
+}
+
+/// Fills `out` with origins after `after`, each found by `next_above` (the lowest origin
+/// strictly above the one given, or the lowest of all for `None`): the answer of
+/// [`ChunkStore::origins_after`] for a store that can find the next origin.
+pub fn fill_origins(
+    out: &mut [NodeId],
+    after: Option<NodeId>,
+    mut next_above: impl FnMut(Option<NodeId>) -> Option<NodeId>,
+) -> (usize, bool) {
+    let mut above = after;
+    for (n, slot) in out.iter_mut().enumerate() {
+        let Some(origin) = next_above(above) else {
+            return (n, true);
+        };
+        *slot = origin;
+        above = Some(origin);
+    }
+    (out.len(), next_above(above).is_none())
 }
 
 /// Copies a stored chunk's `bytes` into a reader's `buf` and returns its length, or reports

@@ -128,14 +128,14 @@ async fn a_device_keeping_chunks_in_flash_syncs_and_keeps_them_across_a_restart(
         "the device fetched the host's chunks"
     );
     assert_eq!(report.failed_chunks, 0);
-    assert_eq!(store.ids(), &union[..]);
+    assert_eq!(store.ids().copied().collect::<Vec<_>>(), union);
     assert_host_holds(&host, &union).await;
 
     // Power off and on: the store reopens from flash with every chunk, each verified.
     let mut store = Flashed::open(store.into_flash(), Flash::FULL_FLASH_RANGE)
         .await
         .unwrap();
-    assert_eq!(store.ids(), &union[..]);
+    assert_eq!(store.ids().copied().collect::<Vec<_>>(), union);
     assert_eq!(store.discarded(), 0);
     let mut buf = [0; 2048];
     for id in &union {

@@ -7,8 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::session::FailReason;
-use chunk_sync_core::{ChunkHash, NodeId};
+use chunk_sync_core::{ChunkHash, NodeId, Span};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{
     Error, Inserted, MemStore, Node, NodeConfig, NodeStore, StoreError, ThrottleConfig,
@@ -146,6 +147,20 @@ impl NodeStore for Hooked {
         out: &mut [ChunkHash],
     ) -> Result<(usize, bool), StoreError> {
         self.inner.ids_after(after, out)
+    }
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), StoreError> {
+        self.inner.origins_after(after, out)
+    }
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError> {
+        self.inner.chunks_in(range, out)
     }
     fn len(&self) -> Result<usize, StoreError> {
         self.inner.len()

@@ -3,16 +3,18 @@
 //! Chunks are items of a `sequential-storage` map keyed by their hash. That crate writes
 //! append-only with a CRC over every item header and body, so a write cut by a power loss
 //! leaves either the whole item or one that is skipped when read; its pages are reused in
-//! turn (wear levelling). On top of it this store keeps the sorted hashes in RAM, so that
-//! `contains` and manifest pages never scan flash, and checks every chunk against its hash
-//! when it opens.
+//! turn (wear levelling). On top of it this store keeps the sorted hashes and each chunk's
+//! span in RAM, so that `contains`, manifest pages and the range queries of reconciliation
+//! never scan flash, and checks every chunk against its hash when it opens.
 
 use core::fmt;
 use core::ops::Range;
 
-use chunk_sync_core::store::{ReadError, copy_out};
-use chunk_sync_core::{ChunkHash, Manifest, Verified};
+use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::store::{Fork, ReadError, copy_out, fill_origins};
+use chunk_sync_core::{ChunkHash, NodeId, Span, Verified};
 use embedded_storage_async::nor_flash::NorFlash;
+use heapless::Vec;
 use sequential_storage::cache::{Cache, Uncached};
 use sequential_storage::map::{MapConfig, MapStorage};
 
@@ -28,7 +30,8 @@ struct Buffer<const BUF: usize>([u8; BUF]);
 /// A chunk store in NOR flash (`embedded-storage-async`), power-fail safe.
 ///
 /// Capacities:
-/// - `N`: chunks the store can hold; their hashes live in RAM (`32 × N` bytes), sorted.
+/// - `N`: chunks the store can hold; their hashes and spans live in RAM (`56 × N` bytes),
+///   sorted by hash.
 /// - `BUF`: bytes of the working buffer, which holds one stored item (the 32-byte key and
 ///   the chunk, rounded to the flash word); the largest chunk is
 ///   [`max_chunk_len`](Self::max_chunk_len). A chunk must also fit in one flash page
@@ -37,7 +40,9 @@ struct Buffer<const BUF: usize>([u8; BUF]);
 ///   bytes beyond it make [`insert`](Store::insert) fail with
 ///   [`FlashStoreError::Full`].
 ///
-/// RAM: `32 × N + BUF` bytes and a few words. Chunks are never overwritten or removed
+/// RAM: `56 × N + BUF` bytes and a few words. A chunk overlapping a different stored
+/// chunk of its origin is refused ([`FlashStoreError::Fork`]); range queries scan the
+/// index in RAM (`O(N)` per chunk returned). Chunks are never overwritten or removed
 /// one by one ([`erase`](Self::erase) clears the range).
 ///
 /// What it promises: a chunk for which `insert` returned `Ok` is there after any power
@@ -46,7 +51,8 @@ struct Buffer<const BUF: usize>([u8; BUF]);
 /// reopened). Cancelling an `insert` future mid-way has the effect of a power loss.
 pub struct FlashStore<F: NorFlash, const N: usize, const BUF: usize> {
     map: Map<F>,
-    index: Manifest<N>,
+    /// Sorted by hash.
+    index: Vec<Indexed, N>,
     buf: Buffer<BUF>,
     discarded: usize,
 }
@@ -60,6 +66,14 @@ impl<F: NorFlash, const N: usize, const BUF: usize> fmt::Debug for FlashStore<F,
             .field("discarded", &self.discarded)
             .finish_non_exhaustive()
     }
+}
+
+/// A stored chunk as the RAM index keeps it.
+#[derive(Clone, Copy, Debug)]
+struct Indexed {
+    id: ChunkHash,
+    /// `None` for bytes that are not a chunk: kept and served, never summarised.
+    span: Option<Span>,
 }
 
 /// Why a [`FlashStore`] call failed. Nothing stored before the call is lost.
@@ -88,6 +102,8 @@ pub enum FlashStoreError<E> {
     /// The flash holds data the store cannot read back (damage that
     /// `sequential-storage` could not repair), or lost a chunk it had stored.
     Corrupted,
+    /// The chunk overlaps a different stored chunk of the same origin.
+    Fork(Fork),
 }
 
 impl<E: fmt::Debug> fmt::Display for FlashStoreError<E> {
@@ -103,6 +119,7 @@ impl<E: fmt::Debug> fmt::Display for FlashStoreError<E> {
             }
             Self::BadRange => f.write_str("flash range must be at least two whole erase pages"),
             Self::Corrupted => f.write_str("flash store is corrupted"),
+            Self::Fork(fork) => fmt::Display::fmt(fork, f),
         }
     }
 }
@@ -147,7 +164,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
         let config = MapConfig::try_new(range).map_err(|_| FlashStoreError::BadRange)?;
         let mut store = Self {
             map: MapStorage::new(flash, config, Cache::new_uncached()),
-            index: Manifest::new(),
+            index: Vec::new(),
             buf: Buffer([0; BUF]),
             discarded: 0,
         };
@@ -173,9 +190,12 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
                 continue;
             }
             // The same chunk may appear twice if it was stored again after a power loss.
-            self.index
-                .insert(id)
-                .map_err(|_| FlashStoreError::IndexFull { capacity: N })?;
+            if let Err(at) = self.index.binary_search_by(|i| i.id.cmp(&id)) {
+                let span = Span::of(bytes);
+                self.index
+                    .insert(at, Indexed { id, span })
+                    .map_err(|_| FlashStoreError::IndexFull { capacity: N })?;
+            }
         }
         Ok(())
     }
@@ -200,9 +220,18 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
     }
 
     /// The stored hashes, ascending (no flash access).
-    #[must_use]
-    pub fn ids(&self) -> &[ChunkHash] {
-        self.index.as_slice()
+    pub fn ids(&self) -> impl ExactSizeIterator<Item = &ChunkHash> {
+        self.index.iter().map(|i| &i.id)
+    }
+
+    /// Where `id` is in the index, or where it would go.
+    fn position(&self, id: &ChunkHash) -> core::result::Result<usize, usize> {
+        self.index.binary_search_by(|i| i.id.cmp(id))
+    }
+
+    /// The spans of the stored chunks, with their ids.
+    fn spans(&self) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
+        self.index.iter().filter_map(|i| i.span.map(|s| (s, i.id)))
     }
 
     /// Erases the whole flash range: every chunk is gone.
@@ -229,12 +258,22 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
 
     async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, F> {
         let id = chunk.id();
-        if self.index.contains(&id) {
+        let Err(at) = self.position(&id) else {
             return Ok(false);
-        }
+        };
         let (len, max) = (chunk.bytes().len(), Self::max_chunk_len());
         if len > max {
             return Err(FlashStoreError::ChunkTooLarge { len, max });
+        }
+        let span = Span::of(chunk.bytes());
+        if let Some(span) = span
+            && let Some((_, existing)) = self.spans().find(|(s, _)| s.overlaps(&span))
+        {
+            return Err(FlashStoreError::Fork(Fork {
+                refused: id,
+                span,
+                existing,
+            }));
         }
         if self.index.is_full() {
             return Err(FlashStoreError::IndexFull { capacity: N });
@@ -244,12 +283,12 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
             .await
             .map_err(|e| FlashStoreError::from_storage(e, len, max))?;
         // Room was checked above.
-        let _ = self.index.insert(id);
+        let _ = self.index.insert(at, Indexed { id, span });
         Ok(true)
     }
 
     async fn contains(&mut self, id: &ChunkHash) -> Result<bool, F> {
-        Ok(self.index.contains(id))
+        Ok(self.position(id).is_ok())
     }
 
     async fn read_into(
@@ -257,7 +296,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         id: &ChunkHash,
         out: &mut [u8],
     ) -> core::result::Result<Option<usize>, ReadError<Self::Error>> {
-        if !self.index.contains(id) {
+        if self.position(id).is_err() {
             return Ok(None);
         }
         let max = Self::max_chunk_len();
@@ -276,14 +315,57 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
     ) -> Result<(usize, bool), F> {
-        let rest = self.index.page_after(after, usize::MAX);
+        let start = after.map_or(0, |a| self.index.partition_point(|i| i.id <= *a));
+        let rest = &self.index[start..];
         let n = rest.len().min(out.len());
-        out[..n].copy_from_slice(&rest[..n]);
+        for (slot, i) in out.iter_mut().zip(rest) {
+            *slot = i.id;
+        }
         Ok((n, n == rest.len()))
     }
 
     async fn chunk_count(&mut self) -> Result<usize, F> {
         Ok(self.index.len())
+    }
+
+    async fn origins_after(
+        &mut self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), F> {
+        Ok(fill_origins(out, after, |above| {
+            self.spans()
+                .map(|(s, _)| s.origin)
+                .filter(|o| above.is_none_or(|a| *o > a))
+                .min()
+        }))
+    }
+
+    async fn chunks_in(
+        &mut self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, F> {
+        let mut from = range.lo;
+        let mut n = 0;
+        for slot in out.iter_mut() {
+            let next = self
+                .spans()
+                .filter(|(s, _)| s.first_seq >= from && range.contains(s.origin, s.first_seq))
+                .min_by_key(|(s, _)| s.first_seq);
+            let Some(found) = next else { break };
+            *slot = found;
+            n += 1;
+            let Some(after) = found.0.first_seq.checked_add(1) else {
+                break;
+            };
+            from = after;
+        }
+        Ok(n)
+    }
+
+    fn is_fork(error: &Self::Error) -> bool {
+        matches!(error, FlashStoreError::Fork(_))
     }
 }
 
@@ -317,6 +399,26 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for &mut FlashStore<F,
 
     async fn chunk_count(&mut self) -> Result<usize, F> {
         (**self).chunk_count().await
+    }
+
+    async fn origins_after(
+        &mut self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), F> {
+        (**self).origins_after(after, out).await
+    }
+
+    async fn chunks_in(
+        &mut self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, F> {
+        (**self).chunks_in(range, out).await
+    }
+
+    fn is_fork(error: &Self::Error) -> bool {
+        matches!(error, FlashStoreError::Fork(_))
     }
 }
 

@@ -6,8 +6,9 @@
 
 use core::fmt;
 
+use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::store::{ChunkStore, ReadError};
-use chunk_sync_core::{ChunkHash, Verified};
+use chunk_sync_core::{ChunkHash, NodeId, Span, Verified};
 
 /// A place that keeps chunks by hash, with `async` methods. The contract is
 /// [`ChunkStore`]'s: only [`Verified`] bytes go in, and a failed call changes nothing
@@ -45,6 +46,23 @@ pub trait Store {
 
     /// Number of chunks stored.
     async fn chunk_count(&mut self) -> Result<usize, Self::Error>;
+
+    /// Fills `out` with the origins of the stored chunks strictly after `after`,
+    /// ascending; returns how many and whether none follow
+    /// ([`ChunkStore::origins_after`]).
+    async fn origins_after(
+        &mut self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), Self::Error>;
+
+    /// Fills `out` with the stored chunks of `range` in ascending `first_seq`; returns how
+    /// many ([`ChunkStore::chunks_in`]).
+    async fn chunks_in(
+        &mut self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, Self::Error>;
 
     /// Whether an [`insert`](Self::insert) error is the store refusing a fork (a chunk
     /// overlapping a different stored chunk of its origin), which fails that chunk only,
@@ -84,6 +102,22 @@ impl<S: ChunkStore> Store for S {
 
     async fn chunk_count(&mut self) -> Result<usize, Self::Error> {
         ChunkStore::chunk_count(self)
+    }
+
+    async fn origins_after(
+        &mut self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), Self::Error> {
+        ChunkStore::origins_after(self, after, out)
+    }
+
+    async fn chunks_in(
+        &mut self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, Self::Error> {
+        ChunkStore::chunks_in(self, range, out)
     }
 
     fn is_fork(error: &Self::Error) -> bool {

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chunk_sync_core::store::Fork;
+use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::store::{Fork, fill_origins};
 use chunk_sync_core::{ChunkHash, NodeId, Span};
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition};
@@ -526,6 +527,20 @@ type SpanEntry<'a> = (
     redb::AccessGuard<'a, (u64, [u8; 32])>,
 );
 
+/// The span and id in an entry of [`SPANS`].
+fn span_entry(
+    entry: Result<SpanEntry<'_>, redb::StorageError>,
+) -> Result<(Span, ChunkHash), StoreError> {
+    let (k, v) = entry.map_err(boxed)?;
+    let ((origin, first_seq), (end_seq, hash)) = (k.value(), v.value());
+    let span = Span {
+        origin: NodeId(origin),
+        first_seq,
+        end_seq,
+    };
+    Ok((span, ChunkHash::from_bytes(hash)))
+}
+
 /// The fork `span` of chunk `id` makes with the stored spans, if any.
 fn fork_in(
     spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
@@ -533,16 +548,7 @@ fn fork_in(
     span: Span,
 ) -> Result<Option<Fork>, StoreError> {
     let at = (span.origin.0, span.first_seq);
-    let neighbour = |entry: Result<_, redb::StorageError>| -> Result<_, StoreError> {
-        let (k, v): SpanEntry<'_> = entry.map_err(boxed)?;
-        let ((origin, first_seq), (end_seq, hash)) = (k.value(), v.value());
-        let span = Span {
-            origin: NodeId(origin),
-            first_seq,
-            end_seq,
-        };
-        Ok((span, ChunkHash::from_bytes(hash)))
-    };
+    let neighbour = span_entry;
     let before = spans
         .range((span.origin.0, 0)..=at)
         .map_err(boxed)?
@@ -653,6 +659,50 @@ impl NodeStore for RedbStore {
         })
     }
 
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), StoreError> {
+        self.reading(|txn| {
+            let spans = txn.open_table(SPANS).map_err(boxed)?;
+            let mut failed = None;
+            let found = fill_origins(out, after, |above| {
+                let from = match above {
+                    None => std::ops::Bound::Unbounded,
+                    Some(a) => std::ops::Bound::Excluded((a.0, u64::MAX)),
+                };
+                let next = spans
+                    .range((from, std::ops::Bound::Unbounded))
+                    .map_err(boxed)
+                    .and_then(|mut r| r.next().map(span_entry).transpose());
+                next.unwrap_or_else(|e| {
+                    failed = Some(e);
+                    None
+                })
+                .map(|(span, _)| span.origin)
+            });
+            failed.map_or(Ok(found), Err)
+        })
+    }
+
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError> {
+        self.reading(|txn| {
+            let spans = txn.open_table(SPANS).map_err(boxed)?;
+            let keys = (range.origin.0, range.lo)..(range.origin.0, range.hi);
+            let mut n = 0;
+            for (slot, entry) in out.iter_mut().zip(spans.range(keys).map_err(boxed)?) {
+                *slot = span_entry(entry)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     fn len(&self) -> Result<usize, StoreError> {
         self.reading(|txn| {
             let table = txn.open_table(CHUNKS).map_err(boxed)?;
@@ -668,6 +718,15 @@ mod tests {
     fn chunk(n: u8, len: usize) -> VerifiedChunk {
         let bytes = vec![n; len];
         VerifiedChunk::new(ChunkHash::of(&bytes), bytes).unwrap()
+    }
+
+    #[test]
+    fn answers_range_queries() {
+        let path =
+            std::env::temp_dir().join(format!("chunk-sync-redb-ranges-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        crate::store::tests::answers_range_queries(&RedbStore::open(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use chunk_sync_core::store::{Fork, fill_page};
+use chunk_sync_core::recon::{self, KeyRange, Run, Summary, SummaryError};
+use chunk_sync_core::store::{Fork, fill_origins, fill_page};
 use chunk_sync_core::{ChunkHash, HashMismatch, NodeId, Span};
 
 use crate::error::StoreError;
@@ -139,6 +140,35 @@ pub trait NodeStore: Send + Sync + 'static {
             }
         }
     }
+    /// Fills `out` with the origins of the stored chunks strictly after `after` (from the
+    /// lowest if `None`), ascending; returns how many it wrote and whether no origin
+    /// follows them (the contract of the core's `ChunkStore::origins_after`).
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), StoreError>;
+    /// Fills `out` with the stored chunks of `range` in ascending `first_seq`; returns how
+    /// many it wrote, fewer than `out.len()` when the range holds no more (the contract
+    /// of the core's `ChunkStore::chunks_in`).
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError>;
+    /// What the store holds of `range`, for reconciliation: its [`Summary`], and its runs
+    /// written into `runs` if they fit (`None` if not). Read through
+    /// [`chunks_in`](Self::chunks_in) unless a store knows better.
+    fn summarize(
+        &self,
+        range: &KeyRange,
+        runs: &mut [Run],
+    ) -> Result<(Summary, Option<usize>), StoreError> {
+        recon::summarize(range, runs, |r, out| self.chunks_in(r, out)).map_err(|e| match e {
+            SummaryError::Store(e) => e,
+            SummaryError::OutOfOrder => Box::new(SummaryError::<StoreError>::OutOfOrder) as _,
+        })
+    }
     /// Number of chunks.
     fn len(&self) -> Result<usize, StoreError>;
     /// Whether the store is empty.
@@ -177,6 +207,27 @@ impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
         out: &mut [ChunkHash],
     ) -> Result<(usize, bool), StoreError> {
         (**self).ids_after(after, out)
+    }
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), StoreError> {
+        (**self).origins_after(after, out)
+    }
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError> {
+        (**self).chunks_in(range, out)
+    }
+    fn summarize(
+        &self,
+        range: &KeyRange,
+        runs: &mut [Run],
+    ) -> Result<(Summary, Option<usize>), StoreError> {
+        (**self).summarize(range, runs)
     }
     fn len(&self) -> Result<usize, StoreError> {
         (**self).len()
@@ -325,6 +376,42 @@ impl NodeStore for MemStore {
         Ok(fill_page(out, ids))
     }
 
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), StoreError> {
+        let held = self.read();
+        Ok(fill_origins(out, after, |above| {
+            let from = match above {
+                None => Unbounded,
+                Some(a) => Excluded((a, u64::MAX)),
+            };
+            held.spans.range((from, Unbounded)).next().map(|(k, _)| k.0)
+        }))
+    }
+
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError> {
+        let held = self.read();
+        let keys = (range.origin, range.lo)..(range.origin, range.hi);
+        let found = held
+            .spans
+            .range(keys)
+            .map(|(&(origin, first_seq), &(end_seq, id))| {
+                let span = Span {
+                    origin,
+                    first_seq,
+                    end_seq,
+                };
+                (span, id)
+            });
+        Ok(out.iter_mut().zip(found).map(|(slot, c)| *slot = c).count())
+    }
+
     fn len(&self) -> Result<usize, StoreError> {
         Ok(self.read().chunks.len())
     }
@@ -342,7 +429,7 @@ impl NodeStore for MemStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -385,6 +472,57 @@ mod tests {
         assert_eq!(s.ids().unwrap(), vec![a.id()]);
         s.clear_cache();
         assert_eq!((s.len().unwrap(), s.cache_size_bytes()), (0, 0));
+    }
+
+    /// Checks a store's range queries against the chunks it was given: origins page by
+    /// page, each origin's chunks in key order, and summaries equal to the core's.
+    pub(crate) fn answers_range_queries(store: &dyn NodeStore) {
+        let chunks = [
+            chunk(9, 0, 4, "a"),
+            chunk(3, 0, 2, "b"),
+            chunk(9, 4, 4, "c"),
+            chunk(3, 2, 2, "d"),
+            chunk(9, 20, 1, "e"),
+            chunk(u64::MAX, 0, 1, "f"),
+        ];
+        store.insert_batch(&chunks).unwrap();
+        let mut origins = [NodeId(0); 2];
+        assert_eq!(store.origins_after(None, &mut origins).unwrap(), (2, false));
+        assert_eq!(origins, [NodeId(3), NodeId(9)]);
+        let after = Some(NodeId(9));
+        assert_eq!(store.origins_after(after, &mut origins).unwrap(), (1, true));
+        assert_eq!(origins[0], NodeId(u64::MAX));
+
+        let range = KeyRange::whole(NodeId(9));
+        let mut page = [(Span::default(), ChunkHash::default()); 8];
+        assert_eq!(store.chunks_in(&range, &mut page).unwrap(), 3);
+        let firsts: Vec<u64> = page[..3].iter().map(|(s, _)| s.first_seq).collect();
+        assert_eq!(firsts, [0, 4, 20]);
+        let mut runs = [Run { lo: 0, hi: 0 }; 4];
+        let (summary, n) = store.summarize(&range, &mut runs).unwrap();
+        assert_eq!(
+            (summary.count, summary.first, summary.end, n),
+            (3, 0, 21, Some(2))
+        );
+        assert_eq!(runs[..2], [Run { lo: 0, hi: 8 }, Run { lo: 20, hi: 21 }]);
+        let mut model_runs = [Run { lo: 0, hi: 0 }; 4];
+        let mut model = recon::Summarizer::new(range, &mut model_runs);
+        for (span, id) in &page[..3] {
+            model.push(span.first_seq, span.end_seq, id).unwrap();
+        }
+        assert_eq!(model.finish().0, summary);
+        let tail = KeyRange {
+            lo: 1,
+            hi: 20,
+            ..range
+        };
+        assert_eq!(store.chunks_in(&tail, &mut page).unwrap(), 1);
+        assert_eq!(page[0].1, chunks[2].id());
+    }
+
+    #[test]
+    fn a_mem_store_answers_range_queries() {
+        answers_range_queries(&MemStore::new());
     }
 
     /// A chunk of `events` public events of `origin` from `first`, each with `payload`.

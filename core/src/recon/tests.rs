@@ -504,3 +504,66 @@ fn queries_and_range_lists_read_back() {
     assert_eq!(codec::varint_len(128), 2);
     assert_eq!(codec::varint_len(u64::MAX), 10);
 }
+
+#[test]
+fn summarize_reads_a_store_page_by_page() {
+    let mut m = Model::default();
+    for (o, f, e) in log(
+        5,
+        &[1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 4],
+    ) {
+        m.add(o, f, e);
+    }
+    m.add(5, 100, 101);
+    let range = KeyRange {
+        origin: NodeId(5),
+        lo: 3,
+        hi: 101,
+    };
+    let mut calls = 0;
+    let page = |r: &KeyRange, out: &mut [(Span, ChunkHash)]| {
+        calls += 1;
+        let mut n = 0;
+        for (slot, (&(o, first), &(end, id))) in out
+            .iter_mut()
+            .zip(m.0.range((r.origin.0, r.lo)..(r.origin.0, r.hi)))
+        {
+            *slot = (
+                Span {
+                    origin: NodeId(o),
+                    first_seq: first,
+                    end_seq: end,
+                },
+                id,
+            );
+            n += 1;
+        }
+        Ok::<_, ()>(n)
+    };
+    let mut runs = [Run { lo: 0, hi: 0 }; 4];
+    let got = summarize(&range, &mut runs, page).unwrap();
+    let mut direct_runs = [Run { lo: 0, hi: 0 }; 4];
+    assert_eq!(got, m.summarize(&range, &mut direct_runs));
+    assert_eq!(got.1, Some(2));
+    assert_eq!(
+        &runs[..2],
+        &[Run { lo: 3, hi: 40 }, Run { lo: 100, hi: 101 }]
+    );
+    assert!(calls >= 3, "{calls} pages");
+    // A store that answers outside the range is caught.
+    let liar = |_: &KeyRange, out: &mut [(Span, ChunkHash)]| {
+        out[0] = (
+            Span {
+                origin: NodeId(5),
+                first_seq: 0,
+                end_seq: 1,
+            },
+            ChunkHash::default(),
+        );
+        Ok::<_, ()>(1)
+    };
+    assert_eq!(
+        summarize(&range, &mut runs, liar),
+        Err(SummaryError::OutOfOrder)
+    );
+}

@@ -4,23 +4,30 @@ use core::fmt;
 
 use heapless::Vec;
 
-use super::{ChunkStore, Fork, ReadError, copy_out, fill_page};
+use super::{ChunkStore, Fork, ReadError, copy_out, fill_origins, fill_page};
 use crate::chunk::Span;
 use crate::error::CapacityError;
+use crate::event::NodeId;
 use crate::hash::{ChunkHash, Verified};
+use crate::recon::KeyRange;
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     id: ChunkHash,
     at: usize,
     len: usize,
+    /// What the chunk covers, read from its header once (`None` for bytes that are not a
+    /// chunk: they are kept and served, never summarised).
+    span: Option<Span>,
 }
 
 /// Up to `N` chunks holding up to `BYTES` bytes in all, in fixed arrays (it can live in a
 /// `static`).
 ///
-/// Memory: `BYTES + N × (32 + 2 × size_of::<usize>())` bytes. Chunks are packed end to
-/// end; removing one moves the later ones down, so there is never fragmentation.
+/// Memory: `BYTES + N × (56 + 2 × size_of::<usize>())` bytes. Chunks are packed end to
+/// end; removing one moves the later ones down, so there is never fragmentation. Slots are
+/// sorted by hash; the range queries of reconciliation scan them (`O(N)` per chunk
+/// returned), which suits the few chunks a RAM store holds.
 #[derive(Clone)]
 pub struct RamStore<const N: usize, const BYTES: usize> {
     /// Sorted by id.
@@ -128,9 +135,7 @@ impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
         self.slots
             .iter()
             .filter(|s| s.id != *id)
-            .find(|s| {
-                Span::of(&self.data[s.at..s.at + s.len]).is_some_and(|other| other.overlaps(span))
-            })
+            .find(|s| s.span.is_some_and(|other| other.overlaps(span)))
             .map(|s| s.id)
     }
 
@@ -157,8 +162,9 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
                 capacity: BYTES,
             });
         }
-        // A scan of the headers: the store holds few chunks.
-        if let Some((span, existing)) = Span::of(bytes).and_then(|span| {
+        // A scan of the spans: the store holds few chunks.
+        let span = Span::of(bytes);
+        if let Some((span, existing)) = span.and_then(|span| {
             self.overlapping(&id, &span)
                 .map(|existing| (span, existing))
         }) {
@@ -185,6 +191,7 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
             id,
             at: self.used,
             len: bytes.len(),
+            span,
         };
         // Cannot fail: fullness was checked above.
         let _ = self.slots.insert(index, slot);
@@ -222,6 +229,51 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
 
     fn chunk_count(&self) -> Result<usize, RamStoreError> {
         Ok(self.slots.len())
+    }
+
+    fn origins_after(
+        &self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), RamStoreError> {
+        // Each origin in turn: the smallest one above the previous.
+        Ok(fill_origins(out, after, |above| {
+            self.slots
+                .iter()
+                .filter_map(|s| s.span.map(|span| span.origin))
+                .filter(|o| above.is_none_or(|a| *o > a))
+                .min()
+        }))
+    }
+
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, RamStoreError> {
+        // Each chunk in turn: the lowest `first_seq` of the range above the previous one.
+        let mut from = range.lo;
+        let mut n = 0;
+        for slot in out.iter_mut() {
+            let next = self
+                .slots
+                .iter()
+                .filter_map(|s| s.span.map(|span| (span, s.id)))
+                .filter(|(span, _)| {
+                    span.first_seq >= from && range.contains(span.origin, span.first_seq)
+                })
+                .min_by_key(|(span, _)| span.first_seq);
+            let Some(found) = next else {
+                break;
+            };
+            *slot = found;
+            n += 1;
+            match found.0.first_seq.checked_add(1) {
+                Some(f) => from = f,
+                None => break,
+            }
+        }
+        Ok(n)
     }
 
     fn is_fork(error: &RamStoreError) -> bool {
@@ -292,5 +344,58 @@ mod tests {
         assert_eq!(s.insert(Verified::hash_of(&next)), Ok(true));
         assert_eq!(s.insert(Verified::hash_of(&first)), Ok(false));
         assert_eq!(s.chunk_count(), Ok(3));
+    }
+
+    #[test]
+    fn range_queries_walk_origins_and_chunks_in_key_order() {
+        use crate::chunk::test_chunk as chunk;
+        use crate::recon::{self, Run, Summarizer};
+        let mut s = RamStore::<16, 4096>::new();
+        let chunks: std::vec::Vec<_> = [(3, 40), (1, 20), (3, 0), (1, 0), (7, 5), (3, 20)]
+            .iter()
+            .map(|&(o, seq)| chunk(o, seq, b"x"))
+            .collect();
+        for c in &chunks {
+            assert_eq!(s.insert(Verified::hash_of(c)), Ok(true));
+        }
+        // Bytes that are not a chunk are never summarised.
+        assert_eq!(s.insert(Verified::hash_of(b"not a chunk")), Ok(true));
+        let mut origins = [NodeId(0); 2];
+        assert_eq!(s.origins_after(None, &mut origins), Ok((2, false)));
+        assert_eq!(origins, [NodeId(1), NodeId(3)]);
+        assert_eq!(
+            s.origins_after(Some(NodeId(3)), &mut origins),
+            Ok((1, true))
+        );
+        assert_eq!(origins[0], NodeId(7));
+        assert_eq!(
+            s.origins_after(Some(NodeId(7)), &mut origins),
+            Ok((0, true))
+        );
+
+        let range = KeyRange {
+            origin: NodeId(3),
+            lo: 0,
+            hi: 40,
+        };
+        let mut page = [(Span::default(), ChunkHash::default()); 4];
+        assert_eq!(s.chunks_in(&range, &mut page), Ok(2));
+        let mut expected: std::vec::Vec<(Span, ChunkHash)> = chunks
+            .iter()
+            .map(|c| (Span::of(c).unwrap(), ChunkHash::of(c)))
+            .filter(|(span, _)| range.contains(span.origin, span.first_seq))
+            .collect();
+        expected.sort();
+        assert_eq!(&page[..2], &expected[..]);
+
+        let mut runs = [Run { lo: 0, hi: 0 }; 4];
+        let got = recon::summarize(&range, &mut runs, |r, out| s.chunks_in(r, out)).unwrap();
+        let mut model_runs = [Run { lo: 0, hi: 0 }; 4];
+        let mut model = Summarizer::new(range, &mut model_runs);
+        for (span, id) in &expected {
+            model.push(span.first_seq, span.end_seq, id).unwrap();
+        }
+        assert_eq!(got, model.finish());
+        assert_eq!(got.0.count, 2);
     }
 }

@@ -39,7 +39,7 @@ fn read(store: &mut Fs, id: &ChunkHash) -> Option<Vec<u8>> {
 
 /// Every indexed chunk reads back whole and matching its hash.
 fn assert_sound(store: &mut Fs) {
-    for id in store.ids().to_vec() {
+    for id in store.ids().copied().collect::<Vec<_>>() {
         let bytes = read(store, &id).expect("indexed chunk is readable");
         assert!(id.matches(&bytes), "chunk {id} reads back wrong bytes");
     }
@@ -86,7 +86,7 @@ fn stores_reads_pages_and_reopens() {
     ));
 
     let mut reopened = open(store.into_flash());
-    assert_eq!(reopened.ids(), &sorted[..]);
+    assert_eq!(reopened.ids().copied().collect::<Vec<_>>(), sorted);
     assert_eq!(reopened.discarded(), 0);
     assert_sound(&mut reopened);
 }
@@ -244,4 +244,70 @@ proptest! {
         }
         assert_sound(&mut reopened);
     }
+}
+
+/// A chunk of `origin` holding one event at `seq` (sealed over 10 sequence numbers).
+fn sealed(origin: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+    use chunk_sync_core::{Chunker, Event, Privacy};
+    let mut buf = [0u8; 512];
+    let mut chunker = Chunker::new(NodeId(origin), 10, seq, &mut buf).unwrap();
+    let event = Event {
+        origin: NodeId(origin),
+        seq,
+        timestamp: 0,
+        kind: "t",
+        privacy: Privacy::Public,
+        payload,
+    };
+    let _ = chunker.push(&event).unwrap();
+    chunker.seal().unwrap().bytes.to_vec()
+}
+
+#[test]
+fn forks_are_refused_and_ranges_are_answered_from_ram() {
+    let mut store = open(blank());
+    let chunks = [
+        sealed(5, 0, b"a"),
+        sealed(2, 10, b"b"),
+        sealed(5, 10, b"c"),
+        sealed(2, 0, b"d"),
+    ];
+    for c in &chunks {
+        assert_eq!(insert(&mut store, c), Ok(true));
+    }
+    let forged = sealed(5, 10, b"forged");
+    let refused = insert(&mut store, &forged).unwrap_err();
+    assert!(Fs::is_fork(&refused), "{refused}");
+    assert!(matches!(refused, FlashStoreError::Fork(f) if f.existing == ChunkHash::of(&chunks[2])));
+    // Bytes that are not a chunk are kept, and never summarised.
+    assert_eq!(insert(&mut store, &chunk(1, 50)), Ok(true));
+
+    let check = |store: &mut Fs| {
+        let mut origins = [NodeId(0); 4];
+        assert_eq!(
+            block_on(store.origins_after(None, &mut origins)),
+            Ok((2, true))
+        );
+        assert_eq!(&origins[..2], &[NodeId(2), NodeId(5)]);
+        assert_eq!(
+            block_on(store.origins_after(Some(NodeId(2)), &mut origins)),
+            Ok((1, true))
+        );
+        let mut page = [(Span::default(), ChunkHash::default()); 4];
+        let range = KeyRange {
+            origin: NodeId(5),
+            lo: 0,
+            hi: u64::MAX,
+        };
+        assert_eq!(block_on(store.chunks_in(&range, &mut page)), Ok(2));
+        assert_eq!(
+            (page[0].1, page[1].1),
+            (ChunkHash::of(&chunks[0]), ChunkHash::of(&chunks[2]))
+        );
+        assert!(page[0].0.first_seq < page[1].0.first_seq);
+        let tail = KeyRange { lo: 1, ..range };
+        assert_eq!(block_on(store.chunks_in(&tail, &mut page)), Ok(1));
+    };
+    check(&mut store);
+    check(&mut open(store.into_flash()));
 }
