@@ -66,8 +66,10 @@ use crate::chunk::Span;
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Digest};
 
+mod answer;
 pub mod codec;
 mod walk;
+pub use answer::Answer;
 pub use codec::{EntryWriter, Query, RangeList};
 pub use walk::{ReconError, Room, Walk, WalkStats};
 

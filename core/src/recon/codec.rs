@@ -237,6 +237,26 @@ impl<'b> EntryWriter<'b> {
         })
     }
 
+    /// A writer that goes on after `written` bytes already in `buf`, with `remaining`
+    /// entries still to write: for an answer built across several calls.
+    ///
+    /// # Errors
+    /// [`InsufficientSize`] if `buf` cannot hold what is written and what remains.
+    pub fn resume(
+        buf: &'b mut [u8],
+        written: usize,
+        remaining: usize,
+    ) -> Result<Self, InsufficientSize> {
+        let required = written + remaining * MAX_ENTRY;
+        if buf.len() < required {
+            return Err(InsufficientSize { required });
+        }
+        Ok(Self {
+            w: Writer { buf, len: written },
+            remaining,
+        })
+    }
+
     /// Writes the next entry: what this side holds of `range` (the whole origin's range for
     /// an answer to [`Query::Origins`], whose entries also carry the origin). `runs` are
     /// written if given and if they fit beside the room kept for the entries after this one.

@@ -5,6 +5,7 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
+use super::Answer;
 use super::codec::{self, EntryWriter, MAX_ENTRY, Query};
 use super::*;
 
@@ -62,51 +63,23 @@ impl Model {
     /// The server's answer to `query` in a frame of `frame` bytes: entries and `last`.
     fn answer(&self, query: &Query<'_>, frame: usize) -> (Vec<u8>, bool) {
         let mut buf = std::vec![0; frame];
-        let mut runs = std::vec![Run { lo: 0, hi: 0 }; 64];
-        match query {
-            Query::Origins {
-                after,
-                limit,
-                max_runs,
-            } => {
-                let fit = frame / MAX_ENTRY;
-                let origins: Vec<NodeId> = self.origins_after(*after).collect();
-                let n = origins.len().min(usize::from(*limit)).min(fit);
-                let mut w = EntryWriter::new(&mut buf, n).unwrap();
-                for origin in &origins[..n] {
-                    let range = KeyRange::whole(*origin);
-                    let runs = &mut runs[..usize::from(*max_runs)];
-                    let (summary, sent) = self.summarize(&range, runs);
-                    w.write(Some(*origin), &range, &summary, sent.map(|n| &runs[..n]))
-                        .unwrap();
-                }
-                let len = w.finish();
-                buf.truncate(len);
-                (buf, n == origins.len())
-            }
-            Query::Ranges {
-                origin,
-                max_runs,
-                ranges,
-            } => {
-                let ranges: Vec<(u64, u64)> = ranges.iter().map(Result::unwrap).collect();
-                let mut w = EntryWriter::new(&mut buf, ranges.len()).unwrap();
-                for (lo, hi) in ranges {
-                    let range = KeyRange {
-                        origin: *origin,
-                        lo,
-                        hi,
-                    };
-                    let runs = &mut runs[..usize::from(*max_runs)];
-                    let (summary, sent) = self.summarize(&range, runs);
-                    w.write(None, &range, &summary, sent.map(|n| &runs[..n]))
-                        .unwrap();
-                }
-                let len = w.finish();
-                buf.truncate(len);
-                (buf, true)
-            }
+        let mut answer = Answer::<64>::new(query, frame / MAX_ENTRY).unwrap();
+        if let Some((after, limit)) = answer.origins_to_list() {
+            let all: Vec<NodeId> = self.origins_after(after).collect();
+            let n = all.len().min(limit);
+            assert!(answer.origins_listed(&all[..n], n == all.len()));
         }
+        let mut runs = std::vec![Run { lo: 0, hi: 0 }; 64];
+        while let Some((range, max_runs)) = answer.next_range() {
+            let runs = &mut runs[..max_runs];
+            let (summary, sent) = self.summarize(&range, runs);
+            answer
+                .summarized(&mut buf, &summary, sent.map(|n| &runs[..n]))
+                .unwrap();
+        }
+        let (len, last) = answer.finish().unwrap();
+        buf.truncate(len);
+        (buf, last)
     }
 }
 
@@ -565,5 +538,71 @@ fn summarize_reads_a_store_page_by_page() {
     assert_eq!(
         summarize(&range, &mut runs, liar),
         Err(SummaryError::OutOfOrder)
+    );
+}
+
+#[test]
+fn an_answer_refuses_queries_it_cannot_answer_and_answers_in_turn() {
+    let pairs = [(0, 5), (5, 9), (9, 12)];
+    let ranges = Query::Ranges {
+        origin: NodeId(1),
+        max_runs: 2,
+        ranges: RangeList::new(&pairs),
+    };
+    assert_eq!(
+        Answer::<2>::new(&ranges, 8),
+        Err(ReconError::BadQuery("more ranges than an answer holds"))
+    );
+    assert_eq!(
+        Answer::<8>::new(&ranges, 2),
+        Err(ReconError::BadQuery("more ranges than an answer holds"))
+    );
+    let mut buf = [0; 64];
+    // Bytes whose second range has width zero.
+    let bytes = [1, 1, 2, 4, 0, 5, 0, 0];
+    let Ok(bad) = Query::read(&bytes[..]) else {
+        panic!("a query")
+    };
+    assert_eq!(
+        Answer::<8>::new(&bad, 8),
+        Err(ReconError::BadQuery("malformed ranges"))
+    );
+
+    let origins = Query::Origins {
+        after: None,
+        limit: 2,
+        max_runs: 1,
+    };
+    let mut answer = Answer::<8>::new(&origins, 8).unwrap();
+    assert_eq!(answer.next_range(), None);
+    assert!(
+        answer
+            .summarized(&mut buf, &Summary::default(), None)
+            .is_err()
+    );
+    assert!(
+        !answer.origins_listed(&[NodeId(1), NodeId(2), NodeId(3)], true),
+        "more than asked"
+    );
+    assert!(answer.origins_listed(&[NodeId(4)], false));
+    assert!(!answer.origins_listed(&[NodeId(4)], false), "listed once");
+    assert_eq!(answer.next_range(), Some((KeyRange::whole(NodeId(4)), 1)));
+    assert_eq!(answer.finish(), None);
+    let s = Summary {
+        count: 1,
+        first: 3,
+        end: 4,
+        fingerprint: Fingerprint([7; 16]),
+    };
+    answer
+        .summarized(&mut buf, &s, Some(&[Run { lo: 3, hi: 4 }]))
+        .unwrap();
+    let (len, last) = answer.finish().unwrap();
+    assert!(!last);
+    let mut runs = [Run { lo: 0, hi: 0 }; 1];
+    let e = codec::decode_entry(&buf[..len], &KeyRange::whole(NodeId(0)), true, &mut runs).unwrap();
+    assert_eq!(
+        (e.origin, e.summary, e.runs, e.rest),
+        (NodeId(4), s, Some(1), &[][..])
     );
 }

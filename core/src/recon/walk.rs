@@ -25,6 +25,8 @@ pub enum ReconError {
     BadSummary(&'static str),
     /// An answer to nothing asked, or with more or fewer entries than asked for.
     UnexpectedAnswer,
+    /// A query that cannot be answered (named here).
+    BadQuery(&'static str),
 }
 
 impl fmt::Display for ReconError {
@@ -35,6 +37,7 @@ impl fmt::Display for ReconError {
             }
             Self::BadSummary(why) => write!(f, "the peer sent an impossible summary: {why}"),
             Self::UnexpectedAnswer => f.write_str("the peer answered a query not asked"),
+            Self::BadQuery(why) => write!(f, "the peer sent a query that has no answer: {why}"),
         }
     }
 }
