@@ -97,6 +97,9 @@ impl NodeStore for HashesOnly {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, chunk_sync_tokio::StoreError> {
+        if range.lo >= range.hi {
+            return Ok(0);
+        }
         let held = self.held();
         let found = held
             .spans

@@ -62,6 +62,8 @@
 use core::cmp::max;
 use core::fmt;
 
+use heapless::Vec;
+
 use crate::chunk::Span;
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Digest};
@@ -155,16 +157,146 @@ impl fmt::Display for OutOfOrder {
 
 impl core::error::Error for OutOfOrder {}
 
-/// Computes the [`Summary`] and the runs of a range from its chunks, given in key order.
+/// Counts chunks given in key order: how many, the hull, and the runs (as many as fit).
+#[derive(Debug)]
+struct Tally<'r> {
+    count: u64,
+    first: u64,
+    end: u64,
+    runs: &'r mut [Run],
+    /// Runs found; more than `runs.len()` means they did not fit.
+    run_count: usize,
+}
+
+impl<'r> Tally<'r> {
+    const fn new(runs: &'r mut [Run]) -> Self {
+        Self {
+            count: 0,
+            first: 0,
+            end: 0,
+            runs,
+            run_count: 0,
+        }
+    }
+
+    /// Adds `count` chunks covering the run `run`, which starts at or after the end of the
+    /// previous one (a run of one chunk, or a block's run).
+    fn add(&mut self, run: Run, count: u64) -> Result<(), OutOfOrder> {
+        if run.hi <= run.lo || count == 0 || (self.count > 0 && run.lo < self.end) {
+            return Err(OutOfOrder);
+        }
+        if self.count > 0 && run.lo == self.end {
+            if let Some(last) = self.runs.get_mut(self.run_count - 1) {
+                last.hi = run.hi;
+            }
+        } else {
+            self.run_count += 1;
+            if let Some(slot) = self.runs.get_mut(self.run_count - 1) {
+                *slot = run;
+            }
+        }
+        if self.count == 0 {
+            self.first = run.lo;
+        }
+        self.count += count;
+        self.end = run.hi;
+        Ok(())
+    }
+
+    /// Counts runs as more than fit: what a block whose runs are not kept adds.
+    fn overflow(&mut self) {
+        self.run_count = self.run_count.max(self.runs.len() + 1);
+    }
+
+    fn runs(&self) -> Option<usize> {
+        (self.run_count <= self.runs.len()).then_some(self.run_count)
+    }
+}
+
+/// The block a chunk starting at `first_seq` belongs to.
+#[must_use]
+pub const fn block_of(first_seq: u64) -> u64 {
+    first_seq >> BLOCK_BITS
+}
+
+/// The sequence numbers of `block`: `lo..hi` (`hi` saturates at `u64::MAX` for the last).
+#[must_use]
+pub const fn block_range(block: u64) -> (u64, u64) {
+    let lo = block << BLOCK_BITS;
+    (lo, lo.saturating_add(1 << BLOCK_BITS))
+}
+
+/// The most runs a [`BlockSummary`] keeps.
+pub const BLOCK_RUNS: usize = 16;
+
+/// What a store may keep of all the chunks of one block of an origin, so that the summary of
+/// a range that covers the block whole needs neither its chunks nor their hashes
+/// ([`Summarizer::push_block`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSummary {
+    /// The block ([`block_of`]).
+    pub block: u64,
+    /// The hash of its chunks (context [`BLOCK_CONTEXT`]).
+    pub digest: [u8; 32],
+    /// How many chunks.
+    pub count: u64,
+    /// The first chunk's `first_seq`.
+    pub first: u64,
+    /// The last chunk's `end_seq`.
+    pub end: u64,
+    /// Its runs, or `None` if there are more than [`BLOCK_RUNS`].
+    pub runs: Option<Vec<Run, BLOCK_RUNS>>,
+}
+
+impl BlockSummary {
+    /// The summary of `block` from its chunks `(first_seq, end_seq, id)` in key order, or
+    /// `None` if it has none.
+    ///
+    /// # Errors
+    /// [`OutOfOrder`] for chunks out of order, overlapping, or outside the block.
+    pub fn of(
+        block: u64,
+        chunks: impl IntoIterator<Item = (u64, u64, ChunkHash)>,
+    ) -> Result<Option<Self>, OutOfOrder> {
+        let mut runs = [Run { lo: 0, hi: 0 }; BLOCK_RUNS];
+        let mut tally = Tally::new(&mut runs);
+        let mut digest = Digest::new(BLOCK_CONTEXT);
+        for (first, end, id) in chunks {
+            if block_of(first) != block {
+                return Err(OutOfOrder);
+            }
+            tally.add(Run { lo: first, hi: end }, 1)?;
+            digest
+                .update(&first.to_le_bytes())
+                .update(&end.to_le_bytes())
+                .update(id.as_bytes());
+        }
+        if tally.count == 0 {
+            return Ok(None);
+        }
+        let kept = tally
+            .runs()
+            .and_then(|n| Vec::from_slice(&tally.runs[..n]).ok());
+        Ok(Some(Self {
+            block,
+            digest: digest.finish(),
+            count: tally.count,
+            first: tally.first,
+            end: tally.end,
+            runs: kept,
+        }))
+    }
+}
+
+/// Computes the [`Summary`] and the runs of a range from its chunks, given in key order
+/// one by one ([`push`](Self::push)) or, for blocks the range covers whole, a block at a
+/// time ([`push_block`](Self::push_block)).
 #[derive(Debug)]
 pub struct Summarizer<'r> {
     range: KeyRange,
     outer: Digest,
     block: Option<(u64, Digest)>,
-    summary: Summary,
-    runs: &'r mut [Run],
-    /// Runs found; more than `runs.len()` means they did not fit.
-    run_count: usize,
+    tally: Tally<'r>,
 }
 
 impl<'r> Summarizer<'r> {
@@ -176,9 +308,7 @@ impl<'r> Summarizer<'r> {
             range,
             outer,
             block: None,
-            summary: Summary::default(),
-            runs,
-            run_count: 0,
+            tally: Tally::new(runs),
         }
     }
 
@@ -188,65 +318,99 @@ impl<'r> Summarizer<'r> {
     /// [`OutOfOrder`] if it is outside the range, empty, or does not start at or after the
     /// end of the previous one.
     pub fn push(&mut self, first_seq: u64, end_seq: u64, id: &ChunkHash) -> Result<(), OutOfOrder> {
-        let after_previous = self.summary.count == 0 || first_seq >= self.summary.end;
-        if !self.range.contains(self.range.origin, first_seq)
-            || end_seq <= first_seq
-            || !after_previous
-        {
+        if !self.range.contains(self.range.origin, first_seq) {
             return Err(OutOfOrder);
         }
-        let block = first_seq >> BLOCK_BITS;
-        match &mut self.block {
-            Some((b, digest)) if *b == block => {
-                digest.update(&first_seq.to_le_bytes());
-            }
-            open => {
-                if let Some((b, digest)) = open.take() {
-                    self.outer.update(&b.to_le_bytes()).update(&digest.finish());
-                }
-                let mut digest = Digest::new(BLOCK_CONTEXT);
-                digest.update(&first_seq.to_le_bytes());
-                *open = Some((block, digest));
-            }
+        self.tally.add(
+            Run {
+                lo: first_seq,
+                hi: end_seq,
+            },
+            1,
+        )?;
+        let block = block_of(first_seq);
+        if self.block.as_ref().is_none_or(|(b, _)| *b != block) {
+            self.close_block();
+            self.block = Some((block, Digest::new(BLOCK_CONTEXT)));
         }
         if let Some((_, digest)) = &mut self.block {
-            digest.update(&end_seq.to_le_bytes()).update(id.as_bytes());
+            digest
+                .update(&first_seq.to_le_bytes())
+                .update(&end_seq.to_le_bytes())
+                .update(id.as_bytes());
         }
-        // A new run unless this chunk starts where the previous one ended.
-        if self.summary.count == 0 || first_seq != self.summary.end {
-            self.run_count += 1;
-            if let Some(run) = self.runs.get_mut(self.run_count - 1) {
-                *run = Run {
-                    lo: first_seq,
-                    hi: end_seq,
-                };
-            }
-        } else if let Some(run) = self.runs.get_mut(self.run_count - 1) {
-            run.hi = end_seq;
-        }
-        if self.summary.count == 0 {
-            self.summary.first = first_seq;
-        }
-        self.summary.count += 1;
-        self.summary.end = end_seq;
         Ok(())
+    }
+
+    /// Adds a whole block of chunks at once, as [`push`](Self::push) would add each of them.
+    ///
+    /// # Errors
+    /// [`OutOfOrder`] unless the range covers the block whole and the block comes after
+    /// everything added so far.
+    pub fn push_block(&mut self, b: &BlockSummary) -> Result<(), OutOfOrder> {
+        let (lo, hi) = block_range(b.block);
+        let inside = self.range.lo <= lo && hi <= self.range.hi;
+        let after = self.block.as_ref().is_none_or(|(open, _)| *open < b.block);
+        let counted = b
+            .runs
+            .as_ref()
+            .is_none_or(|r| !r.is_empty() && r.len() as u64 <= b.count);
+        if !inside || !after || !counted || block_of(b.first) != b.block {
+            return Err(OutOfOrder);
+        }
+        match &b.runs {
+            Some(runs) => {
+                let mut left = b.count;
+                for (i, run) in runs.iter().enumerate() {
+                    // The chunks are counted with the first run; each run holds at least one.
+                    let n = if i == 0 {
+                        left - (runs.len() as u64 - 1)
+                    } else {
+                        1
+                    };
+                    left -= n;
+                    self.tally.add(*run, n)?;
+                }
+            }
+            None => {
+                let hull = Run {
+                    lo: b.first,
+                    hi: b.end,
+                };
+                // Runs are not kept: the hull stands for them, and they count as too many.
+                self.tally.add(hull, b.count)?;
+                self.tally.overflow();
+            }
+        }
+        self.close_block();
+        self.outer.update(&b.block.to_le_bytes()).update(&b.digest);
+        Ok(())
+    }
+
+    fn close_block(&mut self) {
+        if let Some((b, digest)) = self.block.take() {
+            self.outer.update(&b.to_le_bytes()).update(&digest.finish());
+        }
     }
 
     /// The summary, and how many runs were written to the buffer, or `None` if they did not
     /// fit in it.
     #[must_use]
     pub fn finish(mut self) -> (Summary, Option<usize>) {
-        if let Some((b, digest)) = self.block.take() {
-            self.outer.update(&b.to_le_bytes()).update(&digest.finish());
-        }
-        if self.summary.count > 0 {
+        self.close_block();
+        let mut summary = Summary {
+            count: self.tally.count,
+            first: self.tally.first,
+            end: self.tally.end,
+            fingerprint: Fingerprint::default(),
+        };
+        if summary.count > 0 {
             let full = self.outer.finish();
             let mut fp = [0; 16];
             fp.copy_from_slice(&full[..16]);
-            self.summary.fingerprint = Fingerprint(fp);
+            summary.fingerprint = Fingerprint(fp);
         }
-        let runs = (self.run_count <= self.runs.len()).then_some(self.run_count);
-        (self.summary, runs)
+        (summary, self.tally.runs())
     }
 }
 
@@ -304,6 +468,88 @@ pub fn summarize<E>(
             },
             _ => break,
         }
+    }
+    Ok(s.finish())
+}
+
+/// A store that keeps a [`BlockSummary`] of each block, for [`summarize_by_blocks`].
+pub trait Blocks {
+    /// What can go wrong in the store.
+    type Error;
+
+    /// The `first_seq` of the first chunk of `origin` that starts in `from..hi`, if any.
+    fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, Self::Error>;
+
+    /// The summary of all the chunks of `block` of `origin` (`None` if it has none).
+    fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, Self::Error>;
+
+    /// The chunks of `range`, as [`ChunkStore::chunks_in`](crate::store::ChunkStore::chunks_in)
+    /// gives them.
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, Self::Error>;
+}
+
+/// [`summarize`] for a store that keeps block summaries: the blocks `range` covers whole
+/// cost one summary each, and only the chunks of the blocks at its two edges are read.
+///
+/// # Errors
+/// As [`summarize`].
+pub fn summarize_by_blocks<B: Blocks>(
+    store: &B,
+    range: &KeyRange,
+    runs: &mut [Run],
+) -> Result<(Summary, Option<usize>), SummaryError<B::Error>> {
+    let mut s = Summarizer::new(*range, runs);
+    let mut cursor = range.lo;
+    while let Some(start) = store
+        .next_start(range.origin, cursor, range.hi)
+        .map_err(SummaryError::Store)?
+    {
+        if start < cursor || start >= range.hi {
+            return Err(SummaryError::OutOfOrder);
+        }
+        let block = block_of(start);
+        let (lo, hi) = block_range(block);
+        if range.lo <= lo && hi <= range.hi {
+            if let Some(b) = store
+                .block(range.origin, block)
+                .map_err(SummaryError::Store)?
+            {
+                s.push_block(&b)
+                    .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
+            }
+        } else {
+            let edge = KeyRange {
+                origin: range.origin,
+                lo: start,
+                hi: hi.min(range.hi),
+            };
+            let mut page = [(Span::default(), ChunkHash::default()); PAGE];
+            let mut rest = edge;
+            loop {
+                let n = store
+                    .chunks_in(&rest, &mut page)
+                    .map_err(SummaryError::Store)?;
+                for (span, id) in page.get(..n).ok_or(SummaryError::OutOfOrder)? {
+                    if span.origin != range.origin {
+                        return Err(SummaryError::OutOfOrder);
+                    }
+                    s.push(span.first_seq, span.end_seq, id)
+                        .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
+                }
+                match page[..n].last() {
+                    Some((span, _)) if n == PAGE => rest.lo = span.first_seq.saturating_add(1),
+                    _ => break,
+                }
+            }
+        }
+        if hi >= range.hi {
+            break;
+        }
+        cursor = hi;
     }
     Ok(s.finish())
 }

@@ -691,6 +691,9 @@ impl NodeStore for RedbStore {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
+        if range.lo >= range.hi {
+            return Ok(0);
+        }
         self.reading(|txn| {
             let spans = txn.open_table(SPANS).map_err(boxed)?;
             let keys = (range.origin.0, range.lo)..(range.origin.0, range.hi);

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound::{Excluded, Unbounded};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use chunk_sync_core::recon::{self, KeyRange, Run, Summary, SummaryError};
+use chunk_sync_core::recon::{self, BlockSummary, KeyRange, Run, Summary, SummaryError};
 use chunk_sync_core::store::{Fork, fill_origins, fill_page};
 use chunk_sync_core::{ChunkHash, HashMismatch, NodeId, Span};
 
@@ -164,10 +164,7 @@ pub trait NodeStore: Send + Sync + 'static {
         range: &KeyRange,
         runs: &mut [Run],
     ) -> Result<(Summary, Option<usize>), StoreError> {
-        recon::summarize(range, runs, |r, out| self.chunks_in(r, out)).map_err(|e| match e {
-            SummaryError::Store(e) => e,
-            SummaryError::OutOfOrder => Box::new(SummaryError::<StoreError>::OutOfOrder) as _,
-        })
+        recon::summarize(range, runs, |r, out| self.chunks_in(r, out)).map_err(summary_error)
     }
     /// Number of chunks.
     fn len(&self) -> Result<usize, StoreError>;
@@ -243,6 +240,14 @@ impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
     }
 }
 
+/// A failed summary as a store error.
+pub(crate) fn summary_error(e: SummaryError<StoreError>) -> StoreError {
+    match e {
+        SummaryError::Store(e) => e,
+        SummaryError::OutOfOrder => Box::new(SummaryError::<StoreError>::OutOfOrder),
+    }
+}
+
 /// A [`MemStore`] that would exceed its memory limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryLimit {
@@ -271,6 +276,9 @@ impl std::error::Error for MemoryLimit {}
 pub struct MemStore {
     held: RwLock<Held>,
     limit: Option<usize>,
+    /// Summaries of whole blocks, made when a reconciliation first needs them and
+    /// forgotten when a chunk of the block is stored.
+    blocks: Mutex<BTreeMap<(NodeId, u64), Option<BlockSummary>>>,
 }
 
 /// What a [`MemStore`] holds.
@@ -283,6 +291,25 @@ struct Held {
 }
 
 impl Held {
+    fn chunks_in(&self, range: &KeyRange, out: &mut [(Span, ChunkHash)]) -> usize {
+        if range.lo >= range.hi {
+            return 0;
+        }
+        let keys = (range.origin, range.lo)..(range.origin, range.hi);
+        let found = self
+            .spans
+            .range(keys)
+            .map(|(&(origin, first_seq), &(end_seq, id))| {
+                let span = Span {
+                    origin,
+                    first_seq,
+                    end_seq,
+                };
+                (span, id)
+            });
+        out.iter_mut().zip(found).map(|(slot, c)| *slot = c).count()
+    }
+
     fn fork(&self, id: ChunkHash, span: Span) -> Option<Fork> {
         let at = (span.origin, span.first_seq);
         let neighbour =
@@ -329,6 +356,53 @@ impl MemStore {
     fn write(&self) -> RwLockWriteGuard<'_, Held> {
         self.held.write().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn blocks(&self) -> MutexGuard<'_, BTreeMap<(NodeId, u64), Option<BlockSummary>>> {
+        self.blocks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a [`MemStore`] holds, with its block summaries, as one view for
+/// [`recon::summarize_by_blocks`].
+struct Snapshot<'a> {
+    held: &'a Held,
+    store: &'a MemStore,
+}
+
+impl recon::Blocks for Snapshot<'_> {
+    type Error = StoreError;
+
+    fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, StoreError> {
+        if from >= hi {
+            return Ok(None);
+        }
+        let keys = (origin, from)..(origin, hi);
+        Ok(self.held.spans.range(keys).next().map(|(k, _)| k.1))
+    }
+
+    fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, StoreError> {
+        if let Some(kept) = self.store.blocks().get(&(origin, block)) {
+            return Ok(kept.clone());
+        }
+        let (lo, hi) = recon::block_range(block);
+        let chunks = self
+            .held
+            .spans
+            .range((origin, lo)..(origin, hi))
+            .map(|(&(_, first), &(end, id))| (first, end, id));
+        let made =
+            BlockSummary::of(block, chunks).map_err(|_| summary_error(SummaryError::OutOfOrder))?;
+        self.store.blocks().insert((origin, block), made.clone());
+        Ok(made)
+    }
+
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError> {
+        Ok(self.held.chunks_in(range, out))
+    }
 }
 
 impl NodeStore for MemStore {
@@ -360,6 +434,8 @@ impl NodeStore for MemStore {
         if let Some(span) = span {
             held.spans
                 .insert((span.origin, span.first_seq), (span.end_seq, chunk.id));
+            self.blocks()
+                .remove(&(span.origin, recon::block_of(span.first_seq)));
         }
         held.chunks.insert(chunk.id, chunk.bytes);
         Ok(true)
@@ -396,20 +472,21 @@ impl NodeStore for MemStore {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
+        Ok(self.read().chunks_in(range, out))
+    }
+
+    /// Whole blocks are summarised once and kept until one of their chunks changes.
+    fn summarize(
+        &self,
+        range: &KeyRange,
+        runs: &mut [Run],
+    ) -> Result<(Summary, Option<usize>), StoreError> {
         let held = self.read();
-        let keys = (range.origin, range.lo)..(range.origin, range.hi);
-        let found = held
-            .spans
-            .range(keys)
-            .map(|(&(origin, first_seq), &(end_seq, id))| {
-                let span = Span {
-                    origin,
-                    first_seq,
-                    end_seq,
-                };
-                (span, id)
-            });
-        Ok(out.iter_mut().zip(found).map(|(slot, c)| *slot = c).count())
+        let view = Snapshot {
+            held: &held,
+            store: self,
+        };
+        recon::summarize_by_blocks(&view, range, runs).map_err(summary_error)
     }
 
     fn len(&self) -> Result<usize, StoreError> {
@@ -425,6 +502,7 @@ impl NodeStore for MemStore {
         held.chunks.clear();
         held.spans.clear();
         held.size = 0;
+        self.blocks().clear();
     }
 }
 
@@ -523,6 +601,51 @@ pub(crate) mod tests {
     #[test]
     fn a_mem_store_answers_range_queries() {
         answers_range_queries(&MemStore::new());
+    }
+
+    /// Checks a store's summaries against summaries made chunk by chunk, on ranges that
+    /// cover blocks whole and in part, before and after a block changes.
+    pub(crate) fn summaries_follow_inserts(store: &dyn NodeStore) {
+        let check = || {
+            let ranges = [
+                KeyRange::whole(NodeId(1)),
+                KeyRange {
+                    origin: NodeId(1),
+                    lo: 0,
+                    hi: 8192,
+                },
+                KeyRange {
+                    origin: NodeId(1),
+                    lo: 1,
+                    hi: 12_000,
+                },
+                KeyRange {
+                    origin: NodeId(1),
+                    lo: 4096,
+                    hi: 4097,
+                },
+            ];
+            for range in ranges {
+                let (mut a, mut b) = ([Run { lo: 0, hi: 0 }; 4], [Run { lo: 0, hi: 0 }; 4]);
+                let kept = store.summarize(&range, &mut a).unwrap();
+                let plain =
+                    recon::summarize(&range, &mut b, |r, out| store.chunks_in(r, out)).unwrap();
+                assert_eq!(kept, plain, "{range:?}");
+            }
+        };
+        for first in [0, 4096, 5000, 9000] {
+            store.insert(chunk(1, first, 1, "x")).unwrap();
+        }
+        check();
+        check();
+        store.insert(chunk(1, 4097, 1, "y")).unwrap();
+        store.insert(chunk(1, 1, 1, "z")).unwrap();
+        check();
+    }
+
+    #[test]
+    fn a_mem_store_s_block_summaries_follow_inserts() {
+        summaries_follow_inserts(&MemStore::new());
     }
 
     /// A chunk of `events` public events of `origin` from `first`, each with `payload`.

@@ -606,3 +606,80 @@ fn an_answer_refuses_queries_it_cannot_answer_and_answers_in_turn() {
         (NodeId(4), s, Some(1), &[][..])
     );
 }
+
+impl Model {
+    fn page(&self, r: &KeyRange, out: &mut [(Span, ChunkHash)]) -> usize {
+        let found = self.0.range((r.origin.0, r.lo)..(r.origin.0, r.hi));
+        let mut n = 0;
+        for (slot, (&(o, first), &(end, id))) in out.iter_mut().zip(found) {
+            *slot = (
+                Span {
+                    origin: NodeId(o),
+                    first_seq: first,
+                    end_seq: end,
+                },
+                id,
+            );
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Blocks for Model {
+    type Error = ();
+
+    fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, ()> {
+        assert!(from < hi, "asked for {from}..{hi}");
+        Ok(self
+            .0
+            .range((origin.0, from)..(origin.0, hi))
+            .next()
+            .map(|(k, _)| k.1))
+    }
+
+    fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, ()> {
+        let (lo, hi) = block_range(block);
+        let chunks = self
+            .0
+            .range((origin.0, lo)..(origin.0, hi))
+            .map(|(&(_, first), &(end, id))| (first, end, id));
+        BlockSummary::of(block, chunks).map_err(|_| ())
+    }
+
+    fn chunks_in(&self, range: &KeyRange, out: &mut [(Span, ChunkHash)]) -> Result<usize, ()> {
+        Ok(self.page(range, out))
+    }
+}
+
+proptest! {
+    /// Summaries made of block summaries are the summaries made chunk by chunk.
+    #[test]
+    fn block_summaries_add_up_to_the_same_summary(
+        sizes in prop::collection::vec((1u64..3000, 0u64..3), 0..60),
+        lo in 0u64..40_000,
+        width in 1u64..100_000,
+        whole in any::<bool>(),
+        max_runs in 0usize..20,
+    ) {
+        let mut m = Model::default();
+        let mut at = 0;
+        for (size, gap) in sizes {
+            // Some chunks are missing: a gap of `size` before this one.
+            at += gap * size;
+            m.add(4, at, at + size);
+            at += size;
+        }
+        let range = if whole { KeyRange::whole(NodeId(4)) } else {
+            KeyRange { origin: NodeId(4), lo, hi: lo.saturating_add(width) }
+        };
+        let mut a = std::vec![Run { lo: 0, hi: 0 }; max_runs];
+        let mut b = a.clone();
+        let by_blocks = summarize_by_blocks(&m, &range, &mut a).unwrap();
+        let by_chunks = m.summarize(&range, &mut b);
+        prop_assert_eq!(by_blocks, by_chunks);
+        if let Some(n) = by_chunks.1 {
+            prop_assert_eq!(&a[..n], &b[..n]);
+        }
+    }
+}
