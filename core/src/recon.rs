@@ -229,6 +229,9 @@ pub const fn block_range(block: u64) -> (u64, u64) {
 /// The most runs a [`BlockSummary`] keeps.
 pub const BLOCK_RUNS: usize = 16;
 
+/// The runs of a [`BlockSummary`].
+pub type BlockRuns = Vec<Run, BLOCK_RUNS>;
+
 /// What a store may keep of all the chunks of one block of an origin, so that the summary of
 /// a range that covers the block whole needs neither its chunks nor their hashes
 /// ([`Summarizer::push_block`]).
@@ -245,7 +248,7 @@ pub struct BlockSummary {
     /// The last chunk's `end_seq`.
     pub end: u64,
     /// Its runs, or `None` if there are more than [`BLOCK_RUNS`].
-    pub runs: Option<Vec<Run, BLOCK_RUNS>>,
+    pub runs: Option<BlockRuns>,
 }
 
 impl BlockSummary {

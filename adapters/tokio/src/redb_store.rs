@@ -19,14 +19,14 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::recon::{self, BlockSummary, KeyRange, Run, Summary, SummaryError};
 use chunk_sync_core::store::{Fork, fill_origins};
 use chunk_sync_core::{ChunkHash, NodeId, Span};
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition};
 
 use crate::error::StoreError;
-use crate::store::{Inserted, NodeStore, VerifiedChunk, fork_with};
+use crate::store::{Inserted, NodeStore, VerifiedChunk, fork_with, summary_error};
 
 const CHUNKS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("chunks");
 /// Seconds since the Unix epoch at which each chunk was stored.
@@ -35,6 +35,10 @@ const PINS: TableDefinition<'_, &[u8; 32], ()> = TableDefinition::new("pins");
 /// Each chunk's span, by `(origin, first_seq)`: `(end_seq, hash)`, so that a chunk that
 /// forks a stored one is found with two range reads.
 const SPANS: TableDefinition<'_, (u64, u64), (u64, [u8; 32])> = TableDefinition::new("spans");
+/// Summaries of whole blocks of each origin's chunks, by `(origin, block)`
+/// ([`recon::BlockSummary`], see [`encode_block`]): kept once a reconciliation needed one,
+/// removed in the transaction that stores or removes a chunk of the block.
+const BLOCKS: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("blocks");
 /// Counters and application values (`bytes`, `sealed/<origin>`, …).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const BYTES: &str = "bytes";
@@ -124,6 +128,7 @@ fn with_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(PINS).map_err(boxed)?;
     txn.open_table(META).map_err(boxed)?;
     txn.open_table(SPANS).map_err(boxed)?;
+    txn.open_table(BLOCKS).map_err(boxed)?;
     txn.commit().map_err(boxed)
 }
 
@@ -395,8 +400,11 @@ impl RedbStore {
                 let mut table = txn.open_table(CHUNKS).map_err(boxed)?;
                 let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
                 let mut spans = txn.open_table(SPANS).map_err(boxed)?;
+                let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
                 let mut m = txn.open_table(META).map_err(boxed)?;
                 let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+                // Blocks whose kept summaries the new chunks make stale.
+                let mut touched = std::collections::BTreeSet::new();
                 let now = unix_now();
                 for chunk in chunks {
                     let id = chunk.id();
@@ -413,11 +421,15 @@ impl RedbStore {
                         spans
                             .insert((span.origin.0, span.first_seq), (span.end_seq, *key))
                             .map_err(boxed)?;
+                        touched.insert((span.origin.0, recon::block_of(span.first_seq)));
                     }
                     table.insert(key, chunk.bytes().as_ref()).map_err(boxed)?;
                     stored_at.insert(key, now).map_err(boxed)?;
                     bytes += chunk.bytes().len() as u64;
                     done.added += 1;
+                }
+                for block in touched {
+                    blocks.remove(block).map_err(boxed)?;
                 }
                 m.insert(BYTES, bytes).map_err(boxed)?;
                 for (key, value) in meta {
@@ -474,6 +486,7 @@ impl RedbStore {
                 let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
                 let pins = txn.open_table(PINS).map_err(boxed)?;
                 let mut spans = txn.open_table(SPANS).map_err(boxed)?;
+                let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
                 let mut meta = txn.open_table(META).map_err(boxed)?;
                 let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
                 // Oldest first.
@@ -507,6 +520,9 @@ impl RedbStore {
                         spans
                             .remove((span.origin.0, span.first_seq))
                             .map_err(boxed)?;
+                        blocks
+                            .remove((span.origin.0, recon::block_of(span.first_seq)))
+                            .map_err(boxed)?;
                     }
                     stored_at.remove(&key).map_err(boxed)?;
                     bytes = bytes.saturating_sub(len);
@@ -526,6 +542,129 @@ type SpanEntry<'a> = (
     redb::AccessGuard<'a, (u64, u64)>,
     redb::AccessGuard<'a, (u64, [u8; 32])>,
 );
+
+/// A block summary as [`BLOCKS`] keeps it: digest, count, first, end (little-endian), then
+/// the number of runs (255: not kept) and each run's bounds.
+fn encode_block(b: &BlockSummary) -> Vec<u8> {
+    let mut out = Vec::with_capacity(57 + 16 * recon::BLOCK_RUNS);
+    out.extend_from_slice(&b.digest);
+    for v in [b.count, b.first, b.end] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    match &b.runs {
+        None => out.push(u8::MAX),
+        Some(runs) => {
+            out.push(runs.len() as u8);
+            for r in runs {
+                out.extend_from_slice(&r.lo.to_le_bytes());
+                out.extend_from_slice(&r.hi.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// The summary [`encode_block`] wrote, or `None` for bytes that are not one.
+fn decode_block(block: u64, bytes: &[u8]) -> Option<BlockSummary> {
+    let word = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    let digest = bytes.get(..32)?.try_into().ok()?;
+    let (count, first, end) = (word(32)?, word(40)?, word(48)?);
+    let runs = match *bytes.get(56)? {
+        u8::MAX => None,
+        n => {
+            let mut runs = recon::BlockRuns::new();
+            for i in 0..usize::from(n) {
+                let at = 57 + 16 * i;
+                runs.push(Run {
+                    lo: word(at)?,
+                    hi: word(at + 8)?,
+                })
+                .ok()?;
+            }
+            Some(runs)
+        }
+    };
+    Some(BlockSummary {
+        block,
+        digest,
+        count,
+        first,
+        end,
+        runs,
+    })
+}
+
+/// The summary of `block` of `origin` made from its chunks in [`SPANS`].
+fn make_block(
+    spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
+    origin: u64,
+    block: u64,
+) -> Result<Option<BlockSummary>, StoreError> {
+    let (lo, hi) = recon::block_range(block);
+    let mut chunks = Vec::new();
+    for entry in spans.range((origin, lo)..(origin, hi)).map_err(boxed)? {
+        let (span, id) = span_entry(entry)?;
+        chunks.push((span.first_seq, span.end_seq, id));
+    }
+    BlockSummary::of(block, chunks).map_err(|_| summary_error(SummaryError::OutOfOrder))
+}
+
+/// The tables of one transaction as [`recon::summarize_by_blocks`] reads them; the blocks it
+/// had to make are listed in `made`.
+struct Tables<'a, S, B> {
+    spans: &'a S,
+    blocks: &'a B,
+    made: std::cell::RefCell<Vec<(u64, u64)>>,
+}
+
+impl<S, B> recon::Blocks for Tables<'_, S, B>
+where
+    S: ReadableTable<(u64, u64), (u64, [u8; 32])>,
+    B: ReadableTable<(u64, u64), &'static [u8]>,
+{
+    type Error = StoreError;
+
+    fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, StoreError> {
+        if from >= hi {
+            return Ok(None);
+        }
+        let mut range = self
+            .spans
+            .range((origin.0, from)..(origin.0, hi))
+            .map_err(boxed)?;
+        range
+            .next()
+            .map(|e| span_entry(e).map(|(span, _)| span.first_seq))
+            .transpose()
+    }
+
+    fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, StoreError> {
+        if let Some(kept) = self.blocks.get((origin.0, block)).map_err(boxed)? {
+            if let Some(b) = decode_block(block, kept.value()) {
+                return Ok(Some(b));
+            }
+        }
+        self.made.borrow_mut().push((origin.0, block));
+        make_block(self.spans, origin.0, block)
+    }
+
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError> {
+        if range.lo >= range.hi {
+            return Ok(0);
+        }
+        let keys = (range.origin.0, range.lo)..(range.origin.0, range.hi);
+        let mut n = 0;
+        for (slot, entry) in out.iter_mut().zip(self.spans.range(keys).map_err(boxed)?) {
+            *slot = span_entry(entry)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
 
 /// The span and id in an entry of [`SPANS`].
 fn span_entry(
@@ -691,19 +830,57 @@ impl NodeStore for RedbStore {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
-        if range.lo >= range.hi {
-            return Ok(0);
-        }
         self.reading(|txn| {
             let spans = txn.open_table(SPANS).map_err(boxed)?;
-            let keys = (range.origin.0, range.lo)..(range.origin.0, range.hi);
-            let mut n = 0;
-            for (slot, entry) in out.iter_mut().zip(spans.range(keys).map_err(boxed)?) {
-                *slot = span_entry(entry)?;
-                n += 1;
-            }
-            Ok(n)
+            let blocks = txn.open_table(BLOCKS).map_err(boxed)?;
+            let tables = Tables {
+                spans: &spans,
+                blocks: &blocks,
+                made: Default::default(),
+            };
+            recon::Blocks::chunks_in(&tables, range, out)
         })
+    }
+
+    /// From the block summaries the store keeps; those it did not have yet are made and,
+    /// unless the store is read-only, kept (made again in a write transaction, which no
+    /// insert can interleave with).
+    fn summarize(
+        &self,
+        range: &KeyRange,
+        runs: &mut [Run],
+    ) -> Result<(Summary, Option<usize>), StoreError> {
+        let (summary, made) = self.reading(|txn| {
+            let spans = txn.open_table(SPANS).map_err(boxed)?;
+            let blocks = txn.open_table(BLOCKS).map_err(boxed)?;
+            let tables = Tables {
+                spans: &spans,
+                blocks: &blocks,
+                made: Default::default(),
+            };
+            let summary =
+                recon::summarize_by_blocks(&tables, range, runs).map_err(summary_error)?;
+            Ok((summary, tables.made.into_inner()))
+        })?;
+        if !made.is_empty() && !self.read_only {
+            self.writing(|mut txn| {
+                // Only a cache: losing it to a crash costs a recomputation.
+                txn.set_durability(redb::Durability::None);
+                {
+                    let spans = txn.open_table(SPANS).map_err(boxed)?;
+                    let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
+                    for (origin, block) in made {
+                        if let Some(b) = make_block(&spans, origin, block)? {
+                            blocks
+                                .insert((origin, block), encode_block(&b).as_slice())
+                                .map_err(boxed)?;
+                        }
+                    }
+                }
+                txn.commit().map_err(boxed)
+            })?;
+        }
+        Ok(summary)
     }
 
     fn len(&self) -> Result<usize, StoreError> {
@@ -729,6 +906,49 @@ mod tests {
             std::env::temp_dir().join(format!("chunk-sync-redb-ranges-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         crate::store::tests::answers_range_queries(&RedbStore::open(&path).unwrap());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn kept_block_summaries_follow_inserts_removals_and_reopens() {
+        let path =
+            std::env::temp_dir().join(format!("chunk-sync-redb-blocks-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let plain = |s: &RedbStore, range: &KeyRange| {
+            let mut runs = [Run { lo: 0, hi: 0 }; 4];
+            recon::summarize(range, &mut runs, |r, out| s.chunks_in(r, out)).unwrap()
+        };
+        let whole = KeyRange::whole(NodeId(1));
+        {
+            let s = RedbStore::open(&path).unwrap();
+            crate::store::tests::summaries_follow_inserts(&s);
+            let mut runs = [Run { lo: 0, hi: 0 }; 4];
+            assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
+            let kept = s
+                .reading(|txn| {
+                    Ok(txn
+                        .open_table(BLOCKS)
+                        .map_err(boxed)?
+                        .len()
+                        .map_err(boxed)?)
+                })
+                .unwrap();
+            assert!(kept > 0, "block summaries are kept");
+            // Removing chunks removes the summaries of their blocks.
+            s.gc(RetentionPolicy {
+                max_age: None,
+                max_bytes: Some(0),
+            })
+            .unwrap();
+            assert_eq!(s.summarize(&whole, &mut runs).unwrap().0.count, 0);
+            s.insert(crate::store::tests::chunk(1, 4096, 1, "again"))
+                .unwrap();
+            assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
+        }
+        let s = RedbStore::open_read_only(&path).unwrap();
+        let mut runs = [Run { lo: 0, hi: 0 }; 4];
+        assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
+        drop(s);
         std::fs::remove_file(&path).unwrap();
     }
 

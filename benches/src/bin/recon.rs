@@ -21,7 +21,7 @@ use chunk_sync_core::recon::codec::MAX_ENTRY;
 use chunk_sync_core::recon::{Answer, Query, Room, Run, Walk};
 use chunk_sync_core::wire::{self, Message};
 use chunk_sync_core::{ChunkHash, Event, NodeId, Privacy};
-use chunk_sync_tokio::{MemStore, NodeStore, VerifiedChunk};
+use chunk_sync_tokio::{Durability, MemStore, NodeStore, RedbStore, VerifiedChunk};
 
 /// Bytes around a query or an answer: frame header, tag, length of the list, `last`.
 const FRAMING: usize = wire::FRAME_HEADER + 1 + 3 + 1;
@@ -99,12 +99,12 @@ fn main() {
     for (name, a, b) in &cases {
         for frame in [65_536, 256] {
             let t = Instant::now();
-            let ab = walk(a, b, frame);
-            let ba = walk(b, a, frame);
+            let ab = walk(a, *b, frame);
+            let ba = walk(*b, a, frame);
             let first = t.elapsed();
             // Again: the stores kept their block summaries.
             let t = Instant::now();
-            let _ = (walk(a, b, frame), walk(b, a, frame));
+            let _ = (walk(a, *b, frame), walk(*b, a, frame));
             let repeated = t.elapsed();
             let manifest =
                 manifest_cost(b.len().unwrap(), frame) + manifest_cost(a.len().unwrap(), frame);
@@ -121,6 +121,46 @@ fn main() {
             );
         }
     }
+    let every: Vec<VerifiedChunk> = logs.iter().flatten().cloned().collect();
+    redb_case(&every, &full);
+}
+
+/// Times syncs where nothing changed between a `RedbStore` and a `MemStore` holding `chunks`.
+fn redb_case(chunks: &[VerifiedChunk], twin: &MemStore) {
+    let dir = std::env::temp_dir().join(format!("chunk-sync-recon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("chunks.redb");
+    let t = Instant::now();
+    {
+        let store = RedbStore::open_with(&path, Durability::Process).unwrap();
+        for batch in chunks.chunks(65_536) {
+            store.insert_batch(batch).unwrap();
+        }
+    }
+    eprintln!("stored {} chunks in redb in {:.1} s", chunks.len(), t.elapsed().as_secs_f64());
+    let sync = |store: &RedbStore| {
+        let t = Instant::now();
+        let cost = (walk(store, twin, 65_536), walk(twin, store, 65_536));
+        (t.elapsed(), cost.0.bytes + cost.1.bytes)
+    };
+    let store = RedbStore::open_with(&path, Durability::Process).unwrap();
+    let (first, bytes) = sync(&store);
+    let (again, _) = sync(&store);
+    drop(store);
+    let store = RedbStore::open_with(&path, Durability::Process).unwrap();
+    let (reopened, _) = sync(&store);
+    println!();
+    println!("| `RedbStore`, {} chunks, nothing changed | discovery | first sync | repeated | after reopening |", chunks.len());
+    println!("|---|---|---|---|---|");
+    println!(
+        "| 64 KiB frames | {bytes} B | {:.3} s | {:.3} s | {:.3} s |",
+        first.as_secs_f64(),
+        again.as_secs_f64(),
+        reopened.as_secs_f64()
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A log of `count` chunks of one event each.
@@ -155,7 +195,7 @@ struct Cost {
 }
 
 /// `puller` reconciles with `server`, both in frames of `frame` bytes.
-fn walk(puller: &MemStore, server: &MemStore, frame: usize) -> Cost {
+fn walk(puller: &dyn NodeStore, server: &dyn NodeStore, frame: usize) -> Cost {
     let mut walk = Box::new(Walk::<QUEUE, ENTRIES, RUNS>::new(1 << 24));
     let room = Room::for_frames(frame, frame, FRAMING);
     let mut cost = Cost::default();
@@ -193,7 +233,7 @@ fn walk(puller: &MemStore, server: &MemStore, frame: usize) -> Cost {
 }
 
 /// The server's answer to `query` in `buf`: its length, and whether it ends the origins.
-fn answer(server: &MemStore, query: &Query<'_>, buf: &mut [u8]) -> (usize, bool) {
+fn answer(server: &dyn NodeStore, query: &Query<'_>, buf: &mut [u8]) -> (usize, bool) {
     let mut answer = Answer::<ENTRIES>::new(query, buf.len() / MAX_ENTRY).unwrap();
     if let Some((after, limit)) = answer.origins_to_list() {
         let mut out = vec![NodeId(0); limit];
