@@ -639,10 +639,10 @@ where
     }
 
     fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, StoreError> {
-        if let Some(kept) = self.blocks.get((origin.0, block)).map_err(boxed)? {
-            if let Some(b) = decode_block(block, kept.value()) {
-                return Ok(Some(b));
-            }
+        if let Some(kept) = self.blocks.get((origin.0, block)).map_err(boxed)?
+            && let Some(b) = decode_block(block, kept.value())
+        {
+            return Ok(Some(b));
         }
         self.made.borrow_mut().push((origin.0, block));
         make_block(self.spans, origin.0, block)
@@ -925,13 +925,7 @@ mod tests {
             let mut runs = [Run { lo: 0, hi: 0 }; 4];
             assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
             let kept = s
-                .reading(|txn| {
-                    Ok(txn
-                        .open_table(BLOCKS)
-                        .map_err(boxed)?
-                        .len()
-                        .map_err(boxed)?)
-                })
+                .reading(|txn| txn.open_table(BLOCKS).map_err(boxed)?.len().map_err(boxed))
                 .unwrap();
             assert!(kept > 0, "block summaries are kept");
             // Removing chunks removes the summaries of their blocks.

@@ -138,7 +138,11 @@ fn redb_case(chunks: &[VerifiedChunk], twin: &MemStore) {
             store.insert_batch(batch).unwrap();
         }
     }
-    eprintln!("stored {} chunks in redb in {:.1} s", chunks.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "stored {} chunks in redb in {:.1} s",
+        chunks.len(),
+        t.elapsed().as_secs_f64()
+    );
     let sync = |store: &RedbStore| {
         let t = Instant::now();
         let cost = (walk(store, twin, 65_536), walk(twin, store, 65_536));
@@ -151,7 +155,10 @@ fn redb_case(chunks: &[VerifiedChunk], twin: &MemStore) {
     let store = RedbStore::open_with(&path, Durability::Process).unwrap();
     let (reopened, _) = sync(&store);
     println!();
-    println!("| `RedbStore`, {} chunks, nothing changed | discovery | first sync | repeated | after reopening |", chunks.len());
+    println!(
+        "| `RedbStore`, {} chunks, nothing changed | discovery | first sync | repeated | after reopening |",
+        chunks.len()
+    );
     println!("|---|---|---|---|---|");
     println!(
         "| 64 KiB frames | {bytes} B | {:.3} s | {:.3} s | {:.3} s |",
