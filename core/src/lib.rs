@@ -15,6 +15,7 @@
 //! | [`delta`] | set difference of sorted hash sequences |
 //! | [`throttle`] | the clock-agnostic bandwidth [`Throttle`] |
 //! | [`progress`] | [`SyncProgress`] and the per-peer [`ProgressTable`] |
+//! | [`recon`] | range-based reconciliation: summaries of key ranges, the puller's walk, the server's answers |
 //! | [`store`] | the [`ChunkStore`] trait, and [`RamStore`](store::RamStore) |
 //! | [`session`] | the sync protocol with one peer as a sans-IO state machine |
 //! | [`conduit`] | the driving layer adapters run: a session over one byte stream, as actions |

@@ -16,18 +16,16 @@ struct Slot {
     id: ChunkHash,
     at: usize,
     len: usize,
-    /// What the chunk covers, read from its header once (`None` for bytes that are not a
-    /// chunk: they are kept and served, never summarised).
-    span: Option<Span>,
 }
 
 /// Up to `N` chunks holding up to `BYTES` bytes in all, in fixed arrays (it can live in a
 /// `static`).
 ///
-/// Memory: `BYTES + N × (56 + 2 × size_of::<usize>())` bytes. Chunks are packed end to
+/// Memory: `BYTES + N × (32 + 2 × size_of::<usize>())` bytes. Chunks are packed end to
 /// end; removing one moves the later ones down, so there is never fragmentation. Slots are
-/// sorted by hash; the range queries of reconciliation scan them (`O(N)` per chunk
-/// returned), which suits the few chunks a RAM store holds.
+/// sorted by hash; the range queries of reconciliation scan them and read each chunk's
+/// span from its header (`O(N)` per chunk returned), which suits the few chunks a RAM
+/// store holds. Bytes that are not a chunk are kept and served, never summarised.
 #[derive(Clone)]
 pub struct RamStore<const N: usize, const BYTES: usize> {
     /// Sorted by id.
@@ -130,13 +128,18 @@ impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
         self.slots.iter().map(|s| &s.id)
     }
 
-    /// A stored chunk other than `id` whose span overlaps `span`.
-    fn overlapping(&self, id: &ChunkHash, span: &Span) -> Option<ChunkHash> {
+    /// The stored chunks' spans, with their ids.
+    fn spans(&self) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
         self.slots
             .iter()
-            .filter(|s| s.id != *id)
-            .find(|s| s.span.is_some_and(|other| other.overlaps(span)))
-            .map(|s| s.id)
+            .filter_map(|s| Span::of(&self.data[s.at..s.at + s.len]).map(|span| (span, s.id)))
+    }
+
+    /// A stored chunk other than `id` whose span overlaps `span`.
+    fn overlapping(&self, id: &ChunkHash, span: &Span) -> Option<ChunkHash> {
+        self.spans()
+            .find(|(other, other_id)| other_id != id && other.overlaps(span))
+            .map(|(_, other_id)| other_id)
     }
 
     fn slot(&self, id: &ChunkHash) -> Option<&Slot> {
@@ -162,9 +165,8 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
                 capacity: BYTES,
             });
         }
-        // A scan of the spans: the store holds few chunks.
-        let span = Span::of(bytes);
-        if let Some((span, existing)) = span.and_then(|span| {
+        // A scan of the headers: the store holds few chunks.
+        if let Some((span, existing)) = Span::of(bytes).and_then(|span| {
             self.overlapping(&id, &span)
                 .map(|existing| (span, existing))
         }) {
@@ -191,7 +193,6 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
             id,
             at: self.used,
             len: bytes.len(),
-            span,
         };
         // Cannot fail: fullness was checked above.
         let _ = self.slots.insert(index, slot);
@@ -238,9 +239,8 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
     ) -> Result<(usize, bool), RamStoreError> {
         // Each origin in turn: the smallest one above the previous.
         Ok(fill_origins(out, after, |above| {
-            self.slots
-                .iter()
-                .filter_map(|s| s.span.map(|span| span.origin))
+            self.spans()
+                .map(|(span, _)| span.origin)
                 .filter(|o| above.is_none_or(|a| *o > a))
                 .min()
         }))
@@ -256,9 +256,7 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
         let mut n = 0;
         for slot in out.iter_mut() {
             let next = self
-                .slots
-                .iter()
-                .filter_map(|s| s.span.map(|span| (span, s.id)))
+                .spans()
                 .filter(|(span, _)| {
                     span.first_seq >= from && range.contains(span.origin, span.first_seq)
                 })
