@@ -225,30 +225,20 @@ impl<'a> Verified<'a> {
     }
 }
 
-/// A BLAKE3 hash of a stream of bytes in a named context (BLAKE3's key derivation mode), so
-/// that hashes made for one purpose can never be mistaken for those of another, nor for a
-/// chunk's name. [`recon`](crate::recon) builds its range fingerprints from these.
-#[derive(Clone, Debug)]
-pub struct Digest(blake3::Hasher);
+/// The 32-byte key of [`keyed_hash`] for `context`, a string fixed in the code that names a
+/// purpose (BLAKE3's key derivation), so that hashes made for one purpose are never taken
+/// for those of another, nor for a chunk's name.
+#[must_use]
+pub fn derive_key(context: &str) -> [u8; 32] {
+    blake3::derive_key(context, &[])
+}
 
-impl Digest {
-    /// A digest for `context`, a string fixed in the code that names the purpose.
-    #[must_use]
-    pub fn new(context: &'static str) -> Self {
-        Self(blake3::Hasher::new_derive_key(context))
-    }
-
-    /// Adds `bytes`.
-    pub fn update(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.update(bytes);
-        self
-    }
-
-    /// The hash of everything added.
-    #[must_use]
-    pub fn finish(&self) -> [u8; 32] {
-        *self.0.finalize().as_bytes()
-    }
+/// The BLAKE3 keyed hash of `input`, in one call: no streaming state is kept (a streaming
+/// hasher holds 1.9 KiB), so a chain of these costs 32 bytes of state, which suits
+/// [`recon`](crate::recon)'s fingerprints on a microcontroller.
+#[must_use]
+pub fn keyed_hash(key: &[u8; 32], input: &[u8]) -> [u8; 32] {
+    *blake3::keyed_hash(key, input).as_bytes()
 }
 
 #[cfg(test)]

@@ -42,16 +42,21 @@
 //! which a peer that keeps the walk splitting gets [`ReconError::TooManyRanges`].
 //!
 //! # The fingerprint
-//! A range's fingerprint is the first 16 bytes of a BLAKE3 hash (key derivation mode,
-//! context [`RANGE_CONTEXT`]) of the origin, then, for each block of `2^BLOCK_BITS`
-//! sequence numbers holding chunks of the range, the block's number and the 32-byte BLAKE3
-//! hash (context [`BLOCK_CONTEXT`]) of those chunks' `(first_seq, end_seq, id)` in order.
-//! It is a hash of the exact list of chunks, not a sum or an XOR of their ids: two
-//! different lists with equal fingerprints are a BLAKE3 collision, which nobody can make
-//! on purpose, however they choose the chunks. (A sum of ids, as negentropy uses, can be
-//! matched by choosing a few thousand ids with Wagner's k-list method.) The blocks let a
-//! large store keep the hash of each whole block, so that a range's fingerprint costs one
-//! hash per block, plus the chunks of the blocks at its two edges, rather than a scan.
+//! Chunks are grouped in blocks of `2^BLOCK_BITS` sequence numbers (by `first_seq`). A
+//! block's digest is a chain over its chunks in order: starting from 32 zero bytes, each
+//! step is the BLAKE3 keyed hash (key derived from [`BLOCK_CONTEXT`]) of the digest so far
+//! and the chunk's `first_seq`, `end_seq` (little-endian) and id. A range's fingerprint is a
+//! chain of the same kind (key from [`RANGE_CONTEXT`]) that starts from the hash of the
+//! origin and takes each block holding chunks of the range, its number and its digest; the
+//! first 16 bytes of the last value are the fingerprint. It is a hash of the exact list of
+//! chunks, not a sum or an XOR of their ids: two different lists with the same fingerprint
+//! make a BLAKE3 collision, which nobody can find on purpose however they choose the chunks
+//! (a sum of ids, as negentropy uses, can be matched by choosing a few thousand ids with
+//! Wagner's k-list method). Each step is one call that keeps no streaming state, so a
+//! summary in progress holds about 200 bytes, on a microcontroller too. The blocks let
+//! a large store keep each whole block's summary ([`BlockSummary`]), so that a range's
+//! fingerprint costs one step per block, plus the chunks of the blocks at its two edges,
+//! rather than a scan.
 //!
 //! What a collision could do at worst is make one range look equal for one walk: the
 //! puller would not ask for chunks there. Nothing unverified is ever stored: every chunk
@@ -66,7 +71,7 @@ use heapless::Vec;
 
 use crate::chunk::Span;
 use crate::event::NodeId;
-use crate::hash::{ChunkHash, Digest};
+use crate::hash::{self, ChunkHash};
 
 mod answer;
 pub mod codec;
@@ -157,6 +162,46 @@ impl fmt::Display for OutOfOrder {
 
 impl core::error::Error for OutOfOrder {}
 
+/// The two chain keys, derived once per summary.
+#[derive(Clone, Copy, Debug)]
+struct Keys {
+    block: [u8; 32],
+    range: [u8; 32],
+}
+
+impl Keys {
+    fn new() -> Self {
+        Self {
+            block: hash::derive_key(BLOCK_CONTEXT),
+            range: hash::derive_key(RANGE_CONTEXT),
+        }
+    }
+
+    /// One step of a block's chain: the digest so far, then the chunk.
+    fn chunk_step(&self, digest: &[u8; 32], first: u64, end: u64, id: &ChunkHash) -> [u8; 32] {
+        let mut input = [0; 80];
+        input[..32].copy_from_slice(digest);
+        input[32..40].copy_from_slice(&first.to_le_bytes());
+        input[40..48].copy_from_slice(&end.to_le_bytes());
+        input[48..].copy_from_slice(id.as_bytes());
+        hash::keyed_hash(&self.block, &input)
+    }
+
+    /// The start of a range's chain: the origin.
+    fn range_start(&self, origin: NodeId) -> [u8; 32] {
+        hash::keyed_hash(&self.range, &origin.0.to_le_bytes())
+    }
+
+    /// One step of a range's chain: the value so far, then a block and its digest.
+    fn block_step(&self, chain: &[u8; 32], block: u64, digest: &[u8; 32]) -> [u8; 32] {
+        let mut input = [0; 72];
+        input[..32].copy_from_slice(chain);
+        input[32..40].copy_from_slice(&block.to_le_bytes());
+        input[40..].copy_from_slice(digest);
+        hash::keyed_hash(&self.range, &input)
+    }
+}
+
 /// Counts chunks given in key order: how many, the hull, and the runs (as many as fit).
 #[derive(Debug)]
 struct Tally<'r> {
@@ -239,7 +284,7 @@ pub type BlockRuns = Vec<Run, BLOCK_RUNS>;
 pub struct BlockSummary {
     /// The block ([`block_of`]).
     pub block: u64,
-    /// The hash of its chunks (context [`BLOCK_CONTEXT`]).
+    /// The chain of its chunks (see the module docs).
     pub digest: [u8; 32],
     /// How many chunks.
     pub count: u64,
@@ -263,16 +308,14 @@ impl BlockSummary {
     ) -> Result<Option<Self>, OutOfOrder> {
         let mut runs = [Run { lo: 0, hi: 0 }; BLOCK_RUNS];
         let mut tally = Tally::new(&mut runs);
-        let mut digest = Digest::new(BLOCK_CONTEXT);
+        let keys = Keys::new();
+        let mut digest = [0; 32];
         for (first, end, id) in chunks {
             if block_of(first) != block {
                 return Err(OutOfOrder);
             }
             tally.add(Run { lo: first, hi: end }, 1)?;
-            digest
-                .update(&first.to_le_bytes())
-                .update(&end.to_le_bytes())
-                .update(id.as_bytes());
+            digest = keys.chunk_step(&digest, first, end, &id);
         }
         if tally.count == 0 {
             return Ok(None);
@@ -282,7 +325,7 @@ impl BlockSummary {
             .and_then(|n| Vec::from_slice(&tally.runs[..n]).ok());
         Ok(Some(Self {
             block,
-            digest: digest.finish(),
+            digest,
             count: tally.count,
             first: tally.first,
             end: tally.end,
@@ -297,19 +340,22 @@ impl BlockSummary {
 #[derive(Debug)]
 pub struct Summarizer<'r> {
     range: KeyRange,
-    outer: Digest,
-    block: Option<(u64, Digest)>,
+    keys: Keys,
+    /// The range's chain so far.
+    chain: [u8; 32],
+    /// The block being added chunk by chunk, and its chain so far.
+    block: Option<(u64, [u8; 32])>,
     tally: Tally<'r>,
 }
 
 impl<'r> Summarizer<'r> {
     /// Starts a summary of `range`, keeping up to `runs.len()` runs in `runs`.
     pub fn new(range: KeyRange, runs: &'r mut [Run]) -> Self {
-        let mut outer = Digest::new(RANGE_CONTEXT);
-        outer.update(&range.origin.0.to_le_bytes());
+        let keys = Keys::new();
         Self {
             range,
-            outer,
+            chain: keys.range_start(range.origin),
+            keys,
             block: None,
             tally: Tally::new(runs),
         }
@@ -334,13 +380,10 @@ impl<'r> Summarizer<'r> {
         let block = block_of(first_seq);
         if self.block.as_ref().is_none_or(|(b, _)| *b != block) {
             self.close_block();
-            self.block = Some((block, Digest::new(BLOCK_CONTEXT)));
+            self.block = Some((block, [0; 32]));
         }
         if let Some((_, digest)) = &mut self.block {
-            digest
-                .update(&first_seq.to_le_bytes())
-                .update(&end_seq.to_le_bytes())
-                .update(id.as_bytes());
+            *digest = self.keys.chunk_step(digest, first_seq, end_seq, id);
         }
         Ok(())
     }
@@ -386,13 +429,13 @@ impl<'r> Summarizer<'r> {
             }
         }
         self.close_block();
-        self.outer.update(&b.block.to_le_bytes()).update(&b.digest);
+        self.chain = self.keys.block_step(&self.chain, b.block, &b.digest);
         Ok(())
     }
 
     fn close_block(&mut self) {
         if let Some((b, digest)) = self.block.take() {
-            self.outer.update(&b.to_le_bytes()).update(&digest.finish());
+            self.chain = self.keys.block_step(&self.chain, b, &digest);
         }
     }
 
@@ -408,9 +451,8 @@ impl<'r> Summarizer<'r> {
             fingerprint: Fingerprint::default(),
         };
         if summary.count > 0 {
-            let full = self.outer.finish();
             let mut fp = [0; 16];
-            fp.copy_from_slice(&full[..16]);
+            fp.copy_from_slice(&self.chain[..16]);
             summary.fingerprint = Fingerprint(fp);
         }
         (summary, self.tally.runs())

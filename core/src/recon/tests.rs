@@ -683,3 +683,33 @@ proptest! {
         }
     }
 }
+
+/// The fingerprint is part of the wire format: these bytes may not change within a protocol
+/// version.
+#[test]
+fn golden_fingerprint() {
+    let mut m = Model::default();
+    for (o, f, e) in log(42, &[1, 2, 3]) {
+        m.add(o, f, e);
+    }
+    m.add(42, 5000, 5001);
+    let mut runs = [Run { lo: 0, hi: 0 }; 2];
+    let (s, n) = m.summarize(&KeyRange::whole(NodeId(42)), &mut runs);
+    assert_eq!((s.count, s.first, s.end, n), (4, 0, 5001, Some(2)));
+    let hex: std::string::String = s
+        .fingerprint
+        .0
+        .iter()
+        .map(|b| std::format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, "86c0e6ae3f954fdcd4ec19d6df045891");
+}
+
+#[test]
+fn a_summary_in_progress_is_small() {
+    assert!(
+        size_of::<Summarizer<'_>>() <= 256,
+        "{}",
+        size_of::<Summarizer<'_>>()
+    );
+}
