@@ -433,6 +433,34 @@ impl<'r> Summarizer<'r> {
         Ok(())
     }
 
+    /// Adds a page of chunks a store gave for `asked` (a part of the range, from
+    /// [`ChunkStore::chunks_in`](crate::store::ChunkStore::chunks_in)), and returns the part
+    /// to ask for next if the page was `full` (as many chunks as asked for): the loop of a
+    /// store read page by page, whether it answers at once or later.
+    ///
+    /// # Errors
+    /// [`OutOfOrder`] for chunks of another origin, or as [`push`](Self::push).
+    pub fn push_page(
+        &mut self,
+        asked: &KeyRange,
+        chunks: &[(Span, ChunkHash)],
+        full: bool,
+    ) -> Result<Option<KeyRange>, OutOfOrder> {
+        for (span, id) in chunks {
+            if span.origin != self.range.origin {
+                return Err(OutOfOrder);
+            }
+            self.push(span.first_seq, span.end_seq, id)?;
+        }
+        Ok(match chunks.last() {
+            Some((span, _)) if full => span
+                .first_seq
+                .checked_add(1)
+                .map(|lo| KeyRange { lo, ..*asked }),
+            _ => None,
+        })
+    }
+
     fn close_block(&mut self) {
         if let Some((b, digest)) = self.block.take() {
             self.chain = self.keys.block_step(&self.chain, b, &digest);
@@ -496,23 +524,13 @@ pub fn summarize<E>(
 ) -> Result<(Summary, Option<usize>), SummaryError<E>> {
     let mut s = Summarizer::new(*range, runs);
     let mut buf = [(Span::default(), ChunkHash::default()); PAGE];
-    let mut rest = *range;
-    loop {
-        let n = page(&rest, &mut buf).map_err(SummaryError::Store)?;
-        for (span, id) in buf.get(..n).ok_or(SummaryError::OutOfOrder)? {
-            if span.origin != range.origin {
-                return Err(SummaryError::OutOfOrder);
-            }
-            s.push(span.first_seq, span.end_seq, id)
-                .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
-        }
-        match buf[..n].last() {
-            Some((span, _)) if n == PAGE => match span.first_seq.checked_add(1) {
-                Some(next) => rest.lo = next,
-                None => break,
-            },
-            _ => break,
-        }
+    let mut rest = Some(*range);
+    while let Some(next) = rest {
+        let n = page(&next, &mut buf).map_err(SummaryError::Store)?;
+        let chunks = buf.get(..n).ok_or(SummaryError::OutOfOrder)?;
+        rest = s
+            .push_page(&next, chunks, n == PAGE)
+            .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
     }
     Ok(s.finish())
 }
@@ -573,22 +591,15 @@ pub fn summarize_by_blocks<B: Blocks>(
                 hi: hi.min(range.hi),
             };
             let mut page = [(Span::default(), ChunkHash::default()); PAGE];
-            let mut rest = edge;
-            loop {
+            let mut rest = Some(edge);
+            while let Some(next) = rest {
                 let n = store
-                    .chunks_in(&rest, &mut page)
+                    .chunks_in(&next, &mut page)
                     .map_err(SummaryError::Store)?;
-                for (span, id) in page.get(..n).ok_or(SummaryError::OutOfOrder)? {
-                    if span.origin != range.origin {
-                        return Err(SummaryError::OutOfOrder);
-                    }
-                    s.push(span.first_seq, span.end_seq, id)
-                        .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
-                }
-                match page[..n].last() {
-                    Some((span, _)) if n == PAGE => rest.lo = span.first_seq.saturating_add(1),
-                    _ => break,
-                }
+                let chunks = page.get(..n).ok_or(SummaryError::OutOfOrder)?;
+                rest = s
+                    .push_page(&next, chunks, n == PAGE)
+                    .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
             }
         }
         if hi >= range.hi {

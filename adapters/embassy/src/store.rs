@@ -6,9 +6,12 @@
 
 use core::fmt;
 
-use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::recon::{KeyRange, OutOfOrder, Run, Summarizer, Summary, SummaryError};
 use chunk_sync_core::store::{ChunkStore, ReadError};
 use chunk_sync_core::{ChunkHash, NodeId, Span, Verified};
+
+/// Chunks read per call of [`Store::chunks_in`] by [`Store::summarize`].
+const SUMMARY_PAGE: usize = 4;
 
 /// A place that keeps chunks by hash, with `async` methods. The contract is
 /// [`ChunkStore`]'s: only [`Verified`] bytes go in, and a failed call changes nothing
@@ -63,6 +66,35 @@ pub trait Store {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, Self::Error>;
+
+    /// What the store holds of `range`, for reconciliation: its [`Summary`], and its runs
+    /// written into `runs` if they fit (`None` if not); read through
+    /// [`chunks_in`](Self::chunks_in) a few chunks at a time, so that what is held across
+    /// the store's waits is the summary in progress (about 200 bytes) and that page.
+    ///
+    /// # Errors
+    /// [`SummaryError::Store`] if the store fails, [`SummaryError::OutOfOrder`] if it
+    /// breaks the order `chunks_in` promises.
+    async fn summarize(
+        &mut self,
+        range: &KeyRange,
+        runs: &mut [Run],
+    ) -> Result<(Summary, Option<usize>), SummaryError<Self::Error>> {
+        let mut s = Summarizer::new(*range, runs);
+        let mut page = [(Span::default(), ChunkHash::default()); SUMMARY_PAGE];
+        let mut rest = Some(*range);
+        while let Some(next) = rest {
+            let n = self
+                .chunks_in(&next, &mut page)
+                .await
+                .map_err(SummaryError::Store)?;
+            let chunks = page.get(..n).ok_or(SummaryError::OutOfOrder)?;
+            rest = s
+                .push_page(&next, chunks, n == SUMMARY_PAGE)
+                .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
+        }
+        Ok(s.finish())
+    }
 
     /// Whether an [`insert`](Self::insert) error is the store refusing a fork (a chunk
     /// overlapping a different stored chunk of its origin), which fails that chunk only,

@@ -307,7 +307,46 @@ fn forks_are_refused_and_ranges_are_answered_from_ram() {
         assert!(page[0].0.first_seq < page[1].0.first_seq);
         let tail = KeyRange { lo: 1, ..range };
         assert_eq!(block_on(store.chunks_in(&tail, &mut page)), Ok(1));
+        // The summary read page by page is the one made from all of the range at once.
+        let mut all = [(Span::default(), ChunkHash::default()); 8];
+        let n = block_on(store.chunks_in(&range, &mut all)).unwrap();
+        let mut model_runs = [chunk_sync_core::recon::Run { lo: 0, hi: 0 }; 2];
+        let mut model = chunk_sync_core::recon::Summarizer::new(range, &mut model_runs);
+        for (span, id) in &all[..n] {
+            model.push(span.first_seq, span.end_seq, id).unwrap();
+        }
+        let mut runs = [chunk_sync_core::recon::Run { lo: 0, hi: 0 }; 2];
+        let summary = block_on(store.summarize(&range, &mut runs)).unwrap();
+        assert_eq!(summary, model.finish());
+        assert_eq!(summary.0.count, 2);
     };
     check(&mut store);
     check(&mut open(store.into_flash()));
+}
+
+#[test]
+fn a_summary_reads_the_store_page_by_page() {
+    use chunk_sync_core::recon::{Run, Summarizer};
+    let mut store = open(blank());
+    for seq in (0..90).step_by(10) {
+        assert_eq!(insert(&mut store, &sealed(5, seq, b"p")), Ok(true));
+    }
+    let range = KeyRange {
+        origin: NodeId(5),
+        lo: 5,
+        hi: 85,
+    };
+    let mut all = [(Span::default(), ChunkHash::default()); 16];
+    let n = block_on(store.chunks_in(&range, &mut all)).unwrap();
+    assert_eq!(n, 8);
+    let mut model_runs = [Run { lo: 0, hi: 0 }; 2];
+    let mut model = Summarizer::new(range, &mut model_runs);
+    for (span, id) in &all[..n] {
+        model.push(span.first_seq, span.end_seq, id).unwrap();
+    }
+    let mut runs = [Run { lo: 0, hi: 0 }; 2];
+    assert_eq!(
+        block_on(store.summarize(&range, &mut runs)).unwrap(),
+        model.finish()
+    );
 }
