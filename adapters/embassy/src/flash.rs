@@ -154,8 +154,8 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
 
     /// Opens the store kept in `range` of `flash`, empty flash included: reads every
     /// item once, checks each chunk against its hash and indexes the good ones. An item
-    /// whose bytes do not match its hash is left out and counted by
-    /// [`discarded`](Self::discarded).
+    /// whose bytes do not match its hash, or whose chunk forks one stored before it, is
+    /// left out and counted by [`discarded`](Self::discarded).
     ///
     /// # Errors
     /// [`FlashStoreError::BadRange`], [`FlashStoreError::IndexFull`] when the flash holds
@@ -192,6 +192,13 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
             // The same chunk may appear twice if it was stored again after a power loss.
             if let Err(at) = self.index.binary_search_by(|i| i.id.cmp(&id)) {
                 let span = Span::of(bytes);
+                // A fork left by a build that did not refuse them: the chunk stored first
+                // stays, the other is not served.
+                let forks = |i: &Indexed| i.span.zip(span).is_some_and(|(a, b)| a.overlaps(&b));
+                if self.index.iter().any(forks) {
+                    self.discarded += 1;
+                    continue;
+                }
                 self.index
                     .insert(at, Indexed { id, span })
                     .map_err(|_| FlashStoreError::IndexFull { capacity: N })?;

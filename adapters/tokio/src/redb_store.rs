@@ -42,6 +42,11 @@ const BLOCKS: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("blo
 /// Counters and application values (`bytes`, `sealed/<origin>`, …).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const BYTES: &str = "bytes";
+/// The number of chunks and of chunk bytes when [`BLOCKS`] was last kept in step with them:
+/// a store written meanwhile by a build that does not keep it (which changes either) has
+/// its block summaries dropped at the next open.
+const BLOCKS_LEN: &str = "blocks/chunks";
+const BLOCKS_BYTES: &str = "blocks/bytes";
 
 mod snapshot;
 
@@ -118,6 +123,52 @@ fn open_db(file: File, durability: Durability) -> Result<Database, StoreError> {
         Durability::Process => builder.create_with_backend(UnsyncedFile(backend)),
     }
     .map_err(refused)
+}
+
+/// Whether [`BLOCKS`] is in step with the chunks, from the counts [`BLOCKS_LEN`] and
+/// [`BLOCKS_BYTES`] recorded with it.
+fn blocks_in_step(
+    chunks: &impl ReadableTableMetadata,
+    meta: &impl ReadableTable<&'static str, u64>,
+) -> Result<bool, StoreError> {
+    let get = |key| -> Result<Option<u64>, StoreError> {
+        Ok(meta.get(key).map_err(boxed)?.map(|v| v.value()))
+    };
+    let len = chunks.len().map_err(boxed)?;
+    Ok(get(BLOCKS_LEN)? == Some(len) && get(BLOCKS_BYTES)? == Some(get(BYTES)?.unwrap_or(0)))
+}
+
+/// Drops the block summaries of a store written meanwhile by a build that does not keep
+/// them, and fills the spans table of a store made before it existed.
+fn keep_blocks_in_step(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(boxed)?;
+    {
+        let chunks = txn.open_table(CHUNKS).map_err(boxed)?;
+        let mut meta = txn.open_table(META).map_err(boxed)?;
+        if blocks_in_step(&chunks, &meta)? {
+            return Ok(());
+        }
+        let mut spans = txn.open_table(SPANS).map_err(boxed)?;
+        if spans.is_empty().map_err(boxed)? {
+            for entry in chunks.iter().map_err(boxed)? {
+                let (k, v) = entry.map_err(boxed)?;
+                if let Some(span) = Span::of(v.value()) {
+                    let key = (span.origin.0, span.first_seq);
+                    spans
+                        .insert(key, (span.end_seq, *k.value()))
+                        .map_err(boxed)?;
+                }
+            }
+        }
+        drop(spans);
+        let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
+        blocks.retain(|_, _| false).map_err(boxed)?;
+        let bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+        meta.insert(BLOCKS_LEN, chunks.len().map_err(boxed)?)
+            .map_err(boxed)?;
+        meta.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
+    }
+    txn.commit().map_err(boxed)
 }
 
 /// Creates whichever of the store's tables `db` lacks.
@@ -246,6 +297,9 @@ pub struct RedbStore {
     serving: Mutex<BTreeMap<ChunkHash, Weak<[u8]>>>,
     /// Opened with [`RedbStore::open_read_only`]: every write is refused.
     read_only: bool,
+    /// Whether the kept block summaries are in step with the chunks (a read-only store
+    /// written by a build that does not keep them may have stale ones, and cannot drop them).
+    trust_blocks: bool,
 }
 
 /// The database file, with redb's syncs left to the operating system.
@@ -292,11 +346,13 @@ impl RedbStore {
             let db = open_db(file.try_clone()?, durability)?;
             // Stores made before a table existed gain it here.
             with_tables(&db)?;
+            keep_blocks_in_step(&db)?;
             Ok(Self {
                 db,
                 unsynced: matches!(durability, Durability::Process).then_some(file),
                 serving: Mutex::default(),
                 read_only: false,
+                trust_blocks: true,
             })
         })
     }
@@ -323,15 +379,21 @@ impl RedbStore {
                 .map_err(refused)?;
             // A store always has its tables; a file without them is not one.
             let txn = db.begin_read().map_err(boxed)?;
-            txn.open_table(CHUNKS).map_err(|e| {
+            let chunks = txn.open_table(CHUNKS).map_err(|e| {
                 Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
             })?;
+            let trust_blocks = match txn.open_table(META) {
+                Ok(meta) => blocks_in_step(&chunks, &meta)?,
+                Err(_) => false,
+            };
+            drop(chunks);
             drop(txn);
             Ok(Self {
                 db,
                 unsynced: None,
                 serving: Mutex::default(),
                 read_only: true,
+                trust_blocks,
             })
         })
     }
@@ -432,6 +494,9 @@ impl RedbStore {
                     blocks.remove(block).map_err(boxed)?;
                 }
                 m.insert(BYTES, bytes).map_err(boxed)?;
+                m.insert(BLOCKS_LEN, table.len().map_err(boxed)?)
+                    .map_err(boxed)?;
+                m.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
                 for (key, value) in meta {
                     m.insert(*key, *value).map_err(boxed)?;
                 }
@@ -530,6 +595,9 @@ impl RedbStore {
                     report.freed += len;
                 }
                 meta.insert(BYTES, bytes).map_err(boxed)?;
+                meta.insert(BLOCKS_LEN, chunks.len().map_err(boxed)?)
+                    .map_err(boxed)?;
+                meta.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
             }
             txn.commit().map_err(boxed)?;
             Ok(report)
@@ -569,8 +637,17 @@ fn decode_block(block: u64, bytes: &[u8]) -> Option<BlockSummary> {
     let word = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
     let digest = bytes.get(..32)?.try_into().ok()?;
     let (count, first, end) = (word(32)?, word(40)?, word(48)?);
-    let runs = match *bytes.get(56)? {
+    let expected = match *bytes.get(56)? {
+        u8::MAX => 57,
+        n => 57 + 16 * usize::from(n),
+    };
+    if bytes.len() != expected || count == 0 {
+        return None;
+    }
+    let runs = match bytes[56] {
         u8::MAX => None,
+        0 => return None,
+        n if usize::from(n) > recon::BLOCK_RUNS => return None,
         n => {
             let mut runs = recon::BlockRuns::new();
             for i in 0..usize::from(n) {
@@ -614,6 +691,8 @@ fn make_block(
 struct Tables<'a, S, B> {
     spans: &'a S,
     blocks: &'a B,
+    /// Whether the kept summaries may be used (see [`RedbStore::trust_blocks`]).
+    trusted: bool,
     made: std::cell::RefCell<Vec<(u64, u64)>>,
 }
 
@@ -639,7 +718,8 @@ where
     }
 
     fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, StoreError> {
-        if let Some(kept) = self.blocks.get((origin.0, block)).map_err(boxed)?
+        if self.trusted
+            && let Some(kept) = self.blocks.get((origin.0, block)).map_err(boxed)?
             && let Some(b) = decode_block(block, kept.value())
         {
             return Ok(Some(b));
@@ -836,6 +916,7 @@ impl NodeStore for RedbStore {
             let tables = Tables {
                 spans: &spans,
                 blocks: &blocks,
+                trusted: self.trust_blocks,
                 made: Default::default(),
             };
             recon::Blocks::chunks_in(&tables, range, out)
@@ -856,6 +937,7 @@ impl NodeStore for RedbStore {
             let tables = Tables {
                 spans: &spans,
                 blocks: &blocks,
+                trusted: self.trust_blocks,
                 made: Default::default(),
             };
             let summary =
@@ -944,6 +1026,70 @@ mod tests {
         assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
         drop(s);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A store written by a build that keeps neither block summaries nor spans (simulated
+    /// here by writing its tables directly) is put back in step when it is next opened.
+    #[test]
+    fn block_summaries_written_around_are_dropped_and_spans_rebuilt() {
+        let path =
+            std::env::temp_dir().join(format!("chunk-sync-redb-around-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let whole = KeyRange::whole(NodeId(1));
+        let plain = |s: &RedbStore| {
+            let mut runs = [Run { lo: 0, hi: 0 }; 4];
+            recon::summarize(&whole, &mut runs, |r, out| s.chunks_in(r, out)).unwrap()
+        };
+        let kept = |s: &RedbStore| {
+            let mut runs = [Run { lo: 0, hi: 0 }; 4];
+            s.summarize(&whole, &mut runs).unwrap()
+        };
+        {
+            let s = RedbStore::open(&path).unwrap();
+            s.insert(crate::store::tests::chunk(1, 0, 1, "a")).unwrap();
+            assert_eq!(kept(&s), plain(&s));
+            // The other build stores a chunk of the same block, and forgets every span.
+            let c = crate::store::tests::chunk(1, 1, 1, "b");
+            let txn = s.db.begin_write().unwrap();
+            {
+                let mut chunks = txn.open_table(CHUNKS).unwrap();
+                chunks
+                    .insert(c.id().as_bytes(), c.bytes().as_ref())
+                    .unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                let bytes = meta.get(BYTES).unwrap().unwrap().value();
+                meta.insert(BYTES, bytes + c.bytes().len() as u64).unwrap();
+                txn.open_table(SPANS).unwrap().retain(|_, _| false).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let read_only = RedbStore::open_read_only(&path).unwrap();
+        assert!(
+            !read_only.trust_blocks,
+            "a read-only store does not use stale summaries"
+        );
+        drop(read_only);
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(kept(&s).0.count, 2);
+        assert_eq!(kept(&s), plain(&s));
+        drop(s);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_block_summary_is_not_used() {
+        let b = BlockSummary::of(
+            0,
+            [(0, 1, ChunkHash::default()), (1, 2, ChunkHash::default())],
+        )
+        .unwrap()
+        .unwrap();
+        let bytes = encode_block(&b);
+        assert_eq!(decode_block(0, &bytes), Some(b));
+        assert_eq!(decode_block(0, &bytes[..bytes.len() - 1]), None);
+        let mut no_runs = bytes[..57].to_vec();
+        no_runs[56] = 0;
+        assert_eq!(decode_block(0, &no_runs), None);
     }
 
     #[test]

@@ -241,7 +241,7 @@ fn walk(puller: &dyn NodeStore, server: &dyn NodeStore, frame: usize) -> Cost {
 
 /// The server's answer to `query` in `buf`: its length, and whether it ends the origins.
 fn answer(server: &dyn NodeStore, query: &Query<'_>, buf: &mut [u8]) -> (usize, bool) {
-    let mut answer = Answer::<ENTRIES>::new(query, buf.len() / MAX_ENTRY).unwrap();
+    let mut answer = Answer::<ENTRIES>::new(query, buf.len() / MAX_ENTRY, RUNS).unwrap();
     if let Some((after, limit)) = answer.origins_to_list() {
         let mut out = vec![NodeId(0); limit];
         let (n, last) = server.origins_after(after, &mut out).unwrap();
@@ -249,7 +249,7 @@ fn answer(server: &dyn NodeStore, query: &Query<'_>, buf: &mut [u8]) -> (usize, 
     }
     let mut runs = [Run { lo: 0, hi: 0 }; RUNS];
     while let Some((range, max_runs)) = answer.next_range() {
-        let runs = &mut runs[..max_runs.min(RUNS)];
+        let runs = &mut runs[..max_runs];
         let (summary, n) = server.summarize(&range, runs).unwrap();
         answer
             .summarized(buf, &summary, n.map(|n| &runs[..n]))

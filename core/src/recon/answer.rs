@@ -46,12 +46,14 @@ pub struct Answer<const E: usize> {
 
 impl<const E: usize> Answer<E> {
     /// Starts the answer to `query`, whose answer may hold `room` entries (what fits the
-    /// puller's frames and the caller's buffer).
+    /// puller's frames and the caller's buffer), with at most `max_runs` runs each (what
+    /// the caller's buffer of runs holds; the query may ask for fewer).
     ///
     /// # Errors
     /// [`ReconError::BadQuery`] for ranges that are malformed, out of order, or more than
     /// fit.
-    pub fn new(query: &Query<'_>, room: usize) -> Result<Self, ReconError> {
+    pub fn new(query: &Query<'_>, room: usize, max_runs: usize) -> Result<Self, ReconError> {
+        let runs_room = max_runs;
         let room = room.min(E);
         let (asked, max_runs) = match query {
             Query::Origins {
@@ -94,7 +96,7 @@ impl<const E: usize> Answer<E> {
         };
         Ok(Self {
             asked,
-            max_runs: usize::from(max_runs),
+            max_runs: usize::from(max_runs).min(runs_room),
             done: 0,
             written: 0,
         })

@@ -63,7 +63,7 @@ impl Model {
     /// The server's answer to `query` in a frame of `frame` bytes: entries and `last`.
     fn answer(&self, query: &Query<'_>, frame: usize) -> (Vec<u8>, bool) {
         let mut buf = std::vec![0; frame];
-        let mut answer = Answer::<64>::new(query, frame / MAX_ENTRY).unwrap();
+        let mut answer = Answer::<64>::new(query, frame / MAX_ENTRY, 64).unwrap();
         if let Some((after, limit)) = answer.origins_to_list() {
             let all: Vec<NodeId> = self.origins_after(after).collect();
             let n = all.len().min(limit);
@@ -550,11 +550,11 @@ fn an_answer_refuses_queries_it_cannot_answer_and_answers_in_turn() {
         ranges: RangeList::new(&pairs),
     };
     assert_eq!(
-        Answer::<2>::new(&ranges, 8),
+        Answer::<2>::new(&ranges, 8, 4),
         Err(ReconError::BadQuery("more ranges than an answer holds"))
     );
     assert_eq!(
-        Answer::<8>::new(&ranges, 2),
+        Answer::<8>::new(&ranges, 2, 4),
         Err(ReconError::BadQuery("more ranges than an answer holds"))
     );
     let mut buf = [0; 64];
@@ -564,7 +564,7 @@ fn an_answer_refuses_queries_it_cannot_answer_and_answers_in_turn() {
         panic!("a query")
     };
     assert_eq!(
-        Answer::<8>::new(&bad, 8),
+        Answer::<8>::new(&bad, 8, 4),
         Err(ReconError::BadQuery("malformed ranges"))
     );
 
@@ -573,7 +573,7 @@ fn an_answer_refuses_queries_it_cannot_answer_and_answers_in_turn() {
         limit: 2,
         max_runs: 1,
     };
-    let mut answer = Answer::<8>::new(&origins, 8).unwrap();
+    let mut answer = Answer::<8>::new(&origins, 8, 4).unwrap();
     assert_eq!(answer.next_range(), None);
     assert!(
         answer
@@ -712,4 +712,35 @@ fn a_summary_in_progress_is_small() {
         "{}",
         size_of::<Summarizer<'_>>()
     );
+}
+
+/// A narrow range queued behind the parts of a lower one is not merged into a query after
+/// them: a query's ranges ascend.
+#[test]
+fn queued_ranges_go_into_a_query_in_order() {
+    let (mut a, mut b) = (Model::default(), Model::default());
+    for seq in 0..67 {
+        b.add(1, seq, seq + 1);
+        if seq % 2 == 0 {
+            a.add(1, seq, seq + 1);
+        }
+    }
+    a.add(1, 1023, 1024);
+    b.add(1, 1023, 1024);
+    let out = reconcile::<256, 16, 1>(&a, &b, 4096, 4096).unwrap();
+    let fetched: BTreeSet<_> = out.wanted.iter().flat_map(|w| b.in_range(w)).collect();
+    let lacking: BTreeSet<_> = keys(&b).difference(&keys(&a)).copied().collect();
+    assert_eq!(fetched, lacking);
+}
+
+#[test]
+fn an_answer_caps_the_runs_asked_for_at_its_buffer() {
+    let origins = Query::Origins {
+        after: None,
+        limit: 1,
+        max_runs: u16::MAX,
+    };
+    let mut answer = Answer::<4>::new(&origins, 4, 3).unwrap();
+    assert!(answer.origins_listed(&[NodeId(1)], true));
+    assert_eq!(answer.next_range(), Some((KeyRange::whole(NodeId(1)), 3)));
 }

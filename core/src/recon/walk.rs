@@ -188,9 +188,14 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
             let mut ranges = Vec::new();
             let parts = min(cap.clamp(2, SPLIT), E);
             split(&first, parts, &mut ranges);
-            // More ranges of the same origin, while their parts fit the query.
+            // More ranges of the same origin that come after these, while their parts fit
+            // the query (a query's ranges ascend).
             while let Some(next) = self.queue.front().copied() {
-                if next.origin != first.origin || ranges.len() + width_parts(&next, parts) > cap {
+                let after = ranges.last().is_none_or(|&(_, hi)| next.lo >= hi);
+                if next.origin != first.origin
+                    || !after
+                    || ranges.len() + width_parts(&next, parts) > cap
+                {
                     break;
                 }
                 self.queue.pop_front();
@@ -346,7 +351,8 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
     }
 
     /// Resolves the range of [`next_own`](Self::next_own) with this node's `summary` of it
-    /// and its runs (`None` if there are more than `K`).
+    /// and its runs (`None` if there are more than `K`; more than `K` given count as
+    /// `None`).
     ///
     /// Returns `false`, and changes nothing, if no range awaits it.
     pub fn resolve(&mut self, mine: &Summary, my_runs: Option<&[Run]>) -> bool {
@@ -369,6 +375,7 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
             });
             return true;
         }
+        let my_runs = my_runs.filter(|r| r.len() <= K);
         if let (Some(their_runs), Some(my_runs)) = (&theirs.runs, my_runs) {
             for d in subtract(their_runs, my_runs) {
                 let (lo, hi) = (max(d.lo, r.lo), min(d.hi, r.hi));

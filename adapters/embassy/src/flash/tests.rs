@@ -350,3 +350,26 @@ fn a_summary_reads_the_store_page_by_page() {
         model.finish()
     );
 }
+
+#[test]
+fn a_fork_found_on_open_is_not_served() {
+    let mut store = open(blank());
+    let first = sealed(5, 0, b"first");
+    let forged = sealed(5, 0, b"forged");
+    assert_eq!(insert(&mut store, &first), Ok(true));
+    // As a build that did not refuse forks would have stored it.
+    let id = ChunkHash::of(&forged);
+    block_on(
+        store
+            .map
+            .store_item(&mut store.buf.0, id.as_bytes(), &&forged[..]),
+    )
+    .unwrap();
+    let mut reopened = open(store.into_flash());
+    assert_eq!(reopened.discarded(), 1);
+    assert_eq!(
+        reopened.ids().copied().collect::<Vec<_>>(),
+        [ChunkHash::of(&first)]
+    );
+    assert_sound(&mut reopened);
+}
