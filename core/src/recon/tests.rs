@@ -148,6 +148,30 @@ fn reconcile<const Q: usize, const E: usize, const K: usize>(
     Ok(out)
 }
 
+/// What protocol 1 sends for a manifest of `hashes` hashes in pages that fit `frame` bytes
+/// (at most 1,024 per page): each page and the request for it.
+fn manifest_cost(hashes: usize, frame: usize) -> usize {
+    use crate::wire::{HashList, Message};
+    let per_page = Message::page_capacity(frame as u32).min(1024);
+    let pages = hashes.div_ceil(per_page).max(1);
+    let id = ChunkHash::default();
+    let request = Message::ManifestRequest {
+        after: Some(id),
+        limit: per_page as u32,
+    }
+    .frame_len();
+    let page = |n: usize| {
+        let ids = std::vec![id; n];
+        Message::ManifestPage {
+            ids: HashList::new(&ids),
+            last: false,
+        }
+        .frame_len()
+    };
+    let rest = hashes - (pages - 1) * per_page;
+    (pages - 1) * page(per_page) + page(rest) + pages * request
+}
+
 /// A log of one origin: chunks of 1 to 4 sequence numbers, tiling `0..`.
 fn log(origin: u64, sizes: &[u64]) -> Vec<(u64, u64, u64)> {
     let mut at = 0;
@@ -219,6 +243,12 @@ proptest! {
         server_frame in 256usize..4096,
     ) {
         let out = reconcile::<256, 16, 8>(&a, &b, puller_frame, server_frame).unwrap();
+        // Never much more than the manifest of the server's chunks would cost.
+        let manifest = manifest_cost(b.0.len(), puller_frame);
+        prop_assert!(
+            out.sent + out.received <= manifest + manifest / 20 + 1024,
+            "{} bytes against a manifest of {manifest}", out.sent + out.received
+        );
         let mut fetched = BTreeSet::new();
         for w in &out.wanted {
             for key in b.in_range(w) {
