@@ -210,6 +210,60 @@ pub fn fill_origins(
     (out.len(), next_above(above).is_none())
 }
 
+/// The answers of [`ChunkStore::origins_after`] and [`ChunkStore::chunks_in`] for a store
+/// that keeps its chunks' spans in no useful order (a few, in RAM): each answer scans
+/// `spans()` once per origin or chunk written (`O(N)` each).
+pub mod scan {
+    use super::fill_origins;
+    use crate::chunk::Span;
+    use crate::event::NodeId;
+    use crate::hash::ChunkHash;
+    use crate::recon::KeyRange;
+
+    /// [`ChunkStore::origins_after`](super::ChunkStore::origins_after) over `spans()`.
+    pub fn origins_after<I: Iterator<Item = (Span, ChunkHash)>>(
+        out: &mut [NodeId],
+        after: Option<NodeId>,
+        spans: impl Fn() -> I,
+    ) -> (usize, bool) {
+        // Each origin in turn: the smallest one above the previous.
+        fill_origins(out, after, |above| {
+            spans()
+                .map(|(span, _)| span.origin)
+                .filter(|o| above.is_none_or(|a| *o > a))
+                .min()
+        })
+    }
+
+    /// [`ChunkStore::chunks_in`](super::ChunkStore::chunks_in) over `spans()`.
+    pub fn chunks_in<I: Iterator<Item = (Span, ChunkHash)>>(
+        out: &mut [(Span, ChunkHash)],
+        range: &KeyRange,
+        spans: impl Fn() -> I,
+    ) -> usize {
+        // Each chunk in turn: the lowest `first_seq` of the range above the previous one.
+        let mut from = range.lo;
+        let mut n = 0;
+        for slot in out.iter_mut() {
+            let next = spans()
+                .filter(|(span, _)| {
+                    span.first_seq >= from && range.contains(span.origin, span.first_seq)
+                })
+                .min_by_key(|(span, _)| span.first_seq);
+            let Some(found) = next else {
+                break;
+            };
+            *slot = found;
+            n += 1;
+            match found.0.first_seq.checked_add(1) {
+                Some(f) => from = f,
+                None => break,
+            }
+        }
+        n
+    }
+}
+
 /// Copies a stored chunk's `bytes` into a reader's `buf` and returns its length, or reports
 /// the size needed: the answer of [`ChunkStore::read_into`], for any store.
 ///

@@ -11,7 +11,7 @@ use core::fmt;
 use core::ops::Range;
 
 use chunk_sync_core::recon::KeyRange;
-use chunk_sync_core::store::{Fork, ReadError, copy_out, fill_origins};
+use chunk_sync_core::store::{Fork, ReadError, copy_out, scan};
 use chunk_sync_core::{ChunkHash, NodeId, Span, Verified};
 use embedded_storage_async::nor_flash::NorFlash;
 use heapless::Vec;
@@ -340,12 +340,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         after: Option<NodeId>,
         out: &mut [NodeId],
     ) -> Result<(usize, bool), F> {
-        Ok(fill_origins(out, after, |above| {
-            self.spans()
-                .map(|(s, _)| s.origin)
-                .filter(|o| above.is_none_or(|a| *o > a))
-                .min()
-        }))
+        Ok(scan::origins_after(out, after, || self.spans()))
     }
 
     async fn chunks_in(
@@ -353,22 +348,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, F> {
-        let mut from = range.lo;
-        let mut n = 0;
-        for slot in out.iter_mut() {
-            let next = self
-                .spans()
-                .filter(|(s, _)| s.first_seq >= from && range.contains(s.origin, s.first_seq))
-                .min_by_key(|(s, _)| s.first_seq);
-            let Some(found) = next else { break };
-            *slot = found;
-            n += 1;
-            let Some(after) = found.0.first_seq.checked_add(1) else {
-                break;
-            };
-            from = after;
-        }
-        Ok(n)
+        Ok(scan::chunks_in(out, range, || self.spans()))
     }
 
     fn is_fork(error: &Self::Error) -> bool {

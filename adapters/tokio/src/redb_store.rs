@@ -977,6 +977,17 @@ impl NodeStore for RedbStore {
 mod tests {
     use super::*;
 
+    /// A store's summary of every chunk of origin 1, from what it keeps and made chunk by
+    /// chunk: the two must be equal.
+    fn kept_and_plain(s: &RedbStore) -> [(Summary, Option<usize>); 2] {
+        let whole = KeyRange::whole(NodeId(1));
+        let (mut a, mut b) = ([Run { lo: 0, hi: 0 }; 4], [Run { lo: 0, hi: 0 }; 4]);
+        [
+            s.summarize(&whole, &mut a).unwrap(),
+            recon::summarize(&whole, &mut b, |r, out| s.chunks_in(r, out)).unwrap(),
+        ]
+    }
+
     fn chunk(n: u8, len: usize) -> VerifiedChunk {
         let bytes = vec![n; len];
         VerifiedChunk::new(ChunkHash::of(&bytes), bytes).unwrap()
@@ -996,16 +1007,16 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("chunk-sync-redb-blocks-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let plain = |s: &RedbStore, range: &KeyRange| {
-            let mut runs = [Run { lo: 0, hi: 0 }; 4];
-            recon::summarize(range, &mut runs, |r, out| s.chunks_in(r, out)).unwrap()
-        };
         let whole = KeyRange::whole(NodeId(1));
+        let same = |s: &RedbStore| {
+            let [kept, plain] = kept_and_plain(s);
+            assert_eq!(kept, plain);
+        };
         {
             let s = RedbStore::open(&path).unwrap();
             crate::store::tests::summaries_follow_inserts(&s);
+            same(&s);
             let mut runs = [Run { lo: 0, hi: 0 }; 4];
-            assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
             let kept = s
                 .reading(|txn| txn.open_table(BLOCKS).map_err(boxed)?.len().map_err(boxed))
                 .unwrap();
@@ -1019,12 +1030,9 @@ mod tests {
             assert_eq!(s.summarize(&whole, &mut runs).unwrap().0.count, 0);
             s.insert(crate::store::tests::chunk(1, 4096, 1, "again"))
                 .unwrap();
-            assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
+            same(&s);
         }
-        let s = RedbStore::open_read_only(&path).unwrap();
-        let mut runs = [Run { lo: 0, hi: 0 }; 4];
-        assert_eq!(s.summarize(&whole, &mut runs).unwrap(), plain(&s, &whole));
-        drop(s);
+        same(&RedbStore::open_read_only(&path).unwrap());
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -1035,19 +1043,11 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("chunk-sync-redb-around-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let whole = KeyRange::whole(NodeId(1));
-        let plain = |s: &RedbStore| {
-            let mut runs = [Run { lo: 0, hi: 0 }; 4];
-            recon::summarize(&whole, &mut runs, |r, out| s.chunks_in(r, out)).unwrap()
-        };
-        let kept = |s: &RedbStore| {
-            let mut runs = [Run { lo: 0, hi: 0 }; 4];
-            s.summarize(&whole, &mut runs).unwrap()
-        };
         {
             let s = RedbStore::open(&path).unwrap();
             s.insert(crate::store::tests::chunk(1, 0, 1, "a")).unwrap();
-            assert_eq!(kept(&s), plain(&s));
+            let [kept, plain] = kept_and_plain(&s);
+            assert_eq!(kept, plain);
             // The other build stores a chunk of the same block, and forgets every span.
             let c = crate::store::tests::chunk(1, 1, 1, "b");
             let txn = s.db.begin_write().unwrap();
@@ -1069,10 +1069,9 @@ mod tests {
             "a read-only store does not use stale summaries"
         );
         drop(read_only);
-        let s = RedbStore::open(&path).unwrap();
-        assert_eq!(kept(&s).0.count, 2);
-        assert_eq!(kept(&s), plain(&s));
-        drop(s);
+        let [kept, plain] = kept_and_plain(&RedbStore::open(&path).unwrap());
+        assert_eq!(kept.0.count, 2);
+        assert_eq!(kept, plain);
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -526,22 +526,7 @@ fn summarize_reads_a_store_page_by_page() {
     let mut calls = 0;
     let page = |r: &KeyRange, out: &mut [(Span, ChunkHash)]| {
         calls += 1;
-        let mut n = 0;
-        for (slot, (&(o, first), &(end, id))) in out
-            .iter_mut()
-            .zip(m.0.range((r.origin.0, r.lo)..(r.origin.0, r.hi)))
-        {
-            *slot = (
-                Span {
-                    origin: NodeId(o),
-                    first_seq: first,
-                    end_seq: end,
-                },
-                id,
-            );
-            n += 1;
-        }
-        Ok::<_, ()>(n)
+        Ok::<_, ()>(m.page(r, out))
     };
     let mut runs = [Run { lo: 0, hi: 0 }; 4];
     let got = summarize(&range, &mut runs, page).unwrap();

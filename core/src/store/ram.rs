@@ -4,7 +4,7 @@ use core::fmt;
 
 use heapless::Vec;
 
-use super::{ChunkStore, Fork, ReadError, copy_out, fill_origins, fill_page};
+use super::{ChunkStore, Fork, ReadError, copy_out, fill_page, scan};
 use crate::chunk::Span;
 use crate::error::CapacityError;
 use crate::event::NodeId;
@@ -237,13 +237,7 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
         after: Option<NodeId>,
         out: &mut [NodeId],
     ) -> Result<(usize, bool), RamStoreError> {
-        // Each origin in turn: the smallest one above the previous.
-        Ok(fill_origins(out, after, |above| {
-            self.spans()
-                .map(|(span, _)| span.origin)
-                .filter(|o| above.is_none_or(|a| *o > a))
-                .min()
-        }))
+        Ok(scan::origins_after(out, after, || self.spans()))
     }
 
     fn chunks_in(
@@ -251,27 +245,7 @@ impl<const N: usize, const BYTES: usize> ChunkStore for RamStore<N, BYTES> {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, RamStoreError> {
-        // Each chunk in turn: the lowest `first_seq` of the range above the previous one.
-        let mut from = range.lo;
-        let mut n = 0;
-        for slot in out.iter_mut() {
-            let next = self
-                .spans()
-                .filter(|(span, _)| {
-                    span.first_seq >= from && range.contains(span.origin, span.first_seq)
-                })
-                .min_by_key(|(span, _)| span.first_seq);
-            let Some(found) = next else {
-                break;
-            };
-            *slot = found;
-            n += 1;
-            match found.0.first_seq.checked_add(1) {
-                Some(f) => from = f,
-                None => break,
-            }
-        }
-        Ok(n)
+        Ok(scan::chunks_in(out, range, || self.spans()))
     }
 
     fn is_fork(error: &RamStoreError) -> bool {
