@@ -977,6 +977,14 @@ impl NodeStore for RedbStore {
 mod tests {
     use super::*;
 
+    /// A fresh path for a test's store file.
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("chunk-sync-redb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
     /// A store's summary of every chunk of origin 1, from what it keeps and made chunk by
     /// chunk: the two must be equal.
     fn kept_and_plain(s: &RedbStore) -> [(Summary, Option<usize>); 2] {
@@ -995,18 +1003,14 @@ mod tests {
 
     #[test]
     fn answers_range_queries() {
-        let path =
-            std::env::temp_dir().join(format!("chunk-sync-redb-ranges-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let path = temp_path("ranges");
         crate::store::tests::answers_range_queries(&RedbStore::open(&path).unwrap());
         std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn kept_block_summaries_follow_inserts_removals_and_reopens() {
-        let path =
-            std::env::temp_dir().join(format!("chunk-sync-redb-blocks-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let path = temp_path("blocks");
         let whole = KeyRange::whole(NodeId(1));
         let same = |s: &RedbStore| {
             let [kept, plain] = kept_and_plain(s);
@@ -1040,9 +1044,7 @@ mod tests {
     /// here by writing its tables directly) is put back in step when it is next opened.
     #[test]
     fn block_summaries_written_around_are_dropped_and_spans_rebuilt() {
-        let path =
-            std::env::temp_dir().join(format!("chunk-sync-redb-around-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let path = temp_path("around");
         {
             let s = RedbStore::open(&path).unwrap();
             s.insert(crate::store::tests::chunk(1, 0, 1, "a")).unwrap();
