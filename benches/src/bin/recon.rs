@@ -31,6 +31,8 @@ const ENTRIES: usize = 64;
 const RUNS: usize = 16;
 /// Ranges waiting, and wanted ranges not yet fetched.
 const QUEUE: usize = 4096;
+/// Queries in flight at once.
+const IN_FLIGHT: usize = 4;
 /// Hashes per manifest page in protocol 1 (the host session's `PAGE`).
 const PAGE: usize = 1024;
 
@@ -203,37 +205,48 @@ struct Cost {
 
 /// `puller` reconciles with `server`, both in frames of `frame` bytes.
 fn walk(puller: &dyn NodeStore, server: &dyn NodeStore, frame: usize) -> Cost {
-    let mut walk = Box::new(Walk::<QUEUE, ENTRIES, RUNS>::new(1 << 24));
+    let mut walk = Box::new(Walk::<QUEUE, ENTRIES, RUNS, IN_FLIGHT>::new(1 << 24));
     let room = Room::for_frames(frame, frame, FRAMING);
     let mut cost = Cost::default();
     let mut runs = [Run { lo: 0, hi: 0 }; RUNS];
     let mut query_buf = vec![0; frame];
     let mut answer_buf = vec![0; frame];
-    loop {
-        loop {
-            while let Some(range) = walk.next_own() {
-                let (mine, n) = puller.summarize(&range, &mut runs).unwrap();
-                walk.resolve(&mine, n.map(|n| &runs[..n]));
-            }
-            let before = cost.wanted;
-            while walk.next_wanted().is_some() {
-                cost.wanted += 1;
-            }
-            if before == cost.wanted {
-                break;
-            }
+    let mut resolve = |walk: &mut Walk<QUEUE, ENTRIES, RUNS, IN_FLIGHT>, cost: &mut Cost| loop {
+        while let Some(range) = walk.next_own() {
+            let (mine, n) = puller.summarize(&range, &mut runs).unwrap();
+            walk.resolve(&mine, n.map(|n| &runs[..n]));
         }
-        let Some(query) = walk.next_query(room).unwrap() else {
+        let before = cost.wanted;
+        while walk.next_wanted().is_some() {
+            cost.wanted += 1;
+        }
+        if before == cost.wanted {
             break;
-        };
-        let len = query.write(&mut query_buf).unwrap();
-        let query = Query::read(&query_buf[..len]).unwrap();
-        let (answered, last) = answer(server, &query, &mut answer_buf[..frame - FRAMING]);
-        cost.bytes += len + FRAMING + answered + FRAMING;
+        }
+    };
+    loop {
+        resolve(&mut walk, &mut cost);
+        // One round trip: every query the walk has now, then their answers in order.
+        let mut answers = Vec::new();
+        while let Some(query) = walk.next_query(room).unwrap() {
+            let len = query.write(&mut query_buf).unwrap();
+            let query = Query::read(&query_buf[..len]).unwrap();
+            let (answered, last) = answer(server, &query, &mut answer_buf[..frame - FRAMING]);
+            cost.bytes += len + FRAMING + answered + FRAMING;
+            let origins = matches!(query, Query::Origins { .. });
+            answers.push((origins, answer_buf[..answered].to_vec(), last));
+        }
+        if answers.is_empty() {
+            break;
+        }
         cost.round_trips += 1;
-        match query {
-            Query::Origins { .. } => walk.on_origins(&answer_buf[..answered], last).unwrap(),
-            Query::Ranges { .. } => walk.on_ranges(&answer_buf[..answered]).unwrap(),
+        for (origins, entries, last) in answers {
+            if origins {
+                walk.on_origins(&entries, last).unwrap();
+            } else {
+                walk.on_ranges(&entries).unwrap();
+            }
+            resolve(&mut walk, &mut cost);
         }
     }
     cost

@@ -101,47 +101,69 @@ fn reconcile<const Q: usize, const E: usize, const K: usize>(
     puller_frame: usize,
     server_frame: usize,
 ) -> Result<Outcome, ReconError> {
-    let mut walk = Walk::<Q, E, K>::new(1 << 20);
+    reconcile_with::<Q, E, K, 1>(puller, server, puller_frame, server_frame)
+}
+
+/// As [`reconcile`], with up to `W` queries outstanding: each round sends every query the
+/// walk has, then gives it their answers in order.
+fn reconcile_with<const Q: usize, const E: usize, const K: usize, const W: usize>(
+    puller: &Model,
+    server: &Model,
+    puller_frame: usize,
+    server_frame: usize,
+) -> Result<Outcome, ReconError> {
+    let mut walk = Walk::<Q, E, K, W>::new(1 << 20);
     let room = Room::for_frames(puller_frame, server_frame, OVERHEAD);
     let mut out = Outcome::default();
     let mut runs = [Run { lo: 0, hi: 0 }; K];
-    loop {
+    let mut resolve = |walk: &mut Walk<Q, E, K, W>, out: &mut Outcome| loop {
         // Resolving stops while wanted ranges wait: take them, as a fetcher would.
-        loop {
-            while let Some(range) = walk.next_own() {
-                let (mine, n) = puller.summarize(&range, &mut runs);
-                assert!(walk.resolve(&mine, n.map(|n| &runs[..n])));
-            }
-            let before = out.wanted.len();
-            out.wanted
-                .extend(core::iter::from_fn(|| walk.next_wanted()));
-            if out.wanted.len() == before {
-                break;
-            }
+        while let Some(range) = walk.next_own() {
+            let (mine, n) = puller.summarize(&range, &mut runs);
+            assert!(walk.resolve(&mine, n.map(|n| &runs[..n])));
         }
-        let Some(query) = walk.next_query(room)? else {
+        let before = out.wanted.len();
+        out.wanted
+            .extend(core::iter::from_fn(|| walk.next_wanted()));
+        if out.wanted.len() == before {
             break;
-        };
-        let mut qbuf = [0; 70_000];
-        let qlen = query.write(&mut qbuf).unwrap();
-        assert!(
-            qlen + OVERHEAD <= server_frame,
-            "a query fits the server's frames"
-        );
-        let (entries, last) = server.answer(
-            &Query::read(&qbuf[..qlen]).unwrap(),
-            puller_frame - OVERHEAD,
-        );
-        assert!(
-            entries.len() + OVERHEAD <= puller_frame,
-            "an answer fits the puller's frames"
-        );
-        out.sent += qlen + OVERHEAD;
-        out.received += entries.len() + OVERHEAD;
+        }
+    };
+    loop {
+        resolve(&mut walk, &mut out);
+        let mut answers = Vec::new();
+        while let Some(query) = walk.next_query(room)? {
+            let mut qbuf = [0; 70_000];
+            let qlen = query.write(&mut qbuf).unwrap();
+            assert!(
+                qlen + OVERHEAD <= server_frame,
+                "a query fits the server's frames"
+            );
+            let origins = matches!(query, Query::Origins { .. });
+            let (entries, last) = server.answer(
+                &Query::read(&qbuf[..qlen]).unwrap(),
+                puller_frame - OVERHEAD,
+            );
+            assert!(
+                entries.len() + OVERHEAD <= puller_frame,
+                "an answer fits the puller's frames"
+            );
+            out.sent += qlen + OVERHEAD;
+            out.received += entries.len() + OVERHEAD;
+            answers.push((origins, entries, last));
+        }
+        if answers.is_empty() {
+            break;
+        }
+        assert!(answers.len() <= W);
         out.round_trips += 1;
-        match query {
-            Query::Origins { .. } => walk.on_origins(&entries, last)?,
-            Query::Ranges { .. } => walk.on_ranges(&entries)?,
+        for (origins, entries, last) in answers {
+            if origins {
+                walk.on_origins(&entries, last)?;
+            } else {
+                walk.on_ranges(&entries)?;
+            }
+            resolve(&mut walk, &mut out);
         }
     }
     assert!(walk.is_done());
@@ -259,6 +281,22 @@ proptest! {
         prop_assert_eq!(fetched, lacking);
     }
 
+    /// With several queries outstanding, the puller learns the same difference, in no more
+    /// round trips.
+    #[test]
+    fn queries_in_flight_learn_the_same_difference(
+        (a, b) in stores(),
+        frame in 256usize..4096,
+    ) {
+        let one = reconcile::<256, 16, 8>(&a, &b, frame, frame).unwrap();
+        let four = reconcile_with::<256, 16, 8, 4>(&a, &b, frame, frame).unwrap();
+        let fetched = |o: &Outcome| -> BTreeSet<(u64, u64)> {
+            o.wanted.iter().flat_map(|w| b.in_range(w)).collect()
+        };
+        prop_assert_eq!(fetched(&one), fetched(&four));
+        prop_assert!(four.round_trips <= one.round_trips);
+    }
+
     /// With room for few ranges, some are fetched whole instead of split: nothing is
     /// missed, and the walk still ends.
     #[test]
@@ -305,6 +343,7 @@ proptest! {
         let mut walk = Walk::<8, 4, 4>::new(100);
         let room = Room { entries: 4, ranges: 8 };
         let _ = walk.next_query(room).unwrap();
+        assert_eq!(walk.on_ranges(&bytes), Err(ReconError::UnexpectedAnswer));
         if walk.on_origins(&bytes, true).is_ok() {
             let mut runs = [Run { lo: 0, hi: 0 }; 4];
             let empty = Model::default();

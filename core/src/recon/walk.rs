@@ -27,6 +27,9 @@ pub enum ReconError {
     UnexpectedAnswer,
     /// A query that cannot be answered (named here).
     BadQuery(&'static str),
+    /// An answer given to the walk while it was still resolving the one before: the
+    /// caller's mistake, not the peer's (see the calling order of [`Walk`]).
+    Busy,
 }
 
 impl fmt::Display for ReconError {
@@ -38,6 +41,7 @@ impl fmt::Display for ReconError {
             Self::BadSummary(why) => write!(f, "the peer sent an impossible summary: {why}"),
             Self::UnexpectedAnswer => f.write_str("the peer answered a query not asked"),
             Self::BadQuery(why) => write!(f, "the peer sent a query that has no answer: {why}"),
+            Self::Busy => f.write_str("an answer was given before the previous one was resolved"),
         }
     }
 }
@@ -83,7 +87,6 @@ enum Origins {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Asked<const E: usize> {
-    Nothing,
     Origins {
         after: Option<NodeId>,
         limit: usize,
@@ -110,22 +113,24 @@ pub struct WalkStats {
 ///
 /// `Q` is the most ranges waiting to be asked about and the most ranges found wanted and
 /// not yet taken (at least `2 × K`); `E` the most entries of one answer (at least 2); `K`
-/// the most runs of each entry.
-/// Memory: about `48 × Q + (40 + 16 × K) × E` bytes.
+/// the most runs of each entry; `W` the most queries outstanding (the server answers in
+/// order). Memory: about `48 × Q + (40 + 16 × K) × E + 16 × E × W` bytes.
 ///
 /// # Calling order
-/// 1. [`next_query`](Self::next_query), and send the query when there is one (one is
-///    outstanding at a time);
-/// 2. on its answer, [`on_origins`](Self::on_origins) or [`on_ranges`](Self::on_ranges);
+/// 1. [`next_query`](Self::next_query) until it returns `None`, sending each query (up to
+///    `W` are outstanding);
+/// 2. on the next answer, [`on_origins`](Self::on_origins) or
+///    [`on_ranges`](Self::on_ranges), once the previous answer is resolved (step 3);
 /// 3. while [`next_own`](Self::next_own) names a range, summarise it from this node's store
 ///    (with up to `K` runs) and give the summary to [`resolve`](Self::resolve);
 /// 4. take the wanted ranges with [`next_wanted`](Self::next_wanted) and fetch them (the
 ///    walk stops resolving while `Q` wanted ranges are waiting);
 /// 5. until [`is_done`](Self::is_done).
 #[derive(Clone, Debug)]
-pub struct Walk<const Q: usize, const E: usize, const K: usize> {
+pub struct Walk<const Q: usize, const E: usize, const K: usize, const W: usize = 1> {
     origins: Origins,
-    asked: Asked<E>,
+    /// Queries sent, oldest first.
+    asked: Deque<Asked<E>, W>,
     queue: Deque<KeyRange, Q>,
     held: Deque<Held<K>, E>,
     wanted: Deque<KeyRange, Q>,
@@ -133,19 +138,19 @@ pub struct Walk<const Q: usize, const E: usize, const K: usize> {
     stats: WalkStats,
 }
 
-impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
+impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, K, W> {
     /// A walk that asks about at most `max_ranges` ranges.
     #[must_use]
     pub const fn new(max_ranges: u64) -> Self {
         const {
             assert!(
-                E >= 2 && Q >= 2 * K && Q > 0,
-                "a walk needs E >= 2 and Q >= 2 K"
+                E >= 2 && Q >= 2 * K && Q > 0 && W > 0,
+                "a walk needs E >= 2, Q >= 2 K and W >= 1"
             )
         };
         Self {
             origins: Origins::Next(None),
-            asked: Asked::Nothing,
+            asked: Deque::new(),
             queue: Deque::new(),
             held: Deque::new(),
             wanted: Deque::new(),
@@ -168,18 +173,18 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
     #[must_use]
     pub fn is_done(&self) -> bool {
         matches!(self.origins, Origins::Done)
-            && matches!(self.asked, Asked::Nothing)
+            && self.asked.is_empty()
             && self.held.is_empty()
             && self.queue.is_empty()
     }
 
-    /// The next query to send, if one is due: none while an answer is awaited or being
-    /// resolved.
+    /// The next query to send, if one is due: none while an answer is being resolved or
+    /// `W` queries are outstanding, and no page of origins while one is.
     ///
     /// # Errors
     /// [`ReconError::TooManyRanges`] once the walk would pass its bound.
     pub fn next_query(&mut self, room: Room) -> Result<Option<Query<'_>>, ReconError> {
-        if !matches!(self.asked, Asked::Nothing) || !self.held.is_empty() {
+        if self.asked.is_full() || !self.held.is_empty() {
             return Ok(None);
         }
         let cap = min(min(room.entries, room.ranges), E);
@@ -202,25 +207,33 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
                 split(&next, parts, &mut ranges);
             }
             self.count(ranges.len())?;
-            self.asked = Asked::Ranges {
-                origin: first.origin,
-                ranges,
-            };
-            let Asked::Ranges { origin, ranges } = &self.asked else {
-                unreachable!("just set");
-            };
-            return Ok(Some(Query::Ranges {
-                origin: *origin,
-                max_runs,
-                ranges: RangeList::new(ranges),
+            let origin = first.origin;
+            // Room: `asked` is not full (checked above).
+            let _ = self.asked.push_back(Asked::Ranges { origin, ranges });
+            return Ok(self.asked.back().map(|asked| match asked {
+                Asked::Ranges { ranges, .. } => Query::Ranges {
+                    origin,
+                    max_runs,
+                    ranges: RangeList::new(ranges),
+                },
+                Asked::Origins { after, limit } => Query::Origins {
+                    after: *after,
+                    limit: u16::try_from(*limit).unwrap_or(u16::MAX),
+                    max_runs,
+                },
             }));
         }
-        let Origins::Next(after) = self.origins else {
+        let paging = self
+            .asked
+            .iter()
+            .any(|a| matches!(a, Asked::Origins { .. }));
+        let (Origins::Next(after), false) = (self.origins, paging) else {
             return Ok(None);
         };
         let limit = min(cap, Q).max(1);
         self.count(limit)?;
-        self.asked = Asked::Origins { after, limit };
+        // Room: `asked` is not full (checked above).
+        let _ = self.asked.push_back(Asked::Origins { after, limit });
         Ok(Some(Query::Origins {
             after,
             limit: u16::try_from(limit).unwrap_or(u16::MAX),
@@ -246,7 +259,10 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
     /// [`ReconError`] for an answer not asked for or not true of any store; nothing of it
     /// is kept then.
     pub fn on_origins(&mut self, entries: &[u8], last: bool) -> Result<(), ReconError> {
-        let Asked::Origins { after, limit } = self.asked else {
+        if !self.held.is_empty() {
+            return Err(ReconError::Busy);
+        }
+        let Some(&Asked::Origins { after, limit }) = self.asked.front() else {
             return Err(ReconError::UnexpectedAnswer);
         };
         let mut rest = entries;
@@ -275,7 +291,7 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
             (false, Some(p)) => Origins::Next(Some(p)),
             _ => Origins::Done,
         };
-        self.asked = Asked::Nothing;
+        self.asked.pop_front();
         Ok(())
     }
 
@@ -284,7 +300,10 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
     /// # Errors
     /// As [`on_origins`](Self::on_origins).
     pub fn on_ranges(&mut self, entries: &[u8]) -> Result<(), ReconError> {
-        let Asked::Ranges { origin, ranges } = &self.asked else {
+        if !self.held.is_empty() {
+            return Err(ReconError::Busy);
+        }
+        let Some(Asked::Ranges { origin, ranges }) = self.asked.front() else {
             return Err(ReconError::UnexpectedAnswer);
         };
         let (origin, ranges) = (*origin, ranges.clone());
@@ -302,7 +321,7 @@ impl<const Q: usize, const E: usize, const K: usize> Walk<Q, E, K> {
         if !rest.is_empty() {
             return Err(self.refuse(ReconError::UnexpectedAnswer));
         }
-        self.asked = Asked::Nothing;
+        self.asked.pop_front();
         Ok(())
     }
 
