@@ -798,3 +798,101 @@ fn an_answer_caps_the_runs_asked_for_at_its_buffer() {
     assert!(answer.origins_listed(&[NodeId(1)], true));
     assert_eq!(answer.next_range(), Some((KeyRange::whole(NodeId(1)), 3)));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A server that answers every query with well-formed entries of its own choosing
+    /// (counts, hulls, runs and fingerprints at random, true or not) never panics the walk,
+    /// which ends, or stops at its bound with a typed error; every range it wants lies
+    /// inside a range it asked about.
+    #[test]
+    fn a_lying_server_ends_the_walk_or_meets_its_bound(seed in any::<u64>(), frame in 256usize..2048) {
+        let mut rng = seed | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut walk = Walk::<64, 8, 4, 2>::new(2_000);
+        let room = Room::for_frames(frame, frame, OVERHEAD);
+        let mine = Model::default();
+        let mut runs = [Run { lo: 0, hi: 0 }; 4];
+        let mut asked_hull: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let mut wanted = Vec::new();
+        let outcome: Result<(), ReconError> = (|| loop {
+            while let Some(r) = walk.next_own() {
+                // This side holds one chunk at the start of every range, or none.
+                let (mut s, _) = mine.summarize(&r, &mut runs);
+                if next() % 2 == 0 && r.hi - r.lo > 1 {
+                    s = Summary { count: 1, first: r.lo, end: r.lo + 1, fingerprint: Fingerprint([3; 16]) };
+                }
+                let own = [Run { lo: s.first, hi: s.end }];
+                walk.resolve(&s, (s.count > 0).then_some(&own[..]));
+            }
+            wanted.extend(core::iter::from_fn(|| walk.next_wanted()));
+            let mut pending = Vec::new();
+            while let Some(q) = walk.next_query(room)? {
+                let (origins, ranges): (bool, Vec<KeyRange>) = match q {
+                    Query::Origins { after, limit, .. } => {
+                        let n = (next() % u64::from(limit)) as usize + 1;
+                        let from = after.map_or(0, |a| a.0 + 1);
+                        let mut os: Vec<u64> = (0..n).map(|_| from + next() % 50).collect();
+                        os.sort_unstable();
+                        os.dedup();
+                        (true, os.into_iter().map(|o| KeyRange::whole(NodeId(o))).collect())
+                    }
+                    Query::Ranges { origin, ranges, .. } => (
+                        false,
+                        ranges.iter().map(|r| r.unwrap()).map(|(lo, hi)| KeyRange { origin, lo, hi }).collect(),
+                    ),
+                };
+                for r in &ranges {
+                    let e = asked_hull.entry(r.origin.0).or_insert((r.lo, r.hi));
+                    *e = (e.0.min(r.lo), e.1.max(r.hi));
+                }
+                let mut buf = std::vec![0; frame];
+                let mut w = EntryWriter::new(&mut buf, ranges.len()).unwrap();
+                for r in &ranges {
+                    let width = r.hi - r.lo;
+                    let first = r.lo + next() % width.min(1 << 40);
+                    let end = first.saturating_add(1 + next() % 1000);
+                    let count = 1 + next() % (end - first);
+                    let empty = !origins && next() % 5 == 0;
+                    let s = Summary { count: if empty { 0 } else { count }, first, end, fingerprint: Fingerprint([(next() % 4) as u8; 16]) };
+                    let run = [Run { lo: first, hi: end }];
+                    let with_runs = (next() % 2 == 0).then_some(&run[..]);
+                    w.write(origins.then_some(r.origin), r, &s, with_runs).unwrap();
+                }
+                let len = w.finish();
+                buf.truncate(len);
+                pending.push((origins, buf, next() % 3 == 0));
+            }
+            if pending.is_empty() {
+                return Ok(());
+            }
+            for (origins, entries, last) in pending {
+                let answered = if origins { walk.on_origins(&entries, last) } else { walk.on_ranges(&entries) };
+                match answered {
+                    Ok(()) => {}
+                    Err(ReconError::BadSummary(_)) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                while let Some(r) = walk.next_own() {
+                    let (s, _) = mine.summarize(&r, &mut runs);
+                    walk.resolve(&s, Some(&[]));
+                }
+            }
+        })();
+        match outcome {
+            Ok(()) | Err(ReconError::TooManyRanges { max: 2_000 }) => {}
+            Err(e) => prop_assert!(false, "unexpected {e}"),
+        }
+        for w in &wanted {
+            let hull = asked_hull.get(&w.origin.0).copied();
+            prop_assert!(hull.is_some_and(|(lo, hi)| lo <= w.lo && w.hi <= hi), "{w:?} outside {hull:?}");
+            prop_assert!(w.lo < w.hi);
+        }
+    }
+}
