@@ -249,6 +249,11 @@ fn stores() -> impl Strategy<Value = (Model, Model)> {
         })
 }
 
+/// Frame sizes from the smallest up to 64 KiB, small ones more often.
+fn frames() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => 256usize..1024, 1 => 1024usize..65_537]
+}
+
 fn keys(m: &Model) -> BTreeSet<(u64, u64)> {
     m.0.keys().copied().collect()
 }
@@ -261,8 +266,8 @@ proptest! {
     #[test]
     fn the_puller_learns_exactly_the_difference(
         (a, b) in stores(),
-        puller_frame in 256usize..4096,
-        server_frame in 256usize..4096,
+        puller_frame in frames(),
+        server_frame in frames(),
     ) {
         let out = reconcile::<256, 16, 8>(&a, &b, puller_frame, server_frame).unwrap();
         // Never much more than the manifest of the server's chunks would cost.
@@ -286,7 +291,7 @@ proptest! {
     #[test]
     fn queries_in_flight_learn_the_same_difference(
         (a, b) in stores(),
-        frame in 256usize..4096,
+        frame in frames(),
     ) {
         let one = reconcile::<256, 16, 8>(&a, &b, frame, frame).unwrap();
         let four = reconcile_with::<256, 16, 8, 4>(&a, &b, frame, frame).unwrap();
