@@ -30,7 +30,7 @@ struct Buffer<const BUF: usize>([u8; BUF]);
 /// A chunk store in NOR flash (`embedded-storage-async`), power-fail safe.
 ///
 /// Capacities:
-/// - `N`: chunks the store can hold; their hashes and spans live in RAM (`56 × N` bytes),
+/// - `N`: chunks the store can hold; their hashes and spans live in RAM (`64 × N` bytes),
 ///   sorted by hash.
 /// - `BUF`: bytes of the working buffer, which holds one stored item (the 32-byte key and
 ///   the chunk, rounded to the flash word); the largest chunk is
@@ -40,7 +40,7 @@ struct Buffer<const BUF: usize>([u8; BUF]);
 ///   bytes beyond it make [`insert`](Store::insert) fail with
 ///   [`FlashStoreError::Full`].
 ///
-/// RAM: `56 × N + BUF` bytes and a few words. A chunk overlapping a different stored
+/// RAM: `64 × N + BUF` bytes and a few words. A chunk overlapping a different stored
 /// chunk of its origin is refused ([`FlashStoreError::Fork`]); range queries scan the
 /// index in RAM (`O(N)` per chunk returned). Chunks are never overwritten or removed
 /// one by one ([`erase`](Self::erase) clears the range).
