@@ -114,7 +114,7 @@ pub struct WalkStats {
 /// `Q` is the most ranges waiting to be asked about and the most ranges found wanted and
 /// not yet taken (at least `2 × K`); `E` the most entries of one answer (at least 2); `K`
 /// the most runs of each entry; `W` the most queries outstanding (the server answers in
-/// order). Memory: about `48 × Q + (40 + 16 × K) × E + 16 × E × W` bytes.
+/// order). Memory: about `48 × Q + (72 + 16 × K) × E + 16 × E × W` bytes.
 ///
 /// # Calling order
 /// 1. [`next_query`](Self::next_query) until it returns `None`, sending each query (up to
