@@ -901,3 +901,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_walk_costs_what_its_docs_say() {
+    const fn formula(q: usize, e: usize, k: usize, w: usize) -> usize {
+        48 * q + (72 + 16 * k) * e + 16 * e * w
+    }
+    let host = size_of::<Walk<1024, 64, 16, 4>>();
+    let device = size_of::<Walk<16, 4, 4, 1>>();
+    assert!(host <= formula(1024, 64, 16, 4) + 1024, "{host}");
+    assert!(device <= formula(16, 4, 4, 1) + 256, "{device}");
+    assert!(
+        host * 10 >= formula(1024, 64, 16, 4) * 9,
+        "{host}: the docs overstate it"
+    );
+}
