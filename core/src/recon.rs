@@ -31,8 +31,9 @@
 //!    - both sides' runs are known: the server's runs minus the puller's are wanted;
 //!    - otherwise the range is split into parts of equal width and the parts are asked for
 //!      with [`Query::Ranges`], which the server answers the same way.
-//! 3. Each wanted range is then fetched whole: the server sends every chunk whose
-//!    `first_seq` lies in it, and the puller checks that each does.
+//! 3. Each wanted range is for the caller to fetch whole: every chunk of the server whose
+//!    `first_seq` lies in it, each checked against its own hash and against the range
+//!    before it is stored.
 //!
 //! The walk ends: every split narrows a range of sequence numbers by the number of its
 //! parts, and a range one sequence number wide holds at most one chunk on each side, which
@@ -59,8 +60,8 @@
 //! rather than a scan.
 //!
 //! What a collision could do at worst is make one range look equal for one walk: the
-//! puller would not ask for chunks there. Nothing unverified is ever stored: every chunk
-//! fetched is checked against its own hash and against the range it was asked for.
+//! puller would not ask for chunks there. It cannot make a store take a chunk: what is
+//! fetched is checked by its own hash and against the range, as step 3 says.
 //! Likewise equal runs with different chunks inside (a fork) end a range: the puller's
 //! store would refuse the other side's chunks anyway.
 
@@ -520,11 +521,21 @@ const PAGE: usize = 8;
 pub fn summarize<E>(
     range: &KeyRange,
     runs: &mut [Run],
-    mut page: impl FnMut(&KeyRange, &mut [(Span, ChunkHash)]) -> Result<usize, E>,
+    page: impl FnMut(&KeyRange, &mut [(Span, ChunkHash)]) -> Result<usize, E>,
 ) -> Result<(Summary, Option<usize>), SummaryError<E>> {
     let mut s = Summarizer::new(*range, runs);
+    push_pages(&mut s, *range, page)?;
+    Ok(s.finish())
+}
+
+/// Adds the chunks of `range` to `s`, read page by page with `page`.
+fn push_pages<E>(
+    s: &mut Summarizer<'_>,
+    range: KeyRange,
+    mut page: impl FnMut(&KeyRange, &mut [(Span, ChunkHash)]) -> Result<usize, E>,
+) -> Result<(), SummaryError<E>> {
     let mut buf = [(Span::default(), ChunkHash::default()); PAGE];
-    let mut rest = Some(*range);
+    let mut rest = Some(range);
     while let Some(next) = rest {
         let n = page(&next, &mut buf).map_err(SummaryError::Store)?;
         let chunks = buf.get(..n).ok_or(SummaryError::OutOfOrder)?;
@@ -532,7 +543,7 @@ pub fn summarize<E>(
             .push_page(&next, chunks, n == PAGE)
             .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
     }
-    Ok(s.finish())
+    Ok(())
 }
 
 /// A store that keeps a [`BlockSummary`] of each block, for [`summarize_by_blocks`].
@@ -590,17 +601,7 @@ pub fn summarize_by_blocks<B: Blocks>(
                 lo: start,
                 hi: hi.min(range.hi),
             };
-            let mut page = [(Span::default(), ChunkHash::default()); PAGE];
-            let mut rest = Some(edge);
-            while let Some(next) = rest {
-                let n = store
-                    .chunks_in(&next, &mut page)
-                    .map_err(SummaryError::Store)?;
-                let chunks = page.get(..n).ok_or(SummaryError::OutOfOrder)?;
-                rest = s
-                    .push_page(&next, chunks, n == PAGE)
-                    .map_err(|OutOfOrder| SummaryError::OutOfOrder)?;
-            }
+            push_pages(&mut s, edge, |r, out| store.chunks_in(r, out))?;
         }
         if hi >= range.hi {
             break;

@@ -46,14 +46,13 @@ pub struct Answer<const E: usize> {
 
 impl<const E: usize> Answer<E> {
     /// Starts the answer to `query`, whose answer may hold `room` entries (what fits the
-    /// puller's frames and the caller's buffer), with at most `max_runs` runs each (what
+    /// puller's frames and the caller's buffer), with at most `runs_room` runs each (what
     /// the caller's buffer of runs holds; the query may ask for fewer).
     ///
     /// # Errors
     /// [`ReconError::BadQuery`] for ranges that are malformed, out of order, or more than
     /// fit.
-    pub fn new(query: &Query<'_>, room: usize, max_runs: usize) -> Result<Self, ReconError> {
-        let runs_room = max_runs;
+    pub fn new(query: &Query<'_>, room: usize, runs_room: usize) -> Result<Self, ReconError> {
         let room = room.min(E);
         let (asked, max_runs) = match query {
             Query::Origins {
@@ -171,15 +170,9 @@ impl<const E: usize> Answer<E> {
         runs: Option<&[Run]>,
     ) -> Result<(), InsufficientSize> {
         let (range, _) = self.next_range().ok_or(InsufficientSize { required: 0 })?;
-        let (total, origin) = match &self.asked {
-            Asked::Origins {
-                listed: Some((list, _)),
-                ..
-            } => (list.len(), Some(range.origin)),
-            Asked::Origins { .. } => (0, None),
-            Asked::Ranges { ranges, .. } => (ranges.len(), None),
-        };
-        let mut w = EntryWriter::resume(buf, self.written, total - self.done)?;
+        // Entries of an answer to `Origins` carry their origin.
+        let origin = matches!(self.asked, Asked::Origins { .. }).then_some(range.origin);
+        let mut w = EntryWriter::resume(buf, self.written, self.entries() - self.done)?;
         w.write(
             origin,
             &range,
@@ -191,17 +184,30 @@ impl<const E: usize> Answer<E> {
         Ok(())
     }
 
+    /// The entries the answer holds: one per range, or per origin listed.
+    fn entries(&self) -> usize {
+        match &self.asked {
+            Asked::Origins {
+                listed: Some((list, _)),
+                ..
+            } => list.len(),
+            Asked::Origins { listed: None, .. } => 0,
+            Asked::Ranges { ranges, .. } => ranges.len(),
+        }
+    }
+
     /// Once every entry is written: the bytes of `buf` that hold them, and whether the
     /// answer ends the server's origins (always `true` for ranges).
     #[must_use]
     pub fn finish(&self) -> Option<(usize, bool)> {
-        match &self.asked {
+        let last = match &self.asked {
             Asked::Origins {
-                listed: Some((list, last)),
+                listed: Some((_, last)),
                 ..
-            } if self.done == list.len() => Some((self.written, *last)),
-            Asked::Ranges { ranges, .. } if self.done == ranges.len() => Some((self.written, true)),
-            _ => None,
-        }
+            } => *last,
+            Asked::Origins { listed: None, .. } => return None,
+            Asked::Ranges { .. } => true,
+        };
+        (self.done == self.entries()).then_some((self.written, last))
     }
 }

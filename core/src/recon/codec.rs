@@ -1,6 +1,6 @@
 //! The bytes of reconciliation messages: queries, and the summaries that answer them.
 //!
-//! Numbers are LEB128 varints (as postcard writes them). A list of ranges is, per range,
+//! Numbers are postcard's varints (LEB128), written and read by postcard itself. A list of ranges is, per range,
 //! the gap from the previous range's `hi` (from 0 for the first) and the width. A summary
 //! entry is its count; if non-zero, then `first` less the range's `lo`, `end` less `first`,
 //! the 16-byte fingerprint, and the runs: 0 if they are not sent, else their number plus
@@ -204,9 +204,8 @@ impl<'a> RangeList<'a> {
 
 /// Bytes of the varint of `v`.
 #[must_use]
-pub const fn varint_len(v: u64) -> usize {
-    let bits = 64 - v.leading_zeros() as usize;
-    if bits == 0 { 1 } else { bits.div_ceil(7) }
+pub fn varint_len(v: u64) -> usize {
+    postcard::experimental::serialized_size(&v).unwrap_or(MAX_VARINT)
 }
 
 const BAD_RANGE: DecodeError = DecodeError::Invalid("a range is empty or past the largest key");
@@ -227,14 +226,7 @@ impl<'b> EntryWriter<'b> {
     /// # Errors
     /// [`InsufficientSize`] if it cannot.
     pub fn new(buf: &'b mut [u8], entries: usize) -> Result<Self, InsufficientSize> {
-        let required = entries * MAX_ENTRY;
-        if buf.len() < required {
-            return Err(InsufficientSize { required });
-        }
-        Ok(Self {
-            w: Writer { buf, len: 0 },
-            remaining: entries,
-        })
+        Self::resume(buf, 0, entries)
     }
 
     /// A writer that goes on after `written` bytes already in `buf`, with `remaining`
@@ -406,15 +398,15 @@ impl core::fmt::Debug for Writer<'_> {
 }
 
 impl Writer<'_> {
-    fn varint(&mut self, mut v: u64) -> Result<(), InsufficientSize> {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                return self.bytes(&[byte]);
-            }
-            self.bytes(&[byte | 0x80])?;
-        }
+    fn varint(&mut self, v: u64) -> Result<(), InsufficientSize> {
+        let rest = self.buf.get_mut(self.len..).unwrap_or_default();
+        let used = postcard::to_slice(&v, rest)
+            .map_err(|_| InsufficientSize {
+                required: self.len + varint_len(v),
+            })?
+            .len();
+        self.len += used;
+        Ok(())
     }
 
     fn bytes(&mut self, bytes: &[u8]) -> Result<(), InsufficientSize> {
@@ -433,21 +425,10 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, DecodeError> {
-        let mut v: u64 = 0;
-        for i in 0..MAX_VARINT {
-            let (&byte, rest) = self.0.split_first().ok_or(DecodeError::Truncated)?;
-            self.0 = rest;
-            let bits = u64::from(byte & 0x7f);
-            // The tenth byte may carry only the top bit of a u64.
-            if i == MAX_VARINT - 1 && byte > 1 {
-                return Err(DecodeError::Malformed);
-            }
-            v |= bits << (7 * i);
-            if byte & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(DecodeError::Malformed)
+        let (v, rest) =
+            postcard::take_from_bytes::<u64>(self.0).map_err(DecodeError::from_postcard)?;
+        self.0 = rest;
+        Ok(v)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {

@@ -97,6 +97,24 @@ enum Asked<const E: usize> {
     },
 }
 
+impl<const E: usize> Asked<E> {
+    /// The query that asks this.
+    fn query(&self, max_runs: u16) -> Query<'_> {
+        match self {
+            Self::Ranges { origin, ranges } => Query::Ranges {
+                origin: *origin,
+                max_runs,
+                ranges: RangeList::new(ranges),
+            },
+            Self::Origins { after, limit } => Query::Origins {
+                after: *after,
+                limit: u16::try_from(*limit).unwrap_or(u16::MAX),
+                max_runs,
+            },
+        }
+    }
+}
+
 /// Counters of a walk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalkStats {
@@ -210,18 +228,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             let origin = first.origin;
             // Room: `asked` is not full (checked above).
             let _ = self.asked.push_back(Asked::Ranges { origin, ranges });
-            return Ok(self.asked.back().map(|asked| match asked {
-                Asked::Ranges { ranges, .. } => Query::Ranges {
-                    origin,
-                    max_runs,
-                    ranges: RangeList::new(ranges),
-                },
-                Asked::Origins { after, limit } => Query::Origins {
-                    after: *after,
-                    limit: u16::try_from(*limit).unwrap_or(u16::MAX),
-                    max_runs,
-                },
-            }));
+            return Ok(self.asked.back().map(|asked| asked.query(max_runs)));
         }
         let paging = self
             .asked
@@ -234,11 +241,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         self.count(limit)?;
         // Room: `asked` is not full (checked above).
         let _ = self.asked.push_back(Asked::Origins { after, limit });
-        Ok(Some(Query::Origins {
-            after,
-            limit: u16::try_from(limit).unwrap_or(u16::MAX),
-            max_runs,
-        }))
+        Ok(self.asked.back().map(|asked| asked.query(max_runs)))
     }
 
     fn count(&mut self, ranges: usize) -> Result<(), ReconError> {
