@@ -138,48 +138,38 @@ fn blocks_in_step(
     Ok(get(BLOCKS_LEN)? == Some(len) && get(BLOCKS_BYTES)? == Some(get(BYTES)?.unwrap_or(0)))
 }
 
-/// Drops the block summaries of a store written meanwhile by a build that does not keep
-/// them, and fills the spans table of a store made before it existed.
-fn keep_blocks_in_step(db: &Database) -> Result<(), StoreError> {
-    let txn = db.begin_write().map_err(boxed)?;
-    {
-        let chunks = txn.open_table(CHUNKS).map_err(boxed)?;
-        let mut meta = txn.open_table(META).map_err(boxed)?;
-        if blocks_in_step(&chunks, &meta)? {
-            return Ok(());
-        }
-        let mut spans = txn.open_table(SPANS).map_err(boxed)?;
-        if spans.is_empty().map_err(boxed)? {
-            for entry in chunks.iter().map_err(boxed)? {
-                let (k, v) = entry.map_err(boxed)?;
-                if let Some(span) = Span::of(v.value()) {
-                    let key = (span.origin.0, span.first_seq);
-                    spans
-                        .insert(key, (span.end_seq, *k.value()))
-                        .map_err(boxed)?;
-                }
-            }
-        }
-        drop(spans);
-        let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
-        blocks.retain(|_, _| false).map_err(boxed)?;
-        let bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-        meta.insert(BLOCKS_LEN, chunks.len().map_err(boxed)?)
-            .map_err(boxed)?;
-        meta.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
-    }
-    txn.commit().map_err(boxed)
-}
-
-/// Creates whichever of the store's tables `db` lacks.
+/// Creates whichever of the store's tables `db` lacks, and, in the same transaction, puts
+/// its block summaries back in step with its chunks: drops them if a build that does not
+/// keep them wrote the store meanwhile, and fills the spans table of a store made before
+/// it existed.
 fn with_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(boxed)?;
-    txn.open_table(CHUNKS).map_err(boxed)?;
-    txn.open_table(STORED_AT).map_err(boxed)?;
-    txn.open_table(PINS).map_err(boxed)?;
-    txn.open_table(META).map_err(boxed)?;
-    txn.open_table(SPANS).map_err(boxed)?;
-    txn.open_table(BLOCKS).map_err(boxed)?;
+    {
+        txn.open_table(STORED_AT).map_err(boxed)?;
+        txn.open_table(PINS).map_err(boxed)?;
+        let chunks = txn.open_table(CHUNKS).map_err(boxed)?;
+        let mut meta = txn.open_table(META).map_err(boxed)?;
+        let mut spans = txn.open_table(SPANS).map_err(boxed)?;
+        let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
+        if !blocks_in_step(&chunks, &meta)? {
+            if spans.is_empty().map_err(boxed)? {
+                for entry in chunks.iter().map_err(boxed)? {
+                    let (k, v) = entry.map_err(boxed)?;
+                    if let Some(span) = Span::of(v.value()) {
+                        let key = (span.origin.0, span.first_seq);
+                        spans
+                            .insert(key, (span.end_seq, *k.value()))
+                            .map_err(boxed)?;
+                    }
+                }
+            }
+            blocks.retain(|_, _| false).map_err(boxed)?;
+            let bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+            meta.insert(BLOCKS_LEN, chunks.len().map_err(boxed)?)
+                .map_err(boxed)?;
+            meta.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
+        }
+    }
     txn.commit().map_err(boxed)
 }
 
@@ -346,7 +336,6 @@ impl RedbStore {
             let db = open_db(file.try_clone()?, durability)?;
             // Stores made before a table existed gain it here.
             with_tables(&db)?;
-            keep_blocks_in_step(&db)?;
             Ok(Self {
                 db,
                 unsynced: matches!(durability, Durability::Process).then_some(file),
@@ -1109,11 +1098,7 @@ mod tests {
     }
 
     fn reopens_with_its_chunks_and_pages(write: Durability, reopen: Durability) {
-        let dir = std::env::temp_dir().join(format!(
-            "chunk-sync-redb-{}-{write:?}-{reopen:?}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_file(&dir);
+        let dir = temp_path(&format!("{write:?}-{reopen:?}"));
         let ids: Vec<ChunkHash> = {
             let s = RedbStore::open_with(&dir, write).unwrap();
             let chunks: Vec<_> = (0..5).map(|n| chunk(n, 100 + usize::from(n))).collect();
@@ -1160,11 +1145,6 @@ mod tests {
         drop(s);
         std::fs::remove_file(&dir).unwrap();
     }
-}
-
-#[cfg(test)]
-mod creation_tests {
-    use super::*;
 
     fn place(name: &str) -> std::path::PathBuf {
         let dir =

@@ -364,12 +364,12 @@ impl MemStore {
 
 /// What a [`MemStore`] holds, with its block summaries, as one view for
 /// [`recon::summarize_by_blocks`].
-struct Snapshot<'a> {
+struct HeldView<'a> {
     held: &'a Held,
     store: &'a MemStore,
 }
 
-impl recon::Blocks for Snapshot<'_> {
+impl recon::Blocks for HeldView<'_> {
     type Error = StoreError;
 
     fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, StoreError> {
@@ -482,7 +482,7 @@ impl NodeStore for MemStore {
         runs: &mut [Run],
     ) -> Result<(Summary, Option<usize>), StoreError> {
         let held = self.read();
-        let view = Snapshot {
+        let view = HeldView {
             held: &held,
             store: self,
         };
