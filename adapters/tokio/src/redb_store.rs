@@ -722,17 +722,26 @@ where
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
-        if range.lo >= range.hi {
-            return Ok(0);
-        }
-        let keys = (range.origin.0, range.lo)..(range.origin.0, range.hi);
-        let mut n = 0;
-        for (slot, entry) in out.iter_mut().zip(self.spans.range(keys).map_err(boxed)?) {
-            *slot = span_entry(entry)?;
-            n += 1;
-        }
-        Ok(n)
+        spans_in(self.spans, range, out)
     }
+}
+
+/// The chunks of `range` in [`SPANS`], as `NodeStore::chunks_in` gives them.
+fn spans_in(
+    spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
+    range: &KeyRange,
+    out: &mut [(Span, ChunkHash)],
+) -> Result<usize, StoreError> {
+    if range.lo >= range.hi {
+        return Ok(0);
+    }
+    let keys = (range.origin.0, range.lo)..(range.origin.0, range.hi);
+    let mut n = 0;
+    for (slot, entry) in out.iter_mut().zip(spans.range(keys).map_err(boxed)?) {
+        *slot = span_entry(entry)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The span and id in an entry of [`SPANS`].
@@ -899,17 +908,7 @@ impl NodeStore for RedbStore {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
-        self.reading(|txn| {
-            let spans = txn.open_table(SPANS).map_err(boxed)?;
-            let blocks = txn.open_table(BLOCKS).map_err(boxed)?;
-            let tables = Tables {
-                spans: &spans,
-                blocks: &blocks,
-                trusted: self.trust_blocks,
-                made: Default::default(),
-            };
-            recon::Blocks::chunks_in(&tables, range, out)
-        })
+        self.reading(|txn| spans_in(&txn.open_table(SPANS).map_err(boxed)?, range, out))
     }
 
     /// From the block summaries the store keeps; those it did not have yet are made and,
