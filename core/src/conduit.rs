@@ -1,6 +1,6 @@
 //! The driving layer: a [`Conduit`] runs one [`Session`] over one byte stream and tells
-//! the adapter, one [`Action`] at a time, what to do: send bytes, look up, list, read or
-//! store a chunk, wait, or close. The adapter does the I/O and the store calls, and nothing
+//! the adapter, one [`Action`] at a time, what to do: send bytes, summarise a range or list
+//! origins of its store, read or store a chunk, wait, or close. The adapter does the I/O and the store calls, and nothing
 //! else.
 //!
 //! Everything between the transport and the session lives here, written and tested once
@@ -19,17 +19,18 @@
 //! | action | the adapter |
 //! |---|---|
 //! | [`Send`](Action::Send) | writes `frame`, then `piece` bytes of the chunk it is serving, and calls [`written`](Conduit::written) as the transport takes bytes |
-//! | [`Lookup`](Action::Lookup) | asks its store and answers [`have`](Conduit::have) |
-//! | [`List`](Action::List) | fills `out` with its store's next hashes and answers [`listed`](Conduit::listed) |
-//! | [`Read`](Action::Read) | reads the chunk and keeps it until the next `Read`; answers [`serve`](Conduit::serve) or [`not_found`](Conduit::not_found) |
+//! | [`Summarize`](Action::Summarize) | summarises the range from its store (with runs into `runs`) and answers [`summarized`](Conduit::summarized) |
+//! | [`Origins`](Action::Origins) | fills `out` with its store's next origins and answers [`origins`](Conduit::origins) |
+//! | [`Read`](Action::Read) | reads the chunk and keeps it until the next read; answers [`serve`](Conduit::serve) or [`not_found`](Conduit::not_found) |
+//! | [`ReadFirst`](Action::ReadFirst) | reads the first chunk it holds in the range and keeps it until the next read; answers [`serve_in_range`](Conduit::serve_in_range) or [`not_found`](Conduit::not_found) |
 //! | [`Store`](Action::Store) | stores the chunk and answers [`stored`](Conduit::stored), or takes its buffer ([`keep`](Conduit::keep)) and answers [`kept_stored`](Conduit::kept_stored) once written |
 //! | [`Connected`](Action::Connected), [`ChunkFailed`](Action::ChunkFailed) | takes note |
 //! | [`Shutdown`](Action::Shutdown) | closes its writing side, if the transport has one, and goes on reading |
 //! | [`Wait`](Action::Wait) | waits for input (if `read`: into [`receive_buffer`](Conduit::receive_buffer), then [`received`](Conduit::received), or [`eof`](Conduit::eof)), for its pending writes, or until `deadline`, then calls [`handle_timeout`](Conduit::handle_timeout) |
 //! | [`Closed`](Action::Closed) | closes the transport; the session is over |
 //!
-//! An action that asks a question (`Lookup`, `List`, `Read`, `Store`) is asked again by
-//! every `poll` until it is answered. A store failure is answered with
+//! An action that asks a question (`Summarize`, `Origins`, `Read`, `ReadFirst`, `Store`)
+//! is asked again by every `poll` until it is answered. A store failure is answered with
 //! [`abort`](Conduit::abort): the peer is told, and the adapter keeps polling until
 //! `Closed`. Time comes in as `now` and must not go backwards.
 //!
@@ -41,6 +42,7 @@
 //!
 //! ```
 //! use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
+//! use chunk_sync_core::recon::summarize;
 //! use chunk_sync_core::session::{Config, Stored};
 //! use chunk_sync_core::store::{ChunkStore, RamStore};
 //! use chunk_sync_core::{Chunker, Event, Instant, NodeId, Privacy};
@@ -71,17 +73,26 @@
 //!                     }
 //!                     self.conduit.written(now, n);
 //!                 }
-//!                 Action::Lookup(id) => {
-//!                     let have = self.store.contains(&id).unwrap();
-//!                     self.conduit.have(have).unwrap();
+//!                 Action::Summarize { range, runs } => {
+//!                     let store = &self.store;
+//!                     let (summary, n) =
+//!                         summarize(&range, runs, |r, out| store.chunks_in(r, out)).unwrap();
+//!                     self.conduit.summarized(&summary, n).unwrap();
 //!                 }
-//!                 Action::List { after, out: page } => {
-//!                     let (n, last) = self.store.ids_after(after.as_ref(), page).unwrap();
-//!                     self.conduit.listed(n, last).unwrap();
+//!                 Action::Origins { after, out } => {
+//!                     let (n, last) = self.store.origins_after(after, out).unwrap();
+//!                     self.conduit.origins(n, last).unwrap();
 //!                 }
 //!                 Action::Read(id) => match self.store.read_into(&id, &mut self.serving) {
 //!                     Ok(Some(len)) => self.conduit.serve(len).unwrap(),
 //!                     _ => self.conduit.not_found().unwrap(),
+//!                 },
+//!                 Action::ReadFirst(range) => match self.store.first_in(&range).unwrap() {
+//!                     Some((span, id)) => {
+//!                         let len = self.store.read_into(&id, &mut self.serving).unwrap();
+//!                         self.conduit.serve_in_range(&span, len.unwrap()).unwrap();
+//!                     }
+//!                     None => self.conduit.not_found().unwrap(),
 //!                 },
 //!                 Action::Store(chunk) => {
 //!                     self.store.insert(chunk).unwrap();
@@ -116,7 +127,7 @@
 //! store.insert(sealed.verified()).unwrap();
 //!
 //! // Each conduit works in buffers lent to it: a frame in, a frame out, a chunk.
-//! let mut memory = [[0u8; 512]; 6];
+//! let mut memory = [[0u8; 1024]; 6];
 //! let [rx1, tx1, re1, rx2, tx2, re2] = &mut memory;
 //! let new = |id, rx, tx, re| {
 //!     Conduit::new(
@@ -148,11 +159,14 @@
 
 use core::cmp::{max, min};
 
+use crate::chunk::Span;
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Verified};
 use crate::progress::SyncProgress;
+use crate::recon::{KeyRange, Run, Summary};
 use crate::session::{
-    ApiMisuse, Config, ConfigError, Error, FailReason, PieceOut, Session, Stats, Stored,
+    ApiMisuse, Config, ConfigError, Error, FailReason, PieceOut, Question, Session, Stats,
+    Stored,
 };
 use crate::throttle::Throttle;
 use crate::time::{Duration, Instant};
@@ -325,19 +339,30 @@ pub enum Action<'c> {
         /// When the peer has stalled if it took nothing by then.
         deadline: Instant,
     },
-    /// Does the store hold this chunk? Answer [`Conduit::have`].
-    Lookup(ChunkHash),
-    /// Fill `out` with the store's hashes strictly after `after` (from the first if
-    /// `None`), ascending; answer [`Conduit::listed`] with how many and whether none follow.
-    List {
+    /// Summarise what the store holds of `range`
+    /// ([`recon::summarize`](crate::recon::summarize), or the store's own way), writing its
+    /// runs into `runs` if they fit; answer [`Conduit::summarized`].
+    Summarize {
+        /// The range.
+        range: KeyRange,
+        /// Room for the runs.
+        runs: &'c mut [Run],
+    },
+    /// Fill `out` with the store's origins strictly after `after` (from the lowest if
+    /// `None`), ascending; answer [`Conduit::origins`] with how many and whether none follow.
+    Origins {
         /// The cursor.
-        after: Option<ChunkHash>,
-        /// Room for one page.
-        out: &'c mut [ChunkHash],
+        after: Option<NodeId>,
+        /// Room for one answer's origins.
+        out: &'c mut [NodeId],
     },
     /// The peer wants this chunk: read it and answer [`Conduit::serve`] with its length,
     /// or [`Conduit::not_found`].
     Read(ChunkHash),
+    /// The peer wants the chunks of this range, one after another: read the first one the
+    /// store holds in it (lowest `first_seq`) and answer [`Conduit::serve_in_range`] with
+    /// its span and length, or [`Conduit::not_found`] if it holds none.
+    ReadFirst(KeyRange),
     /// Keep this verified chunk: answer [`Conduit::stored`], or [`Conduit::keep`] its buffer
     /// and answer [`Conduit::kept_stored`] later.
     Store(Verified<'c>),
@@ -368,19 +393,18 @@ pub struct Wait {
     pub read: bool,
 }
 
-/// A question asked of the adapter and not answered yet.
+/// A verified chunk the adapter has not stored yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Asked {
-    Lookup(ChunkHash),
-    List,
-    Read(ChunkHash),
-    Store { id: ChunkHash, len: usize },
+struct Unstored {
+    id: ChunkHash,
+    len: usize,
 }
 
 /// The next action, decided without borrowing the conduit.
 #[derive(Clone, Copy, Debug)]
 enum Step {
-    Asked(Asked),
+    Store(Unstored),
+    Question(Question),
     Send {
         len: usize,
         piece: Option<PieceOut>,
@@ -396,8 +420,8 @@ enum Step {
 /// One session over one byte stream, in buffers `B` lent by the adapter; see the
 /// [module docs](self).
 #[derive(Debug)]
-pub struct Conduit<'w, B, const PAGE: usize, const REQ: usize> {
-    session: Session<PAGE, REQ>,
+pub struct Conduit<'w, B, const RANGES: usize, const REQ: usize> {
+    session: Session<RANGES, REQ>,
     limits: Limits,
     rx: B,
     /// Received bytes not yet decoded: `rx[rx_start..rx_end]`.
@@ -409,7 +433,7 @@ pub struct Conduit<'w, B, const PAGE: usize, const REQ: usize> {
     assembly: B,
     /// Chunks to fetch that the session has not taken yet.
     wanted: &'w [ChunkHash],
-    asked: Option<Asked>,
+    unstored: Option<Unstored>,
     /// Bytes handed out in `Send` and not yet written.
     backlog: usize,
     /// When the transport last took bytes, or when output became pending.
@@ -429,7 +453,7 @@ pub struct Conduit<'w, B, const PAGE: usize, const REQ: usize> {
     linger_until: Option<Instant>,
 }
 
-impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, REQ> {
+impl<'w, B: Buffer, const RANGES: usize, const REQ: usize> Conduit<'w, B, RANGES, REQ> {
     /// A conduit for a session configured by `config` that starts at `now`. The largest
     /// chunk accepted is capped at what the reassembly buffer can hold.
     ///
@@ -455,7 +479,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
                 needed: frame,
             });
         }
-        let tx_len = Session::<PAGE, REQ>::max_transmit_len();
+        let tx_len = Session::<RANGES, REQ>::max_transmit_len();
         if !transmit.grow_to(tx_len) {
             return Err(ConfigError::BufferTooSmall {
                 buffer: "transmit",
@@ -483,7 +507,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
             tx: transmit,
             assembly: reassembly,
             wanted: &[],
-            asked: None,
+            unstored: None,
             backlog: 0,
             write_since: now,
             node_ready: None,
@@ -503,7 +527,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
 
     /// The session.
     #[must_use]
-    pub const fn session(&self) -> &Session<PAGE, REQ> {
+    pub const fn session(&self) -> &Session<RANGES, REQ> {
         &self.session
     }
 
@@ -548,7 +572,11 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     fn act(&mut self, now: Instant, node: Option<&mut (dyn Budget + '_)>) -> Action<'_> {
         let step = self.step(now, node);
         match step {
-            Step::Asked(asked) => self.question(asked),
+            Step::Store(Unstored { id, len }) => Action::Store(Verified::trusted(
+                id,
+                self.assembly.bytes().get(..len).unwrap_or(&[]),
+            )),
+            Step::Question(q) => self.question(q),
             Step::Send {
                 len,
                 piece,
@@ -567,37 +595,33 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     }
 
     #[inline(never)]
-    fn question(&mut self, asked: Asked) -> Action<'_> {
-        match asked {
-            Asked::Lookup(id) => Action::Lookup(id),
-            Asked::Read(id) => Action::Read(id),
-            Asked::Store { id, len } => Action::Store(Verified::trusted(
-                id,
-                self.assembly.bytes().get(..len).unwrap_or(&[]),
-            )),
-            Asked::List => match self.session.page_to_list() {
-                Some((after, out)) => Action::List { after, out },
-                // The session asked for the page; it always has one to fill.
-                None => Action::List {
-                    after: None,
-                    out: &mut [],
-                },
+    fn question(&mut self, question: Question) -> Action<'_> {
+        match question {
+            Question::Summary(range) => Action::Summarize {
+                range,
+                runs: self.session.runs_buffer(),
             },
+            Question::Origins { after } => Action::Origins {
+                after,
+                out: self.session.origins_buffer(),
+            },
+            Question::Chunk(id) => Action::Read(id),
+            Question::First(range) => Action::ReadFirst(range),
         }
     }
 
     fn step(&mut self, now: Instant, mut node: Option<&mut (dyn Budget + '_)>) -> Step {
         loop {
-            if let Some(asked) = self.asked {
-                return Step::Asked(asked);
+            if let Some(unstored) = self.unstored {
+                return Step::Store(unstored);
             }
             if let Some(step) = self.event() {
                 return step;
             }
-            if let Some(id) = self.session.next_lookup() {
-                let asked = Asked::Lookup(id);
-                self.asked = Some(asked);
-                return Step::Asked(asked);
+            if !self.aborted
+                && let Some(q) = self.session.question()
+            {
+                return Step::Question(q);
             }
             if self.decode_frame(now) {
                 continue;
@@ -614,16 +638,12 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     fn event(&mut self) -> Option<Step> {
         use crate::session::Event;
         while let Some(event) = self.session.poll_event() {
-            let asked = match event {
+            match event {
                 Event::Connected { peer } => return Some(Step::Connected(peer)),
                 Event::ChunkFailed { hash, reason } => return Some(Step::Failed(hash, reason)),
-                Event::ManifestPageNeeded { .. } => Asked::List,
-                Event::ChunkRequested { hash } => Asked::Read(hash),
-                // Lookups are asked one by one; the end comes with `Closed`.
-                _ => continue,
-            };
-            self.asked = Some(asked);
-            return Some(Step::Asked(asked));
+                // The end comes with `Closed`.
+                _ => {}
+            }
         }
         None
     }
@@ -667,7 +687,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
         if let Some(len) = complete {
             let bytes = self.assembly.bytes().get(..len).unwrap_or(&[]);
             if let Ok(verified) = self.session.finish_chunk(bytes) {
-                self.asked = Some(Asked::Store {
+                self.unstored = Some(Unstored {
                     id: verified.id(),
                     len,
                 });
@@ -866,62 +886,71 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// Chunks kept and not yet answered for are given up: the adapter will not answer.
     pub fn abort(&mut self) {
         self.session.abort();
-        self.asked = None;
+        self.unstored = None;
         self.aborted = true;
         self.kept_bytes = 0;
     }
 
-    fn answer(&mut self, matches: impl FnOnce(Asked) -> bool) -> Result<Asked, ApiMisuse> {
-        match self.asked {
-            Some(asked) if matches(asked) => {
-                self.asked = None;
-                Ok(asked)
-            }
-            _ => Err(ApiMisuse::NotAsked),
-        }
-    }
-
-    /// Answers [`Action::Lookup`].
-    pub fn have(&mut self, have: bool) -> Result<(), ApiMisuse> {
-        self.answer(|a| matches!(a, Asked::Lookup(_)))?;
-        self.session.answer_lookup(have)
-    }
-
-    /// Answers [`Action::List`]: the first `n` hashes of `out` are filled; `last` says
-    /// whether the store holds none after them. A page that breaks the order aborts the
+    /// Answers [`Action::Summarize`]: what the store holds of the range, and how many runs
+    /// it wrote into `runs` (`None`: more than fit). An answer that does not fit aborts the
     /// session.
-    pub fn listed(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
-        self.answer(|a| matches!(a, Asked::List))?;
-        let listed = self.session.page_listed(n, last);
-        if listed.is_err() {
+    pub fn summarized(&mut self, summary: &Summary, runs: Option<usize>) -> Result<(), ApiMisuse> {
+        let done = self
+            .session
+            .summarized(summary, runs, self.tx.bytes_mut());
+        if matches!(done, Err(ApiMisuse::BadListing)) {
+            self.session.abort();
+        }
+        done
+    }
+
+    /// Answers [`Action::Origins`]: the first `n` origins of `out` are filled; `last` says
+    /// whether the store holds none after them. A list that breaks the order aborts the
+    /// session.
+    pub fn origins(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
+        let listed = self.session.origins_listed(n, last);
+        if matches!(listed, Err(ApiMisuse::BadListing)) {
             self.session.abort();
         }
         listed
     }
 
     /// Answers [`Action::Read`]: the adapter has the chunk, `len` bytes long, and supplies
-    /// the bytes each [`Action::Send`] names until the next `Read`.
+    /// the bytes each [`Action::Send`] names until the next read.
     pub fn serve(&mut self, len: usize) -> Result<(), ApiMisuse> {
-        let Asked::Read(id) = self.answer(|a| matches!(a, Asked::Read(_)))? else {
-            return Err(ApiMisuse::NotAsked);
-        };
-        match self.session.serve_chunk(&id, len) {
-            Err(ApiMisuse::BadChunkLength) => self.session.chunk_not_found(&id),
+        match self.session.serve_chunk(len) {
+            Err(ApiMisuse::BadChunkLength) => self.session.chunk_not_found(),
             other => other,
         }
     }
 
-    /// Answers [`Action::Read`]: the store does not have the chunk.
-    pub fn not_found(&mut self) -> Result<(), ApiMisuse> {
-        let Asked::Read(id) = self.answer(|a| matches!(a, Asked::Read(_)))? else {
-            return Err(ApiMisuse::NotAsked);
+    /// Answers [`Action::ReadFirst`]: the first chunk the store holds in the range has
+    /// `span` and is `len` bytes long; the adapter supplies its bytes as for
+    /// [`serve`](Self::serve). A chunk outside the range aborts the session.
+    pub fn serve_in_range(&mut self, span: &Span, len: usize) -> Result<(), ApiMisuse> {
+        let served = match self.session.serve_in_range(span, len) {
+            Err(ApiMisuse::BadChunkLength) => self.session.chunk_not_found(),
+            other => other,
         };
-        self.session.chunk_not_found(&id)
+        if matches!(served, Err(ApiMisuse::OutsideRange)) {
+            self.session.abort();
+        }
+        served
+    }
+
+    /// Answers [`Action::Read`] or [`Action::ReadFirst`]: the store does not have the
+    /// chunk, or holds none more in the range.
+    pub fn not_found(&mut self) -> Result<(), ApiMisuse> {
+        self.session.chunk_not_found()
+    }
+
+    fn take_unstored(&mut self) -> Result<Unstored, ApiMisuse> {
+        self.unstored.take().ok_or(ApiMisuse::NotAsked)
     }
 
     /// Answers [`Action::Store`] with what the store did.
     pub fn stored(&mut self, stored: Stored) -> Result<(), ApiMisuse> {
-        self.answer(|a| matches!(a, Asked::Store { .. }))?;
+        self.take_unstored()?;
         self.session.chunk_stored(stored);
         Ok(())
     }
@@ -932,7 +961,7 @@ impl<'w, B: Buffer, const PAGE: usize, const REQ: usize> Conduit<'w, B, PAGE, RE
     /// [`kept_stored`](Self::kept_stored) once stored. Gives `replacement` back if no
     /// chunk was to be stored.
     pub fn keep(&mut self, replacement: B) -> Result<B, B> {
-        let Ok(Asked::Store { len, .. }) = self.answer(|a| matches!(a, Asked::Store { .. })) else {
+        let Ok(Unstored { len, .. }) = self.take_unstored() else {
             return Err(replacement);
         };
         self.kept_bytes += len;

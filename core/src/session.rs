@@ -3,37 +3,43 @@
 //! A [`Session`] speaks to one peer over one ordered byte stream (TCP, a UART, …). Both
 //! sides pull what they lack and serve what the other asks for, in one session:
 //!
-//! 1. each side sends [`Hello`] (protocol version, node id, frame limit, request limit,
-//!    capabilities); different versions end the session on both sides;
-//! 2. each side asks for the other's manifest page by page (`ManifestRequest` →
-//!    `ManifestPage`), each page bounded by the frame size; the adapter checks every hash of
-//!    a page against its store ([`Event::LookupNeeded`]), so neither side ever holds the
-//!    other's whole set;
-//! 3. each side requests what it lacks with several `EventChunkGet`s in flight; the other
-//!    answers in request order with `EventChunkPut` pieces (a chunk larger than a frame
-//!    travels in pieces) or `NotFound`; the receiver verifies each whole chunk against its
-//!    hash before anyone may store it; a mismatch counts as failed and is asked for again;
+//! 1. each side sends [`Hello`] (protocol version, node id, frame limit, request and range
+//!    limits, capabilities); different versions end the session on both sides;
+//! 2. each side reconciles with the other's store ([`recon`](crate::recon)): it sends
+//!    `Query`s, the other answers each with summaries of ranges of its store, and the
+//!    asking side compares them with its own ([`Question::Summary`]) until it knows which
+//!    ranges it lacks; one query is outstanding at a time, and every message fits the
+//!    frame size, so neither side ever holds the other's set;
+//! 3. each side requests what it lacks with several requests in flight: `GetRange` for a
+//!    range the reconciliation found (answered with the range's chunks, then `RangeEnd`),
+//!    `EventChunkGet` for a chunk the caller named (answered with it or `NotFound`); chunks
+//!    travel as `EventChunkPut` pieces (a chunk larger than a frame in several); the
+//!    receiver verifies each whole chunk against the hash it asked for, or computes the
+//!    hash of a chunk of a range and checks that the chunk lies in it, before anyone may
+//!    store it; a mismatch counts as failed and is asked for again;
 //! 4. each side sends `Done` when it has everything it wanted; the session completes when
 //!    both have and nothing is left to serve.
 //!
 //! Every frame sent passes the session's [`Throttle`] first; a silent peer times out.
 //!
 //! The session never calls a store and never buffers chunk data: it asks the adapter
-//! through events and the adapter answers through methods. Adapters do not drive it
+//! [`Question`]s and the adapter answers through methods. Adapters do not drive it
 //! directly: the [`Conduit`](crate::conduit::Conduit) does, once for all of them.
 //!
-//! The module is split by concept: `pull` (walking the peer's manifest, requesting,
-//! verifying), `serve` (answering the peer's requests), `types` (settings, events, frames,
-//! counters) and `error`.
+//! The module is split by concept: `pull` (reconciling, requesting, verifying), `serve`
+//! (answering the peer's queries and requests), `types` (settings, questions, events,
+//! frames, counters) and `error`.
 
 use crate::error::InsufficientSize;
-use crate::hash::ChunkHash;
+use crate::event::NodeId;
 use crate::progress::SyncProgress;
+use crate::recon::codec::{MAX_ENTRY, MAX_RANGE};
+use crate::recon::{Run, Summary};
 use crate::throttle::{Throttle, ThrottleConfig};
 use crate::time::{Duration, Instant};
 use crate::wire::{
-    self, Capabilities, Decoded, ErrorCode, HashList, Hello, MAX_FRAME_LIMIT, MIN_FRAME, Message,
-    PROTOCOL_VERSION,
+    self, Capabilities, Decoded, ErrorCode, Hello, MAX_FRAME_LIMIT, MIN_FRAME, Message,
+    PROTOCOL_VERSION, RECON_OVERHEAD,
 };
 
 mod error;
@@ -41,9 +47,25 @@ mod pull;
 mod serve;
 mod types;
 pub use error::{ApiMisuse, ConfigError, Error, FinishError, Incompatible, PeerMisbehaved};
-use pull::{InFlight, ManifestWalk, Pull};
-use serve::{Listing, Serve, Serving};
+use pull::{InFlight, Pull};
+use serve::{Answering, Request, Serve};
 pub use types::*;
+
+/// The most runs of one range a session sends or compares (see [`recon`](crate::recon)):
+/// an origin with more holes than this in a range is split rather than listed.
+pub const RUNS: usize = 4;
+
+/// The question asked and not yet answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// For the answer to the peer's query.
+    AnswerSummary,
+    AnswerOrigins,
+    /// For this side's walk.
+    OwnSummary,
+    /// For the request being served.
+    Serving,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -56,9 +78,10 @@ enum Phase {
 
 /// The sync protocol with one peer, as a state machine that does no I/O and reads no clock.
 ///
-/// `PAGE` is the most hashes per manifest page (in each direction) and `REQ` the most chunk
-/// requests in flight (in each direction). Memory: about `100 × PAGE + 150 × REQ` bytes plus
-/// a constant, inline; see the README's capacity table.
+/// `RANGES` is the most ranges of one query or answer and of the reconciliation's queue
+/// (at least `2 × RUNS`), and of the queue of chunks wanted by hash; `REQ` the most
+/// requests in flight (in each direction). Memory: about `300 × RANGES + 110 × REQ` bytes
+/// plus a constant, inline; see the README's capacity table.
 ///
 /// # Calling order
 /// (The [`Conduit`](crate::conduit::Conduit) follows it; an adapter uses the conduit.)
@@ -67,11 +90,9 @@ enum Phase {
 /// 1. inputs: [`handle_input`](Self::handle_input) with received bytes (drop `consumed`
 ///    bytes; on a last [`Piece`], call [`finish_chunk`](Self::finish_chunk) before more
 ///    input), [`handle_timeout`](Self::handle_timeout) when the deadline of
-///    [`poll_timeout`](Self::poll_timeout) passes, and the answers to events
-///    ([`answer_lookup`](Self::answer_lookup) for each [`next_lookup`](Self::next_lookup),
-///    [`page_listed`](Self::page_listed) after filling [`page_to_list`](Self::page_to_list),
-///    [`serve_chunk`](Self::serve_chunk), [`chunk_not_found`](Self::chunk_not_found)), and
-///    what the store did with each verified chunk ([`chunk_stored`](Self::chunk_stored));
+///    [`poll_timeout`](Self::poll_timeout) passes, the answer to each
+///    [`question`](Self::question) until there is none, and what the store did with each
+///    verified chunk ([`chunk_stored`](Self::chunk_stored));
 /// 2. then [`poll_transmit`](Self::poll_transmit) until it returns `None`, sending each frame;
 /// 3. then [`poll_timeout`](Self::poll_timeout) to arm the timer;
 /// 4. then [`poll_event`](Self::poll_event) until it returns `None`, answering each event
@@ -82,7 +103,7 @@ enum Phase {
 /// yields only the `Error` frame for the peer, and `poll_event` yields one
 /// [`Event::Failed`].
 #[derive(Clone, Debug)]
-pub struct Session<const PAGE: usize, const REQ: usize> {
+pub struct Session<const RANGES: usize, const REQ: usize> {
     config: Config,
     throttle: Throttle,
     phase: Phase,
@@ -101,17 +122,25 @@ pub struct Session<const PAGE: usize, const REQ: usize> {
     progress: SyncProgress,
     stats: Stats,
 
-    pull: Pull<PAGE, REQ>,
-    serve: Serve<PAGE, REQ>,
+    pull: Pull<RANGES, REQ>,
+    serve: Serve<RANGES, REQ>,
     completed_reported: bool,
+    asked: Option<Asked>,
+    /// Runs of the summary being made.
+    runs: [Run; RUNS],
+    /// Origins being listed for the answer.
+    origins: [NodeId; RANGES],
 }
 
-impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
+impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
     /// A session that starts at `now` and will open with a `Hello`.
     pub fn new(config: Config, now: Instant) -> Result<Self, ConfigError> {
         config.check()?;
-        if PAGE == 0 || REQ == 0 {
-            return Err(ConfigError::Zero("PAGE and REQ"));
+        const {
+            assert!(
+                RANGES >= 2 * RUNS && RANGES <= u16::MAX as usize && REQ > 0,
+                "a session needs RANGES >= 2 RUNS, RANGES <= u16::MAX and REQ >= 1"
+            );
         }
         let throttle = Throttle::new(config.throttle).map_err(ConfigError::Throttle)?;
         Ok(Self {
@@ -129,9 +158,12 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             throttled_until: None,
             progress: SyncProgress::new(0, now),
             stats: Stats::default(),
-            pull: Pull::new(config.pull),
+            pull: Pull::new(config.pull, config.max_ranges),
             serve: Serve::new(),
             completed_reported: false,
+            asked: None,
+            runs: [Run { lo: 0, hi: 0 }; RUNS],
+            origins: [NodeId(0); RANGES],
         })
     }
 
@@ -184,12 +216,26 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
     }
 
-    /// The largest frame [`poll_transmit`](Self::poll_transmit) can write into its buffer
-    /// (chunk data excluded: it follows the header separately).
+    /// The bytes of the buffer [`poll_transmit`](Self::poll_transmit) and
+    /// [`summarized`](Self::summarized) work in: the first half for the frame written
+    /// (chunk data excluded: it follows the header separately), the second for the
+    /// query or answer being put together.
     #[must_use]
     pub const fn max_transmit_len() -> usize {
-        let page = PAGE * ChunkHash::LEN + 16;
-        if page > 256 { page } else { 256 }
+        2 * Self::frame_area()
+    }
+
+    /// The largest frame [`poll_transmit`](Self::poll_transmit) writes: an answer or a
+    /// query of `RANGES` ranges, or a control frame.
+    const fn frame_area() -> usize {
+        let entries = RANGES * MAX_ENTRY + RECON_OVERHEAD;
+        let ranges = RANGES * MAX_RANGE + RECON_OVERHEAD + 16;
+        let area = if entries > ranges { entries } else { ranges };
+        if area > MIN_FRAME as usize {
+            area
+        } else {
+            MIN_FRAME as usize
+        }
     }
 
     /// Feeds received bytes: decodes at most one frame from the front of `input`.
@@ -219,6 +265,11 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         {
             // Not fatal: nothing was consumed; the caller must finish the chunk first.
             return Err(Error::ApiMisuse(ApiMisuse::FinishChunkFirst));
+        }
+        if self.asked.is_some() {
+            // Not fatal: an answer to the question asked may change what the next frame
+            // means (the walk must resolve an answer before it reads the next).
+            return Err(Error::ApiMisuse(ApiMisuse::AnswerFirst));
         }
         let (message, len) = match wire::decode(input, self.config.max_frame) {
             Ok(Decoded::Incomplete { .. }) => {
@@ -252,18 +303,21 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         }
         match message {
             Message::Hello(_) => unexpected("a second Hello"),
-            Message::ManifestRequest { after, limit } => {
-                self.on_manifest_request(after, limit).map(|()| None)
+            Message::Query { query } => self.on_query(query).map(|()| None),
+            Message::Answer { last, entries } => self.on_answer(entries, last).map(|()| None),
+            Message::EventChunkGet { hash } => {
+                self.on_request(Request::Chunk(hash)).map(|()| None)
             }
-            Message::ManifestPage { ids, last } => self.on_page(ids, last).map(|()| None),
-            Message::EventChunkGet { hash } => self.on_get(hash).map(|()| None),
+            Message::GetRange { origin, lo, hi } => self
+                .on_request(Request::Range(crate::recon::KeyRange { origin, lo, hi }))
+                .map(|()| None),
             Message::EventChunkPut {
-                hash,
                 total_len,
                 offset,
                 data,
-            } => self.on_piece(hash, total_len, offset, data).map(Some),
+            } => self.on_piece(total_len, offset, data).map(Some),
             Message::NotFound { hash } => self.on_not_found(hash).map(|()| None),
+            Message::RangeEnd => self.on_range_end().map(|()| None),
             Message::Done => self.on_done().map(|()| None),
             Message::Error { code, .. } => Err(Error::Remote(code)),
             // Unknown variants cannot be decoded, so none reach this point.
@@ -289,10 +343,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                 theirs: hello.max_frame,
             }));
         }
-        if hello.max_requests == 0 {
+        if hello.max_requests == 0 || hello.max_ranges < 2 {
             return Err(Error::Incompatible(Incompatible::NoRequests));
         }
-        if !hello.capabilities.contains(Capabilities::MANIFEST_PAGES) {
+        if !hello.capabilities.contains(Capabilities::RECONCILE) {
             return Err(Error::Incompatible(Incompatible::MissingCapabilities));
         }
         self.peer = Some(hello);
@@ -301,7 +355,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     }
 }
 
-impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
+impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
     /// Ends the session from this side (for example because the store failed); the peer is
     /// told with an `Error` frame.
     pub fn abort(&mut self) {
@@ -361,34 +415,6 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if let Some(pull::Failure { hash, reason }) = self.pull.failures.pop_front() {
             return Some(Event::ChunkFailed { hash, reason });
         }
-        if let ManifestWalk::Lookups {
-            reported: reported @ false,
-            ..
-        } = &mut self.pull.walk
-        {
-            *reported = true;
-            return Some(Event::LookupNeeded);
-        }
-        if let Listing::Asked {
-            after,
-            limit,
-            reported: reported @ false,
-        } = &mut self.serve.listing
-        {
-            *reported = true;
-            return Some(Event::ManifestPageNeeded {
-                after: *after,
-                limit: *limit,
-            });
-        }
-        if let Some(Serving::Pending {
-            hash,
-            reported: reported @ false,
-        }) = &mut self.serve.serving
-        {
-            *reported = true;
-            return Some(Event::ChunkRequested { hash: *hash });
-        }
         if self.pull_finished() && !self.pull.reported && self.peer.is_some() {
             self.pull.reported = true;
             return Some(Event::PullComplete);
@@ -433,6 +459,10 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             return Ok(None);
         }
         let Some(t) = self.next_frame(buf)? else {
+            if matches!(self.phase, Phase::Failed(_)) {
+                // The walk failed as it made its next query: the peer is told at once.
+                return self.poll_transmit(now, buf);
+            }
             return Ok(None);
         };
         // Admitted: `next_ready(now)` was `None`, so the window has room for any size.
@@ -441,6 +471,97 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         self.idle_deadline = now + self.config.idle_timeout;
         self.check_completion();
         Ok(Some(self.counted(t)))
+    }
+
+    /// The question this session asks about the store, if any; it is asked again until it
+    /// is answered, and [`handle_input`](Self::handle_input) waits for the answer.
+    pub fn question(&mut self) -> Option<Question> {
+        if matches!(self.phase, Phase::Failed(_)) {
+            self.asked = None;
+            return None;
+        }
+        let asked = match self.asked {
+            Some(Asked::AnswerSummary | Asked::AnswerOrigins) => self.answer_needs(),
+            Some(Asked::OwnSummary) => self.own_summary_needed().map(Question::Summary),
+            Some(Asked::Serving) => self.serving_needs(),
+            None => None,
+        };
+        if asked.is_some() {
+            return asked;
+        }
+        let (asked, question) = if let Some(q) = self.answer_needs() {
+            let kind = match q {
+                Question::Origins { .. } => Asked::AnswerOrigins,
+                _ => Asked::AnswerSummary,
+            };
+            (kind, q)
+        } else if let Some(range) = self.own_summary_needed() {
+            (Asked::OwnSummary, Question::Summary(range))
+        } else if let Some(q) = self.serving_needs() {
+            (Asked::Serving, q)
+        } else {
+            self.asked = None;
+            return None;
+        };
+        self.asked = Some(asked);
+        Some(question)
+    }
+
+    /// The buffer for the runs of the summary [`Question::Summary`] asks for: as many as
+    /// the summary may carry.
+    pub fn runs_buffer(&mut self) -> &mut [Run] {
+        let max = match self.asked {
+            Some(Asked::AnswerSummary) => self.answer_runs(),
+            Some(Asked::OwnSummary) => RUNS,
+            _ => 0,
+        };
+        &mut self.runs[..max.min(RUNS)]
+    }
+
+    /// Answers [`Question::Summary`]: what the store holds of the range, and how many runs
+    /// it wrote into [`runs_buffer`](Self::runs_buffer) (`None`: more than fit). `tx` is
+    /// the buffer [`poll_transmit`](Self::poll_transmit) writes into: an answer for the
+    /// peer is put together in its second half.
+    pub fn summarized(
+        &mut self,
+        summary: &Summary,
+        runs: Option<usize>,
+        tx: &mut [u8],
+    ) -> Result<(), ApiMisuse> {
+        if runs.is_some_and(|n| n > self.runs_buffer().len()) {
+            return Err(ApiMisuse::BadListing);
+        }
+        match self.asked {
+            Some(Asked::AnswerSummary) => {
+                let copy = self.runs;
+                self.answer_summary(summary, runs.map(|n| &copy[..n]), tx)?;
+            }
+            Some(Asked::OwnSummary) => self.resolve_own(summary, runs),
+            _ => return Err(ApiMisuse::NotAsked),
+        }
+        self.asked = None;
+        Ok(())
+    }
+
+    /// The buffer for the origins [`Question::Origins`] asks for: as many as the answer
+    /// may list.
+    pub fn origins_buffer(&mut self) -> &mut [NodeId] {
+        let max = match self.asked {
+            Some(Asked::AnswerOrigins) => self.origins_limit(),
+            _ => 0,
+        };
+        &mut self.origins[..max.min(RANGES)]
+    }
+
+    /// Answers [`Question::Origins`]: the store's first `n` origins after the cursor are in
+    /// [`origins_buffer`](Self::origins_buffer), ascending; `last` if none follow them.
+    pub fn origins_listed(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
+        if self.asked != Some(Asked::AnswerOrigins) {
+            return Err(ApiMisuse::NotAsked);
+        }
+        self.answer_origins(n, last)?;
+        self.asked = None;
+        Ok(())
     }
 
     /// Counts a frame handed to the caller.
@@ -455,21 +576,18 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         let Some(peer) = self.peer else {
             return Ok(None);
         };
-        if let Listing::Ready { last } = self.serve.listing {
-            let t = Self::emit(
-                &Message::ManifestPage {
-                    ids: HashList::new(&self.serve.page_out),
-                    last,
-                },
-                buf,
-            )?;
-            self.serve.listing = Listing::Idle;
+        let Some((frame, area)) = buf.split_at_mut_checked(Self::frame_area()) else {
+            return Err(InsufficientSize {
+                required: Self::max_transmit_len(),
+            });
+        };
+        if let Some(t) = self.next_answer_frame(frame, area)? {
             return Ok(Some(t));
         }
-        if let Some(t) = self.next_pull_frame(&peer, buf)? {
+        if let Some(t) = self.next_pull_frame(&peer, frame, area)? {
             return Ok(Some(t));
         }
-        self.next_serving_frame(&peer, buf)
+        self.next_serving_frame(&peer, frame)
     }
 
     /// This node's `Hello`.
@@ -479,6 +597,8 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             node_id: self.config.node_id,
             max_frame: self.config.max_frame,
             max_requests: u16::try_from(self.announced_requests()).unwrap_or(u16::MAX),
+            // `RANGES <= u16::MAX` is checked in `new`.
+            max_ranges: RANGES as u16,
             capabilities: Capabilities::ALL,
         };
         let t = Self::emit(&Message::Hello(hello), buf)?;
@@ -496,7 +616,7 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             && self.pull.done_sent
             && self.serve.peer_done
             && self.serve.serving.is_none()
-            && matches!(self.serve.listing, Listing::Idle)
+            && matches!(self.serve.answer, Answering::Idle)
         {
             self.phase = Phase::Completed;
         }

@@ -73,6 +73,14 @@ pub trait ChunkStore {
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, Self::Error>;
 
+    /// The first stored chunk of `range` (lowest `first_seq`), if it holds any: what a
+    /// node serves next for a range request.
+    fn first_in(&self, range: &KeyRange) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
+        let mut first = [(Span::default(), ChunkHash::default())];
+        let n = self.chunks_in(range, &mut first)?;
+        Ok(first.get(..n).and_then(<[_]>::first).copied())
+    }
+
     /// Whether an [`insert`](Self::insert) error is the store refusing a [`Fork`], which
     /// fails that chunk only, rather than a failure of the store.
     fn is_fork(error: &Self::Error) -> bool {

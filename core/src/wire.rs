@@ -6,36 +6,37 @@
 //! accepts (header included), between [`MIN_FRAME`] and [`MAX_FRAME_LIMIT`]; a frame is
 //! refused as soon as its length prefix is read, before any of its body is buffered.
 //! Chunks larger than a frame travel in pieces ([`Message::EventChunkPut`] carries an
-//! offset and the chunk's total length).
+//! offset and the chunk's total length, never the chunk's hash: the receiver knows which
+//! chunk it asked for next, or computes the hash of a chunk sent for a range).
 //!
 //! Decoding any byte string yields a message, "need more bytes", or a typed
-//! [`FrameError`]; it never panics. Messages borrow from the frame (hash lists and chunk
-//! data are not copied).
+//! [`FrameError`]; it never panics. Messages borrow from the frame (queries, entries and
+//! chunk data are not copied).
 //!
-//! # Message tags (protocol version 1)
+//! # Message tags (protocol version 2)
 //! | tag | message |
 //! |---|---|
 //! | 0 | [`Hello`] |
-//! | 1 | `ManifestRequest` |
-//! | 2 | `ManifestPage` |
+//! | 1 | `Query` (a [`recon::Query`](crate::recon::Query)) |
+//! | 2 | `Answer` (summary entries, see [`recon::codec`](crate::recon::codec)) |
 //! | 3 | `EventChunkGet` |
 //! | 4 | `EventChunkPut` |
 //! | 5 | `NotFound` |
 //! | 6 | `Done` |
 //! | 7 | `Error` |
+//! | 8 | `GetRange` |
+//! | 9 | `RangeEnd` |
 
 use core::fmt;
 
-use serde::de::{self, Deserializer, Visitor};
-use serde::ser::SerializeTuple;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, InsufficientSize};
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the length prefix in front of every frame body.
 pub const FRAME_HEADER: usize = 4;
 /// The smallest maximum frame size a node may announce (BLE/LoRa-class links).
@@ -45,11 +46,12 @@ pub const MAX_FRAME_LIMIT: u32 = 16 << 20;
 /// The default maximum frame size: 64 KiB.
 pub const DEFAULT_MAX_FRAME: u32 = 64 << 10;
 
-/// Bytes of a `ManifestPage` frame that are not hashes: header, tag, `last`, list length.
-const PAGE_OVERHEAD: usize = FRAME_HEADER + 1 + 1 + 5;
-/// Bytes of an `EventChunkPut` frame that are not chunk data: header, tag, hash and three
+/// Bytes of a `Query` or `Answer` frame that are not its query or entries: header, tag,
+/// `last` and the byte string's length.
+pub const RECON_OVERHEAD: usize = FRAME_HEADER + 1 + 1 + 5;
+/// Bytes of an `EventChunkPut` frame that are not chunk data: header, tag and three
 /// length varints.
-const PUT_OVERHEAD: usize = FRAME_HEADER + 1 + ChunkHash::LEN + 3 * 5;
+const PUT_OVERHEAD: usize = FRAME_HEADER + 1 + 3 * 5;
 
 /// Optional protocol features a node supports, announced in [`Hello`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,12 +60,13 @@ const PUT_OVERHEAD: usize = FRAME_HEADER + 1 + ChunkHash::LEN + 3 * 5;
 pub struct Capabilities(pub u32);
 
 impl Capabilities {
-    /// Discovery by manifest pages (every version-1 node).
-    pub const MANIFEST_PAGES: Self = Self(1 << 0);
-    /// Chunks larger than a frame, sent in pieces (every version-1 node).
+    /// Chunks larger than a frame, sent in pieces (every node).
     pub const PIECES: Self = Self(1 << 1);
+    /// Discovery by range-based reconciliation and transfer by ranges (every version-2
+    /// node).
+    pub const RECONCILE: Self = Self(1 << 2);
     /// What this build supports.
-    pub const ALL: Self = Self(Self::MANIFEST_PAGES.0 | Self::PIECES.0);
+    pub const ALL: Self = Self(Self::PIECES.0 | Self::RECONCILE.0);
 
     /// Whether every capability of `other` is in `self`.
     #[must_use]
@@ -88,8 +91,11 @@ pub struct Hello {
     pub node_id: NodeId,
     /// The largest frame the sender accepts, header included.
     pub max_frame: u32,
-    /// The most `EventChunkGet`s the sender accepts outstanding at once.
+    /// The most requests (`EventChunkGet`, `GetRange`) the sender accepts outstanding at
+    /// once.
     pub max_requests: u16,
+    /// The most ranges the sender answers in one `Answer` (and asks about in one `Query`).
+    pub max_ranges: u16,
     /// Optional features the sender supports.
     pub capabilities: Capabilities,
 }
@@ -118,162 +124,37 @@ impl ErrorCode {
     pub const INTERNAL: Self = Self(7);
 }
 
-/// A sorted list of chunk hashes inside a message.
-///
-/// On the wire it is a byte string (varint length, then 32 bytes per hash), so a decoded
-/// list borrows the frame. Like every wire type it is meant for postcard only.
-#[derive(Clone, Copy)]
-pub struct HashList<'a>(Repr<'a>);
-
-impl PartialEq for HashList<'_> {
-    /// Lists are equal when they hold the same hashes, however they were built.
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for HashList<'_> {}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Repr<'a> {
-    Hashes(&'a [ChunkHash]),
-    Raw(&'a [u8]),
-}
-
-impl<'a> HashList<'a> {
-    /// A list of these hashes (for sending).
-    #[must_use]
-    pub const fn new(ids: &'a [ChunkHash]) -> Self {
-        Self(Repr::Hashes(ids))
-    }
-
-    /// Number of hashes.
-    #[must_use]
-    pub const fn len(&self) -> usize {
-        match self.0 {
-            Repr::Hashes(ids) => ids.len(),
-            Repr::Raw(raw) => raw.len() / ChunkHash::LEN,
-        }
-    }
-
-    /// Whether the list is empty.
-    #[must_use]
-    pub const fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The hashes, in order.
-    #[must_use]
-    pub const fn iter(&self) -> HashIter<'a> {
-        HashIter(self.0)
-    }
-}
-
-/// Iterator over a [`HashList`].
-#[derive(Clone, Debug)]
-pub struct HashIter<'a>(Repr<'a>);
-
-impl Iterator for HashIter<'_> {
-    type Item = ChunkHash;
-
-    fn next(&mut self) -> Option<ChunkHash> {
-        match &mut self.0 {
-            Repr::Hashes(ids) => {
-                let (first, rest) = ids.split_first()?;
-                *ids = rest;
-                Some(*first)
-            }
-            Repr::Raw(raw) => {
-                let (first, rest) = raw.split_first_chunk::<32>()?;
-                *raw = rest;
-                Some(ChunkHash::from_bytes(*first))
-            }
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = HashList(self.0).len();
-        (n, Some(n))
-    }
-}
-
-impl ExactSizeIterator for HashIter<'_> {}
-
-impl fmt::Debug for HashList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl Serialize for HashList<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Repr::Raw(raw) => serializer.serialize_bytes(raw),
-            Repr::Hashes(ids) => {
-                // Written as the byte string it decodes from: the byte length as a varint,
-                // then each hash's 32 raw bytes (postcard writes tuples without a length).
-                let mut tuple = serializer.serialize_tuple(ids.len() + 1)?;
-                tuple.serialize_element(&(ids.len() * ChunkHash::LEN))?;
-                for id in ids {
-                    tuple.serialize_element(id)?;
-                }
-                tuple.end()
-            }
-        }
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for HashList<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RawVisitor;
-        impl<'de> Visitor<'de> for RawVisitor {
-            type Value = HashList<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a byte string of 32-byte hashes")
-            }
-            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<HashList<'de>, E> {
-                if v.len().is_multiple_of(ChunkHash::LEN) {
-                    Ok(HashList(Repr::Raw(v)))
-                } else {
-                    Err(E::custom("hash list length is not a multiple of 32"))
-                }
-            }
-        }
-        deserializer.deserialize_bytes(RawVisitor)
-    }
-}
-
 /// A protocol message. Each borrows the frame it was decoded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Message<'a> {
     /// Opens a session: version, identity, limits, capabilities.
     Hello(Hello),
-    /// Asks for the next page of the receiver's manifest: at most `limit` hashes strictly
-    /// after `after` (from the start if `None`).
-    ManifestRequest {
-        /// The last hash of the previous page.
-        after: Option<ChunkHash>,
-        /// The most hashes the requester wants in the page.
-        limit: u32,
+    /// A reconciliation query ([`recon::Query`](crate::recon::Query), in its own
+    /// encoding): the receiver answers with one `Answer`, in the order queries came.
+    Query {
+        /// The encoded query.
+        #[serde(with = "serde_bytes", borrow)]
+        query: &'a [u8],
     },
-    /// One page of the sender's manifest, sorted, strictly after the requested cursor.
-    ManifestPage {
-        /// The hashes.
-        #[serde(borrow)]
-        ids: HashList<'a>,
-        /// Whether this page ends the manifest.
+    /// The answer to the oldest `Query` not answered: one summary entry per range asked
+    /// about ([`recon::codec`](crate::recon::codec)).
+    Answer {
+        /// Whether the answer ends the sender's origins (always set for ranges).
         last: bool,
+        /// The encoded entries.
+        #[serde(with = "serde_bytes", borrow)]
+        entries: &'a [u8],
     },
     /// Asks for a chunk by hash.
     EventChunkGet {
         /// The chunk wanted.
         hash: ChunkHash,
     },
-    /// A chunk, or a piece of one: `data` is the chunk's bytes from `offset` on.
+    /// A chunk, or a piece of one: `data` is the chunk's bytes from `offset` on. Which
+    /// chunk it is follows from the requests: the one asked for by hash, or the next of the
+    /// range asked for.
     EventChunkPut {
-        /// The chunk's name.
-        hash: ChunkHash,
         /// The whole chunk's length.
         total_len: u32,
         /// Where `data` starts in the chunk.
@@ -296,15 +177,21 @@ pub enum Message<'a> {
         /// A human-readable explanation.
         reason: &'a str,
     },
+    /// Asks for every chunk of `origin` whose `first_seq` lies in `lo..hi`: the receiver
+    /// sends them in ascending `first_seq` as `EventChunkPut`s, then `RangeEnd`.
+    GetRange {
+        /// Whose chunks.
+        origin: NodeId,
+        /// The lowest `first_seq` wanted.
+        lo: u64,
+        /// One past the highest `first_seq` wanted.
+        hi: u64,
+    },
+    /// The sender has sent every chunk it holds of the oldest `GetRange` not ended.
+    RangeEnd,
 }
 
 impl Message<'_> {
-    /// Hashes that fit one `ManifestPage` in a frame of `max_frame` bytes.
-    #[must_use]
-    pub const fn page_capacity(max_frame: u32) -> usize {
-        (max_frame as usize).saturating_sub(PAGE_OVERHEAD) / ChunkHash::LEN
-    }
-
     /// Chunk bytes that fit one `EventChunkPut` in a frame of `max_frame` bytes.
     #[must_use]
     pub const fn piece_capacity(max_frame: u32) -> usize {
@@ -390,7 +277,6 @@ pub fn encode<'b>(message: &Message<'_>, buf: &'b mut [u8]) -> Result<&'b [u8], 
 /// same `EventChunkPut`, so a sender can write chunk data straight from where it is kept
 /// instead of copying it into the frame buffer.
 pub fn encode_put_head<'b>(
-    hash: &ChunkHash,
     total_len: u32,
     offset: u32,
     data_len: usize,
@@ -404,7 +290,7 @@ pub fn encode_put_head<'b>(
     let (head, body) = buf
         .split_at_mut_checked(FRAME_HEADER)
         .ok_or_else(too_small)?;
-    let fields = (PUT_TAG, hash, total_len, offset, data_len);
+    let fields = (PUT_TAG, total_len, offset, data_len);
     let fields_len = postcard::to_slice(&fields, body)
         .map_err(|_| too_small())?
         .len();

@@ -255,6 +255,34 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         Ok(())
     }
 
+    /// The answer to the oldest query outstanding, whichever kind it asked:
+    /// [`on_origins`](Self::on_origins) or [`on_ranges`](Self::on_ranges) (where `last`
+    /// means nothing).
+    ///
+    /// # Errors
+    /// As those two.
+    pub fn on_answer(&mut self, entries: &[u8], last: bool) -> Result<(), ReconError> {
+        match self.asked.front() {
+            Some(Asked::Ranges { .. }) => self.on_ranges(entries),
+            Some(Asked::Origins { .. }) => self.on_origins(entries, last),
+            None if !self.held.is_empty() => Err(ReconError::Busy),
+            None => Err(ReconError::UnexpectedAnswer),
+        }
+    }
+
+    /// Whether an answer is still being resolved: the next one must wait (see the calling
+    /// order).
+    #[must_use]
+    pub fn is_resolving(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Whether a wanted range waits to be taken with [`next_wanted`](Self::next_wanted).
+    #[must_use]
+    pub fn has_wanted(&self) -> bool {
+        !self.wanted.is_empty()
+    }
+
     /// The answer to a [`Query::Origins`]: `entries` (see [`codec`](super::codec)), and
     /// whether the peer has no origins after them.
     ///

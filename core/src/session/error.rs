@@ -4,6 +4,7 @@ use core::fmt;
 
 use crate::error::DecodeError;
 use crate::hash::HashMismatch;
+use crate::recon::ReconError;
 use crate::wire::{ErrorCode, FrameError};
 
 /// Why a session ended. Fatal errors stick: once a session has failed, every `handle_*`
@@ -55,6 +56,9 @@ impl Error {
             Self::Peer(PeerMisbehaved::TooManyFailures { .. }) => {
                 (ErrorCode::LIMIT_EXCEEDED, "too many chunks failed")
             }
+            Self::Peer(PeerMisbehaved::Recon(ReconError::TooManyRanges { .. })) => {
+                (ErrorCode::LIMIT_EXCEEDED, "too many ranges")
+            }
             Self::Peer(_) => (ErrorCode::UNEXPECTED, "protocol violation"),
             Self::Incompatible(Incompatible::ProtocolVersion { .. }) => (
                 ErrorCode::PROTOCOL_VERSION,
@@ -99,12 +103,12 @@ impl core::error::Error for Error {}
 pub enum PeerMisbehaved {
     /// A message that is not allowed in the session's current state (named here).
     Unexpected(&'static str),
-    /// A manifest page that is unsorted, repeats a hash or starts before the cursor.
-    UnsortedPage,
-    /// A manifest page longer than the limit asked for.
-    OversizePage,
-    /// An empty manifest page that is not the last one.
-    EmptyPage,
+    /// A reconciliation query or answer that is malformed, impossible, unasked for, or
+    /// past the session's bound on ranges.
+    Recon(ReconError),
+    /// A chunk sent for a range that is not in it (another origin, or a `first_seq`
+    /// outside the range or before the chunk sent before it).
+    OutsideRange,
     /// More chunk requests outstanding than this node announced.
     TooManyRequests,
     /// Chunk data for a chunk that was not the next one requested.
@@ -129,9 +133,8 @@ impl fmt::Display for PeerMisbehaved {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unexpected(what) => write!(f, "unexpected message: {what}"),
-            Self::UnsortedPage => f.write_str("manifest page is not sorted after the cursor"),
-            Self::OversizePage => f.write_str("manifest page longer than requested"),
-            Self::EmptyPage => f.write_str("empty manifest page that is not the last"),
+            Self::Recon(e) => write!(f, "reconciliation failed: {e}"),
+            Self::OutsideRange => f.write_str("a chunk outside the range it was sent for"),
             Self::TooManyRequests => f.write_str("more chunk requests than announced"),
             Self::UnrequestedChunk => f.write_str("chunk data that was not requested next"),
             Self::ChunkTooLarge { len, max } => {
@@ -170,7 +173,7 @@ pub enum Incompatible {
         /// The peer's limit.
         theirs: u32,
     },
-    /// The peer announced that it accepts no chunk request at all.
+    /// The peer announced that it accepts no chunk request, or answers no range, at all.
     NoRequests,
     /// The peer lacks a capability this node needs.
     MissingCapabilities,
@@ -191,7 +194,7 @@ impl fmt::Display for Incompatible {
                     "frame limit of {theirs} bytes is above the protocol's 16 MiB"
                 )
             }
-            Self::NoRequests => f.write_str("peer accepts no chunk request"),
+            Self::NoRequests => f.write_str("peer accepts no request or no range"),
             Self::MissingCapabilities => f.write_str("peer lacks a required capability"),
         }
     }
@@ -205,35 +208,34 @@ impl core::error::Error for Incompatible {}
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum ApiMisuse {
-    /// `answer_lookup` with no lookup pending.
-    NoLookupsPending,
-    /// `page_listed` without an `Event::ManifestPageNeeded`.
-    NoManifestRequest,
-    /// A manifest page that is unsorted, too long or not after the requested cursor.
-    BadManifestPage,
-    /// `serve_chunk`/`chunk_not_found` for a chunk that is not the one requested.
-    NotRequested,
+    /// An answer to a [`Question`](super::Question) that was not asked, or not of that
+    /// kind.
+    NotAsked,
+    /// Origins listed out of order, after the cursor asked for, or more than asked for;
+    /// or runs that do not fit the summary's buffer.
+    BadListing,
+    /// A chunk served for a range that is not in the range, or before the last one served.
+    OutsideRange,
     /// A chunk of length zero or longer than `u32::MAX`.
     BadChunkLength,
     /// `finish_chunk` with no complete chunk waiting, or with bytes of the wrong length.
     NoChunkToFinish,
     /// `handle_input` while a complete chunk waits for `finish_chunk`.
     FinishChunkFirst,
-    /// An answer to a [`Conduit`](crate::conduit::Conduit) action it did not ask for.
-    NotAsked,
+    /// `handle_input` while a [`Question`](super::Question) waits for its answer.
+    AnswerFirst,
 }
 
 impl fmt::Display for ApiMisuse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::NoLookupsPending => "no lookups are pending",
-            Self::NoManifestRequest => "no manifest page was requested",
-            Self::BadManifestPage => "manifest page unsorted, too long or before the cursor",
-            Self::NotRequested => "that chunk is not the one requested",
+            Self::NotAsked => "that answer does not match the question asked",
+            Self::BadListing => "origins out of order or too many, or runs past the buffer",
+            Self::OutsideRange => "that chunk is not the next one of the range asked for",
             Self::BadChunkLength => "chunk length must be between 1 and u32::MAX",
             Self::NoChunkToFinish => "no complete chunk of that length is waiting",
             Self::FinishChunkFirst => "call finish_chunk before feeding more input",
-            Self::NotAsked => "that answer does not match the action asked for",
+            Self::AnswerFirst => "answer the question asked before feeding more input",
         })
     }
 }
@@ -251,6 +253,9 @@ pub enum FinishError {
     /// The bytes match the hash but are not a valid chunk: not stored, reported as
     /// failed.
     Invalid(DecodeError),
+    /// A valid chunk sent for a range it is not in: not stored; the session failed
+    /// ([`PeerMisbehaved::OutsideRange`]).
+    OutsideRange,
     /// The call did not fit the session's state.
     ApiMisuse(ApiMisuse),
 }
@@ -260,6 +265,7 @@ impl fmt::Display for FinishError {
         match self {
             Self::HashMismatch(e) => fmt::Display::fmt(e, f),
             Self::Invalid(e) => write!(f, "not a valid chunk: {e}"),
+            Self::OutsideRange => f.write_str("a chunk outside the range it was sent for"),
             Self::ApiMisuse(e) => fmt::Display::fmt(e, f),
         }
     }

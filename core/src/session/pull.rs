@@ -1,33 +1,37 @@
-//! The pulling side of a session: walking the peer's manifest page by page, looking each
-//! page up, requesting what this node lacks with several requests in flight, reassembling
-//! and verifying what arrives, retrying and reporting failures.
+//! The pulling side of a session: reconciling with the peer's store ([`Walk`]), asking
+//! this node's store for its own summaries, requesting what this node lacks (ranges the
+//! walk found wanted, chunks the caller named) with several requests in flight,
+//! reassembling and verifying what arrives, retrying and reporting failures.
 
 use core::cmp::min;
 
-use heapless::{Deque, Vec};
+use heapless::Deque;
 
 use super::{
-    ApiMisuse, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, Session, Stored,
-    Transmit,
+    ApiMisuse, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, RUNS, Session,
+    Stored, Transmit,
 };
 use crate::chunk::ChunkView;
 use crate::error::InsufficientSize;
 use crate::hash::{ChunkHash, Verified};
-use crate::wire::{HashList, Hello, Message};
+use crate::recon::{KeyRange, Room, Walk};
+use crate::wire::{self, Hello, Message};
 
-/// The pulling side: the walk over the peer's manifest, and the chunks wanted, in flight
-/// and failed.
+/// The reconciliation of a session with `R` ranges: `R` waiting and wanted, `R` entries per
+/// answer, [`RUNS`] runs each, one query outstanding (see [`Walk`]: with one, an answer
+/// never waits behind chunks that wait for it).
+pub(super) type SessionWalk<const R: usize> = Walk<R, R, RUNS, 1>;
+
+/// Bytes of a query's own fields beside its ranges: kind, origin, counts.
+const QUERY_FIELDS: usize = 16;
+
+/// The pulling side: the walk, and the chunks and ranges wanted, in flight and failed.
 #[derive(Clone, Debug)]
-pub(super) struct Pull<const PAGE: usize, const REQ: usize> {
-    pub(super) walk: ManifestWalk,
-    /// The last hash of the peer's manifest seen.
-    pub(super) cursor: Option<ChunkHash>,
-    /// The page of the peer's manifest being looked up.
-    pub(super) page: Vec<ChunkHash, PAGE>,
-    /// How many hashes of `page` have been looked up.
-    pub(super) looked_up: usize,
-    /// Chunks to request.
-    pub(super) want: Deque<Want, PAGE>,
+pub(super) struct Pull<const R: usize, const REQ: usize> {
+    /// The reconciliation, if this side pulls.
+    pub(super) walk: Option<SessionWalk<R>>,
+    /// Chunks the caller asked for by hash.
+    pub(super) want: Deque<Want, R>,
     /// Chunks to request again after a hash mismatch.
     pub(super) retry: Deque<Want, REQ>,
     pub(super) in_flight: Deque<InFlight, REQ>,
@@ -38,19 +42,16 @@ pub(super) struct Pull<const PAGE: usize, const REQ: usize> {
     pub(super) reported: bool,
 }
 
-impl<const PAGE: usize, const REQ: usize> Pull<PAGE, REQ> {
-    /// A pull that walks the peer's manifest, or (`walk: false`) only fetches what it is
-    /// asked to.
-    pub(super) const fn new(walk: bool) -> Self {
+impl<const R: usize, const REQ: usize> Pull<R, REQ> {
+    /// A pull that reconciles with the peer, or (`walk: false`) only fetches what it is
+    /// asked to; the walk asks about at most `max_ranges` ranges.
+    pub(super) const fn new(walk: bool, max_ranges: u32) -> Self {
         Self {
             walk: if walk {
-                ManifestWalk::NeedPage
+                Some(Walk::new(max_ranges as u64))
             } else {
-                ManifestWalk::Done
+                None
             },
-            cursor: None,
-            page: Vec::new(),
-            looked_up: 0,
             want: Deque::new(),
             retry: Deque::new(),
             in_flight: Deque::new(),
@@ -74,10 +75,19 @@ pub(super) struct Want {
     attempts: u8,
 }
 
+/// What a request in flight asked for.
+#[derive(Clone, Copy, Debug)]
+enum Request {
+    /// One chunk by hash.
+    Chunk(Want),
+    /// Every chunk of a range the peer holds; `lo` moves past each chunk received.
+    Range(KeyRange),
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(super) struct InFlight {
-    hash: ChunkHash,
-    attempts: u8,
+    request: Request,
+    /// The length of the chunk arriving, once its first piece did.
     total_len: Option<u32>,
     received: u32,
 }
@@ -88,26 +98,20 @@ impl InFlight {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum ManifestWalk {
-    /// The next page must be asked for (once the wanted hashes are requested).
-    NeedPage,
-    /// A page was asked for, with this limit.
-    Requested(usize),
-    /// A page is held for lookups; `reported` once the adapter was told, `last` if it is
-    /// the peer's last page.
-    Lookups { reported: bool, last: bool },
-    /// The last page was looked up.
-    Done,
-}
-
-impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
+impl<const R: usize, const REQ: usize> Session<R, REQ> {
     /// The peer does not have the chunk requested next.
     pub(super) fn on_not_found(&mut self, hash: ChunkHash) -> Result<(), Error> {
-        let unexpected = |what| Err(Error::Peer(PeerMisbehaved::Unexpected(what)));
         match self.pull.in_flight.front() {
-            Some(f) if f.hash == hash && f.total_len.is_none() => {}
-            _ => return unexpected("NotFound for a chunk not requested next"),
+            Some(InFlight {
+                request: Request::Chunk(want),
+                total_len: None,
+                ..
+            }) if want.hash == hash => {}
+            _ => {
+                return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                    "NotFound for a chunk not requested next",
+                )));
+            }
         }
         self.pull.in_flight.pop_front();
         // Room: `failures` and `in_flight` share the limit `REQ` (see `next_request`).
@@ -118,91 +122,108 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         self.count_failure()
     }
 
-    /// The pulling side's next frame: a manifest request, a chunk request, or `Done`.
+    /// The peer has sent all it holds of the range requested next.
+    pub(super) fn on_range_end(&mut self) -> Result<(), Error> {
+        match self.pull.in_flight.front() {
+            Some(InFlight {
+                request: Request::Range(_),
+                total_len: None,
+                ..
+            }) => {
+                self.pull.in_flight.pop_front();
+                Ok(())
+            }
+            _ => Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "RangeEnd for no range requested next",
+            ))),
+        }
+    }
+
+    /// The answer to this side's oldest query.
+    pub(super) fn on_answer(&mut self, entries: &[u8], last: bool) -> Result<(), Error> {
+        let walk = match &mut self.pull.walk {
+            Some(walk) if !walk.is_resolving() => walk,
+            _ => {
+                return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                    "an answer to no query",
+                )));
+            }
+        };
+        walk.on_answer(entries, last)
+            .map_err(|e| Error::Peer(PeerMisbehaved::Recon(e)))
+    }
+
+    /// The pulling side's next frame: a query, a chunk or range request, or `Done`.
+    ///
+    /// A query the walk refuses to make (past its bound on ranges) fails the session.
     pub(super) fn next_pull_frame(
         &mut self,
         peer: &Hello,
-        buf: &mut [u8],
+        frame: &mut [u8],
+        area: &mut [u8],
     ) -> Result<Option<Transmit>, InsufficientSize> {
-        if matches!(self.pull.walk, ManifestWalk::NeedPage)
-            && self.pull.want.is_empty()
-            && self.pull.retry.is_empty()
-        {
-            let limit = min(PAGE, Message::page_capacity(self.config.max_frame));
-            let request = Message::ManifestRequest {
-                after: self.pull.cursor,
-                limit: limit as u32,
-            };
-            let t = Self::emit(&request, buf)?;
-            self.pull.walk = ManifestWalk::Requested(limit);
-            return Ok(Some(t));
-        }
-        if let Some(next) = self.next_request(peer) {
-            let t = Self::emit(&Message::EventChunkGet { hash: next.hash }, buf)?;
-            // Room was checked by `next_request`.
-            let _ = self.pull.in_flight.push_back(InFlight {
-                hash: next.hash,
-                attempts: next.attempts,
-                total_len: None,
-                received: 0,
-            });
-            if self.pull.retry.pop_front().is_none() {
-                self.pull.want.pop_front();
+        if let Some(walk) = &mut self.pull.walk {
+            let mut room = Room::for_frames(
+                self.config.max_frame as usize,
+                peer.max_frame as usize,
+                wire::RECON_OVERHEAD + QUERY_FIELDS,
+            );
+            let theirs = usize::from(peer.max_ranges);
+            room.entries = min(room.entries, theirs);
+            room.ranges = min(room.ranges, theirs);
+            match walk.next_query(room) {
+                Ok(Some(query)) => {
+                    let n = query.write(area)?;
+                    let query = Message::Query { query: &area[..n] };
+                    return Self::emit(&query, frame).map(Some);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.fail(Error::Peer(PeerMisbehaved::Recon(e)));
+                    return Ok(None);
+                }
             }
-            return Ok(Some(t));
+        }
+        if !self.window_full(peer) {
+            if let Some(want) = self.pull.retry.front().or(self.pull.want.front()).copied() {
+                let t = Self::emit(&Message::EventChunkGet { hash: want.hash }, frame)?;
+                if self.pull.retry.pop_front().is_none() {
+                    self.pull.want.pop_front();
+                }
+                self.start(Request::Chunk(want));
+                return Ok(Some(t));
+            }
+            if let Some(range) = self.pull.walk.as_mut().and_then(Walk::next_wanted) {
+                let get = Message::GetRange {
+                    origin: range.origin,
+                    lo: range.lo,
+                    hi: range.hi,
+                };
+                let t = Self::emit(&get, frame)?;
+                self.start(Request::Range(range));
+                return Ok(Some(t));
+            }
         }
         if self.pull_finished() && !self.pull.done_sent {
-            let t = Self::emit(&Message::Done, buf)?;
+            let t = Self::emit(&Message::Done, frame)?;
             self.pull.done_sent = true;
             return Ok(Some(t));
         }
         Ok(None)
     }
 
-    pub(super) fn on_page(&mut self, ids: HashList<'_>, last: bool) -> Result<(), Error> {
-        let ManifestWalk::Requested(limit) = self.pull.walk else {
-            return Err(Error::Peer(PeerMisbehaved::Unexpected(
-                "a manifest page not asked for",
-            )));
-        };
-        if ids.len() > limit {
-            return Err(Error::Peer(PeerMisbehaved::OversizePage));
-        }
-        if ids.is_empty() && !last {
-            return Err(Error::Peer(PeerMisbehaved::EmptyPage));
-        }
-        self.pull.page.clear();
-        for id in ids.iter() {
-            let after_previous = match self.pull.page.last().or(self.pull.cursor.as_ref()) {
-                Some(prev) => id > *prev,
-                None => true,
-            };
-            if !after_previous {
-                self.pull.page.clear();
-                return Err(Error::Peer(PeerMisbehaved::UnsortedPage));
-            }
-            // Cannot fail: `ids.len() <= limit <= PAGE`.
-            let _ = self.pull.page.push(id);
-        }
-        if let Some(end) = self.pull.page.last() {
-            self.pull.cursor = Some(*end);
-        }
-        // An empty page is always the last one (checked above).
-        self.pull.walk = if self.pull.page.is_empty() {
-            ManifestWalk::Done
-        } else {
-            ManifestWalk::Lookups {
-                reported: false,
-                last,
-            }
-        };
-        self.pull.looked_up = 0;
-        Ok(())
+    /// A request went out.
+    fn start(&mut self, request: Request) {
+        // Room was checked by `window_full`.
+        let _ = self.pull.in_flight.push_back(InFlight {
+            request,
+            total_len: None,
+            received: 0,
+        });
     }
 
     pub(super) fn on_piece<'a>(
         &mut self,
-        hash: ChunkHash,
         total_len: u32,
         offset: u32,
         data: &'a [u8],
@@ -211,9 +232,6 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         let Some(front) = self.pull.in_flight.front_mut() else {
             return Err(Error::Peer(PeerMisbehaved::UnrequestedChunk));
         };
-        if front.hash != hash {
-            return Err(Error::Peer(PeerMisbehaved::UnrequestedChunk));
-        }
         if total_len > max {
             return Err(Error::Peer(PeerMisbehaved::ChunkTooLarge {
                 len: total_len,
@@ -232,7 +250,6 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         // `fits` checked that this neither overflows nor passes `total_len`.
         front.received = offset + data.len() as u32;
         Ok(Piece {
-            hash,
             offset,
             total_len,
             data,
@@ -241,14 +258,17 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     }
 
     /// Verifies the chunk whose last piece just arrived, given all of its bytes in order:
-    /// its hash, then every rule of the chunk format ([`ChunkView::validate`]: header,
-    /// range, events, no private event).
+    /// its hash (the one requested, or, for a chunk of a range, the one it has, which must
+    /// then lie in the range after the chunk before it), then every rule of the chunk
+    /// format ([`ChunkView::validate`]: header, range, events, no private event).
     ///
     /// On success the bytes are [`Verified`] and may be stored. Otherwise nothing may be
     /// stored: a hash mismatch is counted as failed and asked for again, or reported with
-    /// [`Event::ChunkFailed`](super::Event::ChunkFailed) once `max_attempts` are used up; bytes that match their hash
-    /// but are not a valid chunk are reported at once ([`FailReason::Invalid`]), since no
-    /// peer can give other bytes by that name. Past `max_failures`, the session fails.
+    /// [`Event::ChunkFailed`](super::Event::ChunkFailed) once `max_attempts` are used up;
+    /// bytes that match their hash but are not a valid chunk are reported at once
+    /// ([`FailReason::Invalid`]), since no peer can give other bytes by that name. Past
+    /// `max_failures`, the session fails; a chunk outside its range fails it at once
+    /// ([`PeerMisbehaved::OutsideRange`]).
     pub fn finish_chunk<'b>(&mut self, bytes: &'b [u8]) -> Result<Verified<'b>, FinishError> {
         let Some(front) = self.pull.in_flight.front().copied() else {
             return Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish));
@@ -256,8 +276,24 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if !front.is_complete() || front.total_len != u32::try_from(bytes.len()).ok() {
             return Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish));
         }
-        self.pull.in_flight.pop_front();
-        let result = Verified::new(front.hash, bytes)
+        let result = match front.request {
+            Request::Chunk(want) => {
+                self.pull.in_flight.pop_front();
+                self.finish_wanted(want, bytes)
+            }
+            Request::Range(range) => self.finish_in_range(range, bytes),
+        };
+        if result.is_ok() {
+            // Synced once the store says so ([`chunk_stored`](Self::chunk_stored)).
+            self.progress.bytes_transferred += bytes.len() as u64;
+        }
+        self.check_completion();
+        result
+    }
+
+    /// Checks a chunk asked for by hash (already out of flight).
+    fn finish_wanted<'b>(&mut self, want: Want, bytes: &'b [u8]) -> Result<Verified<'b>, FinishError> {
+        let result = Verified::new(want.hash, bytes)
             .map_err(FinishError::HashMismatch)
             .and_then(|verified| {
                 ChunkView::validated(bytes)
@@ -266,41 +302,78 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
             });
         // Room in `retry` and `failures`: they hold at most what was in flight.
         match result {
-            Ok(_) => {
-                // Synced once the store says so ([`chunk_stored`](Self::chunk_stored)).
-                self.progress.bytes_transferred += bytes.len() as u64;
-            }
-            Err(FinishError::Invalid(_)) => {
-                let _ = self.pull.failures.push_back(Failure {
-                    hash: front.hash,
-                    reason: FailReason::Invalid,
-                });
-                let _ = self.count_failure();
-            }
+            Ok(_) => {}
+            Err(FinishError::Invalid(_)) => self.failed(want.hash, FailReason::Invalid),
             Err(_) => {
-                let attempts = front.attempts + 1;
+                let attempts = want.attempts + 1;
                 if attempts < self.config.max_attempts {
                     let _ = self.pull.retry.push_back(Want {
-                        hash: front.hash,
+                        hash: want.hash,
                         attempts,
                     });
+                    let _ = self.count_failure();
                 } else {
-                    let _ = self.pull.failures.push_back(Failure {
-                        hash: front.hash,
-                        reason: FailReason::HashMismatch,
-                    });
+                    self.failed(want.hash, FailReason::HashMismatch);
                 }
-                let _ = self.count_failure();
             }
         }
-        self.check_completion();
         result
+    }
+
+    /// Checks a chunk sent for `range` (still in flight: more may follow).
+    fn finish_in_range<'b>(
+        &mut self,
+        range: KeyRange,
+        bytes: &'b [u8],
+    ) -> Result<Verified<'b>, FinishError> {
+        let verified = Verified::hash_of(bytes);
+        let view = match ChunkView::validated(bytes) {
+            Ok(view) => view,
+            Err(e) => {
+                self.reset_front();
+                self.failed(verified.id(), FailReason::Invalid);
+                return Err(FinishError::Invalid(e));
+            }
+        };
+        if !range.contains(view.origin(), view.first_seq()) {
+            self.fail(Error::Peer(PeerMisbehaved::OutsideRange));
+            return Err(FinishError::OutsideRange);
+        }
+        if let Some(InFlight {
+            request: Request::Range(r),
+            ..
+        }) = self.pull.in_flight.front_mut()
+        {
+            // The next chunk starts where this one ends, or later.
+            r.lo = view.end_seq();
+        }
+        self.reset_front();
+        self.progress.total_chunks += 1;
+        Ok(verified)
+    }
+
+    /// The chunk of the range in flight is over: the next one starts afresh.
+    fn reset_front(&mut self) {
+        if let Some(front) = self.pull.in_flight.front_mut() {
+            front.total_len = None;
+            front.received = 0;
+        }
+    }
+
+    /// Reports a chunk as failed and counts it.
+    fn failed(&mut self, hash: ChunkHash, reason: FailReason) {
+        // Room: what failed was in flight (see `window_full`); a range that sends several
+        // invalid chunks in a row may find the queue full before the adapter reads it,
+        // and then only the count grows.
+        let _ = self.pull.failures.push_back(Failure { hash, reason });
+        let _ = self.count_failure();
     }
 
     /// Tells the session what the store did with a chunk [`finish_chunk`](Self::finish_chunk)
     /// verified: it counts as synced once kept; a fork counts as failed (and towards
-    /// `max_failures`). The fork is not reported again as [`Event::ChunkFailed`](super::Event::ChunkFailed): the
-    /// adapter, which got the store's answer, knows.
+    /// `max_failures`). The fork is not reported again as
+    /// [`Event::ChunkFailed`](super::Event::ChunkFailed): the adapter, which got the
+    /// store's answer, knows.
     pub fn chunk_stored(&mut self, stored: Stored) {
         match stored {
             Stored::Kept => self.progress.synced_chunks += 1,
@@ -320,56 +393,34 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         Ok(())
     }
 
-    /// The next hash of the peer's manifest page to look up, if any awaits one: answer
-    /// with [`answer_lookup`](Self::answer_lookup), one hash at a time, so that a store
-    /// that waits (flash, a disk) needs no buffer of answers.
-    #[must_use]
-    pub fn next_lookup(&self) -> Option<ChunkHash> {
-        if !matches!(self.pull.walk, ManifestWalk::Lookups { .. })
-            || !matches!(self.phase, Phase::Open)
-        {
+    /// The range of this node's store the walk needs summarised next, if any.
+    pub(super) fn own_summary_needed(&self) -> Option<KeyRange> {
+        if !matches!(self.phase, Phase::Open) {
             return None;
         }
-        self.pull.page.get(self.pull.looked_up).copied()
+        self.pull.walk.as_ref().and_then(Walk::next_own)
     }
 
-    /// Answers the lookup of [`next_lookup`](Self::next_lookup): whether this node already
-    /// has the chunk. If not, it is requested. After the page's last hash the walk goes on.
-    pub fn answer_lookup(&mut self, have: bool) -> Result<(), ApiMisuse> {
-        let id = self.next_lookup().ok_or(ApiMisuse::NoLookupsPending)?;
-        if !have {
-            // Room: a page is asked for only once `want` is empty, and holds at most
-            // `PAGE` hashes.
-            let _ = self.pull.want.push_back(Want {
-                hash: id,
-                attempts: 0,
-            });
-            self.progress.total_chunks += 1;
+    /// Gives the walk this node's summary of the range it asked for.
+    pub(super) fn resolve_own(&mut self, summary: &crate::recon::Summary, runs: Option<usize>) {
+        let runs = runs.and_then(|n| self.runs.get(..n));
+        if let Some(walk) = &mut self.pull.walk {
+            walk.resolve(summary, runs);
         }
-        self.pull.looked_up += 1;
-        if self.pull.looked_up == self.pull.page.len() {
-            self.pull.page.clear();
-            self.pull.looked_up = 0;
-            self.pull.walk = match self.pull.walk {
-                ManifestWalk::Lookups { last: false, .. } => ManifestWalk::NeedPage,
-                _ => ManifestWalk::Done,
-            };
-            self.check_completion();
-        }
-        Ok(())
+        self.check_completion();
     }
 
-    /// Asks for these chunks, in a session that does not walk the peer's manifest
-    /// (`pull: false`) or whose walk is over. Returns how many were queued (none otherwise):
-    /// the queue holds `PAGE` hashes, so the rest must be fed as it drains, before
-    /// `poll_transmit` finds the queue empty and sends `Done`: the
+    /// Asks for these chunks by hash, in a session that does not reconcile
+    /// (`pull: false`) or whose reconciliation is over. Returns how many were queued (none
+    /// otherwise): the queue holds `RANGES` hashes, so the rest must be fed as it drains,
+    /// before `poll_transmit` finds the queue empty and sends `Done`: the
     /// [`Conduit`](crate::conduit::Conduit) does so ([`fetch`](crate::conduit::Conduit::fetch)).
     pub fn want(&mut self, ids: &[ChunkHash]) -> usize {
         if self.pull.done_sent || matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
             return 0;
         }
-        let room = if matches!(self.pull.walk, ManifestWalk::Done) {
-            PAGE - self.pull.want.len()
+        let room = if self.pull.walk.as_ref().is_none_or(Walk::is_done) {
+            R - self.pull.want.len()
         } else {
             0
         };
@@ -384,8 +435,8 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         min(room, ids.len())
     }
 
-    /// The next chunk to request, if the window has room.
-    pub(super) fn next_request(&self, peer: &Hello) -> Option<Want> {
+    /// Whether no further request may go out now.
+    fn window_full(&self, peer: &Hello) -> bool {
         let window = min(
             min(
                 usize::from(self.config.window),
@@ -395,16 +446,15 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         );
         // Failures wait in a queue bounded by `REQ` until the adapter reads them, so the
         // two together never exceed it.
-        if self.pull.in_flight.len() >= window
+        self.pull.in_flight.len() >= window
             || self.pull.in_flight.len() + self.pull.failures.len() >= REQ
-        {
-            return None;
-        }
-        self.pull.retry.front().or(self.pull.want.front()).copied()
     }
 
     pub(super) fn pull_finished(&self) -> bool {
-        matches!(self.pull.walk, ManifestWalk::Done)
+        self.pull
+            .walk
+            .as_ref()
+            .is_none_or(|w| w.is_done() && !w.has_wanted())
             && self.pull.want.is_empty()
             && self.pull.retry.is_empty()
             && self.pull.in_flight.is_empty()

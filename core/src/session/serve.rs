@@ -1,39 +1,37 @@
-//! The serving side of a session: answering the peer's manifest requests from pages the
-//! adapter lists, and its chunk requests, in order, with pieces of the chunks the adapter
-//! reads (or `NotFound`).
+//! The serving side of a session: answering the peer's queries from the summaries this
+//! node's store makes, and its requests, in order, with pieces of the chunks the store
+//! reads (chunks named by hash, or the chunks of a range one after another).
 
 use core::cmp::min;
 
-use heapless::{Deque, Vec};
+use heapless::Deque;
 
-use super::{ApiMisuse, Error, PeerMisbehaved, PieceOut, Session, Transmit};
+use super::{ApiMisuse, Asked, Error, PeerMisbehaved, PieceOut, Session, Transmit};
+use crate::chunk::Span;
 use crate::error::InsufficientSize;
 use crate::hash::ChunkHash;
-use crate::manifest::is_sorted_unique;
-use crate::wire::{self, Hello, MIN_FRAME, Message};
+use crate::recon::{Answer, KeyRange, Query, ReconError, Run, Summary};
+use crate::wire::{self, Hello, Message};
 
 /// The smallest chunk piece sent when the throttle's window budget is smaller than a frame.
 const MIN_PIECE: usize = 64;
 
-/// The serving side: the peer's manifest request and chunk requests, and the chunk being
+/// The serving side: the peer's query being answered, its requests, and the chunk being
 /// sent.
 #[derive(Clone, Debug)]
-pub(super) struct Serve<const PAGE: usize, const REQ: usize> {
-    pub(super) listing: Listing,
-    /// The page of this node's manifest being listed or sent.
-    pub(super) page_out: Vec<ChunkHash, PAGE>,
-    /// Chunk requests behind the one being served.
-    pub(super) queue: Deque<ChunkHash, REQ>,
+pub(super) struct Serve<const R: usize, const REQ: usize> {
+    pub(super) answer: Answering<R>,
+    /// Requests behind the one being served.
+    pub(super) queue: Deque<Request, REQ>,
     pub(super) serving: Option<Serving>,
     /// Whether the peer sent `Done`.
     pub(super) peer_done: bool,
 }
 
-impl<const PAGE: usize, const REQ: usize> Serve<PAGE, REQ> {
+impl<const R: usize, const REQ: usize> Serve<R, REQ> {
     pub(super) const fn new() -> Self {
         Self {
-            listing: Listing::Idle,
-            page_out: Vec::new(),
+            answer: Answering::Idle,
             queue: Deque::new(),
             serving: None,
             peer_done: false,
@@ -41,83 +39,113 @@ impl<const PAGE: usize, const REQ: usize> Serve<PAGE, REQ> {
     }
 }
 
+/// Where this side is in answering the peer's query.
+#[derive(Clone, Debug)]
+pub(super) enum Answering<const R: usize> {
+    /// No query outstanding.
+    Idle,
+    /// Asking the store, entry by entry; the entries are kept in the second half of the
+    /// transmit buffer.
+    Building(Answer<R>),
+    /// The answer of `len` bytes of entries is to be sent.
+    Ready { len: usize, last: bool },
+    /// This side does not serve: an answer of `empty` empty entries is to be sent.
+    Blind { empty: usize },
+}
+
+/// What follows a chunk once it is sent.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Then {
+    /// The next request.
+    Next,
+    /// The next chunk of its range, in what remains of it.
+    Range(KeyRange),
+    /// The end of its range: the chunk had the range's last key.
+    End,
+}
+
+/// A request of the peer.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Request {
+    Chunk(ChunkHash),
+    /// The chunks of a range; `lo` moves past each chunk served.
+    Range(KeyRange),
+}
+
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Serving {
     /// Requested by the peer; the adapter has not answered yet.
-    Pending { hash: ChunkHash, reported: bool },
-    /// Being sent.
+    Pending(Request),
+    /// Being sent; `then` is what follows once it is.
     Sending {
-        hash: ChunkHash,
         total_len: u32,
         offset: u32,
+        then: Then,
     },
     /// The adapter does not have it; `NotFound` is to be sent.
-    NotFound { hash: ChunkHash },
+    NotFound(ChunkHash),
+    /// The range holds no more; `RangeEnd` is to be sent.
+    RangeEnd,
 }
 
-/// Where this side is in answering the peer's manifest request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Listing {
-    /// No request outstanding.
-    Idle,
-    /// The peer asked for a page; `reported` once the adapter was told.
-    Asked {
-        after: Option<ChunkHash>,
-        limit: usize,
-        reported: bool,
-    },
-    /// The page in `page_out` is to be sent.
-    Ready { last: bool },
-}
-
-impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
-    /// The peer asks for a page of this node's manifest.
-    pub(super) fn on_manifest_request(
-        &mut self,
-        after: Option<ChunkHash>,
-        limit: u32,
-    ) -> Result<(), Error> {
-        let unexpected = |what| Err(Error::Peer(PeerMisbehaved::Unexpected(what)));
-        if !matches!(self.serve.listing, Listing::Idle) {
-            return unexpected("a manifest request before the previous page");
+impl<const R: usize, const REQ: usize> Session<R, REQ> {
+    /// The peer sends a query.
+    pub(super) fn on_query(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if !matches!(self.serve.answer, Answering::Idle) {
+            return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "a query before the previous answer",
+            )));
         }
-        if limit == 0 {
-            return unexpected("a manifest request for zero hashes");
-        }
-        let peer_frame = self.peer.map_or(MIN_FRAME, |p| p.max_frame);
-        let limit = min(
-            min(limit as usize, PAGE),
-            Message::page_capacity(peer_frame),
-        );
-        self.serve.page_out.clear();
-        self.serve.listing = if self.config.serve {
-            Listing::Asked {
-                after,
-                limit,
-                reported: false,
-            }
+        let bad = |why| Error::Peer(PeerMisbehaved::Recon(ReconError::BadQuery(why)));
+        let query = Query::read(bytes).map_err(|_| bad("malformed"))?;
+        let room = self.answer_room() / crate::recon::codec::MAX_ENTRY;
+        let answer = Answer::new(&query, room, super::RUNS)
+            .map_err(|e| Error::Peer(PeerMisbehaved::Recon(e)))?;
+        self.serve.answer = if self.config.serve {
+            Answering::Building(answer)
         } else {
-            // Nothing is shown: an empty last page, without asking the adapter.
-            Listing::Ready { last: true }
+            // Nothing is shown: the answer an empty store gives, without asking the
+            // adapter (no origins; an empty entry per range).
+            let empty = match query {
+                Query::Origins { .. } => 0,
+                Query::Ranges { ranges, .. } => ranges.iter().count(),
+            };
+            Answering::Blind { empty }
         };
         Ok(())
     }
 
-    /// The peer asks for a chunk.
-    pub(super) fn on_get(&mut self, hash: ChunkHash) -> Result<(), Error> {
-        let unexpected = |what| Err(Error::Peer(PeerMisbehaved::Unexpected(what)));
+    /// Bytes of entries an answer may hold: what fits the peer's frames and this side's
+    /// buffer.
+    fn answer_room(&self) -> usize {
+        let peer_frame = self.peer.map_or(wire::MIN_FRAME, |p| p.max_frame) as usize;
+        min(
+            peer_frame.saturating_sub(wire::RECON_OVERHEAD),
+            Self::frame_area() - wire::RECON_OVERHEAD,
+        )
+    }
+
+    /// The peer asks for a chunk or a range.
+    pub(super) fn on_request(&mut self, request: Request) -> Result<(), Error> {
         if self.serve.peer_done {
-            return unexpected("a chunk request after Done");
+            return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "a request after Done",
+            )));
+        }
+        if let Request::Range(r) = request
+            && r.lo >= r.hi
+        {
+            return Err(Error::Peer(PeerMisbehaved::Unexpected("an empty range")));
         }
         let outstanding = self.serve.queue.len() + usize::from(self.serve.serving.is_some());
         if outstanding >= self.announced_requests() {
             return Err(Error::Peer(PeerMisbehaved::TooManyRequests));
         }
         match self.serve.serving {
-            None => self.serve.serving = Some(self.requested(hash)),
+            None => self.serve.serving = Some(self.requested(request)),
             Some(_) => {
                 // Room was checked above against a limit no larger than `REQ`.
-                let _ = self.serve.queue.push_back(hash);
+                let _ = self.serve.queue.push_back(request);
             }
         }
         Ok(())
@@ -129,76 +157,191 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         if self.serve.peer_done {
             return unexpected("a second Done");
         }
-        if self.serve.serving.is_some() {
+        if self.serve.serving.is_some() || !matches!(self.serve.answer, Answering::Idle) {
             return unexpected("Done with requests outstanding");
         }
         self.serve.peer_done = true;
         Ok(())
     }
 
-    /// The manifest page the peer asked for, to be filled by the adapter without a copy:
-    /// the cursor (hashes strictly after it, from the first if `None`) and a buffer of
-    /// `limit` hashes. Answer with [`page_listed`](Self::page_listed).
-    pub fn page_to_list(&mut self) -> Option<(Option<ChunkHash>, &mut [ChunkHash])> {
-        let Listing::Asked { after, limit, .. } = self.serve.listing else {
+    /// What the answer being built needs of the store next, if anything.
+    pub(super) fn answer_needs(&self) -> Option<super::Question> {
+        let Answering::Building(answer) = &self.serve.answer else {
             return None;
         };
-        // `limit <= PAGE` was checked when the request arrived.
-        self.serve
-            .page_out
-            .resize(limit, ChunkHash::from_bytes([0; 32]))
-            .ok()?;
-        Some((after, &mut self.serve.page_out[..]))
+        if let Some((after, _)) = answer.origins_to_list() {
+            return Some(super::Question::Origins { after });
+        }
+        answer
+            .next_range()
+            .map(|(range, _)| super::Question::Summary(range))
     }
 
-    /// Answers [`Event::ManifestPageNeeded`](super::Event::ManifestPageNeeded) after [`page_to_list`](Self::page_to_list):
-    /// the first `n` hashes of its buffer are this node's next hashes, sorted; `last` says
-    /// whether none follow.
-    pub fn page_listed(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
-        let Listing::Asked { after, limit, .. } = self.serve.listing else {
-            return Err(ApiMisuse::NoManifestRequest);
-        };
-        let ids = self.serve.page_out.get(..n).unwrap_or(&[]);
-        let after_cursor = match (after, ids.first()) {
-            (Some(a), Some(first)) => *first > a,
-            _ => true,
-        };
-        if n > limit || !after_cursor || !is_sorted_unique(ids) || (n == 0 && !last) {
-            return Err(ApiMisuse::BadManifestPage);
+    /// How many origins the answer being built lists at most.
+    pub(super) fn origins_limit(&self) -> usize {
+        match &self.serve.answer {
+            Answering::Building(answer) => answer.origins_to_list().map_or(0, |(_, n)| n),
+            _ => 0,
         }
-        self.serve.page_out.truncate(n);
-        self.serve.listing = Listing::Ready { last };
+    }
+
+    /// The most runs the entry being written may carry.
+    pub(super) fn answer_runs(&self) -> usize {
+        match &self.serve.answer {
+            Answering::Building(answer) => answer.next_range().map_or(0, |(_, n)| n),
+            _ => 0,
+        }
+    }
+
+    /// The store listed its first `n` origins in the origins buffer (ascending, after the
+    /// cursor asked), and `last` if none follow them.
+    pub(super) fn answer_origins(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
+        let origins = self.origins.get(..n).ok_or(ApiMisuse::BadListing)?;
+        let Answering::Building(answer) = &mut self.serve.answer else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        let Some((after, _)) = answer.origins_to_list() else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        let ascending = origins.windows(2).all(|w| w[0] < w[1])
+            && origins.first().is_none_or(|first| after.is_none_or(|a| *first > a));
+        if !ascending || (origins.is_empty() && !last) || !answer.origins_listed(origins, last) {
+            return Err(ApiMisuse::BadListing);
+        }
+        self.answer_progressed();
         Ok(())
     }
 
-    /// Answers [`Event::ChunkRequested`](super::Event::ChunkRequested): the adapter has the chunk, `len` bytes long, and
-    /// will supply the bytes each [`Transmit::piece`] names until the chunk is sent.
-    pub fn serve_chunk(&mut self, hash: &ChunkHash, len: usize) -> Result<(), ApiMisuse> {
-        let total_len = u32::try_from(len)
-            .ok()
-            .filter(|&n| n > 0)
-            .ok_or(ApiMisuse::BadChunkLength)?;
-        match self.serve.serving {
-            Some(Serving::Pending { hash: h, .. }) if h == *hash => {
-                self.serve.serving = Some(Serving::Sending {
-                    hash: h,
-                    total_len,
-                    offset: 0,
-                });
-                Ok(())
-            }
-            _ => Err(ApiMisuse::NotRequested),
+    /// The store's summary of the range the answer being built asked about; the entry is
+    /// written into the second half of `tx`, the transmit buffer.
+    pub(super) fn answer_summary(
+        &mut self,
+        summary: &Summary,
+        runs: Option<&[Run]>,
+        tx: &mut [u8],
+    ) -> Result<(), ApiMisuse> {
+        let room = self.answer_room();
+        let Answering::Building(answer) = &mut self.serve.answer else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        let area = tx
+            .get_mut(Self::frame_area()..)
+            .and_then(|area| area.get_mut(..room))
+            .ok_or(ApiMisuse::NotAsked)?;
+        answer
+            .summarized(area, summary, runs)
+            .map_err(|_| ApiMisuse::BadListing)?;
+        self.answer_progressed();
+        Ok(())
+    }
+
+    fn answer_progressed(&mut self) {
+        if let Answering::Building(answer) = &self.serve.answer
+            && let Some((len, last)) = answer.finish()
+        {
+            self.serve.answer = Answering::Ready { len, last };
         }
     }
 
-    /// Answers [`Event::ChunkRequested`](super::Event::ChunkRequested): the adapter does not have the chunk.
-    pub fn chunk_not_found(&mut self, hash: &ChunkHash) -> Result<(), ApiMisuse> {
+    /// The answer frame, if one is ready: written into `frame` from the entries in `area`.
+    pub(super) fn next_answer_frame(
+        &mut self,
+        frame: &mut [u8],
+        area: &mut [u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
+        let (len, last) = match self.serve.answer {
+            Answering::Ready { len, last } => (len, last),
+            Answering::Blind { empty } => {
+                let zeros = area.get_mut(..empty).ok_or(InsufficientSize { required: empty })?;
+                zeros.fill(0);
+                (empty, true)
+            }
+            Answering::Idle | Answering::Building(_) => return Ok(None),
+        };
+        let entries = area.get(..len).ok_or(InsufficientSize { required: len })?;
+        let t = Self::emit(&Message::Answer { last, entries }, frame)?;
+        self.serve.answer = Answering::Idle;
+        Ok(Some(t))
+    }
+
+    /// The request being served, if the adapter must answer for it.
+    pub(super) fn serving_needs(&self) -> Option<super::Question> {
         match self.serve.serving {
-            Some(Serving::Pending { hash: h, .. }) if h == *hash => {
-                self.serve.serving = Some(Serving::NotFound { hash: h });
+            Some(Serving::Pending(Request::Chunk(hash))) => Some(super::Question::Chunk(hash)),
+            Some(Serving::Pending(Request::Range(range))) => Some(super::Question::First(range)),
+            _ => None,
+        }
+    }
+
+    /// Answers [`Question::Chunk`](super::Question::Chunk): the adapter has the chunk, `len`
+    /// bytes long, and will supply the bytes each [`Transmit::piece`] names until the chunk
+    /// is sent.
+    pub fn serve_chunk(&mut self, len: usize) -> Result<(), ApiMisuse> {
+        let total_len = chunk_len(len)?;
+        match (self.asked, self.serve.serving) {
+            (Some(Asked::Serving), Some(Serving::Pending(Request::Chunk(_)))) => {
+                self.asked = None;
+                self.start_sending(total_len, Then::Next);
                 Ok(())
             }
-            _ => Err(ApiMisuse::NotRequested),
+            _ => Err(ApiMisuse::NotAsked),
+        }
+    }
+
+    /// Answers [`Question::First`](super::Question::First): the first chunk the store holds
+    /// in the range has this span and is `len` bytes long; the adapter supplies its bytes
+    /// as for [`serve_chunk`](Self::serve_chunk).
+    pub fn serve_in_range(&mut self, span: &Span, len: usize) -> Result<(), ApiMisuse> {
+        let total_len = chunk_len(len)?;
+        let (Some(Asked::Serving), Some(Serving::Pending(Request::Range(range)))) =
+            (self.asked, self.serve.serving)
+        else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        if !range.contains(span.origin, span.first_seq) {
+            return Err(ApiMisuse::OutsideRange);
+        }
+        self.asked = None;
+        // What follows starts past this chunk's key.
+        let rest = KeyRange {
+            lo: span.first_seq + 1,
+            ..range
+        };
+        let then = if rest.lo < rest.hi {
+            Then::Range(rest)
+        } else {
+            Then::End
+        };
+        self.start_sending(total_len, then);
+        Ok(())
+    }
+
+    fn start_sending(&mut self, total_len: u32, then: Then) {
+        self.serve.serving = Some(Serving::Sending {
+            total_len,
+            offset: 0,
+            then,
+        });
+    }
+
+    /// Answers [`Question::Chunk`](super::Question::Chunk) or
+    /// [`Question::First`](super::Question::First): the store has no such chunk (for a
+    /// range: none more in it).
+    pub fn chunk_not_found(&mut self) -> Result<(), ApiMisuse> {
+        if self.asked != Some(Asked::Serving) {
+            return Err(ApiMisuse::NotAsked);
+        }
+        self.asked = None;
+        match self.serve.serving {
+            Some(Serving::Pending(Request::Chunk(hash))) => {
+                self.serve.serving = Some(Serving::NotFound(hash));
+                Ok(())
+            }
+            Some(Serving::Pending(Request::Range(_))) => {
+                self.serve.serving = Some(Serving::RangeEnd);
+                Ok(())
+            }
+            _ => Err(ApiMisuse::NotAsked),
         }
     }
 
@@ -208,15 +351,20 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
         buf: &mut [u8],
     ) -> Result<Option<Transmit>, InsufficientSize> {
         match self.serve.serving {
-            Some(Serving::NotFound { hash }) => {
+            Some(Serving::NotFound(hash)) => {
                 let t = Self::emit(&Message::NotFound { hash }, buf)?;
                 self.next_served();
                 Ok(Some(t))
             }
+            Some(Serving::RangeEnd) => {
+                let t = Self::emit(&Message::RangeEnd, buf)?;
+                self.next_served();
+                Ok(Some(t))
+            }
             Some(Serving::Sending {
-                hash,
                 total_len,
                 offset,
+                then,
             }) => {
                 // A piece fits the peer's frames and, when throttled, one window's budget, so
                 // that frames keep flowing and the peer's idle timer is fed.
@@ -230,44 +378,48 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
                     budget.max(MIN_PIECE),
                 );
                 let len = min(cap, (total_len - offset) as usize) as u32;
-                let head = wire::encode_put_head(&hash, total_len, offset, len as usize, buf)?;
+                let head = wire::encode_put_head(total_len, offset, len as usize, buf)?;
                 let t = Transmit {
                     len: head.len(),
-                    piece: Some(PieceOut { hash, offset, len }),
+                    piece: Some(PieceOut { offset, len }),
                 };
-                if offset + len == total_len {
-                    self.next_served();
-                } else {
-                    self.serve.serving = Some(Serving::Sending {
-                        hash,
+                self.serve.serving = if offset + len < total_len {
+                    Some(Serving::Sending {
                         total_len,
                         offset: offset + len,
-                    });
-                }
+                        then,
+                    })
+                } else {
+                    match then {
+                        Then::Next => self.next_served_request(),
+                        Then::Range(rest) => Some(Serving::Pending(Request::Range(rest))),
+                        Then::End => Some(Serving::RangeEnd),
+                    }
+                };
                 Ok(Some(t))
             }
-            Some(Serving::Pending { .. }) | None => Ok(None),
+            Some(Serving::Pending(_)) | None => Ok(None),
         }
     }
 
     pub(super) fn next_served(&mut self) {
-        self.serve.serving = self
-            .serve
-            .queue
-            .pop_front()
-            .map(|hash| self.requested(hash));
+        self.serve.serving = self.next_served_request();
     }
 
-    /// How a requested chunk starts out: awaiting the adapter's answer, or, when this side
-    /// does not serve, not found without asking the adapter.
-    pub(super) const fn requested(&self, hash: ChunkHash) -> Serving {
-        if self.config.serve {
-            Serving::Pending {
-                hash,
-                reported: false,
-            }
-        } else {
-            Serving::NotFound { hash }
+    fn next_served_request(&mut self) -> Option<Serving> {
+        self.serve
+            .queue
+            .pop_front()
+            .map(|request| self.requested(request))
+    }
+
+    /// How a request starts out: awaiting the adapter's answer, or, when this side does
+    /// not serve, answered as by an empty store without asking the adapter.
+    pub(super) const fn requested(&self, request: Request) -> Serving {
+        match (self.config.serve, request) {
+            (true, _) => Serving::Pending(request),
+            (false, Request::Chunk(hash)) => Serving::NotFound(hash),
+            (false, Request::Range(_)) => Serving::RangeEnd,
         }
     }
 
@@ -275,4 +427,12 @@ impl<const PAGE: usize, const REQ: usize> Session<PAGE, REQ> {
     pub(super) fn announced_requests(&self) -> usize {
         min(REQ, usize::from(u16::MAX))
     }
+}
+
+/// A chunk length as the wire carries it: 1 to `u32::MAX` bytes.
+fn chunk_len(len: usize) -> Result<u32, ApiMisuse> {
+    u32::try_from(len)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or(ApiMisuse::BadChunkLength)
 }

@@ -3,6 +3,7 @@
 
 use super::{ConfigError, Error};
 use crate::event::NodeId;
+use crate::recon::KeyRange;
 use crate::hash::ChunkHash;
 use crate::throttle::{Throttle, ThrottleConfig};
 use crate::time::Duration;
@@ -18,6 +19,11 @@ pub const DEFAULT_WINDOW: u16 = 8;
 pub const DEFAULT_MAX_ATTEMPTS: u8 = 2;
 /// Default time a peer has to send its `Hello`: 10 s.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of ranges a session's reconciliation may ask about before it ends with
+/// [`ReconError::TooManyRanges`](crate::recon::ReconError::TooManyRanges): a little over a
+/// million, some 60 MB of queries and answers, more than two stores of a million chunks
+/// with nothing in common need.
+pub const DEFAULT_MAX_RANGES: u32 = 1 << 20;
 /// Default number of chunks that may fail (not found, wrong bytes, not a valid chunk) in
 /// one session before it ends with [`PeerMisbehaved::TooManyFailures`](super::PeerMisbehaved::TooManyFailures).
 pub const DEFAULT_MAX_FAILURES: u32 = 1024;
@@ -58,11 +64,16 @@ pub struct Config {
     /// a valid chunk) before it ends with [`PeerMisbehaved::TooManyFailures`](super::PeerMisbehaved::TooManyFailures): the bound
     /// on what the adapter keeps of a peer that lists chunks it cannot deliver.
     pub max_failures: u32,
+    /// Ranges this side's reconciliation may ask about in one session before it ends with
+    /// [`ReconError::TooManyRanges`](crate::recon::ReconError::TooManyRanges): the bound on
+    /// a peer whose summaries keep the walk splitting.
+    pub max_ranges: u32,
     /// Whether this side fetches what it lacks; if not, it only serves.
     pub pull: bool,
-    /// Whether this side shows its manifest to the peer; if not, it answers every
-    /// manifest request with an empty last page and every chunk request with `NotFound`,
-    /// without asking the adapter, so that no chunk of this node is ever sent.
+    /// Whether this side shows what it holds to the peer; if not, it answers every query as
+    /// an empty store would, every chunk request with `NotFound` and every range request
+    /// with `RangeEnd`, without asking the adapter, so that no chunk of this node is ever
+    /// sent.
     pub serve: bool,
 }
 
@@ -90,7 +101,7 @@ impl Config {
 
     /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout,
     /// 10 s for the peer's `Hello`, no overall deadline, no throttle, 2 attempts, 1,024
-    /// failed chunks at most, pulling and serving.
+    /// failed chunks and 2^20 ranges at most, pulling and serving.
     #[must_use]
     pub const fn new(node_id: NodeId) -> Self {
         Self {
@@ -104,6 +115,7 @@ impl Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_duration: None,
             max_failures: DEFAULT_MAX_FAILURES,
+            max_ranges: DEFAULT_MAX_RANGES,
             pull: true,
             serve: true,
         }
@@ -120,25 +132,6 @@ pub enum Event {
         /// The peer's node id.
         peer: NodeId,
     },
-    /// A page of the peer's manifest arrived: answer
-    /// [`Session::next_lookup`](super::Session::next_lookup) with
-    /// [`Session::answer_lookup`](super::Session::answer_lookup), one hash at a time.
-    LookupNeeded,
-    /// The peer asks for a page of this node's manifest: answer with
-    /// [`Session::page_to_list`](super::Session::page_to_list) and
-    /// [`Session::page_listed`](super::Session::page_listed).
-    ManifestPageNeeded {
-        /// Hashes strictly after this one (from the first if `None`).
-        after: Option<ChunkHash>,
-        /// At most this many.
-        limit: usize,
-    },
-    /// The peer asks for a chunk: answer with [`Session::serve_chunk`](super::Session::serve_chunk) or
-    /// [`Session::chunk_not_found`](super::Session::chunk_not_found).
-    ChunkRequested {
-        /// The chunk.
-        hash: ChunkHash,
-    },
     /// A chunk could not be fetched from this peer; another peer may have it.
     ChunkFailed {
         /// The chunk.
@@ -152,6 +145,33 @@ pub enum Event {
     Completed,
     /// The session failed; it is over.
     Failed(Error),
+}
+
+/// A question the session asks about this node's store; see
+/// [`Session::question`](super::Session::question). It is asked again until it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum Question {
+    /// Summarise what the store holds of `range` ([`recon::summarize`](crate::recon::summarize)),
+    /// with its runs in the buffer of [`Session::runs_buffer`](super::Session::runs_buffer) if
+    /// they fit; answer [`Session::summarized`](super::Session::summarized).
+    Summary(KeyRange),
+    /// List the store's origins strictly after `after` (from the lowest if `None`),
+    /// ascending, into [`Session::origins_buffer`](super::Session::origins_buffer); answer
+    /// [`Session::origins_listed`](super::Session::origins_listed).
+    Origins {
+        /// The cursor.
+        after: Option<NodeId>,
+    },
+    /// The peer asks for this chunk: answer [`Session::serve_chunk`](super::Session::serve_chunk)
+    /// with its length, or [`Session::chunk_not_found`](super::Session::chunk_not_found).
+    Chunk(ChunkHash),
+    /// The peer asks for the chunks of a range: which is the first the store holds in this
+    /// one (lowest `first_seq`)? Answer [`Session::serve_in_range`](super::Session::serve_in_range)
+    /// with its span and length, or [`Session::chunk_not_found`](super::Session::chunk_not_found)
+    /// if it holds none: the range is then ended.
+    First(KeyRange),
 }
 
 /// What the store did with a verified chunk; see [`Session::chunk_stored`](super::Session::chunk_stored).
@@ -220,8 +240,6 @@ impl Transmit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PieceOut {
-    /// The chunk.
-    pub hash: ChunkHash,
     /// Offset of the piece in the chunk.
     pub offset: u32,
     /// Length of the piece.
@@ -242,8 +260,6 @@ pub struct Handled<'a> {
 /// A piece of a requested chunk, borrowed from the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Piece<'a> {
-    /// The chunk.
-    pub hash: ChunkHash,
     /// Where the piece starts in the chunk.
     pub offset: u32,
     /// The whole chunk's length.
