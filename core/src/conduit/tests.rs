@@ -98,32 +98,40 @@ impl End {
                     let mut n = frame.len();
                     if let Some(p) = piece {
                         let range = p.offset as usize..(p.offset + p.len) as usize;
-                        assert_eq!(
-                            p.hash,
-                            ChunkHash::of(&self.serving),
-                            "piece of the served chunk"
-                        );
                         self.outbox.extend_from_slice(&self.serving[range]);
                         n += p.len as usize;
                     }
                     self.conduit.written(now, n);
                 }
-                Action::Lookup(id) => {
-                    let have = self.store.contains_key(&id);
-                    self.conduit.have(have).unwrap();
+                Action::Summarize { range, runs } => {
+                    let (summary, n) = crate::recon::summarize(&range, runs, |r, out| {
+                        Ok::<_, ()>(fill(out, in_range(&self.store, r)))
+                    })
+                    .unwrap();
+                    self.conduit.summarized(&summary, n).unwrap();
                 }
-                Action::List { after, out } => {
-                    use core::ops::Bound::{Excluded, Unbounded};
-                    let from = after.map_or(Unbounded, Excluded);
-                    let mut ids = self.store.range((from, Unbounded)).map(|(id, _)| *id);
-                    let n = out
-                        .iter_mut()
-                        .zip(ids.by_ref())
-                        .map(|(o, id)| *o = id)
-                        .count();
-                    let last = ids.next().is_none();
-                    self.conduit.listed(n, last).unwrap();
+                Action::Origins { after, out } => {
+                    let mut origins: Vec<NodeId> = self
+                        .store
+                        .values()
+                        .filter_map(|b| crate::chunk::Span::of(b))
+                        .map(|s| s.origin)
+                        .filter(|o| after.is_none_or(|a| *o > a))
+                        .collect();
+                    origins.sort_unstable();
+                    origins.dedup();
+                    let n = fill(out, origins.iter().copied());
+                    self.conduit.origins(n, n == origins.len()).unwrap();
                 }
+                Action::ReadFirst(range) => match in_range(&self.store, &range).first() {
+                    Some(&(span, id)) => {
+                        self.serving = self.store[&id].clone();
+                        self.conduit
+                            .serve_in_range(&span, self.serving.len())
+                            .unwrap();
+                    }
+                    None => self.conduit.not_found().unwrap(),
+                },
                 Action::Read(id) => match self.store.get(&id) {
                     Some(bytes) => {
                         self.serving = bytes.clone();
@@ -175,6 +183,25 @@ impl End {
             self.conduit.kept_stored(len, Stored::Kept);
         }
     }
+}
+
+/// The chunks of `store` in `range`, in key order.
+pub(crate) fn in_range(
+    store: &BTreeMap<ChunkHash, Vec<u8>>,
+    range: &crate::recon::KeyRange,
+) -> Vec<(crate::chunk::Span, ChunkHash)> {
+    let mut found: Vec<_> = store
+        .iter()
+        .filter_map(|(id, b)| crate::chunk::Span::of(b).map(|s| (s, *id)))
+        .filter(|(s, _)| range.contains(s.origin, s.first_seq))
+        .collect();
+    found.sort_unstable_by_key(|(s, _)| s.first_seq);
+    found
+}
+
+/// Copies the first items of `from` into `out`; returns how many.
+pub(crate) fn fill<T>(out: &mut [T], from: impl IntoIterator<Item = T>) -> usize {
+    out.iter_mut().zip(from).map(|(o, x)| *o = x).count()
 }
 
 /// Runs two ends until both close or `limit` of virtual time passed; returns the time.
@@ -450,7 +477,7 @@ fn buffers_too_small_say_what_they_need() {
 #[test]
 fn a_reassembly_buffer_caps_the_largest_chunk_accepted() {
     let mut rx = [0u8; 256];
-    let mut tx = [0u8; 512];
+    let mut tx = [0u8; 1024];
     let mut re = [0u8; 100];
     let c = Conduit::<&mut [u8], 8, 4>::new(
         config(1),
@@ -469,10 +496,13 @@ fn a_reassembly_buffer_caps_the_largest_chunk_accepted() {
 #[test]
 fn answers_that_were_not_asked_for_change_nothing() {
     let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
-    assert_eq!(a.conduit.have(true), Err(ApiMisuse::NotAsked));
+    assert_eq!(
+        a.conduit.summarized(&crate::recon::Summary::default(), None),
+        Err(ApiMisuse::NotAsked)
+    );
     assert_eq!(a.conduit.serve(10), Err(ApiMisuse::NotAsked));
     assert_eq!(a.conduit.not_found(), Err(ApiMisuse::NotAsked));
-    assert_eq!(a.conduit.listed(0, true), Err(ApiMisuse::NotAsked));
+    assert_eq!(a.conduit.origins(0, true), Err(ApiMisuse::NotAsked));
     assert_eq!(a.conduit.stored(Stored::Kept), Err(ApiMisuse::NotAsked));
     assert!(a.conduit.keep(vec![1]).is_err());
     // The first action is still the Hello.

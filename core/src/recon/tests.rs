@@ -170,28 +170,10 @@ fn reconcile_with<const Q: usize, const E: usize, const K: usize, const W: usize
     Ok(out)
 }
 
-/// What protocol 1 sends for a manifest of `hashes` hashes in pages that fit `frame` bytes
-/// (at most 1,024 per page): each page and the request for it.
+/// What listing a whole manifest of `hashes` hashes costs in frames of `frame` bytes (at
+/// most 1,024 per page).
 fn manifest_cost(hashes: usize, frame: usize) -> usize {
-    use crate::wire::{HashList, Message};
-    let per_page = Message::page_capacity(frame as u32).min(1024);
-    let pages = hashes.div_ceil(per_page).max(1);
-    let id = ChunkHash::default();
-    let request = Message::ManifestRequest {
-        after: Some(id),
-        limit: per_page as u32,
-    }
-    .frame_len();
-    let page = |n: usize| {
-        let ids = std::vec![id; n];
-        Message::ManifestPage {
-            ids: HashList::new(&ids),
-            last: false,
-        }
-        .frame_len()
-    };
-    let rest = hashes - (pages - 1) * per_page;
-    (pages - 1) * page(per_page) + page(rest) + pages * request
+    crate::manifest::listing_cost(hashes, frame, 1024)
 }
 
 /// A log of one origin: chunks of 1 to 4 sequence numbers, tiling `0..`.

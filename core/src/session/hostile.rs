@@ -1,7 +1,8 @@
-//! A hostile peer: arbitrary sequences of well-formed and malformed frames, fed to a
-//! session through the [`Conduit`] every adapter drives. Whatever arrives, nothing
-//! panics, a fatal error sticks, only valid chunks reach the store, and the adapter is
-//! never asked to send bytes it was not given.
+//! A hostile peer: arbitrary sequences of well-formed and malformed frames (random,
+//! lying and endless summaries, queries, ranges and pieces), fed to a session through the
+//! [`Conduit`] every adapter drives. Whatever arrives, nothing panics, a fatal error
+//! sticks, only valid chunks, verified, and inside the range they were sent for, reach the
+//! store, and the adapter is never asked to send bytes it was not given.
 
 use std::string::String;
 use std::vec;
@@ -12,13 +13,17 @@ use proptest::prelude::*;
 
 use super::tests::frame;
 use super::*;
-use crate::chunk::ChunkView;
+use crate::chunk::{ChunkView, Span};
 use crate::conduit::{Action, Buffers, Conduit, Limits};
 use crate::event::NodeId;
-use crate::wire::{ErrorCode, HashList};
+use crate::hash::ChunkHash;
+use crate::recon::codec::EntryWriter;
+use crate::recon::{self, Answer, Fingerprint, KeyRange, Query, RangeList};
+use crate::wire::ErrorCode;
 
-/// Chunks the peer may name: valid chunks for even `i`, bytes that are no chunk for odd
-/// `i`, so that some puts are honest and some name junk by its true hash.
+/// Chunks the peer may name: valid chunks for even `i` (of origin `i`, at sequence 0),
+/// bytes that are no chunk for odd `i`, so that some puts are honest and some name junk by
+/// its true hash.
 fn pool(i: u8) -> Vec<u8> {
     if i.is_multiple_of(2) {
         crate::chunk::test_chunk(u64::from(i), 0, &std::vec![i; usize::from(i)])
@@ -31,64 +36,112 @@ fn pool_hash(i: u8) -> ChunkHash {
     ChunkHash::of(&pool(i % 8))
 }
 
+/// The valid chunks among `pool(from..to)`, with their spans, in key order.
+fn held(from: u8, to: u8) -> Vec<(Span, ChunkHash, Vec<u8>)> {
+    let mut v: Vec<_> = (from..to)
+        .map(pool)
+        .filter_map(|b| Span::of(&b).map(|s| (s, ChunkHash::of(&b), b)))
+        .collect();
+    v.sort_by_key(|(s, ..)| (s.origin, s.first_seq));
+    v
+}
+
+/// `store`'s chunks of `range`, in key order, as a store's `chunks_in` gives them.
+fn chunks_in(store: &[(Span, ChunkHash, Vec<u8>)], range: &KeyRange, out: &mut [(Span, ChunkHash)]) -> usize {
+    let found = store
+        .iter()
+        .filter(|(s, ..)| range.contains(s.origin, s.first_seq))
+        .map(|(s, id, _)| (*s, *id));
+    out.iter_mut().zip(found).map(|(o, x)| *o = x).count()
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Hello {
         protocol: u16,
         max_frame: u32,
         max_requests: u16,
+        max_ranges: u16,
     },
-    ManifestRequest {
+    QueryOrigins {
         after: Option<u8>,
-        limit: u32,
+        limit: u16,
+        max_runs: u16,
     },
-    ManifestPage {
-        ids: Vec<u8>,
-        sorted: bool,
+    QueryRanges {
+        origin: u8,
+        max_runs: u16,
+        ranges: Vec<(u64, u64)>,
+    },
+    /// An answer made up: random summaries, runs and origins.
+    LyingAnswer {
+        entries: Vec<(u8, u64, u64, u64, u8, Option<Vec<(u64, u64)>>)>,
         last: bool,
     },
     Get(u8),
+    GetRange {
+        origin: u8,
+        lo: u64,
+        hi: u64,
+    },
     HonestPut(u8),
     Put {
-        id: u8,
         total_len: u32,
         offset: u32,
         data: Vec<u8>,
     },
     NotFound(u8),
+    RangeEnd,
     Done,
     Error(u16, String),
     Garbage(Vec<u8>),
     Wait(u32),
-    /// Answers the session's pending manifest request with the peer's chunks 4..8.
-    AnswerManifest,
-    /// Answers the session's oldest pending request, honestly or with flipped bytes.
+    /// Answers the session's oldest query from the peer's chunks 4..8, as a store would.
+    AnswerQuery,
+    /// Answers the session's oldest request, honestly or with flipped bytes.
     AnswerGet {
         lie: bool,
     },
 }
 
+fn seq() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..4, any::<u64>()]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (prop_oneof![Just(PROTOCOL_VERSION), any::<u16>()], 0u32..5000, 0u16..10).prop_map(
-            |(protocol, max_frame, max_requests)| Op::Hello { protocol, max_frame, max_requests }
+        2 => (prop_oneof![Just(PROTOCOL_VERSION), any::<u16>()], 0u32..5000, 0u16..10, 0u16..40).prop_map(
+            |(protocol, max_frame, max_requests, max_ranges)| Op::Hello { protocol, max_frame, max_requests, max_ranges }
         ),
-        2 => (proptest::option::of(any::<u8>()), 0u32..20)
-            .prop_map(|(after, limit)| Op::ManifestRequest { after, limit }),
-        4 => (pvec(any::<u8>(), 0..12), any::<bool>(), any::<bool>())
-            .prop_map(|(ids, sorted, last)| Op::ManifestPage { ids, sorted, last }),
-        3 => any::<u8>().prop_map(Op::Get),
-        4 => any::<u8>().prop_map(Op::HonestPut),
-        3 => (any::<u8>(), 0u32..2000, 0u32..2000, pvec(any::<u8>(), 0..300))
-            .prop_map(|(id, total_len, offset, data)| Op::Put { id, total_len, offset, data }),
-        2 => any::<u8>().prop_map(Op::NotFound),
+        2 => (proptest::option::of(any::<u8>()), 0u16..20, 0u16..8)
+            .prop_map(|(after, limit, max_runs)| Op::QueryOrigins { after, limit, max_runs }),
+        2 => (any::<u8>(), 0u16..8, pvec((seq(), seq()), 0..20))
+            .prop_map(|(origin, max_runs, ranges)| Op::QueryRanges { origin, max_runs, ranges }),
+        4 => (pvec((any::<u8>(), 0u64..4, seq(), seq(), any::<u8>(), proptest::option::of(pvec((seq(), seq()), 0..6))), 0..10), any::<bool>())
+            .prop_map(|(entries, last)| Op::LyingAnswer { entries, last }),
+        2 => any::<u8>().prop_map(Op::Get),
+        2 => (any::<u8>(), seq(), seq()).prop_map(|(origin, lo, hi)| Op::GetRange { origin, lo, hi }),
+        3 => any::<u8>().prop_map(Op::HonestPut),
+        2 => (0u32..2000, 0u32..2000, pvec(any::<u8>(), 0..300))
+            .prop_map(|(total_len, offset, data)| Op::Put { total_len, offset, data }),
+        1 => any::<u8>().prop_map(Op::NotFound),
+        1 => Just(Op::RangeEnd),
         2 => Just(Op::Done),
         1 => (any::<u16>(), "[a-z ]{0,20}").prop_map(|(c, r)| Op::Error(c, r)),
         1 => pvec(any::<u8>(), 1..40).prop_map(Op::Garbage),
         3 => (0u32..40_000).prop_map(Op::Wait),
-        6 => Just(Op::AnswerManifest),
+        8 => Just(Op::AnswerQuery),
         10 => prop_oneof![5 => Just(false), 1 => Just(true)].prop_map(|lie| Op::AnswerGet { lie }),
     ]
+}
+
+/// The frame of a query.
+fn query_frame(q: &Query<'_>) -> Vec<u8> {
+    let mut buf = std::vec![0u8; 4096];
+    match q.write(&mut buf) {
+        Ok(n) => frame(&Message::Query { query: &buf[..n] }),
+        Err(_) => Vec::new(),
+    }
 }
 
 fn bytes_of(op: &Op) -> Vec<u8> {
@@ -97,47 +150,79 @@ fn bytes_of(op: &Op) -> Vec<u8> {
             protocol,
             max_frame,
             max_requests,
+            max_ranges,
         } => frame(&Message::Hello(Hello {
             protocol: *protocol,
             node_id: NodeId(9),
             max_frame: *max_frame,
             max_requests: *max_requests,
+            max_ranges: *max_ranges,
             capabilities: Capabilities::ALL,
         })),
-        Op::ManifestRequest { after, limit } => frame(&Message::ManifestRequest {
-            after: after.map(pool_hash),
+        Op::QueryOrigins {
+            after,
+            limit,
+            max_runs,
+        } => query_frame(&Query::Origins {
+            after: after.map(|a| NodeId(u64::from(a))),
             limit: *limit,
+            max_runs: *max_runs,
         }),
-        Op::ManifestPage { ids, sorted, last } => {
-            let mut hashes: Vec<ChunkHash> = ids.iter().map(|&i| pool_hash(i)).collect();
-            if *sorted {
-                hashes.sort();
-                hashes.dedup();
+        Op::QueryRanges {
+            origin,
+            max_runs,
+            ranges,
+        } => query_frame(&Query::Ranges {
+            origin: NodeId(u64::from(*origin)),
+            max_runs: *max_runs,
+            ranges: RangeList::new(ranges),
+        }),
+        Op::LyingAnswer { entries, last } => {
+            let mut buf = std::vec![0u8; 2048];
+            let Ok(mut w) = EntryWriter::new(&mut buf, entries.len()) else {
+                return Vec::new();
+            };
+            for (origin, count, first, end, fp, runs) in entries {
+                let origin = NodeId(u64::from(*origin));
+                let summary = recon::Summary {
+                    count: *count,
+                    first: *first,
+                    end: *end,
+                    fingerprint: Fingerprint([*fp; 16]),
+                };
+                let runs: Option<Vec<recon::Run>> = runs
+                    .as_ref()
+                    .map(|r| r.iter().map(|&(lo, hi)| recon::Run { lo, hi }).collect());
+                let range = KeyRange::whole(origin);
+                let _ = w.write(Some(origin), &range, &summary, runs.as_deref());
             }
-            frame(&Message::ManifestPage {
-                ids: HashList::new(&hashes),
+            let n = w.finish();
+            frame(&Message::Answer {
                 last: *last,
+                entries: &buf[..n],
             })
         }
         Op::Get(i) => frame(&Message::EventChunkGet {
             hash: pool_hash(*i),
         }),
+        Op::GetRange { origin, lo, hi } => frame(&Message::GetRange {
+            origin: NodeId(u64::from(*origin)),
+            lo: *lo,
+            hi: *hi,
+        }),
         Op::HonestPut(i) => {
             let data = pool(i % 8);
             frame(&Message::EventChunkPut {
-                hash: pool_hash(*i),
                 total_len: data.len() as u32,
                 offset: 0,
                 data: &data,
             })
         }
         Op::Put {
-            id,
             total_len,
             offset,
             data,
         } => frame(&Message::EventChunkPut {
-            hash: pool_hash(*id),
             total_len: *total_len,
             offset: *offset,
             data,
@@ -145,14 +230,22 @@ fn bytes_of(op: &Op) -> Vec<u8> {
         Op::NotFound(i) => frame(&Message::NotFound {
             hash: pool_hash(*i),
         }),
+        Op::RangeEnd => frame(&Message::RangeEnd),
         Op::Done => frame(&Message::Done),
         Op::Error(code, reason) => frame(&Message::Error {
             code: ErrorCode(*code),
             reason,
         }),
         Op::Garbage(bytes) => bytes.clone(),
-        Op::Wait(_) | Op::AnswerManifest | Op::AnswerGet { .. } => Vec::new(),
+        Op::Wait(_) | Op::AnswerQuery | Op::AnswerGet { .. } => Vec::new(),
     }
+}
+
+/// What the session asked of the peer and the peer has not answered.
+#[derive(Clone, Debug)]
+enum Asked {
+    Chunk(ChunkHash),
+    Range(KeyRange),
 }
 
 /// The shipped driving layer, a [`Conduit`], with a store holding chunks 0..4 of the pool.
@@ -164,17 +257,15 @@ struct Harness {
     serving: Vec<u8>,
     /// The outcome, once closed.
     closed: Option<Result<(), Error>>,
-    /// The session's manifest request waiting for an answer.
-    manifest_asked: Option<(Option<ChunkHash>, u32)>,
-    /// The session's chunk requests waiting for an answer, oldest first.
-    gets: Vec<ChunkHash>,
+    /// The session's queries waiting for an answer, oldest first.
+    queries: Vec<Vec<u8>>,
+    /// The session's requests waiting for an answer, oldest first.
+    requests: Vec<Asked>,
+    /// The ranges the session asked for, to check what it stores against.
+    ranges: Vec<KeyRange>,
 }
 
 impl Harness {
-    fn has(id: &ChunkHash) -> Option<Vec<u8>> {
-        (0..4).map(pool).find(|c| ChunkHash::of(c) == *id)
-    }
-
     fn feed(&mut self, bytes: &[u8]) {
         self.inbox.extend_from_slice(bytes);
         self.pump();
@@ -182,6 +273,7 @@ impl Harness {
 
     /// Carries out the conduit's actions until it waits or closes.
     fn pump(&mut self) {
+        let own = held(0, 4);
         for _ in 0..10_000 {
             if self.closed.is_some() {
                 return;
@@ -191,7 +283,6 @@ impl Harness {
                     let mut n = frame.len();
                     if let Some(piece) = piece {
                         let end = (piece.offset + piece.len) as usize;
-                        assert_eq!(piece.hash, ChunkHash::of(&self.serving));
                         assert!(
                             end <= self.serving.len(),
                             "asked to send bytes it was not given"
@@ -200,13 +291,21 @@ impl Harness {
                     } else {
                         match wire::decode(frame, MAX_FRAME_LIMIT) {
                             Ok(Decoded::Frame {
-                                message: Message::ManifestRequest { after, limit },
+                                message: Message::Query { query },
                                 ..
-                            }) => self.manifest_asked = Some((after, limit)),
+                            }) => self.queries.push(query.to_vec()),
                             Ok(Decoded::Frame {
                                 message: Message::EventChunkGet { hash },
                                 ..
-                            }) => self.gets.push(hash),
+                            }) => self.requests.push(Asked::Chunk(hash)),
+                            Ok(Decoded::Frame {
+                                message: Message::GetRange { origin, lo, hi },
+                                ..
+                            }) => {
+                                let range = KeyRange { origin, lo, hi };
+                                self.ranges.push(range);
+                                self.requests.push(Asked::Range(range));
+                            }
                             Ok(Decoded::Frame { .. }) => {}
                             other => panic!("the session sent a frame it cannot decode: {other:?}"),
                         }
@@ -214,32 +313,51 @@ impl Harness {
                     let now = self.now;
                     self.c.written(now, n);
                 }
-                Action::Lookup(id) => {
-                    let have = Self::has(&id).is_some();
-                    let _ = self.c.have(have);
+                Action::Summarize { range, runs } => {
+                    let (summary, n) =
+                        recon::summarize(&range, runs, |r, out| Ok::<_, ()>(chunks_in(&own, r, out)))
+                            .unwrap();
+                    let _ = self.c.summarized(&summary, n);
                 }
-                Action::List { after, out } => {
-                    let mut ids: Vec<ChunkHash> = (0..4).map(pool_hash).collect();
-                    ids.sort();
-                    ids.retain(|id| after.is_none_or(|a| *id > a));
-                    let n = ids.len().min(out.len());
-                    out[..n].copy_from_slice(&ids[..n]);
-                    let _ = self.c.listed(n, n == ids.len());
+                Action::Origins { after, out } => {
+                    let mut origins: Vec<NodeId> = own.iter().map(|(s, ..)| s.origin).collect();
+                    origins.dedup();
+                    origins.retain(|o| after.is_none_or(|a| *o > a));
+                    let n = origins.len().min(out.len());
+                    out[..n].copy_from_slice(&origins[..n]);
+                    let _ = self.c.origins(n, n == origins.len());
                 }
-                Action::Read(id) => match Self::has(&id) {
-                    Some(bytes) => {
-                        self.serving = bytes;
+                Action::Read(id) => match own.iter().find(|(_, h, _)| *h == id) {
+                    Some((_, _, bytes)) => {
+                        self.serving = bytes.clone();
                         let _ = self.c.serve(self.serving.len());
                     }
                     None => {
                         let _ = self.c.not_found();
                     }
                 },
+                Action::ReadFirst(range) => {
+                    match own.iter().find(|(s, ..)| range.contains(s.origin, s.first_seq)) {
+                        Some((span, _, bytes)) => {
+                            self.serving = bytes.clone();
+                            let _ = self.c.serve_in_range(span, self.serving.len());
+                        }
+                        None => {
+                            let _ = self.c.not_found();
+                        }
+                    }
+                }
                 Action::Store(chunk) => {
                     assert!(chunk.bytes().len() <= 1 << 20, "bounded by max_chunk_len");
+                    assert_eq!(chunk.id(), ChunkHash::of(chunk.bytes()), "verified");
+                    let view = ChunkView::validated(chunk.bytes());
+                    assert!(view.is_ok(), "only valid chunks are stored");
+                    let span = view.map(|v| v.span()).unwrap_or_default();
+                    let wanted_by_hash = (0..8).any(|i| pool_hash(i) == chunk.id());
                     assert!(
-                        ChunkView::validated(chunk.bytes()).is_ok(),
-                        "only valid chunks are stored"
+                        wanted_by_hash
+                            || self.ranges.iter().any(|r| r.contains(span.origin, span.first_seq)),
+                        "a chunk of a range is in it"
                     );
                     let _ = self.c.stored(Stored::Kept);
                 }
@@ -263,45 +381,76 @@ impl Harness {
                     self.closed = Some(outcome);
                     return;
                 }
+                _ => {}
             }
         }
         panic!("the conduit never waits");
     }
 
-    /// What the peer answers to the session's pending requests.
+    /// What the peer answers to the session's pending queries and requests.
     fn reply(&mut self, op: &Op) -> Vec<u8> {
+        let peer = held(4, 8);
         match op {
-            Op::AnswerManifest => {
-                let Some((after, limit)) = self.manifest_asked.take() else {
+            Op::AnswerQuery => {
+                if self.queries.is_empty() {
                     return Vec::new();
-                };
-                let mut ids: Vec<ChunkHash> = (4..8).map(pool_hash).collect();
-                ids.sort();
-                ids.retain(|id| after.is_none_or(|a| *id > a));
-                ids.truncate(limit as usize);
-                frame(&Message::ManifestPage {
-                    ids: HashList::new(&ids),
-                    last: true,
+                }
+                let bytes = self.queries.remove(0);
+                let query = Query::read(&bytes).expect("the session sends queries it can read");
+                let mut answer = Answer::<64>::new(&query, 64, RUNS).expect("a valid query");
+                if let Some((after, limit)) = answer.origins_to_list() {
+                    let mut origins: Vec<NodeId> = peer.iter().map(|(s, ..)| s.origin).collect();
+                    origins.dedup();
+                    origins.retain(|o| after.is_none_or(|a| *o > a));
+                    let last = origins.len() <= limit;
+                    origins.truncate(limit);
+                    assert!(answer.origins_listed(&origins, last));
+                }
+                let mut buf = std::vec![0u8; 64 * 100];
+                while let Some((range, max_runs)) = answer.next_range() {
+                    let mut runs = std::vec![recon::Run { lo: 0, hi: 0 }; max_runs];
+                    let (summary, n) = recon::summarize(&range, &mut runs, |r, out| {
+                        Ok::<_, ()>(chunks_in(&peer, r, out))
+                    })
+                    .unwrap();
+                    answer
+                        .summarized(&mut buf, &summary, n.map(|n| &runs[..n]))
+                        .unwrap();
+                }
+                let (len, last) = answer.finish().unwrap();
+                frame(&Message::Answer {
+                    last,
+                    entries: &buf[..len],
                 })
             }
             Op::AnswerGet { lie } => {
-                if self.gets.is_empty() {
+                if self.requests.is_empty() {
                     return Vec::new();
                 }
-                let hash = self.gets.remove(0);
-                match (4..8).map(pool).find(|c| ChunkHash::of(c) == hash) {
-                    Some(mut data) => {
-                        if *lie {
-                            data[0] ^= 1;
-                        }
-                        frame(&Message::EventChunkPut {
-                            hash,
-                            total_len: data.len() as u32,
-                            offset: 0,
-                            data: &data,
-                        })
+                let put = |mut data: Vec<u8>| {
+                    if *lie {
+                        data[0] ^= 1;
                     }
-                    None => frame(&Message::NotFound { hash }),
+                    frame(&Message::EventChunkPut {
+                        total_len: data.len() as u32,
+                        offset: 0,
+                        data: &data,
+                    })
+                };
+                match self.requests.remove(0) {
+                    Asked::Chunk(hash) => match peer.iter().find(|(_, h, _)| *h == hash) {
+                        Some((_, _, data)) => put(data.clone()),
+                        None => frame(&Message::NotFound { hash }),
+                    },
+                    Asked::Range(range) => {
+                        let mut out: Vec<u8> = peer
+                            .iter()
+                            .filter(|(s, ..)| range.contains(s.origin, s.first_seq))
+                            .flat_map(|(_, _, data)| put(data.clone()))
+                            .collect();
+                        out.extend(frame(&Message::RangeEnd));
+                        out
+                    }
                 }
             }
             other => bytes_of(other),
@@ -320,6 +469,7 @@ proptest! {
         let config = Config {
             max_frame: 1024,
             idle_timeout: Duration::from_secs(30),
+            max_ranges: 64,
             ..Config::new(NodeId(1))
         };
         let buffers = Buffers { receive: Vec::new(), transmit: Vec::new(), reassembly: Vec::new() };
@@ -329,14 +479,17 @@ proptest! {
             inbox: Vec::new(),
             serving: Vec::new(),
             closed: None,
-            manifest_asked: None,
-            gets: Vec::new(),
+            queries: Vec::new(),
+            requests: Vec::new(),
+            ranges: Vec::new(),
         };
         h.pump();
         if honest_hello {
-            h.feed(&bytes_of(&Op::Hello { protocol: PROTOCOL_VERSION, max_frame: 1024, max_requests: 4 }));
+            h.feed(&bytes_of(&Op::Hello { protocol: PROTOCOL_VERSION, max_frame: 1024, max_requests: 4, max_ranges: 16 }));
         }
         let mut fatal = None;
+        // Frames the peer sent (an answer to a range may be several).
+        let mut frames_fed = 1;
         for op in &ops {
             if let Op::Wait(ms) = op {
                 h.now += Duration::from_millis(u64::from(*ms));
@@ -344,6 +497,11 @@ proptest! {
                 h.pump();
             } else {
                 let bytes = h.reply(op);
+                let mut at = 0;
+                while let Some(head) = bytes.get(at..at + 4) {
+                    frames_fed += 1;
+                    at += 4 + u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                }
                 h.feed(&bytes);
             }
             // A fatal error sticks.
@@ -356,6 +514,6 @@ proptest! {
             }
         }
         let stats = h.c.stats();
-        prop_assert!(stats.frames_received <= ops.len() as u64 + 1);
+        prop_assert!(stats.frames_received <= frames_fed);
     }
 }

@@ -4,6 +4,9 @@ use std::vec::Vec;
 
 use super::*;
 use crate::event::NodeId;
+use crate::hash::ChunkHash;
+use crate::recon::codec::EntryWriter;
+use crate::recon::{Fingerprint, KeyRange, Query};
 use crate::wire::{ErrorCode, FrameError, encode};
 
 type S = Session<16, 4>;
@@ -21,6 +24,7 @@ fn hello(protocol: u16, max_frame: u32, max_requests: u16) -> Vec<u8> {
         node_id: NodeId(2),
         max_frame,
         max_requests,
+        max_ranges: 16,
         capabilities: Capabilities::ALL,
     }))
 }
@@ -45,18 +49,69 @@ fn decoded(frame: &[u8]) -> Message<'_> {
     }
 }
 
-/// Answers every pending lookup with `have`, as an adapter does one hash at a time.
-fn resolve_lookups(s: &mut S, mut have: impl FnMut(&ChunkHash) -> bool) {
-    while let Some(id) = s.next_lookup() {
-        s.answer_lookup(have(&id)).unwrap();
+/// The frame of a query.
+fn query(q: &Query<'_>) -> Vec<u8> {
+    let mut buf = [0u8; 512];
+    let n = q.write(&mut buf).unwrap();
+    frame(&Message::Query { query: &buf[..n] })
+}
+
+/// The frame of an answer to an origins query: for each origin, what the peer holds.
+fn origins_answer(entries: &[(u64, Summary, Option<&[Run]>)], last: bool) -> Vec<u8> {
+    let mut buf = [0u8; 1024];
+    let mut w = EntryWriter::new(&mut buf, entries.len()).unwrap();
+    for (origin, summary, runs) in entries {
+        let range = KeyRange::whole(NodeId(*origin));
+        w.write(Some(NodeId(*origin)), &range, summary, *runs).unwrap();
+    }
+    let n = w.finish();
+    frame(&Message::Answer {
+        last,
+        entries: &buf[..n],
+    })
+}
+
+/// What a peer that holds one chunk of `origin` covering `lo..hi` answers.
+fn one_chunk(lo: u64, hi: u64) -> Summary {
+    Summary {
+        count: 1,
+        first: lo,
+        end: hi,
+        fingerprint: Fingerprint([7; 16]),
     }
 }
 
-/// Answers the pending manifest request with `ids`.
-fn send_page(s: &mut S, ids: &[ChunkHash], last: bool) {
-    let (_, out) = s.page_to_list().expect("a page was asked for");
-    out[..ids.len()].copy_from_slice(ids);
-    s.page_listed(ids.len(), last).unwrap();
+/// Answers the session's summary questions as a store that holds nothing.
+fn hold_nothing(s: &mut S) {
+    let mut tx = std::vec![0u8; S::max_transmit_len()];
+    while let Some(Question::Summary(_)) = s.question() {
+        s.summarized(&Summary::default(), Some(0), &mut tx).unwrap();
+    }
+}
+
+/// A session whose reconciliation found `origin`'s `lo..hi` wanted and asked for it.
+fn requesting_range(config: Config, origin: u64, lo: u64, hi: u64) -> S {
+    let mut s = open_session(config);
+    let out = sent(&mut s, T0);
+    assert!(matches!(decoded(&out[0]), Message::Query { .. }));
+    let runs = [Run { lo, hi }];
+    let answer = origins_answer(&[(origin, one_chunk(lo, hi), Some(&runs))], true);
+    assert!(s.handle_input(T0, &answer).is_ok());
+    assert_eq!(
+        s.question(),
+        Some(Question::Summary(KeyRange::whole(NodeId(origin))))
+    );
+    hold_nothing(&mut s);
+    let out = sent(&mut s, T0);
+    assert_eq!(
+        decoded(&out[0]),
+        Message::GetRange {
+            origin: NodeId(origin),
+            lo,
+            hi
+        }
+    );
+    s
 }
 
 fn open_session(config: Config) -> S {
@@ -73,8 +128,8 @@ fn open_session(config: Config) -> S {
 fn another_protocol_version_ends_the_session_on_both_sides() {
     let mut s = S::new(Config::new(NodeId(1)), T0).unwrap();
     let _ = sent(&mut s, T0);
-    let err = s.handle_input(T0, &hello(2, 1024, 4)).unwrap_err();
-    let expected = Error::Incompatible(Incompatible::ProtocolVersion { ours: 1, theirs: 2 });
+    let err = s.handle_input(T0, &hello(1, 1024, 4)).unwrap_err();
+    let expected = Error::Incompatible(Incompatible::ProtocolVersion { ours: 2, theirs: 1 });
     assert_eq!(err, expected);
     // The peer is told why, and the error sticks.
     let out = sent(&mut s, T0);
@@ -85,7 +140,7 @@ fn another_protocol_version_ends_the_session_on_both_sides() {
             ..
         }
     ));
-    assert_eq!(s.handle_input(T0, &hello(1, 1024, 4)), Err(expected));
+    assert_eq!(s.handle_input(T0, &hello(2, 1024, 4)), Err(expected));
     assert_eq!(s.poll_event(), Some(Event::Failed(expected)));
     assert_eq!(s.poll_event(), None);
     assert!(s.is_closed());
@@ -161,13 +216,13 @@ fn a_flood_of_requests_is_refused() {
 
 #[test]
 fn unrequested_and_misplaced_pieces_are_refused() {
-    let mut s = open_session(Config {
+    let config = Config {
         max_chunk_len: 100,
         ..Config::new(NodeId(1))
-    });
+    };
+    let mut s = open_session(config);
     let put = |offset, total_len, data: &[u8]| {
         frame(&Message::EventChunkPut {
-            hash: ChunkHash::of(b"x"),
             total_len,
             offset,
             data,
@@ -178,38 +233,11 @@ fn unrequested_and_misplaced_pieces_are_refused() {
         Err(Error::Peer(PeerMisbehaved::UnrequestedChunk))
     );
 
-    // Make the session request one chunk: a one-hash manifest page it lacks.
-    let mut s = open_session(Config {
-        max_chunk_len: 100,
-        ..Config::new(NodeId(1))
-    });
-    let out = sent(&mut s, T0);
-    assert!(matches!(
-        decoded(&out[0]),
-        Message::ManifestRequest { after: None, .. }
-    ));
+    // The reconciliation finds the peer's chunk of origin 9 at 0..1 wanted.
+    let mut s = requesting_range(config, 9, 0, 1);
     let xyz = chunk(9, 0, b"xyz");
     let n = xyz.len() as u32;
     let id = ChunkHash::of(&xyz);
-    let page = frame(&Message::ManifestPage {
-        ids: HashList::new(&[id]),
-        last: true,
-    });
-    assert!(s.handle_input(T0, &page).is_ok());
-    assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
-    assert_eq!(s.next_lookup(), Some(id));
-    resolve_lookups(&mut s, |_| false);
-    let out = sent(&mut s, T0);
-    assert!(matches!(decoded(&out[0]), Message::EventChunkGet { hash } if hash == id));
-
-    let put = |offset, total_len, data: &[u8]| {
-        frame(&Message::EventChunkPut {
-            hash: id,
-            total_len,
-            offset,
-            data,
-        })
-    };
     assert_eq!(
         s.clone().handle_input(T0, &put(0, 101, b"x")),
         Err(Error::Peer(PeerMisbehaved::ChunkTooLarge {
@@ -246,27 +274,60 @@ fn unrequested_and_misplaced_pieces_are_refused() {
     );
     s.chunk_stored(Stored::Kept);
     assert_eq!(s.progress().synced_chunks, 1);
-    // Nothing left to pull: the session says Done.
+    // The range is open until the peer ends it; then nothing is left to pull.
+    assert!(sent(&mut s, T0).is_empty());
+    assert!(s.handle_input(T0, &frame(&Message::RangeEnd)).is_ok());
     let out = sent(&mut s, T0);
     assert!(matches!(decoded(&out[0]), Message::Done));
     assert_eq!(s.poll_event(), Some(Event::PullComplete));
 }
 
 #[test]
-fn an_unsorted_page_is_refused() {
+fn a_chunk_outside_its_range_fails_the_session_and_is_not_stored() {
+    for (origin, seq) in [(8, 0), (9, 5), (9, 2)] {
+        let mut s = requesting_range(Config::new(NodeId(1)), 9, 2, 5);
+        let bytes = chunk(origin, seq, b"elsewhere");
+        let put = frame(&Message::EventChunkPut {
+            total_len: bytes.len() as u32,
+            offset: 0,
+            data: &bytes,
+        });
+        assert!(s.handle_input(T0, &put).is_ok());
+        if seq == 2 {
+            // In the range: kept; a second chunk at the same key is before the next.
+            assert!(s.finish_chunk(&bytes).is_ok());
+            assert!(s.handle_input(T0, &put).is_ok());
+        }
+        assert_eq!(s.finish_chunk(&bytes), Err(FinishError::OutsideRange));
+        assert_eq!(
+            s.error(),
+            Some(Error::Peer(PeerMisbehaved::OutsideRange))
+        );
+    }
+}
+
+#[test]
+fn impossible_answers_are_refused() {
     let mut s = open_session(Config::new(NodeId(1)));
     let _ = sent(&mut s, T0);
-    let ids = [
-        ChunkHash::from_bytes([2; 32]),
-        ChunkHash::from_bytes([1; 32]),
-    ];
-    let page = frame(&Message::ManifestPage {
-        ids: HashList::new(&ids),
-        last: false,
-    });
+    // Origins out of order.
+    let answer = origins_answer(
+        &[(5, one_chunk(0, 1), None), (3, one_chunk(0, 1), None)],
+        true,
+    );
     assert_eq!(
-        s.handle_input(T0, &page),
-        Err(Error::Peer(PeerMisbehaved::UnsortedPage))
+        s.clone().handle_input(T0, &answer),
+        Err(Error::Peer(PeerMisbehaved::Recon(
+            crate::recon::ReconError::BadSummary("origins out of order")
+        )))
+    );
+    // An answer to nothing asked.
+    assert!(s.handle_input(T0, &origins_answer(&[], true)).is_ok());
+    assert_eq!(
+        s.handle_input(T0, &origins_answer(&[], true)),
+        Err(Error::Peer(PeerMisbehaved::Recon(
+            crate::recon::ReconError::UnexpectedAnswer
+        )))
     );
 }
 
@@ -286,12 +347,14 @@ fn the_idle_timer_fires_only_at_its_deadline() {
 #[test]
 fn answers_out_of_turn_are_api_misuse() {
     let mut s = open_session(Config::new(NodeId(1)));
-    assert_eq!(s.answer_lookup(true), Err(ApiMisuse::NoLookupsPending));
-    assert_eq!(s.page_listed(0, true), Err(ApiMisuse::NoManifestRequest));
+    let mut tx = std::vec![0u8; S::max_transmit_len()];
     assert_eq!(
-        s.serve_chunk(&ChunkHash::default(), 10),
-        Err(ApiMisuse::NotRequested)
+        s.summarized(&Summary::default(), None, &mut tx),
+        Err(ApiMisuse::NotAsked)
     );
+    assert_eq!(s.origins_listed(0, true), Err(ApiMisuse::NotAsked));
+    assert_eq!(s.serve_chunk(10), Err(ApiMisuse::NotAsked));
+    assert_eq!(s.chunk_not_found(), Err(ApiMisuse::NotAsked));
     assert_eq!(
         s.finish_chunk(b""),
         Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish))
@@ -334,17 +397,13 @@ fn bad_configurations_are_refused() {
     );
 }
 
-/// A session that asked for `id` (a one-hash manifest page it lacked) and has it in flight.
+/// A session that does not reconcile, asked to fetch `id`, with its request in flight.
 fn requesting(config: Config, id: ChunkHash) -> S {
-    let mut s = open_session(config);
-    let _ = sent(&mut s, T0);
-    let page = frame(&Message::ManifestPage {
-        ids: HashList::new(&[id]),
-        last: true,
+    let mut s = open_session(Config {
+        pull: false,
+        ..config
     });
-    assert!(s.handle_input(T0, &page).is_ok());
-    assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
-    resolve_lookups(&mut s, |_| false);
+    assert_eq!(s.want(&[id]), 1);
     let out = sent(&mut s, T0);
     assert!(matches!(decoded(&out[0]), Message::EventChunkGet { hash } if hash == id));
     s
@@ -352,8 +411,8 @@ fn requesting(config: Config, id: ChunkHash) -> S {
 
 /// Feeds `bytes` as one whole piece of `id` and finishes it.
 fn deliver(s: &mut S, id: ChunkHash, bytes: &[u8]) -> Result<ChunkHash, FinishError> {
+    let _ = id;
     let put = frame(&Message::EventChunkPut {
-        hash: id,
         total_len: bytes.len() as u32,
         offset: 0,
         data: bytes,
@@ -406,42 +465,39 @@ fn a_session_that_does_not_serve_shows_nothing_and_sends_no_chunk() {
         ..Config::new(NodeId(1))
     });
     let _ = sent(&mut s, T0);
-    let request = frame(&Message::ManifestRequest {
+    let origins = query(&Query::Origins {
         after: None,
         limit: 16,
+        max_runs: 4,
     });
-    assert!(s.handle_input(T0, &request).is_ok());
+    assert!(s.handle_input(T0, &origins).is_ok());
+    // The adapter is never asked anything.
+    assert_eq!(s.question(), None);
+    let mut messages: Vec<Vec<u8>> = sent(&mut s, T0);
     let id = ChunkHash::of(&chunk(1, 0, b"mine"));
     let get = frame(&Message::EventChunkGet { hash: id });
-    assert!(s.handle_input(T0, &get).is_ok());
-    assert!(s.handle_input(T0, &get).is_ok());
-    // The adapter is never asked for a page or a chunk.
-    while let Some(event) = s.poll_event() {
-        assert!(
-            !matches!(
-                event,
-                Event::ManifestPageNeeded { .. } | Event::ChunkRequested { .. }
-            ),
-            "{event:?}"
-        );
+    let range = frame(&Message::GetRange {
+        origin: NodeId(1),
+        lo: 0,
+        hi: 10,
+    });
+    for request in [&get, &range, &get] {
+        assert!(s.handle_input(T0, request).is_ok());
+        assert_eq!(s.question(), None);
     }
-    let out = sent(&mut s, T0);
-    let messages: Vec<_> = out.iter().map(|f| decoded(f)).collect();
-    assert!(messages.contains(&Message::ManifestPage {
-        ids: HashList::new(&[]),
-        last: true
-    }));
+    messages.extend(sent(&mut s, T0));
+    let messages: Vec<_> = messages.iter().map(|f| decoded(f)).collect();
     assert_eq!(
-        messages
-            .iter()
-            .filter(|m| **m == Message::NotFound { hash: id })
-            .count(),
-        2
-    );
-    assert!(
-        !messages
-            .iter()
-            .any(|m| matches!(m, Message::EventChunkPut { .. }))
+        messages,
+        [
+            Message::Answer {
+                last: true,
+                entries: &[]
+            },
+            Message::NotFound { hash: id },
+            Message::RangeEnd,
+            Message::NotFound { hash: id },
+        ]
     );
 }
 
@@ -449,17 +505,11 @@ fn a_session_that_does_not_serve_shows_nothing_and_sends_no_chunk() {
 fn a_peer_whose_chunks_keep_failing_is_dropped_at_the_limit() {
     let mut s = open_session(Config {
         max_failures: 3,
+        pull: false,
         ..Config::new(NodeId(1))
     });
-    let _ = sent(&mut s, T0);
     let ids: Vec<ChunkHash> = (0..8u8).map(|i| ChunkHash::from_bytes([i; 32])).collect();
-    let page = frame(&Message::ManifestPage {
-        ids: HashList::new(&ids),
-        last: true,
-    });
-    assert!(s.handle_input(T0, &page).is_ok());
-    assert_eq!(s.poll_event(), Some(Event::LookupNeeded));
-    resolve_lookups(&mut s, |_| false);
+    assert_eq!(s.want(&ids), 8);
     let requested: Vec<ChunkHash> = sent(&mut s, T0)
         .iter()
         .filter_map(|f| match decoded(f) {
@@ -521,21 +571,20 @@ fn a_session_that_outlives_its_deadline_ends_whatever_the_peer_does() {
     let mut s = open_session(Config {
         max_duration: Some(Duration::from_secs(5)),
         idle_timeout: Duration::from_secs(2),
+        serve: false,
         ..Config::new(NodeId(1))
     });
     let _ = sent(&mut s, T0);
     // A peer that sends a frame every second is never idle…
-    let request = frame(&Message::ManifestRequest {
+    let request = query(&Query::Origins {
         after: None,
         limit: 1,
+        max_runs: 0,
     });
     for second in 1..5 {
         let now = Instant::from_millis(second * 1_000);
         s.handle_timeout(now);
-        let _ = s.handle_input(now, &request);
-        while let Some(Event::ManifestPageNeeded { .. }) = s.poll_event() {
-            send_page(&mut s, &[ChunkHash::from_bytes([second as u8; 32])], false);
-        }
+        assert!(s.handle_input(now, &request).is_ok());
         let _ = sent(&mut s, now);
         assert_eq!(s.error(), None);
     }
@@ -577,13 +626,13 @@ fn the_hello_never_waits_for_the_throttle_and_too_slow_rates_are_refused() {
         decoded(&buf[..hello_frame.len]),
         Message::Hello(_)
     ));
-    // …and the Hello did not count: the manifest request goes at once, too.
+    // …and the Hello did not count: the first query goes at once, too.
     let h = hello(PROTOCOL_VERSION, 1024, 4);
     assert!(s.handle_input(T0, &h).is_ok());
     let request = s.poll_transmit(T0, &mut buf).unwrap().unwrap();
     assert!(matches!(
         decoded(&buf[..request.len]),
-        Message::ManifestRequest { .. }
+        Message::Query { .. }
     ));
 
     // 30 s idle timeout: a 256-byte frame must get out within 7.5 s, so 35 B/s at least.

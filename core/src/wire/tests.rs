@@ -21,33 +21,49 @@ fn round_trip(message: &Message<'_>) {
     }
 }
 
-/// Protocol version 1 is frozen: these messages always give these frames.
+/// Protocol version 2 is frozen: these messages always give these frames.
 #[test]
 fn golden_frames() {
     let hello = Message::Hello(Hello {
-        protocol: 1,
+        protocol: 2,
         node_id: NodeId(300),
         max_frame: 256,
         max_requests: 8,
+        max_ranges: 16,
         capabilities: Capabilities::ALL,
     });
     let mut buf = [0u8; 64];
-    // length 8 | tag 0, protocol 1, node 300 (varint ac 02), max_frame 256 (80 02),
-    // max_requests 8, caps 3
+    // length 9 | tag 0, protocol 2, node 300 (varint ac 02), max_frame 256 (80 02),
+    // max_requests 8, max_ranges 16, caps 6
     assert_eq!(
         hex(encode(&hello, &mut buf).unwrap()),
-        "0800000000 01ac0280020803".replace(' ', "")
+        "09000000 00 02 ac02 8002 08 10 06".replace(' ', "")
     );
     let put = Message::EventChunkPut {
-        hash: ChunkHash::from_bytes([0xab; 32]),
         total_len: 3,
         offset: 1,
         data: b"yz",
     };
-    let frame = encode(&put, &mut buf).unwrap();
     assert_eq!(
-        hex(frame),
-        std::format!("26000000 04{} 03 01 02 797a", "ab".repeat(32)).replace(' ', "")
+        hex(encode(&put, &mut buf).unwrap()),
+        "06000000 04 03 01 02 797a".replace(' ', "")
+    );
+    let get = Message::GetRange {
+        origin: NodeId(1),
+        lo: 0,
+        hi: 300,
+    };
+    assert_eq!(
+        hex(encode(&get, &mut buf).unwrap()),
+        "05000000 08 01 00 ac02".replace(' ', "")
+    );
+    let answer = Message::Answer {
+        last: true,
+        entries: &[0, 0],
+    };
+    assert_eq!(
+        hex(encode(&answer, &mut buf).unwrap()),
+        "05000000 02 01 02 0000".replace(' ', "")
     );
 }
 
@@ -63,64 +79,36 @@ fn every_message_round_trips() {
             node_id: NodeId(u64::MAX),
             max_frame: DEFAULT_MAX_FRAME,
             max_requests: u16::MAX,
+            max_ranges: u16::MAX,
             capabilities: Capabilities(u32::MAX),
         }),
-        Message::ManifestRequest {
-            after: None,
-            limit: 7,
-        },
-        Message::ManifestRequest {
-            after: Some(ids[1]),
-            limit: u32::MAX,
-        },
-        Message::ManifestPage {
-            ids: HashList::new(&ids),
-            last: true,
-        },
-        Message::ManifestPage {
-            ids: HashList::new(&[]),
+        Message::Query { query: b"any bytes" },
+        Message::Query { query: &[] },
+        Message::Answer {
             last: false,
+            entries: &[1, 2, 3],
         },
         Message::EventChunkGet { hash: ids[0] },
         Message::EventChunkPut {
-            hash: ids[1],
             total_len: 5,
             offset: 0,
             data: b"hello",
         },
-        Message::NotFound { hash: ids[0] },
+        Message::NotFound { hash: ids[1] },
         Message::Done,
         Message::Error {
             code: ErrorCode(999),
             reason: "unknown codes survive",
         },
+        Message::GetRange {
+            origin: NodeId(u64::MAX),
+            lo: u64::MAX - 1,
+            hi: u64::MAX,
+        },
+        Message::RangeEnd,
     ] {
         round_trip(&m);
     }
-}
-
-#[test]
-fn hash_lists_compare_by_content() {
-    let ids = [ChunkHash::from_bytes([9; 32])];
-    let page = Message::ManifestPage {
-        ids: HashList::new(&ids),
-        last: false,
-    };
-    let mut buf = [0u8; 128];
-    let frame = encode(&page, &mut buf).unwrap();
-    let Ok(Decoded::Frame {
-        message: Message::ManifestPage { ids: decoded, .. },
-        ..
-    }) = decode(frame, 128)
-    else {
-        panic!("not a page");
-    };
-    assert_eq!(decoded.iter().collect::<Vec<_>>(), ids);
-    assert_eq!(decoded.iter().len(), 1);
-    // A decoded list equals a list built from the same hashes, and differs from others.
-    assert_eq!(decoded, HashList::new(&ids));
-    assert_ne!(decoded, HashList::new(&[ChunkHash::from_bytes([8; 32])]));
-    assert_ne!(decoded, HashList::new(&[]));
 }
 
 #[test]
@@ -164,12 +152,10 @@ fn incomplete_oversize_and_malformed_frames() {
         decode(&[1, 0, 0, 0, 3], 256),
         Err(FrameError::Decode(DecodeError::Truncated))
     );
-    // A hash list of 33 bytes.
-    let mut bad_page = std::vec![36, 0, 0, 0, 2, 33];
-    bad_page.extend([0u8; 34]);
+    // A byte string longer than its frame.
     assert_eq!(
-        decode(&bad_page, 256),
-        Err(FrameError::Decode(DecodeError::Malformed))
+        decode(&[3, 0, 0, 0, 1, 9, 0], 256),
+        Err(FrameError::Decode(DecodeError::Truncated))
     );
     // Invalid UTF-8 in an error reason.
     assert_eq!(
@@ -191,7 +177,6 @@ fn incomplete_oversize_and_malformed_frames() {
 #[test]
 fn small_buffers_report_the_size_needed() {
     let put = Message::EventChunkPut {
-        hash: ChunkHash::default(),
         total_len: 100,
         offset: 0,
         data: &[7; 100],
@@ -215,12 +200,11 @@ proptest! {
     /// A put head followed by the data is exactly the encoded put.
     #[test]
     fn put_head_plus_data_is_the_put_frame(data in pvec(any::<u8>(), 0..3000), offset in any::<u32>(), total in any::<u32>()) {
-        let hash = ChunkHash::of(&data);
-        let put = Message::EventChunkPut { hash, total_len: total, offset, data: &data };
+        let put = Message::EventChunkPut { total_len: total, offset, data: &data };
         let mut whole = std::vec![0u8; put.frame_len()];
         let whole = encode(&put, &mut whole).unwrap().to_vec();
         let mut head = [0u8; 64];
-        let mut split = encode_put_head(&hash, total, offset, data.len(), &mut head).unwrap().to_vec();
+        let mut split = encode_put_head(total, offset, data.len(), &mut head).unwrap().to_vec();
         split.extend_from_slice(&data);
         prop_assert_eq!(split, whole);
     }
@@ -235,7 +219,7 @@ proptest! {
     }
 
     #[test]
-    fn decoding_arbitrary_bodies_never_panics(mut body in pvec(any::<u8>(), 0..300), tag in 0u8..9) {
+    fn decoding_arbitrary_bodies_never_panics(mut body in pvec(any::<u8>(), 0..300), tag in 0u8..11) {
         // Start the body with a valid or nearly valid tag so decoding gets past it.
         if let Some(first) = body.first_mut() {
             *first = tag;
@@ -245,20 +229,20 @@ proptest! {
         let _ = decode(&frame, MAX_FRAME_LIMIT);
     }
 
-    /// A full page and a full piece always fit the frame size they were computed for.
+    /// A full piece and the largest answer always fit the frame size they were computed for.
     #[test]
     fn capacities_fit_their_frame(max_frame in MIN_FRAME..(1u32 << 20), seed in any::<u8>()) {
-        let ids = std::vec![ChunkHash::from_bytes([seed; 32]); Message::page_capacity(max_frame)];
-        let page = Message::ManifestPage { ids: HashList::new(&ids), last: true };
-        prop_assert!(page.frame_len() <= max_frame as usize);
+        let entries = std::vec![seed; max_frame as usize - RECON_OVERHEAD];
+        let answer = Message::Answer { last: true, entries: &entries };
+        prop_assert!(answer.frame_len() <= max_frame as usize);
         let data = std::vec![seed; Message::piece_capacity(max_frame)];
-        let put = Message::EventChunkPut { hash: ChunkHash::default(), total_len: u32::MAX, offset: u32::MAX, data: &data };
+        let put = Message::EventChunkPut { total_len: u32::MAX, offset: u32::MAX, data: &data };
         prop_assert!(put.frame_len() <= max_frame as usize);
         prop_assert!(put.frame_len() + 16 > max_frame as usize, "capacity wastes more than 16 bytes");
     }
 
     #[test]
     fn puts_round_trip(data in pvec(any::<u8>(), 0..2000), offset in any::<u32>(), total in any::<u32>()) {
-        round_trip(&Message::EventChunkPut { hash: ChunkHash::of(&data), total_len: total, offset, data: &data });
+        round_trip(&Message::EventChunkPut { total_len: total, offset, data: &data });
     }
 }
