@@ -10,18 +10,21 @@ use std::collections::{BTreeMap, VecDeque};
 
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
 use chunk_sync_core::session::{Config, Error, FailReason, Session, Stored};
-use chunk_sync_core::{ChunkHash, Duration, EventBuf, EventChunkStore, Instant, NodeId, Privacy};
+use chunk_sync_core::recon::{self, KeyRange};
+use chunk_sync_core::{
+    ChunkHash, Duration, EventBuf, EventChunkStore, Instant, NodeId, Privacy, Span,
+};
 use chunk_sync_tokio::{MemStore, NodeStore, VerifiedChunk};
 
-/// Manifest page capacity of simulated sessions.
-pub const PAGE: usize = 64;
+/// Ranges per query and answer of simulated sessions.
+pub const RANGES: usize = 64;
 /// Requests in flight of simulated sessions.
 pub const REQ: usize = 8;
 /// The session type the simulator drives.
-pub type SimSession = Session<PAGE, REQ>;
+pub type SimSession = Session<RANGES, REQ>;
 /// The conduit the simulator drives: the one the shipped adapters drive, over growable
 /// buffers.
-pub type SimConduit = Conduit<'static, Vec<u8>, PAGE, REQ>;
+pub type SimConduit = Conduit<'static, Vec<u8>, RANGES, REQ>;
 
 /// A node: its chunks, by hash.
 #[derive(Debug, Default, Clone)]
@@ -50,6 +53,33 @@ impl Node {
     #[must_use]
     pub fn ids(&self) -> Vec<ChunkHash> {
         self.store.keys().copied().collect()
+    }
+
+    /// The chunks held in `range`, in key order, as a store's `chunks_in` gives them.
+    #[must_use]
+    pub fn in_range(&self, range: &KeyRange) -> Vec<(Span, ChunkHash)> {
+        let mut found: Vec<_> = self
+            .store
+            .iter()
+            .filter_map(|(id, bytes)| Span::of(bytes).map(|s| (s, *id)))
+            .filter(|(s, _)| range.contains(s.origin, s.first_seq))
+            .collect();
+        found.sort_unstable_by_key(|(s, _)| s.first_seq);
+        found
+    }
+
+    /// The origins of the chunks held, strictly after `after`, ascending.
+    #[must_use]
+    pub fn origins_after(&self, after: Option<NodeId>) -> Vec<NodeId> {
+        let mut origins: Vec<NodeId> = self
+            .store
+            .values()
+            .filter_map(|bytes| Span::of(bytes).map(|s| s.origin))
+            .filter(|o| after.is_none_or(|a| *o > a))
+            .collect();
+        origins.sort_unstable();
+        origins.dedup();
+        origins
     }
 
     /// A memory store of the tokio adapter holding these chunks, each verified on the way
@@ -143,16 +173,31 @@ impl End {
                     }
                     self.conduit.written(now, out.len() - start);
                 }
-                Action::Lookup(id) => {
-                    let _ = self.conduit.have(node.store.contains_key(&id));
+                Action::Summarize { range, runs } => {
+                    let chunks = node.in_range(&range);
+                    let page = |r: &KeyRange, out: &mut [(Span, ChunkHash)]| {
+                        let found = chunks.iter().filter(|(s, _)| r.contains(s.origin, s.first_seq));
+                        Ok::<_, ()>(out.iter_mut().zip(found).map(|(o, c)| *o = *c).count())
+                    };
+                    if let Ok((summary, n)) = recon::summarize(&range, runs, page) {
+                        let _ = self.conduit.summarized(&summary, n);
+                    }
                 }
-                Action::List { after, out: page } => {
-                    use std::ops::Bound::{Excluded, Unbounded};
-                    let from = after.map_or(Unbounded, Excluded);
-                    let ids = node.store.range((from, Unbounded)).map(|(id, _)| *id);
-                    let (n, last) = chunk_sync_core::store::fill_page(page, ids);
-                    let _ = self.conduit.listed(n, last);
+                Action::Origins { after, out } => {
+                    let origins = node.origins_after(after);
+                    let n = origins.len().min(out.len());
+                    out[..n].copy_from_slice(&origins[..n]);
+                    let _ = self.conduit.origins(n, n == origins.len());
                 }
+                Action::ReadFirst(range) => match node.in_range(&range).first() {
+                    Some(&(span, id)) => {
+                        self.serving.clone_from(&node.store[&id]);
+                        let _ = self.conduit.serve_in_range(&span, self.serving.len());
+                    }
+                    None => {
+                        let _ = self.conduit.not_found();
+                    }
+                },
                 Action::Read(id) => match node.store.get(&id) {
                     Some(bytes) => {
                         self.serving.clone_from(bytes);

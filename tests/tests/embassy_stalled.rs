@@ -44,7 +44,7 @@ async fn a_peer_that_takes_no_bytes_times_the_session_out() {
         ..Config::new(NodeId(7))
     };
     let started = embassy_time::Instant::now();
-    let (_handle, mut runner): (_, Runner<'_, _, _, 4, 2>) =
+    let (_handle, mut runner): (_, Runner<'_, _, _, 8, 2>) =
         Runner::new(Stalled, &mut *store, config, &mut resources).unwrap();
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(20), runner.run())
         .await

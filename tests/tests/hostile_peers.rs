@@ -43,6 +43,7 @@ fn hello(node_id: u64) -> Vec<u8> {
         node_id: NodeId(node_id),
         max_frame: 1 << 20,
         max_requests: 64,
+        max_ranges: 64,
         capabilities: Capabilities::ALL,
     }))
 }

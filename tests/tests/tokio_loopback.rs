@@ -501,17 +501,22 @@ async fn fetching_more_chunks_than_a_manifest_page_gets_them_all() {
 fn whole_chunks(received: &[u8]) -> Vec<ChunkHash> {
     use chunk_sync_core::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
     let mut whole = Vec::new();
+    let mut chunk = Vec::new();
     let mut at = 0;
     while let Ok(Decoded::Frame { message, len }) = wire::decode(&received[at..], MAX_FRAME_LIMIT) {
         if let Message::EventChunkPut {
-            hash,
             total_len,
             offset,
             data,
         } = message
-            && offset as usize + data.len() == total_len as usize
         {
-            whole.push(hash);
+            if offset == 0 {
+                chunk.clear();
+            }
+            chunk.extend_from_slice(data);
+            if chunk.len() == total_len as usize {
+                whole.push(ChunkHash::of(&chunk));
+            }
         }
         at += len;
     }

@@ -295,10 +295,11 @@ fn a_peer_with_another_protocol_version_is_refused() {
     let fake = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let hello = Message::Hello(Hello {
-            protocol: 99,
+            protocol: 1,
             node_id: chunk_sync_core::NodeId(5),
             max_frame: 4096,
             max_requests: 4,
+            max_ranges: 16,
             capabilities: Capabilities::ALL,
         });
         let mut buf = [0u8; 64];
@@ -310,7 +311,7 @@ fn a_peer_with_another_protocol_version_is_refused() {
     let dir = temp_dir("version");
     fails(
         &["pull", "--from", &addr, "--store", dir.to_str().unwrap()],
-        "protocol version 99",
+        "protocol version 1, this node speaks 2",
     );
     fake.join().unwrap();
 }

@@ -4,6 +4,7 @@
 
 use chunk_sync_core::ChunkHash;
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
+use chunk_sync_core::recon::SummaryError;
 use chunk_sync_core::session::{self, Config, ConfigError, Stats, Stored};
 use chunk_sync_core::store::ReadError;
 use embassy_futures::select::{Either, select};
@@ -34,8 +35,8 @@ pub struct Report {
     pub elapsed: embassy_time::Duration,
 }
 
-/// Drives one sync session with one peer. `PAGE` and `REQ` are the session's manifest page
-/// and request-window capacities.
+/// Drives one sync session with one peer. `RANGES` and `REQ` are the session's capacities
+/// of ranges (per query and answer) and of requests in flight.
 ///
 /// Cancel safety: dropping [`run`](Self::run) mid-way drops the session; every chunk
 /// already stored was verified, and a new session fetches only what is still missing.
@@ -67,10 +68,10 @@ pub struct Report {
 /// # fn defmt_or_log(_: impl core::fmt::Display) {}
 /// ```
 #[derive(Debug)]
-pub struct Runner<'r, IO, S, const PAGE: usize, const REQ: usize> {
+pub struct Runner<'r, IO, S, const RANGES: usize, const REQ: usize> {
     io: IO,
     store: S,
-    conduit: Conduit<'r, &'r mut [u8], PAGE, REQ>,
+    conduit: Conduit<'r, &'r mut [u8], RANGES, REQ>,
     /// The chunk being served: the conduit names byte ranges of it.
     outgoing: &'r mut [u8],
     shared: &'r Shared,
@@ -78,8 +79,8 @@ pub struct Runner<'r, IO, S, const PAGE: usize, const REQ: usize> {
 
 type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as Store>::Error>;
 
-impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
-    Runner<'r, IO, S, PAGE, REQ>
+impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
+    Runner<'r, IO, S, RANGES, REQ>
 {
     /// A runner for a session configured by `config`, working in `resources`, and a handle
     /// to it.
@@ -121,8 +122,8 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
         Ok((Handle::new(shared), runner))
     }
 
-    /// Fetches exactly these chunks, in a session that does not walk the peer's manifest
-    /// (`pull: false`) or after its walk.
+    /// Fetches exactly these chunks, in a session that does not reconcile (`pull: false`)
+    /// or after its reconciliation.
     pub fn fetch(&mut self, ids: &'r [ChunkHash]) {
         self.conduit.fetch(ids);
     }
@@ -174,21 +175,49 @@ impl<'r, IO: Read + Write, S: Store, const PAGE: usize, const REQ: usize>
                     }
                     continue;
                 }
-                Action::Lookup(id) => {
-                    match self.store.contains(&id).await {
-                        Ok(have) => {
-                            let _ = self.conduit.have(have);
+                Action::Summarize { range, runs } => {
+                    match self.store.summarize(&range, runs).await {
+                        Ok((summary, n)) => {
+                            let _ = self.conduit.summarized(&summary, n);
+                        }
+                        Err(SummaryError::Store(e)) => self.store_failed(e, &mut store_error),
+                        // A store that breaks its own order cannot be summarised: the
+                        // session cannot go on with it.
+                        Err(_) => self.conduit.abort(),
+                    }
+                    continue;
+                }
+                Action::Origins { after, out } => {
+                    match self.store.origins_after(after, out).await {
+                        Ok((n, last)) => {
+                            let _ = self.conduit.origins(n, last);
                         }
                         Err(e) => self.store_failed(e, &mut store_error),
                     }
                     continue;
                 }
-                Action::List { after, out } => {
-                    match self.store.ids_after(after.as_ref(), out).await {
-                        Ok((n, last)) => {
-                            let _ = self.conduit.listed(n, last);
+                Action::ReadFirst(range) => {
+                    let first = match self.store.first_in(&range).await {
+                        Ok(first) => first,
+                        Err(e) => {
+                            self.store_failed(e, &mut store_error);
+                            continue;
                         }
-                        Err(e) => self.store_failed(e, &mut store_error),
+                    };
+                    let read = match first {
+                        Some((span, id)) => self.store.read_into(&id, self.outgoing).await.map(|n| n.map(|n| (span, n))),
+                        None => Ok(None),
+                    };
+                    match read {
+                        Ok(Some((span, len))) => {
+                            let _ = self.conduit.serve_in_range(&span, len);
+                        }
+                        Err(ReadError::Store(e)) => self.store_failed(e, &mut store_error),
+                        // None more, or larger than this node's chunk buffer: the range
+                        // ends here.
+                        Ok(None) | Err(_) => {
+                            let _ = self.conduit.not_found();
+                        }
                     }
                     continue;
                 }

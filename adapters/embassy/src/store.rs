@@ -96,6 +96,14 @@ pub trait Store {
         Ok(s.finish())
     }
 
+    /// The first stored chunk of `range` (lowest `first_seq`), if it holds any: what a
+    /// node serves next for a range request.
+    async fn first_in(&mut self, range: &KeyRange) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
+        let mut first = [(Span::default(), ChunkHash::default())];
+        let n = self.chunks_in(range, &mut first).await?;
+        Ok(first.get(..n).and_then(<[_]>::first).copied())
+    }
+
     /// Whether an [`insert`](Self::insert) error is the store refusing a fork (a chunk
     /// overlapping a different stored chunk of its origin), which fails that chunk only,
     /// rather than a failure of the store.

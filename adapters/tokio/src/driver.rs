@@ -20,12 +20,12 @@ use crate::shared::Shared;
 use crate::store::VerifiedChunk;
 use crate::writes::{Writes, Written};
 
-/// Manifest page capacity of host sessions.
-pub(crate) const HOST_PAGE: usize = 1024;
+/// Ranges of one query or answer of host sessions: as many as fit a 64 KiB frame.
+pub(crate) const HOST_RANGES: usize = 1024;
 /// Requests in flight (each way) of host sessions.
 pub(crate) const HOST_REQ: usize = 64;
 /// The conduit host nodes drive.
-pub(crate) type HostConduit<'w> = Conduit<'w, Vec<u8>, HOST_PAGE, HOST_REQ>;
+pub(crate) type HostConduit<'w> = Conduit<'w, Vec<u8>, HOST_RANGES, HOST_REQ>;
 /// Bytes queued for the transport before the conduit hands out more.
 const HIGH_WATER: usize = 256 << 10;
 /// Receive buffer of a busy session (or one frame, if larger).
@@ -138,19 +138,33 @@ impl Driver<'_, '_> {
                     }
                     continue;
                 }
-                Action::Lookup(id) => {
-                    match self.shared.store.contains(&id) {
-                        Ok(have) => {
-                            let _ = self.conduit.have(have);
+                Action::Summarize { range, runs } => {
+                    match self.shared.store.summarize(&range, runs) {
+                        Ok((summary, n)) => {
+                            let _ = self.conduit.summarized(&summary, n);
                         }
                         Err(e) => self.store_failed(e),
                     }
                     continue;
                 }
-                Action::List { after, out } => {
-                    match self.shared.store.ids_after(after.as_ref(), out) {
+                Action::Origins { after, out } => {
+                    match self.shared.store.origins_after(after, out) {
                         Ok((n, last)) => {
-                            let _ = self.conduit.listed(n, last);
+                            let _ = self.conduit.origins(n, last);
+                        }
+                        Err(e) => self.store_failed(e),
+                    }
+                    continue;
+                }
+                Action::ReadFirst(range) => {
+                    match self.shared.store.first_in(&range) {
+                        Ok(Some((span, bytes))) => {
+                            let len = bytes.len();
+                            self.serving = bytes;
+                            let _ = self.conduit.serve_in_range(&span, len);
+                        }
+                        Ok(None) => {
+                            let _ = self.conduit.not_found();
                         }
                         Err(e) => self.store_failed(e),
                     }

@@ -166,6 +166,16 @@ pub trait NodeStore: Send + Sync + 'static {
     ) -> Result<(Summary, Option<usize>), StoreError> {
         recon::summarize(range, runs, |r, out| self.chunks_in(r, out)).map_err(summary_error)
     }
+    /// The first stored chunk of `range` (lowest `first_seq`) with its span, if the range
+    /// holds any: what a node serves next for a range request.
+    fn first_in(&self, range: &KeyRange) -> Result<Option<(Span, Bytes)>, StoreError> {
+        let mut first = [(Span::default(), ChunkHash::default())];
+        if self.chunks_in(range, &mut first)? == 0 {
+            return Ok(None);
+        }
+        let (span, id) = first[0];
+        Ok(self.get(&id)?.map(|bytes| (span, bytes)))
+    }
     /// Number of chunks.
     fn len(&self) -> Result<usize, StoreError>;
     /// Whether the store is empty.

@@ -19,8 +19,8 @@ use chunk_sync_benches::Rng;
 use chunk_sync_core::chunk::Chunker;
 use chunk_sync_core::recon::codec::MAX_ENTRY;
 use chunk_sync_core::recon::{Answer, Query, Room, Run, Walk};
-use chunk_sync_core::wire::{self, Message};
-use chunk_sync_core::{ChunkHash, Event, NodeId, Privacy};
+use chunk_sync_core::wire;
+use chunk_sync_core::{Event, NodeId, Privacy};
 use chunk_sync_tokio::{Durability, MemStore, NodeStore, RedbStore, VerifiedChunk};
 
 /// Bytes around a query or an answer: frame header, tag, length of the list, `last`.
@@ -271,25 +271,8 @@ fn answer(server: &dyn NodeStore, query: &Query<'_>, buf: &mut [u8]) -> (usize, 
     answer.finish().unwrap()
 }
 
-/// Bytes protocol 1 moves to send `hashes` hashes of one side's manifest to the other in
-/// frames of `frame` bytes: its pages and the requests for them.
+/// Bytes a full manifest exchange moves to send `hashes` hashes of one side's manifest to
+/// the other in frames of `frame` bytes: its pages and the requests for them.
 fn manifest_cost(hashes: usize, frame: usize) -> usize {
-    let per_page = PAGE.min(Message::page_capacity(frame as u32));
-    let pages = hashes.div_ceil(per_page).max(1);
-    let cursor = ChunkHash::default();
-    let request = Message::ManifestRequest {
-        after: Some(cursor),
-        limit: per_page as u32,
-    }
-    .frame_len();
-    let full_page = |n: usize| {
-        let ids = vec![cursor; n];
-        Message::ManifestPage {
-            ids: wire::HashList::new(&ids),
-            last: false,
-        }
-        .frame_len()
-    };
-    let rest = hashes - (pages - 1) * per_page;
-    (pages - 1) * full_page(per_page) + full_page(rest) + pages * request
+    chunk_sync_core::manifest::listing_cost(hashes, frame, PAGE)
 }
