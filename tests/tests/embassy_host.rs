@@ -49,7 +49,7 @@ async fn embassy_and_tokio_nodes_converge_both_ways() {
         ..Config::new(NodeId(50))
     };
     let mut device_store = ram_store(&device_log);
-    let (handle, mut runner): (_, Runner<'_, _, _, 16, 4>) = Runner::new(
+    let (handle, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new(
         FromTokio::new(stream),
         &mut *device_store,
         config,
@@ -119,7 +119,7 @@ async fn a_device_keeping_chunks_in_flash_syncs_and_keeps_them_across_a_restart(
         window: 4,
         ..Config::new(NodeId(51))
     };
-    let (_, mut runner): (_, Runner<'_, _, _, 16, 4>) =
+    let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) =
         Runner::new(FromTokio::new(stream), &mut store, config, &mut resources).unwrap();
     let report = runner.run().await.unwrap();
     drop(runner);
@@ -160,7 +160,7 @@ async fn a_device_whose_store_is_full_tells_the_host() {
         max_frame: 1024,
         ..Config::new(NodeId(52))
     };
-    let (_, mut runner): (_, Runner<'_, _, _, 16, 4>) = Runner::new(
+    let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new(
         FromTokio::new(device_side.unwrap()),
         &mut *store,
         config,

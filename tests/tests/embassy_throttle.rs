@@ -43,7 +43,7 @@ async fn the_device_throttle_holds_in_mock_time() {
         ..Config::new(NodeId(50))
     };
     let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
-    let (_handle, mut runner): (_, Runner<'_, _, _, 16, 4>) =
+    let (_handle, mut runner): (_, Runner<'_, _, _, 8, 4>) =
         Runner::new(FromTokio::new(stream), &mut *store, config, &mut resources).unwrap();
     let report = runner.run().await.unwrap();
     clock.stop().await;

@@ -127,17 +127,23 @@ async fn junk_and_forged_chunks_pushed_to_a_node_are_refused() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ids(&server), honest_log.ids(), "neither was stored");
 
-    // And a puller refuses junk a server offers under its true hash.
+    // And a puller refuses junk a server sends under its true hash. (Junk has no origin or
+    // sequence numbers, so no reconciliation finds it: only a fetch by hash reaches it.)
+    let junk_id = ChunkHash::of(&junk);
     let junk_server = Node::new(NodeConfig::new(NodeId(8)), {
         let s = MemStore::new();
-        s.insert(VerifiedChunk::new(ChunkHash::of(&junk), junk).unwrap())
-            .unwrap();
+        s.insert(VerifiedChunk::new(junk_id, junk).unwrap()).unwrap();
         s
     })
     .unwrap();
     let listener = junk_server.listen("127.0.0.1:0").await.unwrap();
     let puller = Node::new(NodeConfig::new(NodeId(7)), MemStore::new()).unwrap();
-    let report = puller.pull_from(listener.local_addr()).await.unwrap();
+    let pulled = puller.pull_from(listener.local_addr()).await.unwrap();
+    assert_eq!(pulled.progress.total_chunks, 0, "nothing to reconcile");
+    let report = puller
+        .fetch_from(listener.local_addr(), vec![junk_id])
+        .await
+        .unwrap();
     assert_eq!(report.failed.len(), 1);
     assert_eq!(report.failed[0].1, FailReason::Invalid);
     assert!(puller.store().is_empty().unwrap());

@@ -1,6 +1,7 @@
 //! Sessions simulated in virtual time: convergence, faults and limits.
 
 use chunk_sync_core::session::{Config, Error, FailReason};
+use chunk_sync_core::wire::Message;
 use chunk_sync_core::{Duration, NodeId, ThrottleConfig};
 use chunk_sync_tests::{Net, Node, failed_chunks};
 use proptest::prelude::*;
@@ -96,8 +97,9 @@ fn small_frames_carry_chunks_in_pieces() {
     assert_complete(&net);
     assert_eq!(net.nodes[b].ids(), net.nodes[a].ids());
     let stats = net.conns[0].ends[0].session().stats();
+    let chunk_bytes: usize = net.nodes[a].store.values().map(Vec::len).sum();
     assert!(
-        stats.frames_sent > 60 * 200 / 200,
+        stats.frames_sent as usize >= chunk_bytes / Message::piece_capacity(256),
         "chunks travelled in many frames"
     );
 }
@@ -120,13 +122,11 @@ fn a_lying_peer_is_refused_and_an_honest_one_serves() {
         net.nodes[me].store.is_empty(),
         "no unverified byte is ever stored"
     );
+    // Its chunks come for a range, so their hashes are computed on arrival: each corrupted
+    // one is no valid chunk, and is not asked for again.
     let end = &net.conns[0].ends[0];
-    assert_eq!(failed_chunks(end, FailReason::HashMismatch), 3);
-    assert_eq!(
-        end.session().progress().failed_chunks,
-        6,
-        "two attempts per chunk"
-    );
+    assert_eq!(failed_chunks(end, FailReason::Invalid), 3);
+    assert_eq!(end.session().progress().failed_chunks, 3);
 
     net.connect(me, honest, MS, default_config);
     net.run(LIMIT);
@@ -138,7 +138,16 @@ fn a_cut_connection_resumes_without_refetching() {
     let mut net = Net::default();
     let a = net.add(Node::with_log(NodeId(1), 400, 10, 200));
     let b = net.add(Node::default());
-    let first = net.connect(a, b, ms(2), default_config);
+    // The server sends at 20 KB/s, so that the range it serves is under way at the cut.
+    let throttled = |id| Config {
+        throttle: if id == NodeId(0) {
+            ThrottleConfig::per_second(20_000)
+        } else {
+            ThrottleConfig::UNLIMITED
+        },
+        ..Config::new(id)
+    };
+    let first = net.connect(a, b, ms(2), throttled);
     net.conns[first].cut_after = Some(40_000);
     net.run(LIMIT);
     assert!(net.conns[first].cut);

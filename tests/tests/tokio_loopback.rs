@@ -178,7 +178,13 @@ async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
         liar.listen("127.0.0.1:0").await.unwrap(),
     );
 
+    // Chunks of a range are hashed as they arrive: the liar's are no valid chunk.
     let report = me.sync_with(ll.local_addr()).await.unwrap();
+    assert_eq!(report.failed.len(), 12);
+    assert!(report.failed.iter().all(|(_, r)| *r == FailReason::Invalid));
+    assert!(ids(&me).is_empty(), "nothing unverified is stored");
+    // Chunks asked for by hash: its bytes do not match.
+    let report = me.fetch_from(ll.local_addr(), set.ids()).await.unwrap();
     assert_eq!(report.failed.len(), 12);
     assert!(
         report
@@ -188,8 +194,7 @@ async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     );
     assert!(ids(&me).is_empty(), "nothing unverified is stored");
 
-    let failed: Vec<ChunkHash> = report.failed.iter().map(|(id, _)| *id).collect();
-    let report = me.fetch_from(lh.local_addr(), failed).await.unwrap();
+    let report = me.fetch_from(lh.local_addr(), set.ids()).await.unwrap();
     assert_eq!(report.progress.synced_chunks, 12);
     assert_eq!(ids(&me), set.ids());
 }

@@ -235,17 +235,18 @@ impl Mode {
 pub struct FailoverReport {
     /// One entry per peer asked, in order: its session's report, or why it failed.
     pub attempts: Vec<Result<SyncReport, Error>>,
-    /// Whether some peer's manifest was walked to the end, so that `unresolved` is all
-    /// this node still lacks of it.
+    /// Whether some peer's store was reconciled with to the end, so that `unresolved` is
+    /// all this node still lacks of it.
     pub walked: bool,
-    /// Chunks found missing that no peer could give.
+    /// Chunks that failed in the last session that reached its end (by the hash of the
+    /// bytes that arrived, for a chunk of a range), and that no later peer replaced.
     pub unresolved: Vec<ChunkHash>,
     /// Chunks stored, over all sessions, those that failed later included.
     synced: u64,
 }
 
 impl FailoverReport {
-    /// Whether a manifest was walked and every chunk it named is now stored.
+    /// Whether a reconciliation reached its end and every chunk it found is now stored.
     #[must_use]
     pub fn is_complete(&self) -> bool {
         self.walked && self.unresolved.is_empty()
@@ -260,11 +261,11 @@ impl FailoverReport {
 }
 
 impl Node {
-    /// Fetches what this node lacks from the first of `peers` that answers, then asks the
-    /// following peers, in order, for exactly the chunks that failed (wrong bytes, not
-    /// found), until none is left or the peers run out. A peer that cannot be reached or
-    /// drops the session is skipped; while no manifest has been walked to the end, the next
-    /// peer is walked in full (chunks already stored are not fetched again).
+    /// Fetches what this node lacks from the first of `peers` that answers; while chunks
+    /// fail (wrong bytes, not found, invalid), reconciles again with the next peer, in
+    /// order, until a session ends with none failed or the peers run out. A peer that
+    /// cannot be reached or drops the session is skipped. Reconciling again costs what is
+    /// still missing, not the store: chunks already stored are not fetched again.
     pub async fn pull_from_any<A: ToSocketAddrs>(
         &self,
         peers: impl IntoIterator<Item = A>,
@@ -281,13 +282,8 @@ impl Node {
             if report.walked && report.unresolved.is_empty() {
                 break;
             }
-            let (mode, wanted) = if report.walked {
-                (Mode::FETCH, report.unresolved.clone())
-            } else {
-                (Mode::PULL, Vec::new())
-            };
             let attempt = match connect(peer).await {
-                Ok((stream, addr)) => self.run(stream, mode, wanted, addr, None).await,
+                Ok((stream, addr)) => self.run(stream, Mode::PULL, Vec::new(), addr, None).await,
                 Err(error) => Err(Box::new(Failed {
                     report: SyncReport::empty(),
                     error,

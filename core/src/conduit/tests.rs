@@ -114,7 +114,7 @@ impl End {
                     let mut origins: Vec<NodeId> = self
                         .store
                         .values()
-                        .filter_map(|b| crate::chunk::Span::of(b))
+                        .filter_map(|b| Span::of(b))
                         .map(|s| s.origin)
                         .filter(|o| after.is_none_or(|a| *o > a))
                         .collect();
@@ -188,11 +188,11 @@ impl End {
 /// The chunks of `store` in `range`, in key order.
 pub(crate) fn in_range(
     store: &BTreeMap<ChunkHash, Vec<u8>>,
-    range: &crate::recon::KeyRange,
-) -> Vec<(crate::chunk::Span, ChunkHash)> {
+    range: &KeyRange,
+) -> Vec<(Span, ChunkHash)> {
     let mut found: Vec<_> = store
         .iter()
-        .filter_map(|(id, b)| crate::chunk::Span::of(b).map(|s| (s, *id)))
+        .filter_map(|(id, b)| Span::of(b).map(|s| (s, *id)))
         .filter(|(s, _)| range.contains(s.origin, s.first_seq))
         .collect();
     found.sort_unstable_by_key(|(s, _)| s.first_seq);
@@ -497,7 +497,7 @@ fn a_reassembly_buffer_caps_the_largest_chunk_accepted() {
 fn answers_that_were_not_asked_for_change_nothing() {
     let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
     assert_eq!(
-        a.conduit.summarized(&crate::recon::Summary::default(), None),
+        a.conduit.summarized(&Summary::default(), None),
         Err(ApiMisuse::NotAsked)
     );
     assert_eq!(a.conduit.serve(10), Err(ApiMisuse::NotAsked));

@@ -184,15 +184,15 @@ fn bytes_of(op: &Op) -> Vec<u8> {
             };
             for (origin, count, first, end, fp, runs) in entries {
                 let origin = NodeId(u64::from(*origin));
-                let summary = recon::Summary {
+                let summary = Summary {
                     count: *count,
                     first: *first,
                     end: *end,
                     fingerprint: Fingerprint([*fp; 16]),
                 };
-                let runs: Option<Vec<recon::Run>> = runs
+                let runs: Option<Vec<Run>> = runs
                     .as_ref()
-                    .map(|r| r.iter().map(|&(lo, hi)| recon::Run { lo, hi }).collect());
+                    .map(|r| r.iter().map(|&(lo, hi)| Run { lo, hi }).collect());
                 let range = KeyRange::whole(origin);
                 let _ = w.write(Some(origin), &range, &summary, runs.as_deref());
             }
@@ -381,7 +381,6 @@ impl Harness {
                     self.closed = Some(outcome);
                     return;
                 }
-                _ => {}
             }
         }
         panic!("the conduit never waits");
@@ -408,7 +407,7 @@ impl Harness {
                 }
                 let mut buf = std::vec![0u8; 64 * 100];
                 while let Some((range, max_runs)) = answer.next_range() {
-                    let mut runs = std::vec![recon::Run { lo: 0, hi: 0 }; max_runs];
+                    let mut runs = std::vec![Run { lo: 0, hi: 0 }; max_runs];
                     let (summary, n) = recon::summarize(&range, &mut runs, |r, out| {
                         Ok::<_, ()>(chunks_in(&peer, r, out))
                     })

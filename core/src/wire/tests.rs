@@ -2,7 +2,6 @@ use super::*;
 use proptest::collection::vec as pvec;
 use proptest::prelude::*;
 use std::string::String;
-use std::vec::Vec;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| std::format!("{b:02x}")).collect()
