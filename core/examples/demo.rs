@@ -34,7 +34,11 @@ impl Node {
     }
 
     /// What this node holds of `range`, and its runs, as a summary answers it.
-    fn summarize(&self, range: &recon::KeyRange, runs: &mut [Run]) -> (recon::Summary, Option<usize>) {
+    fn summarize(
+        &self,
+        range: &recon::KeyRange,
+        runs: &mut [Run],
+    ) -> (recon::Summary, Option<usize>) {
         recon::summarize(range, runs, |r, out| self.held.chunks_in(r, out)).expect("RAM store")
     }
 }
@@ -126,7 +130,9 @@ fn main() {
             break;
         };
         let n = query.write(&mut query_bytes).expect("fits");
-        let query = Message::Query { query: &query_bytes[..n] };
+        let query = Message::Query {
+            query: &query_bytes[..n],
+        };
         discovery += query.frame_len();
         let Message::Query { query } = over_the_wire(&query, &mut frame) else {
             unreachable!()
@@ -136,17 +142,25 @@ fn main() {
         let mut answer = Answer::<16>::new(&query, room.entries, 4).expect("answerable");
         if let Some((after, limit)) = answer.origins_to_list() {
             let mut out = [NodeId(0); 16];
-            let (n, last) = a.held.origins_after(after, &mut out[..limit]).expect("RAM store");
+            let (n, last) = a
+                .held
+                .origins_after(after, &mut out[..limit])
+                .expect("RAM store");
             answer.origins_listed(&out[..n], last);
         }
         let mut entries = [0u8; 1024];
         while let Some((range, max_runs)) = answer.next_range() {
             let (summary, n) = a.summarize(&range, &mut runs[..max_runs]);
             let sent = n.map(|n| &runs[..n]);
-            answer.summarized(&mut entries, &summary, sent).expect("fits");
+            answer
+                .summarized(&mut entries, &summary, sent)
+                .expect("fits");
         }
         let (len, last) = answer.finish().expect("complete");
-        let reply = Message::Answer { last, entries: &entries[..len] };
+        let reply = Message::Answer {
+            last,
+            entries: &entries[..len],
+        };
         discovery += reply.frame_len();
         let Message::Answer { last, entries } = over_the_wire(&reply, &mut frame) else {
             unreachable!()
@@ -176,7 +190,9 @@ fn main() {
     let mut throttle = Throttle::new(ThrottleConfig::per_second(250)).expect("valid throttle");
     let mut progress = ProgressTable::<4>::new();
     let mut now = Instant::ZERO;
-    progress.start_sync(a.id, 0, now).expect("room for one peer");
+    progress
+        .start_sync(a.id, 0, now)
+        .expect("room for one peer");
     for range in &wanted {
         let get = Message::GetRange {
             origin: range.origin,

@@ -165,8 +165,7 @@ use crate::hash::{ChunkHash, Verified};
 use crate::progress::SyncProgress;
 use crate::recon::{KeyRange, Run, Summary};
 use crate::session::{
-    ApiMisuse, Config, ConfigError, Error, FailReason, PieceOut, Question, Session, Stats,
-    Stored,
+    ApiMisuse, Config, ConfigError, Error, FailReason, PieceOut, Question, Session, Stats, Stored,
 };
 use crate::throttle::Throttle;
 use crate::time::{Duration, Instant};
@@ -895,9 +894,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize> Conduit<'w, B, RANGES
     /// it wrote into `runs` (`None`: more than fit). An answer that does not fit aborts the
     /// session.
     pub fn summarized(&mut self, summary: &Summary, runs: Option<usize>) -> Result<(), ApiMisuse> {
-        let done = self
-            .session
-            .summarized(summary, runs, self.tx.bytes_mut());
+        let done = self.session.summarized(summary, runs, self.tx.bytes_mut());
         if matches!(done, Err(ApiMisuse::BadListing)) {
             self.session.abort();
         }

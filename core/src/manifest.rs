@@ -131,6 +131,24 @@ pub fn is_sorted_unique(ids: &[ChunkHash]) -> bool {
     ids.windows(2).all(|w| w[0] < w[1])
 }
 
+/// The bytes that listing a whole manifest of `hashes` hashes costs, in frames of `frame`
+/// bytes holding at most `max_page` hashes each: for every page, a request (frame header,
+/// tag, a 32-byte cursor, a limit) and the page (frame header, tag, a length, 32 bytes per
+/// hash, an end flag). The baseline that [`recon`](crate::recon)'s cost is compared with.
+#[must_use]
+pub fn listing_cost(hashes: usize, frame: usize, max_page: usize) -> usize {
+    const REQUEST: usize = 4 + 1 + 1 + ChunkHash::LEN + 3;
+    const PAGE_FIELDS: usize = 4 + 1 + 1;
+    let per_page = (frame.saturating_sub(PAGE_FIELDS + 5) / ChunkHash::LEN)
+        .min(max_page)
+        .max(1);
+    let pages = hashes.div_ceil(per_page).max(1);
+    let varint = |n: usize| (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize;
+    let page = |n: usize| PAGE_FIELDS + varint(n * ChunkHash::LEN) + n * ChunkHash::LEN;
+    let rest = hashes - (pages - 1) * per_page;
+    (pages - 1) * page(per_page) + page(rest) + pages * REQUEST
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,22 +223,4 @@ mod tests {
             prop_assert_eq!(seen.as_slice(), m.as_slice());
         }
     }
-}
-
-/// The bytes that listing a whole manifest of `hashes` hashes costs, in frames of `frame`
-/// bytes holding at most `max_page` hashes each: for every page, a request (frame header,
-/// tag, a 32-byte cursor, a limit) and the page (frame header, tag, a length, 32 bytes per
-/// hash, an end flag). The baseline that [`recon`](crate::recon)'s cost is compared with.
-#[must_use]
-pub fn listing_cost(hashes: usize, frame: usize, max_page: usize) -> usize {
-    const REQUEST: usize = 4 + 1 + 1 + ChunkHash::LEN + 3;
-    const PAGE_FIELDS: usize = 4 + 1 + 1;
-    let per_page = (frame.saturating_sub(PAGE_FIELDS + 5) / ChunkHash::LEN)
-        .min(max_page)
-        .max(1);
-    let pages = hashes.div_ceil(per_page).max(1);
-    let varint = |n: usize| (usize::BITS - (n | 1).leading_zeros()).div_ceil(7) as usize;
-    let page = |n: usize| PAGE_FIELDS + varint(n * ChunkHash::LEN) + n * ChunkHash::LEN;
-    let rest = hashes - (pages - 1) * per_page;
-    (pages - 1) * page(per_page) + page(rest) + pages * REQUEST
 }

@@ -305,9 +305,7 @@ impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
             Message::Hello(_) => unexpected("a second Hello"),
             Message::Query { query } => self.on_query(query).map(|()| None),
             Message::Answer { last, entries } => self.on_answer(entries, last).map(|()| None),
-            Message::EventChunkGet { hash } => {
-                self.on_request(Request::Chunk(hash)).map(|()| None)
-            }
+            Message::EventChunkGet { hash } => self.on_request(Request::Chunk(hash)).map(|()| None),
             Message::GetRange { origin, lo, hi } => self
                 .on_request(Request::Range(crate::recon::KeyRange { origin, lo, hi }))
                 .map(|()| None),

@@ -276,12 +276,12 @@ pub fn encode<'b>(message: &Message<'_>, buf: &'b mut [u8]) -> Result<&'b [u8], 
 /// The header followed by the data is byte for byte the frame [`encode`] writes for the
 /// same `EventChunkPut`, so a sender can write chunk data straight from where it is kept
 /// instead of copying it into the frame buffer.
-pub fn encode_put_head<'b>(
+pub fn encode_put_head(
     total_len: u32,
     offset: u32,
     data_len: usize,
-    buf: &'b mut [u8],
-) -> Result<&'b [u8], InsufficientSize> {
+    buf: &mut [u8],
+) -> Result<&[u8], InsufficientSize> {
     /// The enum tag of `EventChunkPut` (see the table in the module docs).
     const PUT_TAG: u32 = 4;
     let too_small = || InsufficientSize {

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
-use chunk_sync_core::session::{Config, Error, FailReason, Session, Stored};
 use chunk_sync_core::recon::{self, KeyRange};
+use chunk_sync_core::session::{Config, Error, FailReason, Session, Stored};
 use chunk_sync_core::{
     ChunkHash, Duration, EventBuf, EventChunkStore, Instant, NodeId, Privacy, Span,
 };
@@ -176,7 +176,9 @@ impl End {
                 Action::Summarize { range, runs } => {
                     let chunks = node.in_range(&range);
                     let page = |r: &KeyRange, out: &mut [(Span, ChunkHash)]| {
-                        let found = chunks.iter().filter(|(s, _)| r.contains(s.origin, s.first_seq));
+                        let found = chunks
+                            .iter()
+                            .filter(|(s, _)| r.contains(s.origin, s.first_seq));
                         Ok::<_, ()>(out.iter_mut().zip(found).map(|(o, c)| *o = *c).count())
                     };
                     if let Ok((summary, n)) = recon::summarize(&range, runs, page) {

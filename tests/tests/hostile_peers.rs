@@ -132,7 +132,8 @@ async fn junk_and_forged_chunks_pushed_to_a_node_are_refused() {
     let junk_id = ChunkHash::of(&junk);
     let junk_server = Node::new(NodeConfig::new(NodeId(8)), {
         let s = MemStore::new();
-        s.insert(VerifiedChunk::new(junk_id, junk).unwrap()).unwrap();
+        s.insert(VerifiedChunk::new(junk_id, junk).unwrap())
+            .unwrap();
         s
     })
     .unwrap();

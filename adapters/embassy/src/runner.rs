@@ -205,7 +205,11 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                         }
                     };
                     let read = match first {
-                        Some((span, id)) => self.store.read_into(&id, self.outgoing).await.map(|n| n.map(|n| (span, n))),
+                        Some((span, id)) => self
+                            .store
+                            .read_into(&id, self.outgoing)
+                            .await
+                            .map(|n| n.map(|n| (span, n))),
                         None => Ok(None),
                     };
                     match read {

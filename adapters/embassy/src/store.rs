@@ -98,7 +98,10 @@ pub trait Store {
 
     /// The first stored chunk of `range` (lowest `first_seq`), if it holds any: what a
     /// node serves next for a range request.
-    async fn first_in(&mut self, range: &KeyRange) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
+    async fn first_in(
+        &mut self,
+        range: &KeyRange,
+    ) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
         let mut first = [(Span::default(), ChunkHash::default())];
         let n = self.chunks_in(range, &mut first).await?;
         Ok(first.get(..n).and_then(<[_]>::first).copied())

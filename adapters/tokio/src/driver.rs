@@ -364,10 +364,7 @@ mod tests {
         // The README's connection row: 77 KiB of conduit and session (79,280 bytes on
         // 64-bit targets) and a 4 KiB receive buffer.
         let conduit = size_of::<HostConduit<'static>>();
-        assert!(
-            (76 << 10..=80 << 10).contains(&conduit),
-            "{conduit} bytes"
-        );
+        assert!((76 << 10..=80 << 10).contains(&conduit), "{conduit} bytes");
         assert_eq!(RX_INITIAL, 4 << 10);
     }
 

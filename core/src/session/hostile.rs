@@ -47,13 +47,20 @@ fn held(from: u8, to: u8) -> Vec<(Span, ChunkHash, Vec<u8>)> {
 }
 
 /// `store`'s chunks of `range`, in key order, as a store's `chunks_in` gives them.
-fn chunks_in(store: &[(Span, ChunkHash, Vec<u8>)], range: &KeyRange, out: &mut [(Span, ChunkHash)]) -> usize {
+fn chunks_in(
+    store: &[(Span, ChunkHash, Vec<u8>)],
+    range: &KeyRange,
+    out: &mut [(Span, ChunkHash)],
+) -> usize {
     let found = store
         .iter()
         .filter(|(s, ..)| range.contains(s.origin, s.first_seq))
         .map(|(s, id, _)| (*s, *id));
     out.iter_mut().zip(found).map(|(o, x)| *o = x).count()
 }
+
+/// A made-up summary entry: origin, count, first, end, fingerprint byte, runs.
+type Forged = (u8, u64, u64, u64, u8, Option<Vec<(u64, u64)>>);
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -75,7 +82,7 @@ enum Op {
     },
     /// An answer made up: random summaries, runs and origins.
     LyingAnswer {
-        entries: Vec<(u8, u64, u64, u64, u8, Option<Vec<(u64, u64)>>)>,
+        entries: Vec<Forged>,
         last: bool,
     },
     Get(u8),
@@ -314,9 +321,10 @@ impl Harness {
                     self.c.written(now, n);
                 }
                 Action::Summarize { range, runs } => {
-                    let (summary, n) =
-                        recon::summarize(&range, runs, |r, out| Ok::<_, ()>(chunks_in(&own, r, out)))
-                            .unwrap();
+                    let (summary, n) = recon::summarize(&range, runs, |r, out| {
+                        Ok::<_, ()>(chunks_in(&own, r, out))
+                    })
+                    .unwrap();
                     let _ = self.c.summarized(&summary, n);
                 }
                 Action::Origins { after, out } => {
@@ -337,7 +345,10 @@ impl Harness {
                     }
                 },
                 Action::ReadFirst(range) => {
-                    match own.iter().find(|(s, ..)| range.contains(s.origin, s.first_seq)) {
+                    match own
+                        .iter()
+                        .find(|(s, ..)| range.contains(s.origin, s.first_seq))
+                    {
                         Some((span, _, bytes)) => {
                             self.serving = bytes.clone();
                             let _ = self.c.serve_in_range(span, self.serving.len());
@@ -356,7 +367,10 @@ impl Harness {
                     let wanted_by_hash = (0..8).any(|i| pool_hash(i) == chunk.id());
                     assert!(
                         wanted_by_hash
-                            || self.ranges.iter().any(|r| r.contains(span.origin, span.first_seq)),
+                            || self
+                                .ranges
+                                .iter()
+                                .any(|r| r.contains(span.origin, span.first_seq)),
                         "a chunk of a range is in it"
                     );
                     let _ = self.c.stored(Stored::Kept);

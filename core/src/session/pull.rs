@@ -8,8 +8,8 @@ use core::cmp::min;
 use heapless::Deque;
 
 use super::{
-    ApiMisuse, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, RUNS, Session,
-    Stored, Transmit,
+    ApiMisuse, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, RUNS, Session, Stored,
+    Transmit,
 };
 use crate::chunk::ChunkView;
 use crate::error::InsufficientSize;
@@ -292,7 +292,11 @@ impl<const R: usize, const REQ: usize> Session<R, REQ> {
     }
 
     /// Checks a chunk asked for by hash (already out of flight).
-    fn finish_wanted<'b>(&mut self, want: Want, bytes: &'b [u8]) -> Result<Verified<'b>, FinishError> {
+    fn finish_wanted<'b>(
+        &mut self,
+        want: Want,
+        bytes: &'b [u8],
+    ) -> Result<Verified<'b>, FinishError> {
         let result = Verified::new(want.hash, bytes)
             .map_err(FinishError::HashMismatch)
             .and_then(|verified| {

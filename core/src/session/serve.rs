@@ -204,7 +204,9 @@ impl<const R: usize, const REQ: usize> Session<R, REQ> {
             return Err(ApiMisuse::NotAsked);
         };
         let ascending = origins.windows(2).all(|w| w[0] < w[1])
-            && origins.first().is_none_or(|first| after.is_none_or(|a| *first > a));
+            && origins
+                .first()
+                .is_none_or(|first| after.is_none_or(|a| *first > a));
         if !ascending || (origins.is_empty() && !last) || !answer.origins_listed(origins, last) {
             return Err(ApiMisuse::BadListing);
         }
@@ -252,7 +254,9 @@ impl<const R: usize, const REQ: usize> Session<R, REQ> {
         let (len, last) = match self.serve.answer {
             Answering::Ready { len, last } => (len, last),
             Answering::Blind { empty } => {
-                let zeros = area.get_mut(..empty).ok_or(InsufficientSize { required: empty })?;
+                let zeros = area
+                    .get_mut(..empty)
+                    .ok_or(InsufficientSize { required: empty })?;
                 zeros.fill(0);
                 (empty, true)
             }

@@ -62,7 +62,8 @@ fn origins_answer(entries: &[(u64, Summary, Option<&[Run]>)], last: bool) -> Vec
     let mut w = EntryWriter::new(&mut buf, entries.len()).unwrap();
     for (origin, summary, runs) in entries {
         let range = KeyRange::whole(NodeId(*origin));
-        w.write(Some(NodeId(*origin)), &range, summary, *runs).unwrap();
+        w.write(Some(NodeId(*origin)), &range, summary, *runs)
+            .unwrap();
     }
     let n = w.finish();
     frame(&Message::Answer {
@@ -299,10 +300,7 @@ fn a_chunk_outside_its_range_fails_the_session_and_is_not_stored() {
             assert!(s.handle_input(T0, &put).is_ok());
         }
         assert_eq!(s.finish_chunk(&bytes), Err(FinishError::OutsideRange));
-        assert_eq!(
-            s.error(),
-            Some(Error::Peer(PeerMisbehaved::OutsideRange))
-        );
+        assert_eq!(s.error(), Some(Error::Peer(PeerMisbehaved::OutsideRange)));
     }
 }
 

@@ -3,8 +3,8 @@
 
 use super::{ConfigError, Error};
 use crate::event::NodeId;
-use crate::recon::KeyRange;
 use crate::hash::ChunkHash;
+use crate::recon::KeyRange;
 use crate::throttle::{Throttle, ThrottleConfig};
 use crate::time::Duration;
 use crate::wire;

@@ -81,7 +81,9 @@ fn every_message_round_trips() {
             max_ranges: u16::MAX,
             capabilities: Capabilities(u32::MAX),
         }),
-        Message::Query { query: b"any bytes" },
+        Message::Query {
+            query: b"any bytes",
+        },
         Message::Query { query: &[] },
         Message::Answer {
             last: false,
