@@ -284,6 +284,10 @@ impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
         self.idle_deadline = now + self.config.idle_timeout;
         self.stats.bytes_received += len as u64;
         self.stats.frames_received += 1;
+        if let Message::Query { .. } | Message::Answer { .. } = message {
+            self.stats.discovery_received += len as u64;
+            self.stats.queries_received += u64::from(matches!(message, Message::Query { .. }));
+        }
         let piece = self.on_message(message).map_err(|e| self.fail(e))?;
         self.check_completion();
         Ok(Handled {
@@ -580,6 +584,7 @@ impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
             });
         };
         if let Some(t) = self.next_answer_frame(frame, area)? {
+            self.stats.discovery_sent += t.len as u64;
             return Ok(Some(t));
         }
         if let Some(t) = self.next_pull_frame(&peer, frame, area)? {

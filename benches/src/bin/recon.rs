@@ -1,42 +1,39 @@
-//! What discovery costs with range-based reconciliation against a full manifest exchange,
-//! for stores of a million small chunks, printed as a Markdown table.
+//! What a sync costs, discovery and transfer, between two tokio nodes over loopback TCP,
+//! for stores of a million small chunks, printed as Markdown tables.
 //!
 //! ```text
 //! cargo run --release -p chunk-sync-benches --bin recon [-- CHUNKS]
 //! ```
 //!
 //! Two `MemStore`s hold chunks of ten origins (one event each, about 60 bytes); each case
-//! changes what one of them holds. Both sides pull from each other, as a session does:
-//! each runs the core's [`Walk`] against the other's [`Answer`], and the table adds up the
-//! bytes of both directions (queries and answers, each in a frame with a 4-byte header,
-//! a tag, a length and a flag) and counts the round trips of the longer one. The manifest
-//! column is what protocol 1 sends for the same stores: every hash of each side, in pages
-//! of 1,024 hashes (or what a frame holds), each asked for with a `ManifestRequest`.
+//! changes what one of them holds. One node serves, the other syncs with it both ways
+//! (`Node::sync_with`), in frames of 64 KiB or of 256 bytes. Every figure is what the
+//! session counted: discovery is the bytes of query and answer frames both ways; round
+//! trips are the queries of the side that needed more (one is outstanding at a time);
+//! wire bytes are every frame both ways. Beside each case, in the same run, the cost of a
+//! full manifest exchange of the same stores: every hash of each side sent to the other, in
+//! pages of 1,024 hashes (or what a frame holds), each asked for.
+//!
+//! Then cold pulls: the million small chunks into an empty `RedbStore` and into an empty
+//! `MemStore`, and 1,000 chunks of 16 KiB, with what was received and sent per byte of
+//! chunk data.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chunk_sync_benches::Rng;
 use chunk_sync_core::chunk::Chunker;
-use chunk_sync_core::recon::codec::MAX_ENTRY;
-use chunk_sync_core::recon::{Answer, Query, Room, Run, Walk};
-use chunk_sync_core::wire;
+use chunk_sync_core::manifest::listing_cost;
+use chunk_sync_core::session::Stats;
 use chunk_sync_core::{Event, NodeId, Privacy};
-use chunk_sync_tokio::{Durability, MemStore, NodeStore, RedbStore, VerifiedChunk};
+use chunk_sync_tokio::{
+    Durability, MemStore, Node, NodeConfig, NodeStore, RedbStore, SyncReport, VerifiedChunk,
+};
 
-/// Bytes around a query or an answer: frame header, tag, length of the list, `last`.
-const FRAMING: usize = wire::FRAME_HEADER + 1 + 3 + 1;
-/// The most entries of one answer, as a host session keeps them.
-const ENTRIES: usize = 64;
-/// The most runs per entry.
-const RUNS: usize = 16;
-/// Ranges waiting, and wanted ranges not yet fetched.
-const QUEUE: usize = 4096;
-/// Queries in flight at once.
-const IN_FLIGHT: usize = 4;
-/// Hashes per manifest page in protocol 1 (the host session's `PAGE`).
+/// Hashes per manifest page of the full manifest exchange compared with.
 const PAGE: usize = 1024;
 
-fn main() {
+#[tokio::main]
+async fn main() {
     let total: u64 = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
@@ -45,29 +42,14 @@ fn main() {
     let per_origin = total / origins;
     let started = Instant::now();
     let logs: Vec<Vec<VerifiedChunk>> = (1..=origins)
-        .map(|o| log(NodeId(o * 0x9E37_79B9), per_origin))
+        .map(|o| log(NodeId(o * 0x9E37_79B9), per_origin, 16))
         .collect();
+    let chunks = per_origin * origins;
     eprintln!(
-        "sealed {} chunks in {:.1} s",
-        per_origin * origins,
+        "sealed {chunks} chunks in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let all = |keep: &dyn Fn(usize, usize) -> bool| {
-        let store = MemStore::new();
-        for (o, log) in logs.iter().enumerate() {
-            let kept: Vec<VerifiedChunk> = log
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| keep(o, *i))
-                .map(|(_, c)| c.clone())
-                .collect();
-            store.insert_batch(&kept).unwrap();
-        }
-        store
-    };
     let n = per_origin as usize;
-    let full = all(&|_, _| true);
-    let odd = all(&|_, i| i % 2 == 1);
     let mut rng = Rng::new(7);
     let scattered: std::collections::BTreeSet<(usize, usize)> = (0..100)
         .map(|_| {
@@ -75,111 +57,155 @@ fn main() {
             (o, (rng.next_u64() % per_origin) as usize)
         })
         .collect();
-    let cases: Vec<(&str, MemStore, &MemStore)> = vec![
-        ("nothing changed", all(&|_, _| true), &full),
+    type Pick<'a> = Box<dyn Fn(usize, usize) -> bool + 'a>;
+    let cases: Vec<(&str, Pick<'_>, Pick<'_>)> = vec![
+        (
+            "nothing changed",
+            Box::new(|_, _| true),
+            Box::new(|_, _| true),
+        ),
         (
             "100 new chunks at the tails",
-            all(&|_, i| i < n - 10),
-            &full,
+            Box::new(|_, i| i < n - 10),
+            Box::new(|_, _| true),
         ),
         (
             "100 chunks missing, scattered",
-            all(&|o, i| !scattered.contains(&(o, i))),
-            &full,
+            Box::new(|o, i| !scattered.contains(&(o, i))),
+            Box::new(|_, _| true),
         ),
-        ("nothing in common: other origins", MemStore::new(), &full),
+        (
+            "nothing in common: other origins",
+            Box::new(|o, _| o < 5),
+            Box::new(|o, _| o >= 5),
+        ),
         (
             "nothing in common: alternate chunks",
-            all(&|_, i| i % 2 == 0),
-            &odd,
+            Box::new(|_, i| i % 2 == 0),
+            Box::new(|_, i| i % 2 == 1),
         ),
     ];
     println!(
-        "| case ({total} chunks) | frames | discovery, both ways | round trips | wanted ranges | manifest (protocol 1) | time, first / repeated |"
+        "| case ({chunks} chunks) | frames | discovery, both ways | round trips | chunks moved | wire bytes, both ways | full manifest exchange | first sync / repeated |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (name, a, b) in &cases {
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, mine, theirs) in &cases {
         for frame in [65_536, 256] {
-            let t = Instant::now();
-            let ab = walk(a, *b, frame);
-            let ba = walk(*b, a, frame);
-            let first = t.elapsed();
-            // Again: the stores kept their block summaries.
-            let t = Instant::now();
-            let _ = (walk(a, *b, frame), walk(*b, a, frame));
-            let repeated = t.elapsed();
-            let manifest =
-                manifest_cost(b.len().unwrap(), frame) + manifest_cost(a.len().unwrap(), frame);
+            let (a, b) = (store(&logs, mine), store(&logs, theirs));
+            let manifest = listing_cost(a.len().unwrap(), frame, PAGE)
+                + listing_cost(b.len().unwrap(), frame, PAGE);
+            let before = a.len().unwrap() + b.len().unwrap();
+            let (first, report, after) = sync(a, b, frame as u32).await;
+            let s = report.stats;
             println!(
-                "| {name} | {} | {} B | {} | {} | {} B ({:.4}×) | {:.3} / {:.3} s |",
+                "| {name} | {} | {} B | {} | {} | {} B | {manifest} B ({:.3}×) | {:.3} / {:.3} s |",
                 if frame > 1024 { "64 KiB" } else { "256 B" },
-                ab.bytes + ba.bytes,
-                ab.round_trips.max(ba.round_trips),
-                ab.wanted + ba.wanted,
-                manifest,
-                (ab.bytes + ba.bytes) as f64 / manifest as f64,
-                first.as_secs_f64(),
-                repeated.as_secs_f64(),
+                s.discovery_sent + s.discovery_received,
+                s.queries_sent.max(s.queries_received),
+                after - before,
+                s.bytes_sent + s.bytes_received,
+                (s.discovery_sent + s.discovery_received) as f64 / manifest as f64,
+                first.0.as_secs_f64(),
+                first.1.as_secs_f64(),
             );
         }
     }
-    let every: Vec<VerifiedChunk> = logs.iter().flatten().cloned().collect();
-    redb_case(&every, &full);
-}
 
-/// Times syncs where nothing changed between a `RedbStore` and a `MemStore` holding `chunks`.
-fn redb_case(chunks: &[VerifiedChunk], twin: &MemStore) {
+    println!();
+    println!("| cold pull | chunks | chunk bytes | received | sent | time | chunks/s |");
+    println!("|---|---|---|---|---|---|---|");
+    let every: Vec<VerifiedChunk> = logs.iter().flatten().cloned().collect();
     let dir = std::env::temp_dir().join(format!("chunk-sync-recon-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("chunks.redb");
-    let t = Instant::now();
-    {
-        let store = RedbStore::open_with(&path, Durability::Process).unwrap();
-        for batch in chunks.chunks(65_536) {
-            store.insert_batch(batch).unwrap();
-        }
-    }
-    eprintln!(
-        "stored {} chunks in redb in {:.1} s",
-        chunks.len(),
-        t.elapsed().as_secs_f64()
-    );
-    let sync = |store: &RedbStore| {
-        let t = Instant::now();
-        let cost = (walk(store, twin, 65_536), walk(twin, store, 65_536));
-        (t.elapsed(), cost.0.bytes + cost.1.bytes)
-    };
-    let store = RedbStore::open_with(&path, Durability::Process).unwrap();
-    let (first, bytes) = sync(&store);
-    let (again, _) = sync(&store);
-    drop(store);
-    let store = RedbStore::open_with(&path, Durability::Process).unwrap();
-    let (reopened, _) = sync(&store);
-    println!();
-    println!(
-        "| `RedbStore`, {} chunks, nothing changed | discovery | first sync | repeated | after reopening |",
-        chunks.len()
-    );
-    println!("|---|---|---|---|---|");
-    println!(
-        "| 64 KiB frames | {bytes} B | {:.3} s | {:.3} s | {:.3} s |",
-        first.as_secs_f64(),
-        again.as_secs_f64(),
-        reopened.as_secs_f64()
-    );
-    drop(store);
+    let redb = RedbStore::open_with(dir.join("chunks.redb"), Durability::Process).unwrap();
+    cold_pull("small chunks into a `RedbStore`", &every, redb).await;
+    cold_pull("small chunks into a `MemStore`", &every, MemStore::new()).await;
+    let big: Vec<VerifiedChunk> = (1..=4)
+        .flat_map(|o| log(NodeId(o), 250, 16 << 10))
+        .collect();
+    cold_pull("16 KiB chunks into a `MemStore`", &big, MemStore::new()).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A log of `count` chunks of one event each.
-fn log(origin: NodeId, count: u64) -> Vec<VerifiedChunk> {
-    let mut buf = [0u8; 256];
-    let mut payload = [0u8; 16];
+/// A store holding the chunks of `logs` that `keep(origin, index)` picks.
+fn store(logs: &[Vec<VerifiedChunk>], keep: &dyn Fn(usize, usize) -> bool) -> MemStore {
+    let store = MemStore::new();
+    for (o, log) in logs.iter().enumerate() {
+        let kept: Vec<VerifiedChunk> = log
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| keep(o, *i))
+            .map(|(_, c)| c.clone())
+            .collect();
+        store.insert_batch(&kept).unwrap();
+    }
+    store
+}
+
+fn config(id: u64, frame: u32) -> NodeConfig {
+    NodeConfig {
+        max_frame: frame,
+        ..NodeConfig::new(NodeId(id))
+    }
+}
+
+/// `a` syncs with `b` both ways, then again; the times of both syncs, the first's report,
+/// and how many chunks both hold after it.
+async fn sync(a: MemStore, b: MemStore, frame: u32) -> ((Duration, Duration), SyncReport, usize) {
+    let a = Node::new(config(1, frame), a).unwrap();
+    let b = Node::new(config(2, frame), b).unwrap();
+    let listener = b.listen("127.0.0.1:0").await.unwrap();
+    let t = Instant::now();
+    let report = a.sync_with(listener.local_addr()).await.unwrap();
+    let first = t.elapsed();
+    // The serving side finishes storing what it received a moment after the client.
+    let expected = a.store().len().unwrap();
+    while b.store().len().unwrap() < expected {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let after = a.store().len().unwrap() + b.store().len().unwrap();
+    let t = Instant::now();
+    let again = a.sync_with(listener.local_addr()).await.unwrap();
+    assert_eq!(again.progress.synced_chunks, 0, "nothing left to sync");
+    ((first, t.elapsed()), report, after)
+}
+
+/// Pulls `chunks` from a node that holds them all into `into`, which holds none.
+async fn cold_pull(name: &str, chunks: &[VerifiedChunk], into: impl NodeStore) {
+    let server = MemStore::new();
+    server.insert_batch(chunks).unwrap();
+    let server = Node::new(config(2, 65_536), server).unwrap();
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let puller = Node::new(config(1, 65_536), into).unwrap();
+    let t = Instant::now();
+    let report = puller.pull_from(listener.local_addr()).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(report.progress.synced_chunks, chunks.len() as u64);
+    let bytes: usize = chunks.iter().map(|c| c.bytes().len()).sum();
+    let Stats {
+        bytes_sent,
+        bytes_received,
+        ..
+    } = report.stats;
+    println!(
+        "| {name} | {} | {bytes} B | {bytes_received} B ({:.3}×) | {bytes_sent} B ({:.4}×) | {:.2} s | {:.0} |",
+        chunks.len(),
+        bytes_received as f64 / bytes as f64,
+        bytes_sent as f64 / bytes as f64,
+        took.as_secs_f64(),
+        chunks.len() as f64 / took.as_secs_f64(),
+    );
+}
+
+/// A log of `count` chunks of one event each, of `payload` random bytes.
+fn log(origin: NodeId, count: u64, payload: usize) -> Vec<VerifiedChunk> {
+    let mut buf = vec![0u8; payload + 256];
+    let mut body = vec![0u8; payload];
     let mut rng = Rng::new(origin.0);
     (0..count)
         .map(|seq| {
-            rng.fill(&mut payload);
+            rng.fill(&mut body);
             let mut chunker = Chunker::new(origin, 1, seq, &mut buf).unwrap();
             let event = Event {
                 origin,
@@ -187,92 +213,11 @@ fn log(origin: NodeId, count: u64) -> Vec<VerifiedChunk> {
                 timestamp: seq,
                 kind: "r",
                 privacy: Privacy::Public,
-                payload: &payload,
+                payload: &body,
             };
             let _ = chunker.push(&event).unwrap();
             let sealed = chunker.seal().unwrap();
             VerifiedChunk::new(sealed.id, sealed.bytes.to_vec()).unwrap()
         })
         .collect()
-}
-
-#[derive(Default)]
-struct Cost {
-    bytes: usize,
-    round_trips: usize,
-    wanted: usize,
-}
-
-/// `puller` reconciles with `server`, both in frames of `frame` bytes.
-fn walk(puller: &dyn NodeStore, server: &dyn NodeStore, frame: usize) -> Cost {
-    let mut walk = Box::new(Walk::<QUEUE, ENTRIES, RUNS, IN_FLIGHT>::new(1 << 24));
-    let room = Room::for_frames(frame, frame, FRAMING);
-    let mut cost = Cost::default();
-    let mut runs = [Run { lo: 0, hi: 0 }; RUNS];
-    let mut query_buf = vec![0; frame];
-    let mut answer_buf = vec![0; frame];
-    let mut resolve = |walk: &mut Walk<QUEUE, ENTRIES, RUNS, IN_FLIGHT>, cost: &mut Cost| loop {
-        while let Some(range) = walk.next_own() {
-            let (mine, n) = puller.summarize(&range, &mut runs).unwrap();
-            walk.resolve(&mine, n.map(|n| &runs[..n]));
-        }
-        let before = cost.wanted;
-        while walk.next_wanted().is_some() {
-            cost.wanted += 1;
-        }
-        if before == cost.wanted {
-            break;
-        }
-    };
-    loop {
-        resolve(&mut walk, &mut cost);
-        // One round trip: every query the walk has now, then their answers in order.
-        let mut answers = Vec::new();
-        while let Some(query) = walk.next_query(room).unwrap() {
-            let len = query.write(&mut query_buf).unwrap();
-            let query = Query::read(&query_buf[..len]).unwrap();
-            let (answered, last) = answer(server, &query, &mut answer_buf[..frame - FRAMING]);
-            cost.bytes += len + FRAMING + answered + FRAMING;
-            let origins = matches!(query, Query::Origins { .. });
-            answers.push((origins, answer_buf[..answered].to_vec(), last));
-        }
-        if answers.is_empty() {
-            break;
-        }
-        cost.round_trips += 1;
-        for (origins, entries, last) in answers {
-            if origins {
-                walk.on_origins(&entries, last).unwrap();
-            } else {
-                walk.on_ranges(&entries).unwrap();
-            }
-            resolve(&mut walk, &mut cost);
-        }
-    }
-    cost
-}
-
-/// The server's answer to `query` in `buf`: its length, and whether it ends the origins.
-fn answer(server: &dyn NodeStore, query: &Query<'_>, buf: &mut [u8]) -> (usize, bool) {
-    let mut answer = Answer::<ENTRIES>::new(query, buf.len() / MAX_ENTRY, RUNS).unwrap();
-    if let Some((after, limit)) = answer.origins_to_list() {
-        let mut out = vec![NodeId(0); limit];
-        let (n, last) = server.origins_after(after, &mut out).unwrap();
-        answer.origins_listed(&out[..n], last);
-    }
-    let mut runs = [Run { lo: 0, hi: 0 }; RUNS];
-    while let Some((range, max_runs)) = answer.next_range() {
-        let runs = &mut runs[..max_runs];
-        let (summary, n) = server.summarize(&range, runs).unwrap();
-        answer
-            .summarized(buf, &summary, n.map(|n| &runs[..n]))
-            .unwrap();
-    }
-    answer.finish().unwrap()
-}
-
-/// Bytes a full manifest exchange moves to send `hashes` hashes of one side's manifest to
-/// the other in frames of `frame` bytes: its pages and the requests for them.
-fn manifest_cost(hashes: usize, frame: usize) -> usize {
-    chunk_sync_core::manifest::listing_cost(hashes, frame, PAGE)
 }

@@ -892,3 +892,26 @@ fn a_walk_costs_what_its_docs_say() {
         "{host}: the docs overstate it"
     );
 }
+
+proptest! {
+    /// Splitting is exact: the parts tile the range at `lo + floor(width × i / n)`.
+    #[test]
+    fn a_split_tiles_its_range_at_exact_points(
+        lo in any::<u64>(),
+        width in prop_oneof![1u64..40, any::<u64>()],
+        parts in 2usize..=SPLIT,
+    ) {
+        let hi = lo.saturating_add(width).max(lo + u64::from(lo < u64::MAX));
+        prop_assume!(lo < hi);
+        let range = KeyRange { origin: NodeId(1), lo, hi };
+        let mut out = heapless::Vec::<(u64, u64), SPLIT>::new();
+        super::walk::split(&range, parts, &mut out);
+        let n = out.len() as u128;
+        prop_assert_eq!(n, u128::from(hi - lo).min(parts as u128));
+        for (i, &(a, b)) in out.iter().enumerate() {
+            let at = |i: u128| lo + (u128::from(hi - lo) * i / n) as u64;
+            prop_assert_eq!((a, b), (at(i as u128), at(i as u128 + 1)));
+            prop_assert!(a < b);
+        }
+    }
+}

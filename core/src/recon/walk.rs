@@ -506,10 +506,14 @@ fn width_parts(range: &KeyRange, parts: usize) -> usize {
 
 /// Splits `range` into `parts` ranges of equal width (fewer if it is narrower), appended to
 /// `out` as far as it has room.
-fn split<const E: usize>(range: &KeyRange, parts: usize, out: &mut Vec<(u64, u64), E>) {
-    let n = width_parts(range, parts) as u128;
-    let width = u128::from(range.hi - range.lo);
-    let at = |i: u128| range.lo + (width * i / n) as u64;
+pub(super) fn split<const E: usize>(range: &KeyRange, parts: usize, out: &mut Vec<(u64, u64), E>) {
+    // `lo + floor(width × i / n)`, without 128-bit arithmetic (costly on a
+    // microcontroller): with `width = q × n + r`, it is `q × i + floor(r × i / n)`, and
+    // `r × i < n² <= SPLIT²`.
+    let n = width_parts(range, parts) as u64;
+    let width = range.hi - range.lo;
+    let (q, r) = (width / n.max(1), width % n.max(1));
+    let at = |i: u64| range.lo + q * i + r * i / n.max(1);
     for i in 0..n {
         if out.push((at(i), at(i + 1))).is_err() {
             return;

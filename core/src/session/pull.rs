@@ -175,7 +175,10 @@ impl<const R: usize, const REQ: usize> Session<R, REQ> {
                 Ok(Some(query)) => {
                     let n = query.write(area)?;
                     let query = Message::Query { query: &area[..n] };
-                    return Self::emit(&query, frame).map(Some);
+                    let t = Self::emit(&query, frame)?;
+                    self.stats.queries_sent += 1;
+                    self.stats.discovery_sent += t.len as u64;
+                    return Ok(Some(t));
                 }
                 Ok(None) => {}
                 Err(e) => {

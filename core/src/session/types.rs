@@ -283,4 +283,13 @@ pub struct Stats {
     pub frames_sent: u64,
     /// Frames received.
     pub frames_received: u64,
+    /// Reconciliation queries sent: with one outstanding at a time, the round trips this
+    /// side's discovery took.
+    pub queries_sent: u64,
+    /// Reconciliation queries received: the round trips the peer's discovery took.
+    pub queries_received: u64,
+    /// Bytes of the query and answer frames sent (discovery, either side's).
+    pub discovery_sent: u64,
+    /// Bytes of the query and answer frames received.
+    pub discovery_received: u64,
 }
