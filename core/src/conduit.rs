@@ -617,9 +617,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize> Conduit<'w, B, RANGES
             if let Some(step) = self.event() {
                 return step;
             }
-            if !self.aborted
-                && let Some(q) = self.session.question()
-            {
+            if let Some(q) = self.session.question() {
                 return Step::Question(q);
             }
             if self.decode_frame(now) {

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
 use chunk_sync_core::recon::{self, KeyRange};
 use chunk_sync_core::session::{Config, Error, FailReason, Session, Stored};
+use chunk_sync_core::store::scan;
 use chunk_sync_core::{
     ChunkHash, Duration, EventBuf, EventChunkStore, Instant, NodeId, Privacy, Span,
 };
@@ -55,31 +56,11 @@ impl Node {
         self.store.keys().copied().collect()
     }
 
-    /// The chunks held in `range`, in key order, as a store's `chunks_in` gives them.
-    #[must_use]
-    pub fn in_range(&self, range: &KeyRange) -> Vec<(Span, ChunkHash)> {
-        let mut found: Vec<_> = self
-            .store
+    /// The spans of the chunks held, as the core's [`scan`] reads them.
+    fn spans(&self) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
+        self.store
             .iter()
             .filter_map(|(id, bytes)| Span::of(bytes).map(|s| (s, *id)))
-            .filter(|(s, _)| range.contains(s.origin, s.first_seq))
-            .collect();
-        found.sort_unstable_by_key(|(s, _)| s.first_seq);
-        found
-    }
-
-    /// The origins of the chunks held, strictly after `after`, ascending.
-    #[must_use]
-    pub fn origins_after(&self, after: Option<NodeId>) -> Vec<NodeId> {
-        let mut origins: Vec<NodeId> = self
-            .store
-            .values()
-            .filter_map(|bytes| Span::of(bytes).map(|s| s.origin))
-            .filter(|o| after.is_none_or(|a| *o > a))
-            .collect();
-        origins.sort_unstable();
-        origins.dedup();
-        origins
     }
 
     /// A memory store of the tokio adapter holding these chunks, each verified on the way
@@ -174,32 +155,27 @@ impl End {
                     self.conduit.written(now, out.len() - start);
                 }
                 Action::Summarize { range, runs } => {
-                    let chunks = node.in_range(&range);
                     let page = |r: &KeyRange, out: &mut [(Span, ChunkHash)]| {
-                        let found = chunks
-                            .iter()
-                            .filter(|(s, _)| r.contains(s.origin, s.first_seq));
-                        Ok::<_, ()>(out.iter_mut().zip(found).map(|(o, c)| *o = *c).count())
+                        Ok::<_, ()>(scan::chunks_in(out, r, || node.spans()))
                     };
                     if let Ok((summary, n)) = recon::summarize(&range, runs, page) {
                         let _ = self.conduit.summarized(&summary, n);
                     }
                 }
                 Action::Origins { after, out } => {
-                    let origins = node.origins_after(after);
-                    let n = origins.len().min(out.len());
-                    out[..n].copy_from_slice(&origins[..n]);
-                    let _ = self.conduit.origins(n, n == origins.len());
+                    let (n, last) = scan::origins_after(out, after, || node.spans());
+                    let _ = self.conduit.origins(n, last);
                 }
-                Action::ReadFirst(range) => match node.in_range(&range).first() {
-                    Some(&(span, id)) => {
+                Action::ReadFirst(range) => {
+                    let mut first = [(Span::default(), ChunkHash::default())];
+                    if scan::chunks_in(&mut first, &range, || node.spans()) == 1 {
+                        let (span, id) = first[0];
                         self.serving.clone_from(&node.store[&id]);
                         let _ = self.conduit.serve_in_range(&span, self.serving.len());
-                    }
-                    None => {
+                    } else {
                         let _ = self.conduit.not_found();
                     }
-                },
+                }
                 Action::Read(id) => match node.store.get(&id) {
                     Some(bytes) => {
                         self.serving.clone_from(bytes);

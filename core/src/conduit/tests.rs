@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::chunk::test_chunk;
 use crate::session::Stored;
+use crate::store::scan;
 use crate::throttle::ThrottleConfig;
 use crate::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
 
@@ -105,33 +106,28 @@ impl End {
                 }
                 Action::Summarize { range, runs } => {
                     let (summary, n) = crate::recon::summarize(&range, runs, |r, out| {
-                        Ok::<_, ()>(fill(out, in_range(&self.store, r)))
+                        Ok::<_, ()>(scan::chunks_in(out, r, || spans(&self.store)))
                     })
                     .unwrap();
                     self.conduit.summarized(&summary, n).unwrap();
                 }
                 Action::Origins { after, out } => {
-                    let mut origins: Vec<NodeId> = self
-                        .store
-                        .values()
-                        .filter_map(|b| Span::of(b))
-                        .map(|s| s.origin)
-                        .filter(|o| after.is_none_or(|a| *o > a))
-                        .collect();
-                    origins.sort_unstable();
-                    origins.dedup();
-                    let n = fill(out, origins.iter().copied());
-                    self.conduit.origins(n, n == origins.len()).unwrap();
+                    let (n, last) = scan::origins_after(out, after, || spans(&self.store));
+                    self.conduit.origins(n, last).unwrap();
                 }
-                Action::ReadFirst(range) => match in_range(&self.store, &range).first() {
-                    Some(&(span, id)) => {
-                        self.serving = self.store[&id].clone();
-                        self.conduit
-                            .serve_in_range(&span, self.serving.len())
-                            .unwrap();
+                Action::ReadFirst(range) => {
+                    let mut first = [(Span::default(), ChunkHash::default())];
+                    match scan::chunks_in(&mut first, &range, || spans(&self.store)) {
+                        1 => {
+                            let (span, id) = first[0];
+                            self.serving = self.store[&id].clone();
+                            self.conduit
+                                .serve_in_range(&span, self.serving.len())
+                                .unwrap();
+                        }
+                        _ => self.conduit.not_found().unwrap(),
                     }
-                    None => self.conduit.not_found().unwrap(),
-                },
+                }
                 Action::Read(id) => match self.store.get(&id) {
                     Some(bytes) => {
                         self.serving = bytes.clone();
@@ -185,23 +181,11 @@ impl End {
     }
 }
 
-/// The chunks of `store` in `range`, in key order.
-pub(crate) fn in_range(
-    store: &BTreeMap<ChunkHash, Vec<u8>>,
-    range: &KeyRange,
-) -> Vec<(Span, ChunkHash)> {
-    let mut found: Vec<_> = store
+/// The spans of `store`'s chunks, as the core's [`scan`] reads them.
+fn spans(store: &BTreeMap<ChunkHash, Vec<u8>>) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
+    store
         .iter()
         .filter_map(|(id, b)| Span::of(b).map(|s| (s, *id)))
-        .filter(|(s, _)| range.contains(s.origin, s.first_seq))
-        .collect();
-    found.sort_unstable_by_key(|(s, _)| s.first_seq);
-    found
-}
-
-/// Copies the first items of `from` into `out`; returns how many.
-pub(crate) fn fill<T>(out: &mut [T], from: impl IntoIterator<Item = T>) -> usize {
-    out.iter_mut().zip(from).map(|(o, x)| *o = x).count()
 }
 
 /// Runs two ends until both close or `limit` of virtual time passed; returns the time.

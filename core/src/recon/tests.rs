@@ -905,7 +905,7 @@ proptest! {
         prop_assume!(lo < hi);
         let range = KeyRange { origin: NodeId(1), lo, hi };
         let mut out = heapless::Vec::<(u64, u64), SPLIT>::new();
-        super::walk::split(&range, parts, &mut out);
+        walk::split(&range, parts, &mut out);
         let n = out.len() as u128;
         prop_assert_eq!(n, u128::from(hi - lo).min(parts as u128));
         for (i, &(a, b)) in out.iter().enumerate() {

@@ -17,8 +17,10 @@ use crate::chunk::{ChunkView, Span};
 use crate::conduit::{Action, Buffers, Conduit, Limits};
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
+use crate::hash::Verified;
 use crate::recon::codec::EntryWriter;
 use crate::recon::{self, Answer, Fingerprint, KeyRange, Query, RangeList};
+use crate::store::{ChunkStore, RamStore};
 use crate::wire::ErrorCode;
 
 /// Chunks the peer may name: valid chunks for even `i` (of origin `i`, at sequence 0),
@@ -36,27 +38,23 @@ fn pool_hash(i: u8) -> ChunkHash {
     ChunkHash::of(&pool(i % 8))
 }
 
-/// The valid chunks among `pool(from..to)`, with their spans, in key order.
-fn held(from: u8, to: u8) -> Vec<(Span, ChunkHash, Vec<u8>)> {
-    let mut v: Vec<_> = (from..to)
-        .map(pool)
-        .filter_map(|b| Span::of(&b).map(|s| (s, ChunkHash::of(&b), b)))
-        .collect();
-    v.sort_by_key(|(s, ..)| (s.origin, s.first_seq));
-    v
+/// A store of the valid chunks among `pool(from..to)`.
+fn held(from: u8, to: u8) -> RamStore<8, 4096> {
+    let mut store = RamStore::new();
+    for bytes in (from..to).map(pool).filter(|b| Span::of(b).is_some()) {
+        let chunk = Verified::hash_of(&bytes);
+        store.insert(chunk).expect("room for the pool");
+    }
+    store
 }
 
-/// `store`'s chunks of `range`, in key order, as a store's `chunks_in` gives them.
-fn chunks_in(
-    store: &[(Span, ChunkHash, Vec<u8>)],
+/// What `store` holds of `range`, as a store summarises it.
+fn summary(
+    store: &RamStore<8, 4096>,
     range: &KeyRange,
-    out: &mut [(Span, ChunkHash)],
-) -> usize {
-    let found = store
-        .iter()
-        .filter(|(s, ..)| range.contains(s.origin, s.first_seq))
-        .map(|(s, id, _)| (*s, *id));
-    out.iter_mut().zip(found).map(|(o, x)| *o = x).count()
+    runs: &mut [Run],
+) -> (Summary, Option<usize>) {
+    recon::summarize(range, runs, |r, out| store.chunks_in(r, out)).expect("a RAM store")
 }
 
 /// A made-up summary entry: origin, count, first, end, fingerprint byte, runs.
@@ -321,23 +319,16 @@ impl Harness {
                     self.c.written(now, n);
                 }
                 Action::Summarize { range, runs } => {
-                    let (summary, n) = recon::summarize(&range, runs, |r, out| {
-                        Ok::<_, ()>(chunks_in(&own, r, out))
-                    })
-                    .unwrap();
+                    let (summary, n) = summary(&own, &range, runs);
                     let _ = self.c.summarized(&summary, n);
                 }
                 Action::Origins { after, out } => {
-                    let mut origins: Vec<NodeId> = own.iter().map(|(s, ..)| s.origin).collect();
-                    origins.dedup();
-                    origins.retain(|o| after.is_none_or(|a| *o > a));
-                    let n = origins.len().min(out.len());
-                    out[..n].copy_from_slice(&origins[..n]);
-                    let _ = self.c.origins(n, n == origins.len());
+                    let (n, last) = own.origins_after(after, out).expect("a RAM store");
+                    let _ = self.c.origins(n, last);
                 }
-                Action::Read(id) => match own.iter().find(|(_, h, _)| *h == id) {
-                    Some((_, _, bytes)) => {
-                        self.serving = bytes.clone();
+                Action::Read(id) => match own.get(&id) {
+                    Some(bytes) => {
+                        self.serving = bytes.to_vec();
                         let _ = self.c.serve(self.serving.len());
                     }
                     None => {
@@ -345,13 +336,11 @@ impl Harness {
                     }
                 },
                 Action::ReadFirst(range) => {
-                    match own
-                        .iter()
-                        .find(|(s, ..)| range.contains(s.origin, s.first_seq))
-                    {
-                        Some((span, _, bytes)) => {
-                            self.serving = bytes.clone();
-                            let _ = self.c.serve_in_range(span, self.serving.len());
+                    let first = own.first_in(&range).expect("a RAM store");
+                    match first.and_then(|(span, id)| Some((span, own.get(&id)?))) {
+                        Some((span, bytes)) => {
+                            self.serving = bytes.to_vec();
+                            let _ = self.c.serve_in_range(&span, self.serving.len());
                         }
                         None => {
                             let _ = self.c.not_found();
@@ -412,20 +401,16 @@ impl Harness {
                 let query = Query::read(&bytes).expect("the session sends queries it can read");
                 let mut answer = Answer::<64>::new(&query, 64, RUNS).expect("a valid query");
                 if let Some((after, limit)) = answer.origins_to_list() {
-                    let mut origins: Vec<NodeId> = peer.iter().map(|(s, ..)| s.origin).collect();
-                    origins.dedup();
-                    origins.retain(|o| after.is_none_or(|a| *o > a));
-                    let last = origins.len() <= limit;
-                    origins.truncate(limit);
-                    assert!(answer.origins_listed(&origins, last));
+                    let mut origins = std::vec![NodeId(0); limit];
+                    let (n, last) = peer
+                        .origins_after(after, &mut origins)
+                        .expect("a RAM store");
+                    assert!(answer.origins_listed(&origins[..n], last));
                 }
                 let mut buf = std::vec![0u8; 64 * 100];
                 while let Some((range, max_runs)) = answer.next_range() {
                     let mut runs = std::vec![Run { lo: 0, hi: 0 }; max_runs];
-                    let (summary, n) = recon::summarize(&range, &mut runs, |r, out| {
-                        Ok::<_, ()>(chunks_in(&peer, r, out))
-                    })
-                    .unwrap();
+                    let (summary, n) = summary(&peer, &range, &mut runs);
                     answer
                         .summarized(&mut buf, &summary, n.map(|n| &runs[..n]))
                         .unwrap();
@@ -451,15 +436,17 @@ impl Harness {
                     })
                 };
                 match self.requests.remove(0) {
-                    Asked::Chunk(hash) => match peer.iter().find(|(_, h, _)| *h == hash) {
-                        Some((_, _, data)) => put(data.clone()),
+                    Asked::Chunk(hash) => match peer.get(&hash) {
+                        Some(data) => put(data.to_vec()),
                         None => frame(&Message::NotFound { hash }),
                     },
                     Asked::Range(range) => {
-                        let mut out: Vec<u8> = peer
+                        let mut found = [(Span::default(), ChunkHash::default()); 8];
+                        let n = peer.chunks_in(&range, &mut found).expect("a RAM store");
+                        let mut out: Vec<u8> = found[..n]
                             .iter()
-                            .filter(|(s, ..)| range.contains(s.origin, s.first_seq))
-                            .flat_map(|(_, _, data)| put(data.clone()))
+                            .filter_map(|(_, id)| peer.get(id))
+                            .flat_map(|data| put(data.to_vec()))
                             .collect();
                         out.extend(frame(&Message::RangeEnd));
                         out

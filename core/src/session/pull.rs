@@ -14,7 +14,7 @@ use super::{
 use crate::chunk::ChunkView;
 use crate::error::InsufficientSize;
 use crate::hash::{ChunkHash, Verified};
-use crate::recon::{KeyRange, Room, Walk};
+use crate::recon::{KeyRange, ReconError, Room, Walk};
 use crate::wire::{self, Hello, Message};
 
 /// The reconciliation of a session with `R` ranges: `R` waiting and wanted, `R` entries per
@@ -141,16 +141,21 @@ impl<const R: usize, const REQ: usize> Session<R, REQ> {
 
     /// The answer to this side's oldest query.
     pub(super) fn on_answer(&mut self, entries: &[u8], last: bool) -> Result<(), Error> {
-        let walk = match &mut self.pull.walk {
-            Some(walk) if !walk.is_resolving() => walk,
-            _ => {
-                return Err(Error::Peer(PeerMisbehaved::Unexpected(
-                    "an answer to no query",
-                )));
-            }
+        let Some(walk) = &mut self.pull.walk else {
+            return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "an answer to no query",
+            )));
         };
-        walk.on_answer(entries, last)
-            .map_err(|e| Error::Peer(PeerMisbehaved::Recon(e)))
+        walk.on_answer(entries, last).map_err(|e| {
+            // An answer while the last is resolved is one more than was asked for: the
+            // session reads no frame while it asks the store about an answer.
+            let e = if e == ReconError::Busy {
+                ReconError::UnexpectedAnswer
+            } else {
+                e
+            };
+            Error::Peer(PeerMisbehaved::Recon(e))
+        })
     }
 
     /// The pulling side's next frame: a query, a chunk or range request, or `Done`.

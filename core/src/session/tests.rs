@@ -407,9 +407,8 @@ fn requesting(config: Config, id: ChunkHash) -> S {
     s
 }
 
-/// Feeds `bytes` as one whole piece of `id` and finishes it.
-fn deliver(s: &mut S, id: ChunkHash, bytes: &[u8]) -> Result<ChunkHash, FinishError> {
-    let _ = id;
+/// Feeds `bytes` as one whole piece of the chunk requested next and finishes it.
+fn deliver(s: &mut S, bytes: &[u8]) -> Result<ChunkHash, FinishError> {
     let put = frame(&Message::EventChunkPut {
         total_len: bytes.len() as u32,
         offset: 0,
@@ -433,7 +432,7 @@ fn bytes_that_match_their_hash_but_are_no_valid_chunk_are_refused() {
         let id = ChunkHash::of(&bad);
         let mut s = requesting(Config::new(NodeId(1)), id);
         assert!(matches!(
-            deliver(&mut s, id, &bad),
+            deliver(&mut s, &bad),
             Err(FinishError::Invalid(_))
         ));
         assert_eq!(
@@ -453,7 +452,7 @@ fn bytes_that_match_their_hash_but_are_no_valid_chunk_are_refused() {
     }
     let id = ChunkHash::of(&valid);
     let mut s = requesting(Config::new(NodeId(1)), id);
-    assert_eq!(deliver(&mut s, id, &valid), Ok(id));
+    assert_eq!(deliver(&mut s, &valid), Ok(id));
 }
 
 #[test]
