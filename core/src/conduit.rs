@@ -165,7 +165,8 @@ use crate::hash::{ChunkHash, Verified};
 use crate::progress::SyncProgress;
 use crate::recon::{KeyRange, Run, Summary};
 use crate::session::{
-    ApiMisuse, Config, ConfigError, Error, FailReason, PieceOut, Question, Session, Stats, Stored,
+    ApiMisuse, Config, ConfigError, DEFAULT_RUNS, Error, FailReason, PieceOut, Question, Session,
+    Stats, Stored,
 };
 use crate::throttle::Throttle;
 use crate::time::{Duration, Instant};
@@ -419,8 +420,8 @@ enum Step {
 /// One session over one byte stream, in buffers `B` lent by the adapter; see the
 /// [module docs](self).
 #[derive(Debug)]
-pub struct Conduit<'w, B, const RANGES: usize, const REQ: usize> {
-    session: Session<RANGES, REQ>,
+pub struct Conduit<'w, B, const RANGES: usize, const REQ: usize, const RUNS: usize = DEFAULT_RUNS> {
+    session: Session<RANGES, REQ, RUNS>,
     limits: Limits,
     rx: B,
     /// Received bytes not yet decoded: `rx[rx_start..rx_end]`.
@@ -452,7 +453,9 @@ pub struct Conduit<'w, B, const RANGES: usize, const REQ: usize> {
     linger_until: Option<Instant>,
 }
 
-impl<'w, B: Buffer, const RANGES: usize, const REQ: usize> Conduit<'w, B, RANGES, REQ> {
+impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
+    Conduit<'w, B, RANGES, REQ, RUNS>
+{
     /// A conduit for a session configured by `config` that starts at `now`. The largest
     /// chunk accepted is capped at what the reassembly buffer can hold.
     ///
@@ -478,7 +481,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize> Conduit<'w, B, RANGES
                 needed: frame,
             });
         }
-        let tx_len = Session::<RANGES, REQ>::max_transmit_len();
+        let tx_len = Session::<RANGES, REQ, RUNS>::max_transmit_len();
         if !transmit.grow_to(tx_len) {
             return Err(ConfigError::BufferTooSmall {
                 buffer: "transmit",
@@ -526,7 +529,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize> Conduit<'w, B, RANGES
 
     /// The session.
     #[must_use]
-    pub const fn session(&self) -> &Session<RANGES, REQ> {
+    pub const fn session(&self) -> &Session<RANGES, REQ, RUNS> {
         &self.session
     }
 

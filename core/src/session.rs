@@ -51,9 +51,10 @@ use pull::{InFlight, Pull};
 use serve::{Answering, Request, Serve};
 pub use types::*;
 
-/// The most runs of one range a session sends or compares (see [`recon`](crate::recon)):
-/// an origin with more holes than this in a range is split rather than listed.
-pub const RUNS: usize = 4;
+/// The most runs of one range a session sends or compares unless told otherwise (its
+/// `RUNS`; see [`recon`](crate::recon)): a range with more holes than its runs is split
+/// rather than listed.
+pub const DEFAULT_RUNS: usize = 4;
 
 /// The question asked and not yet answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +104,7 @@ enum Phase {
 /// yields only the `Error` frame for the peer, and `poll_event` yields one
 /// [`Event::Failed`].
 #[derive(Clone, Debug)]
-pub struct Session<const RANGES: usize, const REQ: usize> {
+pub struct Session<const RANGES: usize, const REQ: usize, const RUNS: usize = DEFAULT_RUNS> {
     config: Config,
     throttle: Throttle,
     phase: Phase,
@@ -122,7 +123,7 @@ pub struct Session<const RANGES: usize, const REQ: usize> {
     progress: SyncProgress,
     stats: Stats,
 
-    pull: Pull<RANGES, REQ>,
+    pull: Pull<RANGES, REQ, RUNS>,
     serve: Serve<RANGES, REQ>,
     completed_reported: bool,
     asked: Option<Asked>,
@@ -132,14 +133,17 @@ pub struct Session<const RANGES: usize, const REQ: usize> {
     origins: [NodeId; RANGES],
 }
 
-impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
+impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
     /// A session that starts at `now` and will open with a `Hello`.
     pub fn new(config: Config, now: Instant) -> Result<Self, ConfigError> {
         config.check()?;
         const {
             assert!(
-                RANGES >= 2 * RUNS && RANGES <= u16::MAX as usize && REQ > 0,
-                "a session needs RANGES >= 2 RUNS, RANGES <= u16::MAX and REQ >= 1"
+                RANGES >= 2 * RUNS
+                    && RANGES <= u16::MAX as usize
+                    && REQ > 0
+                    && RUNS <= u16::MAX as usize,
+                "a session needs RANGES >= 2 RUNS, RANGES and RUNS <= u16::MAX and REQ >= 1"
             );
         }
         let throttle = Throttle::new(config.throttle).map_err(ConfigError::Throttle)?;
@@ -357,7 +361,7 @@ impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
     }
 }
 
-impl<const RANGES: usize, const REQ: usize> Session<RANGES, REQ> {
+impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
     /// Ends the session from this side (for example because the store failed); the peer is
     /// told with an `Error` frame.
     pub fn abort(&mut self) {

@@ -154,7 +154,12 @@ fn config(id: u64, frame: u32) -> NodeConfig {
 /// and how many chunks both hold after it.
 async fn sync(a: MemStore, b: MemStore, frame: u32) -> ((Duration, Duration), SyncReport, usize) {
     let a = Node::new(config(1, frame), a).unwrap();
-    let b = Node::new(config(2, frame), b).unwrap();
+    // The serving side takes what the other offers: both ways.
+    let serving = NodeConfig {
+        accept_pushes: true,
+        ..config(2, frame)
+    };
+    let b = Node::new(serving, b).unwrap();
     let listener = b.listen("127.0.0.1:0").await.unwrap();
     let t = Instant::now();
     let report = a.sync_with(listener.local_addr()).await.unwrap();

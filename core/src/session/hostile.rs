@@ -399,7 +399,8 @@ impl Harness {
                 }
                 let bytes = self.queries.remove(0);
                 let query = Query::read(&bytes).expect("the session sends queries it can read");
-                let mut answer = Answer::<64>::new(&query, 64, RUNS).expect("a valid query");
+                let mut answer =
+                    Answer::<64>::new(&query, 64, DEFAULT_RUNS).expect("a valid query");
                 if let Some((after, limit)) = answer.origins_to_list() {
                     let mut origins = std::vec![NodeId(0); limit];
                     let (n, last) = peer

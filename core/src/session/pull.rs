@@ -8,7 +8,7 @@ use core::cmp::min;
 use heapless::Deque;
 
 use super::{
-    ApiMisuse, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, RUNS, Session, Stored,
+    ApiMisuse, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, Session, Stored,
     Transmit,
 };
 use crate::chunk::ChunkView;
@@ -18,18 +18,18 @@ use crate::recon::{KeyRange, ReconError, Room, Walk};
 use crate::wire::{self, Hello, Message};
 
 /// The reconciliation of a session with `R` ranges: `R` waiting and wanted, `R` entries per
-/// answer, [`RUNS`] runs each, one query outstanding (see [`Walk`]: with one, an answer
+/// answer, `K` runs each, one query outstanding (see [`Walk`]: with one, an answer
 /// never waits behind chunks that wait for it).
-pub(super) type SessionWalk<const R: usize> = Walk<R, R, RUNS, 1>;
+pub(super) type SessionWalk<const R: usize, const K: usize> = Walk<R, R, K, 1>;
 
 /// Bytes of a query's own fields beside its ranges: kind, origin, counts.
 const QUERY_FIELDS: usize = 16;
 
 /// The pulling side: the walk, and the chunks and ranges wanted, in flight and failed.
 #[derive(Clone, Debug)]
-pub(super) struct Pull<const R: usize, const REQ: usize> {
+pub(super) struct Pull<const R: usize, const REQ: usize, const K: usize> {
     /// The reconciliation, if this side pulls.
-    pub(super) walk: Option<SessionWalk<R>>,
+    pub(super) walk: Option<SessionWalk<R, K>>,
     /// Chunks the caller asked for by hash.
     pub(super) want: Deque<Want, R>,
     /// Chunks to request again after a hash mismatch.
@@ -42,7 +42,7 @@ pub(super) struct Pull<const R: usize, const REQ: usize> {
     pub(super) reported: bool,
 }
 
-impl<const R: usize, const REQ: usize> Pull<R, REQ> {
+impl<const R: usize, const REQ: usize, const K: usize> Pull<R, REQ, K> {
     /// A pull that reconciles with the peer, or (`walk: false`) only fetches what it is
     /// asked to; the walk asks about at most `max_ranges` ranges.
     pub(super) const fn new(walk: bool, max_ranges: u32) -> Self {
@@ -98,7 +98,7 @@ impl InFlight {
     }
 }
 
-impl<const R: usize, const REQ: usize> Session<R, REQ> {
+impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// The peer does not have the chunk requested next.
     pub(super) fn on_not_found(&mut self, hash: ChunkHash) -> Result<(), Error> {
         match self.pull.in_flight.front() {

@@ -88,7 +88,7 @@ pub(super) enum Serving {
     RangeEnd,
 }
 
-impl<const R: usize, const REQ: usize> Session<R, REQ> {
+impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// The peer sends a query.
     pub(super) fn on_query(&mut self, bytes: &[u8]) -> Result<(), Error> {
         if !matches!(self.serve.answer, Answering::Idle) {
@@ -99,8 +99,8 @@ impl<const R: usize, const REQ: usize> Session<R, REQ> {
         let bad = |why| Error::Peer(PeerMisbehaved::Recon(ReconError::BadQuery(why)));
         let query = Query::read(bytes).map_err(|_| bad("malformed"))?;
         let room = self.answer_room() / crate::recon::codec::MAX_ENTRY;
-        let answer = Answer::new(&query, room, super::RUNS)
-            .map_err(|e| Error::Peer(PeerMisbehaved::Recon(e)))?;
+        let answer =
+            Answer::new(&query, room, K).map_err(|e| Error::Peer(PeerMisbehaved::Recon(e)))?;
         self.serve.answer = if self.config.serve {
             Answering::Building(answer)
         } else {
