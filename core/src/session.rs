@@ -81,8 +81,9 @@ enum Phase {
 ///
 /// `RANGES` is the most ranges of one query or answer and of the reconciliation's queue
 /// (at least `2 × RUNS`), and of the queue of chunks wanted by hash; `REQ` the most
-/// requests in flight (in each direction). Memory: about `300 × RANGES + 110 × REQ` bytes
-/// plus a constant, inline; see the README's capacity table.
+/// requests in flight (in each direction); `RUNS` the most runs of one summary sent or
+/// compared. Memory: about `(200 + 16 × RUNS) × RANGES + 160 × REQ + 900` bytes on 64-bit
+/// targets, inline; see the README's capacity table.
 ///
 /// # Calling order
 /// (The [`Conduit`](crate::conduit::Conduit) follows it; an adapter uses the conduit.)
