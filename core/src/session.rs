@@ -60,8 +60,7 @@ pub const DEFAULT_RUNS: usize = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Asked {
     /// For the answer to the peer's query.
-    AnswerSummary,
-    AnswerOrigins,
+    Answer,
     /// For this side's walk.
     OwnSummary,
     /// For the request being served.
@@ -487,38 +486,28 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             self.asked = None;
             return None;
         }
-        let asked = match self.asked {
-            Some(Asked::AnswerSummary | Asked::AnswerOrigins) => self.answer_needs(),
-            Some(Asked::OwnSummary) => self.own_summary_needed().map(Question::Summary),
-            Some(Asked::Serving) => self.serving_needs(),
-            None => None,
-        };
-        if asked.is_some() {
-            return asked;
-        }
-        let (asked, question) = if let Some(q) = self.answer_needs() {
-            let kind = match q {
-                Question::Origins { .. } => Asked::AnswerOrigins,
-                _ => Asked::AnswerSummary,
+        // The question asked last, until it is answered; then the first that is due.
+        let kinds = [Asked::Answer, Asked::OwnSummary, Asked::Serving];
+        for kind in self.asked.into_iter().chain(kinds) {
+            let question = match kind {
+                Asked::Answer => self.answer_needs(),
+                Asked::OwnSummary => self.own_summary_needed().map(Question::Summary),
+                Asked::Serving => self.serving_needs(),
             };
-            (kind, q)
-        } else if let Some(range) = self.own_summary_needed() {
-            (Asked::OwnSummary, Question::Summary(range))
-        } else if let Some(q) = self.serving_needs() {
-            (Asked::Serving, q)
-        } else {
-            self.asked = None;
-            return None;
-        };
-        self.asked = Some(asked);
-        Some(question)
+            if question.is_some() {
+                self.asked = Some(kind);
+                return question;
+            }
+        }
+        self.asked = None;
+        None
     }
 
     /// The buffer for the runs of the summary [`Question::Summary`] asks for: as many as
     /// the summary may carry.
     pub fn runs_buffer(&mut self) -> &mut [Run] {
         let max = match self.asked {
-            Some(Asked::AnswerSummary) => self.answer_runs(),
+            Some(Asked::Answer) => self.answer_runs(),
             Some(Asked::OwnSummary) => RUNS,
             _ => 0,
         };
@@ -539,7 +528,10 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             return Err(ApiMisuse::BadListing);
         }
         match self.asked {
-            Some(Asked::AnswerSummary) => {
+            Some(Asked::Answer) if !matches!(self.answer_needs(), Some(Question::Summary(_))) => {
+                return Err(ApiMisuse::NotAsked);
+            }
+            Some(Asked::Answer) => {
                 let copy = self.runs;
                 self.answer_summary(summary, runs.map(|n| &copy[..n]), tx)?;
             }
@@ -554,7 +546,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     /// may list.
     pub fn origins_buffer(&mut self) -> &mut [NodeId] {
         let max = match self.asked {
-            Some(Asked::AnswerOrigins) => self.origins_limit(),
+            Some(Asked::Answer) => self.origins_limit(),
             _ => 0,
         };
         &mut self.origins[..max.min(RANGES)]
@@ -563,7 +555,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     /// Answers [`Question::Origins`]: the store's first `n` origins after the cursor are in
     /// [`origins_buffer`](Self::origins_buffer), ascending; `last` if none follow them.
     pub fn origins_listed(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
-        if self.asked != Some(Asked::AnswerOrigins) {
+        if self.asked != Some(Asked::Answer) {
             return Err(ApiMisuse::NotAsked);
         }
         self.answer_origins(n, last)?;
