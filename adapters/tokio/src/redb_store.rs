@@ -392,6 +392,33 @@ impl RedbStore {
     }
 
     /// Runs `f` in a read transaction; a panic of the database is [`RedbError::Damaged`].
+    /// The chunk `id` read in `txn`; large chunks are shared with the sessions serving
+    /// them (see `serving`).
+    fn read_chunk(
+        &self,
+        txn: &redb::ReadTransaction,
+        id: &ChunkHash,
+    ) -> Result<Option<Bytes>, StoreError> {
+        if let Some(bytes) = self.serving().get(id).and_then(Weak::upgrade) {
+            return Ok(Some(Bytes::from_owner(bytes)));
+        }
+        let table = txn.open_table(CHUNKS).map_err(boxed)?;
+        let Some(value) = table.get(id.as_bytes()).map_err(boxed)? else {
+            return Ok(None);
+        };
+        let value = value.value();
+        if value.len() < SHARE_FROM {
+            return Ok(Some(Bytes::copy_from_slice(value)));
+        }
+        let bytes: Arc<[u8]> = Arc::from(value);
+        let mut serving = self.serving();
+        if serving.len() >= 64 && serving.len().is_power_of_two() {
+            serving.retain(|_, held| held.strong_count() > 0);
+        }
+        serving.insert(*id, Arc::downgrade(&bytes));
+        Ok(Some(Bytes::from_owner(bytes)))
+    }
+
     fn reading<T>(
         &self,
         f: impl FnOnce(redb::ReadTransaction) -> Result<T, StoreError>,
@@ -812,23 +839,7 @@ impl NodeStore for RedbStore {
         if let Some(bytes) = held {
             return Ok(shared(bytes));
         }
-        self.reading(|txn| {
-            let table = txn.open_table(CHUNKS).map_err(boxed)?;
-            let Some(value) = table.get(id.as_bytes()).map_err(boxed)? else {
-                return Ok(None);
-            };
-            let value = value.value();
-            if value.len() < SHARE_FROM {
-                return Ok(Some(Bytes::copy_from_slice(value)));
-            }
-            let bytes: Arc<[u8]> = Arc::from(value);
-            let mut serving = self.serving();
-            if serving.len() >= 64 && serving.len().is_power_of_two() {
-                serving.retain(|_, held| held.strong_count() > 0);
-            }
-            serving.insert(*id, Arc::downgrade(&bytes));
-            Ok(shared(bytes))
-        })
+        self.reading(|txn| self.read_chunk(&txn, id))
     }
 
     fn writes_block(&self) -> bool {
@@ -909,6 +920,18 @@ impl NodeStore for RedbStore {
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
         self.reading(|txn| spans_in(&txn.open_table(SPANS).map_err(boxed)?, range, out))
+    }
+
+    /// The span lookup and the read in one read transaction.
+    fn first_in(&self, range: &KeyRange) -> Result<Option<(Span, Bytes)>, StoreError> {
+        self.reading(|txn| {
+            let mut first = [(Span::default(), ChunkHash::default())];
+            if spans_in(&txn.open_table(SPANS).map_err(boxed)?, range, &mut first)? == 0 {
+                return Ok(None);
+            }
+            let (span, id) = first[0];
+            Ok(self.read_chunk(&txn, &id)?.map(|bytes| (span, bytes)))
+        })
     }
 
     /// From the block summaries the store keeps; those it did not have yet are made and,
