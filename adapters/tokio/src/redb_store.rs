@@ -1,39 +1,57 @@
 //! [`RedbStore`]: chunks on disk in redb, an embedded, crash-safe, pure-Rust database.
 //!
-//! The chunk table is keyed by hash, so the sorted set of hashes is the table's own order:
-//! manifest pages are range reads and opening a store never rescans it. Chunks are written
-//! only after they were verified, in transactions that are committed before the node
-//! reports them as stored (a node commits together the chunks verified while its previous
-//! commit ran), so a process killed at any moment loses no reported chunk and never leaves
-//! bytes that do not match their hash. With [`Durability::Disk`] (the default) every commit is also synced
-//! to the disk (`fdatasync` on Linux), so this holds across a power cut too; with
-//! [`Durability::Process`] commits reach the operating system without waiting for the disk,
-//! as `cp` and rsync do.
+//! Each origin's chunks are kept in packs ([`pack`]), runs of chunks consecutive in
+//! `(origin, first_seq)` order stored as one entry each: storing a million small chunks
+//! costs a few thousand database writes rather than millions, and serving a range of a log
+//! is a sequential read. Bytes that are not a valid chunk (a library user may store any
+//! bytes under their hash) are kept by hash in a table of their own. Which hash is where
+//! is held in memory ([`Index`]), read from the packs' heads when the store is opened.
+//!
+//! Chunks are written only after they were verified, in transactions that are committed
+//! before the node reports them as stored (a node commits together the chunks verified
+//! while its previous commit ran), so a process killed at any moment loses no reported
+//! chunk and never leaves bytes that do not match their hash. With [`Durability::Disk`]
+//! (the default) every commit is also synced to the disk (`fdatasync` on Linux), so this
+//! holds across a power cut too; with [`Durability::Process`] commits reach the operating
+//! system without waiting for the disk, as `cp` and rsync do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use chunk_sync_core::recon::{self, BlockSummary, KeyRange, Run, Summary, SummaryError};
-use chunk_sync_core::store::{Fork, fill_origins};
+use chunk_sync_core::store::fill_origins;
 use chunk_sync_core::{ChunkHash, NodeId, Span};
+#[cfg(test)]
+use redb::ReadableTableMetadata;
 use redb::backends::FileBackend;
-use redb::{Database, ReadableTable, ReadableTableMetadata, StorageBackend, TableDefinition};
+use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
 
 use crate::error::StoreError;
-use crate::store::{Inserted, NodeStore, VerifiedChunk, fork_with, summary_error};
+use crate::store::{Inserted, NodeStore, VerifiedChunk, summary_error};
+use edit::{Edit, Key, Put};
+use pack::Pack;
 
-const CHUNKS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("chunks");
-/// Seconds since the Unix epoch at which each chunk was stored.
+mod edit;
+mod pack;
+mod snapshot;
+
+/// Bytes that are not a valid chunk, by hash. Stores of the first layout kept every chunk
+/// here; opening one for writing moves its chunks into packs.
+const LOOSE: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("chunks");
+/// Seconds since the Unix epoch at which each entry of [`LOOSE`] was stored.
 const STORED_AT: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("stored_at");
 const PINS: TableDefinition<'_, &[u8; 32], ()> = TableDefinition::new("pins");
-/// Each chunk's span, by `(origin, first_seq)`: `(end_seq, hash)`, so that a chunk that
-/// forks a stored one is found with two range reads.
+/// The heads of the packs, by key ([`pack`]).
+const HEADS: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("pack_heads");
+/// The bodies of the packs, under the same keys as their heads.
+const BODIES: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("pack_bodies");
+/// The first layout's index of spans, dropped when such a store is converted.
 const SPANS: TableDefinition<'_, (u64, u64), (u64, [u8; 32])> = TableDefinition::new("spans");
 /// Summaries of whole blocks of each origin's chunks, by `(origin, block)`
 /// ([`recon::BlockSummary`], see [`encode_block`]): kept once a reconciliation needed one,
@@ -42,13 +60,8 @@ const BLOCKS: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("blo
 /// Counters and application values (`bytes`, `sealed/<origin>`, …).
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const BYTES: &str = "bytes";
-/// The number of chunks and of chunk bytes when [`BLOCKS`] was last kept in step with them:
-/// a store written meanwhile by a build that does not keep it (which changes either) has
-/// its block summaries dropped at the next open.
-const BLOCKS_LEN: &str = "blocks/chunks";
-const BLOCKS_BYTES: &str = "blocks/bytes";
-
-mod snapshot;
+/// Counters of the first layout, removed when such a store is converted.
+const FIRST_LAYOUT_META: [&str; 2] = ["blocks/chunks", "blocks/bytes"];
 
 /// Why a [`RedbStore`] failed: the cases a user acts on are told apart.
 #[derive(Debug)]
@@ -125,51 +138,48 @@ fn open_db(file: File, durability: Durability) -> Result<Database, StoreError> {
     .map_err(refused)
 }
 
-/// Whether [`BLOCKS`] is in step with the chunks, from the counts [`BLOCKS_LEN`] and
-/// [`BLOCKS_BYTES`] recorded with it.
-fn blocks_in_step(
-    chunks: &impl ReadableTableMetadata,
-    meta: &impl ReadableTable<&'static str, u64>,
-) -> Result<bool, StoreError> {
-    let get = |key| -> Result<Option<u64>, StoreError> {
-        Ok(meta.get(key).map_err(boxed)?.map(|v| v.value()))
-    };
-    let len = chunks.len().map_err(boxed)?;
-    Ok(get(BLOCKS_LEN)? == Some(len) && get(BLOCKS_BYTES)? == Some(get(BYTES)?.unwrap_or(0)))
-}
-
-/// Creates whichever of the store's tables `db` lacks, and, in the same transaction, puts
-/// its block summaries back in step with its chunks: drops them if a build that does not
-/// keep them wrote the store meanwhile, and fills the spans table of a store made before
-/// it existed.
+/// Creates whichever of the store's tables `db` lacks and converts a store of the first
+/// layout: its chunks move from [`LOOSE`] into packs, keeping the time each was stored, and
+/// its block summaries and spans are dropped. One transaction: a store is converted whole
+/// or not at all.
 fn with_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(boxed)?;
     {
-        txn.open_table(STORED_AT).map_err(boxed)?;
         txn.open_table(PINS).map_err(boxed)?;
-        let chunks = txn.open_table(CHUNKS).map_err(boxed)?;
+        let mut loose = txn.open_table(LOOSE).map_err(boxed)?;
+        let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
         let mut meta = txn.open_table(META).map_err(boxed)?;
-        let mut spans = txn.open_table(SPANS).map_err(boxed)?;
         let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
-        if !blocks_in_step(&chunks, &meta)? {
-            if spans.is_empty().map_err(boxed)? {
-                for entry in chunks.iter().map_err(boxed)? {
-                    let (k, v) = entry.map_err(boxed)?;
-                    if let Some(span) = Span::of(v.value()) {
-                        let key = (span.origin.0, span.first_seq);
-                        spans
-                            .insert(key, (span.end_seq, *k.value()))
-                            .map_err(boxed)?;
-                    }
-                }
+        let mut edit = Edit::new(
+            txn.open_table(HEADS).map_err(boxed)?,
+            txn.open_table(BODIES).map_err(boxed)?,
+        );
+        let mut chunks = Vec::new();
+        for entry in loose.iter().map_err(boxed)? {
+            let (k, v) = entry.map_err(boxed)?;
+            if let Some(span) = Span::of(v.value()) {
+                chunks.push((span, ChunkHash::from_bytes(*k.value()), v.value().to_vec()));
             }
+        }
+        let now = unix_now();
+        for (span, id, bytes) in &chunks {
+            let at = stored_at.get(id.as_bytes()).map_err(boxed)?;
+            let at = at.map_or(now, |v| v.value());
+            // Forks were refused when these were stored: one here stays where it is.
+            if edit.insert(*span, *id, bytes, at)? == Put::Added {
+                loose.remove(id.as_bytes()).map_err(boxed)?;
+                stored_at.remove(id.as_bytes()).map_err(boxed)?;
+            }
+        }
+        edit.finish()?;
+        if !chunks.is_empty() {
             blocks.retain(|_, _| false).map_err(boxed)?;
-            let bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-            meta.insert(BLOCKS_LEN, chunks.len().map_err(boxed)?)
-                .map_err(boxed)?;
-            meta.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
+        }
+        for key in FIRST_LAYOUT_META {
+            meta.remove(key).map_err(boxed)?;
         }
     }
+    txn.delete_table(SPANS).map_err(boxed)?;
     txn.commit().map_err(boxed)
 }
 
@@ -270,25 +280,113 @@ pub enum Durability {
     Process,
 }
 
-/// Chunks from this size on are read once for all the sessions serving them at the same
-/// time, rather than copied for each.
-const SHARE_FROM: usize = 64 << 10;
+/// Where the store's chunks are: which hash is in which pack, and which are loose.
+#[derive(Debug, Default)]
+struct Index {
+    /// Each packed chunk's origin and first sequence number.
+    packed: HashMap<ChunkHash, Key>,
+    /// The hashes of [`LOOSE`].
+    loose: HashSet<ChunkHash>,
+}
+
+impl Index {
+    /// The index of the store `txn` reads, and whether it has chunks kept by the first
+    /// layout (in [`LOOSE`] though they have a span).
+    fn read(txn: &redb::ReadTransaction) -> Result<(Self, bool), StoreError> {
+        let mut index = Self::default();
+        let mut first_layout = false;
+        match txn.open_table(HEADS) {
+            Ok(heads) => {
+                for pack in heads.iter().map_err(boxed)? {
+                    let (key, head) = pack.map_err(boxed)?;
+                    let key = key.value();
+                    let entries =
+                        pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
+                    for e in entries {
+                        index.packed.insert(e.id, (key.0, e.first_seq));
+                    }
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(boxed(e)),
+        }
+        let loose = txn.open_table(LOOSE).map_err(|e| {
+            Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
+        })?;
+        for entry in loose.iter().map_err(boxed)? {
+            let (k, v) = entry.map_err(boxed)?;
+            first_layout |= Span::of(v.value()).is_some();
+            index.loose.insert(ChunkHash::from_bytes(*k.value()));
+        }
+        Ok((index, first_layout))
+    }
+
+    fn len(&self) -> usize {
+        self.packed.len() + self.loose.len()
+    }
+}
+
+/// A pack read for serving, with the key of the next pack of its origin.
+#[derive(Debug)]
+struct Served {
+    key: Key,
+    next: Option<u64>,
+    pack: Pack<Bytes>,
+}
+
+impl Served {
+    /// Whether `seq` of `origin` belongs in this pack.
+    fn holds(&self, origin: u64, seq: u64) -> bool {
+        self.key.0 == origin && self.key.1 <= seq && self.next.is_none_or(|next| seq < next)
+    }
+}
+
+/// The packs read most recently, shared by every session reading from them: a session
+/// serving a range reads each pack once, and sessions serving the same chunks hold one
+/// copy of them. Every commit empties it.
+#[derive(Debug, Default)]
+struct Cache {
+    /// Commits so far: a pack read before the latest is not kept.
+    generation: u64,
+    packs: VecDeque<Arc<Served>>,
+    bytes: usize,
+}
+
+/// The most bytes of packs [`Cache`] keeps (it always keeps the latest, whatever its size).
+const CACHE_BYTES: usize = 32 << 20;
+
+impl Cache {
+    fn find(&self, origin: u64, seq: u64) -> Option<Arc<Served>> {
+        self.packs.iter().find(|p| p.holds(origin, seq)).cloned()
+    }
+
+    fn keep(&mut self, served: &Arc<Served>) {
+        self.bytes += served.pack.body.len();
+        self.packs.push_front(Arc::clone(served));
+        while self.bytes > CACHE_BYTES && self.packs.len() > 1 {
+            let old = self.packs.pop_back().expect("more than one");
+            self.bytes -= old.pack.body.len();
+        }
+    }
+}
 
 /// A persistent chunk store in one file.
 ///
-/// Large chunks being served are shared: sessions that serve one at the same time hold one
-/// copy of its bytes between them.
+/// The store keeps in memory which hash is where: about 60 to 110 bytes per chunk (a
+/// million chunks, 60 to 110 MB), read from the packs' heads when it is opened. Packs
+/// being served are shared: sessions that serve the same chunks at the same time hold one
+/// copy of them between them.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
     /// With [`Durability::Process`], the file, for syncs asked for explicitly.
     unsynced: Option<File>,
-    /// Large chunks some session still holds, by hash.
-    serving: Mutex<BTreeMap<ChunkHash, Weak<[u8]>>>,
+    index: RwLock<Index>,
+    cache: Mutex<Cache>,
     /// Opened with [`RedbStore::open_read_only`]: every write is refused.
     read_only: bool,
-    /// Whether the kept block summaries are in step with the chunks (a read-only store
-    /// written by a build that does not keep them may have stale ones, and cannot drop them).
+    /// Whether the kept block summaries may be used: not in a store of the first layout
+    /// opened read-only, whose chunks are not in packs.
     trust_blocks: bool,
 }
 
@@ -326,6 +424,8 @@ impl RedbStore {
     /// A new store is made whole under a temporary name beside `path` (`path` with
     /// `.creating` appended) and only then put in place, so a process killed while creating
     /// it leaves either no store or an empty one, never a file that no later open accepts.
+    /// A store of the first layout is converted (see the [module](self)) in one
+    /// transaction.
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let path = path.as_ref();
         guarded(|| {
@@ -336,10 +436,12 @@ impl RedbStore {
             let db = open_db(file.try_clone()?, durability)?;
             // Stores made before a table existed gain it here.
             with_tables(&db)?;
+            let (index, _) = Index::read(&db.begin_read().map_err(boxed)?)?;
             Ok(Self {
                 db,
                 unsynced: matches!(durability, Durability::Process).then_some(file),
-                serving: Mutex::default(),
+                index: RwLock::new(index),
+                cache: Mutex::default(),
                 read_only: false,
                 trust_blocks: true,
             })
@@ -349,7 +451,8 @@ impl RedbStore {
     /// Opens an existing store for reading only: the file is never written (it may be on
     /// read-only media) and nothing is created. A missing or empty file is refused
     /// ([`RedbError::Io`], [`RedbError::Damaged`]); a store another process has open is
-    /// [`RedbError::InUse`].
+    /// [`RedbError::InUse`]. A store of the first layout is read as it is: its chunks
+    /// are listed, read and exported, but not summarized by range.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let file = File::open(path).map_err(|e| Box::new(RedbError::Io(e)))?;
         if file.metadata()?.len() == 0 {
@@ -367,58 +470,105 @@ impl RedbStore {
                 .create_with_backend(backend)
                 .map_err(refused)?;
             // A store always has its tables; a file without them is not one.
-            let txn = db.begin_read().map_err(boxed)?;
-            let chunks = txn.open_table(CHUNKS).map_err(|e| {
-                Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
-            })?;
-            let trust_blocks = match txn.open_table(META) {
-                Ok(meta) => blocks_in_step(&chunks, &meta)?,
-                Err(_) => false,
-            };
-            drop(chunks);
-            drop(txn);
+            let (index, first_layout) = Index::read(&db.begin_read().map_err(boxed)?)?;
             Ok(Self {
                 db,
                 unsynced: None,
-                serving: Mutex::default(),
+                index: RwLock::new(index),
+                cache: Mutex::default(),
                 read_only: true,
-                trust_blocks,
+                trust_blocks: !first_layout,
             })
         })
     }
 
-    fn serving(&self) -> std::sync::MutexGuard<'_, BTreeMap<ChunkHash, Weak<[u8]>>> {
-        self.serving.lock().unwrap_or_else(PoisonError::into_inner)
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After a commit: the index learns what it added and removed, and the packs read
+    /// before it are no longer served.
+    fn committed(&self, added: &[(ChunkHash, Option<Key>)], removed: &[ChunkHash]) {
+        {
+            let mut cache = self.cache();
+            cache.generation += 1;
+            cache.packs.clear();
+            cache.bytes = 0;
+        }
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        for (id, place) in added {
+            match place {
+                Some(key) => index.packed.insert(*id, *key),
+                None => index.loose.insert(*id).then_some((0, 0)),
+            };
+        }
+        for id in removed {
+            if index.packed.remove(id).is_none() {
+                index.loose.remove(id);
+            }
+        }
+    }
+
+    /// The pack of `origin` that holds `seq`, or if none does, the first after it.
+    fn served(&self, origin: u64, seq: u64) -> Result<Option<Arc<Served>>, StoreError> {
+        let generation = {
+            let cache = self.cache();
+            if let Some(served) = cache.find(origin, seq) {
+                return Ok(Some(served));
+            }
+            cache.generation
+        };
+        let served = self.reading(|txn| {
+            let heads = txn.open_table(HEADS).map_err(boxed)?;
+            let key = match edit::holder(&heads, origin, seq)? {
+                Some(key) => key,
+                None => match edit::next_pack(&heads, (origin, seq))? {
+                    Some(key) => key,
+                    None => return Ok(None),
+                },
+            };
+            let head = heads.get(key).map_err(boxed)?;
+            let body = txn.open_table(BODIES).map_err(boxed)?;
+            let body = body.get(key).map_err(boxed)?;
+            let (Some(head), Some(body)) = (head, body) else {
+                return Err(edit::damaged(key));
+            };
+            let body = Bytes::copy_from_slice(body.value());
+            let pack = Pack::decode(head.value(), body).ok_or_else(|| edit::damaged(key))?;
+            let next = edit::next_pack(&heads, key)?.map(|k| k.1);
+            Ok(Some(Arc::new(Served { key, next, pack })))
+        })?;
+        if let Some(served) = &served {
+            let mut cache = self.cache();
+            if cache.generation == generation {
+                cache.keep(served);
+            }
+        }
+        Ok(served)
+    }
+
+    /// The packed chunk of `origin` that starts at `first_seq`, if it is `id`.
+    fn packed(
+        &self,
+        id: &ChunkHash,
+        (origin, first_seq): Key,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let Some(served) = self.served(origin, first_seq)? else {
+            return Ok(None);
+        };
+        let pack = &served.pack;
+        Ok(pack
+            .find(first_seq)
+            .ok()
+            .filter(|&i| pack.entries[i].id == *id)
+            .map(|i| pack.body.slice(pack.entries[i].bytes())))
     }
 
     /// Runs `f` in a read transaction; a panic of the database is [`RedbError::Damaged`].
-    /// The chunk `id` read in `txn`; large chunks are shared with the sessions serving
-    /// them (see `serving`).
-    fn read_chunk(
-        &self,
-        txn: &redb::ReadTransaction,
-        id: &ChunkHash,
-    ) -> Result<Option<Bytes>, StoreError> {
-        if let Some(bytes) = self.serving().get(id).and_then(Weak::upgrade) {
-            return Ok(Some(Bytes::from_owner(bytes)));
-        }
-        let table = txn.open_table(CHUNKS).map_err(boxed)?;
-        let Some(value) = table.get(id.as_bytes()).map_err(boxed)? else {
-            return Ok(None);
-        };
-        let value = value.value();
-        if value.len() < SHARE_FROM {
-            return Ok(Some(Bytes::copy_from_slice(value)));
-        }
-        let bytes: Arc<[u8]> = Arc::from(value);
-        let mut serving = self.serving();
-        if serving.len() >= 64 && serving.len().is_power_of_two() {
-            serving.retain(|_, held| held.strong_count() > 0);
-        }
-        serving.insert(*id, Arc::downgrade(&bytes));
-        Ok(Some(Bytes::from_owner(bytes)))
-    }
-
     fn reading<T>(
         &self,
         f: impl FnOnce(redb::ReadTransaction) -> Result<T, StoreError>,
@@ -474,50 +624,62 @@ impl RedbStore {
         self.writing(|mut txn| {
             txn.set_durability(redb::Durability::Eventual);
             let mut done = Inserted::default();
+            let mut added = Vec::new();
             {
-                let mut table = txn.open_table(CHUNKS).map_err(boxed)?;
+                let mut loose = txn.open_table(LOOSE).map_err(boxed)?;
                 let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
-                let mut spans = txn.open_table(SPANS).map_err(boxed)?;
                 let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
                 let mut m = txn.open_table(META).map_err(boxed)?;
+                let mut edit = Edit::new(
+                    txn.open_table(HEADS).map_err(boxed)?,
+                    txn.open_table(BODIES).map_err(boxed)?,
+                );
                 let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
                 // Blocks whose kept summaries the new chunks make stale.
-                let mut touched = std::collections::BTreeSet::new();
+                let mut touched = BTreeSet::new();
                 let now = unix_now();
                 for chunk in chunks {
                     let id = chunk.id();
-                    let key = id.as_bytes();
-                    if table.get(key).map_err(boxed)?.is_some() {
-                        continue;
-                    }
-                    let span = Span::of(chunk.bytes());
-                    if let Some(span) = span {
-                        if let Some(fork) = fork_in(&spans, id, span)? {
-                            done.forks.push(fork);
-                            continue;
+                    let place = match Span::of(chunk.bytes()) {
+                        Some(span) => match edit.insert(span, id, chunk.bytes(), now)? {
+                            Put::Held => continue,
+                            Put::Fork(fork) => {
+                                done.forks.push(fork);
+                                continue;
+                            }
+                            Put::Added => {
+                                touched.insert((span.origin.0, recon::block_of(span.first_seq)));
+                                Some((span.origin.0, span.first_seq))
+                            }
+                        },
+                        None => {
+                            let key = id.as_bytes();
+                            if loose
+                                .insert(key, chunk.bytes().as_ref())
+                                .map_err(boxed)?
+                                .is_some()
+                            {
+                                continue;
+                            }
+                            stored_at.insert(key, now).map_err(boxed)?;
+                            None
                         }
-                        spans
-                            .insert((span.origin.0, span.first_seq), (span.end_seq, *key))
-                            .map_err(boxed)?;
-                        touched.insert((span.origin.0, recon::block_of(span.first_seq)));
-                    }
-                    table.insert(key, chunk.bytes().as_ref()).map_err(boxed)?;
-                    stored_at.insert(key, now).map_err(boxed)?;
+                    };
+                    added.push((id, place));
                     bytes += chunk.bytes().len() as u64;
                     done.added += 1;
                 }
+                edit.finish()?;
                 for block in touched {
                     blocks.remove(block).map_err(boxed)?;
                 }
                 m.insert(BYTES, bytes).map_err(boxed)?;
-                m.insert(BLOCKS_LEN, table.len().map_err(boxed)?)
-                    .map_err(boxed)?;
-                m.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
                 for (key, value) in meta {
                     m.insert(*key, *value).map_err(boxed)?;
                 }
             }
             txn.commit().map_err(boxed)?;
+            self.committed(&added, &[]);
             Ok(done)
         })
     }
@@ -527,10 +689,26 @@ impl RedbStore {
         Ok(self.meta(BYTES)?.unwrap_or(0))
     }
 
-    /// Calls `f` with every chunk, in hash order.
+    /// Calls `f` with every chunk: each origin's in sequence order, origins ascending,
+    /// then the bytes that are not valid chunks, in hash order.
     pub fn for_each(&self, mut f: impl FnMut(ChunkHash, &[u8])) -> Result<(), StoreError> {
         self.reading(|txn| {
-            let table = txn.open_table(CHUNKS).map_err(boxed)?;
+            if let (Ok(heads), Ok(bodies)) = (txn.open_table(HEADS), txn.open_table(BODIES)) {
+                let mut bodies = bodies.iter().map_err(boxed)?;
+                for head in heads.iter().map_err(boxed)? {
+                    let (key, head) = head.map_err(boxed)?;
+                    let key = key.value();
+                    let body = bodies.next().transpose().map_err(boxed)?;
+                    let body = body.filter(|(k, _)| k.value() == key);
+                    let body = body.ok_or_else(|| edit::damaged(key))?.1;
+                    let pack = Pack::decode(head.value(), body.value());
+                    let pack = pack.ok_or_else(|| edit::damaged(key))?;
+                    for (i, e) in pack.entries.iter().enumerate() {
+                        f(e.id, pack.chunk(i));
+                    }
+                }
+            }
+            let table = txn.open_table(LOOSE).map_err(boxed)?;
             for entry in table.iter().map_err(boxed)? {
                 let (k, v) = entry.map_err(boxed)?;
                 f(ChunkHash::from_bytes(*k.value()), v.value());
@@ -562,70 +740,159 @@ impl RedbStore {
         self.writing(|mut txn| {
             txn.set_durability(redb::Durability::Immediate);
             let mut report = GcReport::default();
+            let mut removed = Vec::new();
             {
-                let mut chunks = txn.open_table(CHUNKS).map_err(boxed)?;
+                let mut loose = txn.open_table(LOOSE).map_err(boxed)?;
                 let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
                 let pins = txn.open_table(PINS).map_err(boxed)?;
-                let mut spans = txn.open_table(SPANS).map_err(boxed)?;
                 let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
                 let mut meta = txn.open_table(META).map_err(boxed)?;
+                let mut edit = Edit::new(
+                    txn.open_table(HEADS).map_err(boxed)?,
+                    txn.open_table(BODIES).map_err(boxed)?,
+                );
                 let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-                // Oldest first.
-                let mut by_age: Vec<(u64, [u8; 32], u64)> = Vec::new();
+                // Every chunk, oldest first: when stored, hash, place (`None`: loose), length.
+                let mut by_age: Vec<(u64, ChunkHash, Option<Key>, u64)> = Vec::new();
+                for pack in edit.heads().iter().map_err(boxed)? {
+                    let (key, head) = pack.map_err(boxed)?;
+                    let key = key.value();
+                    let entries =
+                        pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
+                    for e in entries {
+                        let place = Some((key.0, e.first_seq));
+                        by_age.push((e.stored_at, e.id, place, u64::from(e.len)));
+                    }
+                }
                 for entry in stored_at.iter().map_err(boxed)? {
                     let (k, at) = entry.map_err(boxed)?;
                     let key = *k.value();
-                    let len = chunks
-                        .get(&key)
-                        .map_err(boxed)?
-                        .map_or(0, |v| v.value().len() as u64);
-                    by_age.push((at.value(), key, len));
+                    let len = loose.get(&key).map_err(boxed)?;
+                    let len = len.map_or(0, |v| v.value().len() as u64);
+                    by_age.push((at.value(), ChunkHash::from_bytes(key), None, len));
                 }
                 by_age.sort_unstable();
                 let cutoff = policy.max_age.map(|age| now.saturating_sub(age.as_secs()));
-                for (at, key, len) in by_age {
+                for (at, id, place, len) in by_age {
                     let too_old = cutoff.is_some_and(|c| at < c);
                     let too_big = policy.max_bytes.is_some_and(|max| bytes > max);
                     if !too_old && !too_big {
                         continue;
                     }
-                    if pins.get(&key).map_err(boxed)?.is_some() {
+                    if pins.get(id.as_bytes()).map_err(boxed)?.is_some() {
                         report.kept_pinned += 1;
                         continue;
                     }
-                    if let Some(span) = chunks
-                        .remove(&key)
-                        .map_err(boxed)?
-                        .and_then(|v| Span::of(v.value()))
-                    {
-                        spans
-                            .remove((span.origin.0, span.first_seq))
-                            .map_err(boxed)?;
-                        blocks
-                            .remove((span.origin.0, recon::block_of(span.first_seq)))
-                            .map_err(boxed)?;
+                    match place {
+                        Some((origin, first_seq)) => {
+                            edit.remove(origin, first_seq)?;
+                            blocks
+                                .remove((origin, recon::block_of(first_seq)))
+                                .map_err(boxed)?;
+                        }
+                        None => {
+                            loose.remove(id.as_bytes()).map_err(boxed)?;
+                            stored_at.remove(id.as_bytes()).map_err(boxed)?;
+                        }
                     }
-                    stored_at.remove(&key).map_err(boxed)?;
+                    removed.push(id);
                     bytes = bytes.saturating_sub(len);
                     report.removed += 1;
                     report.freed += len;
                 }
+                edit.finish()?;
                 meta.insert(BYTES, bytes).map_err(boxed)?;
-                meta.insert(BLOCKS_LEN, chunks.len().map_err(boxed)?)
-                    .map_err(boxed)?;
-                meta.insert(BLOCKS_BYTES, bytes).map_err(boxed)?;
             }
             txn.commit().map_err(boxed)?;
+            self.committed(&[], &removed);
             Ok(report)
         })
     }
 }
 
-/// One entry of [`SPANS`] as a range read yields it.
-type SpanEntry<'a> = (
-    redb::AccessGuard<'a, (u64, u64)>,
-    redb::AccessGuard<'a, (u64, [u8; 32])>,
-);
+/// The summary of `block` of `origin` made from its packed chunks.
+fn make_block(
+    heads: &impl ReadableTable<Key, &'static [u8]>,
+    origin: u64,
+    block: u64,
+) -> Result<Option<BlockSummary>, StoreError> {
+    let (lo, hi) = recon::block_range(block);
+    let mut chunks = Vec::new();
+    edit::scan(heads, origin, lo, hi, |e| {
+        chunks.push((e.first_seq, e.end_seq, e.id));
+        true
+    })?;
+    BlockSummary::of(block, chunks).map_err(|_| summary_error(SummaryError::OutOfOrder))
+}
+
+/// The packed chunks of `range`, as `NodeStore::chunks_in` gives them.
+fn packed_in(
+    heads: &impl ReadableTable<Key, &'static [u8]>,
+    range: &KeyRange,
+    out: &mut [(Span, ChunkHash)],
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    if out.is_empty() {
+        return Ok(0);
+    }
+    edit::scan(heads, range.origin.0, range.lo, range.hi, |e| {
+        let span = Span {
+            origin: range.origin,
+            first_seq: e.first_seq,
+            end_seq: e.end_seq,
+        };
+        out[n] = (span, e.id);
+        n += 1;
+        n < out.len()
+    })?;
+    Ok(n)
+}
+
+/// The tables of one transaction as [`recon::summarize_by_blocks`] reads them; the blocks it
+/// had to make are listed in `made`.
+struct Tables<'a, H, B> {
+    heads: &'a H,
+    blocks: &'a B,
+    /// Whether the kept summaries may be used (see [`RedbStore::trust_blocks`]).
+    trusted: bool,
+    made: std::cell::RefCell<Vec<(u64, u64)>>,
+}
+
+impl<H, B> recon::Blocks for Tables<'_, H, B>
+where
+    H: ReadableTable<Key, &'static [u8]>,
+    B: ReadableTable<(u64, u64), &'static [u8]>,
+{
+    type Error = StoreError;
+
+    fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, StoreError> {
+        let mut first = None;
+        edit::scan(self.heads, origin.0, from, hi, |e| {
+            first = Some(e.first_seq);
+            false
+        })?;
+        Ok(first)
+    }
+
+    fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, StoreError> {
+        if self.trusted
+            && let Some(kept) = self.blocks.get((origin.0, block)).map_err(boxed)?
+            && let Some(b) = decode_block(block, kept.value())
+        {
+            return Ok(Some(b));
+        }
+        self.made.borrow_mut().push((origin.0, block));
+        make_block(self.heads, origin.0, block)
+    }
+
+    fn chunks_in(
+        &self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, StoreError> {
+        packed_in(self.heads, range, out)
+    }
+}
 
 /// A block summary as [`BLOCKS`] keeps it: digest, count, first, end (little-endian), then
 /// the number of runs (255: not kept) and each run's bounds.
@@ -687,130 +954,6 @@ fn decode_block(block: u64, bytes: &[u8]) -> Option<BlockSummary> {
     })
 }
 
-/// The summary of `block` of `origin` made from its chunks in [`SPANS`].
-fn make_block(
-    spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
-    origin: u64,
-    block: u64,
-) -> Result<Option<BlockSummary>, StoreError> {
-    let (lo, hi) = recon::block_range(block);
-    let mut chunks = Vec::new();
-    for entry in spans.range((origin, lo)..(origin, hi)).map_err(boxed)? {
-        let (span, id) = span_entry(entry)?;
-        chunks.push((span.first_seq, span.end_seq, id));
-    }
-    BlockSummary::of(block, chunks).map_err(|_| summary_error(SummaryError::OutOfOrder))
-}
-
-/// The tables of one transaction as [`recon::summarize_by_blocks`] reads them; the blocks it
-/// had to make are listed in `made`.
-struct Tables<'a, S, B> {
-    spans: &'a S,
-    blocks: &'a B,
-    /// Whether the kept summaries may be used (see [`RedbStore::trust_blocks`]).
-    trusted: bool,
-    made: std::cell::RefCell<Vec<(u64, u64)>>,
-}
-
-impl<S, B> recon::Blocks for Tables<'_, S, B>
-where
-    S: ReadableTable<(u64, u64), (u64, [u8; 32])>,
-    B: ReadableTable<(u64, u64), &'static [u8]>,
-{
-    type Error = StoreError;
-
-    fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, StoreError> {
-        if from >= hi {
-            return Ok(None);
-        }
-        let mut range = self
-            .spans
-            .range((origin.0, from)..(origin.0, hi))
-            .map_err(boxed)?;
-        range
-            .next()
-            .map(|e| span_entry(e).map(|(span, _)| span.first_seq))
-            .transpose()
-    }
-
-    fn block(&self, origin: NodeId, block: u64) -> Result<Option<BlockSummary>, StoreError> {
-        if self.trusted
-            && let Some(kept) = self.blocks.get((origin.0, block)).map_err(boxed)?
-            && let Some(b) = decode_block(block, kept.value())
-        {
-            return Ok(Some(b));
-        }
-        self.made.borrow_mut().push((origin.0, block));
-        make_block(self.spans, origin.0, block)
-    }
-
-    fn chunks_in(
-        &self,
-        range: &KeyRange,
-        out: &mut [(Span, ChunkHash)],
-    ) -> Result<usize, StoreError> {
-        spans_in(self.spans, range, out)
-    }
-}
-
-/// The chunks of `range` in [`SPANS`], as `NodeStore::chunks_in` gives them.
-fn spans_in(
-    spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
-    range: &KeyRange,
-    out: &mut [(Span, ChunkHash)],
-) -> Result<usize, StoreError> {
-    if range.lo >= range.hi {
-        return Ok(0);
-    }
-    let keys = (range.origin.0, range.lo)..(range.origin.0, range.hi);
-    let mut n = 0;
-    for (slot, entry) in out.iter_mut().zip(spans.range(keys).map_err(boxed)?) {
-        *slot = span_entry(entry)?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// The span and id in an entry of [`SPANS`].
-fn span_entry(
-    entry: Result<SpanEntry<'_>, redb::StorageError>,
-) -> Result<(Span, ChunkHash), StoreError> {
-    let (k, v) = entry.map_err(boxed)?;
-    let ((origin, first_seq), (end_seq, hash)) = (k.value(), v.value());
-    let span = Span {
-        origin: NodeId(origin),
-        first_seq,
-        end_seq,
-    };
-    Ok((span, ChunkHash::from_bytes(hash)))
-}
-
-/// The fork `span` of chunk `id` makes with the stored spans, if any.
-fn fork_in(
-    spans: &impl ReadableTable<(u64, u64), (u64, [u8; 32])>,
-    id: ChunkHash,
-    span: Span,
-) -> Result<Option<Fork>, StoreError> {
-    let at = (span.origin.0, span.first_seq);
-    let neighbour = span_entry;
-    let before = spans
-        .range((span.origin.0, 0)..=at)
-        .map_err(boxed)?
-        .next_back()
-        .map(neighbour)
-        .transpose()?;
-    let after = spans
-        .range((
-            std::ops::Bound::Excluded(at),
-            std::ops::Bound::Included((span.origin.0, u64::MAX)),
-        ))
-        .map_err(boxed)?
-        .next()
-        .map(neighbour)
-        .transpose()?;
-    Ok(fork_with(id, span, before, after))
-}
-
 impl Drop for RedbStore {
     /// Leaves the file as its [`Durability`] promises: synced to the disk, or handed to the
     /// operating system.
@@ -827,19 +970,26 @@ impl Drop for RedbStore {
 
 impl NodeStore for RedbStore {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        self.reading(|txn| {
-            let table = txn.open_table(CHUNKS).map_err(boxed)?;
-            Ok(table.get(id.as_bytes()).map_err(boxed)?.is_some())
-        })
+        let index = self.index();
+        Ok(index.packed.contains_key(id) || index.loose.contains(id))
     }
 
     fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
-        let shared = |bytes: Arc<[u8]>| Some(Bytes::from_owner(bytes));
-        let held = self.serving().get(id).and_then(Weak::upgrade);
-        if let Some(bytes) = held {
-            return Ok(shared(bytes));
+        let (place, loose) = {
+            let index = self.index();
+            (index.packed.get(id).copied(), index.loose.contains(id))
+        };
+        if let Some(place) = place {
+            return self.packed(id, place);
         }
-        self.reading(|txn| self.read_chunk(&txn, id))
+        if !loose {
+            return Ok(None);
+        }
+        self.reading(|txn| {
+            let table = txn.open_table(LOOSE).map_err(boxed)?;
+            let value = table.get(id.as_bytes()).map_err(boxed)?;
+            Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+        })
     }
 
     fn writes_block(&self) -> bool {
@@ -859,32 +1009,37 @@ impl NodeStore for RedbStore {
         self.insert_all(chunks, &[])
     }
 
+    /// From the index in memory: each page looks at every hash.
     fn ids_after(
         &self,
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
     ) -> Result<(usize, bool), StoreError> {
-        self.reading(|txn| {
-            let table = txn.open_table(CHUNKS).map_err(boxed)?;
-            let range = match after {
-                Some(a) => table.range::<&[u8; 32]>((
-                    std::ops::Bound::Excluded(a.as_bytes()),
-                    std::ops::Bound::Unbounded,
-                )),
-                None => table.range::<&[u8; 32]>(..),
-            }
-            .map_err(boxed)?;
-            let mut n = 0;
-            for entry in range {
-                let (k, _) = entry.map_err(boxed)?;
-                let Some(slot) = out.get_mut(n) else {
-                    return Ok((n, false));
-                };
-                *slot = ChunkHash::from_bytes(*k.value());
-                n += 1;
-            }
-            Ok((n, true))
-        })
+        let index = self.index();
+        let mut later: Vec<ChunkHash> = index
+            .packed
+            .keys()
+            .chain(&index.loose)
+            .filter(|id| after.is_none_or(|a| *id > a))
+            .copied()
+            .collect();
+        drop(index);
+        let last = later.len() <= out.len();
+        if !last {
+            later.select_nth_unstable(out.len());
+            later.truncate(out.len());
+        }
+        later.sort_unstable();
+        out[..later.len()].copy_from_slice(&later);
+        Ok((later.len(), last))
+    }
+
+    fn ids(&self) -> Result<Vec<ChunkHash>, StoreError> {
+        let index = self.index();
+        let mut ids: Vec<ChunkHash> = index.packed.keys().chain(&index.loose).copied().collect();
+        drop(index);
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     fn origins_after(
@@ -893,22 +1048,22 @@ impl NodeStore for RedbStore {
         out: &mut [NodeId],
     ) -> Result<(usize, bool), StoreError> {
         self.reading(|txn| {
-            let spans = txn.open_table(SPANS).map_err(boxed)?;
+            let heads = txn.open_table(HEADS).map_err(boxed)?;
             let mut failed = None;
             let found = fill_origins(out, after, |above| {
                 let from = match above {
                     None => std::ops::Bound::Unbounded,
                     Some(a) => std::ops::Bound::Excluded((a.0, u64::MAX)),
                 };
-                let next = spans
+                let next = heads
                     .range((from, std::ops::Bound::Unbounded))
                     .map_err(boxed)
-                    .and_then(|mut r| r.next().map(span_entry).transpose());
+                    .and_then(|mut r| r.next().transpose().map_err(boxed));
                 next.unwrap_or_else(|e| {
                     failed = Some(e);
                     None
                 })
-                .map(|(span, _)| span.origin)
+                .map(|(key, _)| NodeId(key.value().0))
             });
             failed.map_or(Ok(found), Err)
         })
@@ -919,19 +1074,35 @@ impl NodeStore for RedbStore {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
-        self.reading(|txn| spans_in(&txn.open_table(SPANS).map_err(boxed)?, range, out))
+        self.reading(|txn| packed_in(&txn.open_table(HEADS).map_err(boxed)?, range, out))
     }
 
-    /// The span lookup and the read in one read transaction.
+    /// From the packs read for serving: a session serving a range reads each pack once.
     fn first_in(&self, range: &KeyRange) -> Result<Option<(Span, Bytes)>, StoreError> {
-        self.reading(|txn| {
-            let mut first = [(Span::default(), ChunkHash::default())];
-            if spans_in(&txn.open_table(SPANS).map_err(boxed)?, range, &mut first)? == 0 {
+        let origin = range.origin.0;
+        let mut seq = range.lo;
+        while seq < range.hi {
+            let Some(served) = self.served(origin, seq)? else {
                 return Ok(None);
+            };
+            let pack = &served.pack;
+            if let Some(e) = pack.entries.get(pack.first_from(seq)) {
+                if e.first_seq >= range.hi {
+                    return Ok(None);
+                }
+                let span = Span {
+                    origin: range.origin,
+                    first_seq: e.first_seq,
+                    end_seq: e.end_seq,
+                };
+                return Ok(Some((span, pack.body.slice(e.bytes()))));
             }
-            let (span, id) = first[0];
-            Ok(self.read_chunk(&txn, &id)?.map(|bytes| (span, bytes)))
-        })
+            match served.next {
+                Some(next) => seq = next,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// From the block summaries the store keeps; those it did not have yet are made and,
@@ -943,10 +1114,10 @@ impl NodeStore for RedbStore {
         runs: &mut [Run],
     ) -> Result<(Summary, Option<usize>), StoreError> {
         let (summary, made) = self.reading(|txn| {
-            let spans = txn.open_table(SPANS).map_err(boxed)?;
+            let heads = txn.open_table(HEADS).map_err(boxed)?;
             let blocks = txn.open_table(BLOCKS).map_err(boxed)?;
             let tables = Tables {
-                spans: &spans,
+                heads: &heads,
                 blocks: &blocks,
                 trusted: self.trust_blocks,
                 made: Default::default(),
@@ -960,10 +1131,10 @@ impl NodeStore for RedbStore {
                 // Only a cache: losing it to a crash costs a recomputation.
                 txn.set_durability(redb::Durability::None);
                 {
-                    let spans = txn.open_table(SPANS).map_err(boxed)?;
+                    let heads = txn.open_table(HEADS).map_err(boxed)?;
                     let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
                     for (origin, block) in made {
-                        if let Some(b) = make_block(&spans, origin, block)? {
+                        if let Some(b) = make_block(&heads, origin, block)? {
                             blocks
                                 .insert((origin, block), encode_block(&b).as_slice())
                                 .map_err(boxed)?;
@@ -977,10 +1148,7 @@ impl NodeStore for RedbStore {
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        self.reading(|txn| {
-            let table = txn.open_table(CHUNKS).map_err(boxed)?;
-            Ok(usize::try_from(table.len().map_err(boxed)?).unwrap_or(usize::MAX))
-        })
+        Ok(self.index().len())
     }
 }
 
@@ -1051,28 +1219,36 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
-    /// A store written by a build that keeps neither block summaries nor spans (simulated
-    /// here by writing its tables directly) is put back in step when it is next opened.
+    /// A store of the first layout kept every chunk by hash (simulated here by writing its
+    /// tables directly): read-only, its chunks are read as they are and its summaries not
+    /// trusted; opened for writing, its chunks move into packs, with the time each was
+    /// stored, and its summaries are made again.
     #[test]
-    fn block_summaries_written_around_are_dropped_and_spans_rebuilt() {
-        let path = temp_path("around");
+    fn a_store_of_the_first_layout_is_read_and_converted() {
+        let path = temp_path("first-layout");
+        let (a, b) = (
+            crate::store::tests::chunk(1, 0, 1, "a"),
+            crate::store::tests::chunk(1, 1, 1, "b"),
+        );
         {
             let s = RedbStore::open(&path).unwrap();
-            s.insert(crate::store::tests::chunk(1, 0, 1, "a")).unwrap();
+            s.insert(a.clone()).unwrap();
             let [kept, plain] = kept_and_plain(&s);
             assert_eq!(kept, plain);
-            // The other build stores a chunk of the same block, and forgets every span.
-            let c = crate::store::tests::chunk(1, 1, 1, "b");
+            // The first layout stores a chunk of the same block.
             let txn = s.db.begin_write().unwrap();
             {
-                let mut chunks = txn.open_table(CHUNKS).unwrap();
+                let mut chunks = txn.open_table(LOOSE).unwrap();
                 chunks
-                    .insert(c.id().as_bytes(), c.bytes().as_ref())
+                    .insert(b.id().as_bytes(), b.bytes().as_ref())
+                    .unwrap();
+                txn.open_table(STORED_AT)
+                    .unwrap()
+                    .insert(b.id().as_bytes(), 1234)
                     .unwrap();
                 let mut meta = txn.open_table(META).unwrap();
                 let bytes = meta.get(BYTES).unwrap().unwrap().value();
-                meta.insert(BYTES, bytes + c.bytes().len() as u64).unwrap();
-                txn.open_table(SPANS).unwrap().retain(|_, _| false).unwrap();
+                meta.insert(BYTES, bytes + b.bytes().len() as u64).unwrap();
             }
             txn.commit().unwrap();
         }
@@ -1081,11 +1257,122 @@ mod tests {
             !read_only.trust_blocks,
             "a read-only store does not use stale summaries"
         );
+        assert_eq!(read_only.len().unwrap(), 2);
+        assert_eq!(read_only.get(&b.id()).unwrap().as_ref(), Some(b.bytes()));
         drop(read_only);
-        let [kept, plain] = kept_and_plain(&RedbStore::open(&path).unwrap());
+        let s = RedbStore::open(&path).unwrap();
+        let [kept, plain] = kept_and_plain(&s);
         assert_eq!(kept.0.count, 2);
         assert_eq!(kept, plain);
+        let loose = s
+            .reading(|txn| txn.open_table(LOOSE).map_err(boxed)?.len().map_err(boxed))
+            .unwrap();
+        assert_eq!(loose, 0, "every chunk is in a pack");
+        // Kept its time: a gc by age removes it and not the other.
+        let report = s
+            .gc(RetentionPolicy {
+                max_age: Some(Duration::from_secs(3600)),
+                max_bytes: None,
+            })
+            .unwrap();
+        assert_eq!(report.removed, 1);
+        assert!(s.contains(&a.id()).unwrap() && !s.contains(&b.id()).unwrap());
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// What a batch of a model run puts in: runs of one-event chunks of an origin from a
+    /// first sequence number, some longer chunks (which may fork), in the order given.
+    fn batch(runs: &[(u64, u64, u64, u8)]) -> Vec<VerifiedChunk> {
+        let mut chunks = Vec::new();
+        for &(origin, first, count, kind) in runs {
+            for i in 0..count {
+                chunks.push(match kind % 4 {
+                    0 => crate::store::tests::chunk(origin, first + i, 1, "r"),
+                    // Descending: each before the previous one.
+                    1 => crate::store::tests::chunk(origin, first + count - i, 1, "r"),
+                    2 => crate::store::tests::chunk(origin, first + 3 * i, 3, "long"),
+                    _ => crate::store::tests::chunk(origin, first + 2 * i, 2, "fork"),
+                });
+            }
+        }
+        chunks
+    }
+
+    /// Everything a store answers about origin 1..=3, as comparable values.
+    fn contents(s: &dyn NodeStore, probes: &[(u64, u64, u64)]) -> Vec<String> {
+        let mut seen = vec![format!("len {}", s.len().unwrap())];
+        let ids = s.ids().unwrap();
+        for id in &ids {
+            seen.push(format!("{id:?} {:?}", s.get(id).unwrap().map(|b| b.len())));
+        }
+        for origin in 1..=3 {
+            let whole = KeyRange::whole(NodeId(origin));
+            let mut out = vec![(Span::default(), ChunkHash::default()); 20_000];
+            let n = s.chunks_in(&whole, &mut out).unwrap();
+            seen.push(format!("{origin}: {:?}", &out[..n]));
+            let mut runs = [Run { lo: 0, hi: 0 }; 4];
+            seen.push(format!("{:?}", s.summarize(&whole, &mut runs).unwrap()));
+        }
+        for &(origin, lo, len) in probes {
+            let range = KeyRange {
+                origin: NodeId(origin),
+                lo,
+                hi: lo + len,
+            };
+            let first = s.first_in(&range).unwrap();
+            seen.push(format!(
+                "{range:?} {:?}",
+                first.map(|(span, b)| (span, ChunkHash::of(&b)))
+            ));
+        }
+        seen
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+        /// Batches of chunks stored in any order (runs, descending runs, holes filled
+        /// later, forks) and removals leave a `RedbStore` answering every query as a
+        /// `MemStore` given the same chunks does, across packs split and emptied, and
+        /// after reopening.
+        #[test]
+        fn answers_as_a_memory_store_given_the_same_chunks(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((1u64..=3, 0u64..3000, 1u64..700, 0u8..4), 1..4),
+                1..5,
+            ),
+            probes in proptest::collection::vec((1u64..=3, 0u64..4000, 1u64..200), 8),
+            keep in 0u64..60_000,
+        ) {
+            let path = temp_path("model");
+            let s = RedbStore::open_with(&path, Durability::Process).unwrap();
+            let mut model = crate::MemStore::new();
+            for runs in &batches {
+                let chunks = batch(runs);
+                let (done, expected) = (s.insert_batch(&chunks).unwrap(), model.insert_batch(&chunks).unwrap());
+                proptest::prop_assert_eq!(done, expected);
+            }
+            proptest::prop_assert_eq!(contents(&s, &probes), contents(&model, &probes));
+            // Removing the oldest down to `keep` bytes: the model keeps what is left.
+            s.gc(RetentionPolicy { max_age: None, max_bytes: Some(keep) }).unwrap();
+            proptest::prop_assert!(s.total_bytes().unwrap() <= keep);
+            model = crate::MemStore::new();
+            let mut left = Vec::new();
+            s.for_each(|id, bytes| left.push(VerifiedChunk::new(id, bytes.to_vec()).unwrap())).unwrap();
+            model.insert_batch(&left).unwrap();
+            proptest::prop_assert_eq!(contents(&s, &probes), contents(&model, &probes));
+            // Into the holes the removals left, chunks that overlap what is left.
+            for runs in &batches {
+                let shifted: Vec<_> = runs.iter().map(|&(o, first, n, kind)| (o, first + 1, n, kind + 2)).collect();
+                let more = batch(&shifted);
+                proptest::prop_assert_eq!(s.insert_batch(&more).unwrap(), model.insert_batch(&more).unwrap());
+            }
+            proptest::prop_assert_eq!(contents(&s, &probes), contents(&model, &probes));
+            drop(s);
+            let s = RedbStore::open_read_only(&path).unwrap();
+            proptest::prop_assert_eq!(contents(&s, &probes), contents(&model, &probes));
+            drop(s);
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 
     #[test]
