@@ -2,7 +2,7 @@
 //! for stores of a million small chunks, printed as Markdown tables.
 //!
 //! ```text
-//! cargo run --release -p chunk-sync-benches --bin recon [-- CHUNKS]
+//! cargo run --release -p chunk-sync-benches --bin recon [-- CHUNKS [cold]]
 //! ```
 //!
 //! Two `MemStore`s hold chunks of ten origins (one event each, about 60 bytes); each case
@@ -14,9 +14,9 @@
 //! full manifest exchange of the same stores: every hash of each side sent to the other, in
 //! pages of 1,024 hashes (or what a frame holds), each asked for.
 //!
-//! Then cold pulls: the million small chunks into an empty `RedbStore` and into an empty
-//! `MemStore`, and 1,000 chunks of 16 KiB, with what was received and sent per byte of
-//! chunk data.
+//! Then cold pulls (with `cold`, only those): the million small chunks from a `RedbStore`
+//! into an empty one (with the sizes of both files) and from a `MemStore` into an empty
+//! one, and 1,000 chunks of 16 KiB, with what was received and sent per byte of chunk data.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,7 @@ async fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
+    let only_cold = std::env::args().nth(2).is_some_and(|a| a == "cold");
     let origins = 10;
     let per_origin = total / origins;
     let started = Instant::now();
@@ -57,7 +58,6 @@ async fn main() {
             (o, (rng.next_u64() % per_origin) as usize)
         })
         .collect();
-    type Pick<'a> = Box<dyn Fn(usize, usize) -> bool + 'a>;
     let cases: Vec<(&str, Pick<'_>, Pick<'_>)> = vec![
         (
             "nothing changed",
@@ -85,13 +85,23 @@ async fn main() {
             Box::new(|_, i| i % 2 == 1),
         ),
     ];
+    if !only_cold {
+        reconcile(&logs, &cases, chunks).await;
+    }
+    cold_pulls(&logs).await;
+}
+
+type Pick<'a> = Box<dyn Fn(usize, usize) -> bool + 'a>;
+
+/// The reconciliation cases, a row each at 64 KiB and 256 B frames.
+async fn reconcile(logs: &[Vec<VerifiedChunk>], cases: &[(&str, Pick<'_>, Pick<'_>)], chunks: u64) {
     println!(
         "| case ({chunks} chunks) | frames | discovery, both ways | round trips | chunks moved | wire bytes, both ways | full manifest exchange | first sync / repeated |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, mine, theirs) in &cases {
+    for (name, mine, theirs) in cases {
         for frame in [65_536, 256] {
-            let (a, b) = (store(&logs, mine), store(&logs, theirs));
+            let (a, b) = (store(logs, mine), store(logs, theirs));
             let manifest = listing_cost(a.len().unwrap(), frame, PAGE)
                 + listing_cost(b.len().unwrap(), frame, PAGE);
             let before = a.len().unwrap() + b.len().unwrap();
@@ -110,7 +120,10 @@ async fn main() {
             );
         }
     }
+}
 
+/// Cold pulls of every chunk of `logs`, and of 16 KiB chunks.
+async fn cold_pulls(logs: &[Vec<VerifiedChunk>]) {
     println!();
     println!("| cold pull | chunks | chunk bytes | received | sent | time | chunks/s |");
     println!("|---|---|---|---|---|---|---|");
@@ -118,13 +131,40 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("chunk-sync-recon-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let redb = RedbStore::open_with(dir.join("chunks.redb"), Durability::Process).unwrap();
-    cold_pull("small chunks into a `RedbStore`", &every, redb).await;
-    cold_pull("small chunks into a `MemStore`", &every, MemStore::new()).await;
+    let redb = |name: &str| RedbStore::open_with(dir.join(name), Durability::Process).unwrap();
+    cold_pull(
+        "small chunks, `RedbStore` to `RedbStore`",
+        &every,
+        redb("served.redb"),
+        redb("pulled.redb"),
+    )
+    .await;
+    let file = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    let bytes: u64 = every.iter().map(|c| c.bytes().len() as u64).sum();
+    println!(
+        "| (store files: served {} B, pulled {} B: {:.2}× and {:.2}× the chunk bytes) | | | | | | |",
+        file("served.redb"),
+        file("pulled.redb"),
+        file("served.redb") as f64 / bytes as f64,
+        file("pulled.redb") as f64 / bytes as f64,
+    );
+    cold_pull(
+        "small chunks, `MemStore` to `MemStore`",
+        &every,
+        MemStore::new(),
+        MemStore::new(),
+    )
+    .await;
     let big: Vec<VerifiedChunk> = (1..=4)
         .flat_map(|o| log(NodeId(o), 250, 16 << 10))
         .collect();
-    cold_pull("16 KiB chunks into a `MemStore`", &big, MemStore::new()).await;
+    cold_pull(
+        "16 KiB chunks, `MemStore` to `MemStore`",
+        &big,
+        MemStore::new(),
+        MemStore::new(),
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -176,10 +216,17 @@ async fn sync(a: MemStore, b: MemStore, frame: u32) -> ((Duration, Duration), Sy
     ((first, t.elapsed()), report, after)
 }
 
-/// Pulls `chunks` from a node that holds them all into `into`, which holds none.
-async fn cold_pull(name: &str, chunks: &[VerifiedChunk], into: impl NodeStore) {
-    let server = MemStore::new();
-    server.insert_batch(chunks).unwrap();
+/// Pulls `chunks` from a node that holds them all in `from` into `into`, which holds none.
+async fn cold_pull(
+    name: &str,
+    chunks: &[VerifiedChunk],
+    from: impl NodeStore,
+    into: impl NodeStore,
+) {
+    let server = from;
+    for batch in chunks.chunks(65_536) {
+        server.insert_batch(batch).unwrap();
+    }
     let server = Node::new(config(2, 65_536), server).unwrap();
     let listener = server.listen("127.0.0.1:0").await.unwrap();
     let puller = Node::new(config(1, 65_536), into).unwrap();
