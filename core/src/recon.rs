@@ -307,10 +307,40 @@ impl BlockSummary {
         block: u64,
         chunks: impl IntoIterator<Item = (u64, u64, ChunkHash)>,
     ) -> Result<Option<Self>, OutOfOrder> {
+        Self::extended(None, block, chunks)
+    }
+
+    /// The summary of `block` once `chunks` are added to what `kept` summarizes (`None`:
+    /// the block held none), each after the one before it and after `kept`'s last chunk:
+    /// what [`BlockSummary::of`] gives for all of them, at the cost of the new ones alone.
+    /// A store that appends chunks keeps its summaries up to date this way.
+    ///
+    /// # Errors
+    /// [`OutOfOrder`] for chunks out of order, overlapping, outside the block, or not
+    /// after `kept`'s last one.
+    pub fn extended(
+        kept: Option<Self>,
+        block: u64,
+        chunks: impl IntoIterator<Item = (u64, u64, ChunkHash)>,
+    ) -> Result<Option<Self>, OutOfOrder> {
         let mut runs = [Run { lo: 0, hi: 0 }; BLOCK_RUNS];
         let mut tally = Tally::new(&mut runs);
-        let keys = Keys::new();
         let mut digest = [0; 32];
+        if let Some(kept) = &kept {
+            if kept.block != block || kept.count == 0 {
+                return Err(OutOfOrder);
+            }
+            digest = kept.digest;
+            (tally.count, tally.first, tally.end) = (kept.count, kept.first, kept.end);
+            match &kept.runs {
+                Some(runs) => {
+                    tally.runs[..runs.len()].copy_from_slice(runs);
+                    tally.run_count = runs.len();
+                }
+                None => tally.overflow(),
+            }
+        }
+        let keys = Keys::new();
         for (first, end, id) in chunks {
             if block_of(first) != block {
                 return Err(OutOfOrder);

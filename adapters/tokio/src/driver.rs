@@ -129,8 +129,10 @@ impl Driver<'_, '_> {
         let timer = tokio::time::sleep_until(tokio::time::Instant::now());
         tokio::pin!(timer);
         let mut armed = None;
+        // Read from the clock after every wait and every call that may take long, not
+        // for each action: the actions between two waits take microseconds.
+        let mut now = self.shared.clock.now();
         loop {
-            let now = self.shared.clock.now();
             let action = self.conduit.poll_with(now, &mut self.shared.budget());
             let wait = match action {
                 Action::Send { frame, piece, .. } => {
@@ -149,6 +151,7 @@ impl Driver<'_, '_> {
                         }
                         Err(e) => self.store_failed(e),
                     }
+                    now = self.shared.clock.now();
                     continue;
                 }
                 Action::Origins { after, out } => {
@@ -158,6 +161,7 @@ impl Driver<'_, '_> {
                         }
                         Err(e) => self.store_failed(e),
                     }
+                    now = self.shared.clock.now();
                     continue;
                 }
                 Action::ReadFirst(range) => {
@@ -229,6 +233,7 @@ impl Driver<'_, '_> {
             // that chunks that arrived together are written together.
             if let Some(written) = self.writes.start(self.shared) {
                 self.written(Ok(written));
+                now = self.shared.clock.now();
                 continue;
             }
             self.publish();
@@ -266,6 +271,7 @@ impl Driver<'_, '_> {
                     return Err(Error::Protocol(session::Error::Aborted));
                 }
             }
+            now = self.shared.clock.now();
         }
     }
 

@@ -120,7 +120,7 @@ impl Node {
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
     pub async fn sync_with(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;
-        self.run(stream, Mode::BOTH, Vec::new(), peer, None)
+        self.run_task(stream, Mode::BOTH, Vec::new(), peer)
             .await
             .map_err(|f| f.error)
     }
@@ -128,7 +128,7 @@ impl Node {
     /// Fetches what this node lacks from the node at `addr`, offering nothing in return.
     pub async fn pull_from(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;
-        self.run(stream, Mode::PULL, Vec::new(), peer, None)
+        self.run_task(stream, Mode::PULL, Vec::new(), peer)
             .await
             .map_err(|f| f.error)
     }
@@ -153,9 +153,43 @@ impl Node {
         ids: Vec<ChunkHash>,
     ) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;
-        self.run(stream, Mode::FETCH, ids, peer, None)
+        self.run_task(stream, Mode::FETCH, ids, peer)
             .await
             .map_err(|f| f.error)
+    }
+
+    /// Runs one session over a TCP connection as a task of its own, so that it runs on
+    /// the runtime's worker threads beside the I/O driver, whatever thread awaits it (a
+    /// `main` awaiting it directly would be woken through the driver for every read).
+    /// Dropping the future aborts the task: the same as dropping the session.
+    async fn run_task(
+        &self,
+        stream: TcpStream,
+        mode: Mode,
+        wanted: Vec<ChunkHash>,
+        peer: Option<SocketAddr>,
+    ) -> Result<SyncReport, Box<Failed>> {
+        /// Aborts the task when the future awaiting it is dropped.
+        struct Abort(tokio::task::AbortHandle);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let node = self.clone();
+        let task = tokio::spawn(async move { node.run(stream, mode, wanted, peer, None).await });
+        let _abort = Abort(task.abort_handle());
+        match task.await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled by a runtime shutting down.
+                Err(_) => Err(Box::new(Failed {
+                    report: SyncReport::empty(),
+                    error: Error::Protocol(chunk_sync_core::session::Error::Aborted),
+                })),
+            },
+        }
     }
 
     /// Runs one session over `io`. A failed session's report (what it stored before it
@@ -283,7 +317,7 @@ impl Node {
                 break;
             }
             let attempt = match connect(peer).await {
-                Ok((stream, addr)) => self.run(stream, Mode::PULL, Vec::new(), addr, None).await,
+                Ok((stream, addr)) => self.run_task(stream, Mode::PULL, Vec::new(), addr).await,
                 Err(error) => Err(Box::new(Failed {
                     report: SyncReport::empty(),
                     error,

@@ -15,7 +15,7 @@
 //! holds across a power cut too; with [`Durability::Process`] commits reach the operating
 //! system without waiting for the disk, as `cp` and rsync do.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -284,9 +284,64 @@ pub enum Durability {
 #[derive(Debug, Default)]
 struct Index {
     /// Each packed chunk's origin and first sequence number.
-    packed: HashMap<ChunkHash, Key>,
+    packed: HashMap<ChunkHash, Key, Ids>,
     /// The hashes of [`LOOSE`].
-    loose: HashSet<ChunkHash>,
+    loose: HashSet<ChunkHash, Ids>,
+}
+
+/// How [`Index`] hashes chunk hashes. They are uniform already, but a peer can grind
+/// chunks until their hashes share the bits a table looks at, so a key drawn at random
+/// for each store is mixed into all of them: each 16 bytes are folded into the state with
+/// a 128-bit multiply of their halves, each xored with the key (the construction of
+/// foldhash and ahash's fallback), two multiplies per hash instead of SipHash's rounds.
+#[derive(Clone, Copy, Debug)]
+struct Ids {
+    key: [u64; 2],
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        use std::hash::BuildHasher as _;
+        let random = std::hash::RandomState::new();
+        Self {
+            key: [random.hash_one(0u8), random.hash_one(1u8)],
+        }
+    }
+}
+
+impl std::hash::BuildHasher for Ids {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher {
+            key: self.key,
+            state: 0,
+        }
+    }
+}
+
+/// The hasher [`Ids`] builds.
+#[derive(Debug)]
+struct IdHasher {
+    key: [u64; 2],
+    state: u64,
+}
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for part in bytes.chunks(16) {
+            let mut words = [0u8; 16];
+            words[..part.len()].copy_from_slice(part);
+            let [a, b] = [&words[..8], &words[8..]]
+                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+            let product = u128::from(a ^ self.key[0] ^ self.state) * u128::from(b ^ self.key[1]);
+            self.state = (product as u64) ^ ((product >> 64) as u64);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
 }
 
 impl Index {
@@ -635,8 +690,8 @@ impl RedbStore {
                     txn.open_table(BODIES).map_err(boxed)?,
                 );
                 let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-                // Blocks whose kept summaries the new chunks make stale.
-                let mut touched = BTreeSet::new();
+                // The chunks added to each block, in the order they were added.
+                let mut touched: BTreeMap<Key, Vec<(u64, u64, ChunkHash)>> = BTreeMap::new();
                 let now = unix_now();
                 for chunk in chunks {
                     let id = chunk.id();
@@ -648,7 +703,9 @@ impl RedbStore {
                                 continue;
                             }
                             Put::Added => {
-                                touched.insert((span.origin.0, recon::block_of(span.first_seq)));
+                                let block = (span.origin.0, recon::block_of(span.first_seq));
+                                let chunk = (span.first_seq, span.end_seq, id);
+                                touched.entry(block).or_default().push(chunk);
                                 Some((span.origin.0, span.first_seq))
                             }
                         },
@@ -669,10 +726,10 @@ impl RedbStore {
                     bytes += chunk.bytes().len() as u64;
                     done.added += 1;
                 }
-                edit.finish()?;
-                for block in touched {
-                    blocks.remove(block).map_err(boxed)?;
+                for (block, added) in touched {
+                    keep_block(&edit, &mut blocks, block, added)?;
                 }
+                edit.finish()?;
                 m.insert(BYTES, bytes).map_err(boxed)?;
                 for (key, value) in meta {
                     m.insert(*key, *value).map_err(boxed)?;
@@ -808,6 +865,42 @@ impl RedbStore {
             Ok(report)
         })
     }
+}
+
+/// Keeps the summary of `block` (origin, block number) in step with the chunks `added` to
+/// it in this transaction (ascending, as they came): added after the block's last chunk,
+/// they extend its kept summary, or start one for a block that held none, at one hash
+/// step each, so that a store that appends never has to make its summaries again when
+/// it is first asked; otherwise the kept summary is dropped, to be made when needed.
+fn keep_block(
+    edit: &Edit<'_>,
+    blocks: &mut redb::Table<'_, (u64, u64), &'static [u8]>,
+    (origin, block): Key,
+    added: Vec<(u64, u64, ChunkHash)>,
+) -> Result<(), StoreError> {
+    let kept = blocks.get((origin, block)).map_err(boxed)?;
+    let kept = kept.map(|v| decode_block(block, v.value()));
+    let base = match kept {
+        Some(Some(summary)) => Some(Some(summary)),
+        // Damaged: made again when needed.
+        Some(None) => None,
+        None => {
+            let (lo, hi) = recon::block_range(block);
+            let mut held = false;
+            edit::scan(edit.heads(), origin, lo, hi, |_| {
+                held = true;
+                false
+            })?;
+            (!held).then_some(None)
+        }
+    };
+    let summary = base.and_then(|kept| BlockSummary::extended(kept, block, added).ok().flatten());
+    match summary {
+        Some(summary) => blocks.insert((origin, block), encode_block(&summary).as_slice()),
+        None => blocks.remove((origin, block)).map(|_| None),
+    }
+    .map_err(boxed)?;
+    Ok(())
 }
 
 /// The summary of `block` of `origin` made from its packed chunks.
@@ -1373,6 +1466,38 @@ mod tests {
             drop(s);
             std::fs::remove_file(&path).unwrap();
         }
+    }
+
+    /// A store that is given its chunks in order keeps every block's summary as it goes:
+    /// the first reconciliation has none to make.
+    #[test]
+    fn appended_chunks_keep_their_block_summaries() {
+        let path = temp_path("appended");
+        let s = RedbStore::open_with(&path, Durability::Process).unwrap();
+        for first in (0..10_000).step_by(1000) {
+            let chunks: Vec<_> = (first..first + 1000)
+                .map(|seq| crate::store::tests::chunk(1, seq, 1, "a"))
+                .collect();
+            s.insert_batch(&chunks).unwrap();
+        }
+        let kept = || {
+            s.reading(|txn| txn.open_table(BLOCKS).map_err(boxed)?.len().map_err(boxed))
+                .unwrap()
+        };
+        assert_eq!(kept(), 3, "blocks 0, 1 and 2 of 4,096 sequence numbers");
+        let [by_blocks, plain] = kept_and_plain(&s);
+        assert_eq!(by_blocks, plain);
+        // Removing a chunk drops its block's summary, which is made again when needed.
+        s.gc(RetentionPolicy {
+            max_age: None,
+            max_bytes: Some(s.total_bytes().unwrap() - 1),
+        })
+        .unwrap();
+        assert_eq!(kept(), 2);
+        let [by_blocks, plain] = kept_and_plain(&s);
+        assert_eq!(by_blocks, plain);
+        assert_eq!(kept(), 3);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -18,21 +18,24 @@ use crate::time::Clock;
 /// forgotten, so that peers claiming ever new node ids cannot grow the table.
 pub(crate) const MAX_TRACKED_PEERS: usize = 1024;
 
-/// The node-wide throttle, shared by a node's sessions.
-pub(crate) struct NodeBudget<'a>(&'a Mutex<Throttle>);
+/// The node-wide throttle, shared by a node's sessions; `None` when the node has no
+/// limit, which admits every frame without taking a lock.
+pub(crate) struct NodeBudget<'a>(Option<&'a Mutex<Throttle>>);
 
 impl NodeBudget<'_> {
-    fn lock(&self) -> MutexGuard<'_, Throttle> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(throttle: &Mutex<Throttle>) -> MutexGuard<'_, Throttle> {
+        throttle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Budget for NodeBudget<'_> {
     fn next_ready(&mut self, now: Instant) -> Option<Instant> {
-        self.lock().next_ready(now)
+        self.0.and_then(|t| Self::lock(t).next_ready(now))
     }
     fn consume(&mut self, now: Instant, bytes: u64) {
-        Budget::consume(&mut *self.lock(), now, bytes);
+        if let Some(t) = self.0 {
+            Budget::consume(&mut *Self::lock(t), now, bytes);
+        }
     }
 }
 
@@ -43,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) clock: Clock,
     pub(crate) connections: Connections,
     throttle: Mutex<Throttle>,
+    /// Whether the node-wide throttle limits anything.
+    limited: bool,
     progress: Mutex<BTreeMap<NodeId, SyncProgress>>,
 }
 
@@ -53,14 +58,15 @@ impl Shared {
             store,
             clock: Clock::new(),
             connections: Connections::new(config.max_connections),
+            limited: !throttle.config().is_unlimited(),
             throttle: Mutex::new(throttle),
             progress: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// The node-wide throttle, as a budget a conduit locks only to admit a frame.
-    pub(crate) const fn budget(&self) -> NodeBudget<'_> {
-        NodeBudget(&self.throttle)
+    pub(crate) fn budget(&self) -> NodeBudget<'_> {
+        NodeBudget(self.limited.then_some(&self.throttle))
     }
 
     fn table(&self) -> MutexGuard<'_, BTreeMap<NodeId, SyncProgress>> {

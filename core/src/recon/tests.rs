@@ -719,6 +719,36 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A block's summary extended by the chunks after a prefix of it is the summary made
+    /// of all of them; a chunk not after the prefix is refused.
+    #[test]
+    fn a_block_summary_extended_is_the_summary_of_all_its_chunks(
+        sizes in prop::collection::vec((1u64..40, 0u64..3), 1..120),
+        cut in 0usize..120,
+    ) {
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for (i, (size, gap)) in sizes.into_iter().enumerate() {
+            at += gap * size;
+            if at + size > 1 << BLOCK_BITS {
+                break;
+            }
+            chunks.push((at, at + size, ChunkHash::of(&(i as u64).to_le_bytes())));
+            at += size;
+        }
+        let cut = cut.min(chunks.len());
+        let whole = BlockSummary::of(0, chunks.iter().copied()).unwrap();
+        let prefix = BlockSummary::of(0, chunks[..cut].iter().copied()).unwrap();
+        let extended = BlockSummary::extended(prefix.clone(), 0, chunks[cut..].iter().copied());
+        prop_assert_eq!(extended.unwrap(), whole);
+        if cut > 0 && prefix.is_some() {
+            let again = BlockSummary::extended(prefix, 0, chunks[cut - 1..].iter().copied());
+            prop_assert_eq!(again, Err(OutOfOrder));
+        }
+    }
+}
+
 /// The fingerprint is part of the wire format: these bytes may not change within a protocol
 /// version.
 #[test]

@@ -52,7 +52,7 @@ impl Entry {
 /// The entries of a head, or `None` if the bytes are not a head: a whole number of
 /// entries, with non-empty spans, ascending and not overlapping.
 pub(super) fn decode_head(head: &[u8]) -> Option<Vec<Entry>> {
-    if head.len() % ENTRY != 0 {
+    if !head.len().is_multiple_of(ENTRY) {
         return None;
     }
     let mut entries = Vec::with_capacity(head.len() / ENTRY);
