@@ -15,7 +15,7 @@
 //! holds across a power cut too; with [`Durability::Process`] commits reach the operating
 //! system without waiting for the disk, as `cp` and rsync do.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -35,9 +35,11 @@ use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
 use crate::error::StoreError;
 use crate::store::{Inserted, NodeStore, VerifiedChunk, summary_error};
 use edit::{Edit, Key, Put};
+use index::Index;
 use pack::Pack;
 
 mod edit;
+mod index;
 mod pack;
 mod snapshot;
 
@@ -280,105 +282,34 @@ pub enum Durability {
     Process,
 }
 
-/// Where the store's chunks are: which hash is in which pack, and which are loose.
-#[derive(Debug, Default)]
-struct Index {
-    /// Each packed chunk's origin and first sequence number.
-    packed: HashMap<ChunkHash, Key, Ids>,
-    /// The hashes of [`LOOSE`].
-    loose: HashSet<ChunkHash, Ids>,
-}
-
-/// How [`Index`] hashes chunk hashes. They are uniform already, but a peer can grind
-/// chunks until their hashes share the bits a table looks at, so a key drawn at random
-/// for each store is mixed into all of them: each 16 bytes are folded into the state with
-/// a 128-bit multiply of their halves, each xored with the key (the construction of
-/// foldhash and ahash's fallback), two multiplies per hash instead of SipHash's rounds.
-#[derive(Clone, Copy, Debug)]
-struct Ids {
-    key: [u64; 2],
-}
-
-impl Default for Ids {
-    fn default() -> Self {
-        use std::hash::BuildHasher as _;
-        let random = std::hash::RandomState::new();
-        Self {
-            key: [random.hash_one(0u8), random.hash_one(1u8)],
-        }
-    }
-}
-
-impl std::hash::BuildHasher for Ids {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher {
-            key: self.key,
-            state: 0,
-        }
-    }
-}
-
-/// The hasher [`Ids`] builds.
-#[derive(Debug)]
-struct IdHasher {
-    key: [u64; 2],
-    state: u64,
-}
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for part in bytes.chunks(16) {
-            let mut words = [0u8; 16];
-            words[..part.len()].copy_from_slice(part);
-            let [a, b] = [&words[..8], &words[8..]]
-                .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
-            let product = u128::from(a ^ self.key[0] ^ self.state) * u128::from(b ^ self.key[1]);
-            self.state = (product as u64) ^ ((product >> 64) as u64);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.state
-    }
-}
-
-impl Index {
-    /// The index of the store `txn` reads, and whether it has chunks kept by the first
-    /// layout (in [`LOOSE`] though they have a span).
-    fn read(txn: &redb::ReadTransaction) -> Result<(Self, bool), StoreError> {
-        let mut index = Self::default();
-        let mut first_layout = false;
-        match txn.open_table(HEADS) {
-            Ok(heads) => {
-                for pack in heads.iter().map_err(boxed)? {
-                    let (key, head) = pack.map_err(boxed)?;
-                    let key = key.value();
-                    let entries =
-                        pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
-                    for e in entries {
-                        index.packed.insert(e.id, (key.0, e.first_seq));
-                    }
+/// The index of the store `txn` reads, and whether it has chunks kept by the first layout
+/// (in [`LOOSE`] though they have a span).
+fn read_index(txn: &redb::ReadTransaction) -> Result<(Index, bool), StoreError> {
+    let mut index = Index::default();
+    let mut first_layout = false;
+    match txn.open_table(HEADS) {
+        Ok(heads) => {
+            for pack in heads.iter().map_err(boxed)? {
+                let (key, head) = pack.map_err(boxed)?;
+                let key = key.value();
+                let entries = pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
+                for e in entries {
+                    index.add(e.id, Some((key.0, e.first_seq)));
                 }
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(boxed(e)),
         }
-        let loose = txn.open_table(LOOSE).map_err(|e| {
-            Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
-        })?;
-        for entry in loose.iter().map_err(boxed)? {
-            let (k, v) = entry.map_err(boxed)?;
-            first_layout |= Span::of(v.value()).is_some();
-            index.loose.insert(ChunkHash::from_bytes(*k.value()));
-        }
-        Ok((index, first_layout))
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(boxed(e)),
     }
-
-    fn len(&self) -> usize {
-        self.packed.len() + self.loose.len()
+    let loose = txn.open_table(LOOSE).map_err(|e| {
+        Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
+    })?;
+    for entry in loose.iter().map_err(boxed)? {
+        let (k, v) = entry.map_err(boxed)?;
+        first_layout |= Span::of(v.value()).is_some();
+        index.add(ChunkHash::from_bytes(*k.value()), None);
     }
+    Ok((index, first_layout))
 }
 
 /// A pack read for serving, with the key of the next pack of its origin.
@@ -491,7 +422,7 @@ impl RedbStore {
             let db = open_db(file.try_clone()?, durability)?;
             // Stores made before a table existed gain it here.
             with_tables(&db)?;
-            let (index, _) = Index::read(&db.begin_read().map_err(boxed)?)?;
+            let (index, _) = read_index(&db.begin_read().map_err(boxed)?)?;
             Ok(Self {
                 db,
                 unsynced: matches!(durability, Durability::Process).then_some(file),
@@ -525,7 +456,7 @@ impl RedbStore {
                 .create_with_backend(backend)
                 .map_err(refused)?;
             // A store always has its tables; a file without them is not one.
-            let (index, first_layout) = Index::read(&db.begin_read().map_err(boxed)?)?;
+            let (index, first_layout) = read_index(&db.begin_read().map_err(boxed)?)?;
             Ok(Self {
                 db,
                 unsynced: None,
@@ -556,16 +487,9 @@ impl RedbStore {
         }
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         for (id, place) in added {
-            match place {
-                Some(key) => index.packed.insert(*id, *key),
-                None => index.loose.insert(*id).then_some((0, 0)),
-            };
+            index.add(*id, *place);
         }
-        for id in removed {
-            if index.packed.remove(id).is_none() {
-                index.loose.remove(id);
-            }
-        }
+        index.remove_all(removed);
     }
 
     /// The pack of `origin` that holds `seq`, or if none does, the first after it.
@@ -1063,14 +987,13 @@ impl Drop for RedbStore {
 
 impl NodeStore for RedbStore {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        let index = self.index();
-        Ok(index.packed.contains_key(id) || index.loose.contains(id))
+        Ok(self.index().contains(id))
     }
 
     fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
         let (place, loose) = {
             let index = self.index();
-            (index.packed.get(id).copied(), index.loose.contains(id))
+            (index.packed(id), index.is_loose(id))
         };
         if let Some(place) = place {
             return self.packed(id, place);
@@ -1110,9 +1033,7 @@ impl NodeStore for RedbStore {
     ) -> Result<(usize, bool), StoreError> {
         let index = self.index();
         let mut later: Vec<ChunkHash> = index
-            .packed
-            .keys()
-            .chain(&index.loose)
+            .ids()
             .filter(|id| after.is_none_or(|a| *id > a))
             .copied()
             .collect();
@@ -1129,7 +1050,7 @@ impl NodeStore for RedbStore {
 
     fn ids(&self) -> Result<Vec<ChunkHash>, StoreError> {
         let index = self.index();
-        let mut ids: Vec<ChunkHash> = index.packed.keys().chain(&index.loose).copied().collect();
+        let mut ids: Vec<ChunkHash> = index.ids().copied().collect();
         drop(index);
         ids.sort_unstable();
         Ok(ids)

@@ -110,10 +110,15 @@ impl<B: AsRef<[u8]>> Pack<B> {
         (len == body.as_ref().len()).then_some(Self { entries, body })
     }
 
-    /// The index of the chunk starting at `first_seq`, or where it would go.
+    /// The index of the chunk starting at `first_seq`, or where it would go (found at
+    /// once for a chunk after the last, as a log's next chunk is).
     pub(super) fn find(&self, first_seq: u64) -> Result<usize, usize> {
-        self.entries
-            .binary_search_by_key(&first_seq, |e| e.first_seq)
+        match self.entries.last() {
+            Some(last) if last.first_seq < first_seq => Err(self.entries.len()),
+            _ => self
+                .entries
+                .binary_search_by_key(&first_seq, |e| e.first_seq),
+        }
     }
 
     /// The index of the first chunk starting at or after `seq`.
