@@ -102,7 +102,7 @@ impl Index {
         let mut at = 0;
         while at < run.len() {
             let same = run[at..].partition_point(|(id, _)| head(id) == head(&run[at].0));
-            run[at..at + same].sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            run[at..at + same].sort_unstable_by_key(|(id, _)| *id);
             at += same;
         }
         while let Some(last) = self.runs.last()
