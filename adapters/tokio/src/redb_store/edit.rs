@@ -98,9 +98,9 @@ pub(super) enum Put {
     Fork(Fork),
 }
 
-/// The pack a run of inserts goes to, remembered so that a log's next chunk needs no
-/// lookup: the pack's key and the key of the next pack of its origin with its first
-/// chunk, if any.
+/// The pack a run of inserts of one origin goes to, remembered so that a log's next chunk
+/// needs no lookup: the pack's key and the key of the next pack of its origin with its
+/// first chunk, if any.
 #[derive(Clone, Copy, Debug)]
 struct Current {
     key: Key,
@@ -113,7 +113,9 @@ pub(super) struct Edit<'t> {
     bodies: Table<'t, Key, &'static [u8]>,
     /// Packs changed so far, by key (new ones included), as they will be written.
     dirty: BTreeMap<Key, Pack>,
-    current: Option<Current>,
+    /// For each origin inserted into, the pack its last chunk went to (forgotten when a
+    /// pack is made or a chunk removed, which may move the boundaries it records).
+    current: BTreeMap<u64, Current>,
 }
 
 impl<'t> Edit<'t> {
@@ -125,7 +127,7 @@ impl<'t> Edit<'t> {
             heads,
             bodies,
             dirty: BTreeMap::new(),
-            current: None,
+            current: BTreeMap::new(),
         }
     }
 
@@ -136,8 +138,7 @@ impl<'t> Edit<'t> {
 
     /// The key of the pack that holds `seq` of `origin`, edited or stored.
     fn holder(&self, origin: u64, seq: u64) -> Result<Option<Key>, StoreError> {
-        if let Some(c) = self.current
-            && c.key.0 == origin
+        if let Some(c) = self.current.get(&origin)
             && c.key.1 <= seq
             && c.next.is_none_or(|(next, _)| seq < next.1)
         {
@@ -235,18 +236,19 @@ impl<'t> Edit<'t> {
             None => {
                 // Before every pack of the origin: a pack of its own.
                 self.dirty.insert((origin, first), Pack::default());
-                self.current = None;
+                self.current.clear();
                 (origin, first)
             }
         };
-        if self.current.is_none_or(|c| c.key != key) {
-            let next = self.next_after(key)?;
-            self.current = Some(Current { key, next });
-        }
-        let next_first = self
-            .current
-            .and_then(|c| c.next)
-            .and_then(|(_, first)| first);
+        let next = match self.current.get(&origin) {
+            Some(c) if c.key == key => c.next,
+            _ => {
+                let next = self.next_after(key)?;
+                self.current.insert(origin, Current { key, next });
+                next
+            }
+        };
+        let next_first = next.and_then(|(_, first)| first);
         let pack = self.load(key)?;
         let at = match pack.find(first) {
             Ok(i) if pack.entries[i].id == id => return Ok(Put::Held),
@@ -302,7 +304,7 @@ impl<'t> Edit<'t> {
         let Some(key) = self.holder(origin, first_seq)? else {
             return Ok(None);
         };
-        self.current = None;
+        self.current.clear();
         let pack = self.load(key)?;
         Ok(pack.find(first_seq).ok().map(|i| pack.remove(i)))
     }
