@@ -285,31 +285,30 @@ pub enum Durability {
 /// The index of the store `txn` reads, and whether it has chunks kept by the first layout
 /// (in [`LOOSE`] though they have a span).
 fn read_index(txn: &redb::ReadTransaction) -> Result<(Index, bool), StoreError> {
-    let mut index = Index::default();
-    let mut first_layout = false;
+    let mut packed = Vec::new();
     match txn.open_table(HEADS) {
         Ok(heads) => {
             for pack in heads.iter().map_err(boxed)? {
                 let (key, head) = pack.map_err(boxed)?;
                 let key = key.value();
                 let entries = pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
-                for e in entries {
-                    index.add(e.id, Some((key.0, e.first_seq)));
-                }
+                packed.extend(entries.iter().map(|e| (e.id, (key.0, e.first_seq))));
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(boxed(e)),
     }
-    let loose = txn.open_table(LOOSE).map_err(|e| {
+    let table = txn.open_table(LOOSE).map_err(|e| {
         Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
     })?;
-    for entry in loose.iter().map_err(boxed)? {
+    let mut first_layout = false;
+    let mut loose = Vec::new();
+    for entry in table.iter().map_err(boxed)? {
         let (k, v) = entry.map_err(boxed)?;
         first_layout |= Span::of(v.value()).is_some();
-        index.add(ChunkHash::from_bytes(*k.value()), None);
+        loose.push(ChunkHash::from_bytes(*k.value()));
     }
-    Ok((index, first_layout))
+    Ok((Index::of(packed, loose), first_layout))
 }
 
 /// A pack read for serving, with the key of the next pack of its origin.

@@ -29,6 +29,19 @@ pub(super) struct Index {
 }
 
 impl Index {
+    /// The index of a store holding the packed chunks `packed` (in any order) and the
+    /// loose ones `loose`: one sort.
+    pub(super) fn of(
+        mut packed: Vec<(ChunkHash, Key)>,
+        loose: impl IntoIterator<Item = ChunkHash>,
+    ) -> Self {
+        sort(&mut packed);
+        let mut index = Self::default();
+        index.runs.extend((!packed.is_empty()).then_some(packed));
+        index.loose.extend(loose);
+        index
+    }
+
     /// Where the packed chunk `id` is.
     pub(super) fn packed(&self, id: &ChunkHash) -> Option<Key> {
         if let Some(key) = self.recent.get(id) {
@@ -97,14 +110,7 @@ impl Index {
     /// searches that many runs.
     fn merge(&mut self) {
         let mut run: Vec<(ChunkHash, Key)> = self.recent.drain().collect();
-        // By the first 16 bytes as a number, then (for the rare equal ones) by all.
-        run.sort_unstable_by_key(|(id, _)| head(id));
-        let mut at = 0;
-        while at < run.len() {
-            let same = run[at..].partition_point(|(id, _)| head(id) == head(&run[at].0));
-            run[at..at + same].sort_unstable_by_key(|(id, _)| *id);
-            at += same;
-        }
+        sort(&mut run);
         while let Some(last) = self.runs.last()
             && last.len() <= run.len()
         {
@@ -112,6 +118,17 @@ impl Index {
             self.runs.pop();
         }
         self.runs.push(run);
+    }
+}
+
+/// Sorts by hash: by the first 16 bytes as a number, then (for the rare equal ones) by all.
+fn sort(run: &mut [(ChunkHash, Key)]) {
+    run.sort_unstable_by_key(|(id, _)| head(id));
+    let mut at = 0;
+    while at < run.len() {
+        let same = run[at..].partition_point(|(id, _)| head(id) == head(&run[at].0));
+        run[at..at + same].sort_unstable_by_key(|(id, _)| *id);
+        at += same;
     }
 }
 
@@ -242,6 +259,14 @@ mod tests {
             }
             let absent = ChunkHash::of(b"never added");
             prop_assert!(!index.contains(&absent));
+            // Read at once, as when a store is opened, it knows the same.
+            let packed = model.iter().filter_map(|(id, p)| p.map(|p| (*id, p))).collect();
+            let loose = model.iter().filter(|(_, p)| p.is_none()).map(|(id, _)| *id);
+            let read = Index::of(packed, loose);
+            prop_assert_eq!(read.len(), model.len());
+            for (id, place) in &model {
+                prop_assert_eq!(read.packed(id), *place);
+            }
         }
     }
 
