@@ -409,8 +409,8 @@ impl RedbStore {
     /// A new store is made whole under a temporary name beside `path` (`path` with
     /// `.creating` appended) and only then put in place, so a process killed while creating
     /// it leaves either no store or an empty one, never a file that no later open accepts.
-    /// A store of the first layout is converted (see the [module](self)) in one
-    /// transaction.
+    /// A store written by an earlier version, which kept every chunk by hash, is converted
+    /// to packs in one transaction.
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
         let path = path.as_ref();
         guarded(|| {
