@@ -286,8 +286,9 @@ impl std::error::Error for MemoryLimit {}
 pub struct MemStore {
     held: RwLock<Held>,
     limit: Option<usize>,
-    /// Summaries of whole blocks, made when a reconciliation first needs them and
-    /// forgotten when a chunk of the block is stored.
+    /// Summaries of whole blocks: a chunk stored after its block's last one extends the
+    /// block's summary (or starts one); any other drops it, to be made when a
+    /// reconciliation needs it.
     blocks: Mutex<BTreeMap<(NodeId, u64), Option<BlockSummary>>>,
 }
 
@@ -442,10 +443,23 @@ impl NodeStore for MemStore {
         }
         held.size += needed;
         if let Some(span) = span {
+            let block = recon::block_of(span.first_seq);
+            let key = (span.origin, block);
+            // A chunk after the block's last one extends its summary (or starts one for a
+            // block that held none); any other drops it, to be made when needed.
+            let mut blocks = self.blocks();
+            let kept = blocks.remove(&key).or_else(|| {
+                let (lo, hi) = recon::block_range(block);
+                let mut held_there = held.spans.range((span.origin, lo)..(span.origin, hi));
+                held_there.next().is_none().then_some(None)
+            });
+            let added = [(span.first_seq, span.end_seq, chunk.id)];
+            if let Some(Ok(summary)) = kept.map(|k| BlockSummary::extended(k, block, added)) {
+                blocks.insert(key, summary);
+            }
+            drop(blocks);
             held.spans
                 .insert((span.origin, span.first_seq), (span.end_seq, chunk.id));
-            self.blocks()
-                .remove(&(span.origin, recon::block_of(span.first_seq)));
         }
         held.chunks.insert(chunk.id, chunk.bytes);
         Ok(true)

@@ -771,6 +771,13 @@ fn golden_fingerprint() {
 }
 
 #[test]
+fn the_chain_keys_are_derived_from_their_contexts() {
+    let keys = Keys::new();
+    assert_eq!(keys.block, hash::derive_key(BLOCK_CONTEXT));
+    assert_eq!(keys.range, hash::derive_key(RANGE_CONTEXT));
+}
+
+#[test]
 fn a_summary_in_progress_is_small() {
     assert!(
         size_of::<Summarizer<'_>>() <= 256,
