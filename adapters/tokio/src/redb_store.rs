@@ -357,8 +357,9 @@ impl Cache {
 
 /// A persistent chunk store in one file.
 ///
-/// The store keeps in memory which hash is where: about 60 to 110 bytes per chunk (a
-/// million chunks, 60 to 110 MB), read from the packs' heads when it is opened. Packs
+/// The store keeps in memory which hash is where: 48 bytes per chunk (a million chunks,
+/// 48 MB) and a table of the chunks stored since it last sorted them (at most 65,536),
+/// read from the packs' heads when it is opened. Packs
 /// being served are shared: sessions that serve the same chunks at the same time hold one
 /// copy of them between them.
 #[derive(Debug)]
