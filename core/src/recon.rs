@@ -163,54 +163,41 @@ impl fmt::Display for OutOfOrder {
 
 impl core::error::Error for OutOfOrder {}
 
-/// The two chain keys: BLAKE3's `derive_key` of [`BLOCK_CONTEXT`] and of [`RANGE_CONTEXT`],
-/// written out (a test checks them), so that neither a summary nor a store extending one
-/// derives them again.
-#[derive(Clone, Copy, Debug)]
-struct Keys {
-    block: [u8; 32],
-    range: [u8; 32],
+/// The key of a block's chain: BLAKE3's `derive_key` of [`BLOCK_CONTEXT`], written out (a
+/// test checks it), so that neither a summary nor a store extending one derives it again.
+const BLOCK_KEY: [u8; 32] = [
+    0xa8, 0xaa, 0x17, 0xf9, 0x85, 0x54, 0xd7, 0xc6, 0xe4, 0x4b, 0x31, 0x66, 0x32, 0xaf, 0xd9, 0x7d,
+    0x1b, 0x95, 0xd3, 0x1a, 0x34, 0xf7, 0x22, 0x64, 0xb3, 0xe1, 0x52, 0xc3, 0xbc, 0x89, 0x70, 0xe6,
+];
+
+/// The key of a range's chain: `derive_key` of [`RANGE_CONTEXT`], written out likewise.
+const RANGE_KEY: [u8; 32] = [
+    0x58, 0xc5, 0x84, 0xa1, 0x72, 0x68, 0xcd, 0xd7, 0xf1, 0x41, 0xc6, 0x6d, 0x79, 0xef, 0x5e, 0xfa,
+    0x45, 0x2d, 0x65, 0x20, 0x0f, 0x29, 0x0b, 0x22, 0x96, 0x60, 0xd8, 0x4a, 0x57, 0x64, 0x87, 0xb1,
+];
+
+/// One step of a block's chain: the digest so far, then the chunk.
+fn chunk_step(digest: &[u8; 32], first: u64, end: u64, id: &ChunkHash) -> [u8; 32] {
+    let mut input = [0; 80];
+    input[..32].copy_from_slice(digest);
+    input[32..40].copy_from_slice(&first.to_le_bytes());
+    input[40..48].copy_from_slice(&end.to_le_bytes());
+    input[48..].copy_from_slice(id.as_bytes());
+    hash::keyed_hash(&BLOCK_KEY, &input)
 }
 
-impl Keys {
-    const fn new() -> Self {
-        Self {
-            block: [
-                0xa8, 0xaa, 0x17, 0xf9, 0x85, 0x54, 0xd7, 0xc6, 0xe4, 0x4b, 0x31, 0x66, 0x32, 0xaf,
-                0xd9, 0x7d, 0x1b, 0x95, 0xd3, 0x1a, 0x34, 0xf7, 0x22, 0x64, 0xb3, 0xe1, 0x52, 0xc3,
-                0xbc, 0x89, 0x70, 0xe6,
-            ],
-            range: [
-                0x58, 0xc5, 0x84, 0xa1, 0x72, 0x68, 0xcd, 0xd7, 0xf1, 0x41, 0xc6, 0x6d, 0x79, 0xef,
-                0x5e, 0xfa, 0x45, 0x2d, 0x65, 0x20, 0x0f, 0x29, 0x0b, 0x22, 0x96, 0x60, 0xd8, 0x4a,
-                0x57, 0x64, 0x87, 0xb1,
-            ],
-        }
-    }
+/// The start of a range's chain: the origin.
+fn range_start(origin: NodeId) -> [u8; 32] {
+    hash::keyed_hash(&RANGE_KEY, &origin.0.to_le_bytes())
+}
 
-    /// One step of a block's chain: the digest so far, then the chunk.
-    fn chunk_step(&self, digest: &[u8; 32], first: u64, end: u64, id: &ChunkHash) -> [u8; 32] {
-        let mut input = [0; 80];
-        input[..32].copy_from_slice(digest);
-        input[32..40].copy_from_slice(&first.to_le_bytes());
-        input[40..48].copy_from_slice(&end.to_le_bytes());
-        input[48..].copy_from_slice(id.as_bytes());
-        hash::keyed_hash(&self.block, &input)
-    }
-
-    /// The start of a range's chain: the origin.
-    fn range_start(&self, origin: NodeId) -> [u8; 32] {
-        hash::keyed_hash(&self.range, &origin.0.to_le_bytes())
-    }
-
-    /// One step of a range's chain: the value so far, then a block and its digest.
-    fn block_step(&self, chain: &[u8; 32], block: u64, digest: &[u8; 32]) -> [u8; 32] {
-        let mut input = [0; 72];
-        input[..32].copy_from_slice(chain);
-        input[32..40].copy_from_slice(&block.to_le_bytes());
-        input[40..].copy_from_slice(digest);
-        hash::keyed_hash(&self.range, &input)
-    }
+/// One step of a range's chain: the value so far, then a block and its digest.
+fn block_step(chain: &[u8; 32], block: u64, digest: &[u8; 32]) -> [u8; 32] {
+    let mut input = [0; 72];
+    input[..32].copy_from_slice(chain);
+    input[32..40].copy_from_slice(&block.to_le_bytes());
+    input[40..].copy_from_slice(digest);
+    hash::keyed_hash(&RANGE_KEY, &input)
 }
 
 /// Counts chunks given in key order: how many, the hull, and the runs (as many as fit).
@@ -350,13 +337,12 @@ impl BlockSummary {
                 None => tally.overflow(),
             }
         }
-        let keys = Keys::new();
         for (first, end, id) in chunks {
             if block_of(first) != block {
                 return Err(OutOfOrder);
             }
             tally.add(Run { lo: first, hi: end }, 1)?;
-            digest = keys.chunk_step(&digest, first, end, &id);
+            digest = chunk_step(&digest, first, end, &id);
         }
         if tally.count == 0 {
             return Ok(None);
@@ -381,7 +367,6 @@ impl BlockSummary {
 #[derive(Debug)]
 pub struct Summarizer<'r> {
     range: KeyRange,
-    keys: Keys,
     /// The range's chain so far.
     chain: [u8; 32],
     /// The block being added chunk by chunk, and its chain so far.
@@ -392,11 +377,9 @@ pub struct Summarizer<'r> {
 impl<'r> Summarizer<'r> {
     /// Starts a summary of `range`, keeping up to `runs.len()` runs in `runs`.
     pub fn new(range: KeyRange, runs: &'r mut [Run]) -> Self {
-        let keys = Keys::new();
         Self {
             range,
-            chain: keys.range_start(range.origin),
-            keys,
+            chain: range_start(range.origin),
             block: None,
             tally: Tally::new(runs),
         }
@@ -424,7 +407,7 @@ impl<'r> Summarizer<'r> {
             self.block = Some((block, [0; 32]));
         }
         if let Some((_, digest)) = &mut self.block {
-            *digest = self.keys.chunk_step(digest, first_seq, end_seq, id);
+            *digest = chunk_step(digest, first_seq, end_seq, id);
         }
         Ok(())
     }
@@ -470,7 +453,7 @@ impl<'r> Summarizer<'r> {
             }
         }
         self.close_block();
-        self.chain = self.keys.block_step(&self.chain, b.block, &b.digest);
+        self.chain = block_step(&self.chain, b.block, &b.digest);
         Ok(())
     }
 
@@ -504,7 +487,7 @@ impl<'r> Summarizer<'r> {
 
     fn close_block(&mut self) {
         if let Some((b, digest)) = self.block.take() {
-            self.chain = self.keys.block_step(&self.chain, b, &digest);
+            self.chain = block_step(&self.chain, b, &digest);
         }
     }
 

@@ -220,7 +220,8 @@ pub fn fill_origins(
 
 /// The answers of [`ChunkStore::origins_after`] and [`ChunkStore::chunks_in`] for a store
 /// that keeps its chunks' spans in no useful order (a few, in RAM): each answer scans
-/// `spans()` once per origin or chunk written (`O(N)` each).
+/// `spans()` (each chunk's span and a reference to its id) once per origin or chunk
+/// written (`O(N)` each).
 pub mod scan {
     use super::fill_origins;
     use crate::chunk::Span;
@@ -229,7 +230,7 @@ pub mod scan {
     use crate::recon::KeyRange;
 
     /// [`ChunkStore::origins_after`](super::ChunkStore::origins_after) over `spans()`.
-    pub fn origins_after<I: Iterator<Item = (Span, ChunkHash)>>(
+    pub fn origins_after<'a, I: Iterator<Item = (Span, &'a ChunkHash)>>(
         out: &mut [NodeId],
         after: Option<NodeId>,
         spans: impl Fn() -> I,
@@ -244,7 +245,7 @@ pub mod scan {
     }
 
     /// [`ChunkStore::chunks_in`](super::ChunkStore::chunks_in) over `spans()`.
-    pub fn chunks_in<I: Iterator<Item = (Span, ChunkHash)>>(
+    pub fn chunks_in<'a, I: Iterator<Item = (Span, &'a ChunkHash)>>(
         out: &mut [(Span, ChunkHash)],
         range: &KeyRange,
         spans: impl Fn() -> I,
@@ -261,7 +262,7 @@ pub mod scan {
             let Some(found) = next else {
                 break;
             };
-            *slot = found;
+            *slot = (found.0, *found.1);
             n += 1;
             match found.0.first_seq.checked_add(1) {
                 Some(f) => from = f,

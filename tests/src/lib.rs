@@ -57,10 +57,10 @@ impl Node {
     }
 
     /// The spans of the chunks held, as the core's [`scan`] reads them.
-    fn spans(&self) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
+    fn spans(&self) -> impl Iterator<Item = (Span, &ChunkHash)> + '_ {
         self.store
             .iter()
-            .filter_map(|(id, bytes)| Span::of(bytes).map(|s| (s, *id)))
+            .filter_map(|(id, bytes)| Span::of(bytes).map(|s| (s, id)))
     }
 
     /// A memory store of the tokio adapter holding these chunks, each verified on the way

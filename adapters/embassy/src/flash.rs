@@ -237,8 +237,8 @@ impl<F: NorFlash, const N: usize, const BUF: usize> FlashStore<F, N, BUF> {
     }
 
     /// The spans of the stored chunks, with their ids.
-    fn spans(&self) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
-        self.index.iter().filter_map(|i| i.span.map(|s| (s, i.id)))
+    fn spans(&self) -> impl Iterator<Item = (Span, &ChunkHash)> + '_ {
+        self.index.iter().filter_map(|i| i.span.map(|s| (s, &i.id)))
     }
 
     /// Erases the whole flash range: every chunk is gone.
@@ -279,7 +279,7 @@ impl<F: NorFlash, const N: usize, const BUF: usize> Store for FlashStore<F, N, B
             return Err(FlashStoreError::Fork(Fork {
                 refused: id,
                 span,
-                existing,
+                existing: *existing,
             }));
         }
         if self.index.is_full() {

@@ -6,7 +6,7 @@
 
 use core::fmt;
 
-use chunk_sync_core::recon::{KeyRange, OutOfOrder, Run, Summarizer, Summary, SummaryError};
+use chunk_sync_core::recon::{self, KeyRange, OutOfOrder, Run, Summarizer, Summary, SummaryError};
 use chunk_sync_core::store::{ChunkStore, ReadError};
 use chunk_sync_core::{ChunkHash, NodeId, Span, Verified};
 
@@ -161,6 +161,22 @@ impl<S: ChunkStore> Store for S {
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, Self::Error> {
         ChunkStore::chunks_in(self, range, out)
+    }
+
+    async fn summarize(
+        &mut self,
+        range: &KeyRange,
+        runs: &mut [Run],
+    ) -> Result<(Summary, Option<usize>), SummaryError<Self::Error>> {
+        // The store answers at once: no page needs to be held across a wait.
+        recon::summarize(range, runs, |r, out| ChunkStore::chunks_in(self, r, out))
+    }
+
+    async fn first_in(
+        &mut self,
+        range: &KeyRange,
+    ) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
+        ChunkStore::first_in(self, range)
     }
 
     fn is_fork(error: &Self::Error) -> bool {

@@ -182,10 +182,10 @@ impl End {
 }
 
 /// The spans of `store`'s chunks, as the core's [`scan`] reads them.
-fn spans(store: &BTreeMap<ChunkHash, Vec<u8>>) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
+fn spans(store: &BTreeMap<ChunkHash, Vec<u8>>) -> impl Iterator<Item = (Span, &ChunkHash)> + '_ {
     store
         .iter()
-        .filter_map(|(id, b)| Span::of(b).map(|s| (s, *id)))
+        .filter_map(|(id, b)| Span::of(b).map(|s| (s, id)))
 }
 
 /// Runs two ends until both close or `limit` of virtual time passed; returns the time.

@@ -4,7 +4,7 @@
 use core::cmp::{max, min};
 use core::fmt;
 
-use heapless::{Deque, Vec};
+use heapless::Vec;
 
 use super::codec::{self, MAX_ENTRY, MAX_RANGE, Query, RangeList};
 use super::{KeyRange, Run, SPLIT, Summary, subtract};
@@ -147,11 +147,17 @@ pub struct WalkStats {
 #[derive(Clone, Debug)]
 pub struct Walk<const Q: usize, const E: usize, const K: usize, const W: usize = 1> {
     origins: Origins,
+    // Plain vectors rather than ring buffers: they are short, and their code is smaller on
+    // a microcontroller.
     /// Queries sent, oldest first.
-    asked: Deque<Asked<E>, W>,
-    queue: Deque<KeyRange, Q>,
-    held: Deque<Held<K>, E>,
-    wanted: Deque<KeyRange, Q>,
+    asked: Vec<Asked<E>, W>,
+    /// Ranges to ask about, in order.
+    queue: Vec<KeyRange, Q>,
+    /// The entries of the answer being resolved; the first `resolved` of them are.
+    held: Vec<Held<K>, E>,
+    resolved: usize,
+    /// Ranges found wanted, in order.
+    wanted: Vec<KeyRange, Q>,
     max_ranges: u64,
     stats: WalkStats,
 }
@@ -168,10 +174,11 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         };
         Self {
             origins: Origins::Next(None),
-            asked: Deque::new(),
-            queue: Deque::new(),
-            held: Deque::new(),
-            wanted: Deque::new(),
+            asked: Vec::new(),
+            queue: Vec::new(),
+            held: Vec::new(),
+            resolved: 0,
+            wanted: Vec::new(),
             max_ranges,
             stats: WalkStats {
                 queries: 0,
@@ -207,13 +214,13 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         }
         let cap = min(min(room.entries, room.ranges), E);
         let max_runs = u16::try_from(K).unwrap_or(u16::MAX);
-        if let Some(first) = self.queue.pop_front() {
+        if let Some(first) = pop_front(&mut self.queue) {
             let mut ranges = Vec::new();
             let parts = min(cap.clamp(2, SPLIT), E);
             split(&first, parts, &mut ranges);
             // More ranges of the same origin that come after these, while their parts fit
             // the query (a query's ranges ascend).
-            while let Some(next) = self.queue.front().copied() {
+            while let Some(next) = self.queue.first().copied() {
                 let after = ranges.last().is_none_or(|&(_, hi)| next.lo >= hi);
                 if next.origin != first.origin
                     || !after
@@ -221,14 +228,14 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
                 {
                     break;
                 }
-                self.queue.pop_front();
+                self.queue.remove(0);
                 split(&next, parts, &mut ranges);
             }
             self.count(ranges.len())?;
             let origin = first.origin;
             // Room: `asked` is not full (checked above).
-            let _ = self.asked.push_back(Asked::Ranges { origin, ranges });
-            return Ok(self.asked.back().map(|asked| asked.query(max_runs)));
+            let _ = self.asked.push(Asked::Ranges { origin, ranges });
+            return Ok(self.asked.last().map(|asked| asked.query(max_runs)));
         }
         let paging = self
             .asked
@@ -240,8 +247,8 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         let limit = min(cap, Q).max(1);
         self.count(limit)?;
         // Room: `asked` is not full (checked above).
-        let _ = self.asked.push_back(Asked::Origins { after, limit });
-        Ok(self.asked.back().map(|asked| asked.query(max_runs)))
+        let _ = self.asked.push(Asked::Origins { after, limit });
+        Ok(self.asked.last().map(|asked| asked.query(max_runs)))
     }
 
     fn count(&mut self, ranges: usize) -> Result<(), ReconError> {
@@ -262,7 +269,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
     /// # Errors
     /// As those two.
     pub fn on_answer(&mut self, entries: &[u8], last: bool) -> Result<(), ReconError> {
-        match self.asked.front() {
+        match self.asked.first() {
             Some(Asked::Ranges { .. }) => self.on_ranges(entries),
             Some(Asked::Origins { .. }) => self.on_origins(entries, last),
             None if !self.held.is_empty() => Err(ReconError::Busy),
@@ -293,7 +300,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         if !self.held.is_empty() {
             return Err(ReconError::Busy);
         }
-        let Some(&Asked::Origins { after, limit }) = self.asked.front() else {
+        let Some(&Asked::Origins { after, limit }) = self.asked.first() else {
             return Err(ReconError::UnexpectedAnswer);
         };
         let mut rest = entries;
@@ -312,7 +319,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             }
             previous = Some(held.range.origin);
             // Room: at most `limit <= E` entries.
-            let _ = self.held.push_back(held);
+            let _ = self.held.push(held);
             rest = tail;
         }
         if self.held.is_empty() && !last {
@@ -322,7 +329,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             (false, Some(p)) => Origins::Next(Some(p)),
             _ => Origins::Done,
         };
-        self.asked.pop_front();
+        self.asked.remove(0);
         Ok(())
     }
 
@@ -334,7 +341,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         if !self.held.is_empty() {
             return Err(ReconError::Busy);
         }
-        let Some(Asked::Ranges { origin, ranges }) = self.asked.front() else {
+        let Some(Asked::Ranges { origin, ranges }) = self.asked.first() else {
             return Err(ReconError::UnexpectedAnswer);
         };
         let (origin, ranges) = (*origin, ranges.clone());
@@ -346,19 +353,20 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             let range = KeyRange { origin, lo, hi };
             let (held, tail) = Self::entry(rest, &range, false).map_err(|e| self.refuse(e))?;
             // Room: one entry per range asked about, at most `E`.
-            let _ = self.held.push_back(held);
+            let _ = self.held.push(held);
             rest = tail;
         }
         if !rest.is_empty() {
             return Err(self.refuse(ReconError::UnexpectedAnswer));
         }
-        self.asked.pop_front();
+        self.asked.remove(0);
         Ok(())
     }
 
     /// Drops what was kept of an answer found wrong.
     fn refuse(&mut self, error: ReconError) -> ReconError {
         self.held.clear();
+        self.resolved = 0;
         error
     }
 
@@ -395,7 +403,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
     pub fn next_own(&self) -> Option<KeyRange> {
         let room = Q - self.wanted.len();
         self.held
-            .front()
+            .get(self.resolved)
             .filter(|_| room >= max(2 * K, 1))
             .map(|held| held.range)
     }
@@ -409,11 +417,15 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         if self.next_own().is_none() {
             return false;
         }
-        let Some(theirs) = self.held.pop_front() else {
+        let Some(theirs) = self.held.get_mut(self.resolved) else {
             return false;
         };
-        let r = theirs.range;
-        let t = theirs.summary;
+        let (r, t, their_runs) = (theirs.range, theirs.summary, theirs.runs.take());
+        self.resolved += 1;
+        if self.resolved == self.held.len() {
+            self.held.clear();
+            self.resolved = 0;
+        }
         if t.count == 0 || (t.count == mine.count && t.fingerprint == mine.fingerprint) {
             return true;
         }
@@ -426,7 +438,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             return true;
         }
         let my_runs = my_runs.filter(|r| r.len() <= K);
-        if let (Some(their_runs), Some(my_runs)) = (&theirs.runs, my_runs) {
+        if let (Some(their_runs), Some(my_runs)) = (&their_runs, my_runs) {
             for d in subtract(their_runs, my_runs) {
                 let (lo, hi) = (max(d.lo, r.lo), min(d.hi, r.hi));
                 if lo < hi {
@@ -445,7 +457,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             hi: min(r.hi, max(t.end, mine.end)),
         };
         // One sequence number wide: one chunk on each side, different ones (a fork).
-        if narrowed.hi - narrowed.lo > 1 && self.queue.push_back(narrowed).is_err() {
+        if narrowed.hi - narrowed.lo > 1 && self.queue.push(narrowed).is_err() {
             // No room to split it later: fetch it whole (what this node has of it is
             // sent again, and dropped as already stored).
             self.want(narrowed);
@@ -453,17 +465,24 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         true
     }
 
+    // Called from four places: one copy is smaller on a microcontroller.
+    #[inline(never)]
     fn want(&mut self, range: KeyRange) {
         self.stats.wanted += 1;
         // Room: `next_own` makes sure of `2 × K` places: one resolution wants at most one
         // range per run of either side.
-        let _ = self.wanted.push_back(range);
+        let _ = self.wanted.push(range);
     }
 
     /// The next range found wanted: fetch every chunk of it the peer has.
     pub fn next_wanted(&mut self) -> Option<KeyRange> {
-        self.wanted.pop_front()
+        pop_front(&mut self.wanted)
     }
+}
+
+/// Takes the first of `v`, if any.
+fn pop_front<T, const N: usize>(v: &mut Vec<T, N>) -> Option<T> {
+    (!v.is_empty()).then(|| v.remove(0))
 }
 
 /// Checks that a summary can be true of a store for `range`.

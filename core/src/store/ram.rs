@@ -129,17 +129,17 @@ impl<const N: usize, const BYTES: usize> RamStore<N, BYTES> {
     }
 
     /// The stored chunks' spans, with their ids.
-    fn spans(&self) -> impl Iterator<Item = (Span, ChunkHash)> + '_ {
+    fn spans(&self) -> impl Iterator<Item = (Span, &ChunkHash)> + '_ {
         self.slots
             .iter()
-            .filter_map(|s| Span::of(&self.data[s.at..s.at + s.len]).map(|span| (span, s.id)))
+            .filter_map(|s| Span::of(&self.data[s.at..s.at + s.len]).map(|span| (span, &s.id)))
     }
 
     /// A stored chunk other than `id` whose span overlaps `span`.
     fn overlapping(&self, id: &ChunkHash, span: &Span) -> Option<ChunkHash> {
         self.spans()
-            .find(|(other, other_id)| other_id != id && other.overlaps(span))
-            .map(|(_, other_id)| other_id)
+            .find(|(other, other_id)| *other_id != id && other.overlaps(span))
+            .map(|(_, other_id)| *other_id)
     }
 
     fn slot(&self, id: &ChunkHash) -> Option<&Slot> {

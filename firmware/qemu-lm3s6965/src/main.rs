@@ -202,13 +202,17 @@ async fn expect_refusal(
     expected: fn(&SessionError) -> bool,
     what: &str,
 ) {
-    let result = match Runner::<_, _, 8, 4>::new(uart, &mut *store, config, resources) {
-        Ok((_, mut runner)) => runner.run().await,
+    // The runner is taken out of the `match` before its future is awaited, so that the
+    // task does not hold both.
+    let mut runner = match Runner::<_, _, 8, 4>::new(uart, &mut *store, config, resources) {
+        Ok((_, runner)) => runner,
         Err(e) => {
             hprintln!("chunk-sync firmware: bad configuration: {}", e);
             halt()
         }
     };
+    let result = runner.run().await;
+    drop(runner);
     let intact = store.chunk_count().await.ok() == Some(own);
     match result {
         Err(chunk_sync_embassy::Error::Protocol(e)) if expected(&e) => {
