@@ -521,6 +521,18 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         })
     }
 
+    /// Announces chunks this node stored to the peer of a live session
+    /// ([`Session::announce`]); returns whether the announcement will go out.
+    pub fn announce(&mut self, range: KeyRange) -> bool {
+        self.session.announce(range)
+    }
+
+    /// Ends a live session from this side ([`Session::close`]): what is being fetched is
+    /// finished, and the conduit closes once the peer has ended it too.
+    pub fn close(&mut self) {
+        self.session.close();
+    }
+
     /// Fetches exactly these chunks, in a session that does not walk the peer's manifest
     /// (`pull: false`) or after its walk; they are fed to the session as its queue drains.
     pub const fn fetch(&mut self, ids: &'w [ChunkHash]) {
@@ -978,3 +990,6 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod live_tests;

@@ -27,14 +27,17 @@
 //! directly: the [`Conduit`](crate::conduit::Conduit) does, once for all of them.
 //!
 //! The module is split by concept: `pull` (reconciling, requesting, verifying), `serve`
-//! (answering the peer's queries and requests), `types` (settings, questions, events,
+//! (answering the peer's queries and requests), `live` (announcements, keep-alives and
+//! the end of a live session), `types` (settings, questions, events,
 //! frames, counters) and `error`.
+
+use heapless::Vec;
 
 use crate::error::InsufficientSize;
 use crate::event::NodeId;
 use crate::progress::SyncProgress;
 use crate::recon::codec::{MAX_ENTRY, MAX_RANGE};
-use crate::recon::{Run, Summary};
+use crate::recon::{KeyRange, Run, Summary};
 use crate::throttle::{Throttle, ThrottleConfig};
 use crate::time::{Duration, Instant};
 use crate::wire::{
@@ -43,6 +46,7 @@ use crate::wire::{
 };
 
 mod error;
+mod live;
 mod pull;
 mod serve;
 mod types;
@@ -131,6 +135,16 @@ pub struct Session<const RANGES: usize, const REQ: usize, const RUNS: usize = DE
     runs: [Run; RUNS],
     /// Origins being listed for the answer.
     origins: [NodeId; RANGES],
+    /// Live sessions: ranges of chunks stored since, to announce to the peer.
+    announce: Vec<KeyRange, RANGES>,
+    /// Live sessions: more was stored than `announce` could hold; `Resync` is to be sent.
+    resync: bool,
+    /// Live sessions: this side, or the peer, is ending the session.
+    closing: bool,
+    /// When the last frame went out.
+    last_sent: Instant,
+    /// The latest time given to the session.
+    now: Instant,
 }
 
 impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
@@ -168,6 +182,11 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             asked: None,
             runs: [Run { lo: 0, hi: 0 }; RUNS],
             origins: [NodeId(0); RANGES],
+            announce: Vec::new(),
+            resync: false,
+            closing: false,
+            last_sent: now,
+            now,
         })
     }
 
@@ -275,6 +294,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             // means (the walk must resolve an answer before it reads the next).
             return Err(Error::ApiMisuse(ApiMisuse::AnswerFirst));
         }
+        self.now = self.now.max(now);
         let (message, len) = match wire::decode(input, self.config.max_frame) {
             Ok(Decoded::Incomplete { .. }) => {
                 return Ok(Handled {
@@ -315,7 +335,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             Message::Answer { last, entries } => self.on_answer(entries, last).map(|()| None),
             Message::EventChunkGet { hash } => self.on_request(Request::Chunk(hash)).map(|()| None),
             Message::GetRange { origin, lo, hi } => self
-                .on_request(Request::Range(crate::recon::KeyRange { origin, lo, hi }))
+                .on_request(Request::Range(KeyRange { origin, lo, hi }))
                 .map(|()| None),
             Message::EventChunkPut {
                 total_len,
@@ -326,6 +346,12 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             Message::RangeEnd => self.on_range_end().map(|()| None),
             Message::Done => self.on_done().map(|()| None),
             Message::Error { code, .. } => Err(Error::Remote(code)),
+            Message::Have { origin, lo, hi } => self
+                .on_have(Some(KeyRange { origin, lo, hi }))
+                .map(|()| None),
+            Message::Resync => self.on_have(None).map(|()| None),
+            Message::KeepAlive if self.is_live() => Ok(None),
+            Message::KeepAlive => unexpected("KeepAlive in a session that is not live"),
             // Unknown variants cannot be decoded, so none reach this point.
             #[allow(unreachable_patterns)]
             _ => unexpected("an unknown message"),
@@ -377,6 +403,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         if matches!(self.phase, Phase::Failed(_) | Phase::Completed) {
             return;
         }
+        self.now = self.now.max(now);
         if self.throttled_until.is_some_and(|t| now >= t) {
             self.throttled_until = None;
         }
@@ -399,7 +426,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         if matches!(self.phase, Phase::Handshake) {
             next = next.min(self.handshake_deadline);
         }
-        for t in [self.throttled_until, self.deadline].into_iter().flatten() {
+        // A keep-alive that is due and did not go out waits for whatever held it back (the
+        // transport, the node's budget), which has a deadline of its own.
+        let keepalive = self.keepalive_at().filter(|&t| t > self.now);
+        for t in [self.throttled_until, self.deadline, keepalive]
+            .into_iter()
+            .flatten()
+        {
             next = next.min(t);
         }
         Some(next)
@@ -453,11 +486,18 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         if matches!(self.phase, Phase::Completed) {
             return Ok(None);
         }
+        self.now = self.now.max(now);
         if !self.hello_sent {
             // The handshake never waits for the throttle (nor counts against it): a slow
             // link must not make the peer's handshake timeout fire.
             let t = self.hello(buf)?;
             self.idle_deadline = now + self.config.idle_timeout;
+            return Ok(Some(self.counted(t)));
+        }
+        if self.keepalive_at().is_some_and(|at| now >= at) {
+            // A few bytes, so that the peer hears from this side; they wait for no throttle.
+            let t = Self::emit(&Message::KeepAlive, buf)?;
+            self.last_sent = now;
             return Ok(Some(self.counted(t)));
         }
         if let Some(at) = self.throttle.next_ready(now) {
@@ -473,8 +513,12 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         };
         // Admitted: `next_ready(now)` was `None`, so the window has room for any size.
         let _ = self.throttle.try_consume(now, t.wire_len() as u64);
-        // Sending is progress: the session is not idle.
-        self.idle_deadline = now + self.config.idle_timeout;
+        self.last_sent = now;
+        if !self.is_live() {
+            // Sending is progress: the session is not idle. (A live session hears from a
+            // peer that is there: its keep-alives.)
+            self.idle_deadline = now + self.config.idle_timeout;
+        }
         self.check_completion();
         Ok(Some(self.counted(t)))
     }
@@ -584,6 +628,10 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             self.stats.discovery_sent += t.len as u64;
             return Ok(Some(t));
         }
+        if let Some(t) = self.next_announce_frame(frame)? {
+            self.stats.discovery_sent += t.len as u64;
+            return Ok(Some(t));
+        }
         if let Some(t) = self.next_pull_frame(&peer, frame, area)? {
             return Ok(Some(t));
         }
@@ -599,7 +647,11 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             max_requests: u16::try_from(self.announced_requests()).unwrap_or(u16::MAX),
             // `RANGES <= u16::MAX` is checked in `new`.
             max_ranges: RANGES as u16,
-            capabilities: Capabilities::ALL,
+            capabilities: if self.config.live {
+                Capabilities::ALL
+            } else {
+                Capabilities(Capabilities::ALL.0 & !Capabilities::LIVE.0)
+            },
         };
         let t = Self::emit(&Message::Hello(hello), buf)?;
         self.hello_sent = true;

@@ -26,6 +26,9 @@
 //! | 7 | `Error` |
 //! | 8 | `GetRange` |
 //! | 9 | `RangeEnd` |
+//! | 10 | `Have` (live sessions) |
+//! | 11 | `Resync` (live sessions) |
+//! | 12 | `KeepAlive` (live sessions) |
 
 use core::fmt;
 
@@ -65,8 +68,13 @@ impl Capabilities {
     /// Discovery by range-based reconciliation and transfer by ranges (every version-2
     /// node).
     pub const RECONCILE: Self = Self(1 << 2);
+    /// Live sessions: the session stays open after the first reconciliation, each side
+    /// announces chunks it stores later (`Have`) and keeps an idle link alive
+    /// (`KeepAlive`), until one side ends it with `Done`. A session is live only if both
+    /// sides announce this.
+    pub const LIVE: Self = Self(1 << 3);
     /// What this build supports.
-    pub const ALL: Self = Self(Self::PIECES.0 | Self::RECONCILE.0);
+    pub const ALL: Self = Self(Self::PIECES.0 | Self::RECONCILE.0 | Self::LIVE.0);
 
     /// Whether every capability of `other` is in `self`.
     #[must_use]
@@ -189,6 +197,22 @@ pub enum Message<'a> {
     },
     /// The sender has sent every chunk it holds of the oldest `GetRange` not ended.
     RangeEnd,
+    /// Live sessions: the sender has stored chunks of `origin` whose `first_seq` lies in
+    /// `lo..hi` since it last said so (sealed there, or received from another node). The
+    /// receiver fetches what it lacks of them.
+    Have {
+        /// Whose chunks.
+        origin: NodeId,
+        /// The lowest `first_seq` stored.
+        lo: u64,
+        /// One past the highest `first_seq` stored.
+        hi: u64,
+    },
+    /// Live sessions: the sender has stored more than it could announce one by one; the
+    /// receiver reconciles with its whole store again.
+    Resync,
+    /// Live sessions: nothing else to send for a while; the link is alive.
+    KeepAlive,
 }
 
 impl Message<'_> {

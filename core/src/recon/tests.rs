@@ -917,7 +917,7 @@ proptest! {
 #[test]
 fn a_walk_costs_what_its_docs_say() {
     const fn formula(q: usize, e: usize, k: usize, w: usize) -> usize {
-        48 * q + (72 + 16 * k) * e + 16 * e * w
+        72 * q + (72 + 16 * k) * e + 16 * e * w
     }
     let host = size_of::<Walk<1024, 64, 16, 4>>();
     let device = size_of::<Walk<16, 4, 4, 1>>();

@@ -132,7 +132,7 @@ pub struct WalkStats {
 /// `Q` is the most ranges waiting to be asked about and the most ranges found wanted and
 /// not yet taken (at least `2 × K`); `E` the most entries of one answer (at least 2); `K`
 /// the most runs of each entry; `W` the most queries outstanding (the server answers in
-/// order). Memory: about `48 × Q + (72 + 16 × K) × E + 16 × E × W` bytes.
+/// order). Memory: about `72 × Q + (72 + 16 × K) × E + 16 × E × W` bytes.
 ///
 /// # Calling order
 /// 1. [`next_query`](Self::next_query) until it returns `None`, sending each query (up to
@@ -158,7 +158,14 @@ pub struct Walk<const Q: usize, const E: usize, const K: usize, const W: usize =
     resolved: usize,
     /// Ranges found wanted, in order.
     wanted: Vec<KeyRange, Q>,
+    /// Ranges the peer announced it holds more of, to compare with this node's store.
+    announced: Vec<KeyRange, Q>,
+    /// Whether announcements overflowed `announced` (or the peer asked for it): every
+    /// origin is to be listed again once the walk is idle.
+    again: bool,
     max_ranges: u64,
+    /// Ranges asked about since the walk was last idle, against `max_ranges`.
+    round: u64,
     stats: WalkStats,
 }
 
@@ -179,7 +186,10 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             held: Vec::new(),
             resolved: 0,
             wanted: Vec::new(),
+            announced: Vec::new(),
+            again: false,
             max_ranges,
+            round: 0,
             stats: WalkStats {
                 queries: 0,
                 ranges: 0,
@@ -201,6 +211,47 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             && self.asked.is_empty()
             && self.held.is_empty()
             && self.queue.is_empty()
+            && self.announced.is_empty()
+            && !self.again
+    }
+
+    /// The peer announced that it now holds chunks of `range` (a live session): the walk
+    /// compares the range with this node's store ([`next_own`](Self::next_own)) and
+    /// fetches it whole if this node holds none of it, or reconciles it otherwise.
+    /// Announcements of one origin that overlap or touch are merged; past `Q` of them,
+    /// the walk lists every origin again once it is idle (costing discovery, never
+    /// correctness). A walk that was done starts a new round: [`new`](Self::new)'s
+    /// `max_ranges` bounds each round.
+    ///
+    /// # Errors
+    /// [`ReconError::BadSummary`] for an empty range.
+    pub fn on_announce(&mut self, range: KeyRange) -> Result<(), ReconError> {
+        if range.lo >= range.hi {
+            return Err(ReconError::BadSummary("an empty range announced"));
+        }
+        self.start_round();
+        let touching =
+            |a: &KeyRange| a.origin == range.origin && a.lo <= range.hi && range.lo <= a.hi;
+        if let Some(a) = self.announced.iter_mut().find(|a| touching(a)) {
+            a.lo = min(a.lo, range.lo);
+            a.hi = max(a.hi, range.hi);
+        } else if self.announced.push(range).is_err() {
+            self.again = true;
+        }
+        Ok(())
+    }
+
+    /// The peer stored more than it could announce: every origin is listed again once the
+    /// walk is idle.
+    pub fn on_resync(&mut self) {
+        self.start_round();
+        self.again = true;
+    }
+
+    fn start_round(&mut self) {
+        if self.is_done() {
+            self.round = 0;
+        }
     }
 
     /// The next query to send, if one is due: none while an answer is being resolved or
@@ -211,6 +262,15 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
     pub fn next_query(&mut self, room: Room) -> Result<Option<Query<'_>>, ReconError> {
         if self.asked.is_full() || !self.held.is_empty() {
             return Ok(None);
+        }
+        if self.again
+            && matches!(self.origins, Origins::Done)
+            && self.asked.is_empty()
+            && self.queue.is_empty()
+        {
+            // A new listing of every origin covers what could not be announced.
+            self.again = false;
+            self.origins = Origins::Next(None);
         }
         let cap = min(min(room.entries, room.ranges), E);
         let max_runs = u16::try_from(K).unwrap_or(u16::MAX);
@@ -254,7 +314,8 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
     fn count(&mut self, ranges: usize) -> Result<(), ReconError> {
         self.stats.queries += 1;
         self.stats.ranges += ranges as u64;
-        if self.stats.ranges > self.max_ranges {
+        self.round += ranges as u64;
+        if self.round > self.max_ranges {
             return Err(ReconError::TooManyRanges {
                 max: self.max_ranges,
             });
@@ -402,10 +463,14 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
     #[must_use]
     pub fn next_own(&self) -> Option<KeyRange> {
         let room = Q - self.wanted.len();
-        self.held
-            .get(self.resolved)
-            .filter(|_| room >= max(2 * K, 1))
-            .map(|held| held.range)
+        if room < max(2 * K, 1) {
+            return None;
+        }
+        match self.held.get(self.resolved) {
+            Some(held) => Some(held.range),
+            // Between answers: the oldest range announced.
+            None => self.announced.first().copied(),
+        }
     }
 
     /// Resolves the range of [`next_own`](Self::next_own) with this node's `summary` of it
@@ -414,11 +479,17 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
     ///
     /// Returns `false`, and changes nothing, if no range awaits it.
     pub fn resolve(&mut self, mine: &Summary, my_runs: Option<&[Run]>) -> bool {
-        if self.next_own().is_none() {
+        let Some(range) = self.next_own() else {
             return false;
-        }
+        };
         let Some(theirs) = self.held.get_mut(self.resolved) else {
-            return false;
+            // An announced range: fetched whole if this node holds none of it, else asked
+            // about (fetched whole if there is no room to ask).
+            self.announced.remove(0);
+            if mine.count == 0 || self.queue.push(range).is_err() {
+                self.want(range);
+            }
+            return true;
         };
         let (r, t, their_runs) = (theirs.range, theirs.summary, theirs.runs.take());
         self.resolved += 1;

@@ -90,6 +90,8 @@ pub(super) struct InFlight {
     /// The length of the chunk arriving, once its first piece did.
     total_len: Option<u32>,
     received: u32,
+    /// Chunks of a range received.
+    chunks: u32,
 }
 
 impl InFlight {
@@ -125,12 +127,19 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// The peer has sent all it holds of the range requested next.
     pub(super) fn on_range_end(&mut self) -> Result<(), Error> {
         match self.pull.in_flight.front() {
-            Some(InFlight {
+            Some(&InFlight {
                 request: Request::Range(_),
                 total_len: None,
+                chunks,
                 ..
             }) => {
                 self.pull.in_flight.pop_front();
+                if chunks == 0 {
+                    // The peer's summary or announcement said it holds chunks there: it
+                    // lied, or dropped them since. Either way a failure, so that a peer
+                    // announcing chunks it never serves ends up refused.
+                    return self.count_failure();
+                }
                 Ok(())
             }
             _ => Err(Error::Peer(PeerMisbehaved::Unexpected(
@@ -212,7 +221,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 return Ok(Some(t));
             }
         }
-        if self.pull_finished() && !self.pull.done_sent {
+        if self.pull_finished() && !self.pull.done_sent && self.may_finish() {
             let t = Self::emit(&Message::Done, frame)?;
             self.pull.done_sent = true;
             return Ok(Some(t));
@@ -227,6 +236,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             request,
             total_len: None,
             received: 0,
+            chunks: 0,
         });
     }
 
@@ -358,6 +368,9 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         {
             // The next chunk starts where this one ends, or later.
             r.lo = view.end_seq();
+        }
+        if let Some(front) = self.pull.in_flight.front_mut() {
+            front.chunks = front.chunks.saturating_add(1);
         }
         self.reset_front();
         self.progress.total_chunks += 1;

@@ -161,6 +161,10 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             return unexpected("Done with requests outstanding");
         }
         self.serve.peer_done = true;
+        // A live session ends when either side ends it.
+        self.closing = true;
+        self.announce.clear();
+        self.resync = false;
         Ok(())
     }
 

@@ -75,6 +75,14 @@ pub struct Config {
     /// with `RangeEnd`, without asking the adapter, so that no chunk of this node is ever
     /// sent.
     pub serve: bool,
+    /// Whether the session stays open after the first reconciliation, if the peer agrees
+    /// ([`Capabilities::LIVE`](crate::wire::Capabilities::LIVE)): chunks either side
+    /// stores later are announced ([`Session::announce`](super::Session::announce)) and
+    /// fetched, an idle link is kept alive with a `KeepAlive` frame every third of
+    /// `idle_timeout`, a peer heard nothing from for `idle_timeout` has timed out, and the
+    /// session ends when one side calls [`Session::close`](super::Session::close) (the
+    /// other follows).
+    pub live: bool,
 }
 
 impl Config {
@@ -118,6 +126,7 @@ impl Config {
             max_ranges: DEFAULT_MAX_RANGES,
             pull: true,
             serve: true,
+            live: false,
         }
     }
 }

@@ -29,7 +29,7 @@ fn golden_frames() {
         max_frame: 256,
         max_requests: 8,
         max_ranges: 16,
-        capabilities: Capabilities::ALL,
+        capabilities: Capabilities(Capabilities::PIECES.0 | Capabilities::RECONCILE.0),
     });
     let mut buf = [0u8; 64];
     // length 9 | tag 0, protocol 2, node 300 (varint ac 02), max_frame 256 (80 02),
@@ -63,6 +63,25 @@ fn golden_frames() {
     assert_eq!(
         hex(encode(&answer, &mut buf).unwrap()),
         "05000000 02 01 02 0000".replace(' ', "")
+    );
+    // Live sessions: capability bit 3, and three messages.
+    assert_eq!(Capabilities::ALL.0, 0b1110);
+    let have = Message::Have {
+        origin: NodeId(7),
+        lo: 128,
+        hi: 130,
+    };
+    assert_eq!(
+        hex(encode(&have, &mut buf).unwrap()),
+        "06000000 0a 07 8001 8201".replace(' ', "")
+    );
+    assert_eq!(
+        hex(encode(&Message::Resync, &mut buf).unwrap()),
+        "01000000 0b".replace(' ', "")
+    );
+    assert_eq!(
+        hex(encode(&Message::KeepAlive, &mut buf).unwrap()),
+        "01000000 0c".replace(' ', "")
     );
 }
 
@@ -107,6 +126,13 @@ fn every_message_round_trips() {
             hi: u64::MAX,
         },
         Message::RangeEnd,
+        Message::Have {
+            origin: NodeId(u64::MAX),
+            lo: 0,
+            hi: u64::MAX,
+        },
+        Message::Resync,
+        Message::KeepAlive,
     ] {
         round_trip(&m);
     }

@@ -1,0 +1,264 @@
+//! Live sessions between two in-memory ends, in virtual time: chunks stored later are
+//! announced and fetched, an idle link costs only keep-alives, a silent peer times out,
+//! lying announcements end in failure, and either side ends the session.
+
+use std::collections::BTreeMap;
+use std::vec;
+
+use proptest::prelude::*;
+
+use super::tests::{End, chunks, config};
+use super::*;
+use crate::chunk::test_chunk;
+use crate::session::PeerMisbehaved;
+
+fn live(id: u64) -> Config {
+    Config {
+        live: true,
+        ..config(id)
+    }
+}
+
+/// Runs both ends from `now` until nothing moves and no deadline comes before `until`;
+/// returns the time reached.
+fn run_until(a: &mut End, b: &mut End, mut now: Instant, until: Instant) -> Instant {
+    for _ in 0..1_000_000 {
+        if a.outcome.is_some() && b.outcome.is_some() {
+            return now;
+        }
+        let mut moved = a.pump(now, None) | b.pump(now, None);
+        if !a.outbox.is_empty() || !b.outbox.is_empty() {
+            moved = true;
+            b.inbox.append(&mut a.outbox);
+            a.inbox.append(&mut b.outbox);
+        }
+        if moved {
+            continue;
+        }
+        let open = |e: &End| e.deadline.filter(|_| e.outcome.is_none());
+        let next = [open(a), open(b)].into_iter().flatten().min();
+        match next {
+            Some(t) if t <= until => {
+                now = now.max(t);
+                a.conduit.handle_timeout(now);
+                b.conduit.handle_timeout(now);
+            }
+            _ => return now,
+        }
+    }
+    panic!(
+        "no end at {now:?}: deadlines {:?} {:?}, outcomes {:?} {:?}",
+        a.deadline, b.deadline, a.outcome, b.outcome
+    );
+}
+
+/// Stores a new chunk of `origin` at `seq` on `end` and returns the range to announce.
+fn store_new(end: &mut End, origin: u64, seq: u64) -> KeyRange {
+    let bytes = test_chunk(origin, seq, b"late");
+    end.store.insert(ChunkHash::of(&bytes), bytes);
+    KeyRange {
+        origin: NodeId(origin),
+        lo: seq,
+        hi: seq + 1,
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_live_session_stays_open_and_carries_chunks_stored_later() {
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 5, 30));
+    let mut b = End::new(live(2), Limits::new(), chunks(2, 3, 30));
+    let t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    assert_eq!(
+        (a.outcome, b.outcome),
+        (None, None),
+        "a live session stays open"
+    );
+    assert_eq!(a.store, b.store);
+    assert!(a.conduit.session().is_live() && b.conduit.session().is_live());
+
+    // Chunks stored later, on either side, are announced and fetched.
+    let range = store_new(&mut a, 1, 500);
+    assert!(a.conduit.announce(range));
+    let range = store_new(&mut b, 2, 700);
+    assert!(b.conduit.announce(range));
+    let t = run_until(&mut a, &mut b, t, t + SECOND);
+    assert_eq!(a.store, b.store);
+    assert_eq!(a.store.len(), 10);
+    assert_eq!(b.conduit.progress().synced_chunks, 6);
+    assert_eq!(a.conduit.progress().synced_chunks, 4);
+    assert!(a.failed.is_empty() && b.failed.is_empty());
+
+    // One side ends it; the other follows.
+    a.conduit.close();
+    run_until(&mut a, &mut b, t, t + SECOND);
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(b.outcome, Some(Ok(())));
+}
+
+#[test]
+fn a_peer_that_is_not_live_makes_a_one_shot_session() {
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 5, 30));
+    let mut b = End::new(config(2), Limits::new(), chunks(2, 3, 30));
+    run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(b.outcome, Some(Ok(())));
+    assert_eq!(a.store, b.store);
+    assert!(!a.conduit.session().is_live());
+}
+
+#[test]
+fn an_idle_live_session_costs_only_keepalives_and_a_silent_peer_times_out() {
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 5, 30));
+    let mut b = End::new(live(2), Limits::new(), chunks(2, 3, 30));
+    let t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    let before = (a.conduit.stats().bytes_sent, b.conduit.stats().bytes_sent);
+    let minutes = 10;
+    let t = run_until(&mut a, &mut b, t, t + Duration::from_secs(60 * minutes));
+    assert_eq!((a.outcome, b.outcome), (None, None));
+    // A third of the 30 s idle timeout: 6 keep-alives of 5 bytes a minute, each way.
+    for (after, before) in [
+        (a.conduit.stats().bytes_sent, before.0),
+        (b.conduit.stats().bytes_sent, before.1),
+    ] {
+        let per_minute = (after - before) / minutes;
+        assert!(
+            (25..=35).contains(&per_minute),
+            "{per_minute} bytes a minute"
+        );
+    }
+
+    // `b` stops sending anything: `a` gives up after its idle timeout.
+    b.writes = false;
+    run_until(&mut a, &mut b, t, t + Duration::from_secs(31));
+    assert_eq!(a.outcome, Some(Err(Error::TimedOut)));
+}
+
+#[test]
+fn an_announcement_of_chunks_held_already_fetches_nothing() {
+    let shared = chunks(1, 5, 30);
+    let mut a = End::new(live(1), Limits::new(), shared.clone());
+    let mut b = End::new(live(2), Limits::new(), shared);
+    let t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    // A chunk both already hold (a third node gave it to each): announced, not fetched.
+    let late = test_chunk(1, 900, b"both");
+    for end in [&mut a, &mut b] {
+        end.store.insert(ChunkHash::of(&late), late.clone());
+    }
+    let range = KeyRange {
+        origin: NodeId(1),
+        lo: 900,
+        hi: 901,
+    };
+    assert!(a.conduit.announce(range));
+    run_until(&mut a, &mut b, t, t + SECOND);
+    assert_eq!(b.conduit.progress().synced_chunks, 0);
+    assert_eq!(b.conduit.progress().bytes_transferred, 0);
+    assert!(b.failed.is_empty());
+}
+
+#[test]
+fn a_peer_announcing_chunks_it_never_serves_is_refused() {
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 2, 30));
+    let refusing = Config {
+        max_failures: 3,
+        ..live(2)
+    };
+    let mut b = End::new(refusing, Limits::new(), BTreeMap::new());
+    let mut t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    for seq in 0..5 {
+        if b.outcome.is_some() {
+            break;
+        }
+        let lie = KeyRange {
+            origin: NodeId(40 + seq),
+            lo: 0,
+            hi: 10,
+        };
+        assert!(a.conduit.announce(lie));
+        t = run_until(&mut a, &mut b, t, t + SECOND);
+    }
+    assert_eq!(
+        b.outcome,
+        Some(Err(Error::Peer(PeerMisbehaved::TooManyFailures { max: 3 })))
+    );
+    assert_eq!(b.store.len(), 2, "what was stored stays");
+}
+
+#[test]
+fn more_announcements_than_fit_become_one_resync() {
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 2, 30));
+    let mut b = End::new(live(2), Limits::new(), BTreeMap::new());
+    let t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    // Twenty origins at once, more than the 8 announcements a session holds.
+    for origin in 100..120 {
+        let range = store_new(&mut a, origin, 3);
+        assert!(a.conduit.announce(range));
+    }
+    run_until(&mut a, &mut b, t, t + SECOND);
+    assert_eq!(a.store, b.store);
+    assert_eq!(b.store.len(), 22);
+}
+
+#[test]
+fn announcements_are_refused_outside_an_open_live_session() {
+    let range = KeyRange {
+        origin: NodeId(1),
+        lo: 0,
+        hi: 1,
+    };
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 2, 30));
+    assert!(!a.conduit.announce(range), "before the peer's Hello");
+    let mut b = End::new(config(2), Limits::new(), BTreeMap::new());
+    run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    assert!(!a.conduit.announce(range), "the peer is not live");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Chunks stored on either side at any moment, during the first reconciliation or
+    /// after it, end up on both sides, whatever the frame size; nothing fails.
+    #[test]
+    fn chunks_stored_at_any_moment_reach_the_peer(
+        frame in prop::sample::select(vec![256u32, 1024, 65536]),
+        a_logs in 0usize..4,
+        b_logs in 0usize..4,
+        late in prop::collection::vec((any::<bool>(), 0u64..6, 0u64..40, 0usize..40), 1..30),
+    ) {
+        let cfg = |id| Config { max_frame: frame, ..live(id) };
+        let mut a_store = BTreeMap::new();
+        for o in 0..a_logs as u64 {
+            a_store.extend(chunks(o, 6, 20));
+        }
+        let mut b_store = BTreeMap::new();
+        for o in 0..b_logs as u64 {
+            b_store.extend(chunks(o + 2, 6, 20));
+        }
+        let mut a = End::new(cfg(1), Limits::new(), a_store);
+        let mut b = End::new(cfg(2), Limits::new(), b_store);
+        let mut now = Instant::ZERO;
+        for (on_a, origin, seq, steps) in late {
+            // A few rounds of pumping, then a chunk appears on one side.
+            for _ in 0..steps {
+                a.pump(now, None);
+                b.pump(now, None);
+                b.inbox.append(&mut a.outbox);
+                a.inbox.append(&mut b.outbox);
+            }
+            now += Duration::from_millis(1);
+            // Sequence numbers past the first logs' 0..60, so no chunk forks another.
+            let (end, origin) = if on_a { (&mut a, origin + 10) } else { (&mut b, origin + 20) };
+            let range = store_new(end, origin, 100 + seq);
+            end.conduit.announce(range);
+        }
+        run_until(&mut a, &mut b, now, now + Duration::from_secs(5));
+        prop_assert_eq!(a.outcome, None);
+        prop_assert_eq!(b.outcome, None);
+        prop_assert_eq!(&a.store, &b.store);
+        prop_assert!(a.failed.is_empty() && b.failed.is_empty());
+        prop_assert_eq!(a.conduit.progress().failed_chunks, 0);
+        prop_assert_eq!(b.conduit.progress().failed_chunks, 0);
+    }
+}

@@ -1,0 +1,123 @@
+//! Live sessions ([`Config::live`](super::Config::live)): a session that stays open after
+//! the first reconciliation. Each side announces the chunks it stores later with `Have`
+//! (ranges of one origin, merged while they wait; past `RANGES` of them, one `Resync`),
+//! and the other fetches what it lacks of them through its walk
+//! ([`Walk::on_announce`](crate::recon::Walk::on_announce)): fetched whole when it holds
+//! none of the range, reconciled otherwise, with the same verification, throttle and
+//! bounds as the first reconciliation. A side with nothing to send for a third of the
+//! idle timeout sends `KeepAlive`, and only frames received keep a live session from
+//! timing out, so a silent peer is still found. The session ends when one side calls
+//! [`Session::close`]: it finishes what it is fetching and sends `Done`; the peer, on
+//! `Done`, does the same.
+
+use super::{Error, PeerMisbehaved, Phase, Session, Transmit};
+use crate::error::InsufficientSize;
+use crate::recon::KeyRange;
+use crate::time::{Duration, Instant};
+use crate::wire::{Capabilities, Message};
+
+impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
+    /// Whether the session is live: this side asked for it ([`Config::live`]) and the
+    /// peer's `Hello` agreed.
+    #[must_use]
+    pub fn is_live(&self) -> bool {
+        self.config.live
+            && self
+                .peer
+                .is_some_and(|p| p.capabilities.contains(Capabilities::LIVE))
+    }
+
+    /// Announces to the peer, in a live session, that this node has stored chunks of
+    /// `range` (sealed here, or received from another node). Ranges of one origin that
+    /// overlap or touch are sent as one; past `RANGES` waiting, one `Resync` replaces them
+    /// (the peer reconciles again). Returns whether the announcement will go out: not
+    /// before the peer's `Hello` (its first reconciliation, which comes after, sees the
+    /// chunks), nor in a session that is not live or is ending.
+    pub fn announce(&mut self, range: KeyRange) -> bool {
+        if !self.is_live() || self.closing || !matches!(self.phase, Phase::Open) {
+            return false;
+        }
+        if range.lo >= range.hi {
+            return false;
+        }
+        if self.resync {
+            // The `Resync` waiting covers it.
+            return true;
+        }
+        let touching =
+            |a: &KeyRange| a.origin == range.origin && a.lo <= range.hi && range.lo <= a.hi;
+        if let Some(a) = self.announce.iter_mut().find(|a| touching(a)) {
+            a.lo = a.lo.min(range.lo);
+            a.hi = a.hi.max(range.hi);
+        } else if self.announce.push(range).is_err() {
+            self.announce.clear();
+            self.resync = true;
+        }
+        true
+    }
+
+    /// Ends a live session from this side: nothing more is announced, what is being
+    /// fetched is finished, then `Done` goes out, and the session completes once the peer
+    /// has done the same (a peer's `Done` makes this side close too). A session that is not
+    /// live ends by itself; this only stops it waiting.
+    pub fn close(&mut self) {
+        self.closing = true;
+        self.announce.clear();
+        self.resync = false;
+    }
+
+    /// Whether this side may send `Done` once it has fetched what it wanted.
+    pub(super) fn may_finish(&self) -> bool {
+        !self.is_live() || self.closing
+    }
+
+    /// When the next `KeepAlive` is due, in a live session.
+    pub(super) fn keepalive_at(&self) -> Option<Instant> {
+        let open = matches!(self.phase, Phase::Open) && !self.pull.done_sent;
+        let interval = Duration::from_micros(self.config.idle_timeout.as_micros() / 3);
+        (open && self.is_live()).then(|| self.last_sent + interval)
+    }
+
+    /// The next announcement for the peer, if any.
+    pub(super) fn next_announce_frame(
+        &mut self,
+        frame: &mut [u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
+        if self.closing {
+            return Ok(None);
+        }
+        if self.resync {
+            let t = Self::emit(&Message::Resync, frame)?;
+            self.resync = false;
+            return Ok(Some(t));
+        }
+        let Some(&KeyRange { origin, lo, hi }) = self.announce.first() else {
+            return Ok(None);
+        };
+        let t = Self::emit(&Message::Have { origin, lo, hi }, frame)?;
+        self.announce.remove(0);
+        Ok(Some(t))
+    }
+
+    /// The peer announced chunks of a range (`None`: of everything).
+    pub(super) fn on_have(&mut self, range: Option<KeyRange>) -> Result<(), Error> {
+        if !self.is_live() {
+            return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "Have or Resync in a session that is not live",
+            )));
+        }
+        let Some(walk) = self.pull.walk.as_mut().filter(|_| !self.closing) else {
+            // Not pulling, or ending: nothing more is fetched.
+            return Ok(());
+        };
+        match range {
+            Some(range) => walk
+                .on_announce(range)
+                .map_err(|e| Error::Peer(PeerMisbehaved::Recon(e))),
+            None => {
+                walk.on_resync();
+                Ok(())
+            }
+        }
+    }
+}
