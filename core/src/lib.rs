@@ -62,7 +62,7 @@ pub mod throttle;
 pub mod time;
 pub mod wire;
 
-pub use chunk::{ChunkError, ChunkView, Chunker, Sealed, Span};
+pub use chunk::{ChunkError, ChunkView, Chunker, SealPolicy, Sealed, Span};
 pub use error::{CapacityError, DecodeError, InsufficientSize};
 pub use event::{ChunkEvent, Event, NodeId, Privacy};
 pub use hash::{ChunkHash, HashMismatch, Verified};

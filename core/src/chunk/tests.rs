@@ -517,3 +517,128 @@ mod event_chunk_store {
         assert_eq!(replica.hashes(), [chunk.id]);
     }
 }
+
+fn public(seq: u64, payload: usize) -> Ev {
+    Ev {
+        seq,
+        timestamp: seq,
+        kind: "t".to_string(),
+        privacy: Privacy::Public,
+        payload: std::vec![1; payload],
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+#[test]
+fn a_live_chunk_is_due_by_delay_size_or_a_covered_range() {
+    let mut buf = [0u8; 4096];
+    let policy = SealPolicy {
+        max_bytes: 100,
+        max_delay: Some(Duration::from_millis(10)),
+    };
+    let mut c = Chunker::new(NodeId(7), 4, 0, &mut buf)
+        .unwrap()
+        .with_policy(policy);
+    let t0 = Instant::ZERO + Duration::from_secs(5);
+    assert_eq!(c.seal_deadline(), None, "nothing open");
+    assert_eq!(c.push_at(&public(0, 10), t0).unwrap(), Push::Added);
+    assert_eq!(c.push_at(&public(1, 10), t0 + ms(3)).unwrap(), Push::Added);
+    // The delay counts from the first event.
+    assert_eq!(c.seal_deadline(), Some(t0 + ms(10)));
+    assert!(!c.seal_due(t0 + ms(9)) && c.seal_due(t0 + ms(10)));
+    let sealed = c.seal().unwrap();
+    assert_eq!((sealed.first_seq, sealed.end_seq, sealed.events), (0, 2, 2));
+    // The next chunk starts where that one ended, and its delay counts afresh.
+    let t1 = t0 + ms(20);
+    assert_eq!(c.push_at(&public(2, 10), t1).unwrap(), Push::Added);
+    assert_eq!(c.seal_deadline(), Some(t1 + ms(10)));
+    // Its range of 4 covered (2..6): due at once.
+    for seq in 3..6 {
+        assert_eq!(c.push_at(&public(seq, 1), t1).unwrap(), Push::Added);
+    }
+    assert!(c.seal_due(t1));
+    let sealed = c.seal().unwrap();
+    assert_eq!((sealed.first_seq, sealed.end_seq), (2, 6));
+    // Past `max_bytes`: due at once.
+    assert_eq!(c.push_at(&public(6, 120), t1).unwrap(), Push::Added);
+    assert!(c.seal_due(t1));
+}
+
+#[test]
+fn private_events_alone_open_no_chunk() {
+    let mut buf = [0u8; 1024];
+    let policy = SealPolicy {
+        max_bytes: usize::MAX,
+        max_delay: Some(MS),
+    };
+    let mut c = Chunker::new(NodeId(7), 10, 0, &mut buf)
+        .unwrap()
+        .with_policy(policy);
+    let private = Ev {
+        privacy: Privacy::Private,
+        ..public(0, 4)
+    };
+    assert_eq!(c.push_at(&private, Instant::ZERO).unwrap(), Push::Filtered);
+    assert_eq!(c.seal_deadline(), None);
+}
+
+proptest! {
+    /// Sealing whenever the policy says so gives chunks in order, none overlapping, each within the
+    /// policy: no event waits longer than the delay past the moment it was due, and no
+    /// chunk's events pass `max_bytes` by more than their last event.
+    #[test]
+    fn sealing_by_the_policy_keeps_chunks_in_order_and_within_it(
+        per_chunk in 1u32..20,
+        max_bytes in 16usize..400,
+        delay_ms in 1u64..50,
+        events in pvec((0u64..3, 0u64..20, 0usize..60), 1..200),
+    ) {
+        let mut buf = [0u8; 2048];
+        let policy = SealPolicy { max_bytes, max_delay: Some(Duration::from_millis(delay_ms)) };
+        let mut c = Chunker::new(NodeId(7), per_chunk, 0, &mut buf).unwrap().with_policy(policy);
+        let mut now = Instant::ZERO;
+        let mut seq = 0;
+        let mut spans = Vec::new();
+        let mut opened: Option<Instant> = None;
+        for (gap, wait_ms, payload) in events {
+            seq += gap;
+            now += Duration::from_millis(wait_ms);
+            // The adapter seals what is due before it appends.
+            if let Some(t) = c.seal_deadline().filter(|&t| t <= now) {
+                prop_assert!(opened.is_some_and(|o| t <= o + Duration::from_millis(delay_ms)));
+                let s = c.seal().unwrap();
+                // Past `max_bytes` by one event at most (60 bytes of payload and its
+                // fields), plus the header.
+                prop_assert!(s.bytes.len() <= max_bytes + 60 + 24 + HEADER_RESERVE);
+                spans.push((s.first_seq, s.end_seq));
+                opened = None;
+            }
+            match c.push_at(&public(seq, payload), now).unwrap() {
+                Push::SealFirst => {
+                    let s = c.seal().unwrap();
+                    spans.push((s.first_seq, s.end_seq));
+                    prop_assert_eq!(c.push_at(&public(seq, payload), now).unwrap(), Push::Added);
+                    opened = Some(now);
+                }
+                Push::Added => { opened.get_or_insert(now); }
+                Push::Filtered => {}
+            }
+            seq += 1;
+        }
+        if let Some(s) = c.seal() {
+            spans.push((s.first_seq, s.end_seq));
+        }
+        for w in spans.windows(2) {
+            // A range with no event to seal is skipped, never overlapped.
+            prop_assert!(w[0].1 <= w[1].0, "chunks in order: {:?}", spans);
+        }
+        for &(lo, hi) in &spans {
+            prop_assert!(lo < hi && hi - lo <= u64::from(per_chunk));
+        }
+    }
+}
