@@ -260,8 +260,9 @@ impl<'a> Sealed<'a> {
 /// # Ok::<(), chunk_sync_core::ChunkError>(())
 /// ```
 #[derive(Debug)]
-pub struct Chunker<'b> {
-    buf: &'b mut [u8],
+pub struct Chunker<B> {
+    /// Where the open chunk is written: a slice, an array, or (with `alloc`) a `Vec`.
+    buf: B,
     origin: NodeId,
     per_chunk: u64,
     /// First sequence number of the open chunk's range.
@@ -306,7 +307,7 @@ impl SealPolicy {
     };
 }
 
-impl<'b> Chunker<'b> {
+impl<B: AsMut<[u8]>> Chunker<B> {
     /// A chunker for `origin`'s log, whose first unsealed sequence number is `start_seq`
     /// (`0` for a new log; the previous chunk's `end_seq` otherwise), sealing ranges of
     /// `events_per_chunk` sequence numbers into `buf`.
@@ -316,12 +317,12 @@ impl<'b> Chunker<'b> {
         origin: NodeId,
         events_per_chunk: u32,
         start_seq: u64,
-        buf: &'b mut [u8],
+        mut buf: B,
     ) -> Result<Self, ChunkError> {
         if events_per_chunk == 0 {
             return Err(ChunkError::ZeroEventsPerChunk);
         }
-        if buf.len() <= HEADER_RESERVE {
+        if buf.as_mut().len() <= HEADER_RESERVE {
             return Err(ChunkError::BufferTooSmall {
                 required: HEADER_RESERVE + 1,
             });
@@ -445,7 +446,7 @@ impl<'b> Chunker<'b> {
             privacy: event.privacy(),
             payload: event.payload(),
         };
-        let room = &mut self.buf[HEADER_RESERVE + self.len..];
+        let room = &mut self.buf.as_mut()[HEADER_RESERVE + self.len..];
         match postcard::to_slice(&repr, room) {
             Ok(written) => {
                 self.len += written.len();
@@ -462,7 +463,7 @@ impl<'b> Chunker<'b> {
             }
             Err(_) => Err(ChunkError::EventTooLarge {
                 size: postcard::experimental::serialized_size(&repr).unwrap_or(usize::MAX),
-                capacity: self.buf.len() - HEADER_RESERVE,
+                capacity: self.buf.as_mut().len() - HEADER_RESERVE,
             }),
         }
     }
@@ -493,14 +494,15 @@ impl<'b> Chunker<'b> {
             Err(_) => return None,
         };
         let start = HEADER_RESERVE - head_len;
-        self.buf[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
+        self.buf.as_mut()[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
         let events = self.count;
         self.opened_at = None;
         let first_seq = self.range_start;
         self.range_start = end_seq;
         self.next_seq = self.next_seq.max(end_seq);
         self.count = 0;
-        let bytes = &self.buf[start..HEADER_RESERVE + core::mem::take(&mut self.len)];
+        let end = HEADER_RESERVE + core::mem::take(&mut self.len);
+        let bytes = &self.buf.as_mut()[start..end];
         Some(Sealed {
             id: ChunkHash::of(bytes),
             bytes,
