@@ -527,6 +527,12 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         self.session.announce(range)
     }
 
+    /// Tells the peer of a live session to reconcile with the whole store again
+    /// ([`Session::announce_all`]).
+    pub fn announce_all(&mut self) -> bool {
+        self.session.announce_all()
+    }
+
     /// Ends a live session from this side ([`Session::close`]): what is being fetched is
     /// finished, and the conduit closes once the peer has ended it too.
     pub fn close(&mut self) {

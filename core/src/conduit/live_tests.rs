@@ -202,6 +202,22 @@ fn more_announcements_than_fit_become_one_resync() {
 }
 
 #[test]
+fn announcing_everything_makes_the_peer_reconcile_again() {
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 2, 30));
+    let mut b = End::new(live(2), Limits::new(), BTreeMap::new());
+    let t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    // Stored without a word: the adapter lost count of them.
+    for origin in 5..8 {
+        store_new(&mut a, origin, 0);
+    }
+    let t = run_until(&mut a, &mut b, t, t + SECOND);
+    assert_eq!(b.store.len(), 2);
+    assert!(a.conduit.announce_all());
+    run_until(&mut a, &mut b, t, t + SECOND);
+    assert_eq!(a.store, b.store);
+}
+
+#[test]
 fn announcements_are_refused_outside_an_open_live_session() {
     let range = KeyRange {
         origin: NodeId(1),

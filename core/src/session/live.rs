@@ -56,6 +56,19 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         true
     }
 
+    /// Announces, in a live session, that this node stored more than it can name (an
+    /// adapter that lost count of what it stored): one `Resync` tells the peer to
+    /// reconcile with the whole store again. Returns whether it will go out, as
+    /// [`announce`](Self::announce) does.
+    pub fn announce_all(&mut self) -> bool {
+        if !self.is_live() || self.closing || !matches!(self.phase, Phase::Open) {
+            return false;
+        }
+        self.announce.clear();
+        self.resync = true;
+        true
+    }
+
     /// Ends a live session from this side: nothing more is announced, what is being
     /// fetched is finished, then `Done` goes out, and the session completes once the peer
     /// has done the same (a peer's `Done` makes this side close too). A session that is not
