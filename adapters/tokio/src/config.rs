@@ -70,6 +70,21 @@ pub struct NodeConfig {
     /// takes the place of the oldest that has not finished its handshake, or is closed
     /// at once if every one has.
     pub max_connections: usize,
+    /// Whether sessions accepted by this node's listeners stay open after the first
+    /// reconciliation when the peer asks (live replication; default `false`). Sessions
+    /// with the peers of [`Node::add_peer`](crate::Node::add_peer) are always live;
+    /// [`Node::sync_with`](crate::Node::sync_with) and the other one-shot calls never.
+    pub live: bool,
+    /// The node's own log ([`Node::append`](crate::Node::append)): each chunk covers a
+    /// range of this many sequence numbers, or less if sealed early (default 100).
+    pub events_per_chunk: u32,
+    /// The own log's open chunk is sealed once its events take this many bytes (default
+    /// 64 KiB; at most [`MAX_OWN_CHUNK`](crate::MAX_OWN_CHUNK)).
+    pub seal_bytes: usize,
+    /// The own log's open chunk is sealed once its first event is this old (default
+    /// 100 ms): what an event appended waits, at most, before it can travel. `None`: only
+    /// the range and the size seal a chunk (and [`Node::flush`](crate::Node::flush)).
+    pub seal_delay: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -89,6 +104,10 @@ impl NodeConfig {
             max_duration: None,
             max_failures: chunk_sync_core::session::DEFAULT_MAX_FAILURES,
             max_connections: 512,
+            live: false,
+            events_per_chunk: 100,
+            seal_bytes: 64 << 10,
+            seal_delay: Some(Duration::from_millis(100)),
         }
     }
 
@@ -104,6 +123,7 @@ impl NodeConfig {
             throttle: stricter(self.peer_throttle, self.throttle).to_core(),
             pull,
             serve,
+            live: self.live,
             ..Config::new(self.node_id)
         }
     }
@@ -118,6 +138,16 @@ fn stricter(peer: ThrottleConfig, node: ThrottleConfig) -> ThrottleConfig {
         (0, _) => node,
         (p, n) if p <= n => peer,
         _ => node,
+    }
+}
+
+impl NodeConfig {
+    /// The sealing policy of the node's own log.
+    pub(crate) fn seal_policy(&self) -> chunk_sync_core::SealPolicy {
+        chunk_sync_core::SealPolicy {
+            max_bytes: self.seal_bytes,
+            max_delay: self.seal_delay.map(core_duration),
+        }
     }
 }
 

@@ -33,14 +33,18 @@
 
 pub use chunk_sync_core as core;
 
+mod append;
 mod config;
 mod connections;
 mod driver;
 mod error;
+mod events;
 mod listener;
+mod log;
 mod manager;
 mod node;
 mod output;
+mod peers;
 mod progress;
 #[cfg(feature = "redb")]
 mod redb_store;
@@ -49,9 +53,12 @@ mod store;
 mod time;
 mod writes;
 
+pub use append::SHUTDOWN_TIMEOUT;
 pub use config::{NodeConfig, ThrottleConfig};
 pub use error::{Error, StoreError};
+pub use events::{EVENT_CAPACITY, NodeEvent};
 pub use listener::Listener;
+pub use log::{Appended, MAX_OWN_CHUNK};
 pub use manager::{DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager};
 pub use node::{FailoverReport, Node};
 pub use progress::{SyncProgress, SyncReport};

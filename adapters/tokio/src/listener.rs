@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tracing::{debug, warn};
 
+use crate::driver::Context;
 use crate::error::Error;
 use crate::node::{Mode, Node};
 use crate::shared::Shared;
@@ -102,11 +103,14 @@ impl Node {
                     let mode = Mode {
                         pull: node.shared.config.accept_pushes,
                         serve: true,
+                        live: node.shared.config.live,
                     };
-                    if let Err(failed) = node
-                        .run(stream, mode, Vec::new(), Some(peer), Some(id))
-                        .await
-                    {
+                    let context = Context {
+                        conn: Some(id),
+                        addr: Some(peer),
+                        stop: None,
+                    };
+                    if let Err(failed) = node.run(stream, mode, Vec::new(), context).await {
                         let synced = failed.report.progress.synced_chunks;
                         warn!(%peer, error = %failed.error, synced, "session with client ended in error");
                     }

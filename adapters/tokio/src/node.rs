@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use chunk_sync_core::session::Config;
 use chunk_sync_core::throttle::Throttle;
 use chunk_sync_core::{ChunkHash, NodeId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -12,8 +13,9 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tracing::{Instrument, info_span};
 
 use crate::config::{NodeConfig, core_duration};
-use crate::driver::{conduit, drive};
+use crate::driver::{Context, conduit, drive};
 use crate::error::Error;
+use crate::events::NodeEvent;
 use crate::progress::{SyncProgress, SyncReport};
 use crate::shared::Shared;
 use crate::store::NodeStore;
@@ -141,7 +143,7 @@ impl Node {
     /// fetches only what is still missing. (A session that ends on its own, even with an
     /// error, writes everything it verified first.)
     pub async fn sync_over<IO: AsyncRead + AsyncWrite>(&self, io: IO) -> Result<SyncReport, Error> {
-        self.run(io, Mode::BOTH, Vec::new(), None, None)
+        self.run(io, Mode::BOTH, Vec::new(), Context::default())
             .await
             .map_err(|f| f.error)
     }
@@ -177,7 +179,11 @@ impl Node {
             }
         }
         let node = self.clone();
-        let task = tokio::spawn(async move { node.run(stream, mode, wanted, peer, None).await });
+        let context = Context {
+            addr: peer,
+            ..Context::default()
+        };
+        let task = tokio::spawn(async move { node.run(stream, mode, wanted, context).await });
         let _abort = Abort(task.abort_handle());
         match task.await {
             Ok(result) => result,
@@ -199,12 +205,15 @@ impl Node {
         io: IO,
         mode: Mode,
         wanted: Vec<ChunkHash>,
-        peer: Option<SocketAddr>,
-        conn: Option<u64>,
+        context: Context,
     ) -> Result<SyncReport, Box<Failed>> {
         let shared = &*self.shared;
-        let span = info_span!("session", node = %shared.config.node_id, peer = ?peer);
-        let config = shared.config.session_config(mode.pull, mode.serve);
+        let addr = context.addr;
+        let span = info_span!("session", node = %shared.config.node_id, peer = ?addr);
+        let config = Config {
+            live: mode.live,
+            ..shared.config.session_config(mode.pull, mode.serve)
+        };
         let conduit = match conduit(config, shared, &wanted) {
             Ok(c) => c,
             Err(e) => {
@@ -213,9 +222,14 @@ impl Node {
                 return Err(Box::new(Failed { report, error }));
             }
         };
-        let (report, result) = drive(io, conduit, &self.shared, conn)
+        let (report, result) = drive(io, conduit, &self.shared, context)
             .instrument(span)
             .await;
+        self.shared.events.send(NodeEvent::PeerDisconnected {
+            peer: report.peer,
+            addr,
+            error: result.as_ref().err().map(ToString::to_string),
+        });
         match result {
             Ok(()) => Ok(report),
             Err(error) => Err(Box::new(Failed { report, error })),
@@ -231,7 +245,9 @@ pub(crate) struct Failed {
 }
 
 /// Connects to `addr` for a session: no Nagle delay on small frames.
-async fn connect(addr: impl ToSocketAddrs) -> Result<(TcpStream, Option<SocketAddr>), Error> {
+pub(crate) async fn connect(
+    addr: impl ToSocketAddrs,
+) -> Result<(TcpStream, Option<SocketAddr>), Error> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
@@ -243,6 +259,8 @@ async fn connect(addr: impl ToSocketAddrs) -> Result<(TcpStream, Option<SocketAd
 pub(crate) struct Mode {
     pub(crate) pull: bool,
     pub(crate) serve: bool,
+    /// Whether the session stays open after the first reconciliation, if the peer agrees.
+    pub(crate) live: bool,
 }
 
 impl Mode {
@@ -250,16 +268,25 @@ impl Mode {
     pub(crate) const BOTH: Self = Self {
         pull: true,
         serve: true,
+        live: false,
     };
     /// Pull, offering nothing in return.
     pub(crate) const PULL: Self = Self {
         pull: true,
         serve: false,
+        live: false,
     };
     /// Fetch given chunks only.
     pub(crate) const FETCH: Self = Self {
         pull: false,
         serve: false,
+        live: false,
+    };
+    /// Pull and serve, and stay open: a live peer.
+    pub(crate) const LIVE: Self = Self {
+        pull: true,
+        serve: true,
+        live: true,
     };
 }
 

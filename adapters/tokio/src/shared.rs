@@ -1,8 +1,11 @@
 //! What a node's sessions share: its configuration, store, node-wide throttle, clock,
-//! progress table and connection table, behind methods.
+//! progress table, connection table, events, own log and live peers, behind methods.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::{Notify, watch};
 
 use chunk_sync_core::conduit::Budget;
 use chunk_sync_core::throttle::Throttle;
@@ -11,6 +14,9 @@ use chunk_sync_core::{Instant, NodeId};
 use crate::SyncProgress;
 use crate::config::NodeConfig;
 use crate::connections::Connections;
+use crate::events::Events;
+use crate::log::OwnLog;
+use crate::peers::Peers;
 use crate::store::NodeStore;
 use crate::time::Clock;
 
@@ -49,6 +55,17 @@ pub(crate) struct Shared {
     /// Whether the node-wide throttle limits anything.
     limited: bool,
     progress: Mutex<BTreeMap<NodeId, SyncProgress>>,
+    pub(crate) events: Events,
+    /// The own log's open chunk, once something was appended.
+    pub(crate) log: tokio::sync::Mutex<Option<OwnLog>>,
+    /// Wakes the task that seals the own log's open chunk when it is due.
+    pub(crate) seal_wake: Arc<Notify>,
+    /// Whether that task runs.
+    pub(crate) sealer_started: AtomicBool,
+    /// Set when the node shuts down: live sessions end.
+    pub(crate) closing: watch::Sender<bool>,
+    /// The peers the node keeps live sessions with.
+    pub(crate) peers: Peers,
 }
 
 impl Shared {
@@ -61,7 +78,23 @@ impl Shared {
             limited: !throttle.config().is_unlimited(),
             throttle: Mutex::new(throttle),
             progress: Mutex::new(BTreeMap::new()),
+            events: Events::new(),
+            log: tokio::sync::Mutex::new(None),
+            seal_wake: Arc::new(Notify::new()),
+            sealer_started: AtomicBool::new(false),
+            closing: watch::channel(false).0,
+            peers: Peers::default(),
         }
+    }
+
+    /// Whether the node is shutting down.
+    pub(crate) fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Marks the sealing task as started; returns whether it was not yet.
+    pub(crate) fn start_sealer(&self) -> bool {
+        !self.sealer_started.swap(true, Ordering::AcqRel)
     }
 
     /// The node-wide throttle, as a budget a conduit locks only to admit a frame.
@@ -111,5 +144,12 @@ impl Shared {
     /// Forgets the sync with `peer` and returns its last progress.
     pub(crate) fn forget(&self, peer: &NodeId) -> Option<SyncProgress> {
         self.table().remove(peer)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The sealing task waits on this: it wakes, finds the node gone and ends.
+        self.seal_wake.notify_one();
     }
 }

@@ -348,6 +348,10 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         range: KeyRange,
         bytes: &'b [u8],
     ) -> Result<Verified<'b>, FinishError> {
+        if let Some(front) = self.pull.in_flight.front_mut() {
+            // Whatever it is, the peer did send a chunk for the range.
+            front.chunks = front.chunks.saturating_add(1);
+        }
         let verified = Verified::hash_of(bytes);
         let view = match ChunkView::validated(bytes) {
             Ok(view) => view,
@@ -368,9 +372,6 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         {
             // The next chunk starts where this one ends, or later.
             r.lo = view.end_seq();
-        }
-        if let Some(front) = self.pull.in_flight.front_mut() {
-            front.chunks = front.chunks.saturating_add(1);
         }
         self.reset_front();
         self.progress.total_chunks += 1;

@@ -1,0 +1,228 @@
+//! A node's own log and its life: appending events ([`Node::append`]), the task that
+//! seals the open chunk when the sealing policy says so, what the node tells the
+//! application ([`Node::events`]), and a clean shutdown ([`Node::shutdown`]).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::{ChunkEvent, EventBuf, Span};
+use tokio::sync::{Notify, broadcast};
+use tracing::{debug, warn};
+
+use crate::error::{Error, StoreError};
+use crate::events::NodeEvent;
+use crate::log::{Appended, OwnLog};
+use crate::node::Node;
+use crate::shared::Shared;
+use crate::store::VerifiedChunk;
+
+/// How long [`Node::shutdown`] waits for live sessions to end cleanly.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Node {
+    /// Appends one event to this node's own log: see [`append_batch`](Self::append_batch).
+    ///
+    /// # Errors
+    /// As [`append_batch`](Self::append_batch).
+    pub async fn append(&self, event: EventBuf) -> Result<Appended, Error> {
+        self.append_batch(std::slice::from_ref(&event)).await
+    }
+
+    /// Appends events to this node's own log (their origin must be this node's id), in
+    /// order of sequence number. Private events use up their sequence numbers and stay
+    /// here. Events go into the open chunk, which is sealed and stored when its range of
+    /// [`events_per_chunk`](crate::NodeConfig::events_per_chunk) sequence numbers is
+    /// covered, when its events reach [`seal_bytes`](crate::NodeConfig::seal_bytes), or
+    /// [`seal_delay`](crate::NodeConfig::seal_delay) after its first event (by a task of
+    /// the node); each chunk stored is announced to the node's live peers.
+    ///
+    /// An event is not durable until its chunk is stored: at most `seal_delay` after it
+    /// was appended, or at once with [`flush`](Self::flush).
+    ///
+    /// Returns what was taken; events whose sequence numbers were taken already (sealed,
+    /// or in the open chunk), of another origin, or too large for a chunk are counted
+    /// there, not taken, and the rest are. The first append reads where the log ends from the store.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store fails to read where the log ends, or to keep a
+    /// sealed chunk (which is then lost from the log: its sequence numbers are used).
+    pub async fn append_batch<E: ChunkEvent>(&self, events: &[E]) -> Result<Appended, Error> {
+        let now = self.shared.clock.now();
+        let (mut report, sealed) = {
+            let mut log = self.shared.log.lock().await;
+            let log = match &mut *log {
+                Some(log) => log,
+                empty => empty.insert(self.open_log()?),
+            };
+            let pushed = log.push(events, now);
+            self.wake_sealer(log.deadline().is_some());
+            pushed
+        };
+        report.sealed = sealed.len();
+        if report.late > 0 {
+            warn!(late = report.late, range = ?report.late_range, "events whose sequence numbers were taken already were not taken");
+        }
+        self.store_own(sealed).await?;
+        Ok(report)
+    }
+
+    /// Seals the own log's open chunk now and stores it (nothing if it holds no event).
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store fails to keep it.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let sealed = self.shared.log.lock().await.as_mut().and_then(OwnLog::seal);
+        self.store_own(sealed.into_iter().collect()).await
+    }
+
+    /// What happens on this node from now on: chunks stored, peers connected and lost.
+    /// A receiver that falls more than [`EVENT_CAPACITY`](crate::EVENT_CAPACITY) events
+    /// behind misses the oldest and is told how many.
+    #[must_use]
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Ends the node's live replication cleanly: the own log's open chunk is sealed and
+    /// stored, every live session (with [`add_peer`](Self::add_peer)'s peers and with
+    /// peers accepted by listeners) finishes what it is fetching and ends with `Done`, no
+    /// new one starts, and the call returns once they ended or after
+    /// [`SHUTDOWN_TIMEOUT`]. Listeners keep accepting one-shot sessions until dropped.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store fails to keep the last chunk.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let flushed = self.flush().await;
+        let _ = self.shared.closing.send(true);
+        self.shared.seal_wake.notify_one();
+        let tasks = self.shared.peers.remove_all();
+        let ended = async {
+            for task in tasks {
+                let _ = task.await;
+            }
+            // Sessions accepted by listeners end when their peers do.
+            while self.shared.connections.len() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, ended).await.is_err() {
+            warn!("live sessions did not end within the shutdown timeout");
+        }
+        flushed
+    }
+
+    /// The own log, continuing after the last chunk of this node's origin in the store.
+    fn open_log(&self) -> Result<OwnLog, Error> {
+        let config = &self.shared.config;
+        let (summary, _) = self
+            .store()
+            .summarize(&KeyRange::whole(config.node_id), &mut [])
+            .map_err(Error::Store)?;
+        let next = if summary.count > 0 { summary.end } else { 0 };
+        OwnLog::new(
+            config.node_id,
+            config.events_per_chunk,
+            next,
+            config.seal_policy(),
+        )
+        .map_err(|e| Error::Store(Box::new(e)))
+    }
+
+    /// Tells the sealing task that the open chunk's deadline may have changed, starting
+    /// the task if it does not run yet.
+    fn wake_sealer(&self, open: bool) {
+        if open && self.shared.start_sealer() {
+            let wake = Arc::clone(&self.shared.seal_wake);
+            tokio::spawn(seal_when_due(Arc::downgrade(&self.shared), wake));
+        }
+        self.shared.seal_wake.notify_one();
+    }
+
+    /// Stores chunks sealed from the own log and announces them.
+    async fn store_own(&self, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
+        store_own(&self.shared, sealed).await
+    }
+}
+
+/// Stores `sealed` (on a blocking thread for a store whose writes wait on a disk) and
+/// tells the node's sessions and the application.
+async fn store_own(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
+    if sealed.is_empty() {
+        return Ok(());
+    }
+    let (sealed, inserted) = if shared.store.writes_block() {
+        let writer = Arc::clone(shared);
+        tokio::task::spawn_blocking(move || {
+            let inserted = writer.store.insert_batch(&sealed);
+            (sealed, inserted)
+        })
+        .await
+        .map_err(|e| Error::Store(Box::new(e)))?
+    } else {
+        let inserted = shared.store.insert_batch(&sealed);
+        (sealed, inserted)
+    };
+    let inserted = inserted.map_err(Error::Store)?;
+    if let Some(fork) = inserted.forks.first() {
+        // The log continued past chunks that another process appended meanwhile.
+        let error: StoreError = Box::new(*fork);
+        return Err(Error::Store(error));
+    }
+    for chunk in &sealed {
+        if let Some(span) = Span::of(chunk.bytes()) {
+            debug!(id = %chunk.id(), %span, "sealed");
+            shared.events.send(NodeEvent::ChunkStored {
+                id: chunk.id(),
+                span,
+                from: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The task that seals the own log's open chunk once its deadline passes; it ends when
+/// the node is gone (its last handle dropped) or shuts down. It holds the node only while
+/// it reads the deadline or seals, so that it never keeps a dropped node alive.
+async fn seal_when_due(shared: Weak<Shared>, wake: Arc<Notify>) {
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        // Registered before the deadline is read, so that no wake-up is missed.
+        notified.as_mut().enable();
+        let deadline = {
+            let Some(node) = shared.upgrade() else {
+                return;
+            };
+            if node.is_closing() {
+                return;
+            }
+            let deadline = node.log.lock().await.as_ref().and_then(OwnLog::deadline);
+            deadline.map(|t| node.clock.to_tokio(t))
+        };
+        match deadline {
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = &mut notified => continue,
+            },
+            None => {
+                notified.await;
+                continue;
+            }
+        }
+        let Some(node) = shared.upgrade() else {
+            return;
+        };
+        let now = node.clock.now();
+        let sealed = {
+            let mut log = node.log.lock().await;
+            log.as_mut()
+                .filter(|log| log.deadline().is_some_and(|t| t <= now))
+                .and_then(OwnLog::seal)
+        };
+        if let Err(e) = store_own(&node, sealed.into_iter().collect()).await {
+            warn!(error = %e, "a sealed chunk of the own log could not be stored");
+        }
+    }
+}
