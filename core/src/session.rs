@@ -85,7 +85,7 @@ enum Phase {
 /// `RANGES` is the most ranges of one query or answer and of the reconciliation's queue
 /// (at least `2 × RUNS`), and of the queue of chunks wanted by hash; `REQ` the most
 /// requests in flight (in each direction); `RUNS` the most runs of one summary sent or
-/// compared. Memory: about `(200 + 16 × RUNS) × RANGES + 160 × REQ + 900` bytes on 64-bit
+/// compared. Memory: about `(248 + 16 × RUNS) × RANGES + 160 × REQ + 900` bytes on 64-bit
 /// targets, inline; see the README's capacity table.
 ///
 /// # Calling order
