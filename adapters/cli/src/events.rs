@@ -40,31 +40,28 @@ pub(crate) fn read(input: impl BufRead, origin: NodeId) -> Result<Vec<EventBuf>,
         if line.trim().is_empty() {
             continue;
         }
-        let e: JsonEvent =
-            serde_json::from_str(&line).map_err(|err| format!("line {}: {err}", n + 1))?;
-        let payload = match (e.payload, e.payload_hex) {
-            (Some(text), None) => text.into_bytes(),
-            (None, Some(hex)) => {
-                from_hex(&hex).ok_or_else(|| format!("line {}: payload_hex is not hex", n + 1))?
-            }
-            (None, None) => Vec::new(),
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "line {}: give payload or payload_hex, not both",
-                    n + 1
-                ));
-            }
-        };
-        events.push(EventBuf {
-            origin: e.origin.map_or(origin, NodeId),
-            seq: e.seq,
-            timestamp: e.timestamp,
-            kind: e.kind,
-            privacy: e.privacy,
-            payload,
-        });
+        events.push(parse_line(&line, origin).map_err(|err| format!("line {}: {err}", n + 1))?);
     }
     Ok(events)
+}
+
+/// One event from one JSON line; an event without an origin gets `origin`.
+pub(crate) fn parse_line(line: &str, origin: NodeId) -> Result<EventBuf, String> {
+    let e: JsonEvent = serde_json::from_str(line).map_err(|err| err.to_string())?;
+    let payload = match (e.payload, e.payload_hex) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(hex)) => from_hex(&hex).ok_or("payload_hex is not hex")?,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => return Err("give payload or payload_hex, not both".into()),
+    };
+    Ok(EventBuf {
+        origin: e.origin.map_or(origin, NodeId),
+        seq: e.seq,
+        timestamp: e.timestamp,
+        kind: e.kind,
+        privacy: e.privacy,
+        payload,
+    })
 }
 
 /// Writes one event as a JSON line.

@@ -6,9 +6,11 @@ use std::fs::File;
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
     Durability, Node, NodeConfig, NodeStore, RedbError, RedbStore, RetentionPolicy, SyncReport,
@@ -16,6 +18,8 @@ use chunk_sync_tokio::{
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod control;
+mod daemon;
 mod demo;
 mod events;
 mod units;
@@ -67,6 +71,49 @@ enum Command {
         /// place, or the new one is closed.
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Run a live node until interrupted: listen, keep live sessions with the peers
+    /// named (reconnecting when they go away), and append the events it reads to its own
+    /// log (JSON lines, as `append` takes them), sealing chunks by age and size.
+    ///
+    /// Events in the open chunk are in memory until it is sealed (at most --seal-delay):
+    /// a followed file is read again from its start after a restart, so nothing of it is
+    /// lost; events from standard input still unsealed when the process is killed are.
+    /// Interrupting it (Ctrl-C, SIGTERM) seals the open chunk and ends every live
+    /// session cleanly.
+    Run {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Address to listen on, for example 127.0.0.1:7000.
+        #[arg(long)]
+        listen: Option<String>,
+        /// A peer to keep a live session with (this node fetches what it has and offers
+        /// what it lacks); repeat for more.
+        #[arg(long)]
+        peer: Vec<String>,
+        /// Append the events of this JSON-lines file, following it as it grows (from its
+        /// start: events already in the log are skipped).
+        #[arg(long, conflicts_with = "no_input")]
+        follow: Option<PathBuf>,
+        /// Read no events (by default they come from standard input).
+        #[arg(long)]
+        no_input: bool,
+        /// Sequence numbers per chunk.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        events_per_chunk: u32,
+        /// Seal the open chunk once its first event is this old (for example 10ms): the
+        /// most an event waits before it can travel.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        seal_delay: Duration,
+        /// Seal the open chunk once its events take this much (for example 64KiB).
+        #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+        seal_bytes: u64,
+        /// Also fetch what peers connecting to this node have (off by default: they get
+        /// what they ask for, and give only to nodes that name them with --peer).
+        #[arg(long)]
+        accept_pushes: bool,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -159,7 +206,7 @@ enum DurabilityArg {
 
 /// `export --on-damaged`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum OnDamaged {
+pub(crate) enum OnDamaged {
     /// Export nothing: every chunk is checked before the first event is written.
     Stop,
     /// Leave damaged chunks out and export the rest.
@@ -249,15 +296,42 @@ async fn run(command: Command) -> Result<ExitCode> {
             max_connections,
             net,
         } => serve(&store, &listen, accept_pushes, max_connections, &net).await?,
+        Command::Run {
+            store,
+            listen,
+            peer,
+            follow,
+            no_input,
+            events_per_chunk,
+            seal_delay,
+            seal_bytes,
+            accept_pushes,
+            net,
+        } => {
+            let input = match (follow, no_input) {
+                (Some(path), _) => daemon::Input::Follow(path),
+                (None, true) => daemon::Input::None,
+                (None, false) => daemon::Input::Stdin,
+            };
+            let live = Live {
+                listen,
+                peers: peer,
+                events_per_chunk,
+                seal_delay,
+                seal_bytes,
+                accept_pushes,
+            };
+            run_live(&store, live, input, &net).await?;
+        }
         Command::Pull { store, from, net } => exchange(&store, &from, &net, false).await?,
         Command::Sync { store, with, net } => {
             exchange(&store, std::slice::from_ref(&with), &net, true).await?
         }
-        Command::Ls { store } => ls(&open_read_only(&store)?)?,
-        Command::Stat { store } => stat(&open_read_only(&store)?)?,
-        Command::Verify { store } => return verify(&open_read_only(&store)?),
+        Command::Ls { store } => return inspect(&store, Inspect::Ls),
+        Command::Stat { store } => return inspect(&store, Inspect::Stat),
+        Command::Verify { store } => return inspect(&store, Inspect::Verify),
         Command::Export { store, on_damaged } => {
-            return export(&open_read_only(&store)?, on_damaged);
+            return inspect(&store, Inspect::Export(on_damaged));
         }
         Command::Gc {
             store,
@@ -402,7 +476,12 @@ fn append(
     origins.sort();
     origins.dedup();
     for o in &origins {
-        chunker.resume(*o, db.meta(&format!("sealed/{}", o.0))?.unwrap_or(0));
+        // Where `append` last sealed, or past the last chunk of the origin (sealed by a
+        // `run` node, or fetched), whichever is further.
+        let sealed = db.meta(&format!("sealed/{}", o.0))?.unwrap_or(0);
+        let (held, _) = db.summarize(&KeyRange::whole(*o), &mut [])?;
+        let end = if held.count > 0 { held.end } else { 0 };
+        chunker.resume(*o, sealed.max(end));
     }
     // Events at or below the sealed point cannot be taken: sealed chunks never change.
     let mut late: Vec<(NodeId, u64)> = events
@@ -497,12 +576,13 @@ async fn serve(
     max_connections: u32,
     net: &NetArgs,
 ) -> Result<()> {
-    let db = open(store)?;
+    let db = Arc::new(open(store)?);
     let config = NodeConfig {
         accept_pushes,
         max_connections: max_connections as usize,
         ..node_config(&db, net)?
     };
+    let _control = answer_for(store, &db)?;
     let node = Node::new(config, db)?;
     let listener = node
         .listen(listen)
@@ -518,6 +598,88 @@ async fn serve(
     shutdown_signal().await?;
     drop(listener);
     println!("stopped");
+    Ok(())
+}
+
+/// Answers read-only commands on the store while this process holds it.
+fn answer_for(store: &StoreArg, db: &Arc<RedbStore>) -> Result<control::Control> {
+    control::serve(&store.store, Arc::clone(db)).map_err(|e| {
+        Failure(format!(
+            "cannot answer for store {} on {}: {e}",
+            store.store.display(),
+            control::SOCKET
+        ))
+    })
+}
+
+/// `run`'s settings.
+struct Live {
+    listen: Option<String>,
+    peers: Vec<String>,
+    events_per_chunk: u32,
+    seal_delay: Duration,
+    seal_bytes: u64,
+    accept_pushes: bool,
+}
+
+async fn run_live(store: &StoreArg, live: Live, input: daemon::Input, net: &NetArgs) -> Result<()> {
+    if live.listen.is_none() && live.peers.is_empty() {
+        return Err(Failure(
+            "give --listen, --peer or both: a node with neither replicates with nobody".into(),
+        ));
+    }
+    // Every peer's name is resolved before anything is opened: a typo fails at once. A
+    // peer that cannot be reached is tried again and again while the node runs.
+    let mut peers = Vec::new();
+    for name in &live.peers {
+        let addr = tokio::net::lookup_host(name.as_str())
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| format!("--peer {name}: not an address (host:port) that resolves"))?;
+        peers.push(addr);
+    }
+    let db = Arc::new(open(store)?);
+    let _control = answer_for(store, &db)?;
+    let config = NodeConfig {
+        live: true,
+        accept_pushes: live.accept_pushes,
+        events_per_chunk: live.events_per_chunk,
+        seal_delay: Some(live.seal_delay),
+        seal_bytes: usize::try_from(live.seal_bytes).unwrap_or(usize::MAX),
+        ..node_config(&db, net)?
+    };
+    let node = Node::new(config, db)?;
+    let listener = match &live.listen {
+        Some(addr) => Some(
+            node.listen(addr.as_str())
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    match &listener {
+        Some(l) => println!(
+            "{} running with {} chunks on {}",
+            node.node_id(),
+            node.store().len()?,
+            l.local_addr()
+        ),
+        None => println!(
+            "{} running with {} chunks",
+            node.node_id(),
+            node.store().len()?
+        ),
+    }
+    let _ = std::io::stdout().flush();
+    for addr in peers {
+        node.add_peer(addr);
+    }
+    let stop = async {
+        let _ = shutdown_signal().await;
+    };
+    daemon::run(node, input, stop).await?;
+    drop(listener);
     Ok(())
 }
 
@@ -636,8 +798,7 @@ fn describe(peer: &str, e: chunk_sync_tokio::Error) -> Failure {
     }
 }
 
-fn ls(db: &RedbStore) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+fn ls(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
     let mut failed = None;
     db.for_each(|id, bytes| {
         let line = match ChunkView::parse(bytes) {
@@ -658,7 +819,7 @@ fn ls(db: &RedbStore) -> Result<()> {
     failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
-fn stat(db: &RedbStore) -> Result<()> {
+fn stat(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
     let mut origins = std::collections::BTreeMap::<u64, (u64, u64)>::new();
     db.for_each(|_, bytes| {
         if let Ok(v) = ChunkView::parse(bytes) {
@@ -668,14 +829,68 @@ fn stat(db: &RedbStore) -> Result<()> {
         }
     })?;
     match db.meta("node_id")? {
-        Some(id) => println!("node id: {}", NodeId(id)),
-        None => println!("node id: not chosen yet (the first append, serve or pull chooses it)"),
+        Some(id) => writeln!(out, "node id: {}", NodeId(id))?,
+        None => writeln!(
+            out,
+            "node id: not chosen yet (the first append, serve or pull chooses it)"
+        )?,
     }
-    println!("chunks:  {} ({})", db.len()?, human(db.total_bytes()?));
+    writeln!(out, "chunks:  {} ({})", db.len()?, human(db.total_bytes()?))?;
     for (origin, (chunks, end)) in origins {
-        println!("origin {origin}: {chunks} chunks, sequence numbers up to {end}");
+        writeln!(
+            out,
+            "origin {origin}: {chunks} chunks, sequence numbers up to {end}"
+        )?;
     }
     Ok(())
+}
+
+/// A read-only command: `ls`, `stat`, `verify` or `export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Inspect {
+    Ls,
+    Stat,
+    Verify,
+    Export(OnDamaged),
+}
+
+impl Inspect {
+    /// Runs it on `db`, writing what it prints to `out` and `err`; returns the exit
+    /// status.
+    pub(crate) fn run(
+        self,
+        db: &RedbStore,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<u8> {
+        match self {
+            Self::Ls => ls(db, out).map(|()| 0),
+            Self::Stat => stat(db, out).map(|()| 0),
+            Self::Verify => verify(db, out, err),
+            Self::Export(on_damaged) => export(db, on_damaged, out, err),
+        }
+    }
+}
+
+/// Runs a read-only command on the store: from its file, or, while a `serve` or `run`
+/// process holds the store, through that process.
+fn inspect(store: &StoreArg, what: Inspect) -> Result<ExitCode> {
+    let db = match open_read_only(store) {
+        Ok(db) => db,
+        Err(e) if control::is_served(&store.store) => {
+            return control::ask(&store.store, what).map_err(|why| {
+                Failure(format!(
+                    "{}; and through the process serving it: {why}",
+                    e.0
+                ))
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let code = what.run(&db, &mut out, &mut err)?;
+    let _ = out.flush();
+    Ok(ExitCode::from(code))
 }
 
 /// The chunk, if its bytes match its hash and are a valid chunk.
@@ -685,28 +900,37 @@ fn sound<'a>(id: &ChunkHash, bytes: &'a [u8]) -> Option<ChunkView<'a>> {
         .flatten()
 }
 
-fn verify(db: &RedbStore) -> Result<ExitCode> {
+fn verify(db: &RedbStore, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8> {
     let (mut total, mut bad) = (0u64, 0u64);
+    let mut corrupt = Vec::new();
     db.for_each(|id, bytes| {
         total += 1;
         if sound(&id, bytes).is_none() {
             bad += 1;
-            eprintln!("corrupt chunk {id}");
+            corrupt.push(id);
         }
     })?;
+    for id in corrupt {
+        writeln!(err, "corrupt chunk {id}")?;
+    }
     if bad == 0 {
-        println!("verified {total} chunks: all match their hashes");
-        Ok(ExitCode::SUCCESS)
+        writeln!(out, "verified {total} chunks: all match their hashes")?;
+        Ok(0)
     } else {
-        eprintln!("chunk-sync: {bad} of {total} chunks are corrupt");
-        Ok(ExitCode::FAILURE)
+        writeln!(err, "chunk-sync: {bad} of {total} chunks are corrupt")?;
+        Ok(1)
     }
 }
 
 /// Writes the events of every chunk, each chunk checked against its hash and the format
 /// first, in log order. Damaged chunks are reported on stderr; the exit status says whether
 /// there were any.
-fn export(db: &RedbStore, on_damaged: OnDamaged) -> Result<ExitCode> {
+fn export(
+    db: &RedbStore,
+    on_damaged: OnDamaged,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8> {
     let mut chunks: Vec<(u64, u64, Vec<u8>)> = Vec::new();
     let mut damaged: Vec<ChunkHash> = Vec::new();
     db.for_each(|id, bytes| match sound(&id, bytes) {
@@ -714,9 +938,10 @@ fn export(db: &RedbStore, on_damaged: OnDamaged) -> Result<ExitCode> {
         None => damaged.push(id),
     })?;
     for id in &damaged {
-        eprintln!(
+        writeln!(
+            err,
             "chunk-sync: damaged chunk {id}: it does not match its hash or is no valid chunk"
-        );
+        )?;
     }
     if !damaged.is_empty() && on_damaged == OnDamaged::Stop {
         return Err(Failure(format!(
@@ -725,7 +950,7 @@ fn export(db: &RedbStore, on_damaged: OnDamaged) -> Result<ExitCode> {
         )));
     }
     chunks.sort();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut out = std::io::BufWriter::new(out);
     let written = (|| -> std::io::Result<()> {
         for (_, _, bytes) in &chunks {
             // Checked above: every event decodes.
@@ -742,12 +967,13 @@ fn export(db: &RedbStore, on_damaged: OnDamaged) -> Result<ExitCode> {
         other => other?,
     }
     if damaged.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        Ok(0)
     } else {
-        eprintln!(
+        writeln!(
+            err,
             "chunk-sync: {} damaged chunks left out of the export",
             damaged.len()
-        );
-        Ok(ExitCode::FAILURE)
+        )?;
+        Ok(1)
     }
 }

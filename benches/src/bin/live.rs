@@ -22,8 +22,8 @@ use chunk_sync_core::{EventBuf, NodeId, Privacy};
 use chunk_sync_tokio::{Listener, MemStore, Node, NodeConfig, NodeEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
 
 const PAYLOAD: usize = 50;
 
@@ -53,7 +53,9 @@ async fn main() {
         idle as f64 * 60.0 / idle_secs as f64
     );
 
-    println!("## Throughput: A appends as fast as it can in batches of 1,000, two live peers ({secs} s)\n");
+    println!(
+        "## Throughput: A appends as fast as it can in batches of 1,000, two live peers ({secs} s)\n"
+    );
     throughput(run).await;
 
     println!("\n## Sealing policy: delay against latency and wire overhead (A → B)\n");
@@ -219,11 +221,24 @@ async fn latency(n: u64, rate: u64, delay: Duration, run: Duration) -> Measured 
         if writer.is_finished() {
             break writer.await.unwrap();
         }
-        collect(&mut stored, &mut arrived, &mut chunks, Duration::from_millis(50)).await;
+        collect(
+            &mut stored,
+            &mut arrived,
+            &mut chunks,
+            Duration::from_millis(50),
+        )
+        .await;
     };
     first.flush().await.unwrap();
     while (arrived.len() as u64) < total {
-        if !collect(&mut stored, &mut arrived, &mut chunks, Duration::from_secs(5)).await {
+        if !collect(
+            &mut stored,
+            &mut arrived,
+            &mut chunks,
+            Duration::from_secs(5),
+        )
+        .await
+        {
             break;
         }
     }
@@ -318,7 +333,10 @@ async fn throughput(run: Duration) {
     let appended_in = start.elapsed();
     a.flush().await.unwrap();
     // The peers' lag when the appending stopped, then how long they took to catch up.
-    let lag: Vec<u64> = stored.iter().map(|n| seq - n.load(Ordering::Relaxed)).collect();
+    let lag: Vec<u64> = stored
+        .iter()
+        .map(|n| seq - n.load(Ordering::Relaxed))
+        .collect();
     while stored.iter().any(|n| n.load(Ordering::Relaxed) < seq) && start.elapsed() < run * 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -1,0 +1,153 @@
+//! Read-only commands on a store another process holds: a `serve` or `run` process keeps
+//! the store's database open, which no other process may then open, so it answers `ls`,
+//! `stat`, `verify` and `export` itself, on a Unix socket in the store's directory
+//! ([`SOCKET`]).
+//!
+//! The exchange is one request line (`ls`, `stat`, `verify`, `export stop`, `export
+//! skip`) and one answer: a line `EXIT OUT_LEN ERR_LEN`, then what the command wrote to
+//! its standard output and to its standard error, which the asking process writes to its
+//! own and exits with `EXIT`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chunk_sync_tokio::RedbStore;
+
+use crate::{Inspect, OnDamaged};
+
+/// The socket's file name in the store's directory.
+pub(crate) const SOCKET: &str = "daemon.sock";
+
+fn socket(dir: &Path) -> PathBuf {
+    dir.join(SOCKET)
+}
+
+/// Whether a process answers for the store in `dir`.
+pub(crate) fn is_served(dir: &Path) -> bool {
+    cfg!(unix) && socket(dir).exists()
+}
+
+impl Inspect {
+    fn request(self) -> &'static str {
+        match self {
+            Self::Ls => "ls",
+            Self::Stat => "stat",
+            Self::Verify => "verify",
+            Self::Export(OnDamaged::Stop) => "export stop",
+            Self::Export(OnDamaged::Skip) => "export skip",
+        }
+    }
+
+    fn from_request(line: &str) -> Option<Self> {
+        Some(match line.trim() {
+            "ls" => Self::Ls,
+            "stat" => Self::Stat,
+            "verify" => Self::Verify,
+            "export stop" => Self::Export(OnDamaged::Stop),
+            "export skip" => Self::Export(OnDamaged::Skip),
+            _ => return None,
+        })
+    }
+}
+
+/// Answers read-only commands on `db` while it lives; the socket is removed when it is
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Control {
+    path: PathBuf,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts answering for the store in `dir` (a socket left by a process that was killed is
+/// replaced).
+#[cfg(unix)]
+pub(crate) fn serve(dir: &Path, db: Arc<RedbStore>) -> std::io::Result<Control> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+
+    let path = socket(dir);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else {
+                continue;
+            };
+            let db = Arc::clone(&db);
+            // One thread per request: an `export` of a large store does not hold up a
+            // `stat`.
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let mut reader = BufReader::new(&stream);
+                if reader.read_line(&mut line).is_err() {
+                    return;
+                }
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let code = match Inspect::from_request(&line) {
+                    Some(what) => what.run(&db, &mut out, &mut err).unwrap_or_else(|e| {
+                        let _ = writeln!(err, "chunk-sync: {}", e.0);
+                        1
+                    }),
+                    None => {
+                        let _ = writeln!(err, "chunk-sync: unknown request {:?}", line.trim());
+                        2
+                    }
+                };
+                let mut stream = &stream;
+                let header = format!("{code} {} {}\n", out.len(), err.len());
+                let _ = stream
+                    .write_all(header.as_bytes())
+                    .and_then(|()| stream.write_all(&out))
+                    .and_then(|()| stream.write_all(&err));
+            });
+        }
+    });
+    Ok(Control { path })
+}
+
+/// Without Unix sockets, nothing answers: read-only commands wait for the store.
+#[cfg(not(unix))]
+pub(crate) fn serve(dir: &Path, _db: Arc<RedbStore>) -> std::io::Result<Control> {
+    Ok(Control { path: socket(dir) })
+}
+
+/// Runs `what` through the process that holds the store in `dir`.
+#[cfg(unix)]
+pub(crate) fn ask(dir: &Path, what: Inspect) -> Result<ExitCode, String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let mut stream = UnixStream::connect(socket(dir)).map_err(|e| e.to_string())?;
+    writeln!(stream, "{}", what.request()).map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).map_err(|e| e.to_string())?;
+    let fields: Vec<u64> = header
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [code, out_len, err_len] = fields[..] else {
+        return Err("the process holding the store gave no answer".into());
+    };
+    let mut out = vec![0; usize::try_from(out_len).map_err(|e| e.to_string())?];
+    let mut err = vec![0; usize::try_from(err_len).map_err(|e| e.to_string())?];
+    reader
+        .read_exact(&mut out)
+        .and_then(|()| reader.read_exact(&mut err))
+        .map_err(|e| e.to_string())?;
+    // A reader that stops early (`export | head`) is not an error.
+    let _ = std::io::stdout().lock().write_all(&out);
+    let _ = std::io::stderr().lock().write_all(&err);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+#[cfg(not(unix))]
+pub(crate) fn ask(_dir: &Path, _what: Inspect) -> Result<ExitCode, String> {
+    Err("no process answers for it on this platform".into())
+}
