@@ -243,11 +243,13 @@ async fn latency(n: u64, rate: u64, delay: Duration, run: Duration) -> Measured 
         }
     }
     let wire = count.load(Ordering::Relaxed) - before;
-    let appended = appended.lock().unwrap();
-    let mut latencies: Vec<Duration> = arrived
-        .iter()
-        .filter_map(|(seq, at)| appended.get(seq).map(|t| at.saturating_duration_since(*t)))
-        .collect();
+    let mut latencies: Vec<Duration> = {
+        let appended = appended.lock().unwrap();
+        arrived
+            .iter()
+            .filter_map(|(seq, at)| appended.get(seq).map(|t| at.saturating_duration_since(*t)))
+            .collect()
+    };
     latencies.sort();
     for node in &nodes {
         node.shutdown().await.unwrap();
