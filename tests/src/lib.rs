@@ -118,6 +118,9 @@ pub struct End {
     pub silent: bool,
     /// The deadline of the conduit's last wait.
     deadline: Option<Instant>,
+    /// Chunks stored since the simulator last took them, with their spans and whether
+    /// they were new to the node.
+    stored: Vec<(ChunkHash, Span, bool)>,
 }
 
 impl End {
@@ -188,7 +191,13 @@ impl End {
                 Action::Store(chunk) => {
                     moved = true;
                     self.chunk_bytes_received += chunk.bytes().len() as u64;
-                    node.store.insert(chunk.id(), chunk.bytes().to_vec());
+                    let new = node
+                        .store
+                        .insert(chunk.id(), chunk.bytes().to_vec())
+                        .is_none();
+                    if let Some(span) = Span::of(chunk.bytes()) {
+                        self.stored.push((chunk.id(), span, new));
+                    }
                     let _ = self.conduit.stored(Stored::Kept);
                 }
                 Action::ChunkFailed { hash, reason } => self.failed.push((hash, reason)),
@@ -229,6 +238,8 @@ pub struct Conn {
     sent: u64,
     /// Whether the connection was cut.
     pub cut: bool,
+    /// Bytes each end sent.
+    pub sent_by: [u64; 2],
 }
 
 /// Nodes, connections and a virtual clock.
@@ -240,6 +251,34 @@ pub struct Net {
     pub conns: Vec<Conn>,
     /// Virtual time.
     pub now: Instant,
+    /// Lost segments, if any: each write is, with some probability, delivered a
+    /// retransmission timeout late (the transport is a reliable stream).
+    pub loss: Option<Loss>,
+}
+
+/// Seeded loss on every connection of a [`Net`].
+#[derive(Debug, Clone)]
+pub struct Loss {
+    /// The chance, in parts per million, that a write is lost once.
+    pub per_million: u64,
+    /// How late a lost write arrives.
+    pub retransmit: Duration,
+    /// The generator's state (xorshift64).
+    pub state: u64,
+}
+
+impl Loss {
+    /// The extra delay of the next write.
+    fn delay(&mut self) -> Duration {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        if self.state % 1_000_000 < self.per_million {
+            self.retransmit
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 impl Net {
@@ -278,6 +317,7 @@ impl Net {
             failed: Vec::new(),
             silent: false,
             deadline: None,
+            stored: Vec::new(),
         };
         self.conns.push(Conn {
             ends: [end(a), end(b)],
@@ -286,6 +326,7 @@ impl Net {
             cut_after: None,
             sent: 0,
             cut: false,
+            sent_by: [0; 2],
         });
         self.conns.len() - 1
     }
@@ -363,7 +404,16 @@ impl Net {
             moved |= pumped;
             if !out.is_empty() {
                 conn.sent += out.len() as u64;
-                conn.in_flight[1 - side].push_back((now + conn.latency, out));
+                conn.sent_by[side] += out.len() as u64;
+                let mut at = now + conn.latency;
+                if let Some(loss) = &mut self.loss {
+                    at += loss.delay();
+                }
+                // The stream stays in order: nothing overtakes what was sent before it.
+                if let Some(&(last, _)) = conn.in_flight[1 - side].back() {
+                    at = at.max(last);
+                }
+                conn.in_flight[1 - side].push_back((at, out));
             }
         }
         if conn.cut_after.is_some_and(|limit| conn.sent >= limit) {
@@ -372,6 +422,8 @@ impl Net {
         moved
     }
 }
+
+pub mod live;
 
 /// How many chunks `end` reported failed for `reason`.
 #[must_use]

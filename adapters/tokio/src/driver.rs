@@ -414,12 +414,17 @@ impl Driver<'_, '_> {
             Err(e) => return self.store_failed(e),
         };
         let forks: HashSet<ChunkHash> = inserted.forks.iter().map(|f| f.refused).collect();
+        // Chunks the store held already came from another peer too: they were announced
+        // when they were first stored, and are not again (that would echo through the
+        // network).
+        let held: HashSet<ChunkHash> = inserted.held.iter().copied().collect();
         for chunk in batch {
             let stored = if forks.contains(&chunk.id()) {
                 self.failed_chunk(chunk.id(), FailReason::Fork);
                 Stored::Fork
             } else {
-                if let Some(span) = Span::of(chunk.bytes()) {
+                if let Some(span) = Span::of(chunk.bytes()).filter(|_| !held.contains(&chunk.id()))
+                {
                     self.shared.events.send(NodeEvent::ChunkStored {
                         id: chunk.id(),
                         span,

@@ -621,7 +621,10 @@ impl RedbStore {
                     let id = chunk.id();
                     let place = match Span::of(chunk.bytes()) {
                         Some(span) => match edit.insert(span, id, chunk.bytes(), now)? {
-                            Put::Held => continue,
+                            Put::Held => {
+                                done.held.push(id);
+                                continue;
+                            }
                             Put::Fork(fork) => {
                                 done.forks.push(fork);
                                 continue;
@@ -640,6 +643,7 @@ impl RedbStore {
                                 .map_err(boxed)?
                                 .is_some()
                             {
+                                done.held.push(id);
                                 continue;
                             }
                             stored_at.insert(key, now).map_err(boxed)?;

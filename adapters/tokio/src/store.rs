@@ -65,6 +65,8 @@ pub struct Inserted {
     pub added: usize,
     /// Chunks refused because they overlap a different stored chunk of their origin.
     pub forks: Vec<Fork>,
+    /// Chunks the store held already (fetched from two peers at once, for example).
+    pub held: Vec<ChunkHash>,
 }
 
 /// The fork `span` of chunk `id` makes with its stored neighbours, if any: `before` is the
@@ -109,7 +111,8 @@ pub trait NodeStore: Send + Sync + 'static {
         let mut done = Inserted::default();
         for chunk in chunks {
             match self.insert(chunk.clone()) {
-                Ok(new) => done.added += usize::from(new),
+                Ok(true) => done.added += 1,
+                Ok(false) => done.held.push(chunk.id()),
                 Err(e) => done.forks.push(*e.downcast::<Fork>()?),
             }
         }
