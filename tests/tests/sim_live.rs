@@ -106,7 +106,6 @@ fn run(k: usize, seed: u64) -> Figures {
         net.run_live(now, &mut record);
     }
     net.run_live(now + Duration::from_secs(30), &mut record);
-    drop(record);
 
     for node in 1..NODES {
         for id in appended.keys() {
