@@ -364,22 +364,7 @@ impl Net {
     }
 
     fn next_wakeup(&self) -> Option<Instant> {
-        self.conns
-            .iter()
-            .filter(|c| !c.cut)
-            .flat_map(|c| {
-                let deliveries = c
-                    .in_flight
-                    .iter()
-                    .filter_map(|q| q.front().map(|(at, _)| *at));
-                let timers = c
-                    .ends
-                    .iter()
-                    .filter(|e| !e.is_closed())
-                    .filter_map(|e| e.deadline);
-                deliveries.chain(timers).collect::<Vec<_>>()
-            })
-            .min()
+        (0..self.conns.len()).filter_map(|c| self.wakeup(c)).min()
     }
 
     /// One round for connection `c`; returns whether anything happened.

@@ -111,7 +111,7 @@ impl Net {
     }
 
     /// When connection `c` next has something to do.
-    fn wakeup(&self, c: usize) -> Option<Instant> {
+    pub(crate) fn wakeup(&self, c: usize) -> Option<Instant> {
         let conn = &self.conns[c];
         if conn.cut {
             return None;

@@ -7,7 +7,7 @@ use std::vec;
 
 use proptest::prelude::*;
 
-use super::tests::{End, chunks, config};
+use super::tests::{End, chunks, config, run_until};
 use super::*;
 use crate::chunk::test_chunk;
 use crate::session::PeerMisbehaved;
@@ -17,39 +17,6 @@ fn live(id: u64) -> Config {
         live: true,
         ..config(id)
     }
-}
-
-/// Runs both ends from `now` until nothing moves and no deadline comes before `until`;
-/// returns the time reached.
-fn run_until(a: &mut End, b: &mut End, mut now: Instant, until: Instant) -> Instant {
-    for _ in 0..1_000_000 {
-        if a.outcome.is_some() && b.outcome.is_some() {
-            return now;
-        }
-        let mut moved = a.pump(now, None) | b.pump(now, None);
-        if !a.outbox.is_empty() || !b.outbox.is_empty() {
-            moved = true;
-            b.inbox.append(&mut a.outbox);
-            a.inbox.append(&mut b.outbox);
-        }
-        if moved {
-            continue;
-        }
-        let open = |e: &End| e.deadline.filter(|_| e.outcome.is_none());
-        let next = [open(a), open(b)].into_iter().flatten().min();
-        match next {
-            Some(t) if t <= until => {
-                now = now.max(t);
-                a.conduit.handle_timeout(now);
-                b.conduit.handle_timeout(now);
-            }
-            _ => return now,
-        }
-    }
-    panic!(
-        "no end at {now:?}: deadlines {:?} {:?}, outcomes {:?} {:?}",
-        a.deadline, b.deadline, a.outcome, b.outcome
-    );
 }
 
 /// Stores a new chunk of `origin` at `seq` on `end` and returns the range to announce.

@@ -190,8 +190,16 @@ fn spans(store: &BTreeMap<ChunkHash, Vec<u8>>) -> impl Iterator<Item = (Span, &C
 
 /// Runs two ends until both close or `limit` of virtual time passed; returns the time.
 pub(crate) fn run(a: &mut End, b: &mut End, limit: Duration) -> Instant {
-    let mut now = Instant::ZERO;
-    while a.outcome.is_none() || b.outcome.is_none() {
+    run_until(a, b, Instant::ZERO, Instant::ZERO + limit)
+}
+
+/// Runs both ends from `now` until both close, or nothing moves and no deadline of an end
+/// still open comes before `until`; returns the time reached.
+pub(crate) fn run_until(a: &mut End, b: &mut End, mut now: Instant, until: Instant) -> Instant {
+    for _ in 0..1_000_000 {
+        if a.outcome.is_some() && b.outcome.is_some() {
+            return now;
+        }
         let mut moved = a.pump(now, None) | b.pump(now, None);
         if !a.outbox.is_empty() || !b.outbox.is_empty() {
             moved = true;
@@ -201,17 +209,20 @@ pub(crate) fn run(a: &mut End, b: &mut End, limit: Duration) -> Instant {
         if moved {
             continue;
         }
-        let next = [a.deadline, b.deadline].into_iter().flatten().min();
-        match next {
-            Some(t) if t - Instant::ZERO <= limit => {
+        let open = |e: &End| e.deadline.filter(|_| e.outcome.is_none());
+        match [open(a), open(b)].into_iter().flatten().min() {
+            Some(t) if t <= until => {
                 now = now.max(t);
                 a.conduit.handle_timeout(now);
                 b.conduit.handle_timeout(now);
             }
-            _ => break,
+            _ => return now,
         }
     }
-    now
+    panic!(
+        "no end at {now:?}: deadlines {:?} {:?}, outcomes {:?} {:?}",
+        a.deadline, b.deadline, a.outcome, b.outcome
+    );
 }
 
 #[test]
