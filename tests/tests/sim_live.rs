@@ -175,3 +175,46 @@ fn a_thousand_live_nodes_converge_on_what_one_appends() {
         );
     }
 }
+
+#[test]
+fn a_live_session_cut_mid_stream_resumes_without_refetching() {
+    let mut net = Net::default();
+    let (a, b) = (net.add(Node::default()), net.add(Node::default()));
+    let first = net.connect(a, b, Duration::from_millis(20), live);
+    // Cut once a few chunks went across.
+    net.conns[first].cut_after = Some(3_000);
+    let mut now = Instant::ZERO + Duration::from_secs(1);
+    net.run_live(now, |_, _, _| {});
+    let mut chunker = EventChunkStore::new(EVENTS_PER_CHUNK as usize);
+    let chunks = chunker
+        .create_chunks(&log(NodeId(0), 30 * EVENTS_PER_CHUNK, 40))
+        .expect("valid log");
+    let ids: Vec<ChunkHash> = chunks.iter().map(|c| c.id).collect();
+    let mut stored: BTreeMap<ChunkHash, usize> = BTreeMap::new();
+    let mut record = |node: usize, id: ChunkHash, _: Instant| {
+        if node == b {
+            *stored.entry(id).or_default() += 1;
+        }
+    };
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        net.append(a, chunk.bytes);
+        now += APPEND_EVERY;
+        net.run_live(now, &mut record);
+        if i == 20 {
+            // The transport went away mid-stream; the nodes connect again.
+            assert!(net.conns[first].cut, "cut before the end");
+            let before = net.nodes[b].store.len();
+            assert!(
+                before > 0 && before < 21,
+                "{before} chunks came over the first connection"
+            );
+            net.connect(a, b, Duration::from_millis(20), live);
+        }
+    }
+    net.run_live(now + Duration::from_secs(5), &mut record);
+    assert!(ids.iter().all(|id| net.nodes[b].store.contains_key(id)));
+    assert!(
+        stored.values().all(|&n| n == 1),
+        "fetched twice: {stored:?}"
+    );
+}
