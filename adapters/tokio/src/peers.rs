@@ -107,8 +107,8 @@ impl Peers {
 impl Node {
     /// Keeps a live session with the node at `addr` from now on: it connects, reconciles,
     /// then carries the chunks either side stores later as they are stored; when the
-    /// session ends (the peer went away, the network failed) it connects again, waiting
-    /// between attempts as the [module docs](self) say, until
+    /// session ends (the peer went away, the network failed) it connects again, each wait
+    /// between attempts twice the last, from 100 ms to 30 s, with jitter, until
     /// [`remove_peer`](Self::remove_peer) or [`shutdown`](Self::shutdown). Returns `false`
     /// if the address was kept already. What happens shows in [`events`](Self::events).
     ///

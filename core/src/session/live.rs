@@ -17,8 +17,8 @@ use crate::time::{Duration, Instant};
 use crate::wire::{Capabilities, Message};
 
 impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
-    /// Whether the session is live: this side asked for it ([`Config::live`]) and the
-    /// peer's `Hello` agreed.
+    /// Whether the session is live: this side asked for it
+    /// ([`Config::live`](super::Config::live)) and the peer's `Hello` agreed.
     #[must_use]
     pub fn is_live(&self) -> bool {
         self.config.live
