@@ -3,8 +3,12 @@
 //! `stat`, `verify` and `export` itself, on a Unix socket in the store's directory
 //! ([`SOCKET`]).
 //!
+//! It also takes `append`: the events go into the log of the node that holds the store,
+//! which seals them by its own policy (an open chunk stays open across appends).
+//!
 //! The exchange is one request line (`ls`, `stat`, `verify`, `export stop`, `export
-//! skip`) and one answer: a line `EXIT OUT_LEN ERR_LEN`, then what the command wrote to
+//! skip`, or `append ORIGIN` followed by the events' JSON lines until the end of the
+//! stream) and one answer: a line `EXIT OUT_LEN ERR_LEN`, then what the command wrote to
 //! its standard output and to its standard error, which the asking process writes to its
 //! own and exits with `EXIT`.
 
@@ -12,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use chunk_sync_tokio::RedbStore;
+use chunk_sync_core::NodeId;
+use chunk_sync_tokio::{Node, RedbStore};
 
-use crate::{Inspect, OnDamaged};
+use crate::{Inspect, OnDamaged, events};
 
 /// The socket's file name in the store's directory.
 pub(crate) const SOCKET: &str = "daemon.sock";
@@ -67,8 +72,13 @@ impl Drop for Control {
 /// Starts answering for the store in `dir` (a socket left by a process that was killed is
 /// replaced).
 #[cfg(unix)]
-pub(crate) fn serve(dir: &Path, db: Arc<RedbStore>) -> std::io::Result<Control> {
-    use std::io::{BufRead, BufReader, Write};
+pub(crate) fn serve(
+    dir: &Path,
+    db: Arc<RedbStore>,
+    node: Node,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<Control> {
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::UnixListener;
 
     let path = socket(dir);
@@ -80,6 +90,7 @@ pub(crate) fn serve(dir: &Path, db: Arc<RedbStore>) -> std::io::Result<Control> 
                 continue;
             };
             let db = Arc::clone(&db);
+            let (node, runtime) = (node.clone(), runtime.clone());
             // One thread per request: an `export` of a large store does not hold up a
             // `stat`.
             std::thread::spawn(move || {
@@ -89,14 +100,25 @@ pub(crate) fn serve(dir: &Path, db: Arc<RedbStore>) -> std::io::Result<Control> 
                     return;
                 }
                 let (mut out, mut err) = (Vec::new(), Vec::new());
-                let code = match Inspect::from_request(&line) {
-                    Some(what) => what.run(&db, &mut out, &mut err).unwrap_or_else(|e| {
-                        let _ = writeln!(err, "chunk-sync: {}", e.0);
-                        1
-                    }),
-                    None => {
-                        let _ = writeln!(err, "chunk-sync: unknown request {:?}", line.trim());
-                        2
+                let code = if let Some(origin) = line.trim().strip_prefix("append ") {
+                    let mut text = String::new();
+                    match reader.read_to_string(&mut text) {
+                        Ok(_) => append_here(&node, &runtime, origin, &text, &mut out, &mut err),
+                        Err(e) => {
+                            let _ = writeln!(err, "chunk-sync: cannot read the events: {e}");
+                            1
+                        }
+                    }
+                } else {
+                    match Inspect::from_request(&line) {
+                        Some(what) => what.run(&db, &mut out, &mut err).unwrap_or_else(|e| {
+                            let _ = writeln!(err, "chunk-sync: {}", e.0);
+                            1
+                        }),
+                        None => {
+                            let _ = writeln!(err, "chunk-sync: unknown request {:?}", line.trim());
+                            2
+                        }
                     }
                 };
                 let mut stream = &stream;
@@ -111,20 +133,101 @@ pub(crate) fn serve(dir: &Path, db: Arc<RedbStore>) -> std::io::Result<Control> 
     Ok(Control { path })
 }
 
+/// Appends the events of `text` (JSON lines; `origin` is `-` for the node's own) to the
+/// node's log: all of them or, if a line is not an event, none. Returns the exit status.
+fn append_here(
+    node: &Node,
+    runtime: &tokio::runtime::Handle,
+    origin: &str,
+    text: &str,
+    out: &mut Vec<u8>,
+    err: &mut Vec<u8>,
+) -> u8 {
+    use std::io::Write;
+    let origin = origin.parse().map_or(node.node_id(), NodeId);
+    let events = match events::read(text.as_bytes(), origin) {
+        Ok(events) => events,
+        Err(why) => {
+            let _ = writeln!(err, "chunk-sync: {why}; nothing appended");
+            return 1;
+        }
+    };
+    match runtime.block_on(node.append_batch(&events)) {
+        Ok(done) => {
+            let _ = writeln!(
+                out,
+                "appended {} of {} events ({} private left out) to the log of the node holding the store, which seals them within its seal delay",
+                done.taken,
+                events.len(),
+                done.private
+            );
+            if let Some((lo, hi)) = done.late_range {
+                let _ = writeln!(
+                    err,
+                    "chunk-sync: {} events not taken: their sequence numbers were taken already ({lo}..={hi})",
+                    done.late
+                );
+            }
+            for (seq, why) in &done.refused {
+                let _ = writeln!(err, "chunk-sync: event {seq} not taken: {why}");
+            }
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(err, "chunk-sync: {e}");
+            1
+        }
+    }
+}
+
 /// Without Unix sockets, nothing answers: read-only commands wait for the store.
 #[cfg(not(unix))]
-pub(crate) fn serve(dir: &Path, _db: Arc<RedbStore>) -> std::io::Result<Control> {
+pub(crate) fn serve(
+    dir: &Path,
+    _db: Arc<RedbStore>,
+    _node: Node,
+    _runtime: tokio::runtime::Handle,
+) -> std::io::Result<Control> {
     Ok(Control { path: socket(dir) })
 }
 
 /// Runs `what` through the process that holds the store in `dir`.
 #[cfg(unix)]
 pub(crate) fn ask(dir: &Path, what: Inspect) -> Result<ExitCode, String> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::unix::net::UnixStream;
+    let stream = std::os::unix::net::UnixStream::connect(socket(dir)).map_err(|e| e.to_string())?;
+    exchange(stream, what.request(), "")
+}
 
-    let mut stream = UnixStream::connect(socket(dir)).map_err(|e| e.to_string())?;
-    writeln!(stream, "{}", what.request()).map_err(|e| e.to_string())?;
+/// Appends the events of `text` through the process that holds the store in `dir`, to
+/// its log (`origin`: events that name none take it; by default the node's own). `None`
+/// if no process answers (the socket was left by one that was killed).
+#[cfg(unix)]
+pub(crate) fn append(
+    dir: &Path,
+    origin: Option<u64>,
+    text: &str,
+) -> Option<Result<ExitCode, String>> {
+    let origin = origin.map_or_else(|| "-".to_owned(), |o| o.to_string());
+    let stream = std::os::unix::net::UnixStream::connect(socket(dir)).ok()?;
+    Some(exchange(stream, &format!("append {origin}"), text))
+}
+
+/// Sends `request` and `body`, and passes the answer on.
+#[cfg(unix)]
+fn exchange(
+    mut stream: std::os::unix::net::UnixStream,
+    request: &str,
+    body: &str,
+) -> Result<ExitCode, String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    writeln!(stream, "{request}").map_err(|e| e.to_string())?;
+    stream
+        .write_all(body.as_bytes())
+        .map_err(|e| e.to_string())?;
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
     let mut header = String::new();
     reader.read_line(&mut header).map_err(|e| e.to_string())?;
@@ -150,4 +253,13 @@ pub(crate) fn ask(dir: &Path, what: Inspect) -> Result<ExitCode, String> {
 #[cfg(not(unix))]
 pub(crate) fn ask(_dir: &Path, _what: Inspect) -> Result<ExitCode, String> {
     Err("no process answers for it on this platform".into())
+}
+
+#[cfg(not(unix))]
+pub(crate) fn append(
+    _dir: &Path,
+    _origin: Option<u64>,
+    _text: &str,
+) -> Option<Result<ExitCode, String>> {
+    None
 }

@@ -2,8 +2,7 @@
 //!
 //! Run without arguments (or with `demo`) for a guided demonstration.
 
-use std::fs::File;
-use std::io::{BufReader, IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -444,14 +443,35 @@ fn append(
     strict: bool,
 ) -> Result<()> {
     // The input is read before the store is opened, so that bad input creates nothing.
-    let read = |origin| match &input {
-        Some(path) => {
-            let file =
-                File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            events::read(BufReader::new(file), origin)
+    let text = match &input {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read events: {e}"))?;
+            text
         }
-        None => events::read(std::io::stdin().lock(), origin),
     };
+    // A node holding the store takes the events into its log.
+    if control::is_served(&store.store) {
+        if strict {
+            return Err(Failure(format!(
+                "store {} is held by a running node: --strict needs the store itself",
+                store.store.display()
+            )));
+        }
+        if let Some(answer) = control::append(&store.store, origin, &text) {
+            return match answer.map_err(Failure)? {
+                code if code == ExitCode::SUCCESS => Ok(()),
+                _ => Err(Failure(
+                    "the node holding the store did not take the events".into(),
+                )),
+            };
+        }
+    }
+    let read = |origin| events::read(text.as_bytes(), origin);
     // Events that name no origin take this store's id (a new store's is chosen now and
     // kept with the first chunks).
     let existing = store.store.join(DB_FILE).is_file();
@@ -582,8 +602,8 @@ async fn serve(
         max_connections: max_connections as usize,
         ..node_config(&db, net)?
     };
-    let _control = answer_for(store, &db)?;
-    let node = Node::new(config, db)?;
+    let node = Node::new(config, Arc::clone(&db))?;
+    let _control = answer_for(store, &db, &node)?;
     let listener = node
         .listen(listen)
         .await
@@ -601,9 +621,11 @@ async fn serve(
     Ok(())
 }
 
-/// Answers read-only commands on the store while this process holds it.
-fn answer_for(store: &StoreArg, db: &Arc<RedbStore>) -> Result<control::Control> {
-    control::serve(&store.store, Arc::clone(db)).map_err(|e| {
+/// Answers read-only commands on the store, and appends to its node's log, while this
+/// process holds it.
+fn answer_for(store: &StoreArg, db: &Arc<RedbStore>, node: &Node) -> Result<control::Control> {
+    let runtime = tokio::runtime::Handle::current();
+    control::serve(&store.store, Arc::clone(db), node.clone(), runtime).map_err(|e| {
         Failure(format!(
             "cannot answer for store {} on {}: {e}",
             store.store.display(),
@@ -640,7 +662,6 @@ async fn run_live(store: &StoreArg, live: Live, input: daemon::Input, net: &NetA
         peers.push(addr);
     }
     let db = Arc::new(open(store)?);
-    let _control = answer_for(store, &db)?;
     let config = NodeConfig {
         live: true,
         accept_pushes: live.accept_pushes,
@@ -649,7 +670,8 @@ async fn run_live(store: &StoreArg, live: Live, input: daemon::Input, net: &NetA
         seal_bytes: usize::try_from(live.seal_bytes).unwrap_or(usize::MAX),
         ..node_config(&db, net)?
     };
-    let node = Node::new(config, db)?;
+    let node = Node::new(config, Arc::clone(&db))?;
+    let _control = answer_for(store, &db, &node)?;
     let listener = match &live.listen {
         Some(addr) => Some(
             node.listen(addr.as_str())

@@ -31,7 +31,12 @@ impl Daemon {
         let log = std::fs::File::create(&stderr).unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "--store", store.to_str().unwrap()])
-            .args(["--listen", listen, "--seal-delay", "10ms"])
+            .args(["--listen", listen])
+            .args(if args.contains(&"--seal-delay") {
+                &[][..]
+            } else {
+                &["--seal-delay", "10ms"][..]
+            })
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -216,4 +221,30 @@ fn run_refuses_bad_arguments_with_one_line() {
     assert!(!store.join("chunks.redb").exists(), "nothing created");
     let out = run(&["run", "--store", store.to_str().unwrap()], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --listen, --peer or both"));
+}
+
+#[test]
+fn append_goes_through_the_node_holding_the_store_and_keeps_its_open_chunk() {
+    let store = temp_dir("run-append");
+    let daemon = Daemon::start(&store, &["--no-input", "--seal-delay", "1h"]);
+    let dir = store.to_str().unwrap();
+    // Two appends of 3 and 2 events: one open chunk across both (the delay is an hour),
+    // sealed into one chunk when the node stops.
+    let out = ok(&["append", "--store", dir], Some(&event_lines(0..3)));
+    assert!(out.contains("appended 3 of 3 events"), "{out}");
+    ok(&["append", "--store", dir], Some(&event_lines(3..5)));
+    assert_eq!(chunks(&store), 0, "still open");
+    // Bad input takes nothing; `--strict` needs the store itself.
+    let bad = run(&["append", "--store", dir], Some("not json\n"));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nothing appended"));
+    let strict = run(
+        &["append", "--store", dir, "--strict"],
+        Some(&event_lines(5..6)),
+    );
+    assert!(!strict.status.success());
+    assert!(daemon.interrupt().success());
+    let ls = ok(&["ls", "--store", dir], None);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+    assert!(ls.contains("0..5"), "{ls}");
 }
