@@ -2,7 +2,7 @@
 //! [`Conduit`]'s actions: socket reads and vectored writes, store calls, one reused timer.
 //! Every protocol decision is the conduit's; the loop is [`Driver::exchange`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -417,13 +417,25 @@ impl Driver<'_, '_> {
         // Chunks the store held already came from another peer too: they were announced
         // when they were first stored, and are not again (that would echo through the
         // network).
-        let held: HashSet<ChunkHash> = inserted.held.iter().copied().collect();
+        // A chunk may come twice in one batch: it is announced once if a copy was new.
+        let mut held: HashMap<ChunkHash, usize> = HashMap::new();
+        for id in &inserted.held {
+            *held.entry(*id).or_default() += 1;
+        }
+        let mut copies: HashMap<ChunkHash, usize> = HashMap::new();
+        for chunk in &batch {
+            *copies.entry(chunk.id()).or_default() += 1;
+        }
+        let mut announced: HashSet<ChunkHash> = HashSet::new();
         for chunk in batch {
             let stored = if forks.contains(&chunk.id()) {
                 self.failed_chunk(chunk.id(), FailReason::Fork);
                 Stored::Fork
             } else {
-                if let Some(span) = Span::of(chunk.bytes()).filter(|_| !held.contains(&chunk.id()))
+                let id = chunk.id();
+                let new =
+                    copies.get(&id).copied().unwrap_or(0) > held.get(&id).copied().unwrap_or(0);
+                if let Some(span) = Span::of(chunk.bytes()).filter(|_| new && announced.insert(id))
                 {
                     self.shared.events.send(NodeEvent::ChunkStored {
                         id: chunk.id(),
