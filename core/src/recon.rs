@@ -131,6 +131,22 @@ impl KeyRange {
     }
 }
 
+/// Adds `range` to a list of ranges waiting to be announced or compared, merged into
+/// one of the same origin it overlaps or touches; returns `false` if it had to be added
+/// and the list is full (nothing changes then).
+pub(crate) fn merge_range<const N: usize>(list: &mut Vec<KeyRange, N>, range: KeyRange) -> bool {
+    let touching =
+        |a: &&mut KeyRange| a.origin == range.origin && a.lo <= range.hi && range.lo <= a.hi;
+    match list.iter_mut().find(touching) {
+        Some(a) => {
+            a.lo = a.lo.min(range.lo);
+            a.hi = a.hi.max(range.hi);
+            true
+        }
+        None => list.push(range).is_ok(),
+    }
+}
+
 /// The first 16 bytes of the hash of a range's chunks (see the module docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -650,7 +650,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             capabilities: if self.config.live {
                 Capabilities::ALL
             } else {
-                Capabilities(Capabilities::ALL.0 & !Capabilities::LIVE.0)
+                Capabilities::ALL.without(Capabilities::LIVE)
             },
         };
         let t = Self::emit(&Message::Hello(hello), buf)?;

@@ -82,6 +82,12 @@ impl Capabilities {
         self.0 & other.0 == other.0
     }
 
+    /// These capabilities but those of `other`.
+    #[must_use]
+    pub const fn without(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
     /// The capabilities both sides have.
     #[must_use]
     pub const fn intersect(self, other: Self) -> Self {

@@ -7,7 +7,7 @@ use core::fmt;
 use heapless::Vec;
 
 use super::codec::{self, MAX_ENTRY, MAX_RANGE, Query, RangeList};
-use super::{KeyRange, Run, SPLIT, Summary, subtract};
+use super::{KeyRange, Run, SPLIT, Summary, merge_range, subtract};
 use crate::event::NodeId;
 
 /// Why a reconciliation failed. Each is the peer's doing.
@@ -230,12 +230,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             return Err(ReconError::BadSummary("an empty range announced"));
         }
         self.start_round();
-        let touching =
-            |a: &KeyRange| a.origin == range.origin && a.lo <= range.hi && range.lo <= a.hi;
-        if let Some(a) = self.announced.iter_mut().find(|a| touching(a)) {
-            a.lo = min(a.lo, range.lo);
-            a.hi = max(a.hi, range.hi);
-        } else if self.announced.push(range).is_err() {
+        if !merge_range(&mut self.announced, range) {
             self.again = true;
         }
         Ok(())

@@ -12,7 +12,7 @@
 
 use super::{Error, PeerMisbehaved, Phase, Session, Transmit};
 use crate::error::InsufficientSize;
-use crate::recon::KeyRange;
+use crate::recon::{KeyRange, merge_range};
 use crate::time::{Duration, Instant};
 use crate::wire::{Capabilities, Message};
 
@@ -34,26 +34,19 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     /// before the peer's `Hello` (its first reconciliation, which comes after, sees the
     /// chunks), nor in a session that is not live or is ending.
     pub fn announce(&mut self, range: KeyRange) -> bool {
-        if !self.is_live() || self.closing || !matches!(self.phase, Phase::Open) {
+        if !self.announcing() || range.lo >= range.hi {
             return false;
         }
-        if range.lo >= range.hi {
-            return false;
-        }
-        if self.resync {
-            // The `Resync` waiting covers it.
-            return true;
-        }
-        let touching =
-            |a: &KeyRange| a.origin == range.origin && a.lo <= range.hi && range.lo <= a.hi;
-        if let Some(a) = self.announce.iter_mut().find(|a| touching(a)) {
-            a.lo = a.lo.min(range.lo);
-            a.hi = a.hi.max(range.hi);
-        } else if self.announce.push(range).is_err() {
-            self.announce.clear();
-            self.resync = true;
+        // A `Resync` waiting covers it.
+        if !self.resync && !merge_range(&mut self.announce, range) {
+            self.announce_all();
         }
         true
+    }
+
+    /// Whether announcements go out: a live session, open, not ending.
+    fn announcing(&self) -> bool {
+        self.is_live() && !self.closing && matches!(self.phase, Phase::Open)
     }
 
     /// Announces, in a live session, that this node stored more than it can name (an
@@ -61,7 +54,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     /// reconcile with the whole store again. Returns whether it will go out, as
     /// [`announce`](Self::announce) does.
     pub fn announce_all(&mut self) -> bool {
-        if !self.is_live() || self.closing || !matches!(self.phase, Phase::Open) {
+        if !self.announcing() {
             return false;
         }
         self.announce.clear();
@@ -96,9 +89,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         &mut self,
         frame: &mut [u8],
     ) -> Result<Option<Transmit>, InsufficientSize> {
-        if self.closing {
-            return Ok(None);
-        }
+        // Nothing waits once the session is ending: `close` dropped it.
         if self.resync {
             let t = Self::emit(&Message::Resync, frame)?;
             self.resync = false;

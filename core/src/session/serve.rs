@@ -162,9 +162,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         }
         self.serve.peer_done = true;
         // A live session ends when either side ends it.
-        self.closing = true;
-        self.announce.clear();
-        self.resync = false;
+        self.close();
         Ok(())
     }
 
