@@ -49,7 +49,6 @@ impl Appended {
 /// The open chunk of the node's own log.
 #[derive(Debug)]
 pub(crate) struct OwnLog {
-    origin: NodeId,
     chunker: Chunker<Vec<u8>>,
 }
 
@@ -63,7 +62,7 @@ impl OwnLog {
     ) -> Result<Self, ChunkError> {
         let chunker = Chunker::new(origin, events_per_chunk, next_seq, vec![0; MAX_OWN_CHUNK])?
             .with_policy(policy);
-        Ok(Self { origin, chunker })
+        Ok(Self { chunker })
     }
 
     /// Takes `events` at `now`; returns what was done and the chunks sealed on the way
@@ -77,25 +76,13 @@ impl OwnLog {
         let mut sealed = Vec::new();
         for event in events {
             let seq = event.seq();
-            if event.origin() != self.origin {
-                report.refused.push((
-                    seq,
-                    ChunkError::WrongOrigin {
-                        expected: self.origin,
-                        found: event.origin(),
-                    },
-                ));
-                continue;
-            }
-            if seq < self.chunker.next_seq() {
-                report.late(seq);
-                continue;
-            }
-            let mut pushed = self.chunker.push_at(event, now);
-            if matches!(pushed, Ok(Push::SealFirst)) {
-                sealed.extend(self.seal());
-                pushed = self.chunker.push_at(event, now);
-            }
+            let pushed = match self.chunker.push_at(event, now) {
+                Ok(Push::SealFirst) => {
+                    sealed.extend(self.seal());
+                    self.chunker.push_at(event, now)
+                }
+                other => other,
+            };
             match pushed {
                 Ok(Push::Added) => report.taken += 1,
                 Ok(Push::Filtered) => {
@@ -104,6 +91,9 @@ impl OwnLog {
                 }
                 // An empty chunk takes any event that fits a chunk at all.
                 Ok(Push::SealFirst) => report.refused.push((seq, ChunkError::SeqExhausted)),
+                // Below the chunker's next sequence number: taken already.
+                Err(ChunkError::OutOfOrder { .. }) => report.late(seq),
+                // Of another origin, or too large for a chunk.
                 Err(e) => report.refused.push((seq, e)),
             }
             if self.chunker.seal_due(now) {
