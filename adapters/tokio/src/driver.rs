@@ -414,31 +414,29 @@ impl Driver<'_, '_> {
             Err(e) => return self.store_failed(e),
         };
         let forks: HashSet<ChunkHash> = inserted.forks.iter().map(|f| f.refused).collect();
-        // Chunks the store held already came from another peer too: they were announced
-        // when they were first stored, and are not again (that would echo through the
-        // network).
-        // A chunk may come twice in one batch: it is announced once if a copy was new.
+        // Chunks the store held already came from another peer too (or twice in this
+        // batch): they were announced when first stored, and are not again, which would
+        // echo through the network. Each copy held skips one announcement; at most one
+        // copy of a chunk is new.
         let mut held: HashMap<ChunkHash, usize> = HashMap::new();
         for id in &inserted.held {
             *held.entry(*id).or_default() += 1;
         }
-        let mut copies: HashMap<ChunkHash, usize> = HashMap::new();
-        for chunk in &batch {
-            *copies.entry(chunk.id()).or_default() += 1;
-        }
-        let mut announced: HashSet<ChunkHash> = HashSet::new();
         for chunk in batch {
-            let stored = if forks.contains(&chunk.id()) {
-                self.failed_chunk(chunk.id(), FailReason::Fork);
+            let id = chunk.id();
+            let stored = if forks.contains(&id) {
+                self.failed_chunk(id, FailReason::Fork);
                 Stored::Fork
             } else {
-                let id = chunk.id();
-                let new =
-                    copies.get(&id).copied().unwrap_or(0) > held.get(&id).copied().unwrap_or(0);
-                if let Some(span) = Span::of(chunk.bytes()).filter(|_| new && announced.insert(id))
-                {
+                let was_held = !held.is_empty()
+                    && held
+                        .get_mut(&id)
+                        .filter(|n| **n > 0)
+                        .map(|n| *n -= 1)
+                        .is_some();
+                if let Some(span) = Span::of(chunk.bytes()).filter(|_| !was_held) {
                     self.shared.events.send(NodeEvent::ChunkStored {
-                        id: chunk.id(),
+                        id,
                         span,
                         from: self.peer(),
                     });
