@@ -1,9 +1,11 @@
 //! The application's side of a running session: a `Copy` handle to read progress and ask
-//! the runner to stop.
+//! the runner to close or stop.
 
 use core::cell::Cell;
 
 use critical_section::Mutex;
+use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_sync::signal::Signal;
 
 /// Progress of the running session, as last published by the runner.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,10 +24,21 @@ pub struct Progress {
 }
 
 /// State shared by a runner and its handles, inside [`Resources`](crate::Resources).
-#[derive(Debug)]
 pub(crate) struct Shared {
     progress: Mutex<Cell<Progress>>,
     stop: Mutex<Cell<bool>>,
+    close: Mutex<Cell<bool>>,
+    /// Wakes the runner when the application asks for something.
+    wake: Signal<CriticalSectionRawMutex, ()>,
+}
+
+impl core::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Shared")
+            .field("stop", &self.stop_requested())
+            .field("close", &self.close_requested())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -39,6 +52,8 @@ impl Shared {
                 finished: false,
             })),
             stop: Mutex::new(Cell::new(false)),
+            close: Mutex::new(Cell::new(false)),
+            wake: Signal::new(),
         }
     }
 
@@ -50,9 +65,20 @@ impl Shared {
         critical_section::with(|cs| self.stop.borrow(cs).get())
     }
 
+    pub(crate) fn close_requested(&self) -> bool {
+        critical_section::with(|cs| self.close.borrow(cs).get())
+    }
+
+    /// Resolves when the application has asked for something since the last call.
+    pub(crate) async fn asked(&self) {
+        self.wake.wait().await;
+    }
+
     pub(crate) fn reset(&self) {
+        self.wake.reset();
         critical_section::with(|cs| {
             self.stop.borrow(cs).set(false);
+            self.close.borrow(cs).set(false);
             self.progress.borrow(cs).set(Progress::default());
         });
     }
@@ -75,9 +101,19 @@ impl<'d> Handle<'d> {
         critical_section::with(|cs| self.shared.progress.borrow(cs).get())
     }
 
-    /// Asks the runner to end the session (the peer is told); it notices at its next wake-up
-    /// (input, deadline or write).
+    /// Asks the runner to end the session at once (the peer is told, with an error); the
+    /// runner notices when it is waiting, or after the write in progress.
     pub fn stop(&self) {
         critical_section::with(|cs| self.shared.stop.borrow(cs).set(true));
+        self.shared.wake.signal(());
+    }
+
+    /// Asks the runner to end a live session cleanly: it announces nothing more, finishes
+    /// what it is fetching, and the session completes once the peer has done the same
+    /// ([`Session::close`](chunk_sync_core::session::Session::close)). A session that is
+    /// not live ends by itself; this changes nothing for it.
+    pub fn close(&self) {
+        critical_section::with(|cs| self.shared.close.borrow(cs).set(true));
+        self.shared.wake.signal(());
     }
 }

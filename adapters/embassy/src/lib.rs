@@ -30,6 +30,7 @@ mod error;
 #[cfg(feature = "flash")]
 mod flash;
 mod handle;
+mod log;
 mod resources;
 mod runner;
 mod store;
@@ -39,6 +40,7 @@ pub use error::Error;
 #[cfg(feature = "flash")]
 pub use flash::{FlashStore, FlashStoreError};
 pub use handle::{Handle, Progress};
+pub use log::{Appended, Follower, Log, LogError, SharedStore};
 pub use resources::Resources;
 pub use runner::{Report, Runner};
 pub use store::Store;

@@ -4,15 +4,16 @@
 
 use chunk_sync_core::ChunkHash;
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
-use chunk_sync_core::recon::SummaryError;
+use chunk_sync_core::recon::{KeyRange, SummaryError};
 use chunk_sync_core::session::{self, Config, ConfigError, Stats, Stored};
 use chunk_sync_core::store::ReadError;
-use embassy_futures::select::{Either, select};
+use embassy_futures::select::{Either, Either4, select, select4};
 use embassy_time::Timer;
 use embedded_io_async::{Read, Write};
 
 use crate::error::Error;
 use crate::handle::{Handle, Progress, Shared};
+use crate::log::Follower;
 use crate::resources::Resources;
 use crate::store::Store;
 use crate::time;
@@ -75,6 +76,16 @@ pub struct Runner<'r, IO, S, const RANGES: usize, const REQ: usize> {
     /// The chunk being served: the conduit names byte ranges of it.
     outgoing: &'r mut [u8],
     shared: &'r Shared,
+    /// The node's own log, announced in a live session.
+    own: Option<Follower<'r>>,
+}
+
+/// What the runner woke up for.
+enum Woke<E> {
+    Read(Result<usize, E>),
+    Deadline,
+    Sealed(KeyRange),
+    Asked,
 }
 
 type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as Store>::Error>;
@@ -118,6 +129,7 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
             conduit,
             outgoing,
             shared,
+            own: None,
         };
         Ok((Handle::new(shared), runner))
     }
@@ -126,6 +138,13 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
     /// or after its reconciliation.
     pub fn fetch(&mut self, ids: &'r [ChunkHash]) {
         self.conduit.fetch(ids);
+    }
+
+    /// In a live session ([`Config::live`]), announces to the peer every chunk `log` seals
+    /// while the session runs ([`Log::follow`](crate::Log::follow)). What was sealed before
+    /// the session the first reconciliation finds.
+    pub fn follow(&mut self, log: Follower<'r>) {
+        self.own = Some(log);
     }
 
     /// The store, for reading what the session stored.
@@ -147,6 +166,11 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
         loop {
             if self.shared.stop_requested() {
                 self.conduit.abort();
+            } else if self.shared.close_requested() {
+                self.conduit.close();
+            }
+            if let Some(range) = self.own.as_mut().and_then(Follower::try_next) {
+                self.conduit.announce(range);
             }
             let wait = match self.conduit.poll(time::now()) {
                 Action::Send {
@@ -279,29 +303,47 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                     };
                 }
             };
-            let timer = wait.deadline.map(|t| Timer::at(time::to_embassy(t)));
-            if !wait.read {
-                match timer {
-                    Some(timer) => timer.await,
-                    // Nothing to wait for: cannot happen unless the conduit is closing.
-                    None => self.conduit.abort(),
-                }
-                self.conduit.handle_timeout(time::now());
+            if !wait.read && wait.deadline.is_none() {
+                // Nothing to wait for: cannot happen unless the conduit is closing.
+                self.conduit.abort();
                 continue;
             }
-            let read = self.io.read(self.conduit.receive_buffer());
-            let result = match timer {
-                Some(timer) => match select(read, timer).await {
-                    Either::First(r) => Some(r),
-                    Either::Second(()) => None,
-                },
-                None => Some(read.await),
+            let timer = async {
+                match wait.deadline {
+                    Some(t) => Timer::at(time::to_embassy(t)).await,
+                    None => core::future::pending().await,
+                }
             };
-            match result {
-                Some(Ok(0)) => self.conduit.eof(),
-                Some(Ok(n)) => self.conduit.received(n),
-                Some(Err(e)) => return Err(Self::failed(e, store_error)),
-                None => self.conduit.handle_timeout(time::now()),
+            let own = &mut self.own;
+            let sealed = async {
+                match own.as_mut() {
+                    Some(log) => log.next().await,
+                    None => core::future::pending().await,
+                }
+            };
+            let read = async {
+                if wait.read {
+                    self.io.read(self.conduit.receive_buffer()).await
+                } else {
+                    core::future::pending().await
+                }
+            };
+            let woke = match select4(read, timer, sealed, self.shared.asked()).await {
+                Either4::First(r) => Woke::Read(r),
+                Either4::Second(()) => Woke::Deadline,
+                Either4::Third(range) => Woke::Sealed(range),
+                Either4::Fourth(()) => Woke::Asked,
+            };
+            match woke {
+                Woke::Read(Ok(0)) => self.conduit.eof(),
+                Woke::Read(Ok(n)) => self.conduit.received(n),
+                Woke::Read(Err(e)) => return Err(Self::failed(e, store_error)),
+                Woke::Deadline => self.conduit.handle_timeout(time::now()),
+                Woke::Sealed(range) => {
+                    self.conduit.announce(range);
+                }
+                // Seen at the top of the loop.
+                Woke::Asked => {}
             }
         }
     }

@@ -2,13 +2,17 @@
 //! [`ChunkStore`] with `async` methods, so that a store may wait on flash or another bus.
 //!
 //! Every core `ChunkStore` (a `RamStore`, a `&mut RamStore`, …) is a `Store` as it is;
-//! the `flash` feature adds [`FlashStore`](crate::FlashStore).
+//! the `flash` feature adds [`FlashStore`](crate::FlashStore), and a [`SharedStore`] is one
+//! store used by several tasks.
 
 use core::fmt;
 
 use chunk_sync_core::recon::{self, KeyRange, OutOfOrder, Run, Summarizer, Summary, SummaryError};
 use chunk_sync_core::store::{ChunkStore, ReadError};
 use chunk_sync_core::{ChunkHash, NodeId, Span, Verified};
+use embassy_sync::blocking_mutex::raw::RawMutex;
+
+use crate::log::SharedStore;
 
 /// Chunks read per call of [`Store::chunks_in`] by [`Store::summarize`].
 const SUMMARY_PAGE: usize = 4;
@@ -177,6 +181,74 @@ impl<S: ChunkStore> Store for S {
         range: &KeyRange,
     ) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
         ChunkStore::first_in(self, range)
+    }
+
+    fn is_fork(error: &Self::Error) -> bool {
+        S::is_fork(error)
+    }
+}
+
+impl<M: RawMutex, S: Store> Store for SharedStore<'_, M, S> {
+    type Error = S::Error;
+
+    async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, Self::Error> {
+        self.lock().await.insert(chunk).await
+    }
+
+    async fn contains(&mut self, id: &ChunkHash) -> Result<bool, Self::Error> {
+        self.lock().await.contains(id).await
+    }
+
+    async fn read_into(
+        &mut self,
+        id: &ChunkHash,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, ReadError<Self::Error>> {
+        self.lock().await.read_into(id, buf).await
+    }
+
+    async fn ids_after(
+        &mut self,
+        after: Option<&ChunkHash>,
+        out: &mut [ChunkHash],
+    ) -> Result<(usize, bool), Self::Error> {
+        self.lock().await.ids_after(after, out).await
+    }
+
+    async fn chunk_count(&mut self) -> Result<usize, Self::Error> {
+        self.lock().await.chunk_count().await
+    }
+
+    async fn origins_after(
+        &mut self,
+        after: Option<NodeId>,
+        out: &mut [NodeId],
+    ) -> Result<(usize, bool), Self::Error> {
+        self.lock().await.origins_after(after, out).await
+    }
+
+    async fn chunks_in(
+        &mut self,
+        range: &KeyRange,
+        out: &mut [(Span, ChunkHash)],
+    ) -> Result<usize, Self::Error> {
+        self.lock().await.chunks_in(range, out).await
+    }
+
+    async fn summarize(
+        &mut self,
+        range: &KeyRange,
+        runs: &mut [Run],
+    ) -> Result<(Summary, Option<usize>), SummaryError<Self::Error>> {
+        // One lock for the whole summary: a chunk sealed meanwhile is announced after it.
+        self.lock().await.summarize(range, runs).await
+    }
+
+    async fn first_in(
+        &mut self,
+        range: &KeyRange,
+    ) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
+        self.lock().await.first_in(range).await
     }
 
     fn is_fork(error: &Self::Error) -> bool {

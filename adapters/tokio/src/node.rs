@@ -148,6 +148,19 @@ impl Node {
             .map_err(|f| f.error)
     }
 
+    /// Keeps a live session over an already open byte stream (a serial line, a pipe…), as
+    /// with a peer added by [`add_peer`](Self::add_peer) but without reconnecting: both
+    /// sides fetch what they lack, then announce what they store later, until one side
+    /// closes it ([`shutdown`](Self::shutdown) here) or the stream fails. A peer that does
+    /// not speak live sessions syncs once.
+    ///
+    /// Cancel safety: as [`sync_over`](Self::sync_over).
+    pub async fn live_over<IO: AsyncRead + AsyncWrite>(&self, io: IO) -> Result<SyncReport, Error> {
+        self.run(io, Mode::LIVE, Vec::new(), Context::default())
+            .await
+            .map_err(|f| f.error)
+    }
+
     /// Fetches exactly these chunks from the node at `addr`, offering nothing in return.
     pub async fn fetch_from(
         &self,

@@ -1,6 +1,9 @@
 //! chunk-sync on a Cortex-M3 in QEMU (`lm3s6965evb`): the device writes an event log,
-//! seals it into chunks, syncs both ways with a host node over UART0, verifies what it
-//! holds, prints one result line through semihosting and exits with a status code.
+//! seals it into chunks, refuses a garbled and a truncated frame, then keeps a live
+//! session with a host node over UART0: both sides fetch what they lack, the device
+//! appends events from a timer while the session runs and the host answers each chunk of
+//! them with one of its own (an echo, timed in device time). The device verifies what it
+//! holds, prints its result through semihosting and exits with a status code.
 //!
 //! Run by `.ci/run` (see `firmware/qemu-lm3s6965/README.md`).
 #![no_std]
@@ -12,19 +15,33 @@ mod ram_flash;
 mod time_driver;
 mod uart;
 
-use chunk_sync_core::chunk::{Chunker, Push};
+use core::cell::Cell;
+
+use chunk_sync_core::chunk::{ChunkView, Chunker, Push, SealPolicy};
+use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::session::{Config, Error as SessionError};
-use chunk_sync_core::{ChunkHash, Duration, Event, NodeId, Privacy};
-use chunk_sync_embassy::{Resources, Runner, Store};
+use chunk_sync_core::{ChunkHash, Duration, Event, NodeId, Privacy, Span};
+use chunk_sync_embassy::{Handle, Log, Resources, Runner, SharedStore, Store};
 use cortex_m_semihosting::{debug, hprintln};
 use embassy_executor::{Executor, Spawner};
-use embassy_time::Timer;
+use embassy_futures::join::join;
+use embassy_futures::select::{Either, select};
+use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
+use embassy_sync::mutex::Mutex;
+use embassy_time::{Instant, Timer};
 use static_cell::StaticCell;
 
 /// This device's node id.
 const DEVICE: NodeId = NodeId(0xD1);
-/// Events the device writes; every fifth is private.
+/// The host's node id (`tests/src/bin/firmware-peer.rs`).
+const HOST: NodeId = NodeId(1);
+/// Events the device writes before any session; every fifth is private.
 const EVENTS: u64 = 40;
+/// Events the device appends during the live session, one every `LIVE_PERIOD_MS`.
+const LIVE_EVENTS: usize = 12;
+const LIVE_PERIOD_MS: u64 = 250;
+/// The live log seals a chunk once its first event is this old.
+const SEAL_DELAY_MS: u64 = 100;
 
 /// The device's store: 32 chunks in 16 KiB of RAM.
 #[cfg(not(feature = "flash"))]
@@ -54,9 +71,15 @@ const CHUNK_LIMIT: usize = MAX_CHUNK;
 const CHUNK_LIMIT: usize = 960;
 type Res = Resources<1024, 1024, MAX_CHUNK>;
 static RESOURCES: StaticCell<Res> = StaticCell::new();
-/// Where the device seals its chunks, and later reads each one back to check it.
+/// Where the device reads chunks back to check them.
 static CHUNK_BUF: StaticCell<[u8; MAX_CHUNK]> = StaticCell::new();
 static EXECUTOR: StaticCell<Executor> = StaticCell::new();
+/// The store, shared by the live session's runner and the device's log.
+static SHARED: StaticCell<Mutex<CriticalSectionRawMutex, &'static mut DeviceStore>> =
+    StaticCell::new();
+type DeviceLog = Log<'static, CriticalSectionRawMutex, &'static mut DeviceStore, CHUNK_LIMIT>;
+type Shared = SharedStore<'static, CriticalSectionRawMutex, &'static mut DeviceStore>;
+static LOG: StaticCell<DeviceLog> = StaticCell::new();
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
@@ -92,22 +115,9 @@ async fn open_store() -> &'static mut DeviceStore {
     }
 }
 
-/// Stores one of the device's own chunks; halts if the store refuses it.
-async fn keep(store: &mut DeviceStore, chunk: chunk_sync_core::Verified<'_>) {
-    if let Err(e) = store.insert(chunk).await {
-        hprintln!(
-            "chunk-sync firmware: cannot store a chunk of its own: {}",
-            e
-        );
-        halt()
-    }
-}
-
-/// Seals the device's log into `store`; returns the number of chunks.
-async fn write_log(store: &mut DeviceStore, buf: &mut [u8]) -> usize {
-    let Ok(mut chunker) = Chunker::new(DEVICE, 10, 0, &mut buf[..CHUNK_LIMIT]) else {
-        return 0;
-    };
+/// Writes the device's log before any session (every fifth event private) and seals its
+/// tail; returns the number of chunks stored.
+async fn write_log(log: &DeviceLog) -> usize {
     let mut body = [0u8; 16];
     for seq in 0..EVENTS {
         body.iter_mut()
@@ -125,16 +135,16 @@ async fn write_log(store: &mut DeviceStore, buf: &mut [u8]) -> usize {
             },
             payload: &body,
         };
-        if chunker.push(&event) == Ok(Push::SealFirst) {
-            if let Some(sealed) = chunker.seal() {
-                keep(store, sealed.verified()).await;
-            }
-            let _ = chunker.push(&event);
+        if let Err(e) = log.append(&event).await {
+            hprintln!("chunk-sync firmware: cannot append to its own log: {}", e);
+            halt()
         }
     }
-    if let Some(sealed) = chunker.seal() {
-        keep(store, sealed.verified()).await;
+    if let Err(e) = log.flush().await {
+        hprintln!("chunk-sync firmware: cannot seal its own log: {}", e);
+        halt()
     }
+    let mut store = log.store();
     store.chunk_count().await.unwrap_or(0)
 }
 
@@ -171,7 +181,7 @@ fn golden_chunk_matches() -> bool {
 }
 
 /// Every stored chunk still hashes to its name.
-async fn all_verified(store: &mut DeviceStore, buf: &mut [u8]) -> bool {
+async fn all_verified(mut store: Shared, buf: &mut [u8]) -> bool {
     let mut page = [ChunkHash::default(); 4];
     let mut after = None;
     loop {
@@ -195,7 +205,7 @@ async fn all_verified(store: &mut DeviceStore, buf: &mut [u8]) -> bool {
 /// and leaves the store as it was.
 async fn expect_refusal(
     uart: &mut uart::Uart0,
-    store: &mut DeviceStore,
+    mut store: Shared,
     config: Config,
     resources: &mut Res,
     own: usize,
@@ -204,7 +214,7 @@ async fn expect_refusal(
 ) {
     // The runner is taken out of the `match` before its future is awaited, so that the
     // task does not hold both.
-    let mut runner = match Runner::<_, _, 8, 4>::new(uart, &mut *store, config, resources) {
+    let mut runner = match Runner::<_, _, 8, 4>::new(uart, store, config, resources) {
         Ok((_, runner)) => runner,
         Err(e) => {
             hprintln!("chunk-sync firmware: bad configuration: {}", e);
@@ -230,24 +240,155 @@ async fn expect_refusal(
     Timer::after_millis(200).await;
 }
 
-/// Runs a real session; halts unless it completes.
-async fn sync_both_ways(
+/// Device time of each live event's append and of its echo's arrival, in ms.
+struct Timings {
+    appended: [Cell<u64>; LIVE_EVENTS],
+    echoed: [Cell<Option<u64>>; LIVE_EVENTS],
+}
+
+impl Timings {
+    fn new() -> Self {
+        Self {
+            appended: core::array::from_fn(|_| Cell::new(0)),
+            echoed: core::array::from_fn(|_| Cell::new(None)),
+        }
+    }
+
+    fn all_echoed(&self) -> bool {
+        self.echoed.iter().all(|e| e.get().is_some())
+    }
+
+    /// Round trips in ms, sorted.
+    fn round_trips(&self) -> [u64; LIVE_EVENTS] {
+        let mut rtt = [u64::MAX; LIVE_EVENTS];
+        for (i, slot) in rtt.iter_mut().enumerate() {
+            if let Some(at) = self.echoed[i].get() {
+                *slot = at.saturating_sub(self.appended[i].get());
+            }
+        }
+        rtt.sort_unstable();
+        rtt
+    }
+}
+
+/// One live event a tick: sequence numbers from `EVENTS` on.
+async fn sensor(log: &DeviceLog, timings: &Timings) {
+    let mut body = [0u8; 16];
+    for (i, appended) in timings.appended.iter().enumerate() {
+        Timer::after_millis(LIVE_PERIOD_MS).await;
+        let seq = EVENTS + i as u64;
+        body.iter_mut()
+            .enumerate()
+            .for_each(|(k, b)| *b = (seq as u8).wrapping_add(k as u8));
+        let event = Event {
+            origin: DEVICE,
+            seq,
+            timestamp: Instant::now().as_millis(),
+            kind: "adc.live",
+            privacy: Privacy::Public,
+            payload: &body,
+        };
+        appended.set(Instant::now().as_millis());
+        if let Err(e) = log.append(&event).await {
+            hprintln!("chunk-sync firmware: append failed: {}", e);
+            halt()
+        }
+    }
+}
+
+/// Watches the store for the host's echoes (each names the end of a device chunk the host
+/// stored) and closes the session once every live event was echoed.
+async fn echoes(
+    store: SharedStore<'static, CriticalSectionRawMutex, &'static mut DeviceStore>,
+    timings: &Timings,
+    handle: Handle<'_>,
+    buf: &mut [u8],
+) {
+    // Host chunks are small and few: 8 at a time covers them in one page or two.
+    let mut page = [(Span::default(), ChunkHash::default()); 8];
+    let mut from = 0;
+    while !timings.all_echoed() {
+        Timer::after_millis(2).await;
+        let mut store = store;
+        let range = KeyRange {
+            origin: HOST,
+            lo: from,
+            hi: u64::MAX,
+        };
+        let Ok(n) = store.chunks_in(&range, &mut page).await else {
+            halt()
+        };
+        for (span, id) in &page[..n] {
+            let Ok(Some(len)) = store.read_into(id, buf).await else {
+                halt()
+            };
+            let Ok(view) = ChunkView::parse(&buf[..len]) else {
+                halt()
+            };
+            let now = Instant::now().as_millis();
+            for event in view.events().flatten() {
+                let Ok(echo) = <[u8; 8]>::try_from(event.payload) else {
+                    continue;
+                };
+                // The echo names where a device chunk ends: every live event below it
+                // is acknowledged.
+                let end = u64::from_le_bytes(echo);
+                for (i, echoed) in timings.echoed.iter().enumerate() {
+                    if EVENTS + (i as u64) < end && echoed.get().is_none() {
+                        echoed.set(Some(now));
+                    }
+                }
+            }
+            from = span.end_seq;
+        }
+    }
+    handle.close();
+}
+
+/// The live session: reconciles both ways, then follows both logs while the device
+/// appends; halts unless every live event is echoed and the session completes.
+async fn live_session(
     uart: &mut uart::Uart0,
-    store: &mut DeviceStore,
+    log: &'static DeviceLog,
     config: Config,
     resources: &mut Res,
-) -> chunk_sync_embassy::Report {
-    let (handle, mut runner) = match Runner::<_, _, 8, 4>::new(uart, store, config, resources) {
+    buf: &mut [u8],
+) -> (chunk_sync_embassy::Report, [u64; LIVE_EVENTS]) {
+    let config = Config {
+        live: true,
+        ..config
+    };
+    let (handle, mut runner) = match Runner::<_, _, 8, 4>::new(uart, log.store(), config, resources)
+    {
         Ok(parts) => parts,
         Err(e) => {
             hprintln!("chunk-sync firmware: bad configuration: {}", e);
             halt()
         }
     };
-    match runner.run().await {
-        Ok(report) if handle.progress().finished => report,
+    let Some(follower) = log.follow() else { halt() };
+    runner.follow(follower);
+    let timings = Timings::new();
+    let device = join(
+        runner.run(),
+        join(
+            sensor(log, &timings),
+            echoes(log.store(), &timings, handle, buf),
+        ),
+    );
+    let result = match select(device, log.seal_when_due()).await {
+        Either::First((result, _)) => result,
+        Either::Second(e) => {
+            hprintln!("chunk-sync firmware: sealing failed: {}", e);
+            halt()
+        }
+    };
+    match result {
+        Ok(report) if handle.progress().finished && timings.all_echoed() => {
+            (report, timings.round_trips())
+        }
         Ok(_) => {
-            hprintln!("chunk-sync firmware: the session ended unfinished");
+            hprintln!("chunk-sync firmware: the live session ended before every echo");
             halt()
         }
         Err(e) => {
@@ -267,9 +408,19 @@ async fn device() {
         core::mem::size_of::<Res>(),
         core::mem::size_of::<chunk_sync_core::Throttle>()
     );
-    let store = open_store().await;
+    let store = SharedStore::new(SHARED.init(Mutex::new(open_store().await)));
     let chunk_buf = CHUNK_BUF.init([0; MAX_CHUNK]);
-    let own = write_log(store, chunk_buf).await;
+    // The device's log seals ranges of 10 sequence numbers, or a chunk whose first event
+    // is `SEAL_DELAY_MS` old.
+    let policy = SealPolicy {
+        max_bytes: CHUNK_LIMIT,
+        max_delay: Some(Duration::from_millis(SEAL_DELAY_MS)),
+    };
+    let Ok(log) = DeviceLog::new(store, DEVICE, 10, 0, policy) else {
+        halt()
+    };
+    let log = LOG.init(log);
+    let own = write_log(log).await;
     let config = Config {
         max_frame: 1024,
         max_chunk_len: CHUNK_LIMIT as u32,
@@ -310,14 +461,29 @@ async fn device() {
     )
     .await;
 
-    // Third session: a real sync, both ways.
-    let report = sync_both_ways(&mut uart, store, config, resources).await;
+    // Third session: live. Both sides fetch what they lack, then the device appends events
+    // while the host echoes each chunk of them.
+    let (report, rtt) = live_session(&mut uart, log, config, resources, chunk_buf).await;
+    let mut store = log.store();
     let held = store.chunk_count().await.unwrap_or(0);
     let verified = all_verified(store, chunk_buf).await;
     let golden = golden_chunk_matches();
+    let live_chunks = store
+        .chunks_in(
+            &KeyRange {
+                origin: DEVICE,
+                lo: EVENTS,
+                hi: u64::MAX,
+            },
+            &mut [(Span::default(), ChunkHash::default()); 16],
+        )
+        .await
+        .unwrap_or(0);
     hprintln!(
-        "chunk-sync firmware: sealed {} chunks, fetched {} ({} bytes), failed {}, store holds {} chunks, all verified: {}, golden chunk hash matches: {}, in {} ms",
+        "chunk-sync firmware: sealed {} chunks, then {} live events in {} chunks; fetched {} ({} bytes), failed {}, store holds {} chunks, all verified: {}, golden chunk hash matches: {}, live session {} ms",
         own,
+        LIVE_EVENTS,
+        live_chunks,
         report.synced_chunks,
         report.bytes_transferred,
         report.failed_chunks,
@@ -326,11 +492,20 @@ async fn device() {
         golden,
         report.elapsed.as_millis()
     );
+    hprintln!(
+        "chunk-sync firmware: echo round trip in device time (append, seal after {} ms, to host, host seals its echo, to device): min {} ms, p50 {} ms, max {} ms over {} events",
+        SEAL_DELAY_MS,
+        rtt[0],
+        rtt[LIVE_EVENTS / 2],
+        rtt[LIVE_EVENTS - 1],
+        LIVE_EVENTS
+    );
     let converged = golden
         && verified
         && report.failed_chunks == 0
         && report.synced_chunks > 0
-        && held == own + report.synced_chunks as usize;
+        && live_chunks > 0
+        && held == own + live_chunks + report.synced_chunks as usize;
     debug::exit(if converged {
         debug::EXIT_SUCCESS
     } else {

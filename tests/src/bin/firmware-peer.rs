@@ -1,18 +1,22 @@
 //! The host side of the firmware test: a tokio node that, over the QEMU device's UART
 //! bridged to TCP, first garbles a frame, then sends a truncated frame and falls silent,
-//! then syncs with the device and checks that it received the device's chunks.
+//! then keeps a live session with the device: both fetch what they lack, and for each
+//! chunk the device seals while the session runs, the host appends one event naming where
+//! that chunk ends (the device times these echoes). It checks that it received the
+//! device's chunks, live ones included, and answered each.
 //!
 //! ```text
 //! firmware-peer 127.0.0.1:PORT
 //! ```
 
+use std::cell::Cell;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chunk_sync_core::NodeId;
 use chunk_sync_core::wire::{self, Decoded, ErrorCode, MAX_FRAME_LIMIT, Message};
+use chunk_sync_core::{EventBuf, NodeId, Privacy};
 use chunk_sync_tests::Node as SimNode;
-use chunk_sync_tokio::{Node, NodeConfig};
+use chunk_sync_tokio::{Node, NodeConfig, NodeEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -64,13 +68,54 @@ async fn spoil(stream: &mut TcpStream, bytes: &[u8], expected: ErrorCode) -> Res
     }
 }
 
+/// The device's sequence numbers from here on are appended during the live session
+/// (`firmware/qemu-lm3s6965/src/main.rs`).
+const DEVICE_LIVE_FROM: u64 = 40;
+const DEVICE: NodeId = NodeId(0xD1);
+
+/// Events of the host's own log before the session; its echoes follow.
+const HOST_EVENTS: u64 = 30;
+
+/// For each live chunk of the device the node stores, appends and seals one event whose
+/// payload is where that chunk ends, counting them in `echoed`.
+async fn echo_live_chunks(node: &Node, mut seq: u64, echoed: &Cell<usize>) {
+    let mut events = node.events();
+    loop {
+        match events.recv().await {
+            Ok(NodeEvent::ChunkStored { span, .. })
+                if span.origin == DEVICE && span.first_seq >= DEVICE_LIVE_FROM =>
+            {
+                let echo = EventBuf {
+                    origin: NodeId(1),
+                    seq,
+                    timestamp: seq,
+                    kind: "echo".into(),
+                    privacy: Privacy::Public,
+                    payload: span.end_seq.to_le_bytes().to_vec(),
+                };
+                seq += 1;
+                let taken = node.append(echo).await.map(|a| a.taken);
+                match (taken, node.flush().await) {
+                    (Ok(1), Ok(())) => echoed.set(echoed.get() + 1),
+                    // The device then never sees every echo and fails the run.
+                    (taken, flushed) => {
+                        eprintln!("firmware-peer: cannot seal an echo: {taken:?}, {flushed:?}");
+                    }
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let Some(addr) = std::env::args().nth(1) else {
         eprintln!("usage: firmware-peer HOST:PORT");
         return ExitCode::FAILURE;
     };
-    let log = SimNode::with_log(NodeId(1), 30, 10, 24);
+    let log = SimNode::with_log(NodeId(1), HOST_EVENTS, 10, 24);
     let store = log.mem_store();
     let own = log.store.len();
     let node = match Node::new(
@@ -125,8 +170,15 @@ async fn main() -> ExitCode {
             expected.0
         );
     }
-    let report = match tokio::time::timeout(Duration::from_secs(120), node.sync_over(stream)).await
-    {
+    let echoed = Cell::new(0);
+    let session = tokio::time::timeout(Duration::from_secs(120), node.live_over(stream));
+    // The echo runs until the session ends.
+    let result = tokio::select! {
+        result = session => result,
+        () = echo_live_chunks(&node, HOST_EVENTS, &echoed) => unreachable!("the echo never ends"),
+    };
+    let echoed = echoed.get();
+    let report = match result {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => {
             eprintln!("firmware-peer: sync failed: {e}");
@@ -139,12 +191,13 @@ async fn main() -> ExitCode {
     };
     let held = node.store().len().unwrap_or(0);
     println!(
-        "firmware-peer: fetched {} chunks ({} bytes) from {:?}; holds {held} chunks ({own} of its own)",
+        "firmware-peer: fetched {} chunks ({} bytes) from {:?}, {echoed} of them sealed during the live session and echoed; holds {held} chunks ({own} of its own, {echoed} echoes)",
         report.progress.synced_chunks, report.progress.bytes_transferred, report.peer
     );
     if report.progress.synced_chunks > 0
+        && echoed > 0
         && report.failed.is_empty()
-        && held == own + report.progress.synced_chunks as usize
+        && held == own + echoed + report.progress.synced_chunks as usize
     {
         ExitCode::SUCCESS
     } else {
