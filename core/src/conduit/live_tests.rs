@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::vec;
+use std::vec::Vec;
 
 use proptest::prelude::*;
 
@@ -11,6 +12,7 @@ use super::tests::{End, chunks, config, run_until};
 use super::*;
 use crate::chunk::test_chunk;
 use crate::session::PeerMisbehaved;
+use crate::wire::Message;
 
 fn live(id: u64) -> Config {
     Config {
@@ -180,6 +182,46 @@ fn announcing_everything_makes_the_peer_reconcile_again() {
     let t = run_until(&mut a, &mut b, t, t + SECOND);
     assert_eq!(b.store.len(), 2);
     assert!(a.conduit.announce_all());
+    run_until(&mut a, &mut b, t, t + SECOND);
+    assert_eq!(a.store, b.store);
+}
+
+#[test]
+fn a_flood_of_announcements_costs_one_round_at_a_time() {
+    let mut a = End::new(live(1), Limits::new(), chunks(1, 5, 30));
+    let mut b = End::new(live(2), Limits::new(), chunks(2, 3, 30));
+    let t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + SECOND);
+    let sent = |end: &End| end.conduit.stats().bytes_sent;
+
+    // A thousand `Resync`s and a thousand `Have`s of ranges `b` holds, at once: they wait
+    // merged while a round runs, so they cost `b` a round or two (each a query or a few),
+    // not one query per announcement.
+    let mut flood = Vec::new();
+    let mut frame = [0u8; 64];
+    for _ in 0..1_000 {
+        let have = Message::Have {
+            origin: NodeId(1),
+            lo: 0,
+            hi: 50,
+        };
+        for message in [Message::Resync, have] {
+            flood.extend_from_slice(crate::wire::encode(&message, &mut frame).unwrap());
+        }
+    }
+    let before = sent(&b);
+    b.inbox.extend_from_slice(&flood);
+    let t = run_until(&mut a, &mut b, t, t + SECOND);
+    let cost = sent(&b) - before;
+    assert!(
+        cost > 0 && cost * 20 < flood.len() as u64,
+        "{cost} bytes sent for a flood of {} bytes",
+        flood.len()
+    );
+    assert_eq!((a.outcome, b.outcome), (None, None), "the session goes on");
+
+    // And still carries what is stored later.
+    let range = store_new(&mut a, 1, 800);
+    assert!(a.conduit.announce(range));
     run_until(&mut a, &mut b, t, t + SECOND);
     assert_eq!(a.store, b.store);
 }
