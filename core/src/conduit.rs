@@ -254,14 +254,22 @@ impl Buffer for alloc::vec::Vec<u8> {
     }
 }
 
-/// A bandwidth budget shared with other conduits: a node's limit on all its sessions
-/// together, consulted only when a frame is about to go out (so a lock around it is held
-/// for no longer than that).
+/// What a conduit shares with the node's other conduits: the node's bandwidth limit on
+/// all its sessions together, and claims on ranges being fetched
+/// ([`claims`](crate::claims)). Consulted only when a frame is about to go out (so a lock
+/// around it is held for no longer than that).
 pub trait Budget {
     /// When a frame may go out, if not now.
     fn next_ready(&mut self, now: Instant) -> Option<Instant>;
     /// Counts `bytes` that went out at `now`.
     fn consume(&mut self, now: Instant, bytes: u64);
+    /// Claims `range` for this conduit's next range request; `false` if another session
+    /// of the node is fetching an overlapping range (see [`ClaimTable`](crate::claims::ClaimTable)).
+    /// Without claims, every range is granted.
+    fn claim(&mut self, range: &KeyRange, now: Instant) -> bool {
+        let _ = (range, now);
+        true
+    }
 }
 
 impl Budget for Throttle {
@@ -631,6 +639,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     }
 
     fn step(&mut self, now: Instant, mut node: Option<&mut (dyn Budget + '_)>) -> Step {
+        // Ranges set aside for another session's claim, due to be checked again: before
+        // the session's questions, which ask the store about them.
+        self.session.recheck_deferred(now);
         loop {
             if let Some(unstored) = self.unstored {
                 return Step::Store(unstored);
@@ -741,6 +752,10 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         if let Some(at) = node.as_deref_mut().and_then(|t| t.next_ready(now)) {
             self.node_ready = Some(at);
             return None;
+        }
+        if let Some(node) = node.as_deref_mut() {
+            self.session
+                .claim_wanted(now, &mut |range| node.claim(range, now));
         }
         let t = match self.session.poll_transmit(now, self.tx.bytes_mut()) {
             Ok(Some(t)) => t,

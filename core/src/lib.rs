@@ -18,6 +18,7 @@
 //! | [`recon`] | range-based reconciliation: summaries of key ranges, the puller's walk, the server's answers |
 //! | [`store`] | the [`ChunkStore`] trait, and [`RamStore`](store::RamStore) |
 //! | [`session`] | the sync protocol with one peer as a sans-IO state machine |
+//! | [`claims`] | claims on ranges being fetched, shared by a node's sessions |
 //! | [`conduit`] | the driving layer adapters run: a session over one byte stream, as actions |
 //!
 //! Time is always a parameter (`now`), bytes come in as slices and go out into caller
@@ -48,6 +49,7 @@ extern crate alloc;
 mod fmt;
 
 pub mod chunk;
+pub mod claims;
 pub mod conduit;
 pub mod delta;
 pub mod error;

@@ -429,9 +429,14 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         // A keep-alive that is due and did not go out waits for whatever held it back (the
         // transport, the node's budget), which has a deadline of its own.
         let keepalive = self.keepalive_at().filter(|&t| t > self.now);
-        for t in [self.throttled_until, self.deadline, keepalive]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.throttled_until,
+            self.deadline,
+            keepalive,
+            self.deferred_until(),
+        ]
+        .into_iter()
+        .flatten()
         {
             next = next.min(t);
         }

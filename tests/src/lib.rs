@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
+use chunk_sync_core::claims::ClaimTable;
+use chunk_sync_core::conduit::{Action, Budget, Buffers, Conduit, Limits};
 use chunk_sync_core::recon::{self, KeyRange};
 use chunk_sync_core::session::{Config, Error, FailReason, Session, Stored};
 use chunk_sync_core::store::scan;
@@ -34,6 +35,28 @@ pub struct Node {
     pub store: BTreeMap<ChunkHash, Vec<u8>>,
     /// If set, this node corrupts every chunk piece it serves.
     pub lies: bool,
+    /// Ranges its sessions are fetching, shared by them as in a tokio node.
+    claims: ClaimTable<SIM_CLAIMS>,
+}
+
+/// Claims a simulated node records at once.
+const SIM_CLAIMS: usize = 256;
+
+/// What a simulated session shares with the other sessions of its node: no bandwidth
+/// limit, and the node's claims.
+struct SimBudget<'a> {
+    claims: &'a mut ClaimTable<SIM_CLAIMS>,
+    session: u64,
+}
+
+impl Budget for SimBudget<'_> {
+    fn next_ready(&mut self, _: Instant) -> Option<Instant> {
+        None
+    }
+    fn consume(&mut self, _: Instant, _: u64) {}
+    fn claim(&mut self, range: &KeyRange, now: Instant) -> bool {
+        self.claims.claim(self.session, range, now)
+    }
 }
 
 impl Node {
@@ -46,7 +69,7 @@ impl Node {
             .expect("valid log");
         Self {
             store: created.into_iter().map(|c| (c.id, c.bytes)).collect(),
-            lies: false,
+            ..Self::default()
         }
     }
 
@@ -102,6 +125,8 @@ pub fn log(origin: NodeId, count: u64, payload: usize) -> Vec<EventBuf> {
 pub struct End {
     /// The index of the node this end belongs to.
     pub node: usize,
+    /// The session's number in its node, for its claims.
+    session: u64,
     /// The conduit.
     pub conduit: SimConduit,
     /// Bytes delivered, not yet taken by the conduit.
@@ -142,7 +167,11 @@ impl End {
         let mut out = Vec::new();
         let mut moved = false;
         while self.outcome.is_none() {
-            match self.conduit.poll(now) {
+            let mut budget = SimBudget {
+                claims: &mut node.claims,
+                session: self.session,
+            };
+            match self.conduit.poll_with(now, &mut budget) {
                 Action::Send { frame, piece, .. } => {
                     moved = true;
                     let start = out.len();
@@ -213,6 +242,7 @@ impl End {
                 Action::Closed(outcome) => {
                     moved = true;
                     self.outcome = Some(outcome);
+                    node.claims.release(self.session);
                 }
                 _ => {}
             }
@@ -297,8 +327,10 @@ impl Net {
         latency: Duration,
         config: impl Fn(NodeId) -> Config,
     ) -> usize {
-        let end = |node: usize| End {
+        let session = self.conns.len() as u64 * 2;
+        let end = |node: usize, side: u64| End {
             node,
+            session: session + side,
             conduit: Conduit::new(
                 config(NodeId(node as u64)),
                 self.now,
@@ -320,7 +352,7 @@ impl Net {
             stored: Vec::new(),
         };
         self.conns.push(Conn {
-            ends: [end(a), end(b)],
+            ends: [end(a, 0), end(b, 1)],
             in_flight: [VecDeque::new(), VecDeque::new()],
             latency,
             cut_after: None,

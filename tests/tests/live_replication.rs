@@ -201,3 +201,34 @@ async fn a_removed_peer_is_no_longer_kept() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(len(&b), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_two_peers_offer_the_same_chunks_fetches_each_once() {
+    let (a, b, c) = (live(1), live(2), live(3));
+    // A and B hold the same 50 chunks: B synced with A once.
+    a.append_batch(&events(1, 0..500)).await.unwrap();
+    a.flush().await.unwrap();
+    let (_la, addr_a) = listen(&a).await;
+    let (_lb, addr_b) = listen(&b).await;
+    b.sync_with(addr_a).await.unwrap();
+    assert_eq!(len(&b), 50);
+
+    // C joins both at once: its two sessions want the same ranges at the same moment,
+    // and claim them before asking, so each chunk comes over one of them only.
+    c.add_peer(addr_a);
+    c.add_peer(addr_b);
+    settle(&c, |c| len(c) == 50).await;
+    let chunk_bytes: u64 = a
+        .store()
+        .ids()
+        .unwrap()
+        .iter()
+        .map(|id| a.store().get(id).unwrap().unwrap().len() as u64)
+        .sum();
+    // Ended, so that each session's progress is final.
+    c.shutdown().await.unwrap();
+    let received: u64 = c.progress_all().values().map(|p| p.bytes_transferred).sum();
+    assert_eq!(received, chunk_bytes, "every chunk came once");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

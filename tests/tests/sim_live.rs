@@ -165,11 +165,11 @@ fn a_thousand_live_nodes_converge_on_what_one_appends() {
             f.sent[NODES - 1],
             f.twice
         );
-        // Two neighbours that announce a chunk at once are both asked for it: a node may
-        // fetch a chunk twice (the store keeps one), and no more often than that on
-        // average; it re-announces only what was new to it, so nothing echoes.
+        // Two neighbours that announce a chunk at once: the node's sessions claim the
+        // range before they ask for it, so one fetches it and the other finds it stored.
+        // A claim that lapses (a slow link) may let a chunk come twice, rarely.
         assert!(
-            f.twice <= NODES * CHUNKS as usize * 2,
+            f.twice <= NODES * CHUNKS as usize / 100,
             "{} chunks fetched twice",
             f.twice
         );
@@ -217,4 +217,44 @@ fn a_live_session_cut_mid_stream_resumes_without_refetching() {
         stored.values().all(|&n| n == 1),
         "fetched twice: {stored:?}"
     );
+}
+
+#[test]
+fn a_node_offered_the_same_chunks_by_two_peers_fetches_each_once_and_closes_cleanly() {
+    let offered = Node::with_log(NodeId(0), 500, 10, 40);
+    for (lat_a, lat_b) in [(1, 1), (1, 7), (9, 2), (20, 20)] {
+        for close_after in [0u64, 3, 10, 25, 60, 400] {
+            let mut net = Net::default();
+            let (a, b) = (net.add(offered.clone()), net.add(offered.clone()));
+            let c = net.add(Node::default());
+            let ca = net.connect(c, a, Duration::from_millis(lat_a), live);
+            let cb = net.connect(c, b, Duration::from_millis(lat_b), live);
+            let mut times_stored: BTreeMap<ChunkHash, usize> = BTreeMap::new();
+            let mut record = |node: usize, id: ChunkHash, _: Instant| {
+                if node == c {
+                    *times_stored.entry(id).or_default() += 1;
+                }
+            };
+            let close = net.now + Duration::from_millis(close_after);
+            net.run_live(close, &mut record);
+            for conn in [ca, cb] {
+                net.conns[conn].ends[0].conduit.close();
+            }
+            let end = net.now + Duration::from_secs(5);
+            net.run_live(end, &mut record);
+            let case = format!("latencies {lat_a}/{lat_b} ms, closed after {close_after} ms");
+            for conn in [ca, cb] {
+                for e in &net.conns[conn].ends {
+                    assert_eq!(e.outcome, Some(Ok(())), "{case}: node {}", e.node);
+                }
+            }
+            assert!(
+                times_stored.values().all(|&n| n == 1),
+                "{case}: {times_stored:?}"
+            );
+            if close_after >= 400 {
+                assert_eq!(net.nodes[c].store.len(), 50, "{case}");
+            }
+        }
+    }
 }

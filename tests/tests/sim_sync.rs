@@ -109,10 +109,8 @@ fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     let mut net = Net::default();
     let mut liar = Node::with_log(NodeId(1), 30, 10, 50);
     liar.lies = true;
-    let honest = Node {
-        lies: false,
-        ..liar.clone()
-    };
+    let mut honest = liar.clone();
+    honest.lies = false;
     let (liar, honest) = (net.add(liar), net.add(honest));
     let me = net.add(Node::default());
     net.connect(me, liar, MS, default_config);

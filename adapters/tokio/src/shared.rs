@@ -2,12 +2,14 @@
 //! progress table, connection table, events, own log and live peers, behind methods.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, watch};
 
+use chunk_sync_core::claims::ClaimTable;
 use chunk_sync_core::conduit::Budget;
+use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::throttle::Throttle;
 use chunk_sync_core::{Instant, NodeId};
 
@@ -24,24 +26,34 @@ use crate::time::Clock;
 /// forgotten, so that peers claiming ever new node ids cannot grow the table.
 pub(crate) const MAX_TRACKED_PEERS: usize = 1024;
 
-/// The node-wide throttle, shared by a node's sessions; `None` when the node has no
-/// limit, which admits every frame without taking a lock.
-pub(crate) struct NodeBudget<'a>(Option<&'a Mutex<Throttle>>);
+/// Claims on ranges being fetched that a node records at once (about 40 bytes each);
+/// past them, every claim is granted.
+pub(crate) const MAX_CLAIMS: usize = 4096;
 
-impl NodeBudget<'_> {
-    fn lock(throttle: &Mutex<Throttle>) -> MutexGuard<'_, Throttle> {
-        throttle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// What one session shares with the node's others: the node-wide throttle (`None` when
+/// the node has no limit, which admits every frame without taking a lock) and the
+/// node's claims on ranges being fetched, for the session `session`.
+pub(crate) struct NodeBudget<'a> {
+    throttle: Option<&'a Mutex<Throttle>>,
+    claims: &'a Mutex<ClaimTable<MAX_CLAIMS>>,
+    session: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Budget for NodeBudget<'_> {
     fn next_ready(&mut self, now: Instant) -> Option<Instant> {
-        self.0.and_then(|t| Self::lock(t).next_ready(now))
+        self.throttle.and_then(|t| lock(t).next_ready(now))
     }
     fn consume(&mut self, now: Instant, bytes: u64) {
-        if let Some(t) = self.0 {
-            Budget::consume(&mut *Self::lock(t), now, bytes);
+        if let Some(t) = self.throttle {
+            Budget::consume(&mut *lock(t), now, bytes);
         }
+    }
+    fn claim(&mut self, range: &KeyRange, now: Instant) -> bool {
+        lock(self.claims).claim(self.session, range, now)
     }
 }
 
@@ -66,6 +78,10 @@ pub(crate) struct Shared {
     pub(crate) closing: watch::Sender<bool>,
     /// The peers the node keeps live sessions with.
     pub(crate) peers: Peers,
+    /// Ranges the node's sessions are fetching.
+    claims: Mutex<ClaimTable<MAX_CLAIMS>>,
+    /// The number of the next session, for its claims.
+    sessions: AtomicU64,
 }
 
 impl Shared {
@@ -84,6 +100,8 @@ impl Shared {
             sealer_started: AtomicBool::new(false),
             closing: watch::channel(false).0,
             peers: Peers::default(),
+            claims: Mutex::new(ClaimTable::new()),
+            sessions: AtomicU64::new(0),
         }
     }
 
@@ -97,13 +115,28 @@ impl Shared {
         !self.sealer_started.swap(true, Ordering::AcqRel)
     }
 
-    /// The node-wide throttle, as a budget a conduit locks only to admit a frame.
-    pub(crate) fn budget(&self) -> NodeBudget<'_> {
-        NodeBudget(self.limited.then_some(&self.throttle))
+    /// What the session `session` shares with the others, as a budget a conduit locks
+    /// only to admit a frame or claim a range.
+    pub(crate) fn budget(&self, session: u64) -> NodeBudget<'_> {
+        NodeBudget {
+            throttle: self.limited.then_some(&self.throttle),
+            claims: &self.claims,
+            session,
+        }
+    }
+
+    /// A number for a new session, unique in the node.
+    pub(crate) fn new_session(&self) -> u64 {
+        self.sessions.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Drops the claims of a session that ended.
+    pub(crate) fn release_claims(&self, session: u64) {
+        lock(&self.claims).release(session);
     }
 
     fn table(&self) -> MutexGuard<'_, BTreeMap<NodeId, SyncProgress>> {
-        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.progress)
     }
 
     /// Records the latest progress of the sync with `peer`, forgetting the oldest peer

@@ -287,3 +287,57 @@ proptest! {
         prop_assert_eq!(b.conduit.progress().failed_chunks, 0);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A live session closed by either side at any moment (during the first
+    /// reconciliation, with announcements in flight either way, or idle) ends cleanly on
+    /// both sides, without waiting for a timeout.
+    #[test]
+    fn a_live_session_closed_at_any_moment_ends_on_both_sides(
+        frame in prop::sample::select(vec![256u32, 1024, 65536]),
+        a_logs in 0usize..4,
+        b_logs in 0usize..4,
+        late in prop::collection::vec((any::<bool>(), 0u64..6, 0u64..40, 0usize..40), 1..20),
+        close_at in 0usize..20,
+        close_a in any::<bool>(),
+    ) {
+        let cfg = |id| Config { max_frame: frame, ..live(id) };
+        let mut a_store = BTreeMap::new();
+        for o in 0..a_logs as u64 {
+            a_store.extend(chunks(o, 6, 20));
+        }
+        let mut b_store = BTreeMap::new();
+        for o in 0..b_logs as u64 {
+            b_store.extend(chunks(o + 2, 6, 20));
+        }
+        let mut a = End::new(cfg(1), Limits::new(), a_store);
+        let mut b = End::new(cfg(2), Limits::new(), b_store);
+        let mut now = Instant::ZERO;
+        let mut closed = false;
+        for (i, (on_a, origin, seq, steps)) in late.into_iter().enumerate() {
+            for _ in 0..steps {
+                a.pump(now, None);
+                b.pump(now, None);
+                b.inbox.append(&mut a.outbox);
+                a.inbox.append(&mut b.outbox);
+            }
+            now += Duration::from_millis(1);
+            let (end, origin) = if on_a { (&mut a, origin + 10) } else { (&mut b, origin + 20) };
+            let range = store_new(end, origin, 100 + seq);
+            end.conduit.announce(range);
+            if i == close_at {
+                if close_a { a.conduit.close() } else { b.conduit.close() }
+                closed = true;
+            }
+        }
+        if !closed {
+            a.conduit.close();
+        }
+        // Well within the idle timeout (30 s): no side waits for it.
+        run_until(&mut a, &mut b, now, now + Duration::from_secs(5));
+        prop_assert_eq!(a.outcome, Some(Ok(())));
+        prop_assert_eq!(b.outcome, Some(Ok(())));
+    }
+}

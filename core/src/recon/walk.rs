@@ -544,6 +544,12 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
     pub fn next_wanted(&mut self) -> Option<KeyRange> {
         pop_front(&mut self.wanted)
     }
+
+    /// The range [`next_wanted`](Self::next_wanted) would give, left in place.
+    #[must_use]
+    pub fn peek_wanted(&self) -> Option<KeyRange> {
+        self.wanted.first().copied()
+    }
 }
 
 /// Takes the first of `v`, if any.

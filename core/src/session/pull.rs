@@ -12,9 +12,11 @@ use super::{
     Transmit,
 };
 use crate::chunk::ChunkView;
+use crate::claims::CLAIM_RETRY;
 use crate::error::InsufficientSize;
 use crate::hash::{ChunkHash, Verified};
 use crate::recon::{KeyRange, ReconError, Room, Walk};
+use crate::time::Instant;
 use crate::wire::{self, Hello, Message};
 
 /// The reconciliation of a session with `R` ranges: `R` waiting and wanted, `R` entries per
@@ -37,6 +39,9 @@ pub(super) struct Pull<const R: usize, const REQ: usize, const K: usize> {
     pub(super) in_flight: Deque<InFlight, REQ>,
     /// Chunks that failed, until the adapter reads them.
     pub(super) failures: Deque<Failure, REQ>,
+    /// Ranges another session of the node is fetching, and when to check them again: at
+    /// most as many as requests in flight.
+    pub(super) deferred: Deque<(KeyRange, Instant), REQ>,
     pub(super) done_sent: bool,
     /// Whether `PullComplete` was reported.
     pub(super) reported: bool,
@@ -56,6 +61,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Pull<R, REQ, K> {
             retry: Deque::new(),
             in_flight: Deque::new(),
             failures: Deque::new(),
+            deferred: Deque::new(),
             done_sent: false,
             reported: false,
         }
@@ -476,6 +482,45 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             || self.pull.in_flight.len() + self.pull.failures.len() >= REQ
     }
 
+    /// Claims the ranges wanted next through `claim` (the node's
+    /// [`ClaimTable`](crate::claims::ClaimTable), shared with its other sessions); sets
+    /// aside each range another session is fetching, to ask this node's store about it
+    /// again after [`CLAIM_RETRY`]. With no room to set one aside, it is fetched anyway.
+    pub(crate) fn claim_wanted(&mut self, now: Instant, claim: &mut dyn FnMut(&KeyRange) -> bool) {
+        let Some(walk) = self.pull.walk.as_mut() else {
+            return;
+        };
+        while let Some(range) = walk.peek_wanted() {
+            if self.pull.deferred.is_full() || claim(&range) {
+                return;
+            }
+            walk.next_wanted();
+            // Room checked above.
+            let _ = self.pull.deferred.push_back((range, now + CLAIM_RETRY));
+        }
+    }
+
+    /// Hands the ranges set aside whose wait is over back to the walk, which asks the
+    /// store what it holds of them now (the session's next [`question`](Self::question)).
+    pub(crate) fn recheck_deferred(&mut self, now: Instant) {
+        let Some(walk) = self.pull.walk.as_mut() else {
+            return;
+        };
+        while let Some(&(range, at)) = self.pull.deferred.front() {
+            if at > now {
+                return;
+            }
+            self.pull.deferred.pop_front();
+            // A range wanted is never empty.
+            let _ = walk.on_announce(range);
+        }
+    }
+
+    /// When the first range set aside is checked again.
+    pub(super) fn deferred_until(&self) -> Option<Instant> {
+        self.pull.deferred.front().map(|&(_, at)| at)
+    }
+
     pub(super) fn pull_finished(&self) -> bool {
         self.pull
             .walk
@@ -484,5 +529,6 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             && self.pull.want.is_empty()
             && self.pull.retry.is_empty()
             && self.pull.in_flight.is_empty()
+            && self.pull.deferred.is_empty()
     }
 }
