@@ -381,6 +381,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         if !hello.capabilities.contains(Capabilities::RECONCILE) {
             return Err(Error::Incompatible(Incompatible::MissingCapabilities));
         }
+        self.limit_to_peer(hello.max_receive_rate)?;
         self.peer = Some(hello);
         self.phase = Phase::Open;
         Ok(())
@@ -388,6 +389,41 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
 }
 
 impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
+    /// Sends no faster than the peer's `max_receive_rate` (if it set one) and this side's
+    /// own limit: the lower of the two, over this side's window, or
+    /// [`RECEIVE_WINDOW`] if it has no limit of its own.
+    fn limit_to_peer(&mut self, theirs: u64) -> Result<(), Error> {
+        if theirs == 0 {
+            return Ok(());
+        }
+        let own = self.config.throttle;
+        let limit = if own.is_unlimited() {
+            ThrottleConfig {
+                max_bytes_per_sec: theirs,
+                window_duration: RECEIVE_WINDOW,
+            }
+        } else if theirs < own.max_bytes_per_sec {
+            ThrottleConfig {
+                max_bytes_per_sec: theirs,
+                ..own
+            }
+        } else {
+            return Ok(());
+        };
+        // So slow that this side could not be heard from within its idle timeout.
+        if let Err(ConfigError::RateTooLow { min, .. }) =
+            check_rate(limit, self.config.idle_timeout)
+        {
+            return Err(Error::Incompatible(Incompatible::RateTooLow {
+                theirs,
+                min,
+            }));
+        }
+        // The window is non-zero: this side's was checked in `new`, `RECEIVE_WINDOW` is.
+        let _ = self.throttle.reconfigure(limit);
+        Ok(())
+    }
+
     /// Ends the session from this side (for example because the store failed); the peer is
     /// told with an `Error` frame.
     pub fn abort(&mut self) {
@@ -657,6 +693,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             } else {
                 Capabilities::ALL.without(Capabilities::LIVE)
             },
+            max_receive_rate: self.config.receive_rate,
         };
         let t = Self::emit(&Message::Hello(hello), buf)?;
         self.hello_sent = true;
@@ -708,6 +745,11 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         error
     }
 }
+
+/// The window over which a session that has no limit of its own applies the rate its
+/// peer asks for (`Hello::max_receive_rate`): short, so that the rate holds over any
+/// stretch of a transfer longer than a few windows.
+pub const RECEIVE_WINDOW: Duration = Duration::from_millis(20);
 
 /// The slowest throttle a session accepts with this idle timeout: one that lets a frame
 /// of [`MIN_FRAME`] bytes out within a quarter of the idle timeout, so that a throttled

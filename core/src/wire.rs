@@ -112,6 +112,10 @@ pub struct Hello {
     pub max_ranges: u16,
     /// Optional features the sender supports.
     pub capabilities: Capabilities,
+    /// The most bytes per second the sender wants to receive in this session, every frame
+    /// counted (`0`: no limit). The peer sends no faster than the lower of this and its
+    /// own limit.
+    pub max_receive_rate: u64,
 }
 
 /// Why a peer ended a session, as sent in [`Message::Error`]. Unknown codes are kept as

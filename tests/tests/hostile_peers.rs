@@ -45,6 +45,7 @@ fn hello(node_id: u64) -> Vec<u8> {
         max_requests: 64,
         max_ranges: 64,
         capabilities: Capabilities::ALL,
+        max_receive_rate: 0,
     }))
 }
 

@@ -315,6 +315,31 @@ async fn five_megabytes_at_one_megabyte_per_second_take_five_seconds() {
     assert!(total >= 5_000_000);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_puller_that_asks_for_one_megabyte_per_second_receives_at_that_rate() {
+    let set = chunks(1, 5_000, 50, 1_000); // 100 chunks, about 5 MB
+    // The server has no limit of its own; the client tells it the most it wants.
+    let server = node(1, &set, |c| c);
+    let client = node(2, &SimNode::default(), |c| NodeConfig {
+        receive_rate: 1_000_000,
+        ..c
+    });
+    let (a, b) = tokio::io::duplex(256 << 10);
+    let start = tokio::time::Instant::now();
+    let (served, fetched) = tokio::join!(server.sync_over(a), client.sync_over(b));
+    let took = start.elapsed();
+    served.unwrap();
+    let report = fetched.unwrap();
+    let received = report.stats.bytes_received;
+    let expected = Duration::from_micros(received);
+    let off = took.as_secs_f64() / expected.as_secs_f64() - 1.0;
+    assert!(
+        off.abs() <= 0.02,
+        "{received} bytes received at 1 MB/s took {took:?}, expected {expected:?}"
+    );
+    assert!(received >= 5_000_000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_peers_pull_from_one_node_at_once() {
     let set = chunks(1, 3_000, 20, 256);

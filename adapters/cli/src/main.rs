@@ -214,7 +214,9 @@ pub(crate) enum OnDamaged {
 
 #[derive(Debug, Args)]
 struct NetArgs {
-    /// Send at most this rate, for example 1MB/s or 250KiB/s; 0 is unlimited.
+    /// Limit the transfer to this rate, for example 1MB/s or 250KiB/s (0: no limit):
+    /// `pull` caps what it downloads (the peer is asked to send no faster), `serve` what
+    /// it uploads to each client, `sync` and `run` each way, per peer.
     #[arg(long, default_value = "0", value_parser = parse_rate)]
     rate: u64,
     /// Chunk requests in flight.
@@ -577,14 +579,27 @@ fn seq_ranges(seqs: &[(NodeId, u64)]) -> String {
     origins.join("; ")
 }
 
-fn node_config(db: &RedbStore, net: &NetArgs) -> Result<NodeConfig> {
+/// Which way a command's `--rate` limits the transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RateLimits {
+    /// What this node sends (`serve`).
+    Upload,
+    /// What this node receives: each peer is asked to send no faster (`pull`).
+    Download,
+    /// Both (`sync`, `run`).
+    Both,
+}
+
+fn node_config(db: &RedbStore, net: &NetArgs, limits: RateLimits) -> Result<NodeConfig> {
+    let rate = |applies: bool| if applies { net.rate } else { 0 };
     Ok(NodeConfig {
         window: net.parallel,
         max_duration: net.timeout,
         throttle: ThrottleConfig {
-            max_bytes_per_sec: net.rate,
+            max_bytes_per_sec: rate(limits != RateLimits::Download),
             window_duration: Duration::from_millis(100),
         },
+        receive_rate: rate(limits != RateLimits::Upload),
         ..NodeConfig::new(node_id(db)?)
     })
 }
@@ -600,7 +615,7 @@ async fn serve(
     let config = NodeConfig {
         accept_pushes,
         max_connections: max_connections as usize,
-        ..node_config(&db, net)?
+        ..node_config(&db, net, RateLimits::Upload)?
     };
     let node = Node::new(config, Arc::clone(&db))?;
     let _control = answer_for(store, &db, &node)?;
@@ -668,7 +683,7 @@ async fn run_live(store: &StoreArg, live: Live, input: daemon::Input, net: &NetA
         events_per_chunk: live.events_per_chunk,
         seal_delay: Some(live.seal_delay),
         seal_bytes: usize::try_from(live.seal_bytes).unwrap_or(usize::MAX),
-        ..node_config(&db, net)?
+        ..node_config(&db, net, RateLimits::Both)?
     };
     let node = Node::new(config, Arc::clone(&db))?;
     let _control = answer_for(store, &db, &node)?;
@@ -721,7 +736,12 @@ async fn shutdown_signal() -> std::io::Result<()> {
 
 async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool) -> Result<()> {
     let db = open(store)?;
-    let config = node_config(&db, net)?;
+    let limits = if both {
+        RateLimits::Both
+    } else {
+        RateLimits::Download
+    };
+    let config = node_config(&db, net, limits)?;
     let node = Node::new(config, db)?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);

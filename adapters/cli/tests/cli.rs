@@ -273,6 +273,7 @@ fn a_peer_with_another_protocol_version_is_refused() {
             max_requests: 4,
             max_ranges: 16,
             capabilities: Capabilities::ALL,
+            max_receive_rate: 0,
         });
         let mut buf = [0u8; 64];
         stream

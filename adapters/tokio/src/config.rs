@@ -53,6 +53,11 @@ pub struct NodeConfig {
     pub throttle: ThrottleConfig,
     /// The cap on what this node sends to any one peer.
     pub peer_throttle: ThrottleConfig,
+    /// The most bytes per second this node wants to receive from any one peer (`0`: no
+    /// limit; default 0). Each peer is told in `Hello` and sends no faster than the lower
+    /// of this and its own limits; it must be fast enough for the idle timeout (at
+    /// least 256 bytes a quarter of it: 35 bytes/s with the default 30 s).
+    pub receive_rate: u64,
     /// Whether a session accepted from a peer also fetches what the peer has, so that
     /// any client that reaches the listener can push chunks into this node (default
     /// `false`: the node only serves its clients).
@@ -99,6 +104,7 @@ impl NodeConfig {
             idle_timeout: Duration::from_secs(30),
             throttle: ThrottleConfig::UNLIMITED,
             peer_throttle: ThrottleConfig::UNLIMITED,
+            receive_rate: 0,
             accept_pushes: false,
             handshake_timeout: Duration::from_secs(10),
             max_duration: None,
@@ -121,6 +127,7 @@ impl NodeConfig {
             max_duration: self.max_duration.map(core_duration),
             max_failures: self.max_failures,
             throttle: stricter(self.peer_throttle, self.throttle).to_core(),
+            receive_rate: self.receive_rate,
             pull,
             serve,
             live: self.live,

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::chunk::test_chunk;
-use crate::session::Stored;
+use crate::session::{ConfigError, Incompatible, Stored};
 use crate::store::scan;
 use crate::throttle::ThrottleConfig;
 use crate::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
@@ -593,4 +593,99 @@ proptest! {
         prop_assert!(b.conduit.progress().synced_chunks >= b_lacks);
         prop_assert_eq!(a.conduit.progress().failed_chunks + b.conduit.progress().failed_chunks, 0);
     }
+}
+
+/// `a` pulls `b`'s chunks; returns the virtual seconds until `a` has them all and the
+/// bytes `b` sent, or how `a`'s session ended if it failed.
+fn pull_time(a_config: Config, b_config: Config) -> Result<(f64, u64), Error> {
+    let mut b = End::new(b_config, Limits::new(), chunks(2, 200, 400));
+    let mut a = End::new(a_config, Limits::new(), BTreeMap::new());
+    let end = run(&mut a, &mut b, Duration::from_secs(3_600));
+    if let Some(Err(e)) = a.outcome {
+        return Err(e);
+    }
+    assert_eq!(a.store, b.store);
+    let secs = (end - Instant::ZERO).as_micros() as f64 / 1e6;
+    Ok((secs, b.conduit.stats().bytes_sent))
+}
+
+#[test]
+fn the_receiver_sets_the_rate_the_sender_keeps_and_the_lower_limit_wins() {
+    let rate = 20_000;
+    let receiving = Config {
+        receive_rate: rate,
+        ..config(1)
+    };
+    // Only the receiver limits: the sender keeps its rate, over short windows.
+    let (secs, sent) = pull_time(receiving, config(2)).unwrap();
+    let achieved = sent as f64 / secs;
+    assert!(
+        (achieved / rate as f64 - 1.0).abs() < 0.02,
+        "{sent} bytes in {secs:.2} s: {achieved:.0} bytes/s for {rate}"
+    );
+    // The sender's own limit is lower: it wins.
+    let slower = Config {
+        throttle: ThrottleConfig {
+            max_bytes_per_sec: rate / 2,
+            window_duration: Duration::from_millis(20),
+        },
+        ..config(2)
+    };
+    let (secs, sent) = pull_time(receiving, slower).unwrap();
+    let achieved = sent as f64 / secs;
+    assert!(
+        (achieved / (rate / 2) as f64 - 1.0).abs() < 0.02,
+        "{achieved:.0} bytes/s for {}",
+        rate / 2
+    );
+    // The receiver's is lower: it wins over the sender's.
+    let faster = Config {
+        throttle: ThrottleConfig {
+            max_bytes_per_sec: rate * 4,
+            window_duration: Duration::from_millis(20),
+        },
+        ..config(2)
+    };
+    let (secs, sent) = pull_time(receiving, faster).unwrap();
+    let achieved = sent as f64 / secs;
+    assert!((achieved / rate as f64 - 1.0).abs() < 0.02, "{achieved:.0}");
+}
+
+#[test]
+fn a_receive_rate_too_slow_for_the_idle_timeout_is_refused() {
+    // This side's own setting: refused before any session.
+    let slow = Config {
+        receive_rate: 10,
+        ..config(1)
+    };
+    assert!(matches!(
+        slow.check(),
+        Err(ConfigError::RateTooLow { rate: 10, .. })
+    ));
+    // A peer asking for it (a lying or broken Hello): the sender refuses the session.
+    let mut b = End::new(config(2), Limits::new(), chunks(2, 4, 100));
+    let mut hello = std::vec![0u8; 64];
+    let n = wire::encode(
+        &Message::Hello(Hello {
+            protocol: wire::PROTOCOL_VERSION,
+            node_id: NodeId(1),
+            max_frame: 1024,
+            max_requests: 4,
+            max_ranges: 16,
+            capabilities: wire::Capabilities::ALL,
+            max_receive_rate: 10,
+        }),
+        &mut hello,
+    )
+    .unwrap()
+    .len();
+    b.inbox.extend_from_slice(&hello[..n]);
+    b.pump(Instant::ZERO, None);
+    assert!(matches!(
+        b.outcome,
+        Some(Err(Error::Incompatible(Incompatible::RateTooLow {
+            theirs: 10,
+            ..
+        })))
+    ));
 }

@@ -177,6 +177,14 @@ pub enum Incompatible {
     NoRequests,
     /// The peer lacks a capability this node needs.
     MissingCapabilities,
+    /// The peer asked to receive more slowly than this node can send and still be heard
+    /// from within its idle timeout.
+    RateTooLow {
+        /// The rate the peer asked for, in bytes per second.
+        theirs: u64,
+        /// The lowest rate this node accepts.
+        min: u64,
+    },
 }
 
 impl fmt::Display for Incompatible {
@@ -196,6 +204,10 @@ impl fmt::Display for Incompatible {
             }
             Self::NoRequests => f.write_str("peer accepts no request or no range"),
             Self::MissingCapabilities => f.write_str("peer lacks a required capability"),
+            Self::RateTooLow { theirs, min } => write!(
+                f,
+                "peer asked to receive {theirs} bytes/s, below the {min} bytes/s this node needs to be heard within its idle timeout"
+            ),
         }
     }
 }

@@ -163,6 +163,7 @@ fn bytes_of(op: &Op) -> Vec<u8> {
             max_requests: *max_requests,
             max_ranges: *max_ranges,
             capabilities: Capabilities::ALL,
+            max_receive_rate: 0,
         })),
         Op::QueryOrigins {
             after,

@@ -26,6 +26,7 @@ fn hello(protocol: u16, max_frame: u32, max_requests: u16) -> Vec<u8> {
         max_requests,
         max_ranges: 16,
         capabilities: Capabilities::ALL,
+        max_receive_rate: 0,
     }))
 }
 

@@ -51,6 +51,12 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// The limit on what this session sends.
     pub throttle: ThrottleConfig,
+    /// The most bytes per second this side wants to receive (`0`: no limit), told to the
+    /// peer in `Hello`: the peer's session sends no faster than the lower of this and its
+    /// own limit, over windows of [`RECEIVE_WINDOW`](super::RECEIVE_WINDOW) when it has
+    /// none of its own. It must be fast enough for the idle timeout, as a throttle must
+    /// ([`check_rate`](super::check_rate)).
+    pub receive_rate: u64,
     /// Attempts at a chunk whose bytes do not match its hash before it is reported failed.
     pub max_attempts: u8,
     /// How long the peer has to send its `Hello` after the session starts; a connection
@@ -104,11 +110,15 @@ impl Config {
             return Err(ConfigError::Zero("max_attempts"));
         }
         Throttle::new(self.throttle).map_err(ConfigError::Throttle)?;
-        super::check_rate(self.throttle, self.idle_timeout)
+        super::check_rate(self.throttle, self.idle_timeout)?;
+        super::check_rate(
+            ThrottleConfig::per_second(self.receive_rate),
+            self.idle_timeout,
+        )
     }
 
     /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout,
-    /// 10 s for the peer's `Hello`, no overall deadline, no throttle, 2 attempts, 1,024
+    /// 10 s for the peer's `Hello`, no overall deadline, no throttle either way, 2 attempts, 1,024
     /// failed chunks and 2^20 ranges at most, pulling and serving.
     #[must_use]
     pub const fn new(node_id: NodeId) -> Self {
@@ -119,6 +129,7 @@ impl Config {
             window: DEFAULT_WINDOW,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             throttle: ThrottleConfig::UNLIMITED,
+            receive_rate: 0,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_duration: None,

@@ -30,13 +30,14 @@ fn golden_frames() {
         max_requests: 8,
         max_ranges: 16,
         capabilities: Capabilities(Capabilities::PIECES.0 | Capabilities::RECONCILE.0),
+        max_receive_rate: 1_000_000,
     });
     let mut buf = [0u8; 64];
-    // length 9 | tag 0, protocol 2, node 300 (varint ac 02), max_frame 256 (80 02),
-    // max_requests 8, max_ranges 16, caps 6
+    // length 12 | tag 0, protocol 2, node 300 (varint ac 02), max_frame 256 (80 02),
+    // max_requests 8, max_ranges 16, caps 6, max_receive_rate 1,000,000 (c0 84 3d)
     assert_eq!(
         hex(encode(&hello, &mut buf).unwrap()),
-        "09000000 00 02 ac02 8002 08 10 06".replace(' ', "")
+        "0c000000 00 02 ac02 8002 08 10 06 c0843d".replace(' ', "")
     );
     let put = Message::EventChunkPut {
         total_len: 3,
@@ -99,6 +100,7 @@ fn every_message_round_trips() {
             max_requests: u16::MAX,
             max_ranges: u16::MAX,
             capabilities: Capabilities(u32::MAX),
+            max_receive_rate: u64::MAX,
         }),
         Message::Query {
             query: b"any bytes",
