@@ -2,7 +2,7 @@
 //!
 //! Run without arguments (or with `demo`) for a guided demonstration.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,8 +21,10 @@ mod control;
 mod daemon;
 mod demo;
 mod events;
+mod ingest;
 mod units;
 
+use ingest::{Input, Stop};
 use units::{human, parse_rate, parse_size};
 
 /// Replicate append-only event logs between nodes by content-addressed chunks.
@@ -444,17 +446,9 @@ fn append(
     origin: Option<u64>,
     strict: bool,
 ) -> Result<()> {
-    // The input is read before the store is opened, so that bad input creates nothing.
-    let text = match &input {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        None => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|e| format!("cannot read events: {e}"))?;
-            text
-        }
+    let input = match input {
+        Some(path) => Input::file(path),
+        None => Input::stdin()?,
     };
     // A node holding the store takes the events into its log.
     if control::is_served(&store.store) {
@@ -464,7 +458,7 @@ fn append(
                 store.store.display()
             )));
         }
-        if let Some(answer) = control::append(&store.store, origin, &text) {
+        if let Some(answer) = control::append(&store.store, origin, &input.read_all()?) {
             return match answer.map_err(Failure)? {
                 code if code == ExitCode::SUCCESS => Ok(()),
                 _ => Err(Failure(
@@ -473,37 +467,158 @@ fn append(
             };
         }
     }
-    let read = |origin| events::read(text.as_bytes(), origin);
+    // The store is created only once the input is known to be good.
+    let db = if store.store.join(DB_FILE).is_file() {
+        Some(open(store)?)
+    } else {
+        None
+    };
     // Events that name no origin take this store's id (a new store's is chosen now and
     // kept with the first chunks).
-    let existing = store.store.join(DB_FILE).is_file();
-    let (db, events, new_id) = match origin {
-        Some(o) => {
-            let events = read(NodeId(o))?;
-            (open(store)?, events, None)
+    let (own, new_id) = match (origin, &db) {
+        (Some(o), _) => (NodeId(o), None),
+        (None, Some(db)) => (node_id(db)?, None),
+        (None, None) => {
+            let id = new_node_id();
+            (id, Some(id))
         }
-        None if existing => {
-            let db = open(store)?;
-            let own = node_id(&db)?;
-            (db, read(own)?, None)
+    };
+    let resume = |o: NodeId| match &db {
+        Some(db) => resume_point(db, o).map_err(|Failure(e)| e),
+        None => Ok(0),
+    };
+    let checked = match ingest::pass(&input, own, events_per_chunk, &mut { resume }, &mut |_| {
+        Ok(())
+    }) {
+        Ok(checked) => checked,
+        Err(Stop::Unordered) => {
+            let text = input.read_all()?;
+            return append_sorted(store, db, own, new_id, events_per_chunk, &text, strict);
         }
-        None => {
-            let own = new_node_id();
-            let events = read(own)?;
-            (open(store)?, events, Some(own))
-        }
+        Err(stop) => return Err(stopped(stop)),
+    };
+    report_late(&checked.late, strict)?;
+    let db = match db {
+        Some(db) => db,
+        None => open(store)?,
+    };
+    // Written as sealed, a batch at a time; the sealing points and a new store's id go
+    // with the last batch, and the first.
+    let mut batch: Vec<VerifiedChunk> = Vec::new();
+    let mut batch_bytes = 0;
+    let mut added = 0;
+    let mut forks = Vec::new();
+    let mut first_meta: Vec<(&str, u64)> = new_id.map(|id| ("node_id", id.0)).into_iter().collect();
+    let mut write =
+        |batch: &mut Vec<VerifiedChunk>, meta: &[(&str, u64)]| -> std::result::Result<(), String> {
+            let inserted = db.insert_all(batch, meta).map_err(|e| e.to_string())?;
+            added += inserted.added;
+            forks.extend(inserted.forks);
+            batch.clear();
+            Ok(())
+        };
+    let resume = |o: NodeId| resume_point(&db, o).map_err(|Failure(e)| e);
+    let written = ingest::pass(
+        &input,
+        own,
+        events_per_chunk,
+        &mut { resume },
+        &mut |sealed| {
+            batch.push(VerifiedChunk::from(sealed.verified()));
+            batch_bytes += sealed.bytes.len();
+            if batch_bytes >= ingest::BATCH_BYTES {
+                write(&mut batch, &std::mem::take(&mut first_meta))?;
+                batch_bytes = 0;
+            }
+            Ok(())
+        },
+    )
+    .map_err(stopped)?;
+    let keys: Vec<(String, u64)> = written
+        .sealed_through
+        .iter()
+        .map(|(o, end)| (format!("sealed/{}", o.0), *end))
+        .collect();
+    let mut meta: Vec<(&str, u64)> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    meta.extend(first_meta.iter().copied());
+    write(&mut batch, &meta)?;
+    db.flush()?;
+    if let Some(fork) = forks.first() {
+        return Err(Failure(format!(
+            "{} of the new chunks overlap chunks already in the store for the same origin and were not stored, for example: {fork}",
+            forks.len()
+        )));
+    }
+    println!(
+        "appended {} of {} events ({} private left out) as {added} new chunks holding {} events; {} chunks in the store",
+        written.events - written.late.len() as u64,
+        written.events,
+        written.private,
+        written.sealed_events,
+        db.len()?
+    );
+    Ok(())
+}
+
+/// What stopped a pass over the input, as the command's error.
+fn stopped(stop: Stop) -> Failure {
+    Failure(match stop {
+        Stop::Line { line, error } => format!("line {line}: {error}"),
+        Stop::Chunk { line, error } => format!("cannot chunk the events: line {line}: {error}"),
+        Stop::Io(e) => e,
+        Stop::Unordered => "the events are not in sequence order".into(),
+    })
+}
+
+/// Where `origin`'s log continues in `db`: where `append` last sealed it, or past its last
+/// chunk (sealed by a `run` node, or fetched), whichever is further.
+fn resume_point(db: &RedbStore, origin: NodeId) -> Result<u64> {
+    let sealed = db.meta(&format!("sealed/{}", origin.0))?.unwrap_or(0);
+    let (held, _) = db.summarize(&KeyRange::whole(origin), &mut [])?;
+    let end = if held.count > 0 { held.end } else { 0 };
+    Ok(sealed.max(end))
+}
+
+/// Says which events cannot be taken (their sequence numbers are sealed already); with
+/// `strict`, refuses the whole input if there are any.
+fn report_late(late: &[(NodeId, u64)], strict: bool) -> Result<()> {
+    if late.is_empty() {
+        return Ok(());
+    }
+    let line = format!(
+        "{} events not taken: their sequence numbers are already sealed into chunks, which never change ({})",
+        late.len(),
+        seq_ranges(late)
+    );
+    if strict {
+        return Err(Failure(format!("{line}; nothing appended (--strict)")));
+    }
+    eprintln!("chunk-sync: {line}");
+    Ok(())
+}
+
+/// `append` of an input whose events are not in sequence order for each origin: all of
+/// it is read and sorted in memory.
+fn append_sorted(
+    store: &StoreArg,
+    db: Option<RedbStore>,
+    own: NodeId,
+    new_id: Option<NodeId>,
+    events_per_chunk: u32,
+    text: &str,
+    strict: bool,
+) -> Result<()> {
+    let events = events::read(text.as_bytes(), own)?;
+    let db = match db {
+        Some(db) => db,
+        None => open(store)?,
     };
     let mut chunker = EventChunkStore::new(events_per_chunk as usize);
     let mut origins: Vec<NodeId> = events.iter().map(|e| e.origin).collect();
     origins.sort();
     origins.dedup();
     for o in &origins {
-        // Where `append` last sealed, or past the last chunk of the origin (sealed by a
-        // `run` node, or fetched), whichever is further.
-        let sealed = db.meta(&format!("sealed/{}", o.0))?.unwrap_or(0);
-        let (held, _) = db.summarize(&KeyRange::whole(*o), &mut [])?;
-        let end = if held.count > 0 { held.end } else { 0 };
-        chunker.resume(*o, sealed.max(end));
+        chunker.resume(*o, resume_point(&db, *o)?);
     }
     // Events at or below the sealed point cannot be taken: sealed chunks never change.
     let mut late: Vec<(NodeId, u64)> = events
@@ -512,17 +627,7 @@ fn append(
         .map(|e| (e.origin, e.seq))
         .collect();
     late.sort_unstable();
-    if !late.is_empty() {
-        let line = format!(
-            "{} events not taken: their sequence numbers are already sealed into chunks, which never change ({})",
-            late.len(),
-            seq_ranges(&late)
-        );
-        if strict {
-            return Err(Failure(format!("{line}; nothing appended (--strict)")));
-        }
-        eprintln!("chunk-sync: {line}");
-    }
+    report_late(&late, strict)?;
     let private = events
         .iter()
         .filter(|e| e.privacy == Privacy::Private && e.seq >= chunker.sealed_through(e.origin))

@@ -129,10 +129,15 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError
     })
 }
 
+/// The database's own page cache (redb's default is 1 GiB, which a long write fills with
+/// pages it wrote): what the store reads again is in its index and pack cache.
+const DB_CACHE: usize = 32 << 20;
+
 /// Opens the database in `file`, which exists, for reading and writing.
 fn open_db(file: File, durability: Durability) -> Result<Database, StoreError> {
     let backend = FileBackend::new(file).map_err(boxed)?;
-    let builder = Database::builder();
+    let mut builder = Database::builder();
+    builder.set_cache_size(DB_CACHE);
     match durability {
         Durability::Disk => builder.create_with_backend(backend),
         Durability::Process => builder.create_with_backend(UnsyncedFile(backend)),

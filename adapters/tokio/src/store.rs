@@ -57,6 +57,13 @@ impl VerifiedChunk {
     }
 }
 
+/// A copy of bytes the core verified (or sealed), without hashing them again.
+impl From<chunk_sync_core::Verified<'_>> for VerifiedChunk {
+    fn from(chunk: chunk_sync_core::Verified<'_>) -> Self {
+        Self::trusted(chunk.id(), Bytes::copy_from_slice(chunk.bytes()))
+    }
+}
+
 /// What [`NodeStore::insert_batch`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
