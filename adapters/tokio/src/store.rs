@@ -201,7 +201,8 @@ pub trait NodeStore: Send + Sync + 'static {
 }
 
 /// A shared store is a store: one store can serve several nodes, or a node and the code
-/// around it.
+/// around it. Every method forwards, those with default bodies too, so that a store's own
+/// (faster) ones are used through an `Arc`.
 impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
         (**self).contains(id)
@@ -225,6 +226,9 @@ impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
     ) -> Result<(usize, bool), StoreError> {
         (**self).ids_after(after, out)
     }
+    fn ids(&self) -> Result<Vec<ChunkHash>, StoreError> {
+        (**self).ids()
+    }
     fn origins_after(
         &self,
         after: Option<NodeId>,
@@ -245,6 +249,9 @@ impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
         runs: &mut [Run],
     ) -> Result<(Summary, Option<usize>), StoreError> {
         (**self).summarize(range, runs)
+    }
+    fn first_in(&self, range: &KeyRange) -> Result<Option<(Span, Bytes)>, StoreError> {
+        (**self).first_in(range)
     }
     fn len(&self) -> Result<usize, StoreError> {
         (**self).len()
@@ -561,6 +568,69 @@ pub(crate) mod tests {
         assert!(!as_store.writes_block());
         as_store.clear_cache();
         assert!(shared.is_empty().unwrap());
+    }
+
+    /// A store whose own `first_in` and `ids` answer what the trait's default bodies
+    /// (built on `get`, `chunks_in` and `ids_after`) never would.
+    struct Own;
+
+    impl NodeStore for Own {
+        fn contains(&self, _: &ChunkHash) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn get(&self, _: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
+            Ok(None)
+        }
+        fn insert(&self, _: VerifiedChunk) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn ids_after(
+            &self,
+            _: Option<&ChunkHash>,
+            _: &mut [ChunkHash],
+        ) -> Result<(usize, bool), StoreError> {
+            Ok((0, true))
+        }
+        fn ids(&self) -> Result<Vec<ChunkHash>, StoreError> {
+            Ok(vec![ChunkHash::of(b"own")])
+        }
+        fn origins_after(
+            &self,
+            _: Option<NodeId>,
+            _: &mut [NodeId],
+        ) -> Result<(usize, bool), StoreError> {
+            Ok((0, true))
+        }
+        fn chunks_in(
+            &self,
+            _: &KeyRange,
+            _: &mut [(Span, ChunkHash)],
+        ) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+        fn first_in(&self, range: &KeyRange) -> Result<Option<(Span, Bytes)>, StoreError> {
+            let span = Span {
+                origin: range.origin,
+                first_seq: range.lo,
+                end_seq: range.lo + 1,
+            };
+            Ok(Some((span, Bytes::from_static(b"own"))))
+        }
+        fn len(&self) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_shared_store_answers_with_the_stores_own_methods() {
+        let shared = Arc::new(Own);
+        let range = KeyRange::whole(NodeId(1));
+        let (_, bytes) = NodeStore::first_in(&shared, &range).unwrap().unwrap();
+        assert_eq!(&bytes[..], b"own");
+        assert_eq!(
+            NodeStore::ids(&shared).unwrap(),
+            vec![ChunkHash::of(b"own")]
+        );
     }
 
     #[test]
