@@ -41,8 +41,9 @@ pub enum NodeEvent {
         /// Why, if the session did not end cleanly.
         error: Option<String>,
     },
-    /// A connection to a peer given to [`Node::add_peer`](crate::Node::add_peer) failed;
-    /// the node tries again after `retry_in`.
+    /// A connection to a peer given to [`Node::add_peer`](crate::Node::add_peer) could not
+    /// be made, or its live session ended with an error (`error` says which); the node
+    /// tries again after `retry_in`.
     ConnectFailed {
         /// The address.
         addr: SocketAddr,
