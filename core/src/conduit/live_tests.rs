@@ -240,6 +240,55 @@ fn announcements_are_refused_outside_an_open_live_session() {
     assert!(!a.conduit.announce(range), "the peer is not live");
 }
 
+/// Two live ends with frames of `frame` bytes: `a` holds `a_logs` logs of six chunks,
+/// `b` holds `b_logs` others.
+fn live_pair(frame: u32, a_logs: usize, b_logs: usize) -> (End, End) {
+    let cfg = |id| Config {
+        max_frame: frame,
+        ..live(id)
+    };
+    let mut a_store = BTreeMap::new();
+    for o in 0..a_logs as u64 {
+        a_store.extend(chunks(o, 6, 20));
+    }
+    let mut b_store = BTreeMap::new();
+    for o in 0..b_logs as u64 {
+        b_store.extend(chunks(o + 2, 6, 20));
+    }
+    (
+        End::new(cfg(1), Limits::new(), a_store),
+        End::new(cfg(2), Limits::new(), b_store),
+    )
+}
+
+/// A few rounds of pumping, a millisecond, then a chunk of `origin` at `seq` appears on
+/// one side and is announced (sequence numbers past the first logs' `0..60`, so that no
+/// chunk forks another).
+fn store_later(
+    a: &mut End,
+    b: &mut End,
+    now: &mut Instant,
+    steps: usize,
+    on_a: bool,
+    origin: u64,
+    seq: u64,
+) {
+    for _ in 0..steps {
+        a.pump(*now, None);
+        b.pump(*now, None);
+        b.inbox.append(&mut a.outbox);
+        a.inbox.append(&mut b.outbox);
+    }
+    *now += Duration::from_millis(1);
+    let (end, origin) = if on_a {
+        (a, origin + 10)
+    } else {
+        (b, origin + 20)
+    };
+    let range = store_new(end, origin, 100 + seq);
+    end.conduit.announce(range);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -252,31 +301,10 @@ proptest! {
         b_logs in 0usize..4,
         late in prop::collection::vec((any::<bool>(), 0u64..6, 0u64..40, 0usize..40), 1..30),
     ) {
-        let cfg = |id| Config { max_frame: frame, ..live(id) };
-        let mut a_store = BTreeMap::new();
-        for o in 0..a_logs as u64 {
-            a_store.extend(chunks(o, 6, 20));
-        }
-        let mut b_store = BTreeMap::new();
-        for o in 0..b_logs as u64 {
-            b_store.extend(chunks(o + 2, 6, 20));
-        }
-        let mut a = End::new(cfg(1), Limits::new(), a_store);
-        let mut b = End::new(cfg(2), Limits::new(), b_store);
+        let (mut a, mut b) = live_pair(frame, a_logs, b_logs);
         let mut now = Instant::ZERO;
         for (on_a, origin, seq, steps) in late {
-            // A few rounds of pumping, then a chunk appears on one side.
-            for _ in 0..steps {
-                a.pump(now, None);
-                b.pump(now, None);
-                b.inbox.append(&mut a.outbox);
-                a.inbox.append(&mut b.outbox);
-            }
-            now += Duration::from_millis(1);
-            // Sequence numbers past the first logs' 0..60, so no chunk forks another.
-            let (end, origin) = if on_a { (&mut a, origin + 10) } else { (&mut b, origin + 20) };
-            let range = store_new(end, origin, 100 + seq);
-            end.conduit.announce(range);
+            store_later(&mut a, &mut b, &mut now, steps, on_a, origin, seq);
         }
         run_until(&mut a, &mut b, now, now + Duration::from_secs(5));
         prop_assert_eq!(a.outcome, None);
@@ -303,30 +331,11 @@ proptest! {
         close_at in 0usize..20,
         close_a in any::<bool>(),
     ) {
-        let cfg = |id| Config { max_frame: frame, ..live(id) };
-        let mut a_store = BTreeMap::new();
-        for o in 0..a_logs as u64 {
-            a_store.extend(chunks(o, 6, 20));
-        }
-        let mut b_store = BTreeMap::new();
-        for o in 0..b_logs as u64 {
-            b_store.extend(chunks(o + 2, 6, 20));
-        }
-        let mut a = End::new(cfg(1), Limits::new(), a_store);
-        let mut b = End::new(cfg(2), Limits::new(), b_store);
+        let (mut a, mut b) = live_pair(frame, a_logs, b_logs);
         let mut now = Instant::ZERO;
         let mut closed = false;
         for (i, (on_a, origin, seq, steps)) in late.into_iter().enumerate() {
-            for _ in 0..steps {
-                a.pump(now, None);
-                b.pump(now, None);
-                b.inbox.append(&mut a.outbox);
-                a.inbox.append(&mut b.outbox);
-            }
-            now += Duration::from_millis(1);
-            let (end, origin) = if on_a { (&mut a, origin + 10) } else { (&mut b, origin + 20) };
-            let range = store_new(end, origin, 100 + seq);
-            end.conduit.announce(range);
+            store_later(&mut a, &mut b, &mut now, steps, on_a, origin, seq);
             if i == close_at {
                 if close_a { a.conduit.close() } else { b.conduit.close() }
                 closed = true;
