@@ -468,6 +468,25 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         }
     }
 
+    /// Closes the open chunk where [`seal`](Self::seal) would, without encoding or hashing
+    /// it: for a caller that only checks its input (which events fit, where chunks end)
+    /// before sealing it for real. Returns the range the chunk would have covered and its
+    /// number of events, or `None` if it holds no event.
+    pub fn discard(&mut self) -> Option<(u64, u64, u32)> {
+        if self.count == 0 {
+            return None;
+        }
+        let end_seq = self.pending_end.take().unwrap_or(self.next_seq);
+        let first_seq = self.range_start;
+        let events = self.count;
+        self.opened_at = None;
+        self.range_start = end_seq;
+        self.next_seq = self.next_seq.max(end_seq);
+        self.count = 0;
+        self.len = 0;
+        Some((first_seq, end_seq, events))
+    }
+
     /// Seals the open chunk and returns it, or `None` if it holds no event.
     ///
     /// The next chunk's range starts where this one ends.

@@ -119,15 +119,14 @@ struct OriginLog {
 }
 
 /// Reads `input` line by line and seals its events: events without an origin are
-/// `origin`'s, each origin's log continues at `resume(origin)`, and every chunk sealed goes
-/// to `sink` (which may store it, or drop it to only check the input). The open tail of
-/// each origin is sealed at the end.
+/// `origin`'s, each origin's log continues at `resume(origin)`, and every chunk goes to
+/// `sink`. The open tail of each origin is closed at the end.
 pub(crate) fn pass(
     input: &Input,
     origin: NodeId,
     events_per_chunk: u32,
     resume: &mut dyn FnMut(NodeId) -> Result<u64, String>,
-    sink: &mut dyn FnMut(&Sealed<'_>) -> Result<(), String>,
+    mut sink: Sink<'_>,
 ) -> Result<Outcome, Stop> {
     let file = File::open(input.path())
         .map_err(|e| Stop::Io(format!("cannot read {}: {e}", input.path().display())))?;
@@ -179,31 +178,46 @@ pub(crate) fn pass(
         }
         let chunk_error = |error| Stop::Chunk { line: n, error };
         if log.chunker.push(&event).map_err(chunk_error)? == Push::SealFirst {
-            seal(log, &mut out, sink)?;
+            seal(log, &mut out, &mut sink)?;
             // The chunk is empty now: the event is taken, or refused with an error.
             let _ = log.chunker.push(&event).map_err(chunk_error)?;
         }
     }
     for log in logs.values_mut() {
-        seal(log, &mut out, sink)?;
+        seal(log, &mut out, &mut sink)?;
     }
     out.sealed_through = logs.iter().map(|(o, log)| (*o, log.sealed_end)).collect();
     out.late.sort_unstable();
     Ok(out)
 }
 
-/// Seals `log`'s open chunk, if it holds an event, into `sink`.
-fn seal(
-    log: &mut OriginLog,
-    out: &mut Outcome,
-    sink: &mut dyn FnMut(&Sealed<'_>) -> Result<(), String>,
-) -> Result<(), Stop> {
-    if let Some(sealed) = log.chunker.seal() {
-        log.sealed_end = sealed.end_seq;
-        out.chunks += 1;
-        out.sealed_events += u64::from(sealed.events);
-        sink(&sealed).map_err(Stop::Io)?;
-    }
+/// Where a pass's chunks go: into a store, or nowhere (a pass that only checks the input
+/// closes them where they would be sealed, without hashing them).
+pub(crate) enum Sink<'a> {
+    /// Only check: nothing is sealed.
+    Check,
+    /// Seal each chunk and give it to this.
+    Seal(&'a mut dyn FnMut(&Sealed<'_>) -> Result<(), String>),
+}
+
+/// Closes `log`'s open chunk, if it holds an event, into `sink`.
+fn seal(log: &mut OriginLog, out: &mut Outcome, sink: &mut Sink<'_>) -> Result<(), Stop> {
+    let (end, events) = match sink {
+        Sink::Check => match log.chunker.discard() {
+            Some((_, end, events)) => (end, events),
+            None => return Ok(()),
+        },
+        Sink::Seal(sink) => match log.chunker.seal() {
+            Some(sealed) => {
+                sink(&sealed).map_err(Stop::Io)?;
+                (sealed.end_seq, sealed.events)
+            }
+            None => return Ok(()),
+        },
+    };
+    log.sealed_end = end;
+    out.chunks += 1;
+    out.sealed_events += u64::from(events);
     Ok(())
 }
 
@@ -287,10 +301,37 @@ mod tests {
         resume: u64,
     ) -> Result<(Vec<ChunkHash>, Outcome), Stop> {
         let mut ids = Vec::new();
-        let outcome = pass(input, NodeId(0), per_chunk, &mut |_| Ok(resume), &mut |s| {
+        let mut keep = |s: &Sealed<'_>| {
             ids.push(s.id);
             Ok(())
-        })?;
+        };
+        let outcome = pass(
+            input,
+            NodeId(0),
+            per_chunk,
+            &mut |_| Ok(resume),
+            Sink::Seal(&mut keep),
+        )?;
+        // A pass that only checks finds the same.
+        let checked = pass(
+            input,
+            NodeId(0),
+            per_chunk,
+            &mut |_| Ok(resume),
+            Sink::Check,
+        )?;
+        assert_eq!(
+            (
+                checked.chunks,
+                checked.sealed_events,
+                &checked.sealed_through
+            ),
+            (
+                outcome.chunks,
+                outcome.sealed_events,
+                &outcome.sealed_through
+            )
+        );
         ids.sort();
         Ok((ids, outcome))
     }

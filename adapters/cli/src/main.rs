@@ -24,7 +24,8 @@ mod events;
 mod ingest;
 mod units;
 
-use ingest::{Input, Stop};
+use chunk_sync_core::Sealed;
+use ingest::{Input, Sink, Stop};
 use units::{human, parse_rate, parse_size};
 
 /// Replicate append-only event logs between nodes by content-addressed chunks.
@@ -487,9 +488,7 @@ fn append(
         Some(db) => resume_point(db, o).map_err(|Failure(e)| e),
         None => Ok(0),
     };
-    let checked = match ingest::pass(&input, own, events_per_chunk, &mut { resume }, &mut |_| {
-        Ok(())
-    }) {
+    let checked = match ingest::pass(&input, own, events_per_chunk, &mut { resume }, Sink::Check) {
         Ok(checked) => checked,
         Err(Stop::Unordered) => {
             let text = input.read_all()?;
@@ -518,20 +517,21 @@ fn append(
             Ok(())
         };
     let resume = |o: NodeId| resume_point(&db, o).map_err(|Failure(e)| e);
+    let mut store_batches = |sealed: &Sealed<'_>| {
+        batch.push(VerifiedChunk::from(sealed.verified()));
+        batch_bytes += sealed.bytes.len();
+        if batch_bytes >= ingest::BATCH_BYTES {
+            write(&mut batch, &std::mem::take(&mut first_meta))?;
+            batch_bytes = 0;
+        }
+        Ok(())
+    };
     let written = ingest::pass(
         &input,
         own,
         events_per_chunk,
         &mut { resume },
-        &mut |sealed| {
-            batch.push(VerifiedChunk::from(sealed.verified()));
-            batch_bytes += sealed.bytes.len();
-            if batch_bytes >= ingest::BATCH_BYTES {
-                write(&mut batch, &std::mem::take(&mut first_meta))?;
-                batch_bytes = 0;
-            }
-            Ok(())
-        },
+        Sink::Seal(&mut store_batches),
     )
     .map_err(stopped)?;
     let keys: Vec<(String, u64)> = written

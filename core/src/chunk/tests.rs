@@ -372,6 +372,28 @@ proptest! {
         prop_assert_eq!(decoded, expected);
     }
 
+    /// Discarding where one would seal closes the same ranges: a pass that only checks
+    /// its input finds the chunks a sealing pass makes.
+    #[test]
+    fn discarding_closes_the_ranges_sealing_closes(events in arb_events(), per_chunk in 1u32..12, room in 120usize..800) {
+        let sealed: Vec<(u64, u64)> = seal_all(&events, per_chunk, HEADER_RESERVE + room)
+            .into_iter()
+            .map(|(_, _, first, end)| (first, end))
+            .collect();
+        let mut buf = std::vec![0u8; HEADER_RESERVE + room];
+        let mut chunker = Chunker::new(NodeId(7), per_chunk, 0, &mut buf).unwrap();
+        let mut discarded = Vec::new();
+        for e in &events {
+            if chunker.push(e).unwrap() == Push::SealFirst {
+                let (first, end, _) = chunker.discard().unwrap();
+                discarded.push((first, end));
+                prop_assert_ne!(chunker.push(e).unwrap(), Push::SealFirst);
+            }
+        }
+        discarded.extend(chunker.discard().map(|(first, end, _)| (first, end)));
+        prop_assert_eq!(discarded, sealed);
+    }
+
     #[test]
     fn parsing_arbitrary_bytes_never_panics(mut bytes in pvec(any::<u8>(), 0..200), versioned in any::<bool>()) {
         // Most random inputs fail at the version byte; half start with a valid one.
