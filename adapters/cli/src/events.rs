@@ -6,8 +6,8 @@ use chunk_sync_core::{EventBuf, NodeId, Privacy};
 use serde::{Deserialize, Serialize};
 
 /// One event as a JSON line. `payload` is text; `payload_hex` carries bytes that are not.
+/// Fields it does not name are ignored, so that a log with more fields can be appended.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JsonEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     origin: Option<u64>,

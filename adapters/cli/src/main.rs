@@ -41,6 +41,22 @@ enum Command {
     /// Two nodes over loopback TCP: chunking, delta sync, throttling, progress (the default).
     Demo,
     /// Read events as JSON lines, drop private ones, seal chunks into the store.
+    ///
+    /// Each line is one event, a JSON object with these fields (others are ignored; blank
+    /// lines are skipped):
+    ///
+    ///   seq          integer, required: the event's number in its origin's log
+    ///   kind         string, required: what happened ("boot", "temp", ...)
+    ///   privacy      "public", "shareable" or "private", required: a private event takes its
+    ///                sequence number but never enters a chunk
+    ///   timestamp    integer, optional (0): in whatever unit the application uses
+    ///   payload      string, optional: the event's content as text
+    ///   payload_hex  string, optional: its content as hex bytes (instead of payload)
+    ///   origin       integer, optional: whose log (default --origin, or this store's node id)
+    ///
+    /// The input is read twice (standard input is copied to a temporary file first): once
+    /// to check it, so that bad input stores nothing, then to store it, in bounded memory.
+    #[command(verbatim_doc_comment)]
     Append {
         #[command(flatten)]
         store: StoreArg,
@@ -187,7 +203,7 @@ enum Command {
 #[derive(Debug, Args)]
 struct StoreArg {
     /// The store's directory.
-    #[arg(long)]
+    #[arg(long, env = "CHUNK_SYNC_STORE")]
     store: PathBuf,
     /// How far stored chunks are safe: `process` (they survive the process being killed;
     /// the operating system writes them to the disk later, as cp and rsync leave files) or
@@ -666,7 +682,7 @@ fn append_sorted(
     Ok(())
 }
 
-/// `origin 5: 0..=9, 12; origin 7: 3` for sorted, unique `(origin, seq)` pairs.
+/// `node-5: 0..=9, 12; node-7: 3` for sorted, unique `(origin, seq)` pairs.
 fn seq_ranges(seqs: &[(NodeId, u64)]) -> String {
     let mut origins: Vec<String> = Vec::new();
     for run in seqs.chunk_by(|a, b| a.0 == b.0) {
@@ -679,7 +695,7 @@ fn seq_ranges(seqs: &[(NodeId, u64)]) -> String {
                 format!("{first}..={last}")
             });
         }
-        origins.push(format!("origin {}: {}", run[0].0.0, ranges.join(", ")));
+        origins.push(format!("{}: {}", run[0].0, ranges.join(", ")));
     }
     origins.join("; ")
 }
@@ -716,6 +732,8 @@ async fn serve(
     max_connections: u32,
     net: &NetArgs,
 ) -> Result<()> {
+    let dir_existed = store.store.exists();
+    let file_existed = store.store.join(DB_FILE).is_file();
     let db = Arc::new(open(store)?);
     let config = NodeConfig {
         accept_pushes,
@@ -723,11 +741,18 @@ async fn serve(
         ..node_config(&db, net, RateLimits::Upload)?
     };
     let node = Node::new(config, Arc::clone(&db))?;
-    let _control = answer_for(store, &db, &node)?;
-    let listener = node
-        .listen(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let control = answer_for(store, &db, &node)?;
+    let listener = match node.listen(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            if !file_existed {
+                drop((control, node, db));
+                remove_new_store(store, dir_existed);
+            }
+            return Err(Failure(format!("cannot listen on {listen}: {e}")));
+        }
+    };
+    let _control = control;
     println!(
         "{} serving {} chunks on {}",
         node.node_id(),
@@ -840,6 +865,9 @@ async fn shutdown_signal() -> std::io::Result<()> {
 }
 
 async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool) -> Result<()> {
+    // A store this command creates is removed again if it fails before storing anything.
+    let dir_existed = store.store.exists();
+    let file_existed = store.store.join(DB_FILE).is_file();
     let db = open(store)?;
     let limits = if both {
         RateLimits::Both
@@ -858,28 +886,31 @@ async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool)
         );
         bar
     });
-    let sync = async {
-        if both {
-            (vec![node.sync_with(peers[0].as_str()).await], None)
-        } else {
-            let report = node.pull_from_any(peers.iter().map(String::as_str)).await;
-            let unresolved = report.unresolved.len();
-            (report.attempts, Some(unresolved))
-        }
-    };
-    tokio::pin!(sync);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let (attempts, unresolved) = loop {
-        tokio::select! {
-            done = &mut sync => break done,
-            _ = tick.tick() => {
-                // The session under way: the one started last.
-                let all = node.progress_all();
-                if let (Some(bar), Some(p)) = (&bar, all.values().min_by_key(|p| p.elapsed())) {
-                    bar.set_length(p.total_chunks);
-                    bar.set_position(p.synced_chunks);
-                    let rate = p.bytes_transferred as f64 / p.elapsed().as_secs_f64().max(1e-3);
-                    bar.set_message(format!("{} at {}/s", human(p.bytes_transferred), human(rate as u64)));
+    // The session's future borrows the node: it ends with this block.
+    let (attempts, unresolved) = {
+        let sync = async {
+            if both {
+                (vec![node.sync_with(peers[0].as_str()).await], None)
+            } else {
+                let report = node.pull_from_any(peers.iter().map(String::as_str)).await;
+                let unresolved = report.unresolved.len();
+                (report.attempts, Some(unresolved))
+            }
+        };
+        tokio::pin!(sync);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                done = &mut sync => break done,
+                _ = tick.tick() => {
+                    // The session under way: the one started last.
+                    let all = node.progress_all();
+                    if let (Some(bar), Some(p)) = (&bar, all.values().min_by_key(|p| p.elapsed())) {
+                        bar.set_length(p.total_chunks);
+                        bar.set_position(p.synced_chunks);
+                        let rate = p.bytes_transferred as f64 / p.elapsed().as_secs_f64().max(1e-3);
+                        bar.set_message(format!("{} at {}/s", human(p.bytes_transferred), human(rate as u64)));
+                    }
                 }
             }
         }
@@ -908,11 +939,26 @@ async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool)
     }
     // `unresolved` is what no peer could give; a two-way sync has one peer.
     let missing = unresolved.unwrap_or(failed);
-    match last_error {
+    let result = match last_error {
         Some(e) if peers.len() == 1 => Err(e),
         Some(_) if attempts_ok == 0 => Err(Failure("no peer could be synced with".into())),
         _ if missing > 0 => Err(Failure(format!("{missing} chunks could not be fetched"))),
         _ => Ok(()),
+    };
+    if result.is_err() && !file_existed && node.store().is_empty().unwrap_or(false) {
+        // The node holds the file until dropped.
+        drop(node);
+        remove_new_store(store, dir_existed);
+    }
+    result
+}
+
+/// Removes a store this command created and that holds nothing, because the command
+/// failed: a failed command leaves no store behind.
+fn remove_new_store(store: &StoreArg, dir_existed: bool) {
+    let _ = std::fs::remove_file(store.store.join(DB_FILE));
+    if !dir_existed {
+        let _ = std::fs::remove_dir(&store.store);
     }
 }
 
@@ -950,8 +996,8 @@ fn ls(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
     db.for_each(|id, bytes| {
         let line = match ChunkView::parse(bytes) {
             Ok(v) => format!(
-                "{id}  {:>6}  {:>10}..{:<10} {:>6} events  {}",
-                v.origin().0,
+                "{id}  {}  {:>10}..{:<10} {:>6} events  {}",
+                v.origin(),
                 v.first_seq(),
                 v.end_seq(),
                 v.len(),
@@ -986,7 +1032,8 @@ fn stat(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
     for (origin, (chunks, end)) in origins {
         writeln!(
             out,
-            "origin {origin}: {chunks} chunks, sequence numbers up to {end}"
+            "origin {}: {chunks} chunks, sequence numbers up to {end}",
+            NodeId(origin)
         )?;
     }
     Ok(())

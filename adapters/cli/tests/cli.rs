@@ -542,7 +542,7 @@ fn events_at_or_below_the_sealed_point_are_reported_and_refused_with_strict() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("2 events not taken") && stderr.contains("origin 5: 3, 15"),
+        stderr.contains("2 events not taken") && stderr.contains("node-5: 3, 15"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing appended"), "{stderr}");
@@ -595,4 +595,72 @@ fn export_into_a_closed_pipe_is_not_an_error() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn commands_that_fail_before_storing_leave_no_store_behind() {
+    let dir = temp_dir("nothing-left");
+    let store = dir.join("store");
+    let s = store.to_str().unwrap();
+    // Nobody listens on this port.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for args in [
+        vec!["pull", "--store", s, "--from", &port.to_string()],
+        vec!["sync", "--store", s, "--with", &port.to_string()],
+    ] {
+        let out = run(&args, None);
+        assert!(!out.status.success());
+        assert!(!store.exists(), "{args:?} left {}", store.display());
+    }
+    // A bad line, the third: nothing is stored, no store is made.
+    let out = run(
+        &["append", "--store", s],
+        Some("{\"seq\":0,\"kind\":\"a\",\"privacy\":\"public\"}\n\n{\"seq\":1}\n"),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3"));
+    assert!(!store.exists());
+    // A store that existed stays, with what it held.
+    ok(
+        &["append", "--store", s],
+        Some("{\"seq\":0,\"kind\":\"a\",\"privacy\":\"public\"}\n"),
+    );
+    assert!(
+        !run(&["pull", "--store", s, "--from", &port.to_string()], None)
+            .status
+            .success()
+    );
+    assert!(ok(&["stat", "--store", s], None).contains("chunks:  1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn events_may_carry_fields_the_format_does_not_name_and_the_store_may_come_from_the_environment() {
+    let dir = temp_dir("extra-fields");
+    let store = dir.join("store");
+    let line = "{\"seq\":0,\"kind\":\"a\",\"privacy\":\"public\",\"host\":\"web-1\",\"level\":3}\n";
+    let out = Command::new(BIN)
+        .args(["append"])
+        .env("CHUNK_SYNC_STORE", &store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(line.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("appended 1 of 1 events"));
+    let listed = ok(&["ls", "--store", store.to_str().unwrap()], None);
+    assert!(listed.contains("node-"), "{listed}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
