@@ -30,7 +30,15 @@ use units::{human, parse_rate, parse_size};
 
 /// Replicate append-only event logs between nodes by content-addressed chunks.
 #[derive(Debug, Parser)]
-#[command(name = "chunk-sync", version, about)]
+#[command(
+    name = "chunk-sync",
+    version,
+    about,
+    after_help = "Exit status: 0 on success; 1 on an error, said in one line on standard error \
+(for `verify`: a chunk that does not match its hash); 2 on a bad argument; 70 if the store's \
+database failed inside (the store file may be damaged).\n\nThe store's directory may come from \
+the CHUNK_SYNC_STORE environment variable instead of --store."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
