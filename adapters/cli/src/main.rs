@@ -206,6 +206,15 @@ enum Command {
         #[arg(long)]
         unpin: Vec<ChunkHash>,
     },
+    /// Print a completion script for a shell, for example
+    /// `chunk-sync completions bash > /etc/bash_completion.d/chunk-sync`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), for example `chunk-sync man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +319,20 @@ fn run_command(cli: Cli) -> ExitCode {
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Demo => demo::run().await?,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "chunk-sync", &mut script);
+            print_all(&script)?;
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map_err(|e| format!("cannot write the manual page: {e}"))?;
+            print_all(&page)?;
+        }
         Command::Append {
             store,
             events_per_chunk,
@@ -959,6 +982,17 @@ async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool)
         remove_new_store(store, dir_existed);
     }
     result
+}
+
+/// Writes `bytes` to standard output; a reader that closed the pipe early (`| head`) is
+/// not an error.
+fn print_all(bytes: &[u8]) -> Result<()> {
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure(format!("cannot write to standard output: {e}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Removes a store this command created and that holds nothing, because the command

@@ -664,3 +664,20 @@ fn events_may_carry_fields_the_format_does_not_name_and_the_store_may_come_from_
     assert!(listed.contains("node-"), "{listed}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_same_definition_as_the_help() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(&["completions", shell], None);
+        for command in ["append", "serve", "pull", "sync", "run", "verify"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    let page = ok(&["man"], None);
+    assert!(page.contains(".TH chunk-sync 1"), "{page}");
+    assert!(
+        page.contains("CHUNK_SYNC_STORE"),
+        "the exit status and environment are in it"
+    );
+    assert!(!run(&["completions", "tcsh"], None).status.success());
+}
