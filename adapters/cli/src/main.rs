@@ -40,6 +40,11 @@ database failed inside (the store file may be damaged).\n\nThe store's directory
 the CHUNK_SYNC_STORE environment variable instead of --store."
 )]
 struct Cli {
+    /// Log what the node does on standard error: sessions with their peers and bytes
+    /// (`-v`), and their steps (`-vv`). `RUST_LOG` (for example
+    /// `RUST_LOG=chunk_sync_tokio=debug`) chooses instead.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -278,6 +283,7 @@ type Result<T> = std::result::Result<T, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log_to_stderr(cli.verbose);
     // A panic never reaches the user as a backtrace: the store turns what its database
     // raises on a damaged file into an error, and anything else is one line here.
     static REPORTED: AtomicBool = AtomicBool::new(false);
@@ -294,6 +300,22 @@ fn main() -> ExitCode {
         }
         ExitCode::from(70)
     })
+}
+
+/// Sends the libraries' `tracing` lines to standard error: those `RUST_LOG` selects, or
+/// with `-v` the node's info lines and with `-vv` its debug lines; none otherwise.
+fn log_to_stderr(verbose: u8) {
+    let filter = match (std::env::var("RUST_LOG"), verbose) {
+        (Ok(spec), _) if !spec.is_empty() => spec,
+        (_, 0) => return,
+        (_, 1) => "chunk_sync_tokio=info,chunk_sync=info".to_owned(),
+        _ => "chunk_sync_tokio=debug,chunk_sync_core=debug,chunk_sync=debug".to_owned(),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 fn run_command(cli: Cli) -> ExitCode {

@@ -681,3 +681,46 @@ fn completions_and_the_manual_page_come_from_the_same_definition_as_the_help() {
     );
     assert!(!run(&["completions", "tcsh"], None).status.success());
 }
+
+#[test]
+fn serve_with_v_says_who_it_served_and_how_much() {
+    let dir = temp_dir("serve-v");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    ok(
+        &["append", "--store", a.to_str().unwrap()],
+        Some(&events(20, 5)),
+    );
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "-v",
+            "--store",
+            a.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    ok(
+        &["pull", "--store", b.to_str().unwrap(), "--from", &addr],
+        None,
+    );
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut logged = String::new();
+    stderr.read_line(&mut logged).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(logged.contains("session with client complete"), "{logged}");
+    assert!(
+        logged.contains("fetched=0") && logged.contains("node=node-"),
+        "{logged}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::driver::Context;
 use crate::error::Error;
@@ -110,9 +110,19 @@ impl Node {
                         addr: Some(peer),
                         stop: None,
                     };
-                    if let Err(failed) = node.run(stream, mode, Vec::new(), context).await {
-                        let synced = failed.report.progress.synced_chunks;
-                        warn!(%peer, error = %failed.error, synced, "session with client ended in error");
+                    match node.run(stream, mode, Vec::new(), context).await {
+                        Ok(report) => info!(
+                            %peer,
+                            node = %report.peer.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                            sent = report.stats.bytes_sent,
+                            received = report.stats.bytes_received,
+                            fetched = report.progress.synced_chunks,
+                            "session with client complete"
+                        ),
+                        Err(failed) => {
+                            let synced = failed.report.progress.synced_chunks;
+                            warn!(%peer, error = %failed.error, synced, "session with client ended in error");
+                        }
                     }
                 });
                 node.shared.connections.started(id, task.abort_handle());
