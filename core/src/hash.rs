@@ -53,6 +53,13 @@ impl ChunkHash {
     }
 }
 
+/// The hash given as its 32 bytes (the original document's `[u8; 32]`).
+impl From<[u8; 32]> for ChunkHash {
+    fn from(bytes: [u8; 32]) -> Self {
+        Self::from_bytes(bytes)
+    }
+}
+
 impl fmt::Display for ChunkHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in self.0 {

@@ -63,7 +63,7 @@ impl Node {
     /// A node holding the chunks of `count` public events of `origin`, `per_chunk` per chunk.
     #[must_use]
     pub fn with_log(origin: NodeId, count: u64, per_chunk: usize, payload: usize) -> Self {
-        let mut chunks = EventChunkStore::new(per_chunk);
+        let chunks = EventChunkStore::new(per_chunk);
         let created = chunks
             .create_chunks(&log(origin, count, payload))
             .expect("valid log");

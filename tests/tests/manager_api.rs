@@ -61,7 +61,7 @@ async fn manager_and_delta_sync_over_the_network() {
 
     let listener = a.node().listen("127.0.0.1:0").await.unwrap();
     b.add_peer(NodeId(1), listener.local_addr());
-    let delta = DeltaSyncProtocol::new(b.clone());
+    let delta = DeltaSyncProtocol::new(&b);
     let local = vec![chunks[0].id];
     let remote: Vec<ChunkHash> = chunks.iter().map(|c| c.id).collect();
     let missing = delta.compute_delta(&local, &remote).await;
@@ -84,7 +84,10 @@ async fn manager_and_delta_sync_over_the_network() {
     assert_eq!(progress.progress_percent(), 100.0);
     assert!(progress.elapsed() < Duration::from_secs(60));
     assert_eq!(b.complete_sync(&NodeId(1)).unwrap().synced_chunks, 2);
-    assert!(b.get_sync_progress(&NodeId(1)).is_none());
+    assert!(matches!(
+        b.get_sync_progress(&NodeId(1)),
+        Err(Error::NotTracked(NodeId(1)))
+    ));
 
     // Manual progress tracking, as in the original document.
     b.start_sync(NodeId(9), 4);

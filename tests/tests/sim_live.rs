@@ -88,7 +88,7 @@ fn run(k: usize, seed: u64) -> Figures {
     let mut now = Instant::ZERO + Duration::from_secs(2);
     net.run_live(now, |_, _, _| {});
 
-    let mut chunker = EventChunkStore::new(EVENTS_PER_CHUNK as usize);
+    let chunker = EventChunkStore::new(EVENTS_PER_CHUNK as usize);
     let events = log(NodeId(0), CHUNKS * EVENTS_PER_CHUNK, 40);
     let chunks = chunker.create_chunks(&events).expect("valid log");
     let mut appended: BTreeMap<ChunkHash, Instant> = BTreeMap::new();
@@ -185,7 +185,7 @@ fn a_live_session_cut_mid_stream_resumes_without_refetching() {
     net.conns[first].cut_after = Some(3_000);
     let mut now = Instant::ZERO + Duration::from_secs(1);
     net.run_live(now, |_, _, _| {});
-    let mut chunker = EventChunkStore::new(EVENTS_PER_CHUNK as usize);
+    let chunker = EventChunkStore::new(EVENTS_PER_CHUNK as usize);
     let chunks = chunker
         .create_chunks(&log(NodeId(0), 30 * EVENTS_PER_CHUNK, 40))
         .expect("valid log");

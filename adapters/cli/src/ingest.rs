@@ -358,7 +358,7 @@ mod tests {
             events.sort_by_key(|e| (e.seq, e.origin));
             let (_guard, input) = file_of(&events);
             let (ids, outcome) = sealed_by_pass(&input, per_chunk, resume).unwrap();
-            let mut store = EventChunkStore::new(per_chunk as usize);
+            let store = EventChunkStore::new(per_chunk as usize);
             for o in 1..=per_origin.len() as u64 {
                 store.resume(NodeId(o), resume);
             }

@@ -682,7 +682,7 @@ fn append_sorted(
         Some(db) => db,
         None => open(store)?,
     };
-    let mut chunker = EventChunkStore::new(events_per_chunk as usize);
+    let chunker = EventChunkStore::new(events_per_chunk as usize);
     let mut origins: Vec<NodeId> = events.iter().map(|e| e.origin).collect();
     origins.sort();
     origins.dedup();

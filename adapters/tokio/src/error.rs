@@ -30,6 +30,8 @@ pub enum Error {
     InvalidChunk(DecodeError),
     /// No address is known for this peer.
     UnknownPeer(NodeId),
+    /// No sync with this peer is tracked ([`EventChunkSyncManager::get_sync_progress`](crate::EventChunkSyncManager::get_sync_progress)).
+    NotTracked(NodeId),
     /// The configuration is invalid.
     Config(ConfigError),
 }
@@ -45,6 +47,7 @@ impl fmt::Display for Error {
             Self::HashMismatch(e) => write!(f, "{e}"),
             Self::InvalidChunk(e) => write!(f, "not a valid chunk: {e}"),
             Self::UnknownPeer(p) => write!(f, "no address is known for {p}"),
+            Self::NotTracked(p) => write!(f, "no sync with {p} is tracked"),
             Self::Config(e) => write!(f, "invalid configuration: {e}"),
         }
     }
@@ -59,7 +62,7 @@ impl std::error::Error for Error {
             Self::HashMismatch(e) => Some(e),
             Self::InvalidChunk(e) => Some(e),
             Self::Config(e) => Some(e),
-            Self::Closed | Self::Stalled | Self::UnknownPeer(_) => None,
+            Self::Closed | Self::Stalled | Self::UnknownPeer(_) | Self::NotTracked(_) => None,
         }
     }
 }

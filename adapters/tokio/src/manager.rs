@@ -136,14 +136,31 @@ impl EventChunkSyncManager {
     }
 
     /// The progress of the sync with `peer` (updated live by running sessions).
-    #[must_use]
-    pub fn get_sync_progress(&self, peer: &NodeId) -> Option<SyncProgress> {
-        self.node.progress(peer)
+    ///
+    /// # Errors
+    /// [`Error::NotTracked`] if no sync with `peer` was started or run.
+    pub fn get_sync_progress(&self, peer: &NodeId) -> Result<SyncProgress, Error> {
+        self.node.progress(peer).ok_or(Error::NotTracked(*peer))
     }
 
     /// Stops tracking the sync with `peer` and returns its final figures.
-    pub fn complete_sync(&self, peer: &NodeId) -> Option<SyncProgress> {
-        self.node.shared.forget(peer)
+    ///
+    /// # Errors
+    /// [`Error::NotTracked`] if no sync with `peer` is tracked.
+    pub fn complete_sync(&self, peer: &NodeId) -> Result<SyncProgress, Error> {
+        self.node
+            .shared
+            .forget(peer)
+            .ok_or(Error::NotTracked(*peer))
+    }
+
+    /// The hashes of every chunk this node stores, sorted: its manifest, to compare with a
+    /// peer's ([`DeltaSyncProtocol::compute_delta`]).
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the store fails.
+    pub async fn local_hashes(&self) -> Result<Vec<ChunkHash>, Error> {
+        self.node.store().ids().map_err(Error::Store)
     }
 
     /// Bytes of chunk data held in memory.
@@ -158,6 +175,13 @@ impl EventChunkSyncManager {
     }
 }
 
+impl From<&Self> for EventChunkSyncManager {
+    /// Another handle to the same node.
+    fn from(manager: &Self) -> Self {
+        manager.clone()
+    }
+}
+
 /// Delta sync: find what a peer has that this node lacks, and fetch exactly that over the
 /// network.
 #[derive(Clone, Debug)]
@@ -166,10 +190,13 @@ pub struct DeltaSyncProtocol {
 }
 
 impl DeltaSyncProtocol {
-    /// Delta sync on top of `manager`.
+    /// Delta sync on top of `manager`: the manager itself, or a reference to one (a
+    /// manager is a handle that clones cheaply, so both keep working on the same node).
     #[must_use]
-    pub const fn new(manager: EventChunkSyncManager) -> Self {
-        Self { manager }
+    pub fn new(manager: impl Into<EventChunkSyncManager>) -> Self {
+        Self {
+            manager: manager.into(),
+        }
     }
 
     /// The hashes of `remote` that are not in `local` (a sorted merge walk; the inputs need

@@ -764,7 +764,7 @@ pub(crate) mod tests {
                 payload: payload.as_bytes().to_vec(),
             })
             .collect();
-        let mut chunker = chunk_sync_core::EventChunkStore::new(events.len());
+        let chunker = chunk_sync_core::EventChunkStore::new(events.len());
         chunker.resume(NodeId(origin), first);
         let c = chunker.create_chunks(&events).unwrap().remove(0);
         VerifiedChunk::new(c.id, c.bytes).unwrap()

@@ -4,6 +4,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use super::{ChunkError, ChunkView, Chunker, Push, Sealed};
 use crate::event::{ChunkEvent, NodeId};
@@ -55,6 +56,9 @@ impl EventChunk {
 /// [`create_chunks`](Self::create_chunks) again with the same log plus appended events
 /// seals only the new events and never touches an existing chunk.
 ///
+/// Its methods take `&self`, as in the original document; the state is in a `RefCell`,
+/// so a store is used from one thread at a time (put it in a `Mutex` to share it).
+///
 /// ```
 /// use chunk_sync_core::{EventBuf, EventChunkStore, NodeId, Privacy};
 ///
@@ -64,7 +68,7 @@ impl EventChunk {
 ///         privacy: Privacy::Public, payload: vec![seq as u8; 8],
 ///     })
 ///     .collect();
-/// let mut store = EventChunkStore::new(10);
+/// let store = EventChunkStore::new(10);
 /// let chunks = store.create_chunks(&log)?;
 /// assert_eq!(chunks.len(), 3); // 10 + 10 + 5 events
 /// assert!(store.get_chunk(&chunks[0].id).is_some());
@@ -75,6 +79,14 @@ impl EventChunk {
 pub struct EventChunkStore {
     events_per_chunk: u32,
     max_chunk_bytes: usize,
+    /// Behind a `RefCell`, so that the store is used through `&self` as the original
+    /// document uses it (`let store = EventChunkStore::new(100); store.create_chunks(..)`).
+    state: RefCell<State>,
+}
+
+/// What an [`EventChunkStore`] holds.
+#[derive(Debug, Default)]
+struct State {
     chunks: BTreeMap<ChunkHash, EventChunk>,
     /// Per origin: the first sequence number not yet sealed.
     sealed_through: BTreeMap<NodeId, u64>,
@@ -88,8 +100,7 @@ impl EventChunkStore {
         Self {
             events_per_chunk: u32::try_from(events_per_chunk).unwrap_or(u32::MAX).max(1),
             max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
-            chunks: BTreeMap::new(),
-            sealed_through: BTreeMap::new(),
+            state: RefCell::new(State::default()),
         }
     }
 
@@ -103,13 +114,19 @@ impl EventChunkStore {
     /// The first sequence number of `origin` not sealed yet (`0` if none is).
     #[must_use]
     pub fn sealed_through(&self, origin: NodeId) -> u64 {
-        self.sealed_through.get(&origin).copied().unwrap_or(0)
+        self.state
+            .borrow()
+            .sealed_through
+            .get(&origin)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Continues `origin`'s log from a store that already sealed every sequence number
     /// below `next_seq` (for example, a store reopened from disk). It never moves backwards.
-    pub fn resume(&mut self, origin: NodeId, next_seq: u64) {
-        let through = self.sealed_through.entry(origin).or_insert(0);
+    pub fn resume(&self, origin: NodeId, next_seq: u64) {
+        let mut state = self.state.borrow_mut();
+        let through = state.sealed_through.entry(origin).or_insert(0);
         *through = (*through).max(next_seq);
     }
 
@@ -127,7 +144,7 @@ impl EventChunkStore {
     /// (two events with one sequence number, an event larger than the chunk limit) the
     /// store is left exactly as it was.
     pub fn create_chunks<E: ChunkEvent>(
-        &mut self,
+        &self,
         events: &[E],
     ) -> Result<Vec<EventChunk>, ChunkError> {
         let mut order: Vec<&E> = events.iter().collect();
@@ -137,7 +154,7 @@ impl EventChunkStore {
         let mut through = Vec::new();
         for run in order.chunk_by(|a, b| a.origin() == b.origin()) {
             let origin = run[0].origin();
-            let start = self.sealed_through.get(&origin).copied().unwrap_or(0);
+            let start = self.sealed_through(origin);
             let mut chunker = Chunker::new(origin, self.events_per_chunk, start, &mut buf)?;
             // Only sealed chunks fix boundaries: events after the last one (private ones
             // included) are looked at again next time.
@@ -159,28 +176,29 @@ impl EventChunkStore {
             }
             through.push((origin, sealed_end));
         }
-        self.sealed_through.extend(through);
+        let mut state = self.state.borrow_mut();
+        state.sealed_through.extend(through);
         for chunk in &created {
-            self.chunks.insert(chunk.id, chunk.clone());
+            state.chunks.insert(chunk.id, chunk.clone());
         }
         Ok(created)
     }
 
-    /// The chunk named `hash`, if the store has it.
+    /// A copy of the chunk named `hash`, if the store has it.
     #[must_use]
-    pub fn get_chunk(&self, hash: &ChunkHash) -> Option<&EventChunk> {
-        self.chunks.get(hash)
+    pub fn get_chunk(&self, hash: &ChunkHash) -> Option<EventChunk> {
+        self.state.borrow().chunks.get(hash).cloned()
     }
 
     /// Adds a chunk received from elsewhere, after validating every event. Returns
     /// whether it was new. The origin's sealing position is left alone: only the origin
     /// seals.
-    pub fn insert_chunk(&mut self, chunk: Verified<'_>) -> Result<bool, ChunkError> {
-        if self.chunks.contains_key(&chunk.id()) {
+    pub fn insert_chunk(&self, chunk: Verified<'_>) -> Result<bool, ChunkError> {
+        if self.state.borrow().chunks.contains_key(&chunk.id()) {
             return Ok(false);
         }
         let view = ChunkView::validated(chunk.bytes())?;
-        self.chunks.insert(
+        self.state.borrow_mut().chunks.insert(
             chunk.id(),
             EventChunk {
                 id: chunk.id(),
@@ -194,26 +212,27 @@ impl EventChunkStore {
         Ok(true)
     }
 
-    /// Every chunk, ordered by hash.
-    pub fn chunks(&self) -> impl ExactSizeIterator<Item = &EventChunk> {
-        self.chunks.values()
+    /// Copies of every chunk, ordered by hash.
+    #[must_use]
+    pub fn chunks(&self) -> Vec<EventChunk> {
+        self.state.borrow().chunks.values().cloned().collect()
     }
 
     /// Every chunk hash, sorted: this node's manifest.
     #[must_use]
     pub fn hashes(&self) -> Vec<ChunkHash> {
-        self.chunks.keys().copied().collect()
+        self.state.borrow().chunks.keys().copied().collect()
     }
 
     /// Number of chunks.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.chunks.len()
+        self.state.borrow().chunks.len()
     }
 
     /// Whether the store holds no chunk.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.state.borrow().chunks.is_empty()
     }
 }

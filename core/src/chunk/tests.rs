@@ -445,7 +445,7 @@ mod event_chunk_store {
 
     #[test]
     fn appending_seals_only_new_events() {
-        let mut store = EventChunkStore::new(10);
+        let store = EventChunkStore::new(10);
         let mut log: Vec<EventBuf> = (0..25).map(|s| buf(s, Privacy::Public)).collect();
         let first = store.create_chunks(&log).unwrap();
         assert_eq!(
@@ -466,13 +466,13 @@ mod event_chunk_store {
         );
         assert_eq!(store.len(), 5);
         for c in first.iter().chain(&second) {
-            assert_eq!(store.get_chunk(&c.id), Some(c));
+            assert_eq!(store.get_chunk(&c.id).as_ref(), Some(c));
         }
     }
 
     #[test]
     fn a_private_tail_stays_open() {
-        let mut store = EventChunkStore::new(10);
+        let store = EventChunkStore::new(10);
         let mut log: Vec<EventBuf> = (0..12)
             .map(|s| {
                 buf(
@@ -499,7 +499,7 @@ mod event_chunk_store {
 
     #[test]
     fn errors_leave_the_store_unchanged() {
-        let mut store = EventChunkStore::new(10).with_max_chunk_bytes(HEADER_RESERVE + 200);
+        let store = EventChunkStore::new(10).with_max_chunk_bytes(HEADER_RESERVE + 200);
         let mut log: Vec<EventBuf> = (0..3).map(|s| buf(s, Privacy::Public)).collect();
         log[2].payload = std::vec![0; 300];
         assert!(matches!(
@@ -517,12 +517,12 @@ mod event_chunk_store {
 
     #[test]
     fn received_chunks_are_validated() {
-        let mut origin = EventChunkStore::new(10);
+        let origin = EventChunkStore::new(10);
         let chunk = origin
             .create_chunks(&[buf(0, Privacy::Public)])
             .unwrap()
             .remove(0);
-        let mut replica = EventChunkStore::new(10);
+        let replica = EventChunkStore::new(10);
         assert_eq!(
             replica.insert_chunk(Verified::hash_of(&chunk.bytes)),
             Ok(true)
