@@ -74,12 +74,12 @@ stop_server
 start_server
 CS_WARM=$(for _ in $(seq "$RUNS"); do
   rm -rf "$WORK/w" && cp -a "$WORK/b" "$WORK/w"
-  timed "$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/w"
+  timed "$BIN" pull --json --from "127.0.0.1:$PORT" --store "$WORK/w"
 done | median)
 cs_warm=$(cat "$WORK/last.out")
 stop_server
-CS_WIRE=$(echo "$cs_warm" | sed -E 's/.*wire bytes in ([0-9]+)\].*/\1/')
-NEW_CHUNK_BYTES=$(echo "$cs_warm" | sed -E 's/.*\[chunk bytes ([0-9]+),.*/\1/')
+CS_WIRE=$(echo "$cs_warm" | sed -E 's/.*"bytes_received":([0-9]+).*/\1/')
+NEW_CHUNK_BYTES=$(echo "$cs_warm" | sed -E 's/.*"chunk_bytes":([0-9]+).*/\1/')
 
 # rsync: a daemon on loopback serves the same log file.
 RPORT=$(free_port)

@@ -28,8 +28,8 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-# The chunk bytes a pull's summary line reports.
-chunk_bytes() { sed -n 's/.*\[chunk bytes \([0-9]*\),.*/\1/p' "$1"; }
+# What a pull's JSON summary reports.
+chunk_bytes() { sed -n 's/.*"chunk_bytes":\([0-9]*\).*/\1/p' "$1"; }
 
 # case_row EVENTS PAYLOAD PULLS
 case_row() {
@@ -40,23 +40,23 @@ case_row() {
   port=$(free_port)
   "$BIN" serve --store "$store" --listen "127.0.0.1:$port" >"$WORK/serve.log" 2>&1 &
   SERVE_PID=$!
-  until grep -q serving "$WORK/serve.log"; do sleep 0.05; done
+  until grep -q serving "$WORK/serve.log" 2>/dev/null; do sleep 0.05; done
 
   local t0 t1
   t0=$(now)
-  "$BIN" pull --store "$WORK/one" --from "127.0.0.1:$port" >"$WORK/one.log"
+  "$BIN" pull --json --store "$WORK/one" --from "127.0.0.1:$port" >"$WORK/one.log"
   t1=$(now)
   local bytes one
   bytes=$(chunk_bytes "$WORK/one.log")
   local name
-  name="$(sed -n 's/^pulled \([0-9]*\) chunks.*/\1/p' "$WORK/one.log") chunks of one $payload-byte event"
+  name="$(sed -n 's/.*"fetched_chunks":\([0-9]*\).*/\1/p' "$WORK/one.log") chunks of one $payload-byte event"
   one=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
   rm -rf "$WORK/one"
 
   t0=$(now)
   local pids=()
   for i in $(seq "$pulls"); do
-    "$BIN" pull --store "$WORK/p$i" --from "127.0.0.1:$port" >"$WORK/p$i.log" &
+    "$BIN" pull --json --store "$WORK/p$i" --from "127.0.0.1:$port" >"$WORK/p$i.log" &
     pids+=("$!")
   done
   for pid in "${pids[@]}"; do wait "$pid"; done

@@ -36,9 +36,12 @@ pub(crate) fn is_served(dir: &Path) -> bool {
 impl Inspect {
     fn request(self) -> &'static str {
         match self {
-            Self::Ls => "ls",
-            Self::Stat => "stat",
-            Self::Verify => "verify",
+            Self::Ls { json: false } => "ls",
+            Self::Ls { json: true } => "ls json",
+            Self::Stat { json: false } => "stat",
+            Self::Stat { json: true } => "stat json",
+            Self::Verify { json: false } => "verify",
+            Self::Verify { json: true } => "verify json",
             Self::Export(OnDamaged::Stop) => "export stop",
             Self::Export(OnDamaged::Skip) => "export skip",
         }
@@ -46,9 +49,12 @@ impl Inspect {
 
     fn from_request(line: &str) -> Option<Self> {
         Some(match line.trim() {
-            "ls" => Self::Ls,
-            "stat" => Self::Stat,
-            "verify" => Self::Verify,
+            "ls" => Self::Ls { json: false },
+            "ls json" => Self::Ls { json: true },
+            "stat" => Self::Stat { json: false },
+            "stat json" => Self::Stat { json: true },
+            "verify" => Self::Verify { json: false },
+            "verify json" => Self::Verify { json: true },
             "export stop" => Self::Export(OnDamaged::Stop),
             "export skip" => Self::Export(OnDamaged::Skip),
             _ => return None,

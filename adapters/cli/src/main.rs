@@ -158,6 +158,8 @@ enum Command {
         from: Vec<String>,
         #[command(flatten)]
         net: NetArgs,
+        #[command(flatten)]
+        output: Output,
     },
     /// Fetch what the store lacks from a peer and give it what it lacks.
     Sync {
@@ -168,21 +170,35 @@ enum Command {
         with: String,
         #[command(flatten)]
         net: NetArgs,
+        #[command(flatten)]
+        output: Output,
     },
-    /// List the chunks of the store.
+    /// List the chunks of the store, by origin and sequence number: hash, origin,
+    /// sequence range, events, size.
     Ls {
         #[command(flatten)]
         store: StoreArg,
+        /// One JSON object per chunk: `id`, `origin`, `first_seq`, `end_seq`, `events`,
+        /// `bytes` (or `id` and `error` for one that is no valid chunk).
+        #[arg(long)]
+        json: bool,
     },
     /// Summarise the store.
     Stat {
         #[command(flatten)]
         store: StoreArg,
+        /// One JSON object: `node_id` (null before one is chosen), `chunks`, `bytes`, and
+        /// `origins`, each with `origin`, `chunks` and `end_seq`.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-hash and decode every chunk; exit with an error if any is corrupt.
     Verify {
         #[command(flatten)]
         store: StoreArg,
+        /// One JSON object: `verified` (chunks checked) and `corrupt` (their hashes).
+        #[arg(long)]
+        json: bool,
     },
     /// Write every event of the store as JSON lines, from chunks checked against their
     /// hashes.
@@ -251,6 +267,19 @@ pub(crate) enum OnDamaged {
     Stop,
     /// Leave damaged chunks out and export the rest.
     Skip,
+}
+
+/// How `pull` and `sync` report.
+#[derive(Clone, Copy, Debug, Args)]
+struct Output {
+    /// One JSON object per peer tried: `peer` (the address), `node_id`, `fetched_chunks`,
+    /// `chunk_bytes`, `failed`, `bytes_sent`, `bytes_received`, `seconds`; or `peer` and
+    /// `error`.
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
+    /// Print nothing on success (errors still go to standard error).
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -396,13 +425,21 @@ async fn run(command: Command) -> Result<ExitCode> {
             };
             run_live(&store, live, input, &net).await?;
         }
-        Command::Pull { store, from, net } => exchange(&store, &from, &net, false).await?,
-        Command::Sync { store, with, net } => {
-            exchange(&store, std::slice::from_ref(&with), &net, true).await?
-        }
-        Command::Ls { store } => return inspect(&store, Inspect::Ls),
-        Command::Stat { store } => return inspect(&store, Inspect::Stat),
-        Command::Verify { store } => return inspect(&store, Inspect::Verify),
+        Command::Pull {
+            store,
+            from,
+            net,
+            output,
+        } => exchange(&store, &from, &net, false, output).await?,
+        Command::Sync {
+            store,
+            with,
+            net,
+            output,
+        } => exchange(&store, std::slice::from_ref(&with), &net, true, output).await?,
+        Command::Ls { store, json } => return inspect(&store, Inspect::Ls { json }),
+        Command::Stat { store, json } => return inspect(&store, Inspect::Stat { json }),
+        Command::Verify { store, json } => return inspect(&store, Inspect::Verify { json }),
         Command::Export { store, on_damaged } => {
             return inspect(&store, Inspect::Export(on_damaged));
         }
@@ -917,7 +954,13 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
 }
 
-async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool) -> Result<()> {
+async fn exchange(
+    store: &StoreArg,
+    peers: &[String],
+    net: &NetArgs,
+    both: bool,
+    output: Output,
+) -> Result<()> {
     // A store this command creates is removed again if it fails before storing anything.
     let dir_existed = store.store.exists();
     let file_existed = store.store.join(DB_FILE).is_file();
@@ -929,7 +972,7 @@ async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool)
     };
     let config = node_config(&db, net, limits)?;
     let node = Node::new(config, db)?;
-    let bar = std::io::stderr().is_terminal().then(|| {
+    let bar = (std::io::stderr().is_terminal() && !output.quiet && !output.json).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -977,11 +1020,14 @@ async fn exchange(store: &StoreArg, peers: &[String], net: &NetArgs, both: bool)
     for (peer, attempt) in peers.iter().zip(attempts) {
         match attempt {
             Ok(report) => {
-                summarise(&report, peer, both);
+                summarise(&report, peer, both, output);
                 failed = report.failed.len();
             }
             Err(e) => {
                 let e = describe(peer, e);
+                if output.json {
+                    println!("{}", serde_json::json!({ "peer": peer, "error": e.0 }));
+                }
                 // With fallbacks, say why a peer was skipped and go on.
                 if peers.len() > 1 {
                     eprintln!("chunk-sync: {}", e.0);
@@ -1027,24 +1073,43 @@ fn remove_new_store(store: &StoreArg, dir_existed: bool) {
 }
 
 /// One line per session: what came in, from whom, how fast.
-fn summarise(report: &SyncReport, peer: &str, both: bool) {
+/// What a session did, on standard output: one line of at most about 80 columns, one JSON
+/// object, or nothing.
+fn summarise(report: &SyncReport, peer: &str, both: bool, output: Output) {
     let p = report.progress;
     let secs = p.elapsed().as_secs_f64();
-    println!(
-        "{} {} chunks ({}) from {} in {secs:.2}s ({}/s); {} failed; sent {}, received {} [chunk bytes {}, wire bytes in {}]",
-        if both { "synced: fetched" } else { "pulled" },
-        p.synced_chunks,
-        human(p.bytes_transferred),
-        report
-            .peer
-            .map_or_else(|| peer.to_owned(), |id| id.to_string()),
-        human((p.bytes_transferred as f64 / secs.max(1e-3)) as u64),
-        report.failed.len(),
-        human(report.stats.bytes_sent),
-        human(report.stats.bytes_received),
-        p.bytes_transferred,
-        report.stats.bytes_received,
-    );
+    let node = report
+        .peer
+        .map_or_else(|| peer.to_owned(), |id| id.to_string());
+    if output.json {
+        let summary = serde_json::json!({
+            "peer": peer,
+            "node_id": report.peer.map(|id| id.0),
+            "fetched_chunks": p.synced_chunks,
+            "chunk_bytes": p.bytes_transferred,
+            "failed": report.failed.len(),
+            "bytes_sent": report.stats.bytes_sent,
+            "bytes_received": report.stats.bytes_received,
+            "seconds": secs,
+        });
+        println!("{summary}");
+    } else if !output.quiet {
+        let failed = match report.failed.len() {
+            0 => String::new(),
+            n => format!(", {n} failed"),
+        };
+        let gave = if both {
+            format!(", sent {}", human(report.stats.bytes_sent))
+        } else {
+            String::new()
+        };
+        println!(
+            "{} {} chunks ({}) from {node} in {secs:.2} s{gave}{failed}",
+            if both { "synced: fetched" } else { "pulled" },
+            p.synced_chunks,
+            human(p.bytes_transferred),
+        );
+    }
 }
 
 /// One clear line for a failed sync.
@@ -1055,10 +1120,22 @@ fn describe(peer: &str, e: chunk_sync_tokio::Error) -> Failure {
     }
 }
 
-fn ls(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
+fn ls(db: &RedbStore, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut failed = None;
     db.for_each(|id, bytes| {
         let line = match ChunkView::parse(bytes) {
+            Ok(v) if json => serde_json::json!({
+                "id": id.to_string(),
+                "origin": v.origin().0,
+                "first_seq": v.first_seq(),
+                "end_seq": v.end_seq(),
+                "events": v.len(),
+                "bytes": bytes.len(),
+            })
+            .to_string(),
+            Err(e) if json => {
+                serde_json::json!({ "id": id.to_string(), "error": e.to_string() }).to_string()
+            }
             Ok(v) => format!(
                 "{id}  {}  {:>10}..{:<10} {:>6} events  {}",
                 v.origin(),
@@ -1076,7 +1153,7 @@ fn ls(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
     failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
-fn stat(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
+fn stat(db: &RedbStore, json: bool, out: &mut dyn Write) -> Result<()> {
     let mut origins = std::collections::BTreeMap::<u64, (u64, u64)>::new();
     db.for_each(|_, bytes| {
         if let Ok(v) = ChunkView::parse(bytes) {
@@ -1085,6 +1162,22 @@ fn stat(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
             entry.1 = entry.1.max(v.end_seq());
         }
     })?;
+    if json {
+        let origins: Vec<serde_json::Value> = origins
+            .iter()
+            .map(|(origin, (chunks, end))| {
+                serde_json::json!({ "origin": origin, "chunks": chunks, "end_seq": end })
+            })
+            .collect();
+        let summary = serde_json::json!({
+            "node_id": db.meta("node_id")?,
+            "chunks": db.len()?,
+            "bytes": db.total_bytes()?,
+            "origins": origins,
+        });
+        writeln!(out, "{summary}")?;
+        return Ok(());
+    }
     match db.meta("node_id")? {
         Some(id) => writeln!(out, "node id: {}", NodeId(id))?,
         None => writeln!(
@@ -1106,9 +1199,9 @@ fn stat(db: &RedbStore, out: &mut dyn Write) -> Result<()> {
 /// A read-only command: `ls`, `stat`, `verify` or `export`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Inspect {
-    Ls,
-    Stat,
-    Verify,
+    Ls { json: bool },
+    Stat { json: bool },
+    Verify { json: bool },
     Export(OnDamaged),
 }
 
@@ -1122,9 +1215,9 @@ impl Inspect {
         err: &mut dyn Write,
     ) -> Result<u8> {
         match self {
-            Self::Ls => ls(db, out).map(|()| 0),
-            Self::Stat => stat(db, out).map(|()| 0),
-            Self::Verify => verify(db, out, err),
+            Self::Ls { json } => ls(db, json, out).map(|()| 0),
+            Self::Stat { json } => stat(db, json, out).map(|()| 0),
+            Self::Verify { json } => verify(db, json, out, err),
             Self::Export(on_damaged) => export(db, on_damaged, out, err),
         }
     }
@@ -1158,7 +1251,7 @@ fn sound<'a>(id: &ChunkHash, bytes: &'a [u8]) -> Option<ChunkView<'a>> {
         .flatten()
 }
 
-fn verify(db: &RedbStore, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8> {
+fn verify(db: &RedbStore, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8> {
     let (mut total, mut bad) = (0u64, 0u64);
     let mut corrupt = Vec::new();
     db.for_each(|id, bytes| {
@@ -1168,6 +1261,15 @@ fn verify(db: &RedbStore, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8
             corrupt.push(id);
         }
     })?;
+    if json {
+        let ids: Vec<String> = corrupt.iter().map(ToString::to_string).collect();
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "verified": total, "corrupt": ids })
+        )?;
+        return Ok(u8::from(bad > 0));
+    }
     for id in corrupt {
         writeln!(err, "corrupt chunk {id}")?;
     }

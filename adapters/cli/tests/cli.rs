@@ -724,3 +724,83 @@ fn serve_with_v_says_who_it_served_and_how_much() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn json_output_parses_and_quiet_prints_nothing() {
+    use serde_json::Value;
+    let dir = temp_dir("json");
+    let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+    ok(
+        &[
+            "append",
+            "--store",
+            a.to_str().unwrap(),
+            "--events-per-chunk",
+            "10",
+        ],
+        Some(&events(30, 5)),
+    );
+    let server = Server::start(&a, &[]);
+    let out = ok(
+        &[
+            "pull",
+            "--json",
+            "--store",
+            b.to_str().unwrap(),
+            "--from",
+            &server.1,
+        ],
+        None,
+    );
+    let summary: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["fetched_chunks"], 3, "{summary}");
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["peer"], server.1.as_str());
+    assert!(summary["chunk_bytes"].as_u64().unwrap() > 0);
+    assert!(summary["node_id"].is_u64());
+    let quiet = ok(
+        &[
+            "pull",
+            "-q",
+            "--store",
+            c.to_str().unwrap(),
+            "--from",
+            &server.1,
+        ],
+        None,
+    );
+    assert_eq!(quiet, "", "nothing on success");
+    drop(server);
+
+    let b = b.to_str().unwrap();
+    let listed: Vec<Value> = ok(&["ls", "--json", "--store", b], None)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["first_seq"], 0);
+    assert_eq!(listed[0]["end_seq"], 10);
+    assert!(listed[0]["events"].as_u64().unwrap() <= 10);
+    assert_eq!(listed[0]["id"].as_str().unwrap().len(), 64);
+    let stat: Value =
+        serde_json::from_str(ok(&["stat", "--json", "--store", b], None).trim()).unwrap();
+    assert_eq!(stat["chunks"], 3);
+    assert_eq!(stat["origins"][0]["end_seq"], 30);
+    let verified: Value =
+        serde_json::from_str(ok(&["verify", "--json", "--store", b], None).trim()).unwrap();
+    assert_eq!(verified["verified"], 3);
+    assert_eq!(verified["corrupt"].as_array().unwrap().len(), 0);
+    // An unreachable peer: the error as JSON too, and a failing exit status.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let failed = run(
+        &["pull", "--json", "--store", b, "--from", &port.to_string()],
+        None,
+    );
+    assert!(!failed.status.success());
+    let line: Value = serde_json::from_slice(failed.stdout.trim_ascii()).unwrap_or(Value::Null);
+    assert!(line["error"].is_string(), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
