@@ -3,7 +3,7 @@
 //! Run without arguments (or with `demo`) for a guided demonstration.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -177,7 +177,7 @@ enum Command {
     /// sequence range, events, size.
     Ls {
         #[command(flatten)]
-        store: StoreArg,
+        store: ReadStoreArg,
         /// One JSON object per chunk: `id`, `origin`, `first_seq`, `end_seq`, `events`,
         /// `bytes` (or `id` and `error` for one that is no valid chunk).
         #[arg(long)]
@@ -186,7 +186,7 @@ enum Command {
     /// Summarise the store.
     Stat {
         #[command(flatten)]
-        store: StoreArg,
+        store: ReadStoreArg,
         /// One JSON object: `node_id` (null before one is chosen), `chunks`, `bytes`, and
         /// `origins`, each with `origin`, `chunks` and `end_seq`.
         #[arg(long)]
@@ -195,7 +195,7 @@ enum Command {
     /// Re-hash and decode every chunk; exit with an error if any is corrupt.
     Verify {
         #[command(flatten)]
-        store: StoreArg,
+        store: ReadStoreArg,
         /// One JSON object: `verified` (chunks checked) and `corrupt` (their hashes).
         #[arg(long)]
         json: bool,
@@ -204,7 +204,7 @@ enum Command {
     /// hashes.
     Export {
         #[command(flatten)]
-        store: StoreArg,
+        store: ReadStoreArg,
         /// What to do if a chunk is damaged (reported on stderr either way, and the exit
         /// status is an error): export nothing, or export the others.
         #[arg(long, value_enum, default_value_t = OnDamaged::Stop)]
@@ -236,6 +236,14 @@ enum Command {
     },
     /// Print the manual page (roff), for example `chunk-sync man | man -l -`.
     Man,
+}
+
+/// The store of a command that only reads it.
+#[derive(Debug, Args)]
+struct ReadStoreArg {
+    /// The store's directory.
+    #[arg(long, env = "CHUNK_SYNC_STORE")]
+    store: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -437,11 +445,13 @@ async fn run(command: Command) -> Result<ExitCode> {
             net,
             output,
         } => exchange(&store, std::slice::from_ref(&with), &net, true, output).await?,
-        Command::Ls { store, json } => return inspect(&store, Inspect::Ls { json }),
-        Command::Stat { store, json } => return inspect(&store, Inspect::Stat { json }),
-        Command::Verify { store, json } => return inspect(&store, Inspect::Verify { json }),
+        Command::Ls { store, json } => return inspect(&store.store, Inspect::Ls { json }),
+        Command::Stat { store, json } => return inspect(&store.store, Inspect::Stat { json }),
+        Command::Verify { store, json } => {
+            return inspect(&store.store, Inspect::Verify { json });
+        }
         Command::Export { store, on_damaged } => {
-            return inspect(&store, Inspect::Export(on_damaged));
+            return inspect(&store.store, Inspect::Export(on_damaged));
         }
         Command::Gc {
             store,
@@ -490,8 +500,7 @@ fn open_existing(store: &StoreArg) -> Result<RedbStore> {
 
 /// Opens an existing store without writing to it: on read-only media too, and nothing is
 /// created.
-fn open_read_only(store: &StoreArg) -> Result<RedbStore> {
-    let dir = &store.store;
+fn open_read_only(dir: &Path) -> Result<RedbStore> {
     if !dir.join(DB_FILE).is_file() {
         return Err(Failure(format!("no store at {}", dir.display())));
     }
@@ -508,7 +517,7 @@ fn open_file(store: &StoreArg) -> Result<RedbStore> {
 }
 
 /// One line for a store that cannot be opened.
-fn cannot_open(dir: &std::path::Path, e: &chunk_sync_tokio::StoreError) -> Failure {
+fn cannot_open(dir: &Path, e: &chunk_sync_tokio::StoreError) -> Failure {
     let dir = dir.display();
     match e.downcast_ref::<RedbError>() {
         Some(RedbError::InUse) => Failure(format!("store {dir} is in use by another process")),
@@ -1225,11 +1234,11 @@ impl Inspect {
 
 /// Runs a read-only command on the store: from its file, or, while a `serve` or `run`
 /// process holds the store, through that process.
-fn inspect(store: &StoreArg, what: Inspect) -> Result<ExitCode> {
+fn inspect(store: &Path, what: Inspect) -> Result<ExitCode> {
     let db = match open_read_only(store) {
         Ok(db) => db,
-        Err(e) if control::is_served(&store.store) => {
-            return control::ask(&store.store, what).map_err(|why| {
+        Err(e) if control::is_served(store) => {
+            return control::ask(store, what).map_err(|why| {
                 Failure(format!(
                     "{}; and through the process serving it: {why}",
                     e.0
