@@ -12,7 +12,9 @@ use crate::error::CapacityError;
 use crate::event::NodeId;
 use crate::time::{Duration, Instant};
 
-/// Progress of one sync with one peer.
+/// Progress of one sync with one peer, timed in the core's [`Instant`] (no clock): what a
+/// session and the embassy runner report. Host code gets `chunk_sync_tokio::SyncProgress`,
+/// the same counters timed with tokio's clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SyncProgress {

@@ -24,7 +24,10 @@ use crate::time::{Duration, Instant};
 /// Byte·µs per byte·s: the scale of the throttle's internal units.
 const SCALE: u64 = 1_000_000;
 
-/// The throttle's settings, as in the original document.
+/// The throttle's settings, as in the original document, in the core's own time
+/// ([`Duration`]: microseconds, no clock): what the core's sessions and the embassy
+/// runner take. Host code, with `std::time::Duration`, uses `chunk_sync_tokio::ThrottleConfig`
+/// (the same fields), which converts to this one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ThrottleConfig {

@@ -10,7 +10,8 @@ use core::ops::{Add, AddAssign, Sub};
 
 use serde::{Deserialize, Serialize};
 
-/// A span of time, in microseconds.
+/// A span of time, in microseconds: the core's own, since it has no clock and no `std`.
+/// Not `std::time::Duration`; the tokio adapter's API takes that one and converts.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

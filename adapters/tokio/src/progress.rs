@@ -7,7 +7,9 @@ use chunk_sync_core::progress::SyncProgress as CoreProgress;
 use chunk_sync_core::session::{FailReason, Stats};
 use tokio::time::{Duration, Instant};
 
-/// Progress of a sync with one peer.
+/// Progress of a sync with one peer, timed with tokio's clock: the original document's
+/// `SyncProgress` on a host (the core's `chunk_sync_core::SyncProgress` counts the same in
+/// the core's own time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyncProgress {
     /// Chunks to sync.
