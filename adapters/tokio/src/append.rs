@@ -126,7 +126,7 @@ impl Node {
             next,
             config.seal_policy(),
         )
-        .map_err(|e| Error::Store(Box::new(e)))
+        .map_err(|e| Error::Store(e.into()))
     }
 
     /// Tells the sealing task that the open chunk's deadline may have changed, starting
@@ -158,7 +158,7 @@ async fn store_own(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(
             (sealed, inserted)
         })
         .await
-        .map_err(|e| Error::Store(Box::new(e)))?
+        .map_err(|e| Error::Store(e.into()))?
     } else {
         let inserted = shared.store.insert_batch(&sealed);
         (sealed, inserted)
@@ -166,7 +166,7 @@ async fn store_own(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(
     let inserted = inserted.map_err(Error::Store)?;
     if let Some(fork) = inserted.forks.first() {
         // The log continued past chunks that another process appended meanwhile.
-        let error: StoreError = Box::new(*fork);
+        let error = StoreError::from(*fork);
         return Err(Error::Store(error));
     }
     for chunk in &sealed {

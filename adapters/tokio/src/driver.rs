@@ -427,7 +427,7 @@ impl Driver<'_, '_> {
     fn written(&mut self, joined: Result<Written, tokio::task::JoinError>) {
         let (batch, result) = match joined {
             Ok(done) => done,
-            Err(e) => return self.store_failed(Box::new(e)),
+            Err(e) => return self.store_failed(e.into()),
         };
         let inserted = match result {
             Ok(inserted) => inserted,

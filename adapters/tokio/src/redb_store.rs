@@ -113,7 +113,7 @@ impl From<redb::Error> for RedbError {
 }
 
 fn boxed(e: impl Into<redb::Error>) -> StoreError {
-    Box::new(RedbError::from(e.into()))
+    StoreError::from(RedbError::from(e.into()))
 }
 
 /// Runs `f`, turning a panic inside redb (which it raises on some damaged files) into
@@ -125,7 +125,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError
             .map(|s| (*s).to_owned())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "the database failed on it".to_owned());
-        Err(Box::new(RedbError::Damaged(why)))
+        Err(StoreError::from(RedbError::Damaged(why)))
     })
 }
 
@@ -195,9 +195,9 @@ fn with_tables(db: &Database) -> Result<(), StoreError> {
 fn refused(e: redb::DatabaseError) -> StoreError {
     match redb::Error::from(e) {
         redb::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => {
-            Box::new(RedbError::NotAStore)
+            StoreError::from(RedbError::NotAStore)
         }
-        other => Box::new(RedbError::from(other)),
+        other => StoreError::from(RedbError::from(other)),
     }
 }
 
@@ -216,7 +216,7 @@ fn create(path: &Path, durability: Durability) -> Result<(), StoreError> {
         .open(&temporary)?;
     // What a killed creation left is started over, once no other process is creating it.
     if let Err(e) = file.try_lock() {
-        return Err(Box::new(match e {
+        return Err(StoreError::from(match e {
             std::fs::TryLockError::WouldBlock => RedbError::InUse,
             std::fs::TryLockError::Error(e) => RedbError::Io(e),
         }));
@@ -303,9 +303,9 @@ fn read_index(txn: &redb::ReadTransaction) -> Result<(Index, bool), StoreError> 
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(boxed(e)),
     }
-    let table = txn.open_table(LOOSE).map_err(|e| {
-        Box::new(RedbError::Damaged(format!("not a chunk store: {e}"))) as StoreError
-    })?;
+    let table = txn
+        .open_table(LOOSE)
+        .map_err(|e| StoreError::from(RedbError::Damaged(format!("not a chunk store: {e}"))))?;
     let mut first_layout = false;
     let mut loose = Vec::new();
     for entry in table.iter().map_err(boxed)? {
@@ -445,12 +445,14 @@ impl RedbStore {
     /// [`RedbError::InUse`]. A store of the first layout is read as it is: its chunks
     /// are listed, read and exported, but not summarized by range.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let file = File::open(path).map_err(|e| Box::new(RedbError::Io(e)))?;
+        let file = File::open(path).map_err(|e| StoreError::from(RedbError::Io(e)))?;
         if file.metadata()?.len() == 0 {
-            return Err(Box::new(RedbError::Damaged("the file is empty".into())));
+            return Err(StoreError::from(RedbError::Damaged(
+                "the file is empty".into(),
+            )));
         }
         if let Err(e) = file.try_lock_shared() {
-            return Err(Box::new(match e {
+            return Err(StoreError::from(match e {
                 std::fs::TryLockError::WouldBlock => RedbError::InUse,
                 std::fs::TryLockError::Error(e) => RedbError::Io(e),
             }));
@@ -567,7 +569,7 @@ impl RedbStore {
         f: impl FnOnce(redb::WriteTransaction) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if self.read_only {
-            return Err(Box::new(RedbError::ReadOnly));
+            return Err(StoreError::from(RedbError::ReadOnly));
         }
         guarded(|| f(self.db.begin_write().map_err(boxed)?))
     }
@@ -1024,7 +1026,7 @@ impl NodeStore for RedbStore {
     fn insert(&self, chunk: VerifiedChunk) -> Result<bool, StoreError> {
         let mut done = self.insert_all(std::slice::from_ref(&chunk), &[])?;
         match done.forks.pop() {
-            Some(fork) => Err(Box::new(fork)),
+            Some(fork) => Err(fork.into()),
             None => Ok(done.added == 1),
         }
     }

@@ -271,7 +271,7 @@ impl<S: NodeStore + ?Sized> NodeStore for Arc<S> {
 pub(crate) fn summary_error(e: SummaryError<StoreError>) -> StoreError {
     match e {
         SummaryError::Store(e) => e,
-        SummaryError::OutOfOrder => Box::new(SummaryError::<StoreError>::OutOfOrder),
+        SummaryError::OutOfOrder => StoreError::from(SummaryError::<StoreError>::OutOfOrder),
     }
 }
 
@@ -449,13 +449,13 @@ impl NodeStore for MemStore {
         }
         let span = Span::of(&chunk.bytes);
         if let Some(fork) = span.and_then(|span| held.fork(chunk.id, span)) {
-            return Err(Box::new(fork));
+            return Err(fork.into());
         }
         let needed = chunk.bytes.len();
         if let Some(limit) = self.limit {
             let free = limit.saturating_sub(held.size);
             if needed > free {
-                return Err(Box::new(MemoryLimit { needed, free }));
+                return Err(MemoryLimit { needed, free }.into());
             }
         }
         held.size += needed;

@@ -18,7 +18,7 @@ pub(super) type Key = (u64, u64);
 
 /// The error for a pack that does not decode.
 pub(super) fn damaged(key: Key) -> StoreError {
-    Box::new(RedbError::Damaged(format!(
+    StoreError::from(RedbError::Damaged(format!(
         "the pack of origin {:#018x} at {} is damaged",
         key.0, key.1
     )))
