@@ -616,3 +616,29 @@ async fn a_node_whose_store_fails_tells_its_peer() {
         "the peer is told: {theirs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_can_be_watched_instead_of_polled() {
+    let set = chunks(1, 200, 10, 100);
+    let server = node(1, &set, |c| c);
+    let client = node(2, &SimNode::default(), |c| c);
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let mut changes = client.progress_changes();
+    let watcher = tokio::spawn(async move {
+        let mut seen = 0;
+        while changes.changed().await.is_ok() {
+            seen += 1;
+        }
+        seen
+    });
+    let report = client.pull_from(listener.local_addr()).await.unwrap();
+    assert_eq!(report.progress.synced_chunks, 20);
+    let progress = client.progress(&NodeId(1)).unwrap();
+    assert_eq!(
+        progress.synced_chunks, 20,
+        "the last change holds the final counts"
+    );
+    drop(client);
+    let seen = watcher.await.unwrap();
+    assert!(seen >= 1, "the watch changed {seen} times");
+}

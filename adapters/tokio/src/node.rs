@@ -119,6 +119,17 @@ impl Node {
         self.shared.progress_all()
     }
 
+    /// A watch of the progress table: it changes whenever a sync's progress does (a
+    /// session published new counts, a sync was started, updated or completed). Await
+    /// `changed()`, then read [`progress`](Self::progress) or
+    /// [`progress_all`](Self::progress_all); a slow reader sees the latest state, never a
+    /// backlog. What happened (chunks stored, peers connected and lost) comes from
+    /// [`events`](Self::events).
+    #[must_use]
+    pub fn progress_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.progress_changed.subscribe()
+    }
+
     /// Syncs both ways with the node listening at `addr`: each side fetches what it lacks.
     pub async fn sync_with(&self, addr: impl ToSocketAddrs) -> Result<SyncReport, Error> {
         let (stream, peer) = connect(addr).await?;

@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     /// Whether the node-wide throttle limits anything.
     limited: bool,
     progress: Mutex<BTreeMap<NodeId, SyncProgress>>,
+    /// Counts changes of `progress`, for [`Node::progress_changes`](crate::Node::progress_changes).
+    pub(crate) progress_changed: watch::Sender<u64>,
     pub(crate) events: Events,
     /// The own log's open chunk, once something was appended.
     pub(crate) log: tokio::sync::Mutex<Option<OwnLog>>,
@@ -94,6 +96,7 @@ impl Shared {
             limited: !throttle.config().is_unlimited(),
             throttle: Mutex::new(throttle),
             progress: Mutex::new(BTreeMap::new()),
+            progress_changed: watch::channel(0).0,
             events: Events::new(),
             log: tokio::sync::Mutex::new(None),
             seal_wake: Arc::new(Notify::new()),
@@ -153,6 +156,8 @@ impl Shared {
             }
         }
         table.insert(peer, progress);
+        drop(table);
+        self.progress_changed.send_modify(|n| *n += 1);
     }
 
     /// The latest progress of the sync with `peer`.
@@ -171,12 +176,16 @@ impl Shared {
         peer: &NodeId,
         f: impl FnOnce(&mut SyncProgress) -> R,
     ) -> Option<R> {
-        self.table().get_mut(peer).map(f)
+        let done = self.table().get_mut(peer).map(f);
+        self.progress_changed.send_modify(|n| *n += 1);
+        done
     }
 
     /// Forgets the sync with `peer` and returns its last progress.
     pub(crate) fn forget(&self, peer: &NodeId) -> Option<SyncProgress> {
-        self.table().remove(peer)
+        let gone = self.table().remove(peer);
+        self.progress_changed.send_modify(|n| *n += 1);
+        gone
     }
 }
 
