@@ -130,8 +130,9 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError
 }
 
 /// The database's own page cache (redb's default is 1 GiB, which a long write fills with
-/// pages it wrote): what the store reads again is in its index and pack cache.
-const DB_CACHE: usize = 32 << 20;
+/// pages it wrote): what the store reads again is in its index and pack cache, and 16 MiB
+/// served 20 concurrent pulls as fast as 32 MiB did (`scripts/bench-serve-many.sh`).
+const DB_CACHE: usize = 16 << 20;
 
 /// Opens the database in `file`, which exists, for reading and writing.
 fn open_db(file: File, durability: Durability) -> Result<Database, StoreError> {
