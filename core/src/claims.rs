@@ -6,13 +6,15 @@
 //! overlapping range of the same origin stands, the session sets the range aside for
 //! [`CLAIM_RETRY`] and then asks its own store again what it holds of it: by then the
 //! other session has usually stored the chunks, and a query to the peer confirms that
-//! nothing is missing. A claim lapses [`CLAIM_LEASE`] after it was made, or when the
-//! adapter releases its session's claims at the session's end, so a session whose peer
-//! never delivers holds nobody up for long. A full table grants every claim: chunks may
+//! nothing is missing. A claim ends when its range request does
+//! ([`Budget::release`](crate::conduit::Budget::release)); it lapses [`CLAIM_LEASE`]
+//! after it was made, or when the adapter releases its session's claims at the session's
+//! end, so a session whose peer never delivers holds nobody up for long. A full table grants every claim: chunks may
 //! then travel twice, never be missed.
 
 use heapless::Vec;
 
+use crate::event::NodeId;
 use crate::recon::KeyRange;
 use crate::time::{Duration, Instant};
 
@@ -81,6 +83,13 @@ impl<const N: usize> ClaimTable<N> {
         true
     }
 
+    /// Drops `session`'s claim on the range of `origin` that ends at `hi` (its request
+    /// ended).
+    pub fn release_range(&mut self, session: u64, origin: NodeId, hi: u64) {
+        self.claims
+            .retain(|c| !(c.session == session && c.range.origin == origin && c.range.hi == hi));
+    }
+
     /// Drops every claim of `session` (it ended).
     pub fn release(&mut self, session: u64) {
         self.claims.retain(|c| c.session != session);
@@ -138,6 +147,12 @@ mod tests {
         assert!(t.claim(3, &range(7, 0, 11), T0 + CLAIM_LEASE), "lapsed");
         t.release(3);
         assert!(t.claim(4, &range(7, 0, 11), T0 + CLAIM_LEASE), "released");
+        // A request that ended drops its claim at once, not the session's others.
+        assert!(t.claim(5, &range(9, 0, 10), T0));
+        assert!(t.claim(5, &range(9, 20, 30), T0));
+        t.release_range(5, NodeId(9), 10);
+        assert!(t.claim(6, &range(9, 0, 10), T0));
+        assert!(!t.claim(6, &range(9, 25, 26), T0));
     }
 
     #[test]

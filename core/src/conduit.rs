@@ -270,6 +270,11 @@ pub trait Budget {
         let _ = (range, now);
         true
     }
+    /// The request for a range this conduit claimed, of `origin` and ending at `hi`, is
+    /// over: the claim may go (the chunks are stored, or the peer had none).
+    fn release(&mut self, origin: NodeId, hi: u64) {
+        let _ = (origin, hi);
+    }
 }
 
 impl Budget for Throttle {
@@ -754,6 +759,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             return None;
         }
         if let Some(node) = node.as_deref_mut() {
+            while let Some(done) = self.session.take_finished_range() {
+                node.release(done.origin, done.hi);
+            }
             self.session
                 .claim_wanted(now, &mut |range| node.claim(range, now));
         }

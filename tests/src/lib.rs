@@ -57,6 +57,9 @@ impl Budget for SimBudget<'_> {
     fn claim(&mut self, range: &KeyRange, now: Instant) -> bool {
         self.claims.claim(self.session, range, now)
     }
+    fn release(&mut self, origin: NodeId, hi: u64) {
+        self.claims.release_range(self.session, origin, hi);
+    }
 }
 
 impl Node {

@@ -55,6 +55,9 @@ impl Budget for NodeBudget<'_> {
     fn claim(&mut self, range: &KeyRange, now: Instant) -> bool {
         lock(self.claims).claim(self.session, range, now)
     }
+    fn release(&mut self, origin: NodeId, hi: u64) {
+        lock(self.claims).release_range(self.session, origin, hi);
+    }
 }
 
 /// The state of one node, shared by its handles, listeners and sessions.

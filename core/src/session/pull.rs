@@ -42,6 +42,8 @@ pub(super) struct Pull<const R: usize, const REQ: usize, const K: usize> {
     /// Ranges another session of the node is fetching, and when to check them again: at
     /// most as many as requests in flight.
     pub(super) deferred: Deque<(KeyRange, Instant), REQ>,
+    /// Range requests that ended, whose claims the node may drop.
+    pub(super) finished: Deque<KeyRange, REQ>,
     pub(super) done_sent: bool,
     /// Whether `PullComplete` was reported.
     pub(super) reported: bool,
@@ -62,6 +64,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Pull<R, REQ, K> {
             in_flight: Deque::new(),
             failures: Deque::new(),
             deferred: Deque::new(),
+            finished: Deque::new(),
             done_sent: false,
             reported: false,
         }
@@ -134,12 +137,14 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     pub(super) fn on_range_end(&mut self) -> Result<(), Error> {
         match self.pull.in_flight.front() {
             Some(&InFlight {
-                request: Request::Range(_),
+                request: Request::Range(range),
                 total_len: None,
                 chunks,
                 ..
             }) => {
                 self.pull.in_flight.pop_front();
+                // Room: it held at most what was in flight. Full, the claim lapses.
+                let _ = self.pull.finished.push_back(range);
                 if chunks == 0 {
                     // The peer's summary or announcement said it holds chunks there: it
                     // lied, or dropped them since. Either way a failure, so that a peer
@@ -514,6 +519,11 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             // A range wanted is never empty.
             let _ = walk.on_announce(range);
         }
+    }
+
+    /// A range request that ended since the last call, for the node to drop its claim.
+    pub(crate) fn take_finished_range(&mut self) -> Option<KeyRange> {
+        self.pull.finished.pop_front()
     }
 
     /// When the first range set aside is checked again.
