@@ -491,8 +491,18 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// [`ClaimTable`](crate::claims::ClaimTable), shared with its other sessions); sets
     /// aside each range another session is fetching, to ask this node's store about it
     /// again after [`CLAIM_RETRY`]. With no room to set one aside, it is fetched anyway.
+    ///
+    /// Only when a range request is what the session sends next (a request fits the
+    /// window, and no chunk asked for by hash goes first): the node's table is not
+    /// consulted on every frame while the window is full.
     pub(crate) fn claim_wanted(&mut self, now: Instant, claim: &mut dyn FnMut(&KeyRange) -> bool) {
-        let Some(walk) = self.pull.walk.as_mut() else {
+        let next_is_range = self
+            .peer
+            .as_ref()
+            .is_some_and(|peer| !self.window_full(peer))
+            && self.pull.retry.is_empty()
+            && self.pull.want.is_empty();
+        let Some(walk) = self.pull.walk.as_mut().filter(|_| next_is_range) else {
             return;
         };
         while let Some(range) = walk.peek_wanted() {
