@@ -108,3 +108,36 @@ pub fn sets_with_one_percent_difference(n: usize) -> (Vec<ChunkHash>, Vec<ChunkH
 pub fn as_events(events: &[EventBuf]) -> Vec<Event<'_>> {
     events.iter().map(EventBuf::as_event).collect()
 }
+
+/// `count` chunks of `origin`, one event each of `payload` random bytes (seeded by the
+/// origin), at sequence numbers `0..count`, ready for a store.
+///
+/// # Panics
+/// If `payload` is too large for a chunk (16 MiB).
+#[must_use]
+pub fn single_event_chunks(
+    origin: NodeId,
+    count: u64,
+    payload: usize,
+) -> Vec<chunk_sync_tokio::VerifiedChunk> {
+    let mut buf = vec![0u8; payload + 256];
+    let mut body = vec![0u8; payload];
+    let mut rng = Rng::new(origin.0);
+    (0..count)
+        .map(|seq| {
+            rng.fill(&mut body);
+            let mut chunker = Chunker::new(origin, 1, seq, &mut buf[..]).expect("a buffer");
+            let event = Event {
+                origin,
+                seq,
+                timestamp: seq,
+                kind: "r",
+                privacy: Privacy::Public,
+                payload: &body,
+            };
+            let _ = chunker.push(&event).expect("one event fits");
+            let sealed = chunker.seal().expect("one event");
+            chunk_sync_tokio::VerifiedChunk::from(sealed.verified())
+        })
+        .collect()
+}

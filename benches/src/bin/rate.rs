@@ -13,9 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use chunk_sync_benches::Rng;
-use chunk_sync_core::chunk::Chunker;
-use chunk_sync_core::{Event, NodeId, Privacy};
+use chunk_sync_benches::single_event_chunks;
+use chunk_sync_core::NodeId;
 use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, ThrottleConfig, VerifiedChunk};
 
 const RATE: u64 = 1_000_000;
@@ -26,7 +25,7 @@ async fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
-    let chunks = chunks(seconds * RATE / (16 << 10));
+    let chunks = single_event_chunks(NodeId(7), seconds * RATE / (16 << 10), 16 << 10);
     let bytes: usize = chunks.iter().map(|c| c.bytes().len()).sum();
     println!(
         "## Rate limits on the wall clock ({} chunks, {:.1} MB, loopback TCP)\n",
@@ -87,29 +86,4 @@ fn store(chunks: &[VerifiedChunk]) -> MemStore {
         store.insert(c.clone()).expect("no memory limit");
     }
     store
-}
-
-/// `n` chunks of one event of 16 KiB of random bytes.
-fn chunks(n: u64) -> Vec<VerifiedChunk> {
-    let origin = NodeId(7);
-    let mut buf = vec![0u8; (16 << 10) + 256];
-    let mut body = vec![0u8; 16 << 10];
-    let mut rng = Rng::new(3);
-    (0..n)
-        .map(|seq| {
-            rng.fill(&mut body);
-            let mut chunker = Chunker::new(origin, 1, seq, &mut buf[..]).expect("a buffer");
-            let event = Event {
-                origin,
-                seq,
-                timestamp: seq,
-                kind: "r",
-                privacy: Privacy::Public,
-                payload: &body,
-            };
-            let _ = chunker.push(&event).expect("fits");
-            let sealed = chunker.seal().expect("one event");
-            VerifiedChunk::new(sealed.id, sealed.bytes.to_vec()).expect("its own hash")
-        })
-        .collect()
 }

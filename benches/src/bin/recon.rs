@@ -20,11 +20,10 @@
 
 use std::time::{Duration, Instant};
 
-use chunk_sync_benches::Rng;
-use chunk_sync_core::chunk::Chunker;
+use chunk_sync_benches::{Rng, single_event_chunks};
+use chunk_sync_core::NodeId;
 use chunk_sync_core::manifest::listing_cost;
 use chunk_sync_core::session::Stats;
-use chunk_sync_core::{Event, NodeId, Privacy};
 use chunk_sync_tokio::{
     Durability, MemStore, Node, NodeConfig, NodeStore, RedbStore, SyncReport, VerifiedChunk,
 };
@@ -43,7 +42,7 @@ async fn main() {
     let per_origin = total / origins;
     let started = Instant::now();
     let logs: Vec<Vec<VerifiedChunk>> = (1..=origins)
-        .map(|o| log(NodeId(o * 0x9E37_79B9), per_origin, 16))
+        .map(|o| single_event_chunks(NodeId(o * 0x9E37_79B9), per_origin, 16))
         .collect();
     let chunks = per_origin * origins;
     eprintln!(
@@ -156,7 +155,7 @@ async fn cold_pulls(logs: &[Vec<VerifiedChunk>]) {
     )
     .await;
     let big: Vec<VerifiedChunk> = (1..=4)
-        .flat_map(|o| log(NodeId(o), 250, 16 << 10))
+        .flat_map(|o| single_event_chunks(NodeId(o), 250, 16 << 10))
         .collect();
     cold_pull(
         "16 KiB chunks, `MemStore` to `MemStore`",
@@ -248,28 +247,4 @@ async fn cold_pull(
         took.as_secs_f64(),
         chunks.len() as f64 / took.as_secs_f64(),
     );
-}
-
-/// A log of `count` chunks of one event each, of `payload` random bytes.
-fn log(origin: NodeId, count: u64, payload: usize) -> Vec<VerifiedChunk> {
-    let mut buf = vec![0u8; payload + 256];
-    let mut body = vec![0u8; payload];
-    let mut rng = Rng::new(origin.0);
-    (0..count)
-        .map(|seq| {
-            rng.fill(&mut body);
-            let mut chunker = Chunker::new(origin, 1, seq, &mut buf).unwrap();
-            let event = Event {
-                origin,
-                seq,
-                timestamp: seq,
-                kind: "r",
-                privacy: Privacy::Public,
-                payload: &body,
-            };
-            let _ = chunker.push(&event).unwrap();
-            let sealed = chunker.seal().unwrap();
-            VerifiedChunk::new(sealed.id, sealed.bytes.to_vec()).unwrap()
-        })
-        .collect()
 }
