@@ -29,6 +29,11 @@ struct Server(Child, String);
 
 impl Server {
     fn start(store: &Path, extra: &[&str]) -> Self {
+        Self::spawn(store, extra, Stdio::null())
+    }
+
+    /// As [`start`](Self::start), with the process's standard error going to `stderr`.
+    fn spawn(store: &Path, extra: &[&str], stderr: Stdio) -> Self {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -39,7 +44,7 @@ impl Server {
             ])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn serve");
         let mut line = String::new();
@@ -690,33 +695,16 @@ fn serve_with_v_says_who_it_served_and_how_much() {
         &["append", "--store", a.to_str().unwrap()],
         Some(&events(20, 5)),
     );
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "-v",
-            "--store",
-            a.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let mut server = Server::spawn(&a, &["-v"], Stdio::piped());
+    let addr = server.1.clone();
     ok(
         &["pull", "--store", b.to_str().unwrap(), "--from", &addr],
         None,
     );
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut stderr = BufReader::new(server.0.stderr.take().unwrap());
     let mut logged = String::new();
     stderr.read_line(&mut logged).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     assert!(logged.contains("session with client complete"), "{logged}");
     assert!(
         logged.contains("fetched=0") && logged.contains("node=node-"),
