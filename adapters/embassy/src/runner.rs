@@ -4,7 +4,7 @@
 
 use chunk_sync_core::ChunkHash;
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
-use chunk_sync_core::recon::{KeyRange, SummaryError};
+use chunk_sync_core::recon::SummaryError;
 use chunk_sync_core::session::{self, Config, ConfigError, Stats, Stored};
 use chunk_sync_core::store::ReadError;
 use embassy_futures::select::{Either, Either4, select, select4};
@@ -80,13 +80,6 @@ pub struct Runner<'r, IO, S, const RANGES: usize, const REQ: usize> {
     own: Option<Follower<'r>>,
 }
 
-/// What the runner woke up for.
-enum Woke<E> {
-    Read(Result<usize, E>),
-    Deadline,
-    Sealed(KeyRange),
-    Asked,
-}
 
 type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as Store>::Error>;
 
@@ -328,22 +321,16 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                     core::future::pending().await
                 }
             };
-            let woke = match select4(read, timer, sealed, self.shared.asked()).await {
-                Either4::First(r) => Woke::Read(r),
-                Either4::Second(()) => Woke::Deadline,
-                Either4::Third(range) => Woke::Sealed(range),
-                Either4::Fourth(()) => Woke::Asked,
-            };
-            match woke {
-                Woke::Read(Ok(0)) => self.conduit.eof(),
-                Woke::Read(Ok(n)) => self.conduit.received(n),
-                Woke::Read(Err(e)) => return Err(Self::failed(e, store_error)),
-                Woke::Deadline => self.conduit.handle_timeout(time::now()),
-                Woke::Sealed(range) => {
+            match select4(read, timer, sealed, self.shared.asked()).await {
+                Either4::First(Ok(0)) => self.conduit.eof(),
+                Either4::First(Ok(n)) => self.conduit.received(n),
+                Either4::First(Err(e)) => return Err(Self::failed(e, store_error)),
+                Either4::Second(()) => self.conduit.handle_timeout(time::now()),
+                Either4::Third(range) => {
                     self.conduit.announce(range);
                 }
-                // Seen at the top of the loop.
-                Woke::Asked => {}
+                // The application asked for something: seen at the top of the loop.
+                Either4::Fourth(()) => {}
             }
         }
     }
