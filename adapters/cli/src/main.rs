@@ -831,8 +831,7 @@ async fn serve(
     max_connections: u32,
     net: &NetArgs,
 ) -> Result<()> {
-    let dir_existed = store.store.exists();
-    let file_existed = store.store.join(DB_FILE).is_file();
+    let before = Before::look(store);
     let db = Arc::new(open(store)?);
     let config = NodeConfig {
         accept_pushes,
@@ -844,9 +843,9 @@ async fn serve(
     let listener = match node.listen(listen).await {
         Ok(listener) => listener,
         Err(e) => {
-            if !file_existed {
+            if !before.file {
                 drop((control, node, db));
-                remove_new_store(store, dir_existed);
+                before.remove_new_store(store);
             }
             return Err(Failure(format!("cannot listen on {listen}: {e}")));
         }
@@ -971,8 +970,7 @@ async fn exchange(
     output: Output,
 ) -> Result<()> {
     // A store this command creates is removed again if it fails before storing anything.
-    let dir_existed = store.store.exists();
-    let file_existed = store.store.join(DB_FILE).is_file();
+    let before = Before::look(store);
     let db = open(store)?;
     let limits = if both {
         RateLimits::Both
@@ -1053,10 +1051,10 @@ async fn exchange(
         _ if missing > 0 => Err(Failure(format!("{missing} chunks could not be fetched"))),
         _ => Ok(()),
     };
-    if result.is_err() && !file_existed && node.store().is_empty().unwrap_or(false) {
+    if result.is_err() && !before.file && node.store().is_empty().unwrap_or(false) {
         // The node holds the file until dropped.
         drop(node);
-        remove_new_store(store, dir_existed);
+        before.remove_new_store(store);
     }
     result
 }
@@ -1072,16 +1070,32 @@ fn print_all(bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Removes a store this command created and that holds nothing, because the command
-/// failed: a failed command leaves no store behind.
-fn remove_new_store(store: &StoreArg, dir_existed: bool) {
-    let _ = std::fs::remove_file(store.store.join(DB_FILE));
-    if !dir_existed {
-        let _ = std::fs::remove_dir(&store.store);
+/// Whether a store's directory and file existed before the command, so that a store the
+/// command created, and that holds nothing because the command failed, can be removed: a
+/// failed command leaves no store behind.
+#[derive(Clone, Copy, Debug)]
+struct Before {
+    dir: bool,
+    file: bool,
+}
+
+impl Before {
+    fn look(store: &StoreArg) -> Self {
+        Self {
+            dir: store.store.exists(),
+            file: store.store.join(DB_FILE).is_file(),
+        }
+    }
+
+    /// Removes the store's file, and its directory if the command made it.
+    fn remove_new_store(self, store: &StoreArg) {
+        let _ = std::fs::remove_file(store.store.join(DB_FILE));
+        if !self.dir {
+            let _ = std::fs::remove_dir(&store.store);
+        }
     }
 }
 
-/// One line per session: what came in, from whom, how fast.
 /// What a session did, on standard output: one line of at most about 80 columns, one JSON
 /// object, or nothing.
 fn summarise(report: &SyncReport, peer: &str, both: bool, output: Output) {

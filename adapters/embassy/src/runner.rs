@@ -80,7 +80,6 @@ pub struct Runner<'r, IO, S, const RANGES: usize, const REQ: usize> {
     own: Option<Follower<'r>>,
 }
 
-
 type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as Store>::Error>;
 
 impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
