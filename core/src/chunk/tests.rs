@@ -314,6 +314,10 @@ fn invalid_chunks_are_refused() {
     );
 }
 
+/// The most one event of [`arb_events`] encodes to: seq (< 300, two varint bytes), timestamp
+/// (ten), kind (one length byte and twelve), privacy (one), payload (one length byte and 95).
+const MAX_EVENT: usize = 2 + 10 + 13 + 1 + 96;
+
 fn arb_events() -> impl Strategy<Value = Vec<Ev>> {
     pvec(
         (
@@ -344,11 +348,36 @@ fn arb_events() -> impl Strategy<Value = Vec<Ev>> {
     })
 }
 
+/// [`MAX_EVENT`] is the worst case of [`arb_events`]: that event fits a chunk of exactly that
+/// room, and one byte less refuses it.
+#[test]
+fn the_largest_generated_event_needs_max_event_bytes() {
+    let worst = Ev {
+        seq: 299,
+        timestamp: u64::MAX,
+        kind: "a".repeat(12),
+        privacy: Privacy::Public,
+        payload: std::vec![0xff; 95],
+    };
+    let mut buf = std::vec![0u8; HEADER_RESERVE + MAX_EVENT];
+    let mut chunker = Chunker::new(NodeId(7), 1000, 0, &mut buf).unwrap();
+    assert_eq!(chunker.push(&worst), Ok(Push::Added));
+    let mut buf = std::vec![0u8; HEADER_RESERVE + MAX_EVENT - 1];
+    let mut chunker = Chunker::new(NodeId(7), 1000, 0, &mut buf).unwrap();
+    assert!(matches!(
+        chunker.push(&worst),
+        Err(ChunkError::EventTooLarge {
+            size: MAX_EVENT,
+            ..
+        })
+    ));
+}
+
 proptest! {
     /// Every shareable event comes back exactly once, in order, from chunks that verify,
     /// cover disjoint consecutive ranges, and are the same bytes when sealed twice.
     #[test]
-    fn round_trip_and_determinism(events in arb_events(), per_chunk in 1u32..12, room in 120usize..800) {
+    fn round_trip_and_determinism(events in arb_events(), per_chunk in 1u32..12, room in MAX_EVENT..800) {
         let chunks = seal_all(&events, per_chunk, HEADER_RESERVE + room);
         prop_assert_eq!(&chunks, &seal_all(&events, per_chunk, HEADER_RESERVE + room));
         let mut decoded = Vec::new();
@@ -375,7 +404,7 @@ proptest! {
     /// Discarding where one would seal closes the same ranges: a pass that only checks
     /// its input finds the chunks a sealing pass makes.
     #[test]
-    fn discarding_closes_the_ranges_sealing_closes(events in arb_events(), per_chunk in 1u32..12, room in 120usize..800) {
+    fn discarding_closes_the_ranges_sealing_closes(events in arb_events(), per_chunk in 1u32..12, room in MAX_EVENT..800) {
         let sealed: Vec<(u64, u64)> = seal_all(&events, per_chunk, HEADER_RESERVE + room)
             .into_iter()
             .map(|(_, _, first, end)| (first, end))
