@@ -34,7 +34,7 @@ use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
 
 use crate::error::StoreError;
 use crate::store::{Inserted, NodeStore, VerifiedChunk, summary_error};
-use edit::{Edit, Key, Put};
+use edit::{Edit, Key, PartKey, Put};
 use index::Index;
 use pack::Pack;
 
@@ -50,9 +50,14 @@ const LOOSE: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("chunk
 const STORED_AT: TableDefinition<'_, &[u8; 32], u64> = TableDefinition::new("stored_at");
 const PINS: TableDefinition<'_, &[u8; 32], ()> = TableDefinition::new("pins");
 /// The heads of the packs, by key ([`pack`]).
-const HEADS: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("pack_heads");
-/// The bodies of the packs, under the same keys as their heads.
-const BODIES: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("pack_bodies");
+const HEADS: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("packs");
+/// The parts of the packs' bodies, by the pack's key and the part's number.
+const PARTS: TableDefinition<'_, PartKey, &[u8]> = TableDefinition::new("pack_parts");
+/// The heads of the packs of the second layout (fixed entries with every hash), converted
+/// and dropped when such a store is opened.
+const SECOND_LAYOUT_HEADS: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("pack_heads");
+/// The bodies of the packs of the second layout, one entry each.
+const SECOND_LAYOUT_BODIES: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("pack_bodies");
 /// The first layout's index of spans, dropped when such a store is converted.
 const SPANS: TableDefinition<'_, (u64, u64), (u64, [u8; 32])> = TableDefinition::new("spans");
 /// Summaries of whole blocks of each origin's chunks, by `(origin, block)`
@@ -160,7 +165,7 @@ fn with_tables(db: &Database) -> Result<(), StoreError> {
         let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
         let mut edit = Edit::new(
             txn.open_table(HEADS).map_err(boxed)?,
-            txn.open_table(BODIES).map_err(boxed)?,
+            txn.open_table(PARTS).map_err(boxed)?,
         );
         let mut chunks = Vec::new();
         for entry in loose.iter().map_err(boxed)? {
@@ -179,8 +184,9 @@ fn with_tables(db: &Database) -> Result<(), StoreError> {
                 stored_at.remove(id.as_bytes()).map_err(boxed)?;
             }
         }
+        let converted = convert_second_layout(&txn, &mut edit)?;
         edit.finish()?;
-        if !chunks.is_empty() {
+        if !chunks.is_empty() || converted {
             blocks.retain(|_, _| false).map_err(boxed)?;
         }
         for key in FIRST_LAYOUT_META {
@@ -188,7 +194,57 @@ fn with_tables(db: &Database) -> Result<(), StoreError> {
         }
     }
     txn.delete_table(SPANS).map_err(boxed)?;
+    txn.delete_table(SECOND_LAYOUT_HEADS).map_err(boxed)?;
+    txn.delete_table(SECOND_LAYOUT_BODIES).map_err(boxed)?;
     txn.commit().map_err(boxed)
+}
+
+/// Whether `db` is a store of the second layout.
+fn has_second_layout(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read().map_err(boxed)?;
+    match txn.open_table(SECOND_LAYOUT_HEADS) {
+        Ok(_) => Ok(true),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(boxed(e)),
+    }
+}
+
+/// Moves the packs of a store of the second layout (heads of fixed entries with every
+/// hash, one body entry per pack) into `edit`; whether there were any. The caller drops
+/// the second layout's tables in the same transaction.
+fn convert_second_layout(
+    txn: &redb::WriteTransaction,
+    edit: &mut Edit<'_>,
+) -> Result<bool, StoreError> {
+    let heads = match txn.open_table(SECOND_LAYOUT_HEADS) {
+        Ok(heads) => heads,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(boxed(e)),
+    };
+    let bodies = txn.open_table(SECOND_LAYOUT_BODIES).map_err(boxed)?;
+    let mut any = false;
+    for pack in heads.iter().map_err(boxed)? {
+        let (key, head) = pack.map_err(boxed)?;
+        let key = key.value();
+        let body = bodies
+            .get(key)
+            .map_err(boxed)?
+            .ok_or_else(|| edit::damaged(key))?;
+        let body = body.value();
+        let entries = pack::decode_second_layout(head.value(), body.len());
+        for e in entries.ok_or_else(|| edit::damaged(key))? {
+            let span = Span {
+                origin: NodeId(key.0),
+                first_seq: e.first_seq,
+                end_seq: e.end_seq,
+            };
+            // Only verified chunks were packed; a fork was refused when it came.
+            let id = edit::known(&e, key)?;
+            edit.insert(span, id, &body[e.bytes()], e.stored_at)?;
+            any = true;
+        }
+    }
+    Ok(any)
 }
 
 /// The error for a file redb would not open: one that does not start with a database
@@ -294,11 +350,16 @@ fn read_index(txn: &redb::ReadTransaction) -> Result<(Index, bool), StoreError> 
     let mut packed = Vec::new();
     match txn.open_table(HEADS) {
         Ok(heads) => {
+            let parts = txn.open_table(PARTS).map_err(boxed)?;
             for pack in heads.iter().map_err(boxed)? {
                 let (key, head) = pack.map_err(boxed)?;
                 let key = key.value();
-                let entries = pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
-                packed.extend(entries.iter().map(|e| (e.id, (key.0, e.first_seq))));
+                let mut entries =
+                    pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
+                edit::resolve(&parts, key, &mut entries)?;
+                for e in entries {
+                    packed.push((edit::known(&e, key)?, (key.0, e.first_seq)));
+                }
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -365,9 +426,9 @@ impl Cache {
 ///
 /// The store keeps in memory which hash is where: 48 bytes per chunk (a million chunks,
 /// 48 MB) and a table of the chunks stored since it last sorted them (at most 65,536),
-/// read from the packs' heads when it is opened. Packs
-/// being served are shared: sessions that serve the same chunks at the same time hold one
-/// copy of them between them.
+/// read from the packs when it is opened (chunks under 1 KiB, whose hashes the packs do not
+/// keep, are hashed again then). Packs being served are shared: sessions that serve the
+/// same chunks at the same time hold one copy of them between them.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
@@ -444,7 +505,9 @@ impl RedbStore {
     /// read-only media) and nothing is created. A missing or empty file is refused
     /// ([`RedbError::Io`], [`RedbError::Damaged`]); a store another process has open is
     /// [`RedbError::InUse`]. A store of the first layout is read as it is: its chunks
-    /// are listed, read and exported, but not summarized by range.
+    /// are listed, read and exported, but not summarized by range. A store of the second
+    /// layout is converted in memory (which costs memory of the order of its size; open it
+    /// for writing once to convert the file).
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let file = File::open(path).map_err(|e| StoreError::from(RedbError::Io(e)))?;
         if file.metadata()?.len() == 0 {
@@ -463,6 +526,11 @@ impl RedbStore {
             let db = Database::builder()
                 .create_with_backend(backend)
                 .map_err(refused)?;
+            // A store of the second layout is converted, in memory only: the snapshot
+            // keeps every write.
+            if has_second_layout(&db)? {
+                with_tables(&db)?;
+            }
             // A store always has its tables; a file without them is not one.
             let (index, first_layout) = read_index(&db.begin_read().map_err(boxed)?)?;
             Ok(Self {
@@ -518,14 +586,14 @@ impl RedbStore {
                     None => return Ok(None),
                 },
             };
-            let head = heads.get(key).map_err(boxed)?;
-            let body = txn.open_table(BODIES).map_err(boxed)?;
-            let body = body.get(key).map_err(boxed)?;
-            let (Some(head), Some(body)) = (head, body) else {
-                return Err(edit::damaged(key));
+            let parts = txn.open_table(PARTS).map_err(boxed)?;
+            let pack = edit::read_pack(&heads, &parts, key)?.ok_or_else(|| edit::damaged(key))?;
+            let pack = Pack {
+                entries: pack.entries,
+                body: Bytes::from(pack.body),
+                stored: pack.stored,
+                unchanged: pack.unchanged,
             };
-            let body = Bytes::copy_from_slice(body.value());
-            let pack = Pack::decode(head.value(), body).ok_or_else(|| edit::damaged(key))?;
             let next = edit::next_pack(&heads, key)?.map(|k| k.1);
             Ok(Some(Arc::new(Served { key, next, pack })))
         })?;
@@ -544,15 +612,30 @@ impl RedbStore {
         id: &ChunkHash,
         (origin, first_seq): Key,
     ) -> Result<Option<Bytes>, StoreError> {
-        let Some(served) = self.served(origin, first_seq)? else {
-            return Ok(None);
-        };
-        let pack = &served.pack;
-        Ok(pack
-            .find(first_seq)
-            .ok()
-            .filter(|&i| pack.entries[i].id == *id)
-            .map(|i| pack.body.slice(pack.entries[i].bytes())))
+        let cached = self.cache().find(origin, first_seq);
+        if let Some(served) = cached {
+            let pack = &served.pack;
+            return Ok(pack
+                .find(first_seq)
+                .ok()
+                .filter(|&i| pack.entries[i].id == Some(*id))
+                .map(|i| pack.body.slice(pack.entries[i].bytes())));
+        }
+        // Not being served: only the chunk's own parts are read.
+        self.reading(|txn| {
+            let heads = txn.open_table(HEADS).map_err(boxed)?;
+            let Some(key) = edit::holder(&heads, origin, first_seq)? else {
+                return Ok(None);
+            };
+            let entries = edit::entries_at(&heads, key)?;
+            let Ok(i) = entries.binary_search_by_key(&first_seq, |e| e.first_seq) else {
+                return Ok(None);
+            };
+            let parts = txn.open_table(PARTS).map_err(boxed)?;
+            let bytes = edit::read_body(&parts, key, entries[i].bytes())?;
+            // The hash is checked whether or not the head keeps it.
+            Ok((ChunkHash::of(&bytes) == *id).then(|| Bytes::from(bytes)))
+        })
     }
 
     /// Runs `f` in a read transaction; a panic of the database is [`RedbError::Damaged`].
@@ -619,7 +702,7 @@ impl RedbStore {
                 let mut m = txn.open_table(META).map_err(boxed)?;
                 let mut edit = Edit::new(
                     txn.open_table(HEADS).map_err(boxed)?,
-                    txn.open_table(BODIES).map_err(boxed)?,
+                    txn.open_table(PARTS).map_err(boxed)?,
                 );
                 let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
                 // The chunks added to each block, in the order they were added.
@@ -686,18 +769,13 @@ impl RedbStore {
     /// then the bytes that are not valid chunks, in hash order.
     pub fn for_each(&self, mut f: impl FnMut(ChunkHash, &[u8])) -> Result<(), StoreError> {
         self.reading(|txn| {
-            if let (Ok(heads), Ok(bodies)) = (txn.open_table(HEADS), txn.open_table(BODIES)) {
-                let mut bodies = bodies.iter().map_err(boxed)?;
+            if let (Ok(heads), Ok(parts)) = (txn.open_table(HEADS), txn.open_table(PARTS)) {
                 for head in heads.iter().map_err(boxed)? {
-                    let (key, head) = head.map_err(boxed)?;
-                    let key = key.value();
-                    let body = bodies.next().transpose().map_err(boxed)?;
-                    let body = body.filter(|(k, _)| k.value() == key);
-                    let body = body.ok_or_else(|| edit::damaged(key))?.1;
-                    let pack = Pack::decode(head.value(), body.value());
+                    let key = head.map_err(boxed)?.0.value();
+                    let pack = edit::read_pack(&heads, &parts, key)?;
                     let pack = pack.ok_or_else(|| edit::damaged(key))?;
                     for (i, e) in pack.entries.iter().enumerate() {
-                        f(e.id, pack.chunk(i));
+                        f(edit::known(e, key)?, pack.chunk(i));
                     }
                 }
             }
@@ -742,7 +820,7 @@ impl RedbStore {
                 let mut meta = txn.open_table(META).map_err(boxed)?;
                 let mut edit = Edit::new(
                     txn.open_table(HEADS).map_err(boxed)?,
-                    txn.open_table(BODIES).map_err(boxed)?,
+                    txn.open_table(PARTS).map_err(boxed)?,
                 );
                 let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
                 // Every chunk, oldest first: when stored, hash, place (`None`: loose), length.
@@ -750,11 +828,13 @@ impl RedbStore {
                 for pack in edit.heads().iter().map_err(boxed)? {
                     let (key, head) = pack.map_err(boxed)?;
                     let key = key.value();
-                    let entries =
+                    let mut entries =
                         pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
+                    edit::resolve(edit.parts(), key, &mut entries)?;
                     for e in entries {
                         let place = Some((key.0, e.first_seq));
-                        by_age.push((e.stored_at, e.id, place, u64::from(e.len)));
+                        let id = edit::known(&e, key)?;
+                        by_age.push((e.stored_at, id, place, u64::from(e.len)));
                     }
                 }
                 for entry in stored_at.iter().map_err(boxed)? {
@@ -823,7 +903,7 @@ fn keep_block(
         None => {
             let (lo, hi) = recon::block_range(block);
             let mut held = false;
-            edit::scan(edit.heads(), origin, lo, hi, |_| {
+            edit::scan(edit.heads(), edit.parts(), (origin, lo, hi), false, |_| {
                 held = true;
                 false
             })?;
@@ -841,14 +921,15 @@ fn keep_block(
 
 /// The summary of `block` of `origin` made from its packed chunks.
 fn make_block(
-    heads: &impl ReadableTable<Key, &'static [u8]>,
+    heads: &impl edit::Heads,
+    parts: &impl edit::Parts,
     origin: u64,
     block: u64,
 ) -> Result<Option<BlockSummary>, StoreError> {
     let (lo, hi) = recon::block_range(block);
     let mut chunks = Vec::new();
-    edit::scan(heads, origin, lo, hi, |e| {
-        chunks.push((e.first_seq, e.end_seq, e.id));
+    edit::scan(heads, parts, (origin, lo, hi), true, |e| {
+        chunks.extend(e.id.map(|id| (e.first_seq, e.end_seq, id)));
         true
     })?;
     BlockSummary::of(block, chunks).map_err(|_| summary_error(SummaryError::OutOfOrder))
@@ -856,7 +937,8 @@ fn make_block(
 
 /// The packed chunks of `range`, as `NodeStore::chunks_in` gives them.
 fn packed_in(
-    heads: &impl ReadableTable<Key, &'static [u8]>,
+    heads: &impl edit::Heads,
+    parts: &impl edit::Parts,
     range: &KeyRange,
     out: &mut [(Span, ChunkHash)],
 ) -> Result<usize, StoreError> {
@@ -864,13 +946,15 @@ fn packed_in(
     if out.is_empty() {
         return Ok(0);
     }
-    edit::scan(heads, range.origin.0, range.lo, range.hi, |e| {
+    let bounds = (range.origin.0, range.lo, range.hi);
+    edit::scan(heads, parts, bounds, true, |e| {
         let span = Span {
             origin: range.origin,
             first_seq: e.first_seq,
             end_seq: e.end_seq,
         };
-        out[n] = (span, e.id);
+        let Some(id) = e.id else { return true };
+        out[n] = (span, id);
         n += 1;
         n < out.len()
     })?;
@@ -879,24 +963,26 @@ fn packed_in(
 
 /// The tables of one transaction as [`recon::summarize_by_blocks`] reads them; the blocks it
 /// had to make are listed in `made`.
-struct Tables<'a, H, B> {
+struct Tables<'a, H, P, B> {
     heads: &'a H,
+    parts: &'a P,
     blocks: &'a B,
     /// Whether the kept summaries may be used (see [`RedbStore::trust_blocks`]).
     trusted: bool,
     made: std::cell::RefCell<Vec<(u64, u64)>>,
 }
 
-impl<H, B> recon::Blocks for Tables<'_, H, B>
+impl<H, P, B> recon::Blocks for Tables<'_, H, P, B>
 where
-    H: ReadableTable<Key, &'static [u8]>,
+    H: edit::Heads,
+    P: edit::Parts,
     B: ReadableTable<(u64, u64), &'static [u8]>,
 {
     type Error = StoreError;
 
     fn next_start(&self, origin: NodeId, from: u64, hi: u64) -> Result<Option<u64>, StoreError> {
         let mut first = None;
-        edit::scan(self.heads, origin.0, from, hi, |e| {
+        edit::scan(self.heads, self.parts, (origin.0, from, hi), false, |e| {
             first = Some(e.first_seq);
             false
         })?;
@@ -911,7 +997,7 @@ where
             return Ok(Some(b));
         }
         self.made.borrow_mut().push((origin.0, block));
-        make_block(self.heads, origin.0, block)
+        make_block(self.heads, self.parts, origin.0, block)
     }
 
     fn chunks_in(
@@ -919,7 +1005,7 @@ where
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
-        packed_in(self.heads, range, out)
+        packed_in(self.heads, self.parts, range, out)
     }
 }
 
@@ -1100,7 +1186,11 @@ impl NodeStore for RedbStore {
         range: &KeyRange,
         out: &mut [(Span, ChunkHash)],
     ) -> Result<usize, StoreError> {
-        self.reading(|txn| packed_in(&txn.open_table(HEADS).map_err(boxed)?, range, out))
+        self.reading(|txn| {
+            let heads = txn.open_table(HEADS).map_err(boxed)?;
+            let parts = txn.open_table(PARTS).map_err(boxed)?;
+            packed_in(&heads, &parts, range, out)
+        })
     }
 
     /// From the packs read for serving: a session serving a range reads each pack once.
@@ -1141,9 +1231,11 @@ impl NodeStore for RedbStore {
     ) -> Result<(Summary, Option<usize>), StoreError> {
         let (summary, made) = self.reading(|txn| {
             let heads = txn.open_table(HEADS).map_err(boxed)?;
+            let parts = txn.open_table(PARTS).map_err(boxed)?;
             let blocks = txn.open_table(BLOCKS).map_err(boxed)?;
             let tables = Tables {
                 heads: &heads,
+                parts: &parts,
                 blocks: &blocks,
                 trusted: self.trust_blocks,
                 made: Default::default(),
@@ -1158,9 +1250,10 @@ impl NodeStore for RedbStore {
                 txn.set_durability(redb::Durability::None);
                 {
                     let heads = txn.open_table(HEADS).map_err(boxed)?;
+                    let parts = txn.open_table(PARTS).map_err(boxed)?;
                     let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
                     for (origin, block) in made {
-                        if let Some(b) = make_block(&heads, origin, block)? {
+                        if let Some(b) = make_block(&heads, &parts, origin, block)? {
                             blocks
                                 .insert((origin, block), encode_block(&b).as_slice())
                                 .map_err(boxed)?;
@@ -1249,6 +1342,107 @@ mod tests {
     /// tables directly): read-only, its chunks are read as they are and its summaries not
     /// trusted; opened for writing, its chunks move into packs, with the time each was
     /// stored, and its summaries are made again.
+    /// A store of the second layout (one body entry per pack, every hash in the head) is
+    /// read converted in memory when opened read-only, without writing the file, and
+    /// converted in the file when opened for writing.
+    #[test]
+    fn a_store_of_the_second_layout_is_read_and_converted() {
+        let path = temp_path("second-layout");
+        let chunks: Vec<VerifiedChunk> = (0..3)
+            .map(|n| crate::store::tests::chunk(1, n * 2, 2, &"p".repeat(200 * n as usize)))
+            .collect();
+        {
+            let s = RedbStore::open(&path).unwrap();
+            let txn = s.db.begin_write().unwrap();
+            {
+                let mut head = Vec::new();
+                let mut body = Vec::new();
+                for (n, c) in chunks.iter().enumerate() {
+                    let n = n as u64;
+                    for word in [n * 2, n * 2 + 2, 1_000 + n] {
+                        head.extend_from_slice(&word.to_le_bytes());
+                    }
+                    head.extend_from_slice(&(c.bytes().len() as u32).to_le_bytes());
+                    head.extend_from_slice(c.id().as_bytes());
+                    body.extend_from_slice(c.bytes());
+                }
+                let mut heads = txn.open_table(SECOND_LAYOUT_HEADS).unwrap();
+                heads.insert((1, 0), head.as_slice()).unwrap();
+                let mut bodies = txn.open_table(SECOND_LAYOUT_BODIES).unwrap();
+                bodies.insert((1, 0), body.as_slice()).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(BYTES, body.len() as u64).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        {
+            let read_only = RedbStore::open_read_only(&path).unwrap();
+            assert_eq!(read_only.len().unwrap(), 3);
+            for c in &chunks {
+                assert_eq!(read_only.get(&c.id()).unwrap().as_ref(), Some(c.bytes()));
+            }
+        }
+        assert!(
+            std::fs::read(&path).unwrap() == before,
+            "the file is not written"
+        );
+        let s = RedbStore::open(&path).unwrap();
+        let [kept, plain] = kept_and_plain(&s);
+        assert_eq!(kept.0.count, 3);
+        assert_eq!(kept, plain);
+        assert!(!has_second_layout(&s.db).unwrap());
+        let mut seen = Vec::new();
+        s.for_each(|id, bytes| seen.push((id, bytes.to_vec())))
+            .unwrap();
+        let expected: Vec<_> = chunks
+            .iter()
+            .map(|c| (c.id(), c.bytes().to_vec()))
+            .collect();
+        assert_eq!(seen, expected);
+        // Kept their times: 1,000 seconds after the epoch is older than any age.
+        let report = s
+            .gc(RetentionPolicy {
+                max_age: Some(Duration::from_secs(3600)),
+                max_bytes: None,
+            })
+            .unwrap();
+        assert_eq!(report.removed, 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// The database pages a store uses, against the bytes of the chunks it holds: a log of
+    /// small chunks stored a few at a time (as a pull stores them), and one of chunks of
+    /// 16,000 bytes and more.
+    #[test]
+    fn pages_in_use_stay_close_to_the_chunk_bytes() {
+        for (payload, chunks, batch, bound) in [(50, 20_000u64, 40, 1.3), (16_000, 320, 8, 1.05)] {
+            let path = temp_path(&format!("pages-{payload}"));
+            let s = RedbStore::open_with(&path, Durability::Process).unwrap();
+            let mut bytes = 0;
+            for start in (0..chunks).step_by(batch) {
+                let batch: Vec<VerifiedChunk> = (start..start + batch as u64)
+                    .map(|seq| crate::store::tests::chunk(1, seq, 1, &"x".repeat(payload)))
+                    .collect();
+                bytes += batch.iter().map(|c| c.bytes().len() as u64).sum::<u64>();
+                assert_eq!(s.insert_batch(&batch).unwrap().added, batch.len());
+            }
+            let used = s
+                .writing(|txn| {
+                    let stats = txn.stats().map_err(boxed)?;
+                    Ok(stats.allocated_pages() * stats.page_size() as u64)
+                })
+                .unwrap();
+            let ratio = used as f64 / bytes as f64;
+            assert!(
+                ratio <= bound,
+                "{payload}-byte events: {used} bytes of pages for {bytes}: {ratio:.3}"
+            );
+            drop(s);
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
     #[test]
     fn a_store_of_the_first_layout_is_read_and_converted() {
         let path = temp_path("first-layout");

@@ -3,18 +3,28 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included};
+use std::ops::Range;
 
 use chunk_sync_core::store::Fork;
 use chunk_sync_core::{ChunkHash, NodeId, Span};
 use redb::{ReadableTable, Table};
 
-use super::pack::{Entry, Pack, decode_head};
+use super::pack::{self, Entry, PART, Pack, decode_head, parts_of};
 use super::{RedbError, boxed};
 use crate::error::StoreError;
 use crate::store::fork_with;
 
 /// A pack's key: its origin and the sequence number its chunks start at or after.
 pub(super) type Key = (u64, u64);
+/// A part of a pack's body: the pack's key and the part's number.
+pub(super) type PartKey = (u64, u64, u32);
+
+/// The table of the packs' heads, as a transaction reads it.
+pub(super) trait Heads: ReadableTable<Key, &'static [u8]> {}
+impl<T: ReadableTable<Key, &'static [u8]>> Heads for T {}
+/// The table of the parts of the packs' bodies, as a transaction reads it.
+pub(super) trait Parts: ReadableTable<PartKey, &'static [u8]> {}
+impl<T: ReadableTable<PartKey, &'static [u8]>> Parts for T {}
 
 /// The error for a pack that does not decode.
 pub(super) fn damaged(key: Key) -> StoreError {
@@ -22,6 +32,11 @@ pub(super) fn damaged(key: Key) -> StoreError {
         "the pack of origin {:#018x} at {} is damaged",
         key.0, key.1
     )))
+}
+
+/// The hash of `e`, a chunk of the pack at `key`, which must be known by now.
+pub(super) fn known(e: &Entry, key: Key) -> Result<ChunkHash, StoreError> {
+    e.id.ok_or_else(|| damaged(key))
 }
 
 /// The key of the pack of `origin` that holds `seq`: the greatest at or before it.
@@ -53,22 +68,91 @@ pub(super) fn next_pack(
         .map(|(k, _)| k.value()))
 }
 
-/// The entries of the pack at `key`.
-pub(super) fn entries_at(
-    heads: &impl ReadableTable<Key, &'static [u8]>,
-    key: Key,
-) -> Result<Vec<Entry>, StoreError> {
+/// The entries of the pack at `key`, as its head lists them (without the hashes of small
+/// chunks: see [`resolve`]).
+pub(super) fn entries_at(heads: &impl Heads, key: Key) -> Result<Vec<Entry>, StoreError> {
     let head = heads.get(key).map_err(boxed)?.ok_or_else(|| damaged(key))?;
     decode_head(head.value()).ok_or_else(|| damaged(key))
 }
 
+/// The bytes `range` of the body of the pack at `key`, read from the parts that hold them.
+pub(super) fn read_body(
+    parts: &impl Parts,
+    key: Key,
+    range: Range<usize>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(range.len());
+    if range.is_empty() {
+        return Ok(out);
+    }
+    let (first, last) = ((range.start / PART) as u32, ((range.end - 1) / PART) as u32);
+    let stored = parts
+        .range((key.0, key.1, first)..=(key.0, key.1, last))
+        .map_err(boxed)?;
+    for (expected, part) in (first..).zip(stored) {
+        let (k, v) = part.map_err(boxed)?;
+        let (n, bytes) = (k.value().2, v.value());
+        let start = n as usize * PART;
+        if n != expected || (n < last && bytes.len() != PART) {
+            return Err(damaged(key));
+        }
+        let from = range.start.saturating_sub(start);
+        let to = (range.end - start).min(bytes.len());
+        out.extend_from_slice(bytes.get(from..to).ok_or_else(|| damaged(key))?);
+    }
+    if out.len() != range.len() {
+        return Err(damaged(key));
+    }
+    Ok(out)
+}
+
+/// The pack at `key`, or `None` if there is none.
+pub(super) fn read_pack(
+    heads: &impl Heads,
+    parts: &impl Parts,
+    key: Key,
+) -> Result<Option<Pack>, StoreError> {
+    let Some(head) = heads.get(key).map_err(boxed)? else {
+        return Ok(None);
+    };
+    let entries = decode_head(head.value()).ok_or_else(|| damaged(key))?;
+    let len = entries.last().map_or(0, |e| e.bytes().end);
+    let body = read_body(parts, key, 0..len)?;
+    Pack::decode(head.value(), body)
+        .map(Some)
+        .ok_or_else(|| damaged(key))
+}
+
+/// Gives the entries of the pack at `key` that lack their hash (consecutive entries of
+/// it) the hash of their bytes, read from its body.
+pub(super) fn resolve(
+    parts: &impl Parts,
+    key: Key,
+    entries: &mut [Entry],
+) -> Result<(), StoreError> {
+    let mut needed = entries.iter().filter(|e| e.id.is_none());
+    let first = needed.next();
+    let (Some(first), Some(last)) = (first, needed.next_back().or(first)) else {
+        return Ok(());
+    };
+    let (lo, hi) = (first.at as usize, last.bytes().end);
+    let body = read_body(parts, key, lo..hi)?;
+    let from = entries.partition_point(|e| (e.at as usize) < lo);
+    let to = entries.partition_point(|e| e.bytes().end <= hi);
+    pack::resolve(&mut entries[from..to], &body).ok_or_else(|| damaged(key))
+}
+
+/// The entries [`scan`] resolves together: a caller that stops early hashes at most this
+/// many chunks it did not need.
+const SCAN_BATCH: usize = 64;
+
 /// Calls `f` with the key and entry of every chunk of `origin` that starts in `lo..hi`, in
-/// order, until it returns `false`.
+/// order, until it returns `false`; with `ids`, each entry has its hash.
 pub(super) fn scan(
-    heads: &impl ReadableTable<Key, &'static [u8]>,
-    origin: u64,
-    lo: u64,
-    hi: u64,
+    heads: &impl Heads,
+    parts: &impl Parts,
+    (origin, lo, hi): (u64, u64, u64),
+    ids: bool,
     mut f: impl FnMut(&Entry) -> bool,
 ) -> Result<(), StoreError> {
     if lo >= hi {
@@ -77,11 +161,22 @@ pub(super) fn scan(
     let start = holder(heads, origin, lo)?.unwrap_or((origin, lo));
     for pack in heads.range(start..(origin, hi)).map_err(boxed)? {
         let (key, head) = pack.map_err(boxed)?;
-        let entries = decode_head(head.value()).ok_or_else(|| damaged(key.value()))?;
-        for e in entries.iter().filter(|e| e.first_seq >= lo) {
-            if e.first_seq >= hi || !f(e) {
-                return Ok(());
+        let key = key.value();
+        let mut entries = decode_head(head.value()).ok_or_else(|| damaged(key))?;
+        let from = entries.partition_point(|e| e.first_seq < lo);
+        let to = entries.partition_point(|e| e.first_seq < hi);
+        for batch in entries[from..to].chunks_mut(SCAN_BATCH) {
+            if ids {
+                resolve(parts, key, batch)?;
             }
+            for e in batch.iter() {
+                if !f(e) {
+                    return Ok(());
+                }
+            }
+        }
+        if to < entries.len() {
+            return Ok(());
         }
     }
     Ok(())
@@ -110,7 +205,7 @@ struct Current {
 /// The packs of one write transaction being edited.
 pub(super) struct Edit<'t> {
     heads: Table<'t, Key, &'static [u8]>,
-    bodies: Table<'t, Key, &'static [u8]>,
+    parts: Table<'t, PartKey, &'static [u8]>,
     /// Packs changed so far, by key (new ones included), as they will be written.
     dirty: BTreeMap<Key, Pack>,
     /// For each origin inserted into, the pack its last chunk went to (forgotten when a
@@ -121,19 +216,39 @@ pub(super) struct Edit<'t> {
 impl<'t> Edit<'t> {
     pub(super) fn new(
         heads: Table<'t, Key, &'static [u8]>,
-        bodies: Table<'t, Key, &'static [u8]>,
+        parts: Table<'t, PartKey, &'static [u8]>,
     ) -> Self {
         Self {
             heads,
-            bodies,
+            parts,
             dirty: BTreeMap::new(),
             current: BTreeMap::new(),
         }
     }
 
-    /// The stored packs, as they were before this edit.
+    /// The stored packs' heads, as they were before this edit.
     pub(super) fn heads(&self) -> &Table<'t, Key, &'static [u8]> {
         &self.heads
+    }
+
+    /// The stored packs' bodies, as they were before this edit.
+    pub(super) fn parts(&self) -> &Table<'t, PartKey, &'static [u8]> {
+        &self.parts
+    }
+
+    /// The first or the last chunk of the stored pack at `key`, with its hash.
+    fn stored_end(&self, key: Key, last: bool) -> Result<Option<Entry>, StoreError> {
+        let entries = entries_at(&self.heads, key)?;
+        let end = if last {
+            entries.last()
+        } else {
+            entries.first()
+        };
+        let Some(mut end) = end.copied() else {
+            return Ok(None);
+        };
+        resolve(&self.parts, key, std::slice::from_mut(&mut end))?;
+        Ok(Some(end))
     }
 
     /// The key of the pack that holds `seq` of `origin`, edited or stored.
@@ -152,14 +267,8 @@ impl<'t> Edit<'t> {
     /// The pack at `key`, read into the edit if it was not yet.
     fn load(&mut self, key: Key) -> Result<&mut Pack, StoreError> {
         if !self.dirty.contains_key(&key) {
-            let head = self.heads.get(key).map_err(boxed)?;
-            let body = self.bodies.get(key).map_err(boxed)?;
-            let pack = match (head, body) {
-                (Some(h), Some(b)) => Pack::decode(h.value(), b.value().to_vec()),
-                (None, None) => Some(Pack::default()),
-                _ => None,
-            };
-            self.dirty.insert(key, pack.ok_or_else(|| damaged(key))?);
+            let pack = read_pack(&self.heads, &self.parts, key)?;
+            self.dirty.insert(key, pack.unwrap_or_default());
         }
         Ok(self.dirty.get_mut(&key).expect("just loaded"))
     }
@@ -174,7 +283,7 @@ impl<'t> Edit<'t> {
         loop {
             let first = match self.dirty.get(&at) {
                 Some(pack) => pack.entries.first().copied(),
-                None => entries_at(&self.heads, at)?.first().copied(),
+                None => self.stored_end(at, false)?,
             };
             if first.is_some() {
                 return Ok(Some((next, first)));
@@ -211,7 +320,7 @@ impl<'t> Edit<'t> {
             };
             let last = match self.dirty.get(&before) {
                 Some(pack) => pack.entries.last().copied(),
-                None => entries_at(&self.heads, before)?.last().copied(),
+                None => self.stored_end(before, true)?,
             };
             if last.is_some() {
                 return Ok(last);
@@ -251,9 +360,9 @@ impl<'t> Edit<'t> {
         let next_first = next.and_then(|(_, first)| first);
         let pack = self.load(key)?;
         let at = match pack.find(first) {
-            Ok(i) if pack.entries[i].id == id => return Ok(Put::Held),
+            Ok(i) if pack.entries[i].id == Some(id) => return Ok(Put::Held),
             Ok(i) => {
-                let existing = pack.entries[i].id;
+                let existing = known(&pack.entries[i], key)?;
                 return Ok(Put::Fork(Fork {
                     refused: id,
                     span,
@@ -278,9 +387,11 @@ impl<'t> Edit<'t> {
                 first_seq: e.first_seq,
                 end_seq: e.end_seq,
             };
-            (span, e.id)
+            known(&e, key).map(|id| (span, id))
         };
-        if let Some(fork) = fork_with(id, span, before.map(neighbour), after.map(neighbour)) {
+        let before = before.map(neighbour).transpose()?;
+        let after = after.map(neighbour).transpose()?;
+        if let Some(fork) = fork_with(id, span, before, after) {
             return Ok(Put::Fork(fork));
         }
         let entry = Entry {
@@ -289,7 +400,8 @@ impl<'t> Edit<'t> {
             stored_at,
             at: 0,
             len: 0,
-            id,
+            id: Some(id),
+            check: pack::first_bytes(&id),
         };
         self.load(key)?.insert(at, entry, bytes);
         Ok(Put::Added)
@@ -316,17 +428,37 @@ impl<'t> Edit<'t> {
             let pieces = pack.pieces();
             if pieces.is_empty() {
                 self.heads.remove(key).map_err(boxed)?;
-                self.bodies.remove(key).map_err(boxed)?;
+            }
+            // The first piece stays under the pack's key: only the parts it changed are
+            // written, and those past its end removed.
+            let kept = pieces
+                .first()
+                .map_or(0, |p| pack.entries[p.end - 1].bytes().end);
+            for n in parts_of(kept)..parts_of(pack.stored) {
+                self.parts.remove((key.0, key.1, n as u32)).map_err(boxed)?;
             }
             for (n, piece) in pieces.into_iter().enumerate() {
-                let at = match n {
-                    0 => key,
-                    _ => (key.0, pack.entries[piece.start].first_seq),
+                let (at, unchanged) = match n {
+                    0 => (key, pack.unchanged),
+                    _ => ((key.0, pack.entries[piece.start].first_seq), 0),
                 };
                 let (head, body) = pack.encode(piece);
                 self.heads.insert(at, head.as_slice()).map_err(boxed)?;
-                self.bodies.insert(at, body).map_err(boxed)?;
+                self.write_parts(at, body, unchanged)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Writes the parts of the body of the pack at `key` that are not wholly within its
+    /// first `unchanged` bytes.
+    fn write_parts(&mut self, key: Key, body: &[u8], unchanged: usize) -> Result<(), StoreError> {
+        // Part `n` holds bytes `n * PART..(n + 1) * PART`: those before `unchanged / PART`
+        // are as stored.
+        for (n, part) in body.chunks(PART).enumerate().skip(unchanged / PART) {
+            self.parts
+                .insert((key.0, key.1, n as u32), part)
+                .map_err(boxed)?;
         }
         Ok(())
     }
@@ -339,7 +471,10 @@ mod tests {
     use super::*;
 
     const HEADS: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("heads");
-    const BODIES: TableDefinition<'_, Key, &[u8]> = TableDefinition::new("bodies");
+    const PARTS: TableDefinition<'_, PartKey, &[u8]> = TableDefinition::new("parts");
+    /// Where the tests' packs split: their heads are full, at 12 bytes an entry (four
+    /// one-byte varints and the check).
+    const N: u64 = (pack::HEAD_BYTES / (4 + pack::CHECK)) as u64;
 
     fn span(first_seq: u64, end_seq: u64) -> Span {
         Span {
@@ -355,7 +490,7 @@ mod tests {
         let out = {
             let mut edit = Edit::new(
                 txn.open_table(HEADS).unwrap(),
-                txn.open_table(BODIES).unwrap(),
+                txn.open_table(PARTS).unwrap(),
             );
             let out = f(&mut edit);
             edit.finish().unwrap();
@@ -365,6 +500,14 @@ mod tests {
         out
     }
 
+    /// The bytes of test chunk `n`, and its hash.
+    fn bytes(n: u64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+    fn id(n: u64) -> ChunkHash {
+        ChunkHash::of(&bytes(n))
+    }
+
     /// Once removals have left a gap at the start of a pack, a chunk of the pack before
     /// may reach past the next pack's key: a chunk put into that gap is checked against
     /// it too.
@@ -372,14 +515,11 @@ mod tests {
     fn a_fork_with_a_chunk_of_the_pack_before_is_found() {
         let path = std::env::temp_dir().join(format!("chunk-sync-edit-{}", std::process::id()));
         let db = Database::create(&path).unwrap();
-        let id = |n: u64| ChunkHash::of(&n.to_le_bytes());
-        // Two packs: 0..512 and 512..514.
+        // Two packs: 0..N and N..N + 2.
         edit(&db, |e| {
-            for n in 0..514 {
-                assert_eq!(
-                    e.insert(span(n, n + 1), id(n), b"x", 0).unwrap(),
-                    Put::Added
-                );
+            for n in 0..N + 2 {
+                let put = e.insert(span(n, n + 1), id(n), &bytes(n), 0).unwrap();
+                assert_eq!(put, Put::Added);
             }
         });
         let packs = || {
@@ -392,33 +532,35 @@ mod tests {
                 .collect();
             keys
         };
-        assert_eq!(packs(), [(1, 0), (1, 512)]);
-        // The first pack's last chunk is replaced by one that reaches past 512, once the
+        assert_eq!(packs(), [(1, 0), (1, N)]);
+        // The first pack's last chunk is replaced by one that reaches past N, once the
         // second pack's first chunk is gone.
         edit(&db, |e| {
-            assert!(e.remove(1, 512).unwrap().is_some());
-            assert!(e.remove(1, 511).unwrap().is_some());
-            let long = e.insert(span(511, 513), id(1000), b"yy", 0).unwrap();
-            assert_eq!(long, Put::Added);
+            assert!(e.remove(1, N).unwrap().is_some());
+            assert!(e.remove(1, N - 1).unwrap().is_some());
+            let long = e.insert(span(N - 1, N + 1), id(1 << 40), &bytes(1 << 40), 0);
+            assert_eq!(long.unwrap(), Put::Added);
         });
-        assert_eq!(packs(), [(1, 0), (1, 512)]);
+        assert_eq!(packs(), [(1, 0), (1, N)]);
         let fork = edit(&db, |e| {
-            e.insert(span(512, 513), id(1001), b"z", 0).unwrap()
+            e.insert(span(N, N + 1), id(1 << 41), &bytes(1 << 41), 0)
+                .unwrap()
         });
         assert_eq!(
             fork,
             Put::Fork(Fork {
-                refused: id(1001),
-                span: span(512, 513),
-                existing: id(1000),
+                refused: id(1 << 41),
+                span: span(N, N + 1),
+                existing: id(1 << 40),
             })
         );
         // And the same from within one edit.
         let fork = edit(&db, |e| {
-            e.remove(1, 513).unwrap();
-            e.insert(span(512, 514), id(1002), b"z", 0).unwrap()
+            e.remove(1, N + 1).unwrap();
+            e.insert(span(N, N + 2), id(1 << 42), &bytes(1 << 42), 0)
+                .unwrap()
         });
-        assert!(matches!(fork, Put::Fork(f) if f.existing == id(1000)));
+        assert!(matches!(fork, Put::Fork(f) if f.existing == id(1 << 40)));
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -429,25 +571,24 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("chunk-sync-edit-empty-{}", std::process::id()));
         let db = Database::create(&path).unwrap();
-        let id = |n: u64| ChunkHash::of(&n.to_le_bytes());
-        // Three packs: 0..512, 512..1024 and 1024..1025.
+        // Three packs: 0..N, N..2N and 2N..2N + 1.
         edit(&db, |e| {
-            for n in 0..1025 {
-                assert_eq!(
-                    e.insert(span(n, n + 1), id(n), b"x", 0).unwrap(),
-                    Put::Added
-                );
+            for n in 0..2 * N + 1 {
+                let put = e.insert(span(n, n + 1), id(n), &bytes(n), 0).unwrap();
+                assert_eq!(put, Put::Added);
             }
         });
         let fork = edit(&db, |e| {
-            for n in 511..1024 {
+            for n in N - 1..2 * N {
                 assert!(e.remove(1, n).unwrap().is_some());
             }
-            e.insert(span(511, 1025), id(2000), b"long", 0).unwrap()
+            e.insert(span(N - 1, 2 * N + 1), id(1 << 40), &bytes(1 << 40), 0)
+                .unwrap()
         });
         assert!(
-            matches!(fork, Put::Fork(f) if f.existing == id(1024)),
+            matches!(fork, Put::Fork(f) if f.existing == id(2 * N)),
             "{fork:?}"
         );
+        std::fs::remove_file(&path).unwrap();
     }
 }
