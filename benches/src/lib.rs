@@ -41,6 +41,68 @@ impl Rng {
     }
 }
 
+/// What an event's payload looks like, for benches of compression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// Random bytes written as hex digits (compresses about as well as hex can).
+    RandomHex,
+    /// JSON telemetry records of a fleet of sensors, one after another.
+    Telemetry,
+    /// Service log lines.
+    Log,
+}
+
+impl Payload {
+    /// The style named `name` (`random`, `telemetry`, `log`).
+    #[must_use]
+    pub fn named(name: &str) -> Option<Self> {
+        match name {
+            "random" => Some(Self::RandomHex),
+            "telemetry" => Some(Self::Telemetry),
+            "log" => Some(Self::Log),
+            _ => None,
+        }
+    }
+
+    /// The payload of event `seq`, `len` bytes of text.
+    #[must_use]
+    pub fn text(self, seq: u64, len: usize) -> String {
+        let mut rng = Rng::new(seq);
+        let mut out = String::with_capacity(len + 160);
+        while out.len() < len {
+            let r = rng.next_u64();
+            match self {
+                Self::RandomHex => out.push_str(&format!("{r:016x}")),
+                Self::Telemetry => out.push_str(&format!(
+                    "{{\"device\":\"sensor-{:04}\",\"seq\":{seq},\"temp_c\":{}.{:02},\"humidity\":{}.{},\"battery_v\":3.{:03},\"rssi\":-{},\"status\":\"{}\"}}",
+                    r % 500,
+                    15 + (r >> 9) % 15,
+                    (r >> 13) % 100,
+                    30 + (r >> 20) % 40,
+                    (r >> 27) % 10,
+                    600 + (r >> 31) % 400,
+                    40 + (r >> 41) % 50,
+                    if (r >> 50).is_multiple_of(20) { "degraded" } else { "ok" },
+                )),
+                Self::Log => out.push_str(&format!(
+                    "2026-12-04T{:02}:{:02}:{:02}.{:03}Z {} chunk_sync_tokio::node: session with node-{:016x} ended: {} chunks, {} bytes in 0.{:03} s\n",
+                    (seq / 3_600_000) % 24,
+                    (seq / 60_000) % 60,
+                    (seq / 1_000) % 60,
+                    seq % 1_000,
+                    ["INFO ", "INFO ", "INFO ", "DEBUG", "WARN "][(r % 5) as usize],
+                    r >> 8 & 0xffff_ffff_ffff,
+                    (r >> 16) % 40,
+                    (r >> 24) % 100_000,
+                    (r >> 40) % 1_000,
+                )),
+            }
+        }
+        out.truncate(len);
+        out
+    }
+}
+
 /// `count` public events of origin 1 with `payload` random bytes each.
 #[must_use]
 pub fn events(count: u64, payload: usize) -> Vec<EventBuf> {

@@ -189,20 +189,14 @@ pub trait Buffer {
     fn prepare(&mut self, len: usize) -> bool {
         len <= self.limit()
     }
-    /// Writes `data` at offset `at` (pieces come in order), growing the buffer if it must;
-    /// returns whether it could.
-    fn put(&mut self, at: usize, data: &[u8]) -> bool {
-        let end = at + data.len();
+    /// Lets `fill` write `len` bytes at offset `at` (pieces come in order), growing the
+    /// buffer if it must; returns whether it could and `fill` succeeded.
+    fn put_with(&mut self, at: usize, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+        let end = at + len;
         if !self.grow_to(end) {
             return false;
         }
-        match self.bytes_mut().get_mut(at..end) {
-            Some(dst) => {
-                dst.copy_from_slice(data);
-                true
-            }
-            None => false,
-        }
+        self.bytes_mut().get_mut(at..end).is_some_and(fill)
     }
 }
 
@@ -245,12 +239,9 @@ impl Buffer for alloc::vec::Vec<u8> {
         self.reserve(len);
         true
     }
-    fn put(&mut self, at: usize, data: &[u8]) -> bool {
-        if at != self.len() {
-            self.resize(at, 0);
-        }
-        self.extend_from_slice(data);
-        true
+    fn put_with(&mut self, at: usize, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
+        self.resize(at + len, 0);
+        fill(&mut self[at..])
     }
 }
 
@@ -591,19 +582,38 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     /// The next thing to do.
     #[inline(never)]
     pub fn poll(&mut self, now: Instant) -> Action<'_> {
-        self.act(now, None)
+        self.act(now, None, &[])
     }
 
     /// The next thing to do, with `node`, the node-wide throttle shared with other
     /// sessions: every frame but `Hello` and a final `Error` passes it as well as the
     /// session's own.
     pub fn poll_with(&mut self, now: Instant, node: &mut dyn Budget) -> Action<'_> {
-        self.act(now, Some(node))
+        self.act(now, Some(node), &[])
+    }
+
+    /// The next thing to do, given the whole chunk the adapter is serving (the one it read
+    /// last for [`Action::Read`] or [`Action::ReadFirst`], or nothing): its pieces may then
+    /// travel compressed ([`Config::compress`](crate::session::Config::compress)), each
+    /// written whole into the frame of an [`Action::Send`] that has no `piece`. With `node`,
+    /// as [`poll_with`](Self::poll_with).
+    pub fn poll_serving<'d>(
+        &mut self,
+        now: Instant,
+        node: Option<&mut (dyn Budget + 'd)>,
+        serving: &[u8],
+    ) -> Action<'_> {
+        self.act(now, node, serving)
     }
 
     #[inline(always)]
-    fn act(&mut self, now: Instant, node: Option<&mut (dyn Budget + '_)>) -> Action<'_> {
-        let step = self.step(now, node);
+    fn act(
+        &mut self,
+        now: Instant,
+        node: Option<&mut (dyn Budget + '_)>,
+        serving: &[u8],
+    ) -> Action<'_> {
+        let step = self.step(now, node, serving);
         match step {
             Step::Store(Unstored { id, len }) => Action::Store(Verified::trusted(
                 id,
@@ -643,7 +653,12 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         }
     }
 
-    fn step(&mut self, now: Instant, mut node: Option<&mut (dyn Budget + '_)>) -> Step {
+    fn step(
+        &mut self,
+        now: Instant,
+        mut node: Option<&mut (dyn Budget + '_)>,
+        serving: &[u8],
+    ) -> Step {
         // Ranges set aside for another session's claim, due to be checked again: before
         // the session's questions, which ask the store about them.
         self.session.recheck_deferred(now);
@@ -661,7 +676,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 continue;
             }
             self.feed_wanted();
-            if let Some(step) = self.transmit(now, node.as_deref_mut()) {
+            if let Some(step) = self.transmit(now, node.as_deref_mut(), serving) {
                 return step;
             }
             return self.closing(now);
@@ -703,8 +718,19 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         let mut complete = None;
         if let Some(piece) = handled.piece {
             let at = piece.offset as usize;
+            let mut bad = None;
             let fits = (at > 0 || self.assembly.prepare(piece.total_len as usize))
-                && self.assembly.put(at, piece.data);
+                && self.assembly.put_with(at, piece.len as usize, |dst| {
+                    piece.write_to(dst).map_err(|e| bad = Some(e)).is_ok()
+                });
+            if let Some(e) = bad {
+                // A compressed piece that does not decompress to its bytes: what follows
+                // is dropped.
+                self.session.end(Error::Peer(e));
+                self.rx_start = 0;
+                self.rx_end = 0;
+                return false;
+            }
             if !fits {
                 // Cannot happen: `max_chunk_len` is capped at the buffer's limit.
                 self.session.abort();
@@ -743,7 +769,12 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     }
 
     /// The next frame, if the backlog and both throttles allow one.
-    fn transmit<'d>(&mut self, now: Instant, node: Option<&mut (dyn Budget + 'd)>) -> Option<Step> {
+    fn transmit<'d>(
+        &mut self,
+        now: Instant,
+        node: Option<&mut (dyn Budget + 'd)>,
+        serving: &[u8],
+    ) -> Option<Step> {
         // `Hello` and the final `Error` frame wait for neither the backlog nor the node.
         if self.stalled {
             // The peer takes nothing: nothing more is handed out.
@@ -765,7 +796,20 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             self.session
                 .claim_wanted(now, &mut |range| node.claim(range, now));
         }
-        let t = match self.session.poll_transmit(now, self.tx.bytes_mut()) {
+        #[cfg(feature = "lz4-compress")]
+        if !serving.is_empty()
+            && self.session.compresses()
+            && let Some(peer) = self.session.peer()
+        {
+            // Room to compress a whole piece, if the buffer can grow to it.
+            let piece = crate::wire::Message::piece_capacity(peer.max_frame);
+            let room = crate::wire::put_lz4_buffer(piece);
+            self.tx.grow_to(min(room, self.tx.limit()));
+        }
+        let t = match self
+            .session
+            .poll_transmit_serving(now, self.tx.bytes_mut(), serving)
+        {
             Ok(Some(t)) => t,
             Ok(None) => return None,
             Err(_) => {

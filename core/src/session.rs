@@ -341,7 +341,23 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
                 total_len,
                 offset,
                 data,
-            } => self.on_piece(total_len, offset, data).map(Some),
+            } => {
+                // `data` fits a frame, so its length fits a `u32`.
+                let len = data.len() as u32;
+                self.on_piece(total_len, offset, len, data, Encoding::Raw)
+                    .map(Some)
+            }
+            Message::EventChunkPutLz4 { .. } if !Capabilities::ALL.contains(Capabilities::LZ4) => {
+                unexpected("a compressed piece, though this side did not announce LZ4")
+            }
+            Message::EventChunkPutLz4 {
+                total_len,
+                offset,
+                len,
+                data,
+            } => self
+                .on_piece(total_len, offset, len, data, Encoding::Lz4)
+                .map(Some),
             Message::NotFound { hash } => self.on_not_found(hash).map(|()| None),
             Message::RangeEnd => self.on_range_end().map(|()| None),
             Message::Done => self.on_done().map(|()| None),
@@ -515,6 +531,21 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         now: Instant,
         buf: &mut [u8],
     ) -> Result<Option<Transmit>, InsufficientSize> {
+        self.poll_transmit_serving(now, buf, &[])
+    }
+
+    /// As [`poll_transmit`](Self::poll_transmit), given the whole chunk being served (the
+    /// one the last [`serve_chunk`](Self::serve_chunk) or
+    /// [`serve_in_range`](Self::serve_in_range) named): its pieces may then travel
+    /// compressed, written whole into `buf` ([`Transmit::piece`] is `None`), when
+    /// [`Config::compress`] and the peer allow. A compressed piece fits `buf`; a longer
+    /// `buf` (up to the peer's `max_frame`) lets more of them be compressed.
+    pub fn poll_transmit_serving(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        serving: &[u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
         if let Phase::Failed(_) = self.phase {
             // The last frame of a failed session bypasses the throttle.
             let Some((code, reason)) = self.error_frame else {
@@ -545,10 +576,10 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             self.throttled_until = Some(at);
             return Ok(None);
         }
-        let Some(t) = self.next_frame(buf)? else {
+        let Some(t) = self.next_frame(buf, serving)? else {
             if matches!(self.phase, Phase::Failed(_)) {
                 // The walk failed as it made its next query: the peer is told at once.
-                return self.poll_transmit(now, buf);
+                return self.poll_transmit_serving(now, buf, serving);
             }
             return Ok(None);
         };
@@ -656,27 +687,34 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     }
 
     /// Picks and encodes the next frame: control frames first, then chunk data.
-    fn next_frame(&mut self, buf: &mut [u8]) -> Result<Option<Transmit>, InsufficientSize> {
+    fn next_frame(
+        &mut self,
+        buf: &mut [u8],
+        serving: &[u8],
+    ) -> Result<Option<Transmit>, InsufficientSize> {
         let Some(peer) = self.peer else {
             return Ok(None);
         };
-        let Some((frame, area)) = buf.split_at_mut_checked(Self::frame_area()) else {
-            return Err(InsufficientSize {
-                required: Self::max_transmit_len(),
-            });
-        };
-        if let Some(t) = self.next_answer_frame(frame, area)? {
-            self.stats.discovery_sent += t.len as u64;
-            return Ok(Some(t));
+        {
+            let Some((frame, area)) = buf.split_at_mut_checked(Self::frame_area()) else {
+                return Err(InsufficientSize {
+                    required: Self::max_transmit_len(),
+                });
+            };
+            if let Some(t) = self.next_answer_frame(frame, area)? {
+                self.stats.discovery_sent += t.len as u64;
+                return Ok(Some(t));
+            }
+            if let Some(t) = self.next_announce_frame(frame)? {
+                self.stats.discovery_sent += t.len as u64;
+                return Ok(Some(t));
+            }
+            if let Some(t) = self.next_pull_frame(&peer, frame, area)? {
+                return Ok(Some(t));
+            }
         }
-        if let Some(t) = self.next_announce_frame(frame)? {
-            self.stats.discovery_sent += t.len as u64;
-            return Ok(Some(t));
-        }
-        if let Some(t) = self.next_pull_frame(&peer, frame, area)? {
-            return Ok(Some(t));
-        }
-        self.next_serving_frame(&peer, frame)
+        // A compressed piece is written whole into the buffer, which may be longer.
+        self.next_serving_frame(&peer, buf, serving)
     }
 
     /// This node's `Hello`.

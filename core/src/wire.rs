@@ -29,6 +29,7 @@
 //! | 10 | `Have` (live sessions) |
 //! | 11 | `Resync` (live sessions) |
 //! | 12 | `KeepAlive` (live sessions) |
+//! | 13 | `EventChunkPutLz4` (to a peer that announced [`Capabilities::LZ4`]) |
 
 use core::fmt;
 
@@ -73,8 +74,20 @@ impl Capabilities {
     /// (`KeepAlive`), until one side ends it with `Done`. A session is live only if both
     /// sides announce this.
     pub const LIVE: Self = Self(1 << 3);
+    /// Receives chunks compressed with LZ4 (`EventChunkPutLz4`, the LZ4 block format):
+    /// a build with the `lz4` feature.
+    pub const LZ4: Self = Self(1 << 4);
     /// What this build supports.
-    pub const ALL: Self = Self(Self::PIECES.0 | Self::RECONCILE.0 | Self::LIVE.0);
+    pub const ALL: Self = Self(
+        Self::PIECES.0
+            | Self::RECONCILE.0
+            | Self::LIVE.0
+            | if cfg!(feature = "lz4") {
+                Self::LZ4.0
+            } else {
+                0
+            },
+    );
 
     /// Whether every capability of `other` is in `self`.
     #[must_use]
@@ -223,6 +236,21 @@ pub enum Message<'a> {
     Resync,
     /// Live sessions: nothing else to send for a while; the link is alive.
     KeepAlive,
+    /// A piece of a chunk compressed with the LZ4 block format: `data` decompresses to the
+    /// `len` bytes of the chunk from `offset` on (sent only to a peer that announced
+    /// [`Capabilities::LZ4`]). As for `EventChunkPut`, the chunk it belongs to follows from
+    /// the requests, and it is verified by the hash of its uncompressed bytes.
+    EventChunkPutLz4 {
+        /// The whole chunk's length, uncompressed.
+        total_len: u32,
+        /// Where the piece starts in the chunk.
+        offset: u32,
+        /// How many bytes of the chunk the piece holds, uncompressed.
+        len: u32,
+        /// The compressed bytes.
+        #[serde(with = "serde_bytes", borrow)]
+        data: &'a [u8],
+    },
 }
 
 impl Message<'_> {
@@ -331,6 +359,55 @@ pub fn encode_put_head(
     let body_len = u32::try_from(fields_len + data_len).map_err(|_| too_small())?;
     head.copy_from_slice(&body_len.to_le_bytes());
     Ok(&buf[..FRAME_HEADER + fields_len])
+}
+
+/// Bytes of an `EventChunkPutLz4` frame that are not compressed data, at most: header, tag
+/// and four length varints.
+#[cfg(feature = "lz4-compress")]
+const PUT_LZ4_OVERHEAD: usize = FRAME_HEADER + 1 + 4 * 5;
+
+/// The buffer [`encode_put_lz4`] needs to compress `raw_len` bytes: the frame's head and
+/// the most LZ4 may write.
+#[cfg(feature = "lz4-compress")]
+#[must_use]
+pub const fn put_lz4_buffer(raw_len: usize) -> usize {
+    PUT_LZ4_OVERHEAD + lz4_flex::block::get_maximum_output_size(raw_len)
+}
+
+/// Writes at the start of `buf` an `EventChunkPutLz4` frame of `raw`, the chunk's bytes
+/// from `offset` on, and returns its length; `None` if compressing them does not save at
+/// least a sixteenth of them, if the frame would be longer than `max_frame`, or if `buf`
+/// is shorter than [`put_lz4_buffer`] says (LZ4 wants room for its worst case).
+#[cfg(feature = "lz4-compress")]
+pub fn encode_put_lz4(
+    total_len: u32,
+    offset: u32,
+    raw: &[u8],
+    buf: &mut [u8],
+    max_frame: usize,
+) -> Option<usize> {
+    /// The enum tag of `EventChunkPutLz4` (see the table in the module docs).
+    const PUT_LZ4_TAG: u32 = 13;
+    let data = buf.get_mut(PUT_LZ4_OVERHEAD..put_lz4_buffer(raw.len()))?;
+    let n = lz4_flex::block::compress_into(raw, data).ok()?;
+    let fields = (
+        PUT_LZ4_TAG,
+        total_len,
+        offset,
+        u32::try_from(raw.len()).ok()?,
+        n,
+    );
+    let mut head = [0u8; PUT_LZ4_OVERHEAD - FRAME_HEADER];
+    let head = postcard::to_slice(&fields, &mut head).ok()?;
+    let start = FRAME_HEADER + head.len();
+    if n >= raw.len() - raw.len() / 16 || start + n > max_frame {
+        return None;
+    }
+    buf.copy_within(PUT_LZ4_OVERHEAD..PUT_LZ4_OVERHEAD + n, start);
+    buf[FRAME_HEADER..start].copy_from_slice(head);
+    let body = u32::try_from(head.len() + n).ok()?;
+    buf[..FRAME_HEADER].copy_from_slice(&body.to_le_bytes());
+    Some(start + n)
 }
 
 /// Decodes the frame at the start of `buf`, refusing any frame longer than `max_frame`

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
-    Durability, Node, NodeConfig, NodeStore, RedbError, RedbStore, RetentionPolicy, SyncReport,
-    ThrottleConfig, VerifiedChunk,
+    Compress, Durability, Node, NodeConfig, NodeStore, RedbError, RedbStore, RetentionPolicy,
+    SyncReport, ThrottleConfig, VerifiedChunk,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -304,6 +304,23 @@ struct NetArgs {
     /// default a session ends only when it is done or its peer falls silent for 30 s.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// When the chunks this node sends travel compressed (LZ4, to peers that take it):
+    /// `auto` when the link is rate-limited (by this `--rate` or the peer's), where it
+    /// saves time; `always`; or `never`. The receiver decompresses and verifies every
+    /// chunk by the hash of its own bytes either way.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
+    compress: CompressArg,
+}
+
+/// `--compress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CompressArg {
+    /// When the link is rate-limited.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
 }
 
 /// A failure, reported as one line.
@@ -820,6 +837,11 @@ fn node_config(db: &RedbStore, net: &NetArgs, limits: RateLimits) -> Result<Node
             window_duration: Duration::from_millis(100),
         },
         receive_rate: rate(limits != RateLimits::Upload),
+        compress: match net.compress {
+            CompressArg::Auto => Compress::WhenLimited,
+            CompressArg::Always => Compress::Always,
+            CompressArg::Never => Compress::Never,
+        },
         ..NodeConfig::new(node_id(db)?)
     })
 }

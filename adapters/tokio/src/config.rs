@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chunk_sync_core::NodeId;
+pub use chunk_sync_core::session::Compress;
 use chunk_sync_core::session::Config;
 
 /// A bandwidth limit, as in the original document: `max_bytes_per_sec` measured over
@@ -90,6 +91,10 @@ pub struct NodeConfig {
     /// 100 ms): what an event appended waits, at most, before it can travel. `None`: only
     /// the range and the size seal a chunk (and [`Node::flush`](crate::Node::flush)).
     pub seal_delay: Option<Duration>,
+    /// When the chunks this node serves travel compressed (LZ4, to peers that take it;
+    /// default [`Compress::WhenLimited`]: when the session is rate-limited, by this node's
+    /// throttles or by the peer's `receive_rate`).
+    pub compress: Compress,
 }
 
 impl NodeConfig {
@@ -114,6 +119,7 @@ impl NodeConfig {
             events_per_chunk: 100,
             seal_bytes: 64 << 10,
             seal_delay: Some(Duration::from_millis(100)),
+            compress: Compress::WhenLimited,
         }
     }
 
@@ -131,6 +137,7 @@ impl NodeConfig {
             pull,
             serve,
             live: self.live,
+            compress: self.compress,
             ..Config::new(self.node_id)
         }
     }

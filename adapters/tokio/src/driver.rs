@@ -190,9 +190,11 @@ impl Driver<'_, '_> {
         // for each action: the actions between two waits take microseconds.
         let mut now = self.shared.clock.now();
         loop {
-            let action = self
-                .conduit
-                .poll_with(now, &mut self.shared.budget(self.claims.session));
+            let action = self.conduit.poll_serving(
+                now,
+                Some(&mut self.shared.budget(self.claims.session)),
+                &self.serving,
+            );
             let wait = match action {
                 Action::Send { frame, piece, .. } => {
                     self.out.push_copy(frame);

@@ -54,7 +54,7 @@ mod time;
 mod writes;
 
 pub use append::SHUTDOWN_TIMEOUT;
-pub use config::{NodeConfig, ThrottleConfig};
+pub use config::{Compress, NodeConfig, ThrottleConfig};
 pub use error::{Error, StoreError};
 pub use events::{EVENT_CAPACITY, NodeEvent};
 pub use listener::Listener;

@@ -2,34 +2,40 @@
 //! comparison (`scripts/bench-rsync.sh`).
 //!
 //! ```text
-//! gen-events FIRST_SEQ COUNT PAYLOAD_BYTES > events.jsonl
+//! gen-events FIRST_SEQ COUNT PAYLOAD_BYTES [random|telemetry|log] > events.jsonl
 //! ```
+//!
+//! Payloads are random hex digits by default, or JSON telemetry records or log lines
+//! (for benches of compression).
 
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 
-use chunk_sync_benches::Rng;
+use chunk_sync_benches::Payload;
 
 fn main() -> ExitCode {
-    let args: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    let [first, count, payload] = args[..] else {
-        eprintln!("usage: gen-events FIRST_SEQ COUNT PAYLOAD_BYTES");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let numbers: Vec<u64> = args.iter().take(3).filter_map(|a| a.parse().ok()).collect();
+    let style = args
+        .get(3)
+        .map_or(Some(Payload::RandomHex), |s| Payload::named(s));
+    let ([first, count, payload], Some(style)) = (numbers[..].try_into().unwrap_or([0; 3]), style)
+    else {
+        eprintln!("usage: gen-events FIRST_SEQ COUNT PAYLOAD_BYTES [random|telemetry|log]");
         return ExitCode::FAILURE;
     };
+    if numbers.len() != 3 {
+        eprintln!("usage: gen-events FIRST_SEQ COUNT PAYLOAD_BYTES [random|telemetry|log]");
+        return ExitCode::FAILURE;
+    }
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut raw = vec![0u8; (payload as usize).div_ceil(2)];
     for seq in first..first + count {
-        let mut rng = Rng::new(seq);
-        rng.fill(&mut raw);
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let privacy = if seq % 50 == 49 { "private" } else { "public" };
+        let text = style.text(seq, payload as usize);
+        let text = serde_json::to_string(&text).expect("a string");
         let line = format!(
-            "{{\"seq\":{seq},\"timestamp\":{},\"kind\":\"telemetry\",\"privacy\":\"{privacy}\",\"payload\":\"{}\"}}",
+            "{{\"seq\":{seq},\"timestamp\":{},\"kind\":\"telemetry\",\"privacy\":\"{privacy}\",\"payload\":{text}}}",
             1_700_000_000_000 + seq,
-            &hex[..payload as usize]
         );
         if writeln!(out, "{line}").is_err() {
             return ExitCode::FAILURE;

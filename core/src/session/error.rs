@@ -122,6 +122,9 @@ pub enum PeerMisbehaved {
     },
     /// A piece of a chunk at the wrong offset, past the end, or of a changed total length.
     BadPiece,
+    /// A compressed piece that does not decompress to exactly the bytes it announces
+    /// (malformed, or inflating past them).
+    BadCompression,
     /// More chunks failed (not found, wrong bytes, invalid) than the session allows.
     TooManyFailures {
         /// The limit (`Config::max_failures`).
@@ -141,6 +144,9 @@ impl fmt::Display for PeerMisbehaved {
                 write!(f, "chunk of {len} bytes exceeds the limit of {max}")
             }
             Self::BadPiece => f.write_str("chunk piece at a wrong offset or past its end"),
+            Self::BadCompression => {
+                f.write_str("a compressed piece that does not decompress to its length")
+            }
             Self::TooManyFailures { max } => write!(
                 f,
                 "more than {max} chunks it listed were not found, wrong or invalid"

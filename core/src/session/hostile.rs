@@ -95,6 +95,15 @@ enum Op {
         offset: u32,
         data: Vec<u8>,
     },
+    /// A chunk of the pool compressed (sent raw without the `lz4-compress` feature).
+    HonestLz4Put(u8),
+    /// A compressed piece made up: random bytes that claim to inflate to `len`.
+    Lz4Put {
+        total_len: u32,
+        offset: u32,
+        len: u32,
+        data: Vec<u8>,
+    },
     NotFound(u8),
     RangeEnd,
     Done,
@@ -129,6 +138,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<u8>().prop_map(Op::HonestPut),
         2 => (0u32..2000, 0u32..2000, pvec(any::<u8>(), 0..300))
             .prop_map(|(total_len, offset, data)| Op::Put { total_len, offset, data }),
+        2 => any::<u8>().prop_map(Op::HonestLz4Put),
+        2 => (0u32..2000, 0u32..2000, 0u32..5000, pvec(any::<u8>(), 0..300))
+            .prop_map(|(total_len, offset, len, data)| Op::Lz4Put { total_len, offset, len, data }),
         1 => any::<u8>().prop_map(Op::NotFound),
         1 => Just(Op::RangeEnd),
         2 => Just(Op::Done),
@@ -231,6 +243,34 @@ fn bytes_of(op: &Op) -> Vec<u8> {
         } => frame(&Message::EventChunkPut {
             total_len: *total_len,
             offset: *offset,
+            data,
+        }),
+        Op::HonestLz4Put(i) => {
+            let data = pool(i % 8);
+            #[cfg(feature = "lz4-compress")]
+            {
+                let mut buf = std::vec![0u8; wire::put_lz4_buffer(data.len())];
+                let total = data.len() as u32;
+                if let Some(n) = wire::encode_put_lz4(total, 0, &data, &mut buf, 4096) {
+                    buf.truncate(n);
+                    return buf;
+                }
+            }
+            frame(&Message::EventChunkPut {
+                total_len: data.len() as u32,
+                offset: 0,
+                data: &data,
+            })
+        }
+        Op::Lz4Put {
+            total_len,
+            offset,
+            len,
+            data,
+        } => frame(&Message::EventChunkPutLz4 {
+            total_len: *total_len,
+            offset: *offset,
+            len: *len,
             data,
         }),
         Op::NotFound(i) => frame(&Message::NotFound {

@@ -8,8 +8,8 @@ use core::cmp::min;
 use heapless::Deque;
 
 use super::{
-    ApiMisuse, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, Session, Stored,
-    Transmit,
+    ApiMisuse, Encoding, Error, FailReason, FinishError, PeerMisbehaved, Phase, Piece, Session,
+    Stored, Transmit,
 };
 use crate::chunk::ChunkView;
 use crate::claims::CLAIM_RETRY;
@@ -255,7 +255,9 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         &mut self,
         total_len: u32,
         offset: u32,
+        len: u32,
         data: &'a [u8],
+        encoding: Encoding,
     ) -> Result<Piece<'a>, Error> {
         let max = self.config.max_chunk_len;
         let Some(front) = self.pull.in_flight.front_mut() else {
@@ -267,21 +269,26 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 max,
             }));
         }
-        let fits = u32::try_from(data.len())
-            .ok()
-            .and_then(|n| offset.checked_add(n))
-            .is_some_and(|end| end <= total_len);
+        let fits = offset.checked_add(len).is_some_and(|end| end <= total_len);
         let consistent = front.total_len.is_none_or(|t| t == total_len);
-        if total_len == 0 || data.is_empty() || offset != front.received || !consistent || !fits {
+        if total_len == 0
+            || len == 0
+            || data.is_empty()
+            || offset != front.received
+            || !consistent
+            || !fits
+        {
             return Err(Error::Peer(PeerMisbehaved::BadPiece));
         }
         front.total_len = Some(total_len);
         // `fits` checked that this neither overflows nor passes `total_len`.
-        front.received = offset + data.len() as u32;
+        front.received = offset + len;
         Ok(Piece {
             offset,
             total_len,
+            len,
             data,
+            encoding,
             last: front.is_complete(),
         })
     }

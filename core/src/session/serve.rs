@@ -355,6 +355,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         &mut self,
         peer: &Hello,
         buf: &mut [u8],
+        serving: &[u8],
     ) -> Result<Option<Transmit>, InsufficientSize> {
         match self.serve.serving {
             Some(Serving::NotFound(hash)) => {
@@ -384,10 +385,12 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                     budget.max(MIN_PIECE),
                 );
                 let len = min(cap, (total_len - offset) as usize) as u32;
-                let head = wire::encode_put_head(total_len, offset, len as usize, buf)?;
-                let t = Transmit {
-                    len: head.len(),
-                    piece: Some(PieceOut { offset, len }),
+                let t = match self.compressed_piece(peer, total_len, offset, len, buf, serving) {
+                    Some(t) => t,
+                    None => Transmit {
+                        len: wire::encode_put_head(total_len, offset, len as usize, buf)?.len(),
+                        piece: Some(PieceOut { offset, len }),
+                    },
                 };
                 self.serve.serving = if offset + len < total_len {
                     Some(Serving::Sending {
@@ -406,6 +409,62 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             }
             Some(Serving::Pending(_)) | None => Ok(None),
         }
+    }
+
+    /// The piece `offset..offset + len` of the chunk being served, `serving` (all of it,
+    /// or nothing if the adapter did not give it), as a whole compressed frame in `buf`:
+    /// if the peer takes compressed pieces, [`Config::compress`](super::Config::compress)
+    /// says so for this link, and compressing saves enough.
+    #[cfg(feature = "lz4-compress")]
+    fn compressed_piece(
+        &self,
+        peer: &Hello,
+        total_len: u32,
+        offset: u32,
+        len: u32,
+        buf: &mut [u8],
+        serving: &[u8],
+    ) -> Option<Transmit> {
+        if !self.compresses() || serving.len() != total_len as usize {
+            return None;
+        }
+        let raw = serving.get(offset as usize..(offset + len) as usize)?;
+        let n = wire::encode_put_lz4(total_len, offset, raw, buf, peer.max_frame as usize)?;
+        Some(Transmit {
+            len: n,
+            piece: None,
+        })
+    }
+
+    /// Whether the pieces this side serves may travel compressed: the peer takes them and
+    /// [`Config::compress`](super::Config::compress) says so for this link.
+    #[cfg(feature = "lz4-compress")]
+    pub(crate) fn compresses(&self) -> bool {
+        let wanted = match self.config.compress {
+            super::Compress::Never => false,
+            super::Compress::WhenLimited => !self.throttle.config().is_unlimited(),
+            super::Compress::Always => true,
+        };
+        wanted
+            && self
+                .peer
+                .is_some_and(|p| p.capabilities.contains(wire::Capabilities::LZ4))
+    }
+
+
+    /// Without the `lz4-compress` feature, no piece is compressed.
+    #[cfg(not(feature = "lz4-compress"))]
+    #[allow(clippy::unused_self)]
+    const fn compressed_piece(
+        &self,
+        _peer: &Hello,
+        _total_len: u32,
+        _offset: u32,
+        _len: u32,
+        _buf: &mut [u8],
+        _serving: &[u8],
+    ) -> Option<Transmit> {
+        None
     }
 
     pub(super) fn next_served(&mut self) {

@@ -1,7 +1,7 @@
 //! The session's public types: its settings, the events it reports, the frames it hands
 //! out and the pieces it gives back, and its counters.
 
-use super::{ConfigError, Error};
+use super::{ConfigError, Error, PeerMisbehaved};
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
 use crate::recon::KeyRange;
@@ -89,6 +89,25 @@ pub struct Config {
     /// session ends when one side calls [`Session::close`](super::Session::close) (the
     /// other follows).
     pub live: bool,
+    /// When chunks this side serves travel compressed (with the `lz4-compress` feature, to
+    /// a peer that announced [`Capabilities::LZ4`](crate::wire::Capabilities::LZ4)). A
+    /// piece is sent compressed only if that saves a sixteenth of it or more.
+    pub compress: Compress,
+}
+
+/// When a session sends the chunks it serves compressed ([`Config::compress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Compress {
+    /// Never.
+    Never,
+    /// When the link is rate-limited: this side throttles what it sends, or the peer set
+    /// the most it receives. On a fast link compressing would cost more time than the
+    /// bytes it saves.
+    #[default]
+    WhenLimited,
+    /// Always.
+    Always,
 }
 
 impl Config {
@@ -119,7 +138,8 @@ impl Config {
 
     /// Defaults: 64 KiB frames, 1 MiB chunks, 8 requests in flight, 30 s idle timeout,
     /// 10 s for the peer's `Hello`, no overall deadline, no throttle either way, 2 attempts, 1,024
-    /// failed chunks and 2^20 ranges at most, pulling and serving.
+    /// failed chunks and 2^20 ranges at most, pulling and serving, compressing when the link
+    /// is rate-limited.
     #[must_use]
     pub const fn new(node_id: NodeId) -> Self {
         Self {
@@ -138,6 +158,7 @@ impl Config {
             pull: true,
             serve: true,
             live: false,
+            compress: Compress::WhenLimited,
         }
     }
 }
@@ -284,11 +305,48 @@ pub struct Piece<'a> {
     pub offset: u32,
     /// The whole chunk's length.
     pub total_len: u32,
-    /// The bytes.
+    /// How many bytes of the chunk the piece holds.
+    pub len: u32,
+    /// The bytes, as they came: the chunk's own, or compressed ([`encoding`](Self::encoding)).
     pub data: &'a [u8],
+    /// How `data` is encoded.
+    pub encoding: Encoding,
     /// Whether this piece completes the chunk: call [`Session::finish_chunk`](super::Session::finish_chunk) with the whole
     /// chunk before feeding more input.
     pub last: bool,
+}
+
+/// How the bytes of a [`Piece`] travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Encoding {
+    /// As they are in the chunk.
+    Raw,
+    /// Compressed with the LZ4 block format.
+    Lz4,
+}
+
+impl Piece<'_> {
+    /// Writes the piece's bytes of the chunk, uncompressed, into `dst`, which is
+    /// [`len`](Self::len) bytes long; a compressed piece that does not decompress to
+    /// exactly that many bytes is [`PeerMisbehaved::BadCompression`] (it never writes past
+    /// `dst`, whatever it claims).
+    pub fn write_to(&self, dst: &mut [u8]) -> Result<(), PeerMisbehaved> {
+        match self.encoding {
+            Encoding::Raw if dst.len() == self.data.len() => {
+                dst.copy_from_slice(self.data);
+                Ok(())
+            }
+            Encoding::Raw => Err(PeerMisbehaved::BadPiece),
+            #[cfg(feature = "lz4")]
+            Encoding::Lz4 => match lz4_flex::block::decompress_into(self.data, dst) {
+                Ok(n) if n == dst.len() => Ok(()),
+                _ => Err(PeerMisbehaved::BadCompression),
+            },
+            #[cfg(not(feature = "lz4"))]
+            Encoding::Lz4 => Err(PeerMisbehaved::BadCompression),
+        }
+    }
 }
 
 /// Byte and frame counters.

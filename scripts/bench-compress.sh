@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A rate-limited pull with and without compression, with the release command-line tool:
+# for three kinds of payload, a store of 20,000 events of 200 bytes (50 to a chunk) is
+# served with `--compress never` and with the default (`auto`: compressed when the link is
+# rate-limited), and pulled with `--rate 1MB/s`. Prints a Markdown table: wall time and
+# bytes received against the chunk bytes. Then the LZ4 ratio and rates on one thread
+# (`--bin compress`).
+#
+#   scripts/bench-compress.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVENTS=${EVENTS:-20000}
+RATE=${RATE:-1MB/s}
+
+cargo build -q --release -p chunk-sync -p chunk-sync-benches --bin chunk-sync --bin gen-events --bin compress
+BIN=target/release/chunk-sync
+GEN=target/release/gen-events
+WORK=$(mktemp -d)
+SERVE_PID=""
+cleanup() {
+  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" "$2"; }
+
+# pull_with STORE COMPRESS: pulls the store served with `--compress COMPRESS`; prints
+# "seconds bytes_received chunk_bytes".
+pull_with() {
+  local store=$1 compress=$2 port
+  port=$(free_port)
+  "$BIN" serve --store "$store" --listen "127.0.0.1:$port" --compress "$compress" >"$WORK/serve.log" 2>&1 &
+  SERVE_PID=$!
+  until grep -q serving "$WORK/serve.log" 2>/dev/null; do sleep 0.05; done
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$BIN" pull --json --store "$WORK/copy" --from "127.0.0.1:$port" --rate "$RATE" >"$WORK/pull.json"
+  t1=$(date +%s.%N)
+  kill "$SERVE_PID"
+  wait "$SERVE_PID" 2>/dev/null || true
+  SERVE_PID=""
+  "$BIN" verify --store "$WORK/copy" >/dev/null
+  rm -rf "$WORK/copy"
+  echo "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') $(field bytes_received "$WORK/pull.json") $(field chunk_bytes "$WORK/pull.json")"
+}
+
+echo "| payload | chunk bytes | \`--compress never\`: time, received | compressed: time, received | time saved |"
+echo "|---|---:|---:|---:|---:|"
+for style in telemetry log random; do
+  "$GEN" 0 "$EVENTS" 200 "$style" | "$BIN" append --store "$WORK/store" --events-per-chunk 50 >/dev/null
+  read -r raw_s raw_b bytes < <(pull_with "$WORK/store" never)
+  read -r lz_s lz_b _ < <(pull_with "$WORK/store" auto)
+  awk -v n="$style" -v c="$bytes" -v rs="$raw_s" -v rb="$raw_b" -v ls="$lz_s" -v lb="$lz_b" 'BEGIN {
+    printf "| %s | %.2f MB | %.2f s, %.2f MB (%.2f×) | %.2f s, %.2f MB (%.2f×) | %.1f× faster |\n",
+      n, c / 1e6, rs, rb / 1e6, rb / c, ls, lb / 1e6, lb / c, rs / ls
+  }'
+  rm -rf "$WORK/store"
+done
+echo
+target/release/compress
