@@ -451,7 +451,6 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 .is_some_and(|p| p.capabilities.contains(wire::Capabilities::LZ4))
     }
 
-
     /// Without the `lz4-compress` feature, no piece is compressed.
     #[cfg(not(feature = "lz4-compress"))]
     #[allow(clippy::unused_self)]
