@@ -329,7 +329,8 @@ fn a_killed_pull_resumes_without_refetching() {
         ],
         Some(&events(400, 2500)),
     );
-    let server = Server::start(&a, &["--rate", "200KB/s"]);
+    // Raw: compressed, the pull would be over before the first kill.
+    let server = Server::start(&a, &["--rate", "200KB/s", "--compress", "never"]);
     let mut stored = 0;
     // Kill the pull at several points; each time the store is intact and only grows. A pull
     // killed while it created the store leaves none, which is an empty store; on a slow
@@ -710,6 +711,8 @@ fn serve_with_v_says_who_it_served_and_how_much() {
         logged.contains("fetched=0") && logged.contains("node=node-"),
         "{logged}"
     );
+    let held = format!("held={}", chunk_count(&a));
+    assert!(logged.contains(&held), "what the store holds now: {logged}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -791,4 +794,49 @@ fn json_output_parses_and_quiet_prints_nothing() {
     let line: Value = serde_json::from_slice(failed.stdout.trim_ascii()).unwrap_or(Value::Null);
     assert!(line["error"].is_string(), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pull at a rate the puller sets receives chunks that compress compressed, and stores
+/// every one of them whole; with `--compress never` on the server they come raw.
+#[test]
+fn a_rate_limited_pull_receives_compressible_chunks_compressed() {
+    let (a, b, c) = (temp_dir("lz-a"), temp_dir("lz-b"), temp_dir("lz-c"));
+    ok(
+        &["append", "--store", a.to_str().unwrap()],
+        Some(&events(600, 400)),
+    );
+    let pulled = |server: &Server, into: &Path| {
+        let out = ok(
+            &[
+                "pull",
+                "--json",
+                "--rate",
+                "4MB/s",
+                "--from",
+                &server.1,
+                "--store",
+                into.to_str().unwrap(),
+            ],
+            None,
+        );
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let field = |name: &str| report[name].as_u64().unwrap();
+        (field("bytes_received"), field("chunk_bytes"))
+    };
+    let (received, bytes) = pulled(&Server::start(&a, &[]), &b);
+    assert!(
+        received * 3 < bytes,
+        "{received} bytes received for {bytes}"
+    );
+    let (raw, same) = pulled(&Server::start(&a, &["--compress", "never"]), &c);
+    assert!(
+        same == bytes && raw > bytes,
+        "{raw} bytes received raw for {bytes}"
+    );
+    for store in [&b, &c] {
+        assert!(
+            ok(&["verify", "--store", store.to_str().unwrap()], None)
+                .contains(&format!("verified {} chunks", chunk_count(&a)))
+        );
+    }
 }

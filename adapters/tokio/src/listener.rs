@@ -117,6 +117,7 @@ impl Node {
                             sent = report.stats.bytes_sent,
                             received = report.stats.bytes_received,
                             fetched = report.progress.synced_chunks,
+                            held = node.shared.store.len().unwrap_or(0),
                             "session with client complete"
                         ),
                         Err(failed) => {
