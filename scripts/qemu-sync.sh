@@ -5,6 +5,7 @@
 #
 #   scripts/qemu-sync.sh          # the device keeps its chunks in a RamStore
 #   scripts/qemu-sync.sh flash    # in a FlashStore (NOR flash modelled in RAM)
+#   scripts/qemu-sync.sh lz4      # a RamStore, taking chunks compressed with LZ4
 set -euo pipefail
 FEATURES=${1:-}
 cd "$(dirname "$0")/.."
