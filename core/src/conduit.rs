@@ -184,7 +184,7 @@ pub trait Buffer {
     fn grow_to(&mut self, len: usize) -> bool;
     /// The most bytes the buffer can ever hold.
     fn limit(&self) -> usize;
-    /// Readies the buffer to receive `len` bytes with [`put`](Self::put), from offset 0;
+    /// Readies the buffer to receive `len` bytes with [`put_with`](Self::put_with), from offset 0;
     /// returns whether it can hold them.
     fn prepare(&mut self, len: usize) -> bool {
         len <= self.limit()
