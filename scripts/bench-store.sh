@@ -35,7 +35,7 @@ row() {
   length=$(stat -c %s "$file")
   used=$(( $(stat -c %b "$file") * $(stat -c %B "$file") ))
   t0=$(date +%s.%N)
-  "$BIN" stat --store "$dir" >/dev/null
+  "$BIN" verify --store "$dir" >/dev/null
   t1=$(date +%s.%N)
   awk -v n="$name" -v b="$bytes" -v l="$length" -v u="$used" -v a="$t0" -v z="$t1" 'BEGIN {
     printf "| %s | %.1f MB | %.1f MB (%.3f×) | %.1f MB (%.3f×) | %.2f s |\n",
@@ -61,7 +61,7 @@ case_rows() {
   rm -rf "$WORK/a" "$WORK/p"
 }
 
-echo "| store | chunk bytes | disk used | file length | open (\`stat\`) |"
+echo "| store | chunk bytes | disk used | file length | \`verify\` |"
 echo "|---|---:|---:|---:|---:|"
 case_rows "$SMALL_EVENTS chunks of one 50-byte event" "$SMALL_EVENTS" 50
 case_rows "$LARGE_EVENTS chunks of one 16,000-byte event" "$LARGE_EVENTS" 16000

@@ -20,7 +20,7 @@ use chunk_sync_core::{ChunkError, ChunkEvent, Chunker, NodeId, Privacy};
 use crate::events::parse_line;
 
 /// Bytes of chunks written per transaction.
-pub(crate) const BATCH_BYTES: usize = 8 << 20;
+pub(crate) const BATCH_BYTES: usize = 4 << 20;
 
 /// Why a pass stopped.
 #[derive(Debug)]

@@ -27,7 +27,6 @@ use bytes::Bytes;
 use chunk_sync_core::recon::{self, BlockSummary, KeyRange, Run, Summary, SummaryError};
 use chunk_sync_core::store::fill_origins;
 use chunk_sync_core::{ChunkHash, NodeId, Span};
-#[cfg(test)]
 use redb::ReadableTableMetadata;
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, StorageBackend, TableDefinition};
@@ -344,9 +343,9 @@ pub enum Durability {
     Process,
 }
 
-/// The index of the store `txn` reads, and whether it has chunks kept by the first layout
-/// (in [`LOOSE`] though they have a span).
-fn read_index(txn: &redb::ReadTransaction) -> Result<(Index, bool), StoreError> {
+/// The index of the store `txn` reads: every pack read, and the chunks whose heads do not
+/// keep their hash hashed again.
+fn read_index(txn: &redb::ReadTransaction) -> Result<Index, StoreError> {
     let mut packed = Vec::new();
     match txn.open_table(HEADS) {
         Ok(heads) => {
@@ -365,17 +364,43 @@ fn read_index(txn: &redb::ReadTransaction) -> Result<(Index, bool), StoreError> 
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(boxed(e)),
     }
-    let table = txn
-        .open_table(LOOSE)
-        .map_err(|e| StoreError::from(RedbError::Damaged(format!("not a chunk store: {e}"))))?;
-    let mut first_layout = false;
     let mut loose = Vec::new();
-    for entry in table.iter().map_err(boxed)? {
-        let (k, v) = entry.map_err(boxed)?;
-        first_layout |= Span::of(v.value()).is_some();
-        loose.push(ChunkHash::from_bytes(*k.value()));
+    for entry in loose_table(txn)?.iter().map_err(boxed)? {
+        loose.push(ChunkHash::from_bytes(*entry.map_err(boxed)?.0.value()));
     }
-    Ok((Index::of(packed, loose), first_layout))
+    Ok(Index::of(packed, loose))
+}
+
+/// The table of loose bytes, which every store has: a file without it is not a store.
+fn loose_table(
+    txn: &redb::ReadTransaction,
+) -> Result<redb::ReadOnlyTable<&'static [u8; 32], &'static [u8]>, StoreError> {
+    txn.open_table(LOOSE)
+        .map_err(|e| StoreError::from(RedbError::Damaged(format!("not a chunk store: {e}"))))
+}
+
+/// Whether the store `txn` reads has chunks kept by the first layout (in [`LOOSE`]
+/// though they have a span).
+fn has_first_layout(txn: &redb::ReadTransaction) -> Result<bool, StoreError> {
+    for entry in loose_table(txn)?.iter().map_err(boxed)? {
+        if Span::of(entry.map_err(boxed)?.1.value()).is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How many chunks the store `txn` reads holds, from the packs' heads alone.
+fn count_chunks(txn: &redb::ReadTransaction) -> Result<usize, StoreError> {
+    let mut n = loose_table(txn)?.len().map_err(boxed)? as usize;
+    if let Ok(heads) = txn.open_table(HEADS) {
+        for pack in heads.iter().map_err(boxed)? {
+            let (key, head) = pack.map_err(boxed)?;
+            let entries = pack::decode_head(head.value());
+            n += entries.ok_or_else(|| edit::damaged(key.value()))?.len();
+        }
+    }
+    Ok(n)
 }
 
 /// A pack read for serving, with the key of the next pack of its origin.
@@ -426,15 +451,19 @@ impl Cache {
 ///
 /// The store keeps in memory which hash is where: 48 bytes per chunk (a million chunks,
 /// 48 MB) and a table of the chunks stored since it last sorted them (at most 65,536),
-/// read from the packs when it is opened (chunks under 1 KiB, whose hashes the packs do not
-/// keep, are hashed again then). Packs being served are shared: sessions that serve the
+/// read from the packs when a chunk is first looked up by hash (chunks under 1 KiB, whose
+/// hashes the packs do not keep, are hashed again then). Storing, counting, and serving and
+/// summarising ranges do without it. Packs being served are shared: sessions that serve the
 /// same chunks at the same time hold one copy of them between them.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
     /// With [`Durability::Process`], the file, for syncs asked for explicitly.
     unsynced: Option<File>,
-    index: RwLock<Index>,
+    /// Made when it is first needed ([`RedbStore::with_index`]): a process that only
+    /// appends, pulls or serves ranges never hashes the store's small chunks again nor
+    /// holds 48 bytes per chunk.
+    index: RwLock<Option<Index>>,
     cache: Mutex<Cache>,
     /// Opened with [`RedbStore::open_read_only`]: every write is refused.
     read_only: bool,
@@ -489,11 +518,12 @@ impl RedbStore {
             let db = open_db(file.try_clone()?, durability)?;
             // Stores made before a table existed gain it here.
             with_tables(&db)?;
-            let (index, _) = read_index(&db.begin_read().map_err(boxed)?)?;
+            // A file without the store's tables is refused now, not at its first use.
+            loose_table(&db.begin_read().map_err(boxed)?)?;
             Ok(Self {
                 db,
                 unsynced: matches!(durability, Durability::Process).then_some(file),
-                index: RwLock::new(index),
+                index: RwLock::new(None),
                 cache: Mutex::default(),
                 read_only: false,
                 trust_blocks: true,
@@ -532,11 +562,11 @@ impl RedbStore {
                 with_tables(&db)?;
             }
             // A store always has its tables; a file without them is not one.
-            let (index, first_layout) = read_index(&db.begin_read().map_err(boxed)?)?;
+            let first_layout = has_first_layout(&db.begin_read().map_err(boxed)?)?;
             Ok(Self {
                 db,
                 unsynced: None,
-                index: RwLock::new(index),
+                index: RwLock::new(None),
                 cache: Mutex::default(),
                 read_only: true,
                 trust_blocks: !first_layout,
@@ -544,8 +574,19 @@ impl RedbStore {
         })
     }
 
-    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    /// Calls `f` with the index, reading it from the packs first if it was not yet.
+    fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T, StoreError> {
+        {
+            let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(index) = index.as_ref() {
+                return Ok(f(index));
+            }
+        }
+        let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        if index.is_none() {
+            *index = Some(self.reading(|txn| read_index(&txn))?);
+        }
+        Ok(f(index.as_ref().expect("just read")))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -562,6 +603,10 @@ impl RedbStore {
             cache.bytes = 0;
         }
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+        // Not read yet: it will be read with this commit in it.
+        let Some(index) = index.as_mut() else {
+            return;
+        };
         for (id, place) in added {
             index.add(*id, *place);
         }
@@ -1085,14 +1130,11 @@ impl Drop for RedbStore {
 
 impl NodeStore for RedbStore {
     fn contains(&self, id: &ChunkHash) -> Result<bool, StoreError> {
-        Ok(self.index().contains(id))
+        self.with_index(|index| index.contains(id))
     }
 
     fn get(&self, id: &ChunkHash) -> Result<Option<Bytes>, StoreError> {
-        let (place, loose) = {
-            let index = self.index();
-            (index.packed(id), index.is_loose(id))
-        };
+        let (place, loose) = self.with_index(|index| (index.packed(id), index.is_loose(id)))?;
         if let Some(place) = place {
             return self.packed(id, place);
         }
@@ -1129,13 +1171,13 @@ impl NodeStore for RedbStore {
         after: Option<&ChunkHash>,
         out: &mut [ChunkHash],
     ) -> Result<(usize, bool), StoreError> {
-        let index = self.index();
-        let mut later: Vec<ChunkHash> = index
-            .ids()
-            .filter(|id| after.is_none_or(|a| *id > a))
-            .copied()
-            .collect();
-        drop(index);
+        let mut later: Vec<ChunkHash> = self.with_index(|index| {
+            index
+                .ids()
+                .filter(|id| after.is_none_or(|a| *id > a))
+                .copied()
+                .collect()
+        })?;
         let last = later.len() <= out.len();
         if !last {
             later.select_nth_unstable(out.len());
@@ -1147,9 +1189,7 @@ impl NodeStore for RedbStore {
     }
 
     fn ids(&self) -> Result<Vec<ChunkHash>, StoreError> {
-        let index = self.index();
-        let mut ids: Vec<ChunkHash> = index.ids().copied().collect();
-        drop(index);
+        let mut ids: Vec<ChunkHash> = self.with_index(|index| index.ids().copied().collect())?;
         ids.sort_unstable();
         Ok(ids)
     }
@@ -1267,7 +1307,11 @@ impl NodeStore for RedbStore {
     }
 
     fn len(&self) -> Result<usize, StoreError> {
-        Ok(self.index().len())
+        let counted = self.index.read().unwrap_or_else(PoisonError::into_inner);
+        match counted.as_ref() {
+            Some(index) => Ok(index.len()),
+            None => self.reading(|txn| count_chunks(&txn)),
+        }
     }
 }
 

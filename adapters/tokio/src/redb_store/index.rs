@@ -1,5 +1,5 @@
 //! Which hash is where: the in-memory index of a [`RedbStore`](super::RedbStore), read from
-//! the packs' heads when it is opened and kept in step with every commit.
+//! the packs when it is first needed and kept in step with every commit after that.
 //!
 //! Most of it is a few runs sorted by hash, 48 bytes per chunk (hash, origin, first
 //! sequence number), searched by bisection; the chunks stored since the last run was made
@@ -69,6 +69,8 @@ impl Index {
             None => {
                 self.loose.insert(id);
             }
+            // Read from the packs after the commit that stored it: it is there already.
+            Some(_) if self.packed(&id).is_some() => {}
             Some(key) => {
                 self.recent.insert(id, key);
                 if self.recent.len() >= MERGE_AT {
