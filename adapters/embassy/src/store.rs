@@ -17,6 +17,61 @@ use crate::log::SharedStore;
 /// Chunks read per call of [`Store::chunks_in`] by [`Store::summarize`].
 const SUMMARY_PAGE: usize = 4;
 
+/// A question a session asks its store: one of the [`Store`]'s operations with its
+/// arguments, for [`Store::answer`]. A [`Runner`](crate::Runner) asks every question of
+/// its conduit this way, so that its task waits on the store at one place only.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreQuestion<'a> {
+    /// [`Store::summarize`] `range`, with its runs into `runs`.
+    Summarize {
+        /// The range.
+        range: KeyRange,
+        /// Room for the runs.
+        runs: &'a mut [Run],
+    },
+    /// [`Store::origins_after`] `after`, into `out`.
+    Origins {
+        /// The cursor.
+        after: Option<NodeId>,
+        /// Room for the origins.
+        out: &'a mut [NodeId],
+    },
+    /// [`Store::read_into`] `buf` the chunk `id`.
+    Read {
+        /// The chunk.
+        id: ChunkHash,
+        /// Where to copy it.
+        buf: &'a mut [u8],
+    },
+    /// Read into `buf` the first chunk the store holds in `range` ([`Store::first_in`]).
+    ReadFirst {
+        /// The range.
+        range: KeyRange,
+        /// Where to copy the chunk.
+        buf: &'a mut [u8],
+    },
+    /// [`Store::insert`] the chunk.
+    Insert(Verified<'a>),
+}
+
+/// What the store's operation for a [`StoreQuestion`] returned, in the variant of the
+/// question.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreAnswer<E> {
+    /// From [`Store::summarize`].
+    Summary(Result<(Summary, Option<usize>), SummaryError<E>>),
+    /// From [`Store::origins_after`].
+    Origins(Result<(usize, bool), E>),
+    /// From [`Store::read_into`].
+    Read(Result<Option<usize>, ReadError<E>>),
+    /// The first chunk's span and length, if the range holds one.
+    ReadFirst(Result<Option<(Span, usize)>, ReadError<E>>),
+    /// From [`Store::insert`].
+    Insert(Result<bool, E>),
+}
+
 /// A place that keeps chunks by hash, with `async` methods. The contract is
 /// [`ChunkStore`]'s: only [`Verified`] bytes go in, and a failed call changes nothing
 /// already stored.
@@ -111,6 +166,31 @@ pub trait Store {
         Ok(first.get(..n).and_then(<[_]>::first).copied())
     }
 
+    /// Answers one question of a session with the operation it names. A store that must
+    /// prepare for each operation (a lock, a bus) does so once here, for any of them.
+    async fn answer(&mut self, question: StoreQuestion<'_>) -> StoreAnswer<Self::Error> {
+        match question {
+            StoreQuestion::Summarize { range, runs } => {
+                StoreAnswer::Summary(self.summarize(&range, runs).await)
+            }
+            StoreQuestion::Origins { after, out } => {
+                StoreAnswer::Origins(self.origins_after(after, out).await)
+            }
+            StoreQuestion::Read { id, buf } => StoreAnswer::Read(self.read_into(&id, buf).await),
+            StoreQuestion::ReadFirst { range, buf } => {
+                let read = match self.first_in(&range).await {
+                    Ok(Some((span, id))) => {
+                        self.read_into(&id, buf).await.map(|n| n.map(|n| (span, n)))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(ReadError::Store(e)),
+                };
+                StoreAnswer::ReadFirst(read)
+            }
+            StoreQuestion::Insert(chunk) => StoreAnswer::Insert(self.insert(chunk).await),
+        }
+    }
+
     /// Whether an [`insert`](Self::insert) error is the store refusing a fork (a chunk
     /// overlapping a different stored chunk of its origin), which fails that chunk only,
     /// rather than a failure of the store.
@@ -183,6 +263,34 @@ impl<S: ChunkStore> Store for S {
         ChunkStore::first_in(self, range)
     }
 
+    async fn answer(&mut self, question: StoreQuestion<'_>) -> StoreAnswer<Self::Error> {
+        // Every operation answers at once: nothing to wait for between two of them.
+        match question {
+            StoreQuestion::Summarize { range, runs } => {
+                StoreAnswer::Summary(recon::summarize(&range, runs, |r, out| {
+                    ChunkStore::chunks_in(self, r, out)
+                }))
+            }
+            StoreQuestion::Origins { after, out } => {
+                StoreAnswer::Origins(ChunkStore::origins_after(self, after, out))
+            }
+            StoreQuestion::Read { id, buf } => {
+                StoreAnswer::Read(ChunkStore::read_into(self, &id, buf))
+            }
+            StoreQuestion::ReadFirst { range, buf } => {
+                let read = match ChunkStore::first_in(self, &range) {
+                    Ok(Some((span, id))) => {
+                        ChunkStore::read_into(self, &id, buf).map(|n| n.map(|n| (span, n)))
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(ReadError::Store(e)),
+                };
+                StoreAnswer::ReadFirst(read)
+            }
+            StoreQuestion::Insert(chunk) => StoreAnswer::Insert(ChunkStore::insert(self, chunk)),
+        }
+    }
+
     fn is_fork(error: &Self::Error) -> bool {
         S::is_fork(error)
     }
@@ -249,6 +357,11 @@ impl<M: RawMutex, S: Store> Store for SharedStore<'_, M, S> {
         range: &KeyRange,
     ) -> Result<Option<(Span, ChunkHash)>, Self::Error> {
         self.lock().await.first_in(range).await
+    }
+
+    async fn answer(&mut self, question: StoreQuestion<'_>) -> StoreAnswer<Self::Error> {
+        // One lock for the whole question.
+        self.lock().await.answer(question).await
     }
 
     fn is_fork(error: &Self::Error) -> bool {
