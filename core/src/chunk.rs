@@ -263,6 +263,14 @@ impl<'a> Sealed<'a> {
 pub struct Chunker<B> {
     /// Where the open chunk is written: a slice, an array, or (with `alloc`) a `Vec`.
     buf: B,
+    /// Everything else. The code that writes chunks works on it and on the buffer as a
+    /// slice, so that it exists once whatever the buffer's type.
+    open: Open,
+}
+
+/// A [`Chunker`]'s state besides its buffer.
+#[derive(Debug)]
+struct Open {
     origin: NodeId,
     per_chunk: u64,
     /// First sequence number of the open chunk's range.
@@ -329,22 +337,24 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         }
         Ok(Self {
             buf,
-            origin,
-            per_chunk: u64::from(events_per_chunk),
-            range_start: start_seq,
-            next_seq: start_seq,
-            pending_end: None,
-            count: 0,
-            len: 0,
-            policy: SealPolicy::UNLIMITED,
-            opened_at: None,
+            open: Open {
+                origin,
+                per_chunk: u64::from(events_per_chunk),
+                range_start: start_seq,
+                next_seq: start_seq,
+                pending_end: None,
+                count: 0,
+                len: 0,
+                policy: SealPolicy::UNLIMITED,
+                opened_at: None,
+            },
         })
     }
 
     /// The same chunker, sealing by `policy` as well ([`seal_due`](Self::seal_due)).
     #[must_use]
     pub const fn with_policy(mut self, policy: SealPolicy) -> Self {
-        self.policy = policy;
+        self.open.policy = policy;
         self
     }
 
@@ -359,8 +369,8 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         now: Instant,
     ) -> Result<Push, ChunkError> {
         let pushed = self.push(event)?;
-        if self.count > 0 && self.opened_at.is_none() {
-            self.opened_at = Some(now);
+        if self.open.count > 0 && self.open.opened_at.is_none() {
+            self.open.opened_at = Some(now);
         }
         Ok(pushed)
     }
@@ -377,6 +387,47 @@ impl<B: AsMut<[u8]>> Chunker<B> {
     /// an event and any rule will make it due.
     #[must_use]
     pub fn seal_deadline(&self) -> Option<Instant> {
+        self.open.seal_deadline()
+    }
+
+    /// The smallest sequence number the chunker still accepts.
+    #[must_use]
+    pub const fn next_seq(&self) -> u64 {
+        self.open.next_seq
+    }
+
+    /// Events in the open (unsealed) chunk.
+    #[must_use]
+    pub const fn open_events(&self) -> u32 {
+        self.open.count
+    }
+
+    /// Adds an event to the open chunk, or says why not.
+    ///
+    /// On error nothing changes. On [`Push::SealFirst`] nothing changes but where the
+    /// open chunk's range ends if it is sealed next.
+    pub fn push<E: ChunkEvent + ?Sized>(&mut self, event: &E) -> Result<Push, ChunkError> {
+        self.open.push(event, self.buf.as_mut())
+    }
+
+    /// Closes the open chunk where [`seal`](Self::seal) would, without encoding or hashing
+    /// it: for a caller that only checks its input (which events fit, where chunks end)
+    /// before sealing it for real. Returns the range the chunk would have covered and its
+    /// number of events, or `None` if it holds no event.
+    pub fn discard(&mut self) -> Option<(u64, u64, u32)> {
+        self.open.discard()
+    }
+
+    /// Seals the open chunk and returns it, or `None` if it holds no event.
+    ///
+    /// The next chunk's range starts where this one ends.
+    pub fn seal(&mut self) -> Option<Sealed<'_>> {
+        self.open.seal(self.buf.as_mut())
+    }
+}
+
+impl Open {
+    fn seal_deadline(&self) -> Option<Instant> {
         if self.count == 0 {
             return None;
         }
@@ -388,23 +439,11 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         self.policy.max_delay.map(|d| opened + d)
     }
 
-    /// The smallest sequence number the chunker still accepts.
-    #[must_use]
-    pub const fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// Events in the open (unsealed) chunk.
-    #[must_use]
-    pub const fn open_events(&self) -> u32 {
-        self.count
-    }
-
-    /// Adds an event to the open chunk, or says why not.
-    ///
-    /// On error nothing changes. On [`Push::SealFirst`] nothing changes but where the
-    /// open chunk's range ends if it is sealed next.
-    pub fn push<E: ChunkEvent + ?Sized>(&mut self, event: &E) -> Result<Push, ChunkError> {
+    fn push<E: ChunkEvent + ?Sized>(
+        &mut self,
+        event: &E,
+        buf: &mut [u8],
+    ) -> Result<Push, ChunkError> {
         let seq = event.seq();
         if event.origin() != self.origin {
             return Err(ChunkError::WrongOrigin {
@@ -446,7 +485,7 @@ impl<B: AsMut<[u8]>> Chunker<B> {
             privacy: event.privacy(),
             payload: event.payload(),
         };
-        let room = &mut self.buf.as_mut()[HEADER_RESERVE + self.len..];
+        let room = &mut buf[HEADER_RESERVE + self.len..];
         match postcard::to_slice(&repr, room) {
             Ok(written) => {
                 self.len += written.len();
@@ -463,16 +502,12 @@ impl<B: AsMut<[u8]>> Chunker<B> {
             }
             Err(_) => Err(ChunkError::EventTooLarge {
                 size: postcard::experimental::serialized_size(&repr).unwrap_or(usize::MAX),
-                capacity: self.buf.as_mut().len() - HEADER_RESERVE,
+                capacity: buf.len() - HEADER_RESERVE,
             }),
         }
     }
 
-    /// Closes the open chunk where [`seal`](Self::seal) would, without encoding or hashing
-    /// it: for a caller that only checks its input (which events fit, where chunks end)
-    /// before sealing it for real. Returns the range the chunk would have covered and its
-    /// number of events, or `None` if it holds no event.
-    pub fn discard(&mut self) -> Option<(u64, u64, u32)> {
+    fn discard(&mut self) -> Option<(u64, u64, u32)> {
         if self.count == 0 {
             return None;
         }
@@ -487,10 +522,7 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         Some((first_seq, end_seq, events))
     }
 
-    /// Seals the open chunk and returns it, or `None` if it holds no event.
-    ///
-    /// The next chunk's range starts where this one ends.
-    pub fn seal(&mut self) -> Option<Sealed<'_>> {
+    fn seal<'b>(&mut self, buf: &'b mut [u8]) -> Option<Sealed<'b>> {
         if self.count == 0 {
             return None;
         }
@@ -513,7 +545,7 @@ impl<B: AsMut<[u8]>> Chunker<B> {
             Err(_) => return None,
         };
         let start = HEADER_RESERVE - head_len;
-        self.buf.as_mut()[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
+        buf[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
         let events = self.count;
         self.opened_at = None;
         let first_seq = self.range_start;
@@ -521,7 +553,7 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         self.next_seq = self.next_seq.max(end_seq);
         self.count = 0;
         let end = HEADER_RESERVE + core::mem::take(&mut self.len);
-        let bytes = &self.buf.as_mut()[start..end];
+        let bytes = &buf[start..end];
         Some(Sealed {
             id: ChunkHash::of(bytes),
             bytes,
