@@ -17,6 +17,9 @@
 //! `1` shareable; private is never valid here) and `payload` (varint length + bytes). Nothing
 //! follows the last event.
 //!
+//! The crate writes and reads these bytes with its own small codec rather than with
+//! postcard's serde code; tests check both against postcard's encoding of the same fields.
+//!
 //! A chunk's [`ChunkHash`] is the BLAKE3 hash of exactly these bytes: the bytes that are
 //! stored are the bytes that are sent are the bytes that are hashed. The same events sealed
 //! at the same points give the same bytes and the same hash on every node and architecture.
@@ -31,12 +34,11 @@
 
 use core::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::DecodeError;
 use crate::event::{ChunkEvent, Event, NodeId, Privacy};
 use crate::hash::{ChunkHash, HashMismatch, Verified};
 use crate::time::{Duration, Instant};
+use crate::varint::{Reader, Writer};
 
 #[cfg(feature = "alloc")]
 mod event_chunk_store;
@@ -51,7 +53,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_RESERVE: usize = 1 + 3 * 10 + 5;
 
 /// The chunk header, as encoded (the event count follows it).
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {
     version: u8,
     origin: NodeId,
@@ -59,15 +61,68 @@ struct Header {
     end_seq: u64,
 }
 
+impl Header {
+    /// Appends the header's encoding (see the [module docs](self)).
+    fn write(&self, w: &mut Writer<'_>) {
+        w.bytes(&[self.version]);
+        w.varint(self.origin.0);
+        w.varint(self.first_seq);
+        w.varint(self.end_seq);
+    }
+
+    /// Reads a header written by [`write`](Self::write).
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            version: r.byte()?,
+            origin: NodeId(r.u64()?),
+            first_seq: r.u64()?,
+            end_seq: r.u64()?,
+        })
+    }
+}
+
 /// One event as encoded inside a chunk (its origin is the chunk's).
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct EventRepr<'a> {
     seq: u64,
     timestamp: u64,
     kind: &'a str,
     privacy: Privacy,
-    #[serde(with = "serde_bytes", borrow)]
     payload: &'a [u8],
+}
+
+impl<'a> EventRepr<'a> {
+    /// Appends the event's encoding (see the [module docs](self)).
+    fn write(&self, w: &mut Writer<'_>) {
+        // Privacy is written as the variant's index, as serde numbers unit variants.
+        let privacy = match self.privacy {
+            Privacy::Public => 0,
+            Privacy::Shareable => 1,
+            Privacy::Private => 2,
+        };
+        w.varint(self.seq);
+        w.varint(self.timestamp);
+        w.byte_string(self.kind.as_bytes());
+        w.varint(privacy);
+        w.byte_string(self.payload);
+    }
+
+    /// Reads an event written by [`write`](Self::write), refusing what postcard refuses for
+    /// the same fields.
+    fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            seq: r.u64()?,
+            timestamp: r.u64()?,
+            kind: core::str::from_utf8(r.byte_string()?).map_err(|_| DecodeError::Malformed)?,
+            privacy: match r.u32()? {
+                0 => Privacy::Public,
+                1 => Privacy::Shareable,
+                2 => Privacy::Private,
+                _ => return Err(DecodeError::Malformed),
+            },
+            payload: r.byte_string()?,
+        })
+    }
 }
 
 /// The part of its origin's log a chunk covers. Two different chunks whose spans overlap
@@ -485,25 +540,25 @@ impl Open {
             privacy: event.privacy(),
             payload: event.payload(),
         };
-        let room = &mut buf[HEADER_RESERVE + self.len..];
-        match postcard::to_slice(&repr, room) {
-            Ok(written) => {
-                self.len += written.len();
-                self.count += 1;
-                self.range_start = range_start;
-                self.next_seq = after;
-                self.pending_end = None;
-                Ok(Push::Added)
-            }
-            Err(_) if self.count > 0 => {
-                // Seal early: the range ends just before this event.
-                self.pending_end = Some(seq);
-                Ok(Push::SealFirst)
-            }
-            Err(_) => Err(ChunkError::EventTooLarge {
-                size: postcard::experimental::serialized_size(&repr).unwrap_or(usize::MAX),
-                capacity: buf.len() - HEADER_RESERVE,
-            }),
+        let (at, capacity) = (HEADER_RESERVE + self.len, buf.len() - HEADER_RESERVE);
+        let mut w = Writer::new(buf, at);
+        repr.write(&mut w);
+        if w.fits() {
+            self.len = w.len - HEADER_RESERVE;
+            self.count += 1;
+            self.range_start = range_start;
+            self.next_seq = after;
+            self.pending_end = None;
+            Ok(Push::Added)
+        } else if self.count > 0 {
+            // Seal early: the range ends just before this event.
+            self.pending_end = Some(seq);
+            Ok(Push::SealFirst)
+        } else {
+            Err(ChunkError::EventTooLarge {
+                size: w.len - at,
+                capacity,
+            })
         }
     }
 
@@ -527,23 +582,22 @@ impl Open {
             return None;
         }
         let end_seq = self.pending_end.take().unwrap_or(self.next_seq);
+        let mut head = [0u8; HEADER_RESERVE];
+        let mut w = Writer::new(&mut head, 0);
         let header = Header {
             version: FORMAT_VERSION,
             origin: self.origin,
             first_seq: self.range_start,
             end_seq,
         };
-        let mut head = [0u8; HEADER_RESERVE];
+        header.write(&mut w);
+        w.varint(u64::from(self.count));
         // Invariant: a header and a count always fit `HEADER_RESERVE`, which is sized for
-        // the longest varints; the fallbacks below are unreachable.
-        let head_len = match postcard::to_slice(&header, &mut head) {
-            Ok(h) => h.len(),
-            Err(_) => return None,
-        };
-        let head_len = match postcard::to_slice(&self.count, &mut head[head_len..]) {
-            Ok(c) => head_len + c.len(),
-            Err(_) => return None,
-        };
+        // the longest varints; the fallback is unreachable.
+        if !w.fits() {
+            return None;
+        }
+        let head_len = w.len;
         let start = HEADER_RESERVE - head_len;
         buf[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
         let events = self.count;
@@ -601,10 +655,9 @@ impl<'a> ChunkView<'a> {
                 supported: FORMAT_VERSION,
             });
         }
-        let (header, rest) =
-            postcard::take_from_bytes::<Header>(bytes).map_err(DecodeError::from_postcard)?;
-        let (count, rest) =
-            postcard::take_from_bytes::<u32>(rest).map_err(DecodeError::from_postcard)?;
+        let mut r = Reader(bytes);
+        let header = Header::read(&mut r)?;
+        let count = r.u32()?;
         if header.first_seq >= header.end_seq {
             return Err(DecodeError::Invalid("chunk range is empty"));
         }
@@ -622,7 +675,7 @@ impl<'a> ChunkView<'a> {
             first_seq: header.first_seq,
             end_seq: header.end_seq,
             count,
-            events_at: bytes.len() - rest.len(),
+            events_at: bytes.len() - r.0.len(),
         })
     }
 
@@ -715,8 +768,9 @@ pub struct Events<'a> {
 
 impl<'a> Events<'a> {
     fn decode_next(&mut self) -> Result<Event<'a>, DecodeError> {
-        let (e, rest) = postcard::take_from_bytes::<EventRepr<'a>>(self.rest)
-            .map_err(DecodeError::from_postcard)?;
+        let mut r = Reader(self.rest);
+        let e = EventRepr::read(&mut r)?;
+        let rest = r.0;
         if e.seq < self.next_seq || e.seq >= self.end_seq {
             return Err(DecodeError::Invalid(
                 "event sequence number out of order or out of range",

@@ -1,6 +1,7 @@
-//! Integers and byte strings as postcard encodes them, written and read by hand: the wire
-//! messages and the reconciliation codec are made of nothing else, and one small writer
-//! and reader for both is much less code than postcard's serde machinery for each type.
+//! Integers and byte strings as postcard encodes them, written and read by hand: chunks,
+//! wire messages and the reconciliation codec are made of nothing else, and one small
+//! writer and reader for all of them is much less code than postcard's serde machinery
+//! for each type.
 //!
 //! Integers are unsigned LEB128 varints (7 bits a byte, least significant first, the high
 //! bit set on every byte but the last); a byte string is its length as a varint, then its
