@@ -304,12 +304,8 @@ impl<'a> Message<'a> {
 
     /// Reads a body written by [`write_body`](Self::write_body).
     fn read_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
-        let hash = |r: &mut Reader<'a>| -> Result<ChunkHash, DecodeError> {
-            let mut bytes = [0; 32];
-            bytes.copy_from_slice(r.take(32)?);
-            Ok(ChunkHash::from_bytes(bytes))
-        };
-        let message = match u64::from(r.u32()?) {
+        let tag = u64::from(r.u32()?);
+        let message = match tag {
             tag::HELLO => Self::Hello(Hello {
                 protocol: r.u16()?,
                 node_id: NodeId(r.u64()?),
@@ -326,30 +322,36 @@ impl<'a> Message<'a> {
                 last: r.bool()?,
                 entries: r.byte_string()?,
             },
-            tag::GET => Self::EventChunkGet { hash: hash(r)? },
+            tag::GET | tag::NOT_FOUND => {
+                // `take(32)` gives 32 bytes or fails: the conversion always succeeds.
+                let bytes = r.take(32)?.try_into().map_err(|_| DecodeError::Truncated)?;
+                let hash = ChunkHash::from_bytes(bytes);
+                if tag == tag::GET {
+                    Self::EventChunkGet { hash }
+                } else {
+                    Self::NotFound { hash }
+                }
+            }
             tag::PUT => Self::EventChunkPut {
                 total_len: r.u32()?,
                 offset: r.u32()?,
                 data: r.byte_string()?,
             },
-            tag::NOT_FOUND => Self::NotFound { hash: hash(r)? },
             tag::DONE => Self::Done,
             tag::ERROR => Self::Error {
                 code: ErrorCode(r.u16()?),
                 reason: core::str::from_utf8(r.byte_string()?)
                     .map_err(|_| DecodeError::Malformed)?,
             },
-            tag::GET_RANGE => Self::GetRange {
-                origin: NodeId(r.u64()?),
-                lo: r.u64()?,
-                hi: r.u64()?,
-            },
+            tag::GET_RANGE | tag::HAVE => {
+                let (origin, lo, hi) = (NodeId(r.u64()?), r.u64()?, r.u64()?);
+                if tag == tag::GET_RANGE {
+                    Self::GetRange { origin, lo, hi }
+                } else {
+                    Self::Have { origin, lo, hi }
+                }
+            }
             tag::RANGE_END => Self::RangeEnd,
-            tag::HAVE => Self::Have {
-                origin: NodeId(r.u64()?),
-                lo: r.u64()?,
-                hi: r.u64()?,
-            },
             tag::RESYNC => Self::Resync,
             tag::KEEP_ALIVE => Self::KeepAlive,
             _ => return Err(DecodeError::Malformed),
