@@ -285,7 +285,9 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
     /// Gives the conduit the store's answer.
     fn answered(&mut self, answer: StoreAnswer<S::Error>, store_error: &mut Option<S::Error>) {
         let conduit = &mut self.conduit;
-        let answered = match answer {
+        // Each answer is to the conduit's own question: it refuses none but one that does
+        // not fit the question, and then ends the session itself where it must.
+        let _ = match answer {
             StoreAnswer::Summary(Ok((summary, n))) => conduit.summarized(&summary, n),
             StoreAnswer::Origins(Ok((n, last))) => conduit.origins(n, last),
             StoreAnswer::Read(Ok(Some(len))) => conduit.serve(len),
@@ -298,21 +300,18 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
             | StoreAnswer::ReadFirst(Err(ReadError::Store(e)))
             | StoreAnswer::Insert(Err(e)) => {
                 self.store_failed(e, store_error);
-                return;
+                Ok(())
             }
             // A store that breaks its own order cannot be summarised: the session cannot
             // go on with it.
             StoreAnswer::Summary(Err(_)) => {
                 conduit.abort();
-                return;
+                Ok(())
             }
             // Not here, none more in the range, or larger than this node's chunk buffer:
             // not served (a range ends here).
             StoreAnswer::Read(_) | StoreAnswer::ReadFirst(_) => conduit.not_found(),
         };
-        // Refused only if the answer does not fit the question (the conduit then ends the
-        // session where it must): these answers are to the conduit's own questions.
-        let _ = answered;
     }
 
     /// A transport failure, unless the store failed first.

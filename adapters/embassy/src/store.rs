@@ -264,7 +264,8 @@ impl<S: ChunkStore> Store for S {
     }
 
     async fn answer(&mut self, question: StoreQuestion<'_>) -> StoreAnswer<Self::Error> {
-        // Every operation answers at once: nothing to wait for between two of them.
+        // The default would do, but every operation here answers at once: without its
+        // awaits, the caller's future keeps no state for them.
         match question {
             StoreQuestion::Summarize { range, runs } => {
                 StoreAnswer::Summary(recon::summarize(&range, runs, |r, out| {
@@ -366,5 +367,144 @@ impl<M: RawMutex, S: Store> Store for SharedStore<'_, M, S> {
 
     fn is_fork(error: &Self::Error) -> bool {
         S::is_fork(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::format;
+    use std::string::String;
+
+    use chunk_sync_core::store::RamStore;
+    use chunk_sync_core::{Chunker, Event, Privacy};
+    use embassy_futures::block_on;
+
+    use super::*;
+
+    /// A store that has only the required methods, so that the trait's default `answer`
+    /// answers its questions.
+    struct Plain(RamStore<8, 4096>);
+
+    impl Store for Plain {
+        type Error = <RamStore<8, 4096> as ChunkStore>::Error;
+
+        async fn insert(&mut self, chunk: Verified<'_>) -> Result<bool, Self::Error> {
+            ChunkStore::insert(&mut self.0, chunk)
+        }
+        async fn contains(&mut self, id: &ChunkHash) -> Result<bool, Self::Error> {
+            ChunkStore::contains(&self.0, id)
+        }
+        async fn read_into(
+            &mut self,
+            id: &ChunkHash,
+            buf: &mut [u8],
+        ) -> Result<Option<usize>, ReadError<Self::Error>> {
+            ChunkStore::read_into(&mut self.0, id, buf)
+        }
+        async fn ids_after(
+            &mut self,
+            after: Option<&ChunkHash>,
+            out: &mut [ChunkHash],
+        ) -> Result<(usize, bool), Self::Error> {
+            ChunkStore::ids_after(&self.0, after, out)
+        }
+        async fn chunk_count(&mut self) -> Result<usize, Self::Error> {
+            ChunkStore::chunk_count(&self.0)
+        }
+        async fn origins_after(
+            &mut self,
+            after: Option<NodeId>,
+            out: &mut [NodeId],
+        ) -> Result<(usize, bool), Self::Error> {
+            ChunkStore::origins_after(&self.0, after, out)
+        }
+        async fn chunks_in(
+            &mut self,
+            range: &KeyRange,
+            out: &mut [(Span, ChunkHash)],
+        ) -> Result<usize, Self::Error> {
+            ChunkStore::chunks_in(&self.0, range, out)
+        }
+    }
+
+    /// Every question, asked of `store`: the answers and the buffers they filled.
+    fn ask_all<S: Store>(store: &mut S, chunk: Verified<'_>) -> String {
+        fn ask<S: Store>(store: &mut S, question: StoreQuestion<'_>) -> String {
+            format!("{:?}\n", block_on(store.answer(question)))
+        }
+        let range = KeyRange {
+            origin: NodeId(1),
+            lo: 0,
+            hi: 100,
+        };
+        let empty = KeyRange { lo: 50, ..range };
+        let (id, len) = (chunk.id(), chunk.bytes().len());
+        let mut runs = [Run { lo: 0, hi: 0 }; 4];
+        let mut out = [NodeId(0); 4];
+        let mut buf = [0u8; 512];
+        let mut log = ask(store, StoreQuestion::Insert(chunk));
+        log += &ask(store, StoreQuestion::Insert(chunk));
+        log += &ask(
+            store,
+            StoreQuestion::Summarize {
+                range,
+                runs: &mut runs,
+            },
+        );
+        log += &ask(
+            store,
+            StoreQuestion::Origins {
+                after: None,
+                out: &mut out,
+            },
+        );
+        log += &ask(
+            store,
+            StoreQuestion::Read {
+                id,
+                buf: &mut buf[..4],
+            },
+        );
+        log += &ask(store, StoreQuestion::Read { id, buf: &mut buf });
+        log += &ask(
+            store,
+            StoreQuestion::ReadFirst {
+                range: empty,
+                buf: &mut buf,
+            },
+        );
+        log += &ask(
+            store,
+            StoreQuestion::ReadFirst {
+                range,
+                buf: &mut buf,
+            },
+        );
+        log + &format!("{runs:?} {out:?} {:?}", &buf[..len])
+    }
+
+    #[test]
+    fn the_default_answer_is_a_chunk_stores() {
+        let mut seal = [0u8; 256];
+        let mut chunker = Chunker::new(NodeId(1), 10, 0, &mut seal).unwrap();
+        for seq in [0, 3] {
+            let event = Event {
+                origin: NodeId(1),
+                seq,
+                timestamp: seq,
+                kind: "k",
+                privacy: Privacy::Public,
+                payload: b"body",
+            };
+            assert_eq!(
+                chunker.push(&event),
+                Ok(chunk_sync_core::chunk::Push::Added)
+            );
+        }
+        let sealed = chunker.seal().unwrap();
+        let by_default = ask_all(&mut Plain(RamStore::new()), sealed.verified());
+        let at_once = ask_all(&mut RamStore::<8, 4096>::new(), sealed.verified());
+        assert_eq!(by_default, at_once);
+        assert!(at_once.contains("Summary(Ok"), "{at_once}");
     }
 }
