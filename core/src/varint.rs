@@ -45,6 +45,9 @@ impl<'b> Writer<'b> {
 
     /// Appends `bytes`. Once one write did not fit, no later one does: what fits is always
     /// a prefix of what was written.
+    // Out of line, as `varint` and the reader's `varint`: called from every encoder, where
+    // a copy at each call would cost more flash than the call.
+    #[inline(never)]
     pub(crate) fn bytes(&mut self, bytes: &[u8]) {
         let end = self.len.saturating_add(bytes.len());
         if let Some(dst) = self.buf.get_mut(self.len..end) {
