@@ -22,6 +22,12 @@ pub(crate) struct Writer<'b> {
     pub(crate) len: usize,
 }
 
+impl core::fmt::Debug for Writer<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Writer").field("len", &self.len).finish()
+    }
+}
+
 impl<'b> Writer<'b> {
     /// A writer that goes on after the first `len` bytes of `buf`.
     pub(crate) const fn new(buf: &'b mut [u8], len: usize) -> Self {

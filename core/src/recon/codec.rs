@@ -10,7 +10,7 @@
 use super::{Fingerprint, KeyRange, Run, Summary};
 use crate::error::{DecodeError, InsufficientSize};
 use crate::event::NodeId;
-use crate::varint::{self, MAX_VARINT, Reader};
+use crate::varint::{self, MAX_VARINT, Reader, Writer};
 
 /// The most bytes of a summary entry without runs, origin included.
 pub const MAX_ENTRY: usize = 4 * MAX_VARINT + 16 + 1;
@@ -50,36 +50,36 @@ impl<'a> Query<'a> {
     /// # Errors
     /// [`InsufficientSize`] if `buf` cannot hold it.
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, InsufficientSize> {
-        let mut w = Writer(varint::Writer::new(buf, 0));
+        let mut w = Writer::new(buf, 0);
         match self {
             Self::Origins {
                 after,
                 limit,
                 max_runs,
             } => {
-                w.bytes(&[0])?;
+                w.bytes(&[0]);
                 match after {
-                    None => w.bytes(&[0])?,
+                    None => w.bytes(&[0]),
                     Some(a) => {
-                        w.bytes(&[1])?;
-                        w.varint(a.0)?;
+                        w.bytes(&[1]);
+                        w.varint(a.0);
                     }
                 }
-                w.varint(u64::from(*limit))?;
-                w.varint(u64::from(*max_runs))?;
+                w.varint(u64::from(*limit));
+                w.varint(u64::from(*max_runs));
             }
             Self::Ranges {
                 origin,
                 max_runs,
                 ranges,
             } => {
-                w.bytes(&[1])?;
-                w.varint(origin.0)?;
-                w.varint(u64::from(*max_runs))?;
-                ranges.write(&mut w)?;
+                w.bytes(&[1]);
+                w.varint(origin.0);
+                w.varint(u64::from(*max_runs));
+                ranges.write(&mut w);
             }
         }
-        Ok(w.0.len)
+        fits(&w).map(|()| w.len)
     }
 
     /// Reads a query written by [`write`](Self::write), borrowing its ranges.
@@ -139,30 +139,15 @@ impl<'a> RangeList<'a> {
         Self(RangeRepr::Pairs(pairs))
     }
 
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), InsufficientSize> {
+    fn write(&self, w: &mut Writer<'_>) {
         match self.0 {
-            RangeRepr::Raw(raw) => {
-                w.varint(raw.len() as u64)?;
-                w.bytes(raw)
-            }
+            RangeRepr::Raw(raw) => w.byte_string(raw),
             RangeRepr::Pairs(pairs) => {
-                let pair_len = |(lo, hi): (u64, u64), prev: u64| {
-                    varint_len(lo.wrapping_sub(prev)) + varint_len(hi.wrapping_sub(lo))
-                };
-                let mut prev = 0;
-                let mut len = 0;
-                for &p in pairs {
-                    len += pair_len(p, prev);
-                    prev = p.1;
-                }
-                w.varint(len as u64)?;
-                let mut prev = 0;
-                for &(lo, hi) in pairs {
-                    w.varint(lo.wrapping_sub(prev))?;
-                    w.varint(hi.wrapping_sub(lo))?;
-                    prev = hi;
-                }
-                Ok(())
+                // Their length first, counted by a writer that keeps nothing.
+                let mut counted = Writer::new(&mut [], 0);
+                write_pairs(pairs, &mut counted);
+                w.varint(counted.len as u64);
+                write_pairs(pairs, w);
             }
         }
     }
@@ -198,6 +183,25 @@ impl<'a> RangeList<'a> {
             }
             Some(item)
         })
+    }
+}
+
+/// Each pair as the gap from the previous pair's end (from 0 for the first) and the width.
+fn write_pairs(pairs: &[(u64, u64)], w: &mut Writer<'_>) {
+    let mut prev = 0;
+    for &(lo, hi) in pairs {
+        w.varint(lo.wrapping_sub(prev));
+        w.varint(hi.wrapping_sub(lo));
+        prev = hi;
+    }
+}
+
+/// `Ok` if everything `w` wrote fits its buffer, else the size it needs.
+const fn fits(w: &Writer<'_>) -> Result<(), InsufficientSize> {
+    if w.fits() {
+        Ok(())
+    } else {
+        Err(InsufficientSize { required: w.len })
     }
 }
 
@@ -243,7 +247,7 @@ impl<'b> EntryWriter<'b> {
             return Err(InsufficientSize { required });
         }
         Ok(Self {
-            w: Writer(varint::Writer::new(buf, written)),
+            w: Writer::new(buf, written),
             remaining,
         })
     }
@@ -266,41 +270,40 @@ impl<'b> EntryWriter<'b> {
             .checked_sub(1)
             .ok_or(InsufficientSize { required: 0 })?;
         if let Some(origin) = origin {
-            self.w.varint(origin.0)?;
+            self.w.varint(origin.0);
         }
-        self.w.varint(summary.count)?;
-        if summary.count == 0 {
-            return Ok(());
-        }
-        self.w.varint(summary.first.wrapping_sub(range.lo))?;
-        self.w.varint(summary.end.wrapping_sub(summary.first))?;
-        self.w.bytes(&summary.fingerprint.0)?;
-        let keep = self.remaining * MAX_ENTRY;
-        let fits = runs.filter(|runs| {
-            let need = MAX_VARINT + runs.len() * MAX_RUN;
-            self.w.0.room() >= keep + need
-        });
-        match fits {
-            None => self.w.varint(0),
-            Some(runs) => {
-                self.w.varint(runs.len() as u64 + 1)?;
-                let mut prev = None;
-                for run in runs {
-                    if let Some(p) = prev {
-                        self.w.varint(run.lo.wrapping_sub(p))?;
+        self.w.varint(summary.count);
+        if summary.count > 0 {
+            self.w.varint(summary.first.wrapping_sub(range.lo));
+            self.w.varint(summary.end.wrapping_sub(summary.first));
+            self.w.bytes(&summary.fingerprint.0);
+            let keep = self.remaining * MAX_ENTRY;
+            let fits = runs.filter(|runs| {
+                let need = MAX_VARINT + runs.len() * MAX_RUN;
+                self.w.room() >= keep + need
+            });
+            match fits {
+                None => self.w.varint(0),
+                Some(runs) => {
+                    self.w.varint(runs.len() as u64 + 1);
+                    let mut prev = None;
+                    for run in runs {
+                        if let Some(p) = prev {
+                            self.w.varint(run.lo.wrapping_sub(p));
+                        }
+                        self.w.varint(run.hi.wrapping_sub(run.lo));
+                        prev = Some(run.hi);
                     }
-                    self.w.varint(run.hi.wrapping_sub(run.lo))?;
-                    prev = Some(run.hi);
                 }
-                Ok(())
             }
         }
+        fits(&self.w)
     }
 
     /// The bytes written.
     #[must_use]
     pub fn finish(self) -> usize {
-        self.w.0.len
+        self.w.len
     }
 }
 
@@ -383,35 +386,4 @@ pub fn decode_entry<'a>(
         runs: Some(n),
         rest: r.0,
     })
-}
-
-/// The shared writer, failing as soon as a write does not fit.
-struct Writer<'b>(varint::Writer<'b>);
-
-impl core::fmt::Debug for Writer<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Writer").field("len", &self.0.len).finish()
-    }
-}
-
-impl Writer<'_> {
-    fn varint(&mut self, v: u64) -> Result<(), InsufficientSize> {
-        self.0.varint(v);
-        self.fits()
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) -> Result<(), InsufficientSize> {
-        self.0.bytes(bytes);
-        self.fits()
-    }
-
-    fn fits(&self) -> Result<(), InsufficientSize> {
-        if self.0.fits() {
-            Ok(())
-        } else {
-            Err(InsufficientSize {
-                required: self.0.len,
-            })
-        }
-    }
 }
