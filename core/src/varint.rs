@@ -14,8 +14,8 @@ use crate::error::DecodeError;
 /// The most bytes a varint of a `u64` takes.
 pub(crate) const MAX_VARINT: usize = 10;
 
-/// Writes at the end of a buffer; past its end it only counts, so that one pass both
-/// writes what fits and measures what all of it needs.
+/// Writes into a buffer, each write after the last; past the buffer's end it only counts,
+/// so that one pass both writes what fits and measures what all of it needs.
 pub(crate) struct Writer<'b> {
     buf: &'b mut [u8],
     /// Bytes written (or counted) from the start of `buf`.

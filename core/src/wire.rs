@@ -456,8 +456,8 @@ pub fn encode_put_head(
     finish_frame(w, data_len)
 }
 
-/// Puts the length prefix in front of the body `w` wrote, which `more` bytes sent after it
-/// complete, and returns what was written.
+/// Puts the length prefix in front of the body `w` wrote (which the caller completes with
+/// `more` bytes sent after it) and returns the bytes written.
 fn finish_frame(w: Writer<'_>, more: usize) -> Result<&[u8], InsufficientSize> {
     let len = w.len;
     let too_small = InsufficientSize { required: len };
