@@ -17,6 +17,9 @@
 //! `1` shareable; private is never valid here) and `payload` (varint length + bytes). Nothing
 //! follows the last event.
 //!
+//! The crate writes and reads these bytes with its own small codec rather than with
+//! postcard's serde code; tests check both against postcard's encoding of the same fields.
+//!
 //! A chunk's [`ChunkHash`] is the BLAKE3 hash of exactly these bytes: the bytes that are
 //! stored are the bytes that are sent are the bytes that are hashed. The same events sealed
 //! at the same points give the same bytes and the same hash on every node and architecture.
@@ -31,12 +34,11 @@
 
 use core::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::DecodeError;
 use crate::event::{ChunkEvent, Event, NodeId, Privacy};
 use crate::hash::{ChunkHash, HashMismatch, Verified};
 use crate::time::{Duration, Instant};
+use crate::varint::{Reader, Writer};
 
 #[cfg(feature = "alloc")]
 mod event_chunk_store;
@@ -51,7 +53,7 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_RESERVE: usize = 1 + 3 * 10 + 5;
 
 /// The chunk header, as encoded (the event count follows it).
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {
     version: u8,
     origin: NodeId,
@@ -59,15 +61,68 @@ struct Header {
     end_seq: u64,
 }
 
+impl Header {
+    /// Appends the header's encoding (see the [module docs](self)).
+    fn write(&self, w: &mut Writer<'_>) {
+        w.bytes(&[self.version]);
+        w.varint(self.origin.0);
+        w.varint(self.first_seq);
+        w.varint(self.end_seq);
+    }
+
+    /// Reads a header written by [`write`](Self::write).
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            version: r.byte()?,
+            origin: NodeId(r.u64()?),
+            first_seq: r.u64()?,
+            end_seq: r.u64()?,
+        })
+    }
+}
+
 /// One event as encoded inside a chunk (its origin is the chunk's).
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct EventRepr<'a> {
     seq: u64,
     timestamp: u64,
     kind: &'a str,
     privacy: Privacy,
-    #[serde(with = "serde_bytes", borrow)]
     payload: &'a [u8],
+}
+
+impl<'a> EventRepr<'a> {
+    /// Appends the event's encoding (see the [module docs](self)).
+    fn write(&self, w: &mut Writer<'_>) {
+        // Privacy is written as the variant's index, as serde numbers unit variants.
+        let privacy = match self.privacy {
+            Privacy::Public => 0,
+            Privacy::Shareable => 1,
+            Privacy::Private => 2,
+        };
+        w.varint(self.seq);
+        w.varint(self.timestamp);
+        w.byte_string(self.kind.as_bytes());
+        w.varint(privacy);
+        w.byte_string(self.payload);
+    }
+
+    /// Reads an event written by [`write`](Self::write), refusing what postcard refuses for
+    /// the same fields.
+    fn read(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            seq: r.u64()?,
+            timestamp: r.u64()?,
+            kind: core::str::from_utf8(r.byte_string()?).map_err(|_| DecodeError::Malformed)?,
+            privacy: match r.u32()? {
+                0 => Privacy::Public,
+                1 => Privacy::Shareable,
+                2 => Privacy::Private,
+                _ => return Err(DecodeError::Malformed),
+            },
+            payload: r.byte_string()?,
+        })
+    }
 }
 
 /// The part of its origin's log a chunk covers. Two different chunks whose spans overlap
@@ -263,6 +318,14 @@ impl<'a> Sealed<'a> {
 pub struct Chunker<B> {
     /// Where the open chunk is written: a slice, an array, or (with `alloc`) a `Vec`.
     buf: B,
+    /// Everything else. The code that writes chunks works on it and on the buffer as a
+    /// slice, so that it exists once whatever the buffer's type.
+    open: Open,
+}
+
+/// A [`Chunker`]'s state besides its buffer.
+#[derive(Debug)]
+struct Open {
     origin: NodeId,
     per_chunk: u64,
     /// First sequence number of the open chunk's range.
@@ -329,22 +392,24 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         }
         Ok(Self {
             buf,
-            origin,
-            per_chunk: u64::from(events_per_chunk),
-            range_start: start_seq,
-            next_seq: start_seq,
-            pending_end: None,
-            count: 0,
-            len: 0,
-            policy: SealPolicy::UNLIMITED,
-            opened_at: None,
+            open: Open {
+                origin,
+                per_chunk: u64::from(events_per_chunk),
+                range_start: start_seq,
+                next_seq: start_seq,
+                pending_end: None,
+                count: 0,
+                len: 0,
+                policy: SealPolicy::UNLIMITED,
+                opened_at: None,
+            },
         })
     }
 
     /// The same chunker, sealing by `policy` as well ([`seal_due`](Self::seal_due)).
     #[must_use]
     pub const fn with_policy(mut self, policy: SealPolicy) -> Self {
-        self.policy = policy;
+        self.open.policy = policy;
         self
     }
 
@@ -359,8 +424,8 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         now: Instant,
     ) -> Result<Push, ChunkError> {
         let pushed = self.push(event)?;
-        if self.count > 0 && self.opened_at.is_none() {
-            self.opened_at = Some(now);
+        if self.open.count > 0 && self.open.opened_at.is_none() {
+            self.open.opened_at = Some(now);
         }
         Ok(pushed)
     }
@@ -377,6 +442,47 @@ impl<B: AsMut<[u8]>> Chunker<B> {
     /// an event and any rule will make it due.
     #[must_use]
     pub fn seal_deadline(&self) -> Option<Instant> {
+        self.open.seal_deadline()
+    }
+
+    /// The smallest sequence number the chunker still accepts.
+    #[must_use]
+    pub const fn next_seq(&self) -> u64 {
+        self.open.next_seq
+    }
+
+    /// Events in the open (unsealed) chunk.
+    #[must_use]
+    pub const fn open_events(&self) -> u32 {
+        self.open.count
+    }
+
+    /// Adds an event to the open chunk, or says why not.
+    ///
+    /// On error nothing changes. On [`Push::SealFirst`] nothing changes but where the
+    /// open chunk's range ends if it is sealed next.
+    pub fn push<E: ChunkEvent + ?Sized>(&mut self, event: &E) -> Result<Push, ChunkError> {
+        self.open.push(event, self.buf.as_mut())
+    }
+
+    /// Closes the open chunk where [`seal`](Self::seal) would, without encoding or hashing
+    /// it: for a caller that only checks its input (which events fit, where chunks end)
+    /// before sealing it for real. Returns the range the chunk would have covered and its
+    /// number of events, or `None` if it holds no event.
+    pub fn discard(&mut self) -> Option<(u64, u64, u32)> {
+        self.open.discard()
+    }
+
+    /// Seals the open chunk and returns it, or `None` if it holds no event.
+    ///
+    /// The next chunk's range starts where this one ends.
+    pub fn seal(&mut self) -> Option<Sealed<'_>> {
+        self.open.seal(self.buf.as_mut())
+    }
+}
+
+impl Open {
+    fn seal_deadline(&self) -> Option<Instant> {
         if self.count == 0 {
             return None;
         }
@@ -388,23 +494,11 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         self.policy.max_delay.map(|d| opened + d)
     }
 
-    /// The smallest sequence number the chunker still accepts.
-    #[must_use]
-    pub const fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// Events in the open (unsealed) chunk.
-    #[must_use]
-    pub const fn open_events(&self) -> u32 {
-        self.count
-    }
-
-    /// Adds an event to the open chunk, or says why not.
-    ///
-    /// On error nothing changes. On [`Push::SealFirst`] nothing changes but where the
-    /// open chunk's range ends if it is sealed next.
-    pub fn push<E: ChunkEvent + ?Sized>(&mut self, event: &E) -> Result<Push, ChunkError> {
+    fn push<E: ChunkEvent + ?Sized>(
+        &mut self,
+        event: &E,
+        buf: &mut [u8],
+    ) -> Result<Push, ChunkError> {
         let seq = event.seq();
         if event.origin() != self.origin {
             return Err(ChunkError::WrongOrigin {
@@ -446,33 +540,29 @@ impl<B: AsMut<[u8]>> Chunker<B> {
             privacy: event.privacy(),
             payload: event.payload(),
         };
-        let room = &mut self.buf.as_mut()[HEADER_RESERVE + self.len..];
-        match postcard::to_slice(&repr, room) {
-            Ok(written) => {
-                self.len += written.len();
-                self.count += 1;
-                self.range_start = range_start;
-                self.next_seq = after;
-                self.pending_end = None;
-                Ok(Push::Added)
-            }
-            Err(_) if self.count > 0 => {
-                // Seal early: the range ends just before this event.
-                self.pending_end = Some(seq);
-                Ok(Push::SealFirst)
-            }
-            Err(_) => Err(ChunkError::EventTooLarge {
-                size: postcard::experimental::serialized_size(&repr).unwrap_or(usize::MAX),
-                capacity: self.buf.as_mut().len() - HEADER_RESERVE,
-            }),
+        let (at, capacity) = (HEADER_RESERVE + self.len, buf.len() - HEADER_RESERVE);
+        let mut w = Writer::new(buf, at);
+        repr.write(&mut w);
+        if w.fits() {
+            self.len = w.len - HEADER_RESERVE;
+            self.count += 1;
+            self.range_start = range_start;
+            self.next_seq = after;
+            self.pending_end = None;
+            Ok(Push::Added)
+        } else if self.count > 0 {
+            // Seal early: the range ends just before this event.
+            self.pending_end = Some(seq);
+            Ok(Push::SealFirst)
+        } else {
+            Err(ChunkError::EventTooLarge {
+                size: w.len - at,
+                capacity,
+            })
         }
     }
 
-    /// Closes the open chunk where [`seal`](Self::seal) would, without encoding or hashing
-    /// it: for a caller that only checks its input (which events fit, where chunks end)
-    /// before sealing it for real. Returns the range the chunk would have covered and its
-    /// number of events, or `None` if it holds no event.
-    pub fn discard(&mut self) -> Option<(u64, u64, u32)> {
+    fn discard(&mut self) -> Option<(u64, u64, u32)> {
         if self.count == 0 {
             return None;
         }
@@ -487,33 +577,29 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         Some((first_seq, end_seq, events))
     }
 
-    /// Seals the open chunk and returns it, or `None` if it holds no event.
-    ///
-    /// The next chunk's range starts where this one ends.
-    pub fn seal(&mut self) -> Option<Sealed<'_>> {
+    fn seal<'b>(&mut self, buf: &'b mut [u8]) -> Option<Sealed<'b>> {
         if self.count == 0 {
             return None;
         }
         let end_seq = self.pending_end.take().unwrap_or(self.next_seq);
+        let mut head = [0u8; HEADER_RESERVE];
+        let mut w = Writer::new(&mut head, 0);
         let header = Header {
             version: FORMAT_VERSION,
             origin: self.origin,
             first_seq: self.range_start,
             end_seq,
         };
-        let mut head = [0u8; HEADER_RESERVE];
+        header.write(&mut w);
+        w.varint(u64::from(self.count));
         // Invariant: a header and a count always fit `HEADER_RESERVE`, which is sized for
-        // the longest varints; the fallbacks below are unreachable.
-        let head_len = match postcard::to_slice(&header, &mut head) {
-            Ok(h) => h.len(),
-            Err(_) => return None,
-        };
-        let head_len = match postcard::to_slice(&self.count, &mut head[head_len..]) {
-            Ok(c) => head_len + c.len(),
-            Err(_) => return None,
-        };
+        // the longest varints; the fallback is unreachable.
+        if !w.fits() {
+            return None;
+        }
+        let head_len = w.len;
         let start = HEADER_RESERVE - head_len;
-        self.buf.as_mut()[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
+        buf[start..HEADER_RESERVE].copy_from_slice(&head[..head_len]);
         let events = self.count;
         self.opened_at = None;
         let first_seq = self.range_start;
@@ -521,7 +607,7 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         self.next_seq = self.next_seq.max(end_seq);
         self.count = 0;
         let end = HEADER_RESERVE + core::mem::take(&mut self.len);
-        let bytes = &self.buf.as_mut()[start..end];
+        let bytes = &buf[start..end];
         Some(Sealed {
             id: ChunkHash::of(bytes),
             bytes,
@@ -569,10 +655,9 @@ impl<'a> ChunkView<'a> {
                 supported: FORMAT_VERSION,
             });
         }
-        let (header, rest) =
-            postcard::take_from_bytes::<Header>(bytes).map_err(DecodeError::from_postcard)?;
-        let (count, rest) =
-            postcard::take_from_bytes::<u32>(rest).map_err(DecodeError::from_postcard)?;
+        let mut r = Reader(bytes);
+        let header = Header::read(&mut r)?;
+        let count = r.u32()?;
         if header.first_seq >= header.end_seq {
             return Err(DecodeError::Invalid("chunk range is empty"));
         }
@@ -590,7 +675,7 @@ impl<'a> ChunkView<'a> {
             first_seq: header.first_seq,
             end_seq: header.end_seq,
             count,
-            events_at: bytes.len() - rest.len(),
+            events_at: bytes.len() - r.0.len(),
         })
     }
 
@@ -683,8 +768,9 @@ pub struct Events<'a> {
 
 impl<'a> Events<'a> {
     fn decode_next(&mut self) -> Result<Event<'a>, DecodeError> {
-        let (e, rest) = postcard::take_from_bytes::<EventRepr<'a>>(self.rest)
-            .map_err(DecodeError::from_postcard)?;
+        let mut r = Reader(self.rest);
+        let e = EventRepr::read(&mut r)?;
+        let rest = r.0;
         if e.seq < self.next_seq || e.seq >= self.end_seq {
             return Err(DecodeError::Invalid(
                 "event sequence number out of order or out of range",

@@ -47,7 +47,7 @@ impl core::error::Error for InsufficientSize {}
 
 /// Bytes that do not decode as what they claim to be.
 ///
-/// It wraps the serialiser's errors so that they do not leak into the public API.
+/// The crate's decoders read postcard's encoding by hand and report its errors by cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
@@ -73,7 +73,9 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
-    /// Maps a deserialisation error of the serialiser to the cause it stands for.
+    /// Maps a deserialisation error of postcard to the cause it stands for: the decoders
+    /// are tested against postcard's.
+    #[cfg(test)]
     pub(crate) fn from_postcard(err: postcard::Error) -> Self {
         match err {
             postcard::Error::DeserializeUnexpectedEnd => Self::Truncated,

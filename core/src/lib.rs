@@ -62,6 +62,7 @@ pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod time;
+mod varint;
 pub mod wire;
 
 pub use chunk::{ChunkError, ChunkView, Chunker, SealPolicy, Sealed, Span};

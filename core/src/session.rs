@@ -796,6 +796,9 @@ pub const RECEIVE_WINDOW: Duration = Duration::from_millis(20);
 ///
 /// # Errors
 /// [`ConfigError::RateTooLow`] with the lowest rate accepted.
+// Out of line: checked for the configuration and for each peer's rate, and not worth a copy
+// at each place.
+#[inline(never)]
 pub fn check_rate(throttle: ThrottleConfig, idle_timeout: Duration) -> Result<(), ConfigError> {
     if throttle.is_unlimited() {
         return Ok(());

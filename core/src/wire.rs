@@ -9,6 +9,11 @@
 //! offset and the chunk's total length, never the chunk's hash: the receiver knows which
 //! chunk it asked for next, or computes the hash of a chunk sent for a range).
 //!
+//! The encoder and decoder are written by hand, over the crate's own varint writer and
+//! reader: a fraction of the code serde generates for them. The derived `Serialize` and
+//! `Deserialize` of [`Message`] stay the reference: tests check that both give the same
+//! bytes, and read any bytes alike.
+//!
 //! Decoding any byte string yields a message, "need more bytes", or a typed
 //! [`FrameError`]; it never panics. Messages borrow from the frame (queries, entries and
 //! chunk data are not copied).
@@ -38,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DecodeError, InsufficientSize};
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
+use crate::varint::{Reader, Writer};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -253,7 +259,7 @@ pub enum Message<'a> {
     },
 }
 
-impl Message<'_> {
+impl<'a> Message<'a> {
     /// Chunk bytes that fit one `EventChunkPut` in a frame of `max_frame` bytes.
     #[must_use]
     pub const fn piece_capacity(max_frame: u32) -> usize {
@@ -263,10 +269,173 @@ impl Message<'_> {
     /// The size of this message's frame, header included.
     #[must_use]
     pub fn frame_len(&self) -> usize {
-        // Serialising into the size-counting flavour cannot fail for these types.
-        FRAME_HEADER
-            + postcard::experimental::serialized_size(self).unwrap_or(usize::MAX - FRAME_HEADER)
+        // A writer with no room counts what it would write.
+        let mut w = Writer::new(&mut [], FRAME_HEADER);
+        self.write_body(&mut w);
+        w.len
     }
+
+    /// Writes the body: postcard's encoding of the message (the variant's tag, then its
+    /// fields in order), written by hand in one pass for every message.
+    fn write_body(&self, w: &mut Writer<'_>) {
+        match *self {
+            Self::Hello(h) => {
+                w.varint(tag::HELLO);
+                w.varint(u64::from(h.protocol));
+                w.varint(h.node_id.0);
+                w.varint(u64::from(h.max_frame));
+                w.varint(u64::from(h.max_requests));
+                w.varint(u64::from(h.max_ranges));
+                w.varint(u64::from(h.capabilities.0));
+                w.varint(h.max_receive_rate);
+            }
+            Self::Query { query } => {
+                w.varint(tag::QUERY);
+                w.byte_string(query);
+            }
+            Self::Answer { last, entries } => {
+                w.varint(tag::ANSWER);
+                w.bytes(&[u8::from(last)]);
+                w.byte_string(entries);
+            }
+            Self::EventChunkGet { hash } | Self::NotFound { hash } => {
+                let is_get = matches!(self, Self::EventChunkGet { .. });
+                w.varint(if is_get { tag::GET } else { tag::NOT_FOUND });
+                w.bytes(hash.as_bytes());
+            }
+            Self::EventChunkPut {
+                total_len,
+                offset,
+                data,
+            } => {
+                put_fields(w, total_len, offset, data.len());
+                w.bytes(data);
+            }
+            Self::Done => w.varint(tag::DONE),
+            Self::Error { code, reason } => {
+                w.varint(tag::ERROR);
+                w.varint(u64::from(code.0));
+                w.byte_string(reason.as_bytes());
+            }
+            Self::GetRange { origin, lo, hi } | Self::Have { origin, lo, hi } => {
+                let is_get = matches!(self, Self::GetRange { .. });
+                w.varint(if is_get { tag::GET_RANGE } else { tag::HAVE });
+                w.varint(origin.0);
+                w.varint(lo);
+                w.varint(hi);
+            }
+            Self::RangeEnd => w.varint(tag::RANGE_END),
+            Self::Resync => w.varint(tag::RESYNC),
+            Self::KeepAlive => w.varint(tag::KEEP_ALIVE),
+            Self::EventChunkPutLz4 {
+                total_len,
+                offset,
+                len,
+                data,
+            } => {
+                put_lz4_fields(w, total_len, offset, len, data.len());
+                w.bytes(data);
+            }
+        }
+    }
+
+    /// Reads a body written by [`write_body`](Self::write_body).
+    fn read_body(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let tag = u64::from(r.u32()?);
+        let message = match tag {
+            tag::HELLO => Self::Hello(Hello {
+                protocol: r.u16()?,
+                node_id: NodeId(r.u64()?),
+                max_frame: r.u32()?,
+                max_requests: r.u16()?,
+                max_ranges: r.u16()?,
+                capabilities: Capabilities(r.u32()?),
+                max_receive_rate: r.u64()?,
+            }),
+            tag::QUERY => Self::Query {
+                query: r.byte_string()?,
+            },
+            tag::ANSWER => Self::Answer {
+                last: r.bool()?,
+                entries: r.byte_string()?,
+            },
+            tag::GET | tag::NOT_FOUND => {
+                // `take(32)` gives 32 bytes or fails: the conversion always succeeds.
+                let bytes = r.take(32)?.try_into().map_err(|_| DecodeError::Truncated)?;
+                let hash = ChunkHash::from_bytes(bytes);
+                if tag == tag::GET {
+                    Self::EventChunkGet { hash }
+                } else {
+                    Self::NotFound { hash }
+                }
+            }
+            tag::PUT => Self::EventChunkPut {
+                total_len: r.u32()?,
+                offset: r.u32()?,
+                data: r.byte_string()?,
+            },
+            tag::DONE => Self::Done,
+            tag::ERROR => Self::Error {
+                code: ErrorCode(r.u16()?),
+                reason: core::str::from_utf8(r.byte_string()?)
+                    .map_err(|_| DecodeError::Malformed)?,
+            },
+            tag::GET_RANGE | tag::HAVE => {
+                let (origin, lo, hi) = (NodeId(r.u64()?), r.u64()?, r.u64()?);
+                if tag == tag::GET_RANGE {
+                    Self::GetRange { origin, lo, hi }
+                } else {
+                    Self::Have { origin, lo, hi }
+                }
+            }
+            tag::RANGE_END => Self::RangeEnd,
+            tag::RESYNC => Self::Resync,
+            tag::KEEP_ALIVE => Self::KeepAlive,
+            tag::PUT_LZ4 => Self::EventChunkPutLz4 {
+                total_len: r.u32()?,
+                offset: r.u32()?,
+                len: r.u32()?,
+                data: r.byte_string()?,
+            },
+            _ => return Err(DecodeError::Malformed),
+        };
+        Ok(message)
+    }
+}
+
+/// The enum tag of each message (see the table in the module docs).
+mod tag {
+    pub(super) const HELLO: u64 = 0;
+    pub(super) const QUERY: u64 = 1;
+    pub(super) const ANSWER: u64 = 2;
+    pub(super) const GET: u64 = 3;
+    pub(super) const PUT: u64 = 4;
+    pub(super) const NOT_FOUND: u64 = 5;
+    pub(super) const DONE: u64 = 6;
+    pub(super) const ERROR: u64 = 7;
+    pub(super) const GET_RANGE: u64 = 8;
+    pub(super) const RANGE_END: u64 = 9;
+    pub(super) const HAVE: u64 = 10;
+    pub(super) const RESYNC: u64 = 11;
+    pub(super) const KEEP_ALIVE: u64 = 12;
+    pub(super) const PUT_LZ4: u64 = 13;
+}
+
+/// The fields of an `EventChunkPut` before its data: the tag, the lengths and the offset.
+fn put_fields(w: &mut Writer<'_>, total_len: u32, offset: u32, data_len: usize) {
+    w.varint(tag::PUT);
+    w.varint(u64::from(total_len));
+    w.varint(u64::from(offset));
+    w.varint(data_len as u64);
+}
+
+/// The fields of an `EventChunkPutLz4` before its data.
+fn put_lz4_fields(w: &mut Writer<'_>, total_len: u32, offset: u32, len: u32, data_len: usize) {
+    w.varint(tag::PUT_LZ4);
+    w.varint(u64::from(total_len));
+    w.varint(u64::from(offset));
+    w.varint(u64::from(len));
+    w.varint(data_len as u64);
 }
 
 /// Why bytes from a peer are not a frame.
@@ -318,18 +487,9 @@ pub enum Decoded<'a> {
 
 /// Writes `message` as a frame at the start of `buf` and returns the frame.
 pub fn encode<'b>(message: &Message<'_>, buf: &'b mut [u8]) -> Result<&'b [u8], InsufficientSize> {
-    let too_small = || InsufficientSize {
-        required: message.frame_len(),
-    };
-    let (head, body) = buf
-        .split_at_mut_checked(FRAME_HEADER)
-        .ok_or_else(too_small)?;
-    let body_len = postcard::to_slice(message, body)
-        .map_err(|_| too_small())?
-        .len();
-    let prefix = u32::try_from(body_len).map_err(|_| too_small())?;
-    head.copy_from_slice(&prefix.to_le_bytes());
-    Ok(&buf[..FRAME_HEADER + body_len])
+    let mut w = Writer::new(buf, FRAME_HEADER);
+    message.write_body(&mut w);
+    finish_frame(w, 0)
 }
 
 /// Writes the frame header of an `EventChunkPut` whose `data_len` data bytes the caller
@@ -344,21 +504,26 @@ pub fn encode_put_head(
     data_len: usize,
     buf: &mut [u8],
 ) -> Result<&[u8], InsufficientSize> {
-    /// The enum tag of `EventChunkPut` (see the table in the module docs).
-    const PUT_TAG: u32 = 4;
-    let too_small = || InsufficientSize {
-        required: PUT_OVERHEAD,
-    };
-    let (head, body) = buf
-        .split_at_mut_checked(FRAME_HEADER)
-        .ok_or_else(too_small)?;
-    let fields = (PUT_TAG, total_len, offset, data_len);
-    let fields_len = postcard::to_slice(&fields, body)
-        .map_err(|_| too_small())?
-        .len();
-    let body_len = u32::try_from(fields_len + data_len).map_err(|_| too_small())?;
-    head.copy_from_slice(&body_len.to_le_bytes());
-    Ok(&buf[..FRAME_HEADER + fields_len])
+    let mut w = Writer::new(buf, FRAME_HEADER);
+    put_fields(&mut w, total_len, offset, data_len);
+    finish_frame(w, data_len)
+}
+
+/// Puts the length prefix in front of the body `w` wrote (which the caller completes with
+/// `more` bytes sent after it) and returns the bytes written.
+fn finish_frame(w: Writer<'_>, more: usize) -> Result<&[u8], InsufficientSize> {
+    let len = w.len;
+    let too_small = InsufficientSize { required: len };
+    let body_len = (len - FRAME_HEADER).checked_add(more).ok_or(too_small)?;
+    let prefix = u32::try_from(body_len).map_err(|_| too_small)?;
+    if !w.fits() {
+        return Err(too_small);
+    }
+    let frame = w.into_buf().get_mut(..len).ok_or(too_small)?;
+    if let Some(head) = frame.first_chunk_mut::<FRAME_HEADER>() {
+        *head = prefix.to_le_bytes();
+    }
+    Ok(frame)
 }
 
 /// Bytes of an `EventChunkPutLz4` frame that are not compressed data, at most: header, tag
@@ -386,27 +551,19 @@ pub fn encode_put_lz4(
     buf: &mut [u8],
     max_frame: usize,
 ) -> Option<usize> {
-    /// The enum tag of `EventChunkPutLz4` (see the table in the module docs).
-    const PUT_LZ4_TAG: u32 = 13;
     let data = buf.get_mut(PUT_LZ4_OVERHEAD..put_lz4_buffer(raw.len()))?;
     let n = lz4_flex::block::compress_into(raw, data).ok()?;
-    let fields = (
-        PUT_LZ4_TAG,
-        total_len,
-        offset,
-        u32::try_from(raw.len()).ok()?,
-        n,
-    );
-    let mut head = [0u8; PUT_LZ4_OVERHEAD - FRAME_HEADER];
-    let head = postcard::to_slice(&fields, &mut head).ok()?;
-    let start = FRAME_HEADER + head.len();
+    let mut head = [0u8; PUT_LZ4_OVERHEAD];
+    let mut w = Writer::new(&mut head, FRAME_HEADER);
+    put_lz4_fields(&mut w, total_len, offset, u32::try_from(raw.len()).ok()?, n);
+    let start = w.len;
     if n >= raw.len() - raw.len() / 16 || start + n > max_frame {
         return None;
     }
+    let body = u32::try_from(start - FRAME_HEADER + n).ok()?;
+    head[..FRAME_HEADER].copy_from_slice(&body.to_le_bytes());
     buf.copy_within(PUT_LZ4_OVERHEAD..PUT_LZ4_OVERHEAD + n, start);
-    buf[FRAME_HEADER..start].copy_from_slice(head);
-    let body = u32::try_from(head.len() + n).ok()?;
-    buf[..FRAME_HEADER].copy_from_slice(&body.to_le_bytes());
+    buf[..start].copy_from_slice(&head[..start]);
     Some(start + n)
 }
 
@@ -431,11 +588,11 @@ pub fn decode(buf: &[u8], max_frame: u32) -> Result<Decoded<'_>, FrameError> {
     let Some(body) = rest.get(..body_len) else {
         return Ok(Decoded::Incomplete { needed: len });
     };
-    let (message, extra) = postcard::take_from_bytes::<Message<'_>>(body)
-        .map_err(|e| FrameError::Decode(DecodeError::from_postcard(e)))?;
-    if !extra.is_empty() {
+    let mut r = Reader(body);
+    let message = Message::read_body(&mut r).map_err(FrameError::Decode)?;
+    if !r.0.is_empty() {
         return Err(FrameError::Decode(DecodeError::TrailingBytes {
-            extra: extra.len(),
+            extra: r.0.len(),
         }));
     }
     Ok(Decoded::Frame { message, len })

@@ -43,4 +43,4 @@ pub use handle::{Handle, Progress};
 pub use log::{Appended, Follower, Log, LogError, SharedStore};
 pub use resources::Resources;
 pub use runner::{Report, Runner};
-pub use store::Store;
+pub use store::{Store, StoreAnswer, StoreQuestion};

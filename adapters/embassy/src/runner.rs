@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::handle::{Handle, Progress, Shared};
 use crate::log::Follower;
 use crate::resources::Resources;
-use crate::store::Store;
+use crate::store::{Store, StoreAnswer, StoreQuestion};
 use crate::time;
 
 /// What a finished session did.
@@ -191,85 +191,18 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                     }
                     continue;
                 }
-                Action::Summarize { range, runs } => {
-                    match self.store.summarize(&range, runs).await {
-                        Ok((summary, n)) => {
-                            let _ = self.conduit.summarized(&summary, n);
-                        }
-                        Err(SummaryError::Store(e)) => self.store_failed(e, &mut store_error),
-                        // A store that breaks its own order cannot be summarised: the
-                        // session cannot go on with it.
-                        Err(_) => self.conduit.abort(),
-                    }
-                    continue;
-                }
-                Action::Origins { after, out } => {
-                    match self.store.origins_after(after, out).await {
-                        Ok((n, last)) => {
-                            let _ = self.conduit.origins(n, last);
-                        }
-                        Err(e) => self.store_failed(e, &mut store_error),
-                    }
-                    continue;
-                }
-                Action::ReadFirst(range) => {
-                    let first = match self.store.first_in(&range).await {
-                        Ok(first) => first,
-                        Err(e) => {
-                            self.store_failed(e, &mut store_error);
-                            continue;
-                        }
-                    };
-                    let read = match first {
-                        Some((span, id)) => self
-                            .store
-                            .read_into(&id, self.outgoing)
-                            .await
-                            .map(|n| n.map(|n| (span, n))),
-                        None => Ok(None),
-                    };
-                    match read {
-                        Ok(Some((span, len))) => {
-                            let _ = self.conduit.serve_in_range(&span, len);
-                        }
-                        Err(ReadError::Store(e)) => self.store_failed(e, &mut store_error),
-                        // None more, or larger than this node's chunk buffer: the range
-                        // ends here.
-                        Ok(None) | Err(_) => {
-                            let _ = self.conduit.not_found();
-                        }
-                    }
-                    continue;
-                }
-                Action::Read(id) => {
-                    match self.store.read_into(&id, self.outgoing).await {
-                        Ok(Some(len)) => {
-                            let _ = self.conduit.serve(len);
-                        }
-                        Err(ReadError::Store(e)) => self.store_failed(e, &mut store_error),
-                        // Not here, or larger than this node's chunk buffer: not served.
-                        Ok(None) | Err(_) => {
-                            let _ = self.conduit.not_found();
-                        }
-                    }
-                    continue;
-                }
-                Action::Store(chunk) => {
-                    match self.store.insert(chunk).await {
-                        Ok(_) => {
-                            let _ = self.conduit.stored(Stored::Kept);
-                        }
-                        Err(e) if S::is_fork(&e) => {
-                            let _ = self.conduit.stored(Stored::Fork);
-                        }
-                        Err(e) => self.store_failed(e, &mut store_error),
-                    }
-                    continue;
-                }
                 Action::Closed(outcome) => Err(outcome),
                 Action::Wait(wait) => Ok(wait),
-                // Shutdown: a UART has no writing side to close; the rest needs no answer.
-                _ => continue,
+                action => {
+                    // Every question waits on the store here, and only here.
+                    if let Some(question) = Self::store_question(action, self.outgoing) {
+                        let answer = self.store.answer(question).await;
+                        self.answered(answer, &mut store_error);
+                    }
+                    // Shutdown: a UART has no writing side to close; the rest needs no
+                    // answer.
+                    continue;
+                }
             };
             // Written frames go out before waiting or closing, by the deadline the conduit
             // gave the last of them.
@@ -332,6 +265,53 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                 Either4::Fourth(()) => {}
             }
         }
+    }
+
+    /// The store's question in `action`, if it asks one; chunks are read into `outgoing`.
+    fn store_question<'a>(action: Action<'a>, outgoing: &'a mut [u8]) -> Option<StoreQuestion<'a>> {
+        Some(match action {
+            Action::Summarize { range, runs } => StoreQuestion::Summarize { range, runs },
+            Action::Origins { after, out } => StoreQuestion::Origins { after, out },
+            Action::Read(id) => StoreQuestion::Read { id, buf: outgoing },
+            Action::ReadFirst(range) => StoreQuestion::ReadFirst {
+                range,
+                buf: outgoing,
+            },
+            Action::Store(chunk) => StoreQuestion::Insert(chunk),
+            _ => return None,
+        })
+    }
+
+    /// Gives the conduit the store's answer.
+    fn answered(&mut self, answer: StoreAnswer<S::Error>, store_error: &mut Option<S::Error>) {
+        let conduit = &mut self.conduit;
+        // Each answer is to the conduit's own question: it refuses none but one that does
+        // not fit the question, and then ends the session itself where it must.
+        let _ = match answer {
+            StoreAnswer::Summary(Ok((summary, n))) => conduit.summarized(&summary, n),
+            StoreAnswer::Origins(Ok((n, last))) => conduit.origins(n, last),
+            StoreAnswer::Read(Ok(Some(len))) => conduit.serve(len),
+            StoreAnswer::ReadFirst(Ok(Some((span, len)))) => conduit.serve_in_range(&span, len),
+            StoreAnswer::Insert(Ok(_)) => conduit.stored(Stored::Kept),
+            StoreAnswer::Insert(Err(e)) if S::is_fork(&e) => conduit.stored(Stored::Fork),
+            StoreAnswer::Summary(Err(SummaryError::Store(e)))
+            | StoreAnswer::Origins(Err(e))
+            | StoreAnswer::Read(Err(ReadError::Store(e)))
+            | StoreAnswer::ReadFirst(Err(ReadError::Store(e)))
+            | StoreAnswer::Insert(Err(e)) => {
+                self.store_failed(e, store_error);
+                Ok(())
+            }
+            // A store that breaks its own order cannot be summarised: the session cannot
+            // go on with it.
+            StoreAnswer::Summary(Err(_)) => {
+                conduit.abort();
+                Ok(())
+            }
+            // Not here, none more in the range, or larger than this node's chunk buffer:
+            // not served (a range ends here).
+            StoreAnswer::Read(_) | StoreAnswer::ReadFirst(_) => conduit.not_found(),
+        };
     }
 
     /// A transport failure, unless the store failed first.

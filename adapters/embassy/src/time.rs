@@ -3,11 +3,15 @@
 use chunk_sync_core::Instant as CoreInstant;
 use embassy_time::Instant;
 
+// Out of line, as `to_embassy`: called at every turn of the runner's loop, and each copy
+// inlined would carry the time driver's read and the conversion.
+#[inline(never)]
 pub(crate) fn now() -> CoreInstant {
     CoreInstant::from_micros(Instant::now().as_micros())
 }
 
 /// The first tick at or after `t`, so that a timer never fires before the core's deadline.
+#[inline(never)]
 pub(crate) fn to_embassy(t: CoreInstant) -> Instant {
     const HZ: u64 = embassy_time::TICK_HZ;
     const MICROS: u64 = 1_000_000;

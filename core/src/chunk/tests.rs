@@ -47,6 +47,52 @@ fn ev(seq: u64, privacy: Privacy) -> Ev {
     }
 }
 
+/// The chunk header as the derived `Serialize` and `Deserialize` encode it: the reference
+/// the hand-written codec is checked against.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PostcardHeader {
+    version: u8,
+    origin: NodeId,
+    first_seq: u64,
+    end_seq: u64,
+}
+
+/// An event as the derived `Serialize` and `Deserialize` encode it (see `PostcardHeader`).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PostcardEvent<'a> {
+    seq: u64,
+    timestamp: u64,
+    kind: &'a str,
+    privacy: Privacy,
+    #[serde(with = "serde_bytes", borrow)]
+    payload: &'a [u8],
+}
+
+/// The postcard encoding of a chunk of these events, built from the reference types.
+fn postcard_chunk(first_seq: u64, end_seq: u64, events: &[Event<'_>]) -> Vec<u8> {
+    let mut buf = std::vec![0u8; 64 * 1024];
+    let header = PostcardHeader {
+        version: FORMAT_VERSION,
+        origin: NodeId(7),
+        first_seq,
+        end_seq,
+    };
+    let mut out = postcard::to_slice(&header, &mut buf).unwrap().to_vec();
+    let count = u32::try_from(events.len()).unwrap();
+    out.extend_from_slice(postcard::to_slice(&count, &mut buf).unwrap());
+    for e in events {
+        let repr = PostcardEvent {
+            seq: e.seq,
+            timestamp: e.timestamp,
+            kind: e.kind,
+            privacy: e.privacy,
+            payload: e.payload,
+        };
+        out.extend_from_slice(postcard::to_slice(&repr, &mut buf).unwrap());
+    }
+    out
+}
+
 /// Seals `events` with a buffer of `buf_len` bytes; returns (id, bytes, first, end) per chunk.
 fn seal_all(events: &[Ev], per_chunk: u32, buf_len: usize) -> Vec<(ChunkHash, Vec<u8>, u64, u64)> {
     let mut buf = std::vec![0u8; buf_len];
@@ -179,7 +225,7 @@ fn gaps_and_empty_ranges_keep_alignment() {
 fn full_buffer_seals_early_and_oversize_events_are_refused() {
     let events: Vec<Ev> = (0..6).map(|s| ev(s, Privacy::Public)).collect();
     // Room for two events per chunk.
-    let one = postcard::experimental::serialized_size(&EventRepr {
+    let one = postcard::experimental::serialized_size(&PostcardEvent {
         seq: 0,
         timestamp: events[0].timestamp,
         kind: &events[0].kind,
@@ -375,7 +421,8 @@ fn the_largest_generated_event_needs_max_event_bytes() {
 
 proptest! {
     /// Every shareable event comes back exactly once, in order, from chunks that verify,
-    /// cover disjoint consecutive ranges, and are the same bytes when sealed twice.
+    /// cover disjoint consecutive ranges, are postcard's encoding of the reference types,
+    /// and are the same bytes when sealed twice.
     #[test]
     fn round_trip_and_determinism(events in arb_events(), per_chunk in 1u32..12, room in MAX_EVENT..800) {
         let chunks = seal_all(&events, per_chunk, HEADER_RESERVE + room);
@@ -388,6 +435,8 @@ proptest! {
             prop_assert!(*first >= last_end && end - first <= u64::from(per_chunk));
             last_end = *end;
             prop_assert_eq!(view.validate(), Ok(()));
+            let events: Vec<_> = view.events().map(Result::unwrap).collect();
+            prop_assert_eq!(bytes, &postcard_chunk(*first, *end, &events), "not postcard's encoding");
             for e in view.events() {
                 let e = e.unwrap();
                 decoded.push((e.seq, e.timestamp, e.kind.to_string(), e.privacy, e.payload.to_vec()));
@@ -691,5 +740,51 @@ proptest! {
         for &(lo, hi) in &spans {
             prop_assert!(lo < hi && hi - lo <= u64::from(per_chunk));
         }
+    }
+}
+
+proptest! {
+    /// Any bytes read as a header or an event give what postcard gives for the reference
+    /// types: the same fields, or an error of the same cause.
+    #[test]
+    fn reading_agrees_with_postcard(
+        e in arb_events(),
+        noise in pvec(any::<u8>(), 0..48),
+        (at, byte, cut) in (any::<prop::sample::Index>(), any::<u8>(), any::<prop::sample::Index>()),
+    ) {
+        // A valid event with one byte changed and cut short, or noise.
+        let mut bytes = noise;
+        if let Some(e) = e.first() {
+            let repr = PostcardEvent {
+                seq: e.seq,
+                timestamp: e.timestamp,
+                kind: &e.kind,
+                privacy: e.privacy,
+                payload: &e.payload,
+            };
+            let mut buf = std::vec![0u8; 4096];
+            let mut valid = postcard::to_slice(&repr, &mut buf).unwrap().to_vec();
+            let len = valid.len();
+            valid[at.index(len)] = byte;
+            valid.truncate(1 + cut.index(len));
+            if byte % 2 == 0 {
+                bytes = valid;
+            }
+        }
+        let theirs = postcard::take_from_bytes::<PostcardHeader>(&bytes)
+            .map(|(h, rest)| ((h.version, h.origin, h.first_seq, h.end_seq), rest.len()))
+            .map_err(DecodeError::from_postcard);
+        let mut r = Reader(&bytes);
+        let ours = Header::read(&mut r)
+            .map(|h| ((h.version, h.origin, h.first_seq, h.end_seq), r.0.len()));
+        prop_assert_eq!(ours, theirs);
+
+        let theirs = postcard::take_from_bytes::<PostcardEvent<'_>>(&bytes)
+            .map(|(e, rest)| ((e.seq, e.timestamp, e.kind, e.privacy, e.payload), rest.len()))
+            .map_err(DecodeError::from_postcard);
+        let mut r = Reader(&bytes);
+        let ours = EventRepr::read(&mut r)
+            .map(|e| ((e.seq, e.timestamp, e.kind, e.privacy, e.payload), r.0.len()));
+        prop_assert_eq!(ours, theirs);
     }
 }

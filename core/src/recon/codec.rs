@@ -1,6 +1,6 @@
 //! The bytes of reconciliation messages: queries, and the summaries that answer them.
 //!
-//! Numbers are postcard's varints (LEB128), written and read by postcard itself. A list of ranges is, per range,
+//! Numbers are postcard's varints (LEB128). A list of ranges is, per range,
 //! the gap from the previous range's `hi` (from 0 for the first) and the width. A summary
 //! entry is its count; if non-zero, then `first` less the range's `lo`, `end` less `first`,
 //! the 16-byte fingerprint, and the runs: 0 if they are not sent, else their number plus
@@ -10,9 +10,8 @@
 use super::{Fingerprint, KeyRange, Run, Summary};
 use crate::error::{DecodeError, InsufficientSize};
 use crate::event::NodeId;
+use crate::varint::{self, MAX_VARINT, Reader, Writer};
 
-/// The most bytes a varint of a `u64` takes.
-pub(super) const MAX_VARINT: usize = 10;
 /// The most bytes of a summary entry without runs, origin included.
 pub const MAX_ENTRY: usize = 4 * MAX_VARINT + 16 + 1;
 /// The most bytes of one run in an entry.
@@ -51,36 +50,36 @@ impl<'a> Query<'a> {
     /// # Errors
     /// [`InsufficientSize`] if `buf` cannot hold it.
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, InsufficientSize> {
-        let mut w = Writer { buf, len: 0 };
+        let mut w = Writer::new(buf, 0);
         match self {
             Self::Origins {
                 after,
                 limit,
                 max_runs,
             } => {
-                w.bytes(&[0])?;
+                w.bytes(&[0]);
                 match after {
-                    None => w.bytes(&[0])?,
+                    None => w.bytes(&[0]),
                     Some(a) => {
-                        w.bytes(&[1])?;
-                        w.varint(a.0)?;
+                        w.bytes(&[1]);
+                        w.varint(a.0);
                     }
                 }
-                w.varint(u64::from(*limit))?;
-                w.varint(u64::from(*max_runs))?;
+                w.varint(u64::from(*limit));
+                w.varint(u64::from(*max_runs));
             }
             Self::Ranges {
                 origin,
                 max_runs,
                 ranges,
             } => {
-                w.bytes(&[1])?;
-                w.varint(origin.0)?;
-                w.varint(u64::from(*max_runs))?;
-                ranges.write(&mut w)?;
+                w.bytes(&[1]);
+                w.varint(origin.0);
+                w.varint(u64::from(*max_runs));
+                ranges.write(&mut w);
             }
         }
-        Ok(w.len)
+        fits(&w).map(|()| w.len)
     }
 
     /// Reads a query written by [`write`](Self::write), borrowing its ranges.
@@ -90,23 +89,23 @@ impl<'a> Query<'a> {
     pub fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
         let small = |v: u64| u16::try_from(v).map_err(|_| DecodeError::Malformed);
-        let query = match r.take(1)?[0] {
+        let query = match r.byte()? {
             0 => {
-                let after = match r.take(1)?[0] {
+                let after = match r.byte()? {
                     0 => None,
-                    1 => Some(NodeId(r.varint()?)),
+                    1 => Some(NodeId(r.u64()?)),
                     _ => return Err(DecodeError::Malformed),
                 };
                 Self::Origins {
                     after,
-                    limit: small(r.varint()?)?,
-                    max_runs: small(r.varint()?)?,
+                    limit: small(r.u64()?)?,
+                    max_runs: small(r.u64()?)?,
                 }
             }
             1 => {
-                let origin = NodeId(r.varint()?);
-                let max_runs = small(r.varint()?)?;
-                let len = usize::try_from(r.varint()?).map_err(|_| DecodeError::Malformed)?;
+                let origin = NodeId(r.u64()?);
+                let max_runs = small(r.u64()?)?;
+                let len = usize::try_from(r.u64()?).map_err(|_| DecodeError::Malformed)?;
                 Self::Ranges {
                     origin,
                     max_runs,
@@ -140,30 +139,15 @@ impl<'a> RangeList<'a> {
         Self(RangeRepr::Pairs(pairs))
     }
 
-    fn write(&self, w: &mut Writer<'_>) -> Result<(), InsufficientSize> {
+    fn write(&self, w: &mut Writer<'_>) {
         match self.0 {
-            RangeRepr::Raw(raw) => {
-                w.varint(raw.len() as u64)?;
-                w.bytes(raw)
-            }
+            RangeRepr::Raw(raw) => w.byte_string(raw),
             RangeRepr::Pairs(pairs) => {
-                let pair_len = |(lo, hi): (u64, u64), prev: u64| {
-                    varint_len(lo.wrapping_sub(prev)) + varint_len(hi.wrapping_sub(lo))
-                };
-                let mut prev = 0;
-                let mut len = 0;
-                for &p in pairs {
-                    len += pair_len(p, prev);
-                    prev = p.1;
-                }
-                w.varint(len as u64)?;
-                let mut prev = 0;
-                for &(lo, hi) in pairs {
-                    w.varint(lo.wrapping_sub(prev))?;
-                    w.varint(hi.wrapping_sub(lo))?;
-                    prev = hi;
-                }
-                Ok(())
+                // Their length first, counted by a writer that keeps nothing.
+                let mut counted = Writer::new(&mut [], 0);
+                write_pairs(pairs, &mut counted);
+                w.varint(counted.len as u64);
+                write_pairs(pairs, w);
             }
         }
     }
@@ -185,8 +169,8 @@ impl<'a> RangeList<'a> {
                 return None;
             }
             let item = (|| {
-                let lo = prev.checked_add(raw.varint()?).ok_or(BAD_RANGE)?;
-                let width = raw.varint()?;
+                let lo = prev.checked_add(raw.u64()?).ok_or(BAD_RANGE)?;
+                let width = raw.u64()?;
                 let hi = lo.checked_add(width).ok_or(BAD_RANGE)?;
                 if width == 0 {
                     return Err(BAD_RANGE);
@@ -202,10 +186,29 @@ impl<'a> RangeList<'a> {
     }
 }
 
+/// Each pair as the gap from the previous pair's end (from 0 for the first) and the width.
+fn write_pairs(pairs: &[(u64, u64)], w: &mut Writer<'_>) {
+    let mut prev = 0;
+    for &(lo, hi) in pairs {
+        w.varint(lo.wrapping_sub(prev));
+        w.varint(hi.wrapping_sub(lo));
+        prev = hi;
+    }
+}
+
+/// `Ok` if everything `w` wrote fits its buffer, else the size it needs.
+const fn fits(w: &Writer<'_>) -> Result<(), InsufficientSize> {
+    if w.fits() {
+        Ok(())
+    } else {
+        Err(InsufficientSize { required: w.len })
+    }
+}
+
 /// Bytes of the varint of `v`.
 #[must_use]
-pub fn varint_len(v: u64) -> usize {
-    postcard::experimental::serialized_size(&v).unwrap_or(MAX_VARINT)
+pub const fn varint_len(v: u64) -> usize {
+    varint::varint_len(v)
 }
 
 const BAD_RANGE: DecodeError = DecodeError::Invalid("a range is empty or past the largest key");
@@ -244,7 +247,7 @@ impl<'b> EntryWriter<'b> {
             return Err(InsufficientSize { required });
         }
         Ok(Self {
-            w: Writer { buf, len: written },
+            w: Writer::new(buf, written),
             remaining,
         })
     }
@@ -267,35 +270,34 @@ impl<'b> EntryWriter<'b> {
             .checked_sub(1)
             .ok_or(InsufficientSize { required: 0 })?;
         if let Some(origin) = origin {
-            self.w.varint(origin.0)?;
+            self.w.varint(origin.0);
         }
-        self.w.varint(summary.count)?;
-        if summary.count == 0 {
-            return Ok(());
-        }
-        self.w.varint(summary.first.wrapping_sub(range.lo))?;
-        self.w.varint(summary.end.wrapping_sub(summary.first))?;
-        self.w.bytes(&summary.fingerprint.0)?;
-        let keep = self.remaining * MAX_ENTRY;
-        let fits = runs.filter(|runs| {
-            let need = MAX_VARINT + runs.len() * MAX_RUN;
-            self.w.buf.len() - self.w.len >= keep + need
-        });
-        match fits {
-            None => self.w.varint(0),
-            Some(runs) => {
-                self.w.varint(runs.len() as u64 + 1)?;
-                let mut prev = None;
-                for run in runs {
-                    if let Some(p) = prev {
-                        self.w.varint(run.lo.wrapping_sub(p))?;
+        self.w.varint(summary.count);
+        if summary.count > 0 {
+            self.w.varint(summary.first.wrapping_sub(range.lo));
+            self.w.varint(summary.end.wrapping_sub(summary.first));
+            self.w.bytes(&summary.fingerprint.0);
+            let keep = self.remaining * MAX_ENTRY;
+            let fits = runs.filter(|runs| {
+                let need = MAX_VARINT + runs.len() * MAX_RUN;
+                self.w.room() >= keep + need
+            });
+            match fits {
+                None => self.w.varint(0),
+                Some(runs) => {
+                    self.w.varint(runs.len() as u64 + 1);
+                    let mut prev = None;
+                    for run in runs {
+                        if let Some(p) = prev {
+                            self.w.varint(run.lo.wrapping_sub(p));
+                        }
+                        self.w.varint(run.hi.wrapping_sub(run.lo));
+                        prev = Some(run.hi);
                     }
-                    self.w.varint(run.hi.wrapping_sub(run.lo))?;
-                    prev = Some(run.hi);
                 }
-                Ok(())
             }
         }
+        fits(&self.w)
     }
 
     /// The bytes written.
@@ -333,11 +335,11 @@ pub fn decode_entry<'a>(
     const BAD: DecodeError = DecodeError::Invalid("a summary's numbers do not add up");
     let mut r = Reader(bytes);
     let origin = if with_origin {
-        NodeId(r.varint()?)
+        NodeId(r.u64()?)
     } else {
         range.origin
     };
-    let count = r.varint()?;
+    let count = r.u64()?;
     if count == 0 {
         return Ok(Entry {
             origin,
@@ -346,8 +348,8 @@ pub fn decode_entry<'a>(
             rest: r.0,
         });
     }
-    let first = range.lo.checked_add(r.varint()?).ok_or(BAD)?;
-    let end = first.checked_add(r.varint()?).ok_or(BAD)?;
+    let first = range.lo.checked_add(r.u64()?).ok_or(BAD)?;
+    let end = first.checked_add(r.u64()?).ok_or(BAD)?;
     let mut fp = [0; 16];
     fp.copy_from_slice(r.take(16)?);
     let summary = Summary {
@@ -356,7 +358,7 @@ pub fn decode_entry<'a>(
         end,
         fingerprint: Fingerprint(fp),
     };
-    let sent = r.varint()?;
+    let sent = r.u64()?;
     if sent == 0 {
         return Ok(Entry {
             origin,
@@ -372,9 +374,9 @@ pub fn decode_entry<'a>(
     let mut at = first;
     for (i, run) in out.iter_mut().enumerate() {
         if i > 0 {
-            at = at.checked_add(r.varint()?).ok_or(BAD)?;
+            at = at.checked_add(r.u64()?).ok_or(BAD)?;
         }
-        let hi = at.checked_add(r.varint()?).ok_or(BAD)?;
+        let hi = at.checked_add(r.u64()?).ok_or(BAD)?;
         *run = Run { lo: at, hi };
         at = hi;
     }
@@ -384,56 +386,4 @@ pub fn decode_entry<'a>(
         runs: Some(n),
         rest: r.0,
     })
-}
-
-struct Writer<'b> {
-    buf: &'b mut [u8],
-    len: usize,
-}
-
-impl core::fmt::Debug for Writer<'_> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Writer").field("len", &self.len).finish()
-    }
-}
-
-impl Writer<'_> {
-    fn varint(&mut self, v: u64) -> Result<(), InsufficientSize> {
-        let rest = self.buf.get_mut(self.len..).unwrap_or_default();
-        let used = postcard::to_slice(&v, rest)
-            .map_err(|_| InsufficientSize {
-                required: self.len + varint_len(v),
-            })?
-            .len();
-        self.len += used;
-        Ok(())
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) -> Result<(), InsufficientSize> {
-        let end = self.len + bytes.len();
-        let dst = self
-            .buf
-            .get_mut(self.len..end)
-            .ok_or(InsufficientSize { required: end })?;
-        dst.copy_from_slice(bytes);
-        self.len = end;
-        Ok(())
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn varint(&mut self) -> Result<u64, DecodeError> {
-        let (v, rest) =
-            postcard::take_from_bytes::<u64>(self.0).map_err(DecodeError::from_postcard)?;
-        self.0 = rest;
-        Ok(v)
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let (head, rest) = self.0.split_at_checked(n).ok_or(DecodeError::Truncated)?;
-        self.0 = rest;
-        Ok(head)
-    }
 }

@@ -365,3 +365,131 @@ proptest! {
         round_trip(&Message::EventChunkPut { total_len: total, offset, data: &data });
     }
 }
+
+/// Messages of every kind, their fields anywhere in their range (numbers of every varint
+/// length), their byte strings of any length.
+fn arb_message(
+    bytes: &'static [u8],
+    text: &'static str,
+) -> impl Strategy<Value = Message<'static>> {
+    use std::vec;
+    let n = bytes.len();
+    let num = || prop_oneof![0u64..300, any::<u64>()];
+    let hash = || any::<[u8; 32]>().prop_map(ChunkHash::from_bytes);
+    prop_oneof![
+        (
+            any::<u16>(),
+            num(),
+            any::<u32>(),
+            any::<u16>(),
+            any::<u16>(),
+            any::<u32>(),
+            num()
+        )
+            .prop_map(
+                |(protocol, node, max_frame, max_requests, max_ranges, caps, rate)| {
+                    Message::Hello(Hello {
+                        protocol,
+                        node_id: NodeId(node),
+                        max_frame,
+                        max_requests,
+                        max_ranges,
+                        capabilities: Capabilities(caps),
+                        max_receive_rate: rate,
+                    })
+                }
+            ),
+        (0..=n).prop_map(move |len| Message::Query {
+            query: &bytes[..len]
+        }),
+        (any::<bool>(), 0..=n).prop_map(move |(last, len)| Message::Answer {
+            last,
+            entries: &bytes[..len]
+        }),
+        hash().prop_map(|hash| Message::EventChunkGet { hash }),
+        (any::<u32>(), any::<u32>(), 0..=n).prop_map(move |(total_len, offset, len)| {
+            Message::EventChunkPut {
+                total_len,
+                offset,
+                data: &bytes[..len],
+            }
+        }),
+        hash().prop_map(|hash| Message::NotFound { hash }),
+        Just(Message::Done),
+        (any::<u16>(), 0..=text.len()).prop_map(move |(code, len)| Message::Error {
+            code: ErrorCode(code),
+            reason: text.get(..len).unwrap_or(text),
+        }),
+        (num(), num(), num()).prop_map(|(o, lo, hi)| Message::GetRange {
+            origin: NodeId(o),
+            lo,
+            hi
+        }),
+        Just(Message::RangeEnd),
+        (num(), num(), num()).prop_map(|(o, lo, hi)| Message::Have {
+            origin: NodeId(o),
+            lo,
+            hi
+        }),
+        Just(Message::Resync),
+        Just(Message::KeepAlive),
+    ]
+}
+
+/// The frame of `message` as postcard's serde encoding writes it.
+fn postcard_frame(message: &Message<'_>) -> std::vec::Vec<u8> {
+    let mut buf = [0u8; 512];
+    let body = postcard::to_slice(message, &mut buf).unwrap();
+    let mut frame = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+static BYTES: [u8; 200] = {
+    let mut b = [0u8; 200];
+    let mut i = 0;
+    while i < b.len() {
+        b[i] = (i * 37) as u8;
+        i += 1;
+    }
+    b
+};
+
+proptest! {
+    /// The encoder writes exactly the bytes postcard writes for the same message (the
+    /// derived `Serialize` is the reference), counts them exactly, and reads them back.
+    #[test]
+    fn frames_are_postcards_encoding(m in arb_message(&BYTES, "a reason, ünïcode included")) {
+        let theirs = postcard_frame(&m);
+        prop_assert_eq!(m.frame_len(), theirs.len());
+        let mut buf = std::vec![0u8; theirs.len()];
+        prop_assert_eq!(encode(&m, &mut buf).unwrap(), &theirs[..]);
+        prop_assert_eq!(
+            decode(&theirs, MAX_FRAME_LIMIT),
+            Ok(Decoded::Frame { message: m, len: theirs.len() })
+        );
+        // One byte short: refused, with the size needed.
+        prop_assert_eq!(
+            encode(&m, &mut buf[..theirs.len() - 1]),
+            Err(InsufficientSize { required: theirs.len() })
+        );
+    }
+
+    /// Any body decodes as postcard decodes it with the derived `Deserialize`: the same
+    /// message, or an error of the same cause.
+    #[test]
+    fn decoding_agrees_with_postcard(mut body in pvec(any::<u8>(), 0..80), tag in 0u8..14) {
+        if let Some(first) = body.first_mut() {
+            *first = tag;
+        }
+        let mut frame = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+        frame.extend(&body);
+        let ours = decode(&frame, MAX_FRAME_LIMIT);
+        let theirs = match postcard::take_from_bytes::<Message<'_>>(&body) {
+            Ok((message, [])) => Ok(Decoded::Frame { message, len: frame.len() }),
+            Ok((_, extra)) => Err(FrameError::Decode(DecodeError::TrailingBytes { extra: extra.len() })),
+            Err(e) => Err(FrameError::Decode(DecodeError::from_postcard(e))),
+        };
+        prop_assert_eq!(ours, theirs);
+    }
+}
