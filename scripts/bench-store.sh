@@ -7,7 +7,7 @@
 # occupies no disk). Also the time to open each store (`stat`, which reads every pack's
 # head and hashes the small chunks again). Prints a Markdown table.
 #
-#   scripts/bench-store.sh     # 1,000,000 chunks of one 50-byte event, 16,384 of 16,000 bytes
+#   scripts/bench-store.sh     # 1,000,000 events of 50 bytes, 16,384 of 16,000 bytes, one per chunk
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
