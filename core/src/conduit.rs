@@ -367,6 +367,19 @@ pub enum Action<'c> {
     /// store holds in it (lowest `first_seq`) and answer [`Conduit::serve_in_range`] with
     /// its span and length, or [`Conduit::not_found`] if it holds none.
     ReadFirst(KeyRange),
+    /// The peer wants the hashes of the chunks of this range: fill `out` with the store's
+    /// first chunks in it, ascending (as
+    /// [`ChunkStore::chunks_in`](crate::store::ChunkStore::chunks_in) does), and answer
+    /// [`Conduit::listed`] with how many. Asked only with the core's `alloc` feature.
+    List {
+        /// The range.
+        range: KeyRange,
+        /// Room for one `Ids` frame's chunks.
+        out: &'c mut [(Span, ChunkHash)],
+    },
+    /// In a listing session ([`Config::list`](crate::session::Config::list)): hashes of the
+    /// peer's chunks, 32 bytes each ([`wire::ids_of`](crate::wire::ids_of) reads them).
+    Listed(&'c [u8]),
     /// Keep this verified chunk: answer [`Conduit::stored`], or [`Conduit::keep`] its buffer
     /// and answer [`Conduit::kept_stored`] later.
     Store(Verified<'c>),
@@ -408,6 +421,8 @@ struct Unstored {
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Store(Unstored),
+    /// Hashes listed, in the first bytes of the reassembly buffer.
+    Listed(usize),
     Question(Question),
     Send {
         len: usize,
@@ -435,6 +450,8 @@ pub struct Conduit<'w, B, const RANGES: usize, const REQ: usize, const RUNS: usi
     rx_max: usize,
     tx: B,
     assembly: B,
+    /// Bytes of hashes listed, at the start of `assembly`, for the adapter.
+    listed: Option<usize>,
     /// Chunks to fetch that the session has not taken yet.
     wanted: &'w [ChunkHash],
     unstored: Option<Unstored>,
@@ -512,6 +529,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             rx_end: 0,
             tx: transmit,
             assembly: reassembly,
+            listed: None,
             wanted: &[],
             unstored: None,
             backlog: 0,
@@ -629,6 +647,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 piece,
                 deadline,
             },
+            Step::Listed(len) => Action::Listed(self.assembly.bytes().get(..len).unwrap_or(&[])),
             Step::Connected(peer) => Action::Connected(peer),
             Step::Failed(hash, reason) => Action::ChunkFailed { hash, reason },
             Step::Shutdown => Action::Shutdown,
@@ -650,6 +669,17 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             },
             Question::Chunk(id) => Action::Read(id),
             Question::First(range) => Action::ReadFirst(range),
+            Question::List(range) => {
+                // Room for a whole frame of hashes, if the buffer can grow to it.
+                if let Some(peer) = self.session.peer() {
+                    let frame = min(peer.max_frame as usize, self.tx.limit());
+                    self.tx.grow_to(frame);
+                }
+                Action::List {
+                    range,
+                    out: self.session.list_buffer(),
+                }
+            }
         }
     }
 
@@ -665,6 +695,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         loop {
             if let Some(unstored) = self.unstored {
                 return Step::Store(unstored);
+            }
+            if let Some(len) = self.listed.take() {
+                return Step::Listed(len);
             }
             if let Some(step) = self.event() {
                 return step;
@@ -716,6 +749,19 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             return false;
         }
         let mut complete = None;
+        if let Some(ids) = handled.listed {
+            // Kept for the adapter in the reassembly buffer, idle in a listing.
+            let fits = self.assembly.prepare(ids.len())
+                && self.assembly.put_with(0, ids.len(), |dst| {
+                    dst.copy_from_slice(ids);
+                    true
+                });
+            if fits {
+                self.listed = Some(ids.len());
+            } else {
+                self.session.abort();
+            }
+        }
         if let Some(piece) = handled.piece {
             let at = piece.offset as usize;
             let mut bad = None;
@@ -993,6 +1039,16 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     pub fn origins(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
         let listed = self.session.origins_listed(n, last);
         if matches!(listed, Err(ApiMisuse::BadListing)) {
+            self.session.abort();
+        }
+        listed
+    }
+
+    /// Answers [`Action::List`]: the first `n` chunks of `out` are filled. A list out of
+    /// order or outside the range aborts the session.
+    pub fn listed(&mut self, n: usize) -> Result<(), ApiMisuse> {
+        let listed = self.session.listed(n);
+        if matches!(listed, Err(ApiMisuse::BadListing | ApiMisuse::OutsideRange)) {
             self.session.abort();
         }
         listed

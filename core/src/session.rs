@@ -276,6 +276,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
                 return Ok(Handled {
                     consumed: 0,
                     piece: None,
+                    listed: None,
                 });
             }
             _ => {}
@@ -300,6 +301,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
                 return Ok(Handled {
                     consumed: 0,
                     piece: None,
+                    listed: None,
                 });
             }
             Ok(Decoded::Frame { message, len }) => (message, len),
@@ -312,31 +314,45 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             self.stats.discovery_received += len as u64;
             self.stats.queries_received += u64::from(matches!(message, Message::Query { .. }));
         }
-        let piece = self.on_message(message).map_err(|e| self.fail(e))?;
+        let got = self.on_message(message).map_err(|e| self.fail(e))?;
         self.check_completion();
+        let (piece, listed) = match got {
+            Got::Nothing => (None, None),
+            Got::Piece(piece) => (Some(piece), None),
+            Got::Ids(ids) => (None, Some(ids)),
+        };
         Ok(Handled {
             consumed: len,
             piece,
+            listed,
         })
     }
 
-    fn on_message<'a>(&mut self, message: Message<'a>) -> Result<Option<Piece<'a>>, Error> {
+    fn on_message<'a>(&mut self, message: Message<'a>) -> Result<Got<'a>, Error> {
         let unexpected = |what| Err(Error::Peer(PeerMisbehaved::Unexpected(what)));
         if self.peer.is_none() {
             return match message {
-                Message::Hello(hello) => self.on_hello(hello).map(|()| None),
+                Message::Hello(hello) => self.on_hello(hello).map(|()| Got::Nothing),
                 Message::Error { code, .. } => Err(Error::Remote(code)),
                 _ => unexpected("a message before Hello"),
             };
         }
         match message {
             Message::Hello(_) => unexpected("a second Hello"),
-            Message::Query { query } => self.on_query(query).map(|()| None),
-            Message::Answer { last, entries } => self.on_answer(entries, last).map(|()| None),
-            Message::EventChunkGet { hash } => self.on_request(Request::Chunk(hash)).map(|()| None),
+            Message::Query { query } => self.on_query(query).map(|()| Got::Nothing),
+            Message::Answer { last, entries } => {
+                self.on_answer(entries, last).map(|()| Got::Nothing)
+            }
+            Message::EventChunkGet { hash } => {
+                self.on_request(Request::Chunk(hash)).map(|()| Got::Nothing)
+            }
             Message::GetRange { origin, lo, hi } => self
                 .on_request(Request::Range(KeyRange { origin, lo, hi }))
-                .map(|()| None),
+                .map(|()| Got::Nothing),
+            Message::GetIds { origin, lo, hi } => self
+                .on_request(Request::Ids(KeyRange { origin, lo, hi }))
+                .map(|()| Got::Nothing),
+            Message::Ids { next, ids } => self.on_ids(next, ids).map(Got::Ids),
             Message::EventChunkPut {
                 total_len,
                 offset,
@@ -345,7 +361,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
                 // `data` fits a frame, so its length fits a `u32`.
                 let len = data.len() as u32;
                 self.on_piece(total_len, offset, len, data, Encoding::Raw)
-                    .map(Some)
+                    .map(Got::Piece)
             }
             Message::EventChunkPutLz4 { .. } if !Capabilities::ALL.contains(Capabilities::LZ4) => {
                 unexpected("a compressed piece, though this side did not announce LZ4")
@@ -357,16 +373,16 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
                 data,
             } => self
                 .on_piece(total_len, offset, len, data, Encoding::Lz4)
-                .map(Some),
-            Message::NotFound { hash } => self.on_not_found(hash).map(|()| None),
-            Message::RangeEnd => self.on_range_end().map(|()| None),
-            Message::Done => self.on_done().map(|()| None),
+                .map(Got::Piece),
+            Message::NotFound { hash } => self.on_not_found(hash).map(|()| Got::Nothing),
+            Message::RangeEnd => self.on_range_end().map(|()| Got::Nothing),
+            Message::Done => self.on_done().map(|()| Got::Nothing),
             Message::Error { code, .. } => Err(Error::Remote(code)),
             Message::Have { origin, lo, hi } => self
                 .on_have(Some(KeyRange { origin, lo, hi }))
-                .map(|()| None),
-            Message::Resync => self.on_have(None).map(|()| None),
-            Message::KeepAlive if self.is_live() => Ok(None),
+                .map(|()| Got::Nothing),
+            Message::Resync => self.on_have(None).map(|()| Got::Nothing),
+            Message::KeepAlive if self.is_live() => Ok(Got::Nothing),
             Message::KeepAlive => unexpected("KeepAlive in a session that is not live"),
             // Unknown variants cannot be decoded, so none reach this point.
             #[allow(unreachable_patterns)]
@@ -394,7 +410,9 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         if hello.max_requests == 0 || hello.max_ranges < 2 {
             return Err(Error::Incompatible(Incompatible::NoRequests));
         }
-        if !hello.capabilities.contains(Capabilities::RECONCILE) {
+        if !hello.capabilities.contains(Capabilities::RECONCILE)
+            || (self.config.list && !hello.capabilities.contains(Capabilities::LIST))
+        {
             return Err(Error::Incompatible(Incompatible::MissingCapabilities));
         }
         self.limit_to_peer(hello.max_receive_rate)?;
@@ -402,6 +420,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         self.phase = Phase::Open;
         Ok(())
     }
+}
+
+/// What a message brought for the adapter.
+enum Got<'a> {
+    Nothing,
+    Piece(Piece<'a>),
+    Ids(&'a [u8]),
 }
 
 impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
@@ -607,6 +632,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         for kind in self.asked.into_iter().chain(kinds) {
             let question = match kind {
                 Asked::Answer => self.answer_needs(),
+                Asked::OwnSummary if self.config.list => {
+                    // A listing takes this side's store as empty, without asking it.
+                    while self.own_summary_needed().is_some() {
+                        self.resolve_own(&Summary::default(), Some(0));
+                    }
+                    None
+                }
                 Asked::OwnSummary => self.own_summary_needed().map(Question::Summary),
                 Asked::Serving => self.serving_needs(),
             };

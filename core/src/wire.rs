@@ -35,6 +35,8 @@
 //! | 11 | `Resync` (live sessions) |
 //! | 12 | `KeepAlive` (live sessions) |
 //! | 13 | `EventChunkPutLz4` (to a peer that announced [`Capabilities::LZ4`]) |
+//! | 14 | `GetIds` (to a peer that announced [`Capabilities::LIST`]) |
+//! | 15 | `Ids` |
 
 use core::fmt;
 
@@ -83,6 +85,9 @@ impl Capabilities {
     /// Receives chunks compressed with LZ4 (`EventChunkPutLz4`, the LZ4 block format):
     /// a build with the `lz4` feature.
     pub const LZ4: Self = Self(1 << 4);
+    /// Answers `GetIds` with the hashes of its chunks: a build with the `alloc` feature
+    /// (the page of hashes it sends is kept in a `Vec`).
+    pub const LIST: Self = Self(1 << 5);
     /// What this build supports.
     pub const ALL: Self = Self(
         Self::PIECES.0
@@ -90,6 +95,11 @@ impl Capabilities {
             | Self::LIVE.0
             | if cfg!(feature = "lz4") {
                 Self::LZ4.0
+            } else {
+                0
+            }
+            | if cfg!(feature = "alloc") {
+                Self::LIST.0
             } else {
                 0
             },
@@ -257,6 +267,27 @@ pub enum Message<'a> {
         #[serde(with = "serde_bytes", borrow)]
         data: &'a [u8],
     },
+    /// Asks for the hashes of every chunk of `origin` whose `first_seq` lies in `lo..hi`
+    /// (sent only to a peer that announced [`Capabilities::LIST`]): the receiver answers
+    /// with `Ids` frames, in ascending `first_seq`, until one ends the range.
+    GetIds {
+        /// Whose chunks.
+        origin: NodeId,
+        /// The lowest `first_seq` wanted.
+        lo: u64,
+        /// One past the highest `first_seq` wanted.
+        hi: u64,
+    },
+    /// Hashes of the oldest `GetIds` not ended: those of the sender's chunks whose
+    /// `first_seq` lies from where the last `Ids` left it (or the request's `lo`) up to
+    /// `next`; `next` at or past the request's `hi` ends the request.
+    Ids {
+        /// Where the next `Ids` of the request starts.
+        next: u64,
+        /// The hashes, 32 bytes each.
+        #[serde(with = "serde_bytes", borrow)]
+        ids: &'a [u8],
+    },
 }
 
 impl<'a> Message<'a> {
@@ -317,9 +348,14 @@ impl<'a> Message<'a> {
                 w.varint(u64::from(code.0));
                 w.byte_string(reason.as_bytes());
             }
-            Self::GetRange { origin, lo, hi } | Self::Have { origin, lo, hi } => {
-                let is_get = matches!(self, Self::GetRange { .. });
-                w.varint(if is_get { tag::GET_RANGE } else { tag::HAVE });
+            Self::GetRange { origin, lo, hi }
+            | Self::Have { origin, lo, hi }
+            | Self::GetIds { origin, lo, hi } => {
+                w.varint(match self {
+                    Self::GetRange { .. } => tag::GET_RANGE,
+                    Self::Have { .. } => tag::HAVE,
+                    _ => tag::GET_IDS,
+                });
                 w.varint(origin.0);
                 w.varint(lo);
                 w.varint(hi);
@@ -335,6 +371,11 @@ impl<'a> Message<'a> {
             } => {
                 put_lz4_fields(w, total_len, offset, len, data.len());
                 w.bytes(data);
+            }
+            Self::Ids { next, ids } => {
+                w.varint(tag::IDS);
+                w.varint(next);
+                w.byte_string(ids);
             }
         }
     }
@@ -380,14 +421,18 @@ impl<'a> Message<'a> {
                 reason: core::str::from_utf8(r.byte_string()?)
                     .map_err(|_| DecodeError::Malformed)?,
             },
-            tag::GET_RANGE | tag::HAVE => {
+            tag::GET_RANGE | tag::HAVE | tag::GET_IDS => {
                 let (origin, lo, hi) = (NodeId(r.u64()?), r.u64()?, r.u64()?);
-                if tag == tag::GET_RANGE {
-                    Self::GetRange { origin, lo, hi }
-                } else {
-                    Self::Have { origin, lo, hi }
+                match tag {
+                    tag::GET_RANGE => Self::GetRange { origin, lo, hi },
+                    tag::HAVE => Self::Have { origin, lo, hi },
+                    _ => Self::GetIds { origin, lo, hi },
                 }
             }
+            tag::IDS => Self::Ids {
+                next: r.u64()?,
+                ids: r.byte_string()?,
+            },
             tag::RANGE_END => Self::RangeEnd,
             tag::RESYNC => Self::Resync,
             tag::KEEP_ALIVE => Self::KeepAlive,
@@ -419,6 +464,8 @@ mod tag {
     pub(super) const RESYNC: u64 = 11;
     pub(super) const KEEP_ALIVE: u64 = 12;
     pub(super) const PUT_LZ4: u64 = 13;
+    pub(super) const GET_IDS: u64 = 14;
+    pub(super) const IDS: u64 = 15;
 }
 
 /// The fields of an `EventChunkPut` before its data: the tag, the lengths and the offset.
@@ -436,6 +483,46 @@ fn put_lz4_fields(w: &mut Writer<'_>, total_len: u32, offset: u32, len: u32, dat
     w.varint(u64::from(offset));
     w.varint(u64::from(len));
     w.varint(data_len as u64);
+}
+
+/// Bytes of an `Ids` frame that are not hashes, at most: header, tag, `next` and the
+/// length.
+const IDS_OVERHEAD: usize = FRAME_HEADER + 1 + 10 + 5;
+
+/// How many hashes one `Ids` frame of at most `max_frame` bytes holds.
+#[must_use]
+pub const fn ids_capacity(max_frame: u32) -> usize {
+    (max_frame as usize).saturating_sub(IDS_OVERHEAD) / 32
+}
+
+/// The most bytes an `Ids` frame of `n` hashes takes.
+#[must_use]
+pub const fn ids_frame_len(n: usize) -> usize {
+    IDS_OVERHEAD + 32 * n
+}
+
+/// Writes at the start of `buf` the `Ids` frame of `ids` and `next`, and returns it.
+pub fn encode_ids<'b, 'i>(
+    next: u64,
+    ids: impl ExactSizeIterator<Item = &'i ChunkHash>,
+    buf: &'b mut [u8],
+) -> Result<&'b [u8], InsufficientSize> {
+    let mut w = Writer::new(buf, FRAME_HEADER);
+    w.varint(tag::IDS);
+    w.varint(next);
+    w.varint((ids.len() * 32) as u64);
+    for id in ids {
+        w.bytes(id.as_bytes());
+    }
+    finish_frame(w, 0)
+}
+
+/// The hashes an `Ids` frame carries, or `None` if its bytes are not a whole number of
+/// hashes.
+pub fn ids_of(bytes: &[u8]) -> Option<impl ExactSizeIterator<Item = ChunkHash> + '_> {
+    let (hashes, rest) = bytes.as_chunks::<32>();
+    rest.is_empty()
+        .then(|| hashes.iter().map(|h| ChunkHash::from_bytes(*h)))
 }
 
 /// Why bytes from a peer are not a frame.

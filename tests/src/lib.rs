@@ -211,6 +211,10 @@ impl End {
                         let _ = self.conduit.not_found();
                     }
                 }
+                Action::List { range, out } => {
+                    let n = scan::chunks_in(out, &range, || node.spans());
+                    let _ = self.conduit.listed(n);
+                }
                 Action::Read(id) => match node.store.get(&id) {
                     Some(bytes) => {
                         self.serving.clone_from(bytes);

@@ -94,8 +94,12 @@ async fn the_documents_snippets_sync_two_nodes() -> Result {
         .handle_chunk_put(chunks[0].id, chunks[0].bytes.clone())
         .await?;
     node_b.add_peer(node_id, listener.local_addr());
-    let (local_hashes, remote_hashes) =
-        (node_b.local_hashes().await?, node_a.local_hashes().await?);
+    // Node 2's own hashes, and node 1's, asked of node 1 over the network.
+    let (local_hashes, remote_hashes) = (
+        node_b.local_hashes().await?,
+        node_b.remote_hashes(node_id).await?,
+    );
+    assert_eq!(remote_hashes, node_a.local_hashes().await?);
     let peer_id = node_id;
     let fetched = {
         let sync_manager = &node_b;

@@ -677,3 +677,18 @@ async fn progress_can_be_watched_instead_of_polled() {
     let seen = watcher.await.unwrap();
     assert!(seen >= 1, "the watch changed {seen} times");
 }
+
+/// A node lists another's chunks over TCP: every hash, whatever it holds itself, with no
+/// chunk fetched and nothing stored; and the hashes are the other's manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_lists_the_chunks_another_holds_without_fetching_them() {
+    let mut set = chunks(1, 3_000, 3, 40);
+    set.store.extend(chunks(2, 50, 10, 400).store);
+    let server = node(1, &set, |c| c);
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let some = chunks(1, 30, 3, 40);
+    let client = node(3, &some, |c| c);
+    let listed = client.list_from(listener.local_addr()).await.unwrap();
+    assert_eq!(listed, set.ids());
+    assert_eq!(ids(&client), some.ids(), "nothing fetched");
+}

@@ -278,6 +278,7 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                 buf: outgoing,
             },
             Action::Store(chunk) => StoreQuestion::Insert(chunk),
+            Action::List { range, out } => StoreQuestion::List { range, out },
             _ => return None,
         })
     }
@@ -294,11 +295,13 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
             StoreAnswer::ReadFirst(Ok(Some((span, len)))) => conduit.serve_in_range(&span, len),
             StoreAnswer::Insert(Ok(_)) => conduit.stored(Stored::Kept),
             StoreAnswer::Insert(Err(e)) if S::is_fork(&e) => conduit.stored(Stored::Fork),
+            StoreAnswer::List(Ok(n)) => conduit.listed(n),
             StoreAnswer::Summary(Err(SummaryError::Store(e)))
             | StoreAnswer::Origins(Err(e))
             | StoreAnswer::Read(Err(ReadError::Store(e)))
             | StoreAnswer::ReadFirst(Err(ReadError::Store(e)))
-            | StoreAnswer::Insert(Err(e)) => {
+            | StoreAnswer::Insert(Err(e))
+            | StoreAnswer::List(Err(e)) => {
                 self.store_failed(e, store_error);
                 Ok(())
             }

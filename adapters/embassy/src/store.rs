@@ -53,6 +53,13 @@ pub enum StoreQuestion<'a> {
     },
     /// [`Store::insert`] the chunk.
     Insert(Verified<'a>),
+    /// [`Store::chunks_in`] `range`, into `out` (the peer asks for the hashes of a range).
+    List {
+        /// The range.
+        range: KeyRange,
+        /// Room for the chunks.
+        out: &'a mut [(Span, ChunkHash)],
+    },
 }
 
 /// What the store's operation for a [`StoreQuestion`] returned, in the variant of the
@@ -70,6 +77,8 @@ pub enum StoreAnswer<E> {
     ReadFirst(Result<Option<(Span, usize)>, ReadError<E>>),
     /// From [`Store::insert`].
     Insert(Result<bool, E>),
+    /// From [`Store::chunks_in`].
+    List(Result<usize, E>),
 }
 
 /// A place that keeps chunks by hash, with `async` methods. The contract is
@@ -188,6 +197,9 @@ pub trait Store {
                 StoreAnswer::ReadFirst(read)
             }
             StoreQuestion::Insert(chunk) => StoreAnswer::Insert(self.insert(chunk).await),
+            StoreQuestion::List { range, out } => {
+                StoreAnswer::List(self.chunks_in(&range, out).await)
+            }
         }
     }
 
@@ -289,6 +301,9 @@ impl<S: ChunkStore> Store for S {
                 StoreAnswer::ReadFirst(read)
             }
             StoreQuestion::Insert(chunk) => StoreAnswer::Insert(ChunkStore::insert(self, chunk)),
+            StoreQuestion::List { range, out } => {
+                StoreAnswer::List(ChunkStore::chunks_in(self, &range, out))
+            }
         }
     }
 

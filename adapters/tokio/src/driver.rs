@@ -11,7 +11,7 @@ use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
 use chunk_sync_core::progress::SyncProgress as CoreProgress;
 use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::session::{self, Config, ConfigError, FailReason, Stored};
-use chunk_sync_core::{ChunkHash, NodeId, Span};
+use chunk_sync_core::{ChunkHash, NodeId, Span, wire};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
@@ -81,6 +81,8 @@ struct Driver<'s, 'w> {
     serving: Bytes,
     writes: Writes,
     failed: Vec<(ChunkHash, FailReason)>,
+    /// Hashes the peer listed, in a listing.
+    listed: Vec<ChunkHash>,
     /// The store failure that aborted the session.
     store_error: Option<StoreError>,
     /// The progress last published.
@@ -148,6 +150,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         out: Output::default(),
         serving: Bytes::new(),
         failed: Vec::new(),
+        listed: Vec::new(),
         store_error: None,
         published: None,
         started: tokio::time::Instant::now(),
@@ -172,6 +175,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         progress: SyncProgress::from_core(d.conduit.progress(), d.started),
         stats: *d.conduit.stats(),
         failed: d.failed,
+        listed: d.listed,
     };
     (report, result)
 }
@@ -237,6 +241,20 @@ impl Driver<'_, '_> {
                         }
                         Err(e) => self.store_failed(e),
                     }
+                    continue;
+                }
+                Action::List { range, out } => {
+                    match self.shared.store.chunks_in(&range, out) {
+                        Ok(n) => {
+                            let _ = self.conduit.listed(n);
+                        }
+                        Err(e) => self.store_failed(e),
+                    }
+                    now = self.shared.clock.now();
+                    continue;
+                }
+                Action::Listed(ids) => {
+                    self.listed.extend(wire::ids_of(ids).into_iter().flatten());
                     continue;
                 }
                 Action::Read(id) => {

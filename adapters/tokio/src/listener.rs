@@ -104,6 +104,7 @@ impl Node {
                         pull: node.shared.config.accept_pushes,
                         serve: true,
                         live: node.shared.config.live,
+                        list: false,
                     };
                     let context = Context {
                         conn: Some(id),

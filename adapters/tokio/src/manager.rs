@@ -163,6 +163,18 @@ impl EventChunkSyncManager {
         self.node.store().ids().map_err(Error::Store)
     }
 
+    /// The hashes of every chunk `peer` (added with [`add_peer`](Self::add_peer)) holds,
+    /// asked over the network: the remote manifest that
+    /// [`DeltaSyncProtocol::compute_delta`] compares with [`local_hashes`](Self::local_hashes).
+    /// No chunk is fetched ([`Node::list_from`]).
+    ///
+    /// # Errors
+    /// [`Error::UnknownPeer`] for a peer never added, and as for [`Node::list_from`].
+    pub async fn remote_hashes(&self, peer: NodeId) -> Result<Vec<ChunkHash>, Error> {
+        let addr = self.peer_addr(&peer)?;
+        self.node.list_from(addr).await
+    }
+
     /// Bytes of chunk data held in memory.
     #[must_use]
     pub fn cache_size_bytes(&self) -> usize {

@@ -184,6 +184,27 @@ impl Node {
             .map_err(|f| f.error)
     }
 
+    /// The hashes of every chunk the node at `addr` holds (its manifest, as the original
+    /// API's `compute_delta` takes it), ascending; no chunk is fetched. The sessions
+    /// reconcile as for a pull with this node's store taken as empty, then ask for the
+    /// hashes of each range found (`GetIds`), 64 KiB of hashes a frame at most: about 32
+    /// bytes a chunk and a few round trips.
+    ///
+    /// # Errors
+    /// [`Error::Protocol`] with [`Incompatible::MissingCapabilities`](chunk_sync_core::session::Incompatible::MissingCapabilities)
+    /// if the peer cannot list its chunks (a device node built without `alloc`), and as
+    /// for [`pull_from`](Self::pull_from).
+    pub async fn list_from(&self, addr: impl ToSocketAddrs) -> Result<Vec<ChunkHash>, Error> {
+        let (stream, peer) = connect(addr).await?;
+        let report = self
+            .run_task(stream, Mode::LIST, Vec::new(), peer)
+            .await
+            .map_err(|f| f.error)?;
+        let mut ids = report.listed;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
     /// Runs one session over a TCP connection as a task of its own, so that it runs on
     /// the runtime's worker threads beside the I/O driver, whatever thread awaits it (a
     /// `main` awaiting it directly would be woken through the driver for every read).
@@ -236,6 +257,7 @@ impl Node {
         let span = info_span!("session", node = %shared.config.node_id, peer = ?addr);
         let config = Config {
             live: mode.live,
+            list: mode.list,
             ..shared.config.session_config(mode.pull, mode.serve)
         };
         let conduit = match conduit(config, shared, &wanted) {
@@ -285,6 +307,8 @@ pub(crate) struct Mode {
     pub(crate) serve: bool,
     /// Whether the session stays open after the first reconciliation, if the peer agrees.
     pub(crate) live: bool,
+    /// Whether the session lists the peer's chunks instead of fetching them.
+    pub(crate) list: bool,
 }
 
 impl Mode {
@@ -293,24 +317,35 @@ impl Mode {
         pull: true,
         serve: true,
         live: false,
+        list: false,
     };
     /// Pull, offering nothing in return.
     pub(crate) const PULL: Self = Self {
         pull: true,
         serve: false,
         live: false,
+        list: false,
     };
     /// Fetch given chunks only.
     pub(crate) const FETCH: Self = Self {
         pull: false,
         serve: false,
         live: false,
+        list: false,
     };
     /// Pull and serve, and stay open: a live peer.
     pub(crate) const LIVE: Self = Self {
         pull: true,
         serve: true,
         live: true,
+        list: false,
+    };
+    /// List the peer's chunks, offering nothing.
+    pub(crate) const LIST: Self = Self {
+        pull: true,
+        serve: false,
+        live: false,
+        list: true,
     };
 }
 

@@ -88,6 +88,9 @@ pub struct SyncReport {
     pub stats: Stats,
     /// Chunks that could not be fetched from this peer.
     pub failed: Vec<(ChunkHash, FailReason)>,
+    /// In a listing ([`Node::list_from`](crate::Node::list_from)): the hashes of the
+    /// peer's chunks, in the order they came.
+    pub listed: Vec<ChunkHash>,
 }
 
 impl SyncReport {
@@ -98,6 +101,7 @@ impl SyncReport {
             progress: SyncProgress::new(0),
             stats: Stats::default(),
             failed: Vec::new(),
+            listed: Vec::new(),
         }
     }
 }

@@ -36,6 +36,8 @@ pub(crate) struct End {
     pub(crate) deadline: Option<Instant>,
     /// Whether this end writes what it is handed (a peer that never reads does not).
     pub(crate) writes: bool,
+    /// Hashes the peer listed, in a listing.
+    pub(crate) listed: Vec<ChunkHash>,
 }
 
 pub(crate) fn chunks(origin: u64, n: usize, payload: usize) -> BTreeMap<ChunkHash, Vec<u8>> {
@@ -74,6 +76,7 @@ impl End {
             keeping: None,
             deadline: None,
             writes: true,
+            listed: Vec::new(),
         }
     }
 
@@ -134,6 +137,14 @@ impl End {
                     }
                     None => self.conduit.not_found().unwrap(),
                 },
+                Action::List { range, out } => {
+                    let n = scan::chunks_in(out, &range, || spans(&self.store));
+                    self.conduit.listed(n).unwrap();
+                }
+                Action::Listed(ids) => {
+                    moved = true;
+                    self.listed.extend(wire::ids_of(ids).expect("whole hashes"));
+                }
                 Action::Store(chunk) => {
                     moved = true;
                     if self.broken_store {
@@ -685,6 +696,74 @@ fn a_rate_limited_link_carries_compressible_chunks_compressed() {
     )
     .unwrap();
     assert!(always * 3 < fast, "{always} bytes compressed, {fast} raw");
+}
+
+/// A listing session learns the hash of every chunk the peer holds, whatever this side
+/// holds, stores nothing and fetches no chunk; with 256-byte frames too (six hashes a
+/// frame).
+#[test]
+#[cfg(feature = "alloc")]
+fn a_listing_gets_every_hash_of_the_peer_and_no_chunk() {
+    let mut theirs = chunks(2, 300, 40);
+    theirs.extend(chunks(3, 20, 10));
+    for frame in [256, 4096, 65_536] {
+        let cfg = |id| Config {
+            max_frame: frame,
+            ..config(id)
+        };
+        let listing = Config {
+            list: true,
+            serve: false,
+            ..cfg(1)
+        };
+        // It holds some of them already: they are listed too.
+        let mine: BTreeMap<_, _> = theirs
+            .iter()
+            .take(7)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let mut a = End::new(listing, Limits::new(), mine.clone());
+        let mut b = End::new(cfg(2), Limits::new(), theirs.clone());
+        run(&mut a, &mut b, Duration::from_secs(60));
+        assert_eq!(a.outcome, Some(Ok(())), "{frame}-byte frames");
+        let mut listed = a.listed.clone();
+        listed.sort();
+        let expected: Vec<ChunkHash> = theirs.keys().copied().collect();
+        assert_eq!(listed, expected, "{frame}-byte frames");
+        assert_eq!(a.store, mine, "nothing stored");
+        assert_eq!(a.conduit.progress().synced_chunks, 0, "nothing fetched");
+    }
+}
+
+/// A node that does not announce `LIST` (it cannot list) is refused by a listing at the
+/// handshake.
+#[test]
+#[cfg(feature = "alloc")]
+fn a_listing_needs_a_peer_that_lists() {
+    let listing = Config {
+        list: true,
+        serve: false,
+        ..config(1)
+    };
+    let mut a = End::new(listing, Limits::new(), BTreeMap::new());
+    // The peer's Hello without LIST, as a build without `alloc` sends it.
+    let hello = Message::Hello(Hello {
+        protocol: wire::PROTOCOL_VERSION,
+        node_id: NodeId(2),
+        max_frame: 256,
+        max_requests: 8,
+        max_ranges: 8,
+        capabilities: wire::Capabilities::ALL.without(wire::Capabilities::LIST),
+        max_receive_rate: 0,
+    });
+    let mut buf = [0u8; 64];
+    a.inbox
+        .extend_from_slice(wire::encode(&hello, &mut buf).unwrap());
+    a.pump(Instant::ZERO, None);
+    assert_eq!(
+        a.outcome,
+        Some(Err(Error::Incompatible(Incompatible::MissingCapabilities)))
+    );
 }
 
 #[test]

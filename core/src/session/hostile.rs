@@ -104,6 +104,15 @@ enum Op {
         len: u32,
         data: Vec<u8>,
     },
+    GetIds {
+        origin: u8,
+        lo: u64,
+        hi: u64,
+    },
+    Ids {
+        next: u64,
+        ids: Vec<u8>,
+    },
     NotFound(u8),
     RangeEnd,
     Done,
@@ -141,6 +150,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(Op::HonestLz4Put),
         2 => (0u32..2000, 0u32..2000, 0u32..5000, pvec(any::<u8>(), 0..300))
             .prop_map(|(total_len, offset, len, data)| Op::Lz4Put { total_len, offset, len, data }),
+        2 => (any::<u8>(), seq(), seq()).prop_map(|(origin, lo, hi)| Op::GetIds { origin, lo, hi }),
+        1 => (seq(), pvec(any::<u8>(), 0..100)).prop_map(|(next, ids)| Op::Ids { next, ids }),
         1 => any::<u8>().prop_map(Op::NotFound),
         1 => Just(Op::RangeEnd),
         2 => Just(Op::Done),
@@ -273,6 +284,12 @@ fn bytes_of(op: &Op) -> Vec<u8> {
             len: *len,
             data,
         }),
+        Op::GetIds { origin, lo, hi } => frame(&Message::GetIds {
+            origin: NodeId(u64::from(*origin)),
+            lo: *lo,
+            hi: *hi,
+        }),
+        Op::Ids { next, ids } => frame(&Message::Ids { next: *next, ids }),
         Op::NotFound(i) => frame(&Message::NotFound {
             hash: pool_hash(*i),
         }),
@@ -404,6 +421,13 @@ impl Harness {
                         "a chunk of a range is in it"
                     );
                     let _ = self.c.stored(Stored::Kept);
+                }
+                Action::List { range, out } => {
+                    let n = own.chunks_in(&range, out).expect("a RAM store");
+                    let _ = self.c.listed(n);
+                }
+                Action::Listed(ids) => {
+                    assert!(ids.len().is_multiple_of(32), "whole hashes");
                 }
                 Action::Connected(_) | Action::ChunkFailed { .. } | Action::Shutdown => {}
                 Action::Wait(wait) => {

@@ -91,6 +91,8 @@ enum Request {
     Chunk(Want),
     /// Every chunk of a range the peer holds; `lo` moves past each chunk received.
     Range(KeyRange),
+    /// The hashes of the chunks of a range (a listing); `lo` moves past each page.
+    Ids(KeyRange),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -159,6 +161,30 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         }
     }
 
+    /// Hashes of the peer's chunks, for the listing requested next: its range goes on
+    /// from `next`, or ends there.
+    pub(super) fn on_ids<'a>(&mut self, next: u64, ids: &'a [u8]) -> Result<&'a [u8], Error> {
+        let Some(InFlight {
+            request: Request::Ids(range),
+            ..
+        }) = self.pull.in_flight.front_mut()
+        else {
+            return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "Ids for no listing requested next",
+            )));
+        };
+        // Each page moves the range on, and none goes past it.
+        if !ids.len().is_multiple_of(32) || next <= range.lo {
+            return Err(Error::Peer(PeerMisbehaved::BadPiece));
+        }
+        if next < range.hi {
+            range.lo = next;
+        } else {
+            self.pull.in_flight.pop_front();
+        }
+        Ok(ids)
+    }
+
     /// The answer to this side's oldest query.
     pub(super) fn on_answer(&mut self, entries: &[u8], last: bool) -> Result<(), Error> {
         let Some(walk) = &mut self.pull.walk else {
@@ -222,13 +248,14 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 return Ok(Some(t));
             }
             if let Some(range) = self.pull.walk.as_mut().and_then(Walk::next_wanted) {
-                let get = Message::GetRange {
-                    origin: range.origin,
-                    lo: range.lo,
-                    hi: range.hi,
+                let (origin, lo, hi) = (range.origin, range.lo, range.hi);
+                let (get, request) = if self.config.list {
+                    (Message::GetIds { origin, lo, hi }, Request::Ids(range))
+                } else {
+                    (Message::GetRange { origin, lo, hi }, Request::Range(range))
                 };
                 let t = Self::emit(&get, frame)?;
-                self.start(Request::Range(range));
+                self.start(request);
                 return Ok(Some(t));
             }
         }
@@ -260,7 +287,12 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         encoding: Encoding,
     ) -> Result<Piece<'a>, Error> {
         let max = self.config.max_chunk_len;
-        let Some(front) = self.pull.in_flight.front_mut() else {
+        let Some(front) = self
+            .pull
+            .in_flight
+            .front_mut()
+            .filter(|f| !matches!(f.request, Request::Ids(_)))
+        else {
             return Err(Error::Peer(PeerMisbehaved::UnrequestedChunk));
         };
         if total_len > max {
@@ -318,6 +350,8 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 self.finish_wanted(want, bytes)
             }
             Request::Range(range) => self.finish_in_range(range, bytes),
+            // No piece is taken for a listing (see `on_piece`).
+            Request::Ids(_) => return Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish)),
         };
         if result.is_ok() {
             // Synced once the store says so ([`chunk_stored`](Self::chunk_stored)).
@@ -508,7 +542,9 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             .as_ref()
             .is_some_and(|peer| !self.window_full(peer))
             && self.pull.retry.is_empty()
-            && self.pull.want.is_empty();
+            && self.pull.want.is_empty()
+            // A listing fetches no chunk: it claims nothing.
+            && !self.config.list;
         let Some(walk) = self.pull.walk.as_mut().filter(|_| next_is_range) else {
             return;
         };

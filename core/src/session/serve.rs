@@ -11,7 +11,7 @@ use crate::chunk::Span;
 use crate::error::InsufficientSize;
 use crate::hash::ChunkHash;
 use crate::recon::{Answer, KeyRange, Query, ReconError, Run, Summary};
-use crate::wire::{self, Hello, Message};
+use crate::wire::{self, Capabilities, Hello, Message};
 
 /// The smallest chunk piece sent when the throttle's window budget is smaller than a frame.
 const MIN_PIECE: usize = 64;
@@ -26,7 +26,14 @@ pub(super) struct Serve<const R: usize, const REQ: usize> {
     pub(super) serving: Option<Serving>,
     /// Whether the peer sent `Done`.
     pub(super) peer_done: bool,
+    /// The chunks the adapter lists for the `Ids` frame being made.
+    #[cfg(feature = "alloc")]
+    pub(super) list: alloc::vec::Vec<(Span, ChunkHash)>,
 }
+
+/// The most hashes one `Ids` frame carries (64 KiB of them).
+#[cfg(feature = "alloc")]
+const MAX_IDS_PAGE: usize = 2048;
 
 impl<const R: usize, const REQ: usize> Serve<R, REQ> {
     pub(super) const fn new() -> Self {
@@ -35,6 +42,8 @@ impl<const R: usize, const REQ: usize> Serve<R, REQ> {
             queue: Deque::new(),
             serving: None,
             peer_done: false,
+            #[cfg(feature = "alloc")]
+            list: alloc::vec::Vec::new(),
         }
     }
 }
@@ -70,6 +79,8 @@ pub(super) enum Request {
     Chunk(ChunkHash),
     /// The chunks of a range; `lo` moves past each chunk served.
     Range(KeyRange),
+    /// The hashes of the chunks of a range; `lo` moves past each page sent.
+    Ids(KeyRange),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -86,6 +97,9 @@ pub(super) enum Serving {
     NotFound(ChunkHash),
     /// The range holds no more; `RangeEnd` is to be sent.
     RangeEnd,
+    /// The adapter listed `n` chunks of the range (in the list buffer); an `Ids` frame of
+    /// them is to be sent.
+    Listed { range: KeyRange, n: usize },
 }
 
 impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
@@ -132,10 +146,15 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 "a request after Done",
             )));
         }
-        if let Request::Range(r) = request
+        if let Request::Range(r) | Request::Ids(r) = request
             && r.lo >= r.hi
         {
             return Err(Error::Peer(PeerMisbehaved::Unexpected("an empty range")));
+        }
+        if matches!(request, Request::Ids(_)) && !Capabilities::ALL.contains(Capabilities::LIST) {
+            return Err(Error::Peer(PeerMisbehaved::Unexpected(
+                "GetIds, though this side did not announce LIST",
+            )));
         }
         let outstanding = self.serve.queue.len() + usize::from(self.serve.serving.is_some());
         if outstanding >= self.announced_requests() {
@@ -275,8 +294,57 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         match self.serve.serving {
             Some(Serving::Pending(Request::Chunk(hash))) => Some(super::Question::Chunk(hash)),
             Some(Serving::Pending(Request::Range(range))) => Some(super::Question::First(range)),
+            Some(Serving::Pending(Request::Ids(range))) => Some(super::Question::List(range)),
             _ => None,
         }
+    }
+
+    /// How many chunks an `Ids` frame to the peer lists at most.
+    #[cfg(feature = "alloc")]
+    fn ids_page(&self) -> usize {
+        let frame = self.peer.map_or(wire::MIN_FRAME, |p| p.max_frame);
+        min(wire::ids_capacity(frame), MAX_IDS_PAGE)
+    }
+
+    /// The buffer for the chunks [`Question::List`](super::Question::List) asks for: as
+    /// many as one `Ids` frame to the peer holds (empty when nothing was asked, and
+    /// without the `alloc` feature, which alone lists).
+    pub fn list_buffer(&mut self) -> &mut [(Span, ChunkHash)] {
+        #[cfg(feature = "alloc")]
+        {
+            let n = match (self.asked, self.serve.serving) {
+                (Some(Asked::Serving), Some(Serving::Pending(Request::Ids(_)))) => self.ids_page(),
+                _ => 0,
+            };
+            let empty = (Span::default(), ChunkHash::from_bytes([0; 32]));
+            self.serve.list.resize(n, empty);
+            &mut self.serve.list
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            &mut []
+        }
+    }
+
+    /// Answers [`Question::List`](super::Question::List): the store's first `n` chunks of
+    /// the range, ascending, are in [`list_buffer`](Self::list_buffer) (`n` less than the
+    /// buffer's length: there are no more).
+    pub fn listed(&mut self, n: usize) -> Result<(), ApiMisuse> {
+        let (Some(Asked::Serving), Some(Serving::Pending(Request::Ids(range)))) =
+            (self.asked, self.serve.serving)
+        else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        let mut after = range.lo;
+        for (span, _) in self.list_buffer().get(..n).ok_or(ApiMisuse::BadListing)? {
+            if !range.contains(span.origin, span.first_seq) || span.first_seq < after {
+                return Err(ApiMisuse::OutsideRange);
+            }
+            after = span.first_seq + 1;
+        }
+        self.asked = None;
+        self.serve.serving = Some(Serving::Listed { range, n });
+        Ok(())
     }
 
     /// Answers [`Question::Chunk`](super::Question::Chunk): the adapter has the chunk, `len`
@@ -358,6 +426,10 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         serving: &[u8],
     ) -> Result<Option<Transmit>, InsufficientSize> {
         match self.serve.serving {
+            Some(Serving::Listed { range, n }) => {
+                let t = self.ids_frame(range, n, buf)?;
+                Ok(Some(t))
+            }
             Some(Serving::NotFound(hash)) => {
                 let t = Self::emit(&Message::NotFound { hash }, buf)?;
                 self.next_served();
@@ -448,7 +520,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         wanted
             && self
                 .peer
-                .is_some_and(|p| p.capabilities.contains(wire::Capabilities::LZ4))
+                .is_some_and(|p| p.capabilities.contains(Capabilities::LZ4))
     }
 
     /// Without the `lz4-compress` feature, no piece is compressed.
@@ -464,6 +536,53 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         _serving: &[u8],
     ) -> Option<Transmit> {
         None
+    }
+
+    /// The `Ids` frame of the `n` chunks listed of `range`, and what follows it: the rest
+    /// of the range, or the next request.
+    fn ids_frame(
+        &mut self,
+        range: KeyRange,
+        n: usize,
+        buf: &mut [u8],
+    ) -> Result<Transmit, InsufficientSize> {
+        #[cfg(feature = "alloc")]
+        let (next, frame_len) = {
+            // As many as fit the buffer go now; the rest are listed again for the next.
+            let capacity = wire::ids_capacity(u32::try_from(buf.len()).unwrap_or(u32::MAX));
+            let fit = min(n, capacity);
+            let sent = &self.serve.list[..fit];
+            let more = fit < n || n == self.ids_page();
+            let next = match sent.last() {
+                Some((span, _)) if more => span.first_seq + 1,
+                None if more => {
+                    return Err(InsufficientSize {
+                        required: wire::ids_frame_len(1),
+                    });
+                }
+                _ => range.hi,
+            };
+            let ids = sent.iter().map(|(_, id)| id);
+            (next, wire::encode_ids(next, ids, buf)?.len())
+        };
+        #[cfg(not(feature = "alloc"))]
+        let (next, frame_len) = {
+            // Without `alloc` nothing is listed: the range is ended empty.
+            let _ = n;
+            (range.hi, wire::encode_ids(range.hi, [].iter(), buf)?.len())
+        };
+        self.serve.serving = if next < range.hi {
+            Some(Serving::Pending(Request::Ids(KeyRange {
+                lo: next,
+                ..range
+            })))
+        } else {
+            self.next_served_request()
+        };
+        Ok(Transmit {
+            len: frame_len,
+            piece: None,
+        })
     }
 
     pub(super) fn next_served(&mut self) {
@@ -484,6 +603,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             (true, _) => Serving::Pending(request),
             (false, Request::Chunk(hash)) => Serving::NotFound(hash),
             (false, Request::Range(_)) => Serving::RangeEnd,
+            (false, Request::Ids(range)) => Serving::Listed { range, n: 0 },
         }
     }
 

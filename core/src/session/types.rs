@@ -93,6 +93,11 @@ pub struct Config {
     /// a peer that announced [`Capabilities::LZ4`](crate::wire::Capabilities::LZ4)). A
     /// piece is sent compressed only if that saves a sixteenth of it or more.
     pub compress: Compress,
+    /// Lists the peer's chunks instead of fetching them (default `false`): this side takes
+    /// its own store as empty, and asks for the hashes of every range the reconciliation
+    /// finds with `GetIds`; they come out in [`Handled::listed`]. The peer must announce
+    /// [`Capabilities::LIST`](crate::wire::Capabilities::LIST). Needs `pull`.
+    pub list: bool,
 }
 
 /// When a session sends the chunks it serves compressed ([`Config::compress`]).
@@ -159,6 +164,7 @@ impl Config {
             serve: true,
             live: false,
             compress: Compress::WhenLimited,
+            list: false,
         }
     }
 }
@@ -213,6 +219,12 @@ pub enum Question {
     /// with its span and length, or [`Session::chunk_not_found`](super::Session::chunk_not_found)
     /// if it holds none: the range is then ended.
     First(KeyRange),
+    /// The peer asks for the hashes of the chunks of a range: list the store's first
+    /// chunks in it (lowest `first_seq` first) into
+    /// [`Session::list_buffer`](super::Session::list_buffer), as
+    /// [`ChunkStore::chunks_in`](crate::store::ChunkStore::chunks_in) does, and answer
+    /// [`Session::listed`](super::Session::listed). Asked only with the `alloc` feature.
+    List(KeyRange),
 }
 
 /// What the store did with a verified chunk; see [`Session::chunk_stored`](super::Session::chunk_stored).
@@ -296,6 +308,9 @@ pub struct Handled<'a> {
     pub consumed: usize,
     /// Chunk data that arrived, for the adapter to append to its reassembly buffer.
     pub piece: Option<Piece<'a>>,
+    /// In a listing session ([`Config::list`]), hashes of the peer's chunks that arrived:
+    /// 32 bytes each ([`wire::ids_of`](crate::wire::ids_of) reads them).
+    pub listed: Option<&'a [u8]>,
 }
 
 /// A piece of a requested chunk, borrowed from the input.

@@ -66,7 +66,9 @@ fn golden_frames() {
         "05000000 02 01 02 0000".replace(' ', "")
     );
     // Live sessions: capability bit 3, and three messages.
-    assert_eq!(Capabilities::ALL.without(Capabilities::LZ4).0, 0b1110);
+    let optional = Capabilities(Capabilities::LZ4.0 | Capabilities::LIST.0);
+    assert_eq!(Capabilities::ALL.without(optional).0, 0b1110);
+    assert_eq!(Capabilities::LIST.0, 1 << 5);
     assert_eq!(Capabilities::LZ4.0, 1 << 4);
     let have = Message::Have {
         origin: NodeId(7),
@@ -141,6 +143,15 @@ fn every_message_round_trips() {
             offset: 65_536,
             len: 4_464,
             data: b"compressed",
+        },
+        Message::GetIds {
+            origin: NodeId(u64::MAX),
+            lo: 0,
+            hi: u64::MAX,
+        },
+        Message::Ids {
+            next: 1 << 40,
+            ids: &[7; 64],
         },
     ] {
         round_trip(&m);
@@ -247,6 +258,44 @@ fn golden_compressed_piece() {
         hex(encode(&put, &mut buf).unwrap()),
         "0a000000 0d ac02 00 ac02 03 78797a".replace(' ', "")
     );
+}
+
+/// The frames of a listing: `GetIds` (tag 14, as `GetRange`), and `Ids` (tag 15: `next`,
+/// then the hashes as one byte string), which `encode_ids` writes.
+#[test]
+fn golden_listing_frames() {
+    let mut buf = [0u8; 128];
+    let get = Message::GetIds {
+        origin: NodeId(1),
+        lo: 0,
+        hi: 300,
+    };
+    assert_eq!(
+        hex(encode(&get, &mut buf).unwrap()),
+        "05000000 0e 01 00 ac02".replace(' ', "")
+    );
+    let id = ChunkHash::from_bytes([0xab; 32]);
+    let frame = encode_ids(300, [id].iter(), &mut buf).unwrap().to_vec();
+    assert_eq!(
+        hex(&frame),
+        std::format!("24000000 0f ac02 20 {}", "ab".repeat(32)).replace(' ', "")
+    );
+    let Decoded::Frame { message, .. } = decode(&frame, 256).unwrap() else {
+        panic!("a frame");
+    };
+    assert_eq!(
+        message,
+        Message::Ids {
+            next: 300,
+            ids: &[0xab; 32]
+        }
+    );
+    assert_eq!(
+        ids_of(&[0xab; 32]).unwrap().collect::<std::vec::Vec<_>>(),
+        [id]
+    );
+    assert!(ids_of(&[0; 33]).is_none(), "not whole hashes");
+    assert_eq!(ids_capacity(256), (256 - ids_frame_len(0)) / 32);
 }
 
 /// A compressed piece that inflates past what it announces, or to less, or is not LZ4 at
