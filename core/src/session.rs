@@ -349,9 +349,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             Message::GetRange { origin, lo, hi } => self
                 .on_request(Request::Range(KeyRange { origin, lo, hi }))
                 .map(|()| Got::Nothing),
+            // Listing needs `alloc` (see `Capabilities::LIST`); without it both are refused
+            // as unknown, and their code is left out.
+            #[cfg(feature = "alloc")]
             Message::GetIds { origin, lo, hi } => self
                 .on_request(Request::Ids(KeyRange { origin, lo, hi }))
                 .map(|()| Got::Nothing),
+            #[cfg(feature = "alloc")]
             Message::Ids { next, ids } => self.on_ids(next, ids).map(Got::Ids),
             Message::EventChunkPut {
                 total_len,
@@ -411,7 +415,9 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             return Err(Error::Incompatible(Incompatible::NoRequests));
         }
         if !hello.capabilities.contains(Capabilities::RECONCILE)
-            || (self.config.list && !hello.capabilities.contains(Capabilities::LIST))
+            || (self.config.list
+                && !(Capabilities::ALL.contains(Capabilities::LIST)
+                    && hello.capabilities.contains(Capabilities::LIST)))
         {
             return Err(Error::Incompatible(Incompatible::MissingCapabilities));
         }
@@ -426,6 +432,8 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
 enum Got<'a> {
     Nothing,
     Piece(Piece<'a>),
+    // Listing needs `alloc`: without it no `Ids` is taken.
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
     Ids(&'a [u8]),
 }
 

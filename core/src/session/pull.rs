@@ -91,7 +91,9 @@ enum Request {
     Chunk(Want),
     /// Every chunk of a range the peer holds; `lo` moves past each chunk received.
     Range(KeyRange),
-    /// The hashes of the chunks of a range (a listing); `lo` moves past each page.
+    /// The hashes of the chunks of a range (a listing); `lo` moves past each page. Only
+    /// with `alloc`, which alone takes `Ids`.
+    #[cfg_attr(not(feature = "alloc"), allow(dead_code))]
     Ids(KeyRange),
 }
 
@@ -163,6 +165,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
 
     /// Hashes of the peer's chunks, for the listing requested next: its range goes on
     /// from `next`, or ends there.
+    #[cfg(feature = "alloc")]
     pub(super) fn on_ids<'a>(&mut self, next: u64, ids: &'a [u8]) -> Result<&'a [u8], Error> {
         let Some(InFlight {
             request: Request::Ids(range),
@@ -249,7 +252,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             }
             if let Some(range) = self.pull.walk.as_mut().and_then(Walk::next_wanted) {
                 let (origin, lo, hi) = (range.origin, range.lo, range.hi);
-                let (get, request) = if self.config.list {
+                let (get, request) = if cfg!(feature = "alloc") && self.config.list {
                     (Message::GetIds { origin, lo, hi }, Request::Ids(range))
                 } else {
                     (Message::GetRange { origin, lo, hi }, Request::Range(range))

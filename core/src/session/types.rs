@@ -96,7 +96,10 @@ pub struct Config {
     /// Lists the peer's chunks instead of fetching them (default `false`): this side takes
     /// its own store as empty, and asks for the hashes of every range the reconciliation
     /// finds with `GetIds`; they come out in [`Handled::listed`]. The peer must announce
-    /// [`Capabilities::LIST`](crate::wire::Capabilities::LIST). Needs `pull`.
+    /// [`Capabilities::LIST`](crate::wire::Capabilities::LIST), and so must this side (a
+    /// build with `alloc`): otherwise the handshake fails with
+    /// [`Incompatible::MissingCapabilities`](super::Incompatible::MissingCapabilities).
+    /// Needs `pull`.
     pub list: bool,
 }
 
