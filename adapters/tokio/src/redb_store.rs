@@ -664,7 +664,7 @@ impl RedbStore {
                 .find(first_seq)
                 .ok()
                 .filter(|&i| pack.entries[i].id == Some(*id))
-                .map(|i| pack.body.slice(pack.entries[i].bytes())));
+                .map(|i| Bytes::copy_from_slice(pack.chunk(i))));
         }
         // Not being served: only the chunk's own parts are read.
         self.reading(|txn| {
@@ -1251,7 +1251,10 @@ impl NodeStore for RedbStore {
                     first_seq: e.first_seq,
                     end_seq: e.end_seq,
                 };
-                return Ok(Some((span, pack.body.slice(e.bytes()))));
+                // A copy: a session sending the chunk keeps it, not the whole pack (up to
+                // 1 MiB), so that memory stays with the cache's bound however many serve.
+                let bytes = Bytes::copy_from_slice(&pack.body[e.bytes()]);
+                return Ok(Some((span, bytes)));
             }
             match served.next {
                 Some(next) => seq = next,
