@@ -672,7 +672,8 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             Question::List(range) => {
                 // Room for a whole frame of hashes, if the buffer can grow to it.
                 if let Some(peer) = self.session.peer() {
-                    let frame = min(peer.max_frame as usize, self.tx.limit());
+                    let page = crate::wire::ids_frame_len(crate::wire::MAX_IDS);
+                    let frame = min(min(peer.max_frame as usize, page), self.tx.limit());
                     self.tx.grow_to(frame);
                 }
                 Action::List {
@@ -847,9 +848,10 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             && self.session.compresses()
             && let Some(peer) = self.session.peer()
         {
-            // Room to compress a whole piece, if the buffer can grow to it.
+            // Room to compress a whole piece, if the buffer can grow to it: no piece is
+            // longer than the chunk.
             let piece = crate::wire::Message::piece_capacity(peer.max_frame);
-            let room = crate::wire::put_lz4_buffer(piece);
+            let room = crate::wire::put_lz4_buffer(min(piece, serving.len()));
             self.tx.grow_to(min(room, self.tx.limit()));
         }
         let t = match self

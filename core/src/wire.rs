@@ -489,6 +489,9 @@ fn put_lz4_fields(w: &mut Writer<'_>, total_len: u32, offset: u32, len: u32, dat
 /// length.
 const IDS_OVERHEAD: usize = FRAME_HEADER + 1 + 10 + 5;
 
+/// The most hashes a node puts in one `Ids` frame (64 KiB of them).
+pub const MAX_IDS: usize = 2048;
+
 /// How many hashes one `Ids` frame of at most `max_frame` bytes holds.
 #[must_use]
 pub const fn ids_capacity(max_frame: u32) -> usize {

@@ -255,6 +255,10 @@ impl Driver<'_, '_> {
                 }
                 Action::Listed(ids) => {
                     self.listed.extend(wire::ids_of(ids).into_iter().flatten());
+                    if self.listed.len() > crate::MAX_LISTED {
+                        warn!("the peer lists more chunks than a listing keeps; ending it");
+                        self.conduit.abort();
+                    }
                     continue;
                 }
                 Action::Read(id) => {

@@ -188,7 +188,9 @@ impl Node {
     /// API's `compute_delta` takes it), ascending; no chunk is fetched. The sessions
     /// reconcile as for a pull with this node's store taken as empty, then ask for the
     /// hashes of each range found (`GetIds`), 64 KiB of hashes a frame at most: about 32
-    /// bytes a chunk and a few round trips.
+    /// bytes a chunk and a few round trips. Bytes a store keeps that are not valid chunks
+    /// are not listed (they belong to no range). At most [`MAX_LISTED`](crate::MAX_LISTED)
+    /// hashes are kept: a peer that lists more ends the session with an error.
     ///
     /// # Errors
     /// [`Error::Protocol`] with [`Incompatible::MissingCapabilities`](chunk_sync_core::session::Incompatible::MissingCapabilities)
@@ -202,6 +204,7 @@ impl Node {
             .map_err(|f| f.error)?;
         let mut ids = report.listed;
         ids.sort_unstable();
+        ids.dedup();
         Ok(ids)
     }
 

@@ -5,7 +5,8 @@
 //! costs a few thousand database writes rather than millions, and serving a range of a log
 //! is a sequential read. Bytes that are not a valid chunk (a library user may store any
 //! bytes under their hash) are kept by hash in a table of their own. Which hash is where
-//! is held in memory ([`Index`]), read from the packs' heads when the store is opened.
+//! is held in memory ([`Index`]), read from the packs when a chunk is first looked up by
+//! hash.
 //!
 //! Chunks are written only after they were verified, in transactions that are committed
 //! before the node reports them as stored (a node commits together the chunks verified
@@ -355,7 +356,7 @@ fn read_index(txn: &redb::ReadTransaction) -> Result<Index, StoreError> {
                 let key = key.value();
                 let mut entries =
                     pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
-                edit::resolve(&parts, key, &mut entries)?;
+                resolve_or_mark(&parts, key, &mut entries);
                 for e in entries {
                     packed.push((edit::known(&e, key)?, (key.0, e.first_seq)));
                 }
@@ -369,6 +370,17 @@ fn read_index(txn: &redb::ReadTransaction) -> Result<Index, StoreError> {
         loose.push(ChunkHash::from_bytes(*entry.map_err(boxed)?.0.value()));
     }
     Ok(Index::of(packed, loose))
+}
+
+/// Gives the entries of the pack at `key` their hashes from its body; if its body cannot be
+/// read, those lacking one get [`pack::damaged_id`], which no bytes match, so that the
+/// rest of the store stays usable and `verify` reports them.
+fn resolve_or_mark(parts: &impl edit::Parts, key: Key, entries: &mut [pack::Entry]) {
+    if edit::resolve(parts, key, entries).is_err() {
+        for e in entries.iter_mut().filter(|e| e.id.is_none()) {
+            e.id = Some(pack::damaged_id(e.check));
+        }
+    }
 }
 
 /// The table of loose bytes, which every store has: a file without it is not a store.
@@ -465,6 +477,10 @@ pub struct RedbStore {
     /// holds 48 bytes per chunk.
     index: RwLock<Option<Index>>,
     cache: Mutex<Cache>,
+    /// Held through each write transaction, from its start to the index's update after its
+    /// commit, and while the index is read: so that the index sees the commits in order,
+    /// each once.
+    writes: Mutex<()>,
     /// Opened with [`RedbStore::open_read_only`]: every write is refused.
     read_only: bool,
     /// Whether the kept block summaries may be used: not in a store of the first layout
@@ -524,6 +540,7 @@ impl RedbStore {
                 db,
                 unsynced: matches!(durability, Durability::Process).then_some(file),
                 index: RwLock::new(None),
+                writes: Mutex::new(()),
                 cache: Mutex::default(),
                 read_only: false,
                 trust_blocks: true,
@@ -567,6 +584,7 @@ impl RedbStore {
                 db,
                 unsynced: None,
                 index: RwLock::new(None),
+                writes: Mutex::new(()),
                 cache: Mutex::default(),
                 read_only: true,
                 trust_blocks: !first_layout,
@@ -584,6 +602,8 @@ impl RedbStore {
         }
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         if index.is_none() {
+            // No commit between the read and the index being in place.
+            let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
             *index = Some(self.reading(|txn| read_index(&txn))?);
         }
         Ok(f(index.as_ref().expect("just read")))
@@ -700,6 +720,7 @@ impl RedbStore {
         if self.read_only {
             return Err(StoreError::from(RedbError::ReadOnly));
         }
+        let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         guarded(|| f(self.db.begin_write().map_err(boxed)?))
     }
 
@@ -875,7 +896,7 @@ impl RedbStore {
                     let key = key.value();
                     let mut entries =
                         pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
-                    edit::resolve(edit.parts(), key, &mut entries)?;
+                    resolve_or_mark(edit.parts(), key, &mut entries);
                     for e in entries {
                         let place = Some((key.0, e.first_seq));
                         let id = edit::known(&e, key)?;
@@ -1455,6 +1476,38 @@ mod tests {
             })
             .unwrap();
         assert_eq!(report.removed, 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// One transaction storing more of one origin than an edit keeps in memory (it writes
+    /// such a pack as it goes): every chunk reads back, the store verifies, and a reopened
+    /// store has them all.
+    #[test]
+    fn a_batch_larger_than_an_edit_keeps_is_stored_whole() {
+        let path = temp_path("large-batch");
+        let big = "y".repeat(700_000);
+        let chunks: Vec<VerifiedChunk> = (0..30)
+            .map(|seq| crate::store::tests::chunk(4, seq, 1, &big))
+            .collect();
+        let total: usize = chunks.iter().map(|c| c.bytes().len()).sum();
+        assert!(total > edit::WRITE_AT, "{total} bytes in one batch");
+        {
+            let s = RedbStore::open_with(&path, Durability::Process).unwrap();
+            assert_eq!(s.insert_batch(&chunks).unwrap().added, chunks.len());
+            for c in &chunks {
+                assert_eq!(s.get(&c.id()).unwrap().as_ref(), Some(c.bytes()));
+            }
+        }
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.len().unwrap(), chunks.len());
+        let mut seen = 0;
+        s.for_each(|id, bytes| {
+            assert_eq!(ChunkHash::of(bytes), id);
+            seen += 1;
+        })
+        .unwrap();
+        assert_eq!(seen, chunks.len());
+        drop(s);
         std::fs::remove_file(&path).unwrap();
     }
 

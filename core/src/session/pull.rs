@@ -176,8 +176,11 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 "Ids for no listing requested next",
             )));
         };
-        // Each page moves the range on, and none goes past it.
-        if !ids.len().is_multiple_of(32) || next <= range.lo {
+        // Each page moves the range on, and lists at most one chunk per sequence number it
+        // passes (chunks of an origin start at different ones): a peer cannot list more
+        // than the range holds.
+        let passed = min(next, range.hi) - range.lo;
+        if !ids.len().is_multiple_of(32) || next <= range.lo || (ids.len() / 32) as u64 > passed {
             return Err(Error::Peer(PeerMisbehaved::BadPiece));
         }
         if next < range.hi {

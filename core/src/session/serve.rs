@@ -33,7 +33,7 @@ pub(super) struct Serve<const R: usize, const REQ: usize> {
 
 /// The most hashes one `Ids` frame carries (64 KiB of them).
 #[cfg(feature = "alloc")]
-const MAX_IDS_PAGE: usize = 2048;
+const MAX_IDS_PAGE: usize = wire::MAX_IDS;
 
 impl<const R: usize, const REQ: usize> Serve<R, REQ> {
     pub(super) const fn new() -> Self {
@@ -551,7 +551,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             // As many as fit the buffer go now; the rest are listed again for the next.
             let capacity = wire::ids_capacity(u32::try_from(buf.len()).unwrap_or(u32::MAX));
             let fit = min(n, capacity);
-            let sent = &self.serve.list[..fit];
+            let sent = self.serve.list.get(..fit).unwrap_or(&[]);
             let more = fit < n || n == self.ids_page();
             let next = match sent.last() {
                 Some((span, _)) if more => span.first_seq + 1,

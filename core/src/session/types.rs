@@ -99,7 +99,7 @@ pub struct Config {
     /// [`Capabilities::LIST`](crate::wire::Capabilities::LIST), and so must this side (a
     /// build with `alloc`): otherwise the handshake fails with
     /// [`Incompatible::MissingCapabilities`](super::Incompatible::MissingCapabilities).
-    /// Needs `pull`.
+    /// Only with `pull` (without it nothing is listed).
     pub list: bool,
 }
 

@@ -34,6 +34,10 @@ pub(super) fn damaged(key: Key) -> StoreError {
     )))
 }
 
+/// The bytes of a pack past which an edit writes it at once rather than when it
+/// finishes: 16 times a pack's limit, so that it is written as 16 packs.
+pub(super) const WRITE_AT: usize = 16 * pack::PACK_BYTES;
+
 /// The hash of `e`, a chunk of the pack at `key`, which must be known by now.
 pub(super) fn known(e: &Entry, key: Key) -> Result<ChunkHash, StoreError> {
     e.id.ok_or_else(|| damaged(key))
@@ -81,7 +85,8 @@ pub(super) fn read_body(
     key: Key,
     range: Range<usize>,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(range.len());
+    // A damaged head may claim any length: memory follows what the parts hold.
+    let mut out = Vec::with_capacity(range.len().min(WRITE_AT));
     if range.is_empty() {
         return Ok(out);
     }
@@ -403,7 +408,15 @@ impl<'t> Edit<'t> {
             id: Some(id),
             check: pack::first_bytes(&id),
         };
-        self.load(key)?.insert(at, entry, bytes);
+        let pack = self.load(key)?;
+        pack.insert(at, entry, bytes);
+        if pack.body.len() >= WRITE_AT {
+            // A transaction that stores this much of one origin writes as it goes, so
+            // that it holds at most this much of a pack in memory.
+            let pack = self.dirty.remove(&key).expect("just loaded");
+            self.current.clear();
+            self.write_pack(key, &pack)?;
+        }
         Ok(Put::Added)
     }
 
@@ -425,27 +438,34 @@ impl<'t> Edit<'t> {
     /// removed.
     pub(super) fn finish(mut self) -> Result<(), StoreError> {
         for (key, pack) in std::mem::take(&mut self.dirty) {
-            let pieces = pack.pieces();
-            if pieces.is_empty() {
-                self.heads.remove(key).map_err(boxed)?;
-            }
-            // The first piece stays under the pack's key: only the parts it changed are
-            // written, and those past its end removed.
-            let kept = pieces
-                .first()
-                .map_or(0, |p| pack.entries[p.end - 1].bytes().end);
-            for n in parts_of(kept)..parts_of(pack.stored) {
-                self.parts.remove((key.0, key.1, n as u32)).map_err(boxed)?;
-            }
-            for (n, piece) in pieces.into_iter().enumerate() {
-                let (at, unchanged) = match n {
-                    0 => (key, pack.unchanged),
-                    _ => ((key.0, pack.entries[piece.start].first_seq), 0),
-                };
-                let (head, body) = pack.encode(piece);
-                self.heads.insert(at, head.as_slice()).map_err(boxed)?;
-                self.write_parts(at, body, unchanged)?;
-            }
+            self.write_pack(key, &pack)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the edited pack at `key`, split where it outgrew the limits; emptied, it is
+    /// removed.
+    fn write_pack(&mut self, key: Key, pack: &Pack) -> Result<(), StoreError> {
+        let pieces = pack.pieces();
+        if pieces.is_empty() {
+            self.heads.remove(key).map_err(boxed)?;
+        }
+        // The first piece stays under the pack's key: only the parts it changed are
+        // written, and those past its end removed.
+        let kept = pieces
+            .first()
+            .map_or(0, |p| pack.entries[p.end - 1].bytes().end);
+        for n in parts_of(kept)..parts_of(pack.stored) {
+            self.parts.remove((key.0, key.1, n as u32)).map_err(boxed)?;
+        }
+        for (n, piece) in pieces.into_iter().enumerate() {
+            let (at, unchanged) = match n {
+                0 => (key, pack.unchanged),
+                _ => ((key.0, pack.entries[piece.start].first_seq), 0),
+            };
+            let (head, body) = pack.encode(piece);
+            self.heads.insert(at, head.as_slice()).map_err(boxed)?;
+            self.write_parts(at, body, unchanged)?;
         }
         Ok(())
     }
