@@ -16,14 +16,7 @@ RATE=${RATE:-1MB/s}
 cargo build -q --release -p chunk-sync -p chunk-sync-benches --bin chunk-sync --bin gen-events --bin compress
 BIN=target/release/chunk-sync
 GEN=target/release/gen-events
-WORK=$(mktemp -d)
-SERVE_PID=""
-cleanup() {
-  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/common.sh
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" "$2"; }
 
 # pull_with STORE COMPRESS: pulls the store served with `--compress COMPRESS`; prints

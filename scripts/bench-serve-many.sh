@@ -18,16 +18,9 @@ cargo build -q --release -p chunk-sync -p chunk-sync-benches --bin chunk-sync --
 BIN=target/release/chunk-sync
 GEN=target/release/gen-events
 
-WORK=$(mktemp -d)
-SERVE_PID=""
-cleanup() {
-  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. scripts/common.sh
 
 now() { date +%s.%N; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # What a pull's JSON summary reports.
 chunk_bytes() { sed -n 's/.*"chunk_bytes":\([0-9]*\).*/\1/p' "$1"; }
 

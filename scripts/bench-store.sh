@@ -17,14 +17,7 @@ LARGE_EVENTS=${LARGE_EVENTS:-16384}
 cargo build -q --release -p chunk-sync -p chunk-sync-benches --bin chunk-sync --bin gen-events
 BIN=target/release/chunk-sync
 GEN=target/release/gen-events
-WORK=$(mktemp -d)
-SERVE_PID=""
-cleanup() {
-  [ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/common.sh
 
 # row NAME STORE_DIR
 row() {

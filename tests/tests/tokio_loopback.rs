@@ -288,15 +288,21 @@ async fn a_dropped_connection_resumes_without_refetching() {
     );
 }
 
-/// `server` (holding about 5 MB) and `client` sync over a pipe on the paused clock; fails
-/// unless the client received at 1 MB/s within 2%. Returns the client's report.
-async fn at_one_megabyte_per_second(server: Node, client: Node) -> chunk_sync_tokio::SyncReport {
+/// `server` and `client` sync over an in-memory pipe; returns the client's report and the
+/// time it took.
+async fn over_a_pipe(server: &Node, client: &Node) -> (chunk_sync_tokio::SyncReport, Duration) {
     let (a, b) = tokio::io::duplex(256 << 10);
     let start = tokio::time::Instant::now();
     let (served, fetched) = tokio::join!(server.sync_over(a), client.sync_over(b));
     let took = start.elapsed();
     served.unwrap();
-    let report = fetched.unwrap();
+    (fetched.unwrap(), took)
+}
+
+/// `server` (holding about 5 MB) and `client` sync over a pipe on the paused clock; fails
+/// unless the client received at 1 MB/s within 2%. Returns the client's report.
+async fn at_one_megabyte_per_second(server: Node, client: Node) -> chunk_sync_tokio::SyncReport {
+    let (report, took) = over_a_pipe(&server, &client).await;
     let received = report.stats.bytes_received;
     let expected = Duration::from_micros(received);
     let off = took.as_secs_f64() / expected.as_secs_f64() - 1.0;
@@ -355,12 +361,7 @@ async fn a_rate_limited_pull_of_chunks_that_compress_takes_a_fraction_of_the_tim
         receive_rate: 1_000_000,
         ..c
     });
-    let (a, b) = tokio::io::duplex(256 << 10);
-    let start = tokio::time::Instant::now();
-    let (served, fetched) = tokio::join!(server.sync_over(a), client.sync_over(b));
-    let took = start.elapsed();
-    served.unwrap();
-    let report = fetched.unwrap();
+    let (report, took) = over_a_pipe(&server, &client).await;
     assert_eq!(ids(&client), set.ids());
     assert_eq!(report.progress.bytes_transferred, total);
     let received = report.stats.bytes_received;
