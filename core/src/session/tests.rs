@@ -651,3 +651,68 @@ fn the_hello_never_waits_for_the_throttle_and_too_slow_rates_are_refused() {
     );
     assert!(check_rate(ThrottleConfig::UNLIMITED, Duration::from_secs(1)).is_ok());
 }
+
+/// A listing asks for the range it finds with `GetIds`, takes pages of hashes that move
+/// the range on, and refuses a page listing more chunks than the sequence numbers it
+/// passes (a peer cannot make a listing grow without bound), or one that does not move on.
+#[test]
+#[cfg(feature = "alloc")]
+fn a_listing_takes_pages_that_move_on_and_refuses_more_hashes_than_the_range_holds() {
+    let listing = || {
+        let mut s = open_session(Config {
+            list: true,
+            serve: false,
+            ..Config::new(NodeId(1))
+        });
+        let out = sent(&mut s, T0);
+        assert!(matches!(decoded(&out[0]), Message::Query { .. }));
+        let runs = [Run { lo: 10, hi: 110 }];
+        let answer = origins_answer(&[(5, one_chunk(10, 110), Some(&runs))], true);
+        assert!(s.handle_input(T0, &answer).is_ok());
+        // Its own store is taken as empty, without a question.
+        assert_eq!(s.question(), None);
+        let out = sent(&mut s, T0);
+        assert_eq!(
+            decoded(&out[0]),
+            Message::GetIds {
+                origin: NodeId(5),
+                lo: 10,
+                hi: 110
+            }
+        );
+        s
+    };
+    let mut s = listing();
+    let page = frame(&Message::Ids {
+        next: 15,
+        ids: &[1; 96],
+    });
+    let handled = s.handle_input(T0, &page).unwrap();
+    assert_eq!(handled.listed, Some(&[1u8; 96][..]));
+    let last = frame(&Message::Ids {
+        next: 110,
+        ids: &[2; 32],
+    });
+    assert_eq!(
+        s.handle_input(T0, &last).unwrap().listed.map(<[u8]>::len),
+        Some(32)
+    );
+    let out = sent(&mut s, T0);
+    assert_eq!(decoded(&out[0]), Message::Done, "the listing is over");
+
+    for bad in [
+        Message::Ids {
+            next: 11,
+            ids: &[1; 64],
+        },
+        Message::Ids { next: 10, ids: &[] },
+        Message::Ids {
+            next: 20,
+            ids: &[1; 33],
+        },
+    ] {
+        let mut s = listing();
+        let err = s.handle_input(T0, &frame(&bad)).unwrap_err();
+        assert_eq!(err, Error::Peer(PeerMisbehaved::BadPiece), "{bad:?}");
+    }
+}
