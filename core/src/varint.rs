@@ -51,9 +51,10 @@ impl<'b> Writer<'b> {
 
     /// Appends `bytes`. Once one write did not fit, no later one does: what fits is always
     /// a prefix of what was written.
-    // Out of line, as `varint` and the reader's `varint`: called from every encoder, where
-    // a copy at each call would cost more flash than the call.
-    #[inline(never)]
+    // Out of line on a bare-metal target, as `varint` and the reader's `varint`: called
+    // from every encoder, where a copy at each call would cost more flash than the call.
+    // A host inlines them: they are on the path of every event sealed and read.
+    #[cfg_attr(target_os = "none", inline(never))]
     pub(crate) fn bytes(&mut self, bytes: &[u8]) {
         let end = self.len.saturating_add(bytes.len());
         if let Some(dst) = self.buf.get_mut(self.len..end) {
@@ -63,7 +64,7 @@ impl<'b> Writer<'b> {
     }
 
     /// Appends `v` as a varint.
-    #[inline(never)]
+    #[cfg_attr(target_os = "none", inline(never))]
     pub(crate) fn varint(&mut self, mut v: u64) {
         let mut out = [0u8; MAX_VARINT];
         let mut n = 0;
@@ -114,8 +115,8 @@ impl<'a> Reader<'a> {
 
     /// A varint of an integer type of `bits` bits (16, 32 or 64), by postcard's rules: at
     /// most as many bytes as the type needs, and a last byte that sets no bit above the
-    /// type's.
-    #[inline(never)]
+    /// type's. Out of line on a bare-metal target (see [`Writer::bytes`]).
+    #[cfg_attr(target_os = "none", inline(never))]
     fn varint(&mut self, bits: u32) -> Result<u64, DecodeError> {
         let max_bytes = bits.div_ceil(7);
         let max_last = (1u8 << (bits % 7)) - 1;
