@@ -670,11 +670,11 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             Question::Chunk(id) => Action::Read(id),
             Question::First(range) => Action::ReadFirst(range),
             Question::List(range) => {
-                // Room for a whole frame of hashes, if the buffer can grow to it.
+                // Room for a whole frame of hashes, if the buffer can grow (a fixed one
+                // lists fewer a frame).
                 if let Some(peer) = self.session.peer() {
                     let page = crate::wire::ids_frame_len(crate::wire::MAX_IDS);
-                    let frame = min(min(peer.max_frame as usize, page), self.tx.limit());
-                    self.tx.grow_to(frame);
+                    self.tx.grow_to(min(peer.max_frame as usize, page));
                 }
                 Action::List {
                     range,
@@ -852,7 +852,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             // longer than the chunk.
             let piece = crate::wire::Message::piece_capacity(peer.max_frame);
             let room = crate::wire::put_lz4_buffer(min(piece, serving.len()));
-            self.tx.grow_to(min(room, self.tx.limit()));
+            self.tx.grow_to(room);
         }
         let t = match self
             .session

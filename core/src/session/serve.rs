@@ -31,10 +31,6 @@ pub(super) struct Serve<const R: usize, const REQ: usize> {
     pub(super) list: alloc::vec::Vec<(Span, ChunkHash)>,
 }
 
-/// The most hashes one `Ids` frame carries (64 KiB of them).
-#[cfg(feature = "alloc")]
-const MAX_IDS_PAGE: usize = wire::MAX_IDS;
-
 impl<const R: usize, const REQ: usize> Serve<R, REQ> {
     pub(super) const fn new() -> Self {
         Self {
@@ -299,11 +295,23 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         }
     }
 
+    /// The chunks the adapter listed for the `Ids` frame being made (none without
+    /// `alloc`, which alone lists).
+    fn listed_chunks(&self) -> &[(Span, ChunkHash)] {
+        #[cfg(feature = "alloc")]
+        {
+            &self.serve.list
+        }
+        #[cfg(not(feature = "alloc"))]
+        {
+            &[]
+        }
+    }
+
     /// How many chunks an `Ids` frame to the peer lists at most.
-    #[cfg(feature = "alloc")]
     fn ids_page(&self) -> usize {
         let frame = self.peer.map_or(wire::MIN_FRAME, |p| p.max_frame);
-        min(wire::ids_capacity(frame), MAX_IDS_PAGE)
+        min(wire::ids_capacity(frame), wire::MAX_IDS)
     }
 
     /// The buffer for the chunks [`Question::List`](super::Question::List) asks for: as
@@ -457,7 +465,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                     budget.max(MIN_PIECE),
                 );
                 let len = min(cap, (total_len - offset) as usize) as u32;
-                let t = match self.compressed_piece(peer, total_len, offset, len, buf, serving) {
+                let t = match self.compressed_piece(peer, (total_len, offset, len), buf, serving) {
                     Some(t) => t,
                     None => Transmit {
                         len: wire::encode_put_head(total_len, offset, len as usize, buf)?.len(),
@@ -486,26 +494,33 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// The piece `offset..offset + len` of the chunk being served, `serving` (all of it,
     /// or nothing if the adapter did not give it), as a whole compressed frame in `buf`:
     /// if the peer takes compressed pieces, [`Config::compress`](super::Config::compress)
-    /// says so for this link, and compressing saves enough.
-    #[cfg(feature = "lz4-compress")]
+    /// says so for this link, and compressing saves enough. Without the `lz4-compress`
+    /// feature, never.
+    #[cfg_attr(not(feature = "lz4-compress"), allow(clippy::unused_self))]
     fn compressed_piece(
         &self,
         peer: &Hello,
-        total_len: u32,
-        offset: u32,
-        len: u32,
+        (total_len, offset, len): (u32, u32, u32),
         buf: &mut [u8],
         serving: &[u8],
     ) -> Option<Transmit> {
-        if !self.compresses() || serving.len() != total_len as usize {
-            return None;
+        #[cfg(feature = "lz4-compress")]
+        {
+            if !self.compresses() || serving.len() != total_len as usize {
+                return None;
+            }
+            let raw = serving.get(offset as usize..(offset + len) as usize)?;
+            let n = wire::encode_put_lz4(total_len, offset, raw, buf, peer.max_frame as usize)?;
+            Some(Transmit {
+                len: n,
+                piece: None,
+            })
         }
-        let raw = serving.get(offset as usize..(offset + len) as usize)?;
-        let n = wire::encode_put_lz4(total_len, offset, raw, buf, peer.max_frame as usize)?;
-        Some(Transmit {
-            len: n,
-            piece: None,
-        })
+        #[cfg(not(feature = "lz4-compress"))]
+        {
+            let _ = (peer, total_len, offset, len, buf, serving);
+            None
+        }
     }
 
     /// Whether the pieces this side serves may travel compressed: the peer takes them and
@@ -523,21 +538,6 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 .is_some_and(|p| p.capabilities.contains(Capabilities::LZ4))
     }
 
-    /// Without the `lz4-compress` feature, no piece is compressed.
-    #[cfg(not(feature = "lz4-compress"))]
-    #[allow(clippy::unused_self)]
-    const fn compressed_piece(
-        &self,
-        _peer: &Hello,
-        _total_len: u32,
-        _offset: u32,
-        _len: u32,
-        _buf: &mut [u8],
-        _serving: &[u8],
-    ) -> Option<Transmit> {
-        None
-    }
-
     /// The `Ids` frame of the `n` chunks listed of `range`, and what follows it: the rest
     /// of the range, or the next request.
     fn ids_frame(
@@ -546,31 +546,22 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         n: usize,
         buf: &mut [u8],
     ) -> Result<Transmit, InsufficientSize> {
-        #[cfg(feature = "alloc")]
-        let (next, frame_len) = {
-            // As many as fit the buffer go now; the rest are listed again for the next.
-            let capacity = wire::ids_capacity(u32::try_from(buf.len()).unwrap_or(u32::MAX));
-            let fit = min(n, capacity);
-            let sent = self.serve.list.get(..fit).unwrap_or(&[]);
-            let more = fit < n || n == self.ids_page();
-            let next = match sent.last() {
-                Some((span, _)) if more => span.first_seq + 1,
-                None if more => {
-                    return Err(InsufficientSize {
-                        required: wire::ids_frame_len(1),
-                    });
-                }
-                _ => range.hi,
-            };
-            let ids = sent.iter().map(|(_, id)| id);
-            (next, wire::encode_ids(next, ids, buf)?.len())
+        // As many as fit the buffer go now; the rest are listed again for the next.
+        let capacity = wire::ids_capacity(u32::try_from(buf.len()).unwrap_or(u32::MAX));
+        let fit = min(n, capacity);
+        let more = fit < n || n == self.ids_page();
+        let sent = self.listed_chunks().get(..fit).unwrap_or(&[]);
+        let next = match sent.last() {
+            Some((span, _)) if more => span.first_seq + 1,
+            None if more => {
+                return Err(InsufficientSize {
+                    required: wire::ids_frame_len(1),
+                });
+            }
+            _ => range.hi,
         };
-        #[cfg(not(feature = "alloc"))]
-        let (next, frame_len) = {
-            // Without `alloc` nothing is listed: the range is ended empty.
-            let _ = n;
-            (range.hi, wire::encode_ids(range.hi, [].iter(), buf)?.len())
-        };
+        let ids = sent.iter().map(|(_, id)| id);
+        let frame_len = wire::encode_ids(next, ids, buf)?.len();
         self.serve.serving = if next < range.hi {
             Some(Serving::Pending(Request::Ids(KeyRange {
                 lo: next,
