@@ -172,6 +172,15 @@ fn query_frame(q: &Query<'_>) -> Vec<u8> {
     }
 }
 
+/// A whole chunk as one `EventChunkPut` frame.
+fn whole_put(data: &[u8]) -> Vec<u8> {
+    frame(&Message::EventChunkPut {
+        total_len: data.len() as u32,
+        offset: 0,
+        data,
+    })
+}
+
 fn bytes_of(op: &Op) -> Vec<u8> {
     match op {
         Op::Hello {
@@ -239,14 +248,7 @@ fn bytes_of(op: &Op) -> Vec<u8> {
             lo: *lo,
             hi: *hi,
         }),
-        Op::HonestPut(i) => {
-            let data = pool(i % 8);
-            frame(&Message::EventChunkPut {
-                total_len: data.len() as u32,
-                offset: 0,
-                data: &data,
-            })
-        }
+        Op::HonestPut(i) => whole_put(&pool(i % 8)),
         Op::Put {
             total_len,
             offset,
@@ -267,11 +269,7 @@ fn bytes_of(op: &Op) -> Vec<u8> {
                     return buf;
                 }
             }
-            frame(&Message::EventChunkPut {
-                total_len: data.len() as u32,
-                offset: 0,
-                data: &data,
-            })
+            whole_put(&data)
         }
         Op::Lz4Put {
             total_len,
