@@ -652,7 +652,9 @@ impl RedbStore {
                 },
             };
             let parts = txn.open_table(PARTS).map_err(boxed)?;
-            let pack = edit::read_pack(&heads, &parts, key)?.ok_or_else(|| edit::damaged(key))?;
+            // Ranges are served without the hashes of their small chunks: not hashed here.
+            let pack = edit::read_pack(&heads, &parts, key, false)?;
+            let pack = pack.ok_or_else(|| edit::damaged(key))?;
             let pack = Pack {
                 entries: pack.entries,
                 body: Bytes::from(pack.body),
@@ -680,11 +682,15 @@ impl RedbStore {
         let cached = self.cache().find(origin, first_seq);
         if let Some(served) = cached {
             let pack = &served.pack;
-            return Ok(pack
-                .find(first_seq)
-                .ok()
-                .filter(|&i| pack.entries[i].id == Some(*id))
-                .map(|i| Bytes::copy_from_slice(pack.chunk(i))));
+            let Ok(i) = pack.find(first_seq) else {
+                return Ok(None);
+            };
+            let bytes = pack.chunk(i);
+            // A small chunk of a served pack has no hash yet: its bytes are hashed.
+            let matches = pack.entries[i]
+                .id
+                .map_or_else(|| ChunkHash::of(bytes) == *id, |known| known == *id);
+            return Ok(matches.then(|| Bytes::copy_from_slice(bytes)));
         }
         // Not being served: only the chunk's own parts are read.
         self.reading(|txn| {
@@ -838,7 +844,7 @@ impl RedbStore {
             if let (Ok(heads), Ok(parts)) = (txn.open_table(HEADS), txn.open_table(PARTS)) {
                 for head in heads.iter().map_err(boxed)? {
                     let key = head.map_err(boxed)?.0.value();
-                    let pack = edit::read_pack(&heads, &parts, key)?;
+                    let pack = edit::read_pack(&heads, &parts, key, true)?;
                     let pack = pack.ok_or_else(|| edit::damaged(key))?;
                     for (i, e) in pack.entries.iter().enumerate() {
                         f(edit::known(e, key)?, pack.chunk(i));
@@ -1476,6 +1482,32 @@ mod tests {
             })
             .unwrap();
         assert_eq!(report.removed, 3);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A small chunk of a pack read for serving a range has no hash until it is looked up
+    /// by one: `get` then hashes its bytes, finds it by its own hash and by no other.
+    #[test]
+    fn a_chunk_of_a_served_pack_is_found_by_its_hash_only() {
+        let path = temp_path("served-get");
+        let s = RedbStore::open_with(&path, Durability::Process).unwrap();
+        let chunks: Vec<VerifiedChunk> = (0..5)
+            .map(|seq| crate::store::tests::chunk(6, seq, 1, "small"))
+            .collect();
+        s.insert_batch(&chunks).unwrap();
+        let range = KeyRange::whole(NodeId(6));
+        let (_, first) = s.first_in(&range).unwrap().unwrap();
+        assert_eq!(&first[..], chunks[0].bytes());
+        for c in &chunks {
+            assert_eq!(s.get(&c.id()).unwrap().as_ref(), Some(c.bytes()));
+        }
+        let other = (chunks[0].id(), (6, 1));
+        assert_eq!(
+            s.packed(&other.0, other.1).unwrap(),
+            None,
+            "not the chunk at 1"
+        );
+        drop(s);
         std::fs::remove_file(&path).unwrap();
     }
 

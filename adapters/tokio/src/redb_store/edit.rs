@@ -111,11 +111,13 @@ pub(super) fn read_body(
     Ok(out)
 }
 
-/// The pack at `key`, or `None` if there is none.
+/// The pack at `key`, or `None` if there is none; with `hashed`, every chunk has its
+/// hash (see [`Pack::with_body`]).
 pub(super) fn read_pack(
     heads: &impl Heads,
     parts: &impl Parts,
     key: Key,
+    hashed: bool,
 ) -> Result<Option<Pack>, StoreError> {
     let Some(head) = heads.get(key).map_err(boxed)? else {
         return Ok(None);
@@ -123,7 +125,7 @@ pub(super) fn read_pack(
     let entries = decode_head(head.value()).ok_or_else(|| damaged(key))?;
     let len = entries.last().map_or(0, |e| e.bytes().end);
     let body = read_body(parts, key, 0..len)?;
-    Pack::decode(head.value(), body)
+    Pack::with_body(entries, body, hashed)
         .map(Some)
         .ok_or_else(|| damaged(key))
 }
@@ -272,7 +274,7 @@ impl<'t> Edit<'t> {
     /// The pack at `key`, read into the edit if it was not yet.
     fn load(&mut self, key: Key) -> Result<&mut Pack, StoreError> {
         if !self.dirty.contains_key(&key) {
-            let pack = read_pack(&self.heads, &self.parts, key)?;
+            let pack = read_pack(&self.heads, &self.parts, key, true)?;
             self.dirty.insert(key, pack.unwrap_or_default());
         }
         Ok(self.dirty.get_mut(&key).expect("just loaded"))

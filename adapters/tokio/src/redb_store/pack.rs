@@ -258,7 +258,8 @@ pub(super) fn decode_second_layout(head: &[u8], body_len: usize) -> Option<Vec<E
 /// A pack: its entries and its body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Pack<B = Vec<u8>> {
-    /// Its chunks, ascending, each with its hash.
+    /// Its chunks, ascending, each with its hash (but in a pack read for serving ranges,
+    /// whose small chunks are hashed only when one is looked up by hash).
     pub(super) entries: Vec<Entry>,
     /// Their bytes, end to end.
     pub(super) body: B,
@@ -269,14 +270,24 @@ pub(super) struct Pack<B = Vec<u8>> {
 }
 
 impl<B: AsRef<[u8]>> Pack<B> {
-    /// The pack stored as `head` and `body`, or `None` if they do not make one.
+    /// The pack stored as `head` and `body`, or `None` if they do not make one (the store
+    /// reads a head once and goes through [`with_body`](Self::with_body)).
+    #[cfg(test)]
     pub(super) fn decode(head: &[u8], body: B) -> Option<Self> {
-        let mut entries = decode_head(head)?;
+        Self::with_body(decode_head(head)?, body, true)
+    }
+
+    /// The pack of `entries`, as its head lists them, and `body`, or `None` if they do not
+    /// match; with `hashed`, the chunks whose hash the head does not keep are hashed
+    /// ([`resolve`]), otherwise they are left without one.
+    pub(super) fn with_body(mut entries: Vec<Entry>, body: B, hashed: bool) -> Option<Self> {
         let len = entries.last().map_or(0, |e| e.bytes().end);
         if len != body.as_ref().len() {
             return None;
         }
-        resolve(&mut entries, body.as_ref())?;
+        if hashed {
+            resolve(&mut entries, body.as_ref())?;
+        }
         Some(Self {
             entries,
             body,
