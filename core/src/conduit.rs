@@ -385,6 +385,10 @@ pub enum Action<'c> {
     Store(Verified<'c>),
     /// The handshake is done.
     Connected(NodeId),
+    /// A secure link's handshake proved the peer's key: decide what it may do and answer
+    /// [`Conduit::authorize`]. Nothing of the store is shown before.
+    #[cfg(feature = "secure")]
+    Authorize(crate::secure::PublicKey),
     /// A chunk could not be fetched from this peer; another peer may have it.
     ChunkFailed {
         /// The chunk.
@@ -430,6 +434,8 @@ enum Step {
         deadline: Instant,
     },
     Connected(NodeId),
+    #[cfg(feature = "secure")]
+    Authorize(crate::secure::PublicKey),
     Failed(ChunkHash, FailReason),
     Shutdown,
     Wait(Wait),
@@ -472,6 +478,21 @@ pub struct Conduit<'w, B, const RANGES: usize, const REQ: usize, const RUNS: usi
     /// After an abort, once the writing side is shut: reading until the peer hangs up or
     /// this instant.
     linger_until: Option<Instant>,
+    /// The secure link, if the conduit has one.
+    #[cfg(feature = "secure")]
+    link: Option<Secured>,
+}
+
+/// A conduit's secure link and where it stands.
+#[cfg(feature = "secure")]
+#[derive(Debug)]
+struct Secured {
+    link: crate::secure::Link,
+    /// Whether the adapter has answered [`Action::Authorize`].
+    authorized: bool,
+    /// The record being read, opened in place: its plaintext ends at `plain_end` (the
+    /// session reads from `rx_start`), the record at `record_end`.
+    opened: Option<(usize, usize)>,
 }
 
 impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
@@ -540,7 +561,89 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             stalled: false,
             aborted: false,
             linger_until: None,
+            #[cfg(feature = "secure")]
+            link: None,
         })
+    }
+
+    /// A conduit as [`new`](Self::new) makes, whose session runs over a secure link
+    /// ([`secure`](crate::secure)): `handshake` runs first, the adapter then decides what
+    /// the peer's key may do ([`Action::Authorize`]), and every frame travels sealed. Poll
+    /// it with [`poll_serving`](Self::poll_serving): pieces of a served chunk are sealed
+    /// with their frame. `config.node_id` must be the id of the handshake's key, and
+    /// `config.max_frame` at most [`MAX_RECORD`](crate::secure::MAX_RECORD); the transmit
+    /// buffer grows to the peer's records (up to the frame size it announces), or caps
+    /// them at its limit.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new), and [`ConfigError::SecureLink`].
+    #[cfg(feature = "secure")]
+    pub fn new_secure(
+        config: Config,
+        now: Instant,
+        buffers: Buffers<B>,
+        limits: Limits,
+        handshake: crate::secure::Handshake,
+    ) -> Result<Self, ConfigError> {
+        use crate::secure::{MAX_RECORD, RECORD_OVERHEAD};
+        if config.node_id != handshake.node_id() {
+            return Err(ConfigError::SecureLink(
+                "node_id must be the id of the node's key (Keypair::node_id)",
+            ));
+        }
+        if config.max_frame > MAX_RECORD {
+            return Err(ConfigError::SecureLink(
+                "max_frame of a secure link is at most 65,537 bytes",
+            ));
+        }
+        let mut conduit = Self::new(config, now, buffers, limits)?;
+        let tx_len = Session::<RANGES, REQ, RUNS>::max_transmit_len() + RECORD_OVERHEAD;
+        if !conduit.tx.grow_to(tx_len) {
+            return Err(ConfigError::BufferTooSmall {
+                buffer: "transmit",
+                len: conduit.tx.limit(),
+                needed: tx_len,
+            });
+        }
+        let cap = u32::try_from(conduit.tx.limit()).unwrap_or(u32::MAX);
+        conduit
+            .session
+            .set_link(RECORD_OVERHEAD as u32, min(MAX_RECORD, cap));
+        conduit.link = Some(Secured {
+            link: crate::secure::Link::Handshaking(handshake),
+            authorized: false,
+            opened: None,
+        });
+        Ok(conduit)
+    }
+
+    /// Answers [`Action::Authorize`]: what the peer's key may do. With
+    /// [`Access::NONE`](crate::secure::Access::NONE) the session ends with
+    /// [`LinkError::Refused`](crate::session::LinkError::Refused), and the peer is told.
+    #[cfg(feature = "secure")]
+    pub fn authorize(&mut self, access: crate::secure::Access) -> Result<(), ApiMisuse> {
+        let Some(secured) = self
+            .link
+            .as_mut()
+            .filter(|s| s.link.is_open() && !s.authorized)
+        else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        secured.authorized = true;
+        if access == crate::secure::Access::NONE {
+            self.session
+                .fail_now(Error::Link(crate::session::LinkError::Refused));
+        } else {
+            self.session.restrict(access.pull, access.push);
+        }
+        Ok(())
+    }
+
+    /// The peer's public key, once a secure link's handshake proved it.
+    #[cfg(feature = "secure")]
+    #[must_use]
+    pub fn peer_key(&self) -> Option<&crate::secure::PublicKey> {
+        self.link.as_ref().and_then(|s| s.link.remote())
     }
 
     /// Announces chunks this node stored to the peer of a live session
@@ -649,6 +752,8 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             },
             Step::Listed(len) => Action::Listed(self.assembly.bytes().get(..len).unwrap_or(&[])),
             Step::Connected(peer) => Action::Connected(peer),
+            #[cfg(feature = "secure")]
+            Step::Authorize(key) => Action::Authorize(key),
             Step::Failed(hash, reason) => Action::ChunkFailed { hash, reason },
             Step::Shutdown => Action::Shutdown,
             Step::Wait(wait) => Action::Wait(wait),
@@ -700,6 +805,10 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             if let Some(len) = self.listed.take() {
                 return Step::Listed(len);
             }
+            #[cfg(feature = "secure")]
+            if let Some(step) = self.secure_step(now) {
+                return step;
+            }
             if let Some(step) = self.event() {
                 return step;
             }
@@ -722,7 +831,17 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         use crate::session::Event;
         while let Some(event) = self.session.poll_event() {
             match event {
-                Event::Connected { peer } => return Some(Step::Connected(peer)),
+                Event::Connected { peer } => {
+                    #[cfg(feature = "secure")]
+                    if let Some(key) = self.peer_key().map(crate::secure::PublicKey::node_id)
+                        && key != peer
+                    {
+                        let e = crate::session::LinkError::NodeIdNotKey { claimed: peer, key };
+                        self.session.fail_now(Error::Link(e));
+                        return None;
+                    }
+                    return Some(Step::Connected(peer));
+                }
                 Event::ChunkFailed { hash, reason } => return Some(Step::Failed(hash, reason)),
                 // The end comes with `Closed`.
                 _ => {}
@@ -734,11 +853,17 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     /// Feeds the next whole frame received to the session, reassembling and verifying
     /// chunks; returns whether it consumed one.
     fn decode_frame(&mut self, now: Instant) -> bool {
-        let Some(input) = self.rx.bytes().get(self.rx_start..self.rx_end) else {
+        let Some(end) = self.readable_end() else {
+            return false;
+        };
+        let Some(input) = self.rx.bytes().get(self.rx_start..end) else {
             return false;
         };
         if input.is_empty() {
-            return false;
+            // An empty record.
+            let moved = end < self.rx_end;
+            self.record_read();
+            return moved;
         }
         let Ok(handled) = self.session.handle_input(now, input) else {
             // The session failed: what follows is dropped.
@@ -747,6 +872,12 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             return false;
         };
         if handled.consumed == 0 {
+            #[cfg(feature = "secure")]
+            if self.link.is_some() {
+                // The record ended inside a frame.
+                let e = crate::session::LinkError::SplitFrame;
+                self.session.end(Error::Link(e));
+            }
             return false;
         }
         let mut complete = None;
@@ -787,10 +918,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             }
         }
         self.rx_start += handled.consumed;
-        if self.rx_start == self.rx_end {
-            self.rx_start = 0;
-            self.rx_end = 0;
-        }
+        self.record_read();
         if let Some(len) = complete {
             let bytes = self.assembly.bytes().get(..len).unwrap_or(&[]);
             if let Ok(verified) = self.session.finish_chunk(bytes) {
@@ -801,6 +929,141 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             }
         }
         true
+    }
+
+    /// A secure link's part: the handshake, then the adapter's decision on the peer's
+    /// key. `None` once the session may run (or has failed and may tell the peer).
+    #[cfg(feature = "secure")]
+    fn secure_step(&mut self, now: Instant) -> Option<Step> {
+        use crate::secure::{RECORD_HEADER, record_len};
+        use crate::session::LinkError;
+        let secured = self.link.as_mut()?;
+        if let Some(e) = self.session.error() {
+            if !secured.link.is_open() {
+                // Nothing can reach the peer before the link is open.
+                self.session.end(e);
+            }
+            return None;
+        }
+        loop {
+            if let Some(remote) = secured.link.remote() {
+                return (!secured.authorized).then_some(Step::Authorize(*remote));
+            }
+            if !secured.link.reads_handshake() {
+                break;
+            }
+            let input = self
+                .rx
+                .bytes()
+                .get(self.rx_start..self.rx_end)
+                .unwrap_or(&[]);
+            let Some(n) = record_len(input) else { break };
+            let total = RECORD_HEADER + n;
+            if total > self.rx_max {
+                let max = u32::try_from(self.rx_max).unwrap_or(u32::MAX);
+                let e = LinkError::RecordSize {
+                    len: total as u32,
+                    max,
+                };
+                self.session.end(Error::Link(e));
+                return Some(self.closing(now));
+            }
+            let Some(message) = input.get(RECORD_HEADER..total) else {
+                break;
+            };
+            let read = secured.link.read_handshake(message);
+            self.rx_start += total;
+            if self.rx_start == self.rx_end {
+                self.rx_start = 0;
+                self.rx_end = 0;
+            }
+            if let Err(e) = read {
+                self.session.end(Error::Link(e));
+                return Some(self.closing(now));
+            }
+        }
+        if !self.stalled {
+            match secured.link.write_handshake(self.tx.bytes_mut()) {
+                Ok(Some(len)) => {
+                    if self.backlog == 0 {
+                        self.write_since = now;
+                    }
+                    self.backlog += len;
+                    return Some(Step::Send {
+                        len,
+                        piece: None,
+                        deadline: self.stall_deadline(),
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.session.end(Error::Link(e));
+                    return Some(self.closing(now));
+                }
+            }
+        }
+        Some(self.closing(now))
+    }
+
+    /// Opens the next record received, if whole, in place; returns where the plaintext
+    /// the session is to read ends (`rx_end` without a secure link).
+    fn readable_end(&mut self) -> Option<usize> {
+        #[cfg(feature = "secure")]
+        if let Some(secured) = self.link.as_mut() {
+            use crate::secure::{RECORD_HEADER, record_len};
+            use crate::session::LinkError;
+            if let Some((plain_end, _)) = secured.opened {
+                return Some(plain_end);
+            }
+            let start = self.rx_start;
+            let n = record_len(self.rx.bytes().get(start..self.rx_end)?)?;
+            let total = RECORD_HEADER + n;
+            let max = self.session.config().max_frame as usize;
+            if total > max {
+                let e = LinkError::RecordSize {
+                    len: total as u32,
+                    max: max as u32,
+                };
+                self.session.end(Error::Link(e));
+                return None;
+            }
+            if self.rx_end - start < total {
+                return None;
+            }
+            let body = self
+                .rx
+                .bytes_mut()
+                .get_mut(start + RECORD_HEADER..start + total)?;
+            match secured.link.open(body) {
+                Ok(plain) => {
+                    let plain_end = start + RECORD_HEADER + plain;
+                    secured.opened = Some((plain_end, start + total));
+                    self.rx_start = start + RECORD_HEADER;
+                    return Some(plain_end);
+                }
+                Err(e) => {
+                    self.session.end(Error::Link(e));
+                    return None;
+                }
+            }
+        }
+        Some(self.rx_end)
+    }
+
+    /// Moves past the record whose plaintext the session has read whole.
+    fn record_read(&mut self) {
+        #[cfg(feature = "secure")]
+        if let Some(secured) = self.link.as_mut()
+            && let Some((plain_end, record_end)) = secured.opened
+            && self.rx_start >= plain_end
+        {
+            secured.opened = None;
+            self.rx_start = record_end;
+        }
+        if self.rx_start == self.rx_end {
+            self.rx_start = 0;
+            self.rx_end = 0;
+        }
     }
 
     /// Hands wanted chunks to the session as its queue drains, before it could find the
@@ -852,12 +1115,11 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             // longer than the chunk.
             let piece = crate::wire::Message::piece_capacity(peer.max_frame);
             let room = crate::wire::put_lz4_buffer(min(piece, serving.len()));
-            self.tx.grow_to(room);
+            self.tx.grow_to(room + self.link_overhead());
         }
-        let t = match self
-            .session
-            .poll_transmit_serving(now, self.tx.bytes_mut(), serving)
-        {
+        let skip = self.tx_skip();
+        let area = self.tx.bytes_mut().get_mut(skip..).unwrap_or(&mut []);
+        let t = match self.session.poll_transmit_serving(now, area, serving) {
             Ok(Some(t)) => t,
             Ok(None) => return None,
             Err(_) => {
@@ -866,19 +1128,88 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 return None;
             }
         };
+        let (len, piece, wire_len) = match self.seal(&t, serving) {
+            Some(sealed) => (sealed, None, sealed),
+            None if skip > 0 => return None,
+            None => (t.len, t.piece, t.wire_len()),
+        };
         if let Some(node) = node {
-            node.consume(now, t.wire_len() as u64);
+            node.consume(now, wire_len as u64);
         }
         self.node_ready = None;
         if self.backlog == 0 {
             self.write_since = now;
         }
-        self.backlog += t.wire_len();
+        self.backlog += wire_len;
         Some(Step::Send {
-            len: t.len,
-            piece: t.piece,
+            len,
+            piece,
             deadline: self.stall_deadline(),
         })
+    }
+
+    /// What the link adds to each frame.
+    #[cfg(feature = "lz4-compress")]
+    fn link_overhead(&self) -> usize {
+        #[cfg(feature = "secure")]
+        if self.link.is_some() {
+            return crate::secure::RECORD_OVERHEAD;
+        }
+        0
+    }
+
+    /// Where the session writes its frames in the transmit buffer: behind a record's
+    /// prefix over a secure link.
+    fn tx_skip(&self) -> usize {
+        #[cfg(feature = "secure")]
+        if self.link.is_some() {
+            return crate::secure::RECORD_HEADER;
+        }
+        0
+    }
+
+    /// Over a secure link, seals the frame the session wrote, and the piece of the served
+    /// chunk that follows it, into one record at the start of the transmit buffer;
+    /// returns its length. `None` without a link, or when the link failed (the session
+    /// then ends).
+    #[allow(clippy::unused_self, clippy::missing_const_for_fn)]
+    fn seal(&mut self, t: &crate::session::Transmit, serving: &[u8]) -> Option<usize> {
+        #[cfg(feature = "secure")]
+        if let Some(secured) = self.link.as_mut() {
+            use crate::secure::{RECORD_HEADER, TAG_LEN};
+            let mut plain = t.len;
+            if let Some(p) = t.piece {
+                let (at, n) = (p.offset as usize, p.len as usize);
+                let Some(bytes) = serving.get(at..at + n) else {
+                    // Polled without the chunk being served: `poll_serving` is needed.
+                    self.session.end(Error::ApiMisuse(ApiMisuse::NotAsked));
+                    return None;
+                };
+                let start = RECORD_HEADER + plain;
+                if !self.tx.grow_to(start + n + TAG_LEN) {
+                    self.session.end(Error::Aborted);
+                    return None;
+                }
+                self.tx
+                    .bytes_mut()
+                    .get_mut(start..start + n)?
+                    .copy_from_slice(bytes);
+                plain += n;
+            }
+            if !self.tx.grow_to(RECORD_HEADER + plain + TAG_LEN) {
+                self.session.end(Error::Aborted);
+                return None;
+            }
+            return match secured.link.seal(self.tx.bytes_mut(), plain) {
+                Ok(len) => Some(len),
+                Err(e) => {
+                    self.session.end(Error::Link(e));
+                    None
+                }
+            };
+        }
+        let _ = (t, serving);
+        None
     }
 
     fn stall_deadline(&self) -> Instant {
@@ -952,6 +1283,13 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             self.rx.bytes_mut().copy_within(start..end, 0);
             self.rx_end -= start;
             self.rx_start = 0;
+            #[cfg(feature = "secure")]
+            if let Some((plain_end, record_end)) =
+                self.link.as_mut().and_then(|s| s.opened.as_mut())
+            {
+                *plain_end -= start;
+                *record_end -= start;
+            }
         }
         let len = self.rx.bytes().len();
         if self.rx_end == len && len < self.rx_max {
@@ -1028,7 +1366,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     /// it wrote into `runs` (`None`: more than fit). An answer that does not fit aborts the
     /// session.
     pub fn summarized(&mut self, summary: &Summary, runs: Option<usize>) -> Result<(), ApiMisuse> {
-        let done = self.session.summarized(summary, runs, self.tx.bytes_mut());
+        let skip = self.tx_skip();
+        let area = self.tx.bytes_mut().get_mut(skip..).unwrap_or(&mut []);
+        let done = self.session.summarized(summary, runs, area);
         if matches!(done, Err(ApiMisuse::BadListing)) {
             self.session.abort();
         }
@@ -1124,3 +1464,6 @@ mod tests;
 
 #[cfg(test)]
 mod live_tests;
+
+#[cfg(all(test, feature = "secure"))]
+mod secure_tests;

@@ -20,6 +20,7 @@
 //! | [`session`] | the sync protocol with one peer as a sans-IO state machine |
 //! | [`claims`] | claims on ranges being fetched, shared by a node's sessions |
 //! | [`conduit`] | the driving layer adapters run: a session over one byte stream, as actions |
+//! | `secure` | (feature `secure`) keys, the Noise handshake and encrypted records |
 //!
 //! Time is always a parameter (`now`), bytes come in as slices and go out into caller
 //! buffers, and every capacity is a const generic or a value the caller chooses. Nothing a
@@ -28,6 +29,8 @@
 //! # Features
 //! - `alloc`: `Vec`-backed conveniences (`EventChunkStore`, `EventBuf`, the `Buffer` impl for `Vec<u8>`).
 //! - `std`: `alloc` plus std interop.
+//! - `secure`: authenticated, encrypted links (`secure`, `Conduit::new_secure`).
+//! - `lz4` / `lz4-compress`: receive / also send chunks compressed with LZ4.
 //! - `defmt` / `log`: route the crate's few log lines to one of these (never both).
 #![no_std]
 #![forbid(unsafe_code)]
@@ -58,6 +61,8 @@ pub mod hash;
 pub mod manifest;
 pub mod progress;
 pub mod recon;
+#[cfg(feature = "secure")]
+pub mod secure;
 pub mod session;
 pub mod store;
 pub mod throttle;

@@ -50,7 +50,9 @@ mod live;
 mod pull;
 mod serve;
 mod types;
-pub use error::{ApiMisuse, ConfigError, Error, FinishError, Incompatible, PeerMisbehaved};
+pub use error::{
+    ApiMisuse, ConfigError, Error, FinishError, Incompatible, LinkError, PeerMisbehaved,
+};
 use pull::{InFlight, Pull};
 use serve::{Answering, Request, Serve};
 pub use types::*;
@@ -145,6 +147,10 @@ pub struct Session<const RANGES: usize, const REQ: usize, const RUNS: usize = DE
     last_sent: Instant,
     /// The latest time given to the session.
     now: Instant,
+    /// Bytes the link adds to each frame (a secure link's record prefix and tag).
+    link_overhead: u32,
+    /// The largest frame the link carries (a record's limit).
+    link_max: u32,
 }
 
 impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
@@ -187,6 +193,8 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             closing: false,
             last_sent: now,
             now,
+            link_overhead: 0,
+            link_max: u32::MAX,
         })
     }
 
@@ -196,7 +204,9 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         &self.config
     }
 
-    /// The peer's `Hello`, once received.
+    /// The peer's `Hello`, once received; over a secure link its `max_frame` is less what
+    /// the link adds to each frame ([`RECORD_OVERHEAD`](crate::secure::RECORD_OVERHEAD)):
+    /// the largest frame this side sends.
     #[must_use]
     pub const fn peer(&self) -> Option<&Hello> {
         self.peer.as_ref()
@@ -422,7 +432,11 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             return Err(Error::Incompatible(Incompatible::MissingCapabilities));
         }
         self.limit_to_peer(hello.max_receive_rate)?;
-        self.peer = Some(hello);
+        // The session's frames to the peer leave room for what the link adds to each.
+        self.peer = Some(Hello {
+            max_frame: hello.max_frame.min(self.link_max) - self.link_overhead,
+            ..hello
+        });
         self.phase = Phase::Open;
         Ok(())
     }
@@ -794,6 +808,25 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         }
     }
 
+    /// Frames this side sends and receives are `overhead` bytes smaller than the frame
+    /// sizes announced (the link adds that much to each), and none is larger than `max`
+    /// with it. Before `Hello`.
+    pub(crate) const fn set_link(&mut self, overhead: u32, max: u32) {
+        self.link_overhead = overhead;
+        self.link_max = max;
+    }
+
+    /// Narrows what the session does before its `Hello` goes out: without `serve` it
+    /// shows the peer an empty store, without `pull` it fetches nothing.
+    pub(crate) fn restrict(&mut self, serve: bool, pull: bool) {
+        self.config.serve &= serve;
+        if !pull {
+            self.config.pull = false;
+            self.config.list = false;
+            self.pull = Pull::new(false, self.config.max_ranges);
+        }
+    }
+
     /// Whether this side's `Hello` went out.
     pub(crate) const fn hello_sent(&self) -> bool {
         self.hello_sent
@@ -806,6 +839,11 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             self.phase = Phase::Failed(error);
             self.error_frame = None;
         }
+    }
+
+    /// Fails the session now, telling the peer if the error has a wire reason.
+    pub(crate) fn fail_now(&mut self, error: Error) {
+        let _ = self.fail(error);
     }
 
     /// Moves to `Failed` and queues the error frame for the peer.

@@ -169,6 +169,8 @@ impl ErrorCode {
     pub const TIMED_OUT: Self = Self(6);
     /// The sender failed for a reason of its own.
     pub const INTERNAL: Self = Self(7);
+    /// The sender does not let the receiver's key sync with it.
+    pub const REFUSED: Self = Self(8);
 }
 
 /// A protocol message. Each borrows the frame it was decoded from.

@@ -38,6 +38,12 @@ pub(crate) struct End {
     pub(crate) writes: bool,
     /// Hashes the peer listed, in a listing.
     pub(crate) listed: Vec<ChunkHash>,
+    /// Over a secure link: what this end lets the peer's key do, and the keys it was
+    /// asked about.
+    #[cfg(feature = "secure")]
+    pub(crate) access: crate::secure::Access,
+    #[cfg(feature = "secure")]
+    pub(crate) asked: Vec<crate::secure::PublicKey>,
 }
 
 pub(crate) fn chunks(origin: u64, n: usize, payload: usize) -> BTreeMap<ChunkHash, Vec<u8>> {
@@ -77,6 +83,10 @@ impl End {
             deadline: None,
             writes: true,
             listed: Vec::new(),
+            #[cfg(feature = "secure")]
+            access: crate::secure::Access::FULL,
+            #[cfg(feature = "secure")]
+            asked: Vec::new(),
         }
     }
 
@@ -160,6 +170,11 @@ impl End {
                     }
                 }
                 Action::Connected(_) => {}
+                #[cfg(feature = "secure")]
+                Action::Authorize(key) => {
+                    self.asked.push(key);
+                    self.conduit.authorize(self.access).unwrap();
+                }
                 Action::ChunkFailed { hash, reason } => self.failed.push((hash, reason)),
                 Action::Shutdown => self.shutdown = true,
                 Action::Wait(wait) => {

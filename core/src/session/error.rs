@@ -38,6 +38,62 @@ pub enum Error {
     /// A call that does not fit the session's state. This one is not fatal: nothing
     /// changed.
     ApiMisuse(ApiMisuse),
+    /// The secure link failed, or refused the peer
+    /// ([`Conduit::new_secure`](crate::conduit::Conduit::new_secure)).
+    Link(LinkError),
+}
+
+/// Why a secure link ended a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The Noise handshake failed: a malformed or modified message, a message out of
+    /// turn, or a peer speaking another protocol.
+    Handshake,
+    /// A record that does not open: modified, replayed, reordered, forged, or shorter
+    /// than its tag.
+    BadRecord,
+    /// A record longer than this side accepts.
+    RecordSize {
+        /// The record's length, prefix included.
+        len: u32,
+        /// The most this side accepts.
+        max: u32,
+    },
+    /// A record that does not hold whole frames.
+    SplitFrame,
+    /// The peer's `Hello` names a node id its key does not give.
+    NodeIdNotKey {
+        /// The id in `Hello`.
+        claimed: crate::event::NodeId,
+        /// The id of the key the handshake proved.
+        key: crate::event::NodeId,
+    },
+    /// This node does not let the peer's key sync with it; on the peer's side, the
+    /// session ends with [`Error::Remote`] and [`ErrorCode::REFUSED`].
+    Refused,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Handshake => f.write_str("the secure handshake failed"),
+            Self::BadRecord => {
+                f.write_str("a record failed authentication (modified, replayed or forged)")
+            }
+            Self::RecordSize { len, max } => {
+                write!(f, "a record of {len} bytes, past the {max} accepted")
+            }
+            Self::SplitFrame => f.write_str("a record that does not hold whole frames"),
+            Self::NodeIdNotKey { claimed, key } => write!(
+                f,
+                "the peer claims node id {:016x} but its key gives {:016x}",
+                claimed.0, key.0
+            ),
+            Self::Refused => f.write_str("this node does not let the peer's key sync"),
+        }
+    }
 }
 
 impl Error {
@@ -69,7 +125,12 @@ impl Error {
             Self::HandshakeTimedOut => (ErrorCode::TIMED_OUT, "no Hello in time"),
             Self::DeadlinePassed => (ErrorCode::TIMED_OUT, "session deadline passed"),
             Self::Aborted | Self::ApiMisuse(_) => (ErrorCode::INTERNAL, "aborted"),
-            Self::Remote(_) | Self::Stalled | Self::Closed => return None,
+            Self::Link(LinkError::Refused) => (ErrorCode::REFUSED, "not authorized"),
+            Self::Link(LinkError::NodeIdNotKey { .. }) => {
+                (ErrorCode::UNEXPECTED, "node id does not match key")
+            }
+            // The link itself failed: nothing can reach the peer through it.
+            Self::Remote(_) | Self::Stalled | Self::Closed | Self::Link(_) => return None,
         })
     }
 }
@@ -90,6 +151,7 @@ impl fmt::Display for Error {
             Self::Stalled => f.write_str("peer took no bytes for longer than the idle timeout"),
             Self::Closed => f.write_str("peer closed the connection before the sync was complete"),
             Self::ApiMisuse(e) => write!(f, "session used out of order: {e}"),
+            Self::Link(e) => write!(f, "secure link: {e}"),
         }
     }
 }
@@ -320,6 +382,9 @@ pub enum ConfigError {
         /// Bytes it must hold.
         needed: usize,
     },
+    /// A secure conduit whose `node_id` is not the one its key gives, or whose
+    /// `max_frame` is past [`MAX_RECORD`](crate::secure::MAX_RECORD).
+    SecureLink(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -333,6 +398,7 @@ impl fmt::Display for ConfigError {
                 len,
                 needed,
             } => write!(f, "{buffer} buffer of {len} bytes, needs {needed}"),
+            Self::SecureLink(what) => f.write_str(what),
             Self::RateTooLow { rate, min } => write!(
                 f,
                 "a rate of {rate} B/s is too slow for the idle timeout: peers would give up before a frame got through (at least {min} B/s, or 0 for unlimited)"

@@ -428,6 +428,8 @@ impl Harness {
                     assert!(ids.len().is_multiple_of(32), "whole hashes");
                 }
                 Action::Connected(_) | Action::ChunkFailed { .. } | Action::Shutdown => {}
+                #[cfg(feature = "secure")]
+                Action::Authorize(_) => unreachable!("a plain conduit"),
                 Action::Wait(wait) => {
                     if wait.read && !self.inbox.is_empty() {
                         let n = self.c.receive(&self.inbox);

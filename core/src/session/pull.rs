@@ -221,7 +221,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     ) -> Result<Option<Transmit>, InsufficientSize> {
         if let Some(walk) = &mut self.pull.walk {
             let mut room = Room::for_frames(
-                self.config.max_frame as usize,
+                (self.config.max_frame - self.link_overhead) as usize,
                 peer.max_frame as usize,
                 wire::RECON_OVERHEAD + QUERY_FIELDS,
             );

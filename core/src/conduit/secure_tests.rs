@@ -1,0 +1,313 @@
+//! Conduits over a secure link: syncs at every frame size, permissions, a Hello that lies
+//! about its node id, and a wire that is tampered with, replayed or read.
+
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::tests::{End, chunks, config, run};
+use super::*;
+use crate::chunk::test_chunk;
+use crate::secure::{Access, Handshake, Keypair, MAX_RECORD, RECORD_OVERHEAD, Role};
+use crate::session::LinkError;
+use crate::wire::ErrorCode;
+
+type C = Conduit<'static, Vec<u8>, 8, 4>;
+
+fn keys(seed: u8) -> Keypair {
+    Keypair::from_secret([seed; 32])
+}
+
+fn buffers() -> Buffers<Vec<u8>> {
+    Buffers {
+        receive: std::vec![0; 64],
+        transmit: Vec::new(),
+        reassembly: Vec::new(),
+    }
+}
+
+/// An end over a secure link, of node `keys`, with `max_frame`.
+fn secure_end(
+    keys: &Keypair,
+    role: Role,
+    max_frame: u32,
+    store: BTreeMap<ChunkHash, Vec<u8>>,
+) -> End {
+    let mut end = End::new(config(1), Limits::new(), store);
+    let config = Config {
+        max_frame,
+        ..Config::new(keys.node_id())
+    };
+    let entropy = [role as u8 + 100; 32];
+    end.conduit = C::new_secure(
+        config,
+        Instant::ZERO,
+        buffers(),
+        Limits::new(),
+        Handshake::new(keys, role, entropy),
+    )
+    .unwrap();
+    end
+}
+
+/// Two ends, `a` initiating, holding `a_chunks` and `b_chunks`.
+fn pair(
+    max_frame: u32,
+    a_chunks: BTreeMap<ChunkHash, Vec<u8>>,
+    b_chunks: BTreeMap<ChunkHash, Vec<u8>>,
+) -> (End, End) {
+    let a = secure_end(&keys(1), Role::Initiator, max_frame, a_chunks);
+    let b = secure_end(&keys(2), Role::Responder, max_frame, b_chunks);
+    (a, b)
+}
+
+#[test]
+fn ends_sync_both_ways_over_a_secure_link_at_every_frame_size() {
+    for max_frame in [256, 300, 1024, 65_536, MAX_RECORD] {
+        let (mut a, mut b) = pair(max_frame, chunks(1, 12, 300), chunks(2, 5, 40));
+        run(&mut a, &mut b, Duration::from_secs(60));
+        assert_eq!(a.outcome, Some(Ok(())), "{max_frame}");
+        assert_eq!(b.outcome, Some(Ok(())), "{max_frame}");
+        assert_eq!(a.store, b.store);
+        assert_eq!(a.store.len(), 17);
+        // Each learned the other's key, proven by the handshake.
+        assert_eq!(a.asked, [*keys(2).public()]);
+        assert_eq!(b.asked, [*keys(1).public()]);
+        assert_eq!(a.conduit.peer_key(), Some(keys(2).public()));
+        // The session's frames leave room for the record around them.
+        let peer = a.conduit.peer().unwrap();
+        assert_eq!(
+            peer.max_frame as usize,
+            max_frame as usize - RECORD_OVERHEAD
+        );
+    }
+}
+
+#[test]
+fn no_payload_byte_and_no_hash_travels_in_the_clear() {
+    let secret = b"telemetry: reactor core temperature 1234.5 K, valve 7 open";
+    let mut store = BTreeMap::new();
+    for seq in 0..6 {
+        let bytes = test_chunk(1, seq * 10, secret);
+        store.insert(ChunkHash::of(&bytes), bytes);
+    }
+    let ids: Vec<ChunkHash> = store.keys().copied().collect();
+    let (mut a, mut b) = pair(1024, store, BTreeMap::new());
+    let mut wire = Vec::new();
+    for _ in 0..10_000 {
+        if a.outcome.is_some() && b.outcome.is_some() {
+            break;
+        }
+        a.pump(Instant::ZERO, None);
+        b.pump(Instant::ZERO, None);
+        wire.extend_from_slice(&a.outbox);
+        wire.extend_from_slice(&b.outbox);
+        b.inbox.append(&mut a.outbox);
+        a.inbox.append(&mut b.outbox);
+    }
+    assert_eq!(b.outcome, Some(Ok(())));
+    assert_eq!(b.store.len(), 6);
+    let contains = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(&secret[..12]), "payload in the clear");
+    assert!(!contains(b"reactor"));
+    for id in &ids {
+        assert!(!contains(&id.as_bytes()[..8]), "a chunk hash in the clear");
+    }
+}
+
+#[test]
+fn a_refused_peer_is_told_and_learns_nothing() {
+    let (mut a, mut b) = pair(256, BTreeMap::new(), chunks(2, 5, 40));
+    b.access = Access::NONE;
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(b.outcome, Some(Err(Error::Link(LinkError::Refused))));
+    assert_eq!(a.outcome, Some(Err(Error::Remote(ErrorCode::REFUSED))));
+    // No Hello reached the refused peer: not even a frame size or a count.
+    assert!(a.conduit.peer().is_none());
+    assert!(a.store.is_empty());
+    assert_eq!(a.conduit.progress().total_chunks, 0);
+}
+
+#[test]
+fn pull_access_alone_serves_the_peer_and_takes_nothing_from_it() {
+    let (mut a, mut b) = pair(256, chunks(1, 4, 40), chunks(2, 5, 40));
+    b.access = Access {
+        pull: true,
+        push: false,
+    };
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(b.outcome, Some(Ok(())));
+    assert_eq!(a.store.len(), 9, "a pulled b's chunks");
+    assert_eq!(b.store.len(), 5, "b took none of a's");
+}
+
+#[test]
+fn push_access_alone_shows_an_empty_store() {
+    let (mut a, mut b) = pair(256, chunks(1, 4, 40), chunks(2, 5, 40));
+    b.access = Access {
+        pull: false,
+        push: true,
+    };
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(a.store.len(), 4, "b showed a nothing");
+    assert_eq!(b.store.len(), 9, "b took a's chunks");
+}
+
+#[test]
+fn a_hello_that_claims_another_node_id_ends_the_session() {
+    let (mut a, mut b) = pair(256, BTreeMap::new(), chunks(2, 3, 40));
+    // `b` runs the link with key 2 but says it is node 7 in its Hello.
+    let mut liar = C::new(
+        Config {
+            max_frame: 256,
+            ..Config::new(NodeId(7))
+        },
+        Instant::ZERO,
+        buffers(),
+        Limits::new(),
+    )
+    .unwrap();
+    liar.session.set_link(RECORD_OVERHEAD as u32, MAX_RECORD);
+    liar.tx.grow_to(C::max_tx());
+    liar.link = Some(Secured {
+        link: crate::secure::Link::Handshaking(Handshake::new(&keys(2), Role::Responder, [9; 32])),
+        authorized: false,
+        opened: None,
+    });
+    b.conduit = liar;
+    run(&mut a, &mut b, Duration::from_secs(60));
+    let key = keys(2).node_id();
+    assert_eq!(
+        a.outcome,
+        Some(Err(Error::Link(LinkError::NodeIdNotKey {
+            claimed: NodeId(7),
+            key
+        })))
+    );
+    assert!(a.store.is_empty());
+}
+
+impl C {
+    fn max_tx() -> usize {
+        Session::<8, 4>::max_transmit_len() + RECORD_OVERHEAD
+    }
+}
+
+#[test]
+fn a_conduit_whose_id_is_not_its_keys_is_refused() {
+    let hs = Handshake::new(&keys(1), Role::Initiator, [3; 32]);
+    let wrong = C::new_secure(config(5), Instant::ZERO, buffers(), Limits::new(), hs);
+    assert!(matches!(wrong, Err(ConfigError::SecureLink(_))));
+    let hs = Handshake::new(&keys(1), Role::Initiator, [3; 32]);
+    let large = Config {
+        max_frame: MAX_RECORD + 1,
+        ..Config::new(keys(1).node_id())
+    };
+    let too_large = C::new_secure(large, Instant::ZERO, buffers(), Limits::new(), hs);
+    assert!(matches!(too_large, Err(ConfigError::SecureLink(_))));
+}
+
+/// Runs `a` and `b`, letting `tamper` change each batch of bytes from `a` to `b` after the
+/// first `skip` batches.
+fn run_tampered(a: &mut End, b: &mut End, skip: usize, tamper: impl Fn(&mut Vec<u8>)) {
+    let mut batches = 0;
+    for _ in 0..10_000 {
+        if a.outcome.is_some() && b.outcome.is_some() {
+            return;
+        }
+        let moved = a.pump(Instant::ZERO, None) | b.pump(Instant::ZERO, None);
+        if !a.outbox.is_empty() {
+            batches += 1;
+            if batches > skip {
+                tamper(&mut a.outbox);
+            }
+        }
+        let sent = !a.outbox.is_empty() || !b.outbox.is_empty();
+        b.inbox.append(&mut a.outbox);
+        a.inbox.append(&mut b.outbox);
+        if !moved && !sent {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_modified_replayed_or_forged_record_fails_the_link() {
+    type Tamper = fn(&mut Vec<u8>);
+    let cases: [(&str, Tamper); 3] = [
+        ("modified", |bytes| {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+        }),
+        ("replayed", |bytes| {
+            let again = bytes.clone();
+            bytes.extend_from_slice(&again);
+        }),
+        ("forged", |bytes| {
+            bytes.splice(0..0, [20, 0].into_iter().chain([0xa5; 20]));
+        }),
+    ];
+    for (what, tamper) in cases {
+        // The first two batches from `a` are handshake messages, the third its Hello.
+        let (mut a, mut b) = pair(256, chunks(1, 3, 40), BTreeMap::new());
+        run_tampered(&mut a, &mut b, 2, tamper);
+        assert_eq!(
+            b.conduit.session().error(),
+            Some(Error::Link(LinkError::BadRecord)),
+            "{what}"
+        );
+        assert!(b.store.is_empty(), "{what}");
+    }
+}
+
+#[test]
+fn a_record_longer_than_the_frame_size_is_refused_before_it_is_read() {
+    let (mut a, mut b) = pair(256, chunks(1, 3, 40), BTreeMap::new());
+    run_tampered(&mut a, &mut b, 2, |bytes| {
+        bytes.splice(0..0, [0xff, 0xff]);
+    });
+    assert_eq!(
+        b.conduit.session().error(),
+        Some(Error::Link(LinkError::RecordSize {
+            len: 65_537,
+            max: 256
+        }))
+    );
+}
+
+proptest! {
+    /// Whatever an initiator sends, a responder never panics, never stores a chunk, and
+    /// ends with a typed error or keeps waiting within bounded state.
+    #[test]
+    fn garbage_never_gets_past_the_handshake(
+        reads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 1..8),
+    ) {
+        let mut b = secure_end(&keys(2), Role::Responder, 256, chunks(2, 3, 40));
+        for read in reads {
+            b.inbox.extend_from_slice(&read);
+            b.pump(Instant::ZERO, None);
+            b.outbox.clear();
+        }
+        prop_assert_eq!(b.store.len(), 3);
+        prop_assert!(b.asked.is_empty());
+        prop_assert!(b.conduit.peer().is_none());
+    }
+
+    /// Bytes flipped anywhere after the handshake fail the link, or (in a record not yet
+    /// whole) leave the session waiting; nothing unverified is ever stored.
+    #[test]
+    fn flipped_bytes_are_caught(at in 0usize..400, bit in 0u8..8) {
+        let (mut a, mut b) = pair(256, chunks(1, 3, 40), BTreeMap::new());
+        run_tampered(&mut a, &mut b, 2, |bytes| {
+            if let Some(byte) = bytes.get_mut(at) {
+                *byte ^= 1 << bit;
+            }
+        });
+        for (id, bytes) in &b.store {
+            prop_assert_eq!(*id, ChunkHash::of(bytes));
+        }
+    }
+}

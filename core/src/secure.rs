@@ -1,0 +1,432 @@
+//! Authenticated, encrypted links: who the peer is, and frames only it can read.
+//!
+//! A [`Conduit`](crate::conduit::Conduit) made with
+//! [`new_secure`](crate::conduit::Conduit::new_secure) runs a Noise handshake before
+//! anything else, `Noise_XX_25519_ChaChaPoly_SHA256` (the pattern and suite libp2p uses),
+//! through the `clatter` crate (no `std`, no allocator):
+//!
+//! | message | bytes on the wire | what it carries |
+//! |---|---:|---|
+//! | initiator → responder | 2 + 32 | an ephemeral key |
+//! | responder → initiator | 2 + 96 | its ephemeral key, its static key (encrypted) |
+//! | initiator → responder | 2 + 64 | its static key (encrypted) |
+//!
+//! One and a half round trips, 200 bytes in all; the initiator's first `Hello` travels
+//! right behind the third message. Each side then knows the other's static key, proven by
+//! the key exchange, and decides what that key may do ([`Access`]). The prologue binds the
+//! handshake to this protocol ([`PROLOGUE`]).
+//!
+//! # Identity
+//! A node's identity is an X25519 key pair ([`Keypair`]), made from 32 secret bytes the
+//! application supplies. Its [`NodeId`] is derived from the public key
+//! ([`PublicKey::node_id`]): the first 8 bytes, little-endian, of BLAKE3 in key-derivation
+//! mode with the context `"chunk-sync 2026 node id"` over the 32-byte key. A `Hello` whose
+//! node id is not the one the handshake's key gives ends the session
+//! ([`LinkError::NodeIdNotKey`](crate::session::LinkError::NodeIdNotKey)). A 64-bit id can be
+//! collided with about 2^32 work, so permissions are keyed by the whole public key,
+//! never by the id.
+//!
+//! # Records
+//! After the handshake every frame travels in a record: a 2-byte little-endian length
+//! `n`, then `n` bytes of ChaCha20-Poly1305 ciphertext, the last 16 of which are the tag.
+//! A record holds whole frames and is at most the receiver's `max_frame` bytes in all, so
+//! a link adds [`RECORD_OVERHEAD`] = 18 bytes per frame and a session's frames are that
+//! much smaller than the frame size it announces (a 256-byte frame carries 238 bytes of
+//! frame). Nonces count records, so a modified, replayed, reordered, dropped or forged
+//! record fails to open ([`LinkError::BadRecord`](crate::session::LinkError::BadRecord)).
+//! Noise caps a message at 65,535 bytes: a secure link's `max_frame` is at most
+//! [`MAX_RECORD`].
+//!
+//! The core has no random source: the adapter supplies 32 bytes of entropy per session
+//! for the ephemeral key ([`Handshake::new`]); they must never be reused.
+
+use core::fmt;
+use core::str::FromStr;
+
+use clatter::bytearray::{ByteArray, SensitiveByteArray};
+use clatter::crypto::cipher::ChaChaPoly;
+use clatter::crypto::dh::X25519;
+use clatter::crypto::hash::Sha256;
+use clatter::handshakepattern::noise_xx;
+use clatter::traits::{Dh, Handshaker};
+use clatter::transportstate::TransportState;
+use clatter::{KeyPair, NqHandshakeCore};
+
+use crate::event::NodeId;
+use crate::session::LinkError;
+
+/// Bytes of a record's length prefix.
+pub const RECORD_HEADER: usize = 2;
+/// Bytes of a record's authentication tag.
+pub const TAG_LEN: usize = 16;
+/// What a record adds to each frame it carries.
+pub const RECORD_OVERHEAD: usize = RECORD_HEADER + TAG_LEN;
+/// The largest record, prefix included, and so the largest `max_frame` of a secure link.
+pub const MAX_RECORD: u32 = (RECORD_HEADER + u16::MAX as usize) as u32;
+/// The Noise prologue both sides mix in: a handshake for anything else fails.
+pub const PROLOGUE: &[u8] = b"chunk-sync/2 Noise_XX_25519_ChaChaPoly_SHA256";
+/// The BLAKE3 key-derivation context of node ids.
+const NODE_ID_CONTEXT: &str = "chunk-sync 2026 node id";
+
+/// A node's public key: its identity on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The node id this key gives: see the [module docs](self).
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        let derived = blake3::derive_key(NODE_ID_CONTEXT, &self.0);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&derived[..8]);
+        NodeId(u64::from_le_bytes(id))
+    }
+}
+
+impl fmt::Display for PublicKey {
+    /// 64 lowercase hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+/// A public key that is not 64 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct KeyParseError;
+
+impl fmt::Display for KeyParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a public key is 64 hex digits")
+    }
+}
+
+impl core::error::Error for KeyParseError {}
+
+impl FromStr for PublicKey {
+    type Err = KeyParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.as_bytes();
+        if s.len() != 64 {
+            return Err(KeyParseError);
+        }
+        let digit = |c: u8| (c as char).to_digit(16).ok_or(KeyParseError);
+        let mut key = [0u8; 32];
+        for (k, pair) in key.iter_mut().zip(s.chunks_exact(2)) {
+            *k = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
+        }
+        Ok(Self(key))
+    }
+}
+
+/// A node's static key pair. The secret is wiped from memory when the pair is dropped,
+/// and never printed.
+#[derive(Clone)]
+pub struct Keypair {
+    secret: SensitiveByteArray<[u8; 32]>,
+    public: PublicKey,
+}
+
+impl Keypair {
+    /// The key pair of this secret: 32 bytes from a cryptographic random source, kept by
+    /// the application (the CLI keeps them in a file of mode 0600).
+    #[must_use]
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        let secret = SensitiveByteArray::from_slice(&secret);
+        let public = PublicKey(X25519::pubkey(&secret));
+        Self { secret, public }
+    }
+
+    /// The secret bytes, to store them.
+    #[must_use]
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
+    /// The public key.
+    #[must_use]
+    pub const fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The node id of the public key.
+    #[must_use]
+    pub fn node_id(&self) -> NodeId {
+        self.public.node_id()
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which side of the handshake a node is: the one that connected initiates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Role {
+    /// Sends the first handshake message (the side that connected).
+    Initiator,
+    /// Answers it (the side that accepted the connection).
+    Responder,
+}
+
+/// What a node lets a peer's key do, decided once the handshake has proven the key
+/// ([`Conduit::authorize`](crate::conduit::Conduit::authorize)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Access {
+    /// The peer may fetch this node's chunks. Without it, this side answers as an empty
+    /// store would: the peer learns neither hashes nor counts.
+    pub pull: bool,
+    /// This node takes chunks from the peer. Without it, this side fetches nothing.
+    pub push: bool,
+}
+
+impl Access {
+    /// Both ways.
+    pub const FULL: Self = Self {
+        pull: true,
+        push: true,
+    };
+    /// Nothing: the session ends with
+    /// [`LinkError::Refused`](crate::session::LinkError::Refused) before any `Hello`, and
+    /// the peer is told it was refused.
+    pub const NONE: Self = Self {
+        pull: false,
+        push: false,
+    };
+}
+
+/// An entropy source the handshake never calls: the ephemeral key is made from the
+/// entropy given to [`Handshake::new`].
+#[derive(Clone, Copy, Debug, Default)]
+struct GivenEntropy;
+
+impl clatter::rand_core::RngCore for GivenEntropy {
+    fn next_u32(&mut self) -> u32 {
+        unreachable!("the ephemeral key is supplied")
+    }
+    fn next_u64(&mut self) -> u64 {
+        unreachable!("the ephemeral key is supplied")
+    }
+    fn fill_bytes(&mut self, _: &mut [u8]) {
+        unreachable!("the ephemeral key is supplied")
+    }
+    fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), clatter::rand_core::Error> {
+        unreachable!("the ephemeral key is supplied")
+    }
+}
+
+impl clatter::rand_core::CryptoRng for GivenEntropy {}
+
+type Noise = NqHandshakeCore<X25519, ChaChaPoly, Sha256, GivenEntropy>;
+
+/// A Noise XX handshake about to start: this node's keys, its role, and the entropy of
+/// this session.
+pub struct Handshake {
+    noise: Noise,
+    node_id: NodeId,
+}
+
+impl fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshake")
+            .field("initiator", &self.noise.is_initiator())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handshake {
+    /// A handshake of `keys` in `role`, with 32 bytes of fresh `entropy` for the
+    /// ephemeral key (from a cryptographic random source, never used twice).
+    #[must_use]
+    pub fn new(keys: &Keypair, role: Role, entropy: [u8; 32]) -> Self {
+        let pair =
+            |secret: SensitiveByteArray<[u8; 32]>| KeyPair::new(X25519::pubkey(&secret), secret);
+        let ephemeral = pair(SensitiveByteArray::from_slice(&entropy));
+        let noise = Noise::new(
+            noise_xx(),
+            PROLOGUE,
+            role == Role::Initiator,
+            Some(pair(keys.secret.clone())),
+            Some(ephemeral),
+            None,
+            None,
+        );
+        match noise {
+            Ok(noise) => Self {
+                noise,
+                node_id: keys.node_id(),
+            },
+            // XX is a DH pattern without pre-shared keys: `new` accepts it.
+            Err(_) => unreachable!("Noise XX is a valid pattern"),
+        }
+    }
+}
+
+impl Handshake {
+    /// The node id of this side's key.
+    #[must_use]
+    pub const fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+}
+
+/// The state of a secure link: handshaking, then open.
+// Without an allocator the handshake state (about 700 bytes) lives inline; a conduit
+// holds one link, so the space is spent once per session.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Link {
+    Handshaking(Handshake),
+    Open {
+        transport: TransportState<ChaChaPoly, Sha256>,
+        remote: PublicKey,
+    },
+    Broken,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Handshaking(_) => "Link::Handshaking",
+            Self::Open { .. } => "Link::Open",
+            Self::Broken => "Link::Broken",
+        })
+    }
+}
+
+impl Link {
+    /// The peer's key, once the handshake proved it.
+    pub(crate) const fn remote(&self) -> Option<&PublicKey> {
+        match self {
+            Self::Open { remote, .. } => Some(remote),
+            _ => None,
+        }
+    }
+
+    pub(crate) const fn is_open(&self) -> bool {
+        matches!(self, Self::Open { .. })
+    }
+
+    /// Moves to `Open` if the handshake is finished.
+    fn finish(&mut self) -> Result<(), LinkError> {
+        let Self::Handshaking(hs) = self else {
+            return Ok(());
+        };
+        if !hs.noise.is_finished() {
+            return Ok(());
+        }
+        let remote = hs.noise.get_remote_static().map(PublicKey);
+        let Self::Handshaking(hs) = core::mem::replace(self, Self::Broken) else {
+            return Ok(());
+        };
+        match (hs.noise.finalize(), remote) {
+            (Ok(transport), Some(remote)) => {
+                *self = Self::Open { transport, remote };
+                Ok(())
+            }
+            _ => Err(LinkError::Handshake),
+        }
+    }
+
+    /// Writes this side's next handshake message into `out`, prefix included, if it is
+    /// this side's turn; returns its length.
+    pub(crate) fn write_handshake(&mut self, out: &mut [u8]) -> Result<Option<usize>, LinkError> {
+        let Self::Handshaking(hs) = self else {
+            return Ok(None);
+        };
+        if hs.noise.is_finished() || !hs.noise.is_write_turn() {
+            return Ok(None);
+        }
+        let body = out.get_mut(RECORD_HEADER..).ok_or(LinkError::Handshake)?;
+        let Ok(n) = hs.noise.write_message(&[], body) else {
+            *self = Self::Broken;
+            return Err(LinkError::Handshake);
+        };
+        out[..RECORD_HEADER].copy_from_slice(&(n as u16).to_le_bytes());
+        self.finish()?;
+        Ok(Some(RECORD_HEADER + n))
+    }
+
+    /// Whether the link waits for the peer's handshake message.
+    pub(crate) fn reads_handshake(&self) -> bool {
+        matches!(self, Self::Handshaking(hs) if !hs.noise.is_write_turn())
+    }
+
+    /// Reads the peer's handshake message (without its prefix).
+    pub(crate) fn read_handshake(&mut self, message: &[u8]) -> Result<(), LinkError> {
+        let Self::Handshaking(hs) = self else {
+            return Err(LinkError::Handshake);
+        };
+        // Handshake payloads are empty: a message that carries one is refused.
+        if hs.noise.read_message(message, &mut []).is_err() {
+            *self = Self::Broken;
+            return Err(LinkError::Handshake);
+        }
+        self.finish()
+    }
+
+    /// Seals the `plain_len` bytes at `buf[RECORD_HEADER..]` into a record in place
+    /// (prefix and tag added); returns the record's length.
+    pub(crate) fn seal(&mut self, buf: &mut [u8], plain_len: usize) -> Result<usize, LinkError> {
+        let Self::Open { transport, .. } = self else {
+            return Err(LinkError::Handshake);
+        };
+        let n = plain_len + TAG_LEN;
+        if n > usize::from(u16::MAX) {
+            return Err(LinkError::RecordSize {
+                len: n as u32,
+                max: MAX_RECORD,
+            });
+        }
+        let body = buf
+            .get_mut(RECORD_HEADER..RECORD_HEADER + n)
+            .ok_or(LinkError::Handshake)?;
+        if transport.send_in_place(body, plain_len).is_err() {
+            *self = Self::Broken;
+            return Err(LinkError::BadRecord);
+        }
+        buf[..RECORD_HEADER].copy_from_slice(&(n as u16).to_le_bytes());
+        Ok(RECORD_HEADER + n)
+    }
+
+    /// Opens the record body `body` (ciphertext and tag) in place; returns the length of
+    /// the plaintext at its start.
+    pub(crate) fn open(&mut self, body: &mut [u8]) -> Result<usize, LinkError> {
+        let Self::Open { transport, .. } = self else {
+            return Err(LinkError::BadRecord);
+        };
+        let len = body.len();
+        if len < TAG_LEN {
+            return Err(LinkError::BadRecord);
+        }
+        match transport.receive_in_place(body, len) {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                *self = Self::Broken;
+                Err(LinkError::BadRecord)
+            }
+        }
+    }
+}
+
+/// The length a record prefix announces, if `bytes` hold one.
+pub(crate) fn record_len(bytes: &[u8]) -> Option<usize> {
+    let prefix = bytes.get(..RECORD_HEADER)?;
+    Some(usize::from(u16::from_le_bytes([prefix[0], prefix[1]])))
+}
+
+#[cfg(test)]
+mod tests;
