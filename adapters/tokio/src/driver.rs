@@ -10,12 +10,13 @@ use bytes::Bytes;
 use chunk_sync_core::conduit::{Action, Buffers, Conduit, Limits};
 use chunk_sync_core::progress::SyncProgress as CoreProgress;
 use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::secure::Access;
 use chunk_sync_core::session::{self, Config, ConfigError, FailReason, Stored};
 use chunk_sync_core::{ChunkHash, NodeId, Span, wire};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, StoreError};
 use crate::events::NodeEvent;
@@ -50,11 +51,13 @@ const LINGER: chunk_sync_core::Duration = chunk_sync_core::Duration::from_secs(1
 /// The same, for tokio's timers.
 const LINGER_STD: std::time::Duration = std::time::Duration::from_micros(LINGER.as_micros());
 
-/// A host conduit for `config`, starting now, fetching `wanted`.
+/// A host conduit for `config`, starting now, fetching `wanted`; over a secure link if the
+/// node is secure, as the handshake's responder if the peer connected to this node.
 pub(crate) fn conduit<'w>(
     config: Config,
     shared: &Shared,
     wanted: &'w [ChunkHash],
+    accepted: bool,
 ) -> Result<Box<HostConduit<'w>>, ConfigError> {
     let buffers = Buffers {
         receive: vec![0; RX_INITIAL],
@@ -68,7 +71,22 @@ pub(crate) fn conduit<'w>(
         linger: LINGER,
     };
     // Boxed at once: a host session is about 200 KiB, too much to move around a stack.
-    let mut conduit = Conduit::new(config, shared.clock.now(), buffers, limits).map(Box::new)?;
+    let now = shared.clock.now();
+    let mut conduit = match &shared.security {
+        None => Conduit::new(config, now, buffers, limits).map(Box::new)?,
+        Some(security) => {
+            use chunk_sync_core::secure::{Handshake, Role};
+            let role = if accepted {
+                Role::Responder
+            } else {
+                Role::Initiator
+            };
+            let entropy = crate::security::entropy()
+                .map_err(|_| ConfigError::SecureLink("the system's random source failed"))?;
+            let handshake = Handshake::new(&security.keys, role, entropy);
+            Conduit::new_secure(config, now, buffers, limits, handshake).map(Box::new)?
+        }
+    };
     conduit.fetch(wanted);
     Ok(conduit)
 }
@@ -282,6 +300,20 @@ impl Driver<'_, '_> {
                         self.writes
                             .queue(VerifiedChunk::trusted(id, Bytes::from(bytes)));
                     }
+                    continue;
+                }
+                Action::Authorize(key) => {
+                    let access = self
+                        .shared
+                        .security
+                        .as_ref()
+                        .map_or(Access::NONE, |s| s.peers.access(&key));
+                    if access == Access::NONE {
+                        info!(%key, "refused a peer key this node does not allow");
+                    } else {
+                        debug!(%key, ?access, "peer key authenticated");
+                    }
+                    let _ = self.conduit.authorize(access);
                     continue;
                 }
                 Action::Connected(peer) => {
@@ -573,7 +605,7 @@ mod tests {
                     Box::new(crate::MemStore::new()),
                     chunk_sync_core::Throttle::unlimited(),
                 );
-                conduit(Config::new(NodeId(1)), &shared, &[]).is_ok()
+                conduit(Config::new(NodeId(1)), &shared, &[], false).is_ok()
             })
             .unwrap()
             .join();

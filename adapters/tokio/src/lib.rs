@@ -48,6 +48,7 @@ mod peers;
 mod progress;
 #[cfg(feature = "redb")]
 mod redb_store;
+mod security;
 mod shared;
 mod store;
 mod time;
@@ -67,4 +68,5 @@ pub use node::{FailoverReport, Node};
 pub use progress::{SyncProgress, SyncReport};
 #[cfg(feature = "redb")]
 pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy};
+pub use security::{Access, Keypair, Permissions, PublicKey, Security, generate_keypair};
 pub use store::{Inserted, MemStore, MemoryLimit, NodeStore, VerifiedChunk};

@@ -70,7 +70,11 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// A node keeping its chunks in `store`.
+    /// A node keeping its chunks in `store`, whose sessions run **in the clear and
+    /// unauthenticated**: any program that reaches it may pull what it serves, and a
+    /// peer's node id is whatever its `Hello` says. For tests and links secured end to
+    /// end by other means; a node on a network is made with
+    /// [`new_secure`](Self::new_secure).
     pub fn new(config: NodeConfig, store: impl NodeStore) -> Result<Self, Error> {
         // Check the session configuration once, up front.
         config
@@ -87,6 +91,43 @@ impl Node {
         Ok(Self {
             shared: Arc::new(Shared::new(config, Box::new(store), throttle)),
         })
+    }
+
+    /// A node whose every session is authenticated and encrypted
+    /// ([`chunk_sync_core::secure`]): a Noise XX handshake proves both keys, each peer
+    /// key gets what `security.peers` gives it, and every frame is sealed with
+    /// ChaCha20-Poly1305. Peers must be secure nodes too. `config.node_id` must be the id
+    /// of `security.keys` ([`Keypair::node_id`](crate::Keypair::node_id)); a
+    /// `config.max_frame` past a record's 65,537 bytes is lowered to it.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new), and [`ConfigError::SecureLink`](chunk_sync_core::session::ConfigError::SecureLink).
+    pub fn new_secure(
+        config: NodeConfig,
+        store: impl NodeStore,
+        security: crate::Security,
+    ) -> Result<Self, Error> {
+        use chunk_sync_core::session::ConfigError;
+        if config.node_id != security.keys.node_id() {
+            return Err(Error::Config(ConfigError::SecureLink(
+                "node_id must be the id of the node's key (Keypair::node_id)",
+            )));
+        }
+        let config = NodeConfig {
+            max_frame: config.max_frame.min(chunk_sync_core::secure::MAX_RECORD),
+            ..config
+        };
+        let mut node = Self::new(config, store)?;
+        if let Some(shared) = Arc::get_mut(&mut node.shared) {
+            shared.security = Some(security);
+        }
+        Ok(node)
+    }
+
+    /// This node's public key, if it is secure.
+    #[must_use]
+    pub fn public_key(&self) -> Option<crate::PublicKey> {
+        self.shared.security.as_ref().map(|s| *s.keys.public())
     }
 
     /// This node's id.
@@ -263,7 +304,7 @@ impl Node {
             list: mode.list,
             ..shared.config.session_config(mode.pull, mode.serve)
         };
-        let conduit = match conduit(config, shared, &wanted) {
+        let conduit = match conduit(config, shared, &wanted, context.conn.is_some()) {
             Ok(c) => c,
             Err(e) => {
                 let report = SyncReport::empty();

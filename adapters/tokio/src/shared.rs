@@ -63,6 +63,8 @@ impl Budget for NodeBudget<'_> {
 /// The state of one node, shared by its handles, listeners and sessions.
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
+    /// The node's keys and permissions; `None`: sessions in the clear.
+    pub(crate) security: Option<crate::Security>,
     pub(crate) store: Box<dyn NodeStore>,
     pub(crate) clock: Clock,
     pub(crate) connections: Connections,
@@ -93,6 +95,7 @@ impl Shared {
     pub(crate) fn new(config: NodeConfig, store: Box<dyn NodeStore>, throttle: Throttle) -> Self {
         Self {
             config,
+            security: None,
             store,
             clock: Clock::new(),
             connections: Connections::new(config.max_connections),

@@ -1,0 +1,80 @@
+//! Secure nodes: the node's keys, and what each peer's key may do.
+
+use std::collections::BTreeMap;
+
+pub use chunk_sync_core::secure::{Access, Keypair, PublicKey};
+
+/// What a secure node ([`Node::new_secure`](crate::Node::new_secure)) is and whom it
+/// lets in: its key pair (its node id is the key's,
+/// [`PublicKey::node_id`]) and the access of each peer key.
+#[derive(Clone, Debug)]
+pub struct Security {
+    /// This node's static key pair.
+    pub keys: Keypair,
+    /// What each peer key may do.
+    pub peers: Permissions,
+}
+
+/// Access by peer key: keys listed get theirs, every other key the default
+/// ([`Access::NONE`] unless the node is [`open`](Self::open)).
+#[derive(Clone, Debug)]
+pub struct Permissions {
+    default: Access,
+    keys: BTreeMap<PublicKey, Access>,
+}
+
+impl Permissions {
+    /// No key may sync until [`allow`](Self::allow)ed.
+    #[must_use]
+    pub const fn deny_all() -> Self {
+        Self {
+            default: Access::NONE,
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// Any key that completes the handshake may pull and push: an open node, whose peers
+    /// are authenticated (each proves its key and node id) but not restricted.
+    #[must_use]
+    pub const fn open() -> Self {
+        Self {
+            default: Access::FULL,
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// Gives `key` `access`, whatever the default.
+    #[must_use]
+    pub fn allow(mut self, key: PublicKey, access: Access) -> Self {
+        self.keys.insert(key, access);
+        self
+    }
+
+    /// What `key` may do.
+    #[must_use]
+    pub fn access(&self, key: &PublicKey) -> Access {
+        self.keys.get(key).copied().unwrap_or(self.default)
+    }
+}
+
+impl Default for Permissions {
+    /// [`deny_all`](Self::deny_all).
+    fn default() -> Self {
+        Self::deny_all()
+    }
+}
+
+/// 32 bytes from the operating system's random source: the entropy of one handshake.
+pub(crate) fn entropy() -> std::io::Result<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// A new key pair from the operating system's random source.
+///
+/// # Errors
+/// The random source failed.
+pub fn generate_keypair() -> std::io::Result<Keypair> {
+    entropy().map(Keypair::from_secret)
+}
