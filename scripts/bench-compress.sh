@@ -24,12 +24,12 @@ field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" "$2"; }
 pull_with() {
   local store=$1 compress=$2 port
   port=$(free_port)
-  "$BIN" serve --store "$store" --listen "127.0.0.1:$port" --compress "$compress" >"$WORK/serve.log" 2>&1 &
+  "$BIN" serve "${SERVE_LINK[@]}" --store "$store" --listen "127.0.0.1:$port" --compress "$compress" >"$WORK/serve.log" 2>&1 &
   SERVE_PID=$!
   until grep -q serving "$WORK/serve.log" 2>/dev/null; do sleep 0.05; done
   local t0 t1
   t0=$(date +%s.%N)
-  "$BIN" pull --json --store "$WORK/copy" --from "127.0.0.1:$port" --rate "$RATE" >"$WORK/pull.json"
+  "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} --json --store "$WORK/copy" --from "127.0.0.1:$port" --rate "$RATE" >"$WORK/pull.json"
   t1=$(date +%s.%N)
   kill "$SERVE_PID"
   wait "$SERVE_PID" 2>/dev/null || true

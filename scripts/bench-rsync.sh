@@ -4,6 +4,10 @@
 # same run. Prints a Markdown table of medians. Installs rsync if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Sessions are authenticated and encrypted, the server open to any key; PLAINTEXT=1
+# measures them in the clear (--insecure-plaintext on both sides).
+if [ "${PLAINTEXT:-0}" = 1 ]; then SERVE_LINK=(--insecure-plaintext); PULL_LINK=(--insecure-plaintext)
+else SERVE_LINK=(--open); PULL_LINK=(); fi
 
 EVENTS=${EVENTS:-65536}      # 65536 events of 4000-byte payloads: about 256 MiB
 PAYLOAD=${PAYLOAD:-4000}
@@ -42,7 +46,7 @@ APPEND_BYTES=$(stat -c %s "$WORK/append.jsonl")
 "$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/src/events.jsonl" >/dev/null
 start_server() {
   PORT=$(free_port)
-  "$BIN" serve --store "$WORK/a" --listen "127.0.0.1:$PORT" > "$WORK/serve.log" &
+  "$BIN" serve "${SERVE_LINK[@]}" --store "$WORK/a" --listen "127.0.0.1:$PORT" > "$WORK/serve.log" &
   SERVE_PID=$!
   until grep -q serving "$WORK/serve.log" 2>/dev/null; do sleep 0.05; done
 }
@@ -63,18 +67,18 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 start_server
 CS_COLD=$(for _ in $(seq "$RUNS"); do
   rm -rf "$WORK/b"
-  timed "$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/b"
+  timed "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} --from "127.0.0.1:$PORT" --store "$WORK/b"
 done | median)
 CS_COLD_DISK=$(for _ in $(seq "$RUNS"); do
   rm -rf "$WORK/bd"
-  timed "$BIN" pull --from "127.0.0.1:$PORT" --store "$WORK/bd" --durability disk
+  timed "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} --from "127.0.0.1:$PORT" --store "$WORK/bd" --durability disk
 done | median)
 stop_server
 "$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/append.jsonl" >/dev/null
 start_server
 CS_WARM=$(for _ in $(seq "$RUNS"); do
   rm -rf "$WORK/w" && cp -a "$WORK/b" "$WORK/w"
-  timed "$BIN" pull --json --from "127.0.0.1:$PORT" --store "$WORK/w"
+  timed "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} --json --from "127.0.0.1:$PORT" --store "$WORK/w"
 done | median)
 cs_warm=$(cat "$WORK/last.out")
 stop_server

@@ -31,13 +31,13 @@ case_row() {
   "$GEN" 0 "$events" "$payload" | "$BIN" append --store "$store" --events-per-chunk 1 >/dev/null
   local port
   port=$(free_port)
-  "$BIN" serve --store "$store" --listen "127.0.0.1:$port" >"$WORK/serve.log" 2>&1 &
+  "$BIN" serve "${SERVE_LINK[@]}" --store "$store" --listen "127.0.0.1:$port" >"$WORK/serve.log" 2>&1 &
   SERVE_PID=$!
   until grep -q serving "$WORK/serve.log" 2>/dev/null; do sleep 0.05; done
 
   local t0 t1
   t0=$(now)
-  "$BIN" pull --json --store "$WORK/one" --from "127.0.0.1:$port" >"$WORK/one.log"
+  "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} --json --store "$WORK/one" --from "127.0.0.1:$port" >"$WORK/one.log"
   t1=$(now)
   local bytes one
   bytes=$(chunk_bytes "$WORK/one.log")
@@ -49,7 +49,7 @@ case_row() {
   t0=$(now)
   local pids=()
   for i in $(seq "$pulls"); do
-    "$BIN" pull --json --store "$WORK/p$i" --from "127.0.0.1:$port" >"$WORK/p$i.log" &
+    "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} --json --store "$WORK/p$i" --from "127.0.0.1:$port" >"$WORK/p$i.log" &
     pids+=("$!")
   done
   for pid in "${pids[@]}"; do wait "$pid"; done

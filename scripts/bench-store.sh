@@ -43,10 +43,10 @@ case_rows() {
   row "$name, appended" "$WORK/a"
   local port
   port=$(free_port)
-  "$BIN" serve --store "$WORK/a" --listen "127.0.0.1:$port" >"$WORK/serve.log" 2>&1 &
+  "$BIN" serve "${SERVE_LINK[@]}" --store "$WORK/a" --listen "127.0.0.1:$port" >"$WORK/serve.log" 2>&1 &
   SERVE_PID=$!
   until grep -q serving "$WORK/serve.log" 2>/dev/null; do sleep 0.05; done
-  "$BIN" pull -q --store "$WORK/p" --from "127.0.0.1:$port"
+  "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} -q --store "$WORK/p" --from "127.0.0.1:$port"
   kill "$SERVE_PID"
   wait "$SERVE_PID" 2>/dev/null || true
   SERVE_PID=""

@@ -8,3 +8,7 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Sessions are authenticated and encrypted, the server open to any key; PLAINTEXT=1
+# measures them in the clear (--insecure-plaintext on both sides).
+if [ "${PLAINTEXT:-0}" = 1 ]; then SERVE_LINK=(--insecure-plaintext); PULL_LINK=(--insecure-plaintext)
+else SERVE_LINK=(--open); PULL_LINK=(); fi

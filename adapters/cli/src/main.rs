@@ -12,8 +12,8 @@ use std::time::Duration;
 use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
-    Compress, Durability, Node, NodeConfig, NodeStore, RedbError, RedbStore, RetentionPolicy,
-    SyncReport, ThrottleConfig, VerifiedChunk,
+    Access, Compress, Durability, Keypair, Node, NodeConfig, NodeStore, Permissions, PublicKey,
+    RedbError, RedbStore, RetentionPolicy, Security, SyncReport, ThrottleConfig, VerifiedChunk,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -22,6 +22,7 @@ mod daemon;
 mod demo;
 mod events;
 mod ingest;
+mod keys;
 mod units;
 
 use chunk_sync_core::Sealed;
@@ -86,6 +87,16 @@ enum Command {
         /// (its sequence number is already sealed into a chunk).
         #[arg(long)]
         strict: bool,
+    },
+    /// Print this node's public key (making the key on first use), for peers to allow
+    /// with `--allow`.
+    Key {
+        /// The store's directory.
+        #[arg(long, env = "CHUNK_SYNC_STORE")]
+        store: PathBuf,
+        /// The key file (default: node.key in the store's directory).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
     /// Serve the store to any number of peers until interrupted.
     Serve {
@@ -310,6 +321,37 @@ struct NetArgs {
     /// chunk by the hash of its own bytes either way.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     compress: CompressArg,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// Who may sync with this node. Every session is authenticated and encrypted (a Noise
+/// handshake proves each side's key; ChaCha20-Poly1305 seals every frame). A peer that
+/// connects to this node must have an allowed key (`--allow`, `--allow-file`) unless the
+/// node is `--open`; a peer this command connects to (`pull`, `sync`, `run --peer`) is
+/// trusted by its address unless keys are allowed, which then pin it.
+#[derive(Debug, Args)]
+struct SecurityArgs {
+    /// A peer key allowed to pull from and push to this node (repeatable): 64 hex digits,
+    /// as `chunk-sync key` prints them.
+    #[arg(long = "allow", value_name = "KEY", value_parser = keys::parse_key)]
+    allow: Vec<PublicKey>,
+    /// A file of allowed peer keys, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    allow_file: Option<PathBuf>,
+    /// Let any peer that completes the handshake sync with this node: authenticated and
+    /// encrypted, not restricted.
+    #[arg(long)]
+    open: bool,
+    /// This node's key file (default: node.key in the store's directory, made on first
+    /// use with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// INSECURE: sync in the clear with peers that do the same, without handshake,
+    /// encryption or permissions: anyone who reaches the node reads and pushes everything.
+    /// For tests and links already secured end to end.
+    #[arg(long, conflicts_with_all = ["allow", "allow_file", "open", "key"])]
+    insecure_plaintext: bool,
 }
 
 /// `--compress`.
@@ -416,6 +458,14 @@ async fn run(command: Command) -> Result<ExitCode> {
             origin,
             strict,
         } => append(&store, events_per_chunk, input, origin, strict)?,
+        Command::Key { store, key } => {
+            let path = keys::key_path(&store, key.as_deref());
+            if key.is_none() && !path.exists() {
+                std::fs::create_dir_all(&store)
+                    .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
+            }
+            println!("{}", keys::load_or_create(&path)?.public());
+        }
         Command::Serve {
             store,
             listen,
@@ -548,28 +598,38 @@ fn cannot_open(dir: &Path, e: &chunk_sync_tokio::StoreError) -> Failure {
     }
 }
 
-/// This store's node id, chosen at random once and kept in the store.
-fn node_id(db: &RedbStore) -> Result<NodeId> {
+/// This store's node id: its key's ([`PublicKey::node_id`](chunk_sync_tokio::PublicKey::node_id)),
+/// chosen once (with the key, made on first use) and kept in the store.
+fn node_id(db: &RedbStore, dir: &Path) -> Result<NodeId> {
     if let Some(id) = db.meta("node_id")? {
         return Ok(NodeId(id));
     }
-    let id = new_node_id();
+    let id = keys::load_or_create(&keys::key_path(dir, None))?.node_id();
     db.insert_all(&[], &[("node_id", id.0)])?;
     Ok(id)
 }
 
-/// A node id for a new store, chosen at random.
-fn new_node_id() -> NodeId {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let id = u64::from_le_bytes(
-        ChunkHash::of(&[&seed.to_le_bytes()[..], &std::process::id().to_le_bytes()].concat())
-            .as_bytes()[..8]
-            .try_into()
-            .unwrap_or_default(),
-    );
-    NodeId(id)
+/// The key of a store `append` creates: kept in memory until the store is (the input is
+/// checked first), unless the directory already holds one.
+fn new_key(store: &StoreArg) -> Result<Keypair> {
+    let path = keys::key_path(&store.store, None);
+    if path.exists() {
+        return Ok(keys::load(&path)?);
+    }
+    Ok(chunk_sync_tokio::generate_keypair()
+        .map_err(|e| format!("cannot make a key: the system's random source failed: {e}"))?)
+}
+
+/// Opens (creating) the store, and saves `key` beside it if it has none yet.
+fn open_with_key(store: &StoreArg, key: Option<&Keypair>) -> Result<RedbStore> {
+    let db = open(store)?;
+    let path = keys::key_path(&store.store, None);
+    if let Some(key) = key
+        && !path.exists()
+    {
+        keys::save(&path, key)?;
+    }
+    Ok(db)
 }
 
 fn append(
@@ -608,14 +668,15 @@ fn append(
     };
     // Events that name no origin take this store's id (a new store's is chosen now and
     // kept with the first chunks).
-    let (own, new_id) = match (origin, &db) {
+    let (own, new_key) = match (origin, &db) {
         (Some(o), _) => (NodeId(o), None),
-        (None, Some(db)) => (node_id(db)?, None),
+        (None, Some(db)) => (node_id(db, &store.store)?, None),
         (None, None) => {
-            let id = new_node_id();
-            (id, Some(id))
+            let keys = new_key(store)?;
+            (keys.node_id(), Some(keys))
         }
     };
+    let new_id = new_key.as_ref().map(Keypair::node_id);
     let resume = |o: NodeId| match &db {
         Some(db) => resume_point(db, o).map_err(|Failure(e)| e),
         None => Ok(0),
@@ -624,14 +685,14 @@ fn append(
         Ok(checked) => checked,
         Err(Stop::Unordered) => {
             let text = input.read_all()?;
-            return append_sorted(store, db, own, new_id, events_per_chunk, &text, strict);
+            return append_sorted(store, db, own, new_key, events_per_chunk, &text, strict);
         }
         Err(stop) => return Err(stopped(stop)),
     };
     report_late(&checked.late, strict)?;
     let db = match db {
         Some(db) => db,
-        None => open(store)?,
+        None => open_with_key(store, new_key.as_ref())?,
     };
     // Written as sealed, a batch at a time; the sealing points and a new store's id go
     // with the last batch, and the first.
@@ -735,7 +796,7 @@ fn append_sorted(
     store: &StoreArg,
     db: Option<RedbStore>,
     own: NodeId,
-    new_id: Option<NodeId>,
+    new_key: Option<Keypair>,
     events_per_chunk: u32,
     text: &str,
     strict: bool,
@@ -743,8 +804,9 @@ fn append_sorted(
     let events = events::read(text.as_bytes(), own)?;
     let db = match db {
         Some(db) => db,
-        None => open(store)?,
+        None => open_with_key(store, new_key.as_ref())?,
     };
+    let new_id = new_key.as_ref().map(Keypair::node_id);
     let chunker = EventChunkStore::new(events_per_chunk as usize);
     let mut origins: Vec<NodeId> = events.iter().map(|e| e.origin).collect();
     origins.sort();
@@ -827,7 +889,12 @@ enum RateLimits {
     Both,
 }
 
-fn node_config(db: &RedbStore, net: &NetArgs, limits: RateLimits) -> Result<NodeConfig> {
+fn node_config(
+    db: &RedbStore,
+    store: &StoreArg,
+    net: &NetArgs,
+    limits: RateLimits,
+) -> Result<NodeConfig> {
     let rate = |applies: bool| if applies { net.rate } else { 0 };
     Ok(NodeConfig {
         window: net.parallel,
@@ -842,8 +909,47 @@ fn node_config(db: &RedbStore, net: &NetArgs, limits: RateLimits) -> Result<Node
             CompressArg::Always => Compress::Always,
             CompressArg::Never => Compress::Never,
         },
-        ..NodeConfig::new(node_id(db)?)
+        ..NodeConfig::new(node_id(db, &store.store)?)
     })
+}
+
+/// The node for a network command: secure unless `--insecure-plaintext`.
+fn make_node(
+    config: NodeConfig,
+    db: Arc<RedbStore>,
+    store: &StoreArg,
+    security: &SecurityArgs,
+) -> Result<Node> {
+    if security.insecure_plaintext {
+        return Ok(Node::new(config, db)?);
+    }
+    let path = keys::key_path(&store.store, security.key.as_deref());
+    let keys = keys::load_or_create(&path)?;
+    if keys.node_id() != config.node_id {
+        return Err(Failure(format!(
+            "store {} has node id {} but its key {} gives {}: use the store's own key, or a new store",
+            store.store.display(),
+            config.node_id,
+            path.display(),
+            keys.node_id()
+        )));
+    }
+    let mut allowed = security.allow.clone();
+    if let Some(file) = &security.allow_file {
+        allowed.extend(keys::read_allow_file(file)?);
+    }
+    let mut peers = if security.open {
+        Permissions::open()
+    } else {
+        Permissions::deny_all()
+    };
+    if allowed.is_empty() {
+        peers = peers.trust_dialed(Access::FULL);
+    }
+    for key in allowed {
+        peers = peers.allow(key, Access::FULL);
+    }
+    Ok(Node::new_secure(config, db, Security { keys, peers })?)
 }
 
 async fn serve(
@@ -858,9 +964,9 @@ async fn serve(
     let config = NodeConfig {
         accept_pushes,
         max_connections: max_connections as usize,
-        ..node_config(&db, net, RateLimits::Upload)?
+        ..node_config(&db, store, net, RateLimits::Upload)?
     };
-    let node = Node::new(config, Arc::clone(&db))?;
+    let node = make_node(config, Arc::clone(&db), store, &net.security)?;
     let control = answer_for(store, &db, &node)?;
     let listener = match node.listen(listen).await {
         Ok(listener) => listener,
@@ -933,9 +1039,9 @@ async fn run_live(store: &StoreArg, live: Live, input: daemon::Input, net: &NetA
         events_per_chunk: live.events_per_chunk,
         seal_delay: Some(live.seal_delay),
         seal_bytes: usize::try_from(live.seal_bytes).unwrap_or(usize::MAX),
-        ..node_config(&db, net, RateLimits::Both)?
+        ..node_config(&db, store, net, RateLimits::Both)?
     };
-    let node = Node::new(config, Arc::clone(&db))?;
+    let node = make_node(config, Arc::clone(&db), store, &net.security)?;
     let _control = answer_for(store, &db, &node)?;
     let listener = match &live.listen {
         Some(addr) => Some(
@@ -999,8 +1105,8 @@ async fn exchange(
     } else {
         RateLimits::Download
     };
-    let config = node_config(&db, net, limits)?;
-    let node = Node::new(config, db)?;
+    let config = node_config(&db, store, net, limits)?;
+    let node = make_node(config, Arc::new(db), store, &net.security)?;
     let bar = (std::io::stderr().is_terminal() && !output.quiet && !output.json).then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
@@ -1099,6 +1205,7 @@ fn print_all(bytes: &[u8]) -> Result<()> {
 struct Before {
     dir: bool,
     file: bool,
+    key: bool,
 }
 
 impl Before {
@@ -1106,12 +1213,16 @@ impl Before {
         Self {
             dir: store.store.exists(),
             file: store.store.join(DB_FILE).is_file(),
+            key: store.store.join(keys::KEY_FILE).is_file(),
         }
     }
 
     /// Removes the store's file, and its directory if the command made it.
     fn remove_new_store(self, store: &StoreArg) {
         let _ = std::fs::remove_file(store.store.join(DB_FILE));
+        if !self.key {
+            let _ = std::fs::remove_file(store.store.join(keys::KEY_FILE));
+        }
         if !self.dir {
             let _ = std::fs::remove_dir(&store.store);
         }

@@ -42,6 +42,16 @@ impl Server {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .args(
+                if extra
+                    .iter()
+                    .any(|a| a.starts_with("--allow") || *a == "--insecure-plaintext")
+                {
+                    &[][..]
+                } else {
+                    &["--open"][..]
+                },
+            )
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -288,7 +298,14 @@ fn a_peer_with_another_protocol_version_is_refused() {
     });
     let dir = temp_dir("version");
     fails(
-        &["pull", "--from", &addr, "--store", dir.to_str().unwrap()],
+        &[
+            "pull",
+            "--from",
+            &addr,
+            "--store",
+            dir.to_str().unwrap(),
+            "--insecure-plaintext",
+        ],
         "protocol version 1, this node speaks 2",
     );
     fake.join().unwrap();
@@ -839,4 +856,164 @@ fn a_rate_limited_pull_receives_compressible_chunks_compressed() {
                 .contains(&format!("verified {} chunks", chunk_count(&a)))
         );
     }
+}
+
+/// The key `chunk-sync key` prints for `store`.
+fn key_of(store: &Path) -> String {
+    let out = ok(&["key", "--store", store.to_str().unwrap()], None);
+    let key = out.trim().to_owned();
+    assert_eq!(key.len(), 64, "{key}");
+    key
+}
+
+#[test]
+fn a_key_is_made_on_first_use_private_to_its_owner_and_kept() {
+    let dir = store_with("key-first-use", 5);
+    let file = dir.join("node.key");
+    let key = key_of(&dir);
+    assert!(file.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert_eq!(key_of(&dir), key, "the same key every time");
+    // The store's node id is its key's: `ls --json` shows it.
+    let fresh = temp_dir("key-fresh");
+    let other = key_of(&fresh);
+    assert_ne!(other, key);
+}
+
+#[test]
+fn only_allowed_keys_may_sync_and_a_refused_peer_is_told_why() {
+    let served = store_with("allow-served", 20);
+    let (allowed, stranger) = (temp_dir("allow-allowed"), temp_dir("allow-stranger"));
+    let allowed_key = key_of(&allowed);
+    let _ = key_of(&stranger);
+    let server = Server::start(&served, &["--allow", &allowed_key]);
+
+    let out = run(
+        &[
+            "pull",
+            "--store",
+            stranger.to_str().unwrap(),
+            "--from",
+            &server.1,
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("refused this node's key"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    ok(
+        &[
+            "pull",
+            "--store",
+            allowed.to_str().unwrap(),
+            "--from",
+            &server.1,
+        ],
+        None,
+    );
+    let listed = ok(&["ls", "--store", allowed.to_str().unwrap()], None);
+    assert!(!listed.is_empty());
+
+    // An allow file does the same.
+    let list = served.with_extension("allowed");
+    drop(server);
+    std::fs::write(
+        &list,
+        format!("# the stranger, now allowed\n{}\n", key_of(&stranger)),
+    )
+    .unwrap();
+    let server = Server::start(&served, &["--allow-file", list.to_str().unwrap()]);
+    ok(
+        &[
+            "pull",
+            "--store",
+            stranger.to_str().unwrap(),
+            "--from",
+            &server.1,
+        ],
+        None,
+    );
+}
+
+#[test]
+fn a_plaintext_peer_and_a_secure_one_do_not_sync() {
+    let served = store_with("plain-served", 5);
+    let server = Server::start(&served, &["--insecure-plaintext"]);
+    let client = temp_dir("plain-client");
+    let out = run(
+        &[
+            "pull",
+            "--store",
+            client.to_str().unwrap(),
+            "--from",
+            &server.1,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    ok(
+        &[
+            "pull",
+            "--store",
+            client.to_str().unwrap(),
+            "--from",
+            &server.1,
+            "--insecure-plaintext",
+        ],
+        None,
+    );
+}
+
+#[test]
+fn a_bad_key_file_or_key_is_one_clear_line() {
+    let served = store_with("badkey", 3);
+    let store = served.to_str().unwrap();
+    let key = served.join("node.key");
+    // A first serve keeps the store's node id, its key's.
+    drop(Server::start(&served, &[]));
+    let genuine = std::fs::read(&key).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        fails(&["key", "--store", store], "chmod 600");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::fs::write(&key, "not a key\n").unwrap();
+    fails(&["key", "--store", store], "is not a chunk-sync key");
+    std::fs::write(&key, &genuine).unwrap();
+    fails(
+        &[
+            "serve",
+            "--store",
+            store,
+            "--listen",
+            "127.0.0.1:0",
+            "--allow",
+            "abc",
+        ],
+        "64 hex digits",
+    );
+    let other = temp_dir("badkey-other").join("node.key");
+    std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+    let _ = key_of(other.parent().unwrap());
+    std::fs::write(served.join("node.key"), std::fs::read(&other).unwrap()).unwrap();
+    fails(
+        &[
+            "serve",
+            "--store",
+            store,
+            "--listen",
+            "127.0.0.1:0",
+            "--open",
+        ],
+        "gives",
+    );
 }

@@ -31,7 +31,7 @@ impl Daemon {
         let log = std::fs::File::create(&stderr).unwrap();
         let mut child = Command::new(BIN)
             .args(["run", "--store", store.to_str().unwrap()])
-            .args(["--listen", listen])
+            .args(["--listen", listen, "--open"])
             .args(if args.contains(&"--seal-delay") {
                 &[][..]
             } else {

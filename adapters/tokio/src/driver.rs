@@ -303,11 +303,12 @@ impl Driver<'_, '_> {
                     continue;
                 }
                 Action::Authorize(key) => {
+                    let accepted = self.conn.is_some();
                     let access = self
                         .shared
                         .security
                         .as_ref()
-                        .map_or(Access::NONE, |s| s.peers.access(&key));
+                        .map_or(Access::NONE, |s| s.peers.access(&key, accepted));
                     if access == Access::NONE {
                         info!(%key, "refused a peer key this node does not allow");
                     } else {

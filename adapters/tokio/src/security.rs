@@ -21,6 +21,8 @@ pub struct Security {
 pub struct Permissions {
     default: Access,
     keys: BTreeMap<PublicKey, Access>,
+    /// The access of peers this node connected to, whatever their key.
+    dialed: Option<Access>,
 }
 
 impl Permissions {
@@ -30,6 +32,7 @@ impl Permissions {
         Self {
             default: Access::NONE,
             keys: BTreeMap::new(),
+            dialed: None,
         }
     }
 
@@ -40,6 +43,7 @@ impl Permissions {
         Self {
             default: Access::FULL,
             keys: BTreeMap::new(),
+            dialed: None,
         }
     }
 
@@ -50,10 +54,22 @@ impl Permissions {
         self
     }
 
-    /// What `key` may do.
+    /// Gives peers this node connects to (`sync_with`, `pull_from`, `add_peer`…)
+    /// `access` whatever their key: the application chose their address. Peers that
+    /// connect to this node still need an allowed key.
     #[must_use]
-    pub fn access(&self, key: &PublicKey) -> Access {
-        self.keys.get(key).copied().unwrap_or(self.default)
+    pub const fn trust_dialed(mut self, access: Access) -> Self {
+        self.dialed = Some(access);
+        self
+    }
+
+    /// What `key` may do, in a session this node accepted (`accepted`) or opened.
+    #[must_use]
+    pub fn access(&self, key: &PublicKey, accepted: bool) -> Access {
+        match (self.dialed, accepted) {
+            (Some(access), false) => access,
+            _ => self.keys.get(key).copied().unwrap_or(self.default),
+        }
     }
 }
 

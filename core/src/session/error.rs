@@ -141,6 +141,9 @@ impl fmt::Display for Error {
             Self::Frame(e) => write!(f, "peer sent a bad frame: {e}"),
             Self::Peer(e) => write!(f, "peer broke the protocol: {e}"),
             Self::Incompatible(e) => write!(f, "peer is incompatible: {e}"),
+            Self::Remote(ErrorCode::REFUSED) => f.write_str(
+                "peer refused this node's key (error code 8): its operator must allow the key",
+            ),
             Self::Remote(code) => write!(f, "peer ended the session with error code {}", code.0),
             Self::TimedOut => f.write_str("peer was silent for longer than the idle timeout"),
             Self::HandshakeTimedOut => {

@@ -1,0 +1,98 @@
+//! The node's key file and the peer keys it allows.
+//!
+//! A key file holds the 32-byte secret key as 64 hex digits and a newline. It is created
+//! with mode 0600 and refused if others may read it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chunk_sync_tokio::{Keypair, PublicKey};
+
+/// The key file's name in a store's directory.
+pub(crate) const KEY_FILE: &str = "node.key";
+
+/// The key file of the store in `dir`, unless `given`.
+pub(crate) fn key_path(dir: &Path, given: Option<&Path>) -> PathBuf {
+    given.map_or_else(|| dir.join(KEY_FILE), Path::to_path_buf)
+}
+
+/// The key pair in `path`.
+pub(crate) fn load(path: &Path) -> Result<Keypair, String> {
+    let shown = path.display();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read key file {shown}: {e}"))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "key file {shown} may be read by others (mode {:o}): run chmod 600 {shown}",
+                mode & 0o777
+            ));
+        }
+    }
+    let text = std::fs::read(path).map_err(|e| format!("cannot read key file {shown}: {e}"))?;
+    let secret = std::str::from_utf8(&text)
+        .ok()
+        .and_then(|t| t.trim().parse::<PublicKey>().ok())
+        .ok_or_else(|| format!("key file {shown} is not a chunk-sync key (64 hex digits)"))?;
+    Ok(Keypair::from_secret(secret.0))
+}
+
+/// Writes `keys` to a new file at `path`, mode 0600.
+pub(crate) fn save(path: &Path, keys: &Keypair) -> Result<(), String> {
+    let shown = path.display();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let hex: String = keys.secret().iter().map(|b| format!("{b:02x}")).collect();
+    options
+        .open(path)
+        .and_then(|mut f| {
+            f.write_all(hex.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        })
+        .map_err(|e| format!("cannot write key file {shown}: {e}"))
+}
+
+/// The key pair in `path`, made and saved first if there is none.
+pub(crate) fn load_or_create(path: &Path) -> Result<Keypair, String> {
+    if path.exists() {
+        return load(path);
+    }
+    let keys = chunk_sync_tokio::generate_keypair()
+        .map_err(|e| format!("cannot make a key: the system's random source failed: {e}"))?;
+    save(path, &keys)?;
+    Ok(keys)
+}
+
+/// The keys listed in an allow file: one per line, `#` starts a comment.
+pub(crate) fn read_allow_file(path: &Path) -> Result<Vec<PublicKey>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read allow file {shown}: {e}"))?;
+    text.lines()
+        .enumerate()
+        .filter_map(|(n, line)| {
+            let key = line.split('#').next().unwrap_or("").trim();
+            (!key.is_empty()).then(|| {
+                key.parse()
+                    .map_err(|_| format!("{shown}:{}: not a public key (64 hex digits)", n + 1))
+            })
+        })
+        .collect()
+}
+
+/// `--allow`.
+pub(crate) fn parse_key(text: &str) -> Result<PublicKey, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "a public key is 64 hex digits, as `chunk-sync key` prints".to_owned())
+}
