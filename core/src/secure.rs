@@ -22,7 +22,7 @@
 //! ([`PublicKey::node_id`]): the first 8 bytes, little-endian, of BLAKE3 in key-derivation
 //! mode with the context `"chunk-sync 2026 node id"` over the 32-byte key. A `Hello` whose
 //! node id is not the one the handshake's key gives ends the session
-//! ([`LinkError::NodeIdNotKey`](crate::session::LinkError::NodeIdNotKey)). A 64-bit id can be
+//! ([`LinkError::NodeIdNotKey`]). A 64-bit id can be
 //! collided with about 2^32 work, so permissions are keyed by the whole public key,
 //! never by the id.
 //!
@@ -33,7 +33,7 @@
 //! a link adds [`RECORD_OVERHEAD`] = 18 bytes per frame and a session's frames are that
 //! much smaller than the frame size it announces (a 256-byte frame carries 238 bytes of
 //! frame). Nonces count records, so a modified, replayed, reordered, dropped or forged
-//! record fails to open ([`LinkError::BadRecord`](crate::session::LinkError::BadRecord)).
+//! record fails to open ([`LinkError::BadRecord`]).
 //! Noise caps a message at 65,535 bytes: a secure link's `max_frame` is at most
 //! [`MAX_RECORD`].
 //!
@@ -201,7 +201,7 @@ impl Access {
         push: true,
     };
     /// Nothing: the session ends with
-    /// [`LinkError::Refused`](crate::session::LinkError::Refused) before any `Hello`, and
+    /// [`LinkError::Refused`] before any `Hello`, and
     /// the peer is told it was refused.
     pub const NONE: Self = Self {
         pull: false,
