@@ -17,9 +17,10 @@ use std::fs;
 use std::path::Path;
 
 use chunk_sync_core::conduit::{Buffers, Conduit, Limits};
+use chunk_sync_core::recon::{Query, RangeList};
 use chunk_sync_core::session::{Compress, Config};
 use chunk_sync_core::wire::{self, Decoded, MAX_FRAME_LIMIT, Message};
-use chunk_sync_core::{ChunkHash, Instant};
+use chunk_sync_core::{ChunkHash, Instant, NodeId};
 use chunk_sync_fuzz::chunks::{held, held_chunks, offered, offered_chunks};
 use chunk_sync_fuzz::node::{Inbox, Node};
 use chunk_sync_fuzz::setup::{FRAMES, HEADER, PEER, Reads, Setup};
@@ -209,6 +210,64 @@ fn record(case: &Case) -> Recorded {
     }
 }
 
+/// The frame of `message`.
+fn frame(message: &Message<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; message.frame_len()];
+    let len = wire::encode(message, &mut buf).expect("room").len();
+    buf.truncate(len);
+    buf
+}
+
+/// The frame of a query.
+fn query(q: &Query<'_>) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let n = q.write(&mut buf).expect("room for the query");
+    frame(&Message::Query { query: &buf[..n] })
+}
+
+/// A peer (of a session in 256-byte frames, live if `live`) that asks for everything a
+/// peer may ask for: summaries of the node's origins and of ranges, its chunks by hash
+/// (one it lacks too) and by range, their hashes; and, live, announces chunks.
+fn requests(live: bool) -> Vec<u8> {
+    let mut seed = vec![if live { 4 } else { 0 }, 0x3e, 4, 8, 0, 0, 0, 0];
+    seed.extend(query(&Query::Origins {
+        after: None,
+        limit: 8,
+        max_runs: 4,
+    }));
+    seed.extend(query(&Query::Ranges {
+        origin: NodeId(1),
+        max_runs: 4,
+        ranges: RangeList::new(&[(0, 10), (10, 40)]),
+    }));
+    for bytes in held_chunks() {
+        let hash = ChunkHash::of(&bytes);
+        seed.extend(frame(&Message::EventChunkGet { hash }));
+    }
+    let lacking = ChunkHash::of(b"no chunk");
+    seed.extend(frame(&Message::EventChunkGet { hash: lacking }));
+    let range = |origin, lo, hi| (NodeId(origin), lo, hi);
+    for (origin, lo, hi) in [range(3, 0, 4), range(1, 0, 100)] {
+        seed.extend(frame(&Message::GetRange { origin, lo, hi }));
+    }
+    seed.extend(frame(&Message::GetIds {
+        origin: NodeId(1),
+        lo: 0,
+        hi: 100,
+    }));
+    if live {
+        seed.extend(frame(&Message::Have {
+            origin: NodeId(2),
+            lo: 0,
+            hi: 8,
+        }));
+        seed.extend(frame(&Message::Resync));
+        seed.extend(frame(&Message::KeepAlive));
+    }
+    seed.extend(frame(&Message::Done));
+    seed
+}
+
 /// Replays a seed and checks it stores `stored` chunks.
 fn replay(name: &str, seed: &[u8], stored: usize) {
     let report = chunk_sync_fuzz::run(seed).expect("a header");
@@ -301,6 +360,12 @@ fn main() {
         goldens.extend_from_slice(frame);
     }
     sessions.push(("golden-frames".to_string(), goldens));
+    sessions.push(("requests".to_string(), requests(false)));
+    sessions.push(("requests-live".to_string(), requests(true)));
+    for (name, seed) in &sessions[sessions.len() - 2..] {
+        let report = chunk_sync_fuzz::run(seed).expect("a header");
+        println!("  {name}: {report:?}");
+    }
     write_all(&corpus.join("session_input"), &sessions);
 
     let limit = |max: u32| max.to_le_bytes().to_vec();
