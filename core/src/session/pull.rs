@@ -179,8 +179,12 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         // Each page moves the range on, and lists at most one chunk per sequence number it
         // passes (chunks of an origin start at different ones): a peer cannot list more
         // than the range holds.
+        // A page that does not move the range on is refused before anything subtracts.
+        if next <= range.lo {
+            return Err(Error::Peer(PeerMisbehaved::BadPiece));
+        }
         let passed = min(next, range.hi) - range.lo;
-        if !ids.len().is_multiple_of(32) || next <= range.lo || (ids.len() / 32) as u64 > passed {
+        if !ids.len().is_multiple_of(32) || (ids.len() / 32) as u64 > passed {
             return Err(Error::Peer(PeerMisbehaved::BadPiece));
         }
         if next < range.hi {

@@ -706,6 +706,7 @@ fn a_listing_takes_pages_that_move_on_and_refuses_more_hashes_than_the_range_hol
             ids: &[1; 64],
         },
         Message::Ids { next: 10, ids: &[] },
+        Message::Ids { next: 5, ids: &[] },
         Message::Ids {
             next: 20,
             ids: &[1; 33],
@@ -715,4 +716,10 @@ fn a_listing_takes_pages_that_move_on_and_refuses_more_hashes_than_the_range_hol
         let err = s.handle_input(T0, &frame(&bad)).unwrap_err();
         assert_eq!(err, Error::Peer(PeerMisbehaved::BadPiece), "{bad:?}");
     }
+    // A page that goes back behind where the listing stands.
+    let mut s = listing();
+    assert!(s.handle_input(T0, &page).is_ok());
+    let back = frame(&Message::Ids { next: 12, ids: &[] });
+    let err = s.handle_input(T0, &back).unwrap_err();
+    assert_eq!(err, Error::Peer(PeerMisbehaved::BadPiece));
 }
