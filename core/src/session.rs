@@ -811,6 +811,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     /// Frames this side sends and receives are `overhead` bytes smaller than the frame
     /// sizes announced (the link adds that much to each), and none is larger than `max`
     /// with it. Before `Hello`.
+    #[cfg(feature = "secure")]
     pub(crate) const fn set_link(&mut self, overhead: u32, max: u32) {
         self.link_overhead = overhead;
         self.link_max = max;
@@ -818,6 +819,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
 
     /// Narrows what the session does before its `Hello` goes out: without `serve` it
     /// shows the peer an empty store, without `pull` it fetches nothing.
+    #[cfg(feature = "secure")]
     pub(crate) fn restrict(&mut self, serve: bool, pull: bool) {
         self.config.serve &= serve;
         if !pull {
@@ -842,6 +844,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     }
 
     /// Fails the session now, telling the peer if the error has a wire reason.
+    #[cfg(feature = "secure")]
     pub(crate) fn fail_now(&mut self, error: Error) {
         let _ = self.fail(error);
     }
