@@ -205,7 +205,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     }
 
     /// The peer's `Hello`, once received; over a secure link its `max_frame` is less what
-    /// the link adds to each frame ([`RECORD_OVERHEAD`](crate::secure::RECORD_OVERHEAD)):
+    /// the link adds to each frame (`secure::RECORD_OVERHEAD`, with the `secure` feature):
     /// the largest frame this side sends.
     #[must_use]
     pub const fn peer(&self) -> Option<&Hello> {

@@ -9,6 +9,11 @@
 //!   after it. Each is replayed through `chunk_sync_fuzz::run` and must store as many
 //!   chunks as the recorded session did.
 //!
+//! - `handshake`: headers of every role, frame size and access rule with the wire left
+//!   alone (each replayed and checked to end as the rules say), with a few edits, and
+//!   raw peers replaying what an honest peer sent (the ephemeral keys are fixed, so the
+//!   handshake and the records replay).
+//!
 //! ```text
 //! cargo run --release --example seeds      (in fuzz/)
 //! ```
@@ -393,6 +398,7 @@ fn main() {
         ));
     }
     write_all(&corpus.join("frame_decode"), &frames);
+    write_all(&corpus.join("handshake"), &handshake_seeds());
 
     let mut chunks = vec![("golden".to_string(), golden_chunk())];
     let golden = golden_chunk();
@@ -426,4 +432,69 @@ fn main() {
         chunks.push((format!("store-{i}"), bytes));
     }
     write_all(&corpus.join("chunk_decode"), &chunks);
+}
+
+/// The seeds of the `handshake` target.
+fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
+    use chunk_sync_fuzz::secure::run_secure;
+    let (initiates, no_pull, no_push, refused, raw, small_peer) = (1, 8, 16, 32, 64, 128);
+    let mut seeds = Vec::new();
+    let mut add = |name: String, seed: Vec<u8>| {
+        let report = run_secure(&seed).expect("a header");
+        println!(
+            "  {name}: {:?} {:?} stored {}",
+            report.node, report.peer, report.stored
+        );
+        seeds.push((name, seed));
+        report
+    };
+    for role in [0, initiates] {
+        let side = if role == initiates {
+            "initiator"
+        } else {
+            "responder"
+        };
+        for (i, frame) in FRAMES.iter().enumerate() {
+            let h0 = role | (i as u8) << 1;
+            let report = add(format!("{side}-{frame}"), vec![h0, 0, 0, 0]);
+            assert_eq!(report.node, Some(Ok(())), "an honest sync");
+            // The same bytes from a raw peer: the handshake and the records replay (the
+            // ephemeral keys are fixed), though they arrive before the node asks.
+            let mut replay = vec![h0 | raw, 0, 0, 0];
+            replay.extend_from_slice(&report.received);
+            add(format!("{side}-{frame}-raw-replay"), replay);
+        }
+        let rules = [
+            ("no-pull", no_pull),
+            ("no-push", no_push),
+            ("refuses-peer", no_pull | no_push),
+            ("refused", refused),
+            ("small-peer", small_peer | 2 << 1),
+        ];
+        for (name, bits) in rules {
+            add(format!("{side}-{name}"), vec![role | bits, 0, 0, 0]);
+        }
+        add(format!("{side}-split-timed"), vec![role, 3, 40, 9]);
+        for (name, edit) in [
+            ("flip-0", [0, 0, 0, 0x80]),
+            ("flip-40", [0, 40, 0, 1]),
+            ("flip-150", [0, 150, 0, 4]),
+            ("drop-60", [1, 60, 0, 0]),
+            ("insert-120", [2, 120, 0, 7]),
+            ("cut-33", [3, 33, 0, 0]),
+            ("cut-300", [3, 44, 1, 0]),
+        ] {
+            let mut seed = vec![role | 1 << 1, 0, 0, 0];
+            seed.extend_from_slice(&edit);
+            let report = add(format!("{side}-{name}"), seed);
+            assert!(
+                report.node != Some(Ok(())) || !report.touched,
+                "{name} is refused"
+            );
+        }
+        let mut garbage = vec![role | raw, 0, 0, 0];
+        garbage.extend((0..200u32).map(|i| (i * 37 % 251) as u8));
+        add(format!("{side}-raw-garbage"), garbage);
+    }
+    seeds
 }

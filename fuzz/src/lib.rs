@@ -5,9 +5,12 @@
 //!
 //! [`run`] is the whole of the `session_input` target: a node that has sent its `Hello`
 //! receives a peer's `Hello`, then the fuzz input, as a peer would send it.
+//! [`secure::run_secure`] is the whole of the `handshake` target: a node on a secure link
+//! with a peer behind a wire the input tampers with, or a peer that is the input.
 
 pub mod chunks;
 pub mod node;
+pub mod secure;
 pub mod setup;
 
 use chunk_sync_core::conduit::{Buffer, Buffers, Conduit};

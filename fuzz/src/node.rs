@@ -3,7 +3,8 @@
 //!
 //! Whatever the node receives, [`Node::pump`] panics if the conduit
 //! - hands out a frame that does not decode, is not sent whole, or is larger than the
-//!   peer accepts, or names bytes of a chunk it was not given;
+//!   peer accepts, or names bytes of a chunk it was not given; on a secure link, hands
+//!   out anything but whole records (the frames inside are sealed);
 //! - asks to store a chunk whose bytes do not hash to its id, or that is not a valid chunk;
 //! - hands out a listing that is not whole hashes;
 //! - changes a fatal error, or closes with an error that is not the session's;
@@ -11,6 +12,7 @@
 
 use chunk_sync_core::conduit::{Action, Buffer, Conduit, Wait};
 use chunk_sync_core::recon::summarize;
+use chunk_sync_core::secure::{Access, PublicKey, RECORD_OVERHEAD};
 use chunk_sync_core::session::{Error, Session, Stored};
 use chunk_sync_core::store::ChunkStore;
 use chunk_sync_core::wire::{self, Decoded, MAX_FRAME_LIMIT};
@@ -44,6 +46,12 @@ impl Inbox {
     #[must_use]
     pub fn pending(&self) -> &[u8] {
         self.bytes.get(self.at..).unwrap_or(&[])
+    }
+
+    /// How many bytes were taken so far.
+    #[must_use]
+    pub const fn taken(&self) -> usize {
+        self.at
     }
 
     /// Whether every byte was taken.
@@ -82,6 +90,12 @@ pub struct Node<'w, B> {
     pub polls: u64,
     /// The most actions to carry out.
     pub max_polls: u64,
+    /// Whether the conduit runs a secure link: it sends records, not frames.
+    pub secure: bool,
+    /// What the node lets the peer's key do, when the conduit asks.
+    pub access: Access,
+    /// The keys the conduit asked about.
+    pub asked: Vec<PublicKey>,
     /// The chunk being served (its first `served` bytes).
     serving: Vec<u8>,
     served: usize,
@@ -117,6 +131,9 @@ impl<'w, B: Buffer> Node<'w, B> {
             stored: 0,
             polls: 0,
             max_polls: u64::MAX,
+            secure: false,
+            access: Access::FULL,
+            asked: Vec::new(),
             serving: vec![0; REASSEMBLY],
             served: 0,
             spare,
@@ -182,13 +199,18 @@ impl<'w, B: Buffer> Node<'w, B> {
                         self.scratch.extend_from_slice(bytes);
                     }
                     let n = self.scratch.len();
-                    match wire::decode(&self.scratch, MAX_FRAME_LIMIT) {
-                        Ok(Decoded::Frame { len, .. }) => {
-                            assert_eq!(len, n, "one whole frame at a time");
+                    if self.secure {
+                        assert!(piece.is_none(), "a piece sealed with its frame");
+                        check_records(&self.scratch, peer_max);
+                    } else {
+                        match wire::decode(&self.scratch, MAX_FRAME_LIMIT) {
+                            Ok(Decoded::Frame { len, .. }) => {
+                                assert_eq!(len, n, "one whole frame at a time");
+                            }
+                            other => panic!("sent bytes that are not a frame: {other:?}"),
                         }
-                        other => panic!("sent bytes that are not a frame: {other:?}"),
                     }
-                    if let Some(max) = peer_max {
+                    if let Some(max) = peer_max.filter(|_| !self.secure) {
                         assert!(n <= max, "a frame of {n} bytes to a peer that takes {max}");
                     }
                     if let Some(out) = out.as_deref_mut() {
@@ -287,6 +309,11 @@ impl<'w, B: Buffer> Node<'w, B> {
                     }
                     return Pumped::Waiting(wait);
                 }
+                Action::Authorize(key) => {
+                    self.asked.push(key);
+                    assert!(self.asked.len() == 1, "one key to authorize");
+                    assert!(self.conduit.authorize(self.access).is_ok(), "asked once");
+                }
                 Action::Closed(outcome) => {
                     if let Err(e) = outcome
                         && !self.aborted
@@ -320,5 +347,24 @@ impl<'w, B: Buffer> Node<'w, B> {
                 self.abort();
             }
         }
+    }
+}
+
+/// Checks that `bytes` are whole records (or handshake messages): each a two-byte length,
+/// then that many bytes; once the peer's `Hello` is in (its frame size less the record's
+/// overhead), no larger than the peer takes.
+fn check_records(mut bytes: &[u8], peer_max: Option<usize>) {
+    while !bytes.is_empty() {
+        let (len, rest) = bytes
+            .split_first_chunk::<2>()
+            .expect("a record starts with its length");
+        let len = usize::from(u16::from_le_bytes(*len));
+        if let Some(max) = peer_max {
+            assert!(
+                2 + len <= max + RECORD_OVERHEAD,
+                "a record of {len} bytes to a peer that takes {max} in a frame"
+            );
+        }
+        bytes = rest.get(len..).expect("a whole record at a time");
     }
 }

@@ -38,8 +38,8 @@ pub enum Error {
     /// A call that does not fit the session's state. This one is not fatal: nothing
     /// changed.
     ApiMisuse(ApiMisuse),
-    /// The secure link failed, or refused the peer
-    /// ([`Conduit::new_secure`](crate::conduit::Conduit::new_secure)).
+    /// The secure link failed, or refused the peer (`Conduit::new_secure`, with the
+    /// `secure` feature).
     Link(LinkError),
 }
 
@@ -386,7 +386,7 @@ pub enum ConfigError {
         needed: usize,
     },
     /// A secure conduit whose `node_id` is not the one its key gives, or whose
-    /// `max_frame` is past [`MAX_RECORD`](crate::secure::MAX_RECORD).
+    /// `max_frame` is past `secure::MAX_RECORD` (with the `secure` feature).
     SecureLink(&'static str),
 }
 
