@@ -1,6 +1,8 @@
 //! End to end: 256 MiB of chunks synced between two nodes in one process over loopback
 //! TCP, beside a plain tokio copy of the same bytes and a copy that BLAKE3-hashes them on
-//! the receiver, in the same run.
+//! the receiver, in the same run; the same sync over a secure link, beside a copy sealed
+//! with ChaCha20-Poly1305 in records of the same size; and a sync with nothing to move,
+//! plaintext and secure (the handshake's cost on the host).
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented items.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,11 +10,16 @@ use std::hint::black_box;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
 use chunk_sync_benches::{as_events, events, seal_one};
 use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::secure::{MAX_RECORD, RECORD_OVERHEAD};
 use chunk_sync_core::store::fill_origins;
 use chunk_sync_core::{ChunkHash, NodeId, Span};
-use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
+use chunk_sync_tokio::{
+    MemStore, Node, NodeConfig, NodeStore, Permissions, Security, VerifiedChunk, generate_keypair,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -161,6 +168,91 @@ async fn copy(chunks: &[Vec<u8>], hash: bool) -> u64 {
     got
 }
 
+/// The plaintext a secure record holds at most.
+const RECORD_PLAINTEXT: usize = MAX_RECORD as usize - RECORD_OVERHEAD;
+
+/// A nonce of a counter, as Noise's transport makes them.
+fn nonce(n: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&n.to_le_bytes());
+    Nonce::from(bytes)
+}
+
+/// Sends `chunks` over loopback TCP as a secure link carries them: each cut into records
+/// of at most [`RECORD_PLAINTEXT`] bytes, sealed with ChaCha20-Poly1305 by the sender
+/// (a two-byte length, the ciphertext, the tag) and opened by the receiver, which
+/// BLAKE3-hashes every chunk.
+async fn copy_sealed(chunks: &[Vec<u8>]) -> u64 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+    let key = [7u8; 32];
+    let receiver = tokio::spawn(async move {
+        let aead = ChaCha20Poly1305::new(&key.into());
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut s = tokio::io::BufReader::with_capacity(256 << 10, &mut s);
+        let mut chunk = vec![0u8; 2 << 20];
+        let (mut got, mut n) = (0u64, 0u64);
+        for size in sizes {
+            let mut at = 0;
+            while at < size {
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len).await.unwrap();
+                let len = usize::from(u16::from_le_bytes(len));
+                let plain = len - 16;
+                let (body, tag) = chunk[at..at + len].split_at_mut(plain);
+                s.read_exact(body).await.unwrap();
+                s.read_exact(tag).await.unwrap();
+                let tag = chacha20poly1305::Tag::clone_from_slice(tag);
+                aead.decrypt_in_place_detached(&nonce(n), &[], &mut chunk[at..at + plain], &tag)
+                    .unwrap();
+                n += 1;
+                at += plain;
+            }
+            black_box(blake3::hash(&chunk[..size]));
+            got += size as u64;
+        }
+        got
+    });
+    let aead = ChaCha20Poly1305::new(&key.into());
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut record = vec![0u8; MAX_RECORD as usize];
+    let mut n = 0u64;
+    for c in chunks {
+        for piece in c.chunks(RECORD_PLAINTEXT) {
+            let len = piece.len() + 16;
+            record[..2].copy_from_slice(&(len as u16).to_le_bytes());
+            record[2..2 + piece.len()].copy_from_slice(piece);
+            let tag = aead
+                .encrypt_in_place_detached(&nonce(n), &[], &mut record[2..2 + piece.len()])
+                .unwrap();
+            record[2 + piece.len()..2 + len].copy_from_slice(&tag);
+            n += 1;
+            s.write_all(&record[..2 + len]).await.unwrap();
+        }
+    }
+    s.flush().await.unwrap();
+    let got = receiver.await.unwrap();
+    assert_eq!(got, total as u64);
+    got
+}
+
+/// A secure node of a new key that lets every authenticated key in.
+fn secure_node(store: impl NodeStore) -> Node {
+    let keys = generate_keypair().unwrap();
+    let config = NodeConfig {
+        max_frame: MAX_RECORD,
+        ..NodeConfig::new(keys.node_id())
+    };
+    let security = Security {
+        keys,
+        peers: Permissions::open(),
+    };
+    Node::new_secure(config, store, security).unwrap()
+}
+
 fn sync(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -199,6 +291,62 @@ fn sync(c: &mut Criterion) {
             assert_eq!(report.progress.bytes_transferred, total);
             black_box(report)
         });
+    });
+    group.finish();
+
+    // Each node on a runtime of its own with one worker, as two processes on two cores
+    // would be: on one runtime, the two ends of a connection wake each other on the same
+    // worker and share its core.
+    let one_worker = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (server_rt, client_rt) = (one_worker(), one_worker());
+    let secure_server = secure_node(store_of(&chunks));
+    let secure_listener = server_rt
+        .block_on(secure_server.listen("127.0.0.1:0"))
+        .unwrap();
+    let secure_addr = secure_listener.local_addr();
+    let mut group = c.benchmark_group("sync_256MiB_secure");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Bytes(total));
+    group.bench_function("tokio_copy+chacha20poly1305+blake3", |b| {
+        b.iter(|| rt.block_on(copy_sealed(&chunks)))
+    });
+    group.bench_function("chunk_sync_secure_verify_only", |b| {
+        b.iter(|| {
+            let client = secure_node(HashesOnly::default());
+            let report = client_rt.block_on(client.sync_with(secure_addr)).unwrap();
+            assert_eq!(report.progress.bytes_transferred, total);
+            black_box(report)
+        });
+    });
+    group.finish();
+
+    // A sync with nothing to move: connect, (handshake,) Hello, one reconciliation round.
+    let empty = Node::new(NodeConfig::new(NodeId(7)), MemStore::new()).unwrap();
+    let empty_listener = rt.block_on(empty.listen("127.0.0.1:0")).unwrap();
+    let secure_empty = secure_node(MemStore::new());
+    let secure_empty_listener = rt.block_on(secure_empty.listen("127.0.0.1:0")).unwrap();
+    let mut group = c.benchmark_group("empty_sync");
+    group.bench_function("plaintext", |b| {
+        let client = Node::new(NodeConfig::new(NodeId(8)), MemStore::new()).unwrap();
+        b.iter(|| {
+            black_box(
+                rt.block_on(client.sync_with(empty_listener.local_addr()))
+                    .unwrap(),
+            )
+        });
+    });
+    group.bench_function("secure", |b| {
+        let client = secure_node(MemStore::new());
+        let addr = secure_empty_listener.local_addr();
+        b.iter(|| black_box(rt.block_on(client.sync_with(addr)).unwrap()));
     });
     group.finish();
 }
