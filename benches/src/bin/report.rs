@@ -150,6 +150,25 @@ fn print_ratios(figures: &BTreeMap<String, Figure>) {
             );
         }
     }
+    let id = "sync_256MiB_secure/chunk_sync_secure_verify_only";
+    let sealed = "sync_256MiB_secure/tokio_copy+chacha20poly1305+blake3";
+    if let (Some(r), Some(f)) = (ratio(id, sealed), figures.get(id)) {
+        println!(
+            "| sync of 256 MiB over a secure link (Noise XX, ChaCha20-Poly1305 records), verified, hashes only | tokio copy sealed and opened with ChaCha20-Poly1305 in records of the same size + BLAKE3 | {r:.0}% ({:.2} GB/s) |",
+            f.bytes.unwrap_or(0) as f64 / f.mean_ns
+        );
+    }
+    if let (Some(plain), Some(secure)) = (
+        figures.get("empty_sync/plaintext"),
+        figures.get("empty_sync/secure"),
+    ) {
+        println!(
+            "| a sync with nothing to move over loopback, secure: {} | the same in plaintext: {} | handshake adds {} |",
+            human_time(secure.mean_ns),
+            human_time(plain.mean_ns),
+            human_time(secure.mean_ns - plain.mean_ns)
+        );
+    }
     for n in ["1000", "100000", "1000000"] {
         if let Some(r) = ratio(
             &format!("delta/merge_missing/{n}"),
