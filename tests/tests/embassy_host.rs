@@ -182,3 +182,130 @@ async fn a_device_whose_store_is_full_tells_the_host() {
         "the host is told: {host_result:?}"
     );
 }
+
+/// A device on a secure link with a tokio node, each letting in the other's key only.
+mod secure {
+    use chunk_sync_core::session::Error as SessionError;
+    use chunk_sync_core::wire::ErrorCode;
+    use chunk_sync_embassy::Error;
+    use chunk_sync_embassy::secure::{Access, Handshake, Keypair, Peers, Role};
+    use chunk_sync_tokio::{Permissions, Security};
+
+    use super::*;
+
+    fn host(keys: &Keypair, device: &Keypair, chunks: &SimNode) -> Node {
+        let config = NodeConfig {
+            accept_pushes: true,
+            ..NodeConfig::new(keys.node_id())
+        };
+        let security = Security {
+            keys: keys.clone(),
+            peers: Permissions::deny_all().allow(*device.public(), Access::FULL),
+        };
+        Node::new_secure(config, chunks.mem_store(), security).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_and_a_host_sync_both_ways_over_a_secure_link() {
+        let (device_keys, host_keys) =
+            (Keypair::from_secret([5; 32]), Keypair::from_secret([6; 32]));
+        let device_log = SimNode::with_log(device_keys.node_id(), 60, 10, 48);
+        let host_log = SimNode::with_log(host_keys.node_id(), 90, 10, 64);
+        let mut union: Vec<ChunkHash> =
+            device_log.ids().into_iter().chain(host_log.ids()).collect();
+        union.sort();
+        let host = host(&host_keys, &device_keys, &host_log);
+        let listener = host.listen("127.0.0.1:0").await.unwrap();
+
+        for max_frame in [256, 1024] {
+            let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
+            let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
+            let config = Config {
+                max_frame,
+                ..Config::new(device_keys.node_id())
+            };
+            let mut device_store = ram_store(&device_log);
+            let known = [(*host_keys.public(), Access::FULL)];
+            let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
+                FromTokio::new(stream),
+                &mut *device_store,
+                config,
+                &mut resources,
+                Handshake::new(&device_keys, Role::Initiator, [max_frame as u8; 32]),
+                Peers::only(&known),
+            )
+            .unwrap();
+            let report = runner.run().await.unwrap();
+            assert_eq!(report.synced_chunks, 9, "{max_frame}: the host's chunks");
+            let device_ids: Vec<ChunkHash> = runner.store().ids().copied().collect();
+            assert_eq!(device_ids, union);
+            assert_host_holds(&host, &union).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_refuses_a_host_it_does_not_know_and_the_host_refuses_a_stranger() {
+        let (device_keys, host_keys) =
+            (Keypair::from_secret([7; 32]), Keypair::from_secret([8; 32]));
+        let stranger = Keypair::from_secret([9; 32]);
+        let device_log = SimNode::with_log(device_keys.node_id(), 30, 10, 48);
+        let host_log = SimNode::with_log(host_keys.node_id(), 30, 10, 64);
+        let host = host(&host_keys, &device_keys, &host_log);
+        let listener = host.listen("127.0.0.1:0").await.unwrap();
+
+        // The device knows another key only: it refuses the host.
+        let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
+        let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
+        let mut device_store = ram_store(&device_log);
+        let known = [(*stranger.public(), Access::FULL)];
+        let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
+            FromTokio::new(stream),
+            &mut *device_store,
+            Config {
+                max_frame: 1024,
+                ..Config::new(device_keys.node_id())
+            },
+            &mut resources,
+            Handshake::new(&device_keys, Role::Initiator, [1; 32]),
+            Peers::only(&known),
+        )
+        .unwrap();
+        let err = runner.run().await.unwrap_err();
+        assert!(
+            matches!(err, Error::Protocol(SessionError::Link(_))),
+            "{err}"
+        );
+        assert_eq!(
+            host.store().len().unwrap(),
+            host_log.ids().len(),
+            "nothing taken"
+        );
+
+        // A stranger's key: the host refuses it, and the device stores nothing.
+        let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
+        let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
+        let mut stranger_store = Box::new(Small::new());
+        let known = [(*host_keys.public(), Access::FULL)];
+        let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
+            FromTokio::new(stream),
+            &mut *stranger_store,
+            Config {
+                max_frame: 1024,
+                ..Config::new(stranger.node_id())
+            },
+            &mut resources,
+            Handshake::new(&stranger, Role::Initiator, [2; 32]),
+            Peers::only(&known),
+        )
+        .unwrap();
+        let err = runner.run().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Protocol(SessionError::Remote(ErrorCode::REFUSED))
+            ),
+            "{err}"
+        );
+        assert_eq!(runner.store().ids().count(), 0);
+    }
+}

@@ -12,6 +12,10 @@
 //! [`Handle`] (progress, stop) and the [`Runner`], whose [`run`](Runner::run) must be
 //! awaited, typically in a task of its own.
 //!
+//! With the `secure` feature, `Runner::new_secure` runs the session over an
+//! authenticated and encrypted link (see the `secure` module), letting in only the peer
+//! keys the device lists.
+//!
 //! The library picks no time driver, tick rate or timer queue: the application does.
 //!
 //! The transport is used from one task: the runner writes what is due, then waits for
@@ -33,6 +37,8 @@ mod handle;
 mod log;
 mod resources;
 mod runner;
+#[cfg(feature = "secure")]
+pub mod secure;
 mod store;
 mod time;
 

@@ -78,6 +78,12 @@ pub struct Runner<'r, IO, S, const RANGES: usize, const REQ: usize> {
     shared: &'r Shared,
     /// The node's own log, announced in a live session.
     own: Option<Follower<'r>>,
+    /// Whom a secure session lets in.
+    #[cfg(feature = "secure")]
+    peers: crate::secure::Peers<'r>,
+    /// The conduit seals pieces of the chunk being served with their frames (a secure
+    /// link): it is given the chunk on every poll.
+    seals_pieces: bool,
 }
 
 type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as Store>::Error>;
@@ -100,6 +106,50 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
         config: Config,
         resources: &'r mut Resources<RX, TX, CHUNK>,
     ) -> Result<(Handle<'r>, Self), ConfigError> {
+        Self::with(io, store, resources, |buffers| {
+            Conduit::new(config, time::now(), buffers, Limits::new())
+        })
+    }
+
+    /// A runner for a session over a secure link: `handshake` (of the device's keys,
+    /// with fresh entropy, [`Role::Initiator`](crate::secure::Role::Initiator) on the
+    /// side that connected) runs first, then every frame travels sealed. A peer whose
+    /// key `peers` does not let in is refused before it learns anything of the store.
+    ///
+    /// Records add [`RECORD_OVERHEAD`](chunk_sync_core::secure::RECORD_OVERHEAD) bytes
+    /// to each frame, counted in `config.max_frame`; the transmit buffer holds a whole
+    /// record, so `TX` must be at least `config.max_frame` (the frames sent are no
+    /// larger than it).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new), and
+    /// [`ConfigError::SecureLink`] if `config.node_id` is not the id of the handshake's
+    /// key or `config.max_frame` is past a record.
+    #[cfg(feature = "secure")]
+    pub fn new_secure<const RX: usize, const TX: usize, const CHUNK: usize>(
+        io: IO,
+        store: S,
+        config: Config,
+        resources: &'r mut Resources<RX, TX, CHUNK>,
+        handshake: crate::secure::Handshake,
+        peers: crate::secure::Peers<'r>,
+    ) -> Result<(Handle<'r>, Self), ConfigError> {
+        let (handle, mut runner) = Self::with(io, store, resources, |buffers| {
+            Conduit::new_secure(config, time::now(), buffers, Limits::new(), handshake)
+        })?;
+        runner.peers = peers;
+        runner.seals_pieces = true;
+        Ok((handle, runner))
+    }
+
+    fn with<const RX: usize, const TX: usize, const CHUNK: usize>(
+        io: IO,
+        store: S,
+        resources: &'r mut Resources<RX, TX, CHUNK>,
+        conduit: impl FnOnce(
+            Buffers<&'r mut [u8]>,
+        ) -> Result<Conduit<'r, &'r mut [u8], RANGES, REQ>, ConfigError>,
+    ) -> Result<(Handle<'r>, Self), ConfigError> {
         let Resources {
             rx,
             tx,
@@ -112,7 +162,7 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
             transmit: &mut tx[..],
             reassembly: &mut incoming[..],
         };
-        let conduit = Conduit::new(config, time::now(), buffers, Limits::new())?;
+        let conduit = conduit(buffers)?;
         shared.reset();
         let shared: &'r Shared = shared;
         let runner = Self {
@@ -122,6 +172,9 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
             outgoing,
             shared,
             own: None,
+            #[cfg(feature = "secure")]
+            peers: crate::secure::Peers::only(&[]),
+            seals_pieces: false,
         };
         Ok((Handle::new(shared), runner))
     }
@@ -164,7 +217,14 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
             if let Some(range) = self.own.as_mut().and_then(Follower::try_next) {
                 self.conduit.announce(range);
             }
-            let wait = match self.conduit.poll(time::now()) {
+            // Over a secure link the conduit seals each piece with its frame in the
+            // transmit buffer, from the chunk being served.
+            let serving: &[u8] = if self.seals_pieces {
+                self.outgoing
+            } else {
+                &[]
+            };
+            let wait = match self.conduit.poll_serving(time::now(), None, serving) {
                 Action::Send {
                     frame,
                     piece,
@@ -193,6 +253,12 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                 }
                 Action::Closed(outcome) => Err(outcome),
                 Action::Wait(wait) => Ok(wait),
+                #[cfg(feature = "secure")]
+                Action::Authorize(key) => {
+                    // Asked once, by the conduit itself: it cannot refuse the answer.
+                    let _ = self.conduit.authorize(self.peers.access(&key));
+                    continue;
+                }
                 action => {
                     // Every question waits on the store here, and only here.
                     if let Some(question) = Self::store_question(action, self.outgoing) {

@@ -1,0 +1,37 @@
+//! Secure sessions on a device (feature `secure`): which peer keys the device lets in,
+//! and what each may do. The device's key pair and the entropy of each handshake come
+//! from the application ([`Handshake::new`]): from a key provisioned in flash and the
+//! chip's random number generator.
+
+pub use chunk_sync_core::secure::{Access, Handshake, Keypair, PublicKey, Role};
+
+/// The peer keys a device lets in: each listed key gets its access, every other key
+/// `default` ([`Access::NONE`] in [`Peers::only`]). Borrowed, so that the list can live
+/// in flash or a `static`.
+#[derive(Clone, Copy, Debug)]
+pub struct Peers<'a> {
+    /// Known keys and what each may do.
+    pub keys: &'a [(PublicKey, Access)],
+    /// The access of every other key.
+    pub default: Access,
+}
+
+impl<'a> Peers<'a> {
+    /// Only the keys listed, each with its access; every other key is refused.
+    #[must_use]
+    pub const fn only(keys: &'a [(PublicKey, Access)]) -> Self {
+        Self {
+            keys,
+            default: Access::NONE,
+        }
+    }
+
+    /// What `key` may do.
+    #[must_use]
+    pub fn access(&self, key: &PublicKey) -> Access {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(self.default, |&(_, access)| access)
+    }
+}
