@@ -505,10 +505,29 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     /// [`ConfigError::BufferTooSmall`] with what a buffer needs, or the session's own
     /// configuration errors.
     pub fn new(
+        config: Config,
+        now: Instant,
+        buffers: Buffers<B>,
+        limits: Limits,
+    ) -> Result<Self, ConfigError> {
+        Self::build(
+            config,
+            now,
+            buffers,
+            limits,
+            #[cfg(feature = "secure")]
+            None,
+        )
+    }
+
+    /// Builds the conduit in one expression, its link included: a device's conduit is a
+    /// few KiB, and each value it passes through on the way costs that much stack.
+    fn build(
         mut config: Config,
         now: Instant,
         buffers: Buffers<B>,
         limits: Limits,
+        #[cfg(feature = "secure")] link: Option<Secured>,
     ) -> Result<Self, ConfigError> {
         let Buffers {
             receive: rx,
@@ -523,7 +542,15 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 needed: frame,
             });
         }
-        let tx_len = Session::<RANGES, REQ, RUNS>::max_transmit_len();
+        #[cfg(feature = "secure")]
+        let overhead = if link.is_some() {
+            crate::secure::RECORD_OVERHEAD
+        } else {
+            0
+        };
+        #[cfg(not(feature = "secure"))]
+        let overhead = 0;
+        let tx_len = Session::<RANGES, REQ, RUNS>::max_transmit_len() + overhead;
         if !transmit.grow_to(tx_len) {
             return Err(ConfigError::BufferTooSmall {
                 buffer: "transmit",
@@ -540,7 +567,14 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         }
         let fits = u32::try_from(reassembly.limit()).unwrap_or(u32::MAX);
         config.max_chunk_len = min(config.max_chunk_len, fits);
-        let session = Session::new(config, now)?;
+        #[cfg_attr(not(feature = "secure"), allow(unused_mut))]
+        let mut session = Session::new(config, now)?;
+        #[cfg(feature = "secure")]
+        if link.is_some() {
+            let cap = u32::try_from(transmit.limit()).unwrap_or(u32::MAX);
+            let max = min(crate::secure::MAX_RECORD, cap);
+            session.set_link(crate::secure::RECORD_OVERHEAD as u32, max);
+        }
         Ok(Self {
             session,
             limits,
@@ -562,7 +596,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             aborted: false,
             linger_until: None,
             #[cfg(feature = "secure")]
-            link: None,
+            link,
         })
     }
 
@@ -585,7 +619,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         limits: Limits,
         handshake: crate::secure::Handshake,
     ) -> Result<Self, ConfigError> {
-        use crate::secure::{MAX_RECORD, RECORD_OVERHEAD};
+        use crate::secure::MAX_RECORD;
         if config.node_id != handshake.node_id() {
             return Err(ConfigError::SecureLink(
                 "node_id must be the id of the node's key (Keypair::node_id)",
@@ -596,25 +630,12 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 "max_frame of a secure link is at most 65,537 bytes",
             ));
         }
-        let mut conduit = Self::new(config, now, buffers, limits)?;
-        let tx_len = Session::<RANGES, REQ, RUNS>::max_transmit_len() + RECORD_OVERHEAD;
-        if !conduit.tx.grow_to(tx_len) {
-            return Err(ConfigError::BufferTooSmall {
-                buffer: "transmit",
-                len: conduit.tx.limit(),
-                needed: tx_len,
-            });
-        }
-        let cap = u32::try_from(conduit.tx.limit()).unwrap_or(u32::MAX);
-        conduit
-            .session
-            .set_link(RECORD_OVERHEAD as u32, min(MAX_RECORD, cap));
-        conduit.link = Some(Secured {
+        let link = Secured {
             link: crate::secure::Link::Handshaking(handshake),
             authorized: false,
             opened: None,
-        });
-        Ok(conduit)
+        };
+        Self::build(config, now, buffers, limits, Some(link))
     }
 
     /// Answers [`Action::Authorize`]: what the peer's key may do. With

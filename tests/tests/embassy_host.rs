@@ -308,4 +308,60 @@ mod secure {
         );
         assert_eq!(runner.store().ids().count(), 0);
     }
+
+    /// A peer that answers the device's first handshake message with `answer`.
+    async fn spoiling_peer(answer: &'static [u8]) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 34];
+            s.read_exact(&mut first).await.unwrap();
+            assert_eq!(first[..2], [32, 0], "Noise XX's first message");
+            s.write_all(answer).await.unwrap();
+            // Then silence, the line kept open.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_refuses_a_garbled_handshake_message() {
+        let keys = Keypair::from_secret([10; 32]);
+        let known = [(*Keypair::from_secret([11; 32]).public(), Access::FULL)];
+        // (A truncated message and silence end in the handshake timeout: the QEMU firmware
+        // test has the clock for it.)
+        let cases: [(&'static [u8], fn(&SessionError) -> bool); 2] = [
+            (&[5, 0, 1, 2, 3, 4, 5], |e| {
+                matches!(e, SessionError::Link(_))
+            }),
+            (&[0, 0], |e| matches!(e, SessionError::Link(_))),
+        ];
+        for (answer, expected) in cases {
+            let addr = spoiling_peer(answer).await;
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let mut resources = Box::new(Resources::<1024, 1024, 2048>::new());
+            let mut store = Box::new(Small::new());
+            let config = Config {
+                max_frame: 1024,
+                ..Config::new(keys.node_id())
+            };
+            let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
+                FromTokio::new(stream),
+                &mut *store,
+                config,
+                &mut resources,
+                Handshake::new(&keys, Role::Initiator, [3; 32]),
+                Peers::only(&known),
+            )
+            .unwrap();
+            let run = tokio::time::timeout(std::time::Duration::from_secs(10), runner.run());
+            match run.await.expect("the device ends the session") {
+                Err(Error::Protocol(e)) if expected(&e) => {}
+                other => panic!("{answer:?}: {other:?}"),
+            }
+        }
+    }
 }

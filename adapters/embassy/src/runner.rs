@@ -86,6 +86,27 @@ pub struct Runner<'r, IO, S, const RANGES: usize, const REQ: usize> {
     seals_pieces: bool,
 }
 
+/// The conduit's buffers, the buffer of the chunk being served and the handle's state, out
+/// of `resources` (the handle's state reset).
+fn split<'r, const RX: usize, const TX: usize, const CHUNK: usize>(
+    resources: &'r mut Resources<RX, TX, CHUNK>,
+) -> (Buffers<&'r mut [u8]>, &'r mut [u8], &'r Shared) {
+    let Resources {
+        rx,
+        tx,
+        incoming,
+        outgoing,
+        shared,
+    } = resources;
+    let buffers = Buffers {
+        receive: &mut rx[..],
+        transmit: &mut tx[..],
+        reassembly: &mut incoming[..],
+    };
+    shared.reset();
+    (buffers, &mut outgoing[..], shared)
+}
+
 type RunError<IO, S> = Error<<IO as embedded_io_async::ErrorType>::Error, <S as Store>::Error>;
 
 impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
@@ -106,9 +127,21 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
         config: Config,
         resources: &'r mut Resources<RX, TX, CHUNK>,
     ) -> Result<(Handle<'r>, Self), ConfigError> {
-        Self::with(io, store, resources, |buffers| {
-            Conduit::new(config, time::now(), buffers, Limits::new())
-        })
+        let (buffers, outgoing, shared) = split(resources);
+        // The conduit is built inside the runner's expression: each value a device's
+        // runner (a few KiB) passes through on its way costs that much stack.
+        let runner = Self {
+            conduit: Conduit::new(config, time::now(), buffers, Limits::new())?,
+            io,
+            store,
+            outgoing,
+            shared,
+            own: None,
+            #[cfg(feature = "secure")]
+            peers: crate::secure::Peers::only(&[]),
+            seals_pieces: false,
+        };
+        Ok((Handle::new(shared), runner))
     }
 
     /// A runner for a session over a secure link: `handshake` (of the device's keys,
@@ -134,47 +167,17 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
         handshake: crate::secure::Handshake,
         peers: crate::secure::Peers<'r>,
     ) -> Result<(Handle<'r>, Self), ConfigError> {
-        let (handle, mut runner) = Self::with(io, store, resources, |buffers| {
-            Conduit::new_secure(config, time::now(), buffers, Limits::new(), handshake)
-        })?;
-        runner.peers = peers;
-        runner.seals_pieces = true;
-        Ok((handle, runner))
-    }
-
-    fn with<const RX: usize, const TX: usize, const CHUNK: usize>(
-        io: IO,
-        store: S,
-        resources: &'r mut Resources<RX, TX, CHUNK>,
-        conduit: impl FnOnce(
-            Buffers<&'r mut [u8]>,
-        ) -> Result<Conduit<'r, &'r mut [u8], RANGES, REQ>, ConfigError>,
-    ) -> Result<(Handle<'r>, Self), ConfigError> {
-        let Resources {
-            rx,
-            tx,
-            incoming,
-            outgoing,
-            shared,
-        } = resources;
-        let buffers = Buffers {
-            receive: &mut rx[..],
-            transmit: &mut tx[..],
-            reassembly: &mut incoming[..],
-        };
-        let conduit = conduit(buffers)?;
-        shared.reset();
-        let shared: &'r Shared = shared;
+        let (buffers, outgoing, shared) = split(resources);
+        let now = time::now();
         let runner = Self {
+            conduit: Conduit::new_secure(config, now, buffers, Limits::new(), handshake)?,
             io,
             store,
-            conduit,
             outgoing,
             shared,
             own: None,
-            #[cfg(feature = "secure")]
-            peers: crate::secure::Peers::only(&[]),
-            seals_pieces: false,
+            peers,
+            seals_pieces: true,
         };
         Ok((Handle::new(shared), runner))
     }

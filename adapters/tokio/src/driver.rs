@@ -108,6 +108,9 @@ struct Driver<'s, 'w> {
     started: tokio::time::Instant,
     /// The listener's id for this connection, if it was accepted by one.
     conn: Option<u64>,
+    /// Whether the peer connected to this node (its key must be allowed), or this node to
+    /// it.
+    accepted: bool,
     /// The peer's address, for a TCP session.
     addr: Option<SocketAddr>,
     /// Live sessions: the node's events, for the chunks stored through other sessions
@@ -140,6 +143,9 @@ impl Drop for Claims<'_> {
 pub(crate) struct Context {
     /// The listener's id for this connection, if it was accepted by one.
     pub(crate) conn: Option<u64>,
+    /// The session answers as an accepted connection does, on a stream no listener
+    /// accepted (a serial line whose other end initiates the handshake).
+    pub(crate) answering: bool,
     /// The peer's address, for a TCP session.
     pub(crate) addr: Option<SocketAddr>,
     /// Set when the application removes this peer (live sessions).
@@ -173,6 +179,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         published: None,
         started: tokio::time::Instant::now(),
         conn: context.conn,
+        accepted: context.conn.is_some() || context.answering,
         addr: context.addr,
         stored,
         closing: shared.closing.subscribe(),
@@ -303,7 +310,7 @@ impl Driver<'_, '_> {
                     continue;
                 }
                 Action::Authorize(key) => {
-                    let accepted = self.conn.is_some();
+                    let accepted = self.accepted;
                     let access = self
                         .shared
                         .security

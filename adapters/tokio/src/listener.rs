@@ -110,6 +110,7 @@ impl Node {
                         conn: Some(id),
                         addr: Some(peer),
                         stop: None,
+                        answering: false,
                     };
                     match node.run(stream, mode, Vec::new(), context).await {
                         Ok(report) => info!(

@@ -213,6 +213,26 @@ impl Node {
             .map_err(|f| f.error)
     }
 
+    /// As [`live_over`](Self::live_over), answering the session as a node answers a
+    /// connection it accepted: on a secure node the other end initiates the handshake
+    /// and its key must be allowed as an accepting node's must
+    /// ([`Permissions::trust_dialed`](crate::Permissions::trust_dialed) does not apply).
+    /// On a stream with no connecting side, such as a serial line, one end calls this and
+    /// the other [`live_over`](Self::live_over); a plaintext session is the same either
+    /// way.
+    pub async fn live_over_answering<IO: AsyncRead + AsyncWrite>(
+        &self,
+        io: IO,
+    ) -> Result<SyncReport, Error> {
+        let context = Context {
+            answering: true,
+            ..Context::default()
+        };
+        self.run(io, Mode::LIVE, Vec::new(), context)
+            .await
+            .map_err(|f| f.error)
+    }
+
     /// Fetches exactly these chunks from the node at `addr`, offering nothing in return.
     pub async fn fetch_from(
         &self,
@@ -304,7 +324,8 @@ impl Node {
             list: mode.list,
             ..shared.config.session_config(mode.pull, mode.serve)
         };
-        let conduit = match conduit(config, shared, &wanted, context.conn.is_some()) {
+        let accepted = context.conn.is_some() || context.answering;
+        let conduit = match conduit(config, shared, &wanted, accepted) {
             Ok(c) => c,
             Err(e) => {
                 let report = SyncReport::empty();

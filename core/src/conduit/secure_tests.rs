@@ -311,3 +311,58 @@ proptest! {
         }
     }
 }
+
+/// A conduit in fixed buffers, as a device runs it, that initiates a handshake and gets
+/// `answer` back: how it ends, or what it waits for.
+fn device_answered(answer: &[u8], read: usize) -> Result<Result<(), Error>, Wait> {
+    let keys = keys(1);
+    let (mut rx, mut tx, mut re) = ([0u8; 1024], [0u8; 1024], [0u8; 2048]);
+    let buffers = Buffers {
+        receive: &mut rx[..],
+        transmit: &mut tx[..],
+        reassembly: &mut re[..],
+    };
+    let config = Config {
+        max_frame: 1024,
+        ..Config::new(keys.node_id())
+    };
+    let handshake = Handshake::new(&keys, Role::Initiator, [1; 32]);
+    let mut c = Conduit::<&mut [u8], 8, 4>::new_secure(
+        config,
+        Instant::ZERO,
+        buffers,
+        Limits::new(),
+        handshake,
+    )
+    .unwrap();
+    let serving = [0u8; 2048];
+    let mut input = answer;
+    for _ in 0..1000 {
+        match c.poll_serving(Instant::ZERO, None, &serving) {
+            Action::Send { frame, .. } => {
+                let n = frame.len();
+                c.written(Instant::ZERO, n);
+            }
+            Action::Wait(wait) if input.is_empty() => return Err(wait),
+            Action::Wait(_) => {
+                let n = c.receive(&input[..read.min(input.len())]);
+                input = &input[n..];
+            }
+            Action::Closed(outcome) => return Ok(outcome),
+            _ => {}
+        }
+    }
+    panic!("the conduit never waits");
+}
+
+#[test]
+fn a_device_ends_at_once_on_a_garbled_handshake_message() {
+    for read in 1..8 {
+        let outcome = device_answered(&[5, 0, 1, 2, 3, 4, 5], read);
+        assert_eq!(
+            outcome,
+            Ok(Err(Error::Link(LinkError::Handshake))),
+            "{read}"
+        );
+    }
+}

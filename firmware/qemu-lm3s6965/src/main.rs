@@ -1,9 +1,11 @@
 //! chunk-sync on a Cortex-M3 in QEMU (`lm3s6965evb`): the device writes an event log,
-//! seals it into chunks, refuses a garbled and a truncated frame, then keeps a live
-//! session with a host node over UART0: both sides fetch what they lack, the device
-//! appends events from a timer while the session runs and the host answers each chunk of
-//! them with one of its own (an echo, timed in device time). The device verifies what it
-//! holds, prints its result through semihosting and exits with a status code.
+//! seals it into chunks, refuses a garbled and a truncated handshake message, then keeps
+//! a live session with a host node over UART0 on a secure link (Noise XX: each side
+//! proves its key, every frame travels sealed, the device lets in the host's key only):
+//! both sides fetch what they lack, the device appends events from a timer while the
+//! session runs and the host answers each chunk of them with one of its own (an echo,
+//! timed in device time). The device verifies what it holds, prints its result through
+//! semihosting and exits with a status code.
 //!
 //! Run by `.ci/run` (see `firmware/qemu-lm3s6965/README.md`).
 #![no_std]
@@ -12,6 +14,7 @@
 
 #[cfg(feature = "flash")]
 mod ram_flash;
+mod stack;
 mod time_driver;
 mod uart;
 
@@ -19,8 +22,10 @@ use core::cell::Cell;
 
 use chunk_sync_core::chunk::{ChunkView, Chunker, Push, SealPolicy};
 use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::secure::{Access, Handshake, Keypair, PublicKey, Role};
 use chunk_sync_core::session::{Config, Error as SessionError};
 use chunk_sync_core::{ChunkHash, Duration, Event, NodeId, Privacy, Span};
+use chunk_sync_embassy::secure::Peers;
 use chunk_sync_embassy::{Handle, Log, Resources, Runner, SharedStore, Store};
 use cortex_m_semihosting::{debug, hprintln};
 use embassy_executor::{Executor, Spawner};
@@ -31,10 +36,21 @@ use embassy_sync::mutex::Mutex;
 use embassy_time::{Instant, Timer};
 use static_cell::StaticCell;
 
-/// This device's node id.
-const DEVICE: NodeId = NodeId(0xD1);
-/// The host's node id (`tests/src/bin/firmware-peer.rs`).
-const HOST: NodeId = NodeId(1);
+/// This device's secret key: a test key, public in this repository (a real device keeps
+/// one provisioned for it in flash).
+const DEVICE_SECRET: [u8; 32] = *b"chunk-sync qemu device test key!";
+/// This device's node id: its key's (`PublicKey::node_id`), checked at boot.
+const DEVICE: NodeId = NodeId(0x2861_cec6_2ed0_f660);
+/// The host's public key (`tests/src/bin/firmware-peer.rs`): the one key let in.
+const HOST_KEY: PublicKey = PublicKey([
+    140, 75, 148, 40, 165, 2, 149, 34, 46, 192, 250, 28, 127, 105, 29, 143, 166, 170, 236, 21, 95,
+    10, 224, 90, 66, 10, 205, 242, 225, 180, 151, 42,
+]);
+/// The host's node id, its key's.
+const HOST: NodeId = NodeId(0xb496_dad4_e129_6161);
+/// The peers the device lets in: the host, both ways.
+static PEERS: [(PublicKey, Access); 1] = [(HOST_KEY, Access::FULL)];
+static KEYS: StaticCell<Keypair> = StaticCell::new();
 /// Events the device writes before any session; every fifth is private.
 const EVENTS: u64 = 40;
 /// Events the device appends during the live session, one every `LIVE_PERIOD_MS`.
@@ -43,9 +59,10 @@ const LIVE_PERIOD_MS: u64 = 250;
 /// The live log seals a chunk once its first event is this old.
 const SEAL_DELAY_MS: u64 = 100;
 
-/// The device's store: 32 chunks in 16 KiB of RAM.
+/// The device's store: 32 chunks in 8 KiB of RAM (the rest of the 64 KiB is statics and
+/// the stack, whose high-water mark the run prints).
 #[cfg(not(feature = "flash"))]
-type DeviceStore = chunk_sync_core::store::RamStore<32, 16_384>;
+type DeviceStore = chunk_sync_core::store::RamStore<32, 8192>;
 /// The device's store: up to 32 chunks of up to `CHUNK_LIMIT` bytes in `FLASH_SIZE` bytes
 /// of NOR flash.
 #[cfg(feature = "flash")]
@@ -57,7 +74,7 @@ const FLASH_SIZE: usize = 16 * 1024;
 static FLASH: StaticCell<[u8; FLASH_SIZE]> = StaticCell::new();
 static STORE: StaticCell<DeviceStore> = StaticCell::new();
 #[cfg(not(feature = "flash"))]
-const STORE_NAME: &str = "RamStore<32, 16384>";
+const STORE_NAME: &str = "RamStore<32, 8192>";
 #[cfg(feature = "flash")]
 const STORE_NAME: &str = "FlashStore<_, 32, 1024> (flash itself: 16384 B)";
 /// The device's chunk buffers.
@@ -201,9 +218,55 @@ async fn all_verified(mut store: Shared, buf: &mut [u8]) -> bool {
     }
 }
 
+/// The device's side of a secure link: its keys, and how many handshakes it began.
+struct Link {
+    keys: &'static Keypair,
+    sessions: Cell<u32>,
+}
+
+impl Link {
+    /// A handshake for the next session, which the device initiates.
+    ///
+    /// QEMU models no random number generator for this machine, so the ephemeral secret
+    /// is derived from the device's secret, the session's number and the time since boot:
+    /// distinct within a boot, but repeated by a QEMU run that replays the same boot. A
+    /// real device passes 32 bytes from its hardware random number generator instead.
+    fn handshake(&self) -> Handshake {
+        let n = self.sessions.get();
+        self.sessions.set(n.wrapping_add(1));
+        let mut material = [0u8; 44];
+        material[..32].copy_from_slice(self.keys.secret());
+        material[32..36].copy_from_slice(&n.to_le_bytes());
+        material[36..].copy_from_slice(&Instant::now().as_ticks().to_le_bytes());
+        let entropy =
+            blake3::derive_key("chunk-sync qemu firmware 2026 session entropy", &material);
+        Handshake::new(self.keys, Role::Initiator, entropy)
+    }
+
+    /// A runner for a secure session over `uart` with the host, and its handle.
+    fn runner<'r, S: Store>(
+        &self,
+        uart: &'r mut uart::Uart0,
+        store: S,
+        config: Config,
+        resources: &'r mut Res,
+    ) -> (Handle<'r>, Runner<'r, &'r mut uart::Uart0, S, 8, 4>) {
+        let peers = Peers::only(&PEERS);
+        match Runner::new_secure(uart, store, config, resources, self.handshake(), peers) {
+            Ok(parts) => parts,
+            Err(e) => {
+                hprintln!("chunk-sync firmware: bad configuration: {}", e);
+                halt()
+            }
+        }
+    }
+}
+
 /// Runs a session the host spoils on purpose; halts unless it ends with the expected error
 /// and leaves the store as it was.
+#[allow(clippy::too_many_arguments)]
 async fn expect_refusal(
+    link: &Link,
     uart: &mut uart::Uart0,
     mut store: Shared,
     config: Config,
@@ -212,15 +275,9 @@ async fn expect_refusal(
     expected: fn(&SessionError) -> bool,
     what: &str,
 ) {
-    // The runner is taken out of the `match` before its future is awaited, so that the
-    // task does not hold both.
-    let mut runner = match Runner::<_, _, 8, 4>::new(uart, store, config, resources) {
-        Ok((_, runner)) => runner,
-        Err(e) => {
-            hprintln!("chunk-sync firmware: bad configuration: {}", e);
-            halt()
-        }
-    };
+    // The runner is made before its future is awaited (not inside a `match` across the
+    // await), so that the task does not hold both.
+    let (_, mut runner) = link.runner(uart, store, config, resources);
     let result = runner.run().await;
     drop(runner);
     let intact = store.chunk_count().await.ok() == Some(own);
@@ -236,7 +293,7 @@ async fn expect_refusal(
     if !intact {
         halt()
     }
-    // Let the host see the error frame before the next Hello.
+    // A moment before the next handshake, as a device that retries would wait.
     Timer::after_millis(200).await;
 }
 
@@ -348,6 +405,7 @@ async fn echoes(
 /// The live session: reconciles both ways, then follows both logs while the device
 /// appends; halts unless every live event is echoed and the session completes.
 async fn live_session(
+    link: &Link,
     uart: &mut uart::Uart0,
     log: &'static DeviceLog,
     config: Config,
@@ -358,14 +416,7 @@ async fn live_session(
         live: true,
         ..config
     };
-    let (handle, mut runner) = match Runner::<_, _, 8, 4>::new(uart, log.store(), config, resources)
-    {
-        Ok(parts) => parts,
-        Err(e) => {
-            hprintln!("chunk-sync firmware: bad configuration: {}", e);
-            halt()
-        }
-    };
+    let (handle, mut runner) = link.runner(uart, log.store(), config, resources);
     let Some(follower) = log.follow() else { halt() };
     runner.follow(follower);
     let timings = Timings::new();
@@ -401,13 +452,24 @@ async fn live_session(
 #[embassy_executor::task]
 async fn device() {
     hprintln!(
-        "chunk-sync firmware: RAM of Session<8, 4> {} B, {} {} B, Resources<1024, 1024, 2048> {} B, Throttle {} B",
+        "chunk-sync firmware: RAM of Session<8, 4> {} B, Runner (its conduit and secure link) {} B, handshake state {} B, {} {} B, Resources<1024, 1024, 2048> {} B, Throttle {} B",
         core::mem::size_of::<chunk_sync_core::session::Session<8, 4>>(),
+        core::mem::size_of::<Runner<'static, &'static mut uart::Uart0, Shared, 8, 4>>(),
+        core::mem::size_of::<Handshake>(),
         STORE_NAME,
         core::mem::size_of::<DeviceStore>(),
         core::mem::size_of::<Res>(),
         core::mem::size_of::<chunk_sync_core::Throttle>()
     );
+    let keys = KEYS.init(Keypair::from_secret(DEVICE_SECRET));
+    if keys.node_id() != DEVICE || HOST_KEY.node_id() != HOST {
+        hprintln!("chunk-sync firmware: a node id is not its key's");
+        halt()
+    }
+    let link = Link {
+        keys,
+        sessions: Cell::new(0),
+    };
     let store = SharedStore::new(SHARED.init(Mutex::new(open_store().await)));
     let chunk_buf = CHUNK_BUF.init([0; MAX_CHUNK]);
     // The device's log seals ranges of 10 sequence numbers, or a chunk whose first event
@@ -431,39 +493,44 @@ async fn device() {
     let resources = RESOURCES.init(Resources::new());
     let mut uart = uart::Uart0::new();
 
-    // First session: the host garbles a frame on purpose. The device must refuse it with a
-    // typed error, keep its store intact and be able to sync again.
+    // First session: the host answers the device's first handshake message with a garbled
+    // one on purpose. The device must refuse it with a typed error, keep its store intact
+    // and be able to sync again.
     expect_refusal(
+        &link,
         &mut uart,
         store,
         config,
         resources,
         own,
-        |e| matches!(e, SessionError::Frame(_)),
-        "refused a garbled frame",
+        |e| matches!(e, SessionError::Link(_)),
+        "refused a garbled handshake message",
     )
     .await;
 
-    // Second session: the host sends the start of a frame and falls silent. The device
-    // must give up after its idle timeout with a typed error, its store intact.
+    // Second session: the host sends the start of its handshake message and falls silent.
+    // The device must give up after its handshake timeout with a typed error, its store
+    // intact.
     let impatient = Config {
+        handshake_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(1),
         ..config
     };
     expect_refusal(
+        &link,
         &mut uart,
         store,
         impatient,
         resources,
         own,
-        |e| matches!(e, SessionError::TimedOut),
-        "gave up on a silent peer after a truncated frame",
+        |e| matches!(e, SessionError::HandshakeTimedOut | SessionError::TimedOut),
+        "gave up on a silent peer after a truncated handshake message",
     )
     .await;
 
     // Third session: live. Both sides fetch what they lack, then the device appends events
     // while the host echoes each chunk of them.
-    let (report, rtt) = live_session(&mut uart, log, config, resources, chunk_buf).await;
+    let (report, rtt) = live_session(&link, &mut uart, log, config, resources, chunk_buf).await;
     let mut store = log.store();
     let held = store.chunk_count().await.unwrap_or(0);
     let verified = all_verified(store, chunk_buf).await;
@@ -500,6 +567,12 @@ async fn device() {
         rtt[LIVE_EVENTS - 1],
         LIVE_EVENTS
     );
+    let (used, room) = stack::high_water();
+    hprintln!(
+        "chunk-sync firmware: stack high-water mark {} B of the {} B between the statics and the top of RAM",
+        used,
+        room
+    );
     let converged = golden
         && verified
         && report.failed_chunks == 0
@@ -515,6 +588,7 @@ async fn device() {
 
 #[cortex_m_rt::entry]
 fn main() -> ! {
+    stack::paint();
     let Some(peripherals) = cortex_m::Peripherals::take() else {
         halt()
     };
@@ -524,4 +598,12 @@ fn main() -> ! {
         Ok(token) => spawner.spawn(token),
         Err(_) => debug::exit(debug::EXIT_FAILURE),
     })
+}
+
+// cortex-m-rt declares the HardFault handler `unsafe`; it only reports and exits.
+#[allow(unsafe_code)]
+#[cortex_m_rt::exception]
+unsafe fn HardFault(frame: &cortex_m_rt::ExceptionFrame) -> ! {
+    hprintln!("chunk-sync firmware: hard fault at pc {:#x}", frame.pc());
+    halt()
 }

@@ -1,9 +1,11 @@
-//! The host side of the firmware test: a tokio node that, over the QEMU device's UART
-//! bridged to TCP, first garbles a frame, then sends a truncated frame and falls silent,
-//! then keeps a live session with the device: both fetch what they lack, and for each
-//! chunk the device seals while the session runs, the host appends one event naming where
-//! that chunk ends (the device times these echoes). It checks that it received the
-//! device's chunks, live ones included, and answered each.
+//! The host side of the firmware test: a secure tokio node that, over the QEMU device's
+//! UART bridged to TCP, answers the device's first handshake message with a garbled one,
+//! then answers the next with the start of one and falls silent, then keeps a live
+//! session with the device on a secure link (each side lets in only the other's key):
+//! both fetch what they lack, and for each chunk the device seals while the session runs,
+//! the host appends one event naming where that chunk ends (the device times these
+//! echoes). It checks that it received the device's chunks, live ones included, and
+//! answered each.
 //!
 //! ```text
 //! firmware-peer 127.0.0.1:PORT
@@ -13,65 +15,43 @@ use std::cell::Cell;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chunk_sync_core::wire::{self, Decoded, ErrorCode, MAX_FRAME_LIMIT, Message};
 use chunk_sync_core::{EventBuf, NodeId, Privacy};
 use chunk_sync_tests::Node as SimNode;
-use chunk_sync_tokio::{Node, NodeConfig, NodeEvent};
+use chunk_sync_tokio::{
+    Access, Keypair, Node, NodeConfig, NodeEvent, Permissions, PublicKey, Security,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Reads frames until `want` accepts one; returns what it returned.
-async fn read_until<T>(
-    stream: &mut TcpStream,
-    mut want: impl FnMut(&Message<'_>) -> Option<T>,
-) -> Result<T, String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 512];
-    loop {
-        while let Ok(Decoded::Frame { message, len }) = wire::decode(&buf, MAX_FRAME_LIMIT) {
-            if let Some(found) = want(&message) {
-                return Ok(found);
-            }
-            buf.drain(..len);
-        }
-        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut chunk))
-            .await
-            .map_err(|_| "the device went silent".to_owned())?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the device closed the line".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
+/// The host's secret key: a test key, public in this repository.
+const HOST_SECRET: [u8; 32] = *b"chunk-sync qemu host test key!!!";
+/// The device's public key (`firmware/qemu-lm3s6965/src/main.rs`).
+const DEVICE_KEY: PublicKey = PublicKey([
+    147, 159, 25, 80, 103, 185, 129, 199, 63, 78, 50, 217, 146, 129, 143, 134, 129, 69, 28, 74, 6,
+    36, 16, 183, 163, 89, 192, 23, 196, 217, 238, 4,
+]);
 
-/// Waits for the device's Error frame; returns its code.
-async fn error_frame(stream: &mut TcpStream) -> Result<u16, String> {
-    read_until(stream, |m| match m {
-        Message::Error { code, .. } => Some(code.0),
-        _ => None,
-    })
-    .await
-}
-
-/// Waits for the device's Hello, sends `bytes` and waits for the device's Error frame;
-/// fails unless it carries `expected`.
-async fn spoil(stream: &mut TcpStream, bytes: &[u8], expected: ErrorCode) -> Result<(), String> {
-    read_until(stream, |m| matches!(m, Message::Hello(_)).then_some(())).await?;
-    stream.write_all(bytes).await.map_err(|e| e.to_string())?;
-    match error_frame(stream).await? {
-        code if code == expected.0 => Ok(()),
-        code => Err(format!(
-            "the device answered with error code {code}, not {}",
-            expected.0
-        )),
+/// The first handshake message of a session the device initiates (Noise XX's `e`, a
+/// 32-byte key after the two-byte length): read whole, so that a session can be handed
+/// it back.
+async fn first_message(stream: &mut TcpStream) -> Result<[u8; 34], String> {
+    let mut message = [0u8; 34];
+    tokio::time::timeout(Duration::from_secs(30), stream.read_exact(&mut message))
+        .await
+        .map_err(|_| "the device went silent".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if message[..2] != [32, 0] {
+        return Err(format!(
+            "not a first handshake message: {:02x?}",
+            &message[..2]
+        ));
     }
+    Ok(message)
 }
 
 /// The device's sequence numbers from here on are appended during the live session
 /// (`firmware/qemu-lm3s6965/src/main.rs`).
 const DEVICE_LIVE_FROM: u64 = 40;
-const DEVICE: NodeId = NodeId(0xD1);
 
 /// Events of the host's own log before the session; its echoes follow.
 const HOST_EVENTS: u64 = 30;
@@ -79,14 +59,16 @@ const HOST_EVENTS: u64 = 30;
 /// For each live chunk of the device the node stores, appends and seals one event whose
 /// payload is where that chunk ends, counting them in `echoed`.
 async fn echo_live_chunks(node: &Node, mut seq: u64, echoed: &Cell<usize>) {
+    let device = DEVICE_KEY.node_id();
+    let host = Keypair::from_secret(HOST_SECRET).node_id();
     let mut events = node.events();
     loop {
         match events.recv().await {
             Ok(NodeEvent::ChunkStored { span, .. })
-                if span.origin == DEVICE && span.first_seq >= DEVICE_LIVE_FROM =>
+                if span.origin == device && span.first_seq >= DEVICE_LIVE_FROM =>
             {
                 let echo = EventBuf {
-                    origin: NodeId(1),
+                    origin: host,
                     seq,
                     timestamp: seq,
                     kind: "echo".into(),
@@ -115,15 +97,22 @@ async fn main() -> ExitCode {
         eprintln!("usage: firmware-peer HOST:PORT");
         return ExitCode::FAILURE;
     };
-    let log = SimNode::with_log(NodeId(1), HOST_EVENTS, 10, 24);
+    let keys = Keypair::from_secret(HOST_SECRET);
+    let host: NodeId = keys.node_id();
+    let log = SimNode::with_log(host, HOST_EVENTS, 10, 24);
     let store = log.mem_store();
     let own = log.store.len();
-    let node = match Node::new(
+    let security = Security {
+        keys,
+        peers: Permissions::deny_all().allow(DEVICE_KEY, Access::FULL),
+    };
+    let node = match Node::new_secure(
         NodeConfig {
             max_chunk_len: 4096,
-            ..NodeConfig::new(NodeId(1))
+            ..NodeConfig::new(host)
         },
         store,
+        security,
     ) {
         Ok(node) => node,
         Err(e) => {
@@ -145,33 +134,47 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     };
     let mut stream = stream;
-    // A garbled frame (a whole frame, 5-byte body, unknown message tag): the device must
-    // refuse it. Then the first bytes of a 40-byte frame and silence: the device must give
-    // up on its own. Each time it says why and syncs again later.
-    let spoilers: [(&[u8], ErrorCode, &str); 2] = [
+    // A garbled answer to the device's first handshake message (a 5-byte message where
+    // Noise XX's second is 96 bytes): the device must refuse it and begin again. Then the
+    // first bytes of an answer and silence: the device must give up on its own and begin
+    // again, for the live session.
+    let spoilers: [(&[u8], &str); 2] = [
         (
-            &[5, 0, 0, 0, 0xee, 1, 2, 3, 4],
-            ErrorCode::MALFORMED,
-            "refused a garbled frame",
+            &[5, 0, 1, 2, 3, 4, 5],
+            "refused a garbled handshake message",
         ),
         (
-            &[40, 0, 0, 0, 3],
-            ErrorCode::TIMED_OUT,
-            "gave up on a truncated frame and silence",
+            &[96, 0, 3],
+            "gave up on a truncated handshake message and silence",
         ),
     ];
-    for (bytes, expected, what) in spoilers {
-        if let Err(e) = spoil(&mut stream, bytes, expected).await {
+    for (bytes, _) in spoilers {
+        let spoiled = async {
+            first_message(&mut stream).await?;
+            stream.write_all(bytes).await.map_err(|e| e.to_string())
+        };
+        if let Err(e) = spoiled.await {
             eprintln!("firmware-peer: {e}");
             return ExitCode::FAILURE;
         }
-        println!(
-            "firmware-peer: the device {what} (error code {})",
-            expected.0
-        );
     }
+    // The device began a new handshake: it dealt with both.
+    let first = match first_message(&mut stream).await {
+        Ok(first) => first,
+        Err(e) => {
+            eprintln!("firmware-peer: the device did not begin again: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (_, what) in spoilers {
+        println!("firmware-peer: the device {what}, and began a new handshake");
+    }
+    // The live session answers the handshake the device began, its first message given
+    // back ahead of the line.
+    let (read, write) = stream.into_split();
+    let stream = tokio::io::join(std::io::Cursor::new(first.to_vec()).chain(read), write);
     let echoed = Cell::new(0);
-    let session = tokio::time::timeout(Duration::from_secs(120), node.live_over(stream));
+    let session = tokio::time::timeout(Duration::from_secs(120), node.live_over_answering(stream));
     // The echo runs until the session ends.
     let result = tokio::select! {
         result = session => result,
