@@ -250,7 +250,7 @@ fn secure_node(store: impl NodeStore) -> Node {
         keys,
         peers: Permissions::open(),
     };
-    Node::new_secure(config, store, security).unwrap()
+    Node::new(config, store, security).unwrap()
 }
 
 fn sync(c: &mut Criterion) {
@@ -261,7 +261,8 @@ fn sync(c: &mut Criterion) {
         .unwrap();
     let chunks = corpus();
     let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-    let server = Node::new(NodeConfig::new(NodeId(1)), store_of(&chunks)).unwrap();
+    let server =
+        Node::new_insecure_plaintext(NodeConfig::new(NodeId(1)), store_of(&chunks)).unwrap();
     let listener = rt.block_on(server.listen("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr();
 
@@ -278,7 +279,8 @@ fn sync(c: &mut Criterion) {
     });
     group.bench_function("chunk_sync", |b| {
         b.iter(|| {
-            let client = Node::new(NodeConfig::new(NodeId(2)), MemStore::new()).unwrap();
+            let client =
+                Node::new_insecure_plaintext(NodeConfig::new(NodeId(2)), MemStore::new()).unwrap();
             let report = rt.block_on(client.sync_with(addr)).unwrap();
             assert_eq!(report.progress.bytes_transferred, total);
             black_box(report)
@@ -286,7 +288,9 @@ fn sync(c: &mut Criterion) {
     });
     group.bench_function("chunk_sync_verify_only", |b| {
         b.iter(|| {
-            let client = Node::new(NodeConfig::new(NodeId(3)), HashesOnly::default()).unwrap();
+            let client =
+                Node::new_insecure_plaintext(NodeConfig::new(NodeId(3)), HashesOnly::default())
+                    .unwrap();
             let report = rt.block_on(client.sync_with(addr)).unwrap();
             assert_eq!(report.progress.bytes_transferred, total);
             black_box(report)
@@ -329,13 +333,14 @@ fn sync(c: &mut Criterion) {
     group.finish();
 
     // A sync with nothing to move: connect, (handshake,) Hello, one reconciliation round.
-    let empty = Node::new(NodeConfig::new(NodeId(7)), MemStore::new()).unwrap();
+    let empty = Node::new_insecure_plaintext(NodeConfig::new(NodeId(7)), MemStore::new()).unwrap();
     let empty_listener = rt.block_on(empty.listen("127.0.0.1:0")).unwrap();
     let secure_empty = secure_node(MemStore::new());
     let secure_empty_listener = rt.block_on(secure_empty.listen("127.0.0.1:0")).unwrap();
     let mut group = c.benchmark_group("empty_sync");
     group.bench_function("plaintext", |b| {
-        let client = Node::new(NodeConfig::new(NodeId(8)), MemStore::new()).unwrap();
+        let client =
+            Node::new_insecure_plaintext(NodeConfig::new(NodeId(8)), MemStore::new()).unwrap();
         b.iter(|| {
             black_box(
                 rt.block_on(client.sync_with(empty_listener.local_addr()))

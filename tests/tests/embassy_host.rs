@@ -28,7 +28,7 @@ fn tokio_node(id: u64, chunks: &SimNode) -> Node {
         accept_pushes: true,
         ..NodeConfig::new(NodeId(id))
     };
-    Node::new(config, chunks.mem_store()).unwrap()
+    Node::new_insecure_plaintext(config, chunks.mem_store()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +202,7 @@ mod secure {
             keys: keys.clone(),
             peers: Permissions::deny_all().allow(*device.public(), Access::FULL),
         };
-        Node::new_secure(config, chunks.mem_store(), security).unwrap()
+        Node::new(config, chunks.mem_store(), security).unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,13 +333,9 @@ mod secure {
         let known = [(*Keypair::from_secret([11; 32]).public(), Access::FULL)];
         // (A truncated message and silence end in the handshake timeout: the QEMU firmware
         // test has the clock for it.)
-        let cases: [(&'static [u8], fn(&SessionError) -> bool); 2] = [
-            (&[5, 0, 1, 2, 3, 4, 5], |e| {
-                matches!(e, SessionError::Link(_))
-            }),
-            (&[0, 0], |e| matches!(e, SessionError::Link(_))),
-        ];
-        for (answer, expected) in cases {
+        // A message too short for Noise XX's second, and an empty one.
+        let cases: [&'static [u8]; 2] = [&[5, 0, 1, 2, 3, 4, 5], &[0, 0]];
+        for answer in cases {
             let addr = spoiling_peer(answer).await;
             let stream = TcpStream::connect(addr).await.unwrap();
             let mut resources = Box::new(Resources::<1024, 1024, 2048>::new());
@@ -359,7 +355,7 @@ mod secure {
             .unwrap();
             let run = tokio::time::timeout(std::time::Duration::from_secs(10), runner.run());
             match run.await.expect("the device ends the session") {
-                Err(Error::Protocol(e)) if expected(&e) => {}
+                Err(Error::Protocol(SessionError::Link(_))) => {}
                 other => panic!("{answer:?}: {other:?}"),
             }
         }

@@ -50,7 +50,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_log_and_a_host_log_replicate_over_one_live_session() {
-    let host = Node::new(
+    let host = Node::new_insecure_plaintext(
         NodeConfig {
             live: true,
             // It fetches from the device that connects.

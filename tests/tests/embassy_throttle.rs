@@ -25,7 +25,7 @@ async fn the_device_throttle_holds_in_mock_time() {
         accept_pushes: true,
         ..NodeConfig::new(NodeId(1))
     };
-    let host = Node::new(config, MemStore::new()).unwrap();
+    let host = Node::new_insecure_plaintext(config, MemStore::new()).unwrap();
     let listener = host.listen("127.0.0.1:0").await.unwrap();
     let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
 

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
-    Node::new(config(NodeConfig::new(NodeId(id))), chunks.mem_store()).unwrap()
+    Node::new_insecure_plaintext(config(NodeConfig::new(NodeId(id))), chunks.mem_store()).unwrap()
 }
 
 fn ids(node: &Node) -> Vec<ChunkHash> {
@@ -122,7 +122,7 @@ async fn junk_and_forged_chunks_pushed_to_a_node_are_refused() {
     store
         .insert(VerifiedChunk::new(forged.id, forged.bytes.clone()).unwrap())
         .unwrap();
-    let client = Node::new(NodeConfig::new(NodeId(9)), store).unwrap();
+    let client = Node::new_insecure_plaintext(NodeConfig::new(NodeId(9)), store).unwrap();
     client.sync_with(listener.local_addr()).await.unwrap();
     // The server's side of the session ends a moment after the client's.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -131,7 +131,7 @@ async fn junk_and_forged_chunks_pushed_to_a_node_are_refused() {
     // And a puller refuses junk a server sends under its true hash. (Junk has no origin or
     // sequence numbers, so no reconciliation finds it: only a fetch by hash reaches it.)
     let junk_id = ChunkHash::of(&junk);
-    let junk_server = Node::new(NodeConfig::new(NodeId(8)), {
+    let junk_server = Node::new_insecure_plaintext(NodeConfig::new(NodeId(8)), {
         let s = MemStore::new();
         s.insert(VerifiedChunk::new(junk_id, junk).unwrap())
             .unwrap();
@@ -139,7 +139,7 @@ async fn junk_and_forged_chunks_pushed_to_a_node_are_refused() {
     })
     .unwrap();
     let listener = junk_server.listen("127.0.0.1:0").await.unwrap();
-    let puller = Node::new(NodeConfig::new(NodeId(7)), MemStore::new()).unwrap();
+    let puller = Node::new_insecure_plaintext(NodeConfig::new(NodeId(7)), MemStore::new()).unwrap();
     let pulled = puller.pull_from(listener.local_addr()).await.unwrap();
     assert_eq!(pulled.progress.total_chunks, 0, "nothing to reconcile");
     let report = puller
@@ -213,7 +213,7 @@ async fn a_thousand_idle_connections_neither_pile_up_nor_keep_an_honest_pull_out
         }
     }
     assert!(server.open_connections() <= 128);
-    let puller = Node::new(NodeConfig::new(NodeId(2)), MemStore::new()).unwrap();
+    let puller = Node::new_insecure_plaintext(NodeConfig::new(NodeId(2)), MemStore::new()).unwrap();
     let report = tokio::time::timeout(
         Duration::from_secs(60),
         puller.pull_from(listener.local_addr()),

@@ -22,7 +22,7 @@ fn live(id: u64) -> Node {
         idle_timeout: Duration::from_secs(3_600),
         ..NodeConfig::new(NodeId(id))
     };
-    Node::new(config, MemStore::new()).unwrap()
+    Node::new_insecure_plaintext(config, MemStore::new()).unwrap()
 }
 
 /// An address on which nothing listens (for now).

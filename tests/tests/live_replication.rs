@@ -21,7 +21,7 @@ fn live(id: u64) -> Node {
         seal_delay: Some(Duration::from_millis(10)),
         ..NodeConfig::new(NodeId(id))
     };
-    Node::new(config, MemStore::new()).unwrap()
+    Node::new_insecure_plaintext(config, MemStore::new()).unwrap()
 }
 
 fn event(origin: u64, seq: u64, privacy: Privacy) -> EventBuf {

@@ -23,7 +23,7 @@ fn secure(keys: &Keypair, peers: Permissions, store: MemStore) -> Node {
         keys: keys.clone(),
         peers,
     };
-    Node::new_secure(config, store, security).unwrap()
+    Node::new(config, store, security).unwrap()
 }
 
 fn log_of(keys: &Keypair, events: u64) -> SimNode {
@@ -99,7 +99,7 @@ async fn pull_rights_alone_serve_without_taking() {
 async fn a_plaintext_peer_fails_the_handshake() {
     let ka = generate_keypair().unwrap();
     let a = secure(&ka, Permissions::open(), log_of(&ka, 30).mem_store());
-    let plain = Node::new(NodeConfig::new(NodeId(9)), MemStore::new()).unwrap();
+    let plain = Node::new_insecure_plaintext(NodeConfig::new(NodeId(9)), MemStore::new()).unwrap();
     let listener = a.listen("127.0.0.1:0").await.unwrap();
     let err = plain.pull_from(listener.local_addr()).await.unwrap_err();
     assert!(plain.store().ids().unwrap().is_empty(), "{err}");
@@ -112,7 +112,7 @@ async fn a_node_id_that_is_not_the_keys_is_refused() {
         keys: ka,
         peers: Permissions::open(),
     };
-    let err = Node::new_secure(NodeConfig::new(NodeId(5)), MemStore::new(), security).unwrap_err();
+    let err = Node::new(NodeConfig::new(NodeId(5)), MemStore::new(), security).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
 
@@ -172,4 +172,73 @@ async fn the_wire_carries_neither_payload_nor_hashes_in_the_clear() {
             assert!(!contains(window), "chunk bytes in the clear");
         }
     }
+}
+
+/// On a stream with no connecting side (a pipe here, a serial line on a device), one end
+/// answers the handshake the other begins; the answering end's permissions are those of
+/// an accepting node, so a key it does not allow is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_session_over_a_stream_one_end_answers() {
+    let (ka, kb) = (generate_keypair().unwrap(), generate_keypair().unwrap());
+    let (la, lb) = (log_of(&ka, 40), log_of(&kb, 30));
+    let answering = secure(
+        &ka,
+        Permissions::deny_all().allow(*kb.public(), Access::FULL),
+        la.mem_store(),
+    );
+    let dialing = secure(
+        &kb,
+        Permissions::deny_all().trust_dialed(Access::FULL),
+        lb.mem_store(),
+    );
+    let (a_end, b_end) = tokio::io::duplex(64 << 10);
+    let a = tokio::spawn({
+        let node = answering.clone();
+        async move { node.live_over_answering(a_end).await }
+    });
+    let b = tokio::spawn({
+        let node = dialing.clone();
+        async move { node.live_over(b_end).await }
+    });
+    let mut union: Vec<ChunkHash> = la.ids().into_iter().chain(lb.ids()).collect();
+    union.sort();
+    for _ in 0..500 {
+        if answering.store().len().unwrap() == union.len()
+            && dialing.store().len().unwrap() == union.len()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(answering.store().ids().unwrap(), union);
+    assert_eq!(dialing.store().ids().unwrap(), union);
+    dialing.shutdown().await.unwrap();
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(b.unwrap().peer, Some(ka.node_id()));
+    assert_eq!(a.unwrap().peer, Some(kb.node_id()));
+
+    // A key the answering end does not allow: refused, as an accepting node refuses it.
+    let stranger = generate_keypair().unwrap();
+    let dialing = secure(
+        &stranger,
+        Permissions::deny_all().trust_dialed(Access::FULL),
+        MemStore::new(),
+    );
+    let (a_end, b_end) = tokio::io::duplex(64 << 10);
+    let (a, b) = tokio::join!(
+        answering.live_over_answering(a_end),
+        dialing.live_over(b_end)
+    );
+    assert!(
+        matches!(a, Err(Error::Protocol(SessionError::Link(_)))),
+        "{a:?}"
+    );
+    assert!(
+        matches!(
+            b,
+            Err(Error::Protocol(SessionError::Remote(ErrorCode::REFUSED)))
+        ),
+        "{b:?}"
+    );
+    assert_eq!(dialing.store().len().unwrap(), 0);
 }

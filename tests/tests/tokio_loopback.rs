@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 fn node(id: u64, chunks: &SimNode, config: impl FnOnce(NodeConfig) -> NodeConfig) -> Node {
-    Node::new(config(NodeConfig::new(NodeId(id))), chunks.mem_store()).unwrap()
+    Node::new_insecure_plaintext(config(NodeConfig::new(NodeId(id))), chunks.mem_store()).unwrap()
 }
 
 /// A node that also fetches what the peers connecting to it have.
@@ -171,7 +171,9 @@ impl NodeStore for Hooked {
 async fn a_lying_peer_is_refused_and_an_honest_one_serves() {
     let set = chunks(1, 120, 10, 300);
     let honest = node(1, &set, |c| c);
-    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(set.mem_store())).unwrap();
+    let liar =
+        Node::new_insecure_plaintext(NodeConfig::new(NodeId(2)), Hooked::liar(set.mem_store()))
+            .unwrap();
     let me = node(3, &SimNode::default(), |c| c);
     let (lh, ll) = (
         honest.listen("127.0.0.1:0").await.unwrap(),
@@ -407,7 +409,7 @@ async fn a_store_written_in_the_background_gets_everything_or_fails_when_full() 
     let server = node(1, &set, |c| c);
     let listener = server.listen("127.0.0.1:0").await.unwrap();
 
-    let me = Node::new(
+    let me = Node::new_insecure_plaintext(
         NodeConfig::new(NodeId(2)),
         Hooked::disk_like(MemStore::new()),
     )
@@ -423,7 +425,7 @@ async fn a_store_written_in_the_background_gets_everything_or_fails_when_full() 
     // A store that fills up mid-way: the session ends with the store's error, what was
     // written stays and verifies, and the serving node goes on serving.
     let limit = 25 * 20_500;
-    let full = Node::new(
+    let full = Node::new_insecure_plaintext(
         NodeConfig::new(NodeId(3)),
         Hooked::disk_like(MemStore::with_limit(limit)),
     )
@@ -442,7 +444,7 @@ async fn a_store_written_in_the_background_gets_everything_or_fails_when_full() 
         let bytes = full.store().get(id).unwrap().unwrap();
         assert_eq!(ChunkHash::of(&bytes), *id);
     }
-    let again = Node::new(
+    let again = Node::new_insecure_plaintext(
         NodeConfig::new(NodeId(4)),
         Hooked::disk_like(MemStore::new()),
     )
@@ -455,7 +457,9 @@ async fn a_store_written_in_the_background_gets_everything_or_fails_when_full() 
 async fn failed_chunks_are_fetched_from_the_next_peer_that_has_them() {
     let set = chunks(1, 120, 10, 300);
     let honest = node(1, &set, |c| c);
-    let liar = Node::new(NodeConfig::new(NodeId(2)), Hooked::liar(set.mem_store())).unwrap();
+    let liar =
+        Node::new_insecure_plaintext(NodeConfig::new(NodeId(2)), Hooked::liar(set.mem_store()))
+            .unwrap();
     let (lh, ll) = (
         honest.listen("127.0.0.1:0").await.unwrap(),
         liar.listen("127.0.0.1:0").await.unwrap(),
@@ -518,7 +522,9 @@ async fn a_node_serves_while_a_write_of_its_store_is_in_progress() {
     let (own, theirs) = (chunks(1, 100, 10, 300), chunks(2, 100, 10, 300));
     let gate = std::sync::Arc::new(Gate::default());
     let store = Hooked::gated(own.mem_store(), &gate);
-    let a = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(1)), store).unwrap());
+    let a = std::sync::Arc::new(
+        Node::new_insecure_plaintext(NodeConfig::new(NodeId(1)), store).unwrap(),
+    );
     let b = node(2, &theirs, |c| c);
     let (la, lb) = (
         a.listen("127.0.0.1:0").await.unwrap(),
@@ -599,7 +605,9 @@ async fn a_session_cut_while_its_store_is_writing_keeps_every_chunk_it_verified(
     // then the connection is cut.
     let gate = std::sync::Arc::new(Gate::default());
     let store = Hooked::gated(MemStore::new(), &gate);
-    let client = std::sync::Arc::new(Node::new(NodeConfig::new(NodeId(2)), store).unwrap());
+    let client = std::sync::Arc::new(
+        Node::new_insecure_plaintext(NodeConfig::new(NodeId(2)), store).unwrap(),
+    );
     let limit = 300_000;
     let stream = CutAfter::new(
         TcpStream::connect(listener.local_addr()).await.unwrap(),
@@ -636,7 +644,7 @@ async fn a_node_whose_store_fails_tells_its_peer() {
     // the store's error and the peer, busy sending, hears why instead of a reset
     // connection. (A store written on a blocking thread may fail after the session has
     // completed; the peer then has nothing to hear.)
-    let client = Node::new(
+    let client = Node::new_insecure_plaintext(
         NodeConfig::new(NodeId(2)),
         Hooked::new(MemStore::with_limit(100_000)),
     )

@@ -55,7 +55,7 @@ fn node(id: NodeId, events: &[EventBuf], throttle: ThrottleConfig) -> Result<(No
         throttle,
         ..NodeConfig::new(id)
     };
-    Ok((Node::new(config, store)?, chunks.len()))
+    Ok((Node::new_insecure_plaintext(config, store)?, chunks.len()))
 }
 
 pub(crate) async fn run() -> Result<()> {

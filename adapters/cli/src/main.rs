@@ -921,7 +921,7 @@ fn make_node(
     security: &SecurityArgs,
 ) -> Result<Node> {
     if security.insecure_plaintext {
-        return Ok(Node::new(config, db)?);
+        return Ok(Node::new_insecure_plaintext(config, db)?);
     }
     let path = keys::key_path(&store.store, security.key.as_deref());
     let keys = keys::load_or_create(&path)?;
@@ -949,7 +949,7 @@ fn make_node(
     for key in allowed {
         peers = peers.allow(key, Access::FULL);
     }
-    Ok(Node::new_secure(config, db, Security { keys, peers })?)
+    Ok(Node::new(config, db, Security { keys, peers })?)
 }
 
 async fn serve(

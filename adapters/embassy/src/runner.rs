@@ -88,9 +88,9 @@ pub struct Runner<'r, IO, S, const RANGES: usize, const REQ: usize> {
 
 /// The conduit's buffers, the buffer of the chunk being served and the handle's state, out
 /// of `resources` (the handle's state reset).
-fn split<'r, const RX: usize, const TX: usize, const CHUNK: usize>(
-    resources: &'r mut Resources<RX, TX, CHUNK>,
-) -> (Buffers<&'r mut [u8]>, &'r mut [u8], &'r Shared) {
+fn split<const RX: usize, const TX: usize, const CHUNK: usize>(
+    resources: &mut Resources<RX, TX, CHUNK>,
+) -> (Buffers<&mut [u8]>, &mut [u8], &Shared) {
     let Resources {
         rx,
         tx,

@@ -51,7 +51,7 @@ impl EventChunkSyncManager {
             ..NodeConfig::new(node_id)
         };
         Ok(Self {
-            node: Node::new(config, MemStore::with_limit(cache_limit))?,
+            node: Node::new_insecure_plaintext(config, MemStore::with_limit(cache_limit))?,
             peers: Arc::default(),
         })
     }
@@ -62,7 +62,7 @@ impl EventChunkSyncManager {
     pub fn with_cache_limit(self, bytes: usize) -> Self {
         let config = self.node.shared.config;
         Self {
-            node: Node::new(config, MemStore::with_limit(bytes))
+            node: Node::new_insecure_plaintext(config, MemStore::with_limit(bytes))
                 .expect("configuration already checked"),
             ..self
         }

@@ -26,16 +26,28 @@ use crate::store::NodeStore;
 /// task: socket reads and vectored writes, calls to the store, one timer.
 ///
 /// ```
-/// use chunk_sync_tokio::core::{EventBuf, EventChunkStore, NodeId, Privacy};
-/// use chunk_sync_tokio::{MemStore, Node, NodeConfig, NodeStore, VerifiedChunk};
+/// use chunk_sync_tokio::core::{EventBuf, EventChunkStore, Privacy};
+/// use chunk_sync_tokio::{
+///     Access, MemStore, Node, NodeConfig, NodeStore, Permissions, Security, VerifiedChunk,
+///     generate_keypair,
+/// };
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-/// // A node holding 25 events of its own log, 10 per chunk.
-/// let server = Node::new(NodeConfig::new(NodeId(1)), MemStore::new())?;
+/// // Two nodes, each with a key pair (its node id is the key's).
+/// let (server_keys, client_keys) = (generate_keypair()?, generate_keypair()?);
+/// let (server_id, client_id) = (server_keys.node_id(), client_keys.node_id());
+///
+/// // A node holding 25 events of its own log, 10 per chunk, that lets the client's key
+/// // pull (and nothing else in).
+/// let security = Security {
+///     peers: Permissions::deny_all().allow(*client_keys.public(), Access::FULL),
+///     keys: server_keys,
+/// };
+/// let server = Node::new(NodeConfig::new(server_id), MemStore::new(), security)?;
 /// let events: Vec<EventBuf> = (0..25)
 ///     .map(|seq| EventBuf {
-///         origin: NodeId(1),
+///         origin: server_id,
 ///         seq,
 ///         timestamp: 1_000 + seq,
 ///         kind: "reading".into(),
@@ -48,8 +60,13 @@ use crate::store::NodeStore;
 /// }
 /// let listener = server.listen("127.0.0.1:0").await?;
 ///
-/// // Another node pulls over TCP: every chunk is verified before it is stored.
-/// let client = Node::new(NodeConfig::new(NodeId(2)), MemStore::new())?;
+/// // The client pulls over TCP on an authenticated, encrypted link: every chunk is
+/// // verified before it is stored. It trusts the node it connects to.
+/// let security = Security {
+///     keys: client_keys,
+///     peers: Permissions::deny_all().trust_dialed(Access::FULL),
+/// };
+/// let client = Node::new(NodeConfig::new(client_id), MemStore::new(), security)?;
 /// let report = client.pull_from(listener.local_addr()).await?;
 /// assert_eq!(report.progress.synced_chunks, 3);
 /// assert_eq!(client.store().len()?, 3);
@@ -73,9 +90,14 @@ impl Node {
     /// A node keeping its chunks in `store`, whose sessions run **in the clear and
     /// unauthenticated**: any program that reaches it may pull what it serves, and a
     /// peer's node id is whatever its `Hello` says. For tests and links secured end to
-    /// end by other means; a node on a network is made with
-    /// [`new_secure`](Self::new_secure).
-    pub fn new(config: NodeConfig, store: impl NodeStore) -> Result<Self, Error> {
+    /// end by other means; a node on a network is made with [`new`](Self::new).
+    ///
+    /// # Errors
+    /// [`Error::Config`]: the session configuration or the throttle is invalid.
+    pub fn new_insecure_plaintext(
+        config: NodeConfig,
+        store: impl NodeStore,
+    ) -> Result<Self, Error> {
         // Check the session configuration once, up front.
         config
             .session_config(true, true)
@@ -101,8 +123,9 @@ impl Node {
     /// `config.max_frame` past a record's 65,537 bytes is lowered to it.
     ///
     /// # Errors
-    /// As [`new`](Self::new), and [`ConfigError::SecureLink`](chunk_sync_core::session::ConfigError::SecureLink).
-    pub fn new_secure(
+    /// As [`new_insecure_plaintext`](Self::new_insecure_plaintext), and
+    /// [`ConfigError::SecureLink`](chunk_sync_core::session::ConfigError::SecureLink).
+    pub fn new(
         config: NodeConfig,
         store: impl NodeStore,
         security: crate::Security,
@@ -117,7 +140,7 @@ impl Node {
             max_frame: config.max_frame.min(chunk_sync_core::secure::MAX_RECORD),
             ..config
         };
-        let mut node = Self::new(config, store)?;
+        let mut node = Self::new_insecure_plaintext(config, store)?;
         if let Some(shared) = Arc::get_mut(&mut node.shared) {
             shared.security = Some(security);
         }

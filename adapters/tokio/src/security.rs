@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 pub use chunk_sync_core::secure::{Access, Keypair, PublicKey};
 
-/// What a secure node ([`Node::new_secure`](crate::Node::new_secure)) is and whom it
+/// What a secure node ([`Node::new`](crate::Node::new)) is and whom it
 /// lets in: its key pair (its node id is the key's,
 /// [`PublicKey::node_id`]) and the access of each peer key.
 #[derive(Clone, Debug)]

@@ -169,7 +169,7 @@ async fn pipe(
 async fn chain(n: u64, delay: Duration) -> (Vec<Node>, Vec<Listener>, Arc<AtomicU64>) {
     let count = Arc::new(AtomicU64::new(0));
     let nodes: Vec<Node> = (1..=n)
-        .map(|id| Node::new(config(id, delay), MemStore::new()).unwrap())
+        .map(|id| Node::new_insecure_plaintext(config(id, delay), MemStore::new()).unwrap())
         .collect();
     let mut listeners = Vec::new();
     for pair in nodes.windows(2) {
@@ -302,10 +302,10 @@ async fn idle_bytes(run: Duration) -> u64 {
 async fn throughput(run: Duration) {
     let count = Arc::new(AtomicU64::new(0));
     let delay = Duration::from_millis(10);
-    let a = Node::new(config(1, delay), MemStore::new()).unwrap();
+    let a = Node::new_insecure_plaintext(config(1, delay), MemStore::new()).unwrap();
     let listener = a.listen("127.0.0.1:0").await.unwrap();
     let peers: Vec<Node> = (2..=3)
-        .map(|id| Node::new(config(id, delay), MemStore::new()).unwrap())
+        .map(|id| Node::new_insecure_plaintext(config(id, delay), MemStore::new()).unwrap())
         .collect();
     for p in &peers {
         p.add_peer(relay(listener.local_addr(), Arc::clone(&count)).await);

@@ -45,7 +45,7 @@ async fn main() {
         ("both, the sender's lower", 2 * RATE, RATE, RATE),
     ];
     for (what, receive, send, expected) in cases {
-        let server = Node::new(
+        let server = Node::new_insecure_plaintext(
             NodeConfig {
                 throttle: sender(send),
                 ..NodeConfig::new(NodeId(1))
@@ -53,7 +53,7 @@ async fn main() {
             store(&chunks),
         )
         .expect("valid config");
-        let client = Node::new(
+        let client = Node::new_insecure_plaintext(
             NodeConfig {
                 receive_rate: receive,
                 ..NodeConfig::new(NodeId(2))

@@ -192,13 +192,13 @@ fn config(id: u64, frame: u32) -> NodeConfig {
 /// `a` syncs with `b` both ways, then again; the times of both syncs, the first's report,
 /// and how many chunks both hold after it.
 async fn sync(a: MemStore, b: MemStore, frame: u32) -> ((Duration, Duration), SyncReport, usize) {
-    let a = Node::new(config(1, frame), a).unwrap();
+    let a = Node::new_insecure_plaintext(config(1, frame), a).unwrap();
     // The serving side takes what the other offers: both ways.
     let serving = NodeConfig {
         accept_pushes: true,
         ..config(2, frame)
     };
-    let b = Node::new(serving, b).unwrap();
+    let b = Node::new_insecure_plaintext(serving, b).unwrap();
     let listener = b.listen("127.0.0.1:0").await.unwrap();
     let t = Instant::now();
     let report = a.sync_with(listener.local_addr()).await.unwrap();
@@ -226,9 +226,9 @@ async fn cold_pull(
     for batch in chunks.chunks(65_536) {
         server.insert_batch(batch).unwrap();
     }
-    let server = Node::new(config(2, 65_536), server).unwrap();
+    let server = Node::new_insecure_plaintext(config(2, 65_536), server).unwrap();
     let listener = server.listen("127.0.0.1:0").await.unwrap();
-    let puller = Node::new(config(1, 65_536), into).unwrap();
+    let puller = Node::new_insecure_plaintext(config(1, 65_536), into).unwrap();
     let t = Instant::now();
     let report = puller.pull_from(listener.local_addr()).await.unwrap();
     let took = t.elapsed();

@@ -106,7 +106,7 @@ async fn main() -> ExitCode {
         keys,
         peers: Permissions::deny_all().allow(DEVICE_KEY, Access::FULL),
     };
-    let node = match Node::new_secure(
+    let node = match Node::new(
         NodeConfig {
             max_chunk_len: 4096,
             ..NodeConfig::new(host)
