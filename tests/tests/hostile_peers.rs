@@ -1,6 +1,6 @@
 //! What a hostile or careless peer tried against a serving node, over loopback TCP: pushes
 //! nobody asked for, junk and forged chunks, a pull that would upload, a client that never
-//! reads, a thousand idle connections.
+//! reads, a thousand idle connections, a thousand half-open handshakes.
 
 use std::time::Duration;
 
@@ -224,6 +224,66 @@ async fn a_thousand_idle_connections_neither_pile_up_nor_keep_an_honest_pull_out
     assert_eq!(report.progress.synced_chunks, 20);
     assert!(server.open_connections() <= 128);
     // Silent connections go at the handshake timeout, whether their peers close or not.
+    assert!(
+        eventually(Duration::from_secs(30), || server.open_connections() == 0).await,
+        "{} connections still held",
+        server.open_connections()
+    );
+    drop(sockets);
+}
+
+/// A flood of half-open handshakes at a secure node: each connection sends a valid first
+/// Noise message (which makes the node compute and send its answer) and nothing more.
+/// The node keeps at most its connection limit, serves an honest secure peer among them,
+/// and drops them all at the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_handshakes_keeps_neither_the_connection_limit_nor_an_honest_pull() {
+    use chunk_sync_tokio::{Access, Permissions, Security, generate_keypair};
+
+    let (server_keys, puller_keys) = (generate_keypair().unwrap(), generate_keypair().unwrap());
+    let served = SimNode::with_log(server_keys.node_id(), 200, 10, 64);
+    let config = NodeConfig {
+        max_connections: 128,
+        handshake_timeout: Duration::from_secs(2),
+        ..NodeConfig::new(server_keys.node_id())
+    };
+    let security = Security {
+        keys: server_keys,
+        peers: Permissions::deny_all().allow(*puller_keys.public(), Access::FULL),
+    };
+    let server = Node::new(config, served.mem_store(), security).unwrap();
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let half_open = 1_000.min(open_file_limit().saturating_sub(300) / 2);
+    let mut sockets = Vec::new();
+    for i in 0..half_open {
+        let mut s = TcpStream::connect(listener.local_addr()).await.unwrap();
+        // Noise XX's first message: a length, then an ephemeral key (any 32 bytes).
+        let mut first = [i as u8; 34];
+        first[..2].copy_from_slice(&[32, 0]);
+        // The node may already have dropped this connection for a newer one.
+        let _ = s.write_all(&first).await;
+        sockets.push(s);
+    }
+    assert!(server.open_connections() <= 128);
+    let security = Security {
+        keys: puller_keys.clone(),
+        peers: Permissions::deny_all().trust_dialed(Access::FULL),
+    };
+    let puller = Node::new(
+        NodeConfig::new(puller_keys.node_id()),
+        MemStore::new(),
+        security,
+    )
+    .unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        puller.pull_from(listener.local_addr()),
+    )
+    .await
+    .expect("the pull completes")
+    .unwrap();
+    assert_eq!(report.progress.synced_chunks, 20);
+    assert!(server.open_connections() <= 128);
     assert!(
         eventually(Duration::from_secs(30), || server.open_connections() == 0).await,
         "{} connections still held",
