@@ -242,3 +242,52 @@ async fn a_live_session_over_a_stream_one_end_answers() {
     );
     assert_eq!(dialing.store().len().unwrap(), 0);
 }
+
+/// The original document's manager on secure nodes: a delta computed from both manifests
+/// and fetched over an authenticated, encrypted link; a cache limit keeps the node secure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_managers_fetch_a_delta() {
+    use chunk_sync_tokio::{
+        DEFAULT_CACHE_LIMIT, DeltaSyncProtocol, EventChunkSyncManager, ThrottleConfig,
+    };
+
+    let (ka, kb) = (generate_keypair().unwrap(), generate_keypair().unwrap());
+    let la = log_of(&ka, 50);
+    let a = EventChunkSyncManager::try_new_secure(
+        Security {
+            keys: ka.clone(),
+            peers: Permissions::deny_all().allow(*kb.public(), Access::FULL),
+        },
+        ThrottleConfig::default(),
+        DEFAULT_CACHE_LIMIT,
+    )
+    .unwrap();
+    for (id, bytes) in &la.store {
+        assert!(a.handle_chunk_put(*id, bytes.clone()).await.unwrap());
+    }
+    let b = EventChunkSyncManager::try_new_secure(
+        Security {
+            keys: kb.clone(),
+            peers: Permissions::deny_all().trust_dialed(Access::FULL),
+        },
+        ThrottleConfig::default(),
+        DEFAULT_CACHE_LIMIT,
+    )
+    .unwrap()
+    .with_cache_limit(1 << 20);
+    assert_eq!(b.node().public_key(), Some(*kb.public()));
+    let listener = a.node().listen("127.0.0.1:0").await.unwrap();
+    b.add_peer(ka.node_id(), listener.local_addr());
+    let (local, remote) = (
+        b.local_hashes().await.unwrap(),
+        b.remote_hashes(ka.node_id()).await.unwrap(),
+    );
+    let delta = DeltaSyncProtocol::new(&b);
+    let missing = delta.compute_delta(&local, &remote).await;
+    assert_eq!(missing.len(), la.store.len());
+    delta
+        .request_missing_chunks(ka.node_id(), missing)
+        .await
+        .unwrap();
+    assert_eq!(b.local_hashes().await.unwrap(), la.ids());
+}

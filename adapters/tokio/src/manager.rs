@@ -30,7 +30,10 @@ pub struct EventChunkSyncManager {
 }
 
 impl EventChunkSyncManager {
-    /// A manager for `node_id` whose sending, all peers together, is limited by `throttle`.
+    /// A manager for `node_id` whose sending, all peers together, is limited by `throttle`:
+    /// the original document's constructor, whose node runs its sessions **in the clear
+    /// and unauthenticated** ([`Node::new_insecure_plaintext`]). A manager on a network
+    /// is made with [`try_new_secure`](Self::try_new_secure).
     ///
     /// # Panics
     /// If `throttle` has a rate but a zero window (use [`try_new`](Self::try_new) to get an
@@ -56,14 +59,41 @@ impl EventChunkSyncManager {
         })
     }
 
+    /// A manager whose node is secure ([`Node::new`]): its node id is its key's, every
+    /// session is authenticated and encrypted, and `security.peers` says what each peer
+    /// key may do (the peers [`DeltaSyncProtocol::request_missing_chunks`] asks are ones
+    /// this node connects to: [`Permissions::trust_dialed`](crate::Permissions::trust_dialed)
+    /// or their keys allowed).
+    ///
+    /// # Errors
+    /// As [`Node::new`].
+    pub fn try_new_secure(
+        security: crate::Security,
+        throttle: ThrottleConfig,
+        cache_limit: usize,
+    ) -> Result<Self, Error> {
+        let config = NodeConfig {
+            throttle,
+            ..NodeConfig::new(security.keys.node_id())
+        };
+        Ok(Self {
+            node: Node::new(config, MemStore::with_limit(cache_limit), security)?,
+            peers: Arc::default(),
+        })
+    }
+
     /// Replaces the (empty) cache by one with this memory limit. Call it right after
     /// [`new`](Self::new), before storing chunks or listening.
     #[must_use]
     pub fn with_cache_limit(self, bytes: usize) -> Self {
         let config = self.node.shared.config;
+        let store = MemStore::with_limit(bytes);
+        let node = match self.node.shared.security.clone() {
+            Some(security) => Node::new(config, store, security),
+            None => Node::new_insecure_plaintext(config, store),
+        };
         Self {
-            node: Node::new_insecure_plaintext(config, MemStore::with_limit(bytes))
-                .expect("configuration already checked"),
+            node: node.expect("configuration already checked"),
             ..self
         }
     }
