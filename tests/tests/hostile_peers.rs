@@ -214,22 +214,25 @@ async fn a_thousand_idle_connections_neither_pile_up_nor_keep_an_honest_pull_out
     }
     assert!(server.open_connections() <= 128);
     let puller = Node::new_insecure_plaintext(NodeConfig::new(NodeId(2)), MemStore::new()).unwrap();
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        puller.pull_from(listener.local_addr()),
-    )
-    .await
-    .expect("the pull completes")
-    .unwrap();
+    pulls_among_then_drops(&server, listener.local_addr(), &puller).await;
+    drop(sockets);
+}
+
+/// `puller` pulls all 20 chunks from `server` among connections that hold it up; the
+/// server never keeps more than its limit of 128, and once its handshake timeout has
+/// passed it keeps none of them, whether their peers close or not.
+async fn pulls_among_then_drops(server: &Node, addr: std::net::SocketAddr, puller: &Node) {
+    let report = tokio::time::timeout(Duration::from_secs(60), puller.pull_from(addr))
+        .await
+        .expect("the pull completes")
+        .unwrap();
     assert_eq!(report.progress.synced_chunks, 20);
     assert!(server.open_connections() <= 128);
-    // Silent connections go at the handshake timeout, whether their peers close or not.
     assert!(
         eventually(Duration::from_secs(30), || server.open_connections() == 0).await,
         "{} connections still held",
         server.open_connections()
     );
-    drop(sockets);
 }
 
 /// A flood of half-open handshakes at a secure node: each connection sends a valid first
@@ -275,19 +278,6 @@ async fn a_flood_of_half_open_handshakes_keeps_neither_the_connection_limit_nor_
         security,
     )
     .unwrap();
-    let report = tokio::time::timeout(
-        Duration::from_secs(60),
-        puller.pull_from(listener.local_addr()),
-    )
-    .await
-    .expect("the pull completes")
-    .unwrap();
-    assert_eq!(report.progress.synced_chunks, 20);
-    assert!(server.open_connections() <= 128);
-    assert!(
-        eventually(Duration::from_secs(30), || server.open_connections() == 0).await,
-        "{} connections still held",
-        server.open_connections()
-    );
+    pulls_among_then_drops(&server, listener.local_addr(), &puller).await;
     drop(sockets);
 }
