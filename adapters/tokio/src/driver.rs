@@ -152,6 +152,14 @@ pub(crate) struct Context {
     pub(crate) stop: Option<watch::Receiver<bool>>,
 }
 
+impl Context {
+    /// Whether the peer connected to this node (a listener accepted it, or the session
+    /// answers one on a stream): its key must then be allowed.
+    pub(crate) const fn accepted(&self) -> bool {
+        self.conn.is_some() || self.answering
+    }
+}
+
 /// Runs `conduit` over `io` until it closes; returns what the session did, and how it
 /// ended.
 pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
@@ -179,7 +187,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         published: None,
         started: tokio::time::Instant::now(),
         conn: context.conn,
-        accepted: context.conn.is_some() || context.answering,
+        accepted: context.accepted(),
         addr: context.addr,
         stored,
         closing: shared.closing.subscribe(),

@@ -347,8 +347,7 @@ impl Node {
             list: mode.list,
             ..shared.config.session_config(mode.pull, mode.serve)
         };
-        let accepted = context.conn.is_some() || context.answering;
-        let conduit = match conduit(config, shared, &wanted, accepted) {
+        let conduit = match conduit(config, shared, &wanted, context.accepted()) {
             Ok(c) => c,
             Err(e) => {
                 let report = SyncReport::empty();
