@@ -185,13 +185,15 @@ async fn a_device_whose_store_is_full_tells_the_host() {
 
 /// A device on a secure link with a tokio node, each letting in the other's key only.
 mod secure {
-    use chunk_sync_core::session::Error as SessionError;
+    use chunk_sync_core::session::{Error as SessionError, LinkError};
     use chunk_sync_core::wire::ErrorCode;
-    use chunk_sync_embassy::Error;
-    use chunk_sync_embassy::secure::{Access, Handshake, Keypair, Peers, Role};
+    use chunk_sync_embassy::secure::{Access, Handshake, Keypair, Peers, PublicKey, Role};
+    use chunk_sync_embassy::{Error, Report};
     use chunk_sync_tokio::{Permissions, Security};
 
     use super::*;
+
+    type DeviceError = Error<std::io::Error, <&'static mut Small as Store>::Error>;
 
     fn host(keys: &Keypair, device: &Keypair, chunks: &SimNode) -> Node {
         let config = NodeConfig {
@@ -205,6 +207,35 @@ mod secure {
         Node::new(config, chunks.mem_store(), security).unwrap()
     }
 
+    /// One secure session of a device of `keys` that lets in `known`, connected to
+    /// `addr`, from `store`, with `max_frame`; it initiates the handshake, with `entropy`.
+    async fn device_session(
+        addr: std::net::SocketAddr,
+        store: &mut Small,
+        keys: &Keypair,
+        max_frame: u32,
+        entropy: u8,
+        known: &[(PublicKey, Access)],
+    ) -> Result<Report, DeviceError> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
+        let config = Config {
+            max_frame,
+            ..Config::new(keys.node_id())
+        };
+        let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
+            FromTokio::new(stream),
+            store,
+            config,
+            &mut resources,
+            Handshake::new(keys, Role::Initiator, [entropy; 32]),
+            Peers::only(known),
+        )
+        .unwrap();
+        let run = tokio::time::timeout(std::time::Duration::from_secs(10), runner.run());
+        run.await.expect("the device ends the session")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_device_and_a_host_sync_both_ways_over_a_secure_link() {
         let (device_keys, host_keys) =
@@ -216,28 +247,22 @@ mod secure {
         union.sort();
         let host = host(&host_keys, &device_keys, &host_log);
         let listener = host.listen("127.0.0.1:0").await.unwrap();
+        let known = [(*host_keys.public(), Access::FULL)];
 
-        for max_frame in [256, 1024] {
-            let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
-            let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
-            let config = Config {
-                max_frame,
-                ..Config::new(device_keys.node_id())
-            };
+        for (max_frame, entropy) in [(256, 1), (1024, 2)] {
             let mut device_store = ram_store(&device_log);
-            let known = [(*host_keys.public(), Access::FULL)];
-            let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
-                FromTokio::new(stream),
-                &mut *device_store,
-                config,
-                &mut resources,
-                Handshake::new(&device_keys, Role::Initiator, [max_frame as u8; 32]),
-                Peers::only(&known),
+            let report = device_session(
+                listener.local_addr(),
+                &mut device_store,
+                &device_keys,
+                max_frame,
+                entropy,
+                &known,
             )
+            .await
             .unwrap();
-            let report = runner.run().await.unwrap();
             assert_eq!(report.synced_chunks, 9, "{max_frame}: the host's chunks");
-            let device_ids: Vec<ChunkHash> = runner.store().ids().copied().collect();
+            let device_ids: Vec<ChunkHash> = device_store.ids().copied().collect();
             assert_eq!(device_ids, union);
             assert_host_holds(&host, &union).await;
         }
@@ -254,25 +279,20 @@ mod secure {
         let listener = host.listen("127.0.0.1:0").await.unwrap();
 
         // The device knows another key only: it refuses the host.
-        let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
-        let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
         let mut device_store = ram_store(&device_log);
         let known = [(*stranger.public(), Access::FULL)];
-        let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
-            FromTokio::new(stream),
-            &mut *device_store,
-            Config {
-                max_frame: 1024,
-                ..Config::new(device_keys.node_id())
-            },
-            &mut resources,
-            Handshake::new(&device_keys, Role::Initiator, [1; 32]),
-            Peers::only(&known),
+        let err = device_session(
+            listener.local_addr(),
+            &mut device_store,
+            &device_keys,
+            1024,
+            1,
+            &known,
         )
-        .unwrap();
-        let err = runner.run().await.unwrap_err();
+        .await
+        .unwrap_err();
         assert!(
-            matches!(err, Error::Protocol(SessionError::Link(_))),
+            matches!(err, Error::Protocol(SessionError::Link(LinkError::Refused))),
             "{err}"
         );
         assert_eq!(
@@ -282,23 +302,18 @@ mod secure {
         );
 
         // A stranger's key: the host refuses it, and the device stores nothing.
-        let stream = TcpStream::connect(listener.local_addr()).await.unwrap();
-        let mut resources = Box::new(Resources::<1024, 1024, 8192>::new());
         let mut stranger_store = Box::new(Small::new());
         let known = [(*host_keys.public(), Access::FULL)];
-        let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
-            FromTokio::new(stream),
-            &mut *stranger_store,
-            Config {
-                max_frame: 1024,
-                ..Config::new(stranger.node_id())
-            },
-            &mut resources,
-            Handshake::new(&stranger, Role::Initiator, [2; 32]),
-            Peers::only(&known),
+        let err = device_session(
+            listener.local_addr(),
+            &mut stranger_store,
+            &stranger,
+            1024,
+            2,
+            &known,
         )
-        .unwrap();
-        let err = runner.run().await.unwrap_err();
+        .await
+        .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -306,7 +321,7 @@ mod secure {
             ),
             "{err}"
         );
-        assert_eq!(runner.store().ids().count(), 0);
+        assert_eq!(stranger_store.ids().count(), 0);
     }
 
     /// A peer that answers the device's first handshake message with `answer`.
@@ -327,35 +342,19 @@ mod secure {
         addr
     }
 
+    /// A message too short for Noise XX's second, and an empty one. (A truncated message
+    /// and silence end in the handshake timeout: the QEMU firmware test has the clock for
+    /// it.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_device_refuses_a_garbled_handshake_message() {
         let keys = Keypair::from_secret([10; 32]);
         let known = [(*Keypair::from_secret([11; 32]).public(), Access::FULL)];
-        // (A truncated message and silence end in the handshake timeout: the QEMU firmware
-        // test has the clock for it.)
-        // A message too short for Noise XX's second, and an empty one.
         let cases: [&'static [u8]; 2] = [&[5, 0, 1, 2, 3, 4, 5], &[0, 0]];
         for answer in cases {
             let addr = spoiling_peer(answer).await;
-            let stream = TcpStream::connect(addr).await.unwrap();
-            let mut resources = Box::new(Resources::<1024, 1024, 2048>::new());
             let mut store = Box::new(Small::new());
-            let config = Config {
-                max_frame: 1024,
-                ..Config::new(keys.node_id())
-            };
-            let (_, mut runner): (_, Runner<'_, _, _, 8, 4>) = Runner::new_secure(
-                FromTokio::new(stream),
-                &mut *store,
-                config,
-                &mut resources,
-                Handshake::new(&keys, Role::Initiator, [3; 32]),
-                Peers::only(&known),
-            )
-            .unwrap();
-            let run = tokio::time::timeout(std::time::Duration::from_secs(10), runner.run());
-            match run.await.expect("the device ends the session") {
-                Err(Error::Protocol(SessionError::Link(_))) => {}
+            match device_session(addr, &mut store, &keys, 1024, 3, &known).await {
+                Err(Error::Protocol(SessionError::Link(LinkError::Handshake))) => {}
                 other => panic!("{answer:?}: {other:?}"),
             }
         }
