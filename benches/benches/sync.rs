@@ -20,7 +20,8 @@ use chunk_sync_core::{ChunkHash, NodeId, Span};
 use chunk_sync_tokio::{
     MemStore, Node, NodeConfig, NodeStore, Permissions, Security, VerifiedChunk, generate_keypair,
 };
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -170,6 +171,8 @@ async fn copy(chunks: &[Vec<u8>], hash: bool) -> u64 {
 
 /// The plaintext a secure record holds at most.
 const RECORD_PLAINTEXT: usize = MAX_RECORD as usize - RECORD_OVERHEAD;
+/// ChaCha20-Poly1305's tag, at the end of each record.
+const TAG: usize = 16;
 
 /// A nonce of a counter, as Noise's transport makes them.
 fn nonce(n: u64) -> Nonce {
@@ -200,7 +203,7 @@ async fn copy_sealed(chunks: &[Vec<u8>]) -> u64 {
                 let mut len = [0u8; 2];
                 s.read_exact(&mut len).await.unwrap();
                 let len = usize::from(u16::from_le_bytes(len));
-                let plain = len - 16;
+                let plain = len - TAG;
                 let (body, tag) = chunk[at..at + len].split_at_mut(plain);
                 s.read_exact(body).await.unwrap();
                 s.read_exact(tag).await.unwrap();
@@ -222,7 +225,7 @@ async fn copy_sealed(chunks: &[Vec<u8>]) -> u64 {
     let mut n = 0u64;
     for c in chunks {
         for piece in c.chunks(RECORD_PLAINTEXT) {
-            let len = piece.len() + 16;
+            let len = piece.len() + TAG;
             record[..2].copy_from_slice(&(len as u16).to_le_bytes());
             record[2..2 + piece.len()].copy_from_slice(piece);
             let tag = aead
@@ -253,6 +256,20 @@ fn secure_node(store: impl NodeStore) -> Node {
     Node::new(config, store, security).unwrap()
 }
 
+/// A group of runs that each move `total` bytes (about 256 MiB): ten samples over 20 s.
+fn group_of_256mib<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+    total: u64,
+) -> BenchmarkGroup<'c, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .throughput(Throughput::Bytes(total));
+    group
+}
+
 fn sync(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -266,11 +283,7 @@ fn sync(c: &mut Criterion) {
     let listener = rt.block_on(server.listen("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr();
 
-    let mut group = c.benchmark_group("sync_256MiB");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(20))
-        .throughput(Throughput::Bytes(total));
+    let mut group = group_of_256mib(c, "sync_256MiB", total);
     group.bench_function("tokio_copy", |b| {
         b.iter(|| rt.block_on(copy(&chunks, false)))
     });
@@ -314,11 +327,7 @@ fn sync(c: &mut Criterion) {
         .block_on(secure_server.listen("127.0.0.1:0"))
         .unwrap();
     let secure_addr = secure_listener.local_addr();
-    let mut group = c.benchmark_group("sync_256MiB_secure");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(20))
-        .throughput(Throughput::Bytes(total));
+    let mut group = group_of_256mib(c, "sync_256MiB_secure", total);
     group.bench_function("tokio_copy+chacha20poly1305+blake3", |b| {
         b.iter(|| rt.block_on(copy_sealed(&chunks)))
     });
