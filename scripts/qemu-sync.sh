@@ -8,6 +8,8 @@
 #   scripts/qemu-sync.sh          # the device keeps its chunks in a RamStore
 #   scripts/qemu-sync.sh flash    # in a FlashStore (NOR flash modelled in RAM)
 #   scripts/qemu-sync.sh lz4      # a RamStore, taking chunks compressed with LZ4
+#   ICOUNT=1 scripts/qemu-sync.sh # device time counts instructions (1 ns each), so the
+#                                 # times the firmware prints are instruction counts
 set -euo pipefail
 FEATURES=${1:-}
 cd "$(dirname "$0")/.."
@@ -36,6 +38,7 @@ echo "firmware footprint${FEATURES:+ ($FEATURES)}: flash $flash bytes, static RA
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG=$(mktemp)
 timeout 180 qemu-system-arm -machine lm3s6965evb -cpu cortex-m3 -nographic -monitor none \
+  ${ICOUNT:+-icount shift=0} \
   -semihosting-config enable=on,target=native \
   -serial "tcp:127.0.0.1:$PORT,server=on,wait=on,nodelay=on" \
   -kernel "$ELF" >"$LOG" 2>&1 &
