@@ -1,21 +1,31 @@
 //! Chunks: the canonical encoding, the streaming [`Chunker`] and the zero-copy
 //! [`ChunkView`]; with `alloc`, the original API's `EventChunkStore`.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //! A chunk is the postcard encoding of
 //!
 //! | field | type | rule |
 //! |---|---|---|
-//! | version | `u8` | `1` ([`FORMAT_VERSION`]) |
+//! | version | `u8` | `2` ([`FORMAT_VERSION`]) |
+//! | seal | `u8` | `0`: unsigned; `1`: signed by the origin ([`ChunkView::signature`]) |
 //! | origin | varint `u64` | the node whose log the events come from |
 //! | first_seq | varint `u64` | first sequence number the chunk covers |
 //! | end_seq | varint `u64` | one past the last sequence number it covers; `first_seq < end_seq` |
 //! | events | varint count, then each event | at least one event |
+//! | signature | 64 bytes, only if `seal` is `1` | Ed25519, by the origin's key |
 //!
 //! and each event is `seq` (varint `u64`, strictly increasing, inside the range),
 //! `timestamp` (varint `u64`), `kind` (varint length + UTF-8), `privacy` (varint: `0` public,
 //! `1` shareable; private is never valid here) and `payload` (varint length + bytes). Nothing
-//! follows the last event.
+//! follows the last event but the signature.
+//!
+//! The signature signs the 32-byte digest BLAKE3 in key-derivation mode with the context
+//! `"chunk-sync 2026 chunk seal"` gives over every byte before the signature
+//! ([`ChunkView::signed_bytes`]): one more BLAKE3 pass over the chunk and one Ed25519
+//! verification whatever its size. The origin's node id is derived from the key that
+//! signs (see `secure`), so a node that holds the origin's whole public key can check that
+//! the origin sealed the chunk, whoever passed it on. Ed25519 signatures are deterministic:
+//! the same events sealed at the same points by the same key give the same bytes.
 //!
 //! The crate writes and reads these bytes with its own small codec rather than with
 //! postcard's serde code; tests check both against postcard's encoding of the same fields.
@@ -46,16 +56,46 @@ mod event_chunk_store;
 pub use event_chunk_store::{DEFAULT_MAX_CHUNK_BYTES, EventChunk, EventChunkStore};
 
 /// The chunk format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Bytes a [`Chunker`] reserves at the front of its buffer for the chunk header: the
-/// version, three `u64` varints and the event count.
-pub const HEADER_RESERVE: usize = 1 + 3 * 10 + 5;
+/// version, the seal, three `u64` varints and the event count.
+pub const HEADER_RESERVE: usize = 2 + 3 * 10 + 5;
+
+/// Bytes of a signed chunk's signature, at its end.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// Bytes of a [`Chunker`]'s buffer that are not for events: the header's reserve at the
+/// front and room for a signature at the end (kept whether the chunker signs or not, so
+/// that chunks end at the same events either way). A chunk holds at most
+/// `buf.len() - CHUNK_OVERHEAD` bytes of events.
+pub const CHUNK_OVERHEAD: usize = HEADER_RESERVE + SIGNATURE_LEN;
+
+/// How a chunk is sealed: the format's `seal` byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Seal {
+    /// No signature: the chunk is named by its hash alone.
+    Unsigned,
+    /// Signed by its origin: the last [`SIGNATURE_LEN`] bytes are the signature.
+    Signed,
+}
+
+impl Seal {
+    const fn byte(self) -> u8 {
+        match self {
+            Self::Unsigned => 0,
+            Self::Signed => 1,
+        }
+    }
+}
 
 /// The chunk header, as encoded (the event count follows it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Header {
     version: u8,
+    /// The seal byte as read (`ChunkView::parse` checks it).
+    seal: u8,
     origin: NodeId,
     first_seq: u64,
     end_seq: u64,
@@ -64,7 +104,7 @@ struct Header {
 impl Header {
     /// Appends the header's encoding (see the [module docs](self)).
     fn write(&self, w: &mut Writer<'_>) {
-        w.bytes(&[self.version]);
+        w.bytes(&[self.version, self.seal]);
         w.varint(self.origin.0);
         w.varint(self.first_seq);
         w.varint(self.end_seq);
@@ -74,6 +114,7 @@ impl Header {
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         Ok(Self {
             version: r.byte()?,
+            seal: r.byte()?,
             origin: NodeId(r.u64()?),
             first_seq: r.u64()?,
             end_seq: r.u64()?,
@@ -200,6 +241,12 @@ pub enum ChunkError {
         /// The room for events in the buffer.
         capacity: usize,
     },
+    /// A chunker was given a key pair whose node id is not its origin
+    /// ([`Chunker::signed_by`]).
+    NotOriginKey {
+        /// The chunker's origin.
+        origin: NodeId,
+    },
     /// Chunk bytes did not match their hash.
     HashMismatch(HashMismatch),
     /// Chunk bytes are not a valid chunk.
@@ -231,6 +278,9 @@ impl fmt::Display for ChunkError {
                 f,
                 "event of {size} encoded bytes cannot fit a chunk buffer with room for {capacity}"
             ),
+            Self::NotOriginKey { origin } => {
+                write!(f, "the key pair given is not the key of {origin}")
+            }
             Self::HashMismatch(e) => fmt::Display::fmt(e, f),
             Self::Decode(e) => write!(f, "invalid chunk: {e}"),
         }
@@ -340,6 +390,9 @@ struct Open {
     policy: SealPolicy,
     /// When the open chunk's first event came ([`push_at`](Chunker::push_at)).
     opened_at: Option<Instant>,
+    /// The origin's key, if chunks are signed ([`Chunker::signed_by`]).
+    #[cfg(feature = "secure")]
+    signer: Option<crate::secure::Keypair>,
 }
 
 /// When a live log's open chunk is due to be sealed ([`Chunker::seal_due`]), beside the
@@ -375,7 +428,9 @@ impl<B: AsMut<[u8]>> Chunker<B> {
     /// (`0` for a new log; the previous chunk's `end_seq` otherwise), sealing ranges of
     /// `events_per_chunk` sequence numbers into `buf`.
     ///
-    /// A chunk can hold at most `buf.len() - HEADER_RESERVE` bytes of events.
+    /// A chunk can hold at most `buf.len() - CHUNK_OVERHEAD` bytes of events
+    /// ([`CHUNK_OVERHEAD`]). Chunks are unsigned unless [`signed_by`](Self::signed_by)
+    /// the origin's key.
     pub fn new(
         origin: NodeId,
         events_per_chunk: u32,
@@ -385,9 +440,9 @@ impl<B: AsMut<[u8]>> Chunker<B> {
         if events_per_chunk == 0 {
             return Err(ChunkError::ZeroEventsPerChunk);
         }
-        if buf.as_mut().len() <= HEADER_RESERVE {
+        if buf.as_mut().len() <= CHUNK_OVERHEAD {
             return Err(ChunkError::BufferTooSmall {
-                required: HEADER_RESERVE + 1,
+                required: CHUNK_OVERHEAD + 1,
             });
         }
         Ok(Self {
@@ -402,8 +457,26 @@ impl<B: AsMut<[u8]>> Chunker<B> {
                 len: 0,
                 policy: SealPolicy::UNLIMITED,
                 opened_at: None,
+                #[cfg(feature = "secure")]
+                signer: None,
             },
         })
+    }
+
+    /// The same chunker, signing every chunk it seals with `keys`, the origin's key pair
+    /// (see the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`ChunkError::NotOriginKey`] if the chunker's origin is not the node id of `keys`.
+    #[cfg(feature = "secure")]
+    pub fn signed_by(mut self, keys: &crate::secure::Keypair) -> Result<Self, ChunkError> {
+        if keys.node_id() != self.open.origin {
+            return Err(ChunkError::NotOriginKey {
+                origin: self.open.origin,
+            });
+        }
+        self.open.signer = Some(keys.clone());
+        Ok(self)
     }
 
     /// The same chunker, sealing by `policy` as well ([`seal_due`](Self::seal_due)).
@@ -540,8 +613,9 @@ impl Open {
             privacy: event.privacy(),
             payload: event.payload(),
         };
-        let (at, capacity) = (HEADER_RESERVE + self.len, buf.len() - HEADER_RESERVE);
-        let mut w = Writer::new(buf, at);
+        let room = buf.len() - SIGNATURE_LEN;
+        let (at, capacity) = (HEADER_RESERVE + self.len, room - HEADER_RESERVE);
+        let mut w = Writer::new(&mut buf[..room], at);
         repr.write(&mut w);
         if w.fits() {
             self.len = w.len - HEADER_RESERVE;
@@ -584,8 +658,17 @@ impl Open {
         let end_seq = self.pending_end.take().unwrap_or(self.next_seq);
         let mut head = [0u8; HEADER_RESERVE];
         let mut w = Writer::new(&mut head, 0);
+        #[cfg(feature = "secure")]
+        let seal = if self.signer.is_some() {
+            Seal::Signed
+        } else {
+            Seal::Unsigned
+        };
+        #[cfg(not(feature = "secure"))]
+        let seal = Seal::Unsigned;
         let header = Header {
             version: FORMAT_VERSION,
+            seal: seal.byte(),
             origin: self.origin,
             first_seq: self.range_start,
             end_seq,
@@ -606,7 +689,15 @@ impl Open {
         self.range_start = end_seq;
         self.next_seq = self.next_seq.max(end_seq);
         self.count = 0;
-        let end = HEADER_RESERVE + core::mem::take(&mut self.len);
+        #[allow(unused_mut)]
+        let mut end = HEADER_RESERVE + core::mem::take(&mut self.len);
+        #[cfg(feature = "secure")]
+        if let Some(keys) = &self.signer {
+            // Room: `push` keeps `SIGNATURE_LEN` bytes free at the end of the buffer.
+            let signature = keys.sign_chunk(&buf[start..end]);
+            buf[end..end + SIGNATURE_LEN].copy_from_slice(&signature);
+            end += SIGNATURE_LEN;
+        }
         let bytes = &buf[start..end];
         Some(Sealed {
             id: ChunkHash::of(bytes),
@@ -634,6 +725,8 @@ pub struct ChunkView<'a> {
     count: u32,
     /// Offset of the first event in `bytes`.
     events_at: usize,
+    /// Where the events end: the signature, if any, follows.
+    events_end: usize,
 }
 
 impl<'a> ChunkView<'a> {
@@ -658,6 +751,15 @@ impl<'a> ChunkView<'a> {
         let mut r = Reader(bytes);
         let header = Header::read(&mut r)?;
         let count = r.u32()?;
+        let events_end = match header.seal {
+            0 => bytes.len(),
+            1 => bytes
+                .len()
+                .checked_sub(SIGNATURE_LEN)
+                .filter(|&end| end >= bytes.len() - r.0.len())
+                .ok_or(DecodeError::Truncated)?,
+            _ => return Err(DecodeError::Invalid("unknown chunk seal")),
+        };
         if header.first_seq >= header.end_seq {
             return Err(DecodeError::Invalid("chunk range is empty"));
         }
@@ -676,6 +778,7 @@ impl<'a> ChunkView<'a> {
             end_seq: header.end_seq,
             count,
             events_at: bytes.len() - r.0.len(),
+            events_end,
         })
     }
 
@@ -703,6 +806,28 @@ impl<'a> ChunkView<'a> {
     #[must_use]
     pub const fn origin(&self) -> NodeId {
         self.origin
+    }
+
+    /// Whether the chunk is signed.
+    #[must_use]
+    pub const fn seal(&self) -> Seal {
+        if self.events_end < self.bytes.len() {
+            Seal::Signed
+        } else {
+            Seal::Unsigned
+        }
+    }
+
+    /// The origin's signature, if the chunk is signed: its last [`SIGNATURE_LEN`] bytes.
+    #[must_use]
+    pub fn signature(&self) -> Option<&'a [u8; SIGNATURE_LEN]> {
+        self.bytes.get(self.events_end..)?.try_into().ok()
+    }
+
+    /// The bytes a signature signs the digest of: all of a chunk's but its signature.
+    #[must_use]
+    pub fn signed_bytes(&self) -> &'a [u8] {
+        &self.bytes[..self.events_end]
     }
 
     /// First sequence number covered.
@@ -744,7 +869,7 @@ impl<'a> ChunkView<'a> {
     #[must_use]
     pub fn events(&self) -> Events<'a> {
         Events {
-            rest: &self.bytes[self.events_at..],
+            rest: &self.bytes[self.events_at..self.events_end],
             origin: self.origin,
             next_seq: self.first_seq,
             end_seq: self.end_seq,

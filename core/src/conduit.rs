@@ -159,7 +159,7 @@
 
 use core::cmp::{max, min};
 
-use crate::chunk::Span;
+use crate::chunk::{ChunkView, Span};
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Verified};
 use crate::progress::SyncProgress;
@@ -389,6 +389,12 @@ pub enum Action<'c> {
     /// [`Conduit::authorize`]. Nothing of the store is shown before.
     #[cfg(feature = "secure")]
     Authorize(crate::secure::PublicKey),
+    /// On a secure link, a chunk of this origin arrived, neither the peer's nor this
+    /// node's: answer [`Conduit::origin_key`] with the origin's whole public key if this
+    /// node trusts one for it, or `None` (the chunk is then refused,
+    /// [`FailReason::UnknownOrigin`]). Nothing is stored before.
+    #[cfg(feature = "secure")]
+    OriginKey(NodeId),
     /// A chunk could not be fetched from this peer; another peer may have it.
     ChunkFailed {
         /// The chunk.
@@ -436,6 +442,8 @@ enum Step {
     Connected(NodeId),
     #[cfg(feature = "secure")]
     Authorize(crate::secure::PublicKey),
+    #[cfg(feature = "secure")]
+    OriginKey(NodeId),
     Failed(ChunkHash, FailReason),
     Shutdown,
     Wait(Wait),
@@ -493,6 +501,31 @@ struct Secured {
     /// The record being read, opened in place: its plaintext ends at `plain_end` (the
     /// session reads from `rx_start`), the record at `record_end`.
     opened: Option<(usize, usize)>,
+    /// This node's own key: its chunks may come back from a peer.
+    local: crate::secure::PublicKey,
+    /// The key the last chunk's signature was checked with, ready for the next chunk of
+    /// the same origin.
+    verifier: Option<crate::secure::Verifier>,
+    /// The adapter's answer to [`Action::OriginKey`], not used yet.
+    answer: Option<(NodeId, Option<crate::secure::PublicKey>)>,
+    /// The unstored chunk whose signature holds.
+    checked: Option<ChunkHash>,
+}
+
+#[cfg(feature = "secure")]
+impl Secured {
+    /// A link about to run `handshake`.
+    fn new(handshake: crate::secure::Handshake) -> Self {
+        Self {
+            local: *handshake.public(),
+            link: crate::secure::Link::Handshaking(handshake),
+            authorized: false,
+            opened: None,
+            verifier: None,
+            answer: None,
+            checked: None,
+        }
+    }
 }
 
 impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
@@ -630,12 +663,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 "max_frame of a secure link is at most 65,537 bytes",
             ));
         }
-        let link = Secured {
-            link: crate::secure::Link::Handshaking(handshake),
-            authorized: false,
-            opened: None,
-        };
-        Self::build(config, now, buffers, limits, Some(link))
+        Self::build(config, now, buffers, limits, Some(Secured::new(handshake)))
     }
 
     /// Answers [`Action::Authorize`]: what the peer's key may do. With
@@ -658,6 +686,79 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             self.session.restrict(access.pull, access.push);
         }
         Ok(())
+    }
+
+    /// Answers [`Action::OriginKey`]: the whole public key this node trusts for `origin`,
+    /// or `None`. A key whose node id is not `origin` is no key for it.
+    ///
+    /// # Errors
+    /// [`ApiMisuse::NotAsked`] if the conduit did not ask for `origin`'s key.
+    #[cfg(feature = "secure")]
+    pub fn origin_key(
+        &mut self,
+        origin: NodeId,
+        key: Option<crate::secure::PublicKey>,
+    ) -> Result<(), ApiMisuse> {
+        let asked = self.unstored.and_then(|u| self.unchecked_origin(u));
+        let Some(secured) = self.link.as_mut().filter(|_| asked == Some(origin)) else {
+            return Err(ApiMisuse::NotAsked);
+        };
+        secured.answer = Some((origin, key.filter(|k| k.node_id() == origin)));
+        Ok(())
+    }
+
+    /// The origin of the unstored chunk `u`, if its signature is still to be checked.
+    #[cfg(feature = "secure")]
+    fn unchecked_origin(&self, u: Unstored) -> Option<NodeId> {
+        let secured = self.link.as_ref()?;
+        if secured.checked == Some(u.id) {
+            return None;
+        }
+        let bytes = self.assembly.bytes().get(..u.len)?;
+        ChunkView::parse(bytes).ok().map(|v| v.origin())
+    }
+
+    /// On a secure link, checks the signature of the unstored chunk `u` with its origin's
+    /// key: `None` once it holds (the chunk may be stored) or once the chunk is refused;
+    /// `Some` to ask the adapter for the origin's key.
+    #[cfg(feature = "secure")]
+    fn check_seal(&mut self, u: Unstored) -> Option<Step> {
+        use crate::secure::Verifier;
+        let origin = self.unchecked_origin(u)?;
+        let secured = self.link.as_mut()?;
+        let known = |v: &Option<Verifier>| v.as_ref().is_some_and(|v| v.origin() == origin);
+        if !known(&secured.verifier) {
+            let remote = secured.link.remote().copied();
+            let key = if let Some(remote) = remote.filter(|k| k.node_id() == origin) {
+                Some(remote)
+            } else if secured.local.node_id() == origin {
+                Some(secured.local)
+            } else {
+                match secured.answer.take() {
+                    Some((asked, key)) if asked == origin => key,
+                    _ => return Some(Step::OriginKey(origin)),
+                }
+            };
+            secured.verifier = key.and_then(Verifier::new);
+        }
+        let bytes = self.assembly.bytes().get(..u.len).unwrap_or(&[]);
+        let verdict = match (&secured.verifier, ChunkView::parse(bytes)) {
+            (Some(v), Ok(view)) if known(&secured.verifier) => {
+                v.verify(&view).map_err(|e| match e {
+                    crate::secure::SealError::Unsigned => FailReason::Unsigned,
+                    crate::secure::SealError::BadSignature => FailReason::BadSignature,
+                })
+            }
+            _ => Err(FailReason::UnknownOrigin),
+        };
+        match verdict {
+            Ok(()) => secured.checked = Some(u.id),
+            Err(reason) => {
+                self.unstored = None;
+                self.session.chunk_refused(u.id, reason);
+            }
+        }
+        None
     }
 
     /// The peer's public key, once a secure link's handshake proved it.
@@ -775,6 +876,8 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             Step::Connected(peer) => Action::Connected(peer),
             #[cfg(feature = "secure")]
             Step::Authorize(key) => Action::Authorize(key),
+            #[cfg(feature = "secure")]
+            Step::OriginKey(origin) => Action::OriginKey(origin),
             Step::Failed(hash, reason) => Action::ChunkFailed { hash, reason },
             Step::Shutdown => Action::Shutdown,
             Step::Wait(wait) => Action::Wait(wait),
@@ -821,7 +924,14 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         self.session.recheck_deferred(now);
         loop {
             if let Some(unstored) = self.unstored {
-                return Step::Store(unstored);
+                #[cfg(feature = "secure")]
+                if let Some(step) = self.check_seal(unstored) {
+                    return step;
+                }
+                if self.unstored.is_some() {
+                    return Step::Store(unstored);
+                }
+                continue;
             }
             if let Some(len) = self.listed.take() {
                 return Step::Listed(len);

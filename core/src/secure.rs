@@ -8,17 +8,24 @@
 //! | message | bytes on the wire | what it carries |
 //! |---|---:|---|
 //! | initiator → responder | 2 + 32 | an ephemeral key |
-//! | responder → initiator | 2 + 96 | its ephemeral key, its static key (encrypted) |
-//! | initiator → responder | 2 + 64 | its static key (encrypted) |
+//! | responder → initiator | 2 + 128 | its ephemeral key, its static key and its identity key (encrypted) |
+//! | initiator → responder | 2 + 96 | its static key and its identity key (encrypted) |
 //!
-//! One and a half round trips, 200 bytes in all; the initiator's first `Hello` travels
+//! One and a half round trips, 262 bytes in all; the initiator's first `Hello` travels
 //! right behind the third message. Each side then knows the other's static key, proven by
 //! the key exchange, and decides what that key may do ([`Access`]). The prologue binds the
 //! handshake to this protocol ([`PROLOGUE`]).
 //!
 //! # Identity
-//! A node's identity is an X25519 key pair ([`Keypair`]), made from 32 secret bytes the
-//! application supplies. Its [`NodeId`] is derived from the public key
+//! A node's identity is an Ed25519 key pair ([`Keypair`]), made from 32 secret bytes the
+//! application supplies; its [`PublicKey`] is the 32-byte Ed25519 public key. The same
+//! secret gives the X25519 static key of the handshake (the Ed25519 scalar, whose X25519
+//! public key is the Montgomery form of the Ed25519 one, as libsodium converts them). Each
+//! side sends its identity key inside the handshake, encrypted, and the other side checks
+//! that it converts to the static key the key exchange proved: a node proves its identity
+//! key with the handshake, and signs its chunks with it ([`Keypair::sign_chunk`]).
+//!
+//! Its [`NodeId`] is derived from the public key
 //! ([`PublicKey::node_id`]): the first 8 bytes, little-endian, of BLAKE3 in key-derivation
 //! mode with the context `"chunk-sync 2026 node id"` over the 32-byte key. A `Hello` whose
 //! node id is not the one the handshake's key gives ends the session
@@ -39,6 +46,18 @@
 //!
 //! The core has no random source: the adapter supplies 32 bytes of entropy per session
 //! for the ephemeral key ([`Handshake::new`]); they must never be reused.
+//!
+//! # Signed chunks
+//! A chunker given its origin's key pair ([`Chunker::signed_by`](crate::chunk::Chunker::signed_by))
+//! signs each chunk ([`crate::chunk`] says what is signed). On a secure link a node stores a
+//! chunk only if its origin's key verifies its signature ([`PublicKey::verify_chunk`]):
+//! the peer's own chunks against the key the handshake proved, this node's own against its
+//! key, and any other origin's against the key the adapter holds for it
+//! ([`Action::OriginKey`](crate::conduit::Action::OriginKey)). The whole 32-byte key is
+//! what is checked, never the 64-bit id alone, so a relay passes genuine chunks on but
+//! cannot forge one, or re-sign one with another key. Signing costs one Ed25519 signature
+//! per chunk, verifying one verification per chunk: choose chunks of many events where
+//! that matters.
 
 use core::fmt;
 use core::str::FromStr;
@@ -52,6 +71,9 @@ use clatter::traits::{Dh, Handshaker};
 use clatter::transportstate::TransportState;
 use clatter::{KeyPair, NqHandshakeCore};
 
+use ed25519_dalek::Signer;
+
+use crate::chunk::{ChunkView, SIGNATURE_LEN};
 use crate::event::NodeId;
 use crate::session::LinkError;
 
@@ -67,8 +89,71 @@ pub const MAX_RECORD: u32 = (RECORD_HEADER + u16::MAX as usize) as u32;
 pub const PROLOGUE: &[u8] = b"chunk-sync/2 Noise_XX_25519_ChaChaPoly_SHA256";
 /// The BLAKE3 key-derivation context of node ids.
 const NODE_ID_CONTEXT: &str = "chunk-sync 2026 node id";
+/// The BLAKE3 key-derivation context of the digest a chunk's signature signs.
+const SEAL_CONTEXT: &str = "chunk-sync 2026 chunk seal";
 
-/// A node's public key: its identity on the wire.
+/// The digest a chunk's signature signs: see [`crate::chunk`].
+fn seal_digest(signed_bytes: &[u8]) -> [u8; 32] {
+    blake3::derive_key(SEAL_CONTEXT, signed_bytes)
+}
+
+/// Why a chunk's signature does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SealError {
+    /// The chunk is not signed.
+    Unsigned,
+    /// The signature is not the origin's over these bytes (or the key is not a valid
+    /// Ed25519 key).
+    BadSignature,
+}
+
+impl fmt::Display for SealError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unsigned => "the chunk is not signed",
+            Self::BadSignature => "the chunk's signature is not its origin's",
+        })
+    }
+}
+
+impl core::error::Error for SealError {}
+
+/// A public key made ready to verify signatures (decompressed once).
+#[derive(Clone, Debug)]
+pub(crate) struct Verifier {
+    /// The node id of the key.
+    origin: NodeId,
+    verifying: ed25519_dalek::VerifyingKey,
+}
+
+impl Verifier {
+    /// The verifier of `key`, if it is a valid Ed25519 key.
+    pub(crate) fn new(key: PublicKey) -> Option<Self> {
+        let verifying = ed25519_dalek::VerifyingKey::from_bytes(&key.0).ok()?;
+        Some(Self {
+            origin: key.node_id(),
+            verifying,
+        })
+    }
+
+    /// The origin whose chunks it verifies.
+    pub(crate) const fn origin(&self) -> NodeId {
+        self.origin
+    }
+
+    /// Checks the signature of the chunk `view`.
+    pub(crate) fn verify(&self, view: &ChunkView<'_>) -> Result<(), SealError> {
+        let signature = view.signature().ok_or(SealError::Unsigned)?;
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        self.verifying
+            .verify_strict(&seal_digest(view.signed_bytes()), &signature)
+            .map_err(|_| SealError::BadSignature)
+    }
+}
+
+/// A node's public key: its identity on the wire, and the key its chunks are signed with
+/// (32 bytes of Ed25519 public key).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct PublicKey(pub [u8; 32]);
@@ -81,6 +166,26 @@ impl PublicKey {
         let mut id = [0u8; 8];
         id.copy_from_slice(&derived[..8]);
         NodeId(u64::from_le_bytes(id))
+    }
+
+    /// The X25519 key the handshake proves for this key (its Montgomery form), or `None`
+    /// if these bytes are not an Ed25519 key.
+    #[must_use]
+    pub fn link_key(&self) -> Option<[u8; 32]> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0).ok()?;
+        Some(key.to_montgomery().to_bytes())
+    }
+
+    /// Checks that this key signed the chunk `view` (see [`crate::chunk`]): one BLAKE3
+    /// pass over the chunk and one Ed25519 verification (strict: no malleable signature
+    /// or weak key passes).
+    ///
+    /// # Errors
+    /// [`SealError::Unsigned`] or [`SealError::BadSignature`].
+    pub fn verify_chunk(&self, view: &ChunkView<'_>) -> Result<(), SealError> {
+        Verifier::new(*self)
+            .ok_or(SealError::BadSignature)?
+            .verify(view)
     }
 }
 
@@ -104,7 +209,7 @@ pub struct KeyParseError;
 
 impl fmt::Display for KeyParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a public key is 64 hex digits")
+        f.write_str("a public key is 64 hex digits of an Ed25519 public key")
     }
 }
 
@@ -123,15 +228,20 @@ impl FromStr for PublicKey {
         for (k, pair) in key.iter_mut().zip(s.chunks_exact(2)) {
             *k = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
         }
-        Ok(Self(key))
+        let key = Self(key);
+        key.link_key().ok_or(KeyParseError)?;
+        Ok(key)
     }
 }
 
-/// A node's static key pair. The secret is wiped from memory when the pair is dropped,
-/// and never printed.
+/// A node's key pair: Ed25519 for its identity and signatures, and the X25519 static key
+/// of its handshakes, both from one secret (see the [module docs](self)). The secrets are
+/// wiped from memory when the pair is dropped, and never printed.
 #[derive(Clone)]
 pub struct Keypair {
-    secret: SensitiveByteArray<[u8; 32]>,
+    signing: ed25519_dalek::SigningKey,
+    /// The X25519 static secret: the Ed25519 scalar.
+    dh: SensitiveByteArray<[u8; 32]>,
     public: PublicKey,
 }
 
@@ -140,15 +250,27 @@ impl Keypair {
     /// the application (the CLI keeps them in a file of mode 0600).
     #[must_use]
     pub fn from_secret(secret: [u8; 32]) -> Self {
-        let secret = SensitiveByteArray::from_slice(&secret);
-        let public = PublicKey(X25519::pubkey(&secret));
-        Self { secret, public }
+        let signing = ed25519_dalek::SigningKey::from_bytes(&secret);
+        let dh = SensitiveByteArray::from_slice(&signing.to_scalar_bytes());
+        let public = PublicKey(signing.verifying_key().to_bytes());
+        Self {
+            signing,
+            dh,
+            public,
+        }
     }
 
     /// The secret bytes, to store them.
     #[must_use]
     pub fn secret(&self) -> &[u8; 32] {
-        &self.secret
+        self.signing.as_bytes()
+    }
+
+    /// The signature of a chunk whose bytes before the signature are `signed_bytes` (see
+    /// [`crate::chunk`]); [`Chunker::signed_by`](crate::chunk::Chunker::signed_by) calls it.
+    #[must_use]
+    pub fn sign_chunk(&self, signed_bytes: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.signing.sign(&seal_digest(signed_bytes)).to_bytes()
     }
 
     /// The public key.
@@ -238,6 +360,10 @@ type Noise = NqHandshakeCore<X25519, ChaChaPoly, Sha256, GivenEntropy>;
 pub struct Handshake {
     noise: Noise,
     node_id: NodeId,
+    /// This side's identity key, sent with its static key.
+    public: PublicKey,
+    /// The peer's identity key, once its message carried it.
+    peer: Option<PublicKey>,
 }
 
 impl fmt::Debug for Handshake {
@@ -260,7 +386,7 @@ impl Handshake {
             noise_xx(),
             PROLOGUE,
             role == Role::Initiator,
-            Some(pair(keys.secret.clone())),
+            Some(pair(keys.dh.clone())),
             Some(ephemeral),
             None,
             None,
@@ -269,6 +395,8 @@ impl Handshake {
             Ok(noise) => Self {
                 noise,
                 node_id: keys.node_id(),
+                public: keys.public,
+                peer: None,
             },
             // XX is a DH pattern without pre-shared keys: `new` accepts it.
             Err(_) => unreachable!("Noise XX is a valid pattern"),
@@ -281,6 +409,18 @@ impl Handshake {
     #[must_use]
     pub const fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// This side's public key.
+    #[must_use]
+    pub const fn public(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// Whether this side's next message carries its static key (and so its identity
+    /// key): the responder's only message, and the initiator's second.
+    fn sends_static(&self) -> bool {
+        !self.noise.is_initiator() || self.noise.get_remote_static().is_some()
     }
 }
 
@@ -328,7 +468,10 @@ impl Link {
         if !hs.noise.is_finished() {
             return Ok(());
         }
-        let remote = hs.noise.get_remote_static().map(PublicKey);
+        // The identity key the peer sent must be the one its proven static key is.
+        let remote = hs.peer.filter(|peer| {
+            peer.link_key().is_some() && peer.link_key() == hs.noise.get_remote_static()
+        });
         let Self::Handshaking(hs) = core::mem::replace(self, Self::Broken) else {
             return Ok(());
         };
@@ -351,7 +494,9 @@ impl Link {
             return Ok(None);
         }
         let body = out.get_mut(RECORD_HEADER..).ok_or(LinkError::Handshake)?;
-        let Ok(n) = hs.noise.write_message(&[], body) else {
+        let identity = hs.public.0;
+        let payload: &[u8] = if hs.sends_static() { &identity } else { &[] };
+        let Ok(n) = hs.noise.write_message(payload, body) else {
             *self = Self::Broken;
             return Err(LinkError::Handshake);
         };
@@ -370,10 +515,18 @@ impl Link {
         let Self::Handshaking(hs) = self else {
             return Err(LinkError::Handshake);
         };
-        // Handshake payloads are empty: a message that carries one is refused.
-        if hs.noise.read_message(message, &mut []).is_err() {
-            *self = Self::Broken;
-            return Err(LinkError::Handshake);
+        // A message that carries the peer's static key carries its 32-byte identity key
+        // as payload, and only that; the first message carries nothing.
+        let mut payload = [0u8; 32];
+        let read = hs.noise.read_message(message, &mut payload);
+        let has_static = hs.noise.get_remote_static().is_some();
+        match read {
+            Ok(32) if has_static && hs.peer.is_none() => hs.peer = Some(PublicKey(payload)),
+            Ok(0) if !has_static => {}
+            _ => {
+                *self = Self::Broken;
+                return Err(LinkError::Handshake);
+            }
         }
         self.finish()
     }

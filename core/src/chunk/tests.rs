@@ -52,6 +52,7 @@ fn ev(seq: u64, privacy: Privacy) -> Ev {
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 struct PostcardHeader {
     version: u8,
+    seal: u8,
     origin: NodeId,
     first_seq: u64,
     end_seq: u64,
@@ -73,6 +74,7 @@ fn postcard_chunk(first_seq: u64, end_seq: u64, events: &[Event<'_>]) -> Vec<u8>
     let mut buf = std::vec![0u8; 64 * 1024];
     let header = PostcardHeader {
         version: FORMAT_VERSION,
+        seal: 0,
         origin: NodeId(7),
         first_seq,
         end_seq,
@@ -111,7 +113,7 @@ fn seal_all(events: &[Ev], per_chunk: u32, buf_len: usize) -> Vec<(ChunkHash, Ve
     out
 }
 
-/// Format version 1 is frozen: these events always give these bytes and this hash. If this
+/// Format version 2 is frozen: these events always give these bytes and this hash. If this
 /// test fails, the chunk format changed: bump `FORMAT_VERSION` and the README's stability
 /// section instead of updating the literals.
 #[test]
@@ -136,8 +138,8 @@ fn golden_chunk() {
     let hex: String = bytes.iter().map(|b| std::format!("{b:02x}")).collect();
     assert_eq!(
         hex,
-        // version origin first end count | seq ts(varint 1000) kind privacy payload ...
-        "0107000303\
+        // version seal origin first end count | seq ts(varint 1000) kind privacy payload ...
+        "020007000303\
          00e8070174000200000\
          1e9070174010201010\
          2ea070174000202 02"
@@ -145,9 +147,57 @@ fn golden_chunk() {
     );
     assert_eq!(
         id.to_string(),
-        "acfccfc27ba55cb70083868fb9a75b08d9b148837afb046969eaebc98a323654"
+        "5e5a11d1a7ba281b85c42b701591b33db18395a708788dc0bae710f1442f4dc9"
     );
 }
+
+/// A signed chunk of format version 2 is frozen as well: the same events sealed by the
+/// same key always give these bytes (Ed25519 signatures are deterministic) and this hash.
+#[cfg(feature = "secure")]
+#[test]
+fn golden_signed_chunk() {
+    let keys = crate::secure::Keypair::from_secret([7; 32]);
+    let origin = keys.node_id();
+    let mut buf = [0u8; 256];
+    let mut chunker = Chunker::new(origin, 4, 0, &mut buf)
+        .unwrap()
+        .signed_by(&keys)
+        .unwrap();
+    for seq in 0..3 {
+        let payload = [seq as u8; 2];
+        let event = Event {
+            origin,
+            seq,
+            timestamp: 1_000 + seq,
+            kind: "t",
+            privacy: Privacy::Public,
+            payload: &payload,
+        };
+        assert_eq!(chunker.push(&event), Ok(Push::Added));
+    }
+    let sealed = chunker.seal().unwrap();
+    let hex: String = sealed
+        .bytes
+        .iter()
+        .map(|b| std::format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, GOLDEN_SIGNED);
+    assert_eq!(
+        sealed.id.to_string(),
+        "87f97c589129d5acd6e9ace314e07f3b92e5a2d672e666ec79ba57a7a0a58316"
+    );
+    let view = ChunkView::validated(sealed.bytes).unwrap();
+    assert_eq!(view.seal(), Seal::Signed);
+    assert_eq!(keys.public().verify_chunk(&view), Ok(()));
+}
+
+/// The bytes of [`golden_signed_chunk`]: header (seal byte `01`), three events, signature.
+#[cfg(feature = "secure")]
+const GOLDEN_SIGNED: &str = concat!(
+    "0201f88ab3c390f0e4bf3500030300e80701740002000001e90701740002010102ea07017400020202",
+    "9052b4394af0ef1030b6b151a8d2bc45677091b175134930eb85af12af66588b",
+    "06a551ad02dac579d8ee958aadae83011c64bacbd757afbebe3808ad7f550606",
+);
 
 #[test]
 fn private_events_never_enter_a_chunk() {
@@ -233,13 +283,13 @@ fn full_buffer_seals_early_and_oversize_events_are_refused() {
         payload: &events[0].payload,
     })
     .unwrap();
-    let chunks = seal_all(&events, 100, HEADER_RESERVE + 2 * one + 1);
+    let chunks = seal_all(&events, 100, CHUNK_OVERHEAD + 2 * one + 1);
     assert_eq!(
         chunks.iter().map(|c| (c.2, c.3)).collect::<Vec<_>>(),
         [(0, 2), (2, 4), (4, 6)]
     );
 
-    let mut buf = [0u8; HEADER_RESERVE + 8];
+    let mut buf = [0u8; CHUNK_OVERHEAD + 8];
     let mut chunker = Chunker::new(NodeId(7), 10, 0, &mut buf).unwrap();
     assert!(matches!(
         chunker.push(&events[0]),
@@ -273,7 +323,7 @@ impl Event<'static> {
 
 #[test]
 fn a_refused_event_changes_nothing() {
-    let mut buf = [0u8; HEADER_RESERVE + 64];
+    let mut buf = [0u8; CHUNK_OVERHEAD + 64];
     let mut chunker = Chunker::new(NodeId(7), 10, 0, &mut buf).unwrap();
     let mut big = ev(25, Privacy::Public);
     big.payload = std::vec![0; 100];
@@ -300,11 +350,11 @@ fn bad_configuration_is_refused() {
         Chunker::new(NodeId(1), 0, 0, &mut buf).err(),
         Some(ChunkError::ZeroEventsPerChunk)
     );
-    let mut tiny = [0u8; HEADER_RESERVE];
+    let mut tiny = [0u8; CHUNK_OVERHEAD];
     assert_eq!(
         Chunker::new(NodeId(1), 1, 0, &mut tiny).err(),
         Some(ChunkError::BufferTooSmall {
-            required: HEADER_RESERVE + 1
+            required: CHUNK_OVERHEAD + 1
         })
     );
 }
@@ -336,7 +386,7 @@ fn invalid_chunks_are_refused() {
         ChunkView::parse(&[9, 0]),
         Err(DecodeError::UnsupportedVersion {
             found: 9,
-            supported: 1
+            supported: 2
         })
     );
     // A private event smuggled into a chunk (privacy byte of the first event set to 2).
@@ -405,10 +455,10 @@ fn the_largest_generated_event_needs_max_event_bytes() {
         privacy: Privacy::Public,
         payload: std::vec![0xff; 95],
     };
-    let mut buf = std::vec![0u8; HEADER_RESERVE + MAX_EVENT];
+    let mut buf = std::vec![0u8; CHUNK_OVERHEAD + MAX_EVENT];
     let mut chunker = Chunker::new(NodeId(7), 1000, 0, &mut buf).unwrap();
     assert_eq!(chunker.push(&worst), Ok(Push::Added));
-    let mut buf = std::vec![0u8; HEADER_RESERVE + MAX_EVENT - 1];
+    let mut buf = std::vec![0u8; CHUNK_OVERHEAD + MAX_EVENT - 1];
     let mut chunker = Chunker::new(NodeId(7), 1000, 0, &mut buf).unwrap();
     assert!(matches!(
         chunker.push(&worst),
@@ -425,8 +475,8 @@ proptest! {
     /// and are the same bytes when sealed twice.
     #[test]
     fn round_trip_and_determinism(events in arb_events(), per_chunk in 1u32..12, room in MAX_EVENT..800) {
-        let chunks = seal_all(&events, per_chunk, HEADER_RESERVE + room);
-        prop_assert_eq!(&chunks, &seal_all(&events, per_chunk, HEADER_RESERVE + room));
+        let chunks = seal_all(&events, per_chunk, CHUNK_OVERHEAD + room);
+        prop_assert_eq!(&chunks, &seal_all(&events, per_chunk, CHUNK_OVERHEAD + room));
         let mut decoded = Vec::new();
         let mut last_end = 0;
         for (id, bytes, first, end) in &chunks {
@@ -454,11 +504,11 @@ proptest! {
     /// its input finds the chunks a sealing pass makes.
     #[test]
     fn discarding_closes_the_ranges_sealing_closes(events in arb_events(), per_chunk in 1u32..12, room in MAX_EVENT..800) {
-        let sealed: Vec<(u64, u64)> = seal_all(&events, per_chunk, HEADER_RESERVE + room)
+        let sealed: Vec<(u64, u64)> = seal_all(&events, per_chunk, CHUNK_OVERHEAD + room)
             .into_iter()
             .map(|(_, _, first, end)| (first, end))
             .collect();
-        let mut buf = std::vec![0u8; HEADER_RESERVE + room];
+        let mut buf = std::vec![0u8; CHUNK_OVERHEAD + room];
         let mut chunker = Chunker::new(NodeId(7), per_chunk, 0, &mut buf).unwrap();
         let mut discarded = Vec::new();
         for e in &events {
@@ -577,7 +627,7 @@ mod event_chunk_store {
 
     #[test]
     fn errors_leave_the_store_unchanged() {
-        let store = EventChunkStore::new(10).with_max_chunk_bytes(HEADER_RESERVE + 200);
+        let store = EventChunkStore::new(10).with_max_chunk_bytes(CHUNK_OVERHEAD + 200);
         let mut log: Vec<EventBuf> = (0..3).map(|s| buf(s, Privacy::Public)).collect();
         log[2].payload = std::vec![0; 300];
         assert!(matches!(
@@ -714,7 +764,7 @@ proptest! {
                 let s = c.seal().unwrap();
                 // Past `max_bytes` by one event at most (60 bytes of payload and its
                 // fields), plus the header.
-                prop_assert!(s.bytes.len() <= max_bytes + 60 + 24 + HEADER_RESERVE);
+                prop_assert!(s.bytes.len() <= max_bytes + 60 + 24 + CHUNK_OVERHEAD);
                 spans.push((s.first_seq, s.end_seq));
                 opened = None;
             }
@@ -772,11 +822,11 @@ proptest! {
             }
         }
         let theirs = postcard::take_from_bytes::<PostcardHeader>(&bytes)
-            .map(|(h, rest)| ((h.version, h.origin, h.first_seq, h.end_seq), rest.len()))
+            .map(|(h, rest)| ((h.version, h.seal, h.origin, h.first_seq, h.end_seq), rest.len()))
             .map_err(DecodeError::from_postcard);
         let mut r = Reader(&bytes);
         let ours = Header::read(&mut r)
-            .map(|h| ((h.version, h.origin, h.first_seq, h.end_seq), r.0.len()));
+            .map(|h| ((h.version, h.seal, h.origin, h.first_seq, h.end_seq), r.0.len()));
         prop_assert_eq!(ours, theirs);
 
         let theirs = postcard::take_from_bytes::<PostcardEvent<'_>>(&bytes)

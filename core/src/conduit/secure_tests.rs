@@ -6,7 +6,7 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use super::tests::{End, chunks, config, run};
+use super::tests::{End, config, run};
 use super::*;
 use crate::chunk::test_chunk;
 use crate::secure::{Access, Handshake, Keypair, MAX_RECORD, RECORD_OVERHEAD, Role};
@@ -17,6 +17,36 @@ type C = Conduit<'static, Vec<u8>, 8, 4>;
 
 fn keys(seed: u8) -> Keypair {
     Keypair::from_secret([seed; 32])
+}
+
+/// A chunk of one public event of `keys`'s log at `seq`, signed by it.
+pub(super) fn signed_chunk(keys: &Keypair, seq: u64, payload: &[u8]) -> Vec<u8> {
+    use crate::chunk::{Chunker, Push};
+    let mut buf = [0u8; 1024];
+    let mut chunker = Chunker::new(keys.node_id(), 10, seq, &mut buf)
+        .unwrap()
+        .signed_by(keys)
+        .unwrap();
+    let event = crate::Event {
+        origin: keys.node_id(),
+        seq,
+        timestamp: 0,
+        kind: "t",
+        privacy: crate::Privacy::Public,
+        payload,
+    };
+    assert_eq!(chunker.push(&event), Ok(Push::Added));
+    chunker.seal().unwrap().bytes.to_vec()
+}
+
+/// `n` chunks of the log of `keys(seed)`, signed, with `payload` bytes each.
+fn signed(seed: u8, n: usize, payload: usize) -> BTreeMap<ChunkHash, Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let bytes = signed_chunk(&keys(seed), i as u64 * 10, &std::vec![i as u8; payload]);
+            (ChunkHash::of(&bytes), bytes)
+        })
+        .collect()
 }
 
 fn buffers() -> Buffers<Vec<u8>> {
@@ -65,7 +95,7 @@ fn pair(
 #[test]
 fn ends_sync_both_ways_over_a_secure_link_at_every_frame_size() {
     for max_frame in [256, 300, 1024, 65_536, MAX_RECORD] {
-        let (mut a, mut b) = pair(max_frame, chunks(1, 12, 300), chunks(2, 5, 40));
+        let (mut a, mut b) = pair(max_frame, signed(1, 12, 300), signed(2, 5, 40));
         run(&mut a, &mut b, Duration::from_secs(60));
         assert_eq!(a.outcome, Some(Ok(())), "{max_frame}");
         assert_eq!(b.outcome, Some(Ok(())), "{max_frame}");
@@ -89,7 +119,7 @@ fn no_payload_byte_and_no_hash_travels_in_the_clear() {
     let secret = b"telemetry: reactor core temperature 1234.5 K, valve 7 open";
     let mut store = BTreeMap::new();
     for seq in 0..6 {
-        let bytes = test_chunk(1, seq * 10, secret);
+        let bytes = signed_chunk(&keys(1), seq * 10, secret);
         store.insert(ChunkHash::of(&bytes), bytes);
     }
     let ids: Vec<ChunkHash> = store.keys().copied().collect();
@@ -118,7 +148,7 @@ fn no_payload_byte_and_no_hash_travels_in_the_clear() {
 
 #[test]
 fn a_refused_peer_is_told_and_learns_nothing() {
-    let (mut a, mut b) = pair(256, BTreeMap::new(), chunks(2, 5, 40));
+    let (mut a, mut b) = pair(256, BTreeMap::new(), signed(2, 5, 40));
     b.access = Access::NONE;
     run(&mut a, &mut b, Duration::from_secs(60));
     assert_eq!(b.outcome, Some(Err(Error::Link(LinkError::Refused))));
@@ -131,7 +161,7 @@ fn a_refused_peer_is_told_and_learns_nothing() {
 
 #[test]
 fn pull_access_alone_serves_the_peer_and_takes_nothing_from_it() {
-    let (mut a, mut b) = pair(256, chunks(1, 4, 40), chunks(2, 5, 40));
+    let (mut a, mut b) = pair(256, signed(1, 4, 40), signed(2, 5, 40));
     b.access = Access {
         pull: true,
         push: false,
@@ -145,7 +175,7 @@ fn pull_access_alone_serves_the_peer_and_takes_nothing_from_it() {
 
 #[test]
 fn push_access_alone_shows_an_empty_store() {
-    let (mut a, mut b) = pair(256, chunks(1, 4, 40), chunks(2, 5, 40));
+    let (mut a, mut b) = pair(256, signed(1, 4, 40), signed(2, 5, 40));
     b.access = Access {
         pull: false,
         push: true,
@@ -158,7 +188,7 @@ fn push_access_alone_shows_an_empty_store() {
 
 #[test]
 fn a_hello_that_claims_another_node_id_ends_the_session() {
-    let (mut a, mut b) = pair(256, BTreeMap::new(), chunks(2, 3, 40));
+    let (mut a, mut b) = pair(256, BTreeMap::new(), signed(2, 3, 40));
     // `b` runs the link with key 2 but says it is node 7 in its Hello.
     let mut liar = C::new(
         Config {
@@ -172,11 +202,11 @@ fn a_hello_that_claims_another_node_id_ends_the_session() {
     .unwrap();
     liar.session.set_link(RECORD_OVERHEAD as u32, MAX_RECORD);
     liar.tx.grow_to(C::max_tx());
-    liar.link = Some(Secured {
-        link: crate::secure::Link::Handshaking(Handshake::new(&keys(2), Role::Responder, [9; 32])),
-        authorized: false,
-        opened: None,
-    });
+    liar.link = Some(Secured::new(Handshake::new(
+        &keys(2),
+        Role::Responder,
+        [9; 32],
+    )));
     b.conduit = liar;
     run(&mut a, &mut b, Duration::from_secs(60));
     let key = keys(2).node_id();
@@ -252,7 +282,7 @@ fn a_modified_replayed_or_forged_record_fails_the_link() {
     ];
     for (what, tamper) in cases {
         // The first two batches from `a` are handshake messages, the third its Hello.
-        let (mut a, mut b) = pair(256, chunks(1, 3, 40), BTreeMap::new());
+        let (mut a, mut b) = pair(256, signed(1, 3, 40), BTreeMap::new());
         run_tampered(&mut a, &mut b, 2, tamper);
         assert_eq!(
             b.conduit.session().error(),
@@ -265,7 +295,7 @@ fn a_modified_replayed_or_forged_record_fails_the_link() {
 
 #[test]
 fn a_record_longer_than_the_frame_size_is_refused_before_it_is_read() {
-    let (mut a, mut b) = pair(256, chunks(1, 3, 40), BTreeMap::new());
+    let (mut a, mut b) = pair(256, signed(1, 3, 40), BTreeMap::new());
     run_tampered(&mut a, &mut b, 2, |bytes| {
         bytes.splice(0..0, [0xff, 0xff]);
     });
@@ -285,7 +315,7 @@ proptest! {
     fn garbage_never_gets_past_the_handshake(
         reads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..120), 1..8),
     ) {
-        let mut b = secure_end(&keys(2), Role::Responder, 256, chunks(2, 3, 40));
+        let mut b = secure_end(&keys(2), Role::Responder, 256, signed(2, 3, 40));
         for read in reads {
             b.inbox.extend_from_slice(&read);
             b.pump(Instant::ZERO, None);
@@ -300,7 +330,7 @@ proptest! {
     /// whole) leave the session waiting; nothing unverified is ever stored.
     #[test]
     fn flipped_bytes_are_caught(at in 0usize..400, bit in 0u8..8) {
-        let (mut a, mut b) = pair(256, chunks(1, 3, 40), BTreeMap::new());
+        let (mut a, mut b) = pair(256, signed(1, 3, 40), BTreeMap::new());
         run_tampered(&mut a, &mut b, 2, |bytes| {
             if let Some(byte) = bytes.get_mut(at) {
                 *byte ^= 1 << bit;
@@ -365,4 +395,105 @@ fn a_device_ends_at_once_on_a_garbled_handshake_message() {
             "{read}"
         );
     }
+}
+
+/// `chunk`'s bytes with the last event byte changed, signed again by `signer`: a chunk
+/// that claims `chunk`'s origin but carries another key's signature (or, with the origin's
+/// own key, a chunk the origin never sealed).
+fn re_signed(chunk: &[u8], signer: &Keypair) -> Vec<u8> {
+    use crate::chunk::SIGNATURE_LEN;
+    let mut bytes = chunk.to_vec();
+    let body = bytes.len() - SIGNATURE_LEN;
+    bytes[body - 1] ^= 0x55;
+    let signature = signer.sign_chunk(&bytes[..body]);
+    bytes[body..].copy_from_slice(&signature);
+    bytes
+}
+
+fn store_of(chunks: impl IntoIterator<Item = Vec<u8>>) -> BTreeMap<ChunkHash, Vec<u8>> {
+    chunks
+        .into_iter()
+        .map(|bytes| (ChunkHash::of(&bytes), bytes))
+        .collect()
+}
+
+#[test]
+fn a_relay_passes_on_chunks_of_an_origin_the_receiver_trusts() {
+    // b relays the log of node 3 to a, which holds node 3's whole key.
+    let (mut a, mut b) = pair(256, BTreeMap::new(), signed(3, 4, 60));
+    a.origin_keys = std::vec![*keys(3).public()];
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(a.store, b.store);
+    assert!(a.failed.is_empty());
+}
+
+#[test]
+fn chunks_of_an_origin_without_a_trusted_key_are_refused() {
+    let (mut a, mut b) = pair(256, BTreeMap::new(), signed(3, 4, 60));
+    // A key whose node id is another is no key for node 3.
+    a.origin_keys = std::vec![*keys(4).public()];
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert!(a.store.is_empty(), "nothing stored");
+    assert!(!a.failed.is_empty());
+    assert!(
+        a.failed
+            .iter()
+            .all(|(_, reason)| *reason == FailReason::UnknownOrigin)
+    );
+}
+
+#[test]
+fn forged_re_signed_and_unsigned_chunks_are_refused_and_genuine_ones_kept() {
+    let origin = keys(3);
+    let genuine = signed_chunk(&origin, 0, b"genuine");
+    // Changed after signing; changed and signed by the relay; changed and signed by a key
+    // of its own that claims node 3's id (no such key can be made, but the receiver does
+    // not rely on that).
+    let mut forged = signed_chunk(&origin, 10, b"forged!");
+    let body = forged.len() - crate::chunk::SIGNATURE_LEN;
+    forged[body - 1] ^= 1;
+    let by_relay = re_signed(&signed_chunk(&origin, 20, b"resign"), &keys(2));
+    let unsigned = test_chunk(origin.node_id().0, 30, b"unsigned");
+    let relay_store = store_of([genuine.clone(), forged, by_relay, unsigned]);
+    let (mut a, mut b) = pair(256, BTreeMap::new(), relay_store);
+    a.origin_keys = std::vec![*origin.public()];
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(
+        a.store,
+        store_of([genuine]),
+        "only the genuine chunk is kept"
+    );
+    let mut reasons: Vec<FailReason> = a.failed.iter().map(|(_, r)| *r).collect();
+    reasons.sort_by_key(|r| std::format!("{r:?}"));
+    assert_eq!(
+        reasons,
+        [
+            FailReason::BadSignature,
+            FailReason::BadSignature,
+            FailReason::Unsigned
+        ]
+    );
+}
+
+#[test]
+fn the_peers_own_chunks_and_this_nodes_own_need_no_key_from_the_adapter() {
+    // b holds its own chunks and one of a's (say, a restore from a backup).
+    let mut b_store = signed(2, 3, 50);
+    b_store.extend(signed(1, 1, 50));
+    let (mut a, mut b) = pair(256, BTreeMap::new(), b_store);
+    // No trusted origin keys at all: the handshake proved b's key, and a knows its own.
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(a.store, b.store);
+}
+
+#[test]
+fn a_plaintext_conduit_asks_nothing_of_origins() {
+    // Without a secure link, chunks are named by their hash alone.
+    let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+    let mut b = End::new(config(2), Limits::new(), store_of([test_chunk(9, 0, b"x")]));
+    run(&mut a, &mut b, Duration::from_secs(60));
+    assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(a.store.len(), 1);
 }

@@ -44,6 +44,10 @@ pub(crate) struct End {
     pub(crate) access: crate::secure::Access,
     #[cfg(feature = "secure")]
     pub(crate) asked: Vec<crate::secure::PublicKey>,
+    /// Over a secure link: the origins' keys this end trusts (besides the peer's and its
+    /// own).
+    #[cfg(feature = "secure")]
+    pub(crate) origin_keys: Vec<crate::secure::PublicKey>,
 }
 
 pub(crate) fn chunks(origin: u64, n: usize, payload: usize) -> BTreeMap<ChunkHash, Vec<u8>> {
@@ -87,6 +91,8 @@ impl End {
             access: crate::secure::Access::FULL,
             #[cfg(feature = "secure")]
             asked: Vec::new(),
+            #[cfg(feature = "secure")]
+            origin_keys: Vec::new(),
         }
     }
 
@@ -174,6 +180,11 @@ impl End {
                 Action::Authorize(key) => {
                     self.asked.push(key);
                     self.conduit.authorize(self.access).unwrap();
+                }
+                #[cfg(feature = "secure")]
+                Action::OriginKey(origin) => {
+                    let key = self.origin_keys.iter().find(|k| k.node_id() == origin);
+                    self.conduit.origin_key(origin, key.copied()).unwrap();
                 }
                 Action::ChunkFailed { hash, reason } => self.failed.push((hash, reason)),
                 Action::Shutdown => self.shutdown = true,

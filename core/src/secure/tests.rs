@@ -23,7 +23,7 @@ fn open_pair() -> (Link, Link) {
         to.read_handshake(&buf[RECORD_HEADER..n]).unwrap();
     }
     // The message sizes the module docs give.
-    assert_eq!(sizes, [34, 98, 66]);
+    assert_eq!(sizes, [34, 130, 98]);
     assert_eq!(a.remote(), Some(kb.public()));
     assert_eq!(b.remote(), Some(ka.public()));
     (a, b)
@@ -108,4 +108,80 @@ fn node_ids_come_from_keys_and_keys_print_as_hex() {
     }
     let shown = format!("{:?}", Keypair::from_secret([0x42; 32]));
     assert!(!shown.contains("42, 42") && !shown.contains("4242"));
+}
+
+#[test]
+fn a_handshake_whose_identity_key_is_not_its_static_key_fails() {
+    let (ka, kb, kc) = (
+        Keypair::from_secret([1; 32]),
+        Keypair::from_secret([2; 32]),
+        Keypair::from_secret([5; 32]),
+    );
+    // b proves its own static key but claims c's identity key.
+    let mut liar = Handshake::new(&kb, Role::Responder, [4; 32]);
+    liar.public = *kc.public();
+    let mut a = Link::Handshaking(Handshake::new(&ka, Role::Initiator, [3; 32]));
+    let mut b = Link::Handshaking(liar);
+    let mut buf = [0u8; 256];
+    let n = a.write_handshake(&mut buf).unwrap().unwrap();
+    b.read_handshake(&buf[RECORD_HEADER..n]).unwrap();
+    let n = b.write_handshake(&mut buf).unwrap().unwrap();
+    assert_eq!(
+        a.read_handshake(&buf[RECORD_HEADER..n]),
+        Ok(()),
+        "the message itself opens"
+    );
+    // a finds out as the handshake finishes on its side, with its last message.
+    assert_eq!(a.write_handshake(&mut buf), Err(LinkError::Handshake));
+    assert!(!a.is_open() && a.remote().is_none());
+}
+
+#[test]
+fn a_key_pairs_link_key_is_the_static_key_its_handshake_proves() {
+    let keys = Keypair::from_secret([9; 32]);
+    assert_eq!(keys.public().link_key(), Some(X25519::pubkey(&keys.dh)));
+    assert_eq!(Keypair::from_secret(*keys.secret()).public(), keys.public());
+}
+
+#[test]
+fn a_public_key_that_is_no_ed25519_point_does_not_parse() {
+    // y = 2 is not on the curve.
+    let mut hex = std::string::String::from("02");
+    hex.push_str(&"00".repeat(31));
+    assert_eq!(hex.parse::<PublicKey>(), Err(KeyParseError));
+    let good = Keypair::from_secret([1; 32]).public().to_string();
+    assert!(good.parse::<PublicKey>().is_ok());
+}
+
+proptest::proptest! {
+    /// Any change to a signed chunk (a byte of its events, header or signature) fails its
+    /// origin's key, and so does a chunk signed by any other key.
+    #[test]
+    fn any_change_to_a_signed_chunk_fails_its_signature(
+        payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..200),
+        at in proptest::prelude::any::<proptest::sample::Index>(),
+        bit in 0u8..8,
+        other in 10u8..200,
+    ) {
+        use crate::chunk::{Chunker, Push};
+        let keys = Keypair::from_secret([3; 32]);
+        let mut buf = [0u8; 512];
+        let mut chunker = Chunker::new(keys.node_id(), 4, 0, &mut buf).unwrap().signed_by(&keys).unwrap();
+        let event = crate::Event {
+            origin: keys.node_id(), seq: 1, timestamp: 5, kind: "k",
+            privacy: crate::Privacy::Public, payload: &payload,
+        };
+        proptest::prop_assert_eq!(chunker.push(&event), Ok(Push::Added));
+        let bytes = chunker.seal().unwrap().bytes.to_vec();
+        let view = ChunkView::validated(&bytes).unwrap();
+        proptest::prop_assert_eq!(keys.public().verify_chunk(&view), Ok(()));
+        let stranger = Keypair::from_secret([other; 32]);
+        proptest::prop_assert_eq!(stranger.public().verify_chunk(&view), Err(SealError::BadSignature));
+        let mut bad = bytes.clone();
+        let i = at.index(bad.len());
+        bad[i] ^= 1 << bit;
+        if let Ok(view) = ChunkView::parse(&bad) {
+            proptest::prop_assert!(keys.public().verify_chunk(&view).is_err());
+        }
+    }
 }

@@ -429,7 +429,7 @@ impl Harness {
                 }
                 Action::Connected(_) | Action::ChunkFailed { .. } | Action::Shutdown => {}
                 #[cfg(feature = "secure")]
-                Action::Authorize(_) => unreachable!("a plain conduit"),
+                Action::Authorize(_) | Action::OriginKey(_) => unreachable!("a plain conduit"),
                 Action::Wait(wait) => {
                     if wait.read && !self.inbox.is_empty() {
                         let n = self.c.receive(&self.inbox);

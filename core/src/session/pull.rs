@@ -471,6 +471,13 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         }
     }
 
+    /// Refuses a chunk [`finish_chunk`](Self::finish_chunk) verified that must not be
+    /// stored after all (on a secure link, its signature does not hold): reported with
+    /// [`Event::ChunkFailed`](super::Event::ChunkFailed) and counted as failed.
+    pub fn chunk_refused(&mut self, hash: ChunkHash, reason: FailReason) {
+        self.failed(hash, reason);
+    }
+
     /// Counts a failed chunk; past `max_failures` the session fails.
     pub(super) fn count_failure(&mut self) -> Result<(), Error> {
         self.progress.failed_chunks += 1;

@@ -425,8 +425,8 @@ fn bytes_that_match_their_hash_but_are_no_valid_chunk_are_refused() {
     let valid = chunk(9, 0, b"xyz");
     // The same chunk with its event marked private (`2`): matching hash, forbidden content.
     let mut private = valid.clone();
-    assert_eq!(private[9], 0, "the privacy byte of the one event");
-    private[9] = 2;
+    assert_eq!(private[10], 0, "the privacy byte of the one event");
+    private[10] = 2;
     let mut trailing = valid.clone();
     trailing.push(0);
     for bad in [b"random bytes".to_vec(), private, trailing] {

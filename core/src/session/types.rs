@@ -256,6 +256,13 @@ pub enum FailReason {
     /// The store refused it as a fork: its origin and sequence range overlap a different
     /// chunk the store holds. Reported by adapters, whose stores check this.
     Fork,
+    /// On a secure link: the chunk is not signed.
+    Unsigned,
+    /// On a secure link: the chunk's signature is not its origin's.
+    BadSignature,
+    /// On a secure link: this node holds no key for the chunk's origin, so cannot check
+    /// that the origin signed it.
+    UnknownOrigin,
 }
 
 impl core::fmt::Display for FailReason {
@@ -265,6 +272,9 @@ impl core::fmt::Display for FailReason {
             Self::NotFound => "not found",
             Self::Invalid => "not a valid chunk",
             Self::Fork => "overlaps a different chunk of the same origin (a fork)",
+            Self::Unsigned => "not signed by its origin",
+            Self::BadSignature => "its signature is not its origin's",
+            Self::UnknownOrigin => "no key is trusted for its origin",
         })
     }
 }
