@@ -470,13 +470,24 @@ impl<B: AsMut<[u8]>> Chunker<B> {
     /// [`ChunkError::NotOriginKey`] if the chunker's origin is not the node id of `keys`.
     #[cfg(feature = "secure")]
     pub fn signed_by(mut self, keys: &crate::secure::Keypair) -> Result<Self, ChunkError> {
+        self.sign_with(keys)?;
+        Ok(self)
+    }
+
+    /// [`signed_by`](Self::signed_by) in place: chunks sealed from now on are signed by
+    /// `keys`.
+    ///
+    /// # Errors
+    /// As [`signed_by`](Self::signed_by).
+    #[cfg(feature = "secure")]
+    pub fn sign_with(&mut self, keys: &crate::secure::Keypair) -> Result<(), ChunkError> {
         if keys.node_id() != self.open.origin {
             return Err(ChunkError::NotOriginKey {
                 origin: self.open.origin,
             });
         }
         self.open.signer = Some(keys.clone());
-        Ok(self)
+        Ok(())
     }
 
     /// The same chunker, sealing by `policy` as well ([`seal_due`](Self::seal_due)).

@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use chunk_sync_core::chunk::{DEFAULT_MAX_CHUNK_BYTES, Push, Sealed};
+use chunk_sync_core::secure::Keypair;
 use chunk_sync_core::{ChunkError, ChunkEvent, Chunker, NodeId, Privacy};
 
 use crate::events::parse_line;
@@ -120,10 +121,11 @@ struct OriginLog {
 
 /// Reads `input` line by line and seals its events: events without an origin are
 /// `origin`'s, each origin's log continues at `resume(origin)`, and every chunk goes to
-/// `sink`. The open tail of each origin is closed at the end.
+/// `sink`. The chunks of `signer`'s own origin are signed by it. The open tail of each origin is closed at the end.
 pub(crate) fn pass(
     input: &Input,
     origin: NodeId,
+    signer: Option<&Keypair>,
     events_per_chunk: u32,
     resume: &mut dyn FnMut(NodeId) -> Result<u64, String>,
     mut sink: Sink<'_>,
@@ -155,8 +157,13 @@ pub(crate) fn pass(
             std::collections::btree_map::Entry::Vacant(v) => {
                 let start = resume(event.origin).map_err(Stop::Io)?;
                 let buf = vec![0u8; DEFAULT_MAX_CHUNK_BYTES];
-                let chunker = Chunker::new(event.origin, events_per_chunk, start, buf)
+                let mut chunker = Chunker::new(event.origin, events_per_chunk, start, buf)
                     .map_err(|error| Stop::Chunk { line: n, error })?;
+                if let Some(keys) = signer.filter(|k| k.node_id() == event.origin) {
+                    chunker = chunker
+                        .signed_by(keys)
+                        .map_err(|error| Stop::Chunk { line: n, error })?;
+                }
                 v.insert(OriginLog {
                     chunker,
                     start,
@@ -308,6 +315,7 @@ mod tests {
         let outcome = pass(
             input,
             NodeId(0),
+            None,
             per_chunk,
             &mut |_| Ok(resume),
             Sink::Seal(&mut keep),
@@ -316,6 +324,7 @@ mod tests {
         let checked = pass(
             input,
             NodeId(0),
+            None,
             per_chunk,
             &mut |_| Ok(resume),
             Sink::Check,

@@ -36,9 +36,23 @@ pub(crate) fn load(path: &Path) -> Result<Keypair, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read key file {shown}: {e}"))?;
     let secret = std::str::from_utf8(&text)
         .ok()
-        .and_then(|t| t.trim().parse::<PublicKey>().ok())
+        .and_then(|t| hex32(t.trim()))
         .ok_or_else(|| format!("key file {shown} is not a chunk-sync key (64 hex digits)"))?;
-    Ok(Keypair::from_secret(secret.0))
+    Ok(Keypair::from_secret(secret))
+}
+
+/// The 32 bytes written as 64 hex digits in `text`.
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16);
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 /// Writes `keys` to a new file at `path`, mode 0600.

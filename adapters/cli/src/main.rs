@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::session::FailReason;
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
     Access, Compress, Durability, Keypair, Node, NodeConfig, NodeStore, Permissions, PublicKey,
@@ -339,6 +340,12 @@ struct SecurityArgs {
     /// A file of allowed peer keys, one per line (`#` starts a comment).
     #[arg(long, value_name = "FILE")]
     allow_file: Option<PathBuf>,
+    /// The key of an origin whose chunks this node takes when peers pass them on
+    /// (repeatable). A chunk is stored only if its origin signed it: a peer's own chunks
+    /// are checked against its key, and allowed keys are trusted origins too; chunks of
+    /// any other origin are refused.
+    #[arg(long = "trust-origin", value_name = "KEY", value_parser = keys::parse_key)]
+    trust_origin: Vec<PublicKey>,
     /// Let any peer that completes the handshake sync with this node: authenticated and
     /// encrypted, not restricted.
     #[arg(long)]
@@ -350,7 +357,7 @@ struct SecurityArgs {
     /// INSECURE: sync in the clear with peers that do the same, without handshake,
     /// encryption or permissions: anyone who reaches the node reads and pushes everything.
     /// For tests and links already secured end to end.
-    #[arg(long, conflicts_with_all = ["allow", "allow_file", "open", "key"])]
+    #[arg(long, conflicts_with_all = ["allow", "allow_file", "open", "key", "trust_origin"])]
     insecure_plaintext: bool,
 }
 
@@ -620,6 +627,20 @@ fn new_key(store: &StoreArg) -> Result<Keypair> {
         .map_err(|e| format!("cannot make a key: the system's random source failed: {e}"))?)
 }
 
+/// The key `append` signs the store's own chunks with: a new store's, or the key file
+/// beside the store. A store without one (made by `--insecure-plaintext` nodes from
+/// another key path) appends unsigned chunks, which secure peers refuse.
+fn signing_key(store: &StoreArg, new_key: Option<&Keypair>) -> Result<Option<Keypair>> {
+    if let Some(key) = new_key {
+        return Ok(Some(key.clone()));
+    }
+    let path = keys::key_path(&store.store, None);
+    if path.exists() {
+        return Ok(Some(keys::load(&path)?));
+    }
+    Ok(None)
+}
+
 /// Opens (creating) the store, and saves `key` beside it if it has none yet.
 fn open_with_key(store: &StoreArg, key: Option<&Keypair>) -> Result<RedbStore> {
     let db = open(store)?;
@@ -677,11 +698,19 @@ fn append(
         }
     };
     let new_id = new_key.as_ref().map(Keypair::node_id);
+    let signer = signing_key(store, new_key.as_ref())?;
     let resume = |o: NodeId| match &db {
         Some(db) => resume_point(db, o).map_err(|Failure(e)| e),
         None => Ok(0),
     };
-    let checked = match ingest::pass(&input, own, events_per_chunk, &mut { resume }, Sink::Check) {
+    let checked = match ingest::pass(
+        &input,
+        own,
+        signer.as_ref(),
+        events_per_chunk,
+        &mut { resume },
+        Sink::Check,
+    ) {
         Ok(checked) => checked,
         Err(Stop::Unordered) => {
             let text = input.read_all()?;
@@ -722,6 +751,7 @@ fn append(
     let written = ingest::pass(
         &input,
         own,
+        signer.as_ref(),
         events_per_chunk,
         &mut { resume },
         Sink::Seal(&mut store_batches),
@@ -807,7 +837,10 @@ fn append_sorted(
         None => open_with_key(store, new_key.as_ref())?,
     };
     let new_id = new_key.as_ref().map(Keypair::node_id);
-    let chunker = EventChunkStore::new(events_per_chunk as usize);
+    let mut chunker = EventChunkStore::new(events_per_chunk as usize);
+    if let Some(keys) = signing_key(store, new_key.as_ref())? {
+        chunker = chunker.with_signer(keys);
+    }
     let mut origins: Vec<NodeId> = events.iter().map(|e| e.origin).collect();
     origins.sort();
     origins.dedup();
@@ -948,6 +981,9 @@ fn make_node(
     }
     for key in allowed {
         peers = peers.allow(key, Access::FULL);
+    }
+    for key in &security.trust_origin {
+        peers = peers.trust_origin(*key);
     }
     Ok(Node::new(config, db, Security { keys, peers })?)
 }
@@ -1152,11 +1188,13 @@ async fn exchange(
     let attempts_ok = attempts.iter().filter(|a| a.is_ok()).count();
     let mut last_error = None;
     let mut failed = 0;
+    let mut why = None;
     for (peer, attempt) in peers.iter().zip(attempts) {
         match attempt {
             Ok(report) => {
                 summarise(&report, peer, both, output);
                 failed = report.failed.len();
+                why = why.or(report.failed.first().map(|(_, reason)| *reason));
             }
             Err(e) => {
                 let e = describe(peer, e);
@@ -1176,7 +1214,13 @@ async fn exchange(
     let result = match last_error {
         Some(e) if peers.len() == 1 => Err(e),
         Some(_) if attempts_ok == 0 => Err(Failure("no peer could be synced with".into())),
-        _ if missing > 0 => Err(Failure(format!("{missing} chunks could not be fetched"))),
+        _ if missing > 0 => Err(Failure(match why {
+            Some(FailReason::UnknownOrigin) => format!(
+                "{missing} chunks could not be fetched: no key is trusted for their origin (trust one with --trust-origin KEY)"
+            ),
+            Some(reason) => format!("{missing} chunks could not be fetched, for example: {reason}"),
+            None => format!("{missing} chunks could not be fetched"),
+        })),
         _ => Ok(()),
     };
     if result.is_err() && !before.file && node.store().is_empty().unwrap_or(false) {

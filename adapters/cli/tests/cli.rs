@@ -94,8 +94,6 @@ fn append_serve_pull_verify_export_round_trip() {
             a.to_str().unwrap(),
             "--events-per-chunk",
             "10",
-            "--origin",
-            "7",
         ],
         Some(&input),
     );
@@ -121,10 +119,16 @@ fn append_serve_pull_verify_export_round_trip() {
         10
     );
     let exported = ok(&["export", "--store", b.to_str().unwrap()], None);
+    // The events are the store's own: of the node id its key gives.
+    let origin = exported
+        .split(',')
+        .next()
+        .and_then(|f| f.strip_prefix("{\"origin\":"))
+        .unwrap();
     let expected: Vec<String> = input
         .lines()
         .filter(|l| !l.contains("\"private\""))
-        .map(|l| l.replacen('{', "{\"origin\":7,", 1))
+        .map(|l| l.replacen('{', &format!("{{\"origin\":{origin},"), 1))
         .collect();
     assert_eq!(exported.lines().collect::<Vec<_>>(), expected);
 
@@ -142,8 +146,6 @@ fn append_serve_pull_verify_export_round_trip() {
             a.to_str().unwrap(),
             "--events-per-chunk",
             "10",
-            "--origin",
-            "7",
         ],
         Some(&more),
     );
@@ -160,8 +162,6 @@ fn sync_goes_both_ways_and_gc_keeps_pins() {
             "append",
             "--store",
             a.to_str().unwrap(),
-            "--origin",
-            "1",
             "--events-per-chunk",
             "5",
         ],
@@ -172,8 +172,6 @@ fn sync_goes_both_ways_and_gc_keeps_pins() {
             "append",
             "--store",
             b.to_str().unwrap(),
-            "--origin",
-            "2",
             "--events-per-chunk",
             "5",
         ],
@@ -339,8 +337,6 @@ fn a_killed_pull_resumes_without_refetching() {
             "append",
             "--store",
             a.to_str().unwrap(),
-            "--origin",
-            "3",
             "--events-per-chunk",
             "10",
         ],
@@ -463,8 +459,6 @@ fn store_with(name: &str, n: u64) -> PathBuf {
             store,
             "--events-per-chunk",
             "10",
-            "--origin",
-            "5",
         ],
         Some(&input),
     );
@@ -559,13 +553,13 @@ fn events_at_or_below_the_sealed_point_are_reported_and_refused_with_strict() {
     let input = "{\"seq\":3,\"kind\":\"k\",\"privacy\":\"public\",\"payload\":\"changed\"}\n\
                  {\"seq\":15,\"kind\":\"k\",\"privacy\":\"private\",\"payload\":\"late\"}\n\
                  {\"seq\":25,\"kind\":\"k\",\"privacy\":\"public\",\"payload\":\"new\"}\n";
-    let append = ["append", "--store", store, "--origin", "5"];
+    let append = ["append", "--store", store];
     let strict: Vec<&str> = append.iter().copied().chain(["--strict"]).collect();
     let out = run(&strict, Some(input));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("2 events not taken") && stderr.contains("node-5: 3, 15"),
+        stderr.contains("2 events not taken") && stderr.contains(": 3, 15"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing appended"), "{stderr}");
@@ -1015,5 +1009,41 @@ fn a_bad_key_file_or_key_is_one_clear_line() {
             "--open",
         ],
         "gives",
+    );
+}
+
+#[test]
+fn a_relay_passes_an_origins_chunks_only_to_nodes_that_trust_its_key() {
+    // a's own log reaches c through b: c takes it only with a's key.
+    let a = store_with("relay-origin", 20);
+    let (b, c) = (temp_dir("relay-b"), temp_dir("relay-c"));
+    let server = Server::start(&a, &[]);
+    ok(&["pull", "--store", b.to_str().unwrap(), "--from", &server.1], None);
+    drop(server);
+    let relay = Server::start(&b, &[]);
+    let out = run(
+        &["pull", "--store", c.to_str().unwrap(), "--from", &relay.1],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "c took chunks of an origin it does not trust");
+    assert!(stderr.contains("no key is trusted for their origin"), "{stderr}");
+    let a_key = key_of(&a);
+    let out = ok(
+        &[
+            "pull",
+            "--store",
+            c.to_str().unwrap(),
+            "--from",
+            &relay.1,
+            "--trust-origin",
+            &a_key,
+        ],
+        None,
+    );
+    assert!(out.starts_with("pulled 2 chunks"), "{out}");
+    assert_eq!(
+        ok(&["ls", "--store", c.to_str().unwrap()], None),
+        ok(&["ls", "--store", a.to_str().unwrap()], None)
     );
 }

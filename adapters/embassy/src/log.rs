@@ -149,6 +149,17 @@ impl<'s, M: RawMutex, S: Store, const CHUNK: usize, const PEERS: usize>
         })
     }
 
+    /// The same log, signing every chunk it seals with `keys`, the origin's key pair (a
+    /// secure peer takes only chunks their origin signed; feature `secure`).
+    ///
+    /// # Errors
+    /// [`ChunkError::NotOriginKey`] if the log's origin is not the node id of `keys`.
+    #[cfg(feature = "secure")]
+    pub fn signed_by(mut self, keys: &crate::secure::Keypair) -> Result<Self, ChunkError> {
+        self.chunker.get_mut().sign_with(keys)?;
+        Ok(self)
+    }
+
     /// The log's origin.
     #[must_use]
     pub const fn origin(&self) -> NodeId {

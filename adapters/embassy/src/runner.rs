@@ -262,6 +262,14 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                     let _ = self.conduit.authorize(self.peers.access(&key));
                     continue;
                 }
+                #[cfg(feature = "secure")]
+                Action::OriginKey(origin) => {
+                    // Asked by the conduit itself, for the chunk it holds.
+                    let _ = self
+                        .conduit
+                        .origin_key(origin, self.peers.origin_key(origin));
+                    continue;
+                }
                 action => {
                     // Every question waits on the store here, and only here.
                     if let Some(question) = Self::store_question(action, self.outgoing) {

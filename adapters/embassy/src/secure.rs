@@ -3,11 +3,17 @@
 //! from the application ([`Handshake::new`]): from a key provisioned in flash and the
 //! chip's random number generator.
 
+use chunk_sync_core::NodeId;
+
 pub use chunk_sync_core::secure::{Access, Handshake, Keypair, PublicKey, Role};
 
 /// The peer keys a device lets in: each listed key gets its access, every other key
 /// `default` ([`Access::NONE`] in [`Peers::only`]). Borrowed, so that the list can live
 /// in flash or a `static`.
+///
+/// Each listed key is also trusted as an origin ([`origin_key`](Self::origin_key)): the
+/// device takes chunks signed by it from any peer that may push. A peer's own chunks are
+/// checked against the key its handshake proved, listed or not.
 #[derive(Clone, Copy, Debug)]
 pub struct Peers<'a> {
     /// Known keys and what each may do.
@@ -33,5 +39,15 @@ impl<'a> Peers<'a> {
             .iter()
             .find(|(k, _)| k == key)
             .map_or(self.default, |&(_, access)| access)
+    }
+
+    /// The listed key whose node id is `origin`, if any: the key its chunks must be
+    /// signed by.
+    #[must_use]
+    pub fn origin_key(&self, origin: NodeId) -> Option<PublicKey> {
+        self.keys
+            .iter()
+            .map(|(k, _)| *k)
+            .find(|k| k.node_id() == origin)
     }
 }

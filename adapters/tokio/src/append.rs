@@ -125,6 +125,7 @@ impl Node {
             config.events_per_chunk,
             next,
             config.seal_policy(),
+            self.shared.security.as_ref().map(|s| &s.keys),
         )
         .map_err(|e| Error::Store(e.into()))
     }

@@ -332,6 +332,18 @@ impl Driver<'_, '_> {
                     let _ = self.conduit.authorize(access);
                     continue;
                 }
+                Action::OriginKey(origin) => {
+                    let key = self
+                        .shared
+                        .security
+                        .as_ref()
+                        .and_then(|s| s.peers.origin_key(origin));
+                    if key.is_none() {
+                        info!(%origin, "refused chunks of an origin whose key this node does not trust");
+                    }
+                    let _ = self.conduit.origin_key(origin, key);
+                    continue;
+                }
                 Action::Connected(peer) => {
                     debug!(%peer, "connected");
                     if let Some(id) = self.conn {

@@ -53,15 +53,21 @@ pub(crate) struct OwnLog {
 }
 
 impl OwnLog {
-    /// The log of `origin`, whose first unsealed sequence number is `next_seq`.
+    /// The log of `origin`, whose first unsealed sequence number is `next_seq`; its
+    /// chunks are signed by `keys`, the origin's key pair, if given.
     pub(crate) fn new(
         origin: NodeId,
         events_per_chunk: u32,
         next_seq: u64,
         policy: SealPolicy,
+        keys: Option<&chunk_sync_core::secure::Keypair>,
     ) -> Result<Self, ChunkError> {
-        let chunker = Chunker::new(origin, events_per_chunk, next_seq, vec![0; MAX_OWN_CHUNK])?
-            .with_policy(policy);
+        let mut chunker =
+            Chunker::new(origin, events_per_chunk, next_seq, vec![0; MAX_OWN_CHUNK])?
+                .with_policy(policy);
+        if let Some(keys) = keys {
+            chunker = chunker.signed_by(keys)?;
+        }
         Ok(Self { chunker })
     }
 

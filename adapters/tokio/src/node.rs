@@ -26,10 +26,9 @@ use crate::store::NodeStore;
 /// task: socket reads and vectored writes, calls to the store, one timer.
 ///
 /// ```
-/// use chunk_sync_tokio::core::{EventBuf, EventChunkStore, Privacy};
+/// use chunk_sync_tokio::core::{EventBuf, Privacy};
 /// use chunk_sync_tokio::{
-///     Access, MemStore, Node, NodeConfig, NodeStore, Permissions, Security, VerifiedChunk,
-///     generate_keypair,
+///     Access, MemStore, Node, NodeConfig, NodeStore, Permissions, Security, generate_keypair,
 /// };
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -38,13 +37,17 @@ use crate::store::NodeStore;
 /// let (server_keys, client_keys) = (generate_keypair()?, generate_keypair()?);
 /// let (server_id, client_id) = (server_keys.node_id(), client_keys.node_id());
 ///
-/// // A node holding 25 events of its own log, 10 per chunk, that lets the client's key
-/// // pull (and nothing else in).
+/// // A node holding 25 events of its own log, 10 per chunk (each signed with its key),
+/// // that lets the client's key pull (and nothing else in).
 /// let security = Security {
 ///     peers: Permissions::deny_all().allow(*client_keys.public(), Access::FULL),
 ///     keys: server_keys,
 /// };
-/// let server = Node::new(NodeConfig::new(server_id), MemStore::new(), security)?;
+/// let config = NodeConfig {
+///     events_per_chunk: 10,
+///     ..NodeConfig::new(server_id)
+/// };
+/// let server = Node::new(config, MemStore::new(), security)?;
 /// let events: Vec<EventBuf> = (0..25)
 ///     .map(|seq| EventBuf {
 ///         origin: server_id,
@@ -55,9 +58,8 @@ use crate::store::NodeStore;
 ///         payload: vec![seq as u8; 16],
 ///     })
 ///     .collect();
-/// for chunk in EventChunkStore::new(10).create_chunks(&events)? {
-///     server.store().insert(VerifiedChunk::new(chunk.id, chunk.bytes)?)?;
-/// }
+/// server.append_batch(&events).await?;
+/// server.flush().await?;
 /// let listener = server.listen("127.0.0.1:0").await?;
 ///
 /// // The client pulls over TCP on an authenticated, encrypted link: every chunk is

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use chunk_sync_core::NodeId;
+
 pub use chunk_sync_core::secure::{Access, Keypair, PublicKey};
 
 /// What a secure node ([`Node::new`](crate::Node::new)) is and whom it
@@ -23,6 +25,8 @@ pub struct Permissions {
     keys: BTreeMap<PublicKey, Access>,
     /// The access of peers this node connected to, whatever their key.
     dialed: Option<Access>,
+    /// The keys of origins whose chunks this node takes from any peer that may push.
+    origins: BTreeMap<NodeId, PublicKey>,
 }
 
 impl Permissions {
@@ -33,6 +37,7 @@ impl Permissions {
             default: Access::NONE,
             keys: BTreeMap::new(),
             dialed: None,
+            origins: BTreeMap::new(),
         }
     }
 
@@ -44,14 +49,35 @@ impl Permissions {
             default: Access::FULL,
             keys: BTreeMap::new(),
             dialed: None,
+            origins: BTreeMap::new(),
         }
     }
 
-    /// Gives `key` `access`, whatever the default.
+    /// Gives `key` `access`, whatever the default, and trusts it as an origin
+    /// ([`trust_origin`](Self::trust_origin)).
     #[must_use]
     pub fn allow(mut self, key: PublicKey, access: Access) -> Self {
         self.keys.insert(key, access);
+        self.trust_origin(key)
+    }
+
+    /// Takes chunks of `key`'s log from any peer that may push, not only from `key`
+    /// itself: chunks signed by `key`, passed on by relays. A peer's own chunks are
+    /// checked against the key its handshake proved, and need no entry here; a chunk of
+    /// an origin with no trusted key is refused
+    /// ([`FailReason::UnknownOrigin`](chunk_sync_core::session::FailReason::UnknownOrigin)).
+    /// Keys are matched whole: a second key whose node id is taken by a key already
+    /// trusted is ignored.
+    #[must_use]
+    pub fn trust_origin(mut self, key: PublicKey) -> Self {
+        self.origins.entry(key.node_id()).or_insert(key);
         self
+    }
+
+    /// The key trusted for `origin`'s chunks, if any.
+    #[must_use]
+    pub fn origin_key(&self, origin: NodeId) -> Option<PublicKey> {
+        self.origins.get(&origin).copied()
     }
 
     /// Gives peers this node connects to (`sync_with`, `pull_from`, `add_peer`…)

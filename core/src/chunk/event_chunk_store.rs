@@ -79,6 +79,9 @@ impl EventChunk {
 pub struct EventChunkStore {
     events_per_chunk: u32,
     max_chunk_bytes: usize,
+    /// The key pair the chunks of its own origin are signed with.
+    #[cfg(feature = "secure")]
+    signer: Option<crate::secure::Keypair>,
     /// Behind a `RefCell`, so that the store is used through `&self` as the original
     /// document uses it (`let store = EventChunkStore::new(100); store.create_chunks(..)`).
     state: RefCell<State>,
@@ -100,8 +103,21 @@ impl EventChunkStore {
         Self {
             events_per_chunk: u32::try_from(events_per_chunk).unwrap_or(u32::MAX).max(1),
             max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
+            #[cfg(feature = "secure")]
+            signer: None,
             state: RefCell::new(State::default()),
         }
+    }
+
+    /// Signs the chunks of `keys`'s own origin ([`Keypair::node_id`](crate::secure::Keypair::node_id))
+    /// with `keys`, as secure peers require of every chunk they take
+    /// ([`Chunker::signed_by`]). Chunks of other origins stay unsigned: only an origin can
+    /// sign its log, and secure peers refuse them.
+    #[cfg(feature = "secure")]
+    #[must_use]
+    pub fn with_signer(mut self, keys: crate::secure::Keypair) -> Self {
+        self.signer = Some(keys);
+        self
     }
 
     /// Sets the largest chunk, in bytes, header included.
@@ -155,7 +171,12 @@ impl EventChunkStore {
         for run in order.chunk_by(|a, b| a.origin() == b.origin()) {
             let origin = run[0].origin();
             let start = self.sealed_through(origin);
+            #[allow(unused_mut)]
             let mut chunker = Chunker::new(origin, self.events_per_chunk, start, &mut buf)?;
+            #[cfg(feature = "secure")]
+            if let Some(keys) = self.signer.as_ref().filter(|k| k.node_id() == origin) {
+                chunker = chunker.signed_by(keys)?;
+            }
             // Only sealed chunks fix boundaries: events after the last one (private ones
             // included) are looked at again next time.
             let mut sealed_end = start;

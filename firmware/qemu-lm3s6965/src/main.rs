@@ -40,14 +40,14 @@ use static_cell::StaticCell;
 /// one provisioned for it in flash).
 const DEVICE_SECRET: [u8; 32] = *b"chunk-sync qemu device test key!";
 /// This device's node id: its key's (`PublicKey::node_id`), checked at boot.
-const DEVICE: NodeId = NodeId(0x2861_cec6_2ed0_f660);
+const DEVICE: NodeId = NodeId(0xd842_01db_36c4_7a84);
 /// The host's public key (`tests/src/bin/firmware-peer.rs`): the one key let in.
 const HOST_KEY: PublicKey = PublicKey([
-    140, 75, 148, 40, 165, 2, 149, 34, 46, 192, 250, 28, 127, 105, 29, 143, 166, 170, 236, 21, 95,
-    10, 224, 90, 66, 10, 205, 242, 225, 180, 151, 42,
+    113, 39, 213, 27, 19, 208, 136, 124, 127, 12, 154, 221, 176, 53, 77, 126, 7, 106, 112, 236,
+    162, 175, 123, 34, 143, 127, 123, 91, 211, 186, 202, 245,
 ]);
 /// The host's node id, its key's.
-const HOST: NodeId = NodeId(0xb496_dad4_e129_6161);
+const HOST: NodeId = NodeId(0xf6d0_e27e_c0ee_0ebe);
 /// The peers the device lets in: the host, both ways.
 static PEERS: [(PublicKey, Access); 1] = [(HOST_KEY, Access::FULL)];
 static KEYS: StaticCell<Keypair> = StaticCell::new();
@@ -165,36 +165,100 @@ async fn write_log(log: &DeviceLog) -> usize {
     store.chunk_count().await.unwrap_or(0)
 }
 
-/// The core's golden chunk (`core/src/chunk/tests.rs`), sealed on this target: the same
-/// events must give the same hash on every architecture.
-fn golden_chunk_matches() -> bool {
-    const GOLDEN: &str = "acfccfc27ba55cb70083868fb9a75b08d9b148837afb046969eaebc98a323654";
+/// The core's golden chunks (`core/src/chunk/tests.rs`), sealed on this target: the same
+/// events must give the same hash on every architecture, unsigned and signed (Ed25519
+/// signatures are deterministic).
+fn golden_chunks_match() -> bool {
+    const GOLDEN: &str = "5e5a11d1a7ba281b85c42b701591b33db18395a708788dc0bae710f1442f4dc9";
+    const GOLDEN_SIGNED: &str = "87f97c589129d5acd6e9ace314e07f3b92e5a2d672e666ec79ba57a7a0a58316";
+    let keys = Keypair::from_secret([7; 32]);
+    let unsigned = golden_chunk(NodeId(7), None, |seq| {
+        if seq == 1 {
+            Privacy::Shareable
+        } else {
+            Privacy::Public
+        }
+    });
+    let signed = golden_chunk(keys.node_id(), Some(&keys), |_| Privacy::Public);
+    unsigned == GOLDEN.parse().ok() && signed == GOLDEN_SIGNED.parse().ok()
+}
+
+/// The hash of three events of `origin` at 0, 1 and 2, sealed (and signed by `keys`).
+fn golden_chunk(
+    origin: NodeId,
+    keys: Option<&Keypair>,
+    privacy: impl Fn(u64) -> Privacy,
+) -> Option<ChunkHash> {
     let mut buf = [0u8; 256];
-    let Ok(mut chunker) = Chunker::new(NodeId(7), 4, 0, &mut buf) else {
-        return false;
-    };
+    let mut chunker = Chunker::new(origin, 4, 0, &mut buf).ok()?;
+    if let Some(keys) = keys {
+        chunker.sign_with(keys).ok()?;
+    }
     for seq in 0..3u64 {
         let payload = [seq as u8; 2];
         let event = Event {
-            origin: NodeId(7),
+            origin,
             seq,
             timestamp: 1_000 + seq,
             kind: "t",
-            privacy: if seq == 1 {
-                Privacy::Shareable
-            } else {
-                Privacy::Public
-            },
+            privacy: privacy(seq),
             payload: &payload,
         };
         if chunker.push(&event) != Ok(Push::Added) {
-            return false;
+            return None;
         }
     }
-    match (chunker.seal(), GOLDEN.parse::<ChunkHash>()) {
-        (Some(sealed), Ok(golden)) => sealed.id == golden,
-        _ => false,
+    chunker.seal().map(|sealed| sealed.id)
+}
+
+/// Device time, in microseconds, of the public-key operations a secure device runs (each
+/// the mean of eight): an X25519 scalar multiplication (a Noise XX handshake costs each
+/// side four), a key pair from its secret (one Ed25519 base-point multiplication), and
+/// signing and verifying a chunk (verifying includes reading the key, as the first chunk
+/// of an origin in a session does).
+fn crypto_timings() -> [u64; 4] {
+    let keys = Keypair::from_secret(DEVICE_SECRET);
+    let mut buf = [0u8; 256];
+    let mut chunk = [0u8; 256];
+    let mut len = 0;
+    if let Ok(mut chunker) = Chunker::new(DEVICE, 4, 0, &mut buf) {
+        let event = Event {
+            origin: DEVICE,
+            seq: 0,
+            timestamp: 0,
+            kind: "t",
+            privacy: Privacy::Public,
+            payload: &[0x5a; 64],
+        };
+        if chunker.sign_with(&keys).is_ok()
+            && chunker.push(&event) == Ok(Push::Added)
+            && let Some(sealed) = chunker.seal()
+        {
+            len = sealed.bytes.len();
+            chunk[..len].copy_from_slice(sealed.bytes);
+        }
     }
+    let Ok(view) = ChunkView::parse(&chunk[..len]) else {
+        return [0; 4];
+    };
+    let time = |op: &mut dyn FnMut(u8) -> u8| {
+        let started = Instant::now();
+        for i in 0..8u8 {
+            core::hint::black_box(op(i));
+        }
+        started.elapsed().as_micros() / 8
+    };
+    let x25519 = time(&mut |i| {
+        x25519_dalek::x25519([i; 32], x25519_dalek::X25519_BASEPOINT_BYTES)[0]
+    });
+    let keypair = time(&mut |i| Keypair::from_secret([i; 32]).public().0[0]);
+    let sign = time(&mut |i| keys.sign_chunk(&chunk[..len - usize::from(i)])[0]);
+    let mut held = 0;
+    let verify = time(&mut |_| {
+        held += u8::from(keys.public().verify_chunk(&view).is_ok());
+        held
+    });
+    if held == 8 { [x25519, keypair, sign, verify] } else { [0; 4] }
 }
 
 /// Every stored chunk still hashes to its name.
@@ -461,17 +525,6 @@ async fn device() {
         core::mem::size_of::<Res>(),
         core::mem::size_of::<chunk_sync_core::Throttle>()
     );
-    // One X25519 scalar multiplication makes a key pair: a Noise XX handshake costs each
-    // side four (its ephemeral key, then three Diffie-Hellman), besides hashing. Timed
-    // over eight, for the 1 ms tick.
-    let started = Instant::now();
-    let mut last = 0;
-    for i in 0..8u8 {
-        let mut secret = DEVICE_SECRET;
-        secret[0] ^= i + 1;
-        last ^= Keypair::from_secret(secret).public().0[0];
-    }
-    let keypair_us = started.elapsed().as_micros() / 8;
     let keys = KEYS.init(Keypair::from_secret(DEVICE_SECRET));
     if keys.node_id() != DEVICE || HOST_KEY.node_id() != HOST {
         hprintln!("chunk-sync firmware: a node id is not its key's");
@@ -489,7 +542,9 @@ async fn device() {
         max_bytes: CHUNK_LIMIT,
         max_delay: Some(Duration::from_millis(SEAL_DELAY_MS)),
     };
-    let Ok(log) = DeviceLog::new(store, DEVICE, 10, 0, policy) else {
+    // Its chunks are signed with its key: the host takes no other.
+    let Ok(log) = DeviceLog::new(store, DEVICE, 10, 0, policy).and_then(|l| l.signed_by(keys))
+    else {
         halt()
     };
     let log = LOG.init(log);
@@ -545,7 +600,8 @@ async fn device() {
     let mut store = log.store();
     let held = store.chunk_count().await.unwrap_or(0);
     let verified = all_verified(store, chunk_buf).await;
-    let golden = golden_chunk_matches();
+    let golden = golden_chunks_match();
+    let [x25519_us, keypair_us, sign_us, verify_us] = crypto_timings();
     let live_chunks = store
         .chunks_in(
             &KeyRange {
@@ -579,9 +635,11 @@ async fn device() {
         LIVE_EVENTS
     );
     hprintln!(
-        "chunk-sync firmware: an X25519 scalar multiplication (a key pair from its secret) takes {} us of device time (mean of 8; check byte {})",
+        "chunk-sync firmware: device time (mean of 8): X25519 {} us, key pair {} us, sign a chunk {} us, verify a chunk {} us",
+        x25519_us,
         keypair_us,
-        last
+        sign_us,
+        verify_us
     );
     let (used, room) = stack::high_water();
     hprintln!(

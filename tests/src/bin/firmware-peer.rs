@@ -27,8 +27,8 @@ use tokio::net::TcpStream;
 const HOST_SECRET: [u8; 32] = *b"chunk-sync qemu host test key!!!";
 /// The device's public key (`firmware/qemu-lm3s6965/src/main.rs`).
 const DEVICE_KEY: PublicKey = PublicKey([
-    147, 159, 25, 80, 103, 185, 129, 199, 63, 78, 50, 217, 146, 129, 143, 134, 129, 69, 28, 74, 6,
-    36, 16, 183, 163, 89, 192, 23, 196, 217, 238, 4,
+    193, 168, 49, 244, 67, 14, 78, 8, 98, 79, 164, 193, 227, 144, 48, 30, 41, 27, 96, 70, 241, 12,
+    200, 97, 104, 235, 222, 189, 251, 203, 152, 153,
 ]);
 
 /// The first handshake message of a session the device initiates (Noise XX's `e`, a
