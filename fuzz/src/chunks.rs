@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use chunk_sync_core::chunk::{Chunker, Push};
+use chunk_sync_core::secure::Keypair;
 use chunk_sync_core::store::{ChunkStore, RamStore};
 use chunk_sync_core::{Event, NodeId, Privacy, Verified};
 
@@ -24,14 +25,39 @@ pub fn seal(
     seqs: Range<u64>,
     payload: impl Fn(u64) -> Vec<u8>,
 ) -> Vec<Vec<u8>> {
+    seal_as(NodeId(origin), None, per_chunk, start, seqs, payload)
+}
+
+/// [`seal`], of the log of `keys`, each chunk signed by it.
+#[must_use]
+pub fn seal_signed(
+    keys: &Keypair,
+    per_chunk: u32,
+    start: u64,
+    seqs: Range<u64>,
+    payload: impl Fn(u64) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
+    seal_as(keys.node_id(), Some(keys), per_chunk, start, seqs, payload)
+}
+
+fn seal_as(
+    origin: NodeId,
+    keys: Option<&Keypair>,
+    per_chunk: u32,
+    start: u64,
+    seqs: Range<u64>,
+    payload: impl Fn(u64) -> Vec<u8>,
+) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; 8192];
-    let mut chunker =
-        Chunker::new(NodeId(origin), per_chunk, start, &mut buf[..]).expect("a chunker");
+    let mut chunker = Chunker::new(origin, per_chunk, start, &mut buf[..]).expect("a chunker");
+    if let Some(keys) = keys {
+        chunker.sign_with(keys).expect("the origin's key");
+    }
     let mut sealed = Vec::new();
     for seq in seqs {
         let payload = payload(seq);
         let event = Event {
-            origin: NodeId(origin),
+            origin,
             seq,
             timestamp: 1_000_000 + seq,
             kind: "reading",
@@ -89,7 +115,28 @@ pub fn offered_chunks() -> Vec<Vec<u8>> {
     chunks
 }
 
-fn store_of(chunks: &[Vec<u8>]) -> Store {
+/// On a secure link, the fuzzed node's chunks: two of the peer's log (both hold them)
+/// and one of its own log of about 2.4 KB, each signed by its origin.
+#[must_use]
+pub fn secure_held_chunks(node: &Keypair, peer: &Keypair) -> Vec<Vec<u8>> {
+    let mut chunks = seal_signed(peer, 10, 0, 0..20, short);
+    chunks.extend(seal_signed(node, 4, 0, 0..4, |seq| text(seq, 600)));
+    chunks
+}
+
+/// On a secure link, the peer's chunks: three of its own log, and four of `relayed`'s log
+/// (which the fuzzed node trusts), one with a range that starts before its only event.
+#[must_use]
+pub fn secure_offered_chunks(peer: &Keypair, relayed: &Keypair) -> Vec<Vec<u8>> {
+    let mut chunks = seal_signed(peer, 10, 0, 0..30, short);
+    chunks.extend(seal_signed(relayed, 8, 0, 0..16, |seq| text(seq, 100)));
+    chunks.extend(seal_signed(relayed, 10, 20, 25..26, short));
+    chunks
+}
+
+/// A store of these chunks.
+#[must_use]
+pub fn store_of(chunks: &[Vec<u8>]) -> Store {
     let mut store = Store::new();
     for bytes in chunks {
         store

@@ -96,6 +96,8 @@ pub struct Node<'w, B> {
     pub access: Access,
     /// The keys the conduit asked about.
     pub asked: Vec<PublicKey>,
+    /// The origin keys the node trusts, when the conduit asks for one.
+    pub origin_keys: Vec<PublicKey>,
     /// The chunk being served (its first `served` bytes).
     serving: Vec<u8>,
     served: usize,
@@ -134,6 +136,7 @@ impl<'w, B: Buffer> Node<'w, B> {
             secure: false,
             access: Access::FULL,
             asked: Vec::new(),
+            origin_keys: Vec::new(),
             serving: vec![0; REASSEMBLY],
             served: 0,
             spare,
@@ -313,6 +316,11 @@ impl<'w, B: Buffer> Node<'w, B> {
                     self.asked.push(key);
                     assert!(self.asked.len() == 1, "one key to authorize");
                     assert!(self.conduit.authorize(self.access).is_ok(), "asked once");
+                }
+                Action::OriginKey(origin) => {
+                    let key = self.origin_keys.iter().find(|k| k.node_id() == origin);
+                    let answered = self.conduit.origin_key(origin, key.copied());
+                    assert!(answered.is_ok(), "asked for the chunk it holds");
                 }
                 Action::Closed(outcome) => {
                     if let Err(e) = outcome

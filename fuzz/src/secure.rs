@@ -40,14 +40,28 @@ pub const HEADER: usize = 4;
 /// Bytes of one edit of the wire.
 pub const EDIT: usize = 4;
 
-/// The fuzzed node's key pair and the peer's, made once.
+/// The fuzzed node's key pair, the peer's, and that of an origin whose chunks the peer
+/// relays (both trust its key), made once.
 #[must_use]
-pub fn keys() -> &'static (Keypair, Keypair) {
-    static KEYS: OnceLock<(Keypair, Keypair)> = OnceLock::new();
+pub fn keys() -> &'static (Keypair, Keypair, Keypair) {
+    static KEYS: OnceLock<(Keypair, Keypair, Keypair)> = OnceLock::new();
     KEYS.get_or_init(|| {
         (
             Keypair::from_secret([0x4e; 32]),
             Keypair::from_secret([0x50; 32]),
+            Keypair::from_secret([0x52; 32]),
+        )
+    })
+}
+
+/// The fuzzed node's chunks and the peer's, made once.
+fn stores() -> &'static (Store, Store) {
+    static STORES: OnceLock<(Store, Store)> = OnceLock::new();
+    STORES.get_or_init(|| {
+        let (node, peer, relayed) = keys();
+        (
+            chunks::store_of(&chunks::secure_held_chunks(node, peer)),
+            chunks::store_of(&chunks::secure_offered_chunks(peer, relayed)),
         )
     })
 }
@@ -56,11 +70,12 @@ pub fn keys() -> &'static (Keypair, Keypair) {
 fn lacking() -> &'static BTreeSet<ChunkHash> {
     static LACKING: OnceLock<BTreeSet<ChunkHash>> = OnceLock::new();
     LACKING.get_or_init(|| {
-        let held: BTreeSet<ChunkHash> = chunks::held_chunks()
+        let (node, peer, relayed) = keys();
+        let held: BTreeSet<ChunkHash> = chunks::secure_held_chunks(node, peer)
             .iter()
             .map(|c| ChunkHash::of(c))
             .collect();
-        chunks::offered_chunks()
+        chunks::secure_offered_chunks(peer, relayed)
             .iter()
             .map(|c| ChunkHash::of(c))
             .filter(|id| !held.contains(id))
@@ -244,7 +259,7 @@ pub struct SecureReport {
 pub fn run_secure(data: &[u8]) -> Option<SecureReport> {
     let (head, rest) = data.split_first_chunk::<HEADER>()?;
     let setup = SecureSetup::parse(head);
-    let (node_keys, peer_keys) = keys();
+    let (node_keys, peer_keys, relayed) = keys();
     let (role, peer_role) = if setup.initiates {
         (Role::Initiator, Role::Responder)
     } else {
@@ -254,10 +269,11 @@ pub fn run_secure(data: &[u8]) -> Option<SecureReport> {
         node_keys,
         role,
         setup.max_frame,
-        chunks::held().clone(),
+        stores().0.clone(),
         setup.access,
     );
     n.max_polls = 200_000;
+    n.origin_keys = vec![*relayed.public()];
     let peer_access = if setup.refused {
         Access::NONE
     } else {
@@ -268,10 +284,13 @@ pub fn run_secure(data: &[u8]) -> Option<SecureReport> {
             peer_keys,
             peer_role,
             setup.peer_frame,
-            chunks::offered(),
+            stores().1.clone(),
             peer_access,
         )
     });
+    if let Some(p) = p.as_mut() {
+        p.origin_keys = vec![*relayed.public()];
+    }
     let mut wire = Wire::new(if setup.raw { &[] } else { rest });
     let (mut to_node, mut to_peer) = (Inbox::default(), Inbox::default());
     if setup.raw {

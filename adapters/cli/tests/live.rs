@@ -180,13 +180,28 @@ fn ten_daemons_in_a_ring_converge_on_events_appended_at_two() {
             l.local_addr().unwrap().to_string()
         })
         .collect();
+    // The logs of 0 and 6 travel through the others, which take them signed by their keys.
+    let key = |store: &PathBuf| {
+        let out = run(&["key", "--store", store.to_str().unwrap()], None);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (key0, key6) = (key(&stores[0]), key(&stores[6]));
     let daemons: Vec<Daemon> = stores
         .iter()
         .enumerate()
         .map(|(i, store)| {
             append_to(&files[i], "");
             let prev = &ports[(i + 9) % 10];
-            let args = ["--follow", files[i].to_str().unwrap(), "--peer", prev];
+            let args = [
+                "--follow",
+                files[i].to_str().unwrap(),
+                "--peer",
+                prev,
+                "--trust-origin",
+                &key0,
+                "--trust-origin",
+                &key6,
+            ];
             Daemon::start_on(store, &ports[i], &args)
         })
         .collect();
