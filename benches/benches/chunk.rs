@@ -1,11 +1,13 @@
 //! Chunk creation (postcard encoding + BLAKE3), verification (BLAKE3 + header check, the
 //! sync path) and verification with a full decode of every event, beside raw BLAKE3 of
-//! the same bytes.
+//! the same bytes; and the same chunks signed by their origin (Ed25519): creation with
+//! the signature, and verification with the signature's check, as a secure link makes.
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented items.
 
 use chunk_sync_benches::{as_events, events, seal_one};
 use chunk_sync_core::chunk::Chunker;
-use chunk_sync_core::{ChunkView, NodeId};
+use chunk_sync_core::secure::Keypair;
+use chunk_sync_core::{ChunkHash, ChunkView, Event, NodeId};
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -45,6 +47,39 @@ fn chunk(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("blake3", &label), |b| {
             b.iter(|| black_box(blake3::hash(black_box(&sealed))));
+        });
+
+        // The same events in the log of a key, signed by it.
+        let keys = Keypair::from_secret([1; 32]);
+        let origin = keys.node_id();
+        let own: Vec<Event<'_>> = views.iter().map(|e| Event { origin, ..*e }).collect();
+        let mut chunker = Chunker::new(origin, count as u32, 0, &mut buf[..])
+            .unwrap()
+            .signed_by(&keys)
+            .unwrap();
+        for e in &own {
+            let _ = chunker.push(e);
+        }
+        let signed = chunker.seal().unwrap().bytes.to_vec();
+        let signed_id = ChunkHash::of(&signed);
+        group.throughput(Throughput::Bytes(signed.len() as u64));
+        group.bench_function(BenchmarkId::new("create+sign", &label), |b| {
+            b.iter(|| {
+                let mut chunker = Chunker::new(origin, count as u32, 0, &mut buf[..])
+                    .unwrap()
+                    .signed_by(&keys)
+                    .unwrap();
+                for e in &own {
+                    let _ = black_box(chunker.push(e));
+                }
+                black_box(chunker.seal().map(|s| s.id))
+            });
+        });
+        group.bench_function(BenchmarkId::new("verify+signature", &label), |b| {
+            b.iter(|| {
+                let view = ChunkView::verify(&signed_id, black_box(&signed)).unwrap();
+                black_box(keys.public().verify_chunk(&view))
+            });
         });
     }
     group.finish();

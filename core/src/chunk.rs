@@ -19,10 +19,11 @@
 //! `1` shareable; private is never valid here) and `payload` (varint length + bytes). Nothing
 //! follows the last event but the signature.
 //!
-//! The signature signs the 32-byte digest BLAKE3 in key-derivation mode with the context
-//! `"chunk-sync 2026 chunk seal"` gives over every byte before the signature
-//! ([`ChunkView::signed_bytes`]): one more BLAKE3 pass over the chunk and one Ed25519
-//! verification whatever its size. The origin's node id is derived from the key that
+//! The signature signs the 58 bytes `"chunk-sync 2026 chunk seal"` followed by the BLAKE3
+//! hash of every byte before the signature ([`ChunkView::signed_bytes`]). A receiver
+//! finds that hash on its way to the chunk's hash (BLAKE3 hashes incrementally), so
+//! checking a signature costs one Ed25519 verification whatever the chunk's size, and no
+//! second pass over its bytes. The origin's node id is derived from the key that
 //! signs (see `secure`), so a node that holds the origin's whole public key can check that
 //! the origin sealed the chunk, whoever passed it on. Ed25519 signatures are deterministic:
 //! the same events sealed at the same points by the same key give the same bytes.

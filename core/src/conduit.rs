@@ -425,6 +425,8 @@ pub struct Wait {
 struct Unstored {
     id: ChunkHash,
     len: usize,
+    /// What hashing found of a signed chunk: the hash of its bytes before the signature.
+    signed_digest: Option<[u8; 32]>,
 }
 
 /// The next action, decided without borrowing the conduit.
@@ -744,7 +746,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         let bytes = self.assembly.bytes().get(..u.len).unwrap_or(&[]);
         let verdict = match (&secured.verifier, ChunkView::parse(bytes)) {
             (Some(v), Ok(view)) if known(&secured.verifier) => {
-                v.verify(&view).map_err(|e| match e {
+                v.verify(&view, u.signed_digest).map_err(|e| match e {
                     crate::secure::SealError::Unsigned => FailReason::Unsigned,
                     crate::secure::SealError::BadSignature => FailReason::BadSignature,
                 })
@@ -858,7 +860,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     ) -> Action<'_> {
         let step = self.step(now, node, serving);
         match step {
-            Step::Store(Unstored { id, len }) => Action::Store(Verified::trusted(
+            Step::Store(Unstored { id, len, .. }) => Action::Store(Verified::trusted(
                 id,
                 self.assembly.bytes().get(..len).unwrap_or(&[]),
             )),
@@ -1056,6 +1058,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 self.unstored = Some(Unstored {
                     id: verified.id(),
                     len,
+                    signed_digest: verified.signed_digest(),
                 });
             }
         }

@@ -192,14 +192,39 @@ impl core::error::Error for HashMismatch {}
 pub struct Verified<'a> {
     id: ChunkHash,
     bytes: &'a [u8],
+    /// For bytes that look like a signed chunk: the BLAKE3 hash of all but their last
+    /// [`SIGNATURE_LEN`](crate::chunk::SIGNATURE_LEN) bytes, what the signature signs,
+    /// found on the way to `id`.
+    signed_digest: Option<[u8; 32]>,
+}
+
+/// The hash of `bytes` and, if they look like a signed chunk (format 2, seal `1`), the
+/// hash of all but their signature, in one pass.
+fn hashes(bytes: &[u8]) -> (ChunkHash, Option<[u8; 32]>) {
+    use crate::chunk::{FORMAT_VERSION, SIGNATURE_LEN};
+    match bytes {
+        [FORMAT_VERSION, 1, ..] if bytes.len() > SIGNATURE_LEN => {
+            let (signed, signature) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(signed);
+            let digest = *hasher.finalize().as_bytes();
+            hasher.update(signature);
+            (ChunkHash(*hasher.finalize().as_bytes()), Some(digest))
+        }
+        _ => (ChunkHash::of(bytes), None),
+    }
 }
 
 impl<'a> Verified<'a> {
     /// Hashes `bytes` and accepts them if they hash to `expected`.
     pub fn new(expected: ChunkHash, bytes: &'a [u8]) -> Result<Self, HashMismatch> {
-        let actual = ChunkHash::of(bytes);
+        let (actual, signed_digest) = hashes(bytes);
         if actual == expected {
-            Ok(Self { id: actual, bytes })
+            Ok(Self {
+                id: actual,
+                bytes,
+                signed_digest,
+            })
         } else {
             Err(HashMismatch { expected, actual })
         }
@@ -208,15 +233,27 @@ impl<'a> Verified<'a> {
     /// Names `bytes` by their hash.
     #[must_use]
     pub fn hash_of(bytes: &'a [u8]) -> Self {
+        let (id, signed_digest) = hashes(bytes);
         Self {
-            id: ChunkHash::of(bytes),
+            id,
             bytes,
+            signed_digest,
         }
     }
 
     /// Bytes whose hash was computed by this crate just now (sealing, incremental hashing).
     pub(crate) const fn trusted(id: ChunkHash, bytes: &'a [u8]) -> Self {
-        Self { id, bytes }
+        Self {
+            id,
+            bytes,
+            signed_digest: None,
+        }
+    }
+
+    /// The hash of a signed chunk's bytes before its signature, if hashing found it.
+    #[cfg_attr(not(feature = "secure"), allow(dead_code))]
+    pub(crate) const fn signed_digest(&self) -> Option<[u8; 32]> {
+        self.signed_digest
     }
 
     /// The chunk's name.

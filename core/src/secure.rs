@@ -89,12 +89,17 @@ pub const MAX_RECORD: u32 = (RECORD_HEADER + u16::MAX as usize) as u32;
 pub const PROLOGUE: &[u8] = b"chunk-sync/2 Noise_XX_25519_ChaChaPoly_SHA256";
 /// The BLAKE3 key-derivation context of node ids.
 const NODE_ID_CONTEXT: &str = "chunk-sync 2026 node id";
-/// The BLAKE3 key-derivation context of the digest a chunk's signature signs.
-const SEAL_CONTEXT: &str = "chunk-sync 2026 chunk seal";
+/// What a chunk's signature signs begins with this, then the 32-byte digest: a signature
+/// of a chunk is never a signature of anything else.
+const SEAL_DOMAIN: &[u8; 26] = b"chunk-sync 2026 chunk seal";
 
-/// The digest a chunk's signature signs: see [`crate::chunk`].
-fn seal_digest(signed_bytes: &[u8]) -> [u8; 32] {
-    blake3::derive_key(SEAL_CONTEXT, signed_bytes)
+/// The message a chunk's signature signs, given the BLAKE3 hash of the chunk's bytes
+/// before the signature: see [`crate::chunk`].
+fn seal_message(digest: &[u8; 32]) -> [u8; 58] {
+    let mut message = [0u8; 58];
+    message[..26].copy_from_slice(SEAL_DOMAIN);
+    message[26..].copy_from_slice(digest);
+    message
 }
 
 /// Why a chunk's signature does not hold.
@@ -142,12 +147,18 @@ impl Verifier {
         self.origin
     }
 
-    /// Checks the signature of the chunk `view`.
-    pub(crate) fn verify(&self, view: &ChunkView<'_>) -> Result<(), SealError> {
+    /// Checks the signature of the chunk `view`, given the hash of its bytes before the
+    /// signature if it is known already (hashing a received chunk finds it).
+    pub(crate) fn verify(
+        &self,
+        view: &ChunkView<'_>,
+        digest: Option<[u8; 32]>,
+    ) -> Result<(), SealError> {
         let signature = view.signature().ok_or(SealError::Unsigned)?;
         let signature = ed25519_dalek::Signature::from_bytes(signature);
+        let digest = digest.unwrap_or_else(|| *blake3::hash(view.signed_bytes()).as_bytes());
         self.verifying
-            .verify_strict(&seal_digest(view.signed_bytes()), &signature)
+            .verify_strict(&seal_message(&digest), &signature)
             .map_err(|_| SealError::BadSignature)
     }
 }
@@ -185,7 +196,7 @@ impl PublicKey {
     pub fn verify_chunk(&self, view: &ChunkView<'_>) -> Result<(), SealError> {
         Verifier::new(*self)
             .ok_or(SealError::BadSignature)?
-            .verify(view)
+            .verify(view, None)
     }
 }
 
@@ -270,7 +281,10 @@ impl Keypair {
     /// [`crate::chunk`]); [`Chunker::signed_by`](crate::chunk::Chunker::signed_by) calls it.
     #[must_use]
     pub fn sign_chunk(&self, signed_bytes: &[u8]) -> [u8; SIGNATURE_LEN] {
-        self.signing.sign(&seal_digest(signed_bytes)).to_bytes()
+        let digest = blake3::hash(signed_bytes);
+        self.signing
+            .sign(&seal_message(digest.as_bytes()))
+            .to_bytes()
     }
 
     /// The public key.

@@ -453,13 +453,7 @@ fn store_with(name: &str, n: u64) -> PathBuf {
         .collect();
     let store = dir.to_str().unwrap();
     ok(
-        &[
-            "append",
-            "--store",
-            store,
-            "--events-per-chunk",
-            "10",
-        ],
+        &["append", "--store", store, "--events-per-chunk", "10"],
         Some(&input),
     );
     dir
@@ -1018,7 +1012,10 @@ fn a_relay_passes_an_origins_chunks_only_to_nodes_that_trust_its_key() {
     let a = store_with("relay-origin", 20);
     let (b, c) = (temp_dir("relay-b"), temp_dir("relay-c"));
     let server = Server::start(&a, &[]);
-    ok(&["pull", "--store", b.to_str().unwrap(), "--from", &server.1], None);
+    ok(
+        &["pull", "--store", b.to_str().unwrap(), "--from", &server.1],
+        None,
+    );
     drop(server);
     let relay = Server::start(&b, &[]);
     let out = run(
@@ -1026,8 +1023,14 @@ fn a_relay_passes_an_origins_chunks_only_to_nodes_that_trust_its_key() {
         None,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "c took chunks of an origin it does not trust");
-    assert!(stderr.contains("no key is trusted for their origin"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "c took chunks of an origin it does not trust"
+    );
+    assert!(
+        stderr.contains("no key is trusted for their origin"),
+        "{stderr}"
+    );
     let a_key = key_of(&a);
     let out = ok(
         &[

@@ -62,9 +62,8 @@ impl OwnLog {
         policy: SealPolicy,
         keys: Option<&chunk_sync_core::secure::Keypair>,
     ) -> Result<Self, ChunkError> {
-        let mut chunker =
-            Chunker::new(origin, events_per_chunk, next_seq, vec![0; MAX_OWN_CHUNK])?
-                .with_policy(policy);
+        let mut chunker = Chunker::new(origin, events_per_chunk, next_seq, vec![0; MAX_OWN_CHUNK])?
+            .with_policy(policy);
         if let Some(keys) = keys {
             chunker = chunker.signed_by(keys)?;
         }

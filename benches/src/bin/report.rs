@@ -127,6 +127,31 @@ fn print_ratios(figures: &BTreeMap<String, Figure>) {
             }
         }
     }
+    println!();
+    println!("| signed chunks (Ed25519 by the origin) | against | per chunk | same-run ratio |");
+    println!("|---|---|---:|---:|");
+    for size in ["100x64B", "256x4096B"] {
+        for (what, plain, label) in [
+            ("create+sign", "create", "creation + signature"),
+            (
+                "verify+signature",
+                "verify",
+                "verification + signature check",
+            ),
+        ] {
+            let (id, base) = (
+                format!("chunk/{what}/{size}"),
+                format!("chunk/{plain}/{size}"),
+            );
+            if let (Some(f), Some(r)) = (figures.get(&id), ratio(&id, &base)) {
+                println!(
+                    "| {label}, {size} | unsigned {plain} | {} | {r:.0}% |",
+                    human_time(f.mean_ns)
+                );
+            }
+        }
+    }
+    println!();
     let copy_hash = "sync_256MiB/tokio_copy+blake3";
     for (id, label) in [
         (

@@ -184,7 +184,7 @@ fn golden_signed_chunk() {
     assert_eq!(hex, GOLDEN_SIGNED);
     assert_eq!(
         sealed.id.to_string(),
-        "87f97c589129d5acd6e9ace314e07f3b92e5a2d672e666ec79ba57a7a0a58316"
+        "5f503489deb6e3a70ebbdecc80c8ba06d415989234fe3c44bd3e48fa1e4df490"
     );
     let view = ChunkView::validated(sealed.bytes).unwrap();
     assert_eq!(view.seal(), Seal::Signed);
@@ -195,8 +195,8 @@ fn golden_signed_chunk() {
 #[cfg(feature = "secure")]
 const GOLDEN_SIGNED: &str = concat!(
     "0201f88ab3c390f0e4bf3500030300e80701740002000001e90701740002010102ea07017400020202",
-    "9052b4394af0ef1030b6b151a8d2bc45677091b175134930eb85af12af66588b",
-    "06a551ad02dac579d8ee958aadae83011c64bacbd757afbebe3808ad7f550606",
+    "8478ad2112f0a51451c93d2e3f5a4667c59ec5102b395c5fb510dd145a40edaa",
+    "839aae1ad70e2cdb0eb909c88b7571716e402be722adc1819be1e125d212af00",
 );
 
 #[test]

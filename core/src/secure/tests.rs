@@ -185,3 +185,42 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn hashing_a_signed_chunk_finds_what_its_signature_signs_on_the_way() {
+    use crate::chunk::{Chunker, Push};
+    use crate::hash::{ChunkHash, Verified};
+    let keys = Keypair::from_secret([8; 32]);
+    for payload_len in [0, 1, 900, 1024, 5000] {
+        let payload = std::vec![0xa7; payload_len];
+        let mut buf = std::vec![0u8; 8192];
+        let mut chunker = Chunker::new(keys.node_id(), 4, 0, &mut buf[..])
+            .unwrap()
+            .signed_by(&keys)
+            .unwrap();
+        let event = crate::Event {
+            origin: keys.node_id(),
+            seq: 0,
+            timestamp: 0,
+            kind: "k",
+            privacy: crate::Privacy::Public,
+            payload: &payload,
+        };
+        assert_eq!(chunker.push(&event), Ok(Push::Added));
+        let bytes = chunker.seal().unwrap().bytes.to_vec();
+        let verified = Verified::hash_of(&bytes);
+        let view = ChunkView::parse(&bytes).unwrap();
+        assert_eq!(verified.id(), ChunkHash::of(&bytes));
+        assert_eq!(
+            verified.signed_digest(),
+            Some(*blake3::hash(view.signed_bytes()).as_bytes())
+        );
+        let verifier = Verifier::new(*keys.public()).unwrap();
+        assert_eq!(verifier.verify(&view, verified.signed_digest()), Ok(()));
+        // A digest of other bytes does not pass.
+        assert_eq!(
+            verifier.verify(&view, Some([0; 32])),
+            Err(SealError::BadSignature)
+        );
+    }
+}

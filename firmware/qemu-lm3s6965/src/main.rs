@@ -170,7 +170,7 @@ async fn write_log(log: &DeviceLog) -> usize {
 /// signatures are deterministic).
 fn golden_chunks_match() -> bool {
     const GOLDEN: &str = "5e5a11d1a7ba281b85c42b701591b33db18395a708788dc0bae710f1442f4dc9";
-    const GOLDEN_SIGNED: &str = "87f97c589129d5acd6e9ace314e07f3b92e5a2d672e666ec79ba57a7a0a58316";
+    const GOLDEN_SIGNED: &str = "5f503489deb6e3a70ebbdecc80c8ba06d415989234fe3c44bd3e48fa1e4df490";
     let keys = Keypair::from_secret([7; 32]);
     let unsigned = golden_chunk(NodeId(7), None, |seq| {
         if seq == 1 {
