@@ -43,7 +43,7 @@ LOG_BYTES=$(stat -c %s "$WORK/src/events.jsonl")
 APPEND_BYTES=$(stat -c %s "$WORK/append.jsonl")
 
 # chunk-sync: the origin's store, served over TCP; a second process pulls it.
-"$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/src/events.jsonl" >/dev/null
+"$BIN" append --store "$WORK/a" --events-per-chunk "$PER_CHUNK" --input "$WORK/src/events.jsonl" >/dev/null
 start_server() {
   PORT=$(free_port)
   "$BIN" serve "${SERVE_LINK[@]}" --store "$WORK/a" --listen "127.0.0.1:$PORT" > "$WORK/serve.log" &
@@ -74,7 +74,7 @@ CS_COLD_DISK=$(for _ in $(seq "$RUNS"); do
   timed "$BIN" pull ${PULL_LINK[@]+"${PULL_LINK[@]}"} --from "127.0.0.1:$PORT" --store "$WORK/bd" --durability disk
 done | median)
 stop_server
-"$BIN" append --store "$WORK/a" --origin 1 --events-per-chunk "$PER_CHUNK" --input "$WORK/append.jsonl" >/dev/null
+"$BIN" append --store "$WORK/a" --events-per-chunk "$PER_CHUNK" --input "$WORK/append.jsonl" >/dev/null
 start_server
 CS_WARM=$(for _ in $(seq "$RUNS"); do
   rm -rf "$WORK/w" && cp -a "$WORK/b" "$WORK/w"

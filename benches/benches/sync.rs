@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Nonce};
-use chunk_sync_benches::{as_events, events, seal_one};
+use chunk_sync_benches::{as_events, events, seal_one_by};
 use chunk_sync_core::recon::KeyRange;
-use chunk_sync_core::secure::{MAX_RECORD, RECORD_OVERHEAD};
+use chunk_sync_core::secure::{Keypair, MAX_RECORD, RECORD_OVERHEAD};
 use chunk_sync_core::store::fill_origins;
 use chunk_sync_core::{ChunkHash, NodeId, Span};
 use chunk_sync_tokio::{
@@ -25,8 +25,9 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// 256 chunks of about 1 MiB (256 events of 4 KiB each).
-fn corpus() -> Vec<Vec<u8>> {
+/// 256 chunks of about 1 MiB (256 events of 4 KiB each), of the log of `keys` and signed
+/// by it if given (a secure node takes no other).
+fn corpus(keys: Option<&Keypair>) -> Vec<Vec<u8>> {
     (0..256u64)
         .map(|i| {
             let mut log = events(256, 4096);
@@ -35,8 +36,11 @@ fn corpus() -> Vec<Vec<u8>> {
                 e.seq += i * 256;
                 e.payload[0] = i as u8;
                 e.payload[1] = (i >> 8) as u8;
+                if let Some(keys) = keys {
+                    e.origin = keys.node_id();
+                }
             }
-            seal_one(&as_events(&log)).1
+            seal_one_by(&as_events(&log), keys).1
         })
         .collect()
 }
@@ -242,9 +246,8 @@ async fn copy_sealed(chunks: &[Vec<u8>]) -> u64 {
     got
 }
 
-/// A secure node of a new key that lets every authenticated key in.
-fn secure_node(store: impl NodeStore) -> Node {
-    let keys = generate_keypair().unwrap();
+/// A secure node of `keys` that lets every authenticated key in.
+fn secure_node(keys: Keypair, store: impl NodeStore) -> Node {
     let config = NodeConfig {
         max_frame: MAX_RECORD,
         ..NodeConfig::new(keys.node_id())
@@ -276,7 +279,7 @@ fn sync(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let chunks = corpus();
+    let chunks = corpus(None);
     let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
     let server =
         Node::new_insecure_plaintext(NodeConfig::new(NodeId(1)), store_of(&chunks)).unwrap();
@@ -322,7 +325,11 @@ fn sync(c: &mut Criterion) {
             .unwrap()
     };
     let (server_rt, client_rt) = (one_worker(), one_worker());
-    let secure_server = secure_node(store_of(&chunks));
+    // The server's own log, signed.
+    let server_keys = generate_keypair().unwrap();
+    let chunks = corpus(Some(&server_keys));
+    let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+    let secure_server = secure_node(server_keys, store_of(&chunks));
     let secure_listener = server_rt
         .block_on(secure_server.listen("127.0.0.1:0"))
         .unwrap();
@@ -333,7 +340,7 @@ fn sync(c: &mut Criterion) {
     });
     group.bench_function("chunk_sync_secure_verify_only", |b| {
         b.iter(|| {
-            let client = secure_node(HashesOnly::default());
+            let client = secure_node(generate_keypair().unwrap(), HashesOnly::default());
             let report = client_rt.block_on(client.sync_with(secure_addr)).unwrap();
             assert_eq!(report.progress.bytes_transferred, total);
             black_box(report)
@@ -344,7 +351,7 @@ fn sync(c: &mut Criterion) {
     // A sync with nothing to move: connect, (handshake,) Hello, one reconciliation round.
     let empty = Node::new_insecure_plaintext(NodeConfig::new(NodeId(7)), MemStore::new()).unwrap();
     let empty_listener = rt.block_on(empty.listen("127.0.0.1:0")).unwrap();
-    let secure_empty = secure_node(MemStore::new());
+    let secure_empty = secure_node(generate_keypair().unwrap(), MemStore::new());
     let secure_empty_listener = rt.block_on(secure_empty.listen("127.0.0.1:0")).unwrap();
     let mut group = c.benchmark_group("empty_sync");
     group.bench_function("plaintext", |b| {
@@ -358,7 +365,7 @@ fn sync(c: &mut Criterion) {
         });
     });
     group.bench_function("secure", |b| {
-        let client = secure_node(MemStore::new());
+        let client = secure_node(generate_keypair().unwrap(), MemStore::new());
         let addr = secure_empty_listener.local_addr();
         b.iter(|| black_box(rt.block_on(client.sync_with(addr)).unwrap()));
     });

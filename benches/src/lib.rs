@@ -130,10 +130,26 @@ pub fn events(count: u64, payload: usize) -> Vec<EventBuf> {
 /// If the events do not fit one chunk of 4 MiB.
 #[must_use]
 pub fn seal_one(events: &[Event<'_>]) -> (ChunkHash, Vec<u8>) {
+    seal_one_by(events, None)
+}
+
+/// [`seal_one`], the chunk signed by `keys` if given (the events' origin must then be
+/// its node id).
+///
+/// # Panics
+/// As [`seal_one`], or if the events are not of `keys`'s origin.
+#[must_use]
+pub fn seal_one_by(
+    events: &[Event<'_>],
+    keys: Option<&chunk_sync_core::secure::Keypair>,
+) -> (ChunkHash, Vec<u8>) {
     let mut buf = vec![0u8; 4 << 20];
     let per_chunk = u32::try_from(events.len()).expect("event count fits u32");
     let (origin, start) = events.first().map_or((NodeId(1), 0), |e| (e.origin, e.seq));
     let mut chunker = Chunker::new(origin, per_chunk, start, &mut buf).expect("valid chunker");
+    if let Some(keys) = keys {
+        chunker.sign_with(keys).expect("the events' origin's key");
+    }
     for e in events {
         assert_eq!(chunker.push(e), Ok(Push::Added), "events fit one chunk");
     }
