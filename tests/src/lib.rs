@@ -76,6 +76,28 @@ impl Node {
         }
     }
 
+    /// [`with_log`](Self::with_log) of the log of `keys`, each chunk signed by it, as a
+    /// secure peer requires.
+    ///
+    /// # Panics
+    /// As [`with_log`](Self::with_log).
+    #[must_use]
+    pub fn with_signed_log(
+        keys: &chunk_sync_core::secure::Keypair,
+        count: u64,
+        per_chunk: usize,
+        payload: usize,
+    ) -> Self {
+        let chunks = EventChunkStore::new(per_chunk).with_signer(keys.clone());
+        let created = chunks
+            .create_chunks(&log(keys.node_id(), count, payload))
+            .expect("valid log");
+        Self {
+            store: created.into_iter().map(|c| (c.id, c.bytes)).collect(),
+            ..Self::default()
+        }
+    }
+
     /// The sorted hashes held.
     #[must_use]
     pub fn ids(&self) -> Vec<ChunkHash> {

@@ -240,8 +240,8 @@ mod secure {
     async fn a_device_and_a_host_sync_both_ways_over_a_secure_link() {
         let (device_keys, host_keys) =
             (Keypair::from_secret([5; 32]), Keypair::from_secret([6; 32]));
-        let device_log = SimNode::with_log(device_keys.node_id(), 60, 10, 48);
-        let host_log = SimNode::with_log(host_keys.node_id(), 90, 10, 64);
+        let device_log = SimNode::with_signed_log(&device_keys, 60, 10, 48);
+        let host_log = SimNode::with_signed_log(&host_keys, 90, 10, 64);
         let mut union: Vec<ChunkHash> =
             device_log.ids().into_iter().chain(host_log.ids()).collect();
         union.sort();
@@ -273,8 +273,8 @@ mod secure {
         let (device_keys, host_keys) =
             (Keypair::from_secret([7; 32]), Keypair::from_secret([8; 32]));
         let stranger = Keypair::from_secret([9; 32]);
-        let device_log = SimNode::with_log(device_keys.node_id(), 30, 10, 48);
-        let host_log = SimNode::with_log(host_keys.node_id(), 30, 10, 64);
+        let device_log = SimNode::with_signed_log(&device_keys, 30, 10, 48);
+        let host_log = SimNode::with_signed_log(&host_keys, 30, 10, 64);
         let host = host(&host_keys, &device_keys, &host_log);
         let listener = host.listen("127.0.0.1:0").await.unwrap();
 

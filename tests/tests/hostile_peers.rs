@@ -244,7 +244,7 @@ async fn a_flood_of_half_open_handshakes_keeps_neither_the_connection_limit_nor_
     use chunk_sync_tokio::{Access, Permissions, Security, generate_keypair};
 
     let (server_keys, puller_keys) = (generate_keypair().unwrap(), generate_keypair().unwrap());
-    let served = SimNode::with_log(server_keys.node_id(), 200, 10, 64);
+    let served = SimNode::with_signed_log(&server_keys, 200, 10, 64);
     let config = NodeConfig {
         max_connections: 128,
         handshake_timeout: Duration::from_secs(2),

@@ -27,7 +27,7 @@ fn secure(keys: &Keypair, peers: Permissions, store: MemStore) -> Node {
 }
 
 fn log_of(keys: &Keypair, events: u64) -> SimNode {
-    SimNode::with_log(keys.node_id(), events, 10, 64)
+    SimNode::with_signed_log(keys, events, 10, 64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,4 +290,69 @@ async fn secure_managers_fetch_a_delta() {
         .await
         .unwrap();
     assert_eq!(b.local_hashes().await.unwrap(), la.ids());
+}
+
+/// a's log reaches c through b; c stores it only while it trusts a's whole key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_passes_on_signed_chunks_to_a_node_that_trusts_their_origin() {
+    let (ka, kb, kc) = (
+        generate_keypair().unwrap(),
+        generate_keypair().unwrap(),
+        generate_keypair().unwrap(),
+    );
+    let la = log_of(&ka, 40);
+    let b = secure(&kb, Permissions::open(), la.mem_store());
+    let listener = b.listen("127.0.0.1:0").await.unwrap();
+
+    let stranger = secure(&kc, Permissions::open(), MemStore::new());
+    let report = stranger.pull_from(listener.local_addr()).await.unwrap();
+    assert!(stranger.store().ids().unwrap().is_empty(), "nothing stored");
+    assert_eq!(report.failed.len(), la.store.len());
+    assert!(
+        report
+            .failed
+            .iter()
+            .all(|(_, reason)| *reason == chunk_sync_core::session::FailReason::UnknownOrigin)
+    );
+
+    let trusting = secure(
+        &kc,
+        Permissions::open().trust_origin(*ka.public()),
+        MemStore::new(),
+    );
+    let report = trusting.pull_from(listener.local_addr()).await.unwrap();
+    assert!(report.failed.is_empty());
+    assert_eq!(trusting.store().ids().unwrap(), la.ids());
+}
+
+/// An origin that signs two different chunks over one range forks its log: a node that
+/// holds one refuses the other, and keeps what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_signed_by_its_origin_is_refused_and_the_first_chunk_kept() {
+    use chunk_sync_core::EventChunkStore;
+    let (ka, kb) = (generate_keypair().unwrap(), generate_keypair().unwrap());
+    let log = chunk_sync_tests::log(ka.node_id(), 10, 16);
+    let mut other = log.clone();
+    other[5].payload = b"the same range, other events".to_vec();
+    let seal = |events| {
+        let chunks = EventChunkStore::new(10).with_signer(ka.clone());
+        chunks.create_chunks(events).unwrap().remove(0)
+    };
+    let (first, fork) = (seal(&log), seal(&other));
+    assert_ne!(first.id, fork.id);
+    let a = secure(&ka, Permissions::open(), MemStore::new());
+    a.store()
+        .insert(chunk_sync_tokio::VerifiedChunk::new(fork.id, fork.bytes).unwrap())
+        .unwrap();
+    let b = secure(&kb, Permissions::open(), MemStore::new());
+    b.store()
+        .insert(chunk_sync_tokio::VerifiedChunk::new(first.id, first.bytes).unwrap())
+        .unwrap();
+    let listener = a.listen("127.0.0.1:0").await.unwrap();
+    // Both ways: each keeps the chunk it had (the range is covered, so the other is not
+    // even fetched; a store would refuse it as a fork if it were).
+    let report = b.sync_with(listener.local_addr()).await.unwrap();
+    assert_eq!(report.progress.synced_chunks, 0);
+    assert_eq!(b.store().ids().unwrap(), [first.id]);
+    assert_eq!(a.store().ids().unwrap(), [fork.id]);
 }
