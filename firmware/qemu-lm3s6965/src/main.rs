@@ -77,8 +77,12 @@ static STORE: StaticCell<DeviceStore> = StaticCell::new();
 const STORE_NAME: &str = "RamStore<32, 8192>";
 #[cfg(feature = "flash")]
 const STORE_NAME: &str = "FlashStore<_, 32, 1024> (flash itself: 16384 B)";
-/// The device's chunk buffers.
+/// The device's chunk buffers: 2 KiB, or 1 KiB beside the flash store, whose chunks are
+/// smaller (its RAM goes to the modelled flash, and the stack needs the rest).
+#[cfg(not(feature = "flash"))]
 const MAX_CHUNK: usize = 2048;
+#[cfg(feature = "flash")]
+const MAX_CHUNK: usize = 1024;
 /// The largest chunk the device seals or accepts: what its store keeps. A flash store item
 /// (the 32-byte key and the chunk) must fit one 1 KiB page after the page's and the
 /// item's headers.
@@ -516,12 +520,13 @@ async fn live_session(
 #[embassy_executor::task]
 async fn device() {
     hprintln!(
-        "chunk-sync firmware: RAM of Session<8, 4> {} B, Runner (its conduit and secure link) {} B, handshake state {} B, {} {} B, Resources<1024, 1024, 2048> {} B, Throttle {} B",
+        "chunk-sync firmware: RAM of Session<8, 4> {} B, Runner (its conduit and secure link) {} B, handshake state {} B, {} {} B, Resources<1024, 1024, {}> {} B, Throttle {} B",
         core::mem::size_of::<chunk_sync_core::session::Session<8, 4>>(),
         core::mem::size_of::<Runner<'static, &'static mut uart::Uart0, Shared, 8, 4>>(),
         core::mem::size_of::<Handshake>(),
         STORE_NAME,
         core::mem::size_of::<DeviceStore>(),
+        MAX_CHUNK,
         core::mem::size_of::<Res>(),
         core::mem::size_of::<chunk_sync_core::Throttle>()
     );

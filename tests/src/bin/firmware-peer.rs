@@ -99,7 +99,7 @@ async fn main() -> ExitCode {
     };
     let keys = Keypair::from_secret(HOST_SECRET);
     let host: NodeId = keys.node_id();
-    let log = SimNode::with_log(host, HOST_EVENTS, 10, 24);
+    let log = SimNode::with_signed_log(&keys, HOST_EVENTS, 10, 24);
     let store = log.mem_store();
     let own = log.store.len();
     let security = Security {
