@@ -252,9 +252,8 @@ fn crypto_timings() -> [u64; 4] {
         }
         started.elapsed().as_micros() / 8
     };
-    let x25519 = time(&mut |i| {
-        x25519_dalek::x25519([i; 32], x25519_dalek::X25519_BASEPOINT_BYTES)[0]
-    });
+    let x25519 =
+        time(&mut |i| x25519_dalek::x25519([i; 32], x25519_dalek::X25519_BASEPOINT_BYTES)[0]);
     let keypair = time(&mut |i| Keypair::from_secret([i; 32]).public().0[0]);
     let sign = time(&mut |i| keys.sign_chunk(&chunk[..len - usize::from(i)])[0]);
     let mut held = 0;
@@ -262,7 +261,11 @@ fn crypto_timings() -> [u64; 4] {
         held += u8::from(keys.public().verify_chunk(&view).is_ok());
         held
     });
-    if held == 8 { [x25519, keypair, sign, verify] } else { [0; 4] }
+    if held == 8 {
+        [x25519, keypair, sign, verify]
+    } else {
+        [0; 4]
+    }
 }
 
 /// Every stored chunk still hashes to its name.
