@@ -423,7 +423,12 @@ fn main() {
     private[10] = 2;
     chunks.push(("golden-private-event".to_string(), private));
     let mut seen = Vec::new();
-    for bytes in held_chunks().into_iter().chain(offered_chunks()) {
+    // Signed chunks too: those of the `handshake` target's secure stores.
+    let (node, peer, relayed) = chunk_sync_fuzz::secure::keys();
+    let signed = chunk_sync_fuzz::chunks::secure_held_chunks(node, peer)
+        .into_iter()
+        .chain(chunk_sync_fuzz::chunks::secure_offered_chunks(peer, relayed));
+    for bytes in held_chunks().into_iter().chain(offered_chunks()).chain(signed) {
         if !seen.contains(&bytes) {
             seen.push(bytes);
         }

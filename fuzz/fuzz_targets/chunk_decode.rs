@@ -4,12 +4,21 @@
 //! Parsing either fails or gives a view whose events are read until the end or the first
 //! invalid one; a chunk is valid exactly when every event it announces reads and nothing
 //! follows; verifying by the bytes' own hash gives the parse's answer, and by another
-//! hash refuses the bytes.
+//! hash refuses the bytes. A signed chunk's signature and signed bytes split it whole,
+//! and no key but the one that signed it (none here) verifies it.
 #![no_main]
 
 use chunk_sync_core::chunk::Span;
 use chunk_sync_core::{ChunkError, ChunkHash, ChunkView, EventChunkStore, Verified};
 use libfuzzer_sys::fuzz_target;
+
+/// Public keys of secrets no seed holds.
+fn verifiers() -> &'static [chunk_sync_core::secure::PublicKey; 2] {
+    use chunk_sync_core::secure::Keypair;
+    static KEYS: std::sync::OnceLock<[chunk_sync_core::secure::PublicKey; 2]> =
+        std::sync::OnceLock::new();
+    KEYS.get_or_init(|| [1u8, 2].map(|s| *Keypair::from_secret([s; 32]).public()))
+}
 
 fuzz_target!(|data: &[u8]| {
     let parsed = ChunkView::parse(data);
@@ -32,6 +41,18 @@ fuzz_target!(|data: &[u8]| {
             assert!(view.first_seq() < view.end_seq() && !view.is_empty());
             assert!(u64::from(view.len()) <= view.end_seq() - view.first_seq());
             assert_eq!(view.bytes(), data);
+            match view.signature() {
+                Some(signature) => {
+                    let signed = view.signed_bytes();
+                    assert_eq!(signed.len() + signature.len(), data.len());
+                    assert_eq!(view.seal(), chunk_sync_core::chunk::Seal::Signed);
+                }
+                None => assert_eq!(view.signed_bytes(), data),
+            }
+            // Keys no input signs with: any signature fails them, without a panic.
+            for key in verifiers() {
+                assert!(key.verify_chunk(&view).is_err(), "a forged signature passed");
+            }
             let mut read = 0u32;
             let mut failed = false;
             let mut prev = None;
