@@ -701,18 +701,27 @@ impl Open {
         self.range_start = end_seq;
         self.next_seq = self.next_seq.max(end_seq);
         self.count = 0;
-        #[allow(unused_mut)]
-        let mut end = HEADER_RESERVE + core::mem::take(&mut self.len);
+        let end = HEADER_RESERVE + core::mem::take(&mut self.len);
         #[cfg(feature = "secure")]
-        if let Some(keys) = &self.signer {
-            // Room: `push` keeps `SIGNATURE_LEN` bytes free at the end of the buffer.
-            let signature = keys.sign_chunk(&buf[start..end]);
-            buf[end..end + SIGNATURE_LEN].copy_from_slice(&signature);
-            end += SIGNATURE_LEN;
-        }
+        let (end, id) = match &self.signer {
+            Some(keys) => {
+                // One pass: the hash the signature signs, then on to the chunk's hash.
+                let mut hasher = blake3::Hasher::new();
+                hasher.update(&buf[start..end]);
+                let signature = keys.sign_digest(hasher.finalize().as_bytes());
+                // Room: `push` keeps `SIGNATURE_LEN` bytes free at the end of the buffer.
+                buf[end..end + SIGNATURE_LEN].copy_from_slice(&signature);
+                hasher.update(&signature);
+                let id = ChunkHash::from_bytes(*hasher.finalize().as_bytes());
+                (end + SIGNATURE_LEN, id)
+            }
+            None => (end, ChunkHash::of(&buf[start..end])),
+        };
+        #[cfg(not(feature = "secure"))]
+        let id = ChunkHash::of(&buf[start..end]);
         let bytes = &buf[start..end];
         Some(Sealed {
-            id: ChunkHash::of(bytes),
+            id,
             bytes,
             origin: self.origin,
             first_seq,

@@ -198,6 +198,20 @@ impl PublicKey {
             .ok_or(SealError::BadSignature)?
             .verify(view, None)
     }
+
+    /// [`verify_chunk`](Self::verify_chunk) of bytes just checked against their hash
+    /// ([`Verified::new`](crate::hash::Verified::new)): the hash the signature signs was
+    /// found on the way, so this costs the Ed25519 verification alone.
+    ///
+    /// # Errors
+    /// As [`verify_chunk`](Self::verify_chunk), and [`SealError::Unsigned`] for bytes that
+    /// are not a chunk.
+    pub fn verify_verified(&self, chunk: &crate::hash::Verified<'_>) -> Result<(), SealError> {
+        let view = ChunkView::parse(chunk.bytes()).map_err(|_| SealError::Unsigned)?;
+        Verifier::new(*self)
+            .ok_or(SealError::BadSignature)?
+            .verify(&view, chunk.signed_digest())
+    }
 }
 
 impl fmt::Display for PublicKey {
@@ -281,10 +295,12 @@ impl Keypair {
     /// [`crate::chunk`]); [`Chunker::signed_by`](crate::chunk::Chunker::signed_by) calls it.
     #[must_use]
     pub fn sign_chunk(&self, signed_bytes: &[u8]) -> [u8; SIGNATURE_LEN] {
-        let digest = blake3::hash(signed_bytes);
-        self.signing
-            .sign(&seal_message(digest.as_bytes()))
-            .to_bytes()
+        self.sign_digest(blake3::hash(signed_bytes).as_bytes())
+    }
+
+    /// The signature of a chunk whose bytes before the signature hash to `digest`.
+    pub(crate) fn sign_digest(&self, digest: &[u8; 32]) -> [u8; SIGNATURE_LEN] {
+        self.signing.sign(&seal_message(digest)).to_bytes()
     }
 
     /// The public key.

@@ -207,10 +207,18 @@ fn hashing_a_signed_chunk_finds_what_its_signature_signs_on_the_way() {
             payload: &payload,
         };
         assert_eq!(chunker.push(&event), Ok(Push::Added));
-        let bytes = chunker.seal().unwrap().bytes.to_vec();
+        let sealed = chunker.seal().unwrap();
+        let (id, bytes) = (sealed.id, sealed.bytes.to_vec());
         let verified = Verified::hash_of(&bytes);
         let view = ChunkView::parse(&bytes).unwrap();
         assert_eq!(verified.id(), ChunkHash::of(&bytes));
+        assert_eq!(id, verified.id(), "sealing hashes in one pass too");
+        assert_eq!(keys.public().verify_verified(&verified), Ok(()));
+        let stranger = Keypair::from_secret([9; 32]);
+        assert_eq!(
+            stranger.public().verify_verified(&verified),
+            Err(SealError::BadSignature)
+        );
         assert_eq!(
             verified.signed_digest(),
             Some(*blake3::hash(view.signed_bytes()).as_bytes())
