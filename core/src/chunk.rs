@@ -243,7 +243,7 @@ pub enum ChunkError {
         capacity: usize,
     },
     /// A chunker was given a key pair whose node id is not its origin
-    /// ([`Chunker::signed_by`]).
+    /// (`Chunker::signed_by`, feature `secure`).
     NotOriginKey {
         /// The chunker's origin.
         origin: NodeId,
@@ -430,7 +430,7 @@ impl<B: AsMut<[u8]>> Chunker<B> {
     /// `events_per_chunk` sequence numbers into `buf`.
     ///
     /// A chunk can hold at most `buf.len() - CHUNK_OVERHEAD` bytes of events
-    /// ([`CHUNK_OVERHEAD`]). Chunks are unsigned unless [`signed_by`](Self::signed_by)
+    /// ([`CHUNK_OVERHEAD`]). Chunks are unsigned unless `signed_by`
     /// the origin's key.
     pub fn new(
         origin: NodeId,

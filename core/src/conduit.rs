@@ -159,7 +159,7 @@
 
 use core::cmp::{max, min};
 
-use crate::chunk::{ChunkView, Span};
+use crate::chunk::Span;
 use crate::event::NodeId;
 use crate::hash::{ChunkHash, Verified};
 use crate::progress::SyncProgress;
@@ -717,7 +717,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             return None;
         }
         let bytes = self.assembly.bytes().get(..u.len)?;
-        ChunkView::parse(bytes).ok().map(|v| v.origin())
+        crate::chunk::ChunkView::parse(bytes)
+            .ok()
+            .map(|v| v.origin())
     }
 
     /// On a secure link, checks the signature of the unstored chunk `u` with its origin's
@@ -744,7 +746,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             secured.verifier = key.and_then(Verifier::new);
         }
         let bytes = self.assembly.bytes().get(..u.len).unwrap_or(&[]);
-        let verdict = match (&secured.verifier, ChunkView::parse(bytes)) {
+        let verdict = match (&secured.verifier, crate::chunk::ChunkView::parse(bytes)) {
             (Some(v), Ok(view)) if known(&secured.verifier) => {
                 v.verify(&view, u.signed_digest).map_err(|e| match e {
                     crate::secure::SealError::Unsigned => FailReason::Unsigned,
