@@ -637,7 +637,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
 
     /// A conduit as [`new`](Self::new) makes, whose session runs over a secure link
     /// ([`secure`](crate::secure)): `handshake` runs first, the adapter then decides what
-    /// the peer's key may do ([`Action::Authorize`]), and every frame travels sealed. Poll
+    /// the peer's key may do ([`Action::Authorize`]), and every frame travels sealed.
+    /// Each chunk received is stored only if its origin signed it; for an origin that is
+    /// neither the peer nor this node, the adapter gives the key ([`Action::OriginKey`]). Poll
     /// it with [`poll_serving`](Self::poll_serving): pieces of a served chunk are sealed
     /// with their frame. `config.node_id` must be the id of the handshake's key, and
     /// `config.max_frame` at most [`MAX_RECORD`](crate::secure::MAX_RECORD); the transmit

@@ -63,7 +63,9 @@ impl EventChunkSyncManager {
     /// session is authenticated and encrypted, and `security.peers` says what each peer
     /// key may do (the peers [`DeltaSyncProtocol::request_missing_chunks`] asks are ones
     /// this node connects to: [`Permissions::trust_dialed`](crate::Permissions::trust_dialed)
-    /// or their keys allowed).
+    /// or their keys allowed). Its peers take only chunks their origin signed: seal this
+    /// node's own with [`EventChunkStore::with_signer`](chunk_sync_core::EventChunkStore::with_signer)
+    /// and the same key pair.
     ///
     /// # Errors
     /// As [`Node::new`].
