@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the firmware for the QEMU lm3s6965evb (Cortex-M3), boots it with UART0 bridged to
 # a TCP port, syncs it with a host node (tokio adapter) over that port on a secure link
-# (each side lets in the other's key only), and fails unless both sides converge. Prints
-# the firmware's flash and static RAM footprint; the firmware prints its stack high-water
-# mark and the device time of an X25519 scalar multiplication.
+# (each side lets in the other's key only, and takes only chunks the other signed), and
+# fails unless both sides converge. Prints the firmware's flash and static RAM footprint;
+# the firmware prints its stack high-water mark and the device time of an X25519 scalar
+# multiplication, a key pair, and signing and verifying a chunk.
 #
 #   scripts/qemu-sync.sh          # the device keeps its chunks in a RamStore
 #   scripts/qemu-sync.sh flash    # in a FlashStore (NOR flash modelled in RAM)
