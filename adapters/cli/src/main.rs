@@ -627,6 +627,22 @@ fn new_key(store: &StoreArg) -> Result<Keypair> {
         .map_err(|e| format!("cannot make a key: the system's random source failed: {e}"))?)
 }
 
+/// Says on standard error which origins `append` sealed without a signature: secure peers
+/// refuse those chunks.
+fn warn_unsigned<'a>(origins: impl Iterator<Item = &'a NodeId>, signer: Option<&Keypair>) {
+    let own = signer.map(Keypair::node_id);
+    let unsigned: Vec<String> = origins
+        .filter(|o| Some(**o) != own)
+        .map(ToString::to_string)
+        .collect();
+    if !unsigned.is_empty() {
+        eprintln!(
+            "chunk-sync: chunks of {} are not signed (only an origin's own key signs its log): secure peers refuse them",
+            unsigned.join(", ")
+        );
+    }
+}
+
 /// The key `append` signs the store's own chunks with: a new store's, or the key file
 /// beside the store. A store without one (made by `--insecure-plaintext` nodes from
 /// another key path) appends unsigned chunks, which secure peers refuse.
@@ -772,6 +788,7 @@ fn append(
             forks.len()
         )));
     }
+    warn_unsigned(written.sealed_through.keys(), signer.as_ref());
     println!(
         "appended {} of {} events ({} private left out) as {added} new chunks holding {} events; {} chunks in the store",
         written.events - written.late.len() as u64,
@@ -837,9 +854,10 @@ fn append_sorted(
         None => open_with_key(store, new_key.as_ref())?,
     };
     let new_id = new_key.as_ref().map(Keypair::node_id);
+    let signer = signing_key(store, new_key.as_ref())?;
     let mut chunker = EventChunkStore::new(events_per_chunk as usize);
-    if let Some(keys) = signing_key(store, new_key.as_ref())? {
-        chunker = chunker.with_signer(keys);
+    if let Some(keys) = &signer {
+        chunker = chunker.with_signer(keys.clone());
     }
     let mut origins: Vec<NodeId> = events.iter().map(|e| e.origin).collect();
     origins.sort();
@@ -882,6 +900,7 @@ fn append_sorted(
             inserted.forks.len()
         )));
     }
+    warn_unsigned(origins.iter(), signer.as_ref());
     let sealed: u32 = chunks.iter().map(|c| c.events).sum();
     println!(
         "appended {} of {} events ({private} private left out) as {} new chunks holding {sealed} events; {} chunks in the store",

@@ -1050,3 +1050,20 @@ fn a_relay_passes_an_origins_chunks_only_to_nodes_that_trust_its_key() {
         ok(&["ls", "--store", a.to_str().unwrap()], None)
     );
 }
+
+#[test]
+fn append_says_which_origins_it_cannot_sign() {
+    let dir = temp_dir("unsigned-origin");
+    let store = dir.to_str().unwrap();
+    let input = "{\"seq\":0,\"kind\":\"k\",\"privacy\":\"public\",\"payload\":\"x\"}\n";
+    let own = run(&["append", "--store", store], Some(input));
+    assert!(own.status.success());
+    assert!(own.stderr.is_empty(), "the store's own log is signed");
+    let other = run(&["append", "--store", store, "--origin", "5"], Some(input));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(other.status.success());
+    assert!(
+        stderr.contains("node-5") && stderr.contains("secure peers refuse them"),
+        "{stderr}"
+    );
+}
