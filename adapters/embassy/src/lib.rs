@@ -14,7 +14,8 @@
 //!
 //! With the `secure` feature, `Runner::new_secure` runs the session over an
 //! authenticated and encrypted link (see the `secure` module), letting in only the peer
-//! keys the device lists.
+//! keys the device lists and storing only chunks their origin signed; `Log::signed_by`
+//! signs the device's own log with its key, as its peers require.
 //!
 //! The library picks no time driver, tick rate or timer queue: the application does.
 //!
