@@ -705,14 +705,13 @@ impl Open {
         #[cfg(feature = "secure")]
         let (end, id) = match &self.signer {
             Some(keys) => {
-                // One pass: the hash the signature signs, then on to the chunk's hash.
-                let mut hasher = blake3::Hasher::new();
-                hasher.update(&buf[start..end]);
-                let signature = keys.sign_digest(hasher.finalize().as_bytes());
+                let mut signature = [0u8; SIGNATURE_LEN];
+                let (_, id) = crate::hash::hash_signed(&buf[start..end], |digest| {
+                    signature = keys.sign_digest(digest);
+                    signature
+                });
                 // Room: `push` keeps `SIGNATURE_LEN` bytes free at the end of the buffer.
                 buf[end..end + SIGNATURE_LEN].copy_from_slice(&signature);
-                hasher.update(&signature);
-                let id = ChunkHash::from_bytes(*hasher.finalize().as_bytes());
                 (end + SIGNATURE_LEN, id)
             }
             None => (end, ChunkHash::of(&buf[start..end])),

@@ -427,6 +427,8 @@ struct Unstored {
     len: usize,
     /// What hashing found of a signed chunk: the hash of its bytes before the signature.
     signed_digest: Option<[u8; 32]>,
+    /// On a secure link: its origin's signature holds.
+    sealed: bool,
 }
 
 /// The next action, decided without borrowing the conduit.
@@ -510,8 +512,6 @@ struct Secured {
     verifier: Option<crate::secure::Verifier>,
     /// The adapter's answer to [`Action::OriginKey`], not used yet.
     answer: Option<(NodeId, Option<crate::secure::PublicKey>)>,
-    /// The unstored chunk whose signature holds.
-    checked: Option<ChunkHash>,
 }
 
 #[cfg(feature = "secure")]
@@ -525,7 +525,6 @@ impl Secured {
             opened: None,
             verifier: None,
             answer: None,
-            checked: None,
         }
     }
 }
@@ -714,10 +713,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     /// The origin of the unstored chunk `u`, if its signature is still to be checked.
     #[cfg(feature = "secure")]
     fn unchecked_origin(&self, u: Unstored) -> Option<NodeId> {
-        let secured = self.link.as_ref()?;
-        if secured.checked == Some(u.id) {
-            return None;
-        }
+        self.link.as_ref().filter(|_| !u.sealed)?;
         let bytes = self.assembly.bytes().get(..u.len)?;
         crate::chunk::ChunkView::parse(bytes)
             .ok()
@@ -730,10 +726,21 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     #[cfg(feature = "secure")]
     fn check_seal(&mut self, u: Unstored) -> Option<Step> {
         use crate::secure::Verifier;
-        let origin = self.unchecked_origin(u)?;
-        let secured = self.link.as_mut()?;
-        let known = |v: &Option<Verifier>| v.as_ref().is_some_and(|v| v.origin() == origin);
-        if !known(&secured.verifier) {
+        let secured = self.link.as_mut().filter(|_| !u.sealed)?;
+        // The session validated the chunk before it became unstored; were it not a chunk
+        // after all, it would be refused, never stored unchecked.
+        let bytes = self.assembly.bytes().get(..u.len).unwrap_or(&[]);
+        let Ok(view) = crate::chunk::ChunkView::parse(bytes) else {
+            self.unstored = None;
+            self.session.chunk_refused(u.id, FailReason::Invalid);
+            return None;
+        };
+        let origin = view.origin();
+        if secured
+            .verifier
+            .as_ref()
+            .is_none_or(|v| v.origin() != origin)
+        {
             let remote = secured.link.remote().copied();
             let key = if let Some(remote) = remote.filter(|k| k.node_id() == origin) {
                 Some(remote)
@@ -745,20 +752,15 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                     _ => return Some(Step::OriginKey(origin)),
                 }
             };
+            // Every key here has `origin`'s id (`origin_key` drops any other).
             secured.verifier = key.and_then(Verifier::new);
         }
-        let bytes = self.assembly.bytes().get(..u.len).unwrap_or(&[]);
-        let verdict = match (&secured.verifier, crate::chunk::ChunkView::parse(bytes)) {
-            (Some(v), Ok(view)) if known(&secured.verifier) => {
-                v.verify(&view, u.signed_digest).map_err(|e| match e {
-                    crate::secure::SealError::Unsigned => FailReason::Unsigned,
-                    crate::secure::SealError::BadSignature => FailReason::BadSignature,
-                })
-            }
-            _ => Err(FailReason::UnknownOrigin),
+        let verdict = match &secured.verifier {
+            Some(v) => v.verify(&view, u.signed_digest).map_err(FailReason::from),
+            None => Err(FailReason::UnknownOrigin),
         };
         match verdict {
-            Ok(()) => secured.checked = Some(u.id),
+            Ok(()) => self.unstored = Some(Unstored { sealed: true, ..u }),
             Err(reason) => {
                 self.unstored = None;
                 self.session.chunk_refused(u.id, reason);
@@ -929,15 +931,15 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         // the session's questions, which ask the store about them.
         self.session.recheck_deferred(now);
         loop {
+            #[cfg(feature = "secure")]
+            if let Some(unstored) = self.unstored
+                && let Some(step) = self.check_seal(unstored)
+            {
+                return step;
+            }
+            // On a secure link, still there once its signature held.
             if let Some(unstored) = self.unstored {
-                #[cfg(feature = "secure")]
-                if let Some(step) = self.check_seal(unstored) {
-                    return step;
-                }
-                if self.unstored.is_some() {
-                    return Step::Store(unstored);
-                }
-                continue;
+                return Step::Store(unstored);
             }
             if let Some(len) = self.listed.take() {
                 return Step::Listed(len);
@@ -1063,6 +1065,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                     id: verified.id(),
                     len,
                     signed_digest: verified.signed_digest(),
+                    sealed: false,
                 });
             }
         }

@@ -389,7 +389,6 @@ type Noise = NqHandshakeCore<X25519, ChaChaPoly, Sha256, GivenEntropy>;
 /// this session.
 pub struct Handshake {
     noise: Noise,
-    node_id: NodeId,
     /// This side's identity key, sent with its static key.
     public: PublicKey,
     /// The peer's identity key, once its message carried it.
@@ -424,7 +423,6 @@ impl Handshake {
         match noise {
             Ok(noise) => Self {
                 noise,
-                node_id: keys.node_id(),
                 public: keys.public,
                 peer: None,
             },
@@ -437,8 +435,8 @@ impl Handshake {
 impl Handshake {
     /// The node id of this side's key.
     #[must_use]
-    pub const fn node_id(&self) -> NodeId {
-        self.node_id
+    pub fn node_id(&self) -> NodeId {
+        self.public.node_id()
     }
 
     /// This side's public key.
@@ -499,9 +497,10 @@ impl Link {
             return Ok(());
         }
         // The identity key the peer sent must be the one its proven static key is.
-        let remote = hs.peer.filter(|peer| {
-            peer.link_key().is_some() && peer.link_key() == hs.noise.get_remote_static()
-        });
+        let proven = hs.noise.get_remote_static();
+        let remote = hs
+            .peer
+            .filter(|peer| peer.link_key().is_some_and(|k| Some(k) == proven));
         let Self::Handshaking(hs) = core::mem::replace(self, Self::Broken) else {
             return Ok(());
         };

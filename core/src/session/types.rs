@@ -265,6 +265,16 @@ pub enum FailReason {
     UnknownOrigin,
 }
 
+#[cfg(feature = "secure")]
+impl From<crate::secure::SealError> for FailReason {
+    fn from(e: crate::secure::SealError) -> Self {
+        match e {
+            crate::secure::SealError::Unsigned => Self::Unsigned,
+            crate::secure::SealError::BadSignature => Self::BadSignature,
+        }
+    }
+}
+
 impl core::fmt::Display for FailReason {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
