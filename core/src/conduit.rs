@@ -669,8 +669,8 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         Self::build(config, now, buffers, limits, Some(Secured::new(handshake)))
     }
 
-    /// Answers [`Action::Authorize`]: what the peer's key may do. With
-    /// [`Access::NONE`](crate::secure::Access::NONE) the session ends with
+    /// Answers [`Action::Authorize`]: what the peer's key may do, origin by origin. With
+    /// no right at all ([`Access::NONE`](crate::secure::Access::NONE)) the session ends with
     /// [`LinkError::Refused`](crate::session::LinkError::Refused), and the peer is told.
     #[cfg(feature = "secure")]
     pub fn authorize(&mut self, access: crate::secure::Access) -> Result<(), ApiMisuse> {
@@ -682,13 +682,24 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             return Err(ApiMisuse::NotAsked);
         };
         secured.authorized = true;
-        if access == crate::secure::Access::NONE {
+        if access.is_none() {
             self.session
                 .fail_now(Error::Link(crate::session::LinkError::Refused));
         } else {
             self.session.restrict(access.pull, access.push);
         }
         Ok(())
+    }
+
+    /// Narrows the session as [`authorize`](Self::authorize) would, on a plain link: for
+    /// tests that drive a session with raw frames.
+    #[cfg(all(test, feature = "secure"))]
+    pub(crate) fn restrict_for_test(
+        &mut self,
+        shown: crate::scope::Scope,
+        taken: crate::scope::Scope,
+    ) {
+        self.session.restrict(shown, taken);
     }
 
     /// Answers [`Action::OriginKey`]: the whole public key this node trusts for `origin`,
@@ -1608,3 +1619,6 @@ mod live_tests;
 
 #[cfg(all(test, feature = "secure"))]
 mod secure_tests;
+
+#[cfg(all(test, feature = "secure"))]
+mod scope_tests;

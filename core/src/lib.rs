@@ -61,6 +61,7 @@ pub mod hash;
 pub mod manifest;
 pub mod progress;
 pub mod recon;
+pub mod scope;
 #[cfg(feature = "secure")]
 pub mod secure;
 pub mod session;

@@ -75,6 +75,7 @@ use ed25519_dalek::Signer;
 
 use crate::chunk::{ChunkView, SIGNATURE_LEN};
 use crate::event::NodeId;
+pub use crate::scope::{OriginSet, Scope};
 use crate::session::LinkError;
 
 /// Bytes of a record's length prefix.
@@ -335,30 +336,62 @@ pub enum Role {
 }
 
 /// What a node lets a peer's key do, decided once the handshake has proven the key
-/// ([`Conduit::authorize`](crate::conduit::Conduit::authorize)).
+/// ([`Conduit::authorize`](crate::conduit::Conduit::authorize)): which origins it may
+/// pull, and which it may push.
+///
+/// An origin the peer may not pull is, to the peer, one this store does not hold: no list
+/// of origins names it, its ranges summarise as empty, requests for its chunks (by range
+/// or by hash) find nothing, and live sessions announce nothing of it. An origin the peer
+/// may not push is one this node neither asks the peer about nor stores from it
+/// ([`FailReason::NotPermitted`](crate::session::FailReason::NotPermitted)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Access {
-    /// The peer may fetch this node's chunks. Without it, this side answers as an empty
-    /// store would: the peer learns neither hashes nor counts.
-    pub pull: bool,
-    /// This node takes chunks from the peer. Without it, this side fetches nothing.
-    pub push: bool,
+    /// The origins whose chunks the peer may fetch from this node. With none, this side
+    /// answers as an empty store would: the peer learns neither hashes nor counts.
+    pub pull: Scope,
+    /// The origins whose chunks this node takes from the peer. With none, this side
+    /// fetches nothing.
+    pub push: Scope,
 }
 
 impl Access {
-    /// Both ways.
+    /// Both ways, every origin.
     pub const FULL: Self = Self {
-        pull: true,
-        push: true,
+        pull: Scope::All,
+        push: Scope::All,
     };
-    /// Nothing: the session ends with
-    /// [`LinkError::Refused`] before any `Hello`, and
-    /// the peer is told it was refused.
+    /// Nothing: the session ends with [`LinkError::Refused`] before any `Hello`, and the
+    /// peer is told it was refused.
     pub const NONE: Self = Self {
-        pull: false,
-        push: false,
+        pull: Scope::Nothing,
+        push: Scope::Nothing,
     };
+    /// The peer may fetch every origin and push none.
+    pub const PULL: Self = Self {
+        pull: Scope::All,
+        push: Scope::Nothing,
+    };
+    /// The peer may push every origin and fetch none.
+    pub const PUSH: Self = Self {
+        pull: Scope::Nothing,
+        push: Scope::All,
+    };
+
+    /// Whether the peer may do nothing at all (and is refused).
+    #[must_use]
+    pub const fn is_none(&self) -> bool {
+        self.pull.is_nothing() && self.push.is_nothing()
+    }
+
+    /// What both `self` and `other` allow.
+    #[must_use]
+    pub fn and(&self, other: &Self) -> Self {
+        Self {
+            pull: self.pull.and(&other.pull),
+            push: self.push.and(&other.push),
+        }
+    }
 }
 
 /// An entropy source the handshake never calls: the ephemeral key is made from the

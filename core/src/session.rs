@@ -38,6 +38,7 @@ use crate::event::NodeId;
 use crate::progress::SyncProgress;
 use crate::recon::codec::{MAX_ENTRY, MAX_RANGE};
 use crate::recon::{KeyRange, Run, Summary};
+use crate::scope::Scope;
 use crate::throttle::{Throttle, ThrottleConfig};
 use crate::time::{Duration, Instant};
 use crate::wire::{
@@ -151,6 +152,10 @@ pub struct Session<const RANGES: usize, const REQ: usize, const RUNS: usize = DE
     link_overhead: u32,
     /// The largest frame the link carries (a record's limit).
     link_max: u32,
+    /// The origins the peer may see and fetch ([`Scope::All`] unless narrowed).
+    shown: Scope,
+    /// The origins this side takes from the peer ([`Scope::All`] unless narrowed).
+    taken: Scope,
 }
 
 impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, REQ, RUNS> {
@@ -195,6 +200,8 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             now,
             link_overhead: 0,
             link_max: u32::MAX,
+            shown: Scope::All,
+            taken: Scope::All,
         })
     }
 
@@ -817,16 +824,25 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         self.link_max = max;
     }
 
-    /// Narrows what the session does before its `Hello` goes out: without `serve` it
-    /// shows the peer an empty store, without `pull` it fetches nothing.
+    /// Narrows what the session does before its `Hello` goes out: it shows the peer only
+    /// the origins of `serve` (an empty store if none) and takes only the origins of
+    /// `take` (fetching nothing if none).
     #[cfg(feature = "secure")]
-    pub(crate) fn restrict(&mut self, serve: bool, pull: bool) {
-        self.config.serve &= serve;
-        if !pull {
+    pub(crate) fn restrict(&mut self, serve: Scope, take: Scope) {
+        self.config.serve &= !serve.is_nothing();
+        self.shown = serve;
+        self.taken = take;
+        if take.is_nothing() {
             self.config.pull = false;
             self.config.list = false;
             self.pull = Pull::new(false, self.config.max_ranges);
         }
+    }
+
+    /// The origins this side shows the peer, and those it takes from it.
+    #[must_use]
+    pub const fn scopes(&self) -> (&Scope, &Scope) {
+        (&self.shown, &self.taken)
     }
 
     /// Whether this side's `Hello` went out.

@@ -9,7 +9,8 @@ use chunk_sync_core::wire::ErrorCode;
 use chunk_sync_core::{ChunkHash, NodeId};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{
-    Access, Error, Keypair, MemStore, Node, NodeConfig, Permissions, Security, generate_keypair,
+    Access, Error, Keypair, MemStore, Node, NodeConfig, Permissions, Scope, Security,
+    generate_keypair,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -76,10 +77,7 @@ async fn an_unknown_key_is_refused_and_gets_nothing() {
 async fn pull_rights_alone_serve_without_taking() {
     let (ka, kb) = (generate_keypair().unwrap(), generate_keypair().unwrap());
     let (la, lb) = (log_of(&ka, 100), log_of(&kb, 50));
-    let read_only = Access {
-        pull: true,
-        push: false,
-    };
+    let read_only = Access::PULL;
     let a = secure(
         &ka,
         Permissions::deny_all().allow(*kb.public(), read_only),
@@ -355,4 +353,62 @@ async fn a_fork_signed_by_its_origin_is_refused_and_the_first_chunk_kept() {
     assert_eq!(report.progress.synced_chunks, 0);
     assert_eq!(b.store().ids().unwrap(), [first.id]);
     assert_eq!(a.store().ids().unwrap(), [fork.id]);
+}
+
+/// b relays the logs of a and d; c may pull only a's log from b, and pushes only its own:
+/// over real TCP, c gets exactly a's chunks, and b takes exactly c's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_rights_for_one_origin_syncs_exactly_that_origin() {
+    use chunk_sync_tokio::{NodeStore, VerifiedChunk};
+    let keys: Vec<Keypair> = (0..4).map(|_| generate_keypair().unwrap()).collect();
+    let [ka, kb, kc, kd] = [&keys[0], &keys[1], &keys[2], &keys[3]];
+    let (la, ld, lc) = (log_of(ka, 60), log_of(kd, 50), log_of(kc, 30));
+    let relay = MemStore::new();
+    for (id, bytes) in la.store.iter().chain(&ld.store) {
+        relay
+            .insert(VerifiedChunk::new(*id, bytes.clone()).unwrap())
+            .unwrap();
+    }
+    let rights = Access {
+        pull: Scope::only(&[ka.node_id()]).unwrap(),
+        push: Scope::only(&[kc.node_id()]).unwrap(),
+    };
+    let b = secure(
+        kb,
+        Permissions::deny_all().allow(*kc.public(), rights),
+        relay,
+    );
+    let listener = b.listen("127.0.0.1:0").await.unwrap();
+    // c trusts both origins: what keeps d's log from it is b's rule alone. It also holds
+    // a chunk of d's log, which b must not take from it.
+    let c_store = lc.mem_store();
+    let (d_first, d_bytes) = ld.store.iter().next().unwrap();
+    c_store
+        .insert(VerifiedChunk::new(*d_first, d_bytes.clone()).unwrap())
+        .unwrap();
+    let c = secure(
+        kc,
+        Permissions::open()
+            .trust_origin(*ka.public())
+            .trust_origin(*kd.public()),
+        c_store,
+    );
+    let report = c.sync_with(listener.local_addr()).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let mut c_wants: Vec<ChunkHash> = la.ids().into_iter().chain(lc.ids()).collect();
+    c_wants.push(*d_first);
+    c_wants.sort();
+    assert_eq!(
+        c.store().ids().unwrap(),
+        c_wants,
+        "c got a's log and no more of d's"
+    );
+    let mut b_wants: Vec<ChunkHash> = la
+        .ids()
+        .into_iter()
+        .chain(ld.ids())
+        .chain(lc.ids())
+        .collect();
+    b_wants.sort();
+    assert_eq!(b.store().ids().unwrap(), b_wants, "b took c's log");
 }

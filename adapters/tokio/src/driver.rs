@@ -324,7 +324,7 @@ impl Driver<'_, '_> {
                         .security
                         .as_ref()
                         .map_or(Access::NONE, |s| s.peers.access(&key, accepted));
-                    if access == Access::NONE {
+                    if access.is_none() {
                         info!(%key, "refused a peer key this node does not allow");
                     } else {
                         debug!(%key, ?access, "peer key authenticated");

@@ -68,5 +68,7 @@ pub use node::{FailoverReport, Node};
 pub use progress::{SyncProgress, SyncReport};
 #[cfg(feature = "redb")]
 pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy};
-pub use security::{Access, Keypair, Permissions, PublicKey, Security, generate_keypair};
+pub use security::{
+    Access, Keypair, OriginSet, Permissions, PublicKey, Scope, Security, generate_keypair,
+};
 pub use store::{Inserted, MemStore, MemoryLimit, NodeStore, VerifiedChunk};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chunk_sync_core::NodeId;
 
-pub use chunk_sync_core::secure::{Access, Keypair, PublicKey};
+pub use chunk_sync_core::secure::{Access, Keypair, OriginSet, PublicKey, Scope};
 
 /// What a secure node ([`Node::new`](crate::Node::new)) is and whom it
 /// lets in: its key pair (its node id is the key's,

@@ -13,9 +13,9 @@ use crate::secure::{Access, Handshake, Keypair, MAX_RECORD, RECORD_OVERHEAD, Rol
 use crate::session::LinkError;
 use crate::wire::ErrorCode;
 
-type C = Conduit<'static, Vec<u8>, 8, 4>;
+pub(super) type C = Conduit<'static, Vec<u8>, 8, 4>;
 
-fn keys(seed: u8) -> Keypair {
+pub(super) fn keys(seed: u8) -> Keypair {
     Keypair::from_secret([seed; 32])
 }
 
@@ -40,7 +40,7 @@ pub(super) fn signed_chunk(keys: &Keypair, seq: u64, payload: &[u8]) -> Vec<u8> 
 }
 
 /// `n` chunks of the log of `keys(seed)`, signed, with `payload` bytes each.
-fn signed(seed: u8, n: usize, payload: usize) -> BTreeMap<ChunkHash, Vec<u8>> {
+pub(super) fn signed(seed: u8, n: usize, payload: usize) -> BTreeMap<ChunkHash, Vec<u8>> {
     (0..n)
         .map(|i| {
             let bytes = signed_chunk(&keys(seed), i as u64 * 10, &std::vec![i as u8; payload]);
@@ -58,20 +58,30 @@ fn buffers() -> Buffers<Vec<u8>> {
 }
 
 /// An end over a secure link, of node `keys`, with `max_frame`.
-fn secure_end(
+pub(super) fn secure_end(
     keys: &Keypair,
     role: Role,
     max_frame: u32,
     store: BTreeMap<ChunkHash, Vec<u8>>,
 ) -> End {
-    let mut end = End::new(config(1), Limits::new(), store);
     let config = Config {
         max_frame,
         ..Config::new(keys.node_id())
     };
+    secure_end_with(keys, role, config, store)
+}
+
+/// An end over a secure link, of node `keys`, with `config`.
+pub(super) fn secure_end_with(
+    keys: &Keypair,
+    role: Role,
+    session: Config,
+    store: BTreeMap<ChunkHash, Vec<u8>>,
+) -> End {
+    let mut end = End::new(config(1), Limits::new(), store);
     let entropy = [role as u8 + 100; 32];
     end.conduit = C::new_secure(
-        config,
+        session,
         Instant::ZERO,
         buffers(),
         Limits::new(),
@@ -82,7 +92,7 @@ fn secure_end(
 }
 
 /// Two ends, `a` initiating, holding `a_chunks` and `b_chunks`.
-fn pair(
+pub(super) fn pair(
     max_frame: u32,
     a_chunks: BTreeMap<ChunkHash, Vec<u8>>,
     b_chunks: BTreeMap<ChunkHash, Vec<u8>>,
@@ -162,10 +172,7 @@ fn a_refused_peer_is_told_and_learns_nothing() {
 #[test]
 fn pull_access_alone_serves_the_peer_and_takes_nothing_from_it() {
     let (mut a, mut b) = pair(256, signed(1, 4, 40), signed(2, 5, 40));
-    b.access = Access {
-        pull: true,
-        push: false,
-    };
+    b.access = Access::PULL;
     run(&mut a, &mut b, Duration::from_secs(60));
     assert_eq!(a.outcome, Some(Ok(())));
     assert_eq!(b.outcome, Some(Ok(())));
@@ -176,10 +183,7 @@ fn pull_access_alone_serves_the_peer_and_takes_nothing_from_it() {
 #[test]
 fn push_access_alone_shows_an_empty_store() {
     let (mut a, mut b) = pair(256, signed(1, 4, 40), signed(2, 5, 40));
-    b.access = Access {
-        pull: false,
-        push: true,
-    };
+    b.access = Access::PUSH;
     run(&mut a, &mut b, Duration::from_secs(60));
     assert_eq!(a.outcome, Some(Ok(())));
     assert_eq!(a.store.len(), 4, "b showed a nothing");
@@ -410,7 +414,7 @@ fn re_signed(chunk: &[u8], signer: &Keypair) -> Vec<u8> {
     bytes
 }
 
-fn store_of(chunks: impl IntoIterator<Item = Vec<u8>>) -> BTreeMap<ChunkHash, Vec<u8>> {
+pub(super) fn store_of(chunks: impl IntoIterator<Item = Vec<u8>>) -> BTreeMap<ChunkHash, Vec<u8>> {
     chunks
         .into_iter()
         .map(|bytes| (ChunkHash::of(&bytes), bytes))

@@ -38,6 +38,8 @@ pub(crate) struct End {
     pub(crate) writes: bool,
     /// Hashes the peer listed, in a listing.
     pub(crate) listed: Vec<ChunkHash>,
+    /// Every range the conduit asked this end's store to summarise.
+    pub(crate) summarized: Vec<KeyRange>,
     /// Over a secure link: what this end lets the peer's key do, and the keys it was
     /// asked about.
     #[cfg(feature = "secure")]
@@ -87,6 +89,7 @@ impl End {
             deadline: None,
             writes: true,
             listed: Vec::new(),
+            summarized: Vec::new(),
             #[cfg(feature = "secure")]
             access: crate::secure::Access::FULL,
             #[cfg(feature = "secure")]
@@ -123,6 +126,7 @@ impl End {
                     self.conduit.written(now, n);
                 }
                 Action::Summarize { range, runs } => {
+                    self.summarized.push(range);
                     let (summary, n) = crate::recon::summarize(&range, runs, |r, out| {
                         Ok::<_, ()>(scan::chunks_in(out, r, || spans(&self.store)))
                     })

@@ -136,6 +136,20 @@ impl<const E: usize> Answer<E> {
         }
     }
 
+    /// For a [`Query::Origins`] whose origins are not listed yet: list the store's origins
+    /// after `past` instead, none of those up to it being shown (a later cursor only).
+    pub fn list_after(&mut self, past: NodeId) {
+        if let Asked::Origins {
+            after,
+            listed: None,
+            ..
+        } = &mut self.asked
+            && after.is_none_or(|a| past > a)
+        {
+            *after = Some(past);
+        }
+    }
+
     /// The range whose summary [`summarized`](Self::summarized) needs next, and the most
     /// runs wanted with it.
     #[must_use]

@@ -531,6 +531,27 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         true
     }
 
+    /// Drops the range of [`next_own`](Self::next_own) without wanting any of it: this
+    /// node takes nothing of that origin from the peer, so the walk neither fetches nor
+    /// splits it.
+    ///
+    /// Returns `false`, and changes nothing, if no range awaits resolving.
+    pub fn pass(&mut self) -> bool {
+        if self.next_own().is_none() {
+            return false;
+        }
+        if self.held.get(self.resolved).is_none() {
+            self.announced.remove(0);
+            return true;
+        }
+        self.resolved += 1;
+        if self.resolved == self.held.len() {
+            self.held.clear();
+            self.resolved = 0;
+        }
+        true
+    }
+
     // Called from four places: one copy is smaller on a microcontroller.
     #[inline(never)]
     fn want(&mut self, range: KeyRange) {

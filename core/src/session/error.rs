@@ -339,6 +339,9 @@ pub enum FinishError {
     /// A valid chunk sent for a range it is not in: not stored; the session failed
     /// ([`PeerMisbehaved::OutsideRange`]).
     OutsideRange,
+    /// A valid chunk of an origin this side takes none of from the peer: not stored,
+    /// reported as failed ([`FailReason::NotPermitted`]).
+    NotPermitted,
     /// The call did not fit the session's state.
     ApiMisuse(ApiMisuse),
 }
@@ -349,6 +352,7 @@ impl fmt::Display for FinishError {
             Self::HashMismatch(e) => fmt::Display::fmt(e, f),
             Self::Invalid(e) => write!(f, "not a valid chunk: {e}"),
             Self::OutsideRange => f.write_str("a chunk outside the range it was sent for"),
+            Self::NotPermitted => f.write_str("a chunk of an origin not taken from this peer"),
             Self::ApiMisuse(e) => fmt::Display::fmt(e, f),
         }
     }

@@ -20,6 +20,7 @@ use crate::hash::ChunkHash;
 use crate::hash::Verified;
 use crate::recon::codec::EntryWriter;
 use crate::recon::{self, Answer, Fingerprint, KeyRange, Query, RangeList};
+use crate::scope::Scope;
 use crate::store::{ChunkStore, RamStore};
 use crate::wire::ErrorCode;
 
@@ -324,6 +325,9 @@ struct Harness {
     requests: Vec<Asked>,
     /// The ranges the session asked for, to check what it stores against.
     ranges: Vec<KeyRange>,
+    /// The origins the session shows the peer and those it takes from it.
+    shown: Scope,
+    taken: Scope,
 }
 
 impl Harness {
@@ -347,6 +351,11 @@ impl Harness {
                         assert!(
                             end <= self.serving.len(),
                             "asked to send bytes it was not given"
+                        );
+                        let origin = Span::of(&self.serving).map(|s| s.origin);
+                        assert!(
+                            origin.is_some_and(|o| self.shown.covers(o)),
+                            "a piece of a chunk of an origin not shown"
                         );
                         n += piece.len as usize;
                     } else {
@@ -375,6 +384,10 @@ impl Harness {
                     self.c.written(now, n);
                 }
                 Action::Summarize { range, runs } => {
+                    assert!(
+                        self.shown.covers(range.origin) || self.taken.covers(range.origin),
+                        "the store asked about an origin neither shown nor taken"
+                    );
                     let (summary, n) = summary(&own, &range, runs);
                     let _ = self.c.summarized(&summary, n);
                 }
@@ -392,6 +405,7 @@ impl Harness {
                     }
                 },
                 Action::ReadFirst(range) => {
+                    assert!(self.shown.covers(range.origin), "a range not shown read");
                     let first = own.first_in(&range).expect("a RAM store");
                     match first.and_then(|(span, id)| Some((span, own.get(&id)?))) {
                         Some((span, bytes)) => {
@@ -409,6 +423,10 @@ impl Harness {
                     let view = ChunkView::validated(chunk.bytes());
                     assert!(view.is_ok(), "only valid chunks are stored");
                     let span = view.map(|v| v.span()).unwrap_or_default();
+                    assert!(
+                        self.taken.covers(span.origin),
+                        "a chunk of an origin not taken"
+                    );
                     let wanted_by_hash = (0..8).any(|i| pool_hash(i) == chunk.id());
                     assert!(
                         wanted_by_hash
@@ -421,6 +439,7 @@ impl Harness {
                     let _ = self.c.stored(Stored::Kept);
                 }
                 Action::List { range, out } => {
+                    assert!(self.shown.covers(range.origin), "a range not shown listed");
                     let n = own.chunks_in(&range, out).expect("a RAM store");
                     let _ = self.c.listed(n);
                 }
@@ -524,6 +543,75 @@ impl Harness {
     }
 }
 
+/// Runs `ops` against a session (restricted to `scopes`, shown and taken, if given),
+/// checking the invariants as it goes.
+fn run_hostile(honest_hello: bool, ops: &[Op], scopes: Option<(Scope, Scope)>) {
+    let config = Config {
+        max_frame: 1024,
+        idle_timeout: Duration::from_secs(30),
+        max_ranges: 64,
+        ..Config::new(NodeId(1))
+    };
+    let buffers = Buffers {
+        receive: Vec::new(),
+        transmit: Vec::new(),
+        reassembly: Vec::new(),
+    };
+    let mut h = Harness {
+        c: Conduit::new(config, Instant::ZERO, buffers, Limits::new()).unwrap(),
+        now: Instant::ZERO,
+        inbox: Vec::new(),
+        serving: Vec::new(),
+        closed: None,
+        queries: Vec::new(),
+        requests: Vec::new(),
+        ranges: Vec::new(),
+        shown: scopes.map_or(Scope::All, |s| s.0),
+        taken: scopes.map_or(Scope::All, |s| s.1),
+    };
+    #[cfg(feature = "secure")]
+    if let Some((shown, taken)) = scopes {
+        h.c.restrict_for_test(shown, taken);
+    }
+    h.pump();
+    if honest_hello {
+        h.feed(&bytes_of(&Op::Hello {
+            protocol: PROTOCOL_VERSION,
+            max_frame: 1024,
+            max_requests: 4,
+            max_ranges: 16,
+        }));
+    }
+    let mut fatal = None;
+    // Frames the peer sent (an answer to a range may be several).
+    let mut frames_fed = 1;
+    for op in ops {
+        if let Op::Wait(ms) = op {
+            h.now += Duration::from_millis(u64::from(*ms));
+            h.c.handle_timeout(h.now);
+            h.pump();
+        } else {
+            let bytes = h.reply(op);
+            let mut at = 0;
+            while let Some(head) = bytes.get(at..at + 4) {
+                frames_fed += 1;
+                at += 4 + u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            }
+            h.feed(&bytes);
+        }
+        // A fatal error sticks.
+        match (fatal, h.c.session().error()) {
+            (None, e) => fatal = e,
+            (Some(first), now) => assert_eq!(now, Some(first)),
+        }
+        if fatal.is_some() {
+            assert!(h.c.session().poll_timeout().is_none());
+        }
+    }
+    let stats = h.c.stats();
+    assert!(stats.frames_received <= frames_fed);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
 
@@ -532,54 +620,20 @@ proptest! {
         honest_hello in any::<bool>(),
         ops in pvec(op(), 0..40),
     ) {
-        let config = Config {
-            max_frame: 1024,
-            idle_timeout: Duration::from_secs(30),
-            max_ranges: 64,
-            ..Config::new(NodeId(1))
-        };
-        let buffers = Buffers { receive: Vec::new(), transmit: Vec::new(), reassembly: Vec::new() };
-        let mut h = Harness {
-            c: Conduit::new(config, Instant::ZERO, buffers, Limits::new()).unwrap(),
-            now: Instant::ZERO,
-            inbox: Vec::new(),
-            serving: Vec::new(),
-            closed: None,
-            queries: Vec::new(),
-            requests: Vec::new(),
-            ranges: Vec::new(),
-        };
-        h.pump();
-        if honest_hello {
-            h.feed(&bytes_of(&Op::Hello { protocol: PROTOCOL_VERSION, max_frame: 1024, max_requests: 4, max_ranges: 16 }));
-        }
-        let mut fatal = None;
-        // Frames the peer sent (an answer to a range may be several).
-        let mut frames_fed = 1;
-        for op in &ops {
-            if let Op::Wait(ms) = op {
-                h.now += Duration::from_millis(u64::from(*ms));
-                h.c.handle_timeout(h.now);
-                h.pump();
-            } else {
-                let bytes = h.reply(op);
-                let mut at = 0;
-                while let Some(head) = bytes.get(at..at + 4) {
-                    frames_fed += 1;
-                    at += 4 + u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-                }
-                h.feed(&bytes);
-            }
-            // A fatal error sticks.
-            match (fatal, h.c.session().error()) {
-                (None, e) => fatal = e,
-                (Some(first), now) => prop_assert_eq!(now, Some(first)),
-            }
-            if fatal.is_some() {
-                prop_assert!(h.c.session().poll_timeout().is_none());
-            }
-        }
-        let stats = h.c.stats();
-        prop_assert!(stats.frames_received <= frames_fed);
+        run_hostile(honest_hello, &ops, None);
+    }
+
+    /// A session that shows only origin 0 of its store (which holds origins 0 and 2) and
+    /// takes only origin 4 (the peer holds 4 and 6): whatever the peer asks or sends,
+    /// the store is never asked about origin 2 or 6, no piece of origin 2 goes out, and
+    /// nothing of origin 6 is stored.
+    #[cfg(feature = "secure")]
+    #[test]
+    fn a_hostile_peer_gets_and_gives_only_the_origins_of_its_rights(
+        honest_hello in any::<bool>(),
+        ops in pvec(op(), 0..40),
+    ) {
+        let scopes = (Scope::only(&[NodeId(0)]).unwrap(), Scope::only(&[NodeId(4)]).unwrap());
+        run_hostile(honest_hello, &ops, Some(scopes));
     }
 }

@@ -32,9 +32,14 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     /// overlap or touch are sent as one; past `RANGES` waiting, one `Resync` replaces them
     /// (the peer reconciles again). Returns whether the announcement will go out: not
     /// before the peer's `Hello` (its first reconciliation, which comes after, sees the
-    /// chunks), nor in a session that is not live or is ending.
+    /// chunks), nor in a session that is not live or is ending, nor for an origin the
+    /// peer may not see.
     pub fn announce(&mut self, range: KeyRange) -> bool {
         if !self.announcing() || range.lo >= range.hi {
+            return false;
+        }
+        if !self.shown.covers(range.origin) {
+            // The peer may not see that origin: nothing to tell it.
             return false;
         }
         // A `Resync` waiting covers it.

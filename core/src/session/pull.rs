@@ -363,12 +363,25 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             // No piece is taken for a listing (see `on_piece`).
             Request::Ids(_) => return Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish)),
         };
+        let result = result.and_then(|verified| self.taken_from_peer(verified));
         if result.is_ok() {
             // Synced once the store says so ([`chunk_stored`](Self::chunk_stored)).
             self.progress.bytes_transferred += bytes.len() as u64;
         }
         self.check_completion();
         result
+    }
+
+    /// A verified chunk of an origin this side does not take from the peer (asked for
+    /// by hash, which names no origin) is refused: [`FailReason::NotPermitted`].
+    fn taken_from_peer<'b>(&mut self, verified: Verified<'b>) -> Result<Verified<'b>, FinishError> {
+        match crate::chunk::Span::of(verified.bytes()) {
+            Some(span) if self.taken.covers(span.origin) => Ok(verified),
+            _ => {
+                self.failed(verified.id(), FailReason::NotPermitted);
+                Err(FinishError::NotPermitted)
+            }
+        }
     }
 
     /// Checks a chunk asked for by hash (already out of flight).
@@ -488,12 +501,21 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         Ok(())
     }
 
-    /// The range of this node's store the walk needs summarised next, if any.
-    pub(super) fn own_summary_needed(&self) -> Option<KeyRange> {
+    /// The range of this node's store the walk needs summarised next, if any. Ranges of
+    /// origins this side does not take are passed over first, without a question.
+    pub(super) fn own_summary_needed(&mut self) -> Option<KeyRange> {
         if !matches!(self.phase, Phase::Open) {
             return None;
         }
-        self.pull.walk.as_ref().and_then(Walk::next_own)
+        loop {
+            let walk = self.pull.walk.as_mut()?;
+            let range = walk.next_own()?;
+            if self.taken.covers(range.origin) {
+                return Some(range);
+            }
+            walk.pass();
+            self.check_completion();
+        }
     }
 
     /// Gives the walk this node's summary of the range it asked for.

@@ -88,6 +88,9 @@ pub(super) enum Serving {
         total_len: u32,
         offset: u32,
         then: Then,
+        /// A chunk asked for by hash whose origin the peer may not see unless checked:
+        /// its hash, until its first piece goes out.
+        unchecked: Option<ChunkHash>,
     },
     /// The adapter does not have it; `NotFound` is to be sent.
     NotFound(ChunkHash),
@@ -111,11 +114,16 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         let room = self.answer_room() / crate::recon::codec::MAX_ENTRY;
         let answer =
             Answer::new(&query, room, K).map_err(|e| Error::Peer(PeerMisbehaved::Recon(e)))?;
-        self.serve.answer = if self.config.serve {
+        let shown = match query {
+            Query::Origins { .. } => self.config.serve,
+            Query::Ranges { origin, .. } => self.config.serve && self.shown.covers(origin),
+        };
+        self.serve.answer = if shown {
             Answering::Building(answer)
         } else {
-            // Nothing is shown: the answer an empty store gives, without asking the
-            // adapter (no origins; an empty entry per range).
+            // Nothing is shown (this side does not serve, or not this origin): the answer
+            // an empty store gives, without asking the adapter (no origins; an empty
+            // entry per range).
             let empty = match query {
                 Query::Origins { .. } => 0,
                 Query::Ranges { ranges, .. } => ranges.iter().count(),
@@ -212,8 +220,11 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
 
     /// The store listed its first `n` origins in the origins buffer (ascending, after the
     /// cursor asked), and `last` if none follow them.
+    ///
+    /// Origins the peer may not see are dropped from the list; if none is left of a page
+    /// that is not the last, the store is asked again after it.
     pub(super) fn answer_origins(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
-        let origins = self.origins.get(..n).ok_or(ApiMisuse::BadListing)?;
+        let origins = self.origins.get_mut(..n).ok_or(ApiMisuse::BadListing)?;
         let Answering::Building(answer) = &mut self.serve.answer else {
             return Err(ApiMisuse::NotAsked);
         };
@@ -224,8 +235,24 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             && origins
                 .first()
                 .is_none_or(|first| after.is_none_or(|a| *first > a));
-        if !ascending || (origins.is_empty() && !last) || !answer.origins_listed(origins, last) {
+        if !ascending || (origins.is_empty() && !last) {
             return Err(ApiMisuse::BadListing);
+        }
+        let listed_last = origins.last().copied();
+        let mut shown = 0;
+        for i in 0..origins.len() {
+            if self.shown.covers(origins[i]) {
+                origins[shown] = origins[i];
+                shown += 1;
+            }
+        }
+        match listed_last {
+            Some(past) if shown == 0 && !last => answer.list_after(past),
+            _ => {
+                if !answer.origins_listed(&origins[..shown], last) {
+                    return Err(ApiMisuse::BadListing);
+                }
+            }
         }
         self.answer_progressed();
         Ok(())
@@ -361,9 +388,14 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     pub fn serve_chunk(&mut self, len: usize) -> Result<(), ApiMisuse> {
         let total_len = chunk_len(len)?;
         match (self.asked, self.serve.serving) {
-            (Some(Asked::Serving), Some(Serving::Pending(Request::Chunk(_)))) => {
+            (Some(Asked::Serving), Some(Serving::Pending(Request::Chunk(hash)))) => {
                 self.asked = None;
                 self.start_sending(total_len, Then::Next);
+                if !self.shown.is_all()
+                    && let Some(Serving::Sending { unchecked, .. }) = &mut self.serve.serving
+                {
+                    *unchecked = Some(hash);
+                }
                 Ok(())
             }
             _ => Err(ApiMisuse::NotAsked),
@@ -403,6 +435,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             total_len,
             offset: 0,
             then,
+            unchecked: None,
         });
     }
 
@@ -449,9 +482,27 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 Ok(Some(t))
             }
             Some(Serving::Sending {
+                unchecked: Some(hash),
+                ..
+            }) => {
+                // Sent only if its origin is shown (the whole chunk is needed to know:
+                // without it, nothing is).
+                let shown = Span::of(serving).is_some_and(|s| self.shown.covers(s.origin));
+                self.serve.serving = if shown {
+                    if let Some(Serving::Sending { unchecked, .. }) = &mut self.serve.serving {
+                        *unchecked = None;
+                    }
+                    self.serve.serving
+                } else {
+                    Some(Serving::NotFound(hash))
+                };
+                self.next_serving_frame(peer, buf, serving)
+            }
+            Some(Serving::Sending {
                 total_len,
                 offset,
                 then,
+                unchecked: None,
             }) => {
                 // A piece fits the peer's frames and, when throttled, one window's budget, so
                 // that frames keep flowing and the peer's idle timer is fed.
@@ -477,6 +528,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                         total_len,
                         offset: offset + len,
                         then,
+                        unchecked: None,
                     })
                 } else {
                     match then {
@@ -588,9 +640,15 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     }
 
     /// How a request starts out: awaiting the adapter's answer, or, when this side does
-    /// not serve, answered as by an empty store without asking the adapter.
-    pub(super) const fn requested(&self, request: Request) -> Serving {
-        match (self.config.serve, request) {
+    /// not serve (or not the range's origin), answered as by an empty store without
+    /// asking the adapter. (The origin of a chunk asked for by hash is checked once the
+    /// adapter has read it: see [`next_serving_frame`](Self::next_serving_frame).)
+    pub(super) fn requested(&self, request: Request) -> Serving {
+        let shown = match request {
+            Request::Chunk(_) => self.config.serve,
+            Request::Range(r) | Request::Ids(r) => self.config.serve && self.shown.covers(r.origin),
+        };
+        match (shown, request) {
             (true, _) => Serving::Pending(request),
             (false, Request::Chunk(hash)) => Serving::NotFound(hash),
             (false, Request::Range(_)) => Serving::RangeEnd,

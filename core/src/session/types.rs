@@ -263,6 +263,9 @@ pub enum FailReason {
     /// On a secure link: this node holds no key for the chunk's origin, so cannot check
     /// that the origin signed it.
     UnknownOrigin,
+    /// This node takes no chunks of its origin from this peer
+    /// ([`Access::push`](crate::secure::Access::push) does not cover it).
+    NotPermitted,
 }
 
 #[cfg(feature = "secure")]
@@ -285,6 +288,7 @@ impl core::fmt::Display for FailReason {
             Self::Unsigned => "not signed by its origin",
             Self::BadSignature => "its signature is not its origin's",
             Self::UnknownOrigin => "no key is trusted for its origin",
+            Self::NotPermitted => "this peer may not push chunks of its origin",
         })
     }
 }
