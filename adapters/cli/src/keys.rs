@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use chunk_sync_tokio::{Keypair, PublicKey};
 
+use crate::grant::Grant;
+
 /// The key file's name in a store's directory.
 pub(crate) const KEY_FILE: &str = "node.key";
 
@@ -87,24 +89,23 @@ pub(crate) fn load_or_create(path: &Path) -> Result<Keypair, String> {
     Ok(keys)
 }
 
-/// The keys listed in an allow file: one per line, `#` starts a comment.
-pub(crate) fn read_allow_file(path: &Path) -> Result<Vec<PublicKey>, String> {
+/// The grants listed in an allow file: one per line, as `--allow` takes them; `#`
+/// starts a comment.
+pub(crate) fn read_allow_file(path: &Path) -> Result<Vec<Grant>, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read allow file {shown}: {e}"))?;
     text.lines()
         .enumerate()
         .filter_map(|(n, line)| {
-            let key = line.split('#').next().unwrap_or("").trim();
-            (!key.is_empty()).then(|| {
-                key.parse()
-                    .map_err(|_| format!("{shown}:{}: not a public key (64 hex digits)", n + 1))
-            })
+            let grant = line.split('#').next().unwrap_or("").trim();
+            (!grant.is_empty())
+                .then(|| crate::grant::parse(grant).map_err(|e| format!("{shown}:{}: {e}", n + 1)))
         })
         .collect()
 }
 
-/// `--allow`.
+/// A public key (`--trust-origin`, and in grants).
 pub(crate) fn parse_key(text: &str) -> Result<PublicKey, String> {
     text.trim()
         .parse()

@@ -22,6 +22,7 @@ mod control;
 mod daemon;
 mod demo;
 mod events;
+mod grant;
 mod ingest;
 mod keys;
 mod units;
@@ -106,8 +107,10 @@ enum Command {
         /// Address to listen on, for example 127.0.0.1:7000.
         #[arg(long)]
         listen: String,
-        /// Also fetch what connecting peers have, so that any client that reaches the
-        /// address can push chunks into this store (off by default: clients only pull).
+        /// Also fetch what connecting peers have, so that clients can push chunks into
+        /// this store (off by default: clients only pull). Each client pushes only the
+        /// origins its grant lets it push (`--allow KEY:push=…`; all, for a key alone or
+        /// an `--open` node).
         #[arg(long)]
         accept_pushes: bool,
         /// Connections kept at once; past it, one that has not sent its Hello gives up its
@@ -333,11 +336,16 @@ struct NetArgs {
 /// trusted by its address unless keys are allowed, which then pin it.
 #[derive(Debug, Args)]
 struct SecurityArgs {
-    /// A peer key allowed to pull from and push to this node (repeatable): 64 hex digits,
-    /// as `chunk-sync key` prints them.
-    #[arg(long = "allow", value_name = "KEY", value_parser = keys::parse_key)]
-    allow: Vec<PublicKey>,
-    /// A file of allowed peer keys, one per line (`#` starts a comment).
+    /// A peer key allowed to sync with this node (repeatable): 64 hex digits, as
+    /// `chunk-sync key` prints them, alone (pull and push everything) or with rights by
+    /// origin: `KEY:pull=SCOPE:push=SCOPE`, where SCOPE is `all`, `none`, or origins
+    /// separated by commas, each `self` (the peer's own log) or a key. A right left out
+    /// is `all`. Keys named are trusted origins. Example: `KEY:pull=none:push=self`, a
+    /// device that may only upload its own log.
+    #[arg(long = "allow", value_name = "GRANT", value_parser = grant::parse)]
+    allow: Vec<grant::Grant>,
+    /// A file of grants, one per line, as `--allow` takes them (fields may also be
+    /// separated by spaces; `#` starts a comment).
     #[arg(long, value_name = "FILE")]
     allow_file: Option<PathBuf>,
     /// The key of an origin whose chunks this node takes when peers pass them on
@@ -998,8 +1006,11 @@ fn make_node(
     if allowed.is_empty() {
         peers = peers.trust_dialed(Access::FULL);
     }
-    for key in allowed {
-        peers = peers.allow(key, Access::FULL);
+    for grant in allowed {
+        peers = peers.allow(grant.key, grant.access);
+        for origin in grant.origins {
+            peers = peers.trust_origin(origin);
+        }
     }
     for key in &security.trust_origin {
         peers = peers.trust_origin(*key);

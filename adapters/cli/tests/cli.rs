@@ -1067,3 +1067,78 @@ fn append_says_which_origins_it_cannot_sign() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_grant_by_origin_lets_a_peer_pull_one_log_and_push_only_its_own() {
+    // r holds the logs of a and d; c holds its own and e's. c may pull a's log from r and
+    // push only its own.
+    let [a, d, c, e] = [("a", 20), ("d", 30), ("c", 10), ("e", 20)]
+        .map(|(name, n)| store_with(&format!("grant-{name}"), n));
+    let r = temp_dir("grant-r");
+    let pull = |into: &Path, from: &Path| {
+        let server = Server::start(from, &[]);
+        let key = key_of(from);
+        ok(
+            &[
+                "pull",
+                "--store",
+                into.to_str().unwrap(),
+                "--from",
+                &server.1,
+                "--trust-origin",
+                &key,
+            ],
+            None,
+        );
+    };
+    pull(&r, &a);
+    pull(&r, &d);
+    pull(&c, &e);
+    let listed = |s: &Path| -> std::collections::BTreeSet<String> {
+        let out = ok(&["ls", "--store", s.to_str().unwrap()], None);
+        out.lines().map(str::to_owned).collect()
+    };
+    let (la, ld, le) = (listed(&a), listed(&d), listed(&e));
+    let (r_before, c_before) = (listed(&r), listed(&c));
+    let c_own: std::collections::BTreeSet<String> = c_before.difference(&le).cloned().collect();
+    assert_eq!(c_own.len(), 1);
+
+    let grant = format!("{}:pull={}:push=self", key_of(&c), key_of(&a));
+    let relay = Server::start(&r, &["--allow", &grant, "--accept-pushes"]);
+    ok(
+        &[
+            "sync",
+            "--store",
+            c.to_str().unwrap(),
+            "--with",
+            &relay.1,
+            "--trust-origin",
+            &key_of(&a),
+        ],
+        None,
+    );
+    let c_after = listed(&c);
+    let c_wants: std::collections::BTreeSet<String> = c_before.union(&la).cloned().collect();
+    assert_eq!(c_after, c_wants, "c got a's log, nothing of d's");
+    assert!(c_after.is_disjoint(&ld));
+    let r_after = listed(&r);
+    let r_wants: std::collections::BTreeSet<String> = r_before.union(&c_own).cloned().collect();
+    assert_eq!(r_after, r_wants, "r took c's own log, nothing of e's");
+
+    // A grant that names no right correctly is refused with one line.
+    let out = run(
+        &[
+            "serve",
+            "--store",
+            r.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--allow",
+            &format!("{}:read=all", key_of(&c)),
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the rights are pull and push"), "{stderr}");
+}
