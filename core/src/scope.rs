@@ -1,8 +1,8 @@
 //! Which origins a right covers: [`Scope`], and the fixed-capacity [`OriginSet`] it names
 //! origins with.
 //!
-//! A session applies two scopes to its peer (see
-//! [`Access`](crate::secure::Access)): the origins it shows and serves, and the origins it
+//! A session applies two scopes to its peer (a secure link's `Access`, with the
+//! `secure` feature): the origins it shows and serves, and the origins it
 //! takes. An origin outside the first is, to the peer, an origin this store does not
 //! hold: it is in no list of origins, its ranges summarise as empty, and a request for
 //! its chunks (by range or by hash) finds nothing. An origin outside the second is one

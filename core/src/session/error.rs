@@ -340,7 +340,7 @@ pub enum FinishError {
     /// ([`PeerMisbehaved::OutsideRange`]).
     OutsideRange,
     /// A valid chunk of an origin this side takes none of from the peer: not stored,
-    /// reported as failed ([`FailReason::NotPermitted`]).
+    /// reported as failed ([`FailReason::NotPermitted`](super::FailReason::NotPermitted)).
     NotPermitted,
     /// The call did not fit the session's state.
     ApiMisuse(ApiMisuse),

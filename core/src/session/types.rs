@@ -263,8 +263,8 @@ pub enum FailReason {
     /// On a secure link: this node holds no key for the chunk's origin, so cannot check
     /// that the origin signed it.
     UnknownOrigin,
-    /// This node takes no chunks of its origin from this peer
-    /// ([`Access::push`](crate::secure::Access::push) does not cover it).
+    /// This node takes no chunks of its origin from this peer: the peer's rights (`push`
+    /// of the secure link's `Access`) do not cover it.
     NotPermitted,
 }
 
