@@ -13,9 +13,9 @@ use core::fmt;
 use crate::error::CapacityError;
 use crate::event::NodeId;
 
-/// The most origins an [`OriginSet`] names: 16. A peer that must reach more origins one
+/// The most origins an [`OriginSet`] names: 8. A peer that must reach more origins one
 /// by one than that is given [`Scope::All`].
-pub const MAX_SCOPE_ORIGINS: usize = 16;
+pub const MAX_SCOPE_ORIGINS: usize = 8;
 
 /// A set of up to [`MAX_SCOPE_ORIGINS`] origins, kept sorted (lookups are a binary
 /// search; no allocation).
@@ -188,6 +188,12 @@ mod tests {
         assert_eq!(full.capacity, MAX_SCOPE_ORIGINS);
         assert_eq!(set.as_slice(), &ids[..]);
         assert!(Scope::only(&[NodeId(1); 40]).is_ok());
+    }
+
+    #[test]
+    fn a_scope_takes_the_room_the_docs_say() {
+        // README, Capacities: 80 bytes per scope, two in each session.
+        assert!(core::mem::size_of::<Scope>() <= 80);
     }
 
     #[test]

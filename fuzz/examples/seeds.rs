@@ -427,8 +427,14 @@ fn main() {
     let (node, peer, relayed) = chunk_sync_fuzz::secure::keys();
     let signed = chunk_sync_fuzz::chunks::secure_held_chunks(node, peer)
         .into_iter()
-        .chain(chunk_sync_fuzz::chunks::secure_offered_chunks(peer, relayed));
-    for bytes in held_chunks().into_iter().chain(offered_chunks()).chain(signed) {
+        .chain(chunk_sync_fuzz::chunks::secure_offered_chunks(
+            peer, relayed,
+        ));
+    for bytes in held_chunks()
+        .into_iter()
+        .chain(offered_chunks())
+        .chain(signed)
+    {
         if !seen.contains(&bytes) {
             seen.push(bytes);
         }

@@ -51,7 +51,10 @@ fuzz_target!(|data: &[u8]| {
             }
             // Keys no input signs with: any signature fails them, without a panic.
             for key in verifiers() {
-                assert!(key.verify_chunk(&view).is_err(), "a forged signature passed");
+                assert!(
+                    key.verify_chunk(&view).is_err(),
+                    "a forged signature passed"
+                );
             }
             let mut read = 0u32;
             let mut failed = false;

@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use chunk_sync_core::ChunkHash;
 use chunk_sync_core::conduit::{Buffers, Conduit, Limits};
-use chunk_sync_core::secure::{Access, Handshake, Keypair, Role};
+use chunk_sync_core::secure::{Access, Handshake, Keypair, Role, Scope};
 use chunk_sync_core::session::{Config, Error, LinkError};
 use chunk_sync_core::store::ChunkStore;
 use chunk_sync_core::time::Instant;
@@ -113,8 +113,8 @@ impl SecureSetup {
             max_frame,
             peer_frame: if bit(7) { FRAMES[0] } else { max_frame },
             access: Access {
-                pull: !bit(3),
-                push: !bit(4),
+                pull: if bit(3) { Scope::Nothing } else { Scope::All },
+                push: if bit(4) { Scope::Nothing } else { Scope::All },
             },
             refused: bit(5),
             raw: bit(6),
@@ -390,7 +390,7 @@ fn check_untouched(setup: &SecureSetup, n: &mut Node<'_, Vec<u8>>, p: &Node<'_, 
     } else {
         assert_eq!(n.closed, Some(Ok(())), "an untouched sync completes");
         assert_eq!(p.closed, Some(Ok(())), "an untouched sync completes");
-        let expected = if setup.access.push {
+        let expected = if setup.access.push.is_all() {
             lacking().len()
         } else {
             0
@@ -399,13 +399,13 @@ fn check_untouched(setup: &SecureSetup, n: &mut Node<'_, Vec<u8>>, p: &Node<'_, 
             n.stored, expected,
             "the node stores what it lacks, if it takes any"
         );
-        if !setup.access.pull {
+        if setup.access.pull.is_nothing() {
             assert_eq!(p.stored, 0, "a peer that may not pull gets nothing");
         }
         for id in lacking() {
             let mut buf = vec![0u8; 16384];
             let held = n.store.read_into(id, &mut buf).expect("a readable store");
-            assert_eq!(held.is_some(), setup.access.push, "chunk {id:?}");
+            assert_eq!(held.is_some(), setup.access.push.is_all(), "chunk {id:?}");
             if let Some(len) = held {
                 assert_eq!(ChunkHash::of(&buf[..len]), *id);
             }

@@ -5,11 +5,14 @@
 
 use chunk_sync_core::NodeId;
 
-pub use chunk_sync_core::secure::{Access, Handshake, Keypair, PublicKey, Role};
+pub use chunk_sync_core::secure::{Access, Handshake, Keypair, OriginSet, PublicKey, Role, Scope};
 
 /// The peer keys a device lets in: each listed key gets its access, every other key
 /// `default` ([`Access::NONE`] in [`Peers::only`]). Borrowed, so that the list can live
-/// in flash or a `static`.
+/// in flash or a `static`. An access names origins one by one ([`Scope::Only`], up to
+/// [`MAX_SCOPE_ORIGINS`](chunk_sync_core::scope::MAX_SCOPE_ORIGINS)) or all of them: a
+/// gateway that may fetch only the device's own log is
+/// `Access { pull: Scope::Only(own), push: Scope::Nothing }`.
 ///
 /// Each listed key is also trusted as an origin ([`origin_key`](Self::origin_key)): the
 /// device takes chunks signed by it from any peer that may push. A peer's own chunks are
