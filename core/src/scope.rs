@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn a_scope_takes_the_room_the_docs_say() {
         // README, Capacities: 80 bytes per scope, two in each session.
-        assert!(core::mem::size_of::<Scope>() <= 80);
+        assert!(size_of::<Scope>() <= 80);
     }
 
     #[test]
