@@ -155,23 +155,6 @@ impl Scope {
     pub fn only(origins: &[NodeId]) -> Result<Self, CapacityError> {
         OriginSet::from_slice(origins).map(Self::Only)
     }
-
-    /// What both `self` and `other` cover.
-    #[must_use]
-    pub fn and(&self, other: &Self) -> Self {
-        match (self, other) {
-            (Self::Nothing, _) | (_, Self::Nothing) => Self::Nothing,
-            (Self::All, x) | (x, Self::All) => *x,
-            (Self::Only(a), Self::Only(b)) => {
-                let mut both = OriginSet::EMPTY;
-                for origin in a.as_slice().iter().filter(|o| b.contains(**o)) {
-                    // Room: no more than `a` holds.
-                    let _ = both.insert(*origin);
-                }
-                Self::Only(both)
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -201,7 +184,6 @@ mod tests {
         assert!(!Scope::Nothing.covers(NodeId(1)));
         assert!(Scope::All.covers(NodeId(1)));
         assert!(Scope::Only(OriginSet::EMPTY).is_nothing());
-        assert_eq!(Scope::All.and(&Scope::Nothing), Scope::Nothing);
     }
 
     proptest! {
@@ -216,18 +198,6 @@ mod tests {
             if let Scope::Only(set) = scope {
                 prop_assert!(set.as_slice().windows(2).all(|w| w[0] < w[1]));
             }
-        }
-
-        #[test]
-        fn and_covers_what_both_cover(
-            a in proptest::collection::vec(0u64..20, 0..MAX_SCOPE_ORIGINS),
-            b in proptest::collection::vec(0u64..20, 0..MAX_SCOPE_ORIGINS),
-            probe in 0u64..20,
-        ) {
-            let to = |v: &[u64]| Scope::only(&v.iter().copied().map(NodeId).collect::<alloc::vec::Vec<_>>()).unwrap();
-            let (a, b) = (to(&a), to(&b));
-            let p = NodeId(probe);
-            prop_assert_eq!(a.and(&b).covers(p), a.covers(p) && b.covers(p));
         }
     }
 }

@@ -383,15 +383,6 @@ impl Access {
     pub const fn is_none(&self) -> bool {
         self.pull.is_nothing() && self.push.is_nothing()
     }
-
-    /// What both `self` and `other` allow.
-    #[must_use]
-    pub fn and(&self, other: &Self) -> Self {
-        Self {
-            pull: self.pull.and(&other.pull),
-            push: self.push.and(&other.push),
-        }
-    }
 }
 
 /// An entropy source the handshake never calls: the ephemeral key is made from the

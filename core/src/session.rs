@@ -839,12 +839,6 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         }
     }
 
-    /// The origins this side shows the peer, and those it takes from it.
-    #[must_use]
-    pub const fn scopes(&self) -> (&Scope, &Scope) {
-        (&self.shown, &self.taken)
-    }
-
     /// Whether this side's `Hello` went out.
     pub(crate) const fn hello_sent(&self) -> bool {
         self.hello_sent

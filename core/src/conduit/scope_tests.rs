@@ -111,7 +111,7 @@ fn a_peer_with_push_rights_for_one_origin_gives_exactly_that_origin() {
     assert_eq!(b.outcome, Some(Ok(())));
     assert_eq!(b.store, signed(4, 5, 40));
     assert!(b.failed.is_empty(), "b did not even ask for the others");
-    assert!(a.store.len() == 12, "a took nothing");
+    assert_eq!(a.store.len(), 12, "a took nothing");
 }
 
 #[test]

@@ -487,11 +487,7 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
             return true;
         };
         let (r, t, their_runs) = (theirs.range, theirs.summary, theirs.runs.take());
-        self.resolved += 1;
-        if self.resolved == self.held.len() {
-            self.held.clear();
-            self.resolved = 0;
-        }
+        self.next_held();
         if t.count == 0 || (t.count == mine.count && t.fingerprint == mine.fingerprint) {
             return true;
         }
@@ -542,14 +538,19 @@ impl<const Q: usize, const E: usize, const K: usize, const W: usize> Walk<Q, E, 
         }
         if self.held.get(self.resolved).is_none() {
             self.announced.remove(0);
-            return true;
+        } else {
+            self.next_held();
         }
+        true
+    }
+
+    /// Moves past the held entry being resolved; once every one is, drops the answer.
+    fn next_held(&mut self) {
         self.resolved += 1;
         if self.resolved == self.held.len() {
             self.held.clear();
             self.resolved = 0;
         }
-        true
     }
 
     // Called from four places: one copy is smaller on a microcontroller.

@@ -363,7 +363,6 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             // No piece is taken for a listing (see `on_piece`).
             Request::Ids(_) => return Err(FinishError::ApiMisuse(ApiMisuse::NoChunkToFinish)),
         };
-        let result = result.and_then(|verified| self.taken_from_peer(verified));
         if result.is_ok() {
             // Synced once the store says so ([`chunk_stored`](Self::chunk_stored)).
             self.progress.bytes_transferred += bytes.len() as u64;
@@ -372,19 +371,10 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         result
     }
 
-    /// A verified chunk of an origin this side does not take from the peer (asked for
-    /// by hash, which names no origin) is refused: [`FailReason::NotPermitted`].
-    fn taken_from_peer<'b>(&mut self, verified: Verified<'b>) -> Result<Verified<'b>, FinishError> {
-        match crate::chunk::Span::of(verified.bytes()) {
-            Some(span) if self.taken.covers(span.origin) => Ok(verified),
-            _ => {
-                self.failed(verified.id(), FailReason::NotPermitted);
-                Err(FinishError::NotPermitted)
-            }
-        }
-    }
-
-    /// Checks a chunk asked for by hash (already out of flight).
+    /// Checks a chunk asked for by hash (already out of flight). A hash names no origin, so
+    /// the origin is checked here, once the header is read: one this side does not take
+    /// from the peer is refused ([`FailReason::NotPermitted`]). (A chunk sent for a range
+    /// is of the range's origin, and the walk asks only for origins this side takes.)
     fn finish_wanted<'b>(
         &mut self,
         want: Want,
@@ -393,14 +383,18 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         let result = Verified::new(want.hash, bytes)
             .map_err(FinishError::HashMismatch)
             .and_then(|verified| {
-                ChunkView::validated(bytes)
-                    .map(|_| verified)
-                    .map_err(FinishError::Invalid)
+                let view = ChunkView::validated(bytes).map_err(FinishError::Invalid)?;
+                if self.taken.covers(view.origin()) {
+                    Ok(verified)
+                } else {
+                    Err(FinishError::NotPermitted)
+                }
             });
         // Room in `retry` and `failures`: they hold at most what was in flight.
         match result {
             Ok(_) => {}
             Err(FinishError::Invalid(_)) => self.failed(want.hash, FailReason::Invalid),
+            Err(FinishError::NotPermitted) => self.failed(want.hash, FailReason::NotPermitted),
             Err(_) => {
                 let attempts = want.attempts + 1;
                 if attempts < self.config.max_attempts {

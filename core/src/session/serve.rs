@@ -390,12 +390,8 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         match (self.asked, self.serve.serving) {
             (Some(Asked::Serving), Some(Serving::Pending(Request::Chunk(hash)))) => {
                 self.asked = None;
-                self.start_sending(total_len, Then::Next);
-                if !self.shown.is_all()
-                    && let Some(Serving::Sending { unchecked, .. }) = &mut self.serve.serving
-                {
-                    *unchecked = Some(hash);
-                }
+                let unchecked = (!self.shown.is_all()).then_some(hash);
+                self.start_sending(total_len, Then::Next, unchecked);
                 Ok(())
             }
             _ => Err(ApiMisuse::NotAsked),
@@ -426,16 +422,16 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         } else {
             Then::End
         };
-        self.start_sending(total_len, then);
+        self.start_sending(total_len, then, None);
         Ok(())
     }
 
-    fn start_sending(&mut self, total_len: u32, then: Then) {
+    fn start_sending(&mut self, total_len: u32, then: Then, unchecked: Option<ChunkHash>) {
         self.serve.serving = Some(Serving::Sending {
             total_len,
             offset: 0,
             then,
-            unchecked: None,
+            unchecked,
         });
     }
 
@@ -482,20 +478,24 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 Ok(Some(t))
             }
             Some(Serving::Sending {
+                total_len,
+                offset,
+                then,
                 unchecked: Some(hash),
-                ..
             }) => {
                 // Sent only if its origin is shown (the whole chunk is needed to know:
                 // without it, nothing is).
                 let shown = Span::of(serving).is_some_and(|s| self.shown.covers(s.origin));
-                self.serve.serving = if shown {
-                    if let Some(Serving::Sending { unchecked, .. }) = &mut self.serve.serving {
-                        *unchecked = None;
+                self.serve.serving = Some(if shown {
+                    Serving::Sending {
+                        total_len,
+                        offset,
+                        then,
+                        unchecked: None,
                     }
-                    self.serve.serving
                 } else {
-                    Some(Serving::NotFound(hash))
-                };
+                    Serving::NotFound(hash)
+                });
                 self.next_serving_frame(peer, buf, serving)
             }
             Some(Serving::Sending {
