@@ -42,20 +42,15 @@ pub(crate) fn parse(text: &str) -> Result<Grant, String> {
         let (right, scope) = field.split_once('=').ok_or_else(|| {
             format!("`{field}`: a right is pull=… or push=… (all, none, self or origin keys)")
         })?;
-        let seen = match right {
-            "pull" => &mut pull,
-            "push" => &mut push,
+        let (slot, seen) = match right {
+            "pull" => (&mut grant.access.pull, &mut pull),
+            "push" => (&mut grant.access.push, &mut push),
             _ => return Err(format!("`{right}`: the rights are pull and push")),
         };
         if std::mem::replace(seen, true) {
             return Err(format!("`{right}` is given twice"));
         }
-        let scope = parse_scope(scope, &key, &mut grant.origins)?;
-        if right == "pull" {
-            grant.access.pull = scope;
-        } else {
-            grant.access.push = scope;
-        }
+        *slot = parse_scope(scope, &key, &mut grant.origins)?;
     }
     if grant.access.is_none() {
         return Err(
