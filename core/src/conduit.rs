@@ -389,10 +389,12 @@ pub enum Action<'c> {
     /// [`Conduit::authorize`]. Nothing of the store is shown before.
     #[cfg(feature = "secure")]
     Authorize(crate::secure::PublicKey),
-    /// On a secure link, a chunk of this origin arrived, neither the peer's nor this
-    /// node's: answer [`Conduit::origin_key`] with the origin's whole public key if this
-    /// node trusts one for it, or `None` (the chunk is then refused,
-    /// [`FailReason::UnknownOrigin`]). Nothing is stored before.
+    /// On a secure link, the session is about to ask the peer for chunks of this origin,
+    /// or a chunk of it arrived, and it is neither the peer's nor this node's: answer
+    /// [`Conduit::origin_key`] with the origin's whole public key if this node trusts one
+    /// for it, or `None`. Without a key the walk passes the origin, fetching nothing of
+    /// it, and a chunk of it that arrives anyway (asked for by hash) is refused
+    /// ([`FailReason::UnknownOrigin`]). Nothing is stored before.
     #[cfg(feature = "secure")]
     OriginKey(NodeId),
     /// A chunk could not be fetched from this peer; another peer may have it.
@@ -510,7 +512,10 @@ struct Secured {
     /// The key the last chunk's signature was checked with, ready for the next chunk of
     /// the same origin.
     verifier: Option<crate::secure::Verifier>,
-    /// The adapter's answer to [`Action::OriginKey`], not used yet.
+    /// The origin [`Action::OriginKey`] asked about, until the adapter answers.
+    asked: Option<NodeId>,
+    /// The adapter's answer to [`Action::OriginKey`]: kept for the walk's questions about
+    /// the origin, taken by the check of its chunk.
     answer: Option<(NodeId, Option<crate::secure::PublicKey>)>,
 }
 
@@ -524,6 +529,7 @@ impl Secured {
             authorized: false,
             opened: None,
             verifier: None,
+            asked: None,
             answer: None,
         }
     }
@@ -713,22 +719,32 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         origin: NodeId,
         key: Option<crate::secure::PublicKey>,
     ) -> Result<(), ApiMisuse> {
-        let asked = self.unstored.and_then(|u| self.unchecked_origin(u));
-        let Some(secured) = self.link.as_mut().filter(|_| asked == Some(origin)) else {
+        let Some(secured) = self.link.as_mut().filter(|s| s.asked == Some(origin)) else {
             return Err(ApiMisuse::NotAsked);
         };
+        secured.asked = None;
         secured.answer = Some((origin, key.filter(|k| k.node_id() == origin)));
         Ok(())
     }
 
-    /// The origin of the unstored chunk `u`, if its signature is still to be checked.
+    /// Whether this node holds a key for `origin`'s signatures: always on a plain link
+    /// (it checks none); `None` once it has asked the adapter ([`Action::OriginKey`]).
     #[cfg(feature = "secure")]
-    fn unchecked_origin(&self, u: Unstored) -> Option<NodeId> {
-        self.link.as_ref().filter(|_| !u.sealed)?;
-        let bytes = self.assembly.bytes().get(..u.len)?;
-        crate::chunk::ChunkView::parse(bytes)
-            .ok()
-            .map(|v| v.origin())
+    fn knows_key_of(&mut self, origin: NodeId) -> Option<bool> {
+        let Some(secured) = self.link.as_mut() else {
+            return Some(true);
+        };
+        let remote = secured.link.remote().map(crate::secure::PublicKey::node_id);
+        if remote == Some(origin) || secured.local.node_id() == origin {
+            return Some(true);
+        }
+        match secured.answer {
+            Some((answered, key)) if answered == origin => Some(key.is_some()),
+            _ => {
+                secured.asked = Some(origin);
+                None
+            }
+        }
     }
 
     /// On a secure link, checks the signature of the unstored chunk `u` with its origin's
@@ -759,8 +775,11 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 Some(secured.local)
             } else {
                 match secured.answer.take() {
-                    Some((asked, key)) if asked == origin => key,
-                    _ => return Some(Step::OriginKey(origin)),
+                    Some((answered, key)) if answered == origin => key,
+                    _ => {
+                        secured.asked = Some(origin);
+                        return Some(Step::OriginKey(origin));
+                    }
                 }
             };
             // Every key here has `origin`'s id (`origin_key` drops any other).
@@ -963,6 +982,19 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                 return step;
             }
             if let Some(q) = self.session.question() {
+                // The walk passes an origin whose signatures this node could not check:
+                // its chunks would all be refused, on every sync.
+                #[cfg(feature = "secure")]
+                if let Some(origin) = self.session.own_summary_origin() {
+                    match self.knows_key_of(origin) {
+                        Some(true) => {}
+                        Some(false) => {
+                            self.session.pass_own_summary();
+                            continue;
+                        }
+                        None => return Step::OriginKey(origin),
+                    }
+                }
                 return Step::Question(q);
             }
             if self.decode_frame(now) {

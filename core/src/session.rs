@@ -839,6 +839,30 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         }
     }
 
+    /// The origin of the range [`question`](Self::question) asks this node's store to
+    /// summarise for the walk, while that question is unanswered.
+    #[cfg(feature = "secure")]
+    pub(crate) fn own_summary_origin(&self) -> Option<NodeId> {
+        match self.asked {
+            Some(Asked::OwnSummary) => self.pull.walk.as_ref()?.next_own().map(|r| r.origin),
+            _ => None,
+        }
+    }
+
+    /// Withdraws the question of [`own_summary_origin`](Self::own_summary_origin): the walk
+    /// passes that range as it passes an origin not taken, and fetches nothing of it.
+    #[cfg(feature = "secure")]
+    pub(crate) fn pass_own_summary(&mut self) {
+        if self.own_summary_origin().is_none() {
+            return;
+        }
+        self.asked = None;
+        if let Some(walk) = &mut self.pull.walk {
+            walk.pass();
+        }
+        self.check_completion();
+    }
+
     /// Whether this side's `Hello` went out.
     pub(crate) const fn hello_sent(&self) -> bool {
         self.hello_sent

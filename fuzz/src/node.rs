@@ -320,7 +320,7 @@ impl<'w, B: Buffer> Node<'w, B> {
                 Action::OriginKey(origin) => {
                     let key = self.origin_keys.iter().find(|k| k.node_id() == origin);
                     let answered = self.conduit.origin_key(origin, key.copied());
-                    assert!(answered.is_ok(), "asked for the chunk it holds");
+                    assert!(answered.is_ok(), "an origin it asked about");
                 }
                 Action::Closed(outcome) => {
                     if let Err(e) = outcome

@@ -350,8 +350,8 @@ struct SecurityArgs {
     allow_file: Option<PathBuf>,
     /// The key of an origin whose chunks this node takes when peers pass them on
     /// (repeatable). A chunk is stored only if its origin signed it: a peer's own chunks
-    /// are checked against its key, and allowed keys are trusted origins too; chunks of
-    /// any other origin are refused.
+    /// are checked against its key, and allowed keys are trusted origins too. Any other
+    /// origin is left out: its chunks are not fetched, and the command says which.
     #[arg(long = "trust-origin", value_name = "KEY", value_parser = keys::parse_key)]
     trust_origin: Vec<PublicKey>,
     /// Let any peer that completes the handshake sync with this node: authenticated and
@@ -1219,10 +1219,16 @@ async fn exchange(
     let mut last_error = None;
     let mut failed = 0;
     let mut why = None;
+    let mut untrusted = Vec::new();
     for (peer, attempt) in peers.iter().zip(attempts) {
         match attempt {
             Ok(report) => {
                 summarise(&report, peer, both, output);
+                for origin in &report.untrusted {
+                    if !untrusted.contains(origin) {
+                        untrusted.push(*origin);
+                    }
+                }
                 failed = report.failed.len();
                 why = why.or(report.failed.first().map(|(_, reason)| *reason));
             }
@@ -1238,6 +1244,13 @@ async fn exchange(
                 last_error = Some(e);
             }
         }
+    }
+    if !untrusted.is_empty() && !output.quiet && !output.json {
+        let names: Vec<String> = untrusted.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "chunk-sync: left out the log of {}: no key is trusted for that origin (trust one with --trust-origin KEY)",
+            names.join(", ")
+        );
     }
     // `unresolved` is what no peer could give; a two-way sync has one peer.
     let missing = unresolved.unwrap_or(failed);
@@ -1318,6 +1331,7 @@ fn summarise(report: &SyncReport, peer: &str, both: bool, output: Output) {
             "fetched_chunks": p.synced_chunks,
             "chunk_bytes": p.bytes_transferred,
             "failed": report.failed.len(),
+            "untrusted_origins": report.untrusted.iter().map(|id| id.0).collect::<Vec<_>>(),
             "bytes_sent": report.stats.bytes_sent,
             "bytes_received": report.stats.bytes_received,
             "seconds": secs,

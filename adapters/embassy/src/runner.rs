@@ -264,7 +264,8 @@ impl<'r, IO: Read + Write, S: Store, const RANGES: usize, const REQ: usize>
                 }
                 #[cfg(feature = "secure")]
                 Action::OriginKey(origin) => {
-                    // Asked by the conduit itself, for the chunk it holds.
+                    // Asked by the conduit itself, for the chunk it holds or the origin its
+                    // walk is about to fetch.
                     let _ = self
                         .conduit
                         .origin_key(origin, self.peers.origin_key(origin));

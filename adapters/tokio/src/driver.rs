@@ -99,6 +99,8 @@ struct Driver<'s, 'w> {
     serving: Bytes,
     writes: Writes,
     failed: Vec<(ChunkHash, FailReason)>,
+    /// Origins the peer offered whose keys this node does not trust.
+    untrusted: Vec<NodeId>,
     /// Hashes the peer listed, in a listing.
     listed: Vec<ChunkHash>,
     /// The store failure that aborted the session.
@@ -182,6 +184,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         out: Output::default(),
         serving: Bytes::new(),
         failed: Vec::new(),
+        untrusted: Vec::new(),
         listed: Vec::new(),
         store_error: None,
         published: None,
@@ -208,6 +211,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         progress: SyncProgress::from_core(d.conduit.progress(), d.started),
         stats: *d.conduit.stats(),
         failed: d.failed,
+        untrusted: d.untrusted,
         listed: d.listed,
     };
     (report, result)
@@ -338,8 +342,9 @@ impl Driver<'_, '_> {
                         .security
                         .as_ref()
                         .and_then(|s| s.peers.origin_key(origin));
-                    if key.is_none() {
-                        info!(%origin, "refused chunks of an origin whose key this node does not trust");
+                    if key.is_none() && !self.untrusted.contains(&origin) {
+                        info!(%origin, "left out an origin whose key this node does not trust");
+                        self.untrusted.push(origin);
                     }
                     let _ = self.conduit.origin_key(origin, key);
                     continue;

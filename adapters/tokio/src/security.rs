@@ -63,8 +63,10 @@ impl Permissions {
 
     /// Takes chunks of `key`'s log from any peer that may push, not only from `key`
     /// itself: chunks signed by `key`, passed on by relays. A peer's own chunks are
-    /// checked against the key its handshake proved, and need no entry here; a chunk of
-    /// an origin with no trusted key is refused
+    /// checked against the key its handshake proved, and need no entry here. Chunks of
+    /// an origin with no trusted key are not fetched (the report names the origin,
+    /// [`SyncReport::untrusted`](crate::SyncReport::untrusted)), and one that comes anyway
+    /// is refused
     /// ([`FailReason::UnknownOrigin`](chunk_sync_core::session::FailReason::UnknownOrigin)).
     /// Keys are matched whole: a second key whose node id is taken by a key already
     /// trusted is ignored.

@@ -433,13 +433,48 @@ fn a_relay_passes_on_chunks_of_an_origin_the_receiver_trusts() {
 }
 
 #[test]
-fn chunks_of_an_origin_without_a_trusted_key_are_refused() {
-    let (mut a, mut b) = pair(256, BTreeMap::new(), signed(3, 4, 60));
-    // A key whose node id is another is no key for node 3.
-    a.origin_keys = std::vec![*keys(4).public()];
+fn the_walk_passes_an_origin_without_a_trusted_key_and_fetches_nothing_of_it() {
+    // b relays node 3's log beside its own; a holds no key for node 3 (a key whose node id
+    // is another is no key for it).
+    let mut relay = signed(3, 4, 60);
+    let own = signed(2, 3, 60);
+    relay.extend(own.clone());
+    for max_frame in [256, 65_536] {
+        let (mut a, mut b) = pair(max_frame, BTreeMap::new(), relay.clone());
+        a.origin_keys = std::vec![*keys(4).public()];
+        run(&mut a, &mut b, Duration::from_secs(60));
+        assert_eq!(a.outcome, Some(Ok(())), "{max_frame}");
+        assert_eq!(
+            a.store, own,
+            "{max_frame}: b's own log, nothing of node 3's"
+        );
+        assert!(
+            a.failed.is_empty(),
+            "{max_frame}: nothing fetched to refuse"
+        );
+        assert_eq!(a.conduit.progress().total_chunks, 3, "{max_frame}");
+        let origin = keys(3).node_id();
+        assert!(
+            a.summarized.iter().all(|r| r.origin != origin),
+            "{max_frame}: the store was asked about node 3"
+        );
+        // Trusted, node 3's log is fetched too.
+        let (mut a, mut b) = pair(max_frame, BTreeMap::new(), relay.clone());
+        a.origin_keys = std::vec![*keys(3).public()];
+        run(&mut a, &mut b, Duration::from_secs(60));
+        assert_eq!(a.store, relay, "{max_frame}");
+    }
+}
+
+#[test]
+fn chunks_of_an_origin_without_a_trusted_key_asked_for_by_hash_are_refused() {
+    let relay = signed(3, 4, 60);
+    let ids: &'static [ChunkHash] = relay.keys().copied().collect::<Vec<_>>().leak();
+    let (mut a, mut b) = pair(256, BTreeMap::new(), relay);
+    a.conduit.fetch(ids);
     run(&mut a, &mut b, Duration::from_secs(60));
     assert!(a.store.is_empty(), "nothing stored");
-    assert!(!a.failed.is_empty());
+    assert_eq!(a.failed.len(), ids.len());
     assert!(
         a.failed
             .iter()
