@@ -1292,13 +1292,13 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         }
         #[cfg(feature = "lz4-compress")]
         if !serving.is_empty()
-            && self.session.compresses()
+            && self.session.codec().is_some()
             && let Some(peer) = self.session.peer()
         {
             // Room to compress a whole piece, if the buffer can grow to it: no piece is
             // longer than the chunk.
             let piece = crate::wire::Message::piece_capacity(peer.max_frame);
-            let room = crate::wire::put_lz4_buffer(min(piece, serving.len()));
+            let room = crate::wire::put_compressed_buffer(min(piece, serving.len()));
             self.tx.grow_to(room + self.link_overhead());
         }
         let skip = self.tx_skip();

@@ -12,6 +12,7 @@
 //! | [`chunk`] | the canonical chunk encoding, the streaming [`Chunker`] and [`ChunkView`] |
 //! | [`manifest`] | [`Manifest`]: fixed-capacity sorted sets of chunk hashes, and pages of them |
 //! | [`wire`] | [`Message`] and length-prefixed frames |
+//! | [`compress`] | the codecs a piece of a chunk may travel in, and their bounds |
 //! | [`delta`] | set difference of sorted hash sequences |
 //! | [`throttle`] | the clock-agnostic bandwidth [`Throttle`] |
 //! | [`progress`] | [`SyncProgress`] and the per-peer [`ProgressTable`] |
@@ -31,6 +32,8 @@
 //! - `std`: `alloc` plus std interop.
 //! - `secure`: authenticated, encrypted links (`secure`, `Conduit::new_secure`).
 //! - `lz4` / `lz4-compress`: receive / also send chunks compressed with LZ4.
+//! - `zstd`: receive and send chunks compressed with zstd too (hosts: needs `std` and
+//!   builds the C library; implies `lz4-compress`).
 //! - `defmt` / `log`: route the crate's few log lines to one of these (never both).
 #![no_std]
 #![forbid(unsafe_code)]
@@ -53,6 +56,7 @@ mod fmt;
 
 pub mod chunk;
 pub mod claims;
+pub mod compress;
 pub mod conduit;
 pub mod delta;
 pub mod error;

@@ -395,6 +395,19 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             } => self
                 .on_piece(total_len, offset, len, data, Encoding::Lz4)
                 .map(Got::Piece),
+            Message::EventChunkPutZstd { .. }
+                if !Capabilities::ALL.contains(Capabilities::ZSTD) =>
+            {
+                unexpected("a compressed piece, though this side did not announce ZSTD")
+            }
+            Message::EventChunkPutZstd {
+                total_len,
+                offset,
+                len,
+                data,
+            } => self
+                .on_piece(total_len, offset, len, data, Encoding::Zstd)
+                .map(Got::Piece),
             Message::NotFound { hash } => self.on_not_found(hash).map(|()| Got::Nothing),
             Message::RangeEnd => self.on_range_end().map(|()| Got::Nothing),
             Message::Done => self.on_done().map(|()| Got::Nothing),

@@ -37,11 +37,13 @@
 //! | 13 | `EventChunkPutLz4` (to a peer that announced [`Capabilities::LZ4`]) |
 //! | 14 | `GetIds` (to a peer that announced [`Capabilities::LIST`]) |
 //! | 15 | `Ids` |
+//! | 16 | `EventChunkPutZstd` (to a peer that announced [`Capabilities::ZSTD`]) |
 
 use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::Codec;
 use crate::error::{DecodeError, InsufficientSize};
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
@@ -88,6 +90,9 @@ impl Capabilities {
     /// Answers `GetIds` with the hashes of its chunks: a build with the `alloc` feature
     /// (the page of hashes it sends is kept in a `Vec`).
     pub const LIST: Self = Self(1 << 5);
+    /// Receives chunks compressed with zstd (`EventChunkPutZstd`, zstd frames): a build
+    /// with the `zstd` feature (hosts).
+    pub const ZSTD: Self = Self(1 << 6);
     /// What this build supports.
     pub const ALL: Self = Self(
         Self::PIECES.0
@@ -100,6 +105,11 @@ impl Capabilities {
             }
             | if cfg!(feature = "alloc") {
                 Self::LIST.0
+            } else {
+                0
+            }
+            | if cfg!(feature = "zstd") {
+                Self::ZSTD.0
             } else {
                 0
             },
@@ -290,6 +300,19 @@ pub enum Message<'a> {
         #[serde(with = "serde_bytes", borrow)]
         ids: &'a [u8],
     },
+    /// A piece of a chunk compressed with zstd, as `EventChunkPutLz4` is with LZ4 (sent
+    /// only to a peer that announced [`Capabilities::ZSTD`]).
+    EventChunkPutZstd {
+        /// The whole chunk's length, uncompressed.
+        total_len: u32,
+        /// Where the piece starts in the chunk.
+        offset: u32,
+        /// How many bytes of the chunk the piece holds, uncompressed.
+        len: u32,
+        /// The compressed bytes: one or more zstd frames.
+        #[serde(with = "serde_bytes", borrow)]
+        data: &'a [u8],
+    },
 }
 
 impl<'a> Message<'a> {
@@ -371,7 +394,16 @@ impl<'a> Message<'a> {
                 len,
                 data,
             } => {
-                put_lz4_fields(w, total_len, offset, len, data.len());
+                put_compressed_fields(w, Codec::Lz4, (total_len, offset, len), data.len());
+                w.bytes(data);
+            }
+            Self::EventChunkPutZstd {
+                total_len,
+                offset,
+                len,
+                data,
+            } => {
+                put_compressed_fields(w, Codec::Zstd, (total_len, offset, len), data.len());
                 w.bytes(data);
             }
             Self::Ids { next, ids } => {
@@ -444,6 +476,12 @@ impl<'a> Message<'a> {
                 len: r.u32()?,
                 data: r.byte_string()?,
             },
+            tag::PUT_ZSTD => Self::EventChunkPutZstd {
+                total_len: r.u32()?,
+                offset: r.u32()?,
+                len: r.u32()?,
+                data: r.byte_string()?,
+            },
             _ => return Err(DecodeError::Malformed),
         };
         Ok(message)
@@ -468,6 +506,7 @@ mod tag {
     pub(super) const PUT_LZ4: u64 = 13;
     pub(super) const GET_IDS: u64 = 14;
     pub(super) const IDS: u64 = 15;
+    pub(super) const PUT_ZSTD: u64 = 16;
 }
 
 /// The fields of an `EventChunkPut` before its data: the tag, the lengths and the offset.
@@ -478,9 +517,18 @@ fn put_fields(w: &mut Writer<'_>, total_len: u32, offset: u32, data_len: usize) 
     w.varint(data_len as u64);
 }
 
-/// The fields of an `EventChunkPutLz4` before its data.
-fn put_lz4_fields(w: &mut Writer<'_>, total_len: u32, offset: u32, len: u32, data_len: usize) {
-    w.varint(tag::PUT_LZ4);
+/// The fields of a compressed piece (`EventChunkPutLz4`, `EventChunkPutZstd`) before its
+/// data.
+fn put_compressed_fields(
+    w: &mut Writer<'_>,
+    codec: Codec,
+    (total_len, offset, len): (u32, u32, u32),
+    data_len: usize,
+) {
+    w.varint(match codec {
+        Codec::Lz4 => tag::PUT_LZ4,
+        Codec::Zstd => tag::PUT_ZSTD,
+    });
     w.varint(u64::from(total_len));
     w.varint(u64::from(offset));
     w.varint(u64::from(len));
@@ -618,43 +666,46 @@ fn finish_frame(w: Writer<'_>, more: usize) -> Result<&[u8], InsufficientSize> {
     Ok(frame)
 }
 
-/// Bytes of an `EventChunkPutLz4` frame that are not compressed data, at most: header, tag
+/// Bytes of a compressed piece's frame that are not compressed data, at most: header, tag
 /// and four length varints.
 #[cfg(feature = "lz4-compress")]
-const PUT_LZ4_OVERHEAD: usize = FRAME_HEADER + 1 + 4 * 5;
+const PUT_COMPRESSED_OVERHEAD: usize = FRAME_HEADER + 1 + 4 * 5;
 
-/// The buffer [`encode_put_lz4`] needs to compress `raw_len` bytes: the frame's head and
-/// the most LZ4 may write.
+/// The buffer [`encode_put_compressed`] needs to compress `raw_len` bytes with any codec:
+/// the frame's head and the most LZ4 may write (zstd is given as much room).
 #[cfg(feature = "lz4-compress")]
 #[must_use]
-pub const fn put_lz4_buffer(raw_len: usize) -> usize {
-    PUT_LZ4_OVERHEAD + lz4_flex::block::get_maximum_output_size(raw_len)
+pub const fn put_compressed_buffer(raw_len: usize) -> usize {
+    PUT_COMPRESSED_OVERHEAD + lz4_flex::block::get_maximum_output_size(raw_len)
 }
 
-/// Writes at the start of `buf` an `EventChunkPutLz4` frame of `raw`, the chunk's bytes
-/// from `offset` on, and returns its length; `None` if compressing them does not save at
-/// least a sixteenth of them, if the frame would be longer than `max_frame`, or if `buf`
-/// is shorter than [`put_lz4_buffer`] says (LZ4 wants room for its worst case).
+/// Writes at the start of `buf` the frame of a piece compressed with `codec`
+/// (`EventChunkPutLz4`, `EventChunkPutZstd`): `raw`, the chunk's bytes from `offset` on.
+/// Returns its length; `None` if compressing them does not save at least a sixteenth of
+/// them, if the frame would be longer than `max_frame`, if `buf` is shorter than
+/// [`put_compressed_buffer`] says (LZ4 wants room for its worst case), or if this build
+/// does not compress with `codec`.
 #[cfg(feature = "lz4-compress")]
-pub fn encode_put_lz4(
-    total_len: u32,
-    offset: u32,
+pub fn encode_put_compressed(
+    codec: Codec,
+    (total_len, offset): (u32, u32),
     raw: &[u8],
     buf: &mut [u8],
     max_frame: usize,
 ) -> Option<usize> {
-    let data = buf.get_mut(PUT_LZ4_OVERHEAD..put_lz4_buffer(raw.len()))?;
-    let n = lz4_flex::block::compress_into(raw, data).ok()?;
-    let mut head = [0u8; PUT_LZ4_OVERHEAD];
+    let data = buf.get_mut(PUT_COMPRESSED_OVERHEAD..put_compressed_buffer(raw.len()))?;
+    let n = codec.compress_into(raw, data)?;
+    let mut head = [0u8; PUT_COMPRESSED_OVERHEAD];
     let mut w = Writer::new(&mut head, FRAME_HEADER);
-    put_lz4_fields(&mut w, total_len, offset, u32::try_from(raw.len()).ok()?, n);
+    let len = u32::try_from(raw.len()).ok()?;
+    put_compressed_fields(&mut w, codec, (total_len, offset, len), n);
     let start = w.len;
     if n >= raw.len() - raw.len() / 16 || start + n > max_frame {
         return None;
     }
     let body = u32::try_from(start - FRAME_HEADER + n).ok()?;
     head[..FRAME_HEADER].copy_from_slice(&body.to_le_bytes());
-    buf.copy_within(PUT_LZ4_OVERHEAD..PUT_LZ4_OVERHEAD + n, start);
+    buf.copy_within(PUT_COMPRESSED_OVERHEAD..PUT_COMPRESSED_OVERHEAD + n, start);
     buf[..start].copy_from_slice(&head[..start]);
     Some(start + n)
 }

@@ -13,8 +13,9 @@ use chunk_sync_core::recon::KeyRange;
 use chunk_sync_core::session::FailReason;
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
-    Access, Compress, Durability, Keypair, Node, NodeConfig, NodeStore, Permissions, PublicKey,
-    RedbError, RedbStore, RetentionPolicy, Security, SyncReport, ThrottleConfig, VerifiedChunk,
+    Access, Codec, Compress, Durability, Keypair, Node, NodeConfig, NodeStore, Permissions,
+    PublicKey, RedbError, RedbStore, RetentionPolicy, Security, SyncReport, ThrottleConfig,
+    VerifiedChunk,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -319,12 +320,17 @@ struct NetArgs {
     /// default a session ends only when it is done or its peer falls silent for 30 s.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
-    /// When the chunks this node sends travel compressed (LZ4, to peers that take it):
-    /// `auto` when the link is rate-limited (by this `--rate` or the peer's), where it
-    /// saves time; `always`; or `never`. The receiver decompresses and verifies every
-    /// chunk by the hash of its own bytes either way.
+    /// When the chunks this node sends travel compressed: `auto` when the link is
+    /// rate-limited (by this `--rate` or the peer's), where it saves time; `always`; or
+    /// `never`. The receiver decompresses and verifies every chunk by the hash of its own
+    /// bytes either way.
     #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
     compress: CompressArg,
+    /// The codec compressed chunks travel in: `auto`, the best the peer takes (zstd, which
+    /// packs text-like events about twice as well, then LZ4, which devices take); `lz4`; or
+    /// `zstd` (a peer that does not take it gets chunks uncompressed).
+    #[arg(long, value_enum, default_value_t = CodecArg::Auto)]
+    codec: CodecArg,
     #[command(flatten)]
     security: SecurityArgs,
 }
@@ -378,6 +384,17 @@ enum CompressArg {
     Always,
     /// Never.
     Never,
+}
+
+/// `--codec`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum CodecArg {
+    /// The best the peer takes.
+    Auto,
+    /// LZ4.
+    Lz4,
+    /// zstd.
+    Zstd,
 }
 
 /// A failure, reported as one line.
@@ -968,6 +985,11 @@ fn node_config(
             CompressArg::Auto => Compress::WhenLimited,
             CompressArg::Always => Compress::Always,
             CompressArg::Never => Compress::Never,
+        },
+        codec: match net.codec {
+            CodecArg::Auto => None,
+            CodecArg::Lz4 => Some(Codec::Lz4),
+            CodecArg::Zstd => Some(Codec::Zstd),
         },
         ..NodeConfig::new(node_id(db, &store.store)?)
     })

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use chunk_sync_core::NodeId;
+pub use chunk_sync_core::compress::Codec;
 pub use chunk_sync_core::session::Compress;
 use chunk_sync_core::session::Config;
 
@@ -91,10 +92,13 @@ pub struct NodeConfig {
     /// 100 ms): what an event appended waits, at most, before it can travel. `None`: only
     /// the range and the size seal a chunk (and [`Node::flush`](crate::Node::flush)).
     pub seal_delay: Option<Duration>,
-    /// When the chunks this node serves travel compressed (LZ4, to peers that take it;
+    /// When the chunks this node serves travel compressed (to peers that take a codec;
     /// default [`Compress::WhenLimited`]: when the session is rate-limited, by this node's
     /// throttles or by the peer's `receive_rate`).
     pub compress: Compress,
+    /// The codec compressed chunks travel in; `None` (the default): the best the peer
+    /// takes, zstd before LZ4 (a device takes LZ4 at most).
+    pub codec: Option<Codec>,
 }
 
 impl NodeConfig {
@@ -120,6 +124,7 @@ impl NodeConfig {
             seal_bytes: 64 << 10,
             seal_delay: Some(Duration::from_millis(100)),
             compress: Compress::WhenLimited,
+            codec: None,
         }
     }
 
@@ -138,6 +143,7 @@ impl NodeConfig {
             serve,
             live: self.live,
             compress: self.compress,
+            codec: self.codec,
             ..Config::new(self.node_id)
         }
     }

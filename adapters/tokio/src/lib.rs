@@ -58,7 +58,7 @@ pub use append::SHUTDOWN_TIMEOUT;
 /// The most hashes [`Node::list_from`] keeps of one peer (16,777,216: 512 MiB of them).
 pub const MAX_LISTED: usize = 1 << 24;
 
-pub use config::{Compress, NodeConfig, ThrottleConfig};
+pub use config::{Codec, Compress, NodeConfig, ThrottleConfig};
 pub use error::{Error, StoreError};
 pub use events::{EVENT_CAPACITY, NodeEvent};
 pub use listener::Listener;

@@ -40,6 +40,8 @@ pub(crate) struct End {
     pub(crate) listed: Vec<ChunkHash>,
     /// Every range the conduit asked this end's store to summarise.
     pub(crate) summarized: Vec<KeyRange>,
+    /// If set, every byte this end sends, as the other end receives it.
+    pub(crate) tap: Option<Vec<u8>>,
     /// Over a secure link: what this end lets the peer's key do, and the keys it was
     /// asked about.
     #[cfg(feature = "secure")]
@@ -90,6 +92,7 @@ impl End {
             writes: true,
             listed: Vec::new(),
             summarized: Vec::new(),
+            tap: None,
             #[cfg(feature = "secure")]
             access: crate::secure::Access::FULL,
             #[cfg(feature = "secure")]
@@ -243,6 +246,11 @@ pub(crate) fn run_until(a: &mut End, b: &mut End, mut now: Instant, until: Insta
         let mut moved = a.pump(now, None) | b.pump(now, None);
         if !a.outbox.is_empty() || !b.outbox.is_empty() {
             moved = true;
+            for end in [&mut *a, &mut *b] {
+                if let Some(tap) = &mut end.tap {
+                    tap.extend_from_slice(&end.outbox);
+                }
+            }
             b.inbox.append(&mut a.outbox);
             a.inbox.append(&mut b.outbox);
         }
@@ -731,6 +739,71 @@ fn a_rate_limited_link_carries_compressible_chunks_compressed() {
     )
     .unwrap();
     assert!(always * 3 < fast, "{always} bytes compressed, {fast} raw");
+}
+
+/// The tags of the frames in `stream`, the bytes of a plain link.
+#[cfg(all(feature = "lz4-compress", feature = "zstd"))]
+fn tags(stream: &[u8]) -> Vec<u8> {
+    let mut tags = Vec::new();
+    let mut rest = stream;
+    while let Some((head, body)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*head) as usize;
+        tags.push(body[0]);
+        rest = &body[len..];
+    }
+    tags
+}
+
+/// Pieces travel in zstd when both sides speak it, in LZ4 to a peer that takes only LZ4,
+/// and in the codec the sender's `Config::codec` names, if the peer takes it.
+#[test]
+#[cfg(all(feature = "lz4-compress", feature = "zstd"))]
+fn pieces_travel_in_the_best_codec_both_sides_speak() {
+    use crate::compress::Codec;
+    use crate::session::Compress;
+    use crate::wire::{Capabilities, Decoded, Hello, Message};
+    const LZ4: u8 = 13;
+    const ZSTD: u8 = 16;
+    let serving = |codec| Config {
+        compress: Compress::Always,
+        codec,
+        ..config(2)
+    };
+    let sent = |b_config: Config, a_takes_zstd: bool| -> Vec<u8> {
+        let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
+        let mut b = End::new(b_config, Limits::new(), chunks(2, 20, 400));
+        b.tap = Some(Vec::new());
+        if !a_takes_zstd {
+            // a's Hello as a build without zstd sends it.
+            a.pump(Instant::ZERO, None);
+            let Ok(Decoded::Frame {
+                message: Message::Hello(hello),
+                len,
+            }) = wire::decode(&a.outbox, 1 << 16)
+            else {
+                panic!("a's Hello goes first");
+            };
+            let hello = Message::Hello(Hello {
+                capabilities: hello.capabilities.without(Capabilities::ZSTD),
+                ..hello
+            });
+            let mut frame = std::vec![0u8; hello.frame_len()];
+            wire::encode(&hello, &mut frame).unwrap();
+            a.outbox.splice(..len, frame);
+        }
+        run(&mut a, &mut b, Duration::from_secs(60));
+        assert_eq!(a.outcome, Some(Ok(())));
+        assert_eq!(a.store, b.store);
+        tags(b.tap.as_deref().unwrap())
+    };
+    let codecs = |tags: Vec<u8>| (tags.contains(&LZ4), tags.contains(&ZSTD));
+    assert_eq!(codecs(sent(serving(None), true)), (false, true));
+    assert_eq!(codecs(sent(serving(None), false)), (true, false));
+    assert_eq!(codecs(sent(serving(Some(Codec::Lz4)), true)), (true, false));
+    assert_eq!(
+        codecs(sent(serving(Some(Codec::Zstd)), false)),
+        (false, false)
+    );
 }
 
 /// A listing session learns the hash of every chunk the peer holds, whatever this side

@@ -14,6 +14,7 @@ use proptest::prelude::*;
 use super::tests::frame;
 use super::*;
 use crate::chunk::{ChunkView, Span};
+use crate::compress::Codec;
 use crate::conduit::{Action, Buffers, Conduit, Limits};
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
@@ -96,10 +97,12 @@ enum Op {
         offset: u32,
         data: Vec<u8>,
     },
-    /// A chunk of the pool compressed (sent raw without the `lz4-compress` feature).
-    HonestLz4Put(u8),
+    /// A chunk of the pool compressed (sent raw if the build does not compress with the
+    /// codec).
+    HonestCompressedPut(u8, Codec),
     /// A compressed piece made up: random bytes that claim to inflate to `len`.
-    Lz4Put {
+    CompressedPut {
+        codec: Codec,
         total_len: u32,
         offset: u32,
         len: u32,
@@ -132,6 +135,10 @@ fn seq() -> impl Strategy<Value = u64> {
     prop_oneof![0u64..4, any::<u64>()]
 }
 
+fn codec() -> impl Strategy<Value = Codec> {
+    prop_oneof![Just(Codec::Lz4), Just(Codec::Zstd)]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (prop_oneof![Just(PROTOCOL_VERSION), any::<u16>()], 0u32..5000, 0u16..10, 0u16..40).prop_map(
@@ -148,9 +155,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<u8>().prop_map(Op::HonestPut),
         2 => (0u32..2000, 0u32..2000, pvec(any::<u8>(), 0..300))
             .prop_map(|(total_len, offset, data)| Op::Put { total_len, offset, data }),
-        2 => any::<u8>().prop_map(Op::HonestLz4Put),
-        2 => (0u32..2000, 0u32..2000, 0u32..5000, pvec(any::<u8>(), 0..300))
-            .prop_map(|(total_len, offset, len, data)| Op::Lz4Put { total_len, offset, len, data }),
+        2 => (any::<u8>(), codec()).prop_map(|(i, codec)| Op::HonestCompressedPut(i, codec)),
+        2 => (codec(), 0u32..2000, 0u32..2000, 0u32..5000, pvec(any::<u8>(), 0..300))
+            .prop_map(|(codec, total_len, offset, len, data)| Op::CompressedPut { codec, total_len, offset, len, data }),
         2 => (any::<u8>(), seq(), seq()).prop_map(|(origin, lo, hi)| Op::GetIds { origin, lo, hi }),
         1 => (seq(), pvec(any::<u8>(), 0..100)).prop_map(|(next, ids)| Op::Ids { next, ids }),
         1 => any::<u8>().prop_map(Op::NotFound),
@@ -259,30 +266,45 @@ fn bytes_of(op: &Op) -> Vec<u8> {
             offset: *offset,
             data,
         }),
-        Op::HonestLz4Put(i) => {
+        Op::HonestCompressedPut(i, codec) => {
             let data = pool(i % 8);
             #[cfg(feature = "lz4-compress")]
             {
-                let mut buf = std::vec![0u8; wire::put_lz4_buffer(data.len())];
+                let mut buf = std::vec![0u8; wire::put_compressed_buffer(data.len())];
                 let total = data.len() as u32;
-                if let Some(n) = wire::encode_put_lz4(total, 0, &data, &mut buf, 4096) {
+                if let Some(n) =
+                    wire::encode_put_compressed(*codec, (total, 0), &data, &mut buf, 4096)
+                {
                     buf.truncate(n);
                     return buf;
                 }
             }
+            let _ = codec;
             whole_put(&data)
         }
-        Op::Lz4Put {
+        Op::CompressedPut {
+            codec,
             total_len,
             offset,
             len,
             data,
-        } => frame(&Message::EventChunkPutLz4 {
-            total_len: *total_len,
-            offset: *offset,
-            len: *len,
-            data,
-        }),
+        } => {
+            let (total_len, offset, len) = (*total_len, *offset, *len);
+            frame(&match codec {
+                Codec::Lz4 => Message::EventChunkPutLz4 {
+                    total_len,
+                    offset,
+                    len,
+                    data,
+                },
+                Codec::Zstd => Message::EventChunkPutZstd {
+                    total_len,
+                    offset,
+                    len,
+                    data,
+                },
+            })
+        }
         Op::GetIds { origin, lo, hi } => frame(&Message::GetIds {
             origin: NodeId(u64::from(*origin)),
             lo: *lo,

@@ -8,6 +8,8 @@ use heapless::Deque;
 
 use super::{ApiMisuse, Asked, Error, PeerMisbehaved, PieceOut, Session, Transmit};
 use crate::chunk::Span;
+#[cfg(feature = "lz4-compress")]
+use crate::compress::Codec;
 use crate::error::InsufficientSize;
 use crate::hash::ChunkHash;
 use crate::recon::{Answer, KeyRange, Query, ReconError, Run, Summary};
@@ -558,11 +560,13 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     ) -> Option<Transmit> {
         #[cfg(feature = "lz4-compress")]
         {
-            if !self.compresses() || serving.len() != total_len as usize {
+            let codec = self.codec()?;
+            if serving.len() != total_len as usize {
                 return None;
             }
             let raw = serving.get(offset as usize..(offset + len) as usize)?;
-            let n = wire::encode_put_lz4(total_len, offset, raw, buf, peer.max_frame as usize)?;
+            let max = peer.max_frame as usize;
+            let n = wire::encode_put_compressed(codec, (total_len, offset), raw, buf, max)?;
             Some(Transmit {
                 len: n,
                 piece: None,
@@ -575,19 +579,22 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         }
     }
 
-    /// Whether the pieces this side serves may travel compressed: the peer takes them and
-    /// [`Config::compress`](super::Config::compress) says so for this link.
+    /// The codec the pieces this side serves travel in, if any: the one
+    /// [`Config::codec`](super::Config::codec) names or the best both sides speak, when
+    /// [`Config::compress`](super::Config::compress) says to compress on this link.
     #[cfg(feature = "lz4-compress")]
-    pub(crate) fn compresses(&self) -> bool {
+    pub(crate) fn codec(&self) -> Option<Codec> {
         let wanted = match self.config.compress {
             super::Compress::Never => false,
             super::Compress::WhenLimited => !self.throttle.config().is_unlimited(),
             super::Compress::Always => true,
         };
-        wanted
-            && self
-                .peer
-                .is_some_and(|p| p.capabilities.contains(Capabilities::LZ4))
+        let takes = self.peer.as_ref().filter(|_| wanted)?.capabilities;
+        let usable = |c: &Codec| c.compresses() && takes.contains(c.capability());
+        match self.config.codec {
+            Some(codec) => Some(codec).filter(usable),
+            None => Codec::PREFERENCE.into_iter().find(usable),
+        }
     }
 
     /// The `Ids` frame of the `n` chunks listed of `range`, and what follows it: the rest

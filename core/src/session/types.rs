@@ -2,6 +2,7 @@
 //! out and the pieces it gives back, and its counters.
 
 use super::{ConfigError, Error, PeerMisbehaved};
+use crate::compress::Codec;
 use crate::event::NodeId;
 use crate::hash::ChunkHash;
 use crate::recon::KeyRange;
@@ -89,10 +90,14 @@ pub struct Config {
     /// session ends when one side calls [`Session::close`](super::Session::close) (the
     /// other follows).
     pub live: bool,
-    /// When chunks this side serves travel compressed (with the `lz4-compress` feature, to
-    /// a peer that announced [`Capabilities::LZ4`](crate::wire::Capabilities::LZ4)). A
-    /// piece is sent compressed only if that saves a sixteenth of it or more.
+    /// When chunks this side serves travel compressed (with the `lz4-compress` or `zstd`
+    /// feature, to a peer that announced the codec's capability). A piece is sent
+    /// compressed only if that saves a sixteenth of it or more.
     pub compress: Compress,
+    /// The codec to compress with; `None` (the default): the best that this build and the
+    /// peer both speak, zstd before LZ4 ([`Codec::PREFERENCE`]). A codec the peer does not
+    /// take is not used.
+    pub codec: Option<Codec>,
     /// Lists the peer's chunks instead of fetching them (default `false`): this side takes
     /// its own store as empty, and asks for the hashes of every range the reconciliation
     /// finds with `GetIds`; they come out in [`Handled::listed`]. The peer must announce
@@ -167,6 +172,7 @@ impl Config {
             serve: true,
             live: false,
             compress: Compress::WhenLimited,
+            codec: None,
             list: false,
         }
     }
@@ -366,6 +372,8 @@ pub enum Encoding {
     Raw,
     /// Compressed with the LZ4 block format.
     Lz4,
+    /// Compressed with zstd.
+    Zstd,
 }
 
 impl Piece<'_> {
@@ -380,13 +388,8 @@ impl Piece<'_> {
                 Ok(())
             }
             Encoding::Raw => Err(PeerMisbehaved::BadPiece),
-            #[cfg(feature = "lz4")]
-            Encoding::Lz4 => match lz4_flex::block::decompress_into(self.data, dst) {
-                Ok(n) if n == dst.len() => Ok(()),
-                _ => Err(PeerMisbehaved::BadCompression),
-            },
-            #[cfg(not(feature = "lz4"))]
-            Encoding::Lz4 => Err(PeerMisbehaved::BadCompression),
+            Encoding::Lz4 => Codec::Lz4.decompress_into(self.data, dst),
+            Encoding::Zstd => Codec::Zstd.decompress_into(self.data, dst),
         }
     }
 }

