@@ -765,23 +765,30 @@ fn append(
         None => open_with_key(store, new_key.as_ref())?,
     };
     // Written as sealed, a batch at a time; the sealing points and a new store's id go
-    // with the last batch, and the first.
-    let mut batch: Vec<VerifiedChunk> = Vec::new();
+    // with the last batch, and the first. The store's own chunks are sealed unsigned and
+    // signed a batch at a time, on every core.
+    let mut batch: Vec<ingest::Sealing> = Vec::new();
     let mut batch_bytes = 0;
     let mut added = 0;
     let mut forks = Vec::new();
     let mut first_meta: Vec<(&str, u64)> = new_id.map(|id| ("node_id", id.0)).into_iter().collect();
-    let mut write =
-        |batch: &mut Vec<VerifiedChunk>, meta: &[(&str, u64)]| -> std::result::Result<(), String> {
-            let inserted = db.insert_all(batch, meta).map_err(|e| e.to_string())?;
-            added += inserted.added;
-            forks.extend(inserted.forks);
-            batch.clear();
-            Ok(())
-        };
+    let mut write = |batch: &mut Vec<ingest::Sealing>,
+                     meta: &[(&str, u64)]|
+     -> std::result::Result<(), String> {
+        let chunks = ingest::sign_all(std::mem::take(batch), signer.as_ref())?;
+        let inserted = db.insert_all(&chunks, meta).map_err(|e| e.to_string())?;
+        added += inserted.added;
+        forks.extend(inserted.forks);
+        Ok(())
+    };
     let resume = |o: NodeId| resume_point(&db, o).map_err(|Failure(e)| e);
+    let own_signed = signer.as_ref().map(Keypair::node_id);
     let mut store_batches = |sealed: &Sealed<'_>| {
-        batch.push(VerifiedChunk::from(sealed.verified()));
+        batch.push(if Some(sealed.origin) == own_signed {
+            ingest::Sealing::Unsigned(sealed.bytes.to_vec())
+        } else {
+            ingest::Sealing::Done(VerifiedChunk::from(sealed.verified()))
+        });
         batch_bytes += sealed.bytes.len();
         if batch_bytes >= ingest::BATCH_BYTES {
             write(&mut batch, &std::mem::take(&mut first_meta))?;
@@ -792,7 +799,7 @@ fn append(
     let written = ingest::pass(
         &input,
         own,
-        signer.as_ref(),
+        None,
         events_per_chunk,
         &mut { resume },
         Sink::Seal(&mut store_batches),

@@ -838,3 +838,83 @@ proptest! {
         prop_assert_eq!(ours, theirs);
     }
 }
+
+#[cfg(feature = "secure")]
+proptest! {
+    /// Sealing unsigned and signing afterwards gives the chunks a signing chunker seals,
+    /// byte for byte and hash for hash.
+    #[test]
+    fn signing_sealed_chunks_gives_what_a_signing_chunker_seals(events in arb_events(), per_chunk in 1u32..12, room in MAX_EVENT..800) {
+        let keys = crate::secure::Keypair::from_secret([9; 32]);
+        let origin = keys.node_id();
+        let seal = |signed: bool| {
+            let mut buf = std::vec![0u8; CHUNK_OVERHEAD + room];
+            let mut chunker = Chunker::new(origin, per_chunk, 0, &mut buf).unwrap();
+            if signed {
+                chunker.sign_with(&keys).unwrap();
+            }
+            let mut out = Vec::new();
+            let mut take = |s: Sealed<'_>| {
+                if signed {
+                    out.push((s.id, s.bytes.to_vec()));
+                } else {
+                    let mut signed = std::vec![0u8; s.bytes.len() + SIGNATURE_LEN];
+                    let (id, len) = sign_sealed(s.bytes, &keys, &mut signed).unwrap();
+                    signed.truncate(len);
+                    out.push((id, signed));
+                }
+            };
+            for e in &events {
+                let event = Event {
+                    origin,
+                    seq: e.seq,
+                    timestamp: e.timestamp,
+                    kind: &e.kind,
+                    privacy: e.privacy,
+                    payload: &e.payload,
+                };
+                if chunker.push(&event).unwrap() == Push::SealFirst {
+                    take(chunker.seal().unwrap());
+                    assert_ne!(chunker.push(&event).unwrap(), Push::SealFirst);
+                }
+            }
+            if let Some(s) = chunker.seal() {
+                take(s);
+            }
+            out
+        };
+        let signed = seal(true);
+        prop_assert!(!signed.is_empty());
+        prop_assert_eq!(&seal(false), &signed);
+        for (id, bytes) in &signed {
+            prop_assert_eq!(ChunkHash::of(bytes), *id);
+        }
+    }
+}
+
+/// `sign_sealed` takes only an unsigned chunk of the key's own origin, into room enough.
+#[cfg(feature = "secure")]
+#[test]
+fn sign_sealed_refuses_what_it_cannot_sign() {
+    let keys = crate::secure::Keypair::from_secret([9; 32]);
+    let unsigned = test_chunk(keys.node_id().0, 0, b"x");
+    let mut out = std::vec![0u8; unsigned.len() + SIGNATURE_LEN];
+    let (_, len) = sign_sealed(&unsigned, &keys, &mut out).unwrap();
+    assert_eq!(
+        sign_sealed(&out[..len], &keys, &mut std::vec![0u8; 4096]),
+        Err(ChunkError::AlreadySigned)
+    );
+    let other = test_chunk(keys.node_id().0 ^ 1, 0, b"x");
+    assert!(matches!(
+        sign_sealed(&other, &keys, &mut out),
+        Err(ChunkError::NotOriginKey { .. })
+    ));
+    assert_eq!(
+        sign_sealed(&unsigned, &keys, &mut out[..len - 1]),
+        Err(ChunkError::BufferTooSmall { required: len })
+    );
+    assert!(matches!(
+        sign_sealed(&unsigned[..unsigned.len() - 1], &keys, &mut out),
+        Err(ChunkError::Decode(_))
+    ));
+}
