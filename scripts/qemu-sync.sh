@@ -9,6 +9,8 @@
 #   scripts/qemu-sync.sh          # the device keeps its chunks in a RamStore
 #   scripts/qemu-sync.sh flash    # in a FlashStore (NOR flash modelled in RAM)
 #   scripts/qemu-sync.sh lz4      # a RamStore, taking chunks compressed with LZ4
+#   scripts/qemu-sync.sh node     # the minimal node (src/bin/node.rs): its own signed log
+#                                 # in a RamStore and one secure session, no test harness
 #   ICOUNT=1 scripts/qemu-sync.sh # device time counts instructions (1 ns each), so the
 #                                 # times the firmware prints are instruction counts
 set -euo pipefail
@@ -20,9 +22,16 @@ if ! command -v qemu-system-arm >/dev/null; then
 fi
 rustup target add thumbv7m-none-eabi >/dev/null 2>&1 || true
 
-(cd firmware/qemu-lm3s6965 && cargo build --release --locked -q ${FEATURES:+--features "$FEATURES"})
+BIN=chunk-sync-firmware-qemu
+PEER_ARGS=()
+if [ "$FEATURES" = node ]; then
+  BIN=node
+  FEATURES=""
+  PEER_ARGS=(--once)
+fi
+(cd firmware/qemu-lm3s6965 && cargo build --release --locked -q --bin "$BIN" ${FEATURES:+--features "$FEATURES"})
 cargo build -q -p chunk-sync-tests --bin firmware-peer
-ELF=firmware/qemu-lm3s6965/target/thumbv7m-none-eabi/release/chunk-sync-firmware-qemu
+ELF=firmware/qemu-lm3s6965/target/thumbv7m-none-eabi/release/$BIN
 
 # Flash = .vector_table + .text + .rodata + .data's initial values; static RAM = .data + .bss.
 flash=0; ram=0
@@ -34,7 +43,7 @@ while read -r name size; do
     .bss|.uninit) ram=$((ram + bytes)) ;;
   esac
 done < <(readelf -S -W "$ELF" | sed -n 's/^ *\[ *[0-9]*\] *\([^ ]*\) *[A-Z_]* *[0-9a-f]* *[0-9a-f]* *\([0-9a-f]*\).*/\1 \2/p')
-echo "firmware footprint${FEATURES:+ ($FEATURES)}: flash $flash bytes, static RAM $ram bytes"
+echo "firmware footprint${FEATURES:+ ($FEATURES)}$([ "$BIN" = node ] && echo " (minimal node)"): flash $flash bytes, static RAM $ram bytes"
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 LOG=$(mktemp)
@@ -45,7 +54,7 @@ timeout 180 qemu-system-arm -machine lm3s6965evb -cpu cortex-m3 -nographic -moni
   -kernel "$ELF" >"$LOG" 2>&1 &
 QEMU=$!
 peer_rc=0
-timeout 150 target/debug/firmware-peer "127.0.0.1:$PORT" || peer_rc=$?
+timeout 150 target/debug/firmware-peer "127.0.0.1:$PORT" ${PEER_ARGS[@]+"${PEER_ARGS[@]}"} || peer_rc=$?
 qemu_rc=0
 wait "$QEMU" || qemu_rc=$?
 grep '^chunk-sync firmware' "$LOG" || true

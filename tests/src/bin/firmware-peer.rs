@@ -7,8 +7,12 @@
 //! echoes). It checks that it received the device's chunks, live ones included, and
 //! answered each.
 //!
+//! With `--once`, for the firmware's minimal node (`src/bin/node.rs`): one secure session
+//! that the device begins, both sides fetching what they lack; it checks that it received
+//! the device's chunks.
+//!
 //! ```text
-//! firmware-peer 127.0.0.1:PORT
+//! firmware-peer 127.0.0.1:PORT [--once]
 //! ```
 
 use std::cell::Cell;
@@ -91,11 +95,45 @@ async fn echo_live_chunks(node: &Node, mut seq: u64, echoed: &Cell<usize>) {
     }
 }
 
+/// One session the device begins over `stream`, which does not live on: the device's
+/// node does not ask for one. Succeeds if the host fetched the device's chunks and stored
+/// them beside its `own`.
+async fn sync_once(node: &Node, stream: TcpStream, own: usize) -> ExitCode {
+    let session = tokio::time::timeout(Duration::from_secs(120), node.live_over_answering(stream));
+    let report = match session.await {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => {
+            eprintln!("firmware-peer: sync failed: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(_) => {
+            eprintln!("firmware-peer: the device did not finish within 120 s");
+            return ExitCode::FAILURE;
+        }
+    };
+    let held = node.store().len().unwrap_or(0);
+    println!(
+        "firmware-peer: fetched {} chunks ({} bytes) from {:?}; holds {held} chunks ({own} of its own)",
+        report.progress.synced_chunks, report.progress.bytes_transferred, report.peer
+    );
+    let synced = report.progress.synced_chunks as usize;
+    if synced > 0 && report.failed.is_empty() && held == own + synced {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let Some(addr) = std::env::args().nth(1) else {
-        eprintln!("usage: firmware-peer HOST:PORT");
-        return ExitCode::FAILURE;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (addr, once) = match args.as_slice() {
+        [addr] => (addr.clone(), false),
+        [addr, once] if once == "--once" => (addr.clone(), true),
+        _ => {
+            eprintln!("usage: firmware-peer HOST:PORT [--once]");
+            return ExitCode::FAILURE;
+        }
     };
     let keys = Keypair::from_secret(HOST_SECRET);
     let host: NodeId = keys.node_id();
@@ -133,6 +171,9 @@ async fn main() -> ExitCode {
         eprintln!("firmware-peer: cannot reach the device at {addr}");
         return ExitCode::FAILURE;
     };
+    if once {
+        return sync_once(&node, stream, own).await;
+    }
     let mut stream = stream;
     // A garbled answer to the device's first handshake message (a 5-byte message where
     // Noise XX's second is 96 bytes): the device must refuse it and begin again. Then the
