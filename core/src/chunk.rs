@@ -733,8 +733,9 @@ impl Open {
     }
 }
 
-/// Signs `unsigned`, a chunk of `keys`'s own origin sealed without a signature, into the
-/// start of `out`; returns the signed chunk's hash and length.
+/// Signs the chunk in `buf[..len]`, a chunk of `keys`'s own origin sealed without a
+/// signature, in place: its seal byte is set and the signature written after it, in `buf`'s
+/// next [`SIGNATURE_LEN`] bytes. Returns the signed chunk's hash and length.
 ///
 /// The result is, byte for byte, the chunk a chunker [signed by](Chunker::signed_by)
 /// `keys` seals from the same events with the same buffer length and policy (every chunker
@@ -743,16 +744,19 @@ impl Open {
 /// costs far more than sealing a small chunk.
 ///
 /// # Errors
-/// [`ChunkError::Decode`] if `unsigned` is not a valid chunk,
+/// [`ChunkError::Decode`] if `buf[..len]` is not a valid chunk (or `len` is past `buf`),
 /// [`ChunkError::AlreadySigned`] if it is signed, [`ChunkError::NotOriginKey`] if its
-/// origin is not the node id of `keys`, and [`ChunkError::BufferTooSmall`] if `out` is
-/// shorter than `unsigned` and its signature.
+/// origin is not the node id of `keys`, and [`ChunkError::BufferTooSmall`] if `buf` has no
+/// room for the signature. Nothing is changed then.
 #[cfg(feature = "secure")]
 pub fn sign_sealed(
-    unsigned: &[u8],
+    buf: &mut [u8],
+    len: usize,
     keys: &crate::secure::Keypair,
-    out: &mut [u8],
 ) -> Result<(ChunkHash, usize), ChunkError> {
+    let unsigned = buf
+        .get(..len)
+        .ok_or(ChunkError::Decode(DecodeError::Truncated))?;
     let view = ChunkView::validated(unsigned)?;
     if view.seal() != Seal::Unsigned {
         return Err(ChunkError::AlreadySigned);
@@ -762,19 +766,20 @@ pub fn sign_sealed(
             origin: view.origin(),
         });
     }
-    let len = unsigned.len() + SIGNATURE_LEN;
-    let Some(out) = out.get_mut(..len) else {
-        return Err(ChunkError::BufferTooSmall { required: len });
+    let signed_len = len + SIGNATURE_LEN;
+    let Some(out) = buf.get_mut(..signed_len) else {
+        return Err(ChunkError::BufferTooSmall {
+            required: signed_len,
+        });
     };
-    let (body, signature) = out.split_at_mut(unsigned.len());
-    body.copy_from_slice(unsigned);
+    let (body, signature) = out.split_at_mut(len);
     // The seal byte follows the version byte.
     body[1] = Seal::Signed.byte();
     let (_, id) = crate::hash::hash_signed(body, |digest| {
         signature.copy_from_slice(&keys.sign_digest(digest));
         &*signature
     });
-    Ok((id, len))
+    Ok((id, signed_len))
 }
 
 /// A chunk that borrows its bytes: the header decoded, the events decoded as they are read.

@@ -709,7 +709,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     }
 
     /// Answers [`Action::OriginKey`]: the whole public key this node trusts for `origin`,
-    /// or `None`. A key whose node id is not `origin` is no key for it.
+    /// or `None`. A key whose node id is not `origin` is no key for it. The conduit may keep
+    /// the answer for later questions about the same origin, so a change of trust takes
+    /// effect in the next session.
     ///
     /// # Errors
     /// [`ApiMisuse::NotAsked`] if the conduit did not ask for `origin`'s key.

@@ -204,8 +204,19 @@ pub(crate) fn pass(
 pub(crate) enum Sealing {
     /// Ready.
     Done(VerifiedChunk),
-    /// A chunk of the signing key's own origin, sealed unsigned: signed by [`sign_all`].
+    /// A chunk of the signing key's own origin, sealed unsigned, with room for its
+    /// signature after it: signed in place by [`sign_all`].
     Unsigned(Vec<u8>),
+}
+
+impl Sealing {
+    /// `sealed`, a chunk of the signing key's own origin, to be signed.
+    pub(crate) fn unsigned(sealed: &Sealed<'_>) -> Self {
+        // Made on the thread that seals, so that the signing threads allocate nothing.
+        let mut bytes = Vec::with_capacity(sealed.bytes.len() + SIGNATURE_LEN);
+        bytes.extend_from_slice(sealed.bytes);
+        Self::Unsigned(bytes)
+    }
 }
 
 /// The chunks of `batch`, in order, each unsigned one signed by `signer`: on as many
@@ -218,11 +229,11 @@ pub(crate) fn sign_all(
 ) -> Result<Vec<VerifiedChunk>, String> {
     let sign = |sealing: Sealing| match (sealing, signer) {
         (Sealing::Done(chunk), _) => Ok(chunk),
-        (Sealing::Unsigned(bytes), Some(keys)) => {
-            let mut signed = vec![0u8; bytes.len() + SIGNATURE_LEN];
-            let (id, len) = sign_sealed(&bytes, keys, &mut signed).map_err(|e| e.to_string())?;
-            signed.truncate(len);
-            VerifiedChunk::new(id, signed).map_err(|e| e.to_string())
+        (Sealing::Unsigned(mut bytes), Some(keys)) => {
+            let len = bytes.len();
+            bytes.resize(len + SIGNATURE_LEN, 0);
+            let (id, _) = sign_sealed(&mut bytes, len, keys).map_err(|e| e.to_string())?;
+            VerifiedChunk::new(id, bytes).map_err(|e| e.to_string())
         }
         (Sealing::Unsigned(_), None) => Err("a chunk to sign, but no key to sign it".into()),
     };
@@ -234,16 +245,20 @@ pub(crate) fn sign_all(
     if threads == 1 || unsigned < 64 {
         return batch.into_iter().map(sign).collect();
     }
-    let per_thread = batch.len().div_ceil(threads);
+    // Consecutive parts, each with a thread's share of the chunks to sign.
+    let share = unsigned.div_ceil(threads);
     let mut parts: Vec<Vec<Sealing>> = Vec::with_capacity(threads);
-    let mut rest = batch.into_iter();
-    loop {
-        let part: Vec<Sealing> = rest.by_ref().take(per_thread).collect();
-        if part.is_empty() {
-            break;
+    let mut part = Vec::new();
+    let mut in_part = 0;
+    for sealing in batch {
+        if in_part == share {
+            parts.push(std::mem::take(&mut part));
+            in_part = 0;
         }
-        parts.push(part);
+        in_part += usize::from(matches!(sealing, Sealing::Unsigned(_)));
+        part.push(sealing);
     }
+    parts.push(part);
     std::thread::scope(|scope| {
         let sign = &sign;
         let workers: Vec<_> = parts
@@ -488,7 +503,7 @@ mod tests {
             &mut |_| Ok(0),
             Sink::Seal(&mut |s: &Sealed<'_>| {
                 batch.push(if s.origin == own {
-                    Sealing::Unsigned(s.bytes.to_vec())
+                    Sealing::unsigned(s)
                 } else {
                     Sealing::Done(VerifiedChunk::from(s.verified()))
                 });

@@ -466,6 +466,47 @@ fn the_walk_passes_an_origin_without_a_trusted_key_and_fetches_nothing_of_it() {
     }
 }
 
+/// In a live session, chunks of an untrusted origin stored and announced later (and a
+/// resync) fetch nothing either, while the peer's own new chunks still flow.
+#[test]
+fn a_live_session_fetches_nothing_of_an_origin_without_a_trusted_key() {
+    let live = |seed: u8| Config {
+        max_frame: 256,
+        live: true,
+        ..Config::new(keys(seed).node_id())
+    };
+    let mut a = secure_end_with(&keys(1), Role::Initiator, live(1), BTreeMap::new());
+    let mut b = secure_end_with(&keys(2), Role::Responder, live(2), signed(3, 2, 20));
+    let second = Duration::from_secs(1);
+    let t = super::tests::run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + second);
+    assert_eq!((a.outcome, b.outcome), (None, None), "still live");
+    assert!(a.store.is_empty());
+    // b stores more of node 3's log, and of its own, and tells a.
+    let more = |seed: u8| -> BTreeMap<ChunkHash, Vec<u8>> {
+        (2..4)
+            .map(|i| {
+                let bytes = signed_chunk(&keys(seed), i * 10, &[i as u8; 20]);
+                (ChunkHash::of(&bytes), bytes)
+            })
+            .collect()
+    };
+    b.store.extend(more(3));
+    b.store.extend(more(2));
+    for seed in [3, 2] {
+        assert!(
+            b.conduit
+                .announce(crate::recon::KeyRange::whole(keys(seed).node_id()))
+        );
+    }
+    assert!(b.conduit.announce_all());
+    let t = super::tests::run_until(&mut a, &mut b, t, t + second);
+    assert_eq!(a.store, more(2), "only b's own log");
+    assert!(a.failed.is_empty());
+    a.conduit.close();
+    super::tests::run_until(&mut a, &mut b, t, t + second);
+    assert_eq!(a.outcome, Some(Ok(())));
+}
+
 #[test]
 fn chunks_of_an_origin_without_a_trusted_key_asked_for_by_hash_are_refused() {
     let relay = signed(3, 4, 60);

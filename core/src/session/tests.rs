@@ -723,3 +723,48 @@ fn a_listing_takes_pages_that_move_on_and_refuses_more_hashes_than_the_range_hol
     let err = s.handle_input(T0, &back).unwrap_err();
     assert_eq!(err, Error::Peer(PeerMisbehaved::BadPiece));
 }
+
+/// A build that does not announce a codec refuses a piece in it, even one it asked for,
+/// with a typed error naming it.
+#[test]
+fn a_piece_in_a_codec_this_build_does_not_take_is_refused() {
+    let s = requesting_range(Config::new(NodeId(1)), 9, 0, 1);
+    let (total_len, offset, len, data) = (3, 0, 3, b"xyz".as_slice());
+    for (message, codec, encoding) in [
+        (
+            Message::EventChunkPutZstd {
+                total_len,
+                offset,
+                len,
+                data,
+            },
+            Capabilities::ZSTD,
+            Encoding::Zstd,
+        ),
+        (
+            Message::EventChunkPutLz4 {
+                total_len,
+                offset,
+                len,
+                data,
+            },
+            Capabilities::LZ4,
+            Encoding::Lz4,
+        ),
+    ] {
+        let bytes = frame(&message);
+        let mut session = s.clone();
+        let result = session
+            .handle_input(T0, &bytes)
+            .map(|h| h.piece.map(|p| p.encoding));
+        if Capabilities::ALL.contains(codec) {
+            // Taken, to be decompressed (`Piece::write_to`) and verified as any piece.
+            assert_eq!(result, Ok(Some(encoding)));
+        } else {
+            assert!(
+                matches!(result, Err(Error::Peer(PeerMisbehaved::Unexpected(why))) if why.contains("did not announce")),
+                "{result:?}"
+            );
+        }
+    }
+}
