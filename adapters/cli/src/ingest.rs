@@ -217,6 +217,14 @@ impl Sealing {
         bytes.extend_from_slice(sealed.bytes);
         Self::Unsigned(bytes)
     }
+
+    /// The chunk's length once signed.
+    pub(crate) fn stored_len(&self) -> usize {
+        match self {
+            Self::Done(chunk) => chunk.bytes().len(),
+            Self::Unsigned(bytes) => bytes.len() + SIGNATURE_LEN,
+        }
+    }
 }
 
 /// The chunks of `batch`, in order, each unsigned one signed by `signer`: on as many

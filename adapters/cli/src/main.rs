@@ -784,12 +784,14 @@ fn append(
     let resume = |o: NodeId| resume_point(&db, o).map_err(|Failure(e)| e);
     let own_signed = signer.as_ref().map(Keypair::node_id);
     let mut store_batches = |sealed: &Sealed<'_>| {
-        batch.push(if Some(sealed.origin) == own_signed {
+        let sealing = if Some(sealed.origin) == own_signed {
             ingest::Sealing::unsigned(sealed)
         } else {
             ingest::Sealing::Done(VerifiedChunk::from(sealed.verified()))
-        });
-        batch_bytes += sealed.bytes.len();
+        };
+        // Counted as stored: signed, if it is to be.
+        batch_bytes += sealing.stored_len();
+        batch.push(sealing);
         if batch_bytes >= ingest::BATCH_BYTES {
             write(&mut batch, &std::mem::take(&mut first_meta))?;
             batch_bytes = 0;

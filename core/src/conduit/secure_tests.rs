@@ -6,7 +6,7 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use super::tests::{End, config, run};
+use super::tests::{End, config, run, run_until};
 use super::*;
 use crate::chunk::test_chunk;
 use crate::secure::{Access, Handshake, Keypair, MAX_RECORD, RECORD_OVERHEAD, Role};
@@ -478,7 +478,7 @@ fn a_live_session_fetches_nothing_of_an_origin_without_a_trusted_key() {
     let mut a = secure_end_with(&keys(1), Role::Initiator, live(1), BTreeMap::new());
     let mut b = secure_end_with(&keys(2), Role::Responder, live(2), signed(3, 2, 20));
     let second = Duration::from_secs(1);
-    let t = super::tests::run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + second);
+    let t = run_until(&mut a, &mut b, Instant::ZERO, Instant::ZERO + second);
     assert_eq!((a.outcome, b.outcome), (None, None), "still live");
     assert!(a.store.is_empty());
     // b stores more of node 3's log, and of its own, and tells a.
@@ -493,17 +493,14 @@ fn a_live_session_fetches_nothing_of_an_origin_without_a_trusted_key() {
     b.store.extend(more(3));
     b.store.extend(more(2));
     for seed in [3, 2] {
-        assert!(
-            b.conduit
-                .announce(crate::recon::KeyRange::whole(keys(seed).node_id()))
-        );
+        assert!(b.conduit.announce(KeyRange::whole(keys(seed).node_id())));
     }
     assert!(b.conduit.announce_all());
-    let t = super::tests::run_until(&mut a, &mut b, t, t + second);
+    let t = run_until(&mut a, &mut b, t, t + second);
     assert_eq!(a.store, more(2), "only b's own log");
     assert!(a.failed.is_empty());
     a.conduit.close();
-    super::tests::run_until(&mut a, &mut b, t, t + second);
+    run_until(&mut a, &mut b, t, t + second);
     assert_eq!(a.outcome, Some(Ok(())));
 }
 
