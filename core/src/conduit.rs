@@ -383,6 +383,18 @@ pub enum Action<'c> {
     /// Keep this verified chunk: answer [`Conduit::stored`], or [`Conduit::keep`] its buffer
     /// and answer [`Conduit::kept_stored`] later.
     Store(Verified<'c>),
+    /// As [`Store`](Self::Store), from a conduit that defers signature checks
+    /// ([`Conduit::defer_seal_checks`]): the chunk's hash holds and its origin's key is
+    /// known, but its signature is still to be checked. Run `check` (on any thread) and
+    /// store the chunk only if it holds; answer as `Store` does, or, if the check fails,
+    /// with [`Conduit::refused`] (or [`Conduit::kept_refused`] for a kept buffer).
+    #[cfg(all(feature = "secure", feature = "std"))]
+    StoreUnsealed {
+        /// The chunk, its hash checked.
+        chunk: Verified<'c>,
+        /// Its signature's check (boxed: it is larger than every other action).
+        check: std::boxed::Box<crate::secure::SealCheck>,
+    },
     /// The handshake is done.
     Connected(NodeId),
     /// A secure link's handshake proved the peer's key: decide what it may do and answer
@@ -429,8 +441,11 @@ struct Unstored {
     len: usize,
     /// What hashing found of a signed chunk: the hash of its bytes before the signature.
     signed_digest: Option<[u8; 32]>,
-    /// On a secure link: its origin's signature holds.
+    /// On a secure link: its origin's signature holds, or is left to the adapter to check
+    /// (`deferred`).
     sealed: bool,
+    /// Its signature is left to the adapter to check ([`Action::StoreUnsealed`]).
+    deferred: bool,
 }
 
 /// The next action, decided without borrowing the conduit.
@@ -517,6 +532,9 @@ struct Secured {
     /// The adapter's answer to [`Action::OriginKey`]: kept for the walk's questions about
     /// the origin, taken by the check of its chunk.
     answer: Option<(NodeId, Option<crate::secure::PublicKey>)>,
+    /// Whether signature checks are left to the adapter ([`Conduit::defer_seal_checks`]).
+    #[cfg(feature = "std")]
+    defer: bool,
 }
 
 #[cfg(feature = "secure")]
@@ -531,6 +549,8 @@ impl Secured {
             verifier: None,
             asked: None,
             answer: None,
+            #[cfg(feature = "std")]
+            defer: false,
         }
     }
 }
@@ -787,6 +807,19 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             // Every key here has `origin`'s id (`origin_key` drops any other).
             secured.verifier = key.and_then(Verifier::new);
         }
+        #[cfg(feature = "std")]
+        if secured.defer
+            && secured.verifier.is_some()
+            && view.signature().is_some()
+            && u.signed_digest.is_some()
+        {
+            self.unstored = Some(Unstored {
+                sealed: true,
+                deferred: true,
+                ..u
+            });
+            return None;
+        }
         let verdict = match &secured.verifier {
             Some(v) => v.verify(&view, u.signed_digest).map_err(FailReason::from),
             None => Err(FailReason::UnknownOrigin),
@@ -799,6 +832,65 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             }
         }
         None
+    }
+
+    /// Leaves the check of each received chunk's signature to the adapter: a chunk whose
+    /// origin's key is known comes as [`Action::StoreUnsealed`] with the check to run,
+    /// which the adapter may run on other threads while the session goes on (keeping the
+    /// chunk's buffer, [`keep`](Self::keep)). The conduit still decides everything else:
+    /// which key, and that a chunk without a signature or without a trusted key is refused.
+    /// For hosts that verify on several cores; nothing changes on a plain link.
+    #[cfg(all(feature = "secure", feature = "std"))]
+    pub fn defer_seal_checks(&mut self) {
+        if let Some(secured) = self.link.as_mut() {
+            secured.defer = true;
+        }
+    }
+
+    /// The action of a chunk whose signature is left to the adapter.
+    #[cfg(all(feature = "secure", feature = "std"))]
+    fn store_unsealed(&self, u: Unstored) -> Action<'_> {
+        let bytes = self.assembly.bytes().get(..u.len).unwrap_or(&[]);
+        let verifier = self.link.as_ref().and_then(|s| s.verifier.clone());
+        let signature = bytes
+            .len()
+            .checked_sub(crate::chunk::SIGNATURE_LEN)
+            .and_then(|at| bytes.get(at..))
+            .and_then(|s| <[u8; crate::chunk::SIGNATURE_LEN]>::try_from(s).ok());
+        match (verifier, u.signed_digest, signature) {
+            (Some(verifier), Some(digest), Some(signature)) => Action::StoreUnsealed {
+                chunk: Verified::trusted(u.id, bytes),
+                check: std::boxed::Box::new(crate::secure::SealCheck::new(
+                    verifier, digest, signature,
+                )),
+            },
+            // Deferred only with all three (`check_seal`).
+            _ => Action::Wait(Wait {
+                deadline: None,
+                read: false,
+            }),
+        }
+    }
+
+    /// Answers [`Action::StoreUnsealed`] whose check failed: the chunk is not stored, and
+    /// counts as failed (`reason`).
+    ///
+    /// # Errors
+    /// [`ApiMisuse::NotAsked`] if no chunk was to be stored.
+    #[cfg(all(feature = "secure", feature = "std"))]
+    pub fn refused(&mut self, reason: FailReason) -> Result<(), ApiMisuse> {
+        let u = self.take_unstored()?;
+        self.session.chunk_refused(u.id, reason);
+        Ok(())
+    }
+
+    /// A chunk of [`Action::StoreUnsealed`] taken with [`keep`](Self::keep) failed its
+    /// check and was not stored: as [`kept_stored`](Self::kept_stored), with the chunk
+    /// counted as failed (`reason`).
+    #[cfg(all(feature = "secure", feature = "std"))]
+    pub fn kept_refused(&mut self, len: usize, id: ChunkHash, reason: FailReason) {
+        self.kept_bytes = self.kept_bytes.saturating_sub(len);
+        self.session.chunk_refused(id, reason);
     }
 
     /// The peer's public key, once a secure link's handshake proved it.
@@ -898,6 +990,8 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     ) -> Action<'_> {
         let step = self.step(now, node, serving);
         match step {
+            #[cfg(all(feature = "secure", feature = "std"))]
+            Step::Store(u) if u.deferred => self.store_unsealed(u),
             Step::Store(Unstored { id, len, .. }) => Action::Store(Verified::trusted(
                 id,
                 self.assembly.bytes().get(..len).unwrap_or(&[]),
@@ -1111,6 +1205,7 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                     len,
                     signed_digest: verified.signed_digest(),
                     sealed: false,
+                    deferred: false,
                 });
             }
         }

@@ -126,7 +126,7 @@ impl fmt::Display for SealError {
 impl core::error::Error for SealError {}
 
 /// A public key made ready to verify signatures (decompressed once).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Verifier {
     /// The node id of the key.
     origin: NodeId,
@@ -156,11 +156,59 @@ impl Verifier {
         digest: Option<[u8; 32]>,
     ) -> Result<(), SealError> {
         let signature = view.signature().ok_or(SealError::Unsigned)?;
-        let signature = ed25519_dalek::Signature::from_bytes(signature);
         let digest = digest.unwrap_or_else(|| *blake3::hash(view.signed_bytes()).as_bytes());
+        self.verify_signature(&digest, signature)
+    }
+
+    /// Checks `signature` over a chunk whose bytes before it hash to `digest`.
+    fn verify_signature(
+        &self,
+        digest: &[u8; 32],
+        signature: &[u8; SIGNATURE_LEN],
+    ) -> Result<(), SealError> {
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
         self.verifying
-            .verify_strict(&seal_message(&digest), &signature)
+            .verify_strict(&seal_message(digest), &signature)
             .map_err(|_| SealError::BadSignature)
+    }
+}
+
+/// The signature check of a received chunk, left to the adapter by a conduit that defers
+/// them ([`Conduit::defer_seal_checks`](crate::conduit::Conduit::defer_seal_checks)): the
+/// origin's key (the one the conduit chose), the hash of the chunk's bytes before the
+/// signature, and the signature. [`check`](Self::check) may run on any thread; an
+/// Ed25519 verification costs far more than receiving and hashing a small chunk.
+#[cfg(feature = "std")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealCheck {
+    verifier: Verifier,
+    digest: [u8; 32],
+    signature: [u8; SIGNATURE_LEN],
+}
+
+#[cfg(feature = "std")]
+impl SealCheck {
+    /// The check of a chunk whose bytes before `signature` hash to `digest`.
+    pub(crate) const fn new(
+        verifier: Verifier,
+        digest: [u8; 32],
+        signature: [u8; SIGNATURE_LEN],
+    ) -> Self {
+        Self {
+            verifier,
+            digest,
+            signature,
+        }
+    }
+
+    /// Whether the chunk's origin signed it (a strict Ed25519 verification).
+    ///
+    /// # Errors
+    /// [`FailReason::BadSignature`](crate::session::FailReason::BadSignature).
+    pub fn check(&self) -> Result<(), crate::session::FailReason> {
+        self.verifier
+            .verify_signature(&self.digest, &self.signature)
+            .map_err(crate::session::FailReason::from)
     }
 }
 

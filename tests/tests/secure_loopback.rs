@@ -9,8 +9,8 @@ use chunk_sync_core::wire::ErrorCode;
 use chunk_sync_core::{ChunkHash, NodeId};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{
-    Access, Error, Keypair, MemStore, Node, NodeConfig, Permissions, Scope, Security,
-    generate_keypair,
+    Access, Error, Keypair, MemStore, Node, NodeConfig, NodeStore, Permissions, Scope, Security,
+    VerifiedChunk, generate_keypair,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -416,4 +416,55 @@ async fn a_peer_with_rights_for_one_origin_syncs_exactly_that_origin() {
         .collect();
     b_wants.sort();
     assert_eq!(b.store().ids().unwrap(), b_wants, "b took c's log");
+}
+
+/// A relay that passes on chunks of a trusted origin changed after signing (each under
+/// its new hash): the puller, which checks signatures with each batch it writes, on every
+/// core, keeps exactly the genuine ones and names each changed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_changed_after_signing_are_refused_among_hundreds_of_genuine_ones() {
+    let (ka, kb, kc) = (
+        generate_keypair().unwrap(),
+        generate_keypair().unwrap(),
+        generate_keypair().unwrap(),
+    );
+    let la = log_of(&ka, 4_000);
+    let relay = MemStore::new();
+    let mut genuine = Vec::new();
+    let mut changed = Vec::new();
+    for (i, (id, bytes)) in la.store.iter().enumerate() {
+        let chunk = if i % 37 == 5 {
+            // The last byte of the last event's payload, before the signature.
+            let mut bytes = bytes.clone();
+            let at = bytes.len() - chunk_sync_core::chunk::SIGNATURE_LEN - 1;
+            bytes[at] ^= 0x55;
+            let id = ChunkHash::of(&bytes);
+            changed.push(id);
+            VerifiedChunk::new(id, bytes).unwrap()
+        } else {
+            genuine.push(*id);
+            VerifiedChunk::new(*id, bytes.clone()).unwrap()
+        };
+        relay.insert(chunk).unwrap();
+    }
+    let b = secure(&kb, Permissions::open(), relay);
+    let listener = b.listen("127.0.0.1:0").await.unwrap();
+    let c = secure(
+        &kc,
+        Permissions::open().trust_origin(*ka.public()),
+        MemStore::new(),
+    );
+    let report = c.pull_from(listener.local_addr()).await.unwrap();
+    genuine.sort();
+    changed.sort();
+    assert_eq!(c.store().ids().unwrap(), genuine);
+    let mut failed: Vec<ChunkHash> = report.failed.iter().map(|(id, _)| *id).collect();
+    failed.sort();
+    assert_eq!(failed, changed);
+    assert!(
+        report
+            .failed
+            .iter()
+            .all(|(_, reason)| *reason == chunk_sync_core::session::FailReason::BadSignature)
+    );
 }

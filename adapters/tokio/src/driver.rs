@@ -84,7 +84,10 @@ pub(crate) fn conduit<'w>(
             let entropy = crate::security::entropy()
                 .map_err(|_| ConfigError::SecureLink("the system's random source failed"))?;
             let handshake = Handshake::new(&security.keys, role, entropy);
-            Conduit::new_secure(config, now, buffers, limits, handshake).map(Box::new)?
+            let mut conduit = Conduit::new_secure(config, now, buffers, limits, handshake)?;
+            // Signatures are checked with each batch's writes, on every core.
+            conduit.defer_seal_checks();
+            Box::new(conduit)
         }
     };
     conduit.fetch(wanted);
@@ -317,7 +320,16 @@ impl Driver<'_, '_> {
                     let id = chunk.id();
                     if let Ok(bytes) = self.conduit.keep(self.writes.spare()) {
                         self.writes
-                            .queue(VerifiedChunk::trusted(id, Bytes::from(bytes)));
+                            .queue(VerifiedChunk::trusted(id, Bytes::from(bytes)), None);
+                    }
+                    continue;
+                }
+                Action::StoreUnsealed { chunk, check } => {
+                    // Its signature is checked before the batch it joins is written.
+                    let id = chunk.id();
+                    if let Ok(bytes) = self.conduit.keep(self.writes.spare()) {
+                        let chunk = VerifiedChunk::trusted(id, Bytes::from(bytes));
+                        self.writes.queue(chunk, Some(check));
                     }
                     continue;
                 }
@@ -402,7 +414,7 @@ impl Driver<'_, '_> {
             let slices = self.out.slices(&mut iov);
             let writing = !self.out.is_empty();
             tokio::select! {
-                read = reader.read(self.conduit.receive_buffer()), if wait.read => match read {
+                read = reader.read(self.conduit.receive_buffer()), if wait.read && self.writes.has_room() => match read {
                     Ok(0) => self.conduit.eof(),
                     Ok(n) => self.conduit.received(n),
                     Err(e) => return Err(self.io_failed(e)),
@@ -514,10 +526,16 @@ impl Driver<'_, '_> {
 
     /// A batch came back from the store: each chunk is acknowledged to the conduit.
     fn written(&mut self, joined: Result<Written, tokio::task::JoinError>) {
-        let (batch, result) = match joined {
+        let (batch, refused, result) = match joined {
             Ok(done) => done,
             Err(e) => return self.store_failed(e.into()),
         };
+        // Refused whatever the store did: their signatures do not hold.
+        for (chunk, reason) in refused {
+            self.conduit
+                .kept_refused(chunk.bytes().len(), chunk.id(), reason);
+            self.writes.recycle(chunk.into_bytes());
+        }
         let inserted = match result {
             Ok(inserted) => inserted,
             Err(e) => return self.store_failed(e),

@@ -1,18 +1,41 @@
 //! Writing received chunks: the chunks a session verified are handed to the store in
 //! batches (one commit for a transactional store), on a blocking thread when the store's
-//! writes wait on a disk, so that the transfer goes on meanwhile.
+//! writes wait on a disk, so that the transfer goes on meanwhile. On a secure link the
+//! conduit leaves each chunk's signature check to this adapter
+//! ([`Conduit::defer_seal_checks`](chunk_sync_core::conduit::Conduit::defer_seal_checks)):
+//! a batch's checks run before it is written, on a blocking thread and on every core, and a
+//! chunk whose check fails is not written.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::task::{JoinError, JoinHandle};
 
+use chunk_sync_core::secure::SealCheck;
+use chunk_sync_core::session::FailReason;
+
 use crate::error::StoreError;
 use crate::shared::Shared;
 use crate::store::{Inserted, NodeStore, VerifiedChunk};
 
-/// A batch, and how writing it went.
-pub(crate) type Written = (Vec<VerifiedChunk>, Result<Inserted, StoreError>);
+/// A batch: the chunks handed to the store, and how writing them went; and the chunks whose
+/// signature did not hold, which were not.
+pub(crate) type Written = (
+    Vec<VerifiedChunk>,
+    Vec<(VerifiedChunk, FailReason)>,
+    Result<Inserted, StoreError>,
+);
+
+/// A chunk on its way to the store, and the check its signature still needs, if any.
+type Queued = (VerifiedChunk, Option<Box<SealCheck>>);
+
+/// Batches with fewer checks than this are checked on one thread.
+const PARALLEL_CHECKS: usize = 64;
+
+/// Chunks queued and being written, past which the session reads no more until a batch is
+/// written: a bound on memory where the conduit's (bytes of chunks kept) is not, for small
+/// chunks whose checks and buffers weigh more than their bytes.
+const MAX_UNWRITTEN_CHUNKS: usize = 1 << 16;
 
 /// The chunks of one session on their way to the store.
 #[derive(Debug)]
@@ -20,9 +43,11 @@ pub(crate) struct Writes {
     /// Whether writes run on a blocking thread.
     background: bool,
     /// Verified chunks not handed to the store yet.
-    queued: Vec<VerifiedChunk>,
+    queued: Vec<Queued>,
     /// The batch being written on a blocking thread.
     writing: Option<JoinHandle<Written>>,
+    /// How many chunks it holds.
+    writing_chunks: usize,
     /// Reassembly buffers the store did not keep, for the next chunks.
     spare: Vec<Vec<u8>>,
 }
@@ -33,6 +58,7 @@ impl Writes {
             background: store.writes_block(),
             queued: Vec::new(),
             writing: None,
+            writing_chunks: 0,
             spare: Vec::new(),
         }
     }
@@ -42,9 +68,15 @@ impl Writes {
         self.spare.pop().unwrap_or_default()
     }
 
-    /// Queues a verified chunk.
-    pub(crate) fn queue(&mut self, chunk: VerifiedChunk) {
-        self.queued.push(chunk);
+    /// Queues a verified chunk, with the check its signature still needs, if any.
+    pub(crate) fn queue(&mut self, chunk: VerifiedChunk, check: Option<Box<SealCheck>>) {
+        self.queued.push((chunk, check));
+    }
+
+    /// Whether more chunks may be queued: fewer than [`MAX_UNWRITTEN_CHUNKS`] are queued
+    /// and being written.
+    pub(crate) fn has_room(&self) -> bool {
+        self.queued.len() + self.writing_chunks < MAX_UNWRITTEN_CHUNKS
     }
 
     /// Whether a batch is being written on a blocking thread.
@@ -64,15 +96,18 @@ impl Writes {
             return None;
         }
         let batch = std::mem::take(&mut self.queued);
-        if !self.background {
+        let checks = batch.iter().any(|(_, check)| check.is_some());
+        let write = |batch: Vec<Queued>, shared: &Shared| {
+            let (batch, refused) = checked(batch);
             let result = shared.store.insert_batch(&batch);
-            return Some((batch, result));
+            (batch, refused, result)
+        };
+        if !self.background && !checks {
+            return Some(write(batch, shared));
         }
         let shared = Arc::clone(shared);
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            let result = shared.store.insert_batch(&batch);
-            (batch, result)
-        }));
+        self.writing_chunks = batch.len();
+        self.writing = Some(tokio::task::spawn_blocking(move || write(batch, &shared)));
         None
     }
 
@@ -83,6 +118,7 @@ impl Writes {
             None => std::future::pending().await,
         };
         self.writing = None;
+        self.writing_chunks = 0;
         joined
     }
 
@@ -92,4 +128,62 @@ impl Writes {
             self.spare.push(Vec::from(buf));
         }
     }
+}
+
+/// `batch` with each signature check run (on every core, up to 16, when there are many):
+/// the chunks that passed, in order, and those that did not, with why.
+fn checked(batch: Vec<Queued>) -> (Vec<VerifiedChunk>, Vec<(VerifiedChunk, FailReason)>) {
+    let run = |part: Vec<Queued>| -> Vec<(VerifiedChunk, Result<(), FailReason>)> {
+        part.into_iter()
+            .map(|(chunk, check)| {
+                let verdict = check.map_or(Ok(()), |check| check.check());
+                (chunk, verdict)
+            })
+            .collect()
+    };
+    let checks = batch.iter().filter(|(_, check)| check.is_some()).count();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
+    let verdicts = if threads == 1 || checks < PARALLEL_CHECKS {
+        run(batch)
+    } else {
+        // Consecutive parts, each with a thread's share of the checks.
+        let share = checks.div_ceil(threads);
+        let mut parts: Vec<Vec<Queued>> = Vec::with_capacity(threads);
+        let mut part = Vec::new();
+        let mut in_part = 0;
+        for queued in batch {
+            if in_part == share {
+                parts.push(std::mem::take(&mut part));
+                in_part = 0;
+            }
+            in_part += usize::from(queued.1.is_some());
+            part.push(queued);
+        }
+        parts.push(part);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|part| scope.spawn(move || run(part)))
+                .collect();
+            workers
+                .into_iter()
+                // A check does not panic; were one to, the write fails as a whole (its
+                // task's join error ends the session), and nothing of it is stored.
+                .flat_map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
+    let mut passed = Vec::with_capacity(verdicts.len());
+    let mut refused = Vec::new();
+    for (chunk, verdict) in verdicts {
+        match verdict {
+            Ok(()) => passed.push(chunk),
+            Err(reason) => refused.push((chunk, reason)),
+        }
+    }
+    (passed, refused)
 }

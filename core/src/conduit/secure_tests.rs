@@ -533,24 +533,33 @@ fn forged_re_signed_and_unsigned_chunks_are_refused_and_genuine_ones_kept() {
     let by_relay = re_signed(&signed_chunk(&origin, 20, b"resign"), &keys(2));
     let unsigned = test_chunk(origin.node_id().0, 30, b"unsigned");
     let relay_store = store_of([genuine.clone(), forged, by_relay, unsigned]);
-    let (mut a, mut b) = pair(256, BTreeMap::new(), relay_store);
-    a.origin_keys = std::vec![*origin.public()];
-    run(&mut a, &mut b, Duration::from_secs(60));
-    assert_eq!(
-        a.store,
-        store_of([genuine]),
-        "only the genuine chunk is kept"
-    );
-    let mut reasons: Vec<FailReason> = a.failed.iter().map(|(_, r)| *r).collect();
-    reasons.sort_by_key(|r| std::format!("{r:?}"));
-    assert_eq!(
-        reasons,
-        [
-            FailReason::BadSignature,
-            FailReason::BadSignature,
-            FailReason::Unsigned
-        ]
-    );
+    // Checked by the conduit, and by the adapter when the conduit defers the checks.
+    for defer in [false, true] {
+        let (mut a, mut b) = pair(256, BTreeMap::new(), relay_store.clone());
+        a.origin_keys = std::vec![*origin.public()];
+        if defer {
+            a.conduit.defer_seal_checks();
+        }
+        run(&mut a, &mut b, Duration::from_secs(60));
+        assert_eq!(
+            a.store,
+            store_of([genuine.clone()]),
+            "only the genuine chunk is kept"
+        );
+        let mut reasons: Vec<FailReason> = a.failed.iter().map(|(_, r)| *r).collect();
+        reasons.sort_by_key(|r| std::format!("{r:?}"));
+        assert_eq!(
+            reasons,
+            [
+                FailReason::BadSignature,
+                FailReason::BadSignature,
+                FailReason::Unsigned
+            ]
+        );
+        // The three signed chunks' checks were the adapter's; the unsigned one was
+        // refused by the conduit.
+        assert_eq!(a.deferred, if defer { 3 } else { 0 });
+    }
 }
 
 #[test]

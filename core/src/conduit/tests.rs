@@ -42,6 +42,9 @@ pub(crate) struct End {
     pub(crate) summarized: Vec<KeyRange>,
     /// If set, every byte this end sends, as the other end receives it.
     pub(crate) tap: Option<Vec<u8>>,
+    /// Signature checks the conduit left to this end.
+    #[cfg(all(feature = "secure", feature = "std"))]
+    pub(crate) deferred: usize,
     /// Over a secure link: what this end lets the peer's key do, and the keys it was
     /// asked about.
     #[cfg(feature = "secure")]
@@ -93,6 +96,8 @@ impl End {
             listed: Vec::new(),
             summarized: Vec::new(),
             tap: None,
+            #[cfg(all(feature = "secure", feature = "std"))]
+            deferred: 0,
             #[cfg(feature = "secure")]
             access: crate::secure::Access::FULL,
             #[cfg(feature = "secure")]
@@ -180,6 +185,19 @@ impl End {
                     } else {
                         self.store.insert(chunk.id(), chunk.bytes().to_vec());
                         self.conduit.stored(Stored::Kept).unwrap();
+                    }
+                }
+                // A deferred check, run here (an adapter may run it on another thread).
+                #[cfg(all(feature = "secure", feature = "std"))]
+                Action::StoreUnsealed { chunk, check } => {
+                    moved = true;
+                    self.deferred += 1;
+                    match check.check() {
+                        Ok(()) => {
+                            self.store.insert(chunk.id(), chunk.bytes().to_vec());
+                            self.conduit.stored(Stored::Kept).unwrap();
+                        }
+                        Err(reason) => self.conduit.refused(reason).unwrap(),
                     }
                 }
                 Action::Connected(_) => {}

@@ -471,6 +471,8 @@ impl Harness {
                 Action::Connected(_) | Action::ChunkFailed { .. } | Action::Shutdown => {}
                 #[cfg(feature = "secure")]
                 Action::Authorize(_) | Action::OriginKey(_) => unreachable!("a plain conduit"),
+                #[cfg(all(feature = "secure", feature = "std"))]
+                Action::StoreUnsealed { .. } => unreachable!("a plain conduit"),
                 Action::Wait(wait) => {
                     if wait.read && !self.inbox.is_empty() {
                         let n = self.c.receive(&self.inbox);
