@@ -345,11 +345,11 @@ async fn a_fork_signed_by_its_origin_is_refused_and_the_first_chunk_kept() {
     assert_ne!(first.id, fork.id);
     let a = secure(&ka, Permissions::open(), MemStore::new());
     a.store()
-        .insert(chunk_sync_tokio::VerifiedChunk::new(fork.id, fork.bytes).unwrap())
+        .insert(VerifiedChunk::new(fork.id, fork.bytes).unwrap())
         .unwrap();
     let b = secure(&kb, Permissions::open(), MemStore::new());
     b.store()
-        .insert(chunk_sync_tokio::VerifiedChunk::new(first.id, first.bytes).unwrap())
+        .insert(VerifiedChunk::new(first.id, first.bytes).unwrap())
         .unwrap();
     let listener = a.listen("127.0.0.1:0").await.unwrap();
     // Both ways: each keeps the chunk it had (the range is covered, so the other is not

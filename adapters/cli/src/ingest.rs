@@ -14,11 +14,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use chunk_sync_core::chunk::{DEFAULT_MAX_CHUNK_BYTES, Push, SIGNATURE_LEN, Sealed, sign_sealed};
+use chunk_sync_core::chunk::{DEFAULT_MAX_CHUNK_BYTES, Push, Sealed};
 use chunk_sync_core::secure::Keypair;
 use chunk_sync_core::{ChunkError, ChunkEvent, Chunker, NodeId, Privacy};
-
-use chunk_sync_tokio::VerifiedChunk;
 
 use crate::events::parse_line;
 
@@ -200,93 +198,6 @@ pub(crate) fn pass(
     Ok(out)
 }
 
-/// A chunk sealed by a pass, on its way to the store.
-pub(crate) enum Sealing {
-    /// Ready.
-    Done(VerifiedChunk),
-    /// A chunk of the signing key's own origin, sealed unsigned, with room for its
-    /// signature after it: signed in place by [`sign_all`].
-    Unsigned(Vec<u8>),
-}
-
-impl Sealing {
-    /// `sealed`, a chunk of the signing key's own origin, to be signed.
-    pub(crate) fn unsigned(sealed: &Sealed<'_>) -> Self {
-        // Made on the thread that seals, so that the signing threads allocate nothing.
-        let mut bytes = Vec::with_capacity(sealed.bytes.len() + SIGNATURE_LEN);
-        bytes.extend_from_slice(sealed.bytes);
-        Self::Unsigned(bytes)
-    }
-
-    /// The chunk's length once signed.
-    pub(crate) fn stored_len(&self) -> usize {
-        match self {
-            Self::Done(chunk) => chunk.bytes().len(),
-            Self::Unsigned(bytes) => bytes.len() + SIGNATURE_LEN,
-        }
-    }
-}
-
-/// The chunks of `batch`, in order, each unsigned one signed by `signer`: on as many
-/// threads as the machine has cores (up to 16), since an Ed25519 signature costs tens of
-/// times more than sealing a small chunk. The result is what a signing chunker would have
-/// sealed ([`sign_sealed`]).
-pub(crate) fn sign_all(
-    batch: Vec<Sealing>,
-    signer: Option<&Keypair>,
-) -> Result<Vec<VerifiedChunk>, String> {
-    let sign = |sealing: Sealing| match (sealing, signer) {
-        (Sealing::Done(chunk), _) => Ok(chunk),
-        (Sealing::Unsigned(mut bytes), Some(keys)) => {
-            let len = bytes.len();
-            bytes.resize(len + SIGNATURE_LEN, 0);
-            let (id, _) = sign_sealed(&mut bytes, len, keys).map_err(|e| e.to_string())?;
-            VerifiedChunk::new(id, bytes).map_err(|e| e.to_string())
-        }
-        (Sealing::Unsigned(_), None) => Err("a chunk to sign, but no key to sign it".into()),
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
-    let unsigned = batch
-        .iter()
-        .filter(|s| matches!(s, Sealing::Unsigned(_)))
-        .count();
-    if threads == 1 || unsigned < 64 {
-        return batch.into_iter().map(sign).collect();
-    }
-    // Consecutive parts, each with a thread's share of the chunks to sign.
-    let share = unsigned.div_ceil(threads);
-    let mut parts: Vec<Vec<Sealing>> = Vec::with_capacity(threads);
-    let mut part = Vec::new();
-    let mut in_part = 0;
-    for sealing in batch {
-        if in_part == share {
-            parts.push(std::mem::take(&mut part));
-            in_part = 0;
-        }
-        in_part += usize::from(matches!(sealing, Sealing::Unsigned(_)));
-        part.push(sealing);
-    }
-    parts.push(part);
-    std::thread::scope(|scope| {
-        let sign = &sign;
-        let workers: Vec<_> = parts
-            .into_iter()
-            .map(|part| {
-                scope.spawn(move || part.into_iter().map(sign).collect::<Result<Vec<_>, _>>())
-            })
-            .collect();
-        let mut out = Vec::new();
-        for worker in workers {
-            out.extend(
-                worker
-                    .join()
-                    .map_err(|_| "a signing thread failed".to_string())??,
-            );
-        }
-        Ok(out)
-    })
-}
-
 /// Where a pass's chunks go: into a store, or nowhere (a pass that only checks the input
 /// closes them where they would be sealed, without hashing them).
 pub(crate) enum Sink<'a> {
@@ -322,6 +233,7 @@ mod tests {
     use std::io::Write;
 
     use chunk_sync_core::{ChunkHash, EventBuf, EventChunkStore};
+    use chunk_sync_tokio::{Sealing, VerifiedChunk, sign_all};
     use proptest::prelude::*;
 
     use super::*;

@@ -14,8 +14,8 @@ use chunk_sync_core::session::FailReason;
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
 use chunk_sync_tokio::{
     Access, Codec, Compress, Durability, Keypair, Node, NodeConfig, NodeStore, Permissions,
-    PublicKey, RedbError, RedbStore, RetentionPolicy, Security, SyncReport, ThrottleConfig,
-    VerifiedChunk,
+    PublicKey, RedbError, RedbStore, RetentionPolicy, Sealing, Security, SyncReport,
+    ThrottleConfig, VerifiedChunk, sign_all,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -767,15 +767,15 @@ fn append(
     // Written as sealed, a batch at a time; the sealing points and a new store's id go
     // with the last batch, and the first. The store's own chunks are sealed unsigned and
     // signed a batch at a time, on every core.
-    let mut batch: Vec<ingest::Sealing> = Vec::new();
+    let mut batch: Vec<Sealing> = Vec::new();
     let mut batch_bytes = 0;
     let mut added = 0;
     let mut forks = Vec::new();
     let mut first_meta: Vec<(&str, u64)> = new_id.map(|id| ("node_id", id.0)).into_iter().collect();
-    let mut write = |batch: &mut Vec<ingest::Sealing>,
+    let mut write = |batch: &mut Vec<Sealing>,
                      meta: &[(&str, u64)]|
      -> std::result::Result<(), String> {
-        let chunks = ingest::sign_all(std::mem::take(batch), signer.as_ref())?;
+        let chunks = sign_all(std::mem::take(batch), signer.as_ref()).map_err(|e| e.to_string())?;
         let inserted = db.insert_all(&chunks, meta).map_err(|e| e.to_string())?;
         added += inserted.added;
         forks.extend(inserted.forks);
@@ -785,9 +785,9 @@ fn append(
     let own_signed = signer.as_ref().map(Keypair::node_id);
     let mut store_batches = |sealed: &Sealed<'_>| {
         let sealing = if Some(sealed.origin) == own_signed {
-            ingest::Sealing::unsigned(sealed)
+            Sealing::unsigned(sealed)
         } else {
-            ingest::Sealing::Done(VerifiedChunk::from(sealed.verified()))
+            Sealing::Done(VerifiedChunk::from(sealed.verified()))
         };
         // Counted as stored: signed, if it is to be.
         batch_bytes += sealing.stored_len();

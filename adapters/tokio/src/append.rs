@@ -15,7 +15,9 @@ use crate::events::NodeEvent;
 use crate::log::{Appended, OwnLog};
 use crate::node::Node;
 use crate::shared::Shared;
+use crate::signing::{Sealing, sign_all};
 use crate::store::VerifiedChunk;
+use chunk_sync_core::secure::Keypair;
 
 /// How long [`Node::shutdown`] waits for live sessions to end cleanly.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,16 +51,17 @@ impl Node {
     /// sealed chunk (which is then lost from the log: its sequence numbers are used).
     pub async fn append_batch<E: ChunkEvent>(&self, events: &[E]) -> Result<Appended, Error> {
         let now = self.shared.clock.now();
-        let (mut report, sealed) = {
+        let (mut report, sealed, keys) = {
             let mut log = self.shared.log.lock().await;
             let log = match &mut *log {
                 Some(log) => log,
                 empty => empty.insert(self.open_log()?),
             };
-            let pushed = log.push(events, now);
+            let (report, sealed) = log.push(events, now);
             self.wake_sealer(log.deadline().is_some());
-            pushed
+            (report, sealed, log.keys().cloned())
         };
+        let sealed = sign(sealed, keys).await?;
         report.sealed = sealed.len();
         if report.late > 0 {
             warn!(late = report.late, range = ?report.late_range, "events whose sequence numbers were taken already were not taken");
@@ -72,8 +75,9 @@ impl Node {
     /// # Errors
     /// [`Error::Store`] if the store fails to keep it.
     pub async fn flush(&self) -> Result<(), Error> {
-        let sealed = self.shared.log.lock().await.as_mut().and_then(OwnLog::seal);
-        self.store_own(sealed.into_iter().collect()).await
+        let sealed = self.shared.log.lock().await.as_mut().map(OwnLog::seal);
+        let sealed = sealed.transpose().map_err(|e| Error::Store(e.into()))?;
+        self.store_own(sealed.into_iter().flatten().collect()).await
     }
 
     /// What happens on this node from now on: chunks stored, peers connected and lost.
@@ -144,6 +148,23 @@ impl Node {
     async fn store_own(&self, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
         store_own(&self.shared, sealed).await
     }
+}
+
+/// Chunks sealed from the own log, signed: on a blocking thread, and on every core, when
+/// there are many (a bulk append), so that signing them holds up no other task.
+async fn sign(sealed: Vec<Sealing>, keys: Option<Keypair>) -> Result<Vec<VerifiedChunk>, Error> {
+    let unsigned = sealed
+        .iter()
+        .filter(|s| matches!(s, Sealing::Unsigned(_)))
+        .count();
+    let signed = if unsigned > 16 {
+        tokio::task::spawn_blocking(move || sign_all(sealed, keys.as_ref()))
+            .await
+            .map_err(|e| Error::Store(e.into()))?
+    } else {
+        sign_all(sealed, keys.as_ref())
+    };
+    signed.map_err(|e| Error::Store(e.into()))
 }
 
 /// Stores `sealed` (on a blocking thread for a store whose writes wait on a disk) and
@@ -220,7 +241,14 @@ async fn seal_when_due(shared: Weak<Shared>, wake: Arc<Notify>) {
             let mut log = node.log.lock().await;
             log.as_mut()
                 .filter(|log| log.deadline().is_some_and(|t| t <= now))
-                .and_then(OwnLog::seal)
+                .map(OwnLog::seal)
+        };
+        let sealed = match sealed.transpose() {
+            Ok(sealed) => sealed.flatten(),
+            Err(e) => {
+                warn!(error = %e, "a sealed chunk of the own log could not be signed");
+                continue;
+            }
         };
         if let Err(e) = store_own(&node, sealed.into_iter().collect()).await {
             warn!(error = %e, "a sealed chunk of the own log could not be stored");

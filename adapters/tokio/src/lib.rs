@@ -50,6 +50,7 @@ mod progress;
 mod redb_store;
 mod security;
 mod shared;
+mod signing;
 mod store;
 mod time;
 mod writes;
@@ -71,4 +72,5 @@ pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy
 pub use security::{
     Access, Keypair, OriginSet, Permissions, PublicKey, Scope, Security, generate_keypair,
 };
+pub use signing::{Sealing, sign_all};
 pub use store::{Inserted, MemStore, MemoryLimit, NodeStore, VerifiedChunk};

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use chunk_sync_core::chunk::Push;
 use chunk_sync_core::{ChunkError, ChunkEvent, Chunker, Instant, NodeId, SealPolicy};
 
+use crate::signing::{Sealing, sign_all};
 use crate::store::VerifiedChunk;
 
 /// The largest chunk a node seals from its own log (and so the largest event it takes).
@@ -49,7 +50,10 @@ impl Appended {
 /// The open chunk of the node's own log.
 #[derive(Debug)]
 pub(crate) struct OwnLog {
+    /// Seals unsigned: chunks are signed once sealed (a batch of them on every core).
     chunker: Chunker<Vec<u8>>,
+    /// The origin's key pair, which signs its chunks.
+    keys: Option<chunk_sync_core::secure::Keypair>,
 }
 
 impl OwnLog {
@@ -62,28 +66,37 @@ impl OwnLog {
         policy: SealPolicy,
         keys: Option<&chunk_sync_core::secure::Keypair>,
     ) -> Result<Self, ChunkError> {
-        let mut chunker = Chunker::new(origin, events_per_chunk, next_seq, vec![0; MAX_OWN_CHUNK])?
+        let chunker = Chunker::new(origin, events_per_chunk, next_seq, vec![0; MAX_OWN_CHUNK])?
             .with_policy(policy);
-        if let Some(keys) = keys {
-            chunker = chunker.signed_by(keys)?;
+        if keys.is_some_and(|k| k.node_id() != origin) {
+            return Err(ChunkError::NotOriginKey { origin });
         }
-        Ok(Self { chunker })
+        Ok(Self {
+            chunker,
+            keys: keys.cloned(),
+        })
+    }
+
+    /// The key pair that signs the log's chunks, if any.
+    pub(crate) const fn keys(&self) -> Option<&chunk_sync_core::secure::Keypair> {
+        self.keys.as_ref()
     }
 
     /// Takes `events` at `now`; returns what was done and the chunks sealed on the way
-    /// (their ranges covered or their bytes reached), to be stored.
+    /// (their ranges covered or their bytes reached), to be signed ([`sign_all`] with
+    /// [`keys`](Self::keys)) and stored.
     pub(crate) fn push<E: ChunkEvent>(
         &mut self,
         events: &[E],
         now: Instant,
-    ) -> (Appended, Vec<VerifiedChunk>) {
+    ) -> (Appended, Vec<Sealing>) {
         let mut report = Appended::default();
         let mut sealed = Vec::new();
         for event in events {
             let seq = event.seq();
             let pushed = match self.chunker.push_at(event, now) {
                 Ok(Push::SealFirst) => {
-                    sealed.extend(self.seal());
+                    sealed.extend(self.seal_unsigned());
                     self.chunker.push_at(event, now)
                 }
                 other => other,
@@ -102,10 +115,25 @@ impl OwnLog {
                 Err(e) => report.refused.push((seq, e)),
             }
             if self.chunker.seal_due(now) {
-                sealed.extend(self.seal());
+                sealed.extend(self.seal_unsigned());
             }
         }
         (report, sealed)
+    }
+
+    /// Seals the open chunk, if it holds an event, leaving its signature to [`sign_all`].
+    fn seal_unsigned(&mut self) -> Option<Sealing> {
+        let signs = self.keys.is_some();
+        self.chunker.seal().map(|s| {
+            if signs {
+                Sealing::unsigned(&s)
+            } else {
+                Sealing::Done(VerifiedChunk::trusted(
+                    s.id,
+                    Bytes::copy_from_slice(s.bytes),
+                ))
+            }
+        })
     }
 
     /// When the open chunk is due to be sealed, if it holds an event.
@@ -113,10 +141,11 @@ impl OwnLog {
         self.chunker.seal_deadline()
     }
 
-    /// Seals the open chunk, if it holds an event.
-    pub(crate) fn seal(&mut self) -> Option<VerifiedChunk> {
-        self.chunker
-            .seal()
-            .map(|s| VerifiedChunk::trusted(s.id, Bytes::copy_from_slice(s.bytes)))
+    /// Seals the open chunk, if it holds an event, and signs it.
+    pub(crate) fn seal(&mut self) -> Result<Option<VerifiedChunk>, ChunkError> {
+        let Some(sealing) = self.seal_unsigned() else {
+            return Ok(None);
+        };
+        Ok(sign_all(vec![sealing], self.keys.as_ref())?.pop())
     }
 }

@@ -29,9 +29,6 @@ pub(crate) type Written = (
 /// A chunk on its way to the store, and the check its signature still needs, if any.
 type Queued = (VerifiedChunk, Option<Box<SealCheck>>);
 
-/// Batches with fewer checks than this are checked on one thread.
-const PARALLEL_CHECKS: usize = 64;
-
 /// Chunks queued and being written, past which the session reads no more until a batch is
 /// written: a bound on memory where the conduit's (bytes of chunks kept) is not, for small
 /// chunks whose checks and buffers weigh more than their bytes.
@@ -133,50 +130,14 @@ impl Writes {
 /// `batch` with each signature check run (on every core, up to 16, when there are many):
 /// the chunks that passed, in order, and those that did not, with why.
 fn checked(batch: Vec<Queued>) -> (Vec<VerifiedChunk>, Vec<(VerifiedChunk, FailReason)>) {
-    let run = |part: Vec<Queued>| -> Vec<(VerifiedChunk, Result<(), FailReason>)> {
-        part.into_iter()
-            .map(|(chunk, check)| {
-                let verdict = check.map_or(Ok(()), |check| check.check());
-                (chunk, verdict)
-            })
-            .collect()
-    };
-    let checks = batch.iter().filter(|(_, check)| check.is_some()).count();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(16));
-    let verdicts = if threads == 1 || checks < PARALLEL_CHECKS {
-        run(batch)
-    } else {
-        // Consecutive parts, each with a thread's share of the checks.
-        let share = checks.div_ceil(threads);
-        let mut parts: Vec<Vec<Queued>> = Vec::with_capacity(threads);
-        let mut part = Vec::new();
-        let mut in_part = 0;
-        for queued in batch {
-            if in_part == share {
-                parts.push(std::mem::take(&mut part));
-                in_part = 0;
-            }
-            in_part += usize::from(queued.1.is_some());
-            part.push(queued);
-        }
-        parts.push(part);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = parts
-                .into_iter()
-                .map(|part| scope.spawn(move || run(part)))
-                .collect();
-            workers
-                .into_iter()
-                // A check does not panic; were one to, the write fails as a whole (its
-                // task's join error ends the session), and nothing of it is stored.
-                .flat_map(|worker| {
-                    worker
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        })
-    };
+    let verdicts = crate::signing::in_order(
+        batch,
+        |(_, check)| check.is_some(),
+        |(chunk, check)| {
+            let verdict = check.map_or(Ok(()), |check| check.check());
+            (chunk, verdict)
+        },
+    );
     let mut passed = Vec::with_capacity(verdicts.len());
     let mut refused = Vec::new();
     for (chunk, verdict) in verdicts {
