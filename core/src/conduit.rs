@@ -442,10 +442,8 @@ struct Unstored {
     /// What hashing found of a signed chunk: the hash of its bytes before the signature.
     signed_digest: Option<[u8; 32]>,
     /// On a secure link: its origin's signature holds, or is left to the adapter to check
-    /// (`deferred`).
+    /// (the link's `pending` check).
     sealed: bool,
-    /// Its signature is left to the adapter to check ([`Action::StoreUnsealed`]).
-    deferred: bool,
 }
 
 /// The next action, decided without borrowing the conduit.
@@ -535,6 +533,10 @@ struct Secured {
     /// Whether signature checks are left to the adapter ([`Conduit::defer_seal_checks`]).
     #[cfg(feature = "std")]
     defer: bool,
+    /// The check left to the adapter of the chunk waiting to be stored, if it is one
+    /// ([`Action::StoreUnsealed`]).
+    #[cfg(feature = "std")]
+    pending: Option<crate::secure::SealCheck>,
 }
 
 #[cfg(feature = "secure")]
@@ -551,6 +553,8 @@ impl Secured {
             answer: None,
             #[cfg(feature = "std")]
             defer: false,
+            #[cfg(feature = "std")]
+            pending: None,
         }
     }
 }
@@ -809,15 +813,12 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         }
         #[cfg(feature = "std")]
         if secured.defer
-            && secured.verifier.is_some()
-            && view.signature().is_some()
-            && u.signed_digest.is_some()
+            && let (Some(verifier), Some(digest), Some(signature)) =
+                (&secured.verifier, u.signed_digest, view.signature())
         {
-            self.unstored = Some(Unstored {
-                sealed: true,
-                deferred: true,
-                ..u
-            });
+            let check = crate::secure::SealCheck::new(verifier.clone(), digest, *signature);
+            secured.pending = Some(check);
+            self.unstored = Some(Unstored { sealed: true, ..u });
             return None;
         }
         let verdict = match &secured.verifier {
@@ -844,31 +845,6 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     pub fn defer_seal_checks(&mut self) {
         if let Some(secured) = self.link.as_mut() {
             secured.defer = true;
-        }
-    }
-
-    /// The action of a chunk whose signature is left to the adapter.
-    #[cfg(all(feature = "secure", feature = "std"))]
-    fn store_unsealed(&self, u: Unstored) -> Action<'_> {
-        let bytes = self.assembly.bytes().get(..u.len).unwrap_or(&[]);
-        let verifier = self.link.as_ref().and_then(|s| s.verifier.clone());
-        let signature = bytes
-            .len()
-            .checked_sub(crate::chunk::SIGNATURE_LEN)
-            .and_then(|at| bytes.get(at..))
-            .and_then(|s| <[u8; crate::chunk::SIGNATURE_LEN]>::try_from(s).ok());
-        match (verifier, u.signed_digest, signature) {
-            (Some(verifier), Some(digest), Some(signature)) => Action::StoreUnsealed {
-                chunk: Verified::trusted(u.id, bytes),
-                check: std::boxed::Box::new(crate::secure::SealCheck::new(
-                    verifier, digest, signature,
-                )),
-            },
-            // Deferred only with all three (`check_seal`).
-            _ => Action::Wait(Wait {
-                deadline: None,
-                read: false,
-            }),
         }
     }
 
@@ -991,7 +967,17 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
         let step = self.step(now, node, serving);
         match step {
             #[cfg(all(feature = "secure", feature = "std"))]
-            Step::Store(u) if u.deferred => self.store_unsealed(u),
+            Step::Store(u)
+                if let Some(check) = self.link.as_ref().and_then(|s| s.pending.clone()) =>
+            {
+                Action::StoreUnsealed {
+                    chunk: Verified::trusted(
+                        u.id,
+                        self.assembly.bytes().get(..u.len).unwrap_or(&[]),
+                    ),
+                    check: std::boxed::Box::new(check),
+                }
+            }
             Step::Store(Unstored { id, len, .. }) => Action::Store(Verified::trusted(
                 id,
                 self.assembly.bytes().get(..len).unwrap_or(&[]),
@@ -1205,7 +1191,6 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
                     len,
                     signed_digest: verified.signed_digest(),
                     sealed: false,
-                    deferred: false,
                 });
             }
         }
@@ -1707,6 +1692,11 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     }
 
     fn take_unstored(&mut self) -> Result<Unstored, ApiMisuse> {
+        #[cfg(all(feature = "secure", feature = "std"))]
+        if let Some(secured) = self.link.as_mut() {
+            // Answered: its check goes with it.
+            secured.pending = None;
+        }
         self.unstored.take().ok_or(ApiMisuse::NotAsked)
     }
 
