@@ -12,8 +12,10 @@
 #![no_main]
 #![deny(unsafe_code)]
 
+mod keys;
 #[cfg(feature = "flash")]
 mod ram_flash;
+mod samples;
 mod stack;
 mod time_driver;
 mod uart;
@@ -22,7 +24,7 @@ use core::cell::Cell;
 
 use chunk_sync_core::chunk::{ChunkView, Chunker, Push, SealPolicy};
 use chunk_sync_core::recon::KeyRange;
-use chunk_sync_core::secure::{Access, Handshake, Keypair, PublicKey, Role};
+use chunk_sync_core::secure::{Handshake, Keypair, Role};
 use chunk_sync_core::session::{Config, Error as SessionError};
 use chunk_sync_core::{ChunkHash, Duration, Event, NodeId, Privacy, Span};
 use chunk_sync_embassy::secure::Peers;
@@ -34,23 +36,12 @@ use embassy_futures::select::{Either, select};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::mutex::Mutex;
 use embassy_time::{Instant, Timer};
+use keys::{DEVICE, DEVICE_SECRET, HOST_KEY, PEERS};
 use static_cell::StaticCell;
 
-/// This device's secret key: a test key, public in this repository (a real device keeps
-/// one provisioned for it in flash).
-const DEVICE_SECRET: [u8; 32] = *b"chunk-sync qemu device test key!";
-/// This device's node id: its key's (`PublicKey::node_id`), checked at boot.
-const DEVICE: NodeId = NodeId(0xd842_01db_36c4_7a84);
-/// The host's public key (`tests/src/bin/firmware-peer.rs`): the one key let in.
-const HOST_KEY: PublicKey = PublicKey([
-    113, 39, 213, 27, 19, 208, 136, 124, 127, 12, 154, 221, 176, 53, 77, 126, 7, 106, 112, 236,
-    162, 175, 123, 34, 143, 127, 123, 91, 211, 186, 202, 245,
-]);
-/// The host's node id, its key's.
-const HOST: NodeId = NodeId(0xf6d0_e27e_c0ee_0ebe);
-/// The peers the device lets in: the host, both ways.
-static PEERS: [(PublicKey, Access); 1] = [(HOST_KEY, Access::FULL)];
 static KEYS: StaticCell<Keypair> = StaticCell::new();
+/// The host's node id, its key's (checked at boot).
+const HOST: NodeId = NodeId(0xf6d0_e27e_c0ee_0ebe);
 /// Events the device writes before any session; every fifth is private.
 const EVENTS: u64 = 40;
 /// Events the device appends during the live session, one every `LIVE_PERIOD_MS`.
@@ -141,22 +132,15 @@ async fn open_store() -> &'static mut DeviceStore {
 async fn write_log(log: &DeviceLog) -> usize {
     let mut body = [0u8; 16];
     for seq in 0..EVENTS {
-        body.iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = (seq as u8).wrapping_mul(7).wrapping_add(i as u8));
-        let event = Event {
-            origin: DEVICE,
-            seq,
-            timestamp: 1_000 * seq,
-            kind: "adc.sample",
-            privacy: if seq % 5 == 4 {
-                Privacy::Private
-            } else {
-                Privacy::Public
-            },
-            payload: &body,
+        let privacy = if seq % 5 == 4 {
+            Privacy::Private
+        } else {
+            Privacy::Public
         };
-        if let Err(e) = log.append(&event).await {
+        if let Err(e) = log
+            .append(&samples::sample(DEVICE, seq, privacy, &mut body))
+            .await
+        {
             hprintln!("chunk-sync firmware: cannot append to its own log: {}", e);
             halt()
         }

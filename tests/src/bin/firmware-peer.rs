@@ -22,7 +22,7 @@ use std::time::Duration;
 use chunk_sync_core::{EventBuf, NodeId, Privacy};
 use chunk_sync_tests::Node as SimNode;
 use chunk_sync_tokio::{
-    Access, Keypair, Node, NodeConfig, NodeEvent, Permissions, PublicKey, Security,
+    Access, Keypair, Node, NodeConfig, NodeEvent, Permissions, PublicKey, Security, SyncReport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -95,21 +95,30 @@ async fn echo_live_chunks(node: &Node, mut seq: u64, echoed: &Cell<usize>) {
     }
 }
 
+/// The report of a session that ended within its time, or `None`, said on stderr.
+fn finished(
+    result: Result<Result<SyncReport, chunk_sync_tokio::Error>, tokio::time::error::Elapsed>,
+) -> Option<SyncReport> {
+    match result {
+        Ok(Ok(report)) => Some(report),
+        Ok(Err(e)) => {
+            eprintln!("firmware-peer: sync failed: {e}");
+            None
+        }
+        Err(_) => {
+            eprintln!("firmware-peer: the device did not finish within 120 s");
+            None
+        }
+    }
+}
+
 /// One session the device begins over `stream`, which does not live on: the device's
 /// node does not ask for one. Succeeds if the host fetched the device's chunks and stored
 /// them beside its `own`.
 async fn sync_once(node: &Node, stream: TcpStream, own: usize) -> ExitCode {
     let session = tokio::time::timeout(Duration::from_secs(120), node.live_over_answering(stream));
-    let report = match session.await {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) => {
-            eprintln!("firmware-peer: sync failed: {e}");
-            return ExitCode::FAILURE;
-        }
-        Err(_) => {
-            eprintln!("firmware-peer: the device did not finish within 120 s");
-            return ExitCode::FAILURE;
-        }
+    let Some(report) = finished(session.await) else {
+        return ExitCode::FAILURE;
     };
     let held = node.store().len().unwrap_or(0);
     println!(
@@ -222,16 +231,8 @@ async fn main() -> ExitCode {
         () = echo_live_chunks(&node, HOST_EVENTS, &echoed) => unreachable!("the echo never ends"),
     };
     let echoed = echoed.get();
-    let report = match result {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) => {
-            eprintln!("firmware-peer: sync failed: {e}");
-            return ExitCode::FAILURE;
-        }
-        Err(_) => {
-            eprintln!("firmware-peer: the device did not finish within 120 s");
-            return ExitCode::FAILURE;
-        }
+    let Some(report) = finished(result) else {
+        return ExitCode::FAILURE;
     };
     let held = node.store().len().unwrap_or(0);
     println!(

@@ -12,6 +12,10 @@
 #![no_main]
 #![deny(unsafe_code)]
 
+#[path = "../keys.rs"]
+mod keys;
+#[path = "../samples.rs"]
+mod samples;
 #[path = "../stack.rs"]
 mod stack;
 #[path = "../time_driver.rs"]
@@ -20,10 +24,10 @@ mod time_driver;
 mod uart;
 
 use chunk_sync_core::chunk::SealPolicy;
-use chunk_sync_core::secure::{Access, Handshake, Keypair, PublicKey, Role};
+use chunk_sync_core::secure::{Handshake, Keypair, Role};
 use chunk_sync_core::session::Config;
 use chunk_sync_core::store::RamStore;
-use chunk_sync_core::{Duration, Event, NodeId, Privacy};
+use chunk_sync_core::{Duration, NodeId, Privacy};
 use chunk_sync_embassy::secure::Peers;
 use chunk_sync_embassy::{Log, Resources, Runner, SharedStore, Store};
 use cortex_m_semihosting::{debug, hio};
@@ -33,14 +37,6 @@ use embassy_sync::mutex::Mutex;
 use embassy_time::Instant;
 use static_cell::StaticCell;
 
-/// This device's secret key: the main firmware's test key, public in this repository.
-const DEVICE_SECRET: [u8; 32] = *b"chunk-sync qemu device test key!";
-/// The host's public key (`tests/src/bin/firmware-peer.rs`): the one key let in.
-const HOST_KEY: PublicKey = PublicKey([
-    113, 39, 213, 27, 19, 208, 136, 124, 127, 12, 154, 221, 176, 53, 77, 126, 7, 106, 112, 236,
-    162, 175, 123, 34, 143, 127, 123, 91, 211, 186, 202, 245,
-]);
-static PEERS: [(PublicKey, Access); 1] = [(HOST_KEY, Access::FULL)];
 /// Events the device writes.
 const EVENTS: u64 = 40;
 /// The largest chunk the device seals or takes.
@@ -108,8 +104,9 @@ fn entropy(keys: &Keypair) -> [u8; 32] {
 
 #[embassy_executor::task]
 async fn device() {
-    let keys: &'static Keypair = KEYS.init(Keypair::from_secret(DEVICE_SECRET));
-    let own_id: NodeId = keys.node_id();
+    let keys: &'static Keypair = KEYS.init(Keypair::from_secret(keys::DEVICE_SECRET));
+    // The key's id (the main firmware checks it at boot).
+    let own_id: NodeId = keys::DEVICE;
     let store = SharedStore::new(SHARED.init(Mutex::new(STORE.init(DeviceStore::new()))));
     let policy = SealPolicy {
         max_bytes: MAX_CHUNK,
@@ -122,17 +119,7 @@ async fn device() {
     let log: &'static DeviceLog = LOG.init(log);
     let mut body = [0u8; 16];
     for seq in 0..EVENTS {
-        body.iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = (seq as u8).wrapping_mul(7).wrapping_add(i as u8));
-        let event = Event {
-            origin: own_id,
-            seq,
-            timestamp: 1_000 * seq,
-            kind: "adc.sample",
-            privacy: Privacy::Public,
-            payload: &body,
-        };
+        let event = samples::sample(own_id, seq, Privacy::Public, &mut body);
         if log.append(&event).await.is_err() {
             exit(false)
         }
@@ -152,7 +139,7 @@ async fn device() {
     let mut uart = uart::Uart0::new();
     let handshake = Handshake::new(keys, Role::Initiator, entropy(keys));
     let resources = RESOURCES.init(Resources::new());
-    let peers = Peers::only(&PEERS);
+    let peers = Peers::only(&keys::PEERS);
     let Ok((_, mut runner)) = Runner::<_, _, 8, 4>::new_secure(
         &mut uart,
         log.store(),
