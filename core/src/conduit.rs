@@ -527,8 +527,8 @@ struct Secured {
     verifier: Option<crate::secure::Verifier>,
     /// The origin [`Action::OriginKey`] asked about, until the adapter answers.
     asked: Option<NodeId>,
-    /// The adapter's answer to [`Action::OriginKey`]: kept for the walk's questions about
-    /// the origin, taken by the check of its chunk.
+    /// The adapter's answer to [`Action::OriginKey`], kept for later questions about the
+    /// same origin (the walk's and its chunks' checks).
     answer: Option<(NodeId, Option<crate::secure::PublicKey>)>,
     /// Whether signature checks are left to the adapter ([`Conduit::defer_seal_checks`]).
     #[cfg(feature = "std")]
@@ -541,6 +541,26 @@ struct Secured {
 
 #[cfg(feature = "secure")]
 impl Secured {
+    /// The key this node holds for `origin`'s signatures: the peer's, its own, or the one
+    /// the adapter gave ([`Action::OriginKey`]), `Some(None)` if it gave none; `None` once
+    /// the adapter is to be asked.
+    fn key_of(&mut self, origin: NodeId) -> Option<Option<crate::secure::PublicKey>> {
+        let remote = self.link.remote().copied();
+        if let Some(remote) = remote.filter(|k| k.node_id() == origin) {
+            return Some(Some(remote));
+        }
+        if self.local.node_id() == origin {
+            return Some(Some(self.local));
+        }
+        match self.answer {
+            Some((answered, key)) if answered == origin => Some(key),
+            _ => {
+                self.asked = Some(origin);
+                None
+            }
+        }
+    }
+
     /// A link about to run `handshake`.
     fn new(handshake: crate::secure::Handshake) -> Self {
         Self {
@@ -757,19 +777,9 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     /// (it checks none); `None` once it has asked the adapter ([`Action::OriginKey`]).
     #[cfg(feature = "secure")]
     fn knows_key_of(&mut self, origin: NodeId) -> Option<bool> {
-        let Some(secured) = self.link.as_mut() else {
-            return Some(true);
-        };
-        let remote = secured.link.remote().map(crate::secure::PublicKey::node_id);
-        if remote == Some(origin) || secured.local.node_id() == origin {
-            return Some(true);
-        }
-        match secured.answer {
-            Some((answered, key)) if answered == origin => Some(key.is_some()),
-            _ => {
-                secured.asked = Some(origin);
-                None
-            }
+        match self.link.as_mut() {
+            Some(secured) => secured.key_of(origin).map(|key| key.is_some()),
+            None => Some(true),
         }
     }
 
@@ -794,19 +804,8 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
             .as_ref()
             .is_none_or(|v| v.origin() != origin)
         {
-            let remote = secured.link.remote().copied();
-            let key = if let Some(remote) = remote.filter(|k| k.node_id() == origin) {
-                Some(remote)
-            } else if secured.local.node_id() == origin {
-                Some(secured.local)
-            } else {
-                match secured.answer.take() {
-                    Some((answered, key)) if answered == origin => key,
-                    _ => {
-                        secured.asked = Some(origin);
-                        return Some(Step::OriginKey(origin));
-                    }
-                }
+            let Some(key) = secured.key_of(origin) else {
+                return Some(Step::OriginKey(origin));
             };
             // Every key here has `origin`'s id (`origin_key` drops any other).
             secured.verifier = key.and_then(Verifier::new);
