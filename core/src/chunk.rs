@@ -248,7 +248,7 @@ pub enum ChunkError {
         /// The chunker's origin.
         origin: NodeId,
     },
-    /// A chunk to sign is signed already ([`sign_sealed`], feature `secure`).
+    /// A chunk to sign is signed already (`sign_sealed`, feature `secure`).
     AlreadySigned,
     /// Chunk bytes did not match their hash.
     HashMismatch(HashMismatch),
