@@ -1,12 +1,13 @@
 //! Chunk creation (postcard encoding + BLAKE3), verification (BLAKE3 + header check, the
 //! sync path) and verification with a full decode of every event, beside raw BLAKE3 of
 //! the same bytes; and the same chunks signed by their origin (Ed25519): creation with
-//! the signature, and verification with the signature's check, as a secure link makes.
+//! the signature, and verification with the signature's check, as a secure link makes;
+//! and a host's checks of a batch of signatures, one at a time against in batches.
 #![allow(missing_docs)] // criterion_group! and criterion_main! generate undocumented items.
 
 use chunk_sync_benches::{as_events, events, seal_one};
 use chunk_sync_core::chunk::Chunker;
-use chunk_sync_core::secure::Keypair;
+use chunk_sync_core::secure::{Keypair, SealCheck};
 use chunk_sync_core::{ChunkHash, ChunkView, Event, NodeId, Verified};
 use std::hint::black_box;
 
@@ -88,5 +89,50 @@ fn chunk(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, chunk);
+/// Checking the signatures of a batch of received chunks (what a host does before it
+/// writes them): one at a time, strictly, against in batches (`SealCheck::check_all`).
+fn seal_checks(c: &mut Criterion) {
+    const N: usize = chunk_sync_core::secure::CHECK_BATCH;
+    let keys = Keypair::from_secret([11; 32]);
+    let origin = keys.node_id();
+    let mut buf = vec![0u8; 4096];
+    let chunks: Vec<(ChunkHash, Vec<u8>)> = (0..N as u64)
+        .map(|seq| {
+            let mut chunker = Chunker::new(origin, 1, seq, &mut buf[..])
+                .unwrap()
+                .signed_by(&keys)
+                .unwrap();
+            let payload = seq.to_le_bytes();
+            let event = Event {
+                origin,
+                seq,
+                timestamp: seq,
+                kind: "reading",
+                privacy: chunk_sync_core::Privacy::Public,
+                payload: &payload,
+            };
+            let _ = chunker.push(&event);
+            let sealed = chunker.seal().unwrap();
+            (sealed.id, sealed.bytes.to_vec())
+        })
+        .collect();
+    let checks: Vec<SealCheck> = chunks
+        .iter()
+        .map(|(id, bytes)| {
+            SealCheck::of(keys.public(), &Verified::new(*id, bytes).unwrap()).unwrap()
+        })
+        .collect();
+    let refs: Vec<&SealCheck> = checks.iter().collect();
+    let mut group = c.benchmark_group("seal-check");
+    group.throughput(Throughput::Elements(N as u64));
+    group.bench_function(BenchmarkId::new("one-at-a-time", N), |b| {
+        b.iter(|| black_box(refs.iter().filter(|c| c.check().is_ok()).count()));
+    });
+    group.bench_function(BenchmarkId::new("batched", N), |b| {
+        b.iter(|| black_box(SealCheck::check_all(black_box(&refs)).len()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, chunk, seal_checks);
 criterion_main!(benches);

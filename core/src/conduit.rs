@@ -215,6 +215,11 @@ impl Buffer for &mut [u8] {
     }
 }
 
+/// Room past a chunk's length that a reassembly `Vec` may keep (with a quarter of the
+/// length) rather than be made anew for it.
+#[cfg(any(feature = "alloc", test))]
+const SPARE_ROOM: usize = 256;
+
 #[cfg(any(feature = "alloc", test))]
 impl Buffer for alloc::vec::Vec<u8> {
     fn bytes(&self) -> &[u8] {
@@ -233,10 +238,16 @@ impl Buffer for alloc::vec::Vec<u8> {
         usize::MAX
     }
     /// Empties the vector and reserves `len` bytes, so that pieces are appended without
-    /// zeroing memory first.
+    /// zeroing memory first. A vector with far more room than `len` (one that held a
+    /// larger chunk) is replaced by one of `len` bytes: a chunk kept from it
+    /// ([`Conduit::keep`]) holds no more memory than its bytes and a little.
     fn prepare(&mut self, len: usize) -> bool {
-        self.clear();
-        self.reserve(len);
+        if self.capacity() > len.saturating_add(len / 4).saturating_add(SPARE_ROOM) {
+            *self = Self::with_capacity(len);
+        } else {
+            self.clear();
+            self.reserve(len);
+        }
         true
     }
     fn put_with(&mut self, at: usize, len: usize, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
@@ -387,7 +398,8 @@ pub enum Action<'c> {
     /// ([`Conduit::defer_seal_checks`]): the chunk's hash holds and its origin's key is
     /// known, but its signature is still to be checked. Run `check` (on any thread) and
     /// store the chunk only if it holds; answer as `Store` does, or, if the check fails,
-    /// with [`Conduit::refused`] (or [`Conduit::kept_refused`] for a kept buffer).
+    /// with [`Conduit::refused`] (or [`Conduit::kept_refused`] for a kept buffer), and
+    /// report the failure: the conduit does not report it again as [`ChunkFailed`](Self::ChunkFailed).
     #[cfg(all(feature = "secure", feature = "std"))]
     StoreUnsealed {
         /// The chunk, its hash checked.
@@ -848,24 +860,26 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     }
 
     /// Answers [`Action::StoreUnsealed`] whose check failed: the chunk is not stored, and
-    /// counts as failed (`reason`).
+    /// counts as failed, towards `max_failures`. It is not reported again as
+    /// [`Action::ChunkFailed`]: the adapter, which ran the check, knows (and a batch of
+    /// refusals could not wait in the session's queue of failures).
     ///
     /// # Errors
     /// [`ApiMisuse::NotAsked`] if no chunk was to be stored.
     #[cfg(all(feature = "secure", feature = "std"))]
-    pub fn refused(&mut self, reason: FailReason) -> Result<(), ApiMisuse> {
-        let u = self.take_unstored()?;
-        self.session.chunk_refused(u.id, reason);
+    pub fn refused(&mut self) -> Result<(), ApiMisuse> {
+        self.take_unstored()?;
+        self.session.chunk_check_failed();
         Ok(())
     }
 
     /// A chunk of [`Action::StoreUnsealed`] taken with [`keep`](Self::keep) failed its
     /// check and was not stored: as [`kept_stored`](Self::kept_stored), with the chunk
-    /// counted as failed (`reason`).
+    /// counted as failed, as [`refused`](Self::refused) counts it.
     #[cfg(all(feature = "secure", feature = "std"))]
-    pub fn kept_refused(&mut self, len: usize, id: ChunkHash, reason: FailReason) {
+    pub fn kept_refused(&mut self, len: usize) {
         self.kept_bytes = self.kept_bytes.saturating_sub(len);
-        self.session.chunk_refused(id, reason);
+        self.session.chunk_check_failed();
     }
 
     /// The peer's public key, once a secure link's handshake proved it.
@@ -1622,7 +1636,8 @@ impl<'w, B: Buffer, const RANGES: usize, const REQ: usize, const RUNS: usize>
     /// Chunks kept and not yet answered for are given up: the adapter will not answer.
     pub fn abort(&mut self) {
         self.session.abort();
-        self.unstored = None;
+        // The chunk waiting for the store is dropped, with its deferred check.
+        let _ = self.take_unstored();
         self.aborted = true;
         self.kept_bytes = 0;
     }

@@ -201,6 +201,22 @@ impl SealCheck {
         }
     }
 
+    /// The check of `chunk`'s signature by `key` (the chunk's origin's key, which the
+    /// caller chose), to run later or in a batch ([`check_all`](Self::check_all)).
+    ///
+    /// # Errors
+    /// [`SealError::Unsigned`] if the chunk is not signed (or the bytes are not a chunk),
+    /// [`SealError::BadSignature`] if `key` is not a valid Ed25519 key.
+    pub fn of(key: &PublicKey, chunk: &crate::hash::Verified<'_>) -> Result<Self, SealError> {
+        let view = ChunkView::parse(chunk.bytes()).map_err(|_| SealError::Unsigned)?;
+        let signature = view.signature().ok_or(SealError::Unsigned)?;
+        let digest = chunk
+            .signed_digest()
+            .unwrap_or_else(|| *blake3::hash(view.signed_bytes()).as_bytes());
+        let verifier = Verifier::new(*key).ok_or(SealError::BadSignature)?;
+        Ok(Self::new(verifier, digest, *signature))
+    }
+
     /// Whether the chunk's origin signed it (a strict Ed25519 verification).
     ///
     /// # Errors
@@ -210,7 +226,78 @@ impl SealCheck {
             .verify_signature(&self.digest, &self.signature)
             .map_err(crate::session::FailReason::from)
     }
+
+    /// The verdict of each of `checks`, in order: what [`check`](Self::check) of each
+    /// would give, found in batches of up to [`CHECK_BATCH`] signatures, 2 to 3 times
+    /// faster a signature than one at a time.
+    ///
+    /// A batch is ed25519-dalek's `verify_batch`: one equation, the sum of every
+    /// signature's verification equation, each weighted by a 128-bit scalar derived from
+    /// all of the batch's keys, messages and signatures. A batch that does not hold is
+    /// split in halves, down to single strict checks, so a bad signature costs its batch
+    /// about twice its time and is pinpointed; a key of small order is only ever checked
+    /// strictly (which refuses it).
+    ///
+    /// The one difference from strict checks: a signature whose verification equation is
+    /// off by a point of small order passes a batch with some probability, and a strict
+    /// check never. Only the holder of the origin's secret key can make such a signature
+    /// (it needs the signature's equation, which is the signing key's): a batch never
+    /// accepts a forgery, and a chunk a relay changed fails either way.
+    #[must_use]
+    pub fn check_all(checks: &[&Self]) -> alloc::vec::Vec<Result<(), crate::session::FailReason>> {
+        let mut verdicts = alloc::vec::Vec::with_capacity(checks.len());
+        for batch in checks.chunks(CHECK_BATCH) {
+            Self::check_batch(batch, &mut verdicts);
+        }
+        verdicts
+    }
+
+    /// Appends the verdicts of `checks` to `verdicts`: all at once, or, if they do not
+    /// all hold, each half on its own.
+    fn check_batch(
+        checks: &[&Self],
+        verdicts: &mut alloc::vec::Vec<Result<(), crate::session::FailReason>>,
+    ) {
+        let strict = checks.len() <= STRICT_BELOW
+            || checks
+                .iter()
+                .any(|check| check.verifier.verifying.is_weak());
+        if strict {
+            verdicts.extend(checks.iter().map(|check| check.check()));
+            return;
+        }
+        let messages: alloc::vec::Vec<[u8; 58]> = checks
+            .iter()
+            .map(|check| seal_message(&check.digest))
+            .collect();
+        let messages: alloc::vec::Vec<&[u8]> = messages.iter().map(<[u8; 58]>::as_slice).collect();
+        let signatures: alloc::vec::Vec<ed25519_dalek::Signature> = checks
+            .iter()
+            .map(|check| ed25519_dalek::Signature::from_bytes(&check.signature))
+            .collect();
+        let keys: alloc::vec::Vec<ed25519_dalek::VerifyingKey> = checks
+            .iter()
+            .map(|check| check.verifier.verifying)
+            .collect();
+        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+            verdicts.extend(checks.iter().map(|_| Ok(())));
+        } else {
+            let (first, second) = checks.split_at(checks.len() / 2);
+            Self::check_batch(first, verdicts);
+            Self::check_batch(second, verdicts);
+        }
+    }
 }
+
+/// The most signatures [`SealCheck::check_all`] checks in one batch: past a few hundred, a
+/// larger batch saves little more a signature.
+#[cfg(feature = "std")]
+pub const CHECK_BATCH: usize = 512;
+
+/// Batches of this many signatures or fewer are checked one at a time (a batch saves too
+/// little on so few, and halving a failed one ends there).
+#[cfg(feature = "std")]
+const STRICT_BELOW: usize = 4;
 
 /// A node's public key: its identity on the wire, and the key its chunks are signed with
 /// (32 bytes of Ed25519 public key).

@@ -419,8 +419,9 @@ async fn a_peer_with_rights_for_one_origin_syncs_exactly_that_origin() {
 }
 
 /// A relay that passes on chunks of a trusted origin changed after signing (each under
-/// its new hash): the puller, which checks signatures with each batch it writes, on every
-/// core, keeps exactly the genuine ones and names each changed one.
+/// its new hash), one in five: the puller, which checks signatures with each batch it
+/// writes, in batches and on every core, keeps exactly the genuine ones and names each
+/// changed one (more than a session's queue of failures holds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_changed_after_signing_are_refused_among_hundreds_of_genuine_ones() {
     let (ka, kb, kc) = (
@@ -433,7 +434,7 @@ async fn chunks_changed_after_signing_are_refused_among_hundreds_of_genuine_ones
     let mut genuine = Vec::new();
     let mut changed = Vec::new();
     for (i, (id, bytes)) in la.store.iter().enumerate() {
-        let chunk = if i % 37 == 5 {
+        let chunk = if i % 5 == 2 {
             // The last byte of the last event's payload, before the signature.
             let mut bytes = bytes.clone();
             let at = bytes.len() - chunk_sync_core::chunk::SIGNATURE_LEN - 1;

@@ -532,8 +532,8 @@ impl Driver<'_, '_> {
         };
         // Refused whatever the store did: their signatures do not hold.
         for (chunk, reason) in refused {
-            self.conduit
-                .kept_refused(chunk.bytes().len(), chunk.id(), reason);
+            self.conduit.kept_refused(chunk.bytes().len());
+            self.failed_chunk(chunk.id(), reason);
             self.writes.recycle(chunk.into_bytes());
         }
         let inserted = match result {

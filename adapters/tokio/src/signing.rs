@@ -5,6 +5,8 @@
 //! ([`sign_all`]), with the bytes a signing chunker would have sealed
 //! ([`chunk::sign_sealed`](chunk_sync_core::chunk::sign_sealed)).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use chunk_sync_core::chunk::{SIGNATURE_LEN, Sealed, sign_sealed};
 use chunk_sync_core::secure::Keypair;
 use chunk_sync_core::{ChunkError, HashMismatch};
@@ -14,7 +16,7 @@ use crate::store::VerifiedChunk;
 /// Work lists with fewer heavy items than this run on the calling thread.
 const PARALLEL_FROM: usize = 64;
 
-/// The most threads one list is spread over.
+/// The most threads one list is spread over (with the caller's).
 const MAX_THREADS: usize = 16;
 
 /// A chunk on its way to a store.
@@ -49,7 +51,8 @@ impl Sealing {
 }
 
 /// The chunks of `batch`, in order, each unsigned one signed by `keys`: on as many threads
-/// as the machine has cores (up to 16) when there are many.
+/// as the machine has cores (up to 16) when there are many, less those other lists in the
+/// process are using.
 ///
 /// # Errors
 /// The first chunk that cannot be signed: [`ChunkError::NotOriginKey`] if it is not of
@@ -84,10 +87,28 @@ pub(crate) fn in_order<T: Send, U: Send>(
     heavy: impl Fn(&T) -> bool,
     f: impl Fn(T) -> U + Sync,
 ) -> Vec<U> {
+    in_parts(items, heavy, |part| part.into_iter().map(&f).collect())
+}
+
+/// `f` of consecutive parts of `items`, its results end to end: one part, on the calling
+/// thread, unless there are many `heavy` items and helper threads are free (one a core
+/// besides the caller, shared by every list in the process, [`Helpers`]); then a part
+/// for the caller and for each helper, with its share of the heavy ones, on scoped
+/// threads. `f` gives as many results for a part as it has items, or more or fewer as it
+/// sees fit. A panic in `f` is raised again here.
+pub(crate) fn in_parts<T: Send, U: Send>(
+    items: Vec<T>,
+    heavy: impl Fn(&T) -> bool,
+    f: impl Fn(Vec<T>) -> Vec<U> + Sync,
+) -> Vec<U> {
     let weight = items.iter().filter(|item| heavy(item)).count();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
-    if threads == 1 || weight < PARALLEL_FROM {
-        return items.into_iter().map(f).collect();
+    if weight < PARALLEL_FROM {
+        return f(items);
+    }
+    let helpers = Helpers::borrow();
+    let threads = 1 + helpers.count;
+    if threads == 1 {
+        return f(items);
     }
     let share = weight.div_ceil(threads);
     let mut parts: Vec<Vec<T>> = Vec::with_capacity(threads);
@@ -103,20 +124,64 @@ pub(crate) fn in_order<T: Send, U: Send>(
     }
     parts.push(part);
     let f = &f;
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = parts
-            .into_iter()
-            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<U>>()))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|worker| {
-                worker
+    let done = std::thread::scope(|scope| {
+        let mut parts = parts.into_iter();
+        // The first part is this thread's; the others', the helpers'.
+        let first = parts.next().unwrap_or_default();
+        let helping: Vec<_> = parts.map(|part| scope.spawn(move || f(part))).collect();
+        let mut done = f(first);
+        for helper in helping {
+            done.extend(
+                helper
                     .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        done
+    });
+    drop(helpers);
+    done
+}
+
+/// Helper threads lent out now, over every list being worked through in the process: all
+/// sessions' writes and appends together use at most one helper a core besides their own
+/// threads, however many run at once.
+static LENT: AtomicUsize = AtomicUsize::new(0);
+
+/// Helper threads borrowed for one list, given back when dropped.
+struct Helpers {
+    count: usize,
+}
+
+impl Helpers {
+    /// As many helpers as are free, up to one fewer than the machine's cores (the
+    /// borrowing thread is one) and [`MAX_THREADS`] in all.
+    fn borrow() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
+        let most = cores - 1;
+        let mut lent = LENT.load(Ordering::Relaxed);
+        loop {
+            let count = most.saturating_sub(lent);
+            if count == 0 {
+                return Self { count };
+            }
+            match LENT.compare_exchange_weak(
+                lent,
+                lent + count,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Self { count },
+                Err(now) => lent = now,
+            }
+        }
+    }
+}
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        LENT.fetch_sub(self.count, Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]

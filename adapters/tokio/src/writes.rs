@@ -127,17 +127,11 @@ impl Writes {
     }
 }
 
-/// `batch` with each signature check run (on every core, up to 16, when there are many):
-/// the chunks that passed, in order, and those that did not, with why.
+/// `batch` with each signature check run (in batches, [`SealCheck::check_all`], on the
+/// cores free, up to 16, when there are many): the chunks that passed, in order, and those that
+/// did not, with why.
 fn checked(batch: Vec<Queued>) -> (Vec<VerifiedChunk>, Vec<(VerifiedChunk, FailReason)>) {
-    let verdicts = crate::signing::in_order(
-        batch,
-        |(_, check)| check.is_some(),
-        |(chunk, check)| {
-            let verdict = check.map_or(Ok(()), |check| check.check());
-            (chunk, verdict)
-        },
-    );
+    let verdicts = crate::signing::in_parts(batch, |(_, check)| check.is_some(), check_part);
     let mut passed = Vec::with_capacity(verdicts.len());
     let mut refused = Vec::new();
     for (chunk, verdict) in verdicts {
@@ -147,4 +141,23 @@ fn checked(batch: Vec<Queued>) -> (Vec<VerifiedChunk>, Vec<(VerifiedChunk, FailR
         }
     }
     (passed, refused)
+}
+
+/// Each chunk of `part` with its check's verdict (`Ok` for a chunk without a check).
+fn check_part(part: Vec<Queued>) -> Vec<(VerifiedChunk, Result<(), FailReason>)> {
+    let checks: Vec<&SealCheck> = part
+        .iter()
+        .filter_map(|(_, check)| check.as_deref())
+        .collect();
+    let mut verdicts = SealCheck::check_all(&checks).into_iter();
+    part.into_iter()
+        .map(|(chunk, check)| {
+            let verdict = match check {
+                // One verdict for each check, in order.
+                Some(_) => verdicts.next().unwrap_or(Err(FailReason::BadSignature)),
+                None => Ok(()),
+            };
+            (chunk, verdict)
+        })
+        .collect()
 }

@@ -197,7 +197,11 @@ impl End {
                             self.store.insert(chunk.id(), chunk.bytes().to_vec());
                             self.conduit.stored(Stored::Kept).unwrap();
                         }
-                        Err(reason) => self.conduit.refused(reason).unwrap(),
+                        // The adapter that checked reports the failure.
+                        Err(reason) => {
+                            self.failed.push((chunk.id(), reason));
+                            self.conduit.refused().unwrap();
+                        }
                     }
                 }
                 Action::Connected(_) => {}
@@ -338,6 +342,26 @@ fn a_chunk_the_peer_lacks_is_reported_failed() {
     run(&mut a, &mut b, Duration::from_secs(60));
     assert_eq!(a.outcome, Some(Ok(())));
     assert_eq!(a.failed, vec![(missing, FailReason::NotFound)]);
+}
+
+/// A reassembly `Vec` that held a large chunk does not lend its room to a small one: a
+/// small chunk kept from it would hold that memory while counted at its length.
+#[test]
+fn a_vec_buffer_is_made_anew_for_a_much_smaller_chunk() {
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    assert!(Buffer::prepare(&mut buf, 100));
+    assert!(buf.is_empty() && buf.capacity() >= 100);
+    assert!(
+        buf.capacity() <= 100 + 25 + SPARE_ROOM,
+        "{}",
+        buf.capacity()
+    );
+    // A buffer about the right size is reused as it is.
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    buf.extend_from_slice(&[7; 4000]);
+    let at = buf.as_ptr();
+    assert!(Buffer::prepare(&mut buf, 4000));
+    assert!(buf.is_empty() && buf.as_ptr() == at);
 }
 
 #[test]

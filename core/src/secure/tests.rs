@@ -232,3 +232,92 @@ fn hashing_a_signed_chunk_finds_what_its_signature_signs_on_the_way() {
         );
     }
 }
+
+/// The check of a signature by `keys` over `digest`, as a conduit that defers checks makes
+/// it.
+#[cfg(feature = "std")]
+fn check_of(keys: &Keypair, digest: [u8; 32]) -> SealCheck {
+    let verifier = Verifier::new(*keys.public()).unwrap();
+    SealCheck::new(verifier, digest, keys.sign_digest(&digest))
+}
+
+#[cfg(feature = "std")]
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Checked in batches, every signature gets the verdict a strict check of it alone
+    /// gives, whichever are bad and however many.
+    #[test]
+    fn batched_checks_give_each_signature_its_own_verdict(
+        signers in proptest::collection::vec(0u8..3, 0..40),
+        damage in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0u8..3), 0..6),
+    ) {
+        let keys = [1u8, 2, 3].map(|k| Keypair::from_secret([k; 32]));
+        let mut checks: std::vec::Vec<SealCheck> = signers
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| check_of(&keys[usize::from(k)], [u8::try_from(i).unwrap(); 32]))
+            .collect();
+        if !checks.is_empty() {
+            for (at, how) in &damage {
+                let check = &mut checks[at.index(signers.len())];
+                match how {
+                    // A signature changed on the way, bytes signed changed, a stranger's key.
+                    0 => check.signature[7] ^= 1,
+                    1 => check.digest[0] ^= 0x80,
+                    _ => check.verifier = Verifier::new(*keys[(usize::from(check.digest[1]) + 1) % 3].public()).unwrap(),
+                }
+            }
+        }
+        let refs: std::vec::Vec<&SealCheck> = checks.iter().collect();
+        let each: std::vec::Vec<_> = checks.iter().map(SealCheck::check).collect();
+        proptest::prop_assert_eq!(SealCheck::check_all(&refs), each);
+    }
+}
+
+#[cfg(feature = "std")]
+#[test]
+fn batches_are_bounded_and_a_bad_signature_is_found_in_any_of_them() {
+    let keys = Keypair::from_secret([5; 32]);
+    let n = CHECK_BATCH + 40;
+    let mut checks: std::vec::Vec<SealCheck> = (0..n)
+        .map(|i| check_of(&keys, *blake3::hash(&i.to_le_bytes()).as_bytes()))
+        .collect();
+    checks[3].signature[40] ^= 2;
+    checks[CHECK_BATCH + 1].digest[9] ^= 1;
+    let refs: std::vec::Vec<&SealCheck> = checks.iter().collect();
+    let verdicts = SealCheck::check_all(&refs);
+    assert_eq!(verdicts.len(), n);
+    for (i, verdict) in verdicts.iter().enumerate() {
+        let bad = i == 3 || i == CHECK_BATCH + 1;
+        assert_eq!(verdict.is_err(), bad, "signature {i}");
+    }
+}
+
+/// A key of small order (here the identity point) verifies any signature whose `R` is
+/// `[s]B` in a batch's equation; a strict check refuses the key, and so do batches.
+#[cfg(feature = "std")]
+#[test]
+fn a_key_of_small_order_is_refused_in_a_batch_too() {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let weak = Verifier::new(PublicKey(identity)).unwrap();
+    // R = B (the base point, compressed), s = 1: [1]B = B + [k]·identity for every k.
+    let mut signature = [0x66u8; SIGNATURE_LEN];
+    signature[0] = 0x58;
+    signature[32..].fill(0);
+    signature[32] = 1;
+    let keys = Keypair::from_secret([6; 32]);
+    let mut checks: std::vec::Vec<SealCheck> = (0u8..8).map(|i| check_of(&keys, [i; 32])).collect();
+    checks.push(SealCheck::new(weak.clone(), [9; 32], signature));
+    let probe = [ed25519_dalek::Signature::from_bytes(&signature)];
+    let message = seal_message(&[9; 32]);
+    assert!(
+        ed25519_dalek::verify_batch(&[&message[..]], &probe, &[weak.verifying]).is_ok(),
+        "the batch equation alone accepts it"
+    );
+    let refs: std::vec::Vec<&SealCheck> = checks.iter().collect();
+    let verdicts = SealCheck::check_all(&refs);
+    assert!(verdicts[..8].iter().all(Result::is_ok));
+    assert!(verdicts[8].is_err());
+}

@@ -485,6 +485,14 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         self.failed(hash, reason);
     }
 
+    /// Counts a chunk the adapter refused after checking it itself (its signature, for a
+    /// conduit that defers the checks): it counts as failed and towards `max_failures`,
+    /// and is not reported as [`Event::ChunkFailed`](super::Event::ChunkFailed), as the
+    /// adapter knows.
+    pub fn chunk_check_failed(&mut self) {
+        let _ = self.count_failure();
+    }
+
     /// Counts a failed chunk; past `max_failures` the session fails.
     pub(super) fn count_failure(&mut self) -> Result<(), Error> {
         self.progress.failed_chunks += 1;
