@@ -246,7 +246,7 @@ impl Buffer for alloc::vec::Vec<u8> {
             *self = Self::with_capacity(len);
         } else {
             self.clear();
-            self.reserve(len);
+            self.reserve_exact(len);
         }
         true
     }

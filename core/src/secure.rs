@@ -233,16 +233,19 @@ impl SealCheck {
     ///
     /// A batch is ed25519-dalek's `verify_batch`: one equation, the sum of every
     /// signature's verification equation, each weighted by a 128-bit scalar derived from
-    /// all of the batch's keys, messages and signatures. A batch that does not hold is
-    /// split in halves, down to single strict checks, so a bad signature costs its batch
-    /// about twice its time and is pinpointed; a key of small order is only ever checked
-    /// strictly (which refuses it).
+    /// all of the batch's keys, messages and signatures. Before it, each signature's `R`
+    /// must be encoded canonically and not be a point of small order, and each key not be
+    /// of small order, as a strict check requires; a batch with one that is not, or that
+    /// does not hold, is split in halves, down to strict checks of four or fewer. A bad
+    /// signature costs its batch about twice its time and is pinpointed.
     ///
-    /// The one difference from strict checks: a signature whose verification equation is
-    /// off by a point of small order passes a batch with some probability, and a strict
-    /// check never. Only the holder of the origin's secret key can make such a signature
-    /// (it needs the signature's equation, which is the signing key's): a batch never
-    /// accepts a forgery, and a chunk a relay changed fails either way.
+    /// What is left of the difference from strict checks: an `R` that is the sum of the
+    /// point the signing equation gives and a point of small order (of order 2, 4 or 8)
+    /// passes a batch when the batch's weight for it is a multiple of that order (with
+    /// probability 1/2 at most, depending on the rest of the batch), and a strict check
+    /// never. Only the holder of the origin's secret key can make such a signature, as it
+    /// needs the signing equation: a batch accepts no forgery, and no chunk a relay
+    /// changed, but for the 2^-128 chance of the weights.
     #[must_use]
     pub fn check_all(checks: &[&Self]) -> alloc::vec::Vec<Result<(), crate::session::FailReason>> {
         let mut verdicts = alloc::vec::Vec::with_capacity(checks.len());
@@ -258,11 +261,7 @@ impl SealCheck {
         checks: &[&Self],
         verdicts: &mut alloc::vec::Vec<Result<(), crate::session::FailReason>>,
     ) {
-        let strict = checks.len() <= STRICT_BELOW
-            || checks
-                .iter()
-                .any(|check| check.verifier.verifying.is_weak());
-        if strict {
+        if checks.len() <= STRICT_BELOW {
             verdicts.extend(checks.iter().map(|check| check.check()));
             return;
         }
@@ -279,7 +278,8 @@ impl SealCheck {
             .iter()
             .map(|check| check.verifier.verifying)
             .collect();
-        if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+        let batchable = checks.iter().all(|check| check.batchable());
+        if batchable && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
             verdicts.extend(checks.iter().map(|_| Ok(())));
         } else {
             let (first, second) = checks.split_at(checks.len() / 2);
@@ -288,6 +288,60 @@ impl SealCheck {
         }
     }
 }
+
+#[cfg(feature = "std")]
+impl SealCheck {
+    /// Whether the signature may be checked in a batch: its key is not of small order,
+    /// and its `R` is encoded canonically and is not of small order, as a strict check
+    /// requires and a batch does not check.
+    fn batchable(&self) -> bool {
+        let mut y = [0u8; 32];
+        y.copy_from_slice(&self.signature[..32]);
+        // The sign of x is the top bit; what is left is y, little-endian.
+        y[31] &= 0x7f;
+        !self.verifier.verifying.is_weak() && below_field_prime(&y) && !SMALL_ORDER_Y.contains(&y)
+    }
+}
+
+/// Whether the 255-bit little-endian number `y` is below 2^255 - 19 (a canonical field
+/// element).
+#[cfg(feature = "std")]
+fn below_field_prime(y: &[u8; 32]) -> bool {
+    // 2^255 - 19, little-endian: 0xed, then thirty 0xff, then 0x7f.
+    let mut prime = [0xffu8; 32];
+    prime[0] = 0xed;
+    prime[31] = 0x7f;
+    // Compared from the most significant byte down.
+    y.iter().rev().lt(prime.iter().rev())
+}
+
+/// The y coordinates of the eight points of small order, as the first 255 bits of their
+/// encodings (the sign of x, the top bit, cleared): 1 (the identity), -1 (order 2), 0
+/// (the two points of order 4), and those of the four points of order 8 (a test checks
+/// them against curve25519-dalek's).
+#[cfg(feature = "std")]
+const SMALL_ORDER_Y: [[u8; 32]; 5] = {
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    let mut minus_one = [0xffu8; 32];
+    minus_one[0] = 0xec;
+    minus_one[31] = 0x7f;
+    [
+        one,
+        minus_one,
+        [0; 32],
+        [
+            0x26, 0xe8, 0x95, 0x8f, 0xc2, 0xb2, 0x27, 0xb0, 0x45, 0xc3, 0xf4, 0x89, 0xf2, 0xef,
+            0x98, 0xf0, 0xd5, 0xdf, 0xac, 0x05, 0xd3, 0xc6, 0x33, 0x39, 0xb1, 0x38, 0x02, 0x88,
+            0x6d, 0x53, 0xfc, 0x05,
+        ],
+        [
+            0xc7, 0x17, 0x6a, 0x70, 0x3d, 0x4d, 0xd8, 0x4f, 0xba, 0x3c, 0x0b, 0x76, 0x0d, 0x10,
+            0x67, 0x0f, 0x2a, 0x20, 0x53, 0xfa, 0x2c, 0x39, 0xcc, 0xc6, 0x4e, 0xc7, 0xfd, 0x77,
+            0x92, 0xac, 0x03, 0x7a,
+        ],
+    ]
+};
 
 /// The most signatures [`SealCheck::check_all`] checks in one batch: past a few hundred, a
 /// larger batch saves little more a signature.

@@ -115,7 +115,8 @@ pub(crate) fn in_parts<T: Send, U: Send>(
     let mut part = Vec::new();
     let mut in_part = 0;
     for item in items {
-        if in_part == share {
+        // The last part takes what is left, light items included.
+        if in_part == share && parts.len() + 1 < threads {
             parts.push(std::mem::take(&mut part));
             in_part = 0;
         }

@@ -321,3 +321,81 @@ fn a_key_of_small_order_is_refused_in_a_batch_too() {
     assert!(verdicts[..8].iter().all(Result::is_ok));
     assert!(verdicts[8].is_err());
 }
+
+/// The table of small-order y coordinates is the y of each of the eight points of small
+/// order, and nothing else.
+#[cfg(feature = "std")]
+#[test]
+fn the_small_order_table_is_the_eight_torsion_points() {
+    let mut ys: std::vec::Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+        .iter()
+        .map(|point| {
+            let mut y = point.compress().to_bytes();
+            y[31] &= 0x7f;
+            y
+        })
+        .collect();
+    ys.sort_unstable();
+    ys.dedup();
+    let mut table = SMALL_ORDER_Y.to_vec();
+    table.sort_unstable();
+    assert_eq!(ys, table);
+}
+
+#[cfg(feature = "std")]
+#[test]
+fn only_canonical_field_elements_are_below_the_prime() {
+    let mut p = [0xffu8; 32];
+    p[0] = 0xed;
+    p[31] = 0x7f;
+    let mut p_minus_one = p;
+    p_minus_one[0] = 0xec;
+    let mut p_plus_one = p;
+    p_plus_one[0] = 0xee;
+    assert!(below_field_prime(&p_minus_one));
+    assert!(!below_field_prime(&p));
+    assert!(!below_field_prime(&p_plus_one));
+    assert!(below_field_prime(&[0; 32]));
+    let mut top = [0u8; 32];
+    top[31] = 0x7f;
+    assert!(below_field_prime(&top));
+}
+
+/// A signature with `R` the identity (the nonce 0, s = k·a) satisfies the equation a batch
+/// checks, exactly; only the key's holder can make it, and a strict check refuses it. So
+/// does a batch that holds it.
+#[cfg(feature = "std")]
+#[test]
+fn a_signature_with_r_of_small_order_is_refused_in_a_batch_too() {
+    use sha2::Digest;
+    let keys = Keypair::from_secret([8; 32]);
+    let digest = [4u8; 32];
+    let message = seal_message(&digest);
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(
+        &sha2::Sha512::new()
+            .chain_update(identity)
+            .chain_update(keys.public().0)
+            .chain_update(message)
+            .finalize()
+            .into(),
+    );
+    let s = k * keys.signing.to_scalar();
+    let mut signature = [0u8; SIGNATURE_LEN];
+    signature[..32].copy_from_slice(&identity);
+    signature[32..].copy_from_slice(s.as_bytes());
+    let verifier = Verifier::new(*keys.public()).unwrap();
+    let probe = [ed25519_dalek::Signature::from_bytes(&signature)];
+    assert!(
+        ed25519_dalek::verify_batch(&[&message[..]], &probe, &[verifier.verifying]).is_ok(),
+        "the batch equation alone accepts it"
+    );
+    let mut checks: std::vec::Vec<SealCheck> = (0u8..8).map(|i| check_of(&keys, [i; 32])).collect();
+    checks.push(SealCheck::new(verifier, digest, signature));
+    assert!(checks[8].check().is_err(), "a strict check refuses it");
+    let refs: std::vec::Vec<&SealCheck> = checks.iter().collect();
+    let verdicts = SealCheck::check_all(&refs);
+    assert!(verdicts[..8].iter().all(Result::is_ok));
+    assert!(verdicts[8].is_err());
+}
