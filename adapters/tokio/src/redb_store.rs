@@ -600,10 +600,12 @@ impl RedbStore {
                 return Ok(f(index));
             }
         }
+        // No commit between the read and the index being in place. The writes' lock comes
+        // first, as for a commit, which takes the index's after it (`committed`): in the
+        // other order, a first lookup during a commit would wait on it forever.
+        let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         if index.is_none() {
-            // No commit between the read and the index being in place.
-            let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
             *index = Some(self.reading(|txn| read_index(&txn))?);
         }
         Ok(f(index.as_ref().expect("just read")))
@@ -1371,6 +1373,52 @@ mod tests {
     fn chunk(n: u8, len: usize) -> VerifiedChunk {
         let bytes = vec![n; len];
         VerifiedChunk::new(ChunkHash::of(&bytes), bytes).unwrap()
+    }
+
+    /// A first lookup (which reads the index) while a commit is under way waits for the
+    /// commit, which updates the index at its end, instead of the two waiting on each
+    /// other.
+    #[test]
+    fn a_first_lookup_during_a_commit_waits_for_it() {
+        let path = temp_path("first-lookup");
+        let store = Arc::new(RedbStore::open(&path).unwrap());
+        let id = chunk(1, 100).id();
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = {
+            let (store, done) = (Arc::clone(&store), done.clone());
+            std::thread::spawn(move || {
+                let reader = store
+                    .writing(|_txn| {
+                        // A first lookup starts while this commit holds the writes.
+                        let (looking, done) = (Arc::clone(&store), done.clone());
+                        let reader = std::thread::spawn(move || {
+                            let found = looking.contains(&id).unwrap();
+                            let _ = done.send("lookup");
+                            found
+                        });
+                        std::thread::sleep(Duration::from_millis(100));
+                        // The commit's end: the index learns what it added.
+                        store.committed(&[], &[]);
+                        Ok(reader)
+                    })
+                    .unwrap();
+                let _ = done.send("commit");
+                reader
+            })
+        };
+        drop(done);
+        let mut seen: Vec<&str> = (0..2)
+            .map(|_| {
+                // Either ends within milliseconds unless they wait on each other.
+                finished
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("the lookup and the commit wait on each other")
+            })
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, ["commit", "lookup"]);
+        assert!(!writer.join().unwrap().join().unwrap());
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
