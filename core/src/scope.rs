@@ -148,6 +148,20 @@ impl Scope {
         matches!(self, Self::All)
     }
 
+    /// For a scope of [`Only`](Self::Only) some origins: the first of them after `after`
+    /// (from the lowest if `None`), or `None` if none follows. `None` for the other scopes.
+    #[must_use]
+    pub(crate) fn first_only_after(&self, after: Option<NodeId>) -> Option<NodeId> {
+        match self {
+            Self::Only(set) => set
+                .as_slice()
+                .iter()
+                .copied()
+                .find(|o| after.is_none_or(|a| *o > a)),
+            Self::Nothing | Self::All => None,
+        }
+    }
+
     /// The scope of `origins` only.
     ///
     /// # Errors

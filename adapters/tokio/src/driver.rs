@@ -2,7 +2,7 @@
 //! [`Conduit`]'s actions: socket reads and vectored writes, store calls, one reused timer.
 //! Every protocol decision is the conduit's; the loop is [`Driver::exchange`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,6 +31,10 @@ use crate::writes::{Writes, Written};
 pub(crate) const HOST_RANGES: usize = 128;
 /// Requests in flight (each way) of host sessions.
 pub(crate) const HOST_REQ: usize = 64;
+/// The most untrusted origins a session names (in its log and its report): a peer may
+/// offer any number, and each is left out all the same.
+pub(crate) const MAX_UNTRUSTED_NAMED: usize = 256;
+
 /// Runs per range summary of host sessions: an origin with up to 16 holes in a range is
 /// settled without splitting it.
 pub(crate) const HOST_RUNS: usize = 16;
@@ -102,8 +106,9 @@ struct Driver<'s, 'w> {
     serving: Bytes,
     writes: Writes,
     failed: Vec<(ChunkHash, FailReason)>,
-    /// Origins the peer offered whose keys this node does not trust.
-    untrusted: Vec<NodeId>,
+    /// Origins the peer offered whose keys this node does not trust (the first
+    /// [`MAX_UNTRUSTED_NAMED`]).
+    untrusted: BTreeSet<NodeId>,
     /// Hashes the peer listed, in a listing.
     listed: Vec<ChunkHash>,
     /// The store failure that aborted the session.
@@ -187,7 +192,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         out: Output::default(),
         serving: Bytes::new(),
         failed: Vec::new(),
-        untrusted: Vec::new(),
+        untrusted: BTreeSet::new(),
         listed: Vec::new(),
         store_error: None,
         published: None,
@@ -214,7 +219,7 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         progress: SyncProgress::from_core(d.conduit.progress(), d.started),
         stats: *d.conduit.stats(),
         failed: d.failed,
-        untrusted: d.untrusted,
+        untrusted: d.untrusted.into_iter().collect(),
         listed: d.listed,
     };
     (report, result)
@@ -354,9 +359,11 @@ impl Driver<'_, '_> {
                         .security
                         .as_ref()
                         .and_then(|s| s.peers.origin_key(origin));
-                    if key.is_none() && !self.untrusted.contains(&origin) {
+                    if key.is_none()
+                        && self.untrusted.len() < MAX_UNTRUSTED_NAMED
+                        && self.untrusted.insert(origin)
+                    {
                         info!(%origin, "left out an origin whose key this node does not trust");
-                        self.untrusted.push(origin);
                     }
                     let _ = self.conduit.origin_key(origin, key);
                     continue;

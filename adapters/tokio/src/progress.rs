@@ -89,8 +89,9 @@ pub struct SyncReport {
     /// Chunks that could not be fetched from this peer.
     pub failed: Vec<(ChunkHash, FailReason)>,
     /// On a secure link: origins of the peer's chunks whose keys this node does not trust
-    /// ([`Permissions::trust_origin`](crate::Permissions::trust_origin)), each once. Their
-    /// chunks are not fetched, and any that came anyway are in `failed`.
+    /// ([`Permissions::trust_origin`](crate::Permissions::trust_origin)), each once: the
+    /// first 256 offered, in ascending order. Their chunks are not fetched, and any that
+    /// came anyway are in `failed`.
     pub untrusted: Vec<NodeId>,
     /// In a listing ([`Node::list_from`](crate::Node::list_from)): the hashes of the
     /// peer's chunks, in the order they came.

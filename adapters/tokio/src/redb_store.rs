@@ -688,10 +688,9 @@ impl RedbStore {
                 return Ok(None);
             };
             let bytes = pack.chunk(i);
-            // A small chunk of a served pack has no hash yet: its bytes are hashed.
-            let matches = pack.entries[i]
-                .id
-                .map_or_else(|| ChunkHash::of(bytes) == *id, |known| known == *id);
+            // The bytes are hashed, whether or not the head keeps their hash: a chunk damaged
+            // on the disk is not served.
+            let matches = ChunkHash::of(bytes) == *id;
             return Ok(matches.then(|| Bytes::copy_from_slice(bytes)));
         }
         // Not being served: only the chunk's own parts are read.

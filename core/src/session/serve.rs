@@ -11,8 +11,10 @@ use crate::chunk::Span;
 #[cfg(feature = "lz4-compress")]
 use crate::compress::Codec;
 use crate::error::InsufficientSize;
+use crate::event::NodeId;
 use crate::hash::ChunkHash;
 use crate::recon::{Answer, KeyRange, Query, ReconError, Run, Summary};
+use crate::scope::MAX_SCOPE_ORIGINS;
 use crate::wire::{self, Capabilities, Hello, Message};
 
 /// The smallest chunk piece sent when the throttle's window budget is smaller than a frame.
@@ -31,6 +33,9 @@ pub(super) struct Serve<const R: usize, const REQ: usize> {
     /// The chunks the adapter lists for the `Ids` frame being made.
     #[cfg(feature = "alloc")]
     pub(super) list: alloc::vec::Vec<(Span, ChunkHash)>,
+    /// For a peer shown only some origins: those of them found in the store so far, for
+    /// the origins answer being built.
+    pub(super) found: heapless::Vec<NodeId, MAX_SCOPE_ORIGINS>,
 }
 
 impl<const R: usize, const REQ: usize> Serve<R, REQ> {
@@ -42,6 +47,7 @@ impl<const R: usize, const REQ: usize> Serve<R, REQ> {
             peer_done: false,
             #[cfg(feature = "alloc")]
             list: alloc::vec::Vec::new(),
+            found: heapless::Vec::new(),
         }
     }
 }
@@ -117,10 +123,20 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         let answer =
             Answer::new(&query, room, K).map_err(|e| Error::Peer(PeerMisbehaved::Recon(e)))?;
         let shown = match query {
-            Query::Origins { .. } => self.config.serve,
+            Query::Origins { .. } => self.config.serve && !self.shown.is_nothing(),
             Query::Ranges { origin, .. } => self.config.serve && self.shown.covers(origin),
         };
         self.serve.answer = if shown {
+            self.serve.found.clear();
+            let mut answer = answer;
+            // Shown only some origins, none of them after the cursor: none to list, and
+            // nothing to ask the store.
+            if let Some((after, _)) = answer.origins_to_list()
+                && !self.shown.is_all()
+                && self.shown.first_only_after(after).is_none()
+            {
+                let _ = answer.origins_listed(&[], true);
+            }
             Answering::Building(answer)
         } else {
             // Nothing is shown (this side does not serve, or not this origin): the answer
@@ -132,6 +148,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             };
             Answering::Blind { empty }
         };
+        self.answer_progressed();
         Ok(())
     }
 
@@ -197,7 +214,14 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
             return None;
         };
         if let Some((after, _)) = answer.origins_to_list() {
-            return Some(super::Question::Origins { after });
+            if self.shown.is_all() {
+                return Some(super::Question::Origins { after });
+            }
+            // Shown only some origins: whether the store holds the next of them, asked as
+            // the first origin from it on.
+            let next = self.shown.first_only_after(after)?;
+            let before = next.0.checked_sub(1).map(NodeId);
+            return Some(super::Question::Origins { after: before });
         }
         answer
             .next_range()
@@ -207,6 +231,10 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// How many origins the answer being built lists at most.
     pub(super) fn origins_limit(&self) -> usize {
         match &self.serve.answer {
+            // One at a time for a peer shown only some origins.
+            Answering::Building(answer) if !self.shown.is_all() => {
+                answer.origins_to_list().map_or(0, |(_, n)| n.min(1))
+            }
             Answering::Building(answer) => answer.origins_to_list().map_or(0, |(_, n)| n),
             _ => 0,
         }
@@ -223,16 +251,41 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// The store listed its first `n` origins in the origins buffer (ascending, after the
     /// cursor asked), and `last` if none follow them.
     ///
-    /// Origins the peer may not see are dropped from the list; if none is left of a page
-    /// that is not the last, the store is asked again after it.
+    /// A peer shown only some origins ([`Scope::Only`](crate::scope::Scope::Only)) learns
+    /// nothing of the others, not even how many there are or where: the store is asked
+    /// about each shown origin in turn (whether it holds it), the answer lists those it
+    /// holds, and it is the last when no shown origin follows.
     pub(super) fn answer_origins(&mut self, n: usize, last: bool) -> Result<(), ApiMisuse> {
         let origins = self.origins.get_mut(..n).ok_or(ApiMisuse::BadListing)?;
         let Answering::Building(answer) = &mut self.serve.answer else {
             return Err(ApiMisuse::NotAsked);
         };
-        let Some((after, _)) = answer.origins_to_list() else {
+        let Some((after, limit)) = answer.origins_to_list() else {
             return Err(ApiMisuse::NotAsked);
         };
+        if !self.shown.is_all() {
+            let Some(probed) = self.shown.first_only_after(after) else {
+                return Err(ApiMisuse::NotAsked);
+            };
+            // The store's first origin from `probed` on.
+            let first = origins.first().copied();
+            if origins.len() > 1 || first.is_some_and(|o| o < probed) || (first.is_none() && !last)
+            {
+                return Err(ApiMisuse::BadListing);
+            }
+            if first == Some(probed) {
+                // At most one a shown origin: room.
+                let _ = self.serve.found.push(probed);
+            }
+            let more = self.shown.first_only_after(Some(probed)).is_some();
+            if self.serve.found.len() < limit && more {
+                answer.list_after(probed);
+            } else if !answer.origins_listed(&self.serve.found, !more) {
+                return Err(ApiMisuse::BadListing);
+            }
+            self.answer_progressed();
+            return Ok(());
+        }
         let ascending = origins.windows(2).all(|w| w[0] < w[1])
             && origins
                 .first()
@@ -240,21 +293,8 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         if !ascending || (origins.is_empty() && !last) {
             return Err(ApiMisuse::BadListing);
         }
-        let listed_last = origins.last().copied();
-        let mut shown = 0;
-        for i in 0..origins.len() {
-            if self.shown.covers(origins[i]) {
-                origins[shown] = origins[i];
-                shown += 1;
-            }
-        }
-        match listed_last {
-            Some(past) if shown == 0 && !last => answer.list_after(past),
-            _ => {
-                if !answer.origins_listed(&origins[..shown], last) {
-                    return Err(ApiMisuse::BadListing);
-                }
-            }
+        if !answer.origins_listed(origins, last) {
+            return Err(ApiMisuse::BadListing);
         }
         self.answer_progressed();
         Ok(())

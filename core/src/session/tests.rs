@@ -768,3 +768,91 @@ fn a_piece_in_a_codec_this_build_does_not_take_is_refused() {
         }
     }
 }
+
+/// A peer shown only some origins learns nothing of the others from the origins the
+/// session lists: whatever the store holds besides them, and wherever the peer starts and
+/// however many it asks for, it gets the same answer frames.
+#[cfg(feature = "secure")]
+#[test]
+fn a_peer_shown_some_origins_learns_nothing_of_the_others_from_their_listing() {
+    use crate::scope::Scope;
+    let shown = [10u64, 30];
+    let answers = |store: &[u64], after: Option<u64>, limit: u16| -> Vec<Vec<u8>> {
+        let mut s = S::new(Config::new(NodeId(1)), T0).unwrap();
+        let scope = Scope::only(&shown.map(NodeId)).unwrap();
+        s.restrict(scope, Scope::Nothing);
+        let _ = sent(&mut s, T0);
+        let h = hello(PROTOCOL_VERSION, 1024, 4);
+        assert!(s.handle_input(T0, &h).is_ok());
+        let _ = s.poll_event();
+        let _ = sent(&mut s, T0);
+        let mut frames = Vec::new();
+        // Two queries: the one asked, then the next page after what it listed.
+        let mut cursor = after.map(NodeId);
+        for _ in 0..2 {
+            let q = query(&Query::Origins {
+                after: cursor,
+                limit,
+                max_runs: 4,
+            });
+            assert!(s.handle_input(T0, &q).is_ok());
+            let mut tx = std::vec![0u8; S::max_transmit_len()];
+            let mut listed = Vec::new();
+            loop {
+                match s.question() {
+                    Some(Question::Origins { after }) => {
+                        let later: Vec<NodeId> = store
+                            .iter()
+                            .map(|o| NodeId(*o))
+                            .filter(|o| after.is_none_or(|a| *o > a))
+                            .collect();
+                        let buf = s.origins_buffer();
+                        let n = later.len().min(buf.len());
+                        buf[..n].copy_from_slice(&later[..n]);
+                        s.origins_listed(n, n == later.len()).unwrap();
+                    }
+                    Some(Question::Summary(range)) => {
+                        listed.push(range.origin);
+                        s.summarized(&one_chunk(0, 1), Some(0), &mut tx).unwrap();
+                    }
+                    _ => break,
+                }
+            }
+            frames.extend(sent(&mut s, T0));
+            // Only shown origins the store holds are listed, in order.
+            assert!(
+                listed
+                    .iter()
+                    .all(|o| shown.contains(&o.0) && store.contains(&o.0))
+            );
+            assert!(listed.windows(2).all(|w| w[0] < w[1]));
+            match listed.last() {
+                Some(last) => cursor = Some(*last),
+                None => break,
+            }
+        }
+        frames
+    };
+    let plain = [10u64, 30];
+    let crowded = [1u64, 5, 10, 11, 12, 20, 29, 30, 31, 50, u64::MAX];
+    for after in [
+        None,
+        Some(0),
+        Some(5),
+        Some(10),
+        Some(11),
+        Some(29),
+        Some(30),
+        Some(99),
+    ] {
+        for limit in 1..=3 {
+            assert_eq!(
+                answers(&plain, after, limit),
+                answers(&crowded, after, limit),
+                "after {after:?}, limit {limit}"
+            );
+        }
+    }
+    // A shown origin the store does not hold is not listed either.
+    assert_eq!(answers(&[10], None, 2), answers(&[5, 10, 20], None, 2));
+}
