@@ -281,3 +281,76 @@ async fn a_flood_of_half_open_handshakes_keeps_neither_the_connection_limit_nor_
     pulls_among_then_drops(&server, listener.local_addr(), &puller).await;
     drop(sockets);
 }
+
+/// A flood of half-open handshakes from one address that goes on while an honest peer
+/// from another connects: the connections the flood displaces to make room are its own,
+/// so the honest pull completes whatever the flood's rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_displaces_only_its_own_handshakes() {
+    use chunk_sync_tokio::{Access, Permissions, Security, generate_keypair};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let (server_keys, puller_keys) = (generate_keypair().unwrap(), generate_keypair().unwrap());
+    let served = SimNode::with_signed_log(&server_keys, 200, 10, 64);
+    let config = NodeConfig {
+        max_connections: 4,
+        ..NodeConfig::new(server_keys.node_id())
+    };
+    let security = Security {
+        keys: server_keys,
+        peers: Permissions::deny_all().allow(*puller_keys.public(), Access::FULL),
+    };
+    let server = Node::new(config, served.mem_store(), security).unwrap();
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicUsize::new(0));
+    let flood = {
+        let (stop, made) = (Arc::clone(&stop), Arc::clone(&made));
+        tokio::spawn(async move {
+            let mut open = std::collections::VecDeque::new();
+            while !stop.load(Ordering::Relaxed) {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                // Another loopback address: the flood's own.
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                let Ok(mut s) = socket.connect(addr).await else {
+                    continue;
+                };
+                let _ = s.write_all(&[32, 0, 7, 7, 7]).await;
+                open.push_back(s);
+                if open.len() > 64 {
+                    open.pop_front();
+                }
+                made.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // The flood is under way before the honest peer comes.
+    assert!(
+        eventually(Duration::from_secs(30), || made.load(Ordering::Relaxed)
+            > 100)
+        .await
+    );
+    let security = Security {
+        keys: puller_keys.clone(),
+        peers: Permissions::deny_all().trust_dialed(Access::FULL),
+    };
+    let puller = Node::new(
+        NodeConfig::new(puller_keys.node_id()),
+        MemStore::new(),
+        security,
+    )
+    .unwrap();
+    let before = made.load(Ordering::Relaxed);
+    let report = tokio::time::timeout(Duration::from_secs(60), puller.pull_from(addr))
+        .await
+        .expect("the pull completes")
+        .expect("the honest peer keeps its place");
+    assert_eq!(report.progress.synced_chunks, 20);
+    let during = made.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    flood.await.unwrap();
+    assert!(during > 0, "the flood went on during the pull");
+    assert!(server.open_connections() <= 4);
+}

@@ -74,8 +74,8 @@ pub struct NodeConfig {
     /// chunks it cannot deliver.
     pub max_failures: u32,
     /// Connections a listener keeps at once (default 512). When all are taken, a new one
-    /// takes the place of the oldest that has not finished its handshake, or is closed
-    /// at once if every one has.
+    /// takes the place of one that has not finished its handshake (the oldest of the
+    /// address with the most of them), or is closed at once if every one has.
     pub max_connections: usize,
     /// Whether sessions accepted by this node's listeners stay open after the first
     /// reconciliation when the peer asks (live replication; default `false`). Sessions

@@ -1,7 +1,10 @@
 //! The connections a node has accepted: a bounded table in which a connection that has
-//! not finished its handshake gives its place to a new one.
+//! not finished its handshake gives its place to a new one: the oldest of the address
+//! with the most such connections, so that a flood from one address displaces only its
+//! own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::task::AbortHandle;
@@ -22,6 +25,8 @@ struct Table {
 
 #[derive(Debug)]
 struct Entry {
+    /// Where the connection comes from.
+    from: IpAddr,
     handshaken: bool,
     task: Option<AbortHandle>,
 }
@@ -38,17 +43,21 @@ impl Connections {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes room for a new connection and returns its id, or `None` if every place is
-    /// taken by a connection that finished its handshake. The oldest connection still in
-    /// its handshake gives up its place.
-    pub(crate) fn admit(&self) -> Option<u64> {
+    /// Makes room for a new connection from `from` and returns its id, or `None` if every
+    /// place is taken by a connection that finished its handshake. A connection still in
+    /// its handshake gives up its place: the oldest of those from the address that has
+    /// the most of them (the oldest address of those that have as many).
+    pub(crate) fn admit(&self, from: IpAddr) -> Option<u64> {
         let mut table = self.table();
         if table.live.len() >= self.max {
-            let oldest = table
-                .live
-                .iter()
-                .find(|(_, e)| !e.handshaken)
-                .map(|(id, _)| *id)?;
+            let mut unfinished: HashMap<IpAddr, (usize, u64)> = HashMap::new();
+            for (id, e) in table.live.iter().filter(|(_, e)| !e.handshaken) {
+                // Ids ascend: the first seen of an address is its oldest.
+                unfinished.entry(e.from).or_insert((0, *id)).0 += 1;
+            }
+            let (_, oldest) = unfinished
+                .into_values()
+                .max_by_key(|(count, oldest)| (*count, std::cmp::Reverse(*oldest)))?;
             if let Some(task) = table.live.remove(&oldest).and_then(|e| e.task) {
                 task.abort();
             }
@@ -62,6 +71,7 @@ impl Connections {
         table.live.insert(
             id,
             Entry {
+                from,
                 handshaken: false,
                 task: None,
             },
@@ -95,21 +105,47 @@ impl Connections {
 mod tests {
     use super::*;
 
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn a_full_table_gives_the_oldest_unfinished_handshake_s_place_to_a_new_connection() {
         let c = Connections::new(2);
-        let a = c.admit().unwrap();
-        let b = c.admit().unwrap();
+        let a = c.admit(HERE).unwrap();
+        let b = c.admit(HERE).unwrap();
         c.handshaken(b);
-        let d = c.admit().unwrap();
+        let d = c.admit(HERE).unwrap();
         assert_eq!(c.len(), 2);
         assert!(
             !c.table().live.contains_key(&a),
             "the oldest in its handshake left"
         );
         c.handshaken(d);
-        assert_eq!(c.admit(), None, "every place holds an open session");
+        assert_eq!(c.admit(HERE), None, "every place holds an open session");
         c.closed(b);
-        assert!(c.admit().is_some());
+        assert!(c.admit(HERE).is_some());
+    }
+
+    /// A flood from one address displaces its own handshakes only.
+    #[test]
+    fn the_address_with_the_most_unfinished_handshakes_gives_up_a_place() {
+        let flood = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
+        let c = Connections::new(4);
+        let honest = c.admit(HERE).unwrap();
+        let flooded: Vec<u64> = (0..3).map(|_| c.admit(flood).unwrap()).collect();
+        for _ in 0..100 {
+            assert!(c.admit(flood).is_some());
+            assert!(c.table().live.contains_key(&honest));
+        }
+        // A newcomer from elsewhere also takes the flood's place.
+        let newcomer = c.admit(other).unwrap();
+        assert!(c.table().live.contains_key(&honest) && c.table().live.contains_key(&newcomer));
+        assert!(flooded.iter().all(|id| !c.table().live.contains_key(id)));
+        // With as many of each, the oldest address gives up its oldest.
+        let c = Connections::new(2);
+        let first = c.admit(HERE).unwrap();
+        let _second = c.admit(flood).unwrap();
+        let _ = c.admit(other).unwrap();
+        assert!(!c.table().live.contains_key(&first));
     }
 }

@@ -78,7 +78,7 @@ impl Node {
                     }
                 };
                 backoff.succeeded();
-                let Some(id) = node.shared.connections.admit() else {
+                let Some(id) = node.shared.connections.admit(peer.ip()) else {
                     debug!(%peer, "connection refused: every place is taken");
                     continue;
                 };
