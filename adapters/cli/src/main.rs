@@ -242,6 +242,11 @@ enum Command {
         /// Stop keeping this chunk.
         #[arg(long)]
         unpin: Vec<ChunkHash>,
+        /// First remove the chunks whose bytes no longer match their hash (those `verify`
+        /// reports), pinned or not, so that the next pull or sync fetches them again from
+        /// a peer.
+        #[arg(long)]
+        damaged: bool,
     },
     /// Print a completion script for a shell, for example
     /// `chunk-sync completions bash > /etc/bash_completion.d/chunk-sync`.
@@ -558,8 +563,16 @@ async fn run(command: Command) -> Result<ExitCode> {
             max_bytes,
             pin,
             unpin,
+            damaged,
         } => {
             let db = open_existing(&store)?;
+            if damaged {
+                let removed = db.remove_damaged()?;
+                for id in &removed {
+                    eprintln!("removed damaged chunk {id}");
+                }
+                println!("gc: removed {} damaged chunks", removed.len());
+            }
             for id in &pin {
                 db.pin(id, true)?;
             }

@@ -511,6 +511,15 @@ fn export_checks_every_chunk_and_never_prints_a_damaged_event() {
     assert_eq!(stdout.lines().count(), 90, "the other nine chunks");
     assert!(!stdout.contains("MARK00049") && !stdout.contains("MARK00042"));
     fails(&["verify", "--store", store], "1 of 10 chunks are corrupt");
+    // Taken out, the damaged chunk is missing, for the next sync to fetch again.
+    let out = run(&["gc", "--store", store, "--damaged"], None);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("removed 1 damaged chunks"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("removed damaged chunk"));
+    let out = run(&["verify", "--store", store], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("verified 9 chunks"));
 }
 
 #[test]

@@ -768,6 +768,7 @@ impl RedbStore {
             txn.set_durability(redb::Durability::Eventual);
             let mut done = Inserted::default();
             let mut added = Vec::new();
+            let mut repaired = Vec::new();
             {
                 let mut loose = txn.open_table(LOOSE).map_err(boxed)?;
                 let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
@@ -787,6 +788,17 @@ impl RedbStore {
                         Some(span) => match edit.insert(span, id, chunk.bytes(), now)? {
                             Put::Held => {
                                 done.held.push(id);
+                                continue;
+                            }
+                            // Held, and intact again: found by its hash from now on.
+                            Put::Repaired(damaged) => {
+                                // Its block's summary, if made while it was damaged, is made
+                                // again when needed.
+                                let block = (span.origin.0, recon::block_of(span.first_seq));
+                                blocks.remove(block).map_err(boxed)?;
+                                done.held.push(id);
+                                repaired.push(damaged);
+                                added.push((id, Some((span.origin.0, span.first_seq))));
                                 continue;
                             }
                             Put::Fork(fork) => {
@@ -828,7 +840,10 @@ impl RedbStore {
                 }
             }
             txn.commit().map_err(boxed)?;
-            self.committed(&added, &[]);
+            // A repaired chunk's damaged copy went by another hash if the head keeps only
+            // the first bytes of its hash; its own hash now finds it.
+            repaired.retain(|damaged| added.iter().all(|(id, _)| id != damaged));
+            self.committed(&added, &repaired);
             Ok(done)
         })
     }
@@ -952,6 +967,79 @@ impl RedbStore {
             txn.commit().map_err(boxed)?;
             self.committed(&[], &removed);
             Ok(report)
+        })
+    }
+}
+
+impl RedbStore {
+    /// Takes out every chunk whose bytes no longer match their hash (damaged on the disk),
+    /// and returns their hashes: a damaged chunk serves no one, and once it is out the
+    /// next sync fetches it again from a peer that has it. Chunks that are intact stay,
+    /// pinned or not.
+    ///
+    /// # Errors
+    /// [`RedbError::Damaged`] if the store's own structure (a pack's head or a part of
+    /// its body) cannot be read: nothing is taken out then.
+    pub fn remove_damaged(&self) -> Result<Vec<ChunkHash>, StoreError> {
+        self.writing(|mut txn| {
+            txn.set_durability(redb::Durability::Immediate);
+            let mut removed = Vec::new();
+            {
+                let mut loose = txn.open_table(LOOSE).map_err(boxed)?;
+                let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
+                let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
+                let mut meta = txn.open_table(META).map_err(boxed)?;
+                let mut edit = Edit::new(
+                    txn.open_table(HEADS).map_err(boxed)?,
+                    txn.open_table(PARTS).map_err(boxed)?,
+                );
+                let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+                let mut keys = Vec::new();
+                for pack in edit.heads().iter().map_err(boxed)? {
+                    keys.push(pack.map_err(boxed)?.0.value());
+                }
+                let mut damaged = Vec::new();
+                for key in keys {
+                    let pack = edit::read_pack(edit.heads(), edit.parts(), key, true)?;
+                    let pack = pack.ok_or_else(|| edit::damaged(key))?;
+                    for (i, e) in pack.entries.iter().enumerate() {
+                        let id = edit::known(e, key)?;
+                        if ChunkHash::of(pack.chunk(i)) != id {
+                            damaged.push((key.0, e.first_seq, id, u64::from(e.len)));
+                        }
+                    }
+                }
+                for (origin, first_seq, id, len) in damaged {
+                    edit.remove(origin, first_seq)?;
+                    blocks
+                        .remove((origin, recon::block_of(first_seq)))
+                        .map_err(boxed)?;
+                    removed.push(id);
+                    bytes = bytes.saturating_sub(len);
+                }
+                let mut bad_loose = Vec::new();
+                for entry in loose.iter().map_err(boxed)? {
+                    let (k, v) = entry.map_err(boxed)?;
+                    let key = *k.value();
+                    if ChunkHash::of(v.value()) != ChunkHash::from_bytes(key) {
+                        bad_loose.push((key, v.value().len() as u64));
+                    }
+                }
+                for (key, len) in bad_loose {
+                    loose.remove(&key).map_err(boxed)?;
+                    stored_at.remove(&key).map_err(boxed)?;
+                    removed.push(ChunkHash::from_bytes(key));
+                    bytes = bytes.saturating_sub(len);
+                }
+                edit.finish()?;
+                meta.insert(BYTES, bytes).map_err(boxed)?;
+            }
+            txn.commit().map_err(boxed)?;
+            self.committed(&[], &removed);
+            // A small chunk damaged since the index was read is in it under its true hash,
+            // which the store no longer knows: the index is read again when next needed.
+            *self.index.write().unwrap_or_else(PoisonError::into_inner) = None;
+            Ok(removed)
         })
     }
 }
@@ -1417,6 +1505,84 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, ["commit", "lookup"]);
         assert!(!writer.join().unwrap().join().unwrap());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// Chunks whose bytes were damaged on the disk are served to no one, and a verified
+    /// copy of the same chunk from a peer takes their place; a different chunk of the
+    /// same span is still a fork, and an intact chunk stays as it is.
+    #[test]
+    fn a_damaged_chunk_is_repaired_by_a_verified_copy_of_it() {
+        use crate::store::tests::chunk as chunk_of;
+        let path = temp_path("repair");
+        // One pack: a small chunk (its head keeps 8 bytes of its hash), then a large one
+        // (its whole hash).
+        let small = chunk_of(1, 0, 2, "s");
+        let large = chunk_of(1, 2, 40, &"L".repeat(60));
+        assert!(small.bytes().len() < 1024 && large.bytes().len() >= 1024);
+        {
+            let store = RedbStore::open(&path).unwrap();
+            store.insert_batch(&[small.clone(), large.clone()]).unwrap();
+            // A byte of each changes on the disk.
+            store
+                .writing(|txn| {
+                    {
+                        let mut parts = txn.open_table(PARTS).map_err(boxed)?;
+                        let key = (1, 0, 0);
+                        let mut body = parts.get(key).map_err(boxed)?.unwrap().value().to_vec();
+                        body[10] ^= 1;
+                        body[small.bytes().len() + 500] ^= 1;
+                        parts.insert(key, body.as_slice()).map_err(boxed)?;
+                    }
+                    txn.commit().map_err(boxed)
+                })
+                .unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.get(&small.id()).unwrap(), None, "not served damaged");
+        assert_eq!(store.get(&large.id()).unwrap(), None, "not served damaged");
+        // Found and taken out, they are missing: the next sync fetches them again.
+        let copy = temp_path("repair-copy");
+        std::fs::copy(&path, &copy).unwrap();
+        {
+            let taken_out = RedbStore::open(&copy).unwrap();
+            let removed = taken_out.remove_damaged().unwrap();
+            assert_eq!(removed.len(), 2);
+            assert!(removed.contains(&large.id()));
+            assert!(!taken_out.contains(&small.id()).unwrap());
+            assert!(!taken_out.contains(&large.id()).unwrap());
+            assert!(taken_out.ids().unwrap().is_empty());
+            assert_eq!(taken_out.total_bytes().unwrap(), 0);
+            assert!(taken_out.remove_damaged().unwrap().is_empty());
+        }
+        std::fs::remove_file(&copy).unwrap();
+        // A different chunk of the small one's span is a fork, as before.
+        let other = chunk_of(1, 0, 2, "t");
+        assert_eq!(store.insert_batch(&[other]).unwrap().forks.len(), 1);
+        // The verified copies repair them.
+        let done = store.insert_batch(&[small.clone(), large.clone()]).unwrap();
+        assert!(done.forks.is_empty() && done.added == 0);
+        assert_eq!(store.get(&small.id()).unwrap(), Some(small.bytes().clone()));
+        assert_eq!(store.get(&large.id()).unwrap(), Some(large.bytes().clone()));
+        let mut intact = 0;
+        store
+            .for_each(|id, bytes| intact += usize::from(ChunkHash::of(bytes) == id))
+            .unwrap();
+        assert_eq!(intact, 2);
+        drop(store);
+        // And after reopening.
+        let store = RedbStore::open(&path).unwrap();
+        assert!(store.contains(&small.id()).unwrap());
+        assert_eq!(store.get(&large.id()).unwrap(), Some(large.bytes().clone()));
+        // An intact chunk is held, not replaced.
+        assert_eq!(
+            store
+                .insert_batch(std::slice::from_ref(&small))
+                .unwrap()
+                .held,
+            [small.id()]
+        );
+        drop(store);
         std::fs::remove_file(&path).unwrap();
     }
 

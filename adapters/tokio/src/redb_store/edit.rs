@@ -198,6 +198,27 @@ pub(super) enum Put {
     Held,
     /// It overlaps a different stored chunk of its origin and was refused.
     Fork(Fork),
+    /// The store held it damaged (bytes that no longer match their hash): the verified
+    /// copy took its place. The damaged copy went by this hash in the index.
+    Repaired(ChunkHash),
+}
+
+/// Whether the chunk at `i` of `pack` is a damaged copy of the chunk `id` of `len` bytes
+/// ending at `end_seq`: the same span and length, bytes that do not match what the head
+/// keeps of their hash, and the hash of `id` where the head keeps one (a chunk of
+/// [`pack::HASH_KEPT`] bytes or more), or the first bytes of it that the head keeps. An
+/// intact chunk is never replaced, even by one whose hash shares its first bytes.
+fn is_damaged_copy(pack: &Pack, i: usize, id: ChunkHash, len: usize, end_seq: u64) -> bool {
+    let e = &pack.entries[i];
+    if e.end_seq != end_seq || e.len as usize != len {
+        return false;
+    }
+    let stored = ChunkHash::of(pack.chunk(i));
+    if e.len >= pack::HASH_KEPT {
+        e.id == Some(id) && stored != id
+    } else {
+        pack::first_bytes(&stored) != e.check && pack::first_bytes(&id) == e.check
+    }
 }
 
 /// The pack a run of inserts of one origin goes to, remembered so that a log's next chunk
@@ -367,6 +388,21 @@ impl<'t> Edit<'t> {
         let next_first = next.and_then(|(_, first)| first);
         let pack = self.load(key)?;
         let at = match pack.find(first) {
+            Ok(i) if is_damaged_copy(pack, i, id, bytes.len(), span.end_seq) => {
+                // The same chunk as was stored (its hash, or for a small chunk the first
+                // bytes of it that the head keeps): the verified bytes take the place of
+                // the damaged ones.
+                let damaged = pack.remove(i);
+                pack.insert(
+                    i,
+                    Entry {
+                        id: Some(id),
+                        ..damaged
+                    },
+                    bytes,
+                );
+                return Ok(Put::Repaired(damaged.id.unwrap_or(id)));
+            }
             Ok(i) if pack.entries[i].id == Some(id) => return Ok(Put::Held),
             Ok(i) => {
                 let existing = known(&pack.entries[i], key)?;
