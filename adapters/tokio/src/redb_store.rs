@@ -421,6 +421,9 @@ struct Served {
     key: Key,
     next: Option<u64>,
     pack: Pack<Bytes>,
+    /// The entries whose bytes do not match their hash (damaged on the disk), ascending:
+    /// never served.
+    damaged: Vec<usize>,
 }
 
 impl Served {
@@ -654,9 +657,24 @@ impl RedbStore {
                 },
             };
             let parts = txn.open_table(PARTS).map_err(boxed)?;
-            // Ranges are served without the hashes of their small chunks: not hashed here.
             let pack = edit::read_pack(&heads, &parts, key, false)?;
             let pack = pack.ok_or_else(|| edit::damaged(key))?;
+            // Every chunk is hashed once, as its pack is read for serving (the pack is then
+            // shared by every session that serves from it): a chunk damaged on the disk
+            // is served to no one, where the receiver of a range could not tell.
+            let damaged = pack
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(i, e)| {
+                    let stored = ChunkHash::of(pack.chunk(*i));
+                    match e.id {
+                        Some(id) => stored != id,
+                        None => pack::first_bytes(&stored) != e.check,
+                    }
+                })
+                .map(|(i, _)| i)
+                .collect();
             let pack = Pack {
                 entries: pack.entries,
                 body: Bytes::from(pack.body),
@@ -664,7 +682,12 @@ impl RedbStore {
                 unchanged: pack.unchanged,
             };
             let next = edit::next_pack(&heads, key)?.map(|k| k.1);
-            Ok(Some(Arc::new(Served { key, next, pack })))
+            Ok(Some(Arc::new(Served {
+                key,
+                next,
+                pack,
+                damaged,
+            })))
         })?;
         if let Some(served) = &served {
             let mut cache = self.cache();
@@ -1358,7 +1381,11 @@ impl NodeStore for RedbStore {
                 return Ok(None);
             };
             let pack = &served.pack;
-            if let Some(e) = pack.entries.get(pack.first_from(seq)) {
+            let mut i = pack.first_from(seq);
+            while served.damaged.binary_search(&i).is_ok() {
+                i += 1;
+            }
+            if let Some(e) = pack.entries.get(i) {
                 if e.first_seq >= range.hi {
                     return Ok(None);
                 }
@@ -1541,6 +1568,11 @@ mod tests {
         let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.get(&small.id()).unwrap(), None, "not served damaged");
         assert_eq!(store.get(&large.id()).unwrap(), None, "not served damaged");
+        assert_eq!(
+            store.first_in(&KeyRange::whole(NodeId(1))).unwrap(),
+            None,
+            "nor in a range"
+        );
         // Found and taken out, they are missing: the next sync fetches them again.
         let copy = temp_path("repair-copy");
         std::fs::copy(&path, &copy).unwrap();
@@ -1564,6 +1596,8 @@ mod tests {
         assert!(done.forks.is_empty() && done.added == 0);
         assert_eq!(store.get(&small.id()).unwrap(), Some(small.bytes().clone()));
         assert_eq!(store.get(&large.id()).unwrap(), Some(large.bytes().clone()));
+        let first = store.first_in(&KeyRange::whole(NodeId(1))).unwrap();
+        assert_eq!(first.map(|(_, bytes)| bytes), Some(small.bytes().clone()));
         let mut intact = 0;
         store
             .for_each(|id, bytes| intact += usize::from(ChunkHash::of(bytes) == id))
