@@ -919,10 +919,111 @@ impl RedbStore {
     /// fetched is not in the store yet. Runs in one transaction.
     pub fn gc(&self, policy: RetentionPolicy) -> Result<GcReport, StoreError> {
         let now = unix_now();
+        self.take_out(|edit, loose, stored_at, pins, mut bytes| {
+            let mut report = GcReport::default();
+            // Every chunk, oldest first: when stored, hash, place (`None`: loose), length.
+            let mut by_age: Vec<(u64, ChunkHash, Option<Key>, u64)> = Vec::new();
+            for pack in edit.heads().iter().map_err(boxed)? {
+                let (key, head) = pack.map_err(boxed)?;
+                let key = key.value();
+                let mut entries =
+                    pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
+                resolve_or_mark(edit.parts(), key, &mut entries);
+                for e in entries {
+                    let place = Some((key.0, e.first_seq));
+                    let id = edit::known(&e, key)?;
+                    by_age.push((e.stored_at, id, place, u64::from(e.len)));
+                }
+            }
+            for entry in stored_at.iter().map_err(boxed)? {
+                let (k, at) = entry.map_err(boxed)?;
+                let key = *k.value();
+                let len = loose.get(&key).map_err(boxed)?;
+                let len = len.map_or(0, |v| v.value().len() as u64);
+                by_age.push((at.value(), ChunkHash::from_bytes(key), None, len));
+            }
+            by_age.sort_unstable();
+            let cutoff = policy.max_age.map(|age| now.saturating_sub(age.as_secs()));
+            let mut out = Vec::new();
+            for (at, id, place, len) in by_age {
+                let too_old = cutoff.is_some_and(|c| at < c);
+                let too_big = policy.max_bytes.is_some_and(|max| bytes > max);
+                if !too_old && !too_big {
+                    continue;
+                }
+                if pins.get(id.as_bytes()).map_err(boxed)?.is_some() {
+                    report.kept_pinned += 1;
+                    continue;
+                }
+                out.push((id, place, len));
+                bytes = bytes.saturating_sub(len);
+                report.removed += 1;
+                report.freed += len;
+            }
+            Ok((out, report))
+        })
+    }
+
+    /// Takes out every chunk whose bytes no longer match their hash (damaged on the disk),
+    /// and returns their hashes: a damaged chunk serves no one, and once it is out the
+    /// next sync fetches it again from a peer that has it. Chunks that are intact stay,
+    /// pinned or not.
+    ///
+    /// # Errors
+    /// [`RedbError::Damaged`] if the store's own structure (a pack's head or a part of
+    /// its body) cannot be read: nothing is taken out then.
+    pub fn remove_damaged(&self) -> Result<Vec<ChunkHash>, StoreError> {
+        let removed = self.take_out(|edit, loose, _, _, _| {
+            let mut out = Vec::new();
+            let mut keys = Vec::new();
+            for pack in edit.heads().iter().map_err(boxed)? {
+                keys.push(pack.map_err(boxed)?.0.value());
+            }
+            for key in keys {
+                let pack = edit::read_pack(edit.heads(), edit.parts(), key, true)?;
+                let pack = pack.ok_or_else(|| edit::damaged(key))?;
+                for (i, e) in pack.entries.iter().enumerate() {
+                    let id = edit::known(e, key)?;
+                    if ChunkHash::of(pack.chunk(i)) != id {
+                        out.push((id, Some((key.0, e.first_seq)), u64::from(e.len)));
+                    }
+                }
+            }
+            for entry in loose.iter().map_err(boxed)? {
+                let (k, v) = entry.map_err(boxed)?;
+                let id = ChunkHash::from_bytes(*k.value());
+                if ChunkHash::of(v.value()) != id {
+                    out.push((id, None, v.value().len() as u64));
+                }
+            }
+            let ids = out.iter().map(|(id, _, _)| *id).collect();
+            Ok((out, ids))
+        })?;
+        // A small chunk damaged since the index was read is in it under its true hash,
+        // which the store no longer knows: the index is read again when next needed.
+        let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.index.write().unwrap_or_else(PoisonError::into_inner) = None;
+        Ok(removed)
+    }
+
+    /// In one write transaction: `pick` chooses chunks (hash, place, `None` for a loose
+    /// one, and length) from the store's tables and its count of bytes, and they are
+    /// taken out, with the
+    /// summaries of their blocks and their bytes' count; returns what `pick` reported.
+    fn take_out<T>(
+        &self,
+        pick: impl FnOnce(
+            &Edit<'_>,
+            &redb::Table<'_, &'static [u8; 32], &'static [u8]>,
+            &redb::Table<'_, &'static [u8; 32], u64>,
+            &redb::Table<'_, &'static [u8; 32], ()>,
+            u64,
+        ) -> Result<(Vec<(ChunkHash, Option<Key>, u64)>, T), StoreError>,
+    ) -> Result<T, StoreError> {
         self.writing(|mut txn| {
             txn.set_durability(redb::Durability::Immediate);
-            let mut report = GcReport::default();
             let mut removed = Vec::new();
+            let report;
             {
                 let mut loose = txn.open_table(LOOSE).map_err(boxed)?;
                 let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
@@ -934,39 +1035,9 @@ impl RedbStore {
                     txn.open_table(PARTS).map_err(boxed)?,
                 );
                 let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-                // Every chunk, oldest first: when stored, hash, place (`None`: loose), length.
-                let mut by_age: Vec<(u64, ChunkHash, Option<Key>, u64)> = Vec::new();
-                for pack in edit.heads().iter().map_err(boxed)? {
-                    let (key, head) = pack.map_err(boxed)?;
-                    let key = key.value();
-                    let mut entries =
-                        pack::decode_head(head.value()).ok_or_else(|| edit::damaged(key))?;
-                    resolve_or_mark(edit.parts(), key, &mut entries);
-                    for e in entries {
-                        let place = Some((key.0, e.first_seq));
-                        let id = edit::known(&e, key)?;
-                        by_age.push((e.stored_at, id, place, u64::from(e.len)));
-                    }
-                }
-                for entry in stored_at.iter().map_err(boxed)? {
-                    let (k, at) = entry.map_err(boxed)?;
-                    let key = *k.value();
-                    let len = loose.get(&key).map_err(boxed)?;
-                    let len = len.map_or(0, |v| v.value().len() as u64);
-                    by_age.push((at.value(), ChunkHash::from_bytes(key), None, len));
-                }
-                by_age.sort_unstable();
-                let cutoff = policy.max_age.map(|age| now.saturating_sub(age.as_secs()));
-                for (at, id, place, len) in by_age {
-                    let too_old = cutoff.is_some_and(|c| at < c);
-                    let too_big = policy.max_bytes.is_some_and(|max| bytes > max);
-                    if !too_old && !too_big {
-                        continue;
-                    }
-                    if pins.get(id.as_bytes()).map_err(boxed)?.is_some() {
-                        report.kept_pinned += 1;
-                        continue;
-                    }
+                let (picked, picked_report) = pick(&edit, &loose, &stored_at, &pins, bytes)?;
+                report = picked_report;
+                for (id, place, len) in picked {
                     match place {
                         Some((origin, first_seq)) => {
                             edit.remove(origin, first_seq)?;
@@ -981,8 +1052,6 @@ impl RedbStore {
                     }
                     removed.push(id);
                     bytes = bytes.saturating_sub(len);
-                    report.removed += 1;
-                    report.freed += len;
                 }
                 edit.finish()?;
                 meta.insert(BYTES, bytes).map_err(boxed)?;
@@ -990,79 +1059,6 @@ impl RedbStore {
             txn.commit().map_err(boxed)?;
             self.committed(&[], &removed);
             Ok(report)
-        })
-    }
-}
-
-impl RedbStore {
-    /// Takes out every chunk whose bytes no longer match their hash (damaged on the disk),
-    /// and returns their hashes: a damaged chunk serves no one, and once it is out the
-    /// next sync fetches it again from a peer that has it. Chunks that are intact stay,
-    /// pinned or not.
-    ///
-    /// # Errors
-    /// [`RedbError::Damaged`] if the store's own structure (a pack's head or a part of
-    /// its body) cannot be read: nothing is taken out then.
-    pub fn remove_damaged(&self) -> Result<Vec<ChunkHash>, StoreError> {
-        self.writing(|mut txn| {
-            txn.set_durability(redb::Durability::Immediate);
-            let mut removed = Vec::new();
-            {
-                let mut loose = txn.open_table(LOOSE).map_err(boxed)?;
-                let mut stored_at = txn.open_table(STORED_AT).map_err(boxed)?;
-                let mut blocks = txn.open_table(BLOCKS).map_err(boxed)?;
-                let mut meta = txn.open_table(META).map_err(boxed)?;
-                let mut edit = Edit::new(
-                    txn.open_table(HEADS).map_err(boxed)?,
-                    txn.open_table(PARTS).map_err(boxed)?,
-                );
-                let mut bytes = meta.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
-                let mut keys = Vec::new();
-                for pack in edit.heads().iter().map_err(boxed)? {
-                    keys.push(pack.map_err(boxed)?.0.value());
-                }
-                let mut damaged = Vec::new();
-                for key in keys {
-                    let pack = edit::read_pack(edit.heads(), edit.parts(), key, true)?;
-                    let pack = pack.ok_or_else(|| edit::damaged(key))?;
-                    for (i, e) in pack.entries.iter().enumerate() {
-                        let id = edit::known(e, key)?;
-                        if ChunkHash::of(pack.chunk(i)) != id {
-                            damaged.push((key.0, e.first_seq, id, u64::from(e.len)));
-                        }
-                    }
-                }
-                for (origin, first_seq, id, len) in damaged {
-                    edit.remove(origin, first_seq)?;
-                    blocks
-                        .remove((origin, recon::block_of(first_seq)))
-                        .map_err(boxed)?;
-                    removed.push(id);
-                    bytes = bytes.saturating_sub(len);
-                }
-                let mut bad_loose = Vec::new();
-                for entry in loose.iter().map_err(boxed)? {
-                    let (k, v) = entry.map_err(boxed)?;
-                    let key = *k.value();
-                    if ChunkHash::of(v.value()) != ChunkHash::from_bytes(key) {
-                        bad_loose.push((key, v.value().len() as u64));
-                    }
-                }
-                for (key, len) in bad_loose {
-                    loose.remove(&key).map_err(boxed)?;
-                    stored_at.remove(&key).map_err(boxed)?;
-                    removed.push(ChunkHash::from_bytes(key));
-                    bytes = bytes.saturating_sub(len);
-                }
-                edit.finish()?;
-                meta.insert(BYTES, bytes).map_err(boxed)?;
-            }
-            txn.commit().map_err(boxed)?;
-            self.committed(&[], &removed);
-            // A small chunk damaged since the index was read is in it under its true hash,
-            // which the store no longer knows: the index is read again when next needed.
-            *self.index.write().unwrap_or_else(PoisonError::into_inner) = None;
-            Ok(removed)
         })
     }
 }
