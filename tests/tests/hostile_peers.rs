@@ -235,26 +235,40 @@ async fn pulls_among_then_drops(server: &Node, addr: std::net::SocketAddr, pulle
     );
 }
 
+/// A secure node serving its own signed log of 20 chunks, configured by `config`, that
+/// lets in one key only; and the node of that key, which takes the chunks of the nodes it
+/// dials.
+fn secure_server_and_puller(config: impl FnOnce(NodeConfig) -> NodeConfig) -> (Node, Node) {
+    use chunk_sync_tokio::{Access, Permissions, Security, generate_keypair};
+
+    let (server_keys, puller_keys) = (generate_keypair().unwrap(), generate_keypair().unwrap());
+    let served = SimNode::with_signed_log(&server_keys, 200, 10, 64);
+    let server_config = config(NodeConfig::new(server_keys.node_id()));
+    let puller_config = NodeConfig::new(puller_keys.node_id());
+    let security = Security {
+        keys: server_keys,
+        peers: Permissions::deny_all().allow(*puller_keys.public(), Access::FULL),
+    };
+    let server = Node::new(server_config, served.mem_store(), security).unwrap();
+    let security = Security {
+        keys: puller_keys,
+        peers: Permissions::deny_all().trust_dialed(Access::FULL),
+    };
+    let puller = Node::new(puller_config, MemStore::new(), security).unwrap();
+    (server, puller)
+}
+
 /// A flood of half-open handshakes at a secure node: each connection sends a valid first
 /// Noise message (which makes the node compute and send its answer) and nothing more.
 /// The node keeps at most its connection limit, serves an honest secure peer among them,
 /// and drops them all at the handshake timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_half_open_handshakes_keeps_neither_the_connection_limit_nor_an_honest_pull() {
-    use chunk_sync_tokio::{Access, Permissions, Security, generate_keypair};
-
-    let (server_keys, puller_keys) = (generate_keypair().unwrap(), generate_keypair().unwrap());
-    let served = SimNode::with_signed_log(&server_keys, 200, 10, 64);
-    let config = NodeConfig {
+    let (server, puller) = secure_server_and_puller(|c| NodeConfig {
         max_connections: 128,
         handshake_timeout: Duration::from_secs(2),
-        ..NodeConfig::new(server_keys.node_id())
-    };
-    let security = Security {
-        keys: server_keys,
-        peers: Permissions::deny_all().allow(*puller_keys.public(), Access::FULL),
-    };
-    let server = Node::new(config, served.mem_store(), security).unwrap();
+        ..c
+    });
     let listener = server.listen("127.0.0.1:0").await.unwrap();
     let half_open = 1_000.min(open_file_limit().saturating_sub(300) / 2);
     let mut sockets = Vec::new();
@@ -268,16 +282,6 @@ async fn a_flood_of_half_open_handshakes_keeps_neither_the_connection_limit_nor_
         sockets.push(s);
     }
     assert!(server.open_connections() <= 128);
-    let security = Security {
-        keys: puller_keys.clone(),
-        peers: Permissions::deny_all().trust_dialed(Access::FULL),
-    };
-    let puller = Node::new(
-        NodeConfig::new(puller_keys.node_id()),
-        MemStore::new(),
-        security,
-    )
-    .unwrap();
     pulls_among_then_drops(&server, listener.local_addr(), &puller).await;
     drop(sockets);
 }
@@ -287,21 +291,13 @@ async fn a_flood_of_half_open_handshakes_keeps_neither_the_connection_limit_nor_
 /// so the honest pull completes whatever the flood's rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_address_displaces_only_its_own_handshakes() {
-    use chunk_sync_tokio::{Access, Permissions, Security, generate_keypair};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    let (server_keys, puller_keys) = (generate_keypair().unwrap(), generate_keypair().unwrap());
-    let served = SimNode::with_signed_log(&server_keys, 200, 10, 64);
-    let config = NodeConfig {
+    let (server, puller) = secure_server_and_puller(|c| NodeConfig {
         max_connections: 4,
-        ..NodeConfig::new(server_keys.node_id())
-    };
-    let security = Security {
-        keys: server_keys,
-        peers: Permissions::deny_all().allow(*puller_keys.public(), Access::FULL),
-    };
-    let server = Node::new(config, served.mem_store(), security).unwrap();
+        ..c
+    });
     let listener = server.listen("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
@@ -332,16 +328,6 @@ async fn a_flood_from_one_address_displaces_only_its_own_handshakes() {
             > 100)
         .await
     );
-    let security = Security {
-        keys: puller_keys.clone(),
-        peers: Permissions::deny_all().trust_dialed(Access::FULL),
-    };
-    let puller = Node::new(
-        NodeConfig::new(puller_keys.node_id()),
-        MemStore::new(),
-        security,
-    )
-    .unwrap();
     let before = made.load(Ordering::Relaxed);
     let report = tokio::time::timeout(Duration::from_secs(60), puller.pull_from(addr))
         .await
