@@ -403,6 +403,50 @@ async fn fifty_peers_pull_from_one_node_at_once() {
     }
 }
 
+/// Eight peers push their logs into one node at once whose bound on unwritten bytes, all
+/// sessions together, is less than one chunk: sessions wait for each other's writes, and
+/// every log arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_past_the_node_s_bound_on_unwritten_bytes_wait_for_writes_and_arrive() {
+    let server = Node::new_insecure_plaintext(
+        NodeConfig {
+            max_unwritten: 1_000,
+            ..accepting(NodeConfig::new(NodeId(1)))
+        },
+        Hooked::disk_like(MemStore::new()),
+    )
+    .unwrap();
+    let listener = server.listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr();
+    let mut expected = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let log = chunks(10 + i, 300, 5, 400);
+        expected.extend(log.ids());
+        let peer = node(10 + i, &log, |c| c);
+        tasks.push(tokio::spawn(async move { peer.sync_with(addr).await }));
+    }
+    for task in tasks {
+        let report = tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("every push completes")
+            .unwrap()
+            .unwrap();
+        assert!(report.failed.is_empty());
+    }
+    expected.sort();
+    // The server writes what it fetched as its sessions end.
+    for _ in 0..600 {
+        if ids(&server).len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = ids(&server);
+    assert_eq!(held.len(), expected.len());
+    assert!(held == expected, "the server holds every pushed log");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_written_in_the_background_gets_everything_or_fails_when_full() {
     let set = chunks(1, 400, 10, 2_000);

@@ -77,6 +77,10 @@ pub struct NodeConfig {
     /// takes the place of one that has not finished its handshake (the oldest of the
     /// address with the most of them), or is closed at once if every one has.
     pub max_connections: usize,
+    /// Bytes of received chunks the node holds in memory before they are written to its
+    /// store, all sessions together (default 512 MiB): past it, no session reads more
+    /// until writes catch up. Each session holds at most 32 MiB of them besides.
+    pub max_unwritten: usize,
     /// Whether sessions accepted by this node's listeners stay open after the first
     /// reconciliation when the peer asks (live replication; default `false`). Sessions
     /// with the peers of [`Node::add_peer`](crate::Node::add_peer) are always live;
@@ -119,6 +123,7 @@ impl NodeConfig {
             max_duration: None,
             max_failures: chunk_sync_core::session::DEFAULT_MAX_FAILURES,
             max_connections: 512,
+            max_unwritten: 512 << 20,
             live: false,
             events_per_chunk: 100,
             seal_bytes: 64 << 10,

@@ -105,6 +105,8 @@ struct Driver<'s, 'w> {
     /// The chunk being served: the conduit names byte ranges of it.
     serving: Bytes,
     writes: Writes,
+    /// Told when the node falls back under its bound on unwritten bytes.
+    freed: watch::Receiver<u64>,
     failed: Vec<(ChunkHash, FailReason)>,
     /// Origins the peer offered whose keys this node does not trust (the first
     /// [`MAX_UNTRUSTED_NAMED`]).
@@ -187,7 +189,8 @@ pub(crate) async fn drive<IO: AsyncRead + AsyncWrite>(
         .then(|| shared.events.subscribe());
     let mut d = Driver {
         shared,
-        writes: Writes::new(shared.store.as_ref()),
+        writes: Writes::new(shared.store.as_ref(), &shared.unwritten),
+        freed: shared.unwritten.subscribe(),
         conduit,
         out: Output::default(),
         serving: Bytes::new(),
@@ -434,6 +437,9 @@ impl Driver<'_, '_> {
                     Err(e) => return Err(self.io_failed(e)),
                 },
                 joined = self.writes.join(), if self.writes.busy() => self.written(joined),
+                // Paused by the node's bound on unwritten bytes, which another session's
+                // writes may lift.
+                () = crate::writes::node_freed(&mut self.freed), if wait.read && self.writes.node_full() => {}
                 event = next_event(&mut self.stored), if self.stored.is_some() => {
                     self.on_node_event(event);
                 }

@@ -21,6 +21,7 @@ use crate::log::OwnLog;
 use crate::peers::Peers;
 use crate::store::NodeStore;
 use crate::time::Clock;
+use crate::writes::NodeUnwritten;
 
 /// Peers whose latest progress a node keeps; past it, the one whose sync started first is
 /// forgotten, so that peers claiming ever new node ids cannot grow the table.
@@ -89,6 +90,8 @@ pub(crate) struct Shared {
     claims: Mutex<ClaimTable<MAX_CLAIMS>>,
     /// The number of the next session, for its claims.
     sessions: AtomicU64,
+    /// Bytes of received chunks every session holds unwritten.
+    pub(crate) unwritten: Arc<NodeUnwritten>,
 }
 
 impl Shared {
@@ -111,6 +114,7 @@ impl Shared {
             peers: Peers::default(),
             claims: Mutex::new(ClaimTable::new()),
             sessions: AtomicU64::new(0),
+            unwritten: Arc::new(NodeUnwritten::new(config.max_unwritten)),
         }
     }
 

@@ -7,8 +7,10 @@
 //! chunk whose check fails is not written.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle};
 
 use chunk_sync_core::secure::SealCheck;
@@ -34,9 +36,68 @@ type Queued = (VerifiedChunk, Option<Box<SealCheck>>);
 /// chunks whose checks and buffers weigh more than their bytes.
 const MAX_UNWRITTEN_CHUNKS: usize = 1 << 16;
 
+/// Bytes of received chunks that all of a node's sessions hold and have not written yet,
+/// against the node's bound ([`NodeConfig::max_unwritten`](crate::NodeConfig::max_unwritten)):
+/// past it, no session reads more until writes catch up.
+#[derive(Debug)]
+pub(crate) struct NodeUnwritten {
+    bytes: AtomicUsize,
+    max: usize,
+    /// Bumped whenever the node falls back under its bound, for the sessions waiting.
+    freed: watch::Sender<u64>,
+}
+
+impl NodeUnwritten {
+    /// A count against `max` bytes (at least one: a node that may hold none still takes
+    /// a chunk at a time).
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            max: max.max(1),
+            freed: watch::channel(0).0,
+        }
+    }
+
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.bytes.fetch_sub(n, Ordering::AcqRel);
+        if before >= self.max && before - n < self.max {
+            self.freed.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) < self.max
+    }
+
+    /// Told each time the node falls back under its bound.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.freed.subscribe()
+    }
+}
+
+/// Once the node has fallen back under its bound on unwritten bytes since `freed` last
+/// looked.
+pub(crate) async fn node_freed(freed: &mut watch::Receiver<u64>) {
+    if freed.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The chunks of one session on their way to the store.
 #[derive(Debug)]
 pub(crate) struct Writes {
+    /// The node's count of unwritten bytes, which this session's add to.
+    node: Arc<NodeUnwritten>,
+    /// Bytes of the chunks queued, and of those being written.
+    queued_bytes: usize,
+    writing_bytes: usize,
     /// Whether writes run on a blocking thread.
     background: bool,
     /// Verified chunks not handed to the store yet.
@@ -50,8 +111,11 @@ pub(crate) struct Writes {
 }
 
 impl Writes {
-    pub(crate) fn new(store: &dyn NodeStore) -> Self {
+    pub(crate) fn new(store: &dyn NodeStore, node: &Arc<NodeUnwritten>) -> Self {
         Self {
+            node: Arc::clone(node),
+            queued_bytes: 0,
+            writing_bytes: 0,
             background: store.writes_block(),
             queued: Vec::new(),
             writing: None,
@@ -67,13 +131,21 @@ impl Writes {
 
     /// Queues a verified chunk, with the check its signature still needs, if any.
     pub(crate) fn queue(&mut self, chunk: VerifiedChunk, check: Option<Box<SealCheck>>) {
+        let len = chunk.bytes().len();
+        self.queued_bytes += len;
+        self.node.add(len);
         self.queued.push((chunk, check));
     }
 
     /// Whether more chunks may be queued: fewer than [`MAX_UNWRITTEN_CHUNKS`] are queued
-    /// and being written.
+    /// and being written, and the node holds fewer unwritten bytes than its bound.
     pub(crate) fn has_room(&self) -> bool {
-        self.queued.len() + self.writing_chunks < MAX_UNWRITTEN_CHUNKS
+        self.queued.len() + self.writing_chunks < MAX_UNWRITTEN_CHUNKS && self.node.has_room()
+    }
+
+    /// Whether the node holds as many unwritten bytes as its bound, all sessions together.
+    pub(crate) fn node_full(&self) -> bool {
+        !self.node.has_room()
     }
 
     /// Whether a batch is being written on a blocking thread.
@@ -93,6 +165,7 @@ impl Writes {
             return None;
         }
         let batch = std::mem::take(&mut self.queued);
+        self.writing_bytes = std::mem::take(&mut self.queued_bytes);
         let checks = batch.iter().any(|(_, check)| check.is_some());
         let write = |batch: Vec<Queued>, shared: &Shared| {
             let (batch, refused) = checked(batch);
@@ -100,7 +173,9 @@ impl Writes {
             (batch, refused, result)
         };
         if !self.background && !checks {
-            return Some(write(batch, shared));
+            let written = write(batch, shared);
+            self.node.release(std::mem::take(&mut self.writing_bytes));
+            return Some(written);
         }
         let shared = Arc::clone(shared);
         self.writing_chunks = batch.len();
@@ -116,6 +191,7 @@ impl Writes {
         };
         self.writing = None;
         self.writing_chunks = 0;
+        self.node.release(std::mem::take(&mut self.writing_bytes));
         joined
     }
 
@@ -124,6 +200,13 @@ impl Writes {
         if let Ok(buf) = bytes.try_into_mut() {
             self.spare.push(Vec::from(buf));
         }
+    }
+}
+
+impl Drop for Writes {
+    /// What the session still held unwritten no longer counts against the node.
+    fn drop(&mut self) {
+        self.node.release(self.queued_bytes + self.writing_bytes);
     }
 }
 
@@ -160,4 +243,58 @@ fn check_part(part: Vec<Queued>) -> Vec<(VerifiedChunk, Result<(), FailReason>)>
             (chunk, verdict)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chunk_sync_core::ChunkHash;
+    use chunk_sync_core::throttle::Throttle;
+
+    use super::*;
+    use crate::{MemStore, NodeConfig};
+
+    fn chunk(n: u8, len: usize) -> VerifiedChunk {
+        let bytes = vec![n; len];
+        VerifiedChunk::new(ChunkHash::of(&bytes), bytes).unwrap()
+    }
+
+    /// Two sessions' unwritten chunks count against the node's bound together: past it
+    /// neither takes more, a batch written lifts it (and says so), and a session that
+    /// ends gives back what it held.
+    #[test]
+    fn sessions_share_the_node_s_bound_on_unwritten_bytes() {
+        let config = NodeConfig {
+            max_unwritten: 100,
+            ..NodeConfig::new(chunk_sync_core::NodeId(1))
+        };
+        let throttle = Throttle::new(config.throttle.to_core()).unwrap();
+        let shared = Arc::new(Shared::new(config, Box::new(MemStore::new()), throttle));
+        let mut freed = shared.unwritten.subscribe();
+        let (mut a, mut b) = (
+            Writes::new(shared.store.as_ref(), &shared.unwritten),
+            Writes::new(shared.store.as_ref(), &shared.unwritten),
+        );
+        a.queue(chunk(1, 60), None);
+        assert!(a.has_room() && b.has_room());
+        b.queue(chunk(2, 50), None);
+        assert!(!a.has_room() && !b.has_room() && a.node_full());
+        assert!(!freed.has_changed().unwrap());
+        // A store that does not block writes at once.
+        let (written, refused, result) = b.start(&shared).expect("written here");
+        assert_eq!((written.len(), refused.len()), (1, 0));
+        assert!(result.is_ok());
+        assert!(a.has_room() && !a.node_full());
+        assert!(
+            freed.has_changed().unwrap(),
+            "the sessions waiting are told"
+        );
+        freed.mark_unchanged();
+        b.queue(chunk(3, 50), None);
+        assert!(a.node_full());
+        drop(b);
+        assert!(!a.node_full(), "an ended session gives back what it held");
+        assert!(freed.has_changed().unwrap());
+        drop(a);
+        assert_eq!(shared.unwritten.bytes.load(Ordering::Acquire), 0);
+    }
 }
