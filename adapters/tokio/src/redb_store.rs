@@ -513,6 +513,9 @@ impl StorageBackend for UnsyncedFile {
     }
 }
 
+/// How many times the index is read from a snapshot before it is read between two commits.
+const READ_INDEX_TRIES: usize = 3;
+
 impl RedbStore {
     /// Opens the store in `path`, creating it if it does not exist, with
     /// [`Durability::Disk`].
@@ -596,6 +599,9 @@ impl RedbStore {
     }
 
     /// Calls `f` with the index, reading it from the packs first if it was not yet.
+    ///
+    /// A lookup by hash (a peer's request) waits for no commit under way, unless commits
+    /// keep ending while the index is read.
     fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T, StoreError> {
         {
             let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
@@ -603,9 +609,24 @@ impl RedbStore {
                 return Ok(f(index));
             }
         }
-        // No commit between the read and the index being in place. The writes' lock comes
-        // first, as for a commit, which takes the index's after it (`committed`): in the
-        // other order, a first lookup during a commit would wait on it forever.
+        // Read from a snapshot without waiting for a commit under way, and put in place
+        // only if no commit ended meanwhile (`committed` counts them): a commit that ends
+        // later finds the index in place and adds what it did, which the snapshot may
+        // hold already (adding it again changes nothing).
+        for _ in 0..READ_INDEX_TRIES {
+            let before = self.cache().generation;
+            let read = self.reading(|txn| read_index(&txn))?;
+            let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
+            if index.is_none() && self.cache().generation == before {
+                *index = Some(read);
+            }
+            if let Some(index) = index.as_ref() {
+                return Ok(f(index));
+            }
+        }
+        // Commits keep ending: read it between two. The writes' lock comes first, as for a
+        // commit, which takes the index's after it (`committed`): in the other order, a
+        // first lookup during a commit would wait on it forever.
         let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
         if index.is_none() {
@@ -751,6 +772,23 @@ impl RedbStore {
             return Err(StoreError::from(RedbError::ReadOnly));
         }
         let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        guarded(|| f(self.db.begin_write().map_err(boxed)?))
+    }
+
+    /// [`writing`](Self::writing), unless another write transaction is under way: then
+    /// nothing is done.
+    fn try_writing(
+        &self,
+        f: impl FnOnce(redb::WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::from(RedbError::ReadOnly));
+        }
+        let _writes = match self.writes.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+        };
         guarded(|| f(self.db.begin_write().map_err(boxed)?))
     }
 
@@ -1426,8 +1464,9 @@ impl NodeStore for RedbStore {
                 recon::summarize_by_blocks(&tables, range, runs).map_err(summary_error)?;
             Ok((summary, tables.made.into_inner()))
         })?;
+        // Kept only if no write is under way: a summary waits for no commit.
         if !made.is_empty() && !self.read_only {
-            self.writing(|mut txn| {
+            self.try_writing(|mut txn| {
                 // Only a cache: losing it to a crash costs a recomputation.
                 txn.set_durability(redb::Durability::None);
                 {
@@ -1485,11 +1524,10 @@ mod tests {
         VerifiedChunk::new(ChunkHash::of(&bytes), bytes).unwrap()
     }
 
-    /// A first lookup (which reads the index) while a commit is under way waits for the
-    /// commit, which updates the index at its end, instead of the two waiting on each
-    /// other.
+    /// A first lookup (which reads the index) while a commit is under way and the commit
+    /// (which updates the index at its end) both end: neither waits on the other forever.
     #[test]
-    fn a_first_lookup_during_a_commit_waits_for_it() {
+    fn a_first_lookup_during_a_commit_and_the_commit_both_end() {
         let path = temp_path("first-lookup");
         let store = Arc::new(RedbStore::open(&path).unwrap());
         let id = chunk(1, 100).id();
@@ -1614,6 +1652,41 @@ mod tests {
         );
         drop(store);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    /// The index read for a first lookup while commits go on holds every chunk they
+    /// stored, whichever ends first.
+    #[test]
+    fn an_index_read_while_commits_go_on_misses_none_of_them() {
+        use crate::store::tests::chunk as chunk_of;
+        for round in 0..8u64 {
+            let path = temp_path(&format!("index-race-{round}"));
+            let store = Arc::new(RedbStore::open(&path).unwrap());
+            let first: Vec<VerifiedChunk> = (0..20).map(|i| chunk_of(1, i, 1, "a")).collect();
+            store.insert_batch(&first).unwrap();
+            let writer = {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    (20..60)
+                        .map(|i| {
+                            let c = chunk_of(1, i, 1, "a");
+                            store.insert(c.clone()).unwrap();
+                            c.id()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            };
+            // The first lookup, while the writer commits.
+            std::thread::sleep(Duration::from_millis(round));
+            assert!(store.contains(&first[0].id()).unwrap());
+            let later = writer.join().unwrap();
+            for id in first.iter().map(VerifiedChunk::id).chain(later) {
+                assert!(store.contains(&id).unwrap(), "round {round}");
+            }
+            assert_eq!(store.ids().unwrap().len(), 60);
+            drop(store);
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 
     #[test]
