@@ -118,6 +118,11 @@ enum Command {
         /// place, or the new one is closed.
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
+        /// Of those, the most from one IP address (default: no bound but --max-connections);
+        /// past it, one from that address that has not sent its Hello gives up its place,
+        /// or the new one is closed.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections_per_address: Option<u32>,
         #[command(flatten)]
         net: NetArgs,
     },
@@ -508,8 +513,12 @@ async fn run(command: Command) -> Result<ExitCode> {
             listen,
             accept_pushes,
             max_connections,
+            max_connections_per_address,
             net,
-        } => serve(&store, &listen, accept_pushes, max_connections, &net).await?,
+        } => {
+            let places = (max_connections, max_connections_per_address);
+            serve(&store, &listen, accept_pushes, places, &net).await?;
+        }
         Command::Run {
             store,
             listen,
@@ -1066,7 +1075,7 @@ async fn serve(
     store: &StoreArg,
     listen: &str,
     accept_pushes: bool,
-    max_connections: u32,
+    (max_connections, per_address): (u32, Option<u32>),
     net: &NetArgs,
 ) -> Result<()> {
     let before = Before::look(store);
@@ -1074,6 +1083,7 @@ async fn serve(
     let config = NodeConfig {
         accept_pushes,
         max_connections: max_connections as usize,
+        max_connections_per_address: per_address.unwrap_or(max_connections) as usize,
         ..node_config(&db, store, net, RateLimits::Upload)?
     };
     let node = make_node(config, Arc::clone(&db), store, &net.security)?;

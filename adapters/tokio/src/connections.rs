@@ -1,7 +1,7 @@
-//! The connections a node has accepted: a bounded table in which a connection that has
-//! not finished its handshake gives its place to a new one: the oldest of the address
-//! with the most such connections, so that a flood from one address displaces only its
-//! own.
+//! The connections a node has accepted: a bounded table, with a bound for each address,
+//! in which a connection that has not finished its handshake gives its place to a new
+//! one: the oldest of the address with the most such connections, so that a flood from
+//! one address displaces only its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -14,6 +14,8 @@ use tracing::debug;
 #[derive(Debug)]
 pub(crate) struct Connections {
     max: usize,
+    /// The most from one address.
+    per_address: usize,
     table: Mutex<Table>,
 }
 
@@ -32,9 +34,11 @@ struct Entry {
 }
 
 impl Connections {
-    pub(crate) fn new(max: usize) -> Self {
+    /// A table of `max` connections, at most `per_address` of them from one address.
+    pub(crate) fn new(max: usize, per_address: usize) -> Self {
         Self {
             max: max.max(1),
+            per_address: per_address.max(1),
             table: Mutex::default(),
         }
     }
@@ -49,7 +53,20 @@ impl Connections {
     /// the most of them (the oldest address of those that have as many).
     pub(crate) fn admit(&self, from: IpAddr) -> Option<u64> {
         let mut table = self.table();
-        if table.live.len() >= self.max {
+        let mine = table.live.values().filter(|e| e.from == from).count();
+        if mine >= self.per_address {
+            // As many from this address as one may have: only one of its own, still in
+            // its handshake, makes room.
+            let oldest = table
+                .live
+                .iter()
+                .find(|(_, e)| e.from == from && !e.handshaken)
+                .map(|(id, _)| *id)?;
+            if let Some(task) = table.live.remove(&oldest).and_then(|e| e.task) {
+                task.abort();
+            }
+            debug!(connection = oldest, %from, "dropped for a newer one from its address");
+        } else if table.live.len() >= self.max {
             let mut unfinished: HashMap<IpAddr, (usize, u64)> = HashMap::new();
             for (id, e) in table.live.iter().filter(|(_, e)| !e.handshaken) {
                 // Ids ascend: the first seen of an address is its oldest.
@@ -109,7 +126,7 @@ mod tests {
 
     #[test]
     fn a_full_table_gives_the_oldest_unfinished_handshake_s_place_to_a_new_connection() {
-        let c = Connections::new(2);
+        let c = Connections::new(2, 2);
         let a = c.admit(HERE).unwrap();
         let b = c.admit(HERE).unwrap();
         c.handshaken(b);
@@ -130,7 +147,7 @@ mod tests {
     fn the_address_with_the_most_unfinished_handshakes_gives_up_a_place() {
         let flood = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
         let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 7));
-        let c = Connections::new(4);
+        let c = Connections::new(4, 4);
         let honest = c.admit(HERE).unwrap();
         let flooded: Vec<u64> = (0..3).map(|_| c.admit(flood).unwrap()).collect();
         for _ in 0..100 {
@@ -142,10 +159,32 @@ mod tests {
         assert!(c.table().live.contains_key(&honest) && c.table().live.contains_key(&newcomer));
         assert!(flooded.iter().all(|id| !c.table().live.contains_key(id)));
         // With as many of each, the oldest address gives up its oldest.
-        let c = Connections::new(2);
+        let c = Connections::new(2, 2);
         let first = c.admit(HERE).unwrap();
         let _second = c.admit(flood).unwrap();
         let _ = c.admit(other).unwrap();
         assert!(!c.table().live.contains_key(&first));
+    }
+
+    /// One address holds at most its share: past it, only one of its own handshakes makes
+    /// room, and once all of its own are open sessions, it is refused while others are
+    /// let in.
+    #[test]
+    fn one_address_holds_at_most_its_share() {
+        let one = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2));
+        let c = Connections::new(10, 3);
+        let own: Vec<u64> = (0..3).map(|_| c.admit(one).unwrap()).collect();
+        let fourth = c.admit(one).unwrap();
+        assert!(
+            !c.table().live.contains_key(&own[0]),
+            "its oldest handshake left"
+        );
+        assert_eq!(c.len(), 3);
+        for id in [own[1], own[2], fourth] {
+            c.handshaken(id);
+        }
+        assert_eq!(c.admit(one), None, "its share is taken by open sessions");
+        assert!(c.admit(other).is_some());
     }
 }

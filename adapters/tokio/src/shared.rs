@@ -101,7 +101,10 @@ impl Shared {
             security: None,
             store,
             clock: Clock::new(),
-            connections: Connections::new(config.max_connections),
+            connections: Connections::new(
+                config.max_connections,
+                config.max_connections_per_address,
+            ),
             limited: !throttle.config().is_unlimited(),
             throttle: Mutex::new(throttle),
             progress: Mutex::new(BTreeMap::new()),
