@@ -1588,54 +1588,97 @@ fn verify(db: &RedbStore, json: bool, out: &mut dyn Write, err: &mut dyn Write) 
 /// Writes the events of every chunk, each chunk checked against its hash and the format
 /// first, in log order. Damaged chunks are reported on stderr; the exit status says whether
 /// there were any.
+/// Writes the events of a chunk checked against its hash and the format.
+fn write_events(out: &mut impl Write, view: &ChunkView<'_>) -> std::io::Result<()> {
+    for event in view.events() {
+        events::write(out, &event.map_err(std::io::Error::other)?)?;
+    }
+    Ok(())
+}
+
 fn export(
     db: &RedbStore,
     on_damaged: OnDamaged,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8> {
-    let mut chunks: Vec<(u64, u64, Vec<u8>)> = Vec::new();
-    let mut damaged: Vec<ChunkHash> = Vec::new();
-    db.for_each(|id, bytes| match sound(&id, bytes) {
-        Some(v) => chunks.push((v.origin().0, v.first_seq(), bytes.to_vec())),
-        None => damaged.push(id),
-    })?;
-    for id in &damaged {
+    let report = |err: &mut dyn Write, id: &ChunkHash| {
         writeln!(
             err,
             "chunk-sync: damaged chunk {id}: it does not match its hash or is no valid chunk"
-        )?;
-    }
-    if !damaged.is_empty() && on_damaged == OnDamaged::Stop {
-        return Err(Failure(format!(
-            "{} damaged chunks; nothing exported (--on-damaged skip exports the rest)",
-            damaged.len()
-        )));
-    }
-    chunks.sort();
-    let mut out = std::io::BufWriter::new(out);
-    let written = (|| -> std::io::Result<()> {
-        for (_, _, bytes) in &chunks {
-            // Checked above: every event decodes.
-            let view = ChunkView::parse(bytes).map_err(std::io::Error::other)?;
-            for event in view.events() {
-                events::write(&mut out, &event.map_err(std::io::Error::other)?)?;
+        )
+    };
+    if on_damaged == OnDamaged::Stop {
+        // A first pass finds damage before anything is written.
+        let mut damaged: Vec<ChunkHash> = Vec::new();
+        db.for_each(|id, bytes| {
+            if sound(&id, bytes).is_none() {
+                damaged.push(id);
             }
+        })?;
+        for id in &damaged {
+            report(err, id)?;
         }
-        out.flush()
-    })();
+        if !damaged.is_empty() {
+            return Err(Failure(format!(
+                "{} damaged chunks; nothing exported (--on-damaged skip exports the rest)",
+                damaged.len()
+            )));
+        }
+    }
+    // The store gives its chunks in log order (each origin's by sequence number, origins
+    // ascending), a pack at a time: the events are written as they come, in bounded
+    // memory whatever the store's size.
+    // A store of the first layout, read as it is, gives its chunks by hash: those that come
+    // out of order are sorted and written last.
+    let mut out = std::io::BufWriter::new(out);
+    let mut damaged = 0u64;
+    let mut failed: Option<std::io::Error> = None;
+    let mut last = (0u64, 0u64);
+    let mut out_of_order: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    db.for_each(|id, bytes| {
+        if failed.is_some() {
+            return;
+        }
+        let Some(view) = sound(&id, bytes) else {
+            damaged += 1;
+            if let Err(e) = report(err, &id) {
+                failed = Some(e);
+            }
+            return;
+        };
+        let at = (view.origin().0, view.first_seq());
+        if at < last {
+            out_of_order.push((at.0, at.1, bytes.to_vec()));
+            return;
+        }
+        last = at;
+        if let Err(e) = write_events(&mut out, &view) {
+            failed = Some(e);
+        }
+    })?;
+    out_of_order.sort();
+    let written = failed.map_or_else(
+        || {
+            for (_, _, bytes) in &out_of_order {
+                let view = ChunkView::parse(bytes).map_err(std::io::Error::other)?;
+                write_events(&mut out, &view)?;
+            }
+            out.flush()
+        },
+        Err,
+    );
     match written {
         // A reader that stops early (`export | head`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         other => other?,
     }
-    if damaged.is_empty() {
+    if damaged == 0 {
         Ok(0)
     } else {
         writeln!(
             err,
-            "chunk-sync: {} damaged chunks left out of the export",
-            damaged.len()
+            "chunk-sync: {damaged} damaged chunks left out of the export"
         )?;
         Ok(1)
     }

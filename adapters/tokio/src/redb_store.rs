@@ -576,7 +576,10 @@ impl RedbStore {
         }
         let backend = snapshot::Snapshot::new(file)?;
         guarded(|| {
+            // The same bounded page cache as a writable store: redb's default (1 GiB)
+            // would hold every page a scan reads.
             let db = Database::builder()
+                .set_cache_size(DB_CACHE)
                 .create_with_backend(backend)
                 .map_err(refused)?;
             // A store of the second layout is converted, in memory only: the snapshot
