@@ -649,10 +649,10 @@ mod tests {
 
     #[test]
     fn a_host_conduit_before_hello_costs_what_the_readme_says() {
-        // The README's connection row: 78 KiB of conduit and session (79,944 bytes on
+        // The README's connection row: 80 KiB of conduit and session (81,712 bytes on
         // 64-bit targets) and a 4 KiB receive buffer.
         let conduit = size_of::<HostConduit<'static>>();
-        assert!((76 << 10..=80 << 10).contains(&conduit), "{conduit} bytes");
+        assert!((78 << 10..=82 << 10).contains(&conduit), "{conduit} bytes");
         assert_eq!(RX_INITIAL, 4 << 10);
     }
 
