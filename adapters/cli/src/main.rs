@@ -1083,7 +1083,7 @@ async fn serve(
     let config = NodeConfig {
         accept_pushes,
         max_connections: max_connections as usize,
-        max_connections_per_address: per_address.unwrap_or(max_connections) as usize,
+        max_connections_per_address: per_address.map(|n| n as usize),
         ..node_config(&db, store, net, RateLimits::Upload)?
     };
     let node = make_node(config, Arc::clone(&db), store, &net.security)?;
@@ -1585,9 +1585,6 @@ fn verify(db: &RedbStore, json: bool, out: &mut dyn Write, err: &mut dyn Write) 
     }
 }
 
-/// Writes the events of every chunk, each chunk checked against its hash and the format
-/// first, in log order. Damaged chunks are reported on stderr; the exit status says whether
-/// there were any.
 /// Writes the events of a chunk checked against its hash and the format.
 fn write_events(out: &mut impl Write, view: &ChunkView<'_>) -> std::io::Result<()> {
     for event in view.events() {
@@ -1596,6 +1593,9 @@ fn write_events(out: &mut impl Write, view: &ChunkView<'_>) -> std::io::Result<(
     Ok(())
 }
 
+/// Writes the events of every chunk, each chunk checked against its hash and the format
+/// first, in log order. Damaged chunks are reported on stderr; the exit status says whether
+/// there were any.
 fn export(
     db: &RedbStore,
     on_damaged: OnDamaged,
@@ -1629,13 +1629,13 @@ fn export(
     // The store gives its chunks in log order (each origin's by sequence number, origins
     // ascending), a pack at a time: the events are written as they come, in bounded
     // memory whatever the store's size.
-    // A store of the first layout, read as it is, gives its chunks by hash: those that come
-    // out of order are sorted and written last.
+    // A store of the first layout, read as it is, gives its chunks by hash: they are
+    // sorted first, in memory.
+    let in_order = db.gives_log_order();
     let mut out = std::io::BufWriter::new(out);
     let mut damaged = 0u64;
     let mut failed: Option<std::io::Error> = None;
-    let mut last = (0u64, 0u64);
-    let mut out_of_order: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    let mut by_hash: Vec<(u64, u64, Vec<u8>)> = Vec::new();
     db.for_each(|id, bytes| {
         if failed.is_some() {
             return;
@@ -1647,20 +1647,16 @@ fn export(
             }
             return;
         };
-        let at = (view.origin().0, view.first_seq());
-        if at < last {
-            out_of_order.push((at.0, at.1, bytes.to_vec()));
-            return;
-        }
-        last = at;
-        if let Err(e) = write_events(&mut out, &view) {
+        if !in_order {
+            by_hash.push((view.origin().0, view.first_seq(), bytes.to_vec()));
+        } else if let Err(e) = write_events(&mut out, &view) {
             failed = Some(e);
         }
     })?;
-    out_of_order.sort();
+    by_hash.sort();
     let written = failed.map_or_else(
         || {
-            for (_, _, bytes) in &out_of_order {
+            for (_, _, bytes) in &by_hash {
                 let view = ChunkView::parse(bytes).map_err(std::io::Error::other)?;
                 write_events(&mut out, &view)?;
             }

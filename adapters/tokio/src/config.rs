@@ -77,12 +77,12 @@ pub struct NodeConfig {
     /// takes the place of one that has not finished its handshake (the oldest of the
     /// address with the most of them), or is closed at once if every one has.
     pub max_connections: usize,
-    /// Of those, the most from one IP address (default 512, as many as `max_connections`:
-    /// no bound of its own). Past it, a new connection from that address takes the place
-    /// of one of its own still in its handshake, or is closed at once: one address cannot
-    /// hold every place. Many clients behind one address (a NAT, a host's own loopback)
-    /// share it.
-    pub max_connections_per_address: usize,
+    /// Of those, the most from one IP address (default `None`: as many as
+    /// `max_connections`, no bound of its own). Past it, a new connection from that
+    /// address takes the place of one of its own still in its handshake, or is closed at
+    /// once: one address cannot hold every place. Many clients behind one address (a NAT,
+    /// a host's own loopback) share it.
+    pub max_connections_per_address: Option<usize>,
     /// Bytes of received chunks the node holds in memory before they are written to its
     /// store, all sessions together (default 512 MiB): past it, no session reads more
     /// until writes catch up. Each session holds at most 32 MiB of them besides.
@@ -129,7 +129,7 @@ impl NodeConfig {
             max_duration: None,
             max_failures: chunk_sync_core::session::DEFAULT_MAX_FAILURES,
             max_connections: 512,
-            max_connections_per_address: 512,
+            max_connections_per_address: None,
             max_unwritten: 512 << 20,
             live: false,
             events_per_chunk: 100,

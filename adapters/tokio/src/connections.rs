@@ -97,8 +97,11 @@ impl Connections {
     }
 
     pub(crate) fn started(&self, id: u64, task: AbortHandle) {
-        if let Some(entry) = self.table().live.get_mut(&id) {
-            entry.task = Some(task);
+        match self.table().live.get_mut(&id) {
+            Some(entry) => entry.task = Some(task),
+            // It gave up its place before its task started (another listener's new
+            // connection): the task ends too.
+            None => task.abort(),
         }
     }
 

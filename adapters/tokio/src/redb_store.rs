@@ -940,6 +940,14 @@ impl RedbStore {
         })
     }
 
+    /// Whether [`for_each`](Self::for_each) gives the chunks in log order: always but for a
+    /// store of the first layout opened read-only (not converted), whose chunks come in
+    /// the order of their hashes.
+    #[must_use]
+    pub const fn gives_log_order(&self) -> bool {
+        self.trust_blocks
+    }
+
     /// Keeps `id` through every [`gc`](Self::gc) until unpinned.
     pub fn pin(&self, id: &ChunkHash, pinned: bool) -> Result<(), StoreError> {
         self.writing(|txn| {
@@ -1040,10 +1048,6 @@ impl RedbStore {
             let ids = out.iter().map(|(id, _, _)| *id).collect();
             Ok((out, ids))
         })?;
-        // A small chunk damaged since the index was read is in it under its true hash,
-        // which the store no longer knows: the index is read again when next needed.
-        let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        *self.index.write().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(removed)
     }
 
@@ -1098,7 +1102,19 @@ impl RedbStore {
                 meta.insert(BYTES, bytes).map_err(boxed)?;
             }
             txn.commit().map_err(boxed)?;
+            // A small chunk damaged since the index was read is in it under its true hash,
+            // which the store no longer knows (it was taken out under the hash no bytes
+            // match): then the index is read again when next needed.
+            let stale = {
+                let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
+                index
+                    .as_ref()
+                    .is_some_and(|index| removed.iter().any(|id| !index.contains(id)))
+            };
             self.committed(&[], &removed);
+            if stale {
+                *self.index.write().unwrap_or_else(PoisonError::into_inner) = None;
+            }
             Ok(report)
         })
     }
@@ -1692,6 +1708,39 @@ mod tests {
         }
     }
 
+    /// A small chunk damaged after the index was read is in it under its true hash; taken
+    /// out, it is not found any more.
+    #[test]
+    fn a_chunk_damaged_after_the_index_was_read_is_gone_once_taken_out() {
+        use crate::store::tests::chunk as chunk_of;
+        let path = temp_path("stale-index");
+        let store = RedbStore::open(&path).unwrap();
+        let small = chunk_of(1, 0, 2, "s");
+        store.insert(small.clone()).unwrap();
+        assert!(store.contains(&small.id()).unwrap(), "the index is read");
+        store
+            .writing(|txn| {
+                {
+                    let mut parts = txn.open_table(PARTS).map_err(boxed)?;
+                    let mut body = parts
+                        .get((1, 0, 0))
+                        .map_err(boxed)?
+                        .unwrap()
+                        .value()
+                        .to_vec();
+                    body[10] ^= 1;
+                    parts.insert((1, 0, 0), body.as_slice()).map_err(boxed)?;
+                }
+                txn.commit().map_err(boxed)
+            })
+            .unwrap();
+        assert_eq!(store.remove_damaged().unwrap().len(), 1);
+        assert!(!store.contains(&small.id()).unwrap());
+        assert!(store.ids().unwrap().is_empty());
+        drop(store);
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn answers_range_queries() {
         let path = temp_path("ranges");
@@ -1930,8 +1979,10 @@ mod tests {
         );
         assert_eq!(read_only.len().unwrap(), 2);
         assert_eq!(read_only.get(&b.id()).unwrap().as_ref(), Some(b.bytes()));
+        assert!(!read_only.gives_log_order(), "its chunks come by hash");
         drop(read_only);
         let s = RedbStore::open(&path).unwrap();
+        assert!(s.gives_log_order(), "converted, they come in log order");
         let [kept, plain] = kept_and_plain(&s);
         assert_eq!(kept.0.count, 2);
         assert_eq!(kept, plain);

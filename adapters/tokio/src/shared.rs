@@ -103,7 +103,9 @@ impl Shared {
             clock: Clock::new(),
             connections: Connections::new(
                 config.max_connections,
-                config.max_connections_per_address,
+                config
+                    .max_connections_per_address
+                    .unwrap_or(config.max_connections),
             ),
             limited: !throttle.config().is_unlimited(),
             throttle: Mutex::new(throttle),
