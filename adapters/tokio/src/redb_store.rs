@@ -415,6 +415,10 @@ fn count_chunks(txn: &redb::ReadTransaction) -> Result<usize, StoreError> {
     Ok(n)
 }
 
+/// What a commit did to the index: the chunks it added, with their places, and those it
+/// removed.
+type Change = (Vec<(ChunkHash, Option<Key>)>, Vec<ChunkHash>);
+
 /// A pack read for serving, with the key of the next pack of its origin.
 #[derive(Debug)]
 struct Served {
@@ -479,6 +483,10 @@ pub struct RedbStore {
     /// appends, pulls or serves ranges never hashes the store's small chunks again nor
     /// holds 48 bytes per chunk.
     index: RwLock<Option<Index>>,
+    /// Held while the index is read, so that it is read once.
+    reading_index: Mutex<()>,
+    /// While the index is read: the commits that ended meanwhile, to be done again on it.
+    pending: Mutex<Option<Vec<Change>>>,
     cache: Mutex<Cache>,
     /// Held through each write transaction, from its start to the index's update after its
     /// commit, and while the index is read: so that the index sees the commits in order,
@@ -513,9 +521,6 @@ impl StorageBackend for UnsyncedFile {
     }
 }
 
-/// How many times the index is read from a snapshot before it is read between two commits.
-const READ_INDEX_TRIES: usize = 3;
-
 impl RedbStore {
     /// Opens the store in `path`, creating it if it does not exist, with
     /// [`Durability::Disk`].
@@ -546,6 +551,8 @@ impl RedbStore {
                 db,
                 unsynced: matches!(durability, Durability::Process).then_some(file),
                 index: RwLock::new(None),
+                reading_index: Mutex::new(()),
+                pending: Mutex::new(None),
                 writes: Mutex::new(()),
                 cache: Mutex::default(),
                 read_only: false,
@@ -593,6 +600,8 @@ impl RedbStore {
                 db,
                 unsynced: None,
                 index: RwLock::new(None),
+                reading_index: Mutex::new(()),
+                pending: Mutex::new(None),
                 writes: Mutex::new(()),
                 cache: Mutex::default(),
                 read_only: true,
@@ -603,8 +612,7 @@ impl RedbStore {
 
     /// Calls `f` with the index, reading it from the packs first if it was not yet.
     ///
-    /// A lookup by hash (a peer's request) waits for no commit under way, unless commits
-    /// keep ending while the index is read.
+    /// A lookup by hash (a peer's request) waits for no commit under way.
     fn with_index<T>(&self, f: impl FnOnce(&Index) -> T) -> Result<T, StoreError> {
         {
             let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
@@ -612,30 +620,33 @@ impl RedbStore {
                 return Ok(f(index));
             }
         }
-        // Read from a snapshot without waiting for a commit under way, and put in place
-        // only if no commit ended meanwhile (`committed` counts them): a commit that ends
-        // later finds the index in place and adds what it did, which the snapshot may
-        // hold already (adding it again changes nothing).
-        for _ in 0..READ_INDEX_TRIES {
-            let before = self.cache().generation;
-            let read = self.reading(|txn| read_index(&txn))?;
-            let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-            if index.is_none() && self.cache().generation == before {
-                *index = Some(read);
-            }
+        // Read once, from a snapshot, without waiting for a commit under way: the commits
+        // that end meanwhile are recorded (`committed`) and done again on what was read
+        // before it is put in place. One the snapshot holds already changes nothing done
+        // again: adding a chunk the index has, or removing one it lacks.
+        let _one = self
+            .reading_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        {
+            let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(index) = index.as_ref() {
                 return Ok(f(index));
             }
         }
-        // Commits keep ending: read it between two. The writes' lock comes first, as for a
-        // commit, which takes the index's after it (`committed`): in the other order, a
-        // first lookup during a commit would wait on it forever.
-        let _writes = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.pending() = Some(Vec::new());
+        let read = self.reading(|txn| read_index(&txn));
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-        if index.is_none() {
-            *index = Some(self.reading(|txn| read_index(&txn))?);
+        let ended = self.pending().take().unwrap_or_default();
+        let mut read = read?;
+        for (added, removed) in &ended {
+            read.apply(added, removed);
         }
-        Ok(f(index.as_ref().expect("just read")))
+        Ok(f(index.insert(read)))
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<Vec<Change>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
@@ -652,14 +663,16 @@ impl RedbStore {
             cache.bytes = 0;
         }
         let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-        // Not read yet: it will be read with this commit in it.
-        let Some(index) = index.as_mut() else {
-            return;
-        };
-        for (id, place) in added {
-            index.add(*id, *place);
+        match index.as_mut() {
+            Some(index) => index.apply(added, removed),
+            // Being read: done again on what is read. Not read at all: it will be read
+            // with this commit in it.
+            None => {
+                if let Some(ended) = self.pending().as_mut() {
+                    ended.push((added.to_vec(), removed.to_vec()));
+                }
+            }
         }
-        index.remove_all(removed);
     }
 
     /// The pack of `origin` that holds `seq`, or if none does, the first after it.
@@ -1681,12 +1694,12 @@ mod tests {
         for round in 0..8u64 {
             let path = temp_path(&format!("index-race-{round}"));
             let store = Arc::new(RedbStore::open(&path).unwrap());
-            let first: Vec<VerifiedChunk> = (0..20).map(|i| chunk_of(1, i, 1, "a")).collect();
+            let first: Vec<VerifiedChunk> = (0..2_000).map(|i| chunk_of(1, i, 1, "a")).collect();
             store.insert_batch(&first).unwrap();
             let writer = {
                 let store = Arc::clone(&store);
                 std::thread::spawn(move || {
-                    (20..60)
+                    (2_000..2_040)
                         .map(|i| {
                             let c = chunk_of(1, i, 1, "a");
                             store.insert(c.clone()).unwrap();
@@ -1702,7 +1715,7 @@ mod tests {
             for id in first.iter().map(VerifiedChunk::id).chain(later) {
                 assert!(store.contains(&id).unwrap(), "round {round}");
             }
-            assert_eq!(store.ids().unwrap().len(), 60);
+            assert_eq!(store.ids().unwrap().len(), 2_040);
             drop(store);
             std::fs::remove_file(&path).unwrap();
         }

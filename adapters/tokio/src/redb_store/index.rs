@@ -80,6 +80,14 @@ impl Index {
         }
     }
 
+    /// What a commit did: `added` (with their places), then `removed`.
+    pub(super) fn apply(&mut self, added: &[(ChunkHash, Option<Key>)], removed: &[ChunkHash]) {
+        for (id, place) in added {
+            self.add(*id, *place);
+        }
+        self.remove_all(removed);
+    }
+
     /// Forgets removed chunks (one pass over the sorted runs).
     pub(super) fn remove_all(&mut self, ids: &[ChunkHash]) {
         if ids.is_empty() {
