@@ -179,7 +179,16 @@ impl Writes {
         }
         let shared = Arc::clone(shared);
         self.writing_chunks = batch.len();
-        self.writing = Some(tokio::task::spawn_blocking(move || write(batch, &shared)));
+        // The bytes count against the node until the blocking thread has written them,
+        // even if this session is dropped meanwhile (the thread goes on).
+        let held = Held {
+            node: Arc::clone(&self.node),
+            bytes: std::mem::take(&mut self.writing_bytes),
+        };
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            let _held = held;
+            write(batch, &shared)
+        }));
         None
     }
 
@@ -191,7 +200,6 @@ impl Writes {
         };
         self.writing = None;
         self.writing_chunks = 0;
-        self.node.release(std::mem::take(&mut self.writing_bytes));
         joined
     }
 
@@ -204,9 +212,23 @@ impl Writes {
 }
 
 impl Drop for Writes {
-    /// What the session still held unwritten no longer counts against the node.
+    /// What the session still held unwritten no longer counts against the node (a batch
+    /// being written on a blocking thread counts until it is written).
     fn drop(&mut self) {
         self.node.release(self.queued_bytes + self.writing_bytes);
+    }
+}
+
+/// Bytes of a batch being written on a blocking thread, counted against the node until
+/// the thread is done with them.
+struct Held {
+    node: Arc<NodeUnwritten>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.node.release(self.bytes);
     }
 }
 
