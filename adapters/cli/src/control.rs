@@ -34,31 +34,56 @@ pub(crate) fn is_served(dir: &Path) -> bool {
 }
 
 impl Inspect {
-    fn request(self) -> &'static str {
+    fn request(&self) -> String {
         match self {
-            Self::Ls { json: false } => "ls",
-            Self::Ls { json: true } => "ls json",
-            Self::Stat { json: false } => "stat",
-            Self::Stat { json: true } => "stat json",
-            Self::Verify { json: false } => "verify",
-            Self::Verify { json: true } => "verify json",
-            Self::Export(OnDamaged::Stop) => "export stop",
-            Self::Export(OnDamaged::Skip) => "export skip",
+            Self::Ls { json: false } => "ls".into(),
+            Self::Ls { json: true } => "ls json".into(),
+            Self::Stat { json: false } => "stat".into(),
+            Self::Stat { json: true } => "stat json".into(),
+            Self::Verify { json, keys } => {
+                let mut line = String::from(if *json { "verify json" } else { "verify" });
+                if let Some(keys) = keys {
+                    line.push_str(" signatures");
+                    for key in keys {
+                        line.push(' ');
+                        line.push_str(&key.to_string());
+                    }
+                }
+                line
+            }
+            Self::Export(OnDamaged::Stop) => "export stop".into(),
+            Self::Export(OnDamaged::Skip) => "export skip".into(),
         }
     }
 
     fn from_request(line: &str) -> Option<Self> {
-        Some(match line.trim() {
-            "ls" => Self::Ls { json: false },
-            "ls json" => Self::Ls { json: true },
-            "stat" => Self::Stat { json: false },
-            "stat json" => Self::Stat { json: true },
-            "verify" => Self::Verify { json: false },
-            "verify json" => Self::Verify { json: true },
-            "export stop" => Self::Export(OnDamaged::Stop),
-            "export skip" => Self::Export(OnDamaged::Skip),
+        let mut words = line.split_whitespace();
+        Some(match (words.next()?, words.next()) {
+            ("ls", None) => Self::Ls { json: false },
+            ("ls", Some("json")) => Self::Ls { json: true },
+            ("stat", None) => Self::Stat { json: false },
+            ("stat", Some("json")) => Self::Stat { json: true },
+            ("verify", second) => {
+                let json = second == Some("json");
+                let mut next = if json { words.next() } else { second };
+                let keys = match next.take() {
+                    None => None,
+                    Some("signatures") => Some(
+                        words
+                            .by_ref()
+                            .map(crate::keys::parse_key)
+                            .collect::<Result<Vec<_>, _>>()
+                            .ok()?,
+                    ),
+                    Some(_) => return None,
+                };
+                Self::Verify { json, keys }
+            }
+            ("export", Some("stop")) => Self::Export(OnDamaged::Stop),
+            ("export", Some("skip")) => Self::Export(OnDamaged::Skip),
             _ => return None,
         })
+        .filter(|_| words.next().is_none())
     }
 }
 
@@ -201,7 +226,7 @@ pub(crate) fn serve(
 #[cfg(unix)]
 pub(crate) fn ask(dir: &Path, what: Inspect) -> Result<ExitCode, String> {
     let stream = std::os::unix::net::UnixStream::connect(socket(dir)).map_err(|e| e.to_string())?;
-    exchange(stream, what.request(), "")
+    exchange(stream, &what.request(), "")
 }
 
 /// Appends the events of `text` through the process that holds the store in `dir`, to
@@ -268,4 +293,56 @@ pub(crate) fn append(
     _text: &str,
 ) -> Option<Result<ExitCode, String>> {
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chunk_sync_tokio::generate_keypair;
+
+    /// Every read-only command travels to the serving process and back as it was, and a
+    /// line that is none of them is refused.
+    #[test]
+    fn requests_round_trip_and_others_are_refused() {
+        let keys: Vec<_> = (0..2)
+            .map(|_| *generate_keypair().unwrap().public())
+            .collect();
+        let all = [
+            Inspect::Ls { json: false },
+            Inspect::Ls { json: true },
+            Inspect::Stat { json: false },
+            Inspect::Stat { json: true },
+            Inspect::Verify {
+                json: false,
+                keys: None,
+            },
+            Inspect::Verify {
+                json: true,
+                keys: None,
+            },
+            Inspect::Verify {
+                json: false,
+                keys: Some(Vec::new()),
+            },
+            Inspect::Verify {
+                json: true,
+                keys: Some(keys),
+            },
+            Inspect::Export(OnDamaged::Stop),
+            Inspect::Export(OnDamaged::Skip),
+        ];
+        for what in all {
+            assert_eq!(Inspect::from_request(&what.request()), Some(what.clone()));
+        }
+        for line in [
+            "",
+            "ls yaml",
+            "verify json json",
+            "verify signatures nothex",
+            "gc",
+            "export",
+        ] {
+            assert_eq!(Inspect::from_request(line), None, "{line:?}");
+        }
+    }
 }

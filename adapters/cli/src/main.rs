@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chunk_sync_core::recon::KeyRange;
+use chunk_sync_core::secure::SealCheck;
 use chunk_sync_core::session::FailReason;
-use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy};
+use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy, Verified};
 use chunk_sync_tokio::{
     Access, Codec, Compress, Durability, Keypair, Node, NodeConfig, NodeStore, Permissions,
     PublicKey, RedbError, RedbStore, RetentionPolicy, Sealing, Security, SyncReport,
@@ -217,9 +218,20 @@ enum Command {
     Verify {
         #[command(flatten)]
         store: ReadStoreArg,
-        /// One JSON object: `verified` (chunks checked) and `corrupt` (their hashes).
+        /// One JSON object: `verified` (chunks checked) and `corrupt` (their hashes), and
+        /// with --signatures `signatures` (signatures that hold) and `unchecked` (chunks
+        /// of origins without a key given).
         #[arg(long)]
         json: bool,
+        /// Also check the signature of each chunk of the store's own origin (its key file,
+        /// if it has one) and of the origins given with --trust-origin: a chunk whose
+        /// signature is missing or does not hold is corrupt. Chunks of other origins are
+        /// counted, not checked.
+        #[arg(long)]
+        signatures: bool,
+        /// An origin whose chunks' signatures --signatures checks too (repeatable).
+        #[arg(long = "trust-origin", value_name = "KEY", value_parser = keys::parse_key, requires = "signatures")]
+        trust_origin: Vec<PublicKey>,
     },
     /// Write every event of the store as JSON lines, from chunks checked against their
     /// hashes.
@@ -560,8 +572,20 @@ async fn run(command: Command) -> Result<ExitCode> {
         } => exchange(&store, std::slice::from_ref(&with), &net, true, output).await?,
         Command::Ls { store, json } => return inspect(&store.store, Inspect::Ls { json }),
         Command::Stat { store, json } => return inspect(&store.store, Inspect::Stat { json }),
-        Command::Verify { store, json } => {
-            return inspect(&store.store, Inspect::Verify { json });
+        Command::Verify {
+            store,
+            json,
+            signatures,
+            trust_origin,
+        } => {
+            let keys = signatures.then(|| {
+                let own = keys::load(&keys::key_path(&store.store, None)).ok();
+                own.map(|k| *k.public())
+                    .into_iter()
+                    .chain(trust_origin)
+                    .collect()
+            });
+            return inspect(&store.store, Inspect::Verify { json, keys });
         }
         Command::Export { store, on_damaged } => {
             return inspect(&store.store, Inspect::Export(on_damaged));
@@ -1500,11 +1524,19 @@ fn stat(db: &RedbStore, json: bool, out: &mut dyn Write) -> Result<()> {
 }
 
 /// A read-only command: `ls`, `stat`, `verify` or `export`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Inspect {
-    Ls { json: bool },
-    Stat { json: bool },
-    Verify { json: bool },
+    Ls {
+        json: bool,
+    },
+    Stat {
+        json: bool,
+    },
+    /// With `keys`, the signatures of the chunks of their origins are checked too.
+    Verify {
+        json: bool,
+        keys: Option<Vec<PublicKey>>,
+    },
     Export(OnDamaged),
 }
 
@@ -1520,7 +1552,7 @@ impl Inspect {
         match self {
             Self::Ls { json } => ls(db, json, out).map(|()| 0),
             Self::Stat { json } => stat(db, json, out).map(|()| 0),
-            Self::Verify { json } => verify(db, json, out, err),
+            Self::Verify { json, keys } => verify(db, json, keys.as_deref(), out, err),
             Self::Export(on_damaged) => export(db, on_damaged, out, err),
         }
     }
@@ -1554,33 +1586,90 @@ fn sound<'a>(id: &ChunkHash, bytes: &'a [u8]) -> Option<ChunkView<'a>> {
         .flatten()
 }
 
-fn verify(db: &RedbStore, json: bool, out: &mut dyn Write, err: &mut dyn Write) -> Result<u8> {
-    let (mut total, mut bad) = (0u64, 0u64);
-    let mut corrupt = Vec::new();
+/// Signatures checked together: a few MiB of checks at a time.
+const VERIFY_BATCH: usize = 1 << 14;
+
+fn verify(
+    db: &RedbStore,
+    json: bool,
+    keys: Option<&[PublicKey]>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<u8> {
+    let trusted: std::collections::HashMap<NodeId, PublicKey> = keys
+        .unwrap_or_default()
+        .iter()
+        .map(|k| (k.node_id(), *k))
+        .collect();
+    let (mut total, mut signed) = (0u64, 0u64);
+    let mut unchecked = 0u64;
+    // Corrupt chunks, each with why.
+    let mut corrupt: Vec<(ChunkHash, &str)> = Vec::new();
+    let mut pending: Vec<(ChunkHash, SealCheck)> = Vec::new();
+    let mut check = |pending: &mut Vec<(ChunkHash, SealCheck)>, corrupt: &mut Vec<_>| {
+        let (ids, checks): (Vec<ChunkHash>, Vec<SealCheck>) = pending.drain(..).unzip();
+        for (id, verdict) in ids.into_iter().zip(chunk_sync_tokio::check_seals(checks)) {
+            match verdict {
+                Ok(()) => signed += 1,
+                Err(_) => corrupt.push((id, "its signature does not hold")),
+            }
+        }
+    };
     db.for_each(|id, bytes| {
         total += 1;
-        if sound(&id, bytes).is_none() {
-            bad += 1;
-            corrupt.push(id);
+        // The hash, and the hash the signature signs, in one pass.
+        let verified = Verified::hash_of(bytes);
+        let view = match ChunkView::validated(bytes) {
+            Ok(view) if verified.id() == id => view,
+            _ => return corrupt.push((id, "it does not match its hash or is no valid chunk")),
+        };
+        if keys.is_none() {
+            return;
+        }
+        match trusted.get(&view.origin()) {
+            None => unchecked += 1,
+            Some(key) => match SealCheck::of(key, &verified) {
+                Ok(seal) => {
+                    pending.push((id, seal));
+                    if pending.len() == VERIFY_BATCH {
+                        check(&mut pending, &mut corrupt);
+                    }
+                }
+                Err(_) => corrupt.push((id, "it is not signed")),
+            },
         }
     })?;
+    check(&mut pending, &mut corrupt);
+    corrupt.sort_unstable();
     if json {
-        let ids: Vec<String> = corrupt.iter().map(ToString::to_string).collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "verified": total, "corrupt": ids })
-        )?;
-        return Ok(u8::from(bad > 0));
+        let ids: Vec<String> = corrupt.iter().map(|(id, _)| id.to_string()).collect();
+        let mut report = serde_json::json!({ "verified": total, "corrupt": ids });
+        if keys.is_some() {
+            report["signatures"] = signed.into();
+            report["unchecked"] = unchecked.into();
+        }
+        writeln!(out, "{report}")?;
+        return Ok(u8::from(!corrupt.is_empty()));
     }
-    for id in corrupt {
-        writeln!(err, "corrupt chunk {id}")?;
+    for (id, why) in &corrupt {
+        writeln!(err, "corrupt chunk {id}: {why}")?;
     }
-    if bad == 0 {
-        writeln!(out, "verified {total} chunks: all match their hashes")?;
+    if corrupt.is_empty() {
+        match keys {
+            None => writeln!(out, "verified {total} chunks: all match their hashes")?,
+            Some(_) => writeln!(
+                out,
+                "verified {total} chunks: all match their hashes; {signed} signatures hold, \
+                 {unchecked} chunks of origins without a key given not checked"
+            )?,
+        }
         Ok(0)
     } else {
-        writeln!(err, "chunk-sync: {bad} of {total} chunks are corrupt")?;
+        writeln!(
+            err,
+            "chunk-sync: {} of {total} chunks are corrupt",
+            corrupt.len()
+        )?;
         Ok(1)
     }
 }

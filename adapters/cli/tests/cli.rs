@@ -1154,3 +1154,77 @@ fn a_grant_by_origin_lets_a_peer_pull_one_log_and_push_only_its_own() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the rights are pull and push"), "{stderr}");
 }
+
+#[test]
+fn verify_checks_signatures_of_the_own_log_and_of_trusted_origins() {
+    let a = store_with("sig-a", 100);
+    let store = a.to_str().unwrap();
+    let out = ok(&["verify", "--store", store, "--signatures"], None);
+    assert!(out.contains("10 signatures hold"), "{out}");
+    assert!(
+        out.contains("0 chunks of origins without a key given"),
+        "{out}"
+    );
+    // Chunks of another node's origin, which this store cannot sign: unsigned.
+    let b = store_with("sig-b", 10);
+    let stat = ok(&["stat", "--store", b.to_str().unwrap()], None);
+    let origin = stat
+        .split("origin node-")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .expect("stat names the origin");
+    let input = "{\"seq\":0,\"kind\":\"k\",\"privacy\":\"public\",\"payload\":\"x\"}\n";
+    ok(
+        &["append", "--store", store, "--origin", origin],
+        Some(input),
+    );
+    let out = ok(&["verify", "--store", store, "--signatures"], None);
+    assert!(
+        out.contains("1 chunks of origins without a key given not checked"),
+        "{out}"
+    );
+    let key = key_of(&b);
+    fails(
+        &[
+            "verify",
+            "--store",
+            store,
+            "--signatures",
+            "--trust-origin",
+            &key,
+        ],
+        "1 of 11 chunks are corrupt",
+    );
+    let out = run(
+        &[
+            "verify",
+            "--store",
+            store,
+            "--signatures",
+            "--trust-origin",
+            &key,
+        ],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it is not signed"));
+    let json = run(
+        &[
+            "verify",
+            "--store",
+            store,
+            "--json",
+            "--signatures",
+            "--trust-origin",
+            &key,
+        ],
+        None,
+    );
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["signatures"], 10);
+    assert_eq!(report["corrupt"].as_array().unwrap().len(), 1);
+    // A key to trust needs --signatures.
+    fails(
+        &["verify", "--store", store, "--trust-origin", &key],
+        "--signatures",
+    );
+}

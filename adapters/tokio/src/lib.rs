@@ -72,5 +72,5 @@ pub use redb_store::{Durability, GcReport, RedbError, RedbStore, RetentionPolicy
 pub use security::{
     Access, Keypair, OriginSet, Permissions, PublicKey, Scope, Security, generate_keypair,
 };
-pub use signing::{Sealing, sign_all};
+pub use signing::{Sealing, check_seals, sign_all};
 pub use store::{Inserted, MemStore, MemoryLimit, NodeStore, VerifiedChunk};

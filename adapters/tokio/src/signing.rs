@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chunk_sync_core::chunk::{SIGNATURE_LEN, Sealed, sign_sealed};
-use chunk_sync_core::secure::Keypair;
+use chunk_sync_core::secure::{Keypair, SealCheck};
+use chunk_sync_core::session::FailReason;
 use chunk_sync_core::{ChunkError, HashMismatch};
 
 use crate::store::VerifiedChunk;
@@ -77,6 +78,19 @@ pub fn sign_all(
     in_order(batch, |s| matches!(s, Sealing::Unsigned(_)), sign)
         .into_iter()
         .collect()
+}
+
+/// The verdict of each of `checks`, in order: [`SealCheck::check_all`] on as many threads as
+/// the machine has cores (up to 16) when there are many, less those other lists in the
+/// process are using. For a node that checks the signatures of chunks it holds (the
+/// CLI's `verify --signatures`); a session checks those it receives this way itself.
+#[must_use]
+pub fn check_seals(checks: Vec<SealCheck>) -> Vec<Result<(), FailReason>> {
+    in_parts(
+        checks,
+        |_| true,
+        |part| SealCheck::check_all(&part.iter().collect::<Vec<_>>()),
+    )
 }
 
 /// `f` of each item, in order: the items cut into consecutive parts with a thread's share
