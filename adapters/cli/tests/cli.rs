@@ -1184,28 +1184,16 @@ fn verify_checks_signatures_of_the_own_log_and_of_trusted_origins() {
         "{out}"
     );
     let key = key_of(&b);
-    fails(
-        &[
-            "verify",
-            "--store",
-            store,
-            "--signatures",
-            "--trust-origin",
-            &key,
-        ],
-        "1 of 11 chunks are corrupt",
-    );
-    let out = run(
-        &[
-            "verify",
-            "--store",
-            store,
-            "--signatures",
-            "--trust-origin",
-            &key,
-        ],
-        None,
-    );
+    let trusting = [
+        "verify",
+        "--store",
+        store,
+        "--signatures",
+        "--trust-origin",
+        &key,
+    ];
+    fails(&trusting, "1 of 11 chunks are corrupt");
+    let out = run(&trusting, None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("it is not signed"));
     let json = run(
         &[
