@@ -7,7 +7,7 @@
 
 use chunk_sync_benches::{as_events, events, seal_one};
 use chunk_sync_core::chunk::Chunker;
-use chunk_sync_core::secure::{Keypair, SealCheck};
+use chunk_sync_core::secure::{Keypair, SealCheck, Verifier};
 use chunk_sync_core::{ChunkHash, ChunkView, Event, NodeId, Verified};
 use std::hint::black_box;
 
@@ -116,11 +116,10 @@ fn seal_checks(c: &mut Criterion) {
             (sealed.id, sealed.bytes.to_vec())
         })
         .collect();
+    let verifier = Verifier::new(*keys.public()).unwrap();
     let checks: Vec<SealCheck> = chunks
         .iter()
-        .map(|(id, bytes)| {
-            SealCheck::of(keys.public(), &Verified::new(*id, bytes).unwrap()).unwrap()
-        })
+        .map(|(id, bytes)| SealCheck::of(&verifier, &Verified::new(*id, bytes).unwrap()).unwrap())
         .collect();
     let refs: Vec<&SealCheck> = checks.iter().collect();
     let mut group = c.benchmark_group("seal-check");

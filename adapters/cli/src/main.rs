@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chunk_sync_core::recon::KeyRange;
-use chunk_sync_core::secure::SealCheck;
+use chunk_sync_core::secure::{SealCheck, Verifier};
 use chunk_sync_core::session::FailReason;
 use chunk_sync_core::{ChunkHash, ChunkView, EventChunkStore, NodeId, Privacy, Verified};
 use chunk_sync_tokio::{
@@ -1596,10 +1596,12 @@ fn verify(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u8> {
-    let trusted: std::collections::HashMap<NodeId, PublicKey> = keys
+    // Each key made ready to verify once.
+    let trusted: std::collections::HashMap<NodeId, Verifier> = keys
         .unwrap_or_default()
         .iter()
-        .map(|k| (k.node_id(), *k))
+        .filter_map(|k| Verifier::new(*k))
+        .map(|v| (v.origin(), v))
         .collect();
     let (mut total, mut signed) = (0u64, 0u64);
     let mut unchecked = 0u64;
@@ -1628,7 +1630,7 @@ fn verify(
         }
         match trusted.get(&view.origin()) {
             None => unchecked += 1,
-            Some(key) => match SealCheck::of(key, &verified) {
+            Some(verifier) => match SealCheck::of(verifier, &verified) {
                 Ok(seal) => {
                     pending.push((id, seal));
                     if pending.len() == VERIFY_BATCH {
