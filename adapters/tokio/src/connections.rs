@@ -47,7 +47,8 @@ impl Connections {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes room for a new connection from `from` and returns its id, or `None` if every
+    /// Makes room for a new connection from `from` (an IPv4 address seen through an IPv6
+    /// socket given as the IPv4 address it is) and returns its id, or `None` if every
     /// place is taken by a connection that finished its handshake. A connection still in
     /// its handshake gives up its place: the oldest of those from the address that has
     /// the most of them (the oldest address of those that have as many).

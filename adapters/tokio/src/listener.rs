@@ -78,7 +78,7 @@ impl Node {
                     }
                 };
                 backoff.succeeded();
-                let Some(id) = node.shared.connections.admit(peer.ip()) else {
+                let Some(id) = node.shared.connections.admit(peer.ip().to_canonical()) else {
                     debug!(%peer, "connection refused: every place is taken");
                     continue;
                 };
