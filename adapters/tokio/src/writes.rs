@@ -232,39 +232,24 @@ impl Drop for Held {
     }
 }
 
-/// `batch` with each signature check run (in batches, [`SealCheck::check_all`], on the
-/// cores free, up to 16, when there are many): the chunks that passed, in order, and those that
-/// did not, with why.
+/// `batch` with each signature check run ([`check_seals`](crate::check_seals): in batches,
+/// on the cores free): the chunks that passed, in order, and those that did not, with why.
 fn checked(batch: Vec<Queued>) -> (Vec<VerifiedChunk>, Vec<(VerifiedChunk, FailReason)>) {
-    let verdicts = crate::signing::in_parts(batch, |(_, check)| check.is_some(), check_part);
-    let mut passed = Vec::with_capacity(verdicts.len());
+    let (chunks, checks): (Vec<VerifiedChunk>, Vec<Option<Box<SealCheck>>>) =
+        batch.into_iter().unzip();
+    let checked: Vec<bool> = checks.iter().map(Option::is_some).collect();
+    let seals = checks.into_iter().flatten().map(|check| *check).collect();
+    // One verdict for each check, in order.
+    let mut verdicts = crate::signing::check_seals(seals).into_iter();
+    let mut passed = Vec::with_capacity(chunks.len());
     let mut refused = Vec::new();
-    for (chunk, verdict) in verdicts {
-        match verdict {
-            Ok(()) => passed.push(chunk),
-            Err(reason) => refused.push((chunk, reason)),
+    for (chunk, checked) in chunks.into_iter().zip(checked) {
+        match checked.then(|| verdicts.next().unwrap_or(Err(FailReason::BadSignature))) {
+            Some(Err(reason)) => refused.push((chunk, reason)),
+            Some(Ok(())) | None => passed.push(chunk),
         }
     }
     (passed, refused)
-}
-
-/// Each chunk of `part` with its check's verdict (`Ok` for a chunk without a check).
-fn check_part(part: Vec<Queued>) -> Vec<(VerifiedChunk, Result<(), FailReason>)> {
-    let checks: Vec<&SealCheck> = part
-        .iter()
-        .filter_map(|(_, check)| check.as_deref())
-        .collect();
-    let mut verdicts = SealCheck::check_all(&checks).into_iter();
-    part.into_iter()
-        .map(|(chunk, check)| {
-            let verdict = match check {
-                // One verdict for each check, in order.
-                Some(_) => verdicts.next().unwrap_or(Err(FailReason::BadSignature)),
-                None => Ok(()),
-            };
-            (chunk, verdict)
-        })
-        .collect()
 }
 
 #[cfg(test)]
