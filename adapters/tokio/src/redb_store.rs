@@ -748,9 +748,12 @@ impl RedbStore {
                 return Ok(None);
             };
             let bytes = pack.chunk(i);
-            // The bytes are hashed, whether or not the head keeps their hash: a chunk damaged
-            // on the disk is not served.
-            let matches = ChunkHash::of(bytes) == *id;
+            // Every chunk of a served pack was hashed as it was read: a damaged one is not
+            // served, and a small one (whose hash the head does not keep) is hashed again.
+            let matches = served.damaged.binary_search(&i).is_err()
+                && pack.entries[i]
+                    .id
+                    .map_or_else(|| ChunkHash::of(bytes) == *id, |known| known == *id);
             return Ok(matches.then(|| Bytes::copy_from_slice(bytes)));
         }
         // Not being served: only the chunk's own parts are read.
@@ -1639,6 +1642,9 @@ mod tests {
             None,
             "nor in a range"
         );
+        // Nor by hash from the pack the range read left in the cache.
+        assert_eq!(store.get(&large.id()).unwrap(), None);
+        assert_eq!(store.get(&small.id()).unwrap(), None);
         // Found and taken out, they are missing: the next sync fetches them again.
         let copy = temp_path("repair-copy");
         std::fs::copy(&path, &copy).unwrap();
