@@ -125,9 +125,8 @@ impl fmt::Display for SealError {
 
 impl core::error::Error for SealError {}
 
-/// A public key made ready to verify signatures (decompressed once, which costs about a
-/// third of a signature checked in a batch): keep one per origin when checking many
-/// chunks (`SealCheck::of`, with `std`).
+/// A public key made ready to verify signatures (decompressed once): keep one per origin
+/// when checking many chunks (`SealCheck::of`, with `std`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verifier {
     /// The node id of the key.
