@@ -95,9 +95,8 @@ pub(crate) async fn node_freed(freed: &mut watch::Receiver<u64>) {
 pub(crate) struct Writes {
     /// The node's count of unwritten bytes, which this session's add to.
     node: Arc<NodeUnwritten>,
-    /// Bytes of the chunks queued, and of those being written.
+    /// Bytes of the chunks queued (those being written count until written: [`Held`]).
     queued_bytes: usize,
-    writing_bytes: usize,
     /// Whether writes run on a blocking thread.
     background: bool,
     /// Verified chunks not handed to the store yet.
@@ -115,7 +114,6 @@ impl Writes {
         Self {
             node: Arc::clone(node),
             queued_bytes: 0,
-            writing_bytes: 0,
             background: store.writes_block(),
             queued: Vec::new(),
             writing: None,
@@ -165,7 +163,7 @@ impl Writes {
             return None;
         }
         let batch = std::mem::take(&mut self.queued);
-        self.writing_bytes = std::mem::take(&mut self.queued_bytes);
+        let bytes = std::mem::take(&mut self.queued_bytes);
         let checks = batch.iter().any(|(_, check)| check.is_some());
         let write = |batch: Vec<Queued>, shared: &Shared| {
             let (batch, refused) = checked(batch);
@@ -174,7 +172,7 @@ impl Writes {
         };
         if !self.background && !checks {
             let written = write(batch, shared);
-            self.node.release(std::mem::take(&mut self.writing_bytes));
+            self.node.release(bytes);
             return Some(written);
         }
         let shared = Arc::clone(shared);
@@ -183,7 +181,7 @@ impl Writes {
         // even if this session is dropped meanwhile (the thread goes on).
         let held = Held {
             node: Arc::clone(&self.node),
-            bytes: std::mem::take(&mut self.writing_bytes),
+            bytes,
         };
         self.writing = Some(tokio::task::spawn_blocking(move || {
             let _held = held;
@@ -215,7 +213,7 @@ impl Drop for Writes {
     /// What the session still held unwritten no longer counts against the node (a batch
     /// being written on a blocking thread counts until it is written).
     fn drop(&mut self) {
-        self.node.release(self.queued_bytes + self.writing_bytes);
+        self.node.release(self.queued_bytes);
     }
 }
 
