@@ -17,8 +17,10 @@
 //!    receiver verifies each whole chunk against the hash it asked for, or computes the
 //!    hash of a chunk of a range and checks that the chunk lies in it, before anyone may
 //!    store it; a mismatch counts as failed and is asked for again;
-//! 4. each side sends `Done` when it has everything it wanted; the session completes when
-//!    both have and nothing is left to serve.
+//! 4. each side sends `Done` when it has everything it wanted and its store has answered
+//!    for every chunk it verified (so a session that completes tells each side that the
+//!    other kept what it took); the session completes when both have and nothing is left
+//!    to serve.
 //!
 //! Every frame sent passes the session's [`Throttle`] first; a silent peer times out.
 //!

@@ -365,7 +365,7 @@ fn a_vec_buffer_is_made_anew_for_a_much_smaller_chunk() {
 }
 
 #[test]
-fn kept_chunks_count_once_acknowledged_and_hold_back_the_close() {
+fn kept_chunks_count_once_acknowledged_and_hold_back_done_and_the_close() {
     let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
     a.keeping = Some(Vec::new());
     let mut b = End::new(config(2), Limits::new(), chunks(2, 4, 100));
@@ -374,11 +374,21 @@ fn kept_chunks_count_once_acknowledged_and_hold_back_the_close() {
         a.outcome, None,
         "not closed while kept chunks are unwritten"
     );
+    assert_eq!(
+        b.outcome, None,
+        "the peer does not complete before a's store answered"
+    );
     assert_eq!(a.conduit.progress().synced_chunks, 0);
     assert_eq!(a.keeping.as_ref().map(Vec::len), Some(4));
     a.finish_keeping();
-    assert!(a.pump(Instant::ZERO, None));
+    run_until(
+        &mut a,
+        &mut b,
+        Instant::ZERO,
+        Instant::ZERO + Duration::from_secs(5),
+    );
     assert_eq!(a.outcome, Some(Ok(())));
+    assert_eq!(b.outcome, Some(Ok(())));
     assert_eq!(a.conduit.progress().synced_chunks, 4);
     assert_eq!(a.store, b.store);
 }

@@ -44,6 +44,9 @@ pub(super) struct Pull<const R: usize, const REQ: usize, const K: usize> {
     pub(super) deferred: Deque<(KeyRange, Instant), REQ>,
     /// Range requests that ended, whose claims the node may drop.
     pub(super) finished: Deque<KeyRange, REQ>,
+    /// Chunks verified whose store has not yet answered for them: `Done` waits for them,
+    /// so that a peer whose session completes knows that this side kept what it took.
+    pub(super) unanswered: u32,
     pub(super) done_sent: bool,
     /// Whether `PullComplete` was reported.
     pub(super) reported: bool,
@@ -65,6 +68,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Pull<R, REQ, K> {
             failures: Deque::new(),
             deferred: Deque::new(),
             finished: Deque::new(),
+            unanswered: 0,
             done_sent: false,
             reported: false,
         }
@@ -269,7 +273,11 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
                 return Ok(Some(t));
             }
         }
-        if self.pull_finished() && !self.pull.done_sent && self.may_finish() {
+        if self.pull_finished()
+            && self.pull.unanswered == 0
+            && !self.pull.done_sent
+            && self.may_finish()
+        {
             let t = Self::emit(&Message::Done, frame)?;
             self.pull.done_sent = true;
             return Ok(Some(t));
@@ -366,6 +374,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
         if result.is_ok() {
             // Synced once the store says so ([`chunk_stored`](Self::chunk_stored)).
             self.progress.bytes_transferred += bytes.len() as u64;
+            self.pull.unanswered = self.pull.unanswered.saturating_add(1);
         }
         self.check_completion();
         result
@@ -470,6 +479,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// [`Event::ChunkFailed`](super::Event::ChunkFailed): the adapter, which got the
     /// store's answer, knows.
     pub fn chunk_stored(&mut self, stored: Stored) {
+        self.answered();
         match stored {
             Stored::Kept => self.progress.synced_chunks += 1,
             Stored::Fork => {
@@ -482,6 +492,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// stored after all (on a secure link, its signature does not hold): reported with
     /// [`Event::ChunkFailed`](super::Event::ChunkFailed) and counted as failed.
     pub fn chunk_refused(&mut self, hash: ChunkHash, reason: FailReason) {
+        self.answered();
         self.failed(hash, reason);
     }
 
@@ -490,7 +501,13 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// and is not reported as [`Event::ChunkFailed`](super::Event::ChunkFailed), as the
     /// adapter knows.
     pub fn chunk_check_failed(&mut self) {
+        self.answered();
         let _ = self.count_failure();
+    }
+
+    /// One verified chunk is answered for: stored, or refused after all.
+    fn answered(&mut self) {
+        self.pull.unanswered = self.pull.unanswered.saturating_sub(1);
     }
 
     /// Counts a failed chunk; past `max_failures` the session fails.
