@@ -295,6 +295,11 @@ struct StoreArg {
     /// writing is then bounded by the disk).
     #[arg(long, value_enum, default_value_t = DurabilityArg::Process)]
     durability: DurabilityArg,
+    /// The most bytes of chunks the store holds (e.g. `10GiB`): a write that would pass it
+    /// stores nothing of itself and fails (the session ends with an error); nothing stored
+    /// is removed. No limit when not given; `gc --max-bytes` makes room.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_store_bytes: Option<u64>,
 }
 
 /// `--durability`: see `chunk_sync_tokio::Durability`.
@@ -658,7 +663,9 @@ fn open_file(store: &StoreArg) -> Result<RedbStore> {
         DurabilityArg::Process => Durability::Process,
         DurabilityArg::Disk => Durability::Disk,
     };
-    RedbStore::open_with(dir.join(DB_FILE), durability).map_err(|e| cannot_open(dir, &e))
+    RedbStore::open_with(dir.join(DB_FILE), durability)
+        .map(|s| s.with_max_bytes(store.max_store_bytes))
+        .map_err(|e| cannot_open(dir, &e))
 }
 
 /// One line for a store that cannot be opened.

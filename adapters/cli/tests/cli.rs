@@ -1216,3 +1216,60 @@ fn verify_checks_signatures_of_the_own_log_and_of_trusted_origins() {
         "--signatures",
     );
 }
+
+/// A store with a limit: a pull stops with one clear line before passing it, keeps what it
+/// stored, and a later pull without the limit fetches only the rest; an append that would
+/// pass it stores nothing.
+#[test]
+fn a_store_limit_stops_a_pull_and_an_append_with_one_line_and_loses_nothing() {
+    let src = store_with("limit-src", 2_000);
+    let dst = temp_dir("limit-dst");
+    let d = dst.to_str().unwrap();
+    let server = Server::start(&src, &[]);
+    let limited = [
+        "pull",
+        "--from",
+        &server.1,
+        "--store",
+        d,
+        "--max-store-bytes",
+        "20KB",
+    ];
+    let out = run(&limited, None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the store is full"), "{stderr}");
+    assert!(stderr.contains("its limit is 20000"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let kept = chunk_count(&dst);
+    assert!(kept < 200, "{kept} chunks kept under a 20 KB limit");
+    let out = ok(&["pull", "--from", &server.1, "--store", d], None);
+    assert!(
+        out.contains(&format!("pulled {} chunks", 200 - kept)),
+        "{out}"
+    );
+    assert_eq!(chunk_count(&dst), 200);
+    let out = run(
+        &["append", "--store", d, "--max-store-bytes", "1KB"],
+        Some(&events(50, 20)),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the store is full"), "{stderr}");
+    assert_eq!(chunk_count(&dst), 200);
+    fails(
+        &[
+            "pull",
+            "--from",
+            &server.1,
+            "--store",
+            d,
+            "--max-store-bytes",
+            "lots",
+        ],
+        "--max-store-bytes",
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_dir_all(&dst);
+}

@@ -84,6 +84,16 @@ pub enum RedbError {
     Damaged(String),
     /// The store was opened read-only and was asked to write.
     ReadOnly,
+    /// A write would take the chunk bytes stored past the limit set with
+    /// [`RedbStore::with_max_bytes`]: nothing of it was stored.
+    Full {
+        /// The limit, in bytes of chunk data.
+        limit: u64,
+        /// Bytes of chunk data stored before the write.
+        held: u64,
+        /// Bytes of chunk data the write would have added.
+        adding: u64,
+    },
     /// The file could not be read or written.
     Io(io::Error),
     /// Any other database failure.
@@ -97,6 +107,15 @@ impl fmt::Display for RedbError {
             Self::NotAStore => f.write_str("the file is not a chunk store"),
             Self::Damaged(why) => write!(f, "the store file is damaged: {why}"),
             Self::ReadOnly => f.write_str("the store was opened read-only"),
+            Self::Full {
+                limit,
+                held,
+                adding,
+            } => write!(
+                f,
+                "the store is full: it holds {held} bytes of chunks, its limit is {limit}, and \
+                 {adding} more were to be stored"
+            ),
             Self::Io(e) => write!(f, "store file error: {e}"),
             Self::Db(e) => write!(f, "store error: {e}"),
         }
@@ -494,6 +513,8 @@ pub struct RedbStore {
     writes: Mutex<()>,
     /// Opened with [`RedbStore::open_read_only`]: every write is refused.
     read_only: bool,
+    /// The most bytes of chunk data the store takes ([`RedbStore::with_max_bytes`]).
+    max_bytes: Option<u64>,
     /// Whether the kept block summaries may be used: not in a store of the first layout
     /// opened read-only, whose chunks are not in packs.
     trust_blocks: bool,
@@ -556,6 +577,7 @@ impl RedbStore {
                 writes: Mutex::new(()),
                 cache: Mutex::default(),
                 read_only: false,
+                max_bytes: None,
                 trust_blocks: true,
             })
         })
@@ -605,9 +627,28 @@ impl RedbStore {
                 writes: Mutex::new(()),
                 cache: Mutex::default(),
                 read_only: true,
+                max_bytes: None,
                 trust_blocks: !first_layout,
             })
         })
+    }
+
+    /// Limits the chunk data the store takes to `max_bytes` (`None`: no limit, the
+    /// default). A write that would pass it stores nothing and fails with
+    /// [`RedbError::Full`]; what is stored is never evicted, and a store already past a
+    /// lowered limit takes nothing more until `gc` or `remove_damaged` make room. The
+    /// limit counts chunk bytes ([`total_bytes`](Self::total_bytes)), not the file, which
+    /// is larger (see the README's figures).
+    #[must_use]
+    pub const fn with_max_bytes(mut self, max_bytes: Option<u64>) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The limit of [`with_max_bytes`](Self::with_max_bytes).
+    #[must_use]
+    pub const fn max_bytes(&self) -> Option<u64> {
+        self.max_bytes
     }
 
     /// Calls `f` with the index, reading it from the packs first if it was not yet.
@@ -858,7 +899,8 @@ impl RedbStore {
                     txn.open_table(HEADS).map_err(boxed)?,
                     txn.open_table(PARTS).map_err(boxed)?,
                 );
-                let mut bytes = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+                let held = m.get(BYTES).map_err(boxed)?.map_or(0, |v| v.value());
+                let mut bytes = held;
                 // The chunks added to each block, in the order they were added.
                 let mut touched: BTreeMap<Key, Vec<(u64, u64, ChunkHash)>> = BTreeMap::new();
                 let now = unix_now();
@@ -909,6 +951,18 @@ impl RedbStore {
                     added.push((id, place));
                     bytes += chunk.bytes().len() as u64;
                     done.added += 1;
+                }
+                if let Some(limit) = self.max_bytes
+                    && bytes > limit
+                    && bytes > held
+                {
+                    // Dropped without a commit: nothing of the batch is stored.
+                    let adding = bytes - held;
+                    return Err(StoreError::from(RedbError::Full {
+                        limit,
+                        held,
+                        adding,
+                    }));
                 }
                 for (block, added) in touched {
                     keep_block(&edit, &mut blocks, block, added)?;
@@ -1894,6 +1948,58 @@ mod tests {
             None,
             "not the chunk at 1"
         );
+        drop(s);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A store with a byte limit takes batches while they fit, refuses whole the one that
+    /// would pass it (keeping everything it had), still takes chunks it holds already,
+    /// and takes more once `gc` made room; the limit is the process's, not the file's.
+    #[test]
+    fn a_full_store_refuses_a_batch_whole_and_keeps_what_it_had() {
+        let path = temp_path("full");
+        let payload = "f".repeat(1_000);
+        let chunks: Vec<VerifiedChunk> = (0..10)
+            .map(|seq| crate::store::tests::chunk(6, seq, 1, &payload))
+            .collect();
+        let len = chunks[0].bytes().len() as u64;
+        let s = RedbStore::open(&path)
+            .unwrap()
+            .with_max_bytes(Some(4 * len));
+        assert_eq!(s.max_bytes(), Some(4 * len));
+        assert_eq!(s.insert_batch(&chunks[..3]).unwrap().added, 3);
+        let err = s.insert_batch(&chunks[3..5]).unwrap_err();
+        match err.downcast_ref::<RedbError>() {
+            Some(&RedbError::Full {
+                limit,
+                held,
+                adding,
+            }) => assert_eq!((limit, held, adding), (4 * len, 3 * len, 2 * len)),
+            other => panic!("{other:?}"),
+        }
+        assert!(err.to_string().contains("full"), "{err}");
+        assert_eq!(
+            s.len().unwrap(),
+            3,
+            "nothing of the refused batch is stored"
+        );
+        assert_eq!(s.total_bytes().unwrap(), 3 * len);
+        // A chunk held already adds nothing, and one more fits exactly.
+        assert_eq!(s.insert_batch(&chunks[..1]).unwrap().held.len(), 1);
+        assert_eq!(s.insert_batch(&chunks[3..4]).unwrap().added, 1);
+        assert!(s.insert_batch(&chunks[4..5]).is_err());
+        // gc of everything makes room.
+        let policy = RetentionPolicy {
+            max_age: None,
+            max_bytes: Some(0),
+        };
+        assert_eq!(s.gc(policy).unwrap().removed, 4);
+        assert_eq!(s.insert_batch(&chunks[4..8]).unwrap().added, 4);
+        drop(s);
+        // Reopened without a limit, it takes the rest.
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.max_bytes(), None);
+        assert_eq!(s.insert_batch(&chunks[8..]).unwrap().added, 2);
         drop(s);
         std::fs::remove_file(&path).unwrap();
     }
