@@ -70,6 +70,14 @@ const BYTES: &str = "bytes";
 /// Counters of the first layout, removed when such a store is converted.
 const FIRST_LAYOUT_META: [&str; 2] = ["blocks/chunks", "blocks/bytes"];
 
+/// Refuses a chunk longer than [`RedbStore::MAX_CHUNK`].
+fn check_len(len: usize) -> Result<(), StoreError> {
+    if len > RedbStore::MAX_CHUNK {
+        return Err(StoreError::from(RedbError::ChunkTooLarge { len }));
+    }
+    Ok(())
+}
+
 /// Why a [`RedbStore`] failed: the cases a user acts on are told apart.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -84,6 +92,12 @@ pub enum RedbError {
     Damaged(String),
     /// The store was opened read-only and was asked to write.
     ReadOnly,
+    /// A chunk is larger than the store takes ([`RedbStore::MAX_CHUNK`] bytes): nothing of
+    /// its write was stored.
+    ChunkTooLarge {
+        /// The chunk's length.
+        len: usize,
+    },
     /// A write would take the chunk bytes stored past the limit set with
     /// [`RedbStore::with_max_bytes`]: nothing of it was stored.
     Full {
@@ -107,6 +121,11 @@ impl fmt::Display for RedbError {
             Self::NotAStore => f.write_str("the file is not a chunk store"),
             Self::Damaged(why) => write!(f, "the store file is damaged: {why}"),
             Self::ReadOnly => f.write_str("the store was opened read-only"),
+            Self::ChunkTooLarge { len } => write!(
+                f,
+                "a chunk of {len} bytes is larger than a store takes ({} bytes)",
+                RedbStore::MAX_CHUNK
+            ),
             Self::Full {
                 limit,
                 held,
@@ -633,6 +652,10 @@ impl RedbStore {
         })
     }
 
+    /// The largest chunk the store takes: its length is kept in 32 bits. (Sessions take
+    /// chunks of at most 16 MiB.)
+    pub const MAX_CHUNK: usize = u32::MAX as usize;
+
     /// Limits the chunk data the store takes to `max_bytes` (`None`: no limit, the
     /// default). A write that would pass it stores nothing and fails with
     /// [`RedbError::Full`]; what is stored is never evicted, and a store already past a
@@ -906,6 +929,7 @@ impl RedbStore {
                 let now = unix_now();
                 for chunk in chunks {
                     let id = chunk.id();
+                    check_len(chunk.bytes().len())?;
                     let place = match Span::of(chunk.bytes()) {
                         Some(span) => match edit.insert(span, id, chunk.bytes(), now)? {
                             Put::Held => {
@@ -1950,6 +1974,19 @@ mod tests {
         );
         drop(s);
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_chunk_whose_length_needs_more_than_32_bits_is_refused() {
+        assert!(check_len(RedbStore::MAX_CHUNK).is_ok());
+        let err = check_len(RedbStore::MAX_CHUNK + 1).unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<RedbError>(),
+                Some(RedbError::ChunkTooLarge { len }) if *len == RedbStore::MAX_CHUNK + 1
+            ),
+            "{err}"
+        );
     }
 
     /// A store with a byte limit takes batches while they fit, refuses whole the one that
