@@ -18,9 +18,10 @@
 //!    hash of a chunk of a range and checks that the chunk lies in it, before anyone may
 //!    store it; a mismatch counts as failed and is asked for again;
 //! 4. each side sends `Done` when it has everything it wanted and its store has answered
-//!    for every chunk it verified (so a session that completes tells each side that the
-//!    other kept what it took); the session completes when both have and nothing is left
-//!    to serve.
+//!    for every chunk it verified, stored or refused (so a session that completes tells
+//!    each side that what the other took is stored); while it waits for its store, a side
+//!    sends `KeepAlive` and the wait does not count as idle; the session completes when
+//!    both have sent `Done` and nothing is left to serve.
 //!
 //! Every frame sent passes the session's [`Throttle`] first; a silent peer times out.
 //!
@@ -418,8 +419,8 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
                 .on_have(Some(KeyRange { origin, lo, hi }))
                 .map(|()| Got::Nothing),
             Message::Resync => self.on_have(None).map(|()| Got::Nothing),
-            Message::KeepAlive if self.is_live() => Ok(Got::Nothing),
-            Message::KeepAlive => unexpected("KeepAlive in a session that is not live"),
+            // A live session's idle link, or a peer waiting for its store.
+            Message::KeepAlive => Ok(Got::Nothing),
             // Unknown variants cannot be decoded, so none reach this point.
             #[allow(unreachable_patterns)]
             _ => unexpected("an unknown message"),
@@ -517,7 +518,8 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         }
     }
 
-    /// Checks timers: ends the session if no frame went either way for the idle timeout,
+    /// Checks timers: ends the session if no frame went either way for the idle timeout
+    /// (time spent waiting for the store to answer for verified chunks does not count),
     /// if the peer's `Hello` did not come within the handshake timeout, or if the overall
     /// deadline passed. Calls before any deadline are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -533,7 +535,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         } else if matches!(self.phase, Phase::Handshake) && now >= self.handshake_deadline {
             self.fail(Error::HandshakeTimedOut);
         } else if now >= self.idle_deadline {
-            self.fail(Error::TimedOut);
+            if self.pull.unanswered > 0 {
+                // Waiting for this side's own store, not for the peer: the idle time
+                // starts again (and `KeepAlive`s tell the peer this side is there).
+                self.idle_deadline = now + self.config.idle_timeout;
+            } else {
+                self.fail(Error::TimedOut);
+            }
         }
     }
 

@@ -33,7 +33,7 @@
 //! | 9 | `RangeEnd` |
 //! | 10 | `Have` (live sessions) |
 //! | 11 | `Resync` (live sessions) |
-//! | 12 | `KeepAlive` (live sessions) |
+//! | 12 | `KeepAlive` (live sessions; any session while a side waits for its store) |
 //! | 13 | `EventChunkPutLz4` (to a peer that announced [`Capabilities::LZ4`]) |
 //! | 14 | `GetIds` (to a peer that announced [`Capabilities::LIST`]) |
 //! | 15 | `Ids` |
@@ -262,7 +262,8 @@ pub enum Message<'a> {
     /// Live sessions: the sender has stored more than it could announce one by one; the
     /// receiver reconciles with its whole store again.
     Resync,
-    /// Live sessions: nothing else to send for a while; the link is alive.
+    /// Nothing else to send for a while; the link is alive. Sent in live sessions, and in
+    /// any session by a side that waits for its store to write what it received.
     KeepAlive,
     /// A piece of a chunk compressed with the LZ4 block format: `data` decompresses to the
     /// `len` bytes of the chunk from `offset` on (sent only to a peer that announced

@@ -369,7 +369,11 @@ fn kept_chunks_count_once_acknowledged_and_hold_back_done_and_the_close() {
     let mut a = End::new(config(1), Limits::new(), BTreeMap::new());
     a.keeping = Some(Vec::new());
     let mut b = End::new(config(2), Limits::new(), chunks(2, 4, 100));
-    run(&mut a, &mut b, Duration::from_secs(5));
+    // A store slower than the idle timeout: a waits without timing out, and its
+    // `KeepAlive`s keep b, which has sent everything, from timing out too.
+    let idle = config(1).idle_timeout;
+    let t = run(&mut a, &mut b, Duration::from_secs(4 * idle.as_secs()));
+    assert!(t >= Instant::ZERO + idle + idle, "reached {t:?}");
     assert_eq!(
         a.outcome, None,
         "not closed while kept chunks are unwritten"
@@ -381,12 +385,7 @@ fn kept_chunks_count_once_acknowledged_and_hold_back_done_and_the_close() {
     assert_eq!(a.conduit.progress().synced_chunks, 0);
     assert_eq!(a.keeping.as_ref().map(Vec::len), Some(4));
     a.finish_keeping();
-    run_until(
-        &mut a,
-        &mut b,
-        Instant::ZERO,
-        Instant::ZERO + Duration::from_secs(5),
-    );
+    run_until(&mut a, &mut b, t, t + Duration::from_secs(5));
     assert_eq!(a.outcome, Some(Ok(())));
     assert_eq!(b.outcome, Some(Ok(())));
     assert_eq!(a.conduit.progress().synced_chunks, 4);

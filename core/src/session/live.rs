@@ -82,11 +82,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         !self.is_live() || self.closing
     }
 
-    /// When the next `KeepAlive` is due, in a live session.
+    /// When the next `KeepAlive` is due: in a live session, and in any session while this
+    /// side waits for its store to answer for chunks it verified (the peer, which may
+    /// have sent everything, then hears from it before its idle timeout).
     pub(super) fn keepalive_at(&self) -> Option<Instant> {
         let open = matches!(self.phase, Phase::Open) && !self.pull.done_sent;
         let interval = Duration::from_micros(self.config.idle_timeout.as_micros() / 3);
-        (open && self.is_live()).then(|| self.last_sent + interval)
+        (open && (self.is_live() || self.pull.unanswered > 0)).then(|| self.last_sent + interval)
     }
 
     /// The next announcement for the peer, if any.
