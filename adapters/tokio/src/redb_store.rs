@@ -652,9 +652,10 @@ impl RedbStore {
         })
     }
 
-    /// The largest chunk the store takes: its length is kept in 32 bits. (Sessions take
-    /// chunks of at most 16 MiB.)
-    pub const MAX_CHUNK: usize = u32::MAX as usize;
+    /// The largest chunk the store takes, 1 GiB: a pack keeps lengths and offsets in 32
+    /// bits, which a chunk this large still leaves room for beside a pack's others.
+    /// (Sessions take chunks of at most 16 MiB; a chunker seals at most 1 MiB.)
+    pub const MAX_CHUNK: usize = 1 << 30;
 
     /// Limits the chunk data the store takes to `max_bytes` (`None`: no limit, the
     /// default). A write that would pass it stores nothing and fails with
@@ -1977,7 +1978,7 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_whose_length_needs_more_than_32_bits_is_refused() {
+    fn a_chunk_larger_than_a_store_takes_is_refused() {
         assert!(check_len(RedbStore::MAX_CHUNK).is_ok());
         let err = check_len(RedbStore::MAX_CHUNK + 1).unwrap_err();
         assert!(
