@@ -76,8 +76,9 @@ struct Hooked {
     inner: MemStore,
     /// Changes the bytes served (a liar flips one).
     serve: fn(Bytes) -> Bytes,
-    /// Runs before each batch write (a disk takes a moment; a gate holds it).
-    before_write: Box<dyn Fn() + Send + Sync>,
+    /// Runs before each batch write (a disk takes a moment; a gate holds it; a full store
+    /// refuses it).
+    before_write: Box<dyn Fn() -> Result<(), StoreError> + Send + Sync>,
     /// Whether writes block, so that the node makes them on a blocking thread.
     blocks: bool,
 }
@@ -87,7 +88,7 @@ impl Hooked {
         Self {
             inner,
             serve: |b| b,
-            before_write: Box::new(|| {}),
+            before_write: Box::new(|| Ok(())),
             blocks: false,
         }
     }
@@ -108,8 +109,28 @@ impl Hooked {
     fn gated(inner: MemStore, gate: &std::sync::Arc<Gate>) -> Self {
         let gate = gate.clone();
         Self {
-            before_write: Box::new(move || gate.wait()),
+            before_write: Box::new(move || {
+                gate.wait();
+                Ok(())
+            }),
             blocks: true,
+            ..Self::new(inner)
+        }
+    }
+
+    /// A store that refuses every batch write while `full` is set.
+    fn refusing_while(
+        inner: MemStore,
+        full: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        let full = full.clone();
+        Self {
+            before_write: Box::new(move || {
+                if full.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(StoreError::msg("the store is full"));
+                }
+                Ok(())
+            }),
             ..Self::new(inner)
         }
     }
@@ -117,7 +138,10 @@ impl Hooked {
     /// A store that behaves like a disk: its writes block and take a moment.
     fn disk_like(inner: MemStore) -> Self {
         Self {
-            before_write: Box::new(|| std::thread::sleep(Duration::from_millis(2))),
+            before_write: Box::new(|| {
+                std::thread::sleep(Duration::from_millis(2));
+                Ok(())
+            }),
             blocks: true,
             ..Self::new(inner)
         }
@@ -135,7 +159,7 @@ impl NodeStore for Hooked {
         self.inner.insert(chunk)
     }
     fn insert_batch(&self, chunks: &[VerifiedChunk]) -> Result<Inserted, StoreError> {
-        (self.before_write)();
+        (self.before_write)()?;
         self.inner.insert_batch(chunks)
     }
     fn writes_block(&self) -> bool {
@@ -744,4 +768,52 @@ async fn a_node_lists_the_chunks_another_holds_without_fetching_them() {
     let listed = client.list_from(listener.local_addr()).await.unwrap();
     assert_eq!(listed, set.ids());
     assert_eq!(ids(&client), some.ids(), "nothing fetched");
+}
+
+/// A store that refuses writes for a while (full): the own log's sealed chunks are kept,
+/// an append fails and takes nothing while the store still refuses them, and once it takes
+/// writes again the same events appended again are all stored, none lost, none twice.
+#[tokio::test]
+async fn own_chunks_the_store_refuses_are_kept_and_stored_once_it_takes_them() {
+    use chunk_sync_core::{EventBuf, Privacy};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let full = std::sync::Arc::new(AtomicBool::new(true));
+    let config = NodeConfig {
+        events_per_chunk: 10,
+        seal_delay: None,
+        ..NodeConfig::new(NodeId(1))
+    };
+    let node = Node::new_insecure_plaintext(config, Hooked::refusing_while(MemStore::new(), &full))
+        .unwrap();
+    let events = |seqs: std::ops::Range<u64>| -> Vec<EventBuf> {
+        seqs.map(|seq| EventBuf {
+            origin: NodeId(1),
+            seq,
+            timestamp: seq,
+            kind: "t".into(),
+            privacy: Privacy::Public,
+            payload: vec![7; 16],
+        })
+        .collect()
+    };
+    // Two chunks sealed and refused; five events stay in the open chunk.
+    let err = node.append_batch(&events(0..25)).await.unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    // Still refused: nothing new is taken.
+    let err = node.append_batch(&events(25..40)).await.unwrap_err();
+    assert!(matches!(err, Error::Store(_)), "{err}");
+    assert!(ids(&node).is_empty());
+    full.store(false, Ordering::SeqCst);
+    let done = node.append_batch(&events(0..40)).await.unwrap();
+    assert_eq!((done.late, done.taken), (25, 15));
+    let mut spans = [(Span::default(), ChunkHash::default()); 8];
+    let n = node
+        .store()
+        .chunks_in(&KeyRange::whole(NodeId(1)), &mut spans)
+        .unwrap();
+    let covered: Vec<(u64, u64)> = spans[..n]
+        .iter()
+        .map(|(s, _)| (s.first_seq, s.end_seq))
+        .collect();
+    assert_eq!(covered, [(0, 10), (10, 20), (20, 30), (30, 40)]);
 }

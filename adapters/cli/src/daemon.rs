@@ -19,6 +19,11 @@ use crate::events::parse_line;
 const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 /// Events appended in one call at most.
 const BATCH: usize = 1024;
+/// The first wait before a batch the store refused is appended again; it doubles up to
+/// [`APPEND_RETRY_MAX`].
+const APPEND_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts to append a batch the store refused.
+const APPEND_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Where `run` reads events from.
 #[derive(Debug)]
@@ -207,24 +212,37 @@ async fn read_input(node: Node, input: Input, counts: Arc<Counts>) {
         if batch.is_empty() {
             continue;
         }
-        match node.append_batch(&batch).await {
-            Ok(done) => {
-                counts
-                    .appended
-                    .fetch_add(done.taken as u64, Ordering::Relaxed);
-                late.add(done.late, done.late_range);
-                if done.taken > 0 || rx.is_empty() {
-                    late.report(counts.appended.load(Ordering::Relaxed) == 0);
-                }
-                for (seq, why) in &done.refused {
+        // A store that refuses (full, failing) gets the same batch again after a wait that
+        // grows, and reading waits meanwhile: no event is dropped. (Events it took before
+        // failing count as late the next time.)
+        let mut retry_in = APPEND_RETRY_MIN;
+        let done = loop {
+            match node.append_batch(&batch).await {
+                Ok(done) => break done,
+                Err(e) => {
                     log(&[
-                        ("event", "refused_event".into()),
-                        ("seq", seq.to_string()),
-                        ("error", why.to_string()),
+                        ("event", "append_failed".into()),
+                        ("error", e.to_string()),
+                        ("retry_in", format!("{}ms", retry_in.as_millis())),
                     ]);
+                    tokio::time::sleep(retry_in).await;
+                    retry_in = (retry_in * 2).min(APPEND_RETRY_MAX);
                 }
             }
-            Err(e) => log(&[("event", "append_failed".into()), ("error", e.to_string())]),
+        };
+        counts
+            .appended
+            .fetch_add(done.taken as u64, Ordering::Relaxed);
+        late.add(done.late, done.late_range);
+        if done.taken > 0 || rx.is_empty() {
+            late.report(counts.appended.load(Ordering::Relaxed) == 0);
+        }
+        for (seq, why) in &done.refused {
+            log(&[
+                ("event", "refused_event".into()),
+                ("seq", seq.to_string()),
+                ("error", why.to_string()),
+            ]);
         }
         batch.clear();
     }

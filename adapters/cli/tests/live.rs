@@ -263,3 +263,31 @@ fn append_goes_through_the_node_holding_the_store_and_keeps_its_open_chunk() {
     assert_eq!(ls.lines().count(), 1, "{ls}");
     assert!(ls.contains("0..5"), "{ls}");
 }
+
+/// A daemon whose store is full keeps the events it read: it appends the same batch
+/// again after growing waits instead of dropping it, and once restarted without the
+/// limit it stores every event of its file.
+#[test]
+fn a_full_store_pauses_the_daemon_s_input_and_loses_no_event() {
+    let store = temp_dir("run-full");
+    let events = store.with_extension("jsonl");
+    append_to(&events, &event_lines(0..50));
+    let file = events.to_str().unwrap();
+    let daemon = Daemon::start(&store, &["--follow", file, "--max-store-bytes", "100"]);
+    // The open chunk is sealed after its delay and refused; the next batch waits for it.
+    std::thread::sleep(Duration::from_millis(500));
+    append_to(&events, &event_lines(50..60));
+    wait_for("two attempts", || daemon.log().contains("retry_in=200ms"));
+    let log = daemon.log();
+    assert!(log.contains("event=append_failed"), "{log}");
+    assert!(log.contains("the store is full"), "{log}");
+    assert_eq!(chunks(&store), 0);
+    // Stopping cannot store the open chunk either: the daemon says so.
+    assert!(!daemon.interrupt().success());
+    let daemon = Daemon::start(&store, &["--follow", file]);
+    wait_for("every event stored", || {
+        let out = ok(&["stat", "--store", store.to_str().unwrap()], None);
+        out.contains("sequence numbers up to 60")
+    });
+    assert!(daemon.interrupt().success());
+}

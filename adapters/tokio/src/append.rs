@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chunk_sync_core::recon::KeyRange;
-use chunk_sync_core::{ChunkEvent, EventBuf, Span};
+use chunk_sync_core::{ChunkError, ChunkEvent, EventBuf, Span};
 use tokio::sync::{Notify, broadcast};
 use tracing::{debug, warn};
 
@@ -48,7 +48,12 @@ impl Node {
     ///
     /// # Errors
     /// [`Error::Store`] if the store fails to read where the log ends, or to keep a
-    /// sealed chunk (which is then lost from the log: its sequence numbers are used).
+    /// sealed chunk (full, or failing). The chunks it refused are kept, in memory, and
+    /// stored before anything new is taken by the next append, [`flush`](Self::flush)
+    /// or seal; while the store still refuses them, an append takes nothing and fails
+    /// again, so that appending the same events once the store has room loses none (those
+    /// taken already are counted as late). A fork (another process appended to this
+    /// origin's log in the same store) is not kept: storing it again cannot succeed.
     pub async fn append_batch<E: ChunkEvent>(&self, events: &[E]) -> Result<Appended, Error> {
         let now = self.shared.clock.now();
         let (mut report, sealed, keys) = {
@@ -57,6 +62,12 @@ impl Node {
                 Some(log) => log,
                 empty => empty.insert(self.open_log()?),
             };
+            // Chunks the store refused before go first.
+            let earlier = log.take_unstored();
+            if let Err(refused) = store_own(&self.shared, earlier).await {
+                log.keep_unstored(refused.chunks);
+                return Err(refused.error);
+            }
             let (report, sealed) = log.push(events, now);
             self.wake_sealer(log.deadline().is_some());
             (report, sealed, log.keys().cloned())
@@ -70,14 +81,22 @@ impl Node {
         Ok(report)
     }
 
-    /// Seals the own log's open chunk now and stores it (nothing if it holds no event).
+    /// Seals the own log's open chunk now and stores it (nothing if it holds no event),
+    /// after any chunks the store refused before.
     ///
     /// # Errors
-    /// [`Error::Store`] if the store fails to keep it.
+    /// [`Error::Store`] if the store fails to keep them: they are kept, as
+    /// [`append_batch`](Self::append_batch) keeps them.
     pub async fn flush(&self) -> Result<(), Error> {
-        let sealed = self.shared.log.lock().await.as_mut().map(OwnLog::seal);
+        let sealed = self
+            .shared
+            .log
+            .lock()
+            .await
+            .as_mut()
+            .map(seal_with_unstored);
         let sealed = sealed.transpose().map_err(|e| Error::Store(e.into()))?;
-        self.store_own(sealed.into_iter().flatten().collect()).await
+        self.store_own(sealed.unwrap_or_default()).await
     }
 
     /// What happens on this node from now on: chunks stored, peers connected and lost.
@@ -145,9 +164,47 @@ impl Node {
     }
 
     /// Stores chunks sealed from the own log and announces them.
+    /// Stores chunks of the own log, keeping those the store refuses to be stored again.
     async fn store_own(&self, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
-        store_own(&self.shared, sealed).await
+        store_or_keep(&self.shared, sealed).await
     }
+}
+
+/// The chunks the store refused before and the open chunk, sealed and signed. If sealing
+/// fails, the chunks refused before are kept.
+fn seal_with_unstored(log: &mut OwnLog) -> Result<Vec<VerifiedChunk>, ChunkError> {
+    let mut all = log.take_unstored();
+    match log.seal() {
+        Ok(sealed) => {
+            all.extend(sealed);
+            Ok(all)
+        }
+        Err(e) => {
+            log.keep_unstored(all);
+            Err(e)
+        }
+    }
+}
+
+/// What the store refused of the own log's chunks: why, and the chunks to store again
+/// (none for a fork, which storing again cannot mend).
+struct Refused {
+    error: Error,
+    chunks: Vec<VerifiedChunk>,
+}
+
+/// [`store_own`], keeping the chunks the store refuses in the own log to be stored
+/// again.
+async fn store_or_keep(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
+    let Err(refused) = store_own(shared, sealed).await else {
+        return Ok(());
+    };
+    if !refused.chunks.is_empty()
+        && let Some(log) = shared.log.lock().await.as_mut()
+    {
+        log.keep_unstored(refused.chunks);
+    }
+    Err(refused.error)
 }
 
 /// Chunks sealed from the own log, signed: on a blocking thread, and on every core, when
@@ -169,7 +226,7 @@ async fn sign(sealed: Vec<Sealing>, keys: Option<Keypair>) -> Result<Vec<Verifie
 
 /// Stores `sealed` (on a blocking thread for a store whose writes wait on a disk) and
 /// tells the node's sessions and the application.
-async fn store_own(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
+async fn store_own(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(), Refused> {
     if sealed.is_empty() {
         return Ok(());
     }
@@ -180,16 +237,29 @@ async fn store_own(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(
             (sealed, inserted)
         })
         .await
-        .map_err(|e| Error::Store(e.into()))?
+        .map_err(|e| Refused {
+            error: Error::Store(e.into()),
+            chunks: Vec::new(),
+        })?
     } else {
         let inserted = shared.store.insert_batch(&sealed);
         (sealed, inserted)
     };
-    let inserted = inserted.map_err(Error::Store)?;
+    let inserted = match inserted {
+        Ok(inserted) => inserted,
+        Err(e) => {
+            return Err(Refused {
+                error: Error::Store(e),
+                chunks: sealed,
+            });
+        }
+    };
     if let Some(fork) = inserted.forks.first() {
         // The log continued past chunks that another process appended meanwhile.
-        let error = StoreError::from(*fork);
-        return Err(Error::Store(error));
+        return Err(Refused {
+            error: Error::Store(StoreError::from(*fork)),
+            chunks: Vec::new(),
+        });
     }
     for chunk in &sealed {
         if let Some(span) = Span::of(chunk.bytes()) {
@@ -241,16 +311,16 @@ async fn seal_when_due(shared: Weak<Shared>, wake: Arc<Notify>) {
             let mut log = node.log.lock().await;
             log.as_mut()
                 .filter(|log| log.deadline().is_some_and(|t| t <= now))
-                .map(OwnLog::seal)
+                .map(seal_with_unstored)
         };
         let sealed = match sealed.transpose() {
-            Ok(sealed) => sealed.flatten(),
+            Ok(sealed) => sealed.unwrap_or_default(),
             Err(e) => {
                 warn!(error = %e, "a sealed chunk of the own log could not be signed");
                 continue;
             }
         };
-        if let Err(e) = store_own(&node, sealed.into_iter().collect()).await {
+        if let Err(e) = store_or_keep(&node, sealed).await {
             warn!(error = %e, "a sealed chunk of the own log could not be stored");
         }
     }

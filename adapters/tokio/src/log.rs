@@ -54,6 +54,9 @@ pub(crate) struct OwnLog {
     chunker: Chunker<Vec<u8>>,
     /// The origin's key pair, which signs its chunks.
     keys: Option<chunk_sync_core::secure::Keypair>,
+    /// Chunks sealed that the store refused (full, or failing): stored before anything
+    /// new is taken.
+    unstored: Vec<VerifiedChunk>,
 }
 
 impl OwnLog {
@@ -74,6 +77,7 @@ impl OwnLog {
         Ok(Self {
             chunker,
             keys: keys.cloned(),
+            unstored: Vec::new(),
         })
     }
 
@@ -134,6 +138,16 @@ impl OwnLog {
                 ))
             }
         })
+    }
+
+    /// Takes the chunks sealed that the store refused, to be stored again.
+    pub(crate) fn take_unstored(&mut self) -> Vec<VerifiedChunk> {
+        core::mem::take(&mut self.unstored)
+    }
+
+    /// Keeps `chunks`, sealed and refused by the store, to be stored again.
+    pub(crate) fn keep_unstored(&mut self, chunks: Vec<VerifiedChunk>) {
+        self.unstored.extend(chunks);
     }
 
     /// When the open chunk is due to be sealed, if it holds an event.

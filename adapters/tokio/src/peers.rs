@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::driver::Context;
+use crate::error::Error;
 use crate::events::NodeEvent;
 use crate::node::{Mode, Node, connect};
 
@@ -164,7 +165,8 @@ impl Node {
                     };
                     let started = tokio::time::Instant::now();
                     let result = self.run(stream, Mode::LIVE, Vec::new(), context).await;
-                    if started.elapsed() >= Backoff::STABLE {
+                    let error = result.as_ref().err().map(|f| &f.error);
+                    if starts_waits_over(started.elapsed(), error) {
                         backoff.succeeded();
                     }
                     match result {
@@ -197,6 +199,13 @@ impl Node {
     }
 }
 
+/// Whether a live session that lasted `lasted` and ended with `error` starts the waits
+/// between attempts over: it stayed up long enough, and it did not end on this node's own
+/// store (full, or failing), which would end the next session the same way.
+fn starts_waits_over(lasted: Duration, error: Option<&Error>) -> bool {
+    lasted >= Backoff::STABLE && !matches!(error, Some(Error::Store(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +225,17 @@ mod tests {
         assert!(b.failed() >= Backoff::MAX / 2);
         b.succeeded();
         assert!(b.failed() <= Backoff::MIN);
+    }
+
+    #[test]
+    fn only_a_lasting_session_that_did_not_end_on_the_store_starts_the_waits_over() {
+        let long = Backoff::STABLE;
+        let short = Backoff::STABLE - Duration::from_millis(1);
+        let full = Error::Store(crate::StoreError::msg("the store is full"));
+        assert!(starts_waits_over(long, None));
+        assert!(starts_waits_over(long, Some(&Error::Closed)));
+        assert!(!starts_waits_over(short, None));
+        assert!(!starts_waits_over(long, Some(&full)));
     }
 
     #[test]
