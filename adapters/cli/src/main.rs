@@ -119,7 +119,8 @@ enum Command {
         /// place, or the new one is closed.
         #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
         max_connections: u32,
-        /// Of those, the most from one IP address (default: no bound but --max-connections);
+        /// Of those, the most from one IP address, an IPv6 /64 counting as one (default: no
+        /// bound but --max-connections);
         /// past it, one from that address that has not sent its Hello gives up its place,
         /// or the new one is closed.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]

@@ -75,9 +75,11 @@ pub struct NodeConfig {
     pub max_failures: u32,
     /// Connections a listener keeps at once (default 512). When all are taken, a new one
     /// takes the place of one that has not finished its handshake (the oldest of the
-    /// address with the most of them), or is closed at once if every one has.
+    /// address with the most of them), or is closed at once if every one has. An IPv6
+    /// address counts by its /64 prefix, which one host commonly holds whole.
     pub max_connections: usize,
-    /// Of those, the most from one IP address (default `None`: as many as
+    /// Of those, the most from one IP address (an IPv6 /64 counting as one; default
+    /// `None`: as many as
     /// `max_connections`, no bound of its own). Past it, a new connection from that
     /// address takes the place of one of its own still in its handshake, or is closed at
     /// once: one address cannot hold every place. Many clients behind one address (a NAT,

@@ -1,7 +1,9 @@
 //! The connections a node has accepted: a bounded table, with a bound for each address,
 //! in which a connection that has not finished its handshake gives its place to a new
 //! one: the oldest of the address with the most such connections, so that a flood from
-//! one address displaces only its own.
+//! one address displaces only its own. An IPv6 address counts by its /64 prefix: one host
+//! commonly holds a whole /64, and could otherwise come from as many addresses as it
+//! likes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -53,6 +55,7 @@ impl Connections {
     /// its handshake gives up its place: the oldest of those from the address that has
     /// the most of them (the oldest address of those that have as many).
     pub(crate) fn admit(&self, from: IpAddr) -> Option<u64> {
+        let from = source(from);
         let mut table = self.table();
         let mine = table.live.values().filter(|e| e.from == from).count();
         if mine >= self.per_address {
@@ -122,6 +125,14 @@ impl Connections {
     }
 }
 
+/// What connections are counted by: an IPv4 address, or an IPv6 address's /64 prefix.
+fn source(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +179,25 @@ mod tests {
         let _second = c.admit(flood).unwrap();
         let _ = c.admit(other).unwrap();
         assert!(!c.table().live.contains_key(&first));
+    }
+
+    /// Addresses of one IPv6 /64 count as one: a flood from many of them displaces only
+    /// its own handshakes, and holds at most one address's share.
+    #[test]
+    fn an_ipv6_prefix_counts_as_one_address() {
+        let in_prefix =
+            |n: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 7, n, 0, 0, n));
+        let elsewhere = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 8, 0, 0, 0, 1));
+        let c = Connections::new(4, 2);
+        let honest = c.admit(elsewhere).unwrap();
+        for n in 0..100 {
+            assert!(c.admit(in_prefix(n)).is_some());
+            assert!(c.table().live.contains_key(&honest));
+            assert!(c.len() <= 3, "the prefix holds at most its share of 2");
+        }
+        assert_eq!(source(in_prefix(1)), source(in_prefix(2)));
+        assert_ne!(source(in_prefix(1)), source(elsewhere));
+        assert_eq!(source(HERE), HERE);
     }
 
     /// One address holds at most its share: past it, only one of its own handshakes makes
