@@ -20,7 +20,8 @@
 //! 4. each side sends `Done` when it has everything it wanted and its store has answered
 //!    for every chunk it verified, stored or refused (so a session that completes tells
 //!    each side that what the other took is stored); while it waits for its store, a side
-//!    sends `KeepAlive` and the wait does not count as idle; the session completes when
+//!    sends `KeepAlive` (to a peer that announced `Capabilities::KEEPALIVE`) and the wait
+//!    does not count as idle, up to `MAX_STORE_WAITS` idle timeouts; the session completes when
 //!    both have sent `Done` and nothing is left to serve.
 //!
 //! Every frame sent passes the session's [`Throttle`] first; a silent peer times out.
@@ -125,6 +126,8 @@ pub struct Session<const RANGES: usize, const REQ: usize, const RUNS: usize = DE
     error_frame: Option<(ErrorCode, &'static str)>,
     failure_reported: bool,
     idle_deadline: Instant,
+    /// Idle timeouts passed in a row while waiting for the store (see `handle_timeout`).
+    store_waits: u8,
     /// When the peer's `Hello` must have arrived.
     handshake_deadline: Instant,
     /// When the session must be over, if it has a limit.
@@ -185,6 +188,7 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
             error_frame: None,
             failure_reported: false,
             idle_deadline: now + config.idle_timeout,
+            store_waits: 0,
             handshake_deadline: now + config.handshake_timeout,
             deadline: config.max_duration.map(|d| now + d),
             throttled_until: None,
@@ -419,7 +423,8 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
                 .on_have(Some(KeyRange { origin, lo, hi }))
                 .map(|()| Got::Nothing),
             Message::Resync => self.on_have(None).map(|()| Got::Nothing),
-            // A live session's idle link, or a peer waiting for its store.
+            // A live session's idle link, or a peer waiting for its store (this side
+            // announced `Capabilities::KEEPALIVE`).
             Message::KeepAlive => Ok(Got::Nothing),
             // Unknown variants cannot be decoded, so none reach this point.
             #[allow(unreachable_patterns)]
@@ -535,9 +540,11 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
         } else if matches!(self.phase, Phase::Handshake) && now >= self.handshake_deadline {
             self.fail(Error::HandshakeTimedOut);
         } else if now >= self.idle_deadline {
-            if self.pull.unanswered > 0 {
+            if self.pull.unanswered > 0 && self.store_waits < MAX_STORE_WAITS {
                 // Waiting for this side's own store, not for the peer: the idle time
-                // starts again (and `KeepAlive`s tell the peer this side is there).
+                // starts again (and `KeepAlive`s tell the peer this side is there), up to
+                // `MAX_STORE_WAITS` times without an answer from the store.
+                self.store_waits += 1;
                 self.idle_deadline = now + self.config.idle_timeout;
             } else {
                 self.fail(Error::TimedOut);

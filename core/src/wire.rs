@@ -33,7 +33,7 @@
 //! | 9 | `RangeEnd` |
 //! | 10 | `Have` (live sessions) |
 //! | 11 | `Resync` (live sessions) |
-//! | 12 | `KeepAlive` (live sessions; any session while a side waits for its store) |
+//! | 12 | `KeepAlive` (live sessions; any session to a peer with `KEEPALIVE`) |
 //! | 13 | `EventChunkPutLz4` (to a peer that announced [`Capabilities::LZ4`]) |
 //! | 14 | `GetIds` (to a peer that announced [`Capabilities::LIST`]) |
 //! | 15 | `Ids` |
@@ -93,11 +93,16 @@ impl Capabilities {
     /// Receives chunks compressed with zstd (`EventChunkPutZstd`, zstd frames): a build
     /// with the `zstd` feature (hosts).
     pub const ZSTD: Self = Self(1 << 6);
+    /// Takes `KeepAlive` in any session, not only a live one: a side that waits for its
+    /// store to write what it received sends it, so that the peer, which may have sent
+    /// everything, does not time out (every node of this version).
+    pub const KEEPALIVE: Self = Self(1 << 7);
     /// What this build supports.
     pub const ALL: Self = Self(
         Self::PIECES.0
             | Self::RECONCILE.0
             | Self::LIVE.0
+            | Self::KEEPALIVE.0
             | if cfg!(feature = "lz4") {
                 Self::LZ4.0
             } else {
@@ -263,7 +268,8 @@ pub enum Message<'a> {
     /// receiver reconciles with its whole store again.
     Resync,
     /// Nothing else to send for a while; the link is alive. Sent in live sessions, and in
-    /// any session by a side that waits for its store to write what it received.
+    /// any session by a side that waits for its store to write what it received, to a
+    /// peer that announced [`Capabilities::KEEPALIVE`].
     KeepAlive,
     /// A piece of a chunk compressed with the LZ4 block format: `data` decompresses to the
     /// `len` bytes of the chunk from `offset` on (sent only to a peer that announced

@@ -843,7 +843,8 @@ async fn a_node_lists_the_chunks_another_holds_without_fetching_them() {
 
 /// A store that refuses writes for a while (full): the own log's sealed chunks are kept,
 /// an append fails and takes nothing while the store still refuses them, and once it takes
-/// writes again the same events appended again are all stored, none lost, none twice.
+/// writes again the same events appended again are all stored, in order, none lost, none
+/// twice.
 #[tokio::test]
 async fn own_chunks_the_store_refuses_are_kept_and_stored_once_it_takes_them() {
     use chunk_sync_core::{EventBuf, Privacy};
@@ -867,16 +868,19 @@ async fn own_chunks_the_store_refuses_are_kept_and_stored_once_it_takes_them() {
         })
         .collect()
     };
-    // Two chunks sealed and refused; five events stay in the open chunk.
-    let err = node.append_batch(&events(0..25)).await.unwrap_err();
-    assert!(matches!(err, Error::Store(_)), "{err}");
+    // Two chunks sealed and refused, and kept; five events stay in the open chunk.
+    let done = node.append_batch(&events(0..25)).await.unwrap();
+    assert_eq!((done.taken, done.sealed, done.unstored), (25, 0, 2));
     // Still refused: nothing new is taken.
     let err = node.append_batch(&events(25..40)).await.unwrap_err();
     assert!(matches!(err, Error::Store(_)), "{err}");
     assert!(ids(&node).is_empty());
     full.store(false, Ordering::SeqCst);
     let done = node.append_batch(&events(0..40)).await.unwrap();
-    assert_eq!((done.late, done.taken), (25, 15));
+    assert_eq!(
+        (done.late, done.taken, done.sealed, done.unstored),
+        (25, 15, 2, 0)
+    );
     let mut spans = [(Span::default(), ChunkHash::default()); 8];
     let n = node
         .store()

@@ -230,6 +230,13 @@ async fn read_input(node: Node, input: Input, counts: Arc<Counts>) {
                 }
             }
         };
+        if done.unstored > 0 {
+            // Kept by the node, and stored first by its next append (or seal).
+            log(&[
+                ("event", "chunks_kept".into()),
+                ("chunks", done.unstored.to_string()),
+            ]);
+        }
         counts
             .appended
             .fetch_add(done.taken as u64, Ordering::Relaxed);

@@ -46,38 +46,45 @@ impl Node {
     /// or in the open chunk), of another origin, or too large for a chunk are counted
     /// there, not taken, and the rest are. The first append reads where the log ends from the store.
     ///
+    /// A chunk sealed that the store refuses (full, or failing) is kept in memory and
+    /// stored first by the next append, [`flush`](Self::flush) or seal, so that the log's
+    /// chunks reach the store in order; the events in it are taken
+    /// ([`Appended::unstored`] counts such chunks).
+    ///
     /// # Errors
-    /// [`Error::Store`] if the store fails to read where the log ends, or to keep a
-    /// sealed chunk (full, or failing). The chunks it refused are kept, in memory, and
-    /// stored before anything new is taken by the next append, [`flush`](Self::flush)
-    /// or seal; while the store still refuses them, an append takes nothing and fails
-    /// again, so that appending the same events once the store has room loses none (those
-    /// taken already are counted as late). A fork (another process appended to this
-    /// origin's log in the same store) is not kept: storing it again cannot succeed.
+    /// [`Error::Store`] if the store fails to read where the log ends, or still refuses
+    /// the chunks kept from before: then nothing is taken, so that appending the same
+    /// events once the store has room loses none (those taken already count as late);
+    /// also if a chunk sealed is a fork (another process appended to this origin's log in
+    /// the same store), which is not kept, since storing it again cannot succeed.
     pub async fn append_batch<E: ChunkEvent>(&self, events: &[E]) -> Result<Appended, Error> {
         let now = self.shared.clock.now();
-        let (mut report, sealed, keys) = {
-            let mut log = self.shared.log.lock().await;
-            let log = match &mut *log {
-                Some(log) => log,
-                empty => empty.insert(self.open_log()?),
-            };
-            // Chunks the store refused before go first.
-            let earlier = log.take_unstored();
-            if let Err(refused) = store_own(&self.shared, earlier).await {
-                log.keep_unstored(refused.chunks);
-                return Err(refused.error);
-            }
-            let (report, sealed) = log.push(events, now);
-            self.wake_sealer(log.deadline().is_some());
-            (report, sealed, log.keys().cloned())
+        // Held until what this call sealed is stored or kept: the own log's chunks reach
+        // the store in order.
+        let mut guard = self.shared.log.lock().await;
+        let log = match &mut *guard {
+            Some(log) => log,
+            empty => empty.insert(self.open_log()?),
         };
-        let sealed = sign(sealed, keys).await?;
-        report.sealed = sealed.len();
+        let earlier = log.take_unstored();
+        store_keeping(&self.shared, log, earlier).await?;
+        let (mut report, sealed) = log.push(events, now);
+        self.wake_sealer(log.deadline().is_some());
+        let sealed = sign(sealed, log.keys().cloned()).await?;
         if report.late > 0 {
             warn!(late = report.late, range = ?report.late_range, "events whose sequence numbers were taken already were not taken");
         }
-        self.store_own(sealed).await?;
+        let count = sealed.len();
+        match store_own(&self.shared, sealed).await {
+            Ok(()) => report.sealed = count,
+            // Kept: the events in them are taken, and stored with the next call.
+            Err(refused) if !refused.chunks.is_empty() => {
+                warn!(error = %refused.error, chunks = count, "the store refused chunks of the own log; they are kept and stored first next time");
+                report.unstored = count;
+                log.keep_unstored(refused.chunks);
+            }
+            Err(refused) => return Err(refused.error),
+        }
         Ok(report)
     }
 
@@ -88,15 +95,12 @@ impl Node {
     /// [`Error::Store`] if the store fails to keep them: they are kept, as
     /// [`append_batch`](Self::append_batch) keeps them.
     pub async fn flush(&self) -> Result<(), Error> {
-        let sealed = self
-            .shared
-            .log
-            .lock()
-            .await
-            .as_mut()
-            .map(seal_with_unstored);
-        let sealed = sealed.transpose().map_err(|e| Error::Store(e.into()))?;
-        self.store_own(sealed.unwrap_or_default()).await
+        let mut guard = self.shared.log.lock().await;
+        let Some(log) = guard.as_mut() else {
+            return Ok(());
+        };
+        let sealed = seal_with_unstored(log).map_err(|e| Error::Store(e.into()))?;
+        store_keeping(&self.shared, log, sealed).await
     }
 
     /// What happens on this node from now on: chunks stored, peers connected and lost.
@@ -162,12 +166,6 @@ impl Node {
         }
         self.shared.seal_wake.notify_one();
     }
-
-    /// Stores chunks sealed from the own log and announces them.
-    /// Stores chunks of the own log, keeping those the store refuses to be stored again.
-    async fn store_own(&self, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
-        store_or_keep(&self.shared, sealed).await
-    }
 }
 
 /// The chunks the store refused before and the open chunk, sealed and signed. If sealing
@@ -193,18 +191,17 @@ struct Refused {
     chunks: Vec<VerifiedChunk>,
 }
 
-/// [`store_own`], keeping the chunks the store refuses in the own log to be stored
-/// again.
-async fn store_or_keep(shared: &Arc<Shared>, sealed: Vec<VerifiedChunk>) -> Result<(), Error> {
-    let Err(refused) = store_own(shared, sealed).await else {
-        return Ok(());
-    };
-    if !refused.chunks.is_empty()
-        && let Some(log) = shared.log.lock().await.as_mut()
-    {
+/// [`store_own`] with the own log held, keeping in it the chunks the store refuses, to be
+/// stored again.
+async fn store_keeping(
+    shared: &Arc<Shared>,
+    log: &mut OwnLog,
+    sealed: Vec<VerifiedChunk>,
+) -> Result<(), Error> {
+    store_own(shared, sealed).await.map_err(|refused| {
         log.keep_unstored(refused.chunks);
-    }
-    Err(refused.error)
+        refused.error
+    })
 }
 
 /// Chunks sealed from the own log, signed: on a blocking thread, and on every core, when
@@ -307,20 +304,21 @@ async fn seal_when_due(shared: Weak<Shared>, wake: Arc<Notify>) {
             return;
         };
         let now = node.clock.now();
-        let sealed = {
-            let mut log = node.log.lock().await;
-            log.as_mut()
-                .filter(|log| log.deadline().is_some_and(|t| t <= now))
-                .map(seal_with_unstored)
+        let mut guard = node.log.lock().await;
+        let Some(log) = guard
+            .as_mut()
+            .filter(|log| log.deadline().is_some_and(|t| t <= now))
+        else {
+            continue;
         };
-        let sealed = match sealed.transpose() {
-            Ok(sealed) => sealed.unwrap_or_default(),
+        let sealed = match seal_with_unstored(log) {
+            Ok(sealed) => sealed,
             Err(e) => {
                 warn!(error = %e, "a sealed chunk of the own log could not be signed");
                 continue;
             }
         };
-        if let Err(e) = store_or_keep(&node, sealed).await {
+        if let Err(e) = store_keeping(&node, log, sealed).await {
             warn!(error = %e, "a sealed chunk of the own log could not be stored");
         }
     }

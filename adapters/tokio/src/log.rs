@@ -35,6 +35,10 @@ pub struct Appended {
     pub refused: Vec<(u64, ChunkError)>,
     /// Chunks sealed and stored before the call returned.
     pub sealed: usize,
+    /// Chunks sealed that the store refused (full, or failing): kept in memory, and
+    /// stored first by the next append, [`flush`](crate::Node::flush) or seal. The events
+    /// in them are taken.
+    pub unstored: usize,
 }
 
 impl Appended {

@@ -88,7 +88,11 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     pub(super) fn keepalive_at(&self) -> Option<Instant> {
         let open = matches!(self.phase, Phase::Open) && !self.pull.done_sent;
         let interval = Duration::from_micros(self.config.idle_timeout.as_micros() / 3);
-        (open && (self.is_live() || self.pull.unanswered > 0)).then(|| self.last_sent + interval)
+        let peer_takes_it = self
+            .peer
+            .is_some_and(|p| p.capabilities.contains(Capabilities::KEEPALIVE));
+        let waiting = self.pull.unanswered > 0 && peer_takes_it;
+        (open && (self.is_live() || waiting)).then(|| self.last_sent + interval)
     }
 
     /// The next announcement for the peer, if any.

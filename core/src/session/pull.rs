@@ -508,6 +508,7 @@ impl<const R: usize, const REQ: usize, const K: usize> Session<R, REQ, K> {
     /// One verified chunk is answered for: stored, or refused after all.
     fn answered(&mut self) {
         self.pull.unanswered = self.pull.unanswered.saturating_sub(1);
+        self.store_waits = 0;
     }
 
     /// Counts a failed chunk; past `max_failures` the session fails.

@@ -856,3 +856,51 @@ fn a_peer_shown_some_origins_learns_nothing_of_the_others_from_their_listing() {
     // A shown origin the store does not hold is not listed either.
     assert_eq!(answers(&[10], None, 2), answers(&[5, 10, 20], None, 2));
 }
+
+/// A side waiting for its store (a verified chunk not yet answered for) sends `KeepAlive`
+/// outside a live session only to a peer that announced it takes them; its idle time
+/// starts again while it waits, up to `MAX_STORE_WAITS` times, and then it times out.
+#[test]
+fn a_side_waiting_for_its_store_keeps_the_link_alive_for_a_while() {
+    for (capabilities, sends) in [
+        (Capabilities::ALL, true),
+        (Capabilities::ALL.without(Capabilities::KEEPALIVE), false),
+    ] {
+        let mut s = S::new(Config::new(NodeId(1)), T0).unwrap();
+        let hello = frame(&Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            node_id: NodeId(2),
+            max_frame: 1024,
+            max_requests: 4,
+            max_ranges: 16,
+            capabilities,
+            max_receive_rate: 0,
+        }));
+        let _ = s.handle_input(T0, &hello).unwrap();
+        let _ = sent(&mut s, T0);
+        // As `finish_chunk` leaves it for a chunk the store has yet to answer for.
+        s.pull.unanswered = 1;
+        let idle = s.config.idle_timeout;
+        assert_eq!(s.keepalive_at().is_some(), sends);
+        let mut now = T0;
+        for _ in 0..MAX_STORE_WAITS {
+            now = s.poll_timeout().unwrap().max(now + idle);
+            s.handle_timeout(now);
+            assert!(s.error().is_none(), "waiting for its store is not idle");
+            let frames = sent(&mut s, now);
+            assert_eq!(
+                frames
+                    .iter()
+                    .any(|f| matches!(decoded(f), Message::KeepAlive)),
+                sends
+            );
+        }
+        now = s.poll_timeout().unwrap().max(now + idle);
+        s.handle_timeout(now);
+        assert_eq!(
+            s.error(),
+            Some(Error::TimedOut),
+            "a store that never answers"
+        );
+    }
+}

@@ -12,6 +12,10 @@ use crate::wire;
 
 /// Default idle timeout: 30 s without a frame either way ends the session.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many idle timeouts in a row a session waits for its store to answer for chunks it
+/// verified (restarting its idle time, and telling the peer with `KeepAlive`) before it
+/// times out after all: a store that answers nothing for that long is taken as stuck.
+pub const MAX_STORE_WAITS: u8 = 10;
 /// Default largest chunk accepted from a peer: 1 MiB.
 pub const DEFAULT_MAX_CHUNK_LEN: u32 = 1 << 20;
 /// Default number of chunk requests in flight.

@@ -67,7 +67,8 @@ fn golden_frames() {
     );
     // Live sessions: capability bit 3, and three messages.
     let optional = Capabilities(Capabilities::LZ4.0 | Capabilities::LIST.0 | Capabilities::ZSTD.0);
-    assert_eq!(Capabilities::ALL.without(optional).0, 0b1110);
+    assert_eq!(Capabilities::ALL.without(optional).0, 0b1000_1110);
+    assert_eq!(Capabilities::KEEPALIVE.0, 1 << 7);
     assert_eq!(Capabilities::LIST.0, 1 << 5);
     assert_eq!(Capabilities::LZ4.0, 1 << 4);
     assert_eq!(Capabilities::ZSTD.0, 1 << 6);
