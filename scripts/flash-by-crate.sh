@@ -37,7 +37,8 @@ for line in open(sys.argv[1]):
     # Names mangled as v0 (_R...) name their crate after "Cs<hash>_<len>".
     crate = "other"
     legacy = re.match(r"_ZN(\d+)", name)
-    v0 = re.search(r"Cs[0-9A-Za-z]+_(\d+)", name) if name.startswith("_R") else None
+    # (a length may be followed by "_" when the identifier starts with "_" or a digit).
+    v0 = re.search(r"Cs[0-9A-Za-z]+_(\d+)_?", name) if name.startswith("_R") else None
     if legacy:
         first = name[legacy.end():legacy.end() + int(legacy.group(1))]
         if re.fullmatch(r"[a-z_][a-z0-9_]*", first):
