@@ -279,11 +279,22 @@ fn sync(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // Each node on a runtime of its own with one worker, as two processes on two cores
+    // would be: on one runtime, the two ends of a connection wake each other on the same
+    // worker and share its core.
+    let one_worker = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (server_rt, client_rt) = (one_worker(), one_worker());
     let chunks = corpus(None);
     let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
     let server =
         Node::new_insecure_plaintext(NodeConfig::new(NodeId(1)), store_of(&chunks)).unwrap();
-    let listener = rt.block_on(server.listen("127.0.0.1:0")).unwrap();
+    let listener = server_rt.block_on(server.listen("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr();
 
     let mut group = group_of_256mib(c, "sync_256MiB", total);
@@ -297,7 +308,7 @@ fn sync(c: &mut Criterion) {
         b.iter(|| {
             let client =
                 Node::new_insecure_plaintext(NodeConfig::new(NodeId(2)), MemStore::new()).unwrap();
-            let report = rt.block_on(client.sync_with(addr)).unwrap();
+            let report = client_rt.block_on(client.sync_with(addr)).unwrap();
             assert_eq!(report.progress.bytes_transferred, total);
             black_box(report)
         });
@@ -307,24 +318,13 @@ fn sync(c: &mut Criterion) {
             let client =
                 Node::new_insecure_plaintext(NodeConfig::new(NodeId(3)), HashesOnly::default())
                     .unwrap();
-            let report = rt.block_on(client.sync_with(addr)).unwrap();
+            let report = client_rt.block_on(client.sync_with(addr)).unwrap();
             assert_eq!(report.progress.bytes_transferred, total);
             black_box(report)
         });
     });
     group.finish();
 
-    // Each node on a runtime of its own with one worker, as two processes on two cores
-    // would be: on one runtime, the two ends of a connection wake each other on the same
-    // worker and share its core.
-    let one_worker = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let (server_rt, client_rt) = (one_worker(), one_worker());
     // The server's own log, signed.
     let server_keys = generate_keypair().unwrap();
     let chunks = corpus(Some(&server_keys));

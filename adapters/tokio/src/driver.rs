@@ -40,8 +40,13 @@ pub(crate) const MAX_UNTRUSTED_NAMED: usize = 256;
 pub(crate) const HOST_RUNS: usize = 16;
 /// The conduit host nodes drive.
 pub(crate) type HostConduit<'w> = Conduit<'w, Vec<u8>, HOST_RANGES, HOST_REQ, HOST_RUNS>;
-/// Bytes queued for the transport before the conduit hands out more.
+/// Bytes queued for the transport before the conduit hands out more, on a secure link
+/// (whose records are sealed copies).
 const HIGH_WATER: usize = 256 << 10;
+/// The same on a plaintext link, where pieces of 4 KiB and more are shared with the store,
+/// not copied: more of them per write keeps a fast link busy (the 256 MiB sync bench runs
+/// about a quarter faster than with [`HIGH_WATER`]).
+const PLAIN_HIGH_WATER: usize = 1 << 20;
 /// Receive buffer of a busy session (or one frame, if larger).
 const RX_BUFFER: usize = 256 << 10;
 /// Receive buffer of a new session: it grows to `RX_BUFFER` when a frame needs it, so that
@@ -69,7 +74,11 @@ pub(crate) fn conduit<'w>(
         reassembly: Vec::new(),
     };
     let limits = Limits {
-        backlog: HIGH_WATER,
+        backlog: if shared.security.is_some() {
+            HIGH_WATER
+        } else {
+            PLAIN_HIGH_WATER
+        },
         receive: RX_BUFFER,
         unstored: MAX_UNWRITTEN,
         linger: LINGER,
