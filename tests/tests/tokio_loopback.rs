@@ -81,8 +81,6 @@ struct Hooked {
     before_write: Box<dyn Fn() -> Result<(), StoreError> + Send + Sync>,
     /// Whether writes block, so that the node makes them on a blocking thread.
     blocks: bool,
-    /// Runs before each summary of a range.
-    before_summary: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Hooked {
@@ -92,7 +90,6 @@ impl Hooked {
             serve: |b| b,
             before_write: Box::new(|| Ok(())),
             blocks: false,
-            before_summary: Box::new(|| {}),
         }
     }
 
@@ -167,14 +164,6 @@ impl NodeStore for Hooked {
     }
     fn writes_block(&self) -> bool {
         self.blocks
-    }
-    fn summarize(
-        &self,
-        range: &KeyRange,
-        runs: &mut [chunk_sync_core::recon::Run],
-    ) -> Result<(chunk_sync_core::recon::Summary, Option<usize>), StoreError> {
-        (self.before_summary)();
-        self.inner.summarize(range, runs)
     }
     fn ids_after(
         &self,
@@ -594,66 +583,6 @@ impl Gate {
         *self.open.lock().unwrap() = true;
         self.opened.notify_all();
     }
-
-    /// Waits until the gate opens or `limit` passes; returns whether it opened.
-    fn wait_at_most(&self, limit: Duration) -> bool {
-        self.waiting
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let open = self.open.lock().unwrap();
-        let (open, _) = self
-            .opened
-            .wait_timeout_while(open, limit, |open| !*open)
-            .unwrap();
-        *open
-    }
-}
-
-/// A summary of a store on a disk that takes long (here: held until the test lets it go)
-/// holds up no other session of the node, even on a runtime of one worker: a second
-/// peer pulls everything while the first summary is still held.
-#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn a_long_summary_of_a_disk_store_holds_up_no_other_session() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let own = chunks(1, 30, 10, 300);
-    let gate = Arc::new(Gate::default());
-    let (first, held_up) = (
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let store = {
-        let (gate, first, held_up) = (gate.clone(), first.clone(), held_up.clone());
-        Hooked {
-            blocks: true,
-            // Only the first summary is held: it lets go when the gate opens, or after a
-            // while as a guard, which the test then reports.
-            before_summary: Box::new(move || {
-                if first.swap(false, Ordering::SeqCst)
-                    && !gate.wait_at_most(Duration::from_secs(20))
-                {
-                    held_up.store(true, Ordering::SeqCst);
-                }
-            }),
-            ..Hooked::new(own.mem_store())
-        }
-    };
-    let server = Node::new_insecure_plaintext(NodeConfig::new(NodeId(1)), store).unwrap();
-    let listener = server.listen("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr();
-    let one = node(2, &SimNode::default(), |c| c);
-    let pulling = tokio::spawn(async move { one.pull_from(addr).await.map(|r| r.progress) });
-    while !gate.waiting.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let two = node(3, &SimNode::default(), |c| c);
-    let report = two.pull_from(addr).await.unwrap();
-    assert_eq!(report.progress.synced_chunks, 3);
-    gate.open();
-    assert_eq!(pulling.await.unwrap().unwrap().synced_chunks, 3);
-    assert!(
-        !held_up.load(Ordering::SeqCst),
-        "the second peer waited for the first one's summary"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

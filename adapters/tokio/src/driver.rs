@@ -267,8 +267,7 @@ impl Driver<'_, '_> {
                     continue;
                 }
                 Action::Summarize { range, runs } => {
-                    let store = &self.shared.store;
-                    match off_the_worker(store.writes_block(), || store.summarize(&range, runs)) {
+                    match self.shared.store.summarize(&range, runs) {
                         Ok((summary, n)) => {
                             let _ = self.conduit.summarized(&summary, n);
                         }
@@ -278,8 +277,7 @@ impl Driver<'_, '_> {
                     continue;
                 }
                 Action::Origins { after, out } => {
-                    let store = &self.shared.store;
-                    match off_the_worker(store.writes_block(), || store.origins_after(after, out)) {
+                    match self.shared.store.origins_after(after, out) {
                         Ok((n, last)) => {
                             let _ = self.conduit.origins(n, last);
                         }
@@ -303,8 +301,7 @@ impl Driver<'_, '_> {
                     continue;
                 }
                 Action::List { range, out } => {
-                    let store = &self.shared.store;
-                    match off_the_worker(store.writes_block(), || store.chunks_in(&range, out)) {
+                    match self.shared.store.chunks_in(&range, out) {
                         Ok(n) => {
                             let _ = self.conduit.listed(n);
                         }
@@ -624,21 +621,6 @@ impl Driver<'_, '_> {
         self.published = Some(progress);
         self.shared
             .publish(peer, SyncProgress::from_core(&progress, self.started));
-    }
-}
-
-/// Runs a store call that may read much (a summary of a range, a listing) so that it holds
-/// up no other task: for a store on a disk (one whose writes block), on a multi-threaded
-/// runtime, the worker first hands its other tasks to another thread
-/// ([`tokio::task::block_in_place`]). Elsewhere the call runs as it is.
-fn off_the_worker<T>(on_disk: bool, call: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let multi_threaded =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if on_disk && multi_threaded {
-        tokio::task::block_in_place(call)
-    } else {
-        call()
     }
 }
 
