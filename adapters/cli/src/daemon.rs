@@ -213,8 +213,9 @@ async fn read_input(node: Node, input: Input, counts: Arc<Counts>) {
             continue;
         }
         // A store that refuses (full, failing) gets the same batch again after a wait that
-        // grows, and reading waits meanwhile: no event is dropped. (Events it took before
-        // failing count as late the next time.)
+        // grows, and reading waits meanwhile: no event is dropped. (An append the store
+        // refuses takes nothing; chunks sealed that it could not store are kept:
+        // `chunks_kept`.)
         let mut retry_in = APPEND_RETRY_MIN;
         let done = loop {
             match node.append_batch(&batch).await {

@@ -31,13 +31,12 @@ use crate::writes::{Writes, Written};
 pub(crate) const HOST_RANGES: usize = 128;
 /// Requests in flight (each way) of host sessions.
 pub(crate) const HOST_REQ: usize = 64;
-/// The most untrusted origins a session names (in its log and its report): a peer may
-/// offer any number, and each is left out all the same.
-pub(crate) const MAX_UNTRUSTED_NAMED: usize = 256;
-
 /// Runs per range summary of host sessions: an origin with up to 16 holes in a range is
 /// settled without splitting it.
 pub(crate) const HOST_RUNS: usize = 16;
+/// The most untrusted origins a session names (in its log and its report): a peer may
+/// offer any number, and each is left out all the same.
+pub(crate) const MAX_UNTRUSTED_NAMED: usize = 256;
 /// The conduit host nodes drive.
 pub(crate) type HostConduit<'w> = Conduit<'w, Vec<u8>, HOST_RANGES, HOST_REQ, HOST_RUNS>;
 /// Bytes queued for the transport before the conduit hands out more, on a secure link

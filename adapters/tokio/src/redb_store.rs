@@ -1633,6 +1633,17 @@ mod tests {
         ]
     }
 
+    /// Chunks of one event each of `origin`, at the sequence numbers of `seqs`, each with
+    /// `payload`.
+    fn one_event_chunks(
+        origin: u64,
+        seqs: std::ops::Range<u64>,
+        payload: &str,
+    ) -> Vec<VerifiedChunk> {
+        seqs.map(|seq| crate::store::tests::chunk(origin, seq, 1, payload))
+            .collect()
+    }
+
     fn chunk(n: u8, len: usize) -> VerifiedChunk {
         let bytes = vec![n; len];
         VerifiedChunk::new(ChunkHash::of(&bytes), bytes).unwrap()
@@ -1957,9 +1968,7 @@ mod tests {
     fn a_chunk_of_a_served_pack_is_found_by_its_hash_only() {
         let path = temp_path("served-get");
         let s = RedbStore::open_with(&path, Durability::Process).unwrap();
-        let chunks: Vec<VerifiedChunk> = (0..5)
-            .map(|seq| crate::store::tests::chunk(6, seq, 1, "small"))
-            .collect();
+        let chunks = one_event_chunks(6, 0..5, "small");
         s.insert_batch(&chunks).unwrap();
         let range = KeyRange::whole(NodeId(6));
         let (_, first) = s.first_in(&range).unwrap().unwrap();
@@ -1997,9 +2006,7 @@ mod tests {
     fn a_full_store_refuses_a_batch_whole_and_keeps_what_it_had() {
         let path = temp_path("full");
         let payload = "f".repeat(1_000);
-        let chunks: Vec<VerifiedChunk> = (0..10)
-            .map(|seq| crate::store::tests::chunk(6, seq, 1, &payload))
-            .collect();
+        let chunks = one_event_chunks(6, 0..10, &payload);
         let len = chunks[0].bytes().len() as u64;
         let s = RedbStore::open(&path)
             .unwrap()
@@ -2049,9 +2056,7 @@ mod tests {
     fn a_batch_larger_than_an_edit_keeps_is_stored_whole() {
         let path = temp_path("large-batch");
         let big = "y".repeat(700_000);
-        let chunks: Vec<VerifiedChunk> = (0..30)
-            .map(|seq| crate::store::tests::chunk(4, seq, 1, &big))
-            .collect();
+        let chunks = one_event_chunks(4, 0..30, &big);
         let total: usize = chunks.iter().map(|c| c.bytes().len()).sum();
         assert!(total > edit::WRITE_AT, "{total} bytes in one batch");
         {
@@ -2084,9 +2089,7 @@ mod tests {
             let s = RedbStore::open_with(&path, Durability::Process).unwrap();
             let mut bytes = 0;
             for start in (0..chunks).step_by(batch) {
-                let batch: Vec<VerifiedChunk> = (start..start + batch as u64)
-                    .map(|seq| crate::store::tests::chunk(1, seq, 1, &"x".repeat(payload)))
-                    .collect();
+                let batch = one_event_chunks(1, start..start + batch as u64, &"x".repeat(payload));
                 bytes += batch.iter().map(|c| c.bytes().len() as u64).sum::<u64>();
                 assert_eq!(s.insert_batch(&batch).unwrap().added, batch.len());
             }
@@ -2267,9 +2270,7 @@ mod tests {
         let path = temp_path("appended");
         let s = RedbStore::open_with(&path, Durability::Process).unwrap();
         for first in (0..10_000).step_by(1000) {
-            let chunks: Vec<_> = (first..first + 1000)
-                .map(|seq| crate::store::tests::chunk(1, seq, 1, "a"))
-                .collect();
+            let chunks = one_event_chunks(1, first..first + 1000, "a");
             s.insert_batch(&chunks).unwrap();
         }
         let kept = || {

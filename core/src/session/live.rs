@@ -21,10 +21,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     /// ([`Config::live`](super::Config::live)) and the peer's `Hello` agreed.
     #[must_use]
     pub fn is_live(&self) -> bool {
-        self.config.live
-            && self
-                .peer
-                .is_some_and(|p| p.capabilities.contains(Capabilities::LIVE))
+        self.config.live && self.peer_announced(Capabilities::LIVE)
+    }
+
+    /// Whether the peer's `Hello` (once it came) announced `capability`.
+    fn peer_announced(&self, capability: Capabilities) -> bool {
+        self.peer
+            .is_some_and(|p| p.capabilities.contains(capability))
     }
 
     /// Announces to the peer, in a live session, that this node has stored chunks of
@@ -83,15 +86,13 @@ impl<const RANGES: usize, const REQ: usize, const RUNS: usize> Session<RANGES, R
     }
 
     /// When the next `KeepAlive` is due: in a live session, and in any session while this
-    /// side waits for its store to answer for chunks it verified (the peer, which may
-    /// have sent everything, then hears from it before its idle timeout).
+    /// side waits for its store to answer for chunks it verified, to a peer that takes
+    /// `KeepAlive` there (the peer, which may have sent everything, then hears from it
+    /// before its idle timeout).
     pub(super) fn keepalive_at(&self) -> Option<Instant> {
         let open = matches!(self.phase, Phase::Open) && !self.pull.done_sent;
         let interval = Duration::from_micros(self.config.idle_timeout.as_micros() / 3);
-        let peer_takes_it = self
-            .peer
-            .is_some_and(|p| p.capabilities.contains(Capabilities::KEEPALIVE));
-        let waiting = self.pull.unanswered > 0 && peer_takes_it;
+        let waiting = self.pull.unanswered > 0 && self.peer_announced(Capabilities::KEEPALIVE);
         (open && (self.is_live() || waiting)).then(|| self.last_sent + interval)
     }
 
