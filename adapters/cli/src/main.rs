@@ -584,8 +584,13 @@ async fn run(command: Command) -> Result<ExitCode> {
             signatures,
             trust_origin,
         } => {
+            // A key file that cannot be read is an error, not a store without a key.
+            let own = if signatures {
+                store_key(&store.store)?
+            } else {
+                None
+            };
             let keys = signatures.then(|| {
-                let own = keys::load(&keys::key_path(&store.store, None)).ok();
                 own.map(|k| *k.public())
                     .into_iter()
                     .chain(trust_origin)
@@ -729,7 +734,12 @@ fn signing_key(store: &StoreArg, new_key: Option<&Keypair>) -> Result<Option<Key
     if let Some(key) = new_key {
         return Ok(Some(key.clone()));
     }
-    let path = keys::key_path(&store.store, None);
+    store_key(&store.store)
+}
+
+/// The key file beside the store in `dir`, if it has one.
+fn store_key(dir: &Path) -> Result<Option<Keypair>> {
+    let path = keys::key_path(dir, None);
     if path.exists() {
         return Ok(Some(keys::load(&path)?));
     }

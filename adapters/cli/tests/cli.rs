@@ -1161,6 +1161,15 @@ fn verify_checks_signatures_of_the_own_log_and_of_trusted_origins() {
     let store = a.to_str().unwrap();
     let out = ok(&["verify", "--store", store, "--signatures"], None);
     assert!(out.contains("10 signatures hold"), "{out}");
+    // A key file that cannot be used is said, not taken for a store without a key.
+    let key = a.join("node.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    fails(&["verify", "--store", store, "--signatures"], "key file");
+    std::fs::set_permissions(&key, mode).unwrap();
     assert!(
         out.contains("0 chunks of origins without a key given"),
         "{out}"

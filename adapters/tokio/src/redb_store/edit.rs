@@ -207,10 +207,11 @@ pub(super) enum Put {
 /// ending at `end_seq`: the same span and length, bytes that do not match what the head
 /// keeps of their hash, and the hash of `id` where the head keeps one (a chunk of
 /// [`pack::HASH_KEPT`] bytes or more), or the first bytes of it that the head keeps. An
-/// intact chunk is never replaced, even by one whose hash shares its first bytes.
-fn is_damaged_copy(pack: &Pack, i: usize, id: ChunkHash, len: usize, end_seq: u64) -> bool {
+/// intact chunk is never replaced, even by one whose hash shares its first bytes. A
+/// stored copy equal to `bytes` (the verified chunk `id`) is intact: it is not hashed.
+fn is_damaged_copy(pack: &Pack, i: usize, id: ChunkHash, bytes: &[u8], end_seq: u64) -> bool {
     let e = &pack.entries[i];
-    if e.end_seq != end_seq || e.len as usize != len {
+    if e.end_seq != end_seq || e.len as usize != bytes.len() || pack.chunk(i) == bytes {
         return false;
     }
     let stored = ChunkHash::of(pack.chunk(i));
@@ -388,7 +389,7 @@ impl<'t> Edit<'t> {
         let next_first = next.and_then(|(_, first)| first);
         let pack = self.load(key)?;
         let at = match pack.find(first) {
-            Ok(i) if is_damaged_copy(pack, i, id, bytes.len(), span.end_seq) => {
+            Ok(i) if is_damaged_copy(pack, i, id, bytes, span.end_seq) => {
                 // The same chunk as was stored (its hash, or for a small chunk the first
                 // bytes of it that the head keeps): the verified bytes take the place of
                 // the damaged ones.
